@@ -1,0 +1,163 @@
+//! Typed storage buffers with upload and download.
+
+use super::Gpu;
+use crate::{Error, Result};
+use bytemuck::Pod;
+use std::marker::PhantomData;
+
+/// A storage buffer of `len` elements of `T`, readable and writable by kernels and copyable
+/// both ways.
+///
+/// ```no_run
+/// # fn main() -> pompc::Result<()> {
+/// let gpu = pompc::Gpu::new(Default::default())?;
+/// let buf = pompc::GpuBuffer::from_slice(&gpu, "x", &[1.0f32, 2.0, 3.0])?;
+/// assert_eq!(buf.download(&gpu)?, vec![1.0, 2.0, 3.0]);
+/// # Ok(()) }
+/// ```
+pub struct GpuBuffer<T: Pod> {
+    pub(crate) buffer: wgpu::Buffer,
+    len: usize,
+    label: String,
+    _t: PhantomData<T>,
+}
+
+impl<T: Pod> Clone for GpuBuffer<T> {
+    fn clone(&self) -> Self {
+        GpuBuffer {
+            buffer: self.buffer.clone(),
+            len: self.len,
+            label: self.label.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T: Pod> std::fmt::Debug for GpuBuffer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "GpuBuffer<{}>({:?}, {})",
+            std::any::type_name::<T>(),
+            self.label,
+            self.len
+        )
+    }
+}
+
+/// Bytes of a buffer holding `len` elements: at least 4 (wgpu rejects empty bindings) and a
+/// multiple of 4 (copy alignment).
+pub(crate) fn padded_bytes<T>(len: usize) -> u64 {
+    let b = (len * std::mem::size_of::<T>()) as u64;
+    b.max(4).div_ceil(4) * 4
+}
+
+impl<T: Pod> GpuBuffer<T> {
+    /// A zeroed buffer of `len` elements.
+    pub fn new(gpu: &Gpu, label: &str, len: usize) -> Result<Self> {
+        let bytes = padded_bytes::<T>(len);
+        let max = gpu.max_binding_bytes();
+        if bytes > max {
+            return Err(Error::Limit(format!(
+                "buffer {label:?} needs {bytes} bytes ({len} elements) but the device binds at \
+                 most {max} bytes ({} elements)",
+                max / std::mem::size_of::<T>().max(1) as u64
+            )));
+        }
+        let buffer = gpu.scoped(&format!("creating buffer {label:?}"), || {
+            Ok(gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }))
+        })?;
+        Ok(GpuBuffer {
+            buffer,
+            len,
+            label: label.to_string(),
+            _t: PhantomData,
+        })
+    }
+
+    /// A buffer holding a copy of `data`.
+    pub fn from_slice(gpu: &Gpu, label: &str, data: &[T]) -> Result<Self> {
+        let b = Self::new(gpu, label, data.len())?;
+        b.upload(gpu, data)?;
+        Ok(b)
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the buffer holds no element.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The label given at creation.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The raw wgpu buffer, for binding in an engine's own passes.
+    pub fn raw(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
+    /// Replace the contents with `data` (same length).
+    pub fn upload(&self, gpu: &Gpu, data: &[T]) -> Result<()> {
+        self.upload_at(gpu, 0, data)
+    }
+
+    /// Write `data` starting at element `offset`.
+    pub fn upload_at(&self, gpu: &Gpu, offset: usize, data: &[T]) -> Result<()> {
+        if offset + data.len() > self.len {
+            return Err(Error::Shape(format!(
+                "upload of {} elements at {offset} into buffer {:?} of {} elements",
+                data.len(),
+                self.label,
+                self.len
+            )));
+        }
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let off = (offset * std::mem::size_of::<T>()) as u64;
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if !off.is_multiple_of(4) || !bytes.len().is_multiple_of(4) {
+            return Err(Error::InvalidArgument(format!(
+                "upload into {:?} must start and end on 4-byte boundaries",
+                self.label
+            )));
+        }
+        gpu.scoped(&format!("uploading to {:?}", self.label), || {
+            gpu.queue.write_buffer(&self.buffer, off, bytes);
+            Ok(())
+        })
+    }
+
+    /// Set every byte to the repeated 32-bit pattern `word`: tests poison outputs with NaN
+    /// so that an element a kernel failed to write cannot pass.
+    pub fn fill_u32(&self, gpu: &Gpu, word: u32) -> Result<()> {
+        let n = (padded_bytes::<T>(self.len) / 4) as usize;
+        let data = vec![word; n];
+        gpu.scoped(&format!("filling {:?}", self.label), || {
+            gpu.queue
+                .write_buffer(&self.buffer, 0, bytemuck::cast_slice(&data));
+            Ok(())
+        })
+    }
+
+    /// Copy the contents back to the host: one submit and one map.
+    pub fn download(&self, gpu: &Gpu) -> Result<Vec<T>> {
+        let mut rec = super::Recorder::new(gpu);
+        let h = rec.read(self);
+        let rb = rec.finish()?;
+        rb.get(&h)
+    }
+}

@@ -1,0 +1,224 @@
+//! Compute pipelines with explicit bind-group layouts, cached by shader, header, entry point,
+//! override constants and check mode.
+
+use super::shader::{self, Header, Preprocessed};
+use super::{Gpu, ShaderChecks};
+use crate::Result;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// How a kernel uses one binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Binding {
+    /// `var<storage, read>`.
+    Read,
+    /// `var<storage, read_write>`.
+    ReadWrite,
+    /// `var<uniform>`: the per-dispatch parameter block.
+    Uniform,
+}
+
+/// A kernel entry point and the bindings of group 0, as (binding number, use), in the order
+/// that launch code passes buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KernelSpec {
+    /// Library shader name, e.g. `"linear"`.
+    pub shader: &'static str,
+    /// Entry point.
+    pub entry: &'static str,
+    /// Group-0 bindings.
+    pub bindings: &'static [(u32, Binding)],
+}
+
+/// A compiled compute pipeline and its bind-group layout.
+#[derive(Debug)]
+pub struct Pipeline {
+    pub(crate) pipeline: wgpu::ComputePipeline,
+    pub(crate) layout: wgpu::BindGroupLayout,
+    pub(crate) bindings: Vec<(u32, Binding)>,
+    pub(crate) label: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum SourceKey {
+    Library(&'static str, Header),
+    Text(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    source: SourceKey,
+    entry: String,
+    overrides: Vec<(String, u64)>,
+    bindings: Vec<(u32, Binding)>,
+}
+
+#[derive(Default)]
+pub(crate) struct PipelineCache {
+    map: Mutex<HashMap<Key, Arc<Pipeline>>>,
+}
+
+impl PipelineCache {
+    pub(crate) fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+impl Gpu {
+    /// The pipeline for a library kernel with the given header and override constants;
+    /// made once, then served from the cache.
+    pub fn pipeline(
+        &self,
+        spec: &KernelSpec,
+        header: &Header,
+        overrides: &[(&str, f64)],
+    ) -> Result<Arc<Pipeline>> {
+        let key = Key {
+            source: SourceKey::Library(spec.shader, header.clone()),
+            entry: spec.entry.to_string(),
+            overrides: overrides
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_bits()))
+                .collect(),
+            bindings: spec.bindings.to_vec(),
+        };
+        if let Some(p) = self
+            .pipelines
+            .map
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).cloned())
+        {
+            return Ok(p);
+        }
+        let pre = shader::preprocess(spec.shader, header)?;
+        let p = self.build(spec.shader, &pre, spec.entry, spec.bindings, overrides)?;
+        if let Ok(mut m) = self.pipelines.map.lock() {
+            m.insert(key, p.clone());
+        }
+        Ok(p)
+    }
+
+    /// A pipeline from preprocessed source that is not in the library (user WGSL), cached by
+    /// its text.
+    pub fn pipeline_from_source(
+        &self,
+        name: &str,
+        pre: &Preprocessed,
+        entry: &str,
+        bindings: &[(u32, Binding)],
+        overrides: &[(&str, f64)],
+    ) -> Result<Arc<Pipeline>> {
+        let key = Key {
+            source: SourceKey::Text(pre.text.clone()),
+            entry: entry.to_string(),
+            overrides: overrides
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_bits()))
+                .collect(),
+            bindings: bindings.to_vec(),
+        };
+        if let Some(p) = self
+            .pipelines
+            .map
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).cloned())
+        {
+            return Ok(p);
+        }
+        let p = self.build(name, pre, entry, bindings, overrides)?;
+        if let Ok(mut m) = self.pipelines.map.lock() {
+            m.insert(key, p.clone());
+        }
+        Ok(p)
+    }
+
+    /// Number of pipelines made so far (to check that repeated calls reuse them).
+    pub fn cached_pipelines(&self) -> usize {
+        self.pipelines.len()
+    }
+
+    fn build(
+        &self,
+        name: &str,
+        pre: &Preprocessed,
+        entry: &str,
+        bindings: &[(u32, Binding)],
+        overrides: &[(&str, f64)],
+    ) -> Result<Arc<Pipeline>> {
+        // naga first: its errors name the file and line as written.
+        shader::validate(name, pre)?;
+        let label = format!("{name}::{entry}");
+        self.scoped(&format!("creating pipeline {label}"), || {
+            let desc = wgpu::ShaderModuleDescriptor {
+                label: Some(&label),
+                source: wgpu::ShaderSource::Wgsl(pre.text.as_str().into()),
+            };
+            let module = match self.shader_checks() {
+                ShaderChecks::Checked => self.device.create_shader_module(desc),
+                // SAFETY: every library kernel guards its own indices, and the test suite runs
+                // each kernel with checks on as well, so an out-of-bounds access fails there.
+                ShaderChecks::Trusted => unsafe {
+                    self.device
+                        .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+                },
+            };
+            let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
+                .iter()
+                .map(|&(b, kind)| wgpu::BindGroupLayoutEntry {
+                    binding: b,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: match kind {
+                        Binding::Uniform => wgpu::BindingType::Buffer {
+                            ty: wgpu::BufferBindingType::Uniform,
+                            has_dynamic_offset: false,
+                            min_binding_size: None,
+                        },
+                        Binding::Read | Binding::ReadWrite => wgpu::BindingType::Buffer {
+                            ty: wgpu::BufferBindingType::Storage {
+                                read_only: kind == Binding::Read,
+                            },
+                            has_dynamic_offset: false,
+                            min_binding_size: None,
+                        },
+                    },
+                    count: None,
+                })
+                .collect();
+            let layout = self
+                .device
+                .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: Some(&label),
+                    entries: &entries,
+                });
+            let pl = self
+                .device
+                .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: Some(&label),
+                    bind_group_layouts: &[Some(&layout)],
+                    immediate_size: 0,
+                });
+            let pipeline = self
+                .device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(&label),
+                    layout: Some(&pl),
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants: overrides,
+                        // Kernels initialize the workgroup memory they read.
+                        zero_initialize_workgroup_memory: false,
+                    },
+                    cache: None,
+                });
+            Ok(Arc::new(Pipeline {
+                pipeline,
+                layout,
+                bindings: bindings.to_vec(),
+                label: label.clone(),
+            }))
+        })
+    }
+}

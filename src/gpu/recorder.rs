@@ -1,0 +1,416 @@
+//! Records many dispatches and copies into one command encoder, submits once and maps one
+//! staging buffer for everything read back.
+
+use super::Gpu;
+use super::buffer::GpuBuffer;
+use super::pipeline::{Binding, Pipeline};
+use crate::{Error, Result};
+use bytemuck::Pod;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Instant;
+
+enum Op {
+    Dispatch {
+        pipe: Arc<Pipeline>,
+        buffers: Vec<wgpu::Buffer>,
+        params: Option<(u64, u64)>,
+        groups: [u32; 3],
+    },
+    Copy {
+        src: wgpu::Buffer,
+        src_off: u64,
+        dst: wgpu::Buffer,
+        dst_off: u64,
+        size: u64,
+    },
+}
+
+/// Where a read-back lands in the staging buffer; redeem it with [`Readback::get`].
+#[derive(Debug)]
+pub struct ReadbackHandle<T> {
+    offset: u64,
+    len: usize,
+    _t: PhantomData<T>,
+}
+
+/// How long a submission took.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timing {
+    /// GPU time between the first and last recorded dispatch, from timestamp queries, when
+    /// the device has them and the recorder asked for them.
+    pub gpu_seconds: Option<f64>,
+    /// Host wall clock from submit until the results were mapped (a fenced wall clock).
+    pub wall_seconds: f64,
+}
+
+/// The results of one [`Recorder::finish`]: all read-backs, mapped once.
+#[derive(Debug)]
+pub struct Readback {
+    data: Vec<u8>,
+    /// Timing of the submission.
+    pub timing: Timing,
+}
+
+impl Readback {
+    /// The elements read for `handle`.
+    pub fn get<T: Pod>(&self, handle: &ReadbackHandle<T>) -> Result<Vec<T>> {
+        let start = handle.offset as usize;
+        let end = start + handle.len * std::mem::size_of::<T>();
+        let bytes = self.data.get(start..end).ok_or_else(|| {
+            Error::InvalidArgument("read-back handle from another recorder".into())
+        })?;
+        Ok(bytemuck::pod_collect_to_vec(bytes))
+    }
+}
+
+/// A batch of GPU work: dispatches and copies recorded in order, submitted once.
+///
+/// ```no_run
+/// # fn main() -> pompc::Result<()> {
+/// # let gpu = pompc::Gpu::new(Default::default())?;
+/// let x = pompc::GpuBuffer::<f32>::new(&gpu, "x", 16)?;
+/// let mut rec = pompc::Recorder::new(&gpu);
+/// // ... kernels record dispatches into `rec` ...
+/// let h = rec.read(&x);
+/// let out = rec.finish()?;        // one submit, one map
+/// let values = out.get(&h)?;
+/// # Ok(()) }
+/// ```
+pub struct Recorder<'g> {
+    gpu: &'g Gpu,
+    ops: Vec<Op>,
+    params: Vec<u8>,
+    reads: Vec<(wgpu::Buffer, u64, u64)>,
+    staging_size: u64,
+    timestamps: bool,
+}
+
+const TIMESTAMP_BYTES: u64 = 16;
+
+impl<'g> Recorder<'g> {
+    /// An empty recorder on `gpu`.
+    pub fn new(gpu: &'g Gpu) -> Self {
+        Recorder {
+            gpu,
+            ops: Vec::new(),
+            params: Vec::new(),
+            reads: Vec::new(),
+            staging_size: 0,
+            timestamps: false,
+        }
+    }
+
+    /// Time the recorded dispatches with timestamp queries when the device has them (see
+    /// [`Timing::gpu_seconds`]).
+    pub fn with_timestamps(mut self) -> Self {
+        self.timestamps = self.gpu.features().timestamps;
+        self
+    }
+
+    /// The device this recorder records for.
+    pub fn gpu(&self) -> &'g Gpu {
+        self.gpu
+    }
+
+    /// Number of dispatches recorded so far.
+    pub fn dispatches(&self) -> usize {
+        self.ops
+            .iter()
+            .filter(|o| matches!(o, Op::Dispatch { .. }))
+            .count()
+    }
+
+    /// Record one dispatch. `buffers` follow the pipeline's storage bindings in order; the
+    /// uniform binding, if the kernel has one, gets `params`.
+    pub fn dispatch<P: Pod>(
+        &mut self,
+        pipe: &Arc<Pipeline>,
+        buffers: &[&wgpu::Buffer],
+        params: Option<&P>,
+        groups: [u32; 3],
+    ) -> Result<()> {
+        let storage = pipe
+            .bindings
+            .iter()
+            .filter(|(_, b)| *b != Binding::Uniform)
+            .count();
+        let uniform = pipe.bindings.iter().any(|(_, b)| *b == Binding::Uniform);
+        if storage != buffers.len() || uniform != params.is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "{}: {} buffers and {} params given, kernel has {storage} storage bindings and {} \
+                 uniform",
+                pipe.label,
+                buffers.len(),
+                params.is_some() as u8,
+                uniform as u8
+            )));
+        }
+        let max = self.gpu.limits().max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > max) {
+            return Err(Error::Limit(format!(
+                "{}: dispatch of {groups:?} workgroups exceeds {max} per dimension",
+                pipe.label
+            )));
+        }
+        let params = params.map(|p| {
+            let align = self.gpu.limits().min_uniform_buffer_offset_alignment as usize;
+            let off = self.params.len().div_ceil(align) * align;
+            let bytes = bytemuck::bytes_of(p);
+            self.params.resize(off, 0);
+            self.params.extend_from_slice(bytes);
+            // Uniform bindings must be multiples of 16 bytes.
+            let size = bytes.len().div_ceil(16) * 16;
+            self.params.resize(off + size, 0);
+            (off as u64, size as u64)
+        });
+        if groups.contains(&0) {
+            return Ok(());
+        }
+        self.ops.push(Op::Dispatch {
+            pipe: pipe.clone(),
+            buffers: buffers.iter().map(|b| (*b).clone()).collect(),
+            params,
+            groups,
+        });
+        Ok(())
+    }
+
+    /// Record a copy of all of `src` into `dst` (same length).
+    pub fn copy<T: Pod>(&mut self, src: &GpuBuffer<T>, dst: &GpuBuffer<T>) -> Result<()> {
+        if src.len() != dst.len() {
+            return Err(Error::Shape(format!(
+                "copy from {:?} ({}) to {:?} ({})",
+                src.label(),
+                src.len(),
+                dst.label(),
+                dst.len()
+            )));
+        }
+        let size = super::buffer::padded_bytes::<T>(src.len());
+        self.ops.push(Op::Copy {
+            src: src.buffer.clone(),
+            src_off: 0,
+            dst: dst.buffer.clone(),
+            dst_off: 0,
+            size,
+        });
+        Ok(())
+    }
+
+    /// Read `buf` back after everything recorded so far.
+    pub fn read<T: Pod>(&mut self, buf: &GpuBuffer<T>) -> ReadbackHandle<T> {
+        let size = super::buffer::padded_bytes::<T>(buf.len());
+        let offset = self.staging_size;
+        self.staging_size += size;
+        self.reads.push((buf.buffer.clone(), size, offset));
+        ReadbackHandle {
+            offset,
+            len: buf.len(),
+            _t: PhantomData,
+        }
+    }
+
+    /// Submit without reading anything back.
+    pub fn submit(self) -> Result<()> {
+        if !self.reads.is_empty() || self.timestamps {
+            self.finish().map(|_| ())
+        } else {
+            let gpu = self.gpu;
+            gpu.scoped("submitting", || {
+                let cmd = self.encode(None, None)?;
+                gpu.queue.submit([cmd]);
+                Ok(())
+            })
+        }
+    }
+
+    /// Submit, wait, and map the read-backs (one staging buffer, one map).
+    pub fn finish(self) -> Result<Readback> {
+        let gpu = self.gpu;
+        gpu.scoped("submitting and reading back", || {
+            let ts_off = self.staging_size;
+            let staging_size = ts_off + if self.timestamps { TIMESTAMP_BYTES } else { 0 };
+            let staging = (staging_size > 0).then(|| {
+                gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("pompc readback"),
+                    size: staging_size,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            });
+            let ts = self.timestamps.then(|| {
+                let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("pompc timestamps"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: 2,
+                });
+                let resolve = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("pompc timestamp resolve"),
+                    size: TIMESTAMP_BYTES,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                });
+                (set, resolve)
+            });
+            let cmd = self.encode(staging.as_ref(), ts.as_ref())?;
+            let t0 = Instant::now();
+            gpu.queue.submit([cmd]);
+            let mut data = Vec::new();
+            if let Some(staging) = &staging {
+                let (tx, rx) = std::sync::mpsc::channel();
+                staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+                    let _ = tx.send(r);
+                });
+                gpu.wait_idle()?;
+                let mapped = rx
+                    .recv()
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                mapped.map_err(|message| Error::Map {
+                    label: "pompc readback".into(),
+                    message,
+                })?;
+                let view = staging.get_mapped_range(..).map_err(|e| Error::Map {
+                    label: "pompc readback".into(),
+                    message: e.to_string(),
+                })?;
+                data.extend_from_slice(&view);
+                drop(view);
+                staging.unmap();
+            } else {
+                gpu.wait_idle()?;
+            }
+            let wall_seconds = t0.elapsed().as_secs_f64();
+            let gpu_seconds = ts.as_ref().map(|_| {
+                let t: [u64; 2] = bytemuck::pod_read_unaligned(
+                    &data[ts_off as usize..(ts_off + TIMESTAMP_BYTES) as usize],
+                );
+                t[1].saturating_sub(t[0]) as f64 * gpu.queue.get_timestamp_period() as f64 * 1e-9
+            });
+            data.truncate(ts_off as usize);
+            Ok(Readback {
+                data,
+                timing: Timing {
+                    gpu_seconds,
+                    wall_seconds,
+                },
+            })
+        })
+    }
+
+    fn encode(
+        &self,
+        staging: Option<&wgpu::Buffer>,
+        ts: Option<&(wgpu::QuerySet, wgpu::Buffer)>,
+    ) -> Result<wgpu::CommandBuffer> {
+        let gpu = self.gpu;
+        let params_buf = (!self.params.is_empty()).then(|| {
+            let b = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("pompc params"),
+                size: self.params.len() as u64,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            gpu.queue.write_buffer(&b, 0, &self.params);
+            b
+        });
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("pompc"),
+            });
+        // Consecutive dispatches share one compute pass; copies sit between passes.
+        let n_passes = {
+            let mut n = 0;
+            let mut in_pass = false;
+            for op in &self.ops {
+                match op {
+                    Op::Dispatch { .. } if !in_pass => {
+                        n += 1;
+                        in_pass = true;
+                    }
+                    Op::Copy { .. } => in_pass = false,
+                    _ => {}
+                }
+            }
+            n
+        };
+        let mut pass_index = 0;
+        let mut i = 0;
+        while i < self.ops.len() {
+            match &self.ops[i] {
+                Op::Copy {
+                    src,
+                    src_off,
+                    dst,
+                    dst_off,
+                    size,
+                } => {
+                    enc.copy_buffer_to_buffer(src, *src_off, dst, *dst_off, *size);
+                    i += 1;
+                }
+                Op::Dispatch { .. } => {
+                    let timestamp_writes = ts.map(|(set, _)| wgpu::ComputePassTimestampWrites {
+                        query_set: set,
+                        beginning_of_pass_write_index: (pass_index == 0).then_some(0),
+                        end_of_pass_write_index: (pass_index + 1 == n_passes).then_some(1),
+                    });
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("pompc"),
+                        timestamp_writes,
+                    });
+                    while let Some(Op::Dispatch {
+                        pipe,
+                        buffers,
+                        params,
+                        groups,
+                    }) = self.ops.get(i)
+                    {
+                        let mut it = buffers.iter();
+                        let entries: Vec<wgpu::BindGroupEntry> = pipe
+                            .bindings
+                            .iter()
+                            .map(|&(b, kind)| wgpu::BindGroupEntry {
+                                binding: b,
+                                resource: match (kind, params, &params_buf) {
+                                    (Binding::Uniform, Some((off, size)), Some(pb)) => {
+                                        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                            buffer: pb,
+                                            offset: *off,
+                                            size: wgpu::BufferSize::new(*size),
+                                        })
+                                    }
+                                    _ => it
+                                        .next()
+                                        .expect("buffer count checked in dispatch")
+                                        .as_entire_binding(),
+                                },
+                            })
+                            .collect();
+                        let bg = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                            label: Some(&pipe.label),
+                            layout: &pipe.layout,
+                            entries: &entries,
+                        });
+                        pass.set_pipeline(&pipe.pipeline);
+                        pass.set_bind_group(0, &bg, &[]);
+                        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                        i += 1;
+                    }
+                    pass_index += 1;
+                }
+            }
+        }
+        if let Some(staging) = staging {
+            for (src, size, off) in &self.reads {
+                enc.copy_buffer_to_buffer(src, 0, staging, *off, *size);
+            }
+            if let Some((set, resolve)) = ts {
+                enc.resolve_query_set(set, 0..2, resolve, 0);
+                enc.copy_buffer_to_buffer(resolve, 0, staging, self.staging_size, TIMESTAMP_BYTES);
+            }
+        }
+        Ok(enc.finish())
+    }
+}

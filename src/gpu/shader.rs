@@ -1,0 +1,194 @@
+//! The shader library: every file under `shaders/` embedded at compile time, a small
+//! `#import` preprocessor, and naga validation whose errors point at the lines as written.
+//!
+//! A line `#import common/rng` pastes `shaders/common/rng.wgsl` in place, once per module.
+//! Tile shapes and other compile-time choices come from a generated header of `const`
+//! declarations ([`Header`]); problem sizes are WGSL `override` constants set per pipeline.
+
+use crate::{Error, Result};
+
+/// One embedded WGSL file: its path under `shaders/` without `.wgsl`, and its text.
+#[derive(Clone, Copy, Debug)]
+pub struct ShaderFile {
+    /// e.g. `"linear"` or `"common/rng"`.
+    pub name: &'static str,
+    /// The file's text.
+    pub source: &'static str,
+}
+
+macro_rules! shader_files {
+    ($($name:literal),* $(,)?) => {
+        /// Every file under `shaders/`. A test checks that this list and the directory agree.
+        pub static SHADERS: &[ShaderFile] = &[
+            $(ShaderFile { name: $name, source: include_str!(concat!("../../shaders/", $name, ".wgsl")) }),*
+        ];
+    };
+}
+
+shader_files!("common/rng", "common/act", "linear", "rng_fill");
+
+/// Look up an embedded file by name.
+pub fn source(name: &str) -> Option<&'static str> {
+    SHADERS.iter().find(|s| s.name == name).map(|s| s.source)
+}
+
+/// Compile-time constants put before a module's text as `const NAME: u32 = V;` lines.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Header(pub Vec<(&'static str, u32)>);
+
+impl Header {
+    /// Header text.
+    pub fn render(&self) -> String {
+        self.0
+            .iter()
+            .map(|(k, v)| format!("const {k}: u32 = {v}u;\n"))
+            .collect()
+    }
+}
+
+/// A module after preprocessing, with a map from its lines back to the files they came from.
+#[derive(Clone, Debug)]
+pub struct Preprocessed {
+    /// The joined WGSL.
+    pub text: String,
+    /// For line i (0-based) of `text`: (file, 1-based line in that file).
+    pub origins: Vec<(String, u32)>,
+}
+
+impl Preprocessed {
+    /// Where line `line` (1-based) of the joined text came from, as `file:line`.
+    pub fn origin(&self, line: u32) -> String {
+        match self.origins.get(line.saturating_sub(1) as usize) {
+            Some((f, l)) => format!("{f}:{l}"),
+            None => format!("<end>:{line}"),
+        }
+    }
+}
+
+/// Join `name` with its imports, after `header`. `resolve` finds imported files; the library
+/// itself resolves to [`source`], user code may add its own files.
+pub fn preprocess_with(
+    name: &str,
+    text: &str,
+    header: &Header,
+    resolve: &dyn Fn(&str) -> Option<String>,
+) -> Result<Preprocessed> {
+    let mut out = Preprocessed {
+        text: String::new(),
+        origins: Vec::new(),
+    };
+    for (i, line) in header.render().lines().enumerate() {
+        out.text.push_str(line);
+        out.text.push('\n');
+        out.origins.push(("<header>".to_string(), i as u32 + 1));
+    }
+    let mut seen = vec![name.to_string()];
+    expand(name, text, resolve, &mut seen, &mut out, 0)?;
+    Ok(out)
+}
+
+/// [`preprocess_with`] for a library shader.
+pub fn preprocess(name: &str, header: &Header) -> Result<Preprocessed> {
+    let text = source(name).ok_or_else(|| Error::Shader {
+        name: name.to_string(),
+        message: "no such shader in shaders/".into(),
+    })?;
+    preprocess_with(name, text, header, &|n| source(n).map(str::to_string))
+}
+
+fn expand(
+    name: &str,
+    text: &str,
+    resolve: &dyn Fn(&str) -> Option<String>,
+    seen: &mut Vec<String>,
+    out: &mut Preprocessed,
+    depth: usize,
+) -> Result<()> {
+    if depth > 16 {
+        return Err(Error::Shader {
+            name: name.to_string(),
+            message: "#import nesting deeper than 16".into(),
+        });
+    }
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if let Some(rest) = trimmed.strip_prefix("#import") {
+            let target = rest.trim().trim_matches('"');
+            if target.is_empty() {
+                return Err(Error::Shader {
+                    name: name.to_string(),
+                    message: format!("{name}:{}: #import without a file name", i + 1),
+                });
+            }
+            if seen.iter().any(|s| s == target) {
+                continue;
+            }
+            let sub = resolve(target).ok_or_else(|| Error::Shader {
+                name: name.to_string(),
+                message: format!("{name}:{}: #import of unknown file {target:?}", i + 1),
+            })?;
+            seen.push(target.to_string());
+            expand(target, &sub, resolve, seen, out, depth + 1)?;
+            continue;
+        }
+        out.text.push_str(line);
+        out.text.push('\n');
+        out.origins.push((name.to_string(), i as u32 + 1));
+    }
+    Ok(())
+}
+
+/// Parse and validate with naga. Errors name the file and line as written.
+pub fn validate(name: &str, pre: &Preprocessed) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
+    let module = naga::front::wgsl::parse_str(&pre.text).map_err(|e| Error::Shader {
+        name: name.to_string(),
+        message: describe(
+            pre,
+            e.message(),
+            e.location(&pre.text),
+            &e.emit_to_string(&pre.text),
+        ),
+    })?;
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    )
+    .validate(&module)
+    .map_err(|e| {
+        let loc = e.location(&pre.text);
+        Error::Shader {
+            name: name.to_string(),
+            message: describe(
+                pre,
+                &e.as_inner().to_string(),
+                loc,
+                &e.emit_to_string(&pre.text),
+            ),
+        }
+    })?;
+    Ok((module, info))
+}
+
+fn describe(
+    pre: &Preprocessed,
+    msg: &str,
+    loc: Option<naga::SourceLocation>,
+    full: &str,
+) -> String {
+    match loc {
+        Some(l) => {
+            let src_line = pre
+                .text
+                .lines()
+                .nth(l.line_number as usize - 1)
+                .unwrap_or("");
+            format!(
+                "{}:{}: {msg}\n    {}\n(naga's report on the preprocessed text follows)\n{full}",
+                pre.origin(l.line_number),
+                l.line_position,
+                src_line.trim()
+            )
+        }
+        None => format!("{msg}\n{full}"),
+    }
+}

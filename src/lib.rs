@@ -1,0 +1,19 @@
+//! # pompc
+//!
+//! Hand-written WGSL compute kernels for planning with learned world models: MPPI over a
+//! TD-MPC2-style latent model and the PO-MPC family of KL-regularized policy updates, on any
+//! GPU that wgpu reaches (Vulkan, Metal, DX12, GL; lavapipe on the CPU).
+//!
+//! Layers: [`gpu`] (device, buffers, shaders, pipelines, recorder) under [`kernels`] (one
+//! module per shader) with [`reference`] (f64 CPU mirrors) beside them; [`rng`] is the
+//! Philox4x32-10 generator shared by both sides.
+
+pub mod bench;
+pub mod error;
+pub mod gpu;
+pub mod kernels;
+pub mod reference;
+pub mod rng;
+
+pub use error::{Error, Result};
+pub use gpu::{Gpu, GpuBuffer, GpuOptions, Recorder, ShaderChecks};
