@@ -1,0 +1,263 @@
+// Fused batched linear layer: Y[e, m, :] = act(LN(X[e, m, :] W[e]^T + b[e])).
+//
+// X is the concatenation [Z | A] of two buffers (the world model feeds [latent, action]):
+// columns k < K1 come from `xz`, the rest from `xa`. `e` indexes ensemble members, which run
+// in one dispatch along z; a member stride of 0 shares one input across the ensemble.
+//
+// `gemm` tiles BM x BN outputs per workgroup through workgroup memory, TM x TN per thread
+// (4-row and 4-column blocks spread over the tile so that reads of the transposed tiles are
+// vec4-wide and conflict-free), with the next K-slice prefetched into registers while the
+// current one is multiplied. With RAW it writes X W^T only (one slice per SPLIT part of K)
+// and `epilogue` finishes each row: sum of the split parts, bias, LayerNorm (two passes over
+// the row held in workgroup memory), activation. Without RAW, bias and an elementwise
+// activation are applied in registers and one dispatch does everything.
+//
+// Tile constants (BM, BN, BK, TM, TN, ROW_CAP) come from a header that the Rust side writes;
+// sizes are override constants. CPU mirror: src/reference/linear.rs.
+
+#import common/act
+
+override N: u32;
+override K: u32;
+override K1: u32;
+override SPLIT: u32 = 1u;
+// 0 identity, 1 Mish, 2 SimNorm over groups of 8 (epilogue only).
+override ACT: u32 = 0u;
+override LN: bool = false;
+override RAW: bool = false;
+
+struct Params {
+    m: u32,
+    // Elements between ensemble members in xz and xa; 0 shares the input.
+    xz_stride: u32,
+    xa_stride: u32,
+    members: u32,
+}
+
+@group(0) @binding(0) var<storage, read> xz: array<f32>;
+@group(0) @binding(1) var<storage, read> xa: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<uniform> p: Params;
+@group(0) @binding(6) var<storage, read> gamma: array<f32>;
+@group(0) @binding(7) var<storage, read> beta: array<f32>;
+@group(0) @binding(8) var<storage, read> part: array<f32>;
+
+const WX: u32 = BN / TN;
+const WY: u32 = BM / TM;
+const WG: u32 = WX * WY;
+const RM: u32 = TM / 4u;
+const RN: u32 = TN / 4u;
+// Transposed tiles, padded by one vec4 so that the scattered stores spread over banks.
+const AS: u32 = BM + 4u;
+const BS: u32 = BN + 4u;
+const A_LOADS: u32 = BM * BK / WG;
+const B_LOADS: u32 = BN * BK / WG;
+
+var<workgroup> As: array<vec4<f32>, BK * AS / 4u>;
+var<workgroup> Bs: array<vec4<f32>, BK * BS / 4u>;
+
+fn load_x(e: u32, row: u32, k: u32, k_end: u32) -> f32 {
+    var v = 0.0;
+    if (row < p.m && k < k_end) {
+        if (k < K1) {
+            v = xz[e * p.xz_stride + row * K1 + k];
+        } else {
+            v = xa[e * p.xa_stride + row * (K - K1) + (k - K1)];
+        }
+    }
+    return v;
+}
+
+fn load_w(e: u32, col: u32, k: u32, k_end: u32) -> f32 {
+    var v = 0.0;
+    if (col < N && k < k_end) {
+        v = w[(e * N + col) * K + k];
+    }
+    return v;
+}
+
+@compute @workgroup_size(WX, WY, 1)
+fn gemm(
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    let e = wid.z / SPLIT;
+    let s = wid.z % SPLIT;
+    let row0 = wid.y * BM;
+    let col0 = wid.x * BN;
+    let chunk = ((K + SPLIT - 1u) / SPLIT + BK - 1u) / BK * BK;
+    let k_begin = min(K, s * chunk);
+    let k_end = min(K, k_begin + chunk);
+
+    var acc: array<vec4<f32>, TM * RN>;
+    var ra: array<f32, A_LOADS>;
+    var rb: array<f32, B_LOADS>;
+    for (var r = 0u; r < A_LOADS; r++) {
+        let i = tid + r * WG;
+        ra[r] = load_x(e, row0 + i / BK, k_begin + i % BK, k_end);
+    }
+    for (var r = 0u; r < B_LOADS; r++) {
+        let i = tid + r * WG;
+        rb[r] = load_w(e, col0 + i / BK, k_begin + i % BK, k_end);
+    }
+
+    for (var kt = k_begin; kt < k_end; kt += BK) {
+        workgroupBarrier();
+        for (var r = 0u; r < A_LOADS; r++) {
+            let i = tid + r * WG;
+            let a = (i % BK) * AS + i / BK;
+            As[a / 4u][a % 4u] = ra[r];
+        }
+        for (var r = 0u; r < B_LOADS; r++) {
+            let i = tid + r * WG;
+            let b = (i % BK) * BS + i / BK;
+            Bs[b / 4u][b % 4u] = rb[r];
+        }
+        workgroupBarrier();
+        let next = kt + BK;
+        if (next < k_end) {
+            for (var r = 0u; r < A_LOADS; r++) {
+                let i = tid + r * WG;
+                ra[r] = load_x(e, row0 + i / BK, next + i % BK, k_end);
+            }
+            for (var r = 0u; r < B_LOADS; r++) {
+                let i = tid + r * WG;
+                rb[r] = load_w(e, col0 + i / BK, next + i % BK, k_end);
+            }
+        }
+        for (var kk = 0u; kk < BK; kk++) {
+            var av: array<vec4<f32>, RM>;
+            var bv: array<vec4<f32>, RN>;
+            for (var i = 0u; i < RM; i++) {
+                av[i] = As[(kk * AS + i * 4u * WY + lid.y * 4u) / 4u];
+            }
+            for (var j = 0u; j < RN; j++) {
+                bv[j] = Bs[(kk * BS + j * 4u * WX + lid.x * 4u) / 4u];
+            }
+            for (var i = 0u; i < RM; i++) {
+                for (var r = 0u; r < 4u; r++) {
+                    let a = av[i][r];
+                    for (var j = 0u; j < RN; j++) {
+                        let o = (i * 4u + r) * RN + j;
+                        acc[o] = fma(vec4<f32>(a), bv[j], acc[o]);
+                    }
+                }
+            }
+        }
+    }
+
+    for (var i = 0u; i < RM; i++) {
+        for (var r = 0u; r < 4u; r++) {
+            let row = row0 + i * 4u * WY + lid.y * 4u + r;
+            if (row >= p.m) {
+                continue;
+            }
+            for (var j = 0u; j < RN; j++) {
+                let v4 = acc[(i * 4u + r) * RN + j];
+                for (var c = 0u; c < 4u; c++) {
+                    let col = col0 + j * 4u * WX + lid.x * 4u + c;
+                    if (col < N) {
+                        if (RAW) {
+                            y[((e * SPLIT + s) * p.m + row) * N + col] = v4[c];
+                        } else {
+                            var v = v4[c] + bias[e * N + col];
+                            if (ACT == 1u) {
+                                v = mish(v);
+                            }
+                            y[(e * p.m + row) * N + col] = v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+const EW: u32 = 64u;
+var<workgroup> row_buf: array<f32, ROW_CAP>;
+var<workgroup> red: array<f32, EW>;
+
+fn workgroup_sum(tid: u32, v: f32) -> f32 {
+    red[tid] = v;
+    workgroupBarrier();
+    for (var h = EW / 2u; h > 0u; h >>= 1u) {
+        if (tid < h) {
+            red[tid] += red[tid + h];
+        }
+        workgroupBarrier();
+    }
+    let total = red[0];
+    workgroupBarrier();
+    return total;
+}
+
+// One workgroup per output row (over all members); in place on y when SPLIT is 1.
+@compute @workgroup_size(EW, 1, 1)
+fn epilogue(
+    @builtin(local_invocation_index) tid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let gr = wid.x + wid.y * nwg.x;
+    if (gr >= p.members * p.m) {
+        return;
+    }
+    let e = gr / p.m;
+    let row = gr % p.m;
+    var sum = 0.0;
+    for (var j = tid; j < N; j += EW) {
+        var v = 0.0;
+        if (SPLIT == 1u) {
+            v = y[gr * N + j];
+        } else {
+            for (var s = 0u; s < SPLIT; s++) {
+                v += part[((e * SPLIT + s) * p.m + row) * N + j];
+            }
+        }
+        v += bias[e * N + j];
+        row_buf[j] = v;
+        sum += v;
+    }
+    if (LN) {
+        let mean = workgroup_sum(tid, sum) / f32(N);
+        var sq = 0.0;
+        for (var j = tid; j < N; j += EW) {
+            let d = row_buf[j] - mean;
+            sq += d * d;
+        }
+        let rstd = inverseSqrt(workgroup_sum(tid, sq) / f32(N) + 1e-5);
+        for (var j = tid; j < N; j += EW) {
+            row_buf[j] = (row_buf[j] - mean) * rstd * gamma[e * N + j] + beta[e * N + j];
+        }
+    }
+    if (ACT == 2u) {
+        // SimNorm: softmax over groups of 8 that other threads filled.
+        workgroupBarrier();
+        for (var g = tid; g < N / 8u; g += EW) {
+            var mx = row_buf[g * 8u];
+            for (var c = 1u; c < 8u; c++) {
+                mx = max(mx, row_buf[g * 8u + c]);
+            }
+            var ex: array<f32, 8>;
+            var z = 0.0;
+            for (var c = 0u; c < 8u; c++) {
+                ex[c] = exp(row_buf[g * 8u + c] - mx);
+                z += ex[c];
+            }
+            for (var c = 0u; c < 8u; c++) {
+                y[gr * N + g * 8u + c] = ex[c] / z;
+            }
+        }
+    } else {
+        for (var j = tid; j < N; j += EW) {
+            var v = row_buf[j];
+            if (ACT == 1u) {
+                v = mish(v);
+            }
+            y[gr * N + j] = v;
+        }
+    }
+}

@@ -1,0 +1,41 @@
+// Fills a buffer with Philox4x32-10 draws of one stream: element j comes from lane j % 4 of
+// block j / 4 (counter j / 4), so any element can be drawn independently of the others and the
+// Rust side (src/rng.rs) reproduces the buffer exactly. CPU mirror: src/reference/rng_fill.rs.
+
+#import common/rng
+
+// 0: raw u32, 1: uniform [0, 1), 2: standard normal, 3: Gumbel(0, 1).
+override KIND: u32 = 0u;
+
+struct Params {
+    seed_lo: u32,
+    seed_hi: u32,
+    stream: u32,
+    n: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> out: array<u32>;
+@group(0) @binding(1) var<uniform> p: Params;
+
+@compute @workgroup_size(64)
+fn fill(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let block = gid.x + gid.y * nwg.x * 64u;
+    if (block * 4u >= p.n) {
+        return;
+    }
+    let bits = philox(vec2<u32>(p.seed_lo, p.seed_hi), p.stream, block);
+    var v = bits;
+    if (KIND == 1u) {
+        v = bitcast<vec4<u32>>(vec4<f32>(u01(bits.x), u01(bits.y), u01(bits.z), u01(bits.w)));
+    } else if (KIND == 2u) {
+        v = bitcast<vec4<u32>>(normal4(bits));
+    } else if (KIND == 3u) {
+        v = bitcast<vec4<u32>>(gumbel4(bits));
+    }
+    for (var c = 0u; c < 4u; c++) {
+        let j = block * 4u + c;
+        if (j < p.n) {
+            out[j] = v[c];
+        }
+    }
+}

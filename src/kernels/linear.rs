@@ -1,0 +1,520 @@
+//! The fused batched linear layer (`shaders/linear.wgsl`):
+//! `Y[e, m, :] = act(LN([Z | A][e, m, :] W[e]^T + b[e]))`.
+
+use crate::gpu::shader::Header;
+use crate::gpu::{Binding, Gpu, GpuBuffer, KernelSpec, Pipeline, Recorder};
+use crate::{Error, Result};
+use std::sync::{Arc, Mutex};
+
+/// Activation applied after the optional LayerNorm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Activation {
+    /// None.
+    Identity,
+    /// `x * tanh(softplus(x))`.
+    Mish,
+    /// Softmax over consecutive groups of 8 features (TD-MPC2's SimNorm); needs N % 8 == 0.
+    SimNorm,
+}
+
+impl Activation {
+    fn code(self) -> u32 {
+        match self {
+            Activation::Identity => 0,
+            Activation::Mish => 1,
+            Activation::SimNorm => 2,
+        }
+    }
+
+    /// Every activation, for tests and benchmarks.
+    pub const ALL: [Activation; 3] = [Activation::Identity, Activation::Mish, Activation::SimNorm];
+}
+
+/// A workgroup tile of the GEMM: `bm x bn` outputs per workgroup, `tm x tn` per thread,
+/// K consumed `bk` at a time through workgroup memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tile {
+    /// Rows per workgroup.
+    pub bm: u32,
+    /// Columns per workgroup.
+    pub bn: u32,
+    /// K-slice per step.
+    pub bk: u32,
+    /// Rows per thread (4 or 8).
+    pub tm: u32,
+    /// Columns per thread (4 or 8).
+    pub tn: u32,
+}
+
+impl Tile {
+    /// 128 x 128 x 8, 8 x 8 per thread, 256 threads: large problems.
+    pub const LARGE: Tile = Tile {
+        bm: 128,
+        bn: 128,
+        bk: 8,
+        tm: 8,
+        tn: 8,
+    };
+    /// 64 x 64 x 16, 4 x 4 per thread, 256 threads.
+    pub const MEDIUM: Tile = Tile {
+        bm: 64,
+        bn: 64,
+        bk: 16,
+        tm: 4,
+        tn: 4,
+    };
+    /// 32 x 32 x 32, 4 x 4 per thread, 64 threads: small problems, many workgroups, few
+    /// K-steps (each step pays a barrier and a memory latency).
+    pub const SMALL: Tile = Tile {
+        bm: 32,
+        bn: 32,
+        bk: 32,
+        tm: 4,
+        tn: 4,
+    };
+    /// The tiles the heuristic picks from.
+    pub const ALL: [Tile; 3] = [Tile::LARGE, Tile::MEDIUM, Tile::SMALL];
+
+    /// Threads per workgroup.
+    pub fn threads(&self) -> u32 {
+        (self.bm / self.tm) * (self.bn / self.tn)
+    }
+
+    /// Check that the kernel can run this tile on `gpu`.
+    pub fn check(&self, gpu: &Gpu) -> Result<()> {
+        let wg = self.threads();
+        let smem = 4 * self.bk * (self.bm + self.bn + 8);
+        let l = gpu.limits();
+        let ok = matches!(self.tm, 4 | 8)
+            && matches!(self.tn, 4 | 8)
+            && self.bm.is_multiple_of(self.tm)
+            && self.bn.is_multiple_of(self.tn)
+            && wg > 0
+            && (self.bm * self.bk).is_multiple_of(wg)
+            && (self.bn * self.bk).is_multiple_of(wg)
+            && wg <= l.max_compute_invocations_per_workgroup
+            && smem <= l.max_compute_workgroup_storage_size;
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "tile {self:?} is not supported: tm, tn in {{4, 8}}, bm*bk and bn*bk multiples \
+                 of the {wg} threads, {smem} bytes of workgroup memory"
+            )))
+        }
+    }
+}
+
+impl std::fmt::Display for Tile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}x{}x{}/{}x{}",
+            self.bm, self.bn, self.bk, self.tm, self.tn
+        )
+    }
+}
+
+/// The shape and options of one linear layer (or an ensemble of them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LinearConfig {
+    /// Output features.
+    pub n: usize,
+    /// Input features in total (`k1` from Z plus `k - k1` from A).
+    pub k: usize,
+    /// Input features taken from the first input buffer; `k` when there is no concatenation.
+    pub k1: usize,
+    /// Independent weight sets run in one dispatch.
+    pub members: usize,
+    /// Whether all members read the same input rows (the first layer of a Q ensemble).
+    pub shared_input: bool,
+    /// LayerNorm (affine, eps 1e-5) before the activation.
+    pub layer_norm: bool,
+    /// Activation.
+    pub act: Activation,
+}
+
+impl LinearConfig {
+    /// A plain layer `k -> n`.
+    pub fn new(k: usize, n: usize) -> Self {
+        LinearConfig {
+            n,
+            k,
+            k1: k,
+            members: 1,
+            shared_input: true,
+            layer_norm: false,
+            act: Activation::Identity,
+        }
+    }
+
+    /// With LayerNorm.
+    pub fn with_ln(mut self) -> Self {
+        self.layer_norm = true;
+        self
+    }
+
+    /// With an activation.
+    pub fn with_act(mut self, act: Activation) -> Self {
+        self.act = act;
+        self
+    }
+
+    /// With the input split as `[Z (k1 features) | A (k - k1 features)]`.
+    pub fn with_concat(mut self, k1: usize) -> Self {
+        self.k1 = k1;
+        self
+    }
+
+    /// As an ensemble of `members` weight sets; `shared_input` if all read the same rows.
+    pub fn with_members(mut self, members: usize, shared_input: bool) -> Self {
+        self.members = members;
+        self.shared_input = shared_input;
+        self
+    }
+
+    /// Floating-point operations for `m` rows (2 per multiply-add).
+    pub fn flops(&self, m: usize) -> f64 {
+        2.0 * (m * self.n * self.k * self.members) as f64
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.n == 0 || self.k == 0 || self.members == 0 {
+            return Err(Error::Shape(format!(
+                "linear layer with a zero size: {self:?}"
+            )));
+        }
+        if self.k1 > self.k {
+            return Err(Error::Shape(format!(
+                "concatenated input: k1 = {} > k = {}",
+                self.k1, self.k
+            )));
+        }
+        if self.act == Activation::SimNorm && !self.n.is_multiple_of(8) {
+            return Err(Error::Shape(format!(
+                "SimNorm needs the output width to be a multiple of 8, got {}",
+                self.n
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The buffers of one call.
+#[derive(Clone, Copy, Debug)]
+pub struct LinearInputs<'a> {
+    /// Z: `[members or 1, m, k1]`.
+    pub z: &'a GpuBuffer<f32>,
+    /// A: `[members or 1, m, k - k1]`; needed when `k1 < k`.
+    pub a: Option<&'a GpuBuffer<f32>>,
+    /// Weights `[members, n, k]` (row-major, as torch's `nn.Linear.weight`).
+    pub w: &'a GpuBuffer<f32>,
+    /// Bias `[members, n]`.
+    pub b: &'a GpuBuffer<f32>,
+    /// LayerNorm gain and shift `[members, n]` each, when the layer has LayerNorm.
+    pub ln: Option<(&'a GpuBuffer<f32>, &'a GpuBuffer<f32>)>,
+    /// Output `[members, m, n]`.
+    pub y: &'a GpuBuffer<f32>,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    xz_stride: u32,
+    xa_stride: u32,
+    members: u32,
+}
+
+const BINDINGS: &[(u32, Binding)] = &[
+    (0, Binding::Read),
+    (1, Binding::Read),
+    (2, Binding::Read),
+    (3, Binding::Read),
+    (4, Binding::ReadWrite),
+    (5, Binding::Uniform),
+];
+const GEMM: KernelSpec = KernelSpec {
+    shader: "linear",
+    entry: "gemm",
+    bindings: BINDINGS,
+};
+const EPILOGUE: KernelSpec = KernelSpec {
+    shader: "linear",
+    entry: "epilogue",
+    bindings: &[
+        (3, Binding::Read),
+        (4, Binding::ReadWrite),
+        (5, Binding::Uniform),
+        (6, Binding::Read),
+        (7, Binding::Read),
+        (8, Binding::Read),
+    ],
+};
+
+/// How a call is carried out: the tile and the number of K-splits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LinearPlan {
+    /// GEMM tile.
+    pub tile: Tile,
+    /// Parts K is split into (partial sums reduced by the epilogue).
+    pub split: u32,
+}
+
+/// The header and override constants of one pipeline: exactly what the code builds, so the
+/// shader test can validate every combination.
+pub fn pipeline_constants(
+    cfg: &LinearConfig,
+    plan: LinearPlan,
+    epilogue: bool,
+) -> (KernelSpec, Header, Vec<(&'static str, f64)>) {
+    let Tile { bm, bn, bk, tm, tn } = plan.tile;
+    // The epilogue holds a whole row in workgroup memory.
+    let row_cap = if epilogue { cfg.n.div_ceil(64) * 64 } else { 4 } as u32;
+    let header = Header(vec![
+        ("BM", bm),
+        ("BN", bn),
+        ("BK", bk),
+        ("TM", tm),
+        ("TN", tn),
+        ("ROW_CAP", row_cap),
+    ]);
+    let fused = !needs_epilogue(cfg, plan);
+    let mut ov: Vec<(&'static str, f64)> = vec![
+        ("N", cfg.n as f64),
+        ("K", cfg.k as f64),
+        ("K1", cfg.k1 as f64),
+        ("SPLIT", plan.split as f64),
+        ("ACT", cfg.act.code() as f64),
+    ];
+    if epilogue {
+        ov.push(("LN", cfg.layer_norm as u32 as f64));
+        (EPILOGUE, header, ov)
+    } else {
+        ov.push(("RAW", (!fused) as u32 as f64));
+        (GEMM, header, ov)
+    }
+}
+
+fn needs_epilogue(cfg: &LinearConfig, plan: LinearPlan) -> bool {
+    cfg.layer_norm || cfg.act == Activation::SimNorm || plan.split > 1
+}
+
+/// A linear layer ready to record: validated shape, cached pipelines, split-K scratch.
+///
+/// ```no_run
+/// # fn main() -> pompc::Result<()> {
+/// use pompc::kernels::linear::{Activation, Linear, LinearConfig, LinearInputs};
+/// let gpu = pompc::Gpu::new(Default::default())?;
+/// let cfg = LinearConfig::new(512, 512).with_ln().with_act(Activation::Mish);
+/// let layer = Linear::new(&gpu, cfg)?;
+/// let (m, x) = (256, pompc::GpuBuffer::<f32>::new(&gpu, "x", 256 * 512)?);
+/// let w = pompc::GpuBuffer::<f32>::new(&gpu, "w", 512 * 512)?;
+/// let b = pompc::GpuBuffer::<f32>::new(&gpu, "b", 512)?;
+/// let (g, beta) = (b.clone(), b.clone());
+/// let y = pompc::GpuBuffer::<f32>::new(&gpu, "y", m * 512)?;
+/// let mut rec = pompc::Recorder::new(&gpu);
+/// layer.record(&mut rec, m, LinearInputs { z: &x, a: None, w: &w, b: &b, ln: Some((&g, &beta)), y: &y })?;
+/// rec.submit()?;
+/// # Ok(()) }
+/// ```
+pub struct Linear {
+    cfg: LinearConfig,
+    scratch: Mutex<Option<GpuBuffer<f32>>>,
+    forced: Option<LinearPlan>,
+}
+
+impl Linear {
+    /// Validate the configuration.
+    pub fn new(gpu: &Gpu, cfg: LinearConfig) -> Result<Self> {
+        cfg.check()?;
+        if needs_row_cap(&cfg) * 4 + 256 > gpu.limits().max_compute_workgroup_storage_size as usize
+        {
+            return Err(Error::Limit(format!(
+                "a row of {} features does not fit the device's {} bytes of workgroup memory",
+                cfg.n,
+                gpu.limits().max_compute_workgroup_storage_size
+            )));
+        }
+        Ok(Linear {
+            cfg,
+            scratch: Mutex::new(None),
+            forced: None,
+        })
+    }
+
+    /// Always use this tile and split (benchmarks and tests); `None` restores the heuristic.
+    pub fn with_plan(mut self, plan: Option<LinearPlan>) -> Self {
+        self.forced = plan;
+        self
+    }
+
+    /// The layer's configuration.
+    pub fn config(&self) -> &LinearConfig {
+        &self.cfg
+    }
+
+    /// The tile and split used for `m` rows.
+    pub fn plan(&self, m: usize) -> LinearPlan {
+        if let Some(p) = self.forced {
+            return p;
+        }
+        let cfg = &self.cfg;
+        let tiles =
+            |t: Tile| m.div_ceil(t.bm as usize) * cfg.n.div_ceil(t.bn as usize) * cfg.members;
+        // Tuned on the H100 (132 SMs, BENCHMARKS.md): big tiles once they make two waves,
+        // otherwise 64x64 tiles with K split until about 300 workgroups are in flight.
+        let tile = if tiles(Tile::LARGE) >= 256 {
+            Tile::LARGE
+        } else if tiles(Tile::MEDIUM) >= 48 {
+            Tile::MEDIUM
+        } else {
+            Tile::SMALL
+        };
+        let t = tiles(tile);
+        let mut split = 1;
+        while t * split * 2 <= 320 && cfg.k / (split * 2) >= 128 && split < 8 {
+            split *= 2;
+        }
+        LinearPlan {
+            tile,
+            split: split as u32,
+        }
+    }
+
+    /// Record the layer for `m` rows into `rec`.
+    pub fn record(&self, rec: &mut Recorder, m: usize, io: LinearInputs) -> Result<()> {
+        let gpu = rec.gpu();
+        let cfg = &self.cfg;
+        let e = cfg.members;
+        let in_rows = if cfg.shared_input { 1 } else { e };
+        let k2 = cfg.k - cfg.k1;
+        let expect = |name: &str, got: usize, want: usize| {
+            if got < want {
+                Err(Error::Shape(format!(
+                    "linear {}x{} (members {e}): {name} holds {got} elements, needs {want}",
+                    cfg.k, cfg.n
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        if m == 0 {
+            return Ok(());
+        }
+        expect("Z", io.z.len(), in_rows * m * cfg.k1)?;
+        let a = match (k2, io.a) {
+            (0, _) => io.z,
+            (_, Some(a)) => {
+                expect("A", a.len(), in_rows * m * k2)?;
+                a
+            }
+            (_, None) => {
+                return Err(Error::Shape(format!(
+                    "linear layer concatenates {k2} features from a second input, none given"
+                )));
+            }
+        };
+        expect("W", io.w.len(), e * cfg.n * cfg.k)?;
+        expect("b", io.b.len(), e * cfg.n)?;
+        expect("Y", io.y.len(), e * m * cfg.n)?;
+        let (gamma, beta) = match (cfg.layer_norm, io.ln) {
+            (true, Some((g, b))) => {
+                expect("LayerNorm gain", g.len(), e * cfg.n)?;
+                expect("LayerNorm shift", b.len(), e * cfg.n)?;
+                (g, b)
+            }
+            (true, None) => {
+                return Err(Error::Shape(
+                    "linear layer with LayerNorm needs its gain and shift".into(),
+                ));
+            }
+            (false, _) => (io.b, io.b),
+        };
+        if m > u32::MAX as usize / cfg.n.max(cfg.k) {
+            return Err(Error::Limit(format!("{m} rows overflow 32-bit indexing")));
+        }
+        let plan = self.plan(m);
+        plan.tile.check(gpu)?;
+        if plan.split == 0 {
+            return Err(Error::InvalidArgument("K split of 0".into()));
+        }
+        let (bm, bn) = (plan.tile.bm, plan.tile.bn);
+        let params = Params {
+            m: m as u32,
+            xz_stride: if cfg.shared_input {
+                0
+            } else {
+                (m * cfg.k1) as u32
+            },
+            xa_stride: if cfg.shared_input { 0 } else { (m * k2) as u32 },
+            members: e as u32,
+        };
+        let epi = needs_epilogue(cfg, plan);
+        let (spec, header, ov) = pipeline_constants(cfg, plan, false);
+        let gemm = gpu.pipeline(&spec, &header, &ov)?;
+        let gx = cfg.n.div_ceil(bn as usize) as u32;
+        let gy = m.div_ceil(bm as usize) as u32;
+        let gz = (e as u32) * plan.split;
+        let scratch = if plan.split > 1 {
+            Some(self.scratch(gpu, e * plan.split as usize * m * cfg.n)?)
+        } else {
+            None
+        };
+        let target = scratch.as_ref().unwrap_or(io.y);
+        rec.dispatch(
+            &gemm,
+            &[
+                &io.z.buffer,
+                &a.buffer,
+                &io.w.buffer,
+                &io.b.buffer,
+                &target.buffer,
+            ],
+            Some(&params),
+            [gx, gy, gz],
+        )?;
+        if epi {
+            let (spec, header, ov) = pipeline_constants(cfg, plan, true);
+            let pipe: Arc<Pipeline> = gpu.pipeline(&spec, &header, &ov)?;
+            let rows = (e * m) as u32;
+            let max = gpu.limits().max_compute_workgroups_per_dimension;
+            let (x, y) = if rows <= max {
+                (rows, 1)
+            } else {
+                (max, rows.div_ceil(max))
+            };
+            let part = scratch.as_ref().unwrap_or(io.b);
+            rec.dispatch(
+                &pipe,
+                &[
+                    &io.b.buffer,
+                    &io.y.buffer,
+                    &gamma.buffer,
+                    &beta.buffer,
+                    &part.buffer,
+                ],
+                Some(&params),
+                [x, y, 1],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn scratch(&self, gpu: &Gpu, len: usize) -> Result<GpuBuffer<f32>> {
+        let mut s = self
+            .scratch
+            .lock()
+            .map_err(|_| Error::InvalidArgument("linear scratch lock poisoned".into()))?;
+        if let Some(b) = s.as_ref().filter(|b| b.len() >= len) {
+            return Ok(b.clone());
+        }
+        let b = GpuBuffer::new(gpu, "linear split-K partial sums", len)?;
+        *s = Some(b.clone());
+        Ok(b)
+    }
+}
+
+fn needs_row_cap(cfg: &LinearConfig) -> usize {
+    cfg.n.div_ceil(64) * 64
+}

@@ -1,0 +1,5 @@
+//! One module per shader file: typed, validated launch functions that record into a
+//! [`crate::Recorder`].
+
+pub mod linear;
+pub mod rng_fill;

@@ -1,0 +1,50 @@
+//! Mirror of `shaders/linear.wgsl`: the fused linear layer in f64.
+
+use super::act;
+use crate::kernels::linear::{Activation, LinearConfig};
+
+/// `Y[e, m, :] = act(LN([Z | A][e, m, :] W[e]^T + b[e]))` for `m` rows, in f64.
+///
+/// Buffers are laid out as in [`crate::kernels::linear::LinearInputs`].
+pub fn linear(
+    cfg: &LinearConfig,
+    m: usize,
+    z: &[f32],
+    a: &[f32],
+    w: &[f32],
+    b: &[f32],
+    ln: Option<(&[f32], &[f32])>,
+) -> Vec<f64> {
+    let (n, k, k1) = (cfg.n, cfg.k, cfg.k1);
+    let k2 = k - k1;
+    let mut y = vec![0.0f64; cfg.members * m * n];
+    for e in 0..cfg.members {
+        let ie = if cfg.shared_input { 0 } else { e };
+        for row in 0..m {
+            let x: Vec<f64> = (0..k)
+                .map(|kk| {
+                    if kk < k1 {
+                        z[(ie * m + row) * k1 + kk] as f64
+                    } else {
+                        a[(ie * m + row) * k2 + kk - k1] as f64
+                    }
+                })
+                .collect();
+            let out = &mut y[(e * m + row) * n..(e * m + row + 1) * n];
+            for (col, o) in out.iter_mut().enumerate() {
+                let wr = &w[(e * n + col) * k..(e * n + col + 1) * k];
+                let dot: f64 = x.iter().zip(wr).map(|(xv, wv)| xv * *wv as f64).sum();
+                *o = dot + b[e * n + col] as f64;
+            }
+            if let Some((g, be)) = ln {
+                act::layer_norm(out, &g[e * n..(e + 1) * n], &be[e * n..(e + 1) * n]);
+            }
+            match cfg.act {
+                Activation::Identity => {}
+                Activation::Mish => out.iter_mut().for_each(|v| *v = act::mish(*v)),
+                Activation::SimNorm => act::simnorm(out),
+            }
+        }
+    }
+    y
+}

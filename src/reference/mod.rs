@@ -1,0 +1,6 @@
+//! CPU mirrors of the shaders, in f64, written to follow each kernel's math step by step so a
+//! failing GPU test can be bisected against plain Rust. One module per shader file.
+
+pub mod act;
+pub mod linear;
+pub mod rng_fill;

@@ -1,0 +1,161 @@
+//! The fused linear kernel against its f64 mirror on fresh random inputs with poisoned
+//! outputs: odd shapes, every activation, LayerNorm, concatenated inputs, ensembles, every
+//! tile and K-split, with shader checks on and off.
+
+mod common;
+
+use common::{POISON, gpus, rel_error, rng, uniform};
+use pompc::kernels::linear::{Activation, Linear, LinearConfig, LinearInputs, LinearPlan, Tile};
+use pompc::{Gpu, GpuBuffer, Recorder, reference};
+use rand::Rng;
+
+const TOL: f64 = 1e-5;
+
+fn run_case(gpu: &Gpu, r: &mut impl Rng, cfg: LinearConfig, m: usize, plan: Option<LinearPlan>) {
+    let e = cfg.members;
+    let ins = if cfg.shared_input { 1 } else { e };
+    let k2 = cfg.k - cfg.k1;
+    let z = uniform(r, ins * m * cfg.k1, 1.0);
+    let a = uniform(r, ins * m * k2, 1.0);
+    let w = uniform(r, e * cfg.n * cfg.k, 1.0 / (cfg.k as f32).sqrt());
+    let b = uniform(r, e * cfg.n, 1.0);
+    let g = uniform(r, e * cfg.n, 2.0);
+    let be = uniform(r, e * cfg.n, 1.0);
+    let ln = cfg.layer_norm.then_some((g.as_slice(), be.as_slice()));
+    let want = reference::linear::linear(&cfg, m, &z, &a, &w, &b, ln);
+
+    let zb = GpuBuffer::from_slice(gpu, "z", &z).unwrap();
+    let ab = GpuBuffer::from_slice(gpu, "a", &a).unwrap();
+    let wb = GpuBuffer::from_slice(gpu, "w", &w).unwrap();
+    let bb = GpuBuffer::from_slice(gpu, "b", &b).unwrap();
+    let gb = GpuBuffer::from_slice(gpu, "gamma", &g).unwrap();
+    let beb = GpuBuffer::from_slice(gpu, "beta", &be).unwrap();
+    let y = GpuBuffer::<f32>::new(gpu, "y", e * m * cfg.n).unwrap();
+    y.fill_u32(gpu, POISON).unwrap();
+    let layer = Linear::new(gpu, cfg).unwrap().with_plan(plan);
+    let mut rec = Recorder::new(gpu);
+    layer
+        .record(
+            &mut rec,
+            m,
+            LinearInputs {
+                z: &zb,
+                a: (k2 > 0).then_some(&ab),
+                w: &wb,
+                b: &bb,
+                ln: cfg.layer_norm.then_some((&gb, &beb)),
+                y: &y,
+            },
+        )
+        .unwrap();
+    let h = rec.read(&y);
+    let got = rec.finish().unwrap().get(&h).unwrap();
+    let err = rel_error(&got, &want);
+    assert!(
+        err <= TOL,
+        "{cfg:?} m={m} plan={:?} checks={:?}: relative error {err:e} > {TOL:e}",
+        layer.plan(m),
+        gpu.shader_checks()
+    );
+}
+
+#[test]
+fn odd_shapes_every_activation_with_and_without_layer_norm() {
+    let mut r = rng("odd_shapes");
+    for gpu in gpus() {
+        for act in Activation::ALL {
+            for ln in [false, true] {
+                for _ in 0..3 {
+                    let m = r.random_range(1..600);
+                    let mut n: usize = r.random_range(1..600);
+                    if act == Activation::SimNorm {
+                        n = n.div_ceil(8) * 8;
+                    }
+                    // Small K keeps lavapipe fast; large K is covered by the split tests.
+                    let k = r.random_range(1..200);
+                    let mut cfg = LinearConfig::new(k, n).with_act(act);
+                    if ln {
+                        cfg = cfg.with_ln();
+                    }
+                    run_case(gpu, &mut r, cfg, m, None);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_benchmark_shape_512x550x512_with_layer_norm_and_mish() {
+    let mut r = rng("bench_shape");
+    for gpu in gpus() {
+        let cfg = LinearConfig::new(512, 550)
+            .with_ln()
+            .with_act(Activation::Mish);
+        run_case(gpu, &mut r, cfg, 512, None);
+    }
+}
+
+#[test]
+fn every_tile_and_split_on_ragged_shapes() {
+    let mut r = rng("tiles");
+    for gpu in gpus() {
+        for tile in Tile::ALL {
+            for split in [1, 2, 3, 8] {
+                let (m, n, k) = (
+                    r.random_range(1..300),
+                    r.random_range(1..300),
+                    r.random_range(1..600),
+                );
+                let cfg = LinearConfig::new(k, n).with_act(Activation::Mish);
+                run_case(gpu, &mut r, cfg, m, Some(LinearPlan { tile, split }));
+                let cfg = LinearConfig::new(k, n * 8)
+                    .with_ln()
+                    .with_act(Activation::SimNorm);
+                run_case(
+                    gpu,
+                    &mut r,
+                    cfg,
+                    m.min(100),
+                    Some(LinearPlan { tile, split }),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn concatenated_inputs_and_ensembles() {
+    let mut r = rng("concat");
+    for gpu in gpus() {
+        for shared in [true, false] {
+            for members in [1, 2, 5] {
+                let k1 = r.random_range(1..130);
+                let k = k1 + r.random_range(1..20);
+                let n = r.random_range(1..200);
+                let m = r.random_range(1..300);
+                let cfg = LinearConfig::new(k, n)
+                    .with_concat(k1)
+                    .with_members(members, shared)
+                    .with_ln()
+                    .with_act(Activation::Mish);
+                run_case(gpu, &mut r, cfg, m, None);
+                // Ensembles without concatenation, fused single-dispatch path.
+                let cfg = LinearConfig::new(k, n).with_members(members, shared);
+                run_case(gpu, &mut r, cfg, m, None);
+            }
+        }
+    }
+}
+
+#[test]
+fn repeated_calls_reuse_pipelines() {
+    let gpu = &gpus()[1];
+    let mut r = rng("cache");
+    let cfg = LinearConfig::new(33, 17)
+        .with_ln()
+        .with_act(Activation::Mish);
+    run_case(gpu, &mut r, cfg, 40, None);
+    let before = gpu.cached_pipelines();
+    run_case(gpu, &mut r, cfg, 40, None);
+    assert_eq!(gpu.cached_pipelines(), before);
+}

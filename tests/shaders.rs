@@ -1,0 +1,136 @@
+//! Every shader, in every combination of header and override constants that the code builds,
+//! parsed, validated and compiled to SPIR-V with naga. No GPU needed.
+
+use pompc::gpu::shader::{self, Header, SHADERS};
+use pompc::kernels::linear::{self, Activation, LinearConfig, LinearPlan, Tile};
+use pompc::kernels::rng_fill::{self, Distribution};
+use std::collections::{BTreeSet, HashMap};
+
+fn compile(name: &str, entry: &str, header: &Header, overrides: &[(&'static str, f64)]) {
+    let pre = shader::preprocess(name, header).unwrap();
+    let (module, info) =
+        shader::validate(name, &pre).unwrap_or_else(|e| panic!("{name} {header:?}: {e}"));
+    let constants: naga::back::PipelineConstants =
+        overrides.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let (module, info) = naga::back::pipeline_constants::process_overrides(
+        &module,
+        &info,
+        Some((naga::ShaderStage::Compute, entry)),
+        &constants,
+    )
+    .unwrap_or_else(|e| panic!("{name}::{entry} {overrides:?}: {e}"));
+    let opts = naga::back::spv::Options::default();
+    let pipeline = naga::back::spv::PipelineOptions {
+        shader_stage: naga::ShaderStage::Compute,
+        entry_point: entry.to_string(),
+    };
+    naga::back::spv::write_vec(&module, &info, &opts, Some(&pipeline))
+        .unwrap_or_else(|e| panic!("{name}::{entry} to SPIR-V {overrides:?}: {e}"));
+}
+
+#[test]
+fn the_shader_list_matches_the_shaders_directory() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let mut on_disk = BTreeSet::new();
+    for sub in ["", "common"] {
+        for f in std::fs::read_dir(dir.join(sub)).unwrap() {
+            let p = f.unwrap().path();
+            if p.extension().is_some_and(|e| e == "wgsl") {
+                let stem = p.file_stem().unwrap().to_string_lossy().to_string();
+                on_disk.insert(if sub.is_empty() {
+                    stem
+                } else {
+                    format!("{sub}/{stem}")
+                });
+            }
+        }
+    }
+    let listed: BTreeSet<String> = SHADERS.iter().map(|s| s.name.to_string()).collect();
+    assert_eq!(
+        on_disk, listed,
+        "shaders/ and the list in src/gpu/shader.rs differ"
+    );
+}
+
+#[test]
+fn linear_every_tile_split_activation_and_norm() {
+    let mut tiles = Tile::ALL.to_vec();
+    // The benchmark sweep also builds these.
+    for t in [Tile::MEDIUM, Tile::SMALL] {
+        for bk in [8, 16, 32] {
+            tiles.push(Tile { bk, ..t });
+        }
+    }
+    let mut n = 0;
+    for tile in tiles {
+        for split in [1, 2, 3, 4, 8] {
+            for act in Activation::ALL {
+                for ln in [false, true] {
+                    for (k, k1, out) in [(512, 512, 512), (518, 512, 550), (7, 3, 8)] {
+                        let mut cfg = LinearConfig::new(k, out).with_concat(k1).with_act(act);
+                        cfg.layer_norm = ln;
+                        let plan = LinearPlan { tile, split };
+                        for epilogue in [false, true] {
+                            let (spec, header, ov) =
+                                linear::pipeline_constants(&cfg, plan, epilogue);
+                            compile(spec.shader, spec.entry, &header, &ov);
+                            n += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(n > 500);
+}
+
+#[test]
+fn rng_fill_every_distribution() {
+    for d in Distribution::ALL {
+        let (spec, header, ov) = rng_fill::pipeline_constants(d);
+        compile(spec.shader, spec.entry, &header, &ov);
+    }
+}
+
+#[test]
+fn imports_are_pasted_once_and_errors_name_the_original_line() {
+    let pre = shader::preprocess("rng_fill", &Header::default()).unwrap();
+    assert_eq!(pre.text.matches("fn philox4x32_10").count(), 1);
+    // Line numbers map back to the files they came from.
+    let idx = pre
+        .text
+        .lines()
+        .position(|l| l.contains("fn philox4x32_10"))
+        .unwrap();
+    let (file, line) = &pre.origins[idx];
+    assert_eq!(file, "common/rng");
+    let rng_src = shader::source("common/rng").unwrap();
+    assert!(
+        rng_src
+            .lines()
+            .nth(*line as usize - 1)
+            .unwrap()
+            .contains("fn philox4x32_10")
+    );
+
+    let files: HashMap<&str, &str> = [
+        ("main", "#import lib\nfn f() -> f32 {\n    return g();\n}\n"),
+        ("lib", "fn g() -> f32 {\n    return 1.0 +;\n}\n"),
+    ]
+    .into_iter()
+    .collect();
+    let pre = shader::preprocess_with("main", files["main"], &Header::default(), &|n| {
+        files.get(n).map(|s| s.to_string())
+    })
+    .unwrap();
+    let err = shader::validate("main", &pre).unwrap_err().to_string();
+    assert!(
+        err.contains("lib:2:"),
+        "error should point at lib line 2: {err}"
+    );
+
+    let err = shader::preprocess_with("main", "#import nowhere\n", &Header::default(), &|_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("main:1") && err.contains("nowhere"), "{err}");
+}
