@@ -1,0 +1,158 @@
+//! Timing helpers shared by `pompc bench`, the criterion benches and the quickstart:
+//! timestamp queries where the adapter has them, a fenced wall clock otherwise.
+
+use crate::Result;
+use crate::gpu::{Gpu, GpuBuffer, Recorder};
+use crate::kernels::linear::{Linear, LinearConfig, LinearInputs, LinearPlan};
+use rand::{Rng, SeedableRng};
+
+/// How a time was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    /// GPU timestamp queries around the pass.
+    Timestamps,
+    /// Host wall clock from submit to completion (includes submit and fence latency).
+    Wall,
+}
+
+/// Summary of repeated timings.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    /// Median seconds per run.
+    pub median: f64,
+    /// 90th percentile seconds per run.
+    pub p90: f64,
+    /// Fastest run.
+    pub min: f64,
+    /// How the times were taken.
+    pub clock: Clock,
+    /// Runs measured (after warm-up).
+    pub runs: usize,
+}
+
+impl Stats {
+    /// Summarize samples (seconds).
+    pub fn from_samples(mut s: Vec<f64>, clock: Clock) -> Stats {
+        s.sort_by(f64::total_cmp);
+        let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize];
+        Stats {
+            median: at(0.5),
+            p90: at(0.9),
+            min: s[0],
+            clock,
+            runs: s.len(),
+        }
+    }
+}
+
+/// Time `record` (which records one unit of work). Each timed run is one submit holding
+/// enough back-to-back copies of the unit to last about `target_s` (at least one), so the GPU
+/// stays busy and its clocks up, as in a plan step that chains many layers; the time per unit
+/// is the run's time divided by the copies. About `warmup_s` of untimed work comes first.
+pub fn time_submits(
+    gpu: &Gpu,
+    runs: usize,
+    target_s: f64,
+    warmup_s: f64,
+    mut record: impl FnMut(&mut Recorder) -> Result<()>,
+) -> Result<Stats> {
+    let mut run = |copies: usize| -> Result<(f64, Clock)> {
+        let mut rec = Recorder::new(gpu).with_timestamps();
+        for _ in 0..copies {
+            record(&mut rec)?;
+        }
+        let t = rec.finish()?.timing;
+        Ok(match t.gpu_seconds {
+            Some(s) if s > 0.0 => (s / copies as f64, Clock::Timestamps),
+            _ => (t.wall_seconds / copies as f64, Clock::Wall),
+        })
+    };
+    let (first, _) = run(1)?;
+    let copies = ((target_s / first.max(1e-7)).ceil() as usize).clamp(1, 2000);
+    let start = std::time::Instant::now();
+    while start.elapsed().as_secs_f64() < warmup_s {
+        run(copies)?;
+    }
+    let mut samples = Vec::with_capacity(runs);
+    let mut clock = Clock::Wall;
+    for _ in 0..runs {
+        let (s, c) = run(copies)?;
+        samples.push(s);
+        clock = c;
+    }
+    Ok(Stats::from_samples(samples, clock))
+}
+
+/// The fp32 ceiling of well-known cards in TFLOP/s (datasheet), by adapter name.
+pub fn known_fp32_ceiling_tflops(adapter: &str) -> Option<f64> {
+    let a = adapter.to_lowercase();
+    let table: &[(&[&str], f64)] = &[
+        (&["h100", "pcie"], 51.2),
+        (&["h100"], 66.9),
+        (&["h200"], 66.9),
+        (&["a100"], 19.5),
+        (&["l40s"], 91.6),
+        (&["rtx 4090"], 82.6),
+        (&["rtx 3090"], 35.6),
+    ];
+    table
+        .iter()
+        .find(|(keys, _)| keys.iter().all(|k| a.contains(k)))
+        .map(|(_, t)| *t)
+}
+
+/// One benchmarked linear layer.
+#[derive(Clone, Debug)]
+pub struct LinearBench {
+    /// Layer shape and options.
+    pub cfg: LinearConfig,
+    /// Rows.
+    pub m: usize,
+    /// Tile and split used.
+    pub plan: LinearPlan,
+    /// Times.
+    pub stats: Stats,
+    /// Median throughput.
+    pub gflops: f64,
+}
+
+/// Benchmark one linear layer on random inputs.
+pub fn bench_linear(
+    gpu: &Gpu,
+    cfg: LinearConfig,
+    m: usize,
+    plan: Option<LinearPlan>,
+    runs: usize,
+) -> Result<LinearBench> {
+    let mut r = rand::rngs::StdRng::seed_from_u64(7);
+    let mut rand_buf = |label: &str, n: usize| -> Result<GpuBuffer<f32>> {
+        let v: Vec<f32> = (0..n).map(|_| r.random_range(-1.0..1.0)).collect();
+        GpuBuffer::from_slice(gpu, label, &v)
+    };
+    let e = cfg.members;
+    let ins = if cfg.shared_input { 1 } else { e };
+    let z = rand_buf("z", ins * m * cfg.k1)?;
+    let a = rand_buf("a", ins * m * (cfg.k - cfg.k1).max(1))?;
+    let w = rand_buf("w", e * cfg.n * cfg.k)?;
+    let b = rand_buf("b", e * cfg.n)?;
+    let g = rand_buf("gamma", e * cfg.n)?;
+    let be = rand_buf("beta", e * cfg.n)?;
+    let y = GpuBuffer::<f32>::new(gpu, "y", e * m * cfg.n)?;
+    let layer = Linear::new(gpu, cfg)?.with_plan(plan);
+    let io = LinearInputs {
+        z: &z,
+        a: (cfg.k1 < cfg.k).then_some(&a),
+        w: &w,
+        b: &b,
+        ln: cfg.layer_norm.then_some((&g, &be)),
+        y: &y,
+    };
+    let stats = time_submits(gpu, runs, 2e-3, 0.2, |rec| layer.record(rec, m, io))?;
+    Ok(LinearBench {
+        cfg,
+        m,
+        plan: layer.plan(m),
+        gflops: cfg.flops(m) / stats.median * 1e-9,
+        stats,
+    })
+}

@@ -1,0 +1,246 @@
+//! pompc's command line: `pompc info`, `pompc bench linear`.
+
+use pompc::bench::{self, Clock, LinearBench};
+use pompc::kernels::linear::{Activation, LinearConfig, LinearPlan, Tile};
+use pompc::{Gpu, GpuOptions};
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage:
+  pompc info                      every adapter: backend, driver, type, features, limits
+  pompc bench linear [options]    the fused linear kernel
+      --sweep                     every tile and K-split, not only the heuristic's choice
+      --case NAME                 only cases whose name contains NAME
+      --shape MxNxK               a custom case (plain; add --ln and --act mish|simnorm)
+      --runs N                    timed runs per case (default 50)
+      --ceiling-tflops X          fp32 ceiling for the fraction column (default: known cards)
+      --json                      one JSON object per line instead of a table
+environment: WGPU_BACKEND (vulkan, metal, dx12, gl), WGPU_ADAPTER_NAME, WGPU_POWER_PREF";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let res = match args.first().map(String::as_str) {
+        Some("info") => info(),
+        Some("bench") => match args.get(1).map(String::as_str) {
+            Some("linear") => bench_linear(&args[2..]),
+            _ => Err(format!("bench what?\n{USAGE}")),
+        },
+        Some("-h" | "--help" | "help") | None => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown command {other:?}\n{USAGE}")),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn info() -> Result<(), String> {
+    let adapters = pompc::gpu::enumerate_adapters(None);
+    if adapters.is_empty() {
+        return Err(pompc::Error::NoAdapter {
+            detail: String::new(),
+        }
+        .to_string());
+    }
+    for (i, a) in adapters.iter().enumerate() {
+        let inf = a.get_info();
+        let f = a.features();
+        let l = a.limits();
+        println!("[{i}] {}", inf.name);
+        println!("    backend {:?}, type {:?}", inf.backend, inf.device_type);
+        println!("    driver {} ({})", inf.driver, inf.driver_info);
+        println!(
+            "    subgroups {} (size {}..{}), shader-f16 {}, timestamps {}, cooperative matrix {}",
+            f.contains(wgpu::Features::SUBGROUP),
+            inf.subgroup_min_size,
+            inf.subgroup_max_size,
+            f.contains(wgpu::Features::SHADER_F16),
+            f.contains(wgpu::Features::TIMESTAMP_QUERY),
+            f.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
+        );
+        println!(
+            "    max storage binding {} MiB, max buffer {} MiB, workgroup memory {} B, \
+             invocations/workgroup {}, workgroups/dimension {}",
+            l.max_storage_buffer_binding_size >> 20,
+            l.max_buffer_size >> 20,
+            l.max_compute_workgroup_storage_size,
+            l.max_compute_invocations_per_workgroup,
+            l.max_compute_workgroups_per_dimension,
+        );
+    }
+    match Gpu::new(GpuOptions::default()) {
+        Ok(g) => println!("default choice: {}", g.describe()),
+        Err(e) => println!("default choice failed: {e}"),
+    }
+    Ok(())
+}
+
+fn bench_linear(args: &[String]) -> Result<(), String> {
+    let mut sweep = false;
+    let mut json = false;
+    let mut runs = 50;
+    let mut ceiling = None;
+    let mut only: Option<String> = None;
+    let mut shape: Option<(usize, usize, usize)> = None;
+    let mut ln = false;
+    let mut act = Activation::Identity;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--sweep" => sweep = true,
+            "--json" => json = true,
+            "--case" => only = it.next().cloned(),
+            "--ln" => ln = true,
+            "--act" => {
+                act = match it.next().map(String::as_str) {
+                    Some("mish") => Activation::Mish,
+                    Some("simnorm") => Activation::SimNorm,
+                    Some("identity") => Activation::Identity,
+                    _ => return Err("--act takes identity, mish or simnorm".into()),
+                }
+            }
+            "--shape" => {
+                let v: Vec<usize> = it
+                    .next()
+                    .map(|s| s.split('x').filter_map(|p| p.parse().ok()).collect())
+                    .unwrap_or_default();
+                if v.len() != 3 || v.contains(&0) {
+                    return Err("--shape takes MxNxK, e.g. 512x550x512".into());
+                }
+                shape = Some((v[0], v[1], v[2]));
+            }
+            "--runs" => runs = parse(it.next(), "--runs")?,
+            "--ceiling-tflops" => ceiling = Some(parse::<f64>(it.next(), "--ceiling-tflops")?),
+            other => return Err(format!("unknown option {other:?}\n{USAGE}")),
+        }
+    }
+    let gpu = Gpu::new(GpuOptions::default()).map_err(|e| e.to_string())?;
+    let ceiling = ceiling.or_else(|| bench::known_fp32_ceiling_tflops(&gpu.info().name));
+    if !json {
+        println!("adapter: {}", gpu.describe());
+        println!(
+            "fp32 ceiling: {}",
+            ceiling.map_or("unknown (pass --ceiling-tflops)".into(), |c| format!(
+                "{c} TFLOP/s"
+            ))
+        );
+        println!(
+            "{:<34} {:>15} {:>20} {:>10} {:>10} {:>10} {:>9} {:>7}",
+            "kernel",
+            "M x N x K",
+            "tile/split",
+            "median us",
+            "p90 us",
+            "min us",
+            "GFLOP/s",
+            "ceiling"
+        );
+    }
+    let mut cases: Vec<(&str, LinearConfig, usize)> = vec![
+        (
+            "linear LN+Mish",
+            LinearConfig::new(512, 550)
+                .with_ln()
+                .with_act(Activation::Mish),
+            512,
+        ),
+        ("linear plain", LinearConfig::new(512, 550), 512),
+        ("linear plain", LinearConfig::new(4096, 4096), 4096),
+        (
+            "linear LN+Mish (planner batch)",
+            LinearConfig::new(512, 512)
+                .with_ln()
+                .with_act(Activation::Mish),
+            16384,
+        ),
+    ];
+    if let Some((m, n, k)) = shape {
+        let mut cfg = LinearConfig::new(k, n).with_act(act);
+        cfg.layer_norm = ln;
+        cases = vec![("linear custom", cfg, m)];
+    }
+    for (name, cfg, m) in cases {
+        if only
+            .as_ref()
+            .is_some_and(|o| !format!("{name} {m}").contains(o.as_str()))
+        {
+            continue;
+        }
+        let mut plans = vec![None];
+        if sweep {
+            let mut tiles = Tile::ALL.to_vec();
+            for t in [Tile::MEDIUM, Tile::SMALL] {
+                for bk in [8, 16, 32] {
+                    let v = Tile { bk, ..t };
+                    if !tiles.contains(&v) && v.check(&gpu).is_ok() {
+                        tiles.push(v);
+                    }
+                }
+            }
+            for tile in tiles {
+                for split in [1, 2, 4, 8] {
+                    plans.push(Some(LinearPlan { tile, split }));
+                }
+            }
+        }
+        for plan in plans {
+            let r = bench::bench_linear(&gpu, cfg, m, plan, runs).map_err(|e| e.to_string())?;
+            let label = if plan.is_none() {
+                format!("{name} [auto]")
+            } else {
+                name.to_string()
+            };
+            print_row(&label, &r, ceiling, json, &gpu);
+        }
+    }
+    Ok(())
+}
+
+fn print_row(name: &str, r: &LinearBench, ceiling: Option<f64>, json: bool, gpu: &Gpu) {
+    let frac = ceiling.map(|c| r.gflops / (c * 1e3));
+    let clock = match r.stats.clock {
+        Clock::Timestamps => "timestamps",
+        Clock::Wall => "wall",
+    };
+    if json {
+        println!(
+            "{{\"kernel\":\"{name}\",\"m\":{},\"n\":{},\"k\":{},\"tile\":\"{}\",\"split\":{},\
+             \"backend\":\"{:?}\",\"adapter\":\"{}\",\"median_s\":{:e},\"p90_s\":{:e},\
+             \"gflops\":{:.1},\"fraction\":{},\"clock\":\"{clock}\"}}",
+            r.m,
+            r.cfg.n,
+            r.cfg.k,
+            r.plan.tile,
+            r.plan.split,
+            gpu.info().backend,
+            gpu.info().name.replace('"', "'"),
+            r.stats.median,
+            r.stats.p90,
+            r.gflops,
+            frac.map_or("null".into(), |f| format!("{f:.3}")),
+        );
+    } else {
+        println!(
+            "{:<34} {:>15} {:>20} {:>10.1} {:>10.1} {:>10.1} {:>9.0} {:>7} {clock}",
+            name,
+            format!("{}x{}x{}", r.m, r.cfg.n, r.cfg.k),
+            format!("{}/{}", r.plan.tile, r.plan.split),
+            r.stats.median * 1e6,
+            r.stats.p90 * 1e6,
+            r.stats.min * 1e6,
+            r.gflops,
+            frac.map_or("-".into(), |f| format!("{:.1}%", f * 100.0)),
+        );
+    }
+}
+
+fn parse<T: std::str::FromStr>(v: Option<&String>, flag: &str) -> Result<T, String> {
+    v.and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("{flag} needs a number"))
+}
