@@ -147,7 +147,11 @@ pub fn bench_linear(
         ln: cfg.layer_norm.then_some((&g, &be)),
         y: &y,
     };
-    let stats = time_submits(gpu, runs, 2e-3, 0.2, |rec| layer.record(rec, m, io))?;
+    let target = std::env::var("POMPC_BENCH_TARGET_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2e-3);
+    let stats = time_submits(gpu, runs, target, 0.2, |rec| layer.record(rec, m, io))?;
     Ok(LinearBench {
         cfg,
         m,

@@ -17,3 +17,8 @@ pub mod rng;
 
 pub use error::{Error, Result};
 pub use gpu::{Gpu, GpuBuffer, GpuOptions, Recorder, ShaderChecks};
+
+// README's Rust examples compile as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

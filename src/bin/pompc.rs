@@ -15,7 +15,8 @@ usage:
       --runs N                    timed runs per case (default 50)
       --ceiling-tflops X          fp32 ceiling for the fraction column (default: known cards)
       --json                      one JSON object per line instead of a table
-environment: WGPU_BACKEND (vulkan, metal, dx12, gl), WGPU_ADAPTER_NAME, WGPU_POWER_PREF";
+environment: WGPU_BACKEND (vulkan, metal, dx12, gl), WGPU_ADAPTER_NAME, WGPU_POWER_PREF,
+  POMPC_BENCH_TARGET_S (seconds of back-to-back work per timed run, default 0.002)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -175,14 +176,9 @@ fn bench_linear(args: &[String]) -> Result<(), String> {
         let mut plans = vec![None];
         if sweep {
             let mut tiles = Tile::ALL.to_vec();
-            for t in [Tile::MEDIUM, Tile::SMALL] {
-                for bk in [8, 16, 32] {
-                    let v = Tile { bk, ..t };
-                    if !tiles.contains(&v) && v.check(&gpu).is_ok() {
-                        tiles.push(v);
-                    }
-                }
-            }
+            tiles.extend(Tile::SWEEP);
+            tiles.retain(|t| t.check(&gpu).is_ok());
+            tiles.dedup();
             for tile in tiles {
                 for split in [1, 2, 4, 8] {
                     plans.push(Some(LinearPlan { tile, split }));

@@ -74,6 +74,79 @@ impl Tile {
     };
     /// The tiles the heuristic picks from.
     pub const ALL: [Tile; 3] = [Tile::LARGE, Tile::MEDIUM, Tile::SMALL];
+    /// More shapes that `pompc bench linear --sweep` tries (the shader test builds them all).
+    pub const SWEEP: [Tile; 10] = [
+        Tile {
+            bm: 64,
+            bn: 64,
+            bk: 8,
+            tm: 4,
+            tn: 4,
+        },
+        Tile {
+            bm: 64,
+            bn: 64,
+            bk: 32,
+            tm: 4,
+            tn: 4,
+        },
+        Tile {
+            bm: 32,
+            bn: 32,
+            bk: 8,
+            tm: 4,
+            tn: 4,
+        },
+        Tile {
+            bm: 32,
+            bn: 32,
+            bk: 16,
+            tm: 4,
+            tn: 4,
+        },
+        Tile {
+            bm: 64,
+            bn: 64,
+            bk: 16,
+            tm: 8,
+            tn: 8,
+        },
+        Tile {
+            bm: 64,
+            bn: 64,
+            bk: 32,
+            tm: 8,
+            tn: 8,
+        },
+        Tile {
+            bm: 32,
+            bn: 64,
+            bk: 32,
+            tm: 4,
+            tn: 8,
+        },
+        Tile {
+            bm: 64,
+            bn: 32,
+            bk: 32,
+            tm: 8,
+            tn: 4,
+        },
+        Tile {
+            bm: 128,
+            bn: 64,
+            bk: 16,
+            tm: 8,
+            tn: 8,
+        },
+        Tile {
+            bm: 128,
+            bn: 128,
+            bk: 16,
+            tm: 8,
+            tn: 8,
+        },
+    ];
 
     /// Threads per workgroup.
     pub fn threads(&self) -> u32 {
