@@ -78,6 +78,43 @@ fn load_w(e: u32, col: u32, k: u32, k_end: u32) -> f32 {
     return v;
 }
 
+// Thread `tid` loads, for r < A_LOADS / 4, rows 4 (i / BK) .. +3 at k = k0 + i % BK of the X
+// tile, with i = tid + r * WG: consecutive threads read consecutive k (coalesced), and each
+// thread's four values form one vec4 of the transposed tile. Likewise for W.
+fn load_tiles(
+    e: u32,
+    row0: u32,
+    col0: u32,
+    k0: u32,
+    k_end: u32,
+    tid: u32,
+    ra: ptr<function, array<vec4<f32>, A_LOADS / 4u>>,
+    rb: ptr<function, array<vec4<f32>, B_LOADS / 4u>>,
+) {
+    for (var r = 0u; r < A_LOADS / 4u; r++) {
+        let i = tid + r * WG;
+        let row = row0 + (i / BK) * 4u;
+        let k = k0 + i % BK;
+        (*ra)[r] = vec4<f32>(
+            load_x(e, row, k, k_end),
+            load_x(e, row + 1u, k, k_end),
+            load_x(e, row + 2u, k, k_end),
+            load_x(e, row + 3u, k, k_end),
+        );
+    }
+    for (var r = 0u; r < B_LOADS / 4u; r++) {
+        let i = tid + r * WG;
+        let col = col0 + (i / BK) * 4u;
+        let k = k0 + i % BK;
+        (*rb)[r] = vec4<f32>(
+            load_w(e, col, k, k_end),
+            load_w(e, col + 1u, k, k_end),
+            load_w(e, col + 2u, k, k_end),
+            load_w(e, col + 3u, k, k_end),
+        );
+    }
+}
+
 @compute @workgroup_size(WX, WY, 1)
 fn gemm(
     @builtin(local_invocation_id) lid: vec3<u32>,
@@ -93,40 +130,25 @@ fn gemm(
     let k_end = min(K, k_begin + chunk);
 
     var acc: array<vec4<f32>, TM * RN>;
-    var ra: array<f32, A_LOADS>;
-    var rb: array<f32, B_LOADS>;
-    for (var r = 0u; r < A_LOADS; r++) {
-        let i = tid + r * WG;
-        ra[r] = load_x(e, row0 + i / BK, k_begin + i % BK, k_end);
-    }
-    for (var r = 0u; r < B_LOADS; r++) {
-        let i = tid + r * WG;
-        rb[r] = load_w(e, col0 + i / BK, k_begin + i % BK, k_end);
-    }
+    var ra: array<vec4<f32>, A_LOADS / 4u>;
+    var rb: array<vec4<f32>, B_LOADS / 4u>;
+    load_tiles(e, row0, col0, k_begin, k_end, tid, &ra, &rb);
 
     for (var kt = k_begin; kt < k_end; kt += BK) {
         workgroupBarrier();
-        for (var r = 0u; r < A_LOADS; r++) {
+        // Each thread holds 4 rows of one k: whole vec4 stores, conflict-free.
+        for (var r = 0u; r < A_LOADS / 4u; r++) {
             let i = tid + r * WG;
-            let a = (i % BK) * AS + i / BK;
-            As[a / 4u][a % 4u] = ra[r];
+            As[(i % BK) * (AS / 4u) + i / BK] = ra[r];
         }
-        for (var r = 0u; r < B_LOADS; r++) {
+        for (var r = 0u; r < B_LOADS / 4u; r++) {
             let i = tid + r * WG;
-            let b = (i % BK) * BS + i / BK;
-            Bs[b / 4u][b % 4u] = rb[r];
+            Bs[(i % BK) * (BS / 4u) + i / BK] = rb[r];
         }
         workgroupBarrier();
         let next = kt + BK;
         if (next < k_end) {
-            for (var r = 0u; r < A_LOADS; r++) {
-                let i = tid + r * WG;
-                ra[r] = load_x(e, row0 + i / BK, next + i % BK, k_end);
-            }
-            for (var r = 0u; r < B_LOADS; r++) {
-                let i = tid + r * WG;
-                rb[r] = load_w(e, col0 + i / BK, next + i % BK, k_end);
-            }
+            load_tiles(e, row0, col0, next, k_end, tid, &ra, &rb);
         }
         for (var kk = 0u; kk < BK; kk++) {
             var av: array<vec4<f32>, RM>;

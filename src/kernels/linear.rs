@@ -75,25 +75,11 @@ impl Tile {
     /// The tiles the heuristic picks from.
     pub const ALL: [Tile; 3] = [Tile::LARGE, Tile::MEDIUM, Tile::SMALL];
     /// More shapes that `pompc bench linear --sweep` tries (the shader test builds them all).
-    pub const SWEEP: [Tile; 10] = [
-        Tile {
-            bm: 64,
-            bn: 64,
-            bk: 8,
-            tm: 4,
-            tn: 4,
-        },
+    pub const SWEEP: [Tile; 8] = [
         Tile {
             bm: 64,
             bn: 64,
             bk: 32,
-            tm: 4,
-            tn: 4,
-        },
-        Tile {
-            bm: 32,
-            bn: 32,
-            bk: 8,
             tm: 4,
             tn: 4,
         },
@@ -163,8 +149,8 @@ impl Tile {
             && self.bm.is_multiple_of(self.tm)
             && self.bn.is_multiple_of(self.tn)
             && wg > 0
-            && (self.bm * self.bk).is_multiple_of(wg)
-            && (self.bn * self.bk).is_multiple_of(wg)
+            && (self.bm * self.bk).is_multiple_of(4 * wg)
+            && (self.bn * self.bk).is_multiple_of(4 * wg)
             && wg <= l.max_compute_invocations_per_workgroup
             && smem <= l.max_compute_workgroup_storage_size;
         if ok {
@@ -172,7 +158,7 @@ impl Tile {
         } else {
             Err(Error::InvalidArgument(format!(
                 "tile {self:?} is not supported: tm, tn in {{4, 8}}, bm*bk and bn*bk multiples \
-                 of the {wg} threads, {smem} bytes of workgroup memory"
+                 of 4 times the {wg} threads, {smem} bytes of workgroup memory"
             )))
         }
     }
