@@ -223,14 +223,18 @@ fn print_row(name: &str, r: &LinearBench, ceiling: Option<f64>, json: bool, gpu:
         );
     } else {
         println!(
-            "{:<34} {:>15} {:>20} {:>10.1} {:>10.1} {:>10.1} {:>9.0} {:>7} {clock}",
+            "{:<34} {:>15} {:>20} {:>10.1} {:>10.1} {:>10.1} {:>9} {:>7} {clock}",
             name,
             format!("{}x{}x{}", r.m, r.cfg.n, r.cfg.k),
             format!("{}/{}", r.plan.tile, r.plan.split),
             r.stats.median * 1e6,
             r.stats.p90 * 1e6,
             r.stats.min * 1e6,
-            r.gflops,
+            if r.gflops < 100.0 {
+                format!("{:.2}", r.gflops)
+            } else {
+                format!("{:.0}", r.gflops)
+            },
             frac.map_or("-".into(), |f| format!("{:.1}%", f * 100.0)),
         );
     }
