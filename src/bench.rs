@@ -31,8 +31,11 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Summarize samples (seconds).
+    /// Summarize samples (seconds); at least one is needed.
     pub fn from_samples(mut s: Vec<f64>, clock: Clock) -> Stats {
+        if s.is_empty() {
+            s.push(f64::NAN);
+        }
         s.sort_by(f64::total_cmp);
         let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize];
         Stats {
@@ -75,7 +78,7 @@ pub fn time_submits(
     }
     let mut samples = Vec::with_capacity(runs);
     let mut clock = Clock::Wall;
-    for _ in 0..runs {
+    for _ in 0..runs.max(1) {
         let (s, c) = run(copies)?;
         samples.push(s);
         clock = c;
