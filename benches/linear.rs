@@ -50,6 +50,7 @@ fn bench(c: &mut Criterion) {
             b: &b,
             ln: cfg.layer_norm.then_some((&g, &be)),
             y: &y,
+            heads: None,
         };
         group.throughput(Throughput::Elements(cfg.flops(m) as u64));
         group.bench_function(format!("{name} {m}x{}x{}", cfg.n, cfg.k), |bch| {

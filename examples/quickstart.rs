@@ -37,13 +37,14 @@ fn main() -> pompc::Result<()> {
         b: &bb,
         ln: Some((&gb, &beb)),
         y: &y,
+        heads: None,
     };
 
     let mut rec = Recorder::new(&gpu);
     layer.record(&mut rec, m, io)?;
     let h = rec.read(&y);
     let got = rec.finish()?.get(&h)?;
-    let want = reference::linear::linear(&cfg, m, &x, &[], &w, &b, Some((&g, &be)));
+    let want = reference::linear::linear(&cfg, m, &x, &[], &w, &b, Some((&g, &be)), None);
     let err = got
         .iter()
         .zip(&want)

@@ -25,13 +25,18 @@ override SPLIT: u32 = 1u;
 override ACT: u32 = 0u;
 override LN: bool = false;
 override RAW: bool = false;
+// Slot e of the output uses weight set heads[e] instead of e (a chosen subset of an ensemble).
+override HEAD_MAP: bool = false;
 
 struct Params {
     m: u32,
     // Elements between ensemble members in xz and xa; 0 shares the input.
     xz_stride: u32,
     xa_stride: u32,
+    // Output slots (ensemble members evaluated).
     members: u32,
+    // Weight sets stored (bounds the head map).
+    sets: u32,
 }
 
 @group(0) @binding(0) var<storage, read> xz: array<f32>;
@@ -43,6 +48,7 @@ struct Params {
 @group(0) @binding(6) var<storage, read> gamma: array<f32>;
 @group(0) @binding(7) var<storage, read> beta: array<f32>;
 @group(0) @binding(8) var<storage, read> part: array<f32>;
+@group(0) @binding(9) var<storage, read> heads: array<u32>;
 
 const WX: u32 = BN / TN;
 const WY: u32 = BM / TM;
@@ -70,12 +76,19 @@ fn load_x(e: u32, row: u32, k: u32, k_end: u32) -> f32 {
     return v;
 }
 
-fn load_w(e: u32, col: u32, k: u32, k_end: u32) -> f32 {
+fn load_w(we: u32, col: u32, k: u32, k_end: u32) -> f32 {
     var v = 0.0;
     if (col < N && k < k_end) {
-        v = w[(e * N + col) * K + k];
+        v = w[(we * N + col) * K + k];
     }
     return v;
+}
+
+fn weight_set(e: u32) -> u32 {
+    if (HEAD_MAP) {
+        return min(heads[e], p.sets - 1u);
+    }
+    return e;
 }
 
 // Thread `tid` loads, for r < A_LOADS / 4, rows 4 (i / BK) .. +3 at k = k0 + i % BK of the X
@@ -83,6 +96,7 @@ fn load_w(e: u32, col: u32, k: u32, k_end: u32) -> f32 {
 // thread's four values form one vec4 of the transposed tile. Likewise for W.
 fn load_tiles(
     e: u32,
+    we: u32,
     row0: u32,
     col0: u32,
     k0: u32,
@@ -107,10 +121,10 @@ fn load_tiles(
         let col = col0 + (i / BK) * 4u;
         let k = k0 + i % BK;
         (*rb)[r] = vec4<f32>(
-            load_w(e, col, k, k_end),
-            load_w(e, col + 1u, k, k_end),
-            load_w(e, col + 2u, k, k_end),
-            load_w(e, col + 3u, k, k_end),
+            load_w(we, col, k, k_end),
+            load_w(we, col + 1u, k, k_end),
+            load_w(we, col + 2u, k, k_end),
+            load_w(we, col + 3u, k, k_end),
         );
     }
 }
@@ -122,6 +136,7 @@ fn gemm(
     @builtin(workgroup_id) wid: vec3<u32>,
 ) {
     let e = wid.z / SPLIT;
+    let we = weight_set(e);
     let s = wid.z % SPLIT;
     let row0 = wid.y * BM;
     let col0 = wid.x * BN;
@@ -132,7 +147,7 @@ fn gemm(
     var acc: array<vec4<f32>, TM * RN>;
     var ra: array<vec4<f32>, A_LOADS / 4u>;
     var rb: array<vec4<f32>, B_LOADS / 4u>;
-    load_tiles(e, row0, col0, k_begin, k_end, tid, &ra, &rb);
+    load_tiles(e, we, row0, col0, k_begin, k_end, tid, &ra, &rb);
 
     for (var kt = k_begin; kt < k_end; kt += BK) {
         workgroupBarrier();
@@ -148,7 +163,7 @@ fn gemm(
         workgroupBarrier();
         let next = kt + BK;
         if (next < k_end) {
-            load_tiles(e, row0, col0, next, k_end, tid, &ra, &rb);
+            load_tiles(e, we, row0, col0, next, k_end, tid, &ra, &rb);
         }
         for (var kk = 0u; kk < BK; kk++) {
             var av: array<vec4<f32>, RM>;
@@ -185,7 +200,7 @@ fn gemm(
                         if (RAW) {
                             y[((e * SPLIT + s) * p.m + row) * N + col] = v4[c];
                         } else {
-                            var v = v4[c] + bias[e * N + col];
+                            var v = v4[c] + bias[we * N + col];
                             if (ACT == 1u) {
                                 v = mish(v);
                             }
@@ -228,6 +243,7 @@ fn epilogue(
         return;
     }
     let e = gr / p.m;
+    let we = weight_set(e);
     let row = gr % p.m;
     var sum = 0.0;
     for (var j = tid; j < N; j += EW) {
@@ -239,7 +255,7 @@ fn epilogue(
                 v += part[((e * SPLIT + s) * p.m + row) * N + j];
             }
         }
-        v += bias[e * N + j];
+        v += bias[we * N + j];
         row_buf[j] = v;
         sum += v;
     }
@@ -252,7 +268,7 @@ fn epilogue(
         }
         let rstd = inverseSqrt(workgroup_sum(tid, sq) / f32(N) + 1e-5);
         for (var j = tid; j < N; j += EW) {
-            row_buf[j] = (row_buf[j] - mean) * rstd * gamma[e * N + j] + beta[e * N + j];
+            row_buf[j] = (row_buf[j] - mean) * rstd * gamma[we * N + j] + beta[we * N + j];
         }
     }
     if (ACT == 2u) {

@@ -149,6 +149,7 @@ pub fn bench_linear(
         b: &b,
         ln: cfg.layer_norm.then_some((&g, &be)),
         y: &y,
+        heads: None,
     };
     let target = std::env::var("POMPC_BENCH_TARGET_S")
         .ok()

@@ -72,6 +72,7 @@ fn bad_linear_shapes_and_inputs() {
         b: &b,
         ln: None,
         y: &y,
+        heads: None,
     };
     let layer = Linear::new(gpu, LinearConfig::new(8, 8)).unwrap();
     let mut rec = Recorder::new(gpu);

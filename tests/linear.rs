@@ -12,8 +12,20 @@ use rand::Rng;
 const TOL: f64 = 1e-5;
 
 fn run_case(gpu: &Gpu, r: &mut impl Rng, cfg: LinearConfig, m: usize, plan: Option<LinearPlan>) {
+    run_heads(gpu, r, cfg, m, plan, None)
+}
+
+fn run_heads(
+    gpu: &Gpu,
+    r: &mut impl Rng,
+    cfg: LinearConfig,
+    m: usize,
+    plan: Option<LinearPlan>,
+    heads: Option<&[u32]>,
+) {
     let e = cfg.members;
-    let ins = if cfg.shared_input { 1 } else { e };
+    let slots = heads.map_or(e, |h| h.len());
+    let ins = if cfg.shared_input { 1 } else { slots };
     let k2 = cfg.k - cfg.k1;
     let z = uniform(r, ins * m * cfg.k1, 1.0);
     let a = uniform(r, ins * m * k2, 1.0);
@@ -22,7 +34,7 @@ fn run_case(gpu: &Gpu, r: &mut impl Rng, cfg: LinearConfig, m: usize, plan: Opti
     let g = uniform(r, e * cfg.n, 2.0);
     let be = uniform(r, e * cfg.n, 1.0);
     let ln = cfg.layer_norm.then_some((g.as_slice(), be.as_slice()));
-    let want = reference::linear::linear(&cfg, m, &z, &a, &w, &b, ln);
+    let want = reference::linear::linear(&cfg, m, &z, &a, &w, &b, ln, heads);
 
     let zb = GpuBuffer::from_slice(gpu, "z", &z).unwrap();
     let ab = GpuBuffer::from_slice(gpu, "a", &a).unwrap();
@@ -30,7 +42,8 @@ fn run_case(gpu: &Gpu, r: &mut impl Rng, cfg: LinearConfig, m: usize, plan: Opti
     let bb = GpuBuffer::from_slice(gpu, "b", &b).unwrap();
     let gb = GpuBuffer::from_slice(gpu, "gamma", &g).unwrap();
     let beb = GpuBuffer::from_slice(gpu, "beta", &be).unwrap();
-    let y = GpuBuffer::<f32>::new(gpu, "y", e * m * cfg.n).unwrap();
+    let y = GpuBuffer::<f32>::new(gpu, "y", slots * m * cfg.n).unwrap();
+    let hb = heads.map(|h| GpuBuffer::from_slice(gpu, "heads", h).unwrap());
     y.fill_u32(gpu, POISON).unwrap();
     let layer = Linear::new(gpu, cfg).unwrap().with_plan(plan);
     let mut rec = Recorder::new(gpu);
@@ -45,6 +58,7 @@ fn run_case(gpu: &Gpu, r: &mut impl Rng, cfg: LinearConfig, m: usize, plan: Opti
                 b: &bb,
                 ln: cfg.layer_norm.then_some((&gb, &beb)),
                 y: &y,
+                heads: hb.as_ref(),
             },
         )
         .unwrap();
@@ -143,6 +157,32 @@ fn concatenated_inputs_and_ensembles() {
                 let cfg = LinearConfig::new(k, n).with_members(members, shared);
                 run_case(gpu, &mut r, cfg, m, None);
             }
+        }
+    }
+}
+
+#[test]
+fn a_chosen_subset_of_ensemble_members() {
+    let mut r = rng("heads");
+    for gpu in gpus() {
+        for shared in [true, false] {
+            let (k1, k, n, m) = (r.random_range(1..90), 0, r.random_range(1..120), 37);
+            let k = k + k1 + 3;
+            let cfg = LinearConfig::new(k, n)
+                .with_concat(k1)
+                .with_members(5, shared)
+                .with_ln()
+                .with_act(Activation::Mish);
+            // Two heads out of five, repeated heads, and a split-K plan.
+            run_heads(gpu, &mut r, cfg, m, None, Some(&[3, 1]));
+            run_heads(gpu, &mut r, cfg, m, None, Some(&[4, 4, 0]));
+            let plan = Some(LinearPlan {
+                tile: Tile::SMALL,
+                split: 2,
+            });
+            run_heads(gpu, &mut r, cfg, m, plan, Some(&[2, 0]));
+            let cfg = LinearConfig::new(k, n).with_members(5, shared);
+            run_heads(gpu, &mut r, cfg, m, None, Some(&[1, 3]));
         }
     }
 }

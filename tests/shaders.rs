@@ -66,10 +66,12 @@ fn linear_every_tile_split_activation_and_norm() {
                         cfg.layer_norm = ln;
                         let plan = LinearPlan { tile, split };
                         for epilogue in [false, true] {
-                            let (spec, header, ov) =
-                                linear::pipeline_constants(&cfg, plan, epilogue);
-                            compile(spec.shader, spec.entry, &header, &ov);
-                            n += 1;
+                            for head_map in [false, true] {
+                                let (spec, header, ov) =
+                                    linear::pipeline_constants(&cfg, plan, epilogue, head_map);
+                                compile(spec.shader, spec.entry, &header, &ov);
+                                n += 1;
+                            }
                         }
                     }
                 }

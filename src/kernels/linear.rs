@@ -272,8 +272,32 @@ pub struct LinearInputs<'a> {
     pub b: &'a GpuBuffer<f32>,
     /// LayerNorm gain and shift `[members, n]` each, when the layer has LayerNorm.
     pub ln: Option<(&'a GpuBuffer<f32>, &'a GpuBuffer<f32>)>,
-    /// Output `[members, m, n]`.
+    /// Output `[slots, m, n]` where slots is `members`, or `heads.len()` with a head map.
     pub y: &'a GpuBuffer<f32>,
+    /// Evaluate only some weight sets: output slot `i` uses weight set `heads[i]` (values
+    /// clamped to `members - 1`). The values may be written on the GPU (a random choice of
+    /// Q heads), so no host round-trip is needed to pick them.
+    pub heads: Option<&'a GpuBuffer<u32>>,
+}
+
+impl<'a> LinearInputs<'a> {
+    /// Inputs of a plain layer `y = act(LN(z W^T + b))`.
+    pub fn new(
+        z: &'a GpuBuffer<f32>,
+        w: &'a GpuBuffer<f32>,
+        b: &'a GpuBuffer<f32>,
+        y: &'a GpuBuffer<f32>,
+    ) -> Self {
+        LinearInputs {
+            z,
+            a: None,
+            w,
+            b,
+            ln: None,
+            y,
+            heads: None,
+        }
+    }
 }
 
 #[repr(C)]
@@ -283,6 +307,8 @@ struct Params {
     xz_stride: u32,
     xa_stride: u32,
     members: u32,
+    sets: u32,
+    _pad: [u32; 3],
 }
 
 const BINDINGS: &[(u32, Binding)] = &[
@@ -292,6 +318,7 @@ const BINDINGS: &[(u32, Binding)] = &[
     (3, Binding::Read),
     (4, Binding::ReadWrite),
     (5, Binding::Uniform),
+    (9, Binding::Read),
 ];
 const GEMM: KernelSpec = KernelSpec {
     shader: "linear",
@@ -308,6 +335,7 @@ const EPILOGUE: KernelSpec = KernelSpec {
         (6, Binding::Read),
         (7, Binding::Read),
         (8, Binding::Read),
+        (9, Binding::Read),
     ],
 };
 
@@ -326,6 +354,7 @@ pub fn pipeline_constants(
     cfg: &LinearConfig,
     plan: LinearPlan,
     epilogue: bool,
+    head_map: bool,
 ) -> (KernelSpec, Header, Vec<(&'static str, f64)>) {
     let Tile { bm, bn, bk, tm, tn } = plan.tile;
     // The epilogue holds a whole row in workgroup memory.
@@ -345,6 +374,7 @@ pub fn pipeline_constants(
         ("K1", cfg.k1 as f64),
         ("SPLIT", plan.split as f64),
         ("ACT", cfg.act.code() as f64),
+        ("HEAD_MAP", head_map as u32 as f64),
     ];
     if epilogue {
         ov.push(("LN", cfg.layer_norm as u32 as f64));
@@ -413,14 +443,17 @@ impl Linear {
         &self.cfg
     }
 
-    /// The tile and split used for `m` rows.
+    /// The tile and split used for `m` rows of every weight set.
     pub fn plan(&self, m: usize) -> LinearPlan {
+        self.plan_for(m, self.cfg.members)
+    }
+
+    fn plan_for(&self, m: usize, slots: usize) -> LinearPlan {
         if let Some(p) = self.forced {
             return p;
         }
         let cfg = &self.cfg;
-        let tiles =
-            |t: Tile| m.div_ceil(t.bm as usize) * cfg.n.div_ceil(t.bn as usize) * cfg.members;
+        let tiles = |t: Tile| m.div_ceil(t.bm as usize) * cfg.n.div_ceil(t.bn as usize) * slots;
         // Tuned on the H100 (132 SMs, BENCHMARKS.md): big tiles once they make two waves,
         // otherwise 64x64 tiles with K split until about 300 workgroups are in flight.
         let tile = if tiles(Tile::LARGE) >= 256 {
@@ -445,13 +478,18 @@ impl Linear {
     pub fn record(&self, rec: &mut Recorder, m: usize, io: LinearInputs) -> Result<()> {
         let gpu = rec.gpu();
         let cfg = &self.cfg;
-        let e = cfg.members;
+        let sets = cfg.members;
+        let e = io.heads.map_or(sets, |h| h.len());
+        if e == 0 {
+            return Err(Error::Shape("an empty head map evaluates nothing".into()));
+        }
         let in_rows = if cfg.shared_input { 1 } else { e };
         let k2 = cfg.k - cfg.k1;
         let expect = |name: &str, got: usize, want: usize| {
             if got < want {
                 Err(Error::Shape(format!(
-                    "linear {}x{} (members {e}): {name} holds {got} elements, needs {want}",
+                    "linear {}x{} ({sets} weight sets, {e} evaluated): {name} holds {got} \
+                     elements, needs {want}",
                     cfg.k, cfg.n
                 )))
             } else {
@@ -474,13 +512,13 @@ impl Linear {
                 )));
             }
         };
-        expect("W", io.w.len(), e * cfg.n * cfg.k)?;
-        expect("b", io.b.len(), e * cfg.n)?;
+        expect("W", io.w.len(), sets * cfg.n * cfg.k)?;
+        expect("b", io.b.len(), sets * cfg.n)?;
         expect("Y", io.y.len(), e * m * cfg.n)?;
         let (gamma, beta) = match (cfg.layer_norm, io.ln) {
             (true, Some((g, b))) => {
-                expect("LayerNorm gain", g.len(), e * cfg.n)?;
-                expect("LayerNorm shift", b.len(), e * cfg.n)?;
+                expect("LayerNorm gain", g.len(), sets * cfg.n)?;
+                expect("LayerNorm shift", b.len(), sets * cfg.n)?;
                 (g, b)
             }
             (true, None) => {
@@ -493,7 +531,7 @@ impl Linear {
         if m > u32::MAX as usize / cfg.n.max(cfg.k) {
             return Err(Error::Limit(format!("{m} rows overflow 32-bit indexing")));
         }
-        let plan = self.plan(m);
+        let plan = self.plan_for(m, e);
         plan.tile.check(gpu)?;
         if plan.split == 0 {
             return Err(Error::InvalidArgument("K split of 0".into()));
@@ -508,9 +546,14 @@ impl Linear {
             },
             xa_stride: if cfg.shared_input { 0 } else { (m * k2) as u32 },
             members: e as u32,
+            sets: sets as u32,
+            _pad: [0; 3],
         };
+        // Without a head map the binding gets any buffer; the kernel never reads it.
+        let heads = io.heads.map_or(&io.b.buffer, |h| &h.buffer);
+        let head_map = io.heads.is_some();
         let epi = needs_epilogue(cfg, plan);
-        let (spec, header, ov) = pipeline_constants(cfg, plan, false);
+        let (spec, header, ov) = pipeline_constants(cfg, plan, false, head_map);
         let gemm = gpu.pipeline(&spec, &header, &ov)?;
         let gx = cfg.n.div_ceil(bn as usize) as u32;
         let gy = m.div_ceil(bm as usize) as u32;
@@ -529,12 +572,13 @@ impl Linear {
                 &io.w.buffer,
                 &io.b.buffer,
                 &target.buffer,
+                heads,
             ],
             Some(&params),
             [gx, gy, gz],
         )?;
         if epi {
-            let (spec, header, ov) = pipeline_constants(cfg, plan, true);
+            let (spec, header, ov) = pipeline_constants(cfg, plan, true, head_map);
             let pipe: Arc<Pipeline> = gpu.pipeline(&spec, &header, &ov)?;
             let rows = (e * m) as u32;
             let max = gpu.limits().max_compute_workgroups_per_dimension;
@@ -552,6 +596,7 @@ impl Linear {
                     &gamma.buffer,
                     &beta.buffer,
                     &part.buffer,
+                    heads,
                 ],
                 Some(&params),
                 [x, y, 1],

@@ -3,9 +3,11 @@
 use super::act;
 use crate::kernels::linear::{Activation, LinearConfig};
 
-/// `Y[e, m, :] = act(LN([Z | A][e, m, :] W[e]^T + b[e]))` for `m` rows, in f64.
+/// `Y[e, m, :] = act(LN([Z | A][e, m, :] W[h]^T + b[h]))` for `m` rows, in f64, with
+/// `h = heads[e]` (clamped to the weight sets) or `h = e` without a head map.
 ///
 /// Buffers are laid out as in [`crate::kernels::linear::LinearInputs`].
+#[allow(clippy::too_many_arguments)]
 pub fn linear(
     cfg: &LinearConfig,
     m: usize,
@@ -14,12 +16,15 @@ pub fn linear(
     w: &[f32],
     b: &[f32],
     ln: Option<(&[f32], &[f32])>,
+    heads: Option<&[u32]>,
 ) -> Vec<f64> {
     let (n, k, k1) = (cfg.n, cfg.k, cfg.k1);
     let k2 = k - k1;
-    let mut y = vec![0.0f64; cfg.members * m * n];
-    for e in 0..cfg.members {
-        let ie = if cfg.shared_input { 0 } else { e };
+    let slots = heads.map_or(cfg.members, |h| h.len());
+    let mut y = vec![0.0f64; slots * m * n];
+    for slot in 0..slots {
+        let ie = if cfg.shared_input { 0 } else { slot };
+        let e = heads.map_or(slot, |h| (h[slot] as usize).min(cfg.members - 1));
         for row in 0..m {
             let x: Vec<f64> = (0..k)
                 .map(|kk| {
@@ -30,7 +35,7 @@ pub fn linear(
                     }
                 })
                 .collect();
-            let out = &mut y[(e * m + row) * n..(e * m + row + 1) * n];
+            let out = &mut y[(slot * m + row) * n..(slot * m + row + 1) * n];
             for (col, o) in out.iter_mut().enumerate() {
                 let wr = &w[(e * n + col) * k..(e * n + col + 1) * k];
                 let dot: f64 = x.iter().zip(wr).map(|(xv, wv)| xv * *wv as f64).sum();
