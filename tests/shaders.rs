@@ -131,3 +131,36 @@ fn imports_are_pasted_once_and_errors_name_the_original_line() {
         .to_string();
     assert!(err.contains("main:1") && err.contains("nowhere"), "{err}");
 }
+
+#[test]
+fn two_hot_every_lane_count_and_op() {
+    use pompc::kernels::two_hot::{self, TwoHotConfig, TwoHotOp};
+    let mut lanes = BTreeSet::new();
+    for bins in [2, 3, 5, 16, 17, 33, 64, 101, 255, 300, 513, 1001, 2048] {
+        for (vmin, vmax) in [(-10.0, 10.0), (-5.0, 3.0)] {
+            let cfg = TwoHotConfig::new(bins, vmin, vmax).unwrap();
+            for op in [TwoHotOp::Decode, TwoHotOp::Encode] {
+                let (spec, header, ov) = two_hot::pipeline_constants(&cfg, op);
+                compile(spec.shader, spec.entry, &header, &ov);
+            }
+            lanes.insert(two_hot::decode_lanes(bins));
+        }
+    }
+    // Every power of two from 1 to 64 threads per row.
+    assert_eq!(lanes.len(), 7, "{lanes:?}");
+}
+
+#[test]
+fn policy_every_lane_count() {
+    use pompc::kernels::policy::{self, PolicyConfig};
+    let mut lanes = BTreeSet::new();
+    for a in (1..=70).chain([128, 255, 256, 257, 1000]) {
+        for (lo, hi) in [(-10.0, 2.0), (-3.0, 1.0)] {
+            let cfg = PolicyConfig::new(a).with_log_std_range(lo, hi);
+            let (spec, header, ov) = policy::pipeline_constants(&cfg);
+            compile(spec.shader, spec.entry, &header, &ov);
+            lanes.insert(policy::lanes(a));
+        }
+    }
+    assert_eq!(lanes.len(), 7, "{lanes:?}");
+}

@@ -25,7 +25,14 @@ macro_rules! shader_files {
     };
 }
 
-shader_files!("common/rng", "common/act", "linear", "rng_fill");
+shader_files!(
+    "common/rng",
+    "common/act",
+    "linear",
+    "rng_fill",
+    "two_hot",
+    "policy",
+);
 
 /// Look up an embedded file by name.
 pub fn source(name: &str) -> Option<&'static str> {

@@ -2,4 +2,6 @@
 //! [`crate::Recorder`].
 
 pub mod linear;
+pub mod policy;
 pub mod rng_fill;
+pub mod two_hot;

@@ -3,4 +3,6 @@
 
 pub mod act;
 pub mod linear;
+pub mod policy;
 pub mod rng_fill;
+pub mod two_hot;
