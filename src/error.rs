@@ -72,6 +72,17 @@ pub enum Error {
     /// A request over what the device allows.
     #[error("over the device limit: {0}")]
     Limit(String),
+    /// A weights file or tensor that does not fit the model; the message names the tensor.
+    #[error("weights: {0}")]
+    Weights(String),
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     /// An argument that makes no sense (NaN, zero size, unknown name).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod error;
 pub mod gpu;
 pub mod kernels;
+pub mod model;
 pub mod reference;
 pub mod rng;
 

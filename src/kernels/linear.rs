@@ -403,7 +403,7 @@ fn needs_epilogue(cfg: &LinearConfig, plan: LinearPlan) -> bool {
 /// let (g, beta) = (b.clone(), b.clone());
 /// let y = pompc::GpuBuffer::<f32>::new(&gpu, "y", m * 512)?;
 /// let mut rec = pompc::Recorder::new(&gpu);
-/// layer.record(&mut rec, m, LinearInputs { z: &x, a: None, w: &w, b: &b, ln: Some((&g, &beta)), y: &y })?;
+/// layer.record(&mut rec, m, LinearInputs { z: &x, a: None, w: &w, b: &b, ln: Some((&g, &beta)), y: &y, heads: None })?;
 /// rec.submit()?;
 /// # Ok(()) }
 /// ```

@@ -3,6 +3,7 @@
 
 pub mod act;
 pub mod linear;
+pub mod model;
 pub mod policy;
 pub mod rng_fill;
 pub mod two_hot;

@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Write the TD-MPC2 reference fixtures tests/fixtures/{tiny,small}.safetensors.
+
+Each file is a pompc weights file (see scripts/README.md) with random, non-degenerate
+float32 weights, plus `fixture.*` inputs and reference outputs. The reference outputs are
+computed in float64 from the float32 weights and inputs, then stored as float32.
+
+    pip install torch safetensors numpy && python3 scripts/make_fixtures.py
+
+Re-running gives byte-identical files (the generator is numpy's PCG64 with fixed seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from tdmpc2_arch import (Config, Model, expected_shapes, two_hot, two_hot_inv,  # noqa: E402
+                         write_pompc, read_pompc)
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT_DIR = ROOT / "tests" / "fixtures"
+B = 7
+
+COMMON = dict(num_bins=101, vmin=-10.0, vmax=10.0, simnorm_dim=8, log_std_min=-10.0,
+              log_std_max=2.0)
+PRESETS = {
+    "tiny": (1001, Config(obs_dim=5, action_dim=3, latent_dim=16, mlp_dim=24, enc_dim=20,
+                          num_enc_layers=2, num_q=2, episodic=False, **COMMON)),
+    "small": (2004, Config(obs_dim=11, action_dim=4, latent_dim=40, mlp_dim=56, enc_dim=36,
+                           num_enc_layers=3, num_q=3, episodic=True, **COMMON)),
+}
+
+# Targets for the two-hot encoding: zero, small, negative, large (|symlog| < 10) and
+# clamped (|symlog| > 10) values.
+TARGETS = [0.0, 0.37, -2.5, 3000.0, -3000.0, 1.0e5, -7.0e4]
+
+# Slope (per unit of bin value) of the "tilt" direction in the last reward/Q layer. The
+# decoded value then varies with the input instead of sitting at symexp(0) = 0.
+TILT = 0.05
+# Scale of the policy's last layer weights (N(0, 1/fan_in) times this).
+PI_SCALE = 0.25
+
+
+def init_weights(cfg: Config, rng: np.random.Generator) -> dict:
+    """Random weights (float64 arrays, cast to float32 by the caller) under pompc names.
+
+    Linear weights N(0, 1/fan_in), biases 0.1 N, LayerNorm gain 1 + 0.1 N and bias 0.1 N;
+    the last reward/Q layers get a tilt and the policy's last layer is scaled down (below).
+    """
+    out = {}
+    bins = np.linspace(cfg.vmin, cfg.vmax, cfg.num_bins)
+    for name, shape in expected_shapes(cfg).items():
+        if name in ("log_std_min", "log_std_dif"):
+            continue
+        if name.endswith(".ln.weight"):
+            v = 1.0 + 0.1 * rng.standard_normal(shape)
+        elif name.endswith(".bias"):
+            v = 0.1 * rng.standard_normal(shape)
+        else:  # weight [.., out, in]: N(0, 1/fan_in)
+            fan_in = shape[-1]
+            v = rng.standard_normal(shape) / np.sqrt(fan_in)
+            last = name in ("_reward.2.weight", "_Qs.params.2.weight")
+            if last:
+                # Keep a random part (so heads differ bin by bin) and add a rank-one tilt
+                # bins (x) u so the expected bin, and the decoded value, move with the input.
+                u = rng.standard_normal(shape[:-2] + (1, fan_in)) / np.sqrt(fan_in)
+                v = 0.5 * v + TILT * bins[:, None] * u
+            elif name == "_pi.2.weight":
+                # Small policy outputs: moderate means and log-stds, so the squashed sample
+                # stays away from tanh saturation.
+                v = PI_SCALE * v
+        if name == "_pi.2.bias":
+            # Mean half: spread N(0, 0.5) so tanh(mean) covers more than the linear range.
+            # Log-std half: raw 0.4 on average, log_std = -10 + 6 (tanh(0.4) + 1) ~ -1.7.
+            A = cfg.action_dim
+            v = v + np.concatenate([0.5 * rng.standard_normal(A), np.full(A, 0.4)])
+        out[name] = v
+    return out
+
+
+def build(name: str):
+    seed, cfg = PRESETS[name]
+    rng = np.random.default_rng(seed)
+    w = init_weights(cfg, rng)
+    A, O = cfg.action_dim, cfg.obs_dim
+    inputs = {
+        "fixture.obs": rng.standard_normal((B, O)),
+        "fixture.action": rng.uniform(-1.0, 1.0, (B, A)),
+        "fixture.eps": rng.standard_normal((B, A)),
+        "fixture.logits": 3.0 * rng.standard_normal((B, cfg.num_bins)),
+        "fixture.targets": np.array(TARGETS, dtype=np.float64),
+    }
+    # Everything stored is float32; the reference uses exactly those float32 values.
+    f32 = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in {**w, **inputs}.items()}
+
+    model = Model(cfg)
+    state = {k: v for k, v in f32.items() if not k.startswith("fixture.")}
+    state["log_std_min"] = torch.tensor(cfg.log_std_min, dtype=torch.float32)
+    state["log_std_dif"] = torch.tensor(cfg.log_std_max - cfg.log_std_min, dtype=torch.float32)
+    model.load_state_dict(state, strict=True)
+    model = model.double().eval()
+
+    d = {k: v.double() for k, v in f32.items() if k.startswith("fixture.")}
+    with torch.no_grad():
+        z = model.encode(d["fixture.obs"])
+        a = d["fixture.action"]
+        ref = {
+            "fixture.z": z,
+            "fixture.next_z": model.next(z, a),
+        }
+        rl = model.reward_logits(z, a)
+        ref["fixture.reward_logits"] = rl
+        ref["fixture.reward"] = two_hot_inv(rl, cfg)
+        ql = model.q_logits(z, a)
+        ref["fixture.q_logits"] = ql
+        ref["fixture.q"] = two_hot_inv(ql, cfg)
+        p = model.pi(z, d["fixture.eps"])
+        for k in ("mean", "log_std", "action", "log_prob", "entropy", "scaled_entropy"):
+            ref[f"fixture.pi_{k}"] = p[k]
+        if cfg.episodic:
+            ref["fixture.termination_logit"] = model.termination_logit(z)
+        ref["fixture.decoded"] = two_hot_inv(d["fixture.logits"], cfg)
+        ref["fixture.two_hot"] = two_hot(d["fixture.targets"], cfg)
+
+    sanity(name, cfg, ref, p)
+    tensors = {**model.pompc_tensors(), **{k: v for k, v in f32.items() if k.startswith("fixture.")}}
+    tensors.update({k: v.to(torch.float32).contiguous() for k, v in ref.items()})
+    return cfg, tensors
+
+
+def sanity(name, cfg, ref, p):
+    """Refuse degenerate fixtures: values must be O(1..10) and well conditioned in float32."""
+    def rng_of(k):
+        t = ref[k]
+        return float(t.abs().min()), float(t.abs().max())
+
+    for k in ("fixture.reward", "fixture.q"):
+        lo, hi = rng_of(k)
+        assert 0.05 < hi < 50 and hi > 1.0, f"{name}: {k} magnitudes {lo}..{hi} out of range"
+        spread = float(ref[k].max() - ref[k].min())
+        assert spread > 0.5, f"{name}: {k} barely varies ({spread})"
+    # The squash must not saturate in float32 (1 - tanh^2 well above 1e-6) and the
+    # entropy scale must be well defined (log_prob away from 0).
+    pre = p["pre_squash"].abs().max().item()
+    assert pre < 4.0, f"{name}: pre-squash action {pre} too large for a float32 comparison"
+    assert p["log_prob"].abs().min().item() > 0.1, f"{name}: log_prob too close to 0"
+    assert ref["fixture.z"].isfinite().all()
+    for k, v in ref.items():
+        assert torch.isfinite(v).all(), f"{name}: {k} not finite"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out-dir", default=str(OUT_DIR))
+    ap.add_argument("--verbose", "-v", action="store_true", help="print reference values")
+    args = ap.parse_args()
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)  # one thread: reductions in a fixed order
+    for name in PRESETS:
+        cfg, tensors = build(name)
+        path = out_dir / f"{name}.safetensors"
+        write_pompc(path, tensors, cfg.metadata())
+        # Read back through the safetensors library and compare.
+        cfg2, back, _ = read_pompc(path)
+        assert cfg2 == cfg
+        for k, v in tensors.items():
+            assert torch.equal(back[k], v), k
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        print(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: "
+              f"{path.stat().st_size} bytes, {len(tensors)} tensors, sha256 {digest}")
+        if args.verbose:
+            for k in ("fixture.reward", "fixture.q", "fixture.pi_action", "fixture.pi_log_prob",
+                      "fixture.pi_scaled_entropy", "fixture.decoded"):
+                print(f"  {k}: {tensors[k].numpy().round(4).tolist()}")
+            if cfg.episodic:
+                print(f"  fixture.termination_logit: "
+                      f"{tensors['fixture.termination_logit'].numpy().round(4).tolist()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,10 @@
+//! TD-MPC2's world model: sizes and presets ([`ModelSpec`]), parameters and safetensors files
+//! ([`Weights`]), and the networks on the GPU ([`WorldModel`]).
+
+mod spec;
+mod weights;
+mod world;
+
+pub use spec::{LayerSpec, ModelSpec, Net};
+pub use weights::{LayerTensors, Tensor, Weights};
+pub use world::{DenseLayer, Mlp, NetInput, Workspace, WorldModel};
