@@ -164,3 +164,84 @@ pub fn bench_linear(
         stats,
     })
 }
+
+/// One benchmarked network forward pass.
+#[derive(Clone, Debug)]
+pub struct NetBench {
+    /// Network label (`Q (2 of 5 heads)` for a subset).
+    pub name: String,
+    /// Rows.
+    pub rows: usize,
+    /// Times.
+    pub stats: Stats,
+    /// Floating-point operations per pass.
+    pub flops: f64,
+    /// Median throughput.
+    pub gflops: f64,
+    /// Dispatches per pass.
+    pub dispatches: usize,
+}
+
+/// Forward pass of every network of a TD-MPC2 model (TD-MPC2's initialization, random
+/// inputs) on `rows` rows, plus the Q ensemble restricted to 2 heads as the planner uses it.
+pub fn bench_model(
+    gpu: &Gpu,
+    spec: &crate::model::ModelSpec,
+    rows: usize,
+    runs: usize,
+) -> Result<Vec<NetBench>> {
+    use crate::model::{Net, NetInput, Weights, Workspace, WorldModel};
+    let weights = Weights::init(spec, 0)?;
+    let model = WorldModel::new(gpu, &weights)?;
+    let ws = Workspace::new(gpu, spec, rows)?;
+    let mut r = rand::rngs::StdRng::seed_from_u64(11);
+    let mut rand_buf = |label: &str, n: usize| -> Result<GpuBuffer<f32>> {
+        let v: Vec<f32> = (0..n).map(|_| r.random_range(-1.0..1.0)).collect();
+        GpuBuffer::from_slice(gpu, label, &v)
+    };
+    let obs = rand_buf("obs", rows * spec.obs_dim)?;
+    let z = rand_buf("z", rows * spec.latent_dim)?;
+    let a = rand_buf("a", rows * spec.action_dim)?;
+    let width = spec.latent_dim.max(spec.num_bins).max(2 * spec.action_dim);
+    let out = GpuBuffer::<f32>::new(gpu, "out", spec.num_q * rows * width)?;
+    let two = GpuBuffer::from_slice(gpu, "heads", &[0u32, 1])?;
+    let target = std::env::var("POMPC_BENCH_TARGET_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2e-3);
+    let mut results = Vec::new();
+    let mut cases: Vec<(String, Net, Option<&GpuBuffer<u32>>)> = Net::ALL
+        .iter()
+        .filter(|n| model.net(**n).is_some())
+        .map(|n| (format!("{n:?}"), *n, None))
+        .collect();
+    if spec.num_q > 2 {
+        cases.push((format!("Q (2 of {} heads)", spec.num_q), Net::Q, Some(&two)));
+    }
+    for (name, net, heads) in cases {
+        let mlp = model.net(net).expect("filtered");
+        let input = match net {
+            Net::Encoder => NetInput { z: &obs, a: None },
+            Net::Dynamics | Net::Reward | Net::Q => NetInput { z: &z, a: Some(&a) },
+            Net::Policy | Net::Termination => NetInput { z: &z, a: None },
+        };
+        let slots = heads.map_or(mlp.members, |h| h.len());
+        let mut probe = Recorder::new(gpu);
+        mlp.record(&mut probe, rows, input, heads, &ws, &out)?;
+        let dispatches = probe.dispatches();
+        drop(probe);
+        let stats = time_submits(gpu, runs, target, 0.2, |rec| {
+            mlp.record(rec, rows, input, heads, &ws, &out)
+        })?;
+        let flops = mlp.flops(rows, slots);
+        results.push(NetBench {
+            name,
+            rows,
+            gflops: flops / stats.median * 1e-9,
+            flops,
+            stats,
+            dispatches,
+        });
+    }
+    Ok(results)
+}

@@ -15,6 +15,11 @@ usage:
       --runs N                    timed runs per case (default 50)
       --ceiling-tflops X          fp32 ceiling for the fraction column (default: known cards)
       --json                      one JSON object per line instead of a table
+  pompc bench model [options]     forward of each world-model network
+      --size S                    TD-MPC2 preset: 1, 5, 19, 48, 317 (default 5)
+      --obs O --act A             observation and action dimensions (default 223, 38: dog)
+      --rows R                    rows per pass (default 512: the planner's samples)
+      --runs N, --ceiling-tflops X, --json   as above
 environment: WGPU_BACKEND (vulkan, metal, dx12, gl), WGPU_ADAPTER_NAME, WGPU_POWER_PREF,
   POMPC_BENCH_TARGET_S (seconds of back-to-back work per timed run, default 0.002)";
 
@@ -24,6 +29,7 @@ fn main() -> ExitCode {
         Some("info") => info(),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("linear") => bench_linear(&args[2..]),
+            Some("model") => bench_model(&args[2..]),
             _ => Err(format!("bench what?\n{USAGE}")),
         },
         Some("-h" | "--help" | "help") | None => {
@@ -243,4 +249,74 @@ fn print_row(name: &str, r: &LinearBench, ceiling: Option<f64>, json: bool, gpu:
 fn parse<T: std::str::FromStr>(v: Option<&String>, flag: &str) -> Result<T, String> {
     v.and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("{flag} needs a number"))
+}
+
+fn bench_model(args: &[String]) -> Result<(), String> {
+    let (mut size, mut obs, mut act, mut rows, mut runs) = (5u32, 223usize, 38usize, 512usize, 30);
+    let mut ceiling = None;
+    let mut json = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--size" => size = parse(it.next(), "--size")?,
+            "--obs" => obs = parse(it.next(), "--obs")?,
+            "--act" => act = parse(it.next(), "--act")?,
+            "--rows" => rows = parse(it.next(), "--rows")?,
+            "--runs" => runs = parse(it.next(), "--runs")?,
+            "--json" => json = true,
+            "--ceiling-tflops" => ceiling = Some(parse::<f64>(it.next(), "--ceiling-tflops")?),
+            other => return Err(format!("unknown option {other:?}\n{USAGE}")),
+        }
+    }
+    let spec = pompc::model::ModelSpec::tdmpc2(size, obs, act).map_err(|e| e.to_string())?;
+    let gpu = Gpu::new(GpuOptions::default()).map_err(|e| e.to_string())?;
+    let ceiling = ceiling.or_else(|| bench::known_fp32_ceiling_tflops(&gpu.info().name));
+    let res = bench::bench_model(&gpu, &spec, rows, runs).map_err(|e| e.to_string())?;
+    if !json {
+        println!("adapter: {}", gpu.describe());
+        println!(
+            "model: TD-MPC2 {size}M preset, obs {obs}, action {act}, {} parameters; {rows} rows",
+            spec.param_count()
+        );
+        println!(
+            "{:<22} {:>10} {:>10} {:>10} {:>9} {:>8} {:>10}",
+            "network", "MFLOP", "median us", "p90 us", "GFLOP/s", "ceiling", "dispatches"
+        );
+    }
+    for r in res {
+        let frac = ceiling.map(|c| r.gflops / (c * 1e3));
+        if json {
+            println!(
+                "{{\"network\":\"{}\",\"rows\":{},\"flops\":{},\"median_s\":{:e},\
+                 \"p90_s\":{:e},\"gflops\":{:.1},\"fraction\":{},\"dispatches\":{},\
+                 \"backend\":\"{:?}\",\"adapter\":\"{}\"}}",
+                r.name,
+                r.rows,
+                r.flops,
+                r.stats.median,
+                r.stats.p90,
+                r.gflops,
+                frac.map_or("null".into(), |f| format!("{f:.3}")),
+                r.dispatches,
+                gpu.info().backend,
+                gpu.info().name.replace('"', "'"),
+            );
+        } else {
+            println!(
+                "{:<22} {:>10.1} {:>10.1} {:>10.1} {:>9} {:>8} {:>10}",
+                r.name,
+                r.flops * 1e-6,
+                r.stats.median * 1e6,
+                r.stats.p90 * 1e6,
+                if r.gflops < 100.0 {
+                    format!("{:.2}", r.gflops)
+                } else {
+                    format!("{:.0}", r.gflops)
+                },
+                frac.map_or("-".into(), |f| format!("{:.1}%", f * 100.0)),
+                r.dispatches,
+            );
+        }
+    }
+    Ok(())
 }
