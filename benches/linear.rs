@@ -51,6 +51,8 @@ fn bench(c: &mut Criterion) {
             ln: cfg.layer_norm.then_some((&g, &be)),
             y: &y,
             heads: None,
+            z_offset: 0,
+            a_offset: 0,
         };
         group.throughput(Throughput::Elements(cfg.flops(m) as u64));
         group.bench_function(format!("{name} {m}x{}x{}", cfg.n, cfg.k), |bch| {

@@ -38,6 +38,8 @@ fn main() -> pompc::Result<()> {
         ln: Some((&gb, &beb)),
         y: &y,
         heads: None,
+        z_offset: 0,
+        a_offset: 0,
     };
 
     let mut rec = Recorder::new(&gpu);

@@ -37,6 +37,9 @@ struct Params {
     members: u32,
     // Weight sets stored (bounds the head map).
     sets: u32,
+    // Element offsets of row 0 in xz and xa (time step t of an action buffer [T, rows, A]).
+    xz_offset: u32,
+    xa_offset: u32,
 }
 
 @group(0) @binding(0) var<storage, read> xz: array<f32>;
@@ -68,9 +71,9 @@ fn load_x(e: u32, row: u32, k: u32, k_end: u32) -> f32 {
     var v = 0.0;
     if (row < p.m && k < k_end) {
         if (k < K1) {
-            v = xz[e * p.xz_stride + row * K1 + k];
+            v = xz[p.xz_offset + e * p.xz_stride + row * K1 + k];
         } else {
-            v = xa[e * p.xa_stride + row * (K - K1) + (k - K1)];
+            v = xa[p.xa_offset + e * p.xa_stride + row * (K - K1) + (k - K1)];
         }
     }
     return v;

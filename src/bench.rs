@@ -150,6 +150,8 @@ pub fn bench_linear(
         ln: cfg.layer_norm.then_some((&g, &be)),
         y: &y,
         heads: None,
+        z_offset: 0,
+        a_offset: 0,
     };
     let target = std::env::var("POMPC_BENCH_TARGET_S")
         .ok()
@@ -221,9 +223,9 @@ pub fn bench_model(
     for (name, net, heads) in cases {
         let mlp = model.net(net).expect("filtered");
         let input = match net {
-            Net::Encoder => NetInput { z: &obs, a: None },
-            Net::Dynamics | Net::Reward | Net::Q => NetInput { z: &z, a: Some(&a) },
-            Net::Policy | Net::Termination => NetInput { z: &z, a: None },
+            Net::Encoder => NetInput::new(&obs, None),
+            Net::Dynamics | Net::Reward | Net::Q => NetInput::new(&z, Some(&a)),
+            Net::Policy | Net::Termination => NetInput::new(&z, None),
         };
         let slots = heads.map_or(mlp.members, |h| h.len());
         let mut probe = Recorder::new(gpu);

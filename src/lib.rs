@@ -13,6 +13,7 @@ pub mod error;
 pub mod gpu;
 pub mod kernels;
 pub mod model;
+pub mod planner;
 pub mod reference;
 pub mod rng;
 

@@ -73,6 +73,8 @@ fn bad_linear_shapes_and_inputs() {
         ln: None,
         y: &y,
         heads: None,
+        z_offset: 0,
+        a_offset: 0,
     };
     let layer = Linear::new(gpu, LinearConfig::new(8, 8)).unwrap();
     let mut rec = Recorder::new(gpu);

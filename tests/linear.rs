@@ -63,6 +63,8 @@ fn run_heads(
                 ln: cfg.layer_norm.then_some((&gb, &beb)),
                 y: &y,
                 heads: hb.as_ref(),
+                z_offset: 0,
+                a_offset: 0,
             },
         )
         .unwrap();

@@ -120,17 +120,14 @@ fn run_fixture(name: &str) {
         let heads = GpuBuffer::from_slice(gpu, "heads", &[(q - 1) as u32, 0]).unwrap();
         let logits = up("logits");
         let targets = up("targets");
-        let za = NetInput {
-            z: &zb,
-            a: Some(&ab),
-        };
-        let zonly = NetInput { z: &zb, a: None };
+        let za = NetInput::new(&zb, Some(&ab));
+        let zonly = NetInput::new(&zb, None);
         let thc = TwoHotConfig::new(bins, spec.vmin, spec.vmax).unwrap();
         let pc = PolicyConfig::new(a).with_log_std_range(spec.log_std_min, spec.log_std_max);
 
         // Everything in one submit, as a plan step would.
         let mut rec = Recorder::new(gpu);
-        let obs_in = NetInput { z: &obs, a: None };
+        let obs_in = NetInput::new(&obs, None);
         model
             .encoder
             .record(&mut rec, rows, obs_in, None, &ws, &z_out)
@@ -377,7 +374,7 @@ fn tdmpc2_initialization() {
     v.fill_u32(gpu, POISON).unwrap();
     let thc = TwoHotConfig::new(spec.num_bins, spec.vmin, spec.vmax).unwrap();
     let mut rec = Recorder::new(gpu);
-    let input = NetInput { z: &z, a: Some(&a) };
+    let input = NetInput::new(&z, Some(&a));
     model
         .reward
         .record(&mut rec, rows, input, None, &ws, &logits)
@@ -410,7 +407,7 @@ fn workspace_and_head_errors() {
     let y = GpuBuffer::<f32>::new(gpu, "y", 8 * 2 * spec.action_dim).unwrap();
     let heads = GpuBuffer::from_slice(gpu, "heads", &[0u32]).unwrap();
     let mut rec = Recorder::new(gpu);
-    let input = NetInput { z: &z, a: None };
+    let input = NetInput::new(&z, None);
     let e = model
         .policy
         .record(&mut rec, 8, input, None, &ws, &y)

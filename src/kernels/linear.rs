@@ -278,10 +278,14 @@ pub struct LinearInputs<'a> {
     /// clamped to `members - 1`). The values may be written on the GPU (a random choice of
     /// Q heads), so no host round-trip is needed to pick them.
     pub heads: Option<&'a GpuBuffer<u32>>,
+    /// Element offset of row 0 in `z` (0 for a whole buffer).
+    pub z_offset: usize,
+    /// Element offset of row 0 in `a`: e.g. time step t of actions stored `[T, rows, A]`.
+    pub a_offset: usize,
 }
 
 impl<'a> LinearInputs<'a> {
-    /// Inputs of a plain layer `y = act(LN(z W^T + b))`.
+    /// Inputs of a plain layer `y = act(LN(z W^T + b))`, reading whole buffers.
     pub fn new(
         z: &'a GpuBuffer<f32>,
         w: &'a GpuBuffer<f32>,
@@ -296,6 +300,8 @@ impl<'a> LinearInputs<'a> {
             ln: None,
             y,
             heads: None,
+            z_offset: 0,
+            a_offset: 0,
         }
     }
 }
@@ -308,7 +314,9 @@ struct Params {
     xa_stride: u32,
     members: u32,
     sets: u32,
-    _pad: [u32; 3],
+    xz_offset: u32,
+    xa_offset: u32,
+    _pad: u32,
 }
 
 const BINDINGS: &[(u32, Binding)] = &[
@@ -403,7 +411,7 @@ fn needs_epilogue(cfg: &LinearConfig, plan: LinearPlan) -> bool {
 /// let (g, beta) = (b.clone(), b.clone());
 /// let y = pompc::GpuBuffer::<f32>::new(&gpu, "y", m * 512)?;
 /// let mut rec = pompc::Recorder::new(&gpu);
-/// layer.record(&mut rec, m, LinearInputs { z: &x, a: None, w: &w, b: &b, ln: Some((&g, &beta)), y: &y, heads: None })?;
+/// layer.record(&mut rec, m, LinearInputs { z: &x, a: None, w: &w, b: &b, ln: Some((&g, &beta)), y: &y, heads: None, z_offset: 0, a_offset: 0 })?;
 /// rec.submit()?;
 /// # Ok(()) }
 /// ```
@@ -499,11 +507,11 @@ impl Linear {
         if m == 0 {
             return Ok(());
         }
-        expect("Z", io.z.len(), in_rows * m * cfg.k1)?;
+        expect("Z", io.z.len(), io.z_offset + in_rows * m * cfg.k1)?;
         let a = match (k2, io.a) {
             (0, _) => io.z,
             (_, Some(a)) => {
-                expect("A", a.len(), in_rows * m * k2)?;
+                expect("A", a.len(), io.a_offset + in_rows * m * k2)?;
                 a
             }
             (_, None) => {
@@ -528,7 +536,9 @@ impl Linear {
             }
             (false, _) => (io.b, io.b),
         };
-        if m > u32::MAX as usize / cfg.n.max(cfg.k) {
+        if m > u32::MAX as usize / cfg.n.max(cfg.k)
+            || io.z.len().max(io.a.map_or(0, |a| a.len())) > u32::MAX as usize
+        {
             return Err(Error::Limit(format!("{m} rows overflow 32-bit indexing")));
         }
         let plan = self.plan_for(m, e);
@@ -547,7 +557,9 @@ impl Linear {
             xa_stride: if cfg.shared_input { 0 } else { (m * k2) as u32 },
             members: e as u32,
             sets: sets as u32,
-            _pad: [0; 3],
+            xz_offset: io.z_offset as u32,
+            xa_offset: io.a_offset as u32,
+            _pad: 0,
         };
         // Without a head map the binding gets any buffer; the kernel never reads it.
         let heads = io.heads.map_or(&io.b.buffer, |h| &h.buffer);

@@ -36,9 +36,19 @@ pub struct Workspace {
 impl Workspace {
     /// Room for `max_rows` rows through any network of `spec`, all Q heads at once.
     pub fn new(gpu: &Gpu, spec: &ModelSpec, max_rows: usize) -> Result<Workspace> {
-        let width = spec.mlp_dim.max(spec.enc_dim).max(spec.latent_dim);
-        let slots = spec.num_q.max(1);
-        let len = slots * max_rows * width;
+        Self::with_slots(gpu, spec, max_rows, spec.num_q)
+    }
+
+    /// Room for `max_rows` rows through any network, with at most `slots` Q heads at once
+    /// (the planner evaluates 2).
+    pub fn with_slots(
+        gpu: &Gpu,
+        spec: &ModelSpec,
+        max_rows: usize,
+        slots: usize,
+    ) -> Result<Workspace> {
+        let slots = slots.max(1);
+        let len = slots * max_rows * Self::width(spec);
         Ok(Workspace {
             max_rows,
             slots,
@@ -53,6 +63,11 @@ impl Workspace {
     pub fn max_rows(&self) -> usize {
         self.max_rows
     }
+
+    /// Widest hidden layer of `spec`: elements per row and slot.
+    pub fn width(spec: &ModelSpec) -> usize {
+        spec.mlp_dim.max(spec.enc_dim).max(spec.latent_dim)
+    }
 }
 
 /// Where a network's input comes from.
@@ -62,6 +77,29 @@ pub struct NetInput<'a> {
     pub z: &'a GpuBuffer<f32>,
     /// The action rows `[rows, in2]` for networks that read `[z, a]`.
     pub a: Option<&'a GpuBuffer<f32>>,
+    /// Element offset of row 0 in `z`.
+    pub z_offset: usize,
+    /// Element offset of row 0 in `a` (time step t of actions stored `[T, rows, A]`).
+    pub a_offset: usize,
+}
+
+impl<'a> NetInput<'a> {
+    /// Whole buffers: `z` alone, or `[z, a]`.
+    pub fn new(z: &'a GpuBuffer<f32>, a: Option<&'a GpuBuffer<f32>>) -> Self {
+        NetInput {
+            z,
+            a,
+            z_offset: 0,
+            a_offset: 0,
+        }
+    }
+
+    /// The same buffers starting at element offsets.
+    pub fn at(mut self, z_offset: usize, a_offset: usize) -> Self {
+        self.z_offset = z_offset;
+        self.a_offset = a_offset;
+        self
+    }
 }
 
 impl Mlp {
@@ -140,10 +178,10 @@ impl Mlp {
         }
         let n = self.layers.len();
         for (i, layer) in self.layers.iter().enumerate() {
-            let (z, a) = if i == 0 {
-                (input.z, input.a)
+            let (z, a, z_offset, a_offset) = if i == 0 {
+                (input.z, input.a, input.z_offset, input.a_offset)
             } else {
-                (&ws.hidden[(i - 1) % 2], None)
+                (&ws.hidden[(i - 1) % 2], None, 0, 0)
             };
             let y = if i + 1 == n { out } else { &ws.hidden[i % 2] };
             layer.linear.record(
@@ -157,6 +195,8 @@ impl Mlp {
                     ln: layer.ln.as_ref().map(|(g, b)| (g, b)),
                     y,
                     heads,
+                    z_offset,
+                    a_offset,
                 },
             )?;
         }
@@ -177,7 +217,7 @@ impl Mlp {
 /// let obs = pompc::GpuBuffer::<f32>::new(&gpu, "obs", 512 * 24)?;
 /// let z = pompc::GpuBuffer::<f32>::new(&gpu, "z", 512 * 512)?;
 /// let mut rec = pompc::Recorder::new(&gpu);
-/// model.encoder.record(&mut rec, 512, NetInput { z: &obs, a: None }, None, &ws, &z)?;
+/// model.encoder.record(&mut rec, 512, NetInput::new(&obs, None), None, &ws, &z)?;
 /// rec.submit()?;
 /// # Ok(()) }
 /// ```

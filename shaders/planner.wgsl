@@ -1,0 +1,326 @@
+// The planner's own steps (everything else is network layers, two_hot, policy and
+// rng_fill): warm-started initialization, replication of latents, sampling of action
+// sequences, the value of each sequence, the per-environment elite sort and refit, and the
+// final choice. The algorithm and its random streams are specified in src/planner/mod.rs;
+// CPU mirror: src/reference/planner.rs.
+//
+// Layouts: B environments, N samples (the first P are policy trajectories), horizon T,
+// action dimension A. Sample rows r = n * B + b; actions [T, N, B, A]; mean, std and
+// prev_mean [B, T, A]; kept indices and weights [B, KEPT]; result [B, 3A + 2] = (action,
+// mean of step 0, std of step 0, value, chosen sample index).
+// Header constants: SORT_N (N rounded up to a power of two) and KEPT.
+
+#import common/rng
+
+override N: u32;
+override P: u32;
+override T: u32;
+override A: u32;
+// 0: TD-MPC2's elite MPPI, 1: plain MPPI, 2: CEM.
+override MODE: u32 = 0u;
+override TEMPERATURE: f32 = 0.5;
+override LAMBDA: f32 = 1.0;
+override MIN_STD: f32 = 0.05;
+override MAX_STD: f32 = 2.0;
+override DISCOUNT: f32 = 0.99;
+override TRAIN: bool = true;
+
+struct Params {
+    b: u32,
+    stream: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    // replicate: rows per environment and row width.
+    count: u32,
+    width: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> prev_mean: array<f32>;
+@group(0) @binding(1) var<storage, read> first: array<u32>;
+@group(0) @binding(2) var<storage, read_write> mean: array<f32>;
+@group(0) @binding(3) var<storage, read_write> stdv: array<f32>;
+@group(0) @binding(4) var<storage, read> src: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(6) var<storage, read_write> actions: array<f32>;
+@group(0) @binding(7) var<storage, read> rew: array<f32>;
+@group(0) @binding(8) var<storage, read> qv: array<f32>;
+@group(0) @binding(9) var<storage, read_write> value: array<f32>;
+@group(0) @binding(10) var<storage, read_write> kept: array<u32>;
+@group(0) @binding(11) var<storage, read_write> weights: array<f32>;
+@group(0) @binding(12) var<storage, read_write> result: array<f32>;
+@group(0) @binding(13) var<uniform> p: Params;
+
+fn seed() -> vec2<u32> {
+    return vec2<u32>(p.seed_lo, p.seed_hi);
+}
+
+// Element j of the current stream, as rng_fill lays it out: lane j % 4 of counter j / 4.
+fn normal_at(j: u32) -> f32 {
+    return normal4(philox(seed(), p.stream, j / 4u))[j % 4u];
+}
+
+fn gumbel_at(j: u32) -> f32 {
+    return gumbel4(philox(seed(), p.stream, j / 4u))[j % 4u];
+}
+
+fn linear_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + gid.y * nwg.x * 64u;
+}
+
+fn neg_inf() -> f32 {
+    return bitcast<f32>(0xff800000u);
+}
+
+// mean = 0 on a first step, else prev_mean shifted one step (0 at the end); std = MAX_STD.
+@compute @workgroup_size(64)
+fn init_mean(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let j = linear_id(gid, nwg);
+    if (j >= p.b * T * A) {
+        return;
+    }
+    let b = j / (T * A);
+    let t = (j / A) % T;
+    var m = 0.0;
+    if (first[b] == 0u && t + 1u < T) {
+        m = prev_mean[j + A];
+    }
+    mean[j] = m;
+    stdv[j] = MAX_STD;
+}
+
+// dst[(n * B + b) * W + k] = src[b * W + k] for n < count.
+@compute @workgroup_size(64)
+fn replicate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let j = linear_id(gid, nwg);
+    let w = p.width;
+    if (j >= p.count * p.b * w) {
+        return;
+    }
+    let row = j / w;
+    dst[j] = src[(row % p.b) * w + j % w];
+}
+
+// actions[t, n, b, a] = clamp(mean + std * eps, -1, 1) for the sampled rows n >= P.
+@compute @workgroup_size(64)
+fn sample(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_id(gid, nwg);
+    let per_t = (N - P) * p.b * A;
+    if (i >= T * per_t) {
+        return;
+    }
+    let t = i / per_t;
+    let j = t * N * p.b * A + P * p.b * A + i % per_t;
+    let a = j % A;
+    let b = (j / A) % p.b;
+    let mi = (b * T + t) * A + a;
+    actions[j] = clamp(mean[mi] + stdv[mi] * normal_at(j), -1.0, 1.0);
+}
+
+// value = sum_t discount^t reward_t + discount^T (Q_h0 + Q_h1) / 2, NaN -> 0.
+@compute @workgroup_size(64)
+fn values(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = linear_id(gid, nwg);
+    let rows = N * p.b;
+    if (r >= rows) {
+        return;
+    }
+    var g = 0.0;
+    var disc = 1.0;
+    for (var t = 0u; t < T; t++) {
+        g += disc * rew[t * rows + r];
+        disc *= DISCOUNT;
+    }
+    var v = g + disc * 0.5 * (qv[r] + qv[rows + r]);
+    if (v != v) {
+        v = 0.0;
+    }
+    value[r] = v;
+}
+
+const RW: u32 = 256u;
+var<workgroup> sk: array<f32, SORT_N>;
+var<workgroup> si: array<u32, SORT_N>;
+var<workgroup> sw: array<f32, KEPT>;
+var<workgroup> red: array<f32, RW>;
+var<workgroup> red_i: array<u32, RW>;
+
+// x comes before y: higher value, then lower sample index.
+fn before(x: u32, y: u32) -> bool {
+    return sk[x] > sk[y] || (sk[x] == sk[y] && si[x] < si[y]);
+}
+
+fn reduce_sum(tid: u32, v: f32) -> f32 {
+    red[tid] = v;
+    workgroupBarrier();
+    for (var h = RW / 2u; h > 0u; h >>= 1u) {
+        if (tid < h) {
+            red[tid] += red[tid + h];
+        }
+        workgroupBarrier();
+    }
+    let s = red[0];
+    workgroupBarrier();
+    return s;
+}
+
+fn reduce_max(tid: u32, v: f32) -> f32 {
+    red[tid] = v;
+    workgroupBarrier();
+    for (var h = RW / 2u; h > 0u; h >>= 1u) {
+        if (tid < h) {
+            red[tid] = max(red[tid], red[tid + h]);
+        }
+        workgroupBarrier();
+    }
+    let s = red[0];
+    workgroupBarrier();
+    return s;
+}
+
+// One workgroup per environment: sort its N values (bitonic, descending), keep the first
+// KEPT (all N in order for plain MPPI), weigh them, refit mean and std.
+@compute @workgroup_size(RW)
+fn refit(
+    @builtin(local_invocation_index) tid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    let b = wid.x;
+    for (var i = tid; i < SORT_N; i += RW) {
+        if (i < N) {
+            sk[i] = value[i * p.b + b];
+        } else {
+            sk[i] = neg_inf();
+        }
+        si[i] = i;
+    }
+    workgroupBarrier();
+    if (MODE != 1u) {
+        for (var k = 2u; k <= SORT_N; k <<= 1u) {
+            for (var j = k >> 1u; j > 0u; j >>= 1u) {
+                for (var i = tid; i < SORT_N; i += RW) {
+                    let l = i ^ j;
+                    if (l > i) {
+                        let up = (i & k) == 0u;
+                        if ((up && before(l, i)) || (!up && before(i, l))) {
+                            let tk = sk[i];
+                            sk[i] = sk[l];
+                            sk[l] = tk;
+                            let ti = si[i];
+                            si[i] = si[l];
+                            si[l] = ti;
+                        }
+                    }
+                }
+                workgroupBarrier();
+            }
+        }
+    }
+    var local_max = neg_inf();
+    for (var e = tid; e < KEPT; e += RW) {
+        local_max = max(local_max, sk[e]);
+    }
+    let vmax = reduce_max(tid, local_max);
+    var local_sum = 0.0;
+    for (var e = tid; e < KEPT; e += RW) {
+        var s = 1.0;
+        if (MODE == 0u) {
+            s = exp(TEMPERATURE * (sk[e] - vmax));
+        } else if (MODE == 1u) {
+            s = exp((sk[e] - vmax) / LAMBDA);
+        }
+        sw[e] = s;
+        local_sum += s;
+    }
+    let total = reduce_sum(tid, local_sum);
+    var norm_sum = 0.0;
+    for (var e = tid; e < KEPT; e += RW) {
+        let s = sw[e] / total;
+        sw[e] = s;
+        norm_sum += s;
+        kept[b * KEPT + e] = si[e];
+        weights[b * KEPT + e] = s;
+    }
+    let denom = reduce_sum(tid, norm_sum) + 1e-9;
+    for (var j = tid; j < T * A; j += RW) {
+        let t = j / A;
+        let a = j % A;
+        let base = t * N * p.b * A + b * A + a;
+        var m = 0.0;
+        for (var e = 0u; e < KEPT; e++) {
+            m += sw[e] * actions[base + si[e] * p.b * A];
+        }
+        m /= denom;
+        var v = 0.0;
+        for (var e = 0u; e < KEPT; e++) {
+            let d = actions[base + si[e] * p.b * A] - m;
+            v += sw[e] * d * d;
+        }
+        let o = (b * T + t) * A + a;
+        mean[o] = m;
+        stdv[o] = clamp(sqrt(v / denom), MIN_STD, MAX_STD);
+    }
+}
+
+// One workgroup per environment: Gumbel-max choice among the kept samples, the action to
+// execute (with exploration noise in training), and the warm start for the next call.
+@compute @workgroup_size(RW)
+fn finalize(
+    @builtin(local_invocation_index) tid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    let b = wid.x;
+    var best = neg_inf();
+    var best_e = 0xffffffffu;
+    for (var e = tid; e < KEPT; e += RW) {
+        let w = weights[b * KEPT + e];
+        var sc = neg_inf();
+        if (w > 0.0) {
+            sc = log(w) + gumbel_at(b * KEPT + e);
+        }
+        if (best_e == 0xffffffffu || sc > best) {
+            best = sc;
+            best_e = e;
+        }
+    }
+    red[tid] = best;
+    red_i[tid] = best_e;
+    workgroupBarrier();
+    for (var h = RW / 2u; h > 0u; h >>= 1u) {
+        if (tid < h) {
+            let o = tid + h;
+            let take = red_i[o] != 0xffffffffu
+                && (red_i[tid] == 0xffffffffu || red[o] > red[tid]
+                    || (red[o] == red[tid] && red_i[o] < red_i[tid]));
+            if (take) {
+                red[tid] = red[o];
+                red_i[tid] = red_i[o];
+            }
+        }
+        workgroupBarrier();
+    }
+    let e = red_i[0];
+    let n = kept[b * KEPT + e];
+    let w = 3u * A + 2u;
+    for (var a = tid; a < A; a += RW) {
+        let m0 = mean[b * T * A + a];
+        let s0 = stdv[b * T * A + a];
+        var act = actions[(n * p.b + b) * A + a];
+        if (TRAIN) {
+            // The explore stream is element b * A + a; sampling used p.stream for Gumbel,
+            // so the explore draws come from the next stream (see Rust: streams::explore).
+            act += s0 * normal4(philox(seed(), p.stream + 1u, (b * A + a) / 4u))[(b * A + a) % 4u];
+        }
+        result[b * w + a] = clamp(act, -1.0, 1.0);
+        result[b * w + A + a] = m0;
+        result[b * w + 2u * A + a] = s0;
+    }
+    if (tid == 0u) {
+        result[b * w + 3u * A] = value[n * p.b + b];
+        result[b * w + 3u * A + 1u] = f32(n);
+    }
+    for (var j = tid; j < T * A; j += RW) {
+        prev_mean[b * T * A + j] = mean[b * T * A + j];
+    }
+}

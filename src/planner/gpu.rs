@@ -1,0 +1,594 @@
+//! The planner on the GPU: every step of [`super`]'s algorithm recorded into one submit.
+
+use super::config::{self, PlanMode, PlannerConfig, PlannerMode, streams};
+use crate::gpu::shader::Header;
+use crate::gpu::{Binding, Gpu, GpuBuffer, KernelSpec, Recorder};
+use crate::kernels::policy::{self, PolicyBuffers, PolicyConfig, PolicyOffsets};
+use crate::kernels::rng_fill::{self, Distribution};
+use crate::kernels::two_hot::{self, RowLayout, TwoHotConfig};
+use crate::model::{NetInput, Workspace, WorldModel};
+use crate::{Error, Result};
+
+/// The result of one [`Planner::plan`] call, per environment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// Environments.
+    pub batch: usize,
+    /// Action dimension.
+    pub action_dim: usize,
+    /// Actions to execute `[B, A]`.
+    pub action: Vec<f32>,
+    /// The planner's distribution of the first step: mean `[B, A]` (the prior that PO-MPC
+    /// and BMPC store).
+    pub mean: Vec<f32>,
+    /// ... and std `[B, A]`.
+    pub std: Vec<f32>,
+    /// Value of the chosen sample `[B]`.
+    pub value: Vec<f32>,
+    /// Index n of the chosen sample `[B]` (n < P: a policy trajectory).
+    pub chosen: Vec<u32>,
+}
+
+impl Plan {
+    /// The action of environment `b`.
+    pub fn action(&self, b: usize) -> &[f32] {
+        &self.action[b * self.action_dim..(b + 1) * self.action_dim]
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    b: u32,
+    stream: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    count: u32,
+    width: u32,
+    _pad: [u32; 2],
+}
+
+const U: (u32, Binding) = (13, Binding::Uniform);
+const INIT: KernelSpec = KernelSpec {
+    shader: "planner",
+    entry: "init_mean",
+    bindings: &[
+        (0, Binding::ReadWrite),
+        (1, Binding::Read),
+        (2, Binding::ReadWrite),
+        (3, Binding::ReadWrite),
+        U,
+    ],
+};
+const REPLICATE: KernelSpec = KernelSpec {
+    shader: "planner",
+    entry: "replicate",
+    bindings: &[(4, Binding::Read), (5, Binding::ReadWrite), U],
+};
+const SAMPLE: KernelSpec = KernelSpec {
+    shader: "planner",
+    entry: "sample",
+    bindings: &[
+        (2, Binding::ReadWrite),
+        (3, Binding::ReadWrite),
+        (6, Binding::ReadWrite),
+        U,
+    ],
+};
+const VALUES: KernelSpec = KernelSpec {
+    shader: "planner",
+    entry: "values",
+    bindings: &[
+        (7, Binding::Read),
+        (8, Binding::Read),
+        (9, Binding::ReadWrite),
+        U,
+    ],
+};
+const REFIT: KernelSpec = KernelSpec {
+    shader: "planner",
+    entry: "refit",
+    bindings: &[
+        (2, Binding::ReadWrite),
+        (3, Binding::ReadWrite),
+        (6, Binding::ReadWrite),
+        (9, Binding::ReadWrite),
+        (10, Binding::ReadWrite),
+        (11, Binding::ReadWrite),
+        U,
+    ],
+};
+const FINALIZE: KernelSpec = KernelSpec {
+    shader: "planner",
+    entry: "finalize",
+    bindings: &[
+        (0, Binding::ReadWrite),
+        (2, Binding::ReadWrite),
+        (3, Binding::ReadWrite),
+        (6, Binding::ReadWrite),
+        (9, Binding::ReadWrite),
+        (10, Binding::ReadWrite),
+        (11, Binding::ReadWrite),
+        (12, Binding::ReadWrite),
+        U,
+    ],
+};
+
+/// Every kernel of `planner.wgsl`.
+pub const KERNELS: [KernelSpec; 6] = [INIT, REPLICATE, SAMPLE, VALUES, REFIT, FINALIZE];
+
+/// Header and override constants of the planner's pipelines for a config and model sizes
+/// (all entry points share them).
+pub fn pipeline_constants(
+    cfg: &PlannerConfig,
+    action_dim: usize,
+) -> (Header, Vec<(&'static str, f64)>) {
+    let header = Header(vec![
+        ("SORT_N", cfg.num_samples.next_power_of_two() as u32),
+        ("KEPT", cfg.kept() as u32),
+    ]);
+    let (mode, lambda) = match cfg.mode {
+        PlannerMode::EliteMppi => (0, 1.0),
+        PlannerMode::Mppi { lambda } => (1, lambda),
+        PlannerMode::Cem => (2, 1.0),
+    };
+    let ov = vec![
+        ("N", cfg.num_samples as f64),
+        ("P", cfg.num_pi_trajs as f64),
+        ("T", cfg.horizon as f64),
+        ("A", action_dim as f64),
+        ("MODE", mode as f64),
+        ("TEMPERATURE", cfg.temperature as f64),
+        ("LAMBDA", lambda as f64),
+        ("MIN_STD", cfg.min_std as f64),
+        ("MAX_STD", cfg.max_std as f64),
+        ("DISCOUNT", cfg.discount as f64),
+        ("TRAIN", (cfg.plan_mode == PlanMode::Train) as u32 as f64),
+    ];
+    (header, ov)
+}
+
+struct State {
+    b: usize,
+    obs: GpuBuffer<f32>,
+    first: GpuBuffer<u32>,
+    z0: GpuBuffer<f32>,
+    z: [GpuBuffer<f32>; 2],
+    actions: GpuBuffer<f32>,
+    h: GpuBuffer<f32>,
+    stats: GpuBuffer<f32>,
+    a_term: GpuBuffer<f32>,
+    eps_pi: GpuBuffer<f32>,
+    eps_term: GpuBuffer<f32>,
+    r_logits: GpuBuffer<f32>,
+    rewards: GpuBuffer<f32>,
+    q_logits: GpuBuffer<f32>,
+    q_values: GpuBuffer<f32>,
+    values: GpuBuffer<f32>,
+    mean: GpuBuffer<f32>,
+    std: GpuBuffer<f32>,
+    prev_mean: GpuBuffer<f32>,
+    kept: GpuBuffer<u32>,
+    weights: GpuBuffer<f32>,
+    result: GpuBuffer<f32>,
+    heads: Vec<GpuBuffer<u32>>,
+    ws: Workspace,
+}
+
+/// MPPI over a [`WorldModel`] with TD-MPC2's semantics (see the module documentation),
+/// batched over environments: each [`Planner::plan`] call is one submit and one read-back.
+///
+/// The batch size B is the length of `first_step` and may change between calls: buffers
+/// grow (or shrink) on demand. A change of B resets the warm-start memory, which then acts
+/// as a cold start for every environment.
+///
+/// ```no_run
+/// # fn main() -> pompc::Result<()> {
+/// use pompc::model::{ModelSpec, Weights, WorldModel};
+/// use pompc::planner::{Planner, PlannerConfig};
+/// let gpu = pompc::Gpu::new(Default::default())?;
+/// let spec = ModelSpec::tdmpc2(5, 24, 6)?;
+/// let model = WorldModel::new(&gpu, &Weights::init(&spec, 0)?)?;
+/// let mut planner = Planner::new(&gpu, &model, PlannerConfig::tdmpc2(6))?;
+/// let plan = planner.plan(&[0.0; 2 * 24], &[true, true])?; // 2 environments
+/// println!("{:?}", plan.action(0));
+/// # Ok(()) }
+/// ```
+pub struct Planner<'m> {
+    gpu: &'m Gpu,
+    model: &'m WorldModel,
+    cfg: PlannerConfig,
+    call: u32,
+    state: Option<State>,
+}
+
+impl<'m> Planner<'m> {
+    /// A planner for `model` on `gpu`.
+    pub fn new(gpu: &'m Gpu, model: &'m WorldModel, cfg: PlannerConfig) -> Result<Self> {
+        cfg.validate()?;
+        if model.spec.num_q < 2 {
+            return Err(Error::InvalidArgument(format!(
+                "the planner averages 2 Q heads; the model has {}",
+                model.spec.num_q
+            )));
+        }
+        // Build every pipeline now, so that a bad config fails here, not mid-plan.
+        let (header, ov) = pipeline_constants(&cfg, model.spec.action_dim);
+        for k in KERNELS {
+            gpu.pipeline(&k, &header, &ov)?;
+        }
+        Ok(Planner {
+            gpu,
+            model,
+            cfg,
+            call: 0,
+            state: None,
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &PlannerConfig {
+        &self.cfg
+    }
+
+    /// Number of `plan` calls so far (the next call's index in the random streams).
+    pub fn calls(&self) -> u32 {
+        self.call
+    }
+
+    /// Bytes of device memory one environment needs, and the largest binding among them.
+    fn per_env_bytes(&self) -> (u64, u64) {
+        let s = &self.model.spec;
+        let c = &self.cfg;
+        let n = c.num_samples as u64;
+        let a = s.action_dim as u64;
+        let biggest = [
+            2 * n * Workspace::width(s) as u64,
+            c.horizon as u64 * n * a,
+            n * s.num_bins as u64 * 2,
+            n * s.latent_dim as u64,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0)
+            * 4;
+        let total = 4
+            * (2 * 2 * n * Workspace::width(s) as u64
+                + 2 * n * s.latent_dim as u64
+                + c.horizon as u64 * n * a
+                + n * (2 * a + 2 * a + 3 + a + a)
+                + n * s.num_bins as u64 * 3
+                + n * (c.horizon as u64 + 3));
+        (total, biggest)
+    }
+
+    /// The largest batch this device can plan for at once.
+    pub fn max_batch(&self) -> usize {
+        let (_, biggest) = self.per_env_bytes();
+        let max = self
+            .gpu
+            .limits()
+            .max_storage_buffer_binding_size
+            .min(self.gpu.limits().max_buffer_size);
+        let by_binding = (max / biggest.max(1)) as usize;
+        // Indices inside kernels are 32-bit.
+        let by_index = (u32::MAX as u64 / (biggest / 4).max(1)) as usize;
+        by_binding
+            .min(by_index)
+            .min(self.gpu.limits().max_compute_workgroups_per_dimension as usize)
+    }
+
+    fn ensure_state(&mut self, b: usize) -> Result<()> {
+        if self.state.as_ref().is_some_and(|s| s.b == b) {
+            return Ok(());
+        }
+        let max = self.max_batch();
+        if b > max {
+            return Err(Error::Limit(format!(
+                "a batch of {b} environments needs buffers over this device's limits; the \
+                 largest batch that fits is {max}"
+            )));
+        }
+        self.state = None;
+        let g = self.gpu;
+        let s = &self.model.spec;
+        let c = &self.cfg;
+        let (n, t, a, l, k) = (
+            c.num_samples,
+            c.horizon,
+            s.action_dim,
+            s.latent_dim,
+            s.num_bins,
+        );
+        let nb = n * b;
+        let f = |label: &str, len: usize| GpuBuffer::<f32>::new(g, label, len);
+        let state = State {
+            b,
+            obs: f("planner obs", b * s.obs_dim)?,
+            first: GpuBuffer::new(g, "planner first_step", b)?,
+            z0: f("planner z0", b * l)?,
+            z: [f("planner z 0", nb * l)?, f("planner z 1", nb * l)?],
+            actions: f("planner actions", t * nb * a)?,
+            h: f("planner policy head", nb * 2 * a)?,
+            stats: f("planner policy stats", nb * (2 * a + 3))?,
+            a_term: f("planner terminal actions", nb * a)?,
+            eps_pi: f(
+                "planner policy-trajectory noise",
+                (c.num_pi_trajs * b * a).max(1),
+            )?,
+            eps_term: f("planner terminal noise", nb * a)?,
+            r_logits: f("planner reward logits", nb * k)?,
+            rewards: f("planner rewards", t * nb)?,
+            q_logits: f("planner Q logits", 2 * nb * k)?,
+            q_values: f("planner Q values", 2 * nb)?,
+            values: f("planner values", nb)?,
+            mean: f("planner mean", b * t * a)?,
+            std: f("planner std", b * t * a)?,
+            prev_mean: f("planner previous mean", b * t * a)?,
+            kept: GpuBuffer::new(g, "planner kept samples", b * c.kept())?,
+            weights: f("planner weights", b * c.kept())?,
+            result: f("planner result", b * (3 * a + 2))?,
+            heads: (0..c.iterations)
+                .map(|i| GpuBuffer::new(g, &format!("planner heads {i}"), 2))
+                .collect::<Result<_>>()?,
+            ws: Workspace::with_slots(g, s, nb, 2)?,
+        };
+        self.state = Some(state);
+        Ok(())
+    }
+
+    /// Plan one action for each of B environments: `obs` is `[B, obs_dim]`, `first_step[b]`
+    /// says that environment b starts an episode (no warm start).
+    ///
+    /// Non-finite observations are an error naming the environment and feature: TD-MPC2
+    /// only maps NaN *values* to 0, which pompc does too, but a NaN observation would make
+    /// every value NaN and the plan meaningless.
+    pub fn plan(&mut self, obs: &[f32], first_step: &[bool]) -> Result<Plan> {
+        let s = &self.model.spec;
+        let b = first_step.len();
+        if b == 0 {
+            return Err(Error::InvalidArgument("plan for zero environments".into()));
+        }
+        if obs.len() != b * s.obs_dim {
+            return Err(Error::Shape(format!(
+                "observations: {} values for {b} environments of {} features (expected {})",
+                obs.len(),
+                s.obs_dim,
+                b * s.obs_dim
+            )));
+        }
+        if let Some(i) = obs.iter().position(|v| !v.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "observation of environment {} feature {} is {}",
+                i / s.obs_dim,
+                i % s.obs_dim,
+                obs[i]
+            )));
+        }
+        self.ensure_state(b)?;
+        let call = self.call;
+        let out = self.record_and_run(obs, first_step, call)?;
+        self.call = self.call.wrapping_add(1);
+        Ok(out)
+    }
+
+    fn record_and_run(&self, obs: &[f32], first_step: &[bool], call: u32) -> Result<Plan> {
+        let st = self.state.as_ref().expect("ensure_state ran");
+        let (g, m, c, s) = (self.gpu, self.model, &self.cfg, &self.model.spec);
+        let b = st.b;
+        let (n, p, t, a, l) = (
+            c.num_samples,
+            c.num_pi_trajs,
+            c.horizon,
+            s.action_dim,
+            s.latent_dim,
+        );
+        let nb = n * b;
+        st.obs.upload(g, obs)?;
+        let first: Vec<u32> = first_step.iter().map(|f| *f as u32).collect();
+        st.first.upload(g, &first)?;
+        for (i, hb) in st.heads.iter().enumerate() {
+            hb.upload(g, &config::chosen_heads(c.seed, call, i, s.num_q))?;
+        }
+        let (header, ov) = pipeline_constants(c, a);
+        let pipe = |k: &KernelSpec| g.pipeline(k, &header, &ov);
+        let params = |stream: u32, count: usize, width: usize| Params {
+            b: b as u32,
+            stream,
+            seed_lo: c.seed as u32,
+            seed_hi: (c.seed >> 32) as u32,
+            count: count as u32,
+            width: width as u32,
+            _pad: [0; 2],
+        };
+        let groups = |threads: usize| grid(g, threads.div_ceil(64));
+        let thc = TwoHotConfig::new(s.num_bins, s.vmin, s.vmax)?;
+        let pc = PolicyConfig::new(a).with_log_std_range(s.log_std_min, s.log_std_max);
+        let ws = &st.ws;
+        let mut rec = Recorder::new(g);
+
+        m.encoder
+            .record(&mut rec, b, NetInput::new(&st.obs, None), None, ws, &st.z0)?;
+        rec.dispatch(
+            &pipe(&INIT)?,
+            &[
+                &st.prev_mean.buffer,
+                &st.first.buffer,
+                &st.mean.buffer,
+                &st.std.buffer,
+            ],
+            Some(&params(0, 0, 0)),
+            groups(b * t * a),
+        )?;
+        let replicate = |rec: &mut Recorder, rows: usize, dst: &GpuBuffer<f32>| {
+            rec.dispatch(
+                &pipe(&REPLICATE)?,
+                &[&st.z0.buffer, &dst.buffer],
+                Some(&params(0, rows, l)),
+                groups(rows * b * l),
+            )
+        };
+        // Policy trajectories, drawn once per call into rows n < P of every time step.
+        if p > 0 {
+            replicate(&mut rec, p, &st.z[0])?;
+            for step in 0..t {
+                let cur = &st.z[step % 2];
+                m.policy
+                    .record(&mut rec, p * b, NetInput::new(cur, None), None, ws, &st.h)?;
+                rng_fill::record_fill(
+                    &mut rec,
+                    &st.eps_pi,
+                    Distribution::Normal,
+                    c.seed,
+                    streams::pi_traj(call, step),
+                )?;
+                let io = PolicyBuffers {
+                    h: &st.h,
+                    eps: &st.eps_pi,
+                    action: &st.actions,
+                    stats: &st.stats,
+                };
+                let at = PolicyOffsets {
+                    action: step * nb * a,
+                    ..Default::default()
+                };
+                policy::record_sample_at(&mut rec, &pc, p * b, io, at)?;
+                if step + 1 < t {
+                    let input = NetInput::new(cur, Some(&st.actions)).at(0, step * nb * a);
+                    m.dynamics
+                        .record(&mut rec, p * b, input, None, ws, &st.z[(step + 1) % 2])?;
+                }
+            }
+        }
+        for i in 0..c.iterations {
+            rec.dispatch(
+                &pipe(&SAMPLE)?,
+                &[&st.mean.buffer, &st.std.buffer, &st.actions.buffer],
+                Some(&params(streams::sampling(call, i), 0, 0)),
+                groups(t * (n - p) * b * a),
+            )?;
+            replicate(&mut rec, n, &st.z[0])?;
+            for step in 0..t {
+                let (cur, next) = (&st.z[step % 2], &st.z[(step + 1) % 2]);
+                let input = NetInput::new(cur, Some(&st.actions)).at(0, step * nb * a);
+                m.reward
+                    .record(&mut rec, nb, input, None, ws, &st.r_logits)?;
+                two_hot::record_decode_strided(
+                    &mut rec,
+                    &thc,
+                    nb,
+                    &st.r_logits,
+                    RowLayout::contiguous(s.num_bins),
+                    &st.rewards,
+                    RowLayout::at(step * nb, 1),
+                )?;
+                m.dynamics.record(&mut rec, nb, input, None, ws, next)?;
+            }
+            let z_t = &st.z[t % 2];
+            m.policy
+                .record(&mut rec, nb, NetInput::new(z_t, None), None, ws, &st.h)?;
+            rng_fill::record_fill(
+                &mut rec,
+                &st.eps_term,
+                Distribution::Normal,
+                c.seed,
+                streams::terminal(call, i),
+            )?;
+            let io = PolicyBuffers {
+                h: &st.h,
+                eps: &st.eps_term,
+                action: &st.a_term,
+                stats: &st.stats,
+            };
+            policy::record_sample(&mut rec, &pc, nb, io)?;
+            let q_in = NetInput::new(z_t, Some(&st.a_term));
+            m.q.record(&mut rec, nb, q_in, Some(&st.heads[i]), ws, &st.q_logits)?;
+            two_hot::record_decode(&mut rec, &thc, 2 * nb, &st.q_logits, &st.q_values)?;
+            rec.dispatch(
+                &pipe(&VALUES)?,
+                &[&st.rewards.buffer, &st.q_values.buffer, &st.values.buffer],
+                Some(&params(0, 0, 0)),
+                groups(nb),
+            )?;
+            rec.dispatch(
+                &pipe(&REFIT)?,
+                &[
+                    &st.mean.buffer,
+                    &st.std.buffer,
+                    &st.actions.buffer,
+                    &st.values.buffer,
+                    &st.kept.buffer,
+                    &st.weights.buffer,
+                ],
+                Some(&params(0, 0, 0)),
+                [b as u32, 1, 1],
+            )?;
+        }
+        rec.dispatch(
+            &pipe(&FINALIZE)?,
+            &[
+                &st.prev_mean.buffer,
+                &st.mean.buffer,
+                &st.std.buffer,
+                &st.actions.buffer,
+                &st.values.buffer,
+                &st.kept.buffer,
+                &st.weights.buffer,
+                &st.result.buffer,
+            ],
+            Some(&params(streams::gumbel(call), 0, 0)),
+            [b as u32, 1, 1],
+        )?;
+        let h = rec.read(&st.result);
+        let res = rec.finish()?.get(&h)?;
+        let w = 3 * a + 2;
+        let mut plan = Plan {
+            batch: b,
+            action_dim: a,
+            action: Vec::with_capacity(b * a),
+            mean: Vec::with_capacity(b * a),
+            std: Vec::with_capacity(b * a),
+            value: Vec::with_capacity(b),
+            chosen: Vec::with_capacity(b),
+        };
+        for row in res.chunks(w) {
+            plan.action.extend_from_slice(&row[..a]);
+            plan.mean.extend_from_slice(&row[a..2 * a]);
+            plan.std.extend_from_slice(&row[2 * a..3 * a]);
+            plan.value.push(row[3 * a]);
+            plan.chosen.push(row[3 * a + 1] as u32);
+        }
+        Ok(plan)
+    }
+
+    /// The last call's kept samples `[B, kept]` (sample indices, in kept order) and their
+    /// weights, read back for tests and debugging (an extra submit).
+    pub fn last_kept(&self) -> Result<(Vec<u32>, Vec<f32>)> {
+        let st = self
+            .state
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("no plan call yet".into()))?;
+        let mut rec = Recorder::new(self.gpu);
+        let (hk, hw) = (rec.read(&st.kept), rec.read(&st.weights));
+        let out = rec.finish()?;
+        Ok((out.get(&hk)?, out.get(&hw)?))
+    }
+
+    /// The warm-start mean for the next call `[B, T, A]` (tests and debugging).
+    pub fn warm_start(&self) -> Result<Vec<f32>> {
+        let st = self
+            .state
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("no plan call yet".into()))?;
+        st.prev_mean.download(self.gpu)
+    }
+}
+
+fn grid(gpu: &Gpu, groups: usize) -> [u32; 3] {
+    let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    if groups <= max {
+        [groups.max(1) as u32, 1, 1]
+    } else {
+        [max as u32, groups.div_ceil(max) as u32, 1]
+    }
+}

@@ -1,0 +1,168 @@
+//! The GPU planner against the CPU mirror (`reference::planner`, same Philox streams): same
+//! elites and chosen samples, actions, means and stds within 1e-4, over warm and cold starts,
+//! B in {1, 3}, several seeds and every mode; a hand-made reward whose best action is known;
+//! bad input.
+
+mod common;
+
+use common::gpus;
+use pompc::model::{ModelSpec, Weights, WorldModel};
+use pompc::planner::{PlanMode, Planner, PlannerConfig, PlannerMode};
+use pompc::reference::planner::MirrorPlanner;
+use pompc::{Error, Gpu};
+use rand::Rng;
+
+const TOL: f64 = 1e-4;
+
+fn fixture_weights() -> Weights {
+    Weights::load(format!(
+        "{}/tests/fixtures/tiny.safetensors",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+fn small_cfg(seed: u64, mode: PlannerMode, plan_mode: PlanMode) -> PlannerConfig {
+    PlannerConfig {
+        horizon: 3,
+        num_samples: 48,
+        num_elites: 8,
+        num_pi_trajs: 6,
+        iterations: 3,
+        seed,
+        mode,
+        plan_mode,
+        ..PlannerConfig::tdmpc2(3)
+    }
+}
+
+fn close(what: &str, gpu: &[f32], cpu: &[f64]) {
+    assert_eq!(gpu.len(), cpu.len(), "{what}: length");
+    for (i, (g, c)) in gpu.iter().zip(cpu).enumerate() {
+        let d = (*g as f64 - c).abs();
+        assert!(
+            d <= TOL * c.abs().max(1.0),
+            "{what}[{i}]: gpu {g} mirror {c} (difference {d:e})"
+        );
+    }
+}
+
+fn parity(gpu: &Gpu, weights: &Weights, cfg: PlannerConfig, batch: usize, seed_obs: u64) {
+    let model = WorldModel::new(gpu, weights).unwrap();
+    let mut planner = Planner::new(gpu, &model, cfg.clone()).unwrap();
+    let mut mirror = MirrorPlanner::new(weights, &cfg, batch).unwrap();
+    let mut r = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed_obs);
+    let o = weights.spec.obs_dim;
+    // Cold start, then a mix, then warm starts everywhere.
+    let firsts: [Vec<bool>; 3] = [
+        vec![true; batch],
+        (0..batch).map(|b| b % 2 == 1).collect(),
+        vec![false; batch],
+    ];
+    for (call, first) in firsts.iter().enumerate() {
+        let obs: Vec<f32> = (0..batch * o).map(|_| r.random_range(-1.5..1.5)).collect();
+        let g = planner.plan(&obs, first).unwrap();
+        let c = mirror.plan(&obs, first).unwrap();
+        let tag = format!(
+            "{:?} {:?} B={batch} call {call} seed {}",
+            cfg.mode, cfg.plan_mode, cfg.seed
+        );
+        let (kept, weights_g) = planner.last_kept().unwrap();
+        assert_eq!(kept, c.kept, "{tag}: kept samples");
+        close(&format!("{tag}: weights"), &weights_g, &c.weights);
+        assert_eq!(g.chosen, c.chosen, "{tag}: chosen samples");
+        close(&format!("{tag}: action"), &g.action, &c.action);
+        close(&format!("{tag}: mean"), &g.mean, &c.mean);
+        close(&format!("{tag}: std"), &g.std, &c.std);
+        close(&format!("{tag}: value"), &g.value, &c.value);
+        close(
+            &format!("{tag}: warm start"),
+            &planner.warm_start().unwrap(),
+            &c.full_mean,
+        );
+    }
+}
+
+#[test]
+fn gpu_and_mirror_agree_elite_mppi() {
+    let w = fixture_weights();
+    for gpu in gpus() {
+        for (seed, batch) in [(1, 1), (2, 3), (7, 3)] {
+            let cfg = small_cfg(seed, PlannerMode::EliteMppi, PlanMode::Train);
+            parity(gpu, &w, cfg, batch, seed + 100);
+        }
+    }
+}
+
+#[test]
+fn gpu_and_mirror_agree_other_modes() {
+    let w = fixture_weights();
+    let gpu = &gpus()[1];
+    for (mode, plan_mode) in [
+        (PlannerMode::Mppi { lambda: 0.5 }, PlanMode::Train),
+        (PlannerMode::Cem, PlanMode::Train),
+        (PlannerMode::EliteMppi, PlanMode::Eval),
+    ] {
+        parity(gpu, &w, small_cfg(5, mode, plan_mode), 3, 9);
+    }
+    // No policy trajectories.
+    let cfg = PlannerConfig {
+        num_pi_trajs: 0,
+        ..small_cfg(4, PlannerMode::EliteMppi, PlanMode::Train)
+    };
+    parity(gpu, &w, cfg, 2, 10);
+}
+
+#[test]
+fn bad_input_is_an_error() {
+    let gpu = &gpus()[0];
+    let w = fixture_weights();
+    let model = WorldModel::new(gpu, &w).unwrap();
+    let cfg = small_cfg(1, PlannerMode::EliteMppi, PlanMode::Train);
+    let mut planner = Planner::new(gpu, &model, cfg.clone()).unwrap();
+    let o = w.spec.obs_dim;
+    // Wrong length.
+    let e = planner.plan(&vec![0.0; o + 1], &[true]).unwrap_err();
+    assert!(matches!(e, Error::Shape(_)), "{e:?}");
+    // NaN and infinity name the environment and feature.
+    let mut obs = vec![0.0; 2 * o];
+    obs[o + 2] = f32::NAN;
+    let e = planner.plan(&obs, &[true, true]).unwrap_err().to_string();
+    assert!(e.contains("environment 1 feature 2"), "{e}");
+    obs[o + 2] = f32::INFINITY;
+    assert!(planner.plan(&obs, &[true, true]).is_err());
+    // Zero environments.
+    assert!(planner.plan(&[], &[]).is_err());
+    // A batch over the device's buffer limits names the largest that fits.
+    let max = planner.max_batch();
+    let e = planner
+        .plan(&vec![0.0; (max + 1) * o], &vec![true; max + 1])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("largest batch that fits is {max}")),
+        "{e}"
+    );
+    // Bad configurations.
+    let bad = PlannerConfig {
+        num_pi_trajs: 48,
+        ..cfg.clone()
+    };
+    assert!(Planner::new(gpu, &model, bad).is_err());
+    let bad = PlannerConfig {
+        min_std: 3.0,
+        ..cfg.clone()
+    };
+    assert!(Planner::new(gpu, &model, bad).is_err());
+    // One Q head cannot be averaged in pairs.
+    let one_q = Weights::init(
+        &ModelSpec {
+            num_q: 1,
+            ..ModelSpec::tiny(o, 3)
+        },
+        0,
+    )
+    .unwrap();
+    let m1 = WorldModel::new(gpu, &one_q).unwrap();
+    assert!(Planner::new(gpu, &m1, cfg).is_err());
+}
