@@ -247,3 +247,82 @@ pub fn bench_model(
     }
     Ok(results)
 }
+
+/// One benchmarked plan step.
+#[derive(Clone, Debug)]
+pub struct PlanBench {
+    /// Environments.
+    pub batch: usize,
+    /// Action dimension.
+    pub action_dim: usize,
+    /// Host wall clock per `plan` call (upload, record, submit, wait, read-back).
+    pub wall: Stats,
+    /// GPU time per call from timestamp queries, when the adapter has them.
+    pub gpu: Option<Stats>,
+    /// Useful floating-point operations per call.
+    pub flops: f64,
+    /// Dispatches per call.
+    pub dispatches: usize,
+}
+
+impl PlanBench {
+    /// Environment plans per second at the median wall time.
+    pub fn env_plans_per_second(&self) -> f64 {
+        self.batch as f64 / self.wall.median
+    }
+}
+
+/// Time `runs` plan calls of TD-MPC2's planner (`PlannerConfig::tdmpc2`) over a
+/// TD-MPC2-initialized model with random reward and Q heads, for `batch` environments, after
+/// `warmup` calls.
+pub fn bench_plan(
+    gpu: &Gpu,
+    spec: &crate::model::ModelSpec,
+    batch: usize,
+    runs: usize,
+    warmup: usize,
+) -> Result<PlanBench> {
+    use crate::model::{Weights, WorldModel};
+    use crate::planner::{Planner, PlannerConfig};
+    let mut weights = Weights::init(spec, 0)?;
+    // Non-zero reward and Q heads, so that values differ and the elite sort has work.
+    let mut r = rand::rngs::StdRng::seed_from_u64(5);
+    for name in ["_reward.2.weight", "_Qs.params.2.weight"] {
+        if let Some(t) = weights.tensors.get_mut(name) {
+            t.data
+                .iter_mut()
+                .for_each(|v| *v = r.random_range(-0.05..0.05));
+        }
+    }
+    let model = WorldModel::new(gpu, &weights)?;
+    let cfg = PlannerConfig::tdmpc2(spec.action_dim);
+    let mut planner = Planner::new(gpu, &model, cfg)?.with_timestamps(true);
+    let obs: Vec<f32> = (0..batch * spec.obs_dim)
+        .map(|_| r.random_range(-1.0..1.0))
+        .collect();
+    let mut first = vec![true; batch];
+    for _ in 0..warmup.max(1) {
+        planner.plan(&obs, &first)?;
+        first.iter_mut().for_each(|f| *f = false);
+    }
+    let mut wall = Vec::with_capacity(runs);
+    let mut gpu_t = Vec::with_capacity(runs);
+    let mut dispatches = 0;
+    for _ in 0..runs.max(1) {
+        planner.plan(&obs, &first)?;
+        let t = planner.last_timing().unwrap_or_default();
+        wall.push(t.wall_seconds);
+        if let Some(g) = t.gpu_seconds.filter(|g| *g > 0.0) {
+            gpu_t.push(g);
+        }
+        dispatches = t.dispatches;
+    }
+    Ok(PlanBench {
+        batch,
+        action_dim: spec.action_dim,
+        wall: Stats::from_samples(wall, Clock::Wall),
+        gpu: (!gpu_t.is_empty()).then(|| Stats::from_samples(gpu_t, Clock::Timestamps)),
+        flops: planner.flops(batch),
+        dispatches,
+    })
+}

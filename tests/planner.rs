@@ -166,3 +166,49 @@ fn bad_input_is_an_error() {
     let m1 = WorldModel::new(gpu, &one_q).unwrap();
     assert!(Planner::new(gpu, &m1, cfg).is_err());
 }
+
+/// The reward of `common::peaked_reward_weights` peaks at a first action component of 0.4
+/// (checked on the mirror in tests/planner_mirror.rs); on the GPU too, the plan's first
+/// action approaches it as iterations grow.
+#[test]
+fn gpu_planning_converges_to_the_best_first_action() {
+    let target = 0.4;
+    let (obs_dim, act) = (5, 2);
+    let w = common::peaked_reward_weights(obs_dim, act, target);
+    let gpu = &gpus()[1];
+    let model = WorldModel::new(gpu, &w).unwrap();
+    let batch = 3;
+    let obs: Vec<f32> = (0..batch * obs_dim)
+        .map(|i| (i as f32 * 0.37).sin())
+        .collect();
+    for mode in [PlannerMode::EliteMppi, PlannerMode::Cem] {
+        let mut mean_err = Vec::new();
+        let mut action_err = Vec::new();
+        for iterations in [1, 2, 4, 8] {
+            let cfg = PlannerConfig {
+                horizon: 3,
+                num_samples: 128,
+                num_elites: 16,
+                num_pi_trajs: 4,
+                iterations,
+                mode,
+                plan_mode: PlanMode::Eval,
+                seed: 3,
+                ..PlannerConfig::tdmpc2(act)
+            };
+            let mut planner = Planner::new(gpu, &model, cfg).unwrap();
+            let plan = planner.plan(&obs, &vec![true; batch]).unwrap();
+            let err = |v: &[f32]| {
+                (0..batch)
+                    .map(|b| (v[b * act] - target).abs())
+                    .fold(0.0f32, f32::max)
+            };
+            mean_err.push(err(&plan.mean));
+            action_err.push(err(&plan.action));
+        }
+        eprintln!("{mode:?}: mean error {mean_err:.4?}, action error {action_err:.4?}");
+        assert!(mean_err[3] < 0.1, "{mode:?}: mean error {mean_err:?}");
+        assert!(action_err[3] < 0.1, "{mode:?}: action error {action_err:?}");
+        assert!(mean_err[3] < mean_err[0] / 2.0, "{mode:?}: {mean_err:?}");
+    }
+}

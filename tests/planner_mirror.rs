@@ -2,6 +2,8 @@
 //! seeding, the warm-start shift, the kept set and its weights in each mode, convergence on a
 //! hand-built reward whose best first action is known, and bad inputs.
 
+mod common;
+
 use pompc::Error;
 use pompc::model::{ModelSpec, Weights};
 use pompc::planner::{PlanMode, PlannerConfig, PlannerMode};
@@ -47,9 +49,14 @@ fn obs(batch: usize, shift: f32) -> Vec<f32> {
         .collect()
 }
 
+/// One first-step plan of a fresh planner.
 fn plan_once(w: &Weights, cfg: &PlannerConfig, batch: usize) -> MirrorPlan {
+    plan_once_obs(w, cfg, batch, &obs(batch, 0.0))
+}
+
+fn plan_once_obs(w: &Weights, cfg: &PlannerConfig, batch: usize, o: &[f32]) -> MirrorPlan {
     let mut p = MirrorPlanner::new(w, cfg, batch).unwrap();
-    p.plan(&obs(batch, 0.0), &vec![true; batch]).unwrap()
+    p.plan(o, &vec![true; batch]).unwrap()
 }
 
 #[test]
@@ -244,65 +251,6 @@ fn eval_action_is_the_chosen_samples_first_action_and_train_adds_noise() {
     }
 }
 
-/// The tiny model with a reward head that depends only on the first action component, peaked
-/// at `target`: cost `c = mish(x) + mish(-x)` (even and increasing in |x|) with `x` a
-/// LayerNorm-ed `k (a_0 - target)` (monotonic in it: constant units of +-1 keep the variance
-/// from cancelling the magnitude), then a second LayerNorm-ed layer carrying `c` and final
-/// logits `-beta y bin_j / 10`, tilting the bins down as the cost grows. Q heads give 0
-/// (zero final layer), so the value is the discounted sum of these rewards.
-fn peaked_reward_weights(target: f32) -> Weights {
-    let spec = ModelSpec::tiny(OBS, ACT);
-    let (l, h, bins) = (spec.latent_dim, spec.mlp_dim, spec.num_bins);
-    let mut w = Weights::init(&spec, 11).unwrap();
-    let mut set = |name: &str, f: &dyn Fn(&mut [f32])| {
-        let t = w.tensors.get_mut(name).unwrap();
-        t.data.iter_mut().for_each(|v| *v = 0.0);
-        f(&mut t.data);
-    };
-    let k = 1.0;
-    // Layer 0: [z, a] -> h; unit 0 = k (a0 - target), unit 1 its negation, units 2, 3 = +-1.
-    set("_reward.0.weight", &|d| {
-        d[l] = k;
-        d[(l + ACT) + l] = -k;
-    });
-    set("_reward.0.bias", &|d| {
-        d[0] = -k * target;
-        d[1] = k * target;
-        d[2] = 1.0;
-        d[3] = -1.0;
-    });
-    set("_reward.0.ln.weight", &|d| {
-        d.iter_mut().for_each(|v| *v = 1.0)
-    });
-    // Layer 1: unit 0 = c - 1.5 (c = mish(x) + mish(-x)), unit 1 its negation, units 2, 3 =
-    // +-1; LayerNorm shift 3 on unit 0 keeps Mish increasing.
-    set("_reward.1.weight", &|d| {
-        d[0] = 1.0;
-        d[1] = 1.0;
-        d[h] = -1.0;
-        d[h + 1] = -1.0;
-    });
-    set("_reward.1.bias", &|d| {
-        d[0] = -1.5;
-        d[1] = 1.5;
-        d[2] = 1.0;
-        d[3] = -1.0;
-    });
-    set("_reward.1.ln.weight", &|d| {
-        d.iter_mut().for_each(|v| *v = 1.0)
-    });
-    set("_reward.1.ln.bias", &|d| d[0] = 3.0);
-    // Layer 2: logits_j = -beta * y0 * bin_j / 10.
-    let beta = 0.1;
-    let bin = |j: usize| -10.0 + 20.0 * j as f32 / (bins - 1) as f32;
-    set("_reward.2.weight", &|d| {
-        for j in 0..bins {
-            d[j * h] = -beta * bin(j) / 10.0;
-        }
-    });
-    w
-}
-
 /// The decoded reward of the hand-built head for first action components `a0s`.
 fn rewards(w: &Weights, a0s: &[f64]) -> Vec<f64> {
     let spec = &w.spec;
@@ -316,7 +264,7 @@ fn rewards(w: &Weights, a0s: &[f64]) -> Vec<f64> {
 #[test]
 fn hand_built_reward_peaks_at_its_target() {
     let target = 0.4;
-    let w = peaked_reward_weights(target as f32);
+    let w = common::peaked_reward_weights(OBS, ACT, target as f32);
     let grid: Vec<f64> = (0..=40).map(|i| -1.0 + i as f64 * 0.05).collect();
     let r = rewards(&w, &grid);
     let best = (0..grid.len())
@@ -349,7 +297,7 @@ fn hand_built_reward_peaks_at_its_target() {
 #[test]
 fn planning_converges_to_the_best_first_action() {
     let target = 0.4;
-    let w = peaked_reward_weights(target as f32);
+    let w = common::peaked_reward_weights(OBS, ACT, target as f32);
     let batch = 3;
     for mode in [
         PlannerMode::EliteMppi,
@@ -424,4 +372,143 @@ fn bad_inputs() {
     };
     assert!(MirrorPlanner::new(&w, &bad_cfg, 3).is_err());
     assert!(MirrorPlanner::new(&w, &cfg, 0).is_err());
+}
+
+/// One iteration recomputed sample by sample from the algorithm's text, one row at a time,
+/// with the f32 reference heads (`reference::two_hot`, `reference::policy`): the policy
+/// trajectories and sampled sequences (their stream elements), the values, the refit of the
+/// kept set, the Gumbel choice and the executed action.
+#[test]
+fn one_iteration_recomputed_sample_by_sample() {
+    use pompc::kernels::policy::PolicyConfig;
+    use pompc::kernels::two_hot::TwoHotConfig;
+    use pompc::model::Net;
+    use pompc::planner::config::{chosen_heads, streams};
+    use pompc::reference::{policy, two_hot};
+
+    let w = random_weights(12);
+    let spec = &w.spec;
+    let (bb, t_len, a_dim) = (3, 3, ACT);
+    for mode in [PlannerMode::EliteMppi, PlannerMode::Mppi { lambda: 0.7 }] {
+        let cfg = PlannerConfig {
+            iterations: 1,
+            mode,
+            plan_mode: PlanMode::Eval,
+            seed: 99,
+            ..small_cfg()
+        };
+        let (n_len, p_len, seed) = (cfg.num_samples, cfg.num_pi_trajs, cfg.seed);
+        let o = obs(bb, 0.3);
+        let plan = plan_once_obs(&w, &cfg, bb, &o);
+
+        let tcfg = TwoHotConfig {
+            bins: spec.num_bins,
+            vmin: spec.vmin,
+            vmax: spec.vmax,
+        };
+        let pcfg = PolicyConfig::new(a_dim).with_log_std_range(spec.log_std_min, spec.log_std_max);
+        let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        let pi = |z: &[f64], eps: &[f32]| -> Vec<f64> {
+            let h = forward(&w, Net::Policy, 1, z, None, 0).unwrap();
+            policy::sample(&pcfg, 1, &f32s(&h), eps).action
+        };
+        let decode = |logits: &[f64]| two_hot::decode_row(&tcfg, &f32s(logits));
+
+        // actions[t][n][b] of the (only) iteration.
+        let mut actions = vec![vec![vec![vec![0.0; a_dim]; bb]; n_len]; t_len];
+        let sampling =
+            pompc::rng::normals(seed, streams::sampling(0, 0), t_len * n_len * bb * a_dim);
+        for b in 0..bb {
+            let obs_b: Vec<f64> = o[b * OBS..(b + 1) * OBS]
+                .iter()
+                .map(|&x| x as f64)
+                .collect();
+            let z0 = forward(&w, Net::Encoder, 1, &obs_b, None, 0).unwrap();
+            for n in 0..n_len {
+                let mut z = z0.clone();
+                for (t, at) in actions.iter_mut().enumerate() {
+                    let a = if n < p_len {
+                        let all =
+                            pompc::rng::normals(seed, streams::pi_traj(0, t), p_len * bb * a_dim);
+                        let e = (n * bb + b) * a_dim;
+                        let a = pi(&z, &all[e..e + a_dim]);
+                        z = forward(&w, Net::Dynamics, 1, &z, Some(&a), 0).unwrap();
+                        a
+                    } else {
+                        (0..a_dim)
+                            .map(|a| {
+                                let e = ((t * n_len + n) * bb + b) * a_dim + a;
+                                (2.0 * sampling[e] as f64).clamp(-1.0, 1.0)
+                            })
+                            .collect()
+                    };
+                    at[n][b] = a;
+                }
+                // The value.
+                let mut z = z0.clone();
+                let (mut g_ret, mut g) = (0.0, 1.0);
+                for at in &actions {
+                    let a = &at[n][b];
+                    let r = decode(&forward(&w, Net::Reward, 1, &z, Some(a), 0).unwrap());
+                    g_ret += g * r;
+                    z = forward(&w, Net::Dynamics, 1, &z, Some(a), 0).unwrap();
+                    g *= cfg.discount as f64;
+                }
+                let term = pompc::rng::normals(seed, streams::terminal(0, 0), n_len * bb * a_dim);
+                let e = (n * bb + b) * a_dim;
+                let a_t = pi(&z, &term[e..e + a_dim]);
+                let [h0, h1] = chosen_heads(seed, 0, 0, spec.num_q);
+                let q =
+                    |h: u32| decode(&forward(&w, Net::Q, 1, &z, Some(&a_t), h as usize).unwrap());
+                let v = g_ret + g * (q(h0) + q(h1)) / 2.0;
+                let got = plan.values[n * bb + b];
+                assert!(
+                    (got - v).abs() <= 1e-5 * v.abs().max(1.0),
+                    "{mode:?} env {b} sample {n}: value {got}, recomputed {v}"
+                );
+            }
+            // The refit of the kept set, with the plan's kept indices and weights.
+            let kept = cfg.kept();
+            let ks = &plan.kept[b * kept..(b + 1) * kept];
+            let ws = &plan.weights[b * kept..(b + 1) * kept];
+            for (t, at) in actions.iter().enumerate() {
+                #[allow(clippy::needless_range_loop)] // `a` indexes the innermost of at[n][b][a]
+                for a in 0..a_dim {
+                    let x = |n: u32| at[n as usize][b][a];
+                    let mu: f64 =
+                        ks.iter().zip(ws).map(|(&n, &s)| s * x(n)).sum::<f64>() / (1.0 + 1e-9);
+                    let var: f64 = ks
+                        .iter()
+                        .zip(ws)
+                        .map(|(&n, &s)| s * (x(n) - mu).powi(2))
+                        .sum::<f64>()
+                        / (1.0 + 1e-9);
+                    let m = (b * t_len + t) * a_dim + a;
+                    assert!(
+                        (plan.full_mean[m] - mu).abs() < 1e-6,
+                        "{mode:?} env {b} mean"
+                    );
+                    let sd = var.sqrt().clamp(cfg.min_std as f64, cfg.max_std as f64);
+                    assert!((plan.full_std[m] - sd).abs() < 1e-6, "{mode:?} env {b} std");
+                }
+            }
+            // The Gumbel-max choice and the (eval) action.
+            let gum = pompc::rng::gumbels(seed, streams::gumbel(0), bb * kept);
+            let mut best = 0;
+            for e in 1..kept {
+                let score = |e: usize| ws[e].ln() + gum[b * kept + e] as f64;
+                if score(e) > score(best) {
+                    best = e;
+                }
+            }
+            assert_eq!(plan.chosen[b], ks[best], "{mode:?} env {b}");
+            let want = &actions[0][ks[best] as usize][b];
+            for (got, want) in plan.action[b * a_dim..(b + 1) * a_dim].iter().zip(want) {
+                assert!(
+                    (got - want).abs() < 1e-6,
+                    "{mode:?} env {b}: action {got} vs {want}"
+                );
+            }
+        }
+    }
 }

@@ -20,6 +20,11 @@ usage:
       --obs O --act A             observation and action dimensions (default 223, 38: dog)
       --rows R                    rows per pass (default 512: the planner's samples)
       --runs N, --ceiling-tflops X, --json   as above
+  pompc bench plan [options]      TD-MPC2's plan step (5M preset, 512 samples, horizon 3)
+      --batch B1,B2,...           environments (default 1,16,256)
+      --act A1,A2,...             action dimensions (default 6,38)
+      --obs O                     observation dimension (default 24)
+      --runs N, --warmup N, --json
 environment: WGPU_BACKEND (vulkan, metal, dx12, gl), WGPU_ADAPTER_NAME, WGPU_POWER_PREF,
   POMPC_BENCH_TARGET_S (seconds of back-to-back work per timed run, default 0.002)";
 
@@ -30,6 +35,7 @@ fn main() -> ExitCode {
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("linear") => bench_linear(&args[2..]),
             Some("model") => bench_model(&args[2..]),
+            Some("plan") => bench_plan(&args[2..]),
             _ => Err(format!("bench what?\n{USAGE}")),
         },
         Some("-h" | "--help" | "help") | None => {
@@ -316,6 +322,93 @@ fn bench_model(args: &[String]) -> Result<(), String> {
                 frac.map_or("-".into(), |f| format!("{:.1}%", f * 100.0)),
                 r.dispatches,
             );
+        }
+    }
+    Ok(())
+}
+
+fn list(v: Option<&String>, flag: &str) -> Result<Vec<usize>, String> {
+    v.map(|s| {
+        s.split(',')
+            .map(|p| p.trim().parse::<usize>())
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .and_then(|r| r.ok())
+    .filter(|v| !v.is_empty())
+    .ok_or_else(|| format!("{flag} takes a comma-separated list of numbers"))
+}
+
+fn bench_plan(args: &[String]) -> Result<(), String> {
+    let (mut batches, mut acts, mut obs) = (vec![1, 16, 256], vec![6, 38], 24usize);
+    let (mut runs, mut warmup, mut json) = (30usize, 5usize, false);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--batch" => batches = list(it.next(), "--batch")?,
+            "--act" => acts = list(it.next(), "--act")?,
+            "--obs" => obs = parse(it.next(), "--obs")?,
+            "--runs" => runs = parse(it.next(), "--runs")?,
+            "--warmup" => warmup = parse(it.next(), "--warmup")?,
+            "--json" => json = true,
+            other => return Err(format!("unknown option {other:?}\n{USAGE}")),
+        }
+    }
+    let gpu = Gpu::new(GpuOptions::default()).map_err(|e| e.to_string())?;
+    if !json {
+        println!("adapter: {}", gpu.describe());
+        println!(
+            "TD-MPC2 5M preset, obs {obs}; planner: TD-MPC2 defaults (512 samples, 64 elites, 24 policy trajectories, horizon 3)"
+        );
+        println!(
+            "{:>4} {:>5} {:>11} {:>11} {:>11} {:>13} {:>9} {:>9} {:>10}",
+            "A",
+            "B",
+            "wall ms",
+            "p90 ms",
+            "GPU ms",
+            "env-plans/s",
+            "GFLOP",
+            "TFLOP/s",
+            "dispatches"
+        );
+    }
+    for &a in &acts {
+        let spec = pompc::model::ModelSpec::tdmpc2(5, obs, a).map_err(|e| e.to_string())?;
+        for &b in &batches {
+            let r = bench::bench_plan(&gpu, &spec, b, runs, warmup).map_err(|e| e.to_string())?;
+            let gpu_ms = r.gpu.as_ref().map(|g| g.median * 1e3);
+            let tflops = r.flops / r.wall.median * 1e-12;
+            if json {
+                println!(
+                    "{{\"action_dim\":{a},\"batch\":{b},\"wall_median_s\":{:e},\"wall_p90_s\":{:e},\
+                     \"gpu_median_s\":{},\"env_plans_per_s\":{:.1},\"gflop\":{:.2},\"tflops\":{:.3},\
+                     \"dispatches\":{},\"backend\":\"{:?}\",\"adapter\":\"{}\"}}",
+                    r.wall.median,
+                    r.wall.p90,
+                    r.gpu
+                        .as_ref()
+                        .map_or("null".into(), |g| format!("{:e}", g.median)),
+                    r.env_plans_per_second(),
+                    r.flops * 1e-9,
+                    tflops,
+                    r.dispatches,
+                    gpu.info().backend,
+                    gpu.info().name.replace('"', "'"),
+                );
+            } else {
+                println!(
+                    "{:>4} {:>5} {:>11.3} {:>11.3} {:>11} {:>13.1} {:>9.2} {:>9.2} {:>10}",
+                    a,
+                    b,
+                    r.wall.median * 1e3,
+                    r.wall.p90 * 1e3,
+                    gpu_ms.map_or("-".into(), |g| format!("{g:.3}")),
+                    r.env_plans_per_second(),
+                    r.flops * 1e-9,
+                    tflops,
+                    r.dispatches
+                );
+            }
         }
     }
     Ok(())

@@ -200,6 +200,19 @@ pub struct Planner<'m> {
     cfg: PlannerConfig,
     call: u32,
     state: Option<State>,
+    timestamps: bool,
+    last: Option<PlanTiming>,
+}
+
+/// How long the last [`Planner::plan`] call took.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PlanTiming {
+    /// Host wall clock of the whole call: upload, recording, submit, wait, read-back.
+    pub wall_seconds: f64,
+    /// GPU time of the recorded work (timestamp queries), when enabled and available.
+    pub gpu_seconds: Option<f64>,
+    /// Dispatches in the step.
+    pub dispatches: usize,
 }
 
 impl<'m> Planner<'m> {
@@ -223,7 +236,40 @@ impl<'m> Planner<'m> {
             cfg,
             call: 0,
             state: None,
+            timestamps: false,
+            last: None,
         })
+    }
+
+    /// Measure GPU time with timestamp queries in every call (see [`Planner::last_timing`]).
+    pub fn with_timestamps(mut self, on: bool) -> Self {
+        self.timestamps = on;
+        self
+    }
+
+    /// Timing of the last call.
+    pub fn last_timing(&self) -> Option<PlanTiming> {
+        self.last
+    }
+
+    /// Floating-point operations of one plan step for `batch` environments: 2 per
+    /// multiply-add of every linear layer evaluated (the useful work; the bookkeeping
+    /// kernels are not counted).
+    pub fn flops(&self, batch: usize) -> f64 {
+        use crate::model::Net;
+        let s = &self.model.spec;
+        let c = &self.cfg;
+        let macs = |net: Net| s.macs_per_row(net) as f64;
+        let q_head = macs(Net::Q) / s.num_q as f64;
+        let (n, p, t) = (
+            c.num_samples as f64,
+            c.num_pi_trajs as f64,
+            c.horizon as f64,
+        );
+        let pi_traj = p * (t * macs(Net::Policy) + (t - 1.0) * macs(Net::Dynamics));
+        let iteration =
+            n * (t * (macs(Net::Reward) + macs(Net::Dynamics)) + macs(Net::Policy) + 2.0 * q_head);
+        2.0 * batch as f64 * (macs(Net::Encoder) + pi_traj + c.iterations as f64 * iteration)
     }
 
     /// The settings.
@@ -365,14 +411,25 @@ impl<'m> Planner<'m> {
                 obs[i]
             )));
         }
+        let t0 = std::time::Instant::now();
         self.ensure_state(b)?;
         let call = self.call;
-        let out = self.record_and_run(obs, first_step, call)?;
+        let (out, gpu_seconds, dispatches) = self.record_and_run(obs, first_step, call)?;
         self.call = self.call.wrapping_add(1);
+        self.last = Some(PlanTiming {
+            wall_seconds: t0.elapsed().as_secs_f64(),
+            gpu_seconds,
+            dispatches,
+        });
         Ok(out)
     }
 
-    fn record_and_run(&self, obs: &[f32], first_step: &[bool], call: u32) -> Result<Plan> {
+    fn record_and_run(
+        &self,
+        obs: &[f32],
+        first_step: &[bool],
+        call: u32,
+    ) -> Result<(Plan, Option<f64>, usize)> {
         let st = self.state.as_ref().expect("ensure_state ran");
         let (g, m, c, s) = (self.gpu, self.model, &self.cfg, &self.model.spec);
         let b = st.b;
@@ -406,6 +463,9 @@ impl<'m> Planner<'m> {
         let pc = PolicyConfig::new(a).with_log_std_range(s.log_std_min, s.log_std_max);
         let ws = &st.ws;
         let mut rec = Recorder::new(g);
+        if self.timestamps {
+            rec = rec.with_timestamps();
+        }
 
         m.encoder
             .record(&mut rec, b, NetInput::new(&st.obs, None), None, ws, &st.z0)?;
@@ -540,7 +600,9 @@ impl<'m> Planner<'m> {
             [b as u32, 1, 1],
         )?;
         let h = rec.read(&st.result);
-        let res = rec.finish()?.get(&h)?;
+        let dispatches = rec.dispatches();
+        let done = rec.finish()?;
+        let res = done.get(&h)?;
         let w = 3 * a + 2;
         let mut plan = Plan {
             batch: b,
@@ -558,7 +620,7 @@ impl<'m> Planner<'m> {
             plan.value.push(row[3 * a]);
             plan.chosen.push(row[3 * a + 1] as u32);
         }
-        Ok(plan)
+        Ok((plan, done.timing.gpu_seconds, dispatches))
     }
 
     /// The last call's kept samples `[B, kept]` (sample indices, in kept order) and their

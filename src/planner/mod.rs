@@ -40,4 +40,4 @@ pub mod config;
 mod gpu;
 
 pub use config::{PlanMode, PlannerConfig, PlannerMode};
-pub use gpu::{KERNELS, Plan, Planner, pipeline_constants};
+pub use gpu::{KERNELS, Plan, PlanTiming, Planner, pipeline_constants};

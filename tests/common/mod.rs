@@ -57,3 +57,62 @@ pub fn rel_error(gpu: &[f32], reference: &[f64]) -> f64 {
 
 /// The NaN bit pattern used to poison outputs before a kernel runs.
 pub const POISON: u32 = 0x7fc0_0000;
+
+/// The tiny model with a reward head that depends only on the first action component, peaked
+/// at `target`: cost `c = mish(x) + mish(-x)` (even and increasing in |x|) with `x` a
+/// LayerNorm-ed `k (a_0 - target)` (monotonic in it: constant units of +-1 keep the variance
+/// from cancelling the magnitude), then a second LayerNorm-ed layer carrying `c` and final
+/// logits `-beta y bin_j / 10`, tilting the bins down as the cost grows. Q heads give 0
+/// (zero final layer), so the value is the discounted sum of these rewards.
+pub fn peaked_reward_weights(obs: usize, act: usize, target: f32) -> pompc::model::Weights {
+    let spec = pompc::model::ModelSpec::tiny(obs, act);
+    let (l, h, bins) = (spec.latent_dim, spec.mlp_dim, spec.num_bins);
+    let mut w = pompc::model::Weights::init(&spec, 11).unwrap();
+    let mut set = |name: &str, f: &dyn Fn(&mut [f32])| {
+        let t = w.tensors.get_mut(name).unwrap();
+        t.data.iter_mut().for_each(|v| *v = 0.0);
+        f(&mut t.data);
+    };
+    let k = 1.0;
+    // Layer 0: [z, a] -> h; unit 0 = k (a0 - target), unit 1 its negation, units 2, 3 = +-1.
+    set("_reward.0.weight", &|d| {
+        d[l] = k;
+        d[(l + act) + l] = -k;
+    });
+    set("_reward.0.bias", &|d| {
+        d[0] = -k * target;
+        d[1] = k * target;
+        d[2] = 1.0;
+        d[3] = -1.0;
+    });
+    set("_reward.0.ln.weight", &|d| {
+        d.iter_mut().for_each(|v| *v = 1.0)
+    });
+    // Layer 1: unit 0 = c - 1.5 (c = mish(x) + mish(-x)), unit 1 its negation, units 2, 3 =
+    // +-1; LayerNorm shift 3 on unit 0 keeps Mish increasing.
+    set("_reward.1.weight", &|d| {
+        d[0] = 1.0;
+        d[1] = 1.0;
+        d[h] = -1.0;
+        d[h + 1] = -1.0;
+    });
+    set("_reward.1.bias", &|d| {
+        d[0] = -1.5;
+        d[1] = 1.5;
+        d[2] = 1.0;
+        d[3] = -1.0;
+    });
+    set("_reward.1.ln.weight", &|d| {
+        d.iter_mut().for_each(|v| *v = 1.0)
+    });
+    set("_reward.1.ln.bias", &|d| d[0] = 3.0);
+    // Layer 2: logits_j = -beta * y0 * bin_j / 10.
+    let beta = 0.1;
+    let bin = |j: usize| -10.0 + 20.0 * j as f32 / (bins - 1) as f32;
+    set("_reward.2.weight", &|d| {
+        for j in 0..bins {
+            d[j * h] = -beta * bin(j) / 10.0;
+        }
+    });
+    w
+}
