@@ -161,7 +161,7 @@ pub fn bench_linear(
     Ok(LinearBench {
         cfg,
         m,
-        plan: layer.plan(m),
+        plan: layer.plan_on(gpu, m),
         gflops: cfg.flops(m) / stats.median * 1e-9,
         stats,
     })

@@ -74,7 +74,7 @@ fn run_heads(
     assert!(
         err <= TOL,
         "{cfg:?} m={m} plan={:?} checks={:?}: relative error {err:e} > {TOL:e}",
-        layer.plan(m),
+        layer.plan_on(gpu, m),
         gpu.shader_checks()
     );
 }

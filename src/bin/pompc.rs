@@ -190,7 +190,12 @@ fn bench_linear(args: &[String]) -> Result<(), String> {
             let mut tiles = Tile::ALL.to_vec();
             tiles.extend(Tile::SWEEP);
             tiles.retain(|t| t.check(&gpu).is_ok());
-            tiles.dedup();
+            let mut seen = Vec::new();
+            tiles.retain(|t| {
+                let new = !seen.contains(t);
+                seen.push(*t);
+                new
+            });
             for tile in tiles {
                 for split in [1, 2, 4, 8] {
                     plans.push(Some(LinearPlan { tile, split }));
