@@ -25,7 +25,9 @@ fn main() -> pompc::Result<()> {
             let mut r = rand::rngs::StdRng::seed_from_u64(1);
             for name in ["_reward.2.weight", "_Qs.params.2.weight"] {
                 if let Some(t) = w.tensors.get_mut(name) {
-                    t.data.iter_mut().for_each(|v| *v = r.random_range(-0.05..0.05));
+                    t.data
+                        .iter_mut()
+                        .for_each(|v| *v = r.random_range(-0.05..0.05));
                 }
             }
             println!("weights: TD-MPC2 5M preset (obs 24, action 6), random reward and Q heads");
