@@ -164,3 +164,77 @@ fn policy_every_lane_count() {
     }
     assert_eq!(lanes.len(), 7, "{lanes:?}");
 }
+
+#[test]
+fn mppi_with_a_sample_user_problem() {
+    let user = "fn dynamics(x: State, u: Control, t: u32) -> State { var y = x; y[0] += DT * u[0]; return y; }\n\
+                fn running_cost(x: State, u: Control, t: u32) -> f32 { return x[0] * x[0] + param(0u); }\n\
+                fn terminal_cost(x: State) -> f32 { return 0.0; }\n";
+    for (s, c) in [(1u32, 1u32), (4, 2), (3, 2)] {
+        let header = Header(vec![
+            ("STATE_DIM", s),
+            ("CONTROL_DIM", c),
+            ("PARAM_LEN", 26),
+        ]);
+        let pre = shader::preprocess_with("mppi", shader::source("mppi").unwrap(), &header, &|n| {
+            if n == "user" {
+                Some(user.to_string())
+            } else {
+                shader::source(n).map(str::to_string)
+            }
+        })
+        .unwrap();
+        let (module, info) = shader::validate("mppi", &pre).unwrap();
+        let constants: naga::back::PipelineConstants = [("K", 1024.0), ("H", 100.0)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        for entry in [
+            "mppi_rollout",
+            "mppi_normalize",
+            "mppi_update",
+            "mppi_shift",
+        ] {
+            let (m, i) = naga::back::pipeline_constants::process_overrides(
+                &module,
+                &info,
+                Some((naga::ShaderStage::Compute, entry)),
+                &constants,
+            )
+            .unwrap();
+            let pipeline = naga::back::spv::PipelineOptions {
+                shader_stage: naga::ShaderStage::Compute,
+                entry_point: entry.to_string(),
+            };
+            naga::back::spv::write_vec(
+                &m,
+                &i,
+                &naga::back::spv::Options::default(),
+                Some(&pipeline),
+            )
+            .unwrap();
+        }
+    }
+}
+
+#[test]
+fn planner_every_mode() {
+    use pompc::planner::{PlanMode, PlannerConfig, PlannerMode};
+    for mode in [
+        PlannerMode::EliteMppi,
+        PlannerMode::Mppi { lambda: 0.5 },
+        PlannerMode::Cem,
+    ] {
+        for plan_mode in [PlanMode::Train, PlanMode::Eval] {
+            for a in [1, 6, 38] {
+                let mut cfg = PlannerConfig::tdmpc2(a);
+                cfg.mode = mode;
+                cfg.plan_mode = plan_mode;
+                let (header, ov) = pompc::planner::pipeline_constants(&cfg, a);
+                for k in pompc::planner::KERNELS {
+                    compile(k.shader, k.entry, &header, &ov);
+                }
+            }
+        }
+    }
+}

@@ -92,7 +92,14 @@ impl Gpu {
             return Ok(p);
         }
         let pre = shader::preprocess(spec.shader, header)?;
-        let p = self.build(spec.shader, &pre, spec.entry, spec.bindings, overrides)?;
+        let p = self.build(
+            spec.shader,
+            &pre,
+            spec.entry,
+            spec.bindings,
+            overrides,
+            self.shader_checks(),
+        )?;
         if let Ok(mut m) = self.pipelines.map.lock() {
             m.insert(key, p.clone());
         }
@@ -100,7 +107,7 @@ impl Gpu {
     }
 
     /// A pipeline from preprocessed source that is not in the library (user WGSL), cached by
-    /// its text.
+    /// its text, with this device's shader-check mode.
     pub fn pipeline_from_source(
         &self,
         name: &str,
@@ -109,8 +116,29 @@ impl Gpu {
         bindings: &[(u32, Binding)],
         overrides: &[(&str, f64)],
     ) -> Result<Arc<Pipeline>> {
+        self.pipeline_from_source_with_checks(
+            name,
+            pre,
+            entry,
+            bindings,
+            overrides,
+            self.shader_checks(),
+        )
+    }
+
+    /// [`Gpu::pipeline_from_source`] with an explicit check mode: user code is built with
+    /// bounds checks unless its owner vouches for it.
+    pub fn pipeline_from_source_with_checks(
+        &self,
+        name: &str,
+        pre: &Preprocessed,
+        entry: &str,
+        bindings: &[(u32, Binding)],
+        overrides: &[(&str, f64)],
+        checks: ShaderChecks,
+    ) -> Result<Arc<Pipeline>> {
         let key = Key {
-            source: SourceKey::Text(pre.text.clone()),
+            source: SourceKey::Text(format!("{checks:?}\n{}", pre.text)),
             entry: entry.to_string(),
             overrides: overrides
                 .iter()
@@ -127,7 +155,7 @@ impl Gpu {
         {
             return Ok(p);
         }
-        let p = self.build(name, pre, entry, bindings, overrides)?;
+        let p = self.build(name, pre, entry, bindings, overrides, checks)?;
         if let Ok(mut m) = self.pipelines.map.lock() {
             m.insert(key, p.clone());
         }
@@ -146,6 +174,7 @@ impl Gpu {
         entry: &str,
         bindings: &[(u32, Binding)],
         overrides: &[(&str, f64)],
+        checks: ShaderChecks,
     ) -> Result<Arc<Pipeline>> {
         // naga first: its errors name the file and line as written.
         shader::validate(name, pre)?;
@@ -155,7 +184,7 @@ impl Gpu {
                 label: Some(&label),
                 source: wgpu::ShaderSource::Wgsl(pre.text.as_str().into()),
             };
-            let module = match self.shader_checks() {
+            let module = match checks {
                 ShaderChecks::Checked => self.device.create_shader_module(desc),
                 // SAFETY: every library kernel guards its own indices, and the test suite runs
                 // each kernel with checks on as well, so an out-of-bounds access fails there.

@@ -29,6 +29,7 @@ shader_files!(
     "common/rng",
     "common/act",
     "linear",
+    "mppi",
     "planner",
     "rng_fill",
     "two_hot",

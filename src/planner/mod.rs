@@ -37,6 +37,7 @@
 //!    also returns `mean[b, 0]`, `std[b, 0]` and the sample's value; `prev_mean = mean`.
 
 pub mod config;
+pub mod custom;
 mod gpu;
 
 pub use config::{PlanMode, PlannerConfig, PlannerMode};

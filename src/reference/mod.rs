@@ -4,6 +4,7 @@
 pub mod act;
 pub mod linear;
 pub mod model;
+pub mod mppi;
 pub mod planner;
 pub mod policy;
 pub mod rng_fill;

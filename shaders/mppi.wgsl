@@ -1,0 +1,172 @@
+// Classic MPPI (Williams et al. 2017, information-theoretic) over dynamics and costs that the
+// user writes in WGSL (pasted in place of `#import user`; see src/planner/custom.rs for the
+// contract). One thread rolls out one sample; one workgroup normalizes the weights; one
+// workgroup per time step updates the control sequence. CPU mirror: src/reference/mppi.rs.
+//
+// Layouts: K samples, horizon H, C = CONTROL_DIM. u [H, C] the control sequence; eps [H, K, C]
+// the effective perturbation of each sample after clamping (v - u); cost [K]; weights [K];
+// bounds [3, C] = (sigma, u_min, u_max); out = (first control [C], min cost, normalizer eta).
+// Header constants (with the user's): STATE_DIM, CONTROL_DIM, PARAM_LEN (>= 1), VIS.
+
+override K: u32;
+override H: u32;
+override DT: f32 = 0.02;
+override LAMBDA: f32 = 1.0;
+// Weight of the control cost u^T Sigma^-1 mppi_eps (Williams et al.: lambda).
+override GAMMA: f32 = 1.0;
+
+alias State = array<f32, STATE_DIM>;
+alias Control = array<f32, CONTROL_DIM>;
+
+struct MppiParams {
+    seed_lo: u32,
+    seed_hi: u32,
+    stream: u32,
+    // Rows of `mppi_vis` to fill with sample trajectories (0: none).
+    vis_rows: u32,
+}
+
+@group(0) @binding(0) var<storage, read> mppi_x0: array<f32>;
+@group(0) @binding(1) var<storage, read_write> mppi_u: array<f32>;
+@group(0) @binding(2) var<storage, read_write> mppi_eps: array<f32>;
+@group(0) @binding(3) var<storage, read_write> mppi_cost: array<f32>;
+@group(0) @binding(4) var<storage, read> mppi_bounds: array<f32>;
+@group(0) @binding(5) var<storage, read_write> mppi_weights: array<f32>;
+@group(0) @binding(6) var<storage, read_write> mppi_out: array<f32>;
+@group(0) @binding(7) var<storage, read> user_params: array<f32>;
+@group(0) @binding(8) var<uniform> mppi_p: MppiParams;
+@group(0) @binding(9) var<storage, read_write> mppi_vis: array<f32>;
+
+// The user's parameter i (clamped into the buffer).
+fn param(i: u32) -> f32 {
+    return user_params[min(i, PARAM_LEN - 1u)];
+}
+
+#import common/rng
+#import user
+
+@compute @workgroup_size(64)
+fn mppi_rollout(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let k = gid.x + gid.y * nwg.x * 64u;
+    if (k >= K) {
+        return;
+    }
+    let seed = vec2<u32>(mppi_p.seed_lo, mppi_p.seed_hi);
+    var x: State;
+    for (var i = 0u; i < STATE_DIM; i++) {
+        x[i] = mppi_x0[i];
+    }
+    let vis_row = k < mppi_p.vis_rows;
+    if (vis_row) {
+        for (var i = 0u; i < STATE_DIM; i++) {
+            mppi_vis[k * (H + 1u) * STATE_DIM + i] = x[i];
+        }
+    }
+    var s = 0.0;
+    for (var t = 0u; t < H; t++) {
+        var v: Control;
+        for (var j = 0u; j < CONTROL_DIM; j++) {
+            let e_idx = (t * K + k) * CONTROL_DIM + j;
+            let sigma = mppi_bounds[j];
+            let n = normal4(philox(seed, mppi_p.stream, e_idx / 4u))[e_idx % 4u];
+            let uj = mppi_u[t * CONTROL_DIM + j];
+            let vj = clamp(uj + sigma * n, mppi_bounds[CONTROL_DIM + j], mppi_bounds[2u * CONTROL_DIM + j]);
+            let e = vj - uj;
+            mppi_eps[e_idx] = e;
+            s += GAMMA * uj * e / (sigma * sigma);
+            v[j] = vj;
+        }
+        s += running_cost(x, v, t);
+        x = dynamics(x, v, t);
+        if (vis_row) {
+            for (var i = 0u; i < STATE_DIM; i++) {
+                mppi_vis[(k * (H + 1u) + t + 1u) * STATE_DIM + i] = x[i];
+            }
+        }
+    }
+    s += terminal_cost(x);
+    // A diverged rollout gets no weight.
+    if (!(s == s) || s > 3.0e38) {
+        s = 3.0e38;
+    }
+    mppi_cost[k] = s;
+}
+
+const MPPI_WG: u32 = 256u;
+var<workgroup> mppi_red: array<f32, MPPI_WG>;
+
+fn mppi_reduce(tid: u32, v: f32, is_min: bool) -> f32 {
+    mppi_red[tid] = v;
+    workgroupBarrier();
+    for (var h = MPPI_WG / 2u; h > 0u; h >>= 1u) {
+        if (tid < h) {
+            if (is_min) {
+                mppi_red[tid] = min(mppi_red[tid], mppi_red[tid + h]);
+            } else {
+                mppi_red[tid] += mppi_red[tid + h];
+            }
+        }
+        workgroupBarrier();
+    }
+    let r = mppi_red[0];
+    workgroupBarrier();
+    return r;
+}
+
+// w_k = exp(-(S_k - min S) / lambda) / eta.
+@compute @workgroup_size(MPPI_WG)
+fn mppi_normalize(@builtin(local_invocation_index) tid: u32) {
+    var m = 3.0e38;
+    for (var k = tid; k < K; k += MPPI_WG) {
+        m = min(m, mppi_cost[k]);
+    }
+    let rho = mppi_reduce(tid, m, true);
+    var z = 0.0;
+    for (var k = tid; k < K; k += MPPI_WG) {
+        let w = exp(-(mppi_cost[k] - rho) / LAMBDA);
+        mppi_weights[k] = w;
+        z += w;
+    }
+    let eta = mppi_reduce(tid, z, false);
+    for (var k = tid; k < K; k += MPPI_WG) {
+        mppi_weights[k] = mppi_weights[k] / eta;
+    }
+    if (tid == 0u) {
+        mppi_out[CONTROL_DIM] = rho;
+        mppi_out[CONTROL_DIM + 1u] = eta;
+    }
+}
+
+// mppi_u[t] += sum_k w_k mppi_eps[t, k]; one workgroup per time step.
+@compute @workgroup_size(MPPI_WG)
+fn mppi_update(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let t = wid.x;
+    for (var j = 0u; j < CONTROL_DIM; j++) {
+        var acc = 0.0;
+        for (var k = tid; k < K; k += MPPI_WG) {
+            acc += mppi_weights[k] * mppi_eps[(t * K + k) * CONTROL_DIM + j];
+        }
+        let d = mppi_reduce(tid, acc, false);
+        if (tid == 0u) {
+            let nu = mppi_u[t * CONTROL_DIM + j] + d;
+            mppi_u[t * CONTROL_DIM + j] = nu;
+            if (t == 0u) {
+                mppi_out[j] = nu;
+            }
+        }
+    }
+}
+
+// Warm start: mppi_u[t] = mppi_u[t + 1], the last step keeps its value.
+@compute @workgroup_size(64)
+fn mppi_shift(@builtin(global_invocation_id) gid: vec3<u32>) {
+    // One thread does it in order: H x C is small and the copy must not race.
+    if (gid.x != 0u) {
+        return;
+    }
+    for (var t = 0u; t + 1u < H; t++) {
+        for (var j = 0u; j < CONTROL_DIM; j++) {
+            mppi_u[t * CONTROL_DIM + j] = mppi_u[(t + 1u) * CONTROL_DIM + j];
+        }
+    }
+}

@@ -1,0 +1,527 @@
+//! Classic MPPI (Williams et al. 2017) over dynamics and costs written in WGSL: the regime of
+//! MPPI-Generic and pytorch_mppi, for engines that bring their own model of a car, a
+//! quadrotor or a cart-pole.
+//!
+//! # The WGSL contract
+//!
+//! pompc puts these before your code: `const STATE_DIM: u32`, `const CONTROL_DIM: u32`,
+//! `const PARAM_LEN: u32`, the overrides `K` (samples), `H` (horizon), `DT` (seconds per
+//! step), `LAMBDA`, `GAMMA`, the types `State = array<f32, STATE_DIM>` and `Control =
+//! array<f32, CONTROL_DIM>`, and `fn param(i: u32) -> f32` reading the parameter buffer
+//! ([`Mppi::set_params`]: goals, obstacles). You write:
+//!
+//! ```wgsl
+//! fn dynamics(x: State, u: Control, t: u32) -> State { ... }   // x' after DT seconds
+//! fn running_cost(x: State, u: Control, t: u32) -> f32 { ... }
+//! fn terminal_cost(x: State) -> f32 { ... }
+//! ```
+//!
+//! Names starting with `mppi_`, `philox` and `user_params` are pompc's. Errors in your code
+//! come back as [`Error::Shader`] with your own line numbers (`user:LINE`).
+//!
+//! # One optimization step ([`Mppi::step`], one submit, one read-back)
+//!
+//! With control sequence `u [H, C]`, noise `n ~ N(0, 1)` from Philox (seed, stream = call
+//! index, element `(t * K + k) * C + j`): `v = clamp(u + sigma n, u_min, u_max)`, `e = v - u`;
+//! `S_k = sum_t [running_cost(x_t, v_t, t) + GAMMA sum_j u_tj e_tj / sigma_j^2] +
+//! terminal_cost(x_H)`; `w_k = exp(-(S_k - min S) / LAMBDA) / eta`; `u_t += sum_k w_k e_kt`.
+//! The first control is returned; the next step first shifts `u` one step (warm start, the
+//! last step repeated).
+
+use crate::gpu::shader::{self, Header, Preprocessed};
+use crate::gpu::{Binding, Gpu, GpuBuffer, Pipeline, Recorder, ShaderChecks};
+use crate::{Error, Result};
+use std::sync::Arc;
+
+/// A control problem: sizes and the WGSL that defines its dynamics and costs.
+#[derive(Clone, Debug)]
+pub struct Problem {
+    /// Name for error messages.
+    pub name: String,
+    /// State dimension.
+    pub state_dim: usize,
+    /// Control dimension.
+    pub control_dim: usize,
+    /// Length of the parameter buffer (0: none).
+    pub param_len: usize,
+    /// WGSL defining `dynamics`, `running_cost` and `terminal_cost`.
+    pub wgsl: String,
+}
+
+/// MPPI settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MppiConfig {
+    /// Horizon H (steps), up to [`MAX_HORIZON`].
+    pub horizon: usize,
+    /// Samples K, up to [`MAX_SAMPLES`].
+    pub samples: usize,
+    /// Temperature lambda.
+    pub lambda: f32,
+    /// Weight of the control cost; Williams et al. use lambda.
+    pub gamma: f32,
+    /// Noise std per control dimension (Sigma = diag(sigma^2)).
+    pub sigma: Vec<f32>,
+    /// Lower control bounds.
+    pub u_min: Vec<f32>,
+    /// Upper control bounds.
+    pub u_max: Vec<f32>,
+    /// Seconds per step, `DT` in the WGSL.
+    pub dt: f32,
+    /// Philox seed.
+    pub seed: u64,
+    /// Build the user's WGSL without bounds checks (faster; an out-of-bounds index in it is
+    /// then undefined behaviour instead of a clamped access).
+    pub trusted: bool,
+}
+
+/// Longest horizon.
+pub const MAX_HORIZON: usize = 1000;
+/// Most samples.
+pub const MAX_SAMPLES: usize = 65536;
+
+impl MppiConfig {
+    /// MPPI-Generic's differential-drive settings for `control_dim` controls: horizon 100,
+    /// 1024 samples, lambda 1, sigma 0.2, controls in [-1, 1], dt 0.02.
+    pub fn new(control_dim: usize) -> Self {
+        MppiConfig {
+            horizon: 100,
+            samples: 1024,
+            lambda: 1.0,
+            gamma: 1.0,
+            sigma: vec![0.2; control_dim],
+            u_min: vec![-1.0; control_dim],
+            u_max: vec![1.0; control_dim],
+            dt: 0.02,
+            seed: 1,
+            trusted: false,
+        }
+    }
+
+    fn validate(&self, c: usize) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(format!("MPPI config: {m}")));
+        if self.horizon == 0 || self.horizon > MAX_HORIZON {
+            return bad(format!(
+                "horizon {} outside 1..={MAX_HORIZON}",
+                self.horizon
+            ));
+        }
+        if self.samples == 0 || self.samples > MAX_SAMPLES {
+            return bad(format!(
+                "{} samples outside 1..={MAX_SAMPLES}",
+                self.samples
+            ));
+        }
+        if self.sigma.len() != c || self.u_min.len() != c || self.u_max.len() != c {
+            return Err(Error::Shape(format!(
+                "sigma, u_min and u_max need {c} values each (the control dimension), got {}, \
+                 {} and {}",
+                self.sigma.len(),
+                self.u_min.len(),
+                self.u_max.len()
+            )));
+        }
+        if self.sigma.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return bad(format!("sigma {:?} must be positive", self.sigma));
+        }
+        if self.u_min.iter().zip(&self.u_max).any(|(a, b)| {
+            a.partial_cmp(b)
+                .is_none_or(|o| o == std::cmp::Ordering::Greater)
+        }) {
+            return bad("u_min must not exceed u_max".into());
+        }
+        for (name, v) in [("lambda", self.lambda), ("dt", self.dt)] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(format!("{name} {v} must be positive"));
+            }
+        }
+        if !(self.gamma.is_finite() && self.gamma >= 0.0) {
+            return bad(format!("gamma {} must be non-negative", self.gamma));
+        }
+        Ok(())
+    }
+}
+
+/// Result of one optimization step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MppiStep {
+    /// The first control of the updated sequence: what to apply now.
+    pub control: Vec<f32>,
+    /// The lowest sample cost.
+    pub min_cost: f32,
+    /// The normalizer eta (effective weight mass; near 1 means one sample dominates).
+    pub eta: f32,
+}
+
+/// Sample rollouts of the last step, for pictures: states `[n, H + 1, STATE_DIM]` (starting
+/// state first) and the samples' weights `[n]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rollouts {
+    /// Rollouts kept.
+    pub n: usize,
+    /// States.
+    pub states: Vec<f32>,
+    /// Weights.
+    pub weights: Vec<f32>,
+}
+
+const ROLLOUT: &[(u32, Binding)] = &[
+    (0, Binding::Read),
+    (1, Binding::ReadWrite),
+    (2, Binding::ReadWrite),
+    (3, Binding::ReadWrite),
+    (4, Binding::Read),
+    (7, Binding::Read),
+    (8, Binding::Uniform),
+    (9, Binding::ReadWrite),
+];
+const NORMALIZE: &[(u32, Binding)] = &[
+    (3, Binding::ReadWrite),
+    (5, Binding::ReadWrite),
+    (6, Binding::ReadWrite),
+    (8, Binding::Uniform),
+];
+const UPDATE: &[(u32, Binding)] = &[
+    (1, Binding::ReadWrite),
+    (2, Binding::ReadWrite),
+    (5, Binding::ReadWrite),
+    (6, Binding::ReadWrite),
+    (8, Binding::Uniform),
+];
+const SHIFT: &[(u32, Binding)] = &[(1, Binding::ReadWrite), (8, Binding::Uniform)];
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    seed_lo: u32,
+    seed_hi: u32,
+    stream: u32,
+    vis_rows: u32,
+}
+
+/// The prelude pasted before the user's code when it is checked on its own.
+fn prelude() -> String {
+    "override K: u32 = 1u;\noverride H: u32 = 1u;\noverride DT: f32 = 0.02;\n\
+     override LAMBDA: f32 = 1.0;\noverride GAMMA: f32 = 1.0;\n\
+     alias State = array<f32, STATE_DIM>;\nalias Control = array<f32, CONTROL_DIM>;\n\
+     fn param(i: u32) -> f32 { return f32(i) * 0.0; }\n\
+     @compute @workgroup_size(1) fn mppi_check() {\n\
+     var x: State; var u: Control;\n\
+     x = dynamics(x, u, 0u);\n\
+     let c = running_cost(x, u, 0u) + terminal_cost(x);\n}\n\
+     #import user\n"
+        .to_string()
+}
+
+fn header(p: &Problem) -> Header {
+    Header(vec![
+        ("STATE_DIM", p.state_dim as u32),
+        ("CONTROL_DIM", p.control_dim as u32),
+        ("PARAM_LEN", p.param_len.max(1) as u32),
+    ])
+}
+
+fn preprocess(p: &Problem, main: &str, main_text: &str) -> Result<Preprocessed> {
+    let user = p.wgsl.clone();
+    shader::preprocess_with(main, main_text, &header(p), &move |n| {
+        if n == "user" {
+            Some(user.clone())
+        } else {
+            shader::source(n).map(str::to_string)
+        }
+    })
+    .map_err(|e| match e {
+        Error::Shader { message, .. } => Error::Shader {
+            name: p.name.clone(),
+            message,
+        },
+        e => e,
+    })
+}
+
+/// MPPI over a [`Problem`] on the GPU.
+///
+/// ```no_run
+/// # fn main() -> pompc::Result<()> {
+/// use pompc::planner::custom::{Mppi, MppiConfig, Problem};
+/// let gpu = pompc::Gpu::new(Default::default())?;
+/// let problem = Problem {
+///     name: "point".into(),
+///     state_dim: 1,
+///     control_dim: 1,
+///     param_len: 1,
+///     wgsl: "fn dynamics(x: State, u: Control, t: u32) -> State { return State(x[0] + DT * u[0]); }\n\
+///            fn running_cost(x: State, u: Control, t: u32) -> f32 { let d = x[0] - param(0u); return d * d; }\n\
+///            fn terminal_cost(x: State) -> f32 { return 0.0; }".into(),
+/// };
+/// let mut mppi = Mppi::new(&gpu, problem, MppiConfig::new(1))?;
+/// mppi.set_params(&[1.0])?; // goal
+/// let step = mppi.step(&[0.0])?;
+/// println!("apply {:?}", step.control);
+/// # Ok(()) }
+/// ```
+pub struct Mppi<'g> {
+    gpu: &'g Gpu,
+    problem: Problem,
+    cfg: MppiConfig,
+    pipes: [Arc<Pipeline>; 4],
+    x0: GpuBuffer<f32>,
+    u: GpuBuffer<f32>,
+    eps: GpuBuffer<f32>,
+    cost: GpuBuffer<f32>,
+    bounds: GpuBuffer<f32>,
+    weights: GpuBuffer<f32>,
+    out: GpuBuffer<f32>,
+    params: GpuBuffer<f32>,
+    vis: GpuBuffer<f32>,
+    vis_rows: usize,
+    call: u32,
+    fresh: bool,
+}
+
+impl<'g> Mppi<'g> {
+    /// Compile the problem's WGSL into the MPPI kernels and allocate the buffers. WGSL that
+    /// does not compile is an [`Error::Shader`] at the user's own line numbers.
+    pub fn new(gpu: &'g Gpu, problem: Problem, cfg: MppiConfig) -> Result<Self> {
+        let (s, c) = (problem.state_dim, problem.control_dim);
+        if s == 0 || c == 0 {
+            return Err(Error::Shape(format!(
+                "problem {:?}: state and control dimensions must be positive, got {s} and {c}",
+                problem.name
+            )));
+        }
+        cfg.validate(c)?;
+        // The user's code alone first: its errors then point at its own lines.
+        let check = preprocess(&problem, "mppi-contract", &prelude())?;
+        shader::validate(&problem.name, &check).map_err(|e| match e {
+            Error::Shader { message, .. } => Error::Shader {
+                name: problem.name.clone(),
+                message: format!(
+                    "{message}\n(the WGSL must define fn dynamics(x: State, u: Control, t: \
+                     u32) -> State, fn running_cost(x: State, u: Control, t: u32) -> f32 and \
+                     fn terminal_cost(x: State) -> f32)"
+                ),
+            },
+            e => e,
+        })?;
+        let (k, h) = (cfg.samples, cfg.horizon);
+        let eps_len = h * k * c;
+        let max = gpu
+            .limits()
+            .max_storage_buffer_binding_size
+            .min(gpu.limits().max_buffer_size);
+        if (eps_len as u64) * 4 > max {
+            return Err(Error::Limit(format!(
+                "{k} samples x horizon {h} x {c} controls need {} MB of noise, over this \
+                 device's {} MB per buffer; at this horizon at most {} samples fit",
+                (eps_len * 4) >> 20,
+                max >> 20,
+                max / 4 / (h * c) as u64
+            )));
+        }
+        let main = shader::source("mppi").expect("embedded");
+        let pre = preprocess(&problem, "mppi", main)?;
+        let ov: Vec<(&str, f64)> = vec![
+            ("K", k as f64),
+            ("H", h as f64),
+            ("DT", cfg.dt as f64),
+            ("LAMBDA", cfg.lambda as f64),
+            ("GAMMA", cfg.gamma as f64),
+        ];
+        let checks = if cfg.trusted {
+            ShaderChecks::Trusted
+        } else {
+            ShaderChecks::Checked
+        };
+        let mk = |entry: &str, b: &[(u32, Binding)]| {
+            gpu.pipeline_from_source_with_checks(&problem.name, &pre, entry, b, &ov, checks)
+        };
+        let pipes = [
+            mk("mppi_rollout", ROLLOUT)?,
+            mk("mppi_normalize", NORMALIZE)?,
+            mk("mppi_update", UPDATE)?,
+            mk("mppi_shift", SHIFT)?,
+        ];
+        let f = |label: &str, n: usize| GpuBuffer::<f32>::new(gpu, label, n);
+        let mut bounds = cfg.sigma.clone();
+        bounds.extend_from_slice(&cfg.u_min);
+        bounds.extend_from_slice(&cfg.u_max);
+        Ok(Mppi {
+            x0: f("mppi x0", s)?,
+            u: f("mppi controls", h * c)?,
+            eps: f("mppi noise", eps_len)?,
+            cost: f("mppi costs", k)?,
+            bounds: GpuBuffer::from_slice(gpu, "mppi bounds", &bounds)?,
+            weights: f("mppi weights", k)?,
+            out: f("mppi result", c + 2)?,
+            params: f("mppi user params", problem.param_len.max(1))?,
+            vis: f("mppi rollouts", (h + 1) * s)?,
+            vis_rows: 0,
+            gpu,
+            problem,
+            cfg,
+            pipes,
+            call: 0,
+            fresh: true,
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &MppiConfig {
+        &self.cfg
+    }
+
+    /// Replace the parameter buffer (length `param_len`).
+    pub fn set_params(&mut self, params: &[f32]) -> Result<()> {
+        if params.len() != self.problem.param_len {
+            return Err(Error::Shape(format!(
+                "problem {:?} takes {} parameters, got {}",
+                self.problem.name,
+                self.problem.param_len,
+                params.len()
+            )));
+        }
+        if params.is_empty() {
+            return Ok(());
+        }
+        self.params.upload(self.gpu, params)
+    }
+
+    /// Set the control sequence `[H, C]` (e.g. a previous solution); the next step starts
+    /// from it without shifting.
+    pub fn set_controls(&mut self, u: &[f32]) -> Result<()> {
+        if u.len() != self.u.len() {
+            return Err(Error::Shape(format!(
+                "control sequence of {} values, expected horizon x controls = {}",
+                u.len(),
+                self.u.len()
+            )));
+        }
+        self.u.upload(self.gpu, u)?;
+        self.fresh = true;
+        Ok(())
+    }
+
+    /// Zero the control sequence.
+    pub fn reset(&mut self) -> Result<()> {
+        let z = vec![0.0; self.u.len()];
+        self.set_controls(&z)
+    }
+
+    /// The control sequence `[H, C]` (a read-back).
+    pub fn controls(&self) -> Result<Vec<f32>> {
+        self.u.download(self.gpu)
+    }
+
+    /// Keep the states of the first `n` sample rollouts of each step for [`Mppi::rollouts`].
+    pub fn keep_rollouts(&mut self, n: usize) -> Result<()> {
+        let n = n.min(self.cfg.samples);
+        let len = (n.max(1)) * (self.cfg.horizon + 1) * self.problem.state_dim;
+        if self.vis.len() < len {
+            self.vis = GpuBuffer::new(self.gpu, "mppi rollouts", len)?;
+        }
+        self.vis_rows = n;
+        Ok(())
+    }
+
+    /// The kept rollouts of the last step and their weights (a read-back).
+    pub fn rollouts(&self) -> Result<Rollouts> {
+        let n = self.vis_rows;
+        let mut rec = Recorder::new(self.gpu);
+        let (hs, hw) = (rec.read(&self.vis), rec.read(&self.weights));
+        let out = rec.finish()?;
+        let per = (self.cfg.horizon + 1) * self.problem.state_dim;
+        let mut states = out.get(&hs)?;
+        states.truncate(n * per);
+        let mut weights = out.get(&hw)?;
+        weights.truncate(n);
+        Ok(Rollouts { n, states, weights })
+    }
+
+    /// The costs `[K]` and weights `[K]` of the last step (a read-back, for tests).
+    pub fn costs_and_weights(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let mut rec = Recorder::new(self.gpu);
+        let (hc, hw) = (rec.read(&self.cost), rec.read(&self.weights));
+        let out = rec.finish()?;
+        Ok((out.get(&hc)?, out.get(&hw)?))
+    }
+
+    /// Number of steps so far (the next step's noise stream).
+    pub fn calls(&self) -> u32 {
+        self.call
+    }
+
+    /// One optimization step from state `x0`: one submit, one read-back of the first control.
+    pub fn step(&mut self, x0: &[f32]) -> Result<MppiStep> {
+        let (s, c) = (self.problem.state_dim, self.problem.control_dim);
+        if x0.len() != s {
+            return Err(Error::Shape(format!(
+                "state of {} values for a {s}-dimensional problem",
+                x0.len()
+            )));
+        }
+        if let Some(i) = x0.iter().position(|v| !v.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "state component {i} is {}",
+                x0[i]
+            )));
+        }
+        self.x0.upload(self.gpu, x0)?;
+        let params = Params {
+            seed_lo: self.cfg.seed as u32,
+            seed_hi: (self.cfg.seed >> 32) as u32,
+            stream: self.call,
+            vis_rows: self.vis_rows as u32,
+        };
+        let mut rec = Recorder::new(self.gpu);
+        if !self.fresh {
+            rec.dispatch(&self.pipes[3], &[&self.u.buffer], Some(&params), [1, 1, 1])?;
+        }
+        let groups = self.cfg.samples.div_ceil(64);
+        let max = self.gpu.limits().max_compute_workgroups_per_dimension as usize;
+        let grid = if groups <= max {
+            [groups as u32, 1, 1]
+        } else {
+            [max as u32, groups.div_ceil(max) as u32, 1]
+        };
+        rec.dispatch(
+            &self.pipes[0],
+            &[
+                &self.x0.buffer,
+                &self.u.buffer,
+                &self.eps.buffer,
+                &self.cost.buffer,
+                &self.bounds.buffer,
+                &self.params.buffer,
+                &self.vis.buffer,
+            ],
+            Some(&params),
+            grid,
+        )?;
+        rec.dispatch(
+            &self.pipes[1],
+            &[&self.cost.buffer, &self.weights.buffer, &self.out.buffer],
+            Some(&params),
+            [1, 1, 1],
+        )?;
+        rec.dispatch(
+            &self.pipes[2],
+            &[
+                &self.u.buffer,
+                &self.eps.buffer,
+                &self.weights.buffer,
+                &self.out.buffer,
+            ],
+            Some(&params),
+            [self.cfg.horizon as u32, 1, 1],
+        )?;
+        let h = rec.read(&self.out);
+        let out = rec.finish()?.get(&h)?;
+        self.call = self.call.wrapping_add(1);
+        self.fresh = false;
+        Ok(MppiStep {
+            control: out[..c].to_vec(),
+            min_cost: out[c],
+            eta: out[c + 1],
+        })
+    }
+}
