@@ -326,3 +326,58 @@ pub fn bench_plan(
         dispatches,
     })
 }
+
+/// One benchmarked MPPI configuration.
+#[derive(Clone, Debug)]
+pub struct MppiBench {
+    /// Samples.
+    pub samples: usize,
+    /// Horizon.
+    pub horizon: usize,
+    /// Host wall clock of one optimization step including the read-back of the control.
+    pub wall: Stats,
+    /// GPU time of the step (timestamp queries).
+    pub gpu: Option<Stats>,
+}
+
+/// Time `runs` optimization steps of classic MPPI on `problem` with `params`, from `x0`,
+/// after `warmup` steps.
+pub fn bench_mppi(
+    gpu: &Gpu,
+    problem: crate::planner::custom::Problem,
+    cfg: crate::planner::custom::MppiConfig,
+    params: &[f32],
+    x0: &[f32],
+    runs: usize,
+    warmup: usize,
+) -> Result<MppiBench> {
+    use crate::planner::custom::Mppi;
+    let (samples, horizon) = (cfg.samples, cfg.horizon);
+    let mut mppi = Mppi::new(gpu, problem, cfg)?;
+    mppi.set_params(params)?;
+    for _ in 0..warmup.max(1) {
+        mppi.step(x0)?;
+    }
+    // Wall clock without timestamp queries (they add a query set and a resolve), then GPU
+    // time with them.
+    let mut wall = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let t0 = std::time::Instant::now();
+        mppi.step(x0)?;
+        wall.push(t0.elapsed().as_secs_f64());
+    }
+    mppi.set_timestamps(true);
+    let mut gpu_t = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        mppi.step(x0)?;
+        if let Some(g) = mppi.last_gpu_seconds().filter(|g| *g > 0.0) {
+            gpu_t.push(g);
+        }
+    }
+    Ok(MppiBench {
+        samples,
+        horizon,
+        wall: Stats::from_samples(wall, Clock::Wall),
+        gpu: (!gpu_t.is_empty()).then(|| Stats::from_samples(gpu_t, Clock::Timestamps)),
+    })
+}

@@ -276,6 +276,8 @@ pub struct Mppi<'g> {
     vis_rows: usize,
     call: u32,
     fresh: bool,
+    timestamps: bool,
+    last_gpu_seconds: Option<f64>,
 }
 
 impl<'g> Mppi<'g> {
@@ -362,12 +364,30 @@ impl<'g> Mppi<'g> {
             pipes,
             call: 0,
             fresh: true,
+            timestamps: false,
+            last_gpu_seconds: None,
         })
     }
 
     /// The settings.
     pub fn config(&self) -> &MppiConfig {
         &self.cfg
+    }
+
+    /// Time each step's GPU work with timestamp queries (see [`Mppi::last_gpu_seconds`]).
+    pub fn with_timestamps(mut self, on: bool) -> Self {
+        self.timestamps = on;
+        self
+    }
+
+    /// Switch timestamp queries on or off.
+    pub fn set_timestamps(&mut self, on: bool) {
+        self.timestamps = on;
+    }
+
+    /// GPU time of the last step, when timestamps are on and the adapter has them.
+    pub fn last_gpu_seconds(&self) -> Option<f64> {
+        self.last_gpu_seconds
     }
 
     /// Replace the parameter buffer (length `param_len`).
@@ -473,6 +493,9 @@ impl<'g> Mppi<'g> {
             vis_rows: self.vis_rows as u32,
         };
         let mut rec = Recorder::new(self.gpu);
+        if self.timestamps {
+            rec = rec.with_timestamps();
+        }
         if !self.fresh {
             rec.dispatch(&self.pipes[3], &[&self.u.buffer], Some(&params), [1, 1, 1])?;
         }
@@ -515,7 +538,9 @@ impl<'g> Mppi<'g> {
             [self.cfg.horizon as u32, 1, 1],
         )?;
         let h = rec.read(&self.out);
-        let out = rec.finish()?.get(&h)?;
+        let done = rec.finish()?;
+        self.last_gpu_seconds = done.timing.gpu_seconds;
+        let out = done.get(&h)?;
         self.call = self.call.wrapping_add(1);
         self.fresh = false;
         Ok(MppiStep {
