@@ -213,6 +213,9 @@ pub struct PlanTiming {
     pub gpu_seconds: Option<f64>,
     /// Dispatches in the step.
     pub dispatches: usize,
+    /// Host time spent recording the step (pipeline lookups, bind groups, encoding is in
+    /// the submit) before the submit.
+    pub record_seconds: f64,
 }
 
 impl<'m> Planner<'m> {
@@ -414,12 +417,14 @@ impl<'m> Planner<'m> {
         let t0 = std::time::Instant::now();
         self.ensure_state(b)?;
         let call = self.call;
-        let (out, gpu_seconds, dispatches) = self.record_and_run(obs, first_step, call)?;
+        let (out, gpu_seconds, dispatches, record_seconds) =
+            self.record_and_run(obs, first_step, call)?;
         self.call = self.call.wrapping_add(1);
         self.last = Some(PlanTiming {
             wall_seconds: t0.elapsed().as_secs_f64(),
             gpu_seconds,
             dispatches,
+            record_seconds,
         });
         Ok(out)
     }
@@ -429,7 +434,8 @@ impl<'m> Planner<'m> {
         obs: &[f32],
         first_step: &[bool],
         call: u32,
-    ) -> Result<(Plan, Option<f64>, usize)> {
+    ) -> Result<(Plan, Option<f64>, usize, f64)> {
+        let t0 = std::time::Instant::now();
         let st = self.state.as_ref().expect("ensure_state ran");
         let (g, m, c, s) = (self.gpu, self.model, &self.cfg, &self.model.spec);
         let b = st.b;
@@ -601,6 +607,7 @@ impl<'m> Planner<'m> {
         )?;
         let h = rec.read(&st.result);
         let dispatches = rec.dispatches();
+        let record_seconds = t0.elapsed().as_secs_f64();
         let done = rec.finish()?;
         let res = done.get(&h)?;
         let w = 3 * a + 2;
@@ -620,7 +627,7 @@ impl<'m> Planner<'m> {
             plan.value.push(row[3 * a]);
             plan.chosen.push(row[3 * a + 1] as u32);
         }
-        Ok((plan, done.timing.gpu_seconds, dispatches))
+        Ok((plan, done.timing.gpu_seconds, dispatches, record_seconds))
     }
 
     /// The last call's kept samples `[B, kept]` (sample indices, in kept order) and their
