@@ -24,6 +24,8 @@
 // over 38 elements. Workgroups beyond 65535 continue along y.
 // CPU mirror: src/reference/policy.rs.
 
+#import common/act
+
 override A: u32;
 override LOG_STD_MIN: f32 = -10.0;
 override LOG_STD_MAX: f32 = 2.0;
@@ -51,22 +53,6 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> action: array<f32>;
 @group(0) @binding(3) var<storage, read_write> stats: array<f32>;
 @group(0) @binding(4) var<uniform> p: Params;
-
-// e^x - 1 without cancellation near 0 (see shaders/two_hot.wgsl).
-fn expm1(x: f32) -> f32 {
-    if (abs(x) < 0.5) {
-        var s = 1.0 / 40320.0;
-        s = fma(s, x, 1.0 / 5040.0);
-        s = fma(s, x, 1.0 / 720.0);
-        s = fma(s, x, 1.0 / 120.0);
-        s = fma(s, x, 1.0 / 24.0);
-        s = fma(s, x, 1.0 / 6.0);
-        s = fma(s, x, 0.5);
-        s = fma(s, x, 1.0);
-        return s * x;
-    }
-    return exp(x) - 1.0;
-}
 
 // (tanh x, 1 - tanh(x)^2), both to a few ulps for any x. With t = e^(-2|x|) <= 1 (no
 // overflow) and m = t - 1 (from the series near 0): tanh |x| = -m / (1 + t) and

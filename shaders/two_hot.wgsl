@@ -17,6 +17,8 @@
 // of a larger buffer (one Q head of [num_q, R, BINS], a strided value column) can be used in
 // place. Workgroups beyond 65535 continue along y. CPU mirror: src/reference/two_hot.rs.
 
+#import common/act
+
 override BINS: u32 = 101u;
 override VMIN: f32 = -10.0;
 override VMAX: f32 = 10.0;
@@ -51,23 +53,6 @@ fn bin_value(j: u32) -> f32 {
         return VMIN + f32(j) * bin_size();
     }
     return VMAX - f32(BINS - 1u - j) * bin_size();
-}
-
-// e^x - 1 without cancellation near 0: Taylor series to x^8 for |x| < 0.5 (truncation below
-// 1.1e-8 relative), exp(x) - 1 beyond (cancellation at most a factor 2.5 there).
-fn expm1(x: f32) -> f32 {
-    if (abs(x) < 0.5) {
-        var s = 1.0 / 40320.0;
-        s = fma(s, x, 1.0 / 5040.0);
-        s = fma(s, x, 1.0 / 720.0);
-        s = fma(s, x, 1.0 / 120.0);
-        s = fma(s, x, 1.0 / 24.0);
-        s = fma(s, x, 1.0 / 6.0);
-        s = fma(s, x, 0.5);
-        s = fma(s, x, 1.0);
-        return s * x;
-    }
-    return exp(x) - 1.0;
 }
 
 fn symexp(y: f32) -> f32 {
