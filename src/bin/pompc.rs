@@ -25,6 +25,11 @@ usage:
       --act A1,A2,...             action dimensions (default 6,38)
       --obs O                     observation dimension (default 24)
       --runs N, --warmup N, --json
+  pompc bench mppi [options]      classic MPPI, differential drive among obstacles (MPPI-Generic's scene)
+      --samples K1,K2,...         samples (default 128,1024,4096,16384)
+      --horizon H                 (default 100; dt 0.02, lambda 1, sigma 0.2)
+      --checked                   keep bounds checks in the user WGSL (default: trusted)
+      --runs N, --warmup N, --json
 environment: WGPU_BACKEND (vulkan, metal, dx12, gl), WGPU_ADAPTER_NAME, WGPU_POWER_PREF,
   POMPC_BENCH_TARGET_S (seconds of back-to-back work per timed run, default 0.002)";
 
@@ -36,6 +41,7 @@ fn main() -> ExitCode {
             Some("linear") => bench_linear(&args[2..]),
             Some("model") => bench_model(&args[2..]),
             Some("plan") => bench_plan(&args[2..]),
+            Some("mppi") => bench_mppi(&args[2..]),
             _ => Err(format!("bench what?\n{USAGE}")),
         },
         Some("-h" | "--help" | "help") | None => {
@@ -414,6 +420,78 @@ fn bench_plan(args: &[String]) -> Result<(), String> {
                     r.dispatches
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+fn bench_mppi(args: &[String]) -> Result<(), String> {
+    use pompc::planner::custom::MppiConfig;
+    use pompc::planner::problems::{DiffDriveScene, diff_drive};
+    let (mut samples, mut horizon) = (vec![128, 1024, 4096, 16384], 100usize);
+    let (mut runs, mut warmup, mut json, mut trusted) = (50usize, 10usize, false, true);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--samples" => samples = list(it.next(), "--samples")?,
+            "--horizon" => horizon = parse(it.next(), "--horizon")?,
+            "--runs" => runs = parse(it.next(), "--runs")?,
+            "--warmup" => warmup = parse(it.next(), "--warmup")?,
+            "--checked" => trusted = false,
+            "--json" => json = true,
+            other => return Err(format!("unknown option {other:?}\n{USAGE}")),
+        }
+    }
+    let gpu = Gpu::new(GpuOptions::default()).map_err(|e| e.to_string())?;
+    let scene = DiffDriveScene::benchmark();
+    let params = scene.params().map_err(|e| e.to_string())?;
+    let x0 = scene.start.map(|v| v as f32);
+    if !json {
+        println!("adapter: {}", gpu.describe());
+        println!(
+            "differential drive (DiffDriveScene::benchmark), horizon {horizon}, dt 0.02, lambda 1, \
+             sigma 0.2, gamma 0.015, {} user WGSL; \
+             one step = rollout + weights + update + read-back of the first control",
+            if trusted { "trusted" } else { "bounds-checked" }
+        );
+        println!(
+            "{:>8} {:>10} {:>10} {:>10} {:>10}",
+            "samples", "wall ms", "p90 ms", "min ms", "GPU ms"
+        );
+    }
+    for &k in &samples {
+        // Nav2's control-cost weight: Williams et al.'s gamma = lambda swamps this task.
+        let cfg = MppiConfig {
+            horizon,
+            samples: k,
+            trusted,
+            gamma: 0.015,
+            ..MppiConfig::new(2)
+        };
+        let r = bench::bench_mppi(&gpu, diff_drive(), cfg, &params, &x0, runs, warmup)
+            .map_err(|e| e.to_string())?;
+        let g = r.gpu.as_ref().map(|g| g.median * 1e3);
+        if json {
+            println!(
+                "{{\"samples\":{k},\"horizon\":{horizon},\"wall_median_s\":{:e},\"wall_p90_s\":{:e},\
+                 \"gpu_median_s\":{},\"backend\":\"{:?}\",\"adapter\":\"{}\"}}",
+                r.wall.median,
+                r.wall.p90,
+                r.gpu
+                    .as_ref()
+                    .map_or("null".into(), |g| format!("{:e}", g.median)),
+                gpu.info().backend,
+                gpu.info().name.replace('"', "'"),
+            );
+        } else {
+            println!(
+                "{:>8} {:>10.3} {:>10.3} {:>10.3} {:>10}",
+                k,
+                r.wall.median * 1e3,
+                r.wall.p90 * 1e3,
+                r.wall.min * 1e3,
+                g.map_or("-".into(), |g| format!("{g:.3}"))
+            );
         }
     }
     Ok(())

@@ -80,8 +80,11 @@ pub const MAX_HORIZON: usize = 1000;
 pub const MAX_SAMPLES: usize = 65536;
 
 impl MppiConfig {
-    /// MPPI-Generic's differential-drive settings for `control_dim` controls: horizon 100,
-    /// 1024 samples, lambda 1, sigma 0.2, controls in [-1, 1], dt 0.02.
+    /// MPPI-Generic's differential-drive settings for `control_dim` controls (horizon 100,
+    /// 1024 samples, lambda 1, sigma 0.2, controls in [-1, 1], dt 0.02) with Williams et
+    /// al.'s control-cost weight gamma = lambda. With sigma 0.2 that weight is 25 u e per
+    /// step, which swamps tasks whose costs are small per step: the differential drive of
+    /// `planner::problems` uses Nav2's gamma = 0.015.
     pub fn new(control_dim: usize) -> Self {
         MppiConfig {
             horizon: 100,

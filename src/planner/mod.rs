@@ -39,6 +39,7 @@
 pub mod config;
 pub mod custom;
 mod gpu;
+pub mod problems;
 
 pub use config::{PlanMode, PlannerConfig, PlannerMode};
 pub use gpu::{KERNELS, Plan, PlanTiming, Planner, pipeline_constants};
