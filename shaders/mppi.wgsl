@@ -63,12 +63,19 @@ fn mppi_rollout(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         }
     }
     var s = 0.0;
+    // Consecutive noise elements share a Philox block of 4 normals: draw each block once.
+    var block = 0xffffffffu;
+    var normals = vec4<f32>();
     for (var t = 0u; t < H; t++) {
         var v: Control;
         for (var j = 0u; j < CONTROL_DIM; j++) {
             let e_idx = (t * K + k) * CONTROL_DIM + j;
             let sigma = mppi_bounds[j];
-            let n = normal4(philox(seed, mppi_p.stream, e_idx / 4u))[e_idx % 4u];
+            if (e_idx / 4u != block) {
+                block = e_idx / 4u;
+                normals = normal4(philox(seed, mppi_p.stream, block));
+            }
+            let n = normals[e_idx % 4u];
             let uj = mppi_u[t * CONTROL_DIM + j];
             let vj = clamp(uj + sigma * n, mppi_bounds[CONTROL_DIM + j], mppi_bounds[2u * CONTROL_DIM + j]);
             let e = vj - uj;
