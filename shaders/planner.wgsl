@@ -24,6 +24,8 @@ override MIN_STD: f32 = 0.05;
 override MAX_STD: f32 = 2.0;
 override DISCOUNT: f32 = 0.99;
 override TRAIN: bool = true;
+// Episodic models: a predicted termination (logit > 0, probability > 0.5) ends the return.
+override EPISODIC: bool = false;
 
 struct Params {
     b: u32,
@@ -51,6 +53,8 @@ struct Params {
 @group(0) @binding(11) var<storage, read_write> weights: array<f32>;
 @group(0) @binding(12) var<storage, read_write> result: array<f32>;
 @group(0) @binding(13) var<uniform> p: Params;
+// Termination logits [T, N * B] of the latents after each step (episodic models).
+@group(0) @binding(14) var<storage, read> term: array<f32>;
 
 fn seed() -> vec2<u32> {
     return vec2<u32>(p.seed_lo, p.seed_hi);
@@ -118,7 +122,9 @@ fn sample(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     actions[j] = clamp(mean[mi] + stdv[mi] * normal_at(j), -1.0, 1.0);
 }
 
-// value = sum_t discount^t reward_t + discount^T (Q_h0 + Q_h1) / 2, NaN -> 0.
+// value = sum_t discount^t alive_t reward_t + discount^T alive_T (Q_h0 + Q_h1) / 2, NaN -> 0,
+// where alive drops to 0 for good after a predicted termination (episodic models; TD-MPC2's
+// running termination flag), and stays 1 otherwise.
 @compute @workgroup_size(64)
 fn values(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let r = linear_id(gid, nwg);
@@ -128,11 +134,15 @@ fn values(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     }
     var g = 0.0;
     var disc = 1.0;
+    var alive = 1.0;
     for (var t = 0u; t < T; t++) {
-        g += disc * rew[t * rows + r];
+        g += disc * alive * rew[t * rows + r];
         disc *= DISCOUNT;
+        if (EPISODIC && term[t * rows + r] > 0.0) {
+            alive = 0.0;
+        }
     }
-    var v = g + disc * 0.5 * (qv[r] + qv[rows + r]);
+    var v = g + disc * alive * 0.5 * (qv[r] + qv[rows + r]);
     if (v != v) {
         v = 0.0;
     }

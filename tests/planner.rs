@@ -212,3 +212,50 @@ fn gpu_planning_converges_to_the_best_first_action() {
         assert!(mean_err[3] < mean_err[0] / 2.0, "{mode:?}: {mean_err:?}");
     }
 }
+
+/// The small fixture is episodic: its termination head masks returns, on the GPU as in the
+/// mirror.
+#[test]
+fn episodic_model_parity() {
+    let w = Weights::load(format!(
+        "{}/tests/fixtures/small.safetensors",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let mut w = w;
+    assert!(w.spec.episodic);
+    // Shift the termination logits up so that rollouts end early (the fixture's are -1.2..-0.1).
+    for b in &mut w.tensors.get_mut("_termination.2.bias").unwrap().data {
+        *b += 0.8;
+    }
+    let gpu = &gpus()[1];
+    let cfg = PlannerConfig {
+        horizon: 3,
+        num_samples: 40,
+        num_elites: 8,
+        num_pi_trajs: 4,
+        iterations: 3,
+        seed: 12,
+        ..PlannerConfig::tdmpc2(w.spec.action_dim)
+    };
+    parity(gpu, &w, cfg.clone(), 2, 77);
+    // The mask matters: without it the mirror's values differ.
+    let obs = vec![0.3f32; 2 * w.spec.obs_dim];
+    let with = MirrorPlanner::new(&w, &cfg, 2)
+        .unwrap()
+        .plan(&obs, &[true, true])
+        .unwrap();
+    let mut no_mask = w.clone();
+    no_mask.spec.episodic = false;
+    let without = MirrorPlanner::new(&no_mask, &cfg, 2)
+        .unwrap()
+        .plan(&obs, &[true, true])
+        .unwrap();
+    let changed = with
+        .values
+        .iter()
+        .zip(&without.values)
+        .filter(|(a, b)| (*a - *b).abs() > 1e-9)
+        .count();
+    assert!(changed > 0, "the termination mask changed no value");
+}

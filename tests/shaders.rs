@@ -227,12 +227,14 @@ fn planner_every_mode() {
     ] {
         for plan_mode in [PlanMode::Train, PlanMode::Eval] {
             for a in [1, 6, 38] {
-                let mut cfg = PlannerConfig::tdmpc2(a);
-                cfg.mode = mode;
-                cfg.plan_mode = plan_mode;
-                let (header, ov) = pompc::planner::pipeline_constants(&cfg, a);
-                for k in pompc::planner::KERNELS {
-                    compile(k.shader, k.entry, &header, &ov);
+                for episodic in [false, true] {
+                    let mut cfg = PlannerConfig::tdmpc2(a);
+                    cfg.mode = mode;
+                    cfg.plan_mode = plan_mode;
+                    let (header, ov) = pompc::planner::pipeline_constants(&cfg, a, episodic);
+                    for k in pompc::planner::KERNELS {
+                        compile(k.shader, k.entry, &header, &ov);
+                    }
                 }
             }
         }

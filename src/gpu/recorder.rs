@@ -198,6 +198,47 @@ impl<'g> Recorder<'g> {
         Ok(())
     }
 
+    /// Record a copy of `len` elements from `src[src_at..]` to `dst[dst_at..]` (offsets and
+    /// lengths in elements; byte ranges must be multiples of 4).
+    pub fn copy_range<T: Pod>(
+        &mut self,
+        src: &GpuBuffer<T>,
+        src_at: usize,
+        dst: &GpuBuffer<T>,
+        dst_at: usize,
+        len: usize,
+    ) -> Result<()> {
+        let e = std::mem::size_of::<T>();
+        if src_at + len > src.len() || dst_at + len > dst.len() {
+            return Err(Error::Shape(format!(
+                "copy of {len} elements from {:?}[{src_at}..] ({}) to {:?}[{dst_at}..] ({})",
+                src.label(),
+                src.len(),
+                dst.label(),
+                dst.len()
+            )));
+        }
+        if ![src_at, dst_at, len]
+            .iter()
+            .all(|v| (v * e).is_multiple_of(4))
+        {
+            return Err(Error::InvalidArgument(
+                "buffer copies move whole 4-byte words".into(),
+            ));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        self.ops.push(Op::Copy {
+            src: src.buffer.clone(),
+            src_off: (src_at * e) as u64,
+            dst: dst.buffer.clone(),
+            dst_off: (dst_at * e) as u64,
+            size: (len * e) as u64,
+        });
+        Ok(())
+    }
+
     /// Read `buf` back after everything recorded so far.
     pub fn read<T: Pod>(&mut self, buf: &GpuBuffer<T>) -> ReadbackHandle<T> {
         let size = super::buffer::padded_bytes::<T>(buf.len());

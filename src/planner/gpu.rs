@@ -83,6 +83,7 @@ const VALUES: KernelSpec = KernelSpec {
         (8, Binding::Read),
         (9, Binding::ReadWrite),
         U,
+        (14, Binding::Read),
     ],
 };
 const REFIT: KernelSpec = KernelSpec {
@@ -122,6 +123,7 @@ pub const KERNELS: [KernelSpec; 6] = [INIT, REPLICATE, SAMPLE, VALUES, REFIT, FI
 pub fn pipeline_constants(
     cfg: &PlannerConfig,
     action_dim: usize,
+    episodic: bool,
 ) -> (Header, Vec<(&'static str, f64)>) {
     let header = Header(vec![
         ("SORT_N", cfg.num_samples.next_power_of_two() as u32),
@@ -144,6 +146,7 @@ pub fn pipeline_constants(
         ("MAX_STD", cfg.max_std as f64),
         ("DISCOUNT", cfg.discount as f64),
         ("TRAIN", (cfg.plan_mode == PlanMode::Train) as u32 as f64),
+        ("EPISODIC", episodic as u32 as f64),
     ];
     (header, ov)
 }
@@ -165,6 +168,8 @@ struct State {
     q_logits: GpuBuffer<f32>,
     q_values: GpuBuffer<f32>,
     values: GpuBuffer<f32>,
+    term_logits: GpuBuffer<f32>,
+    term: GpuBuffer<f32>,
     mean: GpuBuffer<f32>,
     std: GpuBuffer<f32>,
     prev_mean: GpuBuffer<f32>,
@@ -229,7 +234,7 @@ impl<'m> Planner<'m> {
             )));
         }
         // Build every pipeline now, so that a bad config fails here, not mid-plan.
-        let (header, ov) = pipeline_constants(&cfg, model.spec.action_dim);
+        let (header, ov) = pipeline_constants(&cfg, model.spec.action_dim, model.spec.episodic);
         for k in KERNELS {
             gpu.pipeline(&k, &header, &ov)?;
         }
@@ -270,8 +275,15 @@ impl<'m> Planner<'m> {
             c.horizon as f64,
         );
         let pi_traj = p * (t * macs(Net::Policy) + (t - 1.0) * macs(Net::Dynamics));
-        let iteration =
-            n * (t * (macs(Net::Reward) + macs(Net::Dynamics)) + macs(Net::Policy) + 2.0 * q_head);
+        let term = if s.episodic {
+            macs(Net::Termination)
+        } else {
+            0.0
+        };
+        let iteration = n
+            * (t * (macs(Net::Reward) + macs(Net::Dynamics) + term)
+                + macs(Net::Policy)
+                + 2.0 * q_head);
         2.0 * batch as f64 * (macs(Net::Encoder) + pi_traj + c.iterations as f64 * iteration)
     }
 
@@ -371,6 +383,11 @@ impl<'m> Planner<'m> {
             q_logits: f("planner Q logits", 2 * nb * k)?,
             q_values: f("planner Q values", 2 * nb)?,
             values: f("planner values", nb)?,
+            term_logits: f(
+                "planner termination logits",
+                if s.episodic { nb } else { 1 },
+            )?,
+            term: f("planner termination", if s.episodic { t * nb } else { 1 })?,
             mean: f("planner mean", b * t * a)?,
             std: f("planner std", b * t * a)?,
             prev_mean: f("planner previous mean", b * t * a)?,
@@ -453,7 +470,7 @@ impl<'m> Planner<'m> {
         for (i, hb) in st.heads.iter().enumerate() {
             hb.upload(g, &config::chosen_heads(c.seed, call, i, s.num_q))?;
         }
-        let (header, ov) = pipeline_constants(c, a);
+        let (header, ov) = pipeline_constants(c, a, s.episodic);
         let pipe = |k: &KernelSpec| g.pipeline(k, &header, &ov);
         let params = |stream: u32, count: usize, width: usize| Params {
             b: b as u32,
@@ -549,6 +566,11 @@ impl<'m> Planner<'m> {
                     RowLayout::at(step * nb, 1),
                 )?;
                 m.dynamics.record(&mut rec, nb, input, None, ws, next)?;
+                if let Some(term_net) = &m.termination {
+                    let zin = NetInput::new(next, None);
+                    term_net.record(&mut rec, nb, zin, None, ws, &st.term_logits)?;
+                    rec.copy_range(&st.term_logits, 0, &st.term, step * nb, nb)?;
+                }
             }
             let z_t = &st.z[t % 2];
             m.policy
@@ -572,7 +594,12 @@ impl<'m> Planner<'m> {
             two_hot::record_decode(&mut rec, &thc, 2 * nb, &st.q_logits, &st.q_values)?;
             rec.dispatch(
                 &pipe(&VALUES)?,
-                &[&st.rewards.buffer, &st.q_values.buffer, &st.values.buffer],
+                &[
+                    &st.rewards.buffer,
+                    &st.q_values.buffer,
+                    &st.values.buffer,
+                    &st.term.buffer,
+                ],
                 Some(&params(0, 0, 0)),
                 groups(nb),
             )?;

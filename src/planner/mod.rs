@@ -18,11 +18,13 @@
 //! 4. For each iteration i:
 //!    1. for n >= P: `actions[t, n, b, a] = clamp(mean[b, t, a] + std[b, t, a] * eps, -1, 1)`,
 //!       eps the normal element `((t * N + n) * B + b) * A + a` of stream `sampling(c, i)`;
-//!    2. `z = z0[b]` on every row; `G = 0`, `g = 1`; for t in 0..T: `G += g *
-//!       two_hot_inv(reward(z, actions[t]))`, `z = dynamics(z, actions[t])`, `g *= discount`;
+//!    2. `z = z0[b]` on every row; `G = 0`, `g = 1`, `alive = 1`; for t in 0..T: `G += g *
+//!       alive * two_hot_inv(reward(z, actions[t]))`, `z = dynamics(z, actions[t])`, `g *=
+//!       discount`, and for episodic models `alive = 0` from the first step whose
+//!       `termination(z)` logit is above 0 (probability above 0.5);
 //!    3. `aT = policy_sample(pi(z), eps)` with eps from stream `terminal(c, i)` (element
 //!       `(n * B + b) * A + a`); the two heads `chosen_heads(seed, c, i, num_q)`;
-//!       `value = G + g * (Q_h0 + Q_h1) / 2` (each `two_hot_inv` of the head's logits at
+//!       `value = G + g * alive * (Q_h0 + Q_h1) / 2` (each `two_hot_inv` of the head's logits at
 //!       `(z, aT)`), NaN replaced by 0 as TD-MPC2 does;
 //!    4. per environment, the kept samples: the top `num_elites` by value (ties to the lower
 //!       n), in descending order, or all N in order of n for plain MPPI; `v_max` their

@@ -7,12 +7,11 @@
 //! the reward and Q heads through [`decode_logits`] (TD-MPC2's `two_hot_inv`) and the policy
 //! samples through [`policy_actions`] (TD-MPC2's `WorldModel.pi` with given noise).
 //!
-//! Two choices that differ from TD-MPC2's code, as the planner makes them:
-//! * non-finite observations are rejected ([`Error::InvalidArgument`] naming the environment
-//!   and the feature); TD-MPC2's NaN-to-0 applies to the sampled values only (here only NaN,
-//!   not infinities, is replaced);
-//! * the termination head of an episodic model does not mask the return (the planner's
-//!   algorithm accumulates every step's reward).
+//! One choice that differs from TD-MPC2's code, as the planner makes it: non-finite
+//! observations are rejected ([`Error::InvalidArgument`] naming the environment and the
+//! feature); TD-MPC2's NaN-to-0 applies to the sampled values only (here only NaN, not
+//! infinities, is replaced). Episodic models mask the return after a predicted termination,
+//! as TD-MPC2 does.
 
 use super::model::forward;
 use super::two_hot;
@@ -291,17 +290,28 @@ impl MirrorPlanner {
             }
 
             // 4.2 Discounted rewards along the sequences.
+            // Episodic models: a predicted termination (probability > 0.5, logit > 0) of the
+            // next latent ends the return for good (TD-MPC2's running termination flag).
             let mut z = z_rows.clone();
             let mut ret = vec![0.0f64; rows];
+            let mut alive = vec![1.0f64; rows];
             let mut g = 1.0f64;
             for t in 0..t_len {
                 let at = &actions[t * step..(t + 1) * step];
                 let logits = forward(w, Net::Reward, rows, &z, Some(at), 0)?;
-                for (gr, r) in ret.iter_mut().zip(decode_logits(spec, &logits)) {
-                    *gr += g * r;
+                for ((gr, r), al) in ret.iter_mut().zip(decode_logits(spec, &logits)).zip(&alive) {
+                    *gr += g * al * r;
                 }
                 z = forward(w, Net::Dynamics, rows, &z, Some(at), 0)?;
                 g *= discount;
+                if spec.episodic {
+                    let term = forward(w, Net::Termination, rows, &z, None, 0)?;
+                    for (al, l) in alive.iter_mut().zip(&term) {
+                        if *l > 0.0 {
+                            *al = 0.0;
+                        }
+                    }
+                }
             }
 
             // 4.3 Terminal value with two chosen Q heads.
@@ -313,7 +323,7 @@ impl MirrorPlanner {
             let q1 = forward(w, Net::Q, rows, &z, Some(&a_term), h1 as usize)?;
             let (q0, q1) = (decode_logits(spec, &q0), decode_logits(spec, &q1));
             for r in 0..rows {
-                let v = ret[r] + g * (q0[r] + q1[r]) / 2.0;
+                let v = ret[r] + g * alive[r] * (q0[r] + q1[r]) / 2.0;
                 values[r] = if v.is_nan() { 0.0 } else { v };
             }
 
