@@ -297,13 +297,13 @@ impl<'m> Planner<'m> {
         self.call
     }
 
-    /// Bytes of device memory one environment needs, and the largest binding among them.
-    fn per_env_bytes(&self) -> (u64, u64) {
+    /// Bytes of the largest buffer per environment (the workspace's two Q-head slots).
+    fn biggest_binding_per_env(&self) -> u64 {
         let s = &self.model.spec;
         let c = &self.cfg;
         let n = c.num_samples as u64;
         let a = s.action_dim as u64;
-        let biggest = [
+        [
             2 * n * Workspace::width(s) as u64,
             c.horizon as u64 * n * a,
             n * s.num_bins as u64 * 2,
@@ -312,20 +312,12 @@ impl<'m> Planner<'m> {
         .into_iter()
         .max()
         .unwrap_or(0)
-            * 4;
-        let total = 4
-            * (2 * 2 * n * Workspace::width(s) as u64
-                + 2 * n * s.latent_dim as u64
-                + c.horizon as u64 * n * a
-                + n * (2 * a + 2 * a + 3 + a + a)
-                + n * s.num_bins as u64 * 3
-                + n * (c.horizon as u64 + 3));
-        (total, biggest)
+            * 4
     }
 
     /// The largest batch this device can plan for at once.
     pub fn max_batch(&self) -> usize {
-        let (_, biggest) = self.per_env_bytes();
+        let biggest = self.biggest_binding_per_env();
         let max = self
             .gpu
             .limits()
