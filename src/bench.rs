@@ -327,6 +327,27 @@ pub fn bench_plan(
     })
 }
 
+/// The floor under any step that reads a result back: upload 16 bytes, one 16-byte copy,
+/// submit, wait, map the read-back (median and p90 over `runs` after `warmup`).
+pub fn bench_round_trip(gpu: &Gpu, runs: usize, warmup: usize) -> Result<Stats> {
+    let src = GpuBuffer::<f32>::new(gpu, "round-trip src", 4)?;
+    let dst = GpuBuffer::<f32>::new(gpu, "round-trip dst", 4)?;
+    let mut wall = Vec::with_capacity(runs);
+    for i in 0..warmup + runs.max(1) {
+        let t0 = std::time::Instant::now();
+        src.upload(gpu, &[i as f32; 4])?;
+        let mut rec = Recorder::new(gpu);
+        rec.copy(&src, &dst)?;
+        let h = rec.read(&dst);
+        let v = rec.finish()?.get(&h)?;
+        debug_assert_eq!(v[0], i as f32);
+        if i >= warmup {
+            wall.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok(Stats::from_samples(wall, Clock::Wall))
+}
+
 /// One benchmarked MPPI configuration.
 #[derive(Clone, Debug)]
 pub struct MppiBench {

@@ -459,6 +459,17 @@ fn bench_mppi(args: &[String]) -> Result<(), String> {
             "samples", "wall ms", "p90 ms", "min ms", "GPU ms"
         );
     }
+    let floor = bench::bench_round_trip(&gpu, runs.max(20), warmup).map_err(|e| e.to_string())?;
+    if !json {
+        println!(
+            "{:>8} {:>10.3} {:>10.3} {:>10.3} {:>10}   (upload + 16-byte copy + read-back: the floor)",
+            "floor",
+            floor.median * 1e3,
+            floor.p90 * 1e3,
+            floor.min * 1e3,
+            "-"
+        );
+    }
     for &k in &samples {
         // Nav2's control-cost weight: Williams et al.'s gamma = lambda swamps this task.
         let cfg = MppiConfig {
