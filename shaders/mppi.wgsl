@@ -45,13 +45,33 @@ fn param(i: u32) -> f32 {
 #import common/rng
 #import user
 
+// The standard normals of every sample, step and control, in parallel: one thread per Philox
+// block of 4, so the rollout's serial chain over the horizon carries no random number
+// generation. Element e = (t * K + k) * C + j is normal e % 4 of block e / 4.
+@compute @workgroup_size(64)
+fn mppi_noise(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let b = gid.x + gid.y * nwg.x * 64u;
+    let n = H * K * CONTROL_DIM;
+    if (b * 4u >= n) {
+        return;
+    }
+    let seed = vec2<u32>(mppi_p.seed_lo, mppi_p.seed_hi);
+    let z = normal4(philox(seed, mppi_p.stream, b));
+    for (var i = 0u; i < 4u; i++) {
+        if (b * 4u + i < n) {
+            mppi_eps[b * 4u + i] = z[i];
+        }
+    }
+}
+
+// Reads the normals mppi_noise left in mppi_eps and overwrites each with the effective
+// perturbation (clamped v - u).
 @compute @workgroup_size(64)
 fn mppi_rollout(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let k = gid.x + gid.y * nwg.x * 64u;
     if (k >= K) {
         return;
     }
-    let seed = vec2<u32>(mppi_p.seed_lo, mppi_p.seed_hi);
     var x: State;
     for (var i = 0u; i < STATE_DIM; i++) {
         x[i] = mppi_x0[i];
@@ -63,21 +83,25 @@ fn mppi_rollout(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         }
     }
     var s = 0.0;
-    // Consecutive noise elements share a Philox block of 4 normals: draw each block once.
-    var block = 0xffffffffu;
-    var normals = vec4<f32>();
+    // Next step's normals are loaded a step ahead, so their latency hides behind this step's
+    // dynamics and cost.
+    var n_next: Control;
+    for (var j = 0u; j < CONTROL_DIM; j++) {
+        n_next[j] = mppi_eps[k * CONTROL_DIM + j];
+    }
     for (var t = 0u; t < H; t++) {
+        let n = n_next;
+        if (t + 1u < H) {
+            for (var j = 0u; j < CONTROL_DIM; j++) {
+                n_next[j] = mppi_eps[((t + 1u) * K + k) * CONTROL_DIM + j];
+            }
+        }
         var v: Control;
         for (var j = 0u; j < CONTROL_DIM; j++) {
             let e_idx = (t * K + k) * CONTROL_DIM + j;
             let sigma = mppi_bounds[j];
-            if (e_idx / 4u != block) {
-                block = e_idx / 4u;
-                normals = normal4(philox(seed, mppi_p.stream, block));
-            }
-            let n = normals[e_idx % 4u];
             let uj = mppi_u[t * CONTROL_DIM + j];
-            let vj = clamp(uj + sigma * n, mppi_bounds[CONTROL_DIM + j], mppi_bounds[2u * CONTROL_DIM + j]);
+            let vj = clamp(uj + sigma * n[j], mppi_bounds[CONTROL_DIM + j], mppi_bounds[2u * CONTROL_DIM + j]);
             let e = vj - uj;
             mppi_eps[e_idx] = e;
             s += GAMMA * uj * e / (sigma * sigma);
@@ -164,16 +188,22 @@ fn mppi_update(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id)
     }
 }
 
-// Warm start: mppi_u[t] = mppi_u[t + 1], the last step keeps its value.
-@compute @workgroup_size(64)
-fn mppi_shift(@builtin(global_invocation_id) gid: vec3<u32>) {
-    // One thread does it in order: H x C is small and the copy must not race.
-    if (gid.x != 0u) {
-        return;
-    }
-    for (var t = 0u; t + 1u < H; t++) {
-        for (var j = 0u; j < CONTROL_DIM; j++) {
-            mppi_u[t * CONTROL_DIM + j] = mppi_u[(t + 1u) * CONTROL_DIM + j];
+// Warm start: mppi_u[t] = mppi_u[t + 1], the last step keeps its value. One workgroup walks
+// the sequence in chunks: every read of a chunk happens before any of its writes, and a
+// chunk reads only at or after its own start plus CONTROL_DIM, past everything written so far.
+@compute @workgroup_size(MPPI_WG)
+fn mppi_shift(@builtin(local_invocation_index) tid: u32) {
+    let n = H * CONTROL_DIM;
+    for (var base = 0u; base < n; base += MPPI_WG) {
+        let i = base + tid;
+        var v = 0.0;
+        if (i < n) {
+            v = mppi_u[select(i, i + CONTROL_DIM, i + CONTROL_DIM < n)];
         }
+        storageBarrier();
+        if (i < n) {
+            mppi_u[i] = v;
+        }
+        storageBarrier();
     }
 }

@@ -131,9 +131,20 @@ fn gpu_matches_the_rust_mirror_over_warm_started_steps() {
             gpu,
             MppiConfig {
                 trusted: true,
-                ..cfg
+                ..cfg.clone()
             },
             2,
+        );
+        // A horizon over the shift's 256-wide chunks, and a noise length (301 x 37) that is
+        // no multiple of a Philox block.
+        parity(
+            gpu,
+            MppiConfig {
+                horizon: 301,
+                samples: 37,
+                ..cfg
+            },
+            3,
         );
     }
 }

@@ -191,6 +191,7 @@ const UPDATE: &[(u32, Binding)] = &[
     (8, Binding::Uniform),
 ];
 const SHIFT: &[(u32, Binding)] = &[(1, Binding::ReadWrite), (8, Binding::Uniform)];
+const NOISE: &[(u32, Binding)] = &[(2, Binding::ReadWrite), (8, Binding::Uniform)];
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -266,7 +267,7 @@ pub struct Mppi<'g> {
     gpu: &'g Gpu,
     problem: Problem,
     cfg: MppiConfig,
-    pipes: [Arc<Pipeline>; 4],
+    pipes: [Arc<Pipeline>; 5],
     x0: GpuBuffer<f32>,
     u: GpuBuffer<f32>,
     eps: GpuBuffer<f32>,
@@ -345,6 +346,7 @@ impl<'g> Mppi<'g> {
             mk("mppi_normalize", NORMALIZE)?,
             mk("mppi_update", UPDATE)?,
             mk("mppi_shift", SHIFT)?,
+            mk("mppi_noise", NOISE)?,
         ];
         let f = |label: &str, n: usize| GpuBuffer::<f32>::new(gpu, label, n);
         let mut bounds = cfg.sigma.clone();
@@ -502,13 +504,22 @@ impl<'g> Mppi<'g> {
         if !self.fresh {
             rec.dispatch(&self.pipes[3], &[&self.u.buffer], Some(&params), [1, 1, 1])?;
         }
-        let groups = self.cfg.samples.div_ceil(64);
         let max = self.gpu.limits().max_compute_workgroups_per_dimension as usize;
-        let grid = if groups <= max {
-            [groups as u32, 1, 1]
-        } else {
-            [max as u32, groups.div_ceil(max) as u32, 1]
+        let grid = |threads: usize| {
+            let groups = threads.div_ceil(64);
+            if groups <= max {
+                [groups as u32, 1, 1]
+            } else {
+                [max as u32, groups.div_ceil(max) as u32, 1]
+            }
         };
+        let blocks = (self.cfg.horizon * self.cfg.samples * c).div_ceil(4);
+        rec.dispatch(
+            &self.pipes[4],
+            &[&self.eps.buffer],
+            Some(&params),
+            grid(blocks),
+        )?;
         rec.dispatch(
             &self.pipes[0],
             &[
@@ -521,7 +532,7 @@ impl<'g> Mppi<'g> {
                 &self.vis.buffer,
             ],
             Some(&params),
-            grid,
+            grid(self.cfg.samples),
         )?;
         rec.dispatch(
             &self.pipes[1],
