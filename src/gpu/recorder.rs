@@ -24,6 +24,9 @@ enum Op {
         dst_off: u64,
         size: u64,
     },
+    Clear {
+        buf: wgpu::Buffer,
+    },
 }
 
 /// Where a read-back lands in the staging buffer; redeem it with [`Readback::get`].
@@ -239,6 +242,13 @@ impl<'g> Recorder<'g> {
         Ok(())
     }
 
+    /// Record zeroing all of `buf` (a gradient buffer before a backward pass).
+    pub fn clear<T: Pod>(&mut self, buf: &GpuBuffer<T>) {
+        self.ops.push(Op::Clear {
+            buf: buf.buffer.clone(),
+        });
+    }
+
     /// Read `buf` back after everything recorded so far.
     pub fn read<T: Pod>(&mut self, buf: &GpuBuffer<T>) -> ReadbackHandle<T> {
         let size = super::buffer::padded_bytes::<T>(buf.len());
@@ -371,7 +381,7 @@ impl<'g> Recorder<'g> {
                         n += 1;
                         in_pass = true;
                     }
-                    Op::Copy { .. } => in_pass = false,
+                    Op::Copy { .. } | Op::Clear { .. } => in_pass = false,
                     _ => {}
                 }
             }
@@ -391,11 +401,20 @@ impl<'g> Recorder<'g> {
                     enc.copy_buffer_to_buffer(src, *src_off, dst, *dst_off, *size);
                     i += 1;
                 }
+                Op::Clear { buf } => {
+                    enc.clear_buffer(buf, 0, None);
+                    i += 1;
+                }
                 Op::Dispatch { .. } => {
-                    let timestamp_writes = ts.map(|(set, _)| wgpu::ComputePassTimestampWrites {
-                        query_set: set,
-                        beginning_of_pass_write_index: (pass_index == 0).then_some(0),
-                        end_of_pass_write_index: (pass_index + 1 == n_passes).then_some(1),
+                    // Only the first pass starts the clock and only the last stops it; passes
+                    // between (split by copies or clears) carry no timestamp writes at all.
+                    let (first, last) = (pass_index == 0, pass_index + 1 == n_passes);
+                    let timestamp_writes = ts.filter(|_| first || last).map(|(set, _)| {
+                        wgpu::ComputePassTimestampWrites {
+                            query_set: set,
+                            beginning_of_pass_write_index: first.then_some(0),
+                            end_of_pass_write_index: last.then_some(1),
+                        }
                     });
                     let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                         label: Some("pompc"),
