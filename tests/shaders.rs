@@ -240,3 +240,25 @@ fn planner_every_mode() {
         }
     }
 }
+
+#[test]
+fn gemm_every_tile_and_flag() {
+    use pompc::kernels::gemm::{self, GemmTile};
+    for tile in [GemmTile::LARGE, GemmTile::SMALL] {
+        for bits in 0..16u32 {
+            let f = |i: u32| bits & (1 << i) != 0;
+            let (spec, header, ov) = gemm::pipeline_constants(tile, f(0), f(1), f(2), f(3));
+            compile(spec.shader, spec.entry, &header, &ov);
+        }
+    }
+}
+
+#[test]
+fn optimizer_and_td_kernels() {
+    use pompc::kernels::optim::{self, OptimKernel};
+    for k in OptimKernel::all() {
+        let (spec, header, ov) = optim::pipeline_constants(k);
+        compile(spec.shader, spec.entry, &header, &ov);
+    }
+    compile("td", "td_target", &Header::default(), &[]);
+}

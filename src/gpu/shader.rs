@@ -34,6 +34,11 @@ shader_files!(
     "rng_fill",
     "two_hot",
     "policy",
+    "gemm",
+    "norm_act",
+    "loss",
+    "optim",
+    "td",
 );
 
 /// Look up an embedded file by name.

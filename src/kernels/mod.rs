@@ -1,7 +1,11 @@
 //! One module per shader file: typed, validated launch functions that record into a
 //! [`crate::Recorder`].
 
+pub mod gemm;
 pub mod linear;
+pub mod loss;
+pub mod norm_act;
+pub mod optim;
 pub mod policy;
 pub mod rng_fill;
 pub mod two_hot;

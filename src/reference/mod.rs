@@ -2,10 +2,15 @@
 //! failing GPU test can be bisected against plain Rust. One module per shader file.
 
 pub mod act;
+pub mod gemm;
 pub mod linear;
+pub mod loss;
 pub mod model;
 pub mod mppi;
+pub mod norm_act;
+pub mod optim;
 pub mod planner;
 pub mod policy;
 pub mod rng_fill;
+pub mod td;
 pub mod two_hot;

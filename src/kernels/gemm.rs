@@ -1,0 +1,378 @@
+//! General strided batched matrix multiply (`shaders/gemm.wgsl`) for the training passes:
+//! `C[b] = alpha op(A[b]) op(B[b]) (+ bias[b]) (+ C[b])`, each operand anywhere in its buffer
+//! (element offset, leading dimension, batch stride).
+//!
+//! The backward of a linear layer `y = x W^T + b` with `x` `[m, k]`, `W` `[n, k]`:
+//!
+//! ```no_run
+//! # fn main() -> pompc::Result<()> {
+//! use pompc::kernels::gemm::{self, Gemm, Mat};
+//! let gpu = pompc::Gpu::new(Default::default())?;
+//! let (m, n, k) = (256, 512, 512);
+//! let x = pompc::GpuBuffer::<f32>::new(&gpu, "x", m * k)?;
+//! let w = pompc::GpuBuffer::<f32>::new(&gpu, "W", n * k)?;
+//! let dy = pompc::GpuBuffer::<f32>::new(&gpu, "dy", m * n)?;
+//! let dx = pompc::GpuBuffer::<f32>::new(&gpu, "dx", m * k)?;
+//! let dw = pompc::GpuBuffer::<f32>::new(&gpu, "dW", n * k)?;
+//! let mut rec = pompc::Recorder::new(&gpu);
+//! // dx = dy W
+//! gemm::record(&mut rec, &Gemm::new(m, k, n), Mat::rows(&dy, n), Mat::rows(&w, k), Mat::rows(&dx, k), None)?;
+//! // dW += dy^T x
+//! let op = Gemm { trans_a: true, accumulate: true, ..Gemm::new(n, k, m) };
+//! gemm::record(&mut rec, &op, Mat::rows(&dy, n), Mat::rows(&x, k), Mat::rows(&dw, k), None)?;
+//! rec.submit()?;
+//! # Ok(()) }
+//! ```
+
+use crate::gpu::shader::Header;
+use crate::gpu::{Binding, GpuBuffer, KernelSpec, Recorder};
+use crate::{Error, Result};
+
+/// One multiply: `op(A)` is `[m, k]`, `op(B)` is `[k, n]`, `C` is `[m, n]`, `batch` times.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Gemm {
+    /// Rows of `op(A)` and `C`.
+    pub m: usize,
+    /// Columns of `op(B)` and `C`.
+    pub n: usize,
+    /// Inner dimension.
+    pub k: usize,
+    /// Read `A` transposed: `A` is stored `[k, m]`.
+    pub trans_a: bool,
+    /// Read `B` transposed: `B` is stored `[n, k]` (a torch `Linear.weight` for `x W^T`).
+    pub trans_b: bool,
+    /// Scale of the product.
+    pub alpha: f32,
+    /// Add into `C` instead of overwriting it (gradients summed over time steps).
+    pub accumulate: bool,
+    /// Independent multiplies (ensemble members), along the operands' batch strides.
+    pub batch: usize,
+}
+
+impl Gemm {
+    /// `C = A B` with `A` `[m, k]` and `B` `[k, n]`, once.
+    pub fn new(m: usize, n: usize, k: usize) -> Self {
+        Gemm {
+            m,
+            n,
+            k,
+            trans_a: false,
+            trans_b: false,
+            alpha: 1.0,
+            accumulate: false,
+            batch: 1,
+        }
+    }
+
+    /// Multiply-adds of the whole call.
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.m * self.n * self.k * self.batch) as f64
+    }
+}
+
+/// Where a matrix sits in a buffer: element `(r, c)` of batch `b` is at
+/// `offset + b * batch_stride + r * ld + c`.
+#[derive(Clone, Copy, Debug)]
+pub struct Mat<'a> {
+    /// The buffer.
+    pub buf: &'a GpuBuffer<f32>,
+    /// Element offset of `(0, 0)` of batch 0.
+    pub offset: usize,
+    /// Elements from one stored row to the next.
+    pub ld: usize,
+    /// Elements from one batch to the next (0 shares one matrix across the batch).
+    pub batch_stride: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// Rows of `ld` elements back to back from element 0, one batch.
+    pub fn rows(buf: &'a GpuBuffer<f32>, ld: usize) -> Self {
+        Mat {
+            buf,
+            offset: 0,
+            ld,
+            batch_stride: 0,
+        }
+    }
+
+    /// The same, from element `offset`.
+    pub fn at(mut self, offset: usize) -> Self {
+        self.offset = offset;
+        self
+    }
+
+    /// With a batch stride.
+    pub fn batched(mut self, batch_stride: usize) -> Self {
+        self.batch_stride = batch_stride;
+        self
+    }
+}
+
+/// A bias row added to every row of `C`: element `j` of batch `b` at
+/// `offset + b * batch_stride + j`.
+#[derive(Clone, Copy, Debug)]
+pub struct Bias<'a> {
+    /// The buffer.
+    pub buf: &'a GpuBuffer<f32>,
+    /// Element offset of batch 0's bias.
+    pub offset: usize,
+    /// Elements from one batch's bias to the next.
+    pub batch_stride: usize,
+}
+
+/// A tile shape: `bm x bn` outputs per workgroup, `tm x tn` per thread, `bk` deep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GemmTile {
+    /// Tile rows.
+    pub bm: u32,
+    /// Tile columns.
+    pub bn: u32,
+    /// K-slice per step.
+    pub bk: u32,
+    /// Rows per thread.
+    pub tm: u32,
+    /// Columns per thread.
+    pub tn: u32,
+}
+
+impl GemmTile {
+    /// 64 x 64 tiles, 4 x 4 per thread (256 threads).
+    pub const LARGE: GemmTile = GemmTile {
+        bm: 64,
+        bn: 64,
+        bk: 16,
+        tm: 4,
+        tn: 4,
+    };
+    /// 32 x 32 tiles, 2 x 2 per thread (256 threads): more workgroups for small outputs.
+    pub const SMALL: GemmTile = GemmTile {
+        bm: 32,
+        bn: 32,
+        bk: 16,
+        tm: 2,
+        tn: 2,
+    };
+
+    /// The tile for an output of `m x n`, `batch` times: large tiles unless that leaves
+    /// fewer than ~2 workgroups per SM of a big GPU.
+    pub fn choose(m: usize, n: usize, batch: usize) -> GemmTile {
+        let large = m.div_ceil(64) * n.div_ceil(64) * batch;
+        if large >= 256 {
+            GemmTile::LARGE
+        } else {
+            GemmTile::SMALL
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    alpha: f32,
+    lda: u32,
+    ldb: u32,
+    ldc: u32,
+    a_off: u32,
+    b_off: u32,
+    c_off: u32,
+    bias_off: u32,
+    a_bs: u32,
+    b_bs: u32,
+    c_bs: u32,
+    bias_bs: u32,
+    _pad: u32,
+}
+
+const SPEC: KernelSpec = KernelSpec {
+    shader: "gemm",
+    entry: "gemm",
+    bindings: &[
+        (0, Binding::Read),
+        (1, Binding::Read),
+        (2, Binding::ReadWrite),
+        (3, Binding::Read),
+        (4, Binding::Uniform),
+    ],
+};
+
+/// The header and override constants of one pipeline (also used by the shader test).
+pub fn pipeline_constants(
+    tile: GemmTile,
+    trans_a: bool,
+    trans_b: bool,
+    accumulate: bool,
+    bias: bool,
+) -> (KernelSpec, Header, Vec<(&'static str, f64)>) {
+    let header = Header(vec![
+        ("BM", tile.bm),
+        ("BN", tile.bn),
+        ("BK", tile.bk),
+        ("TM", tile.tm),
+        ("TN", tile.tn),
+    ]);
+    let b = |v: bool| if v { 1.0 } else { 0.0 };
+    let ov = vec![
+        ("TA", b(trans_a)),
+        ("TB", b(trans_b)),
+        ("ACC", b(accumulate)),
+        ("BIAS", b(bias)),
+    ];
+    (SPEC, header, ov)
+}
+
+fn u32_of(what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::Limit(format!("gemm: {what} = {v} over 2^32")))
+}
+
+/// Check that a `rows x cols` stored matrix fits its buffer over `batch` batches.
+fn fit(name: &str, m: &Mat, rows: usize, cols: usize, batch: usize, written: bool) -> Result<()> {
+    if m.ld < cols && rows > 1 {
+        return Err(Error::Shape(format!(
+            "gemm: {name} ({:?}) rows of {cols} elements with leading dimension {}",
+            m.buf.label(),
+            m.ld
+        )));
+    }
+    if written && batch > 1 && m.batch_stride < rows * m.ld.max(cols) {
+        return Err(Error::Shape(format!(
+            "gemm: written {name} ({:?}) batches of {rows} x {cols} with batch stride {} would \
+             overlap",
+            m.buf.label(),
+            m.batch_stride
+        )));
+    }
+    let need = m.offset + (batch - 1) * m.batch_stride + (rows - 1) * m.ld + cols;
+    if need > m.buf.len() {
+        return Err(Error::Shape(format!(
+            "gemm: {name} ({:?}) holds {} elements; {batch} x [{rows}, {cols}] at offset {} \
+             (leading dimension {}, batch stride {}) needs {need}",
+            m.buf.label(),
+            m.buf.len(),
+            m.offset,
+            m.ld,
+            m.batch_stride
+        )));
+    }
+    Ok(())
+}
+
+/// Record `C = alpha op(A) op(B) (+ bias) (+ C)`. `C` must not share a buffer with `A`, `B`
+/// or the bias (a dispatch cannot read and write one buffer through two bindings).
+pub fn record(
+    rec: &mut Recorder,
+    op: &Gemm,
+    a: Mat,
+    b: Mat,
+    c: Mat,
+    bias: Option<Bias>,
+) -> Result<()> {
+    record_with_tile(
+        rec,
+        op,
+        a,
+        b,
+        c,
+        bias,
+        GemmTile::choose(op.m, op.n, op.batch),
+    )
+}
+
+/// [`record`] with a chosen tile.
+pub fn record_with_tile(
+    rec: &mut Recorder,
+    op: &Gemm,
+    a: Mat,
+    b: Mat,
+    c: Mat,
+    bias: Option<Bias>,
+    tile: GemmTile,
+) -> Result<()> {
+    if op.m == 0 || op.n == 0 || op.batch == 0 {
+        return Ok(());
+    }
+    let (ar, ac) = if op.trans_a {
+        (op.k, op.m)
+    } else {
+        (op.m, op.k)
+    };
+    let (br, bc) = if op.trans_b {
+        (op.n, op.k)
+    } else {
+        (op.k, op.n)
+    };
+    if op.k > 0 {
+        fit("A", &a, ar, ac, op.batch, false)?;
+        fit("B", &b, br, bc, op.batch, false)?;
+    }
+    fit("C", &c, op.m, op.n, op.batch, true)?;
+    let same = |x: &GpuBuffer<f32>| x.buffer == c.buf.buffer;
+    if same(a.buf) || same(b.buf) || bias.is_some_and(|bi| same(bi.buf)) {
+        return Err(Error::InvalidArgument(format!(
+            "gemm: the output {:?} is also an input",
+            c.buf.label()
+        )));
+    }
+    if let Some(bi) = &bias {
+        let need = bi.offset + (op.batch - 1) * bi.batch_stride + op.n;
+        if need > bi.buf.len() {
+            return Err(Error::Shape(format!(
+                "gemm: bias ({:?}) holds {} elements, {} x {} at offset {} (batch stride {}) \
+                 need {need}",
+                bi.buf.label(),
+                bi.buf.len(),
+                op.batch,
+                op.n,
+                bi.offset,
+                bi.batch_stride
+            )));
+        }
+    }
+    if !op.alpha.is_finite() {
+        return Err(Error::InvalidArgument(format!(
+            "gemm: alpha {} is not finite",
+            op.alpha
+        )));
+    }
+    let gpu = rec.gpu();
+    let gx = op.n.div_ceil(tile.bn as usize);
+    let gy = op.m.div_ceil(tile.bm as usize);
+    let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    if gx > max || gy > max || op.batch > max {
+        return Err(Error::Limit(format!(
+            "gemm: {}x{} tiles x {} batches exceed {max} workgroups per dimension",
+            gy, gx, op.batch
+        )));
+    }
+    let p = Params {
+        m: u32_of("m", op.m)?,
+        n: u32_of("n", op.n)?,
+        k: u32_of("k", op.k)?,
+        alpha: op.alpha,
+        lda: u32_of("lda", a.ld)?,
+        ldb: u32_of("ldb", b.ld)?,
+        ldc: u32_of("ldc", c.ld)?,
+        a_off: u32_of("A offset", a.offset)?,
+        b_off: u32_of("B offset", b.offset)?,
+        c_off: u32_of("C offset", c.offset)?,
+        bias_off: u32_of("bias offset", bias.map_or(0, |b| b.offset))?,
+        a_bs: u32_of("A batch stride", a.batch_stride)?,
+        b_bs: u32_of("B batch stride", b.batch_stride)?,
+        c_bs: u32_of("C batch stride", c.batch_stride)?,
+        bias_bs: u32_of("bias batch stride", bias.map_or(0, |b| b.batch_stride))?,
+        _pad: 0,
+    };
+    let (spec, header, ov) =
+        pipeline_constants(tile, op.trans_a, op.trans_b, op.accumulate, bias.is_some());
+    let pipe = gpu.pipeline(&spec, &header, &ov)?;
+    // The bias binding needs some buffer even when unused.
+    let bias_buf = bias.map_or(&a.buf.buffer, |b| &b.buf.buffer);
+    rec.dispatch(
+        &pipe,
+        &[&a.buf.buffer, &b.buf.buffer, &c.buf.buffer, bias_buf],
+        Some(&p),
+        [gx as u32, gy as u32, op.batch as u32],
+    )
+}

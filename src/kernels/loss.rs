@@ -1,0 +1,624 @@
+//! World-model losses with their gradients (`shaders/loss.wgsl`), each reduced on the GPU into
+//! one slot of a small losses buffer, with no host round trip:
+//!
+//! * [`record_soft_ce`]: TD-MPC2's soft cross-entropy of logits against two-hot encoded
+//!   scalar targets (reward and value losses), over one or several heads sharing the targets;
+//! * [`record_mse`]: the consistency loss, a squared error against a target latent that gets
+//!   no gradient.
+//!
+//! Rows are laid out `[T, B]` (step-major) within a member and weighted by
+//! `w_r = scale * rho^(r / rows_per_step)` ([`RowWeights`]): the loss is `sum_r w_r loss_r`
+//! and the gradient of each row is scaled by `w_r`. TD-MPC2 (horizon `T`, batch `B`, latent
+//! `L`, 5 Q heads): reward `RowWeights::new(0.1 / (T B), rho, B)`, value
+//! `RowWeights::new(0.1 / (5 T B), rho, B)` over 5 members, consistency
+//! `RowWeights::new(20 / (T B L), rho, B)`.
+//!
+//! ```no_run
+//! # fn main() -> pompc::Result<()> {
+//! use pompc::kernels::loss::{self, GradOut, LossOut, RowWeights, SoftCeConfig};
+//! use pompc::kernels::two_hot::{RowLayout, TwoHotConfig};
+//! use pompc::{GpuBuffer, Recorder};
+//! let gpu = pompc::Gpu::new(Default::default())?;
+//! let (t, b, bins) = (3, 256, 101);
+//! let logits = GpuBuffer::<f32>::new(&gpu, "reward logits", t * b * bins)?;
+//! let dlogits = GpuBuffer::<f32>::new(&gpu, "reward dlogits", t * b * bins)?;
+//! let reward = GpuBuffer::<f32>::new(&gpu, "reward targets", t * b)?;
+//! let losses = GpuBuffer::<f32>::new(&gpu, "losses", 4)?;
+//! let cfg = SoftCeConfig {
+//!     bins: TwoHotConfig::TDMPC2,
+//!     members: 1,
+//!     weights: RowWeights::new(0.1 / (t * b) as f32, 0.5, b),
+//! };
+//! let mut rec = Recorder::new(&gpu);
+//! loss::record_soft_ce(
+//!     &mut rec,
+//!     &cfg,
+//!     t * b,
+//!     &logits,
+//!     RowLayout::contiguous(bins),
+//!     &reward,
+//!     RowLayout::contiguous(1),
+//!     Some(GradOut { buf: &dlogits, at: RowLayout::contiguous(bins), accumulate: false }),
+//!     LossOut { losses: &losses, index: 1, accumulate: false },
+//!     None,
+//! )?;
+//! let h = rec.read(&losses);
+//! let reward_loss = rec.finish()?.get(&h)?[1];
+//! # let _ = reward_loss;
+//! # Ok(()) }
+//! ```
+
+use crate::gpu::shader::Header;
+use crate::gpu::{Binding, GpuBuffer, KernelSpec, Recorder};
+use crate::kernels::norm_act::{Use, check_aliasing};
+use crate::kernels::two_hot::{RowLayout, TwoHotConfig, decode_lanes, fit_rows, grid};
+use crate::{Error, Result};
+
+/// Per-row weights `w_r = scale * rho^(r / rows_per_step)` for rows laid out `[T, B]` (row `r`
+/// is step `t = r / B`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RowWeights {
+    /// Overall factor (loss coefficient over the number of terms averaged).
+    pub scale: f32,
+    /// Discount per step (TD-MPC2's `rho`, 0.5).
+    pub rho: f32,
+    /// Rows per step (the batch size `B`), at least 1.
+    pub rows_per_step: usize,
+}
+
+impl RowWeights {
+    /// `w_r = scale * rho^(r / rows_per_step)`.
+    pub fn new(scale: f32, rho: f32, rows_per_step: usize) -> Self {
+        RowWeights {
+            scale,
+            rho,
+            rows_per_step,
+        }
+    }
+
+    /// The same weight `scale` on every row.
+    pub fn uniform(scale: f32) -> Self {
+        RowWeights::new(scale, 1.0, 1)
+    }
+
+    /// `Err` unless `scale` and `rho` are finite and `rows_per_step >= 1`.
+    pub fn check(&self) -> Result<()> {
+        if !(self.scale.is_finite() && self.rho.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "loss row weights need a finite scale and rho, got {} and {}",
+                self.scale, self.rho
+            )));
+        }
+        if self.rows_per_step == 0 || u32::try_from(self.rows_per_step).is_err() {
+            return Err(Error::InvalidArgument(format!(
+                "loss row weights need 1 to 2^32 - 1 rows per step, got {}",
+                self.rows_per_step
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The soft cross-entropy of `members` heads of logits against shared two-hot targets.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SoftCeConfig {
+    /// The bins of the two-hot encoding (TD-MPC2: [`TwoHotConfig::TDMPC2`]).
+    pub bins: TwoHotConfig,
+    /// Heads whose logits follow one another (`[members, rows, bins]`), at least 1.
+    pub members: usize,
+    /// Row weights (the same for every head).
+    pub weights: RowWeights,
+}
+
+/// The weighted squared error of `members` predictions against one shared target.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MseConfig {
+    /// Features per row, at least 1.
+    pub n: usize,
+    /// Predictions `[members, rows, n]` against the same target rows, at least 1.
+    pub members: usize,
+    /// Row weights.
+    pub weights: RowWeights,
+}
+
+/// Where a loss goes: element `index` of `losses`, written or added into.
+#[derive(Clone, Copy, Debug)]
+pub struct LossOut<'a> {
+    /// A small buffer of loss values.
+    pub losses: &'a GpuBuffer<f32>,
+    /// The slot.
+    pub index: usize,
+    /// Add into the slot instead of writing it.
+    pub accumulate: bool,
+}
+
+/// Where a gradient goes: rows like the input's (`[members, rows, width]`, member `e`'s rows
+/// after member `e - 1`'s), written or added into.
+#[derive(Clone, Copy, Debug)]
+pub struct GradOut<'a> {
+    /// The gradient buffer.
+    pub buf: &'a GpuBuffer<f32>,
+    /// Row `i` (over all members) at `at.offset + i * at.stride`.
+    pub at: RowLayout,
+    /// Add into the buffer instead of writing it.
+    pub accumulate: bool,
+}
+
+/// Which entry point of the shader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LossOp {
+    /// Soft cross-entropy, first pass.
+    SoftCe,
+    /// Squared error, first pass.
+    Mse,
+    /// Partials summed into the slot.
+    Reduce,
+}
+
+/// The flags of one pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct LossFlags {
+    /// Write a gradient.
+    pub grad: bool,
+    /// Add the gradient into the buffer.
+    pub grad_add: bool,
+    /// Add the sum into its slot (the loss slot; false when writing partials).
+    pub loss_add: bool,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    members: u32,
+    src_off: u32,
+    src_stride: u32,
+    tgt_off: u32,
+    tgt_stride: u32,
+    grad_off: u32,
+    grad_stride: u32,
+    part_off: u32,
+    count: u32,
+    rows_per_step: u32,
+    _pad0: u32,
+    scale: f32,
+    rho: f32,
+    _pad1: [u32; 2],
+}
+
+const ROW_BINDINGS: &[(u32, Binding)] = &[
+    (0, Binding::Read),
+    (1, Binding::Read),
+    (2, Binding::ReadWrite),
+    (3, Binding::ReadWrite),
+    (4, Binding::Uniform),
+];
+const SOFT_CE: KernelSpec = KernelSpec {
+    shader: "loss",
+    entry: "soft_ce",
+    bindings: ROW_BINDINGS,
+};
+const MSE: KernelSpec = KernelSpec {
+    shader: "loss",
+    entry: "mse",
+    bindings: ROW_BINDINGS,
+};
+const REDUCE: KernelSpec = KernelSpec {
+    shader: "loss",
+    entry: "reduce",
+    bindings: &[
+        (0, Binding::Read),
+        (3, Binding::ReadWrite),
+        (4, Binding::Uniform),
+    ],
+};
+
+/// Elements each `mse` workgroup handles (256 threads, 4 each).
+const MSE_GROUP: usize = 1024;
+
+/// The header and override constants of one pipeline: exactly what the launch code builds.
+/// `bins` matters for [`LossOp::SoftCe`], `n` for [`LossOp::Mse`].
+pub fn pipeline_constants(
+    op: LossOp,
+    bins: &TwoHotConfig,
+    n: usize,
+    flags: LossFlags,
+) -> (KernelSpec, Header, Vec<(&'static str, f64)>) {
+    let mut ov: Vec<(&'static str, f64)> = vec![("LOSS_ADD", flags.loss_add as u8 as f64)];
+    let grad = |ov: &mut Vec<(&'static str, f64)>| {
+        ov.push(("GRAD", flags.grad as u8 as f64));
+        ov.push(("GRAD_ADD", flags.grad_add as u8 as f64));
+    };
+    let spec = match op {
+        LossOp::SoftCe => {
+            grad(&mut ov);
+            ov.push(("BINS", bins.bins as f64));
+            ov.push(("VMIN", bins.vmin as f64));
+            ov.push(("VMAX", bins.vmax as f64));
+            ov.push(("LANES", decode_lanes(bins.bins) as f64));
+            SOFT_CE
+        }
+        LossOp::Mse => {
+            grad(&mut ov);
+            ov.push(("N", n as f64));
+            MSE
+        }
+        LossOp::Reduce => REDUCE,
+    };
+    (spec, Header::default(), ov)
+}
+
+/// Workgroups of the first pass of [`record_soft_ce`] over `rows` rows: the partials its
+/// scratch holds (none needed when 1).
+pub fn soft_ce_partials(cfg: &SoftCeConfig, rows: usize) -> usize {
+    let per = 64 / decode_lanes(cfg.bins.bins) as usize;
+    (rows * cfg.members).div_ceil(per)
+}
+
+/// Workgroups of the first pass of [`record_mse`] over `rows` rows: the partials its scratch
+/// holds (none needed when 1).
+pub fn mse_partials(cfg: &MseConfig, rows: usize) -> usize {
+    (rows * cfg.members * cfg.n).div_ceil(MSE_GROUP)
+}
+
+fn to_u32(what: &str, name: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::Limit(format!("{what}: {name} {v} over 2^32")))
+}
+
+/// Elements `offset..end` spanned by `rows` rows of `width` (for the aliasing checks).
+fn span(rows: usize, width: usize, at: RowLayout) -> (usize, usize) {
+    (
+        at.offset,
+        at.offset + rows.saturating_sub(1) * at.stride + width,
+    )
+}
+
+/// The operands of a first pass, checked, and the second pass if it needs one.
+struct Plan<'a> {
+    p: Params,
+    grad: Option<GradOut<'a>>,
+    uses: Vec<Use<'a>>,
+}
+
+/// Checks shared by both losses: the gradient rows, the slot, the scratch, the aliasing;
+/// then records both passes.
+#[allow(clippy::too_many_arguments)]
+fn record_passes<'a>(
+    rec: &mut Recorder,
+    what: &str,
+    spec_of: &dyn Fn(LossFlags) -> (KernelSpec, Header, Vec<(&'static str, f64)>),
+    mut plan: Plan<'a>,
+    total_rows: usize,
+    width: usize,
+    groups: usize,
+    src: &GpuBuffer<f32>,
+    tgt: &GpuBuffer<f32>,
+    loss: LossOut<'a>,
+    scratch: Option<&GpuBuffer<f32>>,
+) -> Result<()> {
+    if loss.index >= loss.losses.len() {
+        return Err(Error::Shape(format!(
+            "{what}: loss slot {} is past the end of {:?} ({} elements)",
+            loss.index,
+            loss.losses.label(),
+            loss.losses.len()
+        )));
+    }
+    let slot = to_u32(what, "loss slot", loss.index)?;
+    if let Some(g) = plan.grad {
+        let (off, stride) = fit_rows(what, "gradient", g.buf.len(), total_rows, width, g.at, true)?;
+        plan.p.grad_off = off;
+        plan.p.grad_stride = stride;
+        plan.uses.push(Use {
+            name: "gradient",
+            buf: &g.buf.buffer,
+            range: span(total_rows, width, g.at),
+            write: true,
+        });
+    }
+    plan.uses.push(Use {
+        name: "loss slot",
+        buf: &loss.losses.buffer,
+        range: (loss.index, loss.index + 1),
+        write: true,
+    });
+    let count = to_u32(what, "workgroups", groups)?;
+    let gpu = rec.gpu();
+    let flags = LossFlags {
+        grad: plan.grad.is_some(),
+        grad_add: plan.grad.is_some_and(|g| g.accumulate),
+        loss_add: false,
+    };
+    let mut p = plan.p;
+    p.count = count;
+    if groups <= 1 {
+        // One workgroup: its sum is the loss.
+        check_aliasing(what, &plan.uses)?;
+        p.part_off = slot;
+        let (spec, header, ov) = spec_of(LossFlags {
+            loss_add: loss.accumulate,
+            ..flags
+        });
+        let pipe = gpu.pipeline(&spec, &header, &ov)?;
+        let g = plan.grad.map_or(loss.losses, |g| g.buf);
+        return rec.dispatch(
+            &pipe,
+            &[&src.buffer, &tgt.buffer, &g.buffer, &loss.losses.buffer],
+            Some(&p),
+            grid(gpu, groups, what)?,
+        );
+    }
+    let part = match scratch {
+        Some(s) if s.len() >= groups => s.clone(),
+        Some(s) => {
+            return Err(Error::Shape(format!(
+                "{what}: scratch ({:?}) holds {} elements, {groups} partials needed",
+                s.label(),
+                s.len()
+            )));
+        }
+        None => GpuBuffer::new(gpu, "pompc loss partials", groups)?,
+    };
+    let mut uses = plan.uses;
+    uses.push(Use {
+        name: "scratch",
+        buf: &part.buffer,
+        range: (0, groups),
+        write: true,
+    });
+    check_aliasing(what, &uses)?;
+    // The second pass reads the scratch and writes the slot.
+    check_aliasing(
+        what,
+        &[
+            Use {
+                name: "scratch",
+                buf: &part.buffer,
+                range: (0, groups),
+                write: false,
+            },
+            Use {
+                name: "loss slot",
+                buf: &loss.losses.buffer,
+                range: (loss.index, loss.index + 1),
+                write: true,
+            },
+        ],
+    )?;
+    p.part_off = 0;
+    let (spec, header, ov) = spec_of(flags);
+    let pipe = gpu.pipeline(&spec, &header, &ov)?;
+    let g = plan.grad.map_or(&part, |g| g.buf);
+    rec.dispatch(
+        &pipe,
+        &[&src.buffer, &tgt.buffer, &g.buffer, &part.buffer],
+        Some(&p),
+        grid(gpu, groups, what)?,
+    )?;
+    record_reduce(rec, &part, 0, groups, loss)
+}
+
+/// Sum `count` values of `src` from `src_offset` into a loss slot.
+fn record_reduce(
+    rec: &mut Recorder,
+    src: &GpuBuffer<f32>,
+    src_offset: usize,
+    count: usize,
+    loss: LossOut,
+) -> Result<()> {
+    let p = Params {
+        src_off: src_offset as u32,
+        count: count as u32,
+        part_off: loss.index as u32,
+        ..Default::default()
+    };
+    let (spec, header, ov) = pipeline_constants(
+        LossOp::Reduce,
+        &TwoHotConfig::TDMPC2,
+        1,
+        LossFlags {
+            loss_add: loss.accumulate,
+            ..Default::default()
+        },
+    );
+    let pipe = rec.gpu().pipeline(&spec, &header, &ov)?;
+    rec.dispatch(
+        &pipe,
+        &[&src.buffer, &loss.losses.buffer],
+        Some(&p),
+        [1, 1, 1],
+    )
+}
+
+/// TD-MPC2's soft cross-entropy, weighted: `loss = sum_{e, r} w_r (-sum_j two_hot(x_r)_j
+/// log_softmax(l_{e, r})_j)` into `loss`, and `dl_{e, r} = w_r (softmax(l_{e, r}) -
+/// two_hot(x_r))` into `grad` if given (written or added).
+///
+/// `logits` holds `members * rows` rows of `cfg.bins.bins` logits at `logits_at` (member `e`'s
+/// row `r` is row `e * rows + r`); target `r` (shared by the members) is element
+/// `targets_at.offset + r * targets_at.stride` of `targets`, encoded exactly as
+/// [`crate::kernels::two_hot::record_encode`] does (symlog, clamped to the bins). `scratch`
+/// holds the per-workgroup partial sums ([`soft_ce_partials`] elements; `None` allocates one
+/// per call; unused when a single workgroup does). Written buffers (`grad`, `loss.losses`,
+/// `scratch`) must differ from the read ones and not overlap one another.
+#[allow(clippy::too_many_arguments)]
+pub fn record_soft_ce(
+    rec: &mut Recorder,
+    cfg: &SoftCeConfig,
+    rows: usize,
+    logits: &GpuBuffer<f32>,
+    logits_at: RowLayout,
+    targets: &GpuBuffer<f32>,
+    targets_at: RowLayout,
+    grad: Option<GradOut>,
+    loss: LossOut,
+    scratch: Option<&GpuBuffer<f32>>,
+) -> Result<()> {
+    let what = "soft cross-entropy";
+    cfg.bins.check()?;
+    cfg.weights.check()?;
+    if cfg.members == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: at least one member"
+        )));
+    }
+    let bins = cfg.bins.bins;
+    let total = rows
+        .checked_mul(cfg.members)
+        .filter(|&t| t <= u32::MAX as usize - (1 << 22))
+        .ok_or_else(|| {
+            Error::Limit(format!(
+                "{what}: {rows} rows x {} members over 2^32",
+                cfg.members
+            ))
+        })?;
+    if rows == 0 {
+        // No rows: a zero loss, and no gradient rows.
+        return zero_loss(rec, what, loss);
+    }
+    let (src_off, src_stride) =
+        fit_rows(what, "logits", logits.len(), total, bins, logits_at, false)?;
+    let (tgt_off, tgt_stride) =
+        fit_rows(what, "targets", targets.len(), rows, 1, targets_at, false)?;
+    let plan = Plan {
+        p: Params {
+            rows: rows as u32,
+            members: cfg.members as u32,
+            src_off,
+            src_stride,
+            tgt_off,
+            tgt_stride,
+            rows_per_step: cfg.weights.rows_per_step as u32,
+            scale: cfg.weights.scale,
+            rho: cfg.weights.rho,
+            ..Default::default()
+        },
+        grad,
+        uses: vec![
+            Use {
+                name: "logits",
+                buf: &logits.buffer,
+                range: span(total, bins, logits_at),
+                write: false,
+            },
+            Use {
+                name: "targets",
+                buf: &targets.buffer,
+                range: span(rows, 1, targets_at),
+                write: false,
+            },
+        ],
+    };
+    let groups = soft_ce_partials(cfg, rows);
+    let spec_of = |f: LossFlags| pipeline_constants(LossOp::SoftCe, &cfg.bins, 0, f);
+    record_passes(
+        rec, what, &spec_of, plan, total, bins, groups, logits, targets, loss, scratch,
+    )
+}
+
+/// The weighted squared error `loss = sum_{e, r} w_r sum_j (z_{e, r, j} - z'_{r, j})^2` into
+/// `loss`, and `dz_{e, r} = 2 w_r (z_{e, r} - z'_r)` into `grad` if given (written or added);
+/// the target `z'` gets no gradient. TD-MPC2's consistency loss is `members = 1`, `z` the
+/// predicted latents `z_1..z_T` and `z'` the encoded next observations, with
+/// `RowWeights::new(coef / (T B L), rho, B)`.
+///
+/// `z` holds `members * rows` rows of `cfg.n` at `z_at` (member `e`'s row `r` is row
+/// `e * rows + r`), `target` holds `rows` rows at `target_at` (stride 0 repeats one row).
+/// `scratch` holds the per-workgroup partials ([`mse_partials`] elements; `None` allocates
+/// one per call). Written buffers must differ from the read ones and not overlap.
+#[allow(clippy::too_many_arguments)]
+pub fn record_mse(
+    rec: &mut Recorder,
+    cfg: &MseConfig,
+    rows: usize,
+    z: &GpuBuffer<f32>,
+    z_at: RowLayout,
+    target: &GpuBuffer<f32>,
+    target_at: RowLayout,
+    grad: Option<GradOut>,
+    loss: LossOut,
+    scratch: Option<&GpuBuffer<f32>>,
+) -> Result<()> {
+    let what = "squared error";
+    cfg.weights.check()?;
+    if cfg.members == 0 || cfg.n == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: at least one member and one feature, got {} and {}",
+            cfg.members, cfg.n
+        )));
+    }
+    let total = rows.checked_mul(cfg.members).ok_or_else(|| {
+        Error::Limit(format!(
+            "{what}: {rows} rows x {} members overflow",
+            cfg.members
+        ))
+    })?;
+    // One thread per element, numbered in u32 (with room for the last workgroups).
+    total
+        .checked_mul(cfg.n)
+        .filter(|&e| e <= u32::MAX as usize - (1 << 26))
+        .ok_or_else(|| {
+            Error::Limit(format!(
+                "{what}: {total} rows of {} over 2^32 elements",
+                cfg.n
+            ))
+        })?;
+    if rows == 0 {
+        return zero_loss(rec, what, loss);
+    }
+    let (src_off, src_stride) = fit_rows(what, "z", z.len(), total, cfg.n, z_at, false)?;
+    let (tgt_off, tgt_stride) =
+        fit_rows(what, "target", target.len(), rows, cfg.n, target_at, false)?;
+    let plan = Plan {
+        p: Params {
+            rows: rows as u32,
+            members: cfg.members as u32,
+            src_off,
+            src_stride,
+            tgt_off,
+            tgt_stride,
+            rows_per_step: cfg.weights.rows_per_step as u32,
+            scale: cfg.weights.scale,
+            rho: cfg.weights.rho,
+            ..Default::default()
+        },
+        grad,
+        uses: vec![
+            Use {
+                name: "z",
+                buf: &z.buffer,
+                range: span(total, cfg.n, z_at),
+                write: false,
+            },
+            Use {
+                name: "target",
+                buf: &target.buffer,
+                range: span(rows, cfg.n, target_at),
+                write: false,
+            },
+        ],
+    };
+    let groups = mse_partials(cfg, rows);
+    let spec_of = |f: LossFlags| pipeline_constants(LossOp::Mse, &TwoHotConfig::TDMPC2, cfg.n, f);
+    record_passes(
+        rec, what, &spec_of, plan, total, cfg.n, groups, z, target, loss, scratch,
+    )
+}
+
+/// No rows: the slot gets 0 (or keeps its value when adding).
+fn zero_loss(rec: &mut Recorder, what: &str, loss: LossOut) -> Result<()> {
+    if loss.index >= loss.losses.len() {
+        return Err(Error::Shape(format!(
+            "{what}: loss slot {} is past the end of {:?} ({} elements)",
+            loss.index,
+            loss.losses.label(),
+            loss.losses.len()
+        )));
+    }
+    if loss.accumulate {
+        return Ok(());
+    }
+    // Nothing is read, but the binding must be another buffer than the slot's.
+    let src = GpuBuffer::new(rec.gpu(), "pompc empty partials", 1)?;
+    record_reduce(rec, &src, 0, 0, loss)
+}

@@ -1,0 +1,1048 @@
+//! The row-wise half of a NormedLinear layer for training (`shaders/norm_act.wgsl`): the
+//! forward `y = act(LN(h))` on the output `h = x W^T + b` of a separate GEMM, its backward
+//! `dh`, the LayerNorm parameter gradients, and column sums over rows (the bias gradient
+//! `db = sum_rows dh`).
+//!
+//! Conventions: activations are row-major `[members, rows, n]` from an element offset (member
+//! stride `rows * n`); parameters live in one flat buffer and their gradients in another of the
+//! same length, so every parameter is `(buffer, element offset)` with member `e`'s vector at
+//! `offset + e * n`. Parameter-gradient kernels add into the gradient buffer.
+//!
+//! ```no_run
+//! # fn main() -> pompc::Result<()> {
+//! use pompc::kernels::norm_act::{self, Activation, Affine, ColumnSumConfig, NormActBuffers,
+//!     NormActConfig};
+//! use pompc::{GpuBuffer, Recorder};
+//! let gpu = pompc::Gpu::new(Default::default())?;
+//! let (rows, n) = (768, 512);
+//! let params = GpuBuffer::<f32>::new(&gpu, "params", 3 * n)?; // [b, gamma, beta]
+//! let grads = GpuBuffer::<f32>::new(&gpu, "grads", 3 * n)?;
+//! let h = GpuBuffer::<f32>::new(&gpu, "h", rows * n)?; // from the GEMM
+//! let y = GpuBuffer::<f32>::new(&gpu, "y", rows * n)?;
+//! let stats = GpuBuffer::<f32>::new(&gpu, "stats", 2 * rows)?;
+//! let dy = GpuBuffer::<f32>::new(&gpu, "dy", rows * n)?;
+//! let dh = GpuBuffer::<f32>::new(&gpu, "dh", rows * n)?;
+//!
+//! let cfg = NormActConfig::new(n, Activation::Mish, true);
+//! let io = NormActBuffers {
+//!     h: (&h, 0),
+//!     affine: Some(Affine { buf: &params, gamma: n, beta: 2 * n }),
+//!     stats: Some((&stats, 0)),
+//! };
+//! let mut rec = Recorder::new(&gpu);
+//! norm_act::record_forward(&mut rec, &cfg, rows, &io, (&y, 0))?;
+//! // ... the loss and the next layer's backward write dy ...
+//! let dparams = Affine { buf: &grads, gamma: n, beta: 2 * n };
+//! norm_act::record_backward(&mut rec, &cfg, rows, &io, (&dy, 0), (&dh, 0), false,
+//!     Some(dparams), None)?;
+//! // The bias gradient: db += sum_rows dh.
+//! let bias = ColumnSumConfig { n, members: 1, accumulate: true };
+//! norm_act::record_column_sum(&mut rec, &bias, rows, (&dh, 0), None, (&grads, 0), None)?;
+//! rec.submit()?;
+//! # Ok(()) }
+//! ```
+
+pub use crate::kernels::linear::Activation;
+
+use crate::gpu::shader::Header;
+use crate::gpu::{Binding, GpuBuffer, KernelSpec, Recorder};
+use crate::kernels::two_hot::grid;
+use crate::{Error, Result};
+
+/// A place in a flat `f32` buffer: `(buffer, element offset)`.
+pub type At<'a> = (&'a GpuBuffer<f32>, usize);
+
+/// LayerNorm affine parameters (or their gradients) in one flat buffer: member `e`'s gamma at
+/// `gamma + e * n`, its beta at `beta + e * n`.
+#[derive(Clone, Copy, Debug)]
+pub struct Affine<'a> {
+    /// The flat parameter (or gradient) buffer.
+    pub buf: &'a GpuBuffer<f32>,
+    /// Element offset of member 0's gamma.
+    pub gamma: usize,
+    /// Element offset of member 0's beta.
+    pub beta: usize,
+}
+
+/// The shape of one norm-act step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NormActConfig {
+    /// Features per row, at least 1 (a multiple of 8 for SimNorm).
+    pub n: usize,
+    /// Ensemble members, each with its own gamma and beta, at least 1.
+    pub members: usize,
+    /// LayerNorm (eps 1e-5, biased variance, affine) before the activation.
+    pub layer_norm: bool,
+    /// The activation after the (optional) LayerNorm.
+    pub act: Activation,
+}
+
+impl NormActConfig {
+    /// One member.
+    pub fn new(n: usize, act: Activation, layer_norm: bool) -> Self {
+        NormActConfig {
+            n,
+            members: 1,
+            layer_norm,
+            act,
+        }
+    }
+
+    /// Same step over `members` ensemble members.
+    pub fn with_members(mut self, members: usize) -> Self {
+        self.members = members;
+        self
+    }
+
+    /// `Err` unless `n >= 1`, `members >= 1` and, for SimNorm, `n % 8 == 0`.
+    pub fn check(&self) -> Result<()> {
+        if self.n == 0 || self.members == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "norm-act needs at least one feature and one member, got n = {} and {} members",
+                self.n, self.members
+            )));
+        }
+        if self.act == Activation::SimNorm && !self.n.is_multiple_of(8) {
+            return Err(Error::InvalidArgument(format!(
+                "SimNorm works on groups of 8 features; n = {} is not a multiple of 8",
+                self.n
+            )));
+        }
+        if u32::try_from(self.n).is_err() || u32::try_from(self.members).is_err() {
+            return Err(Error::Limit(format!(
+                "norm-act: n = {} or {} members over 2^32",
+                self.n, self.members
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The buffers one norm-act layer shares between its forward and its backward.
+#[derive(Clone, Copy, Debug)]
+pub struct NormActBuffers<'a> {
+    /// Pre-activations `h` (the GEMM's output), `[members, rows, n]` from an offset.
+    pub h: At<'a>,
+    /// LayerNorm gamma and beta (usually in the flat parameter buffer): given exactly when the
+    /// config has LayerNorm.
+    pub affine: Option<Affine<'a>>,
+    /// Per-row `(mean, rstd)` pairs, `[members, rows, 2]` from an offset (LayerNorm only):
+    /// written by the forward when given, read by the backward when given. Without them the
+    /// backward recomputes the statistics from `h` (two more passes over each row, and a
+    /// temporary buffer per call when it also adds the parameter gradients).
+    pub stats: Option<At<'a>>,
+}
+
+/// A column sum over rows: `out[e, j] (+)= sum_r a[e, r, j]` (or of `a * b`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ColumnSumConfig {
+    /// Columns, at least 1.
+    pub n: usize,
+    /// Independent `[rows, n]` matrices (ensemble members), at least 1.
+    pub members: usize,
+    /// Add into `out` (gradients) instead of writing it.
+    pub accumulate: bool,
+}
+
+/// Which entry point of the shader, with the flags that make its pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NormActOp {
+    /// `y = act(LN(h))`, storing the row statistics or not.
+    Forward {
+        /// Write `(mean, rstd)` per row.
+        stats: bool,
+    },
+    /// `dh`, written or added.
+    Backward {
+        /// Add into `dh`.
+        accumulate: bool,
+        /// Compute the row statistics from `h` instead of reading stored ones.
+        recompute: bool,
+        /// Store the recomputed statistics (for the parameter gradients).
+        store: bool,
+    },
+    /// dgamma and dbeta over one chunk of rows: added into the gradients (`direct`, one chunk)
+    /// or written as partials.
+    ParamGrads {
+        /// One chunk, added straight into the gradients.
+        direct: bool,
+    },
+    /// A column sum over one chunk of rows (`add`: added into the output).
+    ColumnSum {
+        /// Sum of `a * b`.
+        product: bool,
+        /// Add into the output (only when the output is final, not partials).
+        add: bool,
+    },
+    /// Partials summed over chunks, into `quantities` outputs.
+    Finish {
+        /// 1 (a column sum) or 2 (dgamma, dbeta).
+        quantities: u32,
+        /// Add into the output.
+        add: bool,
+    },
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    members: u32,
+    x_off: u32,
+    dy_off: u32,
+    gamma_off: u32,
+    beta_off: u32,
+    stats_off: u32,
+    out_off: u32,
+    out_off2: u32,
+    out_member: u32,
+    out_chunk: u32,
+    chunk_rows: u32,
+    chunks: u32,
+    _pad: [u32; 3],
+}
+
+const FORWARD: KernelSpec = KernelSpec {
+    shader: "norm_act",
+    entry: "forward",
+    bindings: &[
+        (0, Binding::Read),
+        (2, Binding::Read),
+        (4, Binding::ReadWrite),
+        (5, Binding::ReadWrite),
+        (6, Binding::Uniform),
+    ],
+};
+const BACKWARD: KernelSpec = KernelSpec {
+    shader: "norm_act",
+    entry: "backward",
+    bindings: &[
+        (0, Binding::Read),
+        (1, Binding::Read),
+        (2, Binding::Read),
+        (3, Binding::Read),
+        (4, Binding::ReadWrite),
+        (5, Binding::ReadWrite),
+        (6, Binding::Uniform),
+    ],
+};
+const LN_GRADS: KernelSpec = KernelSpec {
+    shader: "norm_act",
+    entry: "ln_grads",
+    bindings: &[
+        (0, Binding::Read),
+        (1, Binding::Read),
+        (2, Binding::Read),
+        (3, Binding::Read),
+        (4, Binding::ReadWrite),
+        (6, Binding::Uniform),
+    ],
+};
+const COLSUM: KernelSpec = KernelSpec {
+    shader: "norm_act",
+    entry: "colsum",
+    bindings: &[
+        (0, Binding::Read),
+        (1, Binding::Read),
+        (4, Binding::ReadWrite),
+        (6, Binding::Uniform),
+    ],
+};
+const FINISH: KernelSpec = KernelSpec {
+    shader: "norm_act",
+    entry: "finish",
+    bindings: &[
+        (0, Binding::Read),
+        (4, Binding::ReadWrite),
+        (6, Binding::Uniform),
+    ],
+};
+
+/// Threads per row in the row kernels: the power of two that gives each about 8 features,
+/// at most 64 (so rows of 512 and up use the linear epilogue's 64-thread summation order).
+pub fn lanes(n: usize) -> u32 {
+    n.div_ceil(8).next_power_of_two().min(64) as u32
+}
+
+/// Columns per workgroup of the column kernels (`CT` in the shader).
+const COL_TILE: usize = 64;
+/// Row lanes per column of the column kernels (`CL` in the shader).
+const COL_LANES: usize = 4;
+/// Rows one workgroup of a column kernel sums, aimed at: enough work per thread to hide the
+/// reduction, enough chunks to fill a large GPU.
+const CHUNK_ROWS: usize = 256;
+/// At most this many chunks, so the final pass sums a bounded number of partials.
+const MAX_CHUNKS: usize = 256;
+
+/// How the column kernels split `rows` rows: `(chunks, rows per chunk)`. One chunk means a
+/// single pass that adds straight into the output; more need a scratch buffer of partials and
+/// a second pass.
+pub fn column_chunks(rows: usize) -> (usize, usize) {
+    let chunks = rows.div_ceil(CHUNK_ROWS).clamp(1, MAX_CHUNKS);
+    // A multiple of the row lanes, so every lane has the same trip count.
+    let per = rows.div_ceil(chunks).div_ceil(COL_LANES) * COL_LANES;
+    (rows.div_ceil(per.max(1)).max(1), per.max(COL_LANES))
+}
+
+/// Elements of scratch a column sum over `rows` rows needs for `quantities` outputs of
+/// `members * n` (1 for [`record_column_sum`], 2 for the parameter gradients of [`record_backward`]); 0 when one pass
+/// does (`rows <= 256`).
+pub fn scratch_len(n: usize, members: usize, rows: usize, quantities: usize) -> usize {
+    let (chunks, _) = column_chunks(rows);
+    if chunks == 1 {
+        0
+    } else {
+        quantities * members * chunks * n
+    }
+}
+
+/// The header and override constants of one pipeline: exactly what the launch code builds, so
+/// the shader test can validate every combination. For the column-sum ops only `cfg.n`
+/// matters.
+pub fn pipeline_constants(
+    cfg: &NormActConfig,
+    op: NormActOp,
+) -> (KernelSpec, Header, Vec<(&'static str, f64)>) {
+    let act = match cfg.act {
+        Activation::Identity => 0.0,
+        Activation::Mish => 1.0,
+        Activation::SimNorm => 2.0,
+    };
+    let mut ov: Vec<(&'static str, f64)> = vec![("N", cfg.n as f64)];
+    let row = |ov: &mut Vec<(&'static str, f64)>| {
+        ov.push(("ACT", act));
+        ov.push(("LN", cfg.layer_norm as u8 as f64));
+    };
+    let spec = match op {
+        NormActOp::Forward { stats } => {
+            row(&mut ov);
+            ov.push(("STATS", stats as u8 as f64));
+            ov.push(("LANES", lanes(cfg.n) as f64));
+            FORWARD
+        }
+        NormActOp::Backward {
+            accumulate,
+            recompute,
+            store,
+        } => {
+            row(&mut ov);
+            ov.push(("ADD", accumulate as u8 as f64));
+            ov.push(("RECOMPUTE", recompute as u8 as f64));
+            ov.push(("STATS", store as u8 as f64));
+            ov.push(("LANES", lanes(cfg.n) as f64));
+            BACKWARD
+        }
+        NormActOp::ParamGrads { direct } => {
+            ov.push(("ACT", act));
+            ov.push(("LN", 1.0));
+            ov.push(("ADD", direct as u8 as f64));
+            LN_GRADS
+        }
+        NormActOp::ColumnSum { product, add } => {
+            ov.push(("PRODUCT", product as u8 as f64));
+            ov.push(("ADD", add as u8 as f64));
+            COLSUM
+        }
+        NormActOp::Finish { quantities, add } => {
+            ov.push(("Q", quantities as f64));
+            ov.push(("ADD", add as u8 as f64));
+            FINISH
+        }
+    };
+    (spec, Header::default(), ov)
+}
+
+/// One use of a buffer by a dispatch, for the aliasing checks.
+#[derive(Clone, Copy)]
+pub(crate) struct Use<'a> {
+    pub name: &'a str,
+    pub buf: &'a wgpu::Buffer,
+    /// Elements `start..end` touched.
+    pub range: (usize, usize),
+    pub write: bool,
+}
+
+/// wgpu cannot bind one buffer read-only and writable in the same dispatch, and two writable
+/// views of one buffer must not overlap (the results would depend on the order of threads).
+pub(crate) fn check_aliasing(what: &str, uses: &[Use]) -> Result<()> {
+    for (i, a) in uses.iter().enumerate() {
+        for b in &uses[i + 1..] {
+            if a.buf != b.buf || !(a.write || b.write) {
+                continue;
+            }
+            if a.write != b.write {
+                let (r, w) = if a.write { (b, a) } else { (a, b) };
+                return Err(Error::InvalidArgument(format!(
+                    "{what}: {} (read) and {} (written) are the same buffer; wgpu cannot bind \
+                     one buffer read-only and writable in one dispatch, so use separate buffers",
+                    r.name, w.name
+                )));
+            }
+            if a.range.0 < b.range.1 && b.range.0 < a.range.1 {
+                return Err(Error::InvalidArgument(format!(
+                    "{what}: {} (elements {}..{}) and {} (elements {}..{}) overlap in one buffer",
+                    a.name, a.range.0, a.range.1, b.name, b.range.0, b.range.1
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Check that `len` elements from `offset` fit in `buf`; returns the offset as a shader
+/// parameter and the range for the aliasing checks.
+pub(crate) fn fit(
+    what: &str,
+    name: &str,
+    buf: &GpuBuffer<f32>,
+    offset: usize,
+    len: usize,
+) -> Result<(u32, (usize, usize))> {
+    let end = offset.checked_add(len).filter(|&e| e <= buf.len());
+    match (end, u32::try_from(offset)) {
+        (Some(end), Ok(o)) => Ok((o, (offset, end))),
+        _ => Err(Error::Shape(format!(
+            "{what}: {name} ({:?}) holds {} elements, {len} from offset {offset} do not fit",
+            buf.label(),
+            buf.len()
+        ))),
+    }
+}
+
+/// Rows of all members as a 32-bit count, and the elements they span.
+fn total_rows(what: &str, cfg: &NormActConfig, rows: usize) -> Result<(u32, usize)> {
+    let total = rows
+        .checked_mul(cfg.members)
+        .filter(|&t| t <= u32::MAX as usize)
+        .ok_or_else(|| {
+            Error::Limit(format!(
+                "{what}: {rows} rows x {} members over 2^32",
+                cfg.members
+            ))
+        })?;
+    let elems = total
+        .checked_mul(cfg.n)
+        .filter(|&t| t <= u32::MAX as usize)
+        .ok_or_else(|| {
+            Error::Limit(format!(
+                "{what}: {total} rows of {} features over 2^32 elements",
+                cfg.n
+            ))
+        })?;
+    Ok((total as u32, elems))
+}
+
+/// Gamma and beta, checked: shader offsets and element ranges.
+struct CheckedAffine<'a> {
+    aff: Affine<'a>,
+    gamma: u32,
+    beta: u32,
+    ranges: [(usize, usize); 2],
+}
+
+/// Gamma and beta, checked against the config.
+fn affine_params<'a>(
+    what: &str,
+    cfg: &NormActConfig,
+    affine: Option<Affine<'a>>,
+    name: &str,
+) -> Result<Option<CheckedAffine<'a>>> {
+    match (cfg.layer_norm, affine) {
+        (false, None) => Ok(None),
+        (true, Some(a)) => {
+            let len = cfg.members * cfg.n;
+            let (g, gr) = fit(what, &format!("{name} gamma"), a.buf, a.gamma, len)?;
+            let (b, br) = fit(what, &format!("{name} beta"), a.buf, a.beta, len)?;
+            Ok(Some(CheckedAffine {
+                aff: a,
+                gamma: g,
+                beta: b,
+                ranges: [gr, br],
+            }))
+        }
+        (true, None) => Err(Error::InvalidArgument(format!(
+            "{what}: LayerNorm needs its {name} gamma and beta (affine: Some)"
+        ))),
+        (false, Some(_)) => Err(Error::InvalidArgument(format!(
+            "{what}: {name} gamma and beta given without LayerNorm in the config"
+        ))),
+    }
+}
+
+/// `y = act(LN(h))` for `rows` rows of each member: `io.h` and `y` are `[members, rows, n]`.
+/// With LayerNorm, `io.affine` holds gamma and beta, and `io.stats`, if given, receives each
+/// row's `(mean, rstd)` for the backward. The math is `shaders/linear.wgsl`'s epilogue.
+/// `y` must be another buffer than `h` and the parameters.
+pub fn record_forward(
+    rec: &mut Recorder,
+    cfg: &NormActConfig,
+    rows: usize,
+    io: &NormActBuffers,
+    y: At,
+) -> Result<()> {
+    let what = "norm-act forward";
+    cfg.check()?;
+    let aff = affine_params(what, cfg, io.affine, "LayerNorm")?;
+    if io.stats.is_some() && !cfg.layer_norm {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: row statistics exist only with LayerNorm (stats: None)"
+        )));
+    }
+    if rows == 0 {
+        return Ok(());
+    }
+    let (total, elems) = total_rows(what, cfg, rows)?;
+    let (h_off, hr) = fit(what, "h", io.h.0, io.h.1, elems)?;
+    let (y_off, yr) = fit(what, "y", y.0, y.1, elems)?;
+    let mut uses = vec![
+        Use {
+            name: "h",
+            buf: &io.h.0.buffer,
+            range: hr,
+            write: false,
+        },
+        Use {
+            name: "y",
+            buf: &y.0.buffer,
+            range: yr,
+            write: true,
+        },
+    ];
+    let mut p = Params {
+        rows: rows as u32,
+        members: cfg.members as u32,
+        x_off: h_off,
+        out_off: y_off,
+        ..Default::default()
+    };
+    let mut prm = io.h.0;
+    if let Some(a) = &aff {
+        prm = a.aff.buf;
+        p.gamma_off = a.gamma;
+        p.beta_off = a.beta;
+        for (name, range) in [("gamma", a.ranges[0]), ("beta", a.ranges[1])] {
+            uses.push(Use {
+                name,
+                buf: &a.aff.buf.buffer,
+                range,
+                write: false,
+            });
+        }
+    }
+    // Without stats the binding is y again (two writable views of one buffer are allowed;
+    // the kernel does not touch it).
+    let mut stats_buf = y.0;
+    if let Some(s) = io.stats {
+        let (off, range) = fit(what, "stats", s.0, s.1, 2 * total as usize)?;
+        p.stats_off = off;
+        stats_buf = s.0;
+        uses.push(Use {
+            name: "stats",
+            buf: &s.0.buffer,
+            range,
+            write: true,
+        });
+    }
+    check_aliasing(what, &uses)?;
+    let gpu = rec.gpu();
+    let per_group = 64 / lanes(cfg.n) as usize;
+    let groups = grid(gpu, (total as usize).div_ceil(per_group), what)?;
+    let (spec, header, ov) = pipeline_constants(
+        cfg,
+        NormActOp::Forward {
+            stats: io.stats.is_some(),
+        },
+    );
+    let pipe = gpu.pipeline(&spec, &header, &ov)?;
+    rec.dispatch(
+        &pipe,
+        &[&io.h.0.buffer, &prm.buffer, &y.0.buffer, &stats_buf.buffer],
+        Some(&p),
+        groups,
+    )
+}
+
+/// The backward of [`record_forward`]: from `dy` (the gradient at `y`), `io.h`, gamma, beta
+/// and the row statistics (`io.stats`, or recomputed from `h`), `dh` (`[members, rows, n]`) is
+/// written, or added into when `accumulate`.
+///
+/// With `grads` (LayerNorm only), the LayerNorm parameter gradients are added into it as
+/// well: `dgamma[e, j] += sum_r du[e, r, j] xhat[e, r, j]` and `dbeta[e, j] += sum_r du[e, r,
+/// j]`, where `du` is the gradient at the LayerNorm's output and `xhat = (h - mean) rstd`, in a
+/// second, column-wise kernel. Over 256 rows that sum runs in two passes through `scratch`
+/// ([`scratch_len`] with 2 quantities; `None` allocates one per call). Without `grads` only
+/// `dh` is computed (frozen or detached parameters).
+///
+/// Written buffers (`dh`, `grads`, `scratch`) must be other buffers than the read ones (`h`,
+/// `dy`, the parameters, the statistics).
+#[allow(clippy::too_many_arguments)]
+pub fn record_backward(
+    rec: &mut Recorder,
+    cfg: &NormActConfig,
+    rows: usize,
+    io: &NormActBuffers,
+    dy: At,
+    dh: At,
+    accumulate: bool,
+    grads: Option<Affine>,
+    scratch: Option<&GpuBuffer<f32>>,
+) -> Result<()> {
+    let what = "norm-act backward";
+    cfg.check()?;
+    let aff = affine_params(what, cfg, io.affine, "LayerNorm")?;
+    let dparams = match (cfg.layer_norm, grads) {
+        (_, None) => None,
+        (true, g) => affine_params(what, cfg, g, "gradient")?,
+        (false, Some(_)) => {
+            return Err(Error::InvalidArgument(format!(
+                "{what}: parameter gradients given without LayerNorm (the bias gradient is \
+                 record_column_sum of dh)"
+            )));
+        }
+    };
+    if io.stats.is_some() && !cfg.layer_norm {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: row statistics exist only with LayerNorm (stats: None)"
+        )));
+    }
+    let (total, elems) = total_rows(what, cfg, rows)?;
+    let (h_off, hr) = fit(what, "h", io.h.0, io.h.1, elems)?;
+    let (dy_off, dyr) = fit(what, "dy", dy.0, dy.1, elems)?;
+    let (dh_off, dhr) = fit(what, "dh", dh.0, dh.1, elems)?;
+    let mut uses = vec![
+        Use {
+            name: "h",
+            buf: &io.h.0.buffer,
+            range: hr,
+            write: false,
+        },
+        Use {
+            name: "dy",
+            buf: &dy.0.buffer,
+            range: dyr,
+            write: false,
+        },
+    ];
+    let mut p = Params {
+        rows: rows as u32,
+        members: cfg.members as u32,
+        x_off: h_off,
+        dy_off,
+        out_off: dh_off,
+        ..Default::default()
+    };
+    let mut prm = io.h.0;
+    if let Some(a) = &aff {
+        prm = a.aff.buf;
+        p.gamma_off = a.gamma;
+        p.beta_off = a.beta;
+        for (name, range) in [("gamma", a.ranges[0]), ("beta", a.ranges[1])] {
+            uses.push(Use {
+                name,
+                buf: &a.aff.buf.buffer,
+                range,
+                write: false,
+            });
+        }
+    }
+    if let Some(s) = io.stats {
+        let (off, range) = fit(what, "stats", s.0, s.1, 2 * total as usize)?;
+        p.stats_off = off;
+        uses.push(Use {
+            name: "stats",
+            buf: &s.0.buffer,
+            range,
+            write: false,
+        });
+    }
+    uses.push(Use {
+        name: "dh",
+        buf: &dh.0.buffer,
+        range: dhr,
+        write: true,
+    });
+    if let Some(g) = &dparams {
+        for (name, range) in [("dgamma", g.ranges[0]), ("dbeta", g.ranges[1])] {
+            uses.push(Use {
+                name,
+                buf: &g.aff.buf.buffer,
+                range,
+                write: true,
+            });
+        }
+    }
+    if let Some(s) = scratch {
+        uses.push(Use {
+            name: "scratch",
+            buf: &s.buffer,
+            range: (0, s.len()),
+            write: true,
+        });
+        if let Some(g) = &dparams {
+            // The second pass reads the scratch while it writes the gradients.
+            check_aliasing(
+                what,
+                &[
+                    Use {
+                        name: "scratch",
+                        buf: &s.buffer,
+                        range: (0, s.len()),
+                        write: false,
+                    },
+                    Use {
+                        name: "gradients",
+                        buf: &g.aff.buf.buffer,
+                        range: g.ranges[0],
+                        write: true,
+                    },
+                ],
+            )?;
+        }
+    }
+    check_aliasing(what, &uses)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    if dparams.is_some() {
+        // Fail before anything is recorded.
+        let (chunks, _) = column_chunks(rows);
+        column_grid(rec, what, cfg.n, chunks, cfg.members)?;
+        let need = scratch_len(cfg.n, cfg.members, rows, 2);
+        if let Some(s) = scratch.filter(|s| s.len() < need) {
+            return Err(Error::Shape(format!(
+                "{what}: scratch ({:?}) holds {} elements, {need} needed (see scratch_len)",
+                s.label(),
+                s.len()
+            )));
+        }
+    }
+    let gpu = rec.gpu();
+    // Statistics: the stored ones, or recomputed (and kept in a temporary for the column
+    // kernel when it runs).
+    let recompute = cfg.layer_norm && io.stats.is_none();
+    let store = recompute && dparams.is_some();
+    let temp_stats = if store {
+        Some(GpuBuffer::new(
+            gpu,
+            "pompc row statistics",
+            2 * total as usize,
+        )?)
+    } else {
+        None
+    };
+    // Unused bindings repeat a buffer bound the same way.
+    let stats_in = io.stats.map_or(io.h.0, |s| s.0);
+    let stats_out = temp_stats.as_ref().unwrap_or(dh.0);
+    let per_group = 64 / lanes(cfg.n) as usize;
+    let groups = grid(gpu, (total as usize).div_ceil(per_group), what)?;
+    let (spec, header, ov) = pipeline_constants(
+        cfg,
+        NormActOp::Backward {
+            accumulate,
+            recompute,
+            store,
+        },
+    );
+    let pipe = gpu.pipeline(&spec, &header, &ov)?;
+    rec.dispatch(
+        &pipe,
+        &[
+            &io.h.0.buffer,
+            &dy.0.buffer,
+            &prm.buffer,
+            &stats_in.buffer,
+            &dh.0.buffer,
+            &stats_out.buffer,
+        ],
+        Some(&p),
+        groups,
+    )?;
+    if let Some(g) = dparams {
+        let stats = temp_stats.as_ref().map_or(stats_in, |t| t);
+        if temp_stats.is_some() {
+            p.stats_off = 0;
+        }
+        record_ln_grads(
+            rec, what, cfg, rows, p, io.h.0, dy.0, prm, stats, g.aff.buf, g.gamma, g.beta, scratch,
+        )?;
+    }
+    Ok(())
+}
+
+/// The scratch buffer of a two-pass column sum: the caller's, checked, or a new one that the
+/// recorder keeps alive until it is done.
+fn scratch_buffer(
+    rec: &Recorder,
+    what: &str,
+    scratch: Option<&GpuBuffer<f32>>,
+    need: usize,
+) -> Result<GpuBuffer<f32>> {
+    match scratch {
+        Some(s) if s.len() >= need => Ok(s.clone()),
+        Some(s) => Err(Error::Shape(format!(
+            "{what}: scratch ({:?}) holds {} elements, {need} needed (see scratch_len)",
+            s.label(),
+            s.len()
+        ))),
+        None => GpuBuffer::new(rec.gpu(), "pompc column-sum partials", need),
+    }
+}
+
+/// Column grid of a column kernel: (column tiles, chunks, members).
+fn column_grid(
+    rec: &Recorder,
+    what: &str,
+    n: usize,
+    chunks: usize,
+    members: usize,
+) -> Result<[u32; 3]> {
+    let max = rec.gpu().limits().max_compute_workgroups_per_dimension as usize;
+    let tiles = n.div_ceil(COL_TILE);
+    if tiles > max || chunks > max || members > max {
+        return Err(Error::Limit(format!(
+            "{what}: {tiles} column tiles, {chunks} chunks or {members} members exceed {max} \
+             workgroups per dimension"
+        )));
+    }
+    Ok([tiles as u32, chunks as u32, members as u32])
+}
+
+/// The second pass of a column sum: partials `[quantities, members, chunks, n]` summed over
+/// chunks into `out` at `off` (and `off2` for the second quantity).
+#[allow(clippy::too_many_arguments)]
+fn record_finish(
+    rec: &mut Recorder,
+    what: &str,
+    n: usize,
+    members: usize,
+    chunks: usize,
+    quantities: u32,
+    add: bool,
+    scratch: &GpuBuffer<f32>,
+    out: &GpuBuffer<f32>,
+    off: u32,
+    off2: u32,
+) -> Result<()> {
+    let p = Params {
+        members: members as u32,
+        out_off: off,
+        out_off2: off2,
+        out_member: n as u32,
+        chunks: chunks as u32,
+        ..Default::default()
+    };
+    let cfg = NormActConfig::new(n, Activation::Identity, false);
+    let gpu = rec.gpu();
+    let groups = grid(gpu, (quantities as usize * members * n).div_ceil(64), what)?;
+    let (spec, header, ov) = pipeline_constants(&cfg, NormActOp::Finish { quantities, add });
+    let pipe = gpu.pipeline(&spec, &header, &ov)?;
+    rec.dispatch(&pipe, &[&scratch.buffer, &out.buffer], Some(&p), groups)
+}
+
+/// dgamma and dbeta added into `grads` at `g_off`, `b_off`: one column pass, or two through
+/// the scratch. `p` carries the offsets of h, dy, gamma, beta and the statistics.
+#[allow(clippy::too_many_arguments)]
+fn record_ln_grads(
+    rec: &mut Recorder,
+    what: &str,
+    cfg: &NormActConfig,
+    rows: usize,
+    mut p: Params,
+    h: &GpuBuffer<f32>,
+    dy: &GpuBuffer<f32>,
+    prm: &GpuBuffer<f32>,
+    stats: &GpuBuffer<f32>,
+    grads: &GpuBuffer<f32>,
+    g_off: u32,
+    b_off: u32,
+    scratch: Option<&GpuBuffer<f32>>,
+) -> Result<()> {
+    let (chunks, chunk_rows) = column_chunks(rows);
+    p.chunk_rows = chunk_rows as u32;
+    p.chunks = chunks as u32;
+    let part = if chunks > 1 {
+        let need = scratch_len(cfg.n, cfg.members, rows, 2);
+        let sb = scratch_buffer(rec, what, scratch, need)?;
+        p.out_off = 0;
+        p.out_off2 = (cfg.members * chunks * cfg.n) as u32;
+        p.out_member = (chunks * cfg.n) as u32;
+        p.out_chunk = cfg.n as u32;
+        Some(sb)
+    } else {
+        p.out_off = g_off;
+        p.out_off2 = b_off;
+        p.out_member = cfg.n as u32;
+        None
+    };
+    let groups = column_grid(rec, what, cfg.n, chunks, cfg.members)?;
+    let gpu = rec.gpu();
+    let (spec, header, ov) = pipeline_constants(
+        cfg,
+        NormActOp::ParamGrads {
+            direct: part.is_none(),
+        },
+    );
+    let pipe = gpu.pipeline(&spec, &header, &ov)?;
+    let out = part.as_ref().unwrap_or(grads);
+    rec.dispatch(
+        &pipe,
+        &[
+            &h.buffer,
+            &dy.buffer,
+            &prm.buffer,
+            &stats.buffer,
+            &out.buffer,
+        ],
+        Some(&p),
+        groups,
+    )?;
+    if let Some(sb) = &part {
+        record_finish(
+            rec,
+            what,
+            cfg.n,
+            cfg.members,
+            chunks,
+            2,
+            true,
+            sb,
+            grads,
+            g_off,
+            b_off,
+        )?;
+    }
+    Ok(())
+}
+
+/// Column sums over rows: `out[e, j] += sum_r a[e, r, j]` (or `=` without
+/// `cfg.accumulate`), or of `a[e, r, j] * b[e, r, j]` when `b` is given. `a` and `b` are
+/// `[members, rows, n]` from their offsets, `out` is `[members, n]` from its offset: for a
+/// bias gradient, `a = dh` and `out = (grads, bias offset)`.
+///
+/// Over 256 rows the sum runs in two passes through `scratch` ([`scratch_len`] elements with
+/// 1 quantity; `None` allocates one per call). `out` and `scratch` must be other buffers than
+/// the inputs. Zero rows write zeros (or add nothing).
+#[allow(clippy::too_many_arguments)]
+pub fn record_column_sum(
+    rec: &mut Recorder,
+    cfg: &ColumnSumConfig,
+    rows: usize,
+    a: At,
+    b: Option<At>,
+    out: At,
+    scratch: Option<&GpuBuffer<f32>>,
+) -> Result<()> {
+    let what = "column sum";
+    let nc = NormActConfig::new(cfg.n, Activation::Identity, false).with_members(cfg.members);
+    nc.check()?;
+    if rows == 0 && cfg.accumulate {
+        return Ok(());
+    }
+    let (_, elems) = total_rows(what, &nc, rows)?;
+    let (a_off, ar) = fit(what, "a", a.0, a.1, elems)?;
+    let (out_off, outr) = fit(what, "out", out.0, out.1, cfg.members * cfg.n)?;
+    let mut uses = vec![
+        Use {
+            name: "a",
+            buf: &a.0.buffer,
+            range: ar,
+            write: false,
+        },
+        Use {
+            name: "out",
+            buf: &out.0.buffer,
+            range: outr,
+            write: true,
+        },
+    ];
+    let mut p = Params {
+        rows: rows as u32,
+        members: cfg.members as u32,
+        x_off: a_off,
+        ..Default::default()
+    };
+    let mut b_buf = a.0;
+    if let Some(b) = b {
+        let (off, range) = fit(what, "b", b.0, b.1, elems)?;
+        p.dy_off = off;
+        b_buf = b.0;
+        uses.push(Use {
+            name: "b",
+            buf: &b.0.buffer,
+            range,
+            write: false,
+        });
+    }
+    let (chunks, chunk_rows) = column_chunks(rows);
+    p.chunk_rows = chunk_rows as u32;
+    p.chunks = chunks as u32;
+    let need = scratch_len(cfg.n, cfg.members, rows, 1);
+    let part = if chunks > 1 {
+        let sb = scratch_buffer(rec, what, scratch, need)?;
+        uses.push(Use {
+            name: "scratch",
+            buf: &sb.buffer,
+            range: (0, need),
+            write: true,
+        });
+        check_aliasing(what, &uses)?;
+        check_aliasing(
+            what,
+            &[
+                Use {
+                    name: "scratch",
+                    buf: &sb.buffer,
+                    range: (0, need),
+                    write: false,
+                },
+                Use {
+                    name: "out",
+                    buf: &out.0.buffer,
+                    range: outr,
+                    write: true,
+                },
+            ],
+        )?;
+        p.out_member = (chunks * cfg.n) as u32;
+        p.out_chunk = cfg.n as u32;
+        Some(sb)
+    } else {
+        check_aliasing(what, &uses)?;
+        p.out_off = out_off;
+        p.out_member = cfg.n as u32;
+        None
+    };
+    let groups = column_grid(rec, what, cfg.n, chunks, cfg.members)?;
+    let gpu = rec.gpu();
+    let (spec, header, ov) = pipeline_constants(
+        &nc,
+        NormActOp::ColumnSum {
+            product: b.is_some(),
+            add: part.is_none() && cfg.accumulate,
+        },
+    );
+    let pipe = gpu.pipeline(&spec, &header, &ov)?;
+    let dst = part.as_ref().unwrap_or(out.0);
+    rec.dispatch(
+        &pipe,
+        &[&a.0.buffer, &b_buf.buffer, &dst.buffer],
+        Some(&p),
+        groups,
+    )?;
+    if let Some(sb) = &part {
+        record_finish(
+            rec,
+            what,
+            cfg.n,
+            cfg.members,
+            chunks,
+            1,
+            cfg.accumulate,
+            sb,
+            out.0,
+            out_off,
+            0,
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,1110 @@
+//! The norm-act kernels (forward `y = act(LN(h))`, backward `dh` with the LayerNorm parameter
+//! gradients, column sums) against their f64 mirror on fresh random inputs with poisoned
+//! outputs, with shader checks on and off: every activation with and without LayerNorm,
+//! ensembles, odd row counts and widths (not multiples of the 64 threads or of the 64-column
+//! tiles), one-pass and two-pass column sums (over 256 rows), stored and recomputed row
+//! statistics, accumulate and write, operands at offsets inside larger buffers (elements
+//! around them must not change). The mirror's backward is checked against central finite
+//! differences of the mirror's forward (f64), and the GPU backward against finite differences
+//! of the GPU forward (f32). Bad requests are errors.
+//!
+//! Tolerances (measured on lavapipe: at most an eighth of each):
+//! * y and dh: `common::rel_error <= 1e-5` (relative per element, floored at the output's
+//!   rms), as for the linear kernel's epilogue: f32 sums of n terms for the statistics (a few
+//!   ulps relative at these widths), then a handful of f32 operations per element; dh's
+//!   cancellation `g - mean(g) - xhat mean(g xhat)` is measured against the rms of dh.
+//!   Measured: y 6.8e-7, dh 7.3e-7 with the stored statistics, 1.3e-6 with the mirror's exact
+//!   ones against the kernel's recomputed f32 statistics.
+//! * Statistics: mean within `1e-6 * max|h|` of the row, rstd within `2e-6` relative (f32
+//!   sums over the row: measured 1e-7 and 1.4e-7).
+//! * Column sums (dgamma, dbeta, the bias gradient): `|gpu - ref| <= 1e-5 * (|init| +
+//!   sum_r |term_r|)` per column: terms of both signs can cancel, so the error is relative to
+//!   the sum of magnitudes: 6e-8 per addition in sequence (at most 75 per column here, 354 in
+//!   the 100 003-row case: 98 per lane and 256 chunk partials) in the worst case, about the
+//!   square root of that for rounding errors of random sign, plus the terms' own relative
+//!   error of about 1e-6. Measured: 1.0e-6 (dgamma, dbeta), 1e-7 (bias).
+//! * Mirror against finite differences (f64, step 1e-5): `1e-7 * max(1, max|grad|)`;
+//!   truncation (step^2 times third derivatives of order 10) and rounding (1e-16 |L| / step)
+//!   are both below 1e-9 here.
+//! * GPU against finite differences of the GPU forward (f32, step 3e-3): `2e-3 * max|grad|`;
+//!   f32 rounding of `L = sum dy y` over a row of 64 (about 5e-7) divided by the step gives
+//!   about 1e-4, truncation about 1e-5 times third derivatives. Measured: 1.1e-4.
+
+mod common;
+
+use common::{POISON, gpus, rel_error, rng, uniform};
+use pompc::gpu::LimitsRequest;
+use pompc::gpu::shader::{self, Header};
+use pompc::kernels::norm_act::{
+    self, Activation, Affine, ColumnSumConfig, NormActBuffers, NormActConfig, NormActOp,
+};
+use pompc::reference::act as act_mirror;
+use pompc::reference::norm_act as mirror;
+use pompc::{Error, Gpu, GpuBuffer, GpuOptions, Recorder};
+use rand::Rng;
+
+const TOL: f64 = 1e-5;
+const SUM_TOL: f64 = 1e-5;
+const FD_TOL: f64 = 1e-7;
+const GPU_FD_TOL: f64 = 2e-3;
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// `data` at a random offset inside a buffer of random filler.
+struct Placed {
+    buf: GpuBuffer<f32>,
+    off: usize,
+    len: usize,
+    /// The whole buffer as uploaded.
+    init: Vec<f32>,
+}
+
+impl Placed {
+    fn new(gpu: &Gpu, r: &mut impl Rng, label: &str, data: &[f32], poison: bool) -> Placed {
+        let off = r.random_range(0..20);
+        let tail = r.random_range(0..7);
+        let fill = |r: &mut dyn rand::RngCore, n: usize| -> Vec<f32> {
+            if poison {
+                vec![f32::from_bits(POISON); n]
+            } else {
+                (0..n).map(|_| r.random_range(-3.0f32..3.0)).collect()
+            }
+        };
+        let mut init = fill(r, off);
+        init.extend_from_slice(data);
+        init.extend(fill(r, tail));
+        Placed {
+            buf: GpuBuffer::from_slice(gpu, label, &init).unwrap(),
+            off,
+            len: data.len(),
+            init,
+        }
+    }
+
+    /// An output: poison at a random offset, or `init` values there (accumulate).
+    fn output(
+        gpu: &Gpu,
+        r: &mut impl Rng,
+        label: &str,
+        len: usize,
+        init: Option<&[f32]>,
+    ) -> Placed {
+        let poison = vec![f32::from_bits(POISON); len];
+        Placed::new(gpu, r, label, init.unwrap_or(&poison), true)
+    }
+
+    fn at(&self) -> (&GpuBuffer<f32>, usize) {
+        (&self.buf, self.off)
+    }
+
+    /// The written part of a read-back, after checking that nothing else changed.
+    fn written<'a>(&self, got: &'a [f32], what: &str) -> &'a [f32] {
+        for (i, (g, w)) in got.iter().zip(&self.init).enumerate() {
+            if i < self.off || i >= self.off + self.len {
+                assert_eq!(
+                    g.to_bits(),
+                    w.to_bits(),
+                    "{what}: element {i} outside was changed"
+                );
+            }
+        }
+        &got[self.off..self.off + self.len]
+    }
+}
+
+/// Params (or gradients) with gamma, beta and a bias vector at random offsets.
+struct ParamBuf {
+    buf: GpuBuffer<f32>,
+    gamma: usize,
+    beta: usize,
+    bias: usize,
+    init: Vec<f32>,
+}
+
+impl ParamBuf {
+    fn new(
+        gpu: &Gpu,
+        r: &mut impl Rng,
+        label: &str,
+        len: usize,
+        gamma: &[f32],
+        beta: &[f32],
+    ) -> Self {
+        let g = r.random_range(0..9);
+        let b = g + len + r.random_range(0..5);
+        let bias = b + len + r.random_range(0..5);
+        let total = bias + len + r.random_range(0..5);
+        let mut init: Vec<f32> = (0..total).map(|_| r.random_range(-1.0f32..1.0)).collect();
+        init[g..g + len].copy_from_slice(gamma);
+        init[b..b + len].copy_from_slice(beta);
+        ParamBuf {
+            buf: GpuBuffer::from_slice(gpu, label, &init).unwrap(),
+            gamma: g,
+            beta: b,
+            bias,
+            init,
+        }
+    }
+
+    fn affine(&self) -> Affine<'_> {
+        Affine {
+            buf: &self.buf,
+            gamma: self.gamma,
+            beta: self.beta,
+        }
+    }
+}
+
+/// Largest `|got - want| / (|init| + mag)` over columns, for sums of terms of both signs.
+fn sum_error(got: &[f32], want: &[f64], scale: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(want)
+        .zip(scale)
+        .map(|((g, w), s)| {
+            let d = (*g as f64 - w).abs() / s.max(1e-30);
+            if d.is_nan() { f64::INFINITY } else { d }
+        })
+        .fold(0.0, f64::max)
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    n: usize,
+    act: Activation,
+    ln: bool,
+    members: usize,
+    rows: usize,
+    accumulate: bool,
+}
+
+fn case(
+    n: usize,
+    act: Activation,
+    ln: bool,
+    members: usize,
+    rows: usize,
+    accumulate: bool,
+) -> Case {
+    Case {
+        n,
+        act,
+        ln,
+        members,
+        rows,
+        accumulate,
+    }
+}
+
+/// Random pre-activations: uniform in +-2 around a random offset per row (LayerNorm removes
+/// it; the statistics must not suffer from it).
+fn random_h(r: &mut impl Rng, rows: usize, n: usize) -> Vec<f32> {
+    let mut h = Vec::with_capacity(rows * n);
+    for _ in 0..rows {
+        let shift = r.random_range(-3.0f32..3.0);
+        h.extend((0..n).map(|_| shift + r.random_range(-2.0f32..2.0)));
+    }
+    h
+}
+
+/// Forward (stats stored), backward with the stored stats and with recomputed ones, the
+/// LayerNorm parameter gradients and the bias gradient, against the mirror.
+fn run_layer(gpu: &Gpu, r: &mut impl Rng, c: Case) {
+    let cfg = NormActConfig::new(c.n, c.act, c.ln).with_members(c.members);
+    let (n, total) = (c.n, c.members * c.rows);
+    let len = c.members * n;
+    let h = random_h(r, total, n);
+    let dy = uniform(r, total * n, 1.0);
+    let gamma: Vec<f32> = (0..len)
+        .map(|_| 1.0 + r.random_range(-0.5f32..0.5))
+        .collect();
+    let beta = uniform(r, len, 0.5);
+    let dh_init = uniform(r, total * n, 1.0);
+    let tag = format!("{c:?} checks={:?}", gpu.shader_checks());
+
+    let hp = Placed::new(gpu, r, "h", &h, false);
+    let dyp = Placed::new(gpu, r, "dy", &dy, false);
+    let params = ParamBuf::new(gpu, r, "params", len, &gamma, &beta);
+    let gi = uniform(r, len, 1.0);
+    let bi = uniform(r, len, 1.0);
+    let grads = ParamBuf::new(gpu, r, "grads", len, &gi, &bi);
+    let grads2 = ParamBuf::new(gpu, r, "grads 2", len, &gi, &bi);
+    let y = Placed::output(gpu, r, "y", total * n, None);
+    let stats = Placed::output(gpu, r, "stats", 2 * total, None);
+    let init = c.accumulate.then_some(dh_init.as_slice());
+    let dh = Placed::output(gpu, r, "dh", total * n, init);
+    let dh2 = Placed::output(gpu, r, "dh 2", total * n, init);
+
+    let affine = c.ln.then(|| params.affine());
+    let io = NormActBuffers {
+        h: hp.at(),
+        affine,
+        stats: c.ln.then(|| stats.at()),
+    };
+    let dgrads = c.ln.then(|| grads.affine());
+    let bias = ColumnSumConfig {
+        n,
+        members: c.members,
+        accumulate: true,
+    };
+    let mut rec = Recorder::new(gpu);
+    norm_act::record_forward(&mut rec, &cfg, c.rows, &io, y.at()).unwrap();
+    norm_act::record_backward(
+        &mut rec,
+        &cfg,
+        c.rows,
+        &io,
+        dyp.at(),
+        dh.at(),
+        c.accumulate,
+        dgrads,
+        None,
+    )
+    .unwrap();
+    let bias_at = (&grads.buf, grads.bias);
+    norm_act::record_column_sum(&mut rec, &bias, c.rows, dh.at(), None, bias_at, None).unwrap();
+    // The same backward with the statistics recomputed from h.
+    let io2 = NormActBuffers { stats: None, ..io };
+    norm_act::record_backward(
+        &mut rec,
+        &cfg,
+        c.rows,
+        &io2,
+        dyp.at(),
+        dh2.at(),
+        c.accumulate,
+        c.ln.then(|| grads2.affine()),
+        None,
+    )
+    .unwrap();
+    let handles = [
+        rec.read(&y.buf),
+        rec.read(&stats.buf),
+        rec.read(&dh.buf),
+        rec.read(&grads.buf),
+        rec.read(&dh2.buf),
+        rec.read(&grads2.buf),
+    ];
+    let out = rec.finish().unwrap();
+    let [y_all, st_all, dh_all, gr_all, dh2_all, gr2_all] = handles.map(|h| out.get(&h).unwrap());
+
+    // Forward.
+    let (h64, g64, b64) = (f64s(&h), f64s(&gamma), f64s(&beta));
+    let (y_ref, st_ref) = mirror::forward(&cfg, c.rows, &h64, &g64, &b64);
+    let y_got = y.written(&y_all, "y");
+    let err = rel_error(y_got, &y_ref);
+    assert!(err <= TOL, "forward {tag}: error {err:e}");
+    let st_got = stats.written(&st_all, "stats");
+    if c.ln {
+        for i in 0..total {
+            let hmax = h[i * n..(i + 1) * n]
+                .iter()
+                .fold(0.0f64, |m, v| m.max(v.abs() as f64));
+            let dm = (st_got[2 * i] as f64 - st_ref[2 * i]).abs();
+            let dr = (st_got[2 * i + 1] as f64 - st_ref[2 * i + 1]).abs() / st_ref[2 * i + 1];
+            assert!(
+                dm <= 1e-6 * hmax && dr <= 2e-6,
+                "stats {tag} row {i}: mean {} vs {}, rstd {} vs {}",
+                st_got[2 * i],
+                st_ref[2 * i],
+                st_got[2 * i + 1],
+                st_ref[2 * i + 1]
+            );
+        }
+    } else {
+        assert!(
+            st_got.iter().all(|v| v.to_bits() == POISON),
+            "stats written without LN"
+        );
+    }
+
+    // Backward with the stored statistics (as the GPU wrote them).
+    let dy64 = f64s(&dy);
+    let st64 = f64s(st_got);
+    let check_backward =
+        |dh_all: &[f32], dhp: &Placed, gr_all: &[f32], gp: &ParamBuf, st: &[f64], what: &str| {
+            let dh_ref = mirror::backward(&cfg, c.rows, &dy64, &h64, &g64, &b64, st);
+            let want: Vec<f64> = if c.accumulate {
+                dh_ref
+                    .iter()
+                    .zip(&dh_init)
+                    .map(|(d, i)| d + *i as f64)
+                    .collect()
+            } else {
+                dh_ref.clone()
+            };
+            let got = dhp.written(dh_all, what);
+            let err = rel_error(got, &want);
+            assert!(err <= TOL, "{what} {tag}: dh error {err:e}");
+            if c.ln {
+                let (dg, db) = mirror::param_grads(&cfg, c.rows, &dy64, &h64, &g64, &b64, st);
+                // Sums of magnitudes per column, from the same per-row terms.
+                let mut mag_g: Vec<f64> = gi.iter().map(|v| v.abs() as f64).collect();
+                let mut mag_b: Vec<f64> = bi.iter().map(|v| v.abs() as f64).collect();
+                for i in 0..total {
+                    let e = i / c.rows;
+                    let ln = Some((
+                        &g64[e * n..(e + 1) * n],
+                        &b64[e * n..(e + 1) * n],
+                        st[2 * i],
+                        st[2 * i + 1],
+                    ));
+                    let (xh, du) = mirror::row_terms(
+                        &cfg,
+                        &h64[i * n..(i + 1) * n],
+                        &dy64[i * n..(i + 1) * n],
+                        ln,
+                    );
+                    for j in 0..n {
+                        mag_g[e * n + j] += (du[j] * xh[j]).abs();
+                        mag_b[e * n + j] += du[j].abs();
+                    }
+                }
+                let wg: Vec<f64> = dg.iter().zip(&gi).map(|(d, i)| d + *i as f64).collect();
+                let wb: Vec<f64> = db.iter().zip(&bi).map(|(d, i)| d + *i as f64).collect();
+                let eg = sum_error(&gr_all[gp.gamma..gp.gamma + len], &wg, &mag_g);
+                let eb = sum_error(&gr_all[gp.beta..gp.beta + len], &wb, &mag_b);
+                assert!(
+                    eg <= SUM_TOL && eb <= SUM_TOL,
+                    "{what} {tag}: dgamma error {eg:e}, dbeta {eb:e}"
+                );
+            }
+            // Nothing else in the gradient buffer moved (the bias part is checked by the caller).
+            for (i, (g, w)) in gr_all.iter().zip(&gp.init).enumerate() {
+                let in_ln = c.ln
+                    && ((i >= gp.gamma && i < gp.gamma + len)
+                        || (i >= gp.beta && i < gp.beta + len));
+                let in_bias = i >= gp.bias && i < gp.bias + len;
+                let bias_written = in_bias && what == "stored stats";
+                if !(in_ln || bias_written) {
+                    assert_eq!(
+                        g.to_bits(),
+                        w.to_bits(),
+                        "{what} {tag}: gradient element {i} changed"
+                    );
+                }
+            }
+            got.to_vec()
+        };
+    let dh_got = check_backward(&dh_all, &dh, &gr_all, &grads, &st64, "stored stats");
+    check_backward(
+        &dh2_all,
+        &dh2,
+        &gr2_all,
+        &grads2,
+        &st_ref,
+        "recomputed stats",
+    );
+
+    // Bias gradient: the column sum of dh as the GPU wrote it, added to the initial values.
+    let d64 = f64s(&dh_got);
+    let sums = mirror::column_sum(n, c.members, c.rows, &d64, None);
+    let abs: Vec<f64> = d64.iter().map(|v| v.abs()).collect();
+    let mut mag = mirror::column_sum(n, c.members, c.rows, &abs, None);
+    let init_bias = &grads.init[grads.bias..grads.bias + len];
+    let want: Vec<f64> = sums
+        .iter()
+        .zip(init_bias)
+        .map(|(s, i)| s + *i as f64)
+        .collect();
+    mag.iter_mut()
+        .zip(init_bias)
+        .for_each(|(m, i)| *m += i.abs() as f64);
+    let err = sum_error(&gr_all[grads.bias..grads.bias + len], &want, &mag);
+    assert!(err <= SUM_TOL, "bias gradient {tag}: error {err:e}");
+}
+
+#[test]
+fn layers_against_the_mirror() {
+    use Activation::*;
+    let mut r = rng("layers");
+    let cases = [
+        case(512, Mish, true, 1, 45, false),
+        case(512, SimNorm, true, 2, 33, true),
+        case(136, SimNorm, false, 1, 7, false),
+        case(37, Mish, true, 3, 19, true),
+        case(101, Identity, false, 2, 13, false),
+        case(24, Identity, true, 1, 300, false),
+        case(70, Mish, false, 2, 261, true),
+        case(16, SimNorm, true, 5, 61, false),
+        case(1, Mish, true, 1, 5, true),
+        case(1, Identity, false, 1, 1, false),
+        case(2048, Mish, true, 1, 3, false),
+    ];
+    for gpu in gpus() {
+        for c in cases {
+            run_layer(gpu, &mut r, c);
+        }
+    }
+}
+
+#[test]
+fn column_sums_against_the_mirror() {
+    let mut r = rng("colsum");
+    for gpu in gpus() {
+        for (n, members, rows) in [
+            (1, 1, 1),
+            (70, 2, 0),
+            (70, 2, 255),
+            (64, 1, 256),
+            (129, 3, 257),
+            (512, 1, 300),
+            (33, 2, 1100),
+        ] {
+            for (product, accumulate) in
+                [(false, true), (true, false), (true, true), (false, false)]
+            {
+                let a = uniform(&mut r, members * rows * n, 1.0);
+                let b = uniform(&mut r, members * rows * n, 2.0);
+                let init = uniform(&mut r, members * n, 1.0);
+                let ap = Placed::new(gpu, &mut r, "a", &a, false);
+                let bp = Placed::new(gpu, &mut r, "b", &b, false);
+                let out = Placed::output(gpu, &mut r, "out", members * n, Some(&init));
+                let cfg = ColumnSumConfig {
+                    n,
+                    members,
+                    accumulate,
+                };
+                // Half the two-pass runs bring their own scratch.
+                let need = norm_act::scratch_len(n, members, rows, 1);
+                let scratch = (need > 0 && r.random::<bool>())
+                    .then(|| GpuBuffer::<f32>::new(gpu, "scratch", need + 3).unwrap());
+                let mut rec = Recorder::new(gpu);
+                norm_act::record_column_sum(
+                    &mut rec,
+                    &cfg,
+                    rows,
+                    ap.at(),
+                    product.then(|| bp.at()),
+                    out.at(),
+                    scratch.as_ref(),
+                )
+                .unwrap();
+                let h = rec.read(&out.buf);
+                let got_all = rec.finish().unwrap().get(&h).unwrap();
+                let got = out.written(&got_all, "column sum");
+                let (a64, b64) = (f64s(&a), f64s(&b));
+                let bref = product.then_some(b64.as_slice());
+                let sums = mirror::column_sum(n, members, rows, &a64, bref);
+                let abs_terms: Vec<f64> = a64
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (v * bref.map_or(1.0, |b| b[i])).abs())
+                    .collect();
+                let mut mag = mirror::column_sum(n, members, rows, &abs_terms, None);
+                let mut want = sums.clone();
+                if accumulate {
+                    for j in 0..members * n {
+                        want[j] += init[j] as f64;
+                        mag[j] += init[j].abs() as f64;
+                    }
+                }
+                // Zero rows written: exact zeros.
+                let mag: Vec<f64> = mag.iter().map(|m| m.max(1e-30)).collect();
+                let err = sum_error(got, &want, &mag);
+                assert!(
+                    err <= SUM_TOL,
+                    "n={n} members={members} rows={rows} product={product} accumulate={accumulate} \
+                     checks={:?}: error {err:e}",
+                    gpu.shader_checks()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_hundred_thousand_rows() {
+    // The planner-sized row count: 1563 workgroups of 64 rows, and column sums capped at 256
+    // chunks of 392 rows (trusted shaders only, to keep lavapipe's time down).
+    let mut r = rng("big");
+    run_layer(
+        &gpus()[1],
+        &mut r,
+        case(8, Activation::SimNorm, true, 1, 100_003, true),
+    );
+    assert_eq!(norm_act::column_chunks(100_003), (256, 392));
+}
+
+/// `L = sum dy * y` of the mirror's forward, in f64.
+fn mirror_loss(
+    cfg: &NormActConfig,
+    rows: usize,
+    h: &[f64],
+    g: &[f64],
+    b: &[f64],
+    dy: &[f64],
+) -> f64 {
+    let (y, _) = mirror::forward(cfg, rows, h, g, b);
+    y.iter().zip(dy).map(|(y, d)| y * d).sum()
+}
+
+fn fd_check(what: &str, analytic: &[f64], f: &mut dyn FnMut(usize, f64) -> f64) {
+    let eps = 1e-5;
+    let scale = analytic.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    for (i, a) in analytic.iter().enumerate() {
+        let fd = (f(i, eps) - f(i, -eps)) / (2.0 * eps);
+        assert!(
+            (fd - a).abs() <= FD_TOL * scale,
+            "{what}: element {i}: analytic {a}, finite difference {fd}"
+        );
+    }
+}
+
+#[test]
+fn mirror_backward_is_the_gradient_of_the_mirror_forward() {
+    use Activation::*;
+    let mut r = rng("mirror_fd");
+    for (n, act, ln, members, rows) in [
+        (16, Mish, true, 2, 3),
+        (16, SimNorm, true, 2, 3),
+        (24, SimNorm, false, 1, 2),
+        (13, Mish, false, 1, 2),
+        (13, Identity, true, 2, 2),
+        (1, Mish, true, 1, 2),
+    ] {
+        let cfg = NormActConfig::new(n, act, ln).with_members(members);
+        let total = members * rows;
+        let mut u =
+            |k: usize, s: f64| -> Vec<f64> { (0..k).map(|_| r.random_range(-s..s)).collect() };
+        let h: Vec<f64> = u(total * n, 2.0);
+        let dy = u(total * n, 1.0);
+        let g: Vec<f64> = u(members * n, 0.5).iter().map(|v| 1.0 + v).collect();
+        let b = u(members * n, 0.5);
+        let (_, st) = mirror::forward(&cfg, rows, &h, &g, &b);
+        let dh = mirror::backward(&cfg, rows, &dy, &h, &g, &b, &st);
+        let what = format!("{cfg:?}");
+        fd_check(&format!("dh {what}"), &dh, &mut |i, e| {
+            let mut hp = h.clone();
+            hp[i] += e;
+            mirror_loss(&cfg, rows, &hp, &g, &b, &dy)
+        });
+        if ln {
+            let (dg, db) = mirror::param_grads(&cfg, rows, &dy, &h, &g, &b, &st);
+            fd_check(&format!("dgamma {what}"), &dg, &mut |i, e| {
+                let mut gp = g.clone();
+                gp[i] += e;
+                mirror_loss(&cfg, rows, &h, &gp, &b, &dy)
+            });
+            fd_check(&format!("dbeta {what}"), &db, &mut |i, e| {
+                let mut bp = b.clone();
+                bp[i] += e;
+                mirror_loss(&cfg, rows, &h, &g, &bp, &dy)
+            });
+        }
+        // The bias of the layer's GEMM (h = x W^T + bias): its gradient is the column sum of dh.
+        let db = mirror::column_sum(n, members, rows, &dh, None);
+        fd_check(&format!("bias {what}"), &db, &mut |i, e| {
+            let (m, j) = (i / n, i % n);
+            let mut hp = h.clone();
+            for row in 0..rows {
+                hp[(m * rows + row) * n + j] += e;
+            }
+            mirror_loss(&cfg, rows, &hp, &g, &b, &dy)
+        });
+    }
+}
+
+#[test]
+fn mish_grad_is_the_derivative_of_mish() {
+    let eps = 1e-6;
+    let mut x = -40.0;
+    while x <= 40.0 {
+        let fd = (act_mirror::mish(x + eps) - act_mirror::mish(x - eps)) / (2.0 * eps);
+        let g = mirror::mish_grad(x);
+        assert!(
+            (fd - g).abs() <= 1e-8,
+            "mish'({x}) = {g}, finite difference {fd}"
+        );
+        x += 0.0625 + 1e-3;
+    }
+    // Across the kernel's switch to mish(x) = x at 20.
+    for x in [19.999, 20.0, 20.001] {
+        assert!((mirror::mish_grad(x) - 1.0).abs() < 1e-7);
+    }
+}
+
+/// The GPU backward against central differences of the GPU forward, in f32: one forward
+/// dispatch evaluates every perturbed copy (rows for h, members for gamma and beta).
+#[test]
+fn gpu_backward_matches_finite_differences_of_the_gpu_forward() {
+    use Activation::*;
+    let mut r = rng("gpu_fd");
+    let eps = 3e-3f32;
+    for gpu in gpus() {
+        for (n, act, ln) in [
+            (64, Mish, true),
+            (64, SimNorm, true),
+            (48, Mish, false),
+            (40, SimNorm, false),
+        ] {
+            let cfg1 = NormActConfig::new(n, act, ln);
+            let h0 = random_h(&mut r, 1, n);
+            let dy = uniform(&mut r, n, 1.0);
+            let g0: Vec<f32> = (0..n).map(|_| 1.0 + r.random_range(-0.5f32..0.5)).collect();
+            let b0 = uniform(&mut r, n, 0.5);
+            let coords: Vec<usize> = (0..8).map(|_| r.random_range(0..n)).collect();
+            // Analytic: one row.
+            let params = ParamBuf::new(gpu, &mut r, "params", n, &g0, &b0);
+            let grads = ParamBuf::new(gpu, &mut r, "grads", n, &vec![0.0; n], &vec![0.0; n]);
+            let hb = GpuBuffer::from_slice(gpu, "h", &h0).unwrap();
+            let dyb = GpuBuffer::from_slice(gpu, "dy", &dy).unwrap();
+            let dhb = GpuBuffer::<f32>::new(gpu, "dh", n).unwrap();
+            let io = NormActBuffers {
+                h: (&hb, 0),
+                affine: ln.then(|| params.affine()),
+                stats: None,
+            };
+            // Perturbed: rows h0 +- eps e_j in one member, and members with gamma, beta +- eps.
+            let mut hs = Vec::new();
+            for &j in &coords {
+                for s in [eps, -eps] {
+                    let mut h = h0.clone();
+                    h[j] += s;
+                    hs.extend(h);
+                }
+            }
+            let rows_h = 2 * coords.len();
+            let hsb = GpuBuffer::from_slice(gpu, "h perturbed", &hs).unwrap();
+            let ysb = GpuBuffer::<f32>::new(gpu, "y perturbed", hs.len()).unwrap();
+            let members = 4 * coords.len();
+            let (mut gs, mut bs) = (Vec::new(), Vec::new());
+            for &j in &coords {
+                for (which, s) in [(0, eps), (0, -eps), (1, eps), (1, -eps)] {
+                    let (mut g, mut b) = (g0.clone(), b0.clone());
+                    if which == 0 {
+                        g[j] += s;
+                    } else {
+                        b[j] += s;
+                    }
+                    gs.extend(g);
+                    bs.extend(b);
+                }
+            }
+            let pm = ParamBuf::new(gpu, &mut r, "params perturbed", members * n, &gs, &bs);
+            let hm: Vec<f32> = (0..members).flat_map(|_| h0.clone()).collect();
+            let hmb = GpuBuffer::from_slice(gpu, "h members", &hm).unwrap();
+            let ymb = GpuBuffer::<f32>::new(gpu, "y members", hm.len()).unwrap();
+
+            let mut rec = Recorder::new(gpu);
+            norm_act::record_backward(
+                &mut rec,
+                &cfg1,
+                1,
+                &io,
+                (&dyb, 0),
+                (&dhb, 0),
+                false,
+                ln.then(|| grads.affine()),
+                None,
+            )
+            .unwrap();
+            let io_h = NormActBuffers { h: (&hsb, 0), ..io };
+            norm_act::record_forward(&mut rec, &cfg1, rows_h, &io_h, (&ysb, 0)).unwrap();
+            if ln {
+                let io_m = NormActBuffers {
+                    h: (&hmb, 0),
+                    affine: Some(pm.affine()),
+                    stats: None,
+                };
+                let cfg_m = cfg1.with_members(members);
+                norm_act::record_forward(&mut rec, &cfg_m, 1, &io_m, (&ymb, 0)).unwrap();
+            }
+            let hd = rec.read(&dhb);
+            let hg = rec.read(&grads.buf);
+            let hy = rec.read(&ysb);
+            let hym = rec.read(&ymb);
+            let out = rec.finish().unwrap();
+            let dh = out.get(&hd).unwrap();
+            let gr = out.get(&hg).unwrap();
+            let ys = out.get(&hy).unwrap();
+            let ym = out.get(&hym).unwrap();
+            let loss =
+                |y: &[f32]| -> f64 { y.iter().zip(&dy).map(|(y, d)| *y as f64 * *d as f64).sum() };
+            let fd = |ys: &[f32], k: usize| {
+                (loss(&ys[k * n..(k + 1) * n]) - loss(&ys[(k + 1) * n..(k + 2) * n]))
+                    / (2.0 * eps as f64)
+            };
+            let tag = format!("{cfg1:?} checks={:?}", gpu.shader_checks());
+            let scale = dh.iter().fold(1e-3f64, |m, v| m.max(v.abs() as f64));
+            for (c, &j) in coords.iter().enumerate() {
+                let f = fd(&ys, 2 * c);
+                assert!(
+                    (f - dh[j] as f64).abs() <= GPU_FD_TOL * scale,
+                    "dh {tag} [{j}]: gpu {} fd {f}",
+                    dh[j]
+                );
+            }
+            if ln {
+                let dg = &gr[grads.gamma..grads.gamma + n];
+                let db = &gr[grads.beta..grads.beta + n];
+                let sg = dg
+                    .iter()
+                    .chain(db)
+                    .fold(1e-3f64, |m, v| m.max(v.abs() as f64));
+                for (c, &j) in coords.iter().enumerate() {
+                    let f_g = fd(&ym, 4 * c);
+                    let f_b = fd(&ym, 4 * c + 2);
+                    assert!(
+                        (f_g - dg[j] as f64).abs() <= GPU_FD_TOL * sg,
+                        "dgamma {tag} [{j}]: gpu {} fd {f_g}",
+                        dg[j]
+                    );
+                    assert!(
+                        (f_b - db[j] as f64).abs() <= GPU_FD_TOL * sg,
+                        "dbeta {tag} [{j}]: gpu {} fd {f_b}",
+                        db[j]
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A device whose dispatches may have at most `max` workgroups per dimension.
+fn small_grid_gpus(max: u32) -> Vec<Gpu> {
+    gpus()
+        .iter()
+        .map(|g| {
+            let mut limits = g.limits().clone();
+            limits.max_compute_workgroups_per_dimension = max;
+            let opts = GpuOptions {
+                limits: LimitsRequest::Custom(Box::new(limits)),
+                ..GpuOptions::default().with_checks(g.shader_checks())
+            };
+            Gpu::new(opts).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn two_dimensional_dispatch_past_the_workgroup_limit() {
+    use Activation::*;
+    let mut r = rng("grid");
+    // At most 7 x 7 workgroups: 45 rows of 448 take 45 row workgroups (7 column tiles), 300
+    // rows of 24 take 19 workgroups of 16 rows and a two-pass column sum.
+    for gpu in small_grid_gpus(7) {
+        run_layer(&gpu, &mut r, case(448, Mish, true, 1, 45, false));
+        run_layer(&gpu, &mut r, case(24, SimNorm, true, 1, 300, true));
+        // Past 7 x 7: an error, not a truncated dispatch.
+        let cfg = NormActConfig::new(512, Mish, false);
+        let h = GpuBuffer::<f32>::new(&gpu, "h", 50 * 512).unwrap();
+        let y = GpuBuffer::<f32>::new(&gpu, "y", 50 * 512).unwrap();
+        let io = NormActBuffers {
+            h: (&h, 0),
+            affine: None,
+            stats: None,
+        };
+        let mut rec = Recorder::new(&gpu);
+        let e = norm_act::record_forward(&mut rec, &cfg, 50, &io, (&y, 0)).unwrap_err();
+        assert!(matches!(e, Error::Limit(_)), "{e:?}");
+        // 8 column tiles of 64 in one dimension.
+        let col = ColumnSumConfig {
+            n: 512,
+            members: 1,
+            accumulate: true,
+        };
+        let out = GpuBuffer::<f32>::new(&gpu, "out", 512).unwrap();
+        let e = norm_act::record_column_sum(&mut rec, &col, 50, (&h, 0), None, (&out, 0), None)
+            .unwrap_err();
+        assert!(matches!(e, Error::Limit(_)), "{e:?}");
+    }
+}
+
+#[test]
+fn bad_requests_are_errors() {
+    use Activation::*;
+    let gpu = &gpus()[0];
+    let (rows, n) = (10, 16);
+    let buf = |label: &str, len: usize| GpuBuffer::<f32>::new(gpu, label, len).unwrap();
+    let h = buf("h", rows * n);
+    let y = buf("y", rows * n);
+    let dy = buf("dy", rows * n);
+    let dh = buf("dh", rows * n);
+    let short = buf("short", rows * n - 1);
+    let params = buf("params", 2 * n);
+    let grads = buf("grads", 2 * n);
+    let stats = buf("stats", 2 * rows);
+    let aff = |b| Affine {
+        buf: b,
+        gamma: 0,
+        beta: n,
+    };
+    let ln = NormActConfig::new(n, Mish, true);
+    let plain = NormActConfig::new(n, Mish, false);
+    let io = NormActBuffers {
+        h: (&h, 0),
+        affine: Some(aff(&params)),
+        stats: Some((&stats, 0)),
+    };
+    let io_plain = NormActBuffers {
+        h: (&h, 0),
+        affine: None,
+        stats: None,
+    };
+    let mut rec = Recorder::new(gpu);
+    let kind = |e: Error| -> &'static str {
+        match e {
+            Error::InvalidArgument(_) => "arg",
+            Error::Shape(_) => "shape",
+            Error::Limit(_) => "limit",
+            _ => panic!("unexpected {e:?}"),
+        }
+    };
+    // Configurations.
+    for cfg in [
+        NormActConfig::new(0, Mish, false),
+        NormActConfig::new(12, SimNorm, false),
+        NormActConfig::new(16, Mish, false).with_members(0),
+    ] {
+        let e = norm_act::record_forward(&mut rec, &cfg, rows, &io_plain, (&y, 0)).unwrap_err();
+        assert_eq!(kind(e), "arg");
+    }
+    // LayerNorm without its parameters, parameters or statistics without LayerNorm.
+    let e = norm_act::record_forward(&mut rec, &ln, rows, &io_plain, (&y, 0)).unwrap_err();
+    assert_eq!(kind(e), "arg");
+    let e = norm_act::record_forward(&mut rec, &plain, rows, &io, (&y, 0)).unwrap_err();
+    assert_eq!(kind(e), "arg");
+    let e = norm_act::record_backward(
+        &mut rec,
+        &plain,
+        rows,
+        &io_plain,
+        (&dy, 0),
+        (&dh, 0),
+        false,
+        Some(aff(&grads)),
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(kind(e), "arg");
+    // Short buffers and offsets that push the end out.
+    let e = norm_act::record_forward(&mut rec, &ln, rows, &io, (&short, 0)).unwrap_err();
+    assert!(e.to_string().contains("short"), "{e}");
+    for (io_bad, yb) in [
+        (NormActBuffers { h: (&h, 1), ..io }, (&y, 0)),
+        (
+            NormActBuffers {
+                stats: Some((&stats, 1)),
+                ..io
+            },
+            (&y, 0),
+        ),
+        (
+            NormActBuffers {
+                affine: Some(Affine {
+                    buf: &params,
+                    gamma: 0,
+                    beta: n + 1,
+                }),
+                ..io
+            },
+            (&y, 0),
+        ),
+        (io, (&y, 1)),
+    ] {
+        let e = norm_act::record_forward(&mut rec, &ln, rows, &io_bad, yb).unwrap_err();
+        assert_eq!(kind(e), "shape");
+    }
+    let e = norm_act::record_backward(
+        &mut rec,
+        &ln,
+        rows,
+        &io,
+        (&short, 0),
+        (&dh, 0),
+        false,
+        None,
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(kind(e), "shape");
+    let e = norm_act::record_backward(
+        &mut rec,
+        &ln,
+        rows,
+        &io,
+        (&dy, 0),
+        (&dh, 0),
+        false,
+        Some(Affine {
+            buf: &grads,
+            gamma: n + 1,
+            beta: 0,
+        }),
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(kind(e), "shape");
+    // Aliasing: one buffer read and written, two written views that overlap.
+    let e = norm_act::record_forward(&mut rec, &plain, rows, &io_plain, (&h, 0)).unwrap_err();
+    assert_eq!(kind(e), "arg");
+    let e = norm_act::record_backward(
+        &mut rec,
+        &ln,
+        rows,
+        &io,
+        (&dy, 0),
+        (&dy, 0),
+        false,
+        None,
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(kind(e), "arg");
+    let e = norm_act::record_backward(
+        &mut rec,
+        &ln,
+        rows,
+        &io,
+        (&dy, 0),
+        (&dh, 0),
+        false,
+        Some(aff(&params)),
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(kind(e), "arg");
+    let big = buf("y and stats", rows * n + 2 * rows);
+    let io_overlap = NormActBuffers {
+        stats: Some((&big, rows * n - 1)),
+        ..io
+    };
+    let e = norm_act::record_forward(&mut rec, &ln, rows, &io_overlap, (&big, 0)).unwrap_err();
+    assert_eq!(kind(e), "arg");
+    // Column sums: short output, scratch too small or shared with the output.
+    let col = ColumnSumConfig {
+        n,
+        members: 1,
+        accumulate: true,
+    };
+    let many = 300;
+    let a = buf("a", many * n);
+    let e = norm_act::record_column_sum(&mut rec, &col, many, (&a, 0), None, (&grads, n + 1), None)
+        .unwrap_err();
+    assert_eq!(kind(e), "shape");
+    let need = norm_act::scratch_len(n, 1, many, 1);
+    assert!(need > 0);
+    let small = buf("small scratch", need - 1);
+    let e = norm_act::record_column_sum(
+        &mut rec,
+        &col,
+        many,
+        (&a, 0),
+        None,
+        (&grads, 0),
+        Some(&small),
+    )
+    .unwrap_err();
+    assert_eq!(kind(e), "shape");
+    // The same for the LayerNorm gradients, before the row kernel is recorded.
+    let (hm, dym, dhm) = (
+        buf("h many", many * n),
+        buf("dy many", many * n),
+        buf("dh many", many * n),
+    );
+    let stm = buf("stats many", 2 * many);
+    let io_many = NormActBuffers {
+        h: (&hm, 0),
+        affine: Some(aff(&params)),
+        stats: Some((&stm, 0)),
+    };
+    let need2 = norm_act::scratch_len(n, 1, many, 2);
+    let small2 = buf("small scratch 2", need2 - 1);
+    let e = norm_act::record_backward(
+        &mut rec,
+        &ln,
+        many,
+        &io_many,
+        (&dym, 0),
+        (&dhm, 0),
+        false,
+        Some(aff(&grads)),
+        Some(&small2),
+    )
+    .unwrap_err();
+    assert_eq!(kind(e), "shape");
+    let shared = buf("shared", need + n);
+    let e = norm_act::record_column_sum(
+        &mut rec,
+        &col,
+        many,
+        (&a, 0),
+        None,
+        (&shared, need),
+        Some(&shared),
+    )
+    .unwrap_err();
+    assert_eq!(kind(e), "arg");
+    assert_eq!(rec.dispatches(), 0);
+    // Zero rows record nothing (adding nothing) and the good requests record.
+    norm_act::record_forward(&mut rec, &ln, 0, &io, (&short, 0)).unwrap();
+    norm_act::record_column_sum(&mut rec, &col, 0, (&a, 0), None, (&grads, 0), None).unwrap();
+    assert_eq!(rec.dispatches(), 0);
+    norm_act::record_forward(&mut rec, &ln, rows, &io, (&y, 0)).unwrap();
+    assert_eq!(rec.dispatches(), 1);
+    rec.submit().unwrap();
+}
+
+fn compile(name: &str, entry: &str, header: &Header, overrides: &[(&'static str, f64)]) {
+    let pre = shader::preprocess(name, header).unwrap();
+    let (module, info) = shader::validate(name, &pre).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let constants: naga::back::PipelineConstants =
+        overrides.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let (module, info) = naga::back::pipeline_constants::process_overrides(
+        &module,
+        &info,
+        Some((naga::ShaderStage::Compute, entry)),
+        &constants,
+    )
+    .unwrap_or_else(|e| panic!("{name}::{entry} {overrides:?}: {e}"));
+    let pipeline = naga::back::spv::PipelineOptions {
+        shader_stage: naga::ShaderStage::Compute,
+        entry_point: entry.to_string(),
+    };
+    naga::back::spv::write_vec(&module, &info, &Default::default(), Some(&pipeline))
+        .unwrap_or_else(|e| panic!("{name}::{entry} to SPIR-V {overrides:?}: {e}"));
+}
+
+#[test]
+fn every_pipeline_compiles_with_naga() {
+    let mut count = 0;
+    for n in [1, 8, 37, 64, 512, 2048] {
+        for act in Activation::ALL {
+            if act == Activation::SimNorm && n % 8 != 0 {
+                continue;
+            }
+            for ln in [false, true] {
+                let cfg = NormActConfig::new(n, act, ln);
+                let mut ops = vec![];
+                for b in [false, true] {
+                    ops.push(NormActOp::Forward { stats: b && ln });
+                    ops.push(NormActOp::ParamGrads { direct: b });
+                    ops.push(NormActOp::ColumnSum {
+                        product: b,
+                        add: ln,
+                    });
+                    ops.push(NormActOp::Finish {
+                        quantities: 1 + b as u32,
+                        add: ln,
+                    });
+                    for rc in [false, true] {
+                        ops.push(NormActOp::Backward {
+                            accumulate: b,
+                            recompute: rc && ln,
+                            store: rc && ln && b,
+                        });
+                    }
+                }
+                for op in ops {
+                    let (spec, header, ov) = norm_act::pipeline_constants(&cfg, op);
+                    compile(spec.shader, spec.entry, &header, &ov);
+                    count += 1;
+                }
+            }
+        }
+    }
+    assert!(count > 300);
+}
