@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from tdmpc2_arch import (Config, Model, expected_shapes, two_hot, two_hot_inv,  # noqa: E402
                          write_pompc, read_pompc)
@@ -159,6 +160,105 @@ def sanity(name, cfg, ref, p):
         assert torch.isfinite(v).all(), f"{name}: {k} not finite"
 
 
+# The world-model update fixture (tests/fixtures/update_tiny.safetensors): TD-MPC2's b.6
+# update of the tiny preset on a random batch, its losses, gradients, and the parameters after
+# one clipped Adam step and the Polyak update.
+UPDATE_T, UPDATE_B = 3, 6
+UPDATE = dict(rho=0.5, discount=0.99, consistency_coef=20.0, reward_coef=0.1, value_coef=0.1,
+              lr=3e-4, enc_lr_scale=0.3, grad_clip_norm=20.0, tau=0.01)
+
+
+def soft_ce(logits, target, cfg):
+    """TD-MPC2's soft cross-entropy against the two-hot encoding of scalar targets [R]."""
+    return -(two_hot(target, cfg) * F.log_softmax(logits, dim=-1)).sum(-1)
+
+
+def build_update():
+    seed, cfg = PRESETS["tiny"]
+    rng = np.random.default_rng(seed + 77)
+    w = init_weights(cfg, rng)
+    # Target heads: the online heads plus a perturbation, so that the TD target differs.
+    for k in list(w):
+        if k.startswith("_Qs.params."):
+            w["_target_Qs_params." + k[len("_Qs.params."):]] = (
+                w[k] + 0.05 * rng.standard_normal(w[k].shape))
+    T, B, O, A = UPDATE_T, UPDATE_B, cfg.obs_dim, cfg.action_dim
+    heads = [1, 0]
+    inputs = {
+        "fixture.update.obs": rng.standard_normal((T + 1, B, O)),
+        "fixture.update.action": rng.uniform(-1.0, 1.0, (T, B, A)),
+        "fixture.update.reward": rng.uniform(-2.0, 3.0, (T, B)),
+        "fixture.update.pi_noise": rng.standard_normal((T, B, A)),
+        "fixture.update.heads": np.array(heads, dtype=np.float64),
+    }
+    f32 = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in {**w, **inputs}.items()}
+    model = Model(cfg, with_target=True)
+    state = {k: v for k, v in f32.items() if not k.startswith("fixture.update.")}
+    state["log_std_min"] = torch.tensor(cfg.log_std_min, dtype=torch.float32)
+    state["log_std_dif"] = torch.tensor(cfg.log_std_max - cfg.log_std_min, dtype=torch.float32)
+    model.load_state_dict(state, strict=True)
+    model = model.double()
+    d = {k: v.double() for k, v in f32.items() if k.startswith("fixture.update.")}
+    obs, action, reward = d["fixture.update.obs"], d["fixture.update.action"], d["fixture.update.reward"]
+    u = UPDATE
+    L = cfg.latent_dim
+    with torch.no_grad():
+        next_z = model.encode(obs[1:])
+        a_next = model.pi(next_z.reshape(T * B, L), d["fixture.update.pi_noise"].reshape(T * B, A))["action"]
+        tq = model.q_logits(next_z.reshape(T * B, L), a_next, target=True)
+        q_min = torch.minimum(two_hot_inv(tq[heads[0]], cfg), two_hot_inv(tq[heads[1]], cfg))
+        td = reward + u["discount"] * q_min.reshape(T, B)
+    z = model.encode(obs[0])
+    zs = [z]
+    consistency = 0
+    for t in range(T):
+        z = model.next(z, action[t])
+        consistency = consistency + F.mse_loss(z, next_z[t]) * u["rho"] ** t
+        zs.append(z)
+    _zs = torch.stack(zs[:-1])
+    rl = model.reward_logits(_zs.reshape(T * B, L), action.reshape(T * B, A)).reshape(T, B, -1)
+    ql = model.q_logits(_zs.reshape(T * B, L), action.reshape(T * B, A)).reshape(cfg.num_q, T, B, -1)
+    reward_loss, value_loss = 0, 0
+    for t in range(T):
+        reward_loss = reward_loss + soft_ce(rl[t], reward[t], cfg).mean() * u["rho"] ** t
+        for q in range(cfg.num_q):
+            value_loss = value_loss + soft_ce(ql[q, t], td[t], cfg).mean() * u["rho"] ** t
+    consistency = consistency / T
+    reward_loss = reward_loss / T
+    value_loss = value_loss / (T * cfg.num_q)
+    total = (u["consistency_coef"] * consistency + u["reward_coef"] * reward_loss
+             + u["value_coef"] * value_loss)
+    total.backward()
+    trained = [p for n, p in model.named_parameters()
+               if not n.startswith("_target_Qs_params.") and not n.startswith("_pi.")]
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    grad_norm = torch.nn.utils.clip_grad_norm_(trained, u["grad_clip_norm"])
+    enc = [p for n, p in model.named_parameters() if n.startswith("_encoder.")]
+    rest = [p for p in trained if all(p is not e for e in enc)]
+    opt = torch.optim.Adam([{"params": enc, "lr": u["lr"] * u["enc_lr_scale"]},
+                            {"params": rest}], lr=u["lr"])
+    opt.step()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.startswith("_target_Qs_params."):
+                online = dict(model.named_parameters())["_Qs.params." + n[len("_target_Qs_params."):]]
+                p.lerp_(online, u["tau"])
+    ref = {
+        "fixture.update.losses": torch.stack([consistency, reward_loss, value_loss, total]).detach(),
+        "fixture.update.grad_norm": grad_norm.detach().reshape(1),
+        "fixture.update.td": td,
+    }
+    for n, g in grads.items():
+        ref["fixture.grad." + n] = g
+    for n, p in model.named_parameters():
+        ref["fixture.after." + n] = p.detach()
+    for k, v in ref.items():
+        assert torch.isfinite(v).all(), k
+    assert float(ref["fixture.update.losses"][1]) > 0.5 and float(ref["fixture.update.losses"][0]) > 1e-4
+    tensors = {**{k: v for k, v in f32.items()}, **{k: v.to(torch.float32).contiguous() for k, v in ref.items()}}
+    return cfg, tensors
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out-dir", default=str(OUT_DIR))
@@ -167,8 +267,8 @@ def main():
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)  # one thread: reductions in a fixed order
-    for name in PRESETS:
-        cfg, tensors = build(name)
+    for name in list(PRESETS) + ["update_tiny"]:
+        cfg, tensors = build_update() if name == "update_tiny" else build(name)
         path = out_dir / f"{name}.safetensors"
         write_pompc(path, tensors, cfg.metadata())
         # Read back through the safetensors library and compare.

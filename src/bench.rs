@@ -327,6 +327,104 @@ pub fn bench_plan(
     })
 }
 
+/// One benchmarked world-model update.
+#[derive(Clone, Debug)]
+pub struct UpdateBench {
+    /// Sub-trajectories per batch.
+    pub batch: usize,
+    /// Host wall clock of one update (one submit, read-back of the losses).
+    pub wall: Stats,
+    /// GPU time of the update (timestamp queries).
+    pub gpu: Option<Stats>,
+    /// Floating-point operations of one update (see [`crate::train::WorldModelTrainer::flops`]).
+    pub flops: f64,
+    /// Dispatches recorded per update.
+    pub dispatches: usize,
+}
+
+/// Time TD-MPC2's world-model update (forward, backward, clip, Adam, Polyak) of `spec` on a
+/// random batch of `batch` sub-trajectories of horizon 3: each run is one submit with the
+/// losses read back.
+pub fn bench_update(
+    gpu: &Gpu,
+    spec: &crate::model::ModelSpec,
+    batch: usize,
+    runs: usize,
+    warmup: usize,
+) -> Result<UpdateBench> {
+    use crate::model::Weights;
+    use crate::train::{UpdateBatch, UpdateConfig, WorldModelTrainer};
+    let mut weights = Weights::init(spec, 0)?;
+    let mut r = rand::rngs::StdRng::seed_from_u64(6);
+    // Non-zero reward and Q heads (TD-MPC2 starts them at zero), so every gradient is non-zero.
+    for name in ["_reward.2.weight", "_Qs.params.2.weight"] {
+        if let Some(t) = weights.tensors.get_mut(name) {
+            t.data
+                .iter_mut()
+                .for_each(|v| *v = r.random_range(-0.05..0.05));
+        }
+    }
+    let cfg = UpdateConfig::tdmpc2();
+    let t = cfg.horizon;
+    let mut tr = WorldModelTrainer::new(gpu, &weights, cfg, batch)?;
+    let mut v = |n: usize, lo: f32, hi: f32| (0..n).map(|_| r.random_range(lo..hi)).collect();
+    let data = UpdateBatch {
+        obs: v((t + 1) * batch * spec.obs_dim, -1.0, 1.0),
+        action: v(t * batch * spec.action_dim, -1.0, 1.0),
+        reward: v(t * batch, 0.0, 1.0),
+        pi_noise: None,
+        target_heads: None,
+    };
+    tr.upload(&data)?;
+    let mut run = |timestamps: bool| -> Result<(f64, Option<f64>, usize)> {
+        let heads = tr.upload_heads_only()?;
+        let mut rec = Recorder::new(gpu);
+        if timestamps {
+            rec = rec.with_timestamps();
+        }
+        tr.record_losses_and_grads(&mut rec, heads, true)?;
+        tr.record_optimizer(&mut rec)?;
+        let n = rec.dispatches();
+        let h = rec.read(tr.losses_buffer());
+        let t0 = std::time::Instant::now();
+        let out = rec.finish()?;
+        let wall = t0.elapsed().as_secs_f64();
+        let l = out.get(&h)?;
+        if !l.iter().all(|x| x.is_finite()) {
+            return Err(crate::Error::InvalidArgument(format!(
+                "update benchmark: non-finite losses {l:?}"
+            )));
+        }
+        Ok((wall, out.timing.gpu_seconds, n))
+    };
+    for _ in 0..warmup.max(1) {
+        run(false)?;
+    }
+    let mut wall = Vec::with_capacity(runs);
+    let mut dispatches = 0;
+    for _ in 0..runs.max(1) {
+        let t0 = std::time::Instant::now();
+        let (_, _, n) = run(false)?;
+        wall.push(t0.elapsed().as_secs_f64());
+        dispatches = n;
+    }
+    let mut gpu_t = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        if let (_, Some(g), _) = run(true)?
+            && g > 0.0
+        {
+            gpu_t.push(g);
+        }
+    }
+    Ok(UpdateBench {
+        batch,
+        wall: Stats::from_samples(wall, Clock::Wall),
+        gpu: (!gpu_t.is_empty()).then(|| Stats::from_samples(gpu_t, Clock::Timestamps)),
+        flops: tr.flops(),
+        dispatches,
+    })
+}
+
 /// The floor under any step that reads a result back: upload 16 bytes, one 16-byte copy,
 /// submit, wait, map the read-back (median and p90 over `runs` after `warmup`).
 pub fn bench_round_trip(gpu: &Gpu, runs: usize, warmup: usize) -> Result<Stats> {

@@ -16,6 +16,7 @@ pub mod model;
 pub mod planner;
 pub mod reference;
 pub mod rng;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use gpu::{Gpu, GpuBuffer, GpuOptions, Recorder, ShaderChecks};

@@ -25,6 +25,10 @@ usage:
       --act A1,A2,...             action dimensions (default 6,38)
       --obs O                     observation dimension (default 24)
       --runs N, --warmup N, --json
+  pompc bench update [options]    TD-MPC2's world-model update (forward, backward, clip, Adam, Polyak)
+      --batch B1,B2,...           sub-trajectories of horizon 3 (default 256)
+      --size S --obs O --act A    preset and dimensions (default 5, 24, 6)
+      --runs N, --warmup N, --json
   pompc bench mppi [options]      classic MPPI, differential drive among obstacles (MPPI-Generic's scene)
       --samples K1,K2,...         samples (default 128,1024,4096,16384)
       --horizon H                 (default 100; dt 0.02, lambda 1, sigma 0.2)
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
             Some("model") => bench_model(&args[2..]),
             Some("plan") => bench_plan(&args[2..]),
             Some("mppi") => bench_mppi(&args[2..]),
+            Some("update") => bench_update(&args[2..]),
             _ => Err(format!("bench what?\n{USAGE}")),
         },
         Some("-h" | "--help" | "help") | None => {
@@ -420,6 +425,70 @@ fn bench_plan(args: &[String]) -> Result<(), String> {
                     r.dispatches
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+fn bench_update(args: &[String]) -> Result<(), String> {
+    let (mut batches, mut size, mut obs, mut act) = (vec![256], 5u32, 24usize, 6usize);
+    let (mut runs, mut warmup, mut json) = (20usize, 5usize, false);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--batch" => batches = list(it.next(), "--batch")?,
+            "--size" => size = parse(it.next(), "--size")?,
+            "--obs" => obs = parse(it.next(), "--obs")?,
+            "--act" => act = parse(it.next(), "--act")?,
+            "--runs" => runs = parse(it.next(), "--runs")?,
+            "--warmup" => warmup = parse(it.next(), "--warmup")?,
+            "--json" => json = true,
+            other => return Err(format!("unknown option {other:?}\n{USAGE}")),
+        }
+    }
+    let gpu = Gpu::new(GpuOptions::default()).map_err(|e| e.to_string())?;
+    let spec = pompc::model::ModelSpec::tdmpc2(size, obs, act).map_err(|e| e.to_string())?;
+    if !json {
+        println!("adapter: {}", gpu.describe());
+        println!(
+            "TD-MPC2 {size}M preset, obs {obs}, action {act}; world-model update, horizon 3 \
+             (TD targets, rollout, losses, backward, clip 20, Adam, Polyak), one submit"
+        );
+        println!(
+            "{:>5} {:>10} {:>10} {:>10} {:>11} {:>8} {:>9} {:>10}",
+            "B", "wall ms", "p90 ms", "GPU ms", "updates/s", "GFLOP", "TFLOP/s", "dispatches"
+        );
+    }
+    for &b in &batches {
+        let r = bench::bench_update(&gpu, &spec, b, runs, warmup).map_err(|e| e.to_string())?;
+        let g = r.gpu.as_ref().map(|g| g.median * 1e3);
+        if json {
+            println!(
+                "{{\"batch\":{b},\"size\":{size},\"obs\":{obs},\"act\":{act},\"wall_median_s\":{:e},\
+                 \"wall_p90_s\":{:e},\"gpu_median_s\":{},\"flops\":{:e},\"dispatches\":{},\
+                 \"backend\":\"{:?}\",\"adapter\":\"{}\"}}",
+                r.wall.median,
+                r.wall.p90,
+                r.gpu
+                    .as_ref()
+                    .map_or("null".into(), |g| format!("{:e}", g.median)),
+                r.flops,
+                r.dispatches,
+                gpu.info().backend,
+                gpu.info().name.replace('"', "'"),
+            );
+        } else {
+            println!(
+                "{:>5} {:>10.3} {:>10.3} {:>10} {:>11.1} {:>8.2} {:>9.2} {:>10}",
+                b,
+                r.wall.median * 1e3,
+                r.wall.p90 * 1e3,
+                g.map_or("-".into(), |g| format!("{g:.3}")),
+                1.0 / r.wall.median,
+                r.flops * 1e-9,
+                r.flops / r.wall.median * 1e-12,
+                r.dispatches
+            );
         }
     }
     Ok(())

@@ -1,0 +1,468 @@
+//! One network of the world model for training: a forward pass that keeps each layer's
+//! pre-normalization output in a [`Tape`], and the backward pass that adds the parameter
+//! gradients into a flat gradient buffer and returns the input gradient.
+//!
+//! A layer is `y = act(LN(x W^T + b))` (or `x W^T + b` for a plain final layer). Forward:
+//! the strided GEMM writes `h = x W^T + b` (a second GEMM adds the action block of a
+//! concatenated input `[z | a]`), then `kernels::norm_act` writes `y`. Backward, from `dy`:
+//! `dh` through the activation and LayerNorm (adding `dgamma`, `dbeta`), `db += sum_rows dh`,
+//! `dW += dh^T x` (per column block of a concatenated input) and `dx = dh W`.
+
+use super::params::ParamLayout;
+use crate::gpu::{Gpu, GpuBuffer, Recorder};
+use crate::kernels::gemm::{self, Bias, Gemm, Mat};
+use crate::kernels::norm_act::{self, Affine, ColumnSumConfig, NormActBuffers, NormActConfig};
+use crate::model::{LayerSpec, ModelSpec, Net};
+use crate::{Error, Result};
+
+/// A layer's parameters in the flat buffer (offsets of member 0).
+#[derive(Clone, Debug)]
+pub struct TrainLayer {
+    /// Shape and activation.
+    pub spec: LayerSpec,
+    /// Weight `[members, out, in1 + in2]`.
+    pub w: usize,
+    /// Bias `[members, out]`.
+    pub b: usize,
+    /// LayerNorm gain and shift `[members, out]` each.
+    pub ln: Option<(usize, usize)>,
+}
+
+/// Which weight sets of an ensemble a pass runs: `count` consecutive ones from `first`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Members {
+    /// First weight set.
+    pub first: usize,
+    /// Weight sets run side by side.
+    pub count: usize,
+}
+
+impl Members {
+    /// A network with one weight set, or weight set `i` of an ensemble.
+    pub fn one(i: usize) -> Self {
+        Members { first: i, count: 1 }
+    }
+}
+
+/// Where a network's input rows are: `z` `[rows, in1]` and, for `[z, a]` networks, `a`
+/// `[rows, in2]`, each at an element offset. The same rows feed every weight set.
+#[derive(Clone, Copy, Debug)]
+pub struct NetInput<'a> {
+    /// First input and the element offset of its row 0.
+    pub z: (&'a GpuBuffer<f32>, usize),
+    /// Second input (actions) and its offset.
+    pub a: Option<(&'a GpuBuffer<f32>, usize)>,
+}
+
+/// What a forward pass keeps for its backward pass: per layer, `h` (before LayerNorm) and
+/// `y` (after the activation), for up to `steps` passes of `rows` rows by `slots` weight
+/// sets. A network applied at several time steps (the dynamics) uses one step each.
+pub struct Tape {
+    rows: usize,
+    slots: usize,
+    steps: usize,
+    h: Vec<GpuBuffer<f32>>,
+    y: Vec<GpuBuffer<f32>>,
+    /// Per-row LayerNorm (mean, rstd) of each layer, `[steps, slots, rows, 2]`.
+    stats: Vec<GpuBuffer<f32>>,
+    /// Partial column sums of the parameter gradients.
+    scratch: GpuBuffer<f32>,
+    /// Gradient scratch: `d[1]` for dh, `d[0]` for the gradient passed to the layer below.
+    d: [GpuBuffer<f32>; 2],
+}
+
+impl Tape {
+    /// Room for `steps` passes of `rows` rows through `net` with `slots` weight sets at once.
+    pub fn new(gpu: &Gpu, net: &TrainNet, rows: usize, slots: usize, steps: usize) -> Result<Tape> {
+        let mut h = Vec::new();
+        let mut y = Vec::new();
+        let mut stats = Vec::new();
+        let mut width = 1;
+        let mut scratch = 1;
+        for l in &net.layers {
+            let n = steps * slots * rows * l.spec.out;
+            let normed = |len: usize| if l.spec.normed { len.max(1) } else { 1 };
+            h.push(GpuBuffer::new(
+                gpu,
+                &format!("{} h", l.spec.prefix),
+                n.max(1),
+            )?);
+            y.push(GpuBuffer::new(
+                gpu,
+                &format!("{} y", l.spec.prefix),
+                normed(n),
+            )?);
+            stats.push(GpuBuffer::new(
+                gpu,
+                &format!("{} LayerNorm stats", l.spec.prefix),
+                normed(steps * slots * rows * 2),
+            )?);
+            width = width.max(l.spec.out).max(l.spec.in1 + l.spec.in2);
+            scratch = scratch.max(norm_act::scratch_len(l.spec.out, slots, rows, 2));
+        }
+        let d = slots * rows * width;
+        Ok(Tape {
+            rows,
+            slots,
+            steps,
+            h,
+            y,
+            stats,
+            scratch: GpuBuffer::new(gpu, &format!("{:?} column partials", net.net), scratch)?,
+            d: [
+                GpuBuffer::new(gpu, &format!("{:?} grad 0", net.net), d)?,
+                GpuBuffer::new(gpu, &format!("{:?} grad 1", net.net), d)?,
+            ],
+        })
+    }
+
+    /// The output of the last layer of pass `step`: `[slots, rows, out]` at the returned
+    /// offset of the returned buffer.
+    pub fn output<'t>(&'t self, net: &TrainNet, step: usize) -> (&'t GpuBuffer<f32>, usize) {
+        let i = net.layers.len() - 1;
+        let l = &net.layers[i];
+        let off = step * self.slots * self.rows * l.spec.out;
+        if l.spec.normed {
+            (&self.y[i], off)
+        } else {
+            (&self.h[i], off)
+        }
+    }
+}
+
+/// A network's layers and where its parameters sit.
+#[derive(Clone, Debug)]
+pub struct TrainNet {
+    /// Which network.
+    pub net: Net,
+    /// Weight sets stored.
+    pub members: usize,
+    /// Layers in order.
+    pub layers: Vec<TrainLayer>,
+}
+
+impl TrainNet {
+    /// `net` of `spec` over the flat `layout`.
+    pub fn new(spec: &ModelSpec, layout: &ParamLayout, net: Net) -> Result<TrainNet> {
+        let mut layers = Vec::new();
+        for ls in spec.layers(net) {
+            let w = layout.offset(&format!("{}.weight", ls.prefix))?;
+            let b = layout.offset(&format!("{}.bias", ls.prefix))?;
+            let ln = if ls.normed {
+                Some((
+                    layout.offset(&format!("{}.ln.weight", ls.prefix))?,
+                    layout.offset(&format!("{}.ln.bias", ls.prefix))?,
+                ))
+            } else {
+                None
+            };
+            layers.push(TrainLayer { spec: ls, w, b, ln });
+        }
+        if layers.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "{net:?}: this model has no such network"
+            )));
+        }
+        Ok(TrainNet {
+            net,
+            members: spec.members(net),
+            layers,
+        })
+    }
+
+    /// Output features.
+    pub fn out_dim(&self) -> usize {
+        self.layers.last().map_or(0, |l| l.spec.out)
+    }
+
+    /// Multiply-adds times 2 of a forward pass of `rows` rows by `slots` weight sets.
+    pub fn flops(&self, rows: usize, slots: usize) -> f64 {
+        self.layers
+            .iter()
+            .map(|l| 2.0 * (rows * (l.spec.in1 + l.spec.in2) * l.spec.out * slots) as f64)
+            .sum()
+    }
+
+    fn check(&self, tape: &Tape, rows: usize, sel: Members, step: usize) -> Result<()> {
+        if sel.count == 0 || sel.first + sel.count > self.members {
+            return Err(Error::InvalidArgument(format!(
+                "{:?}: weight sets {}..{} of {}",
+                self.net,
+                sel.first,
+                sel.first + sel.count,
+                self.members
+            )));
+        }
+        if rows > tape.rows || sel.count > tape.slots || step >= tape.steps {
+            return Err(Error::Limit(format!(
+                "{:?}: pass {step} of {rows} rows x {} weight sets; the tape holds {} passes of \
+                 {} rows x {}",
+                self.net, sel.count, tape.steps, tape.rows, tape.slots
+            )));
+        }
+        Ok(())
+    }
+
+    /// Record a forward pass of `rows` rows through weight sets `sel`, keeping pass `step`
+    /// of `tape`. The output is at [`Tape::output`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        rec: &mut Recorder,
+        params: &GpuBuffer<f32>,
+        rows: usize,
+        sel: Members,
+        input: NetInput,
+        tape: &Tape,
+        step: usize,
+    ) -> Result<()> {
+        self.check(tape, rows, sel, step)?;
+        let e = sel.count;
+        for (i, l) in self.layers.iter().enumerate() {
+            let (in1, in2, out) = (l.spec.in1, l.spec.in2, l.spec.out);
+            let k = in1 + in2;
+            let region = step * tape.slots * tape.rows * out;
+            let h = Mat::rows(&tape.h[i], out).at(region).batched(rows * out);
+            // Input rows: the caller's (shared by every weight set) or the layer below's.
+            let (x, x_bs) = if i == 0 {
+                (input.z, 0)
+            } else {
+                let lo = self.layers[i - 1].spec.out;
+                let src = if self.layers[i - 1].spec.normed {
+                    &tape.y[i - 1]
+                } else {
+                    &tape.h[i - 1]
+                };
+                ((src, step * tape.slots * tape.rows * lo), rows * lo)
+            };
+            let w = Mat::rows(params, k)
+                .at(l.w + sel.first * out * k)
+                .batched(out * k);
+            let op = Gemm {
+                trans_b: true,
+                batch: e,
+                ..Gemm::new(rows, out, in1)
+            };
+            gemm::record(
+                rec,
+                &op,
+                Mat::rows(x.0, in1).at(x.1).batched(x_bs),
+                w,
+                h,
+                Some(Bias {
+                    buf: params,
+                    offset: l.b + sel.first * out,
+                    batch_stride: out,
+                }),
+            )?;
+            if in2 > 0 {
+                let a = input.a.ok_or_else(|| {
+                    Error::InvalidArgument(format!("{:?} needs an action input", self.net))
+                })?;
+                let op = Gemm {
+                    trans_b: true,
+                    batch: e,
+                    accumulate: true,
+                    ..Gemm::new(rows, out, in2)
+                };
+                gemm::record(
+                    rec,
+                    &op,
+                    Mat::rows(a.0, in2).at(a.1),
+                    w.at(l.w + sel.first * out * k + in1),
+                    h,
+                    None,
+                )?;
+            }
+            if l.spec.normed {
+                let (g, bt) = l.ln.expect("normed layers have LayerNorm");
+                let io = NormActBuffers {
+                    h: (&tape.h[i], region),
+                    affine: Some(Affine {
+                        buf: params,
+                        gamma: g + sel.first * out,
+                        beta: bt + sel.first * out,
+                    }),
+                    stats: Some((&tape.stats[i], step * tape.slots * tape.rows * 2)),
+                };
+                let cfg = NormActConfig::new(out, l.spec.act, true).with_members(e);
+                norm_act::record_forward(rec, &cfg, rows, &io, (&tape.y[i], region))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Record the backward pass of forward pass `step` of `tape` (same `rows`, `sel` and
+    /// `input`): `dy` `[sel.count, rows, out]` at an offset is the gradient of the output.
+    /// Parameter gradients are added into `grads` (laid out as the parameters). The gradient
+    /// of the first input `z`, summed over the weight sets, is written to (or, with
+    /// `accumulate_dz`, added into) `dz` when given.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        rec: &mut Recorder,
+        params: &GpuBuffer<f32>,
+        grads: &GpuBuffer<f32>,
+        rows: usize,
+        sel: Members,
+        input: NetInput,
+        tape: &Tape,
+        step: usize,
+        dy: (&GpuBuffer<f32>, usize),
+        dz: Option<(&GpuBuffer<f32>, usize, bool)>,
+    ) -> Result<()> {
+        self.check(tape, rows, sel, step)?;
+        if params.len() != grads.len() {
+            return Err(Error::Shape(format!(
+                "{:?} backward: {} parameters and {} gradients",
+                self.net,
+                params.len(),
+                grads.len()
+            )));
+        }
+        let e = sel.count;
+        let n = self.layers.len();
+        // The gradient arriving at the current layer's output.
+        let mut g_out: (&GpuBuffer<f32>, usize) = dy;
+        for i in (0..n).rev() {
+            let l = &self.layers[i];
+            let (in1, in2, out) = (l.spec.in1, l.spec.in2, l.spec.out);
+            let k = in1 + in2;
+            let region = step * tape.slots * tape.rows * out;
+            // dh: through the activation and LayerNorm into scratch, or dy itself.
+            let dh: (&GpuBuffer<f32>, usize) = if l.spec.normed {
+                let (gm, bt) = l.ln.expect("normed layers have LayerNorm");
+                // d[1] holds dh, d[0] the gradient passed down: a layer reads one, writes the other.
+                let dst = &tape.d[1];
+                let io = NormActBuffers {
+                    h: (&tape.h[i], region),
+                    affine: Some(Affine {
+                        buf: params,
+                        gamma: gm + sel.first * out,
+                        beta: bt + sel.first * out,
+                    }),
+                    stats: Some((&tape.stats[i], step * tape.slots * tape.rows * 2)),
+                };
+                let cfg = NormActConfig::new(out, l.spec.act, true).with_members(e);
+                norm_act::record_backward(
+                    rec,
+                    &cfg,
+                    rows,
+                    &io,
+                    g_out,
+                    (dst, 0),
+                    false,
+                    Some(Affine {
+                        buf: grads,
+                        gamma: gm + sel.first * out,
+                        beta: bt + sel.first * out,
+                    }),
+                    Some(&tape.scratch),
+                )?;
+                (dst, 0)
+            } else {
+                g_out
+            };
+            let cs = ColumnSumConfig {
+                n: out,
+                members: e,
+                accumulate: true,
+            };
+            norm_act::record_column_sum(
+                rec,
+                &cs,
+                rows,
+                dh,
+                None,
+                (grads, l.b + sel.first * out),
+                Some(&tape.scratch),
+            )?;
+            // dW += dh^T x, per column block of the input.
+            let (x, x_bs) = if i == 0 {
+                (input.z, 0)
+            } else {
+                let lo = self.layers[i - 1].spec.out;
+                let src = if self.layers[i - 1].spec.normed {
+                    &tape.y[i - 1]
+                } else {
+                    &tape.h[i - 1]
+                };
+                ((src, step * tape.slots * tape.rows * lo), rows * lo)
+            };
+            let dh_mat = Mat::rows(dh.0, out).at(dh.1).batched(rows * out);
+            let dw = Mat::rows(grads, k)
+                .at(l.w + sel.first * out * k)
+                .batched(out * k);
+            let op = Gemm {
+                trans_a: true,
+                accumulate: true,
+                batch: e,
+                ..Gemm::new(out, in1, rows)
+            };
+            gemm::record(
+                rec,
+                &op,
+                dh_mat,
+                Mat::rows(x.0, in1).at(x.1).batched(x_bs),
+                dw,
+                None,
+            )?;
+            if in2 > 0 {
+                let a = input.a.ok_or_else(|| {
+                    Error::InvalidArgument(format!("{:?} needs an action input", self.net))
+                })?;
+                let op = Gemm {
+                    trans_a: true,
+                    accumulate: true,
+                    batch: e,
+                    ..Gemm::new(out, in2, rows)
+                };
+                gemm::record(
+                    rec,
+                    &op,
+                    dh_mat,
+                    Mat::rows(a.0, in2).at(a.1),
+                    dw.at(l.w + sel.first * out * k + in1),
+                    None,
+                )?;
+            }
+            // dx = dh W[:, :in1], into the scratch the layer below reads, or the caller's dz.
+            let w = Mat::rows(params, k)
+                .at(l.w + sel.first * out * k)
+                .batched(out * k);
+            if i > 0 {
+                let dst = &tape.d[0];
+                let op = Gemm {
+                    batch: e,
+                    ..Gemm::new(rows, in1, out)
+                };
+                gemm::record(
+                    rec,
+                    &op,
+                    dh_mat,
+                    w,
+                    Mat::rows(dst, in1).batched(rows * in1),
+                    None,
+                )?;
+                g_out = (dst, 0);
+            } else if let Some((buf, off, acc)) = dz {
+                // The input is shared by the weight sets: their gradients add up.
+                for m in 0..e {
+                    let op = Gemm {
+                        accumulate: acc || m > 0,
+                        ..Gemm::new(rows, in1, out)
+                    };
+                    gemm::record(
+                        rec,
+                        &op,
+                        dh_mat.at(dh.1 + m * rows * out),
+                        w.at(l.w + (sel.first + m) * out * k),
+                        Mat::rows(buf, in1).at(off),
+                        None,
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

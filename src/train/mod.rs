@@ -1,0 +1,11 @@
+//! Training on the GPU: the world model's parameters in one flat buffer, forward passes that
+//! keep what the backward pass needs, the backward passes, and TD-MPC2's world-model update
+//! (consistency, reward and value losses, clipped Adam, Polyak target) as one submit.
+
+pub mod mlp;
+pub mod params;
+pub mod world;
+
+pub use mlp::{Members, NetInput as TrainInput, Tape, TrainNet};
+pub use params::ParamLayout;
+pub use world::{UpdateBatch, UpdateConfig, UpdateLosses, WorldModelTrainer};

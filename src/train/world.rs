@@ -1,0 +1,807 @@
+//! TD-MPC2's world-model update (`../shared/docs/algorithm.md` b.6) on the GPU, recorded into
+//! one submit: TD targets from the policy and two Polyak-target Q heads, the latent rollout
+//! through the dynamics, the consistency, reward and value losses with rho^t weights, the
+//! backward pass through every network, global-norm clipping, Adam with the encoder's
+//! learning-rate scale, and the Polyak update of the target Q heads.
+//!
+//! ```no_run
+//! # fn main() -> pompc::Result<()> {
+//! use pompc::model::{ModelSpec, Weights};
+//! use pompc::train::{UpdateBatch, UpdateConfig, WorldModelTrainer};
+//! let gpu = pompc::Gpu::new(Default::default())?;
+//! let spec = ModelSpec::tdmpc2(5, 24, 6)?;
+//! let mut trainer = WorldModelTrainer::new(&gpu, &Weights::init(&spec, 0)?, UpdateConfig::tdmpc2(), 256)?;
+//! let (t, b) = (3, 256);
+//! let batch = UpdateBatch {
+//!     obs: vec![0.0; (t + 1) * b * 24],
+//!     action: vec![0.0; t * b * 6],
+//!     reward: vec![0.0; t * b],
+//!     pi_noise: None,
+//!     target_heads: None,
+//! };
+//! let losses = trainer.update(&batch)?;
+//! println!("consistency {} reward {} value {}", losses.consistency, losses.reward, losses.value);
+//! # Ok(()) }
+//! ```
+//!
+//! Differences from TD-MPC2 (stated, not hidden): the Q heads' dropout (0.01 on the first
+//! layer) is not applied, and episodic models (termination head) are refused for now.
+
+use super::mlp::{Members, NetInput, Tape, TrainNet};
+use super::params::ParamLayout;
+use crate::gpu::{Binding, Gpu, GpuBuffer, KernelSpec, Recorder};
+use crate::kernels::loss::{self, GradOut, LossOut, MseConfig, RowWeights, SoftCeConfig};
+use crate::kernels::optim::{Adam, AdamConfig, AdamState, ParamGroup, record_polyak};
+use crate::kernels::policy::{self, PolicyBuffers, PolicyConfig, PolicyOffsets};
+use crate::kernels::rng_fill::{Distribution, record_fill};
+use crate::kernels::two_hot::{self, RowLayout, TwoHotConfig};
+use crate::model::{ModelSpec, Net, Weights};
+use crate::{Error, Result};
+use rand::{Rng, SeedableRng};
+
+/// Coefficients of the update, TD-MPC2's defaults from [`UpdateConfig::tdmpc2`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpdateConfig {
+    /// Horizon T of the sub-trajectories (3).
+    pub horizon: usize,
+    /// Per-step loss weight rho (0.5).
+    pub rho: f32,
+    /// Discount gamma of the TD target (0.99 for DMC's 500-step episodes).
+    pub discount: f32,
+    /// Weight of the consistency loss (20).
+    pub consistency_coef: f32,
+    /// Weight of the reward loss (0.1).
+    pub reward_coef: f32,
+    /// Weight of the value loss (0.1).
+    pub value_coef: f32,
+    /// Adam learning rate (3e-4).
+    pub lr: f32,
+    /// Learning-rate scale of the encoder (0.3).
+    pub enc_lr_scale: f32,
+    /// Global gradient-norm clip (20).
+    pub grad_clip_norm: f32,
+    /// Polyak rate of the target Q heads (0.01).
+    pub tau: f32,
+    /// Seed of the policy noise and of the target-head choice.
+    pub seed: u64,
+}
+
+impl UpdateConfig {
+    /// TD-MPC2's defaults (b.1) for DMC (discount 0.99).
+    pub fn tdmpc2() -> Self {
+        UpdateConfig {
+            horizon: 3,
+            rho: 0.5,
+            discount: 0.99,
+            consistency_coef: 20.0,
+            reward_coef: 0.1,
+            value_coef: 0.1,
+            lr: 3e-4,
+            enc_lr_scale: 0.3,
+            grad_clip_norm: 20.0,
+            tau: 0.01,
+            seed: 0,
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        let finite = [
+            self.rho,
+            self.discount,
+            self.consistency_coef,
+            self.reward_coef,
+            self.value_coef,
+            self.lr,
+            self.enc_lr_scale,
+            self.grad_clip_norm,
+            self.tau,
+        ];
+        if self.horizon == 0 || finite.iter().any(|v| !v.is_finite() || *v < 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "update configuration needs horizon >= 1 and finite, non-negative \
+                 coefficients: {self:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One batch of sub-trajectories, time-major: `obs` `[T + 1, B, obs_dim]`, `action`
+/// `[T, B, action_dim]`, `reward` `[T, B]`.
+#[derive(Clone, Debug, Default)]
+pub struct UpdateBatch {
+    /// Observations of steps 0..=T.
+    pub obs: Vec<f32>,
+    /// Actions of steps 0..T.
+    pub action: Vec<f32>,
+    /// Rewards of steps 0..T.
+    pub reward: Vec<f32>,
+    /// The standard normal noise of the TD target's policy samples `[T, B, action_dim]`;
+    /// drawn on the GPU when `None`.
+    pub pi_noise: Option<Vec<f32>>,
+    /// The two target Q heads of the TD target; drawn at random when `None`.
+    pub target_heads: Option<[usize; 2]>,
+}
+
+/// The losses of one update, as TD-MPC2 reports them (before the coefficients).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UpdateLosses {
+    /// (1/T) sum_t rho^t MSE(z_{t+1}, h(s_{t+1})).
+    pub consistency: f32,
+    /// (1/T) sum_t rho^t mean_b CE(R(z_t, a_t), r_t).
+    pub reward: f32,
+    /// (1/(T num_q)) sum_t rho^t sum_q mean_b CE(Q_q(z_t, a_t), y_t).
+    pub value: f32,
+    /// The weighted total that was differentiated.
+    pub total: f32,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct TdParams {
+    rows: u32,
+    discount: f32,
+    q_stride: u32,
+    _pad: u32,
+}
+
+const TD: KernelSpec = KernelSpec {
+    shader: "td",
+    entry: "td_target",
+    bindings: &[
+        (0, Binding::Read),
+        (1, Binding::Read),
+        (2, Binding::ReadWrite),
+        (3, Binding::Uniform),
+    ],
+};
+
+/// Record TD targets `y = reward + discount * min(q[0..rows], q[q_stride..q_stride + rows])`.
+pub fn record_td_target(
+    rec: &mut Recorder,
+    rows: usize,
+    discount: f32,
+    reward: &GpuBuffer<f32>,
+    q: &GpuBuffer<f32>,
+    q_stride: usize,
+    y: &GpuBuffer<f32>,
+) -> Result<()> {
+    if reward.len() < rows || y.len() < rows || q.len() < q_stride + rows || q_stride < rows {
+        return Err(Error::Shape(format!(
+            "TD target of {rows} rows: reward {}, values {} (head stride {q_stride}), targets {}",
+            reward.len(),
+            q.len(),
+            y.len()
+        )));
+    }
+    let pipe = rec.gpu().pipeline(&TD, &Default::default(), &[])?;
+    let p = TdParams {
+        rows: rows as u32,
+        discount,
+        q_stride: q_stride as u32,
+        _pad: 0,
+    };
+    let groups = two_hot::grid(rec.gpu(), rows.div_ceil(64), "TD target")?;
+    rec.dispatch(
+        &pipe,
+        &[&reward.buffer, &q.buffer, &y.buffer],
+        Some(&p),
+        groups,
+    )
+}
+
+// Slots of the losses buffer (weighted by the coefficients, as differentiated).
+const L_CONSISTENCY: usize = 0;
+const L_REWARD: usize = 1;
+const L_VALUE: usize = 2;
+
+/// TD-MPC2's world-model update on the GPU for batches of `batch` sub-trajectories.
+pub struct WorldModelTrainer<'g> {
+    gpu: &'g Gpu,
+    spec: ModelSpec,
+    layout: ParamLayout,
+    cfg: UpdateConfig,
+    batch: usize,
+    params: GpuBuffer<f32>,
+    grads: GpuBuffer<f32>,
+    target: GpuBuffer<f32>,
+    enc: TrainNet,
+    dynamics: TrainNet,
+    reward: TrainNet,
+    pi: TrainNet,
+    q: TrainNet,
+    enc_tape: Tape,
+    dyn_tape: Tape,
+    rew_tape: Tape,
+    q_tape: Tape,
+    pi_tape: Tape,
+    tq_tape: Tape,
+    obs: GpuBuffer<f32>,
+    action: GpuBuffer<f32>,
+    reward_in: GpuBuffer<f32>,
+    zs: GpuBuffer<f32>,
+    dzs: GpuBuffer<f32>,
+    eps: GpuBuffer<f32>,
+    pi_action: GpuBuffer<f32>,
+    pi_stats: GpuBuffer<f32>,
+    tq_values: GpuBuffer<f32>,
+    td: GpuBuffer<f32>,
+    dlogits_r: GpuBuffer<f32>,
+    dlogits_q: GpuBuffer<f32>,
+    losses: GpuBuffer<f32>,
+    loss_scratch: GpuBuffer<f32>,
+    adam: Adam,
+    updates: u64,
+    rng: rand::rngs::StdRng,
+}
+
+impl<'g> WorldModelTrainer<'g> {
+    /// A trainer of `weights` (target Q heads start as a copy of the Q heads, or from
+    /// `weights.extra` when the checkpoint carries them) for batches of `batch`.
+    pub fn new(gpu: &'g Gpu, weights: &Weights, cfg: UpdateConfig, batch: usize) -> Result<Self> {
+        cfg.check()?;
+        let spec = weights.spec.clone();
+        if spec.episodic {
+            return Err(Error::InvalidArgument(
+                "training episodic models (termination head) is not supported yet".into(),
+            ));
+        }
+        if batch == 0 {
+            return Err(Error::InvalidArgument("batch of 0 sub-trajectories".into()));
+        }
+        let layout = ParamLayout::new(&spec);
+        let flat = layout.flatten(weights)?;
+        let mut target_flat = flat.clone();
+        let q_range = layout.net(Net::Q);
+        for (name, t) in &weights.extra {
+            // `_target_Qs_params.<i>.<tensor>` mirrors `_Qs.params.<i>.<tensor>`.
+            if let Some(rest) = name.strip_prefix("_target_Qs_params.") {
+                let own = format!("_Qs.params.{rest}");
+                if let Ok(off) = layout.offset(&own) {
+                    target_flat[off..off + t.data.len()].copy_from_slice(&t.data);
+                }
+            }
+        }
+        let (t, b) = (cfg.horizon, batch);
+        let (o, a, l, bins, e) = (
+            spec.obs_dim,
+            spec.action_dim,
+            spec.latent_dim,
+            spec.num_bins,
+            spec.num_q,
+        );
+        let enc = TrainNet::new(&spec, &layout, Net::Encoder)?;
+        let dynamics = TrainNet::new(&spec, &layout, Net::Dynamics)?;
+        let reward = TrainNet::new(&spec, &layout, Net::Reward)?;
+        let pi = TrainNet::new(&spec, &layout, Net::Policy)?;
+        let q = TrainNet::new(&spec, &layout, Net::Q)?;
+        let f = |label: &str, n: usize| GpuBuffer::<f32>::new(gpu, label, n.max(1));
+        // TD-MPC2's groups: the encoder at a reduced learning rate, then dynamics, reward
+        // and the Q heads (the policy has its own optimizer).
+        let groups = [
+            ParamGroup::new(layout.net(Net::Encoder), cfg.enc_lr_scale),
+            ParamGroup::new(
+                layout.net(Net::Dynamics).start..layout.net(Net::Reward).end,
+                1.0,
+            ),
+            ParamGroup::new(q_range.clone(), 1.0),
+        ];
+        let adam = Adam::new(
+            gpu,
+            layout.len(),
+            &groups,
+            AdamConfig {
+                lr: cfg.lr,
+                clip: Some(cfg.grad_clip_norm),
+                ..AdamConfig::TDMPC2
+            },
+        )?;
+        Ok(WorldModelTrainer {
+            params: GpuBuffer::from_slice(gpu, "parameters", &flat)?,
+            grads: f("gradients", layout.len())?,
+            target: GpuBuffer::from_slice(gpu, "target parameters", &target_flat)?,
+            enc_tape: Tape::new(gpu, &enc, (t + 1) * b, 1, 1)?,
+            dyn_tape: Tape::new(gpu, &dynamics, b, 1, t)?,
+            rew_tape: Tape::new(gpu, &reward, t * b, 1, 1)?,
+            q_tape: Tape::new(gpu, &q, t * b, e, 1)?,
+            pi_tape: Tape::new(gpu, &pi, t * b, 1, 1)?,
+            tq_tape: Tape::new(gpu, &q, t * b, 1, 2)?,
+            obs: f("obs", (t + 1) * b * o)?,
+            action: f("actions", t * b * a)?,
+            reward_in: f("rewards", t * b)?,
+            zs: f("zs", (t + 1) * b * l)?,
+            dzs: f("dzs", (t + 1) * b * l)?,
+            eps: f("TD policy noise", t * b * a)?,
+            pi_action: f("TD policy actions", t * b * a)?,
+            pi_stats: f(
+                "TD policy stats",
+                t * b * PolicyConfig::new(a).stats_width(),
+            )?,
+            tq_values: f("target Q values", 2 * t * b)?,
+            td: f("TD targets", t * b)?,
+            dlogits_r: f("reward logit gradients", t * b * bins)?,
+            dlogits_q: f("Q logit gradients", e * t * b * bins)?,
+            losses: f("losses", 8)?,
+            loss_scratch: f("loss partials", {
+                let tcfg = TwoHotConfig::new(spec.num_bins, spec.vmin, spec.vmax)?;
+                let ce = |m: usize| SoftCeConfig {
+                    bins: tcfg,
+                    members: m,
+                    weights: RowWeights::uniform(1.0),
+                };
+                let mse = MseConfig {
+                    n: l,
+                    members: 1,
+                    weights: RowWeights::uniform(1.0),
+                };
+                loss::soft_ce_partials(&ce(e), t * b)
+                    .max(loss::soft_ce_partials(&ce(1), t * b))
+                    .max(loss::mse_partials(&mse, t * b))
+            })?,
+            adam,
+            updates: 0,
+            rng: rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x7464_6d70_6332),
+            enc,
+            dynamics,
+            reward,
+            pi,
+            q,
+            gpu,
+            layout,
+            spec,
+            cfg,
+            batch,
+        })
+    }
+
+    /// The parameter layout.
+    pub fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    /// The flat parameters on the GPU.
+    pub fn params(&self) -> &GpuBuffer<f32> {
+        &self.params
+    }
+
+    /// The flat gradients of the last update (before clipping) on the GPU.
+    pub fn grads(&self) -> &GpuBuffer<f32> {
+        &self.grads
+    }
+
+    /// The flat Polyak target parameters (only the Q range is used).
+    pub fn target(&self) -> &GpuBuffer<f32> {
+        &self.target
+    }
+
+    /// The rollout latents `[T + 1, B, latent]` of the last update (the policy update's input).
+    pub fn latents(&self) -> &GpuBuffer<f32> {
+        &self.zs
+    }
+
+    /// The TD targets `[T, B]` of the last update.
+    pub fn td_targets(&self) -> &GpuBuffer<f32> {
+        &self.td
+    }
+
+    /// Batch size.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &UpdateConfig {
+        &self.cfg
+    }
+
+    /// Floating-point operations of one update (forward, and backward at twice the forward).
+    pub fn flops(&self) -> f64 {
+        let (t, b, e) = (self.cfg.horizon, self.batch, self.spec.num_q);
+        let tb = t * b;
+        let trained = self.dynamics.flops(tb, 1) + self.reward.flops(tb, 1) + self.q.flops(tb, e);
+        let forward =
+            self.enc.flops((t + 1) * b, 1) + self.pi.flops(tb, 1) + self.q.flops(tb, 2) + trained;
+        // Backward: dX and dW, twice the forward, for the trained passes and step 0's encoder.
+        forward + 2.0 * (trained + self.enc.flops(b, 1))
+    }
+
+    /// Download the parameters into `weights` (and the target Q heads into `weights.extra`).
+    pub fn weights(&self) -> Result<Weights> {
+        let mut w = Weights::init(&self.spec, 0)?;
+        self.layout
+            .unflatten(&self.params.download(self.gpu)?, &mut w)?;
+        let target = self.target.download(self.gpu)?;
+        for (name, shape, off) in self.layout.tensors() {
+            if let Some(rest) = name.strip_prefix("_Qs.params.") {
+                let n: usize = shape.iter().product();
+                w.extra.insert(
+                    format!("_target_Qs_params.{rest}"),
+                    crate::model::Tensor {
+                        shape: shape.to_vec(),
+                        data: target[off..off + n].to_vec(),
+                    },
+                );
+            }
+        }
+        Ok(w)
+    }
+
+    /// Upload a batch (checked) and choose the random inputs of its update.
+    pub fn upload(&mut self, batch: &UpdateBatch) -> Result<[usize; 2]> {
+        let (t, b) = (self.cfg.horizon, self.batch);
+        let (o, a) = (self.spec.obs_dim, self.spec.action_dim);
+        let check = |name: &str, v: &[f32], n: usize| -> Result<()> {
+            if v.len() != n {
+                return Err(Error::Shape(format!(
+                    "{name}: {} values, a batch of {b} with horizon {t} needs {n}",
+                    v.len()
+                )));
+            }
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(Error::InvalidArgument(format!(
+                    "{name}[{i}] is {} (not finite)",
+                    v[i]
+                )));
+            }
+            Ok(())
+        };
+        check("obs", &batch.obs, (t + 1) * b * o)?;
+        check("action", &batch.action, t * b * a)?;
+        check("reward", &batch.reward, t * b)?;
+        self.obs.upload(self.gpu, &batch.obs)?;
+        self.action.upload(self.gpu, &batch.action)?;
+        self.reward_in.upload(self.gpu, &batch.reward)?;
+        if let Some(noise) = &batch.pi_noise {
+            check("pi_noise", noise, t * b * a)?;
+            self.eps.upload(self.gpu, noise)?;
+        }
+        let heads = match batch.target_heads {
+            Some(h) => {
+                if h[0] == h[1] || h.iter().any(|&i| i >= self.spec.num_q) {
+                    return Err(Error::InvalidArgument(format!(
+                        "target heads {h:?}: two different heads of {}",
+                        self.spec.num_q
+                    )));
+                }
+                h
+            }
+            None => self.upload_heads_only()?,
+        };
+        Ok(heads)
+    }
+
+    /// Draw the target heads of the next update without uploading data (benchmarks reuse
+    /// one uploaded batch).
+    pub fn upload_heads_only(&mut self) -> Result<[usize; 2]> {
+        let n = self.spec.num_q;
+        if n < 2 {
+            return Err(Error::InvalidArgument(format!(
+                "TD targets need 2 Q heads, the model has {n}"
+            )));
+        }
+        let first = self.rng.random_range(0..n);
+        let second = (first + self.rng.random_range(1..n)) % n;
+        Ok([first, second])
+    }
+
+    /// The losses buffer: the consistency, reward and value losses times their
+    /// coefficients, in slots 0, 1, 2.
+    pub fn losses_buffer(&self) -> &GpuBuffer<f32> {
+        &self.losses
+    }
+
+    /// Upload `batch`, run one update in one submit, and read back the losses.
+    pub fn update(&mut self, batch: &UpdateBatch) -> Result<UpdateLosses> {
+        let heads = self.upload(batch)?;
+        let mut rec = Recorder::new(self.gpu);
+        self.record_losses_and_grads(&mut rec, heads, batch.pi_noise.is_none())?;
+        self.record_optimizer(&mut rec)?;
+        let hl = rec.read(&self.losses);
+        let hs = rec.read(self.adam.state_buffer());
+        let out = rec.finish()?;
+        let l = out.get(&hl)?;
+        let state = AdamState::from_words(&out.get(&hs)?)?;
+        Ok(self.losses_from(&l, state.grad_norm.unwrap_or(f32::NAN)))
+    }
+
+    /// Upload `batch` and compute the losses and gradients only (no optimizer step): the
+    /// gradients stay in [`WorldModelTrainer::grads`].
+    pub fn losses_and_grads(&mut self, batch: &UpdateBatch) -> Result<UpdateLosses> {
+        let heads = self.upload(batch)?;
+        let mut rec = Recorder::new(self.gpu);
+        self.record_losses_and_grads(&mut rec, heads, batch.pi_noise.is_none())?;
+        let hl = rec.read(&self.losses);
+        let l = rec.finish()?.get(&hl)?;
+        Ok(self.losses_from(&l, f32::NAN))
+    }
+
+    fn losses_from(&self, l: &[f32], grad_norm: f32) -> UpdateLosses {
+        let c = &self.cfg;
+        let div = |v: f32, coef: f32| if coef > 0.0 { v / coef } else { 0.0 };
+        UpdateLosses {
+            consistency: div(l[L_CONSISTENCY], c.consistency_coef),
+            reward: div(l[L_REWARD], c.reward_coef),
+            value: div(l[L_VALUE], c.value_coef),
+            total: l[L_CONSISTENCY] + l[L_REWARD] + l[L_VALUE],
+            grad_norm,
+        }
+    }
+
+    /// Record the forward passes, losses and backward passes of one update on the uploaded
+    /// batch, with target heads `heads`; `draw_noise` draws the TD policy noise on the GPU.
+    pub fn record_losses_and_grads(
+        &mut self,
+        rec: &mut Recorder,
+        heads: [usize; 2],
+        draw_noise: bool,
+    ) -> Result<()> {
+        let (t, b) = (self.cfg.horizon, self.batch);
+        let (a, l, bins, e) = (
+            self.spec.action_dim,
+            self.spec.latent_dim,
+            self.spec.num_bins,
+            self.spec.num_q,
+        );
+        let tb = t * b;
+        let c = self.cfg.clone();
+        let p = &self.params;
+        rec.clear(&self.grads);
+        rec.clear(&self.losses);
+        rec.clear(&self.dzs);
+        // Encoder over all T + 1 steps: step 0 starts the rollout, steps 1..=T are the
+        // consistency targets (no gradient flows into them).
+        self.enc.forward(
+            rec,
+            p,
+            (t + 1) * b,
+            Members::one(0),
+            NetInput {
+                z: (&self.obs, 0),
+                a: None,
+            },
+            &self.enc_tape,
+            0,
+        )?;
+        let (enc_out, enc_off) = self.enc_tape.output(&self.enc, 0);
+        rec.copy_range(enc_out, enc_off, &self.zs, 0, b * l)?;
+        // TD targets: a' ~ pi(z'), y = r + gamma min(two target heads)(z', a').
+        let next_z = (enc_out, enc_off + b * l);
+        self.pi.forward(
+            rec,
+            p,
+            tb,
+            Members::one(0),
+            NetInput { z: next_z, a: None },
+            &self.pi_tape,
+            0,
+        )?;
+        if draw_noise {
+            let stream = (self.updates as u32).wrapping_mul(2);
+            record_fill(rec, &self.eps, Distribution::Normal, c.seed, stream)?;
+        }
+        let (pi_out, pi_off) = self.pi_tape.output(&self.pi, 0);
+        let pcfg =
+            PolicyConfig::new(a).with_log_std_range(self.spec.log_std_min, self.spec.log_std_max);
+        policy::record_sample_at(
+            rec,
+            &pcfg,
+            tb,
+            PolicyBuffers {
+                h: pi_out,
+                eps: &self.eps,
+                action: &self.pi_action,
+                stats: &self.pi_stats,
+            },
+            PolicyOffsets {
+                h: pi_off,
+                ..Default::default()
+            },
+        )?;
+        let tcfg = TwoHotConfig::new(self.spec.num_bins, self.spec.vmin, self.spec.vmax)?;
+        for (s, &h) in heads.iter().enumerate() {
+            self.q.forward(
+                rec,
+                &self.target,
+                tb,
+                Members::one(h),
+                NetInput {
+                    z: next_z,
+                    a: Some((&self.pi_action, 0)),
+                },
+                &self.tq_tape,
+                s,
+            )?;
+            let (qo, qoff) = self.tq_tape.output(&self.q, s);
+            two_hot::record_decode_strided(
+                rec,
+                &tcfg,
+                tb,
+                qo,
+                RowLayout::at(qoff, bins),
+                &self.tq_values,
+                RowLayout::at(s * tb, 1),
+            )?;
+        }
+        record_td_target(
+            rec,
+            tb,
+            c.discount,
+            &self.reward_in,
+            &self.tq_values,
+            tb,
+            &self.td,
+        )?;
+        // Latent rollout z_{t+1} = d(z_t, a_t) and the consistency loss against h(s_{t+1}).
+        let w_cons = RowWeights::new(c.consistency_coef / (t * b * l) as f32, c.rho, b);
+        for s in 0..t {
+            self.dynamics.forward(
+                rec,
+                p,
+                b,
+                Members::one(0),
+                NetInput {
+                    z: (&self.zs, s * b * l),
+                    a: Some((&self.action, s * b * a)),
+                },
+                &self.dyn_tape,
+                s,
+            )?;
+            let (d_out, d_off) = self.dyn_tape.output(&self.dynamics, s);
+            rec.copy_range(d_out, d_off, &self.zs, (s + 1) * b * l, b * l)?;
+        }
+        loss::record_mse(
+            rec,
+            &MseConfig {
+                n: l,
+                members: 1,
+                weights: w_cons,
+            },
+            tb,
+            &self.zs,
+            RowLayout::at(b * l, l),
+            enc_out,
+            RowLayout::at(enc_off + b * l, l),
+            Some(GradOut {
+                buf: &self.dzs,
+                at: RowLayout::at(b * l, l),
+                accumulate: true,
+            }),
+            LossOut {
+                losses: &self.losses,
+                index: L_CONSISTENCY,
+                accumulate: true,
+            },
+            Some(&self.loss_scratch),
+        )?;
+        // Reward and value predictions from the rollout latents z_0..z_{T-1} and the actions.
+        let inp = NetInput {
+            z: (&self.zs, 0),
+            a: Some((&self.action, 0)),
+        };
+        self.reward
+            .forward(rec, p, tb, Members::one(0), inp, &self.rew_tape, 0)?;
+        let (r_out, r_off) = self.rew_tape.output(&self.reward, 0);
+        loss::record_soft_ce(
+            rec,
+            &SoftCeConfig {
+                bins: tcfg,
+                members: 1,
+                weights: RowWeights::new(c.reward_coef / tb as f32, c.rho, b),
+            },
+            tb,
+            r_out,
+            RowLayout::at(r_off, bins),
+            &self.reward_in,
+            RowLayout::contiguous(1),
+            Some(GradOut {
+                buf: &self.dlogits_r,
+                at: RowLayout::contiguous(bins),
+                accumulate: false,
+            }),
+            LossOut {
+                losses: &self.losses,
+                index: L_REWARD,
+                accumulate: true,
+            },
+            Some(&self.loss_scratch),
+        )?;
+        let all_q = Members { first: 0, count: e };
+        self.q.forward(rec, p, tb, all_q, inp, &self.q_tape, 0)?;
+        let (q_out, q_off) = self.q_tape.output(&self.q, 0);
+        loss::record_soft_ce(
+            rec,
+            &SoftCeConfig {
+                bins: tcfg,
+                members: e,
+                weights: RowWeights::new(c.value_coef / (tb * e) as f32, c.rho, b),
+            },
+            tb,
+            q_out,
+            RowLayout::at(q_off, bins),
+            &self.td,
+            RowLayout::contiguous(1),
+            Some(GradOut {
+                buf: &self.dlogits_q,
+                at: RowLayout::contiguous(bins),
+                accumulate: false,
+            }),
+            LossOut {
+                losses: &self.losses,
+                index: L_VALUE,
+                accumulate: true,
+            },
+            Some(&self.loss_scratch),
+        )?;
+        // Backward: heads into dzs[0..T], then the dynamics from the last step down, each
+        // adding its input gradient into the step before, then the encoder on step 0.
+        let g = &self.grads;
+        self.reward.backward(
+            rec,
+            p,
+            g,
+            tb,
+            Members::one(0),
+            inp,
+            &self.rew_tape,
+            0,
+            (&self.dlogits_r, 0),
+            Some((&self.dzs, 0, true)),
+        )?;
+        self.q.backward(
+            rec,
+            p,
+            g,
+            tb,
+            all_q,
+            inp,
+            &self.q_tape,
+            0,
+            (&self.dlogits_q, 0),
+            Some((&self.dzs, 0, true)),
+        )?;
+        for s in (0..t).rev() {
+            self.dynamics.backward(
+                rec,
+                p,
+                g,
+                b,
+                Members::one(0),
+                NetInput {
+                    z: (&self.zs, s * b * l),
+                    a: Some((&self.action, s * b * a)),
+                },
+                &self.dyn_tape,
+                s,
+                (&self.dzs, (s + 1) * b * l),
+                Some((&self.dzs, s * b * l, true)),
+            )?;
+        }
+        self.enc.backward(
+            rec,
+            p,
+            g,
+            b,
+            Members::one(0),
+            NetInput {
+                z: (&self.obs, 0),
+                a: None,
+            },
+            &self.enc_tape,
+            0,
+            (&self.dzs, 0),
+            None,
+        )?;
+        self.updates += 1;
+        Ok(())
+    }
+
+    /// Record the clipped Adam step over the world-model parameters and the Polyak update of
+    /// the target Q heads.
+    pub fn record_optimizer(&mut self, rec: &mut Recorder) -> Result<()> {
+        self.adam.record_step(rec, &self.params, &self.grads)?;
+        let q = self.layout.net(Net::Q);
+        record_polyak(rec, &self.params, &self.target, &[q], self.cfg.tau)
+    }
+}
