@@ -5,11 +5,13 @@
 // time steps), and the forward itself is x W^T (NT). Offsets and leading dimensions let one
 // call read a column block of a concatenated input [Z | A] or write one of its gradient.
 //
-// Each workgroup computes a BM x BN tile of C through workgroup memory, TM x TN outputs per
-// thread spread over the tile with strides WY and WX, so that neighbouring threads read
-// neighbouring words of workgroup memory and write neighbouring columns of C. The tiles are
-// stored with one word of padding per row: a load of A along K (not transposed) then lands
-// in distinct banks. Tile constants come from a header the Rust side writes.
+// Each workgroup computes a BM x BN tile of C, TM x TN outputs per thread in 4 x 4 blocks
+// spread over the tile (strides 4 WY and 4 WX), through workgroup tiles stored K-major as
+// vec4s of 4 rows (or 4 columns), padded by one vec4 per K-row so scattered stores spread over
+// banks. Each thread loads whole vec4s of the next K-slice into registers while the current
+// one is multiplied. The load mapping follows the operand's contiguous dimension: along K
+// for A (B^T), along M (N) for A^T (B), so neighbouring threads read neighbouring words.
+// Tile constants come from a header the Rust side writes.
 // CPU mirror: src/reference/gemm.rs.
 
 override TA: bool = false;
@@ -45,11 +47,17 @@ struct Params {
 const WX: u32 = BN / TN;
 const WY: u32 = BM / TM;
 const WG: u32 = WX * WY;
-const SA: u32 = BM + 1u;
-const SB: u32 = BN + 1u;
+const RM: u32 = TM / 4u;
+const RN: u32 = TN / 4u;
+// vec4s per K-row of a tile, one of padding included.
+const SA: u32 = BM / 4u + 1u;
+const SB: u32 = BN / 4u + 1u;
+// vec4 loads per thread per K-slice.
+const A_V4: u32 = BM * BK / (4u * WG);
+const B_V4: u32 = BN * BK / (4u * WG);
 
-var<workgroup> As: array<f32, BK * SA>;
-var<workgroup> Bs: array<f32, BK * SB>;
+var<workgroup> As: array<vec4<f32>, BK * SA>;
+var<workgroup> Bs: array<vec4<f32>, BK * SB>;
 
 // op(A)[i, kk] of batch bt, 0 outside the matrix.
 fn load_a(bt: u32, i: u32, kk: u32) -> f32 {
@@ -75,6 +83,55 @@ fn load_b(bt: u32, kk: u32, j: u32) -> f32 {
     return gb[base + kk * p.ldb + j];
 }
 
+// (k, 4-row block) of load i of the A tile: consecutive loads walk A's contiguous dimension.
+fn a_slot(i: u32) -> vec2<u32> {
+    if (TA) {
+        return vec2<u32>(i / (BM / 4u), i % (BM / 4u));
+    }
+    return vec2<u32>(i % BK, i / BK);
+}
+
+// (k, 4-column block) of load i of the B tile.
+fn b_slot(i: u32) -> vec2<u32> {
+    if (TB) {
+        return vec2<u32>(i % BK, i / BK);
+    }
+    return vec2<u32>(i / (BN / 4u), i % (BN / 4u));
+}
+
+fn load_tiles(
+    bt: u32,
+    row0: u32,
+    col0: u32,
+    k0: u32,
+    tid: u32,
+    ra: ptr<function, array<vec4<f32>, A_V4>>,
+    rb: ptr<function, array<vec4<f32>, B_V4>>,
+) {
+    for (var r = 0u; r < A_V4; r++) {
+        let s = a_slot(tid + r * WG);
+        let row = row0 + s.y * 4u;
+        let k = k0 + s.x;
+        (*ra)[r] = vec4<f32>(
+            load_a(bt, row, k),
+            load_a(bt, row + 1u, k),
+            load_a(bt, row + 2u, k),
+            load_a(bt, row + 3u, k),
+        );
+    }
+    for (var r = 0u; r < B_V4; r++) {
+        let s = b_slot(tid + r * WG);
+        let col = col0 + s.y * 4u;
+        let k = k0 + s.x;
+        (*rb)[r] = vec4<f32>(
+            load_b(bt, k, col),
+            load_b(bt, k, col + 1u),
+            load_b(bt, k, col + 2u),
+            load_b(bt, k, col + 3u),
+        );
+    }
+}
+
 @compute @workgroup_size(WG)
 fn gemm(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let bt = wid.z;
@@ -82,70 +139,68 @@ fn gemm(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: v
     let col0 = wid.x * BN;
     let tx = tid % WX;
     let ty = tid / WX;
-    var acc: array<f32, TM * TN>;
+    var acc: array<vec4<f32>, TM * RN>;
+    var ra: array<vec4<f32>, A_V4>;
+    var rb: array<vec4<f32>, B_V4>;
+    load_tiles(bt, row0, col0, 0u, tid, &ra, &rb);
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        // Consecutive threads walk the operand's contiguous dimension: coalesced reads.
-        for (var l = tid; l < BM * BK; l += WG) {
-            var i: u32;
-            var kk: u32;
-            if (TA) {
-                i = l % BM;
-                kk = l / BM;
-            } else {
-                kk = l % BK;
-                i = l / BK;
-            }
-            As[kk * SA + i] = load_a(bt, row0 + i, k0 + kk);
+        workgroupBarrier();
+        for (var r = 0u; r < A_V4; r++) {
+            let s = a_slot(tid + r * WG);
+            As[s.x * SA + s.y] = ra[r];
         }
-        for (var l = tid; l < BN * BK; l += WG) {
-            var j: u32;
-            var kk: u32;
-            if (TB) {
-                kk = l % BK;
-                j = l / BK;
-            } else {
-                j = l % BN;
-                kk = l / BN;
-            }
-            Bs[kk * SB + j] = load_b(bt, k0 + kk, col0 + j);
+        for (var r = 0u; r < B_V4; r++) {
+            let s = b_slot(tid + r * WG);
+            Bs[s.x * SB + s.y] = rb[r];
         }
         workgroupBarrier();
+        if (k0 + BK < p.k) {
+            load_tiles(bt, row0, col0, k0 + BK, tid, &ra, &rb);
+        }
         for (var kk = 0u; kk < BK; kk++) {
-            var a: array<f32, TM>;
-            var b: array<f32, TN>;
-            for (var r = 0u; r < TM; r++) {
-                a[r] = As[kk * SA + ty + r * WY];
+            var av: array<vec4<f32>, RM>;
+            var bv: array<vec4<f32>, RN>;
+            for (var i = 0u; i < RM; i++) {
+                av[i] = As[kk * SA + i * WY + ty];
             }
-            for (var c = 0u; c < TN; c++) {
-                b[c] = Bs[kk * SB + tx + c * WX];
+            for (var j = 0u; j < RN; j++) {
+                bv[j] = Bs[kk * SB + j * WX + tx];
             }
-            for (var r = 0u; r < TM; r++) {
-                for (var c = 0u; c < TN; c++) {
-                    acc[r * TN + c] = fma(a[r], b[c], acc[r * TN + c]);
+            for (var i = 0u; i < RM; i++) {
+                for (var r = 0u; r < 4u; r++) {
+                    let a = vec4<f32>(av[i][r]);
+                    for (var j = 0u; j < RN; j++) {
+                        let o = (i * 4u + r) * RN + j;
+                        acc[o] = fma(a, bv[j], acc[o]);
+                    }
                 }
             }
         }
-        workgroupBarrier();
     }
-    for (var r = 0u; r < TM; r++) {
-        let i = row0 + ty + r * WY;
-        if (i >= p.m) {
-            continue;
-        }
-        for (var c = 0u; c < TN; c++) {
-            let j = col0 + tx + c * WX;
-            if (j >= p.n) {
+    for (var i = 0u; i < RM; i++) {
+        for (var r = 0u; r < 4u; r++) {
+            let row = row0 + (i * WY + ty) * 4u + r;
+            if (row >= p.m) {
                 continue;
             }
-            var v = p.alpha * acc[r * TN + c];
-            if (BIAS) {
-                v += gbias[p.bias_off + bt * p.bias_bs + j];
+            for (var j = 0u; j < RN; j++) {
+                let v4 = acc[(i * 4u + r) * RN + j];
+                for (var c = 0u; c < 4u; c++) {
+                    let col = col0 + (j * WX + tx) * 4u + c;
+                    if (col >= p.n) {
+                        continue;
+                    }
+                    var v = p.alpha * v4[c];
+                    if (BIAS) {
+                        v += gbias[p.bias_off + bt * p.bias_bs + col];
+                    }
+                    let at = p.c_off + bt * p.c_bs + row * p.ldc + col;
+                    if (ACC) {
+                        v += gc[at];
+                    }
+                    gc[at] = v;
+                }
             }
-            let at = p.c_off + bt * p.c_bs + i * p.ldc + j;
-            if (ACC) {
-                v += gc[at];
-            }
-            gc[at] = v;
         }
     }
 }

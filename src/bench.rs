@@ -327,6 +327,67 @@ pub fn bench_plan(
     })
 }
 
+/// Seconds of back-to-back work per timed run (`POMPC_BENCH_TARGET_S`, default 2 ms).
+fn target_seconds() -> f64 {
+    std::env::var("POMPC_BENCH_TARGET_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2e-3)
+}
+
+/// One benchmarked GEMM shape.
+#[derive(Clone, Debug)]
+pub struct GemmBench {
+    /// The multiply.
+    pub op: crate::kernels::gemm::Gemm,
+    /// The tile used.
+    pub tile: crate::kernels::gemm::GemmTile,
+    /// Time per multiply.
+    pub time: Stats,
+}
+
+/// Time the strided GEMM of `op` (operands contiguous, random) with `tile`, or the
+/// heuristic's choice.
+pub fn bench_gemm(
+    gpu: &Gpu,
+    op: crate::kernels::gemm::Gemm,
+    tile: Option<crate::kernels::gemm::GemmTile>,
+    runs: usize,
+) -> Result<GemmBench> {
+    use crate::kernels::gemm::{self, GemmTile, Mat};
+    let tile = tile.unwrap_or_else(|| GemmTile::choose(op.m, op.n, op.batch));
+    let mut r = rand::rngs::StdRng::seed_from_u64(3);
+    let mut rand_buf = |label: &str, n: usize| {
+        let v: Vec<f32> = (0..n).map(|_| r.random_range(-1.0..1.0)).collect();
+        GpuBuffer::from_slice(gpu, label, &v)
+    };
+    let (ar, ac) = if op.trans_a {
+        (op.k, op.m)
+    } else {
+        (op.m, op.k)
+    };
+    let (br, bc) = if op.trans_b {
+        (op.n, op.k)
+    } else {
+        (op.k, op.n)
+    };
+    let a = rand_buf("gemm A", op.batch * ar * ac)?;
+    let b = rand_buf("gemm B", op.batch * br * bc)?;
+    let c = GpuBuffer::<f32>::new(gpu, "gemm C", op.batch * op.m * op.n)?;
+    let time = time_submits(gpu, runs, target_seconds(), 0.2, |rec| {
+        gemm::record_with_tile(
+            rec,
+            &op,
+            Mat::rows(&a, ac).batched(ar * ac),
+            Mat::rows(&b, bc).batched(br * bc),
+            Mat::rows(&c, op.n).batched(op.m * op.n),
+            None,
+            tile,
+        )
+    })?;
+    Ok(GemmBench { op, tile, time })
+}
+
 /// One benchmarked world-model update.
 #[derive(Clone, Debug)]
 pub struct UpdateBench {

@@ -137,7 +137,7 @@ fn run(case: Case, tile: Option<GemmTile>, r: &mut impl Rng) {
 fn every_transposition_and_tile_matches_the_mirror() {
     let mut r = rng("gemm transpositions");
     for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-        for tile in [GemmTile::LARGE, GemmTile::SMALL] {
+        for tile in GemmTile::ALL {
             let (m, n, k) = (
                 r.random_range(1..80),
                 r.random_range(1..80),

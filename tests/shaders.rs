@@ -244,7 +244,7 @@ fn planner_every_mode() {
 #[test]
 fn gemm_every_tile_and_flag() {
     use pompc::kernels::gemm::{self, GemmTile};
-    for tile in [GemmTile::LARGE, GemmTile::SMALL] {
+    for tile in GemmTile::ALL {
         for bits in 0..16u32 {
             let f = |i: u32| bits & (1 << i) != 0;
             let (spec, header, ov) = gemm::pipeline_constants(tile, f(0), f(1), f(2), f(3));

@@ -25,6 +25,9 @@ usage:
       --act A1,A2,...             action dimensions (default 6,38)
       --obs O                     observation dimension (default 24)
       --runs N, --warmup N, --json
+  pompc bench gemm [options]      the training GEMM at the world-model update's shapes
+      --sweep                     every tile, not only the heuristic's choice
+      --runs N, --ceiling-tflops X
   pompc bench update [options]    TD-MPC2's world-model update (forward, backward, clip, Adam, Polyak)
       --batch B1,B2,...           sub-trajectories of horizon 3 (default 256)
       --size S --obs O --act A    preset and dimensions (default 5, 24, 6)
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
             Some("plan") => bench_plan(&args[2..]),
             Some("mppi") => bench_mppi(&args[2..]),
             Some("update") => bench_update(&args[2..]),
+            Some("gemm") => bench_gemm(&args[2..]),
             _ => Err(format!("bench what?\n{USAGE}")),
         },
         Some("-h" | "--help" | "help") | None => {
@@ -425,6 +429,85 @@ fn bench_plan(args: &[String]) -> Result<(), String> {
                     r.dispatches
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+fn bench_gemm(args: &[String]) -> Result<(), String> {
+    use pompc::kernels::gemm::{Gemm, GemmTile};
+    let (mut sweep, mut runs, mut ceiling) = (false, 30usize, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--sweep" => sweep = true,
+            "--runs" => runs = parse(it.next(), "--runs")?,
+            "--ceiling-tflops" => ceiling = Some(parse::<f64>(it.next(), "--ceiling-tflops")?),
+            other => return Err(format!("unknown option {other:?}\n{USAGE}")),
+        }
+    }
+    let gpu = Gpu::new(GpuOptions::default()).map_err(|e| e.to_string())?;
+    let ceiling = ceiling.or_else(|| bench::known_fp32_ceiling_tflops(&gpu.info().name));
+    println!("adapter: {}", gpu.describe());
+    // The 5M preset's update at B = 256, T = 3: 768 rows, 5 Q heads, width 512 (518 = 512 + 6).
+    let nt = |m, n, k, batch| Gemm {
+        trans_b: true,
+        batch,
+        ..Gemm::new(m, n, k)
+    };
+    let cases = [
+        ("Q fwd layer 0 (x W^T)", nt(768, 512, 518, 5)),
+        ("Q fwd layer 1", nt(768, 512, 512, 5)),
+        (
+            "Q dX layer 1 (dY W)",
+            Gemm {
+                batch: 5,
+                ..Gemm::new(768, 512, 512)
+            },
+        ),
+        (
+            "Q dW layer 1 (dY^T X)",
+            Gemm {
+                trans_a: true,
+                accumulate: true,
+                batch: 5,
+                ..Gemm::new(512, 512, 768)
+            },
+        ),
+        ("dynamics fwd layer 1", nt(256, 512, 512, 1)),
+        (
+            "dynamics dW layer 1",
+            Gemm {
+                trans_a: true,
+                accumulate: true,
+                ..Gemm::new(512, 512, 256)
+            },
+        ),
+        ("4096^3 x W^T", nt(4096, 4096, 4096, 1)),
+    ];
+    println!(
+        "{:<24} {:>18} {:>6} {:>10} {:>10} {:>9} {:>8}",
+        "case", "m x n x k x batch", "tile", "median us", "p90 us", "TFLOP/s", "of peak"
+    );
+    for (name, op) in cases {
+        let tiles: Vec<Option<GemmTile>> = if sweep {
+            GemmTile::ALL.iter().map(|t| Some(*t)).collect()
+        } else {
+            vec![None]
+        };
+        for tile in tiles {
+            let r = bench::bench_gemm(&gpu, op, tile, runs).map_err(|e| e.to_string())?;
+            let tf = op.flops() / r.time.median * 1e-12;
+            println!(
+                "{:<24} {:>18} {:>6} {:>10.1} {:>10.1} {:>9.2} {:>8}",
+                name,
+                format!("{}x{}x{}x{}", op.m, op.n, op.k, op.batch),
+                r.tile.bm,
+                r.time.median * 1e6,
+                r.time.p90 * 1e6,
+                tf,
+                ceiling.map_or("-".into(), |c| format!("{:.1}%", 100.0 * tf / c))
+            );
         }
     }
     Ok(())

@@ -120,7 +120,8 @@ pub struct Bias<'a> {
     pub batch_stride: usize,
 }
 
-/// A tile shape: `bm x bn` outputs per workgroup, `tm x tn` per thread, `bk` deep.
+/// A tile shape: `bm x bn` outputs per workgroup, `tm x tn` per thread (multiples of 4),
+/// `bk` deep.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct GemmTile {
     /// Tile rows.
@@ -136,6 +137,14 @@ pub struct GemmTile {
 }
 
 impl GemmTile {
+    /// 128 x 128 tiles, 8 x 8 per thread (256 threads): big outputs.
+    pub const HUGE: GemmTile = GemmTile {
+        bm: 128,
+        bn: 128,
+        bk: 8,
+        tm: 8,
+        tn: 8,
+    };
     /// 64 x 64 tiles, 4 x 4 per thread (256 threads).
     pub const LARGE: GemmTile = GemmTile {
         bm: 64,
@@ -144,20 +153,24 @@ impl GemmTile {
         tm: 4,
         tn: 4,
     };
-    /// 32 x 32 tiles, 2 x 2 per thread (256 threads): more workgroups for small outputs.
+    /// 32 x 32 tiles, 4 x 4 per thread (64 threads): more workgroups for small outputs.
     pub const SMALL: GemmTile = GemmTile {
         bm: 32,
         bn: 32,
         bk: 16,
-        tm: 2,
-        tn: 2,
+        tm: 4,
+        tn: 4,
     };
+    /// Every tile (for tests and sweeps).
+    pub const ALL: [GemmTile; 3] = [GemmTile::HUGE, GemmTile::LARGE, GemmTile::SMALL];
 
-    /// The tile for an output of `m x n`, `batch` times: large tiles unless that leaves
-    /// fewer than ~2 workgroups per SM of a big GPU.
+    /// The tile for an output of `m x n`, `batch` times: the largest that still gives a
+    /// big GPU (~130 SMs) about two workgroups per SM.
     pub fn choose(m: usize, n: usize, batch: usize) -> GemmTile {
-        let large = m.div_ceil(64) * n.div_ceil(64) * batch;
-        if large >= 256 {
+        let tiles = |t: usize| m.div_ceil(t) * n.div_ceil(t) * batch;
+        if tiles(128) >= 264 {
+            GemmTile::HUGE
+        } else if tiles(64) >= 200 {
             GemmTile::LARGE
         } else {
             GemmTile::SMALL

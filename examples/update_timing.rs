@@ -1,0 +1,49 @@
+//! Host-side cost of one world-model update: recording the dispatches, encoding them
+//! (bind groups, passes) and the submit-to-read-back wait, each timed separately.
+//!
+//! `cargo run --release --example update_timing -- [batch]`
+
+use pompc::model::{ModelSpec, Weights};
+use pompc::train::{UpdateBatch, UpdateConfig, WorldModelTrainer};
+use pompc::{Gpu, GpuOptions, Recorder};
+use std::time::Instant;
+
+fn main() -> pompc::Result<()> {
+    let batch: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(256);
+    let gpu = Gpu::new(GpuOptions::default())?;
+    println!("adapter: {}", gpu.describe());
+    let spec = ModelSpec::tdmpc2(5, 24, 6)?;
+    let cfg = UpdateConfig::tdmpc2();
+    let t = cfg.horizon;
+    let mut tr = WorldModelTrainer::new(&gpu, &Weights::init(&spec, 0)?, cfg, batch)?;
+    tr.upload(&UpdateBatch {
+        obs: vec![0.1; (t + 1) * batch * spec.obs_dim],
+        action: vec![0.2; t * batch * spec.action_dim],
+        reward: vec![0.5; t * batch],
+        pi_noise: None,
+        target_heads: None,
+    })?;
+    for i in 0..4 {
+        let heads = tr.upload_heads_only()?;
+        let t0 = Instant::now();
+        let mut rec = Recorder::new(&gpu);
+        tr.record_losses_and_grads(&mut rec, heads, true)?;
+        tr.record_optimizer(&mut rec)?;
+        let h = rec.read(tr.losses_buffer());
+        let n = rec.dispatches();
+        let t1 = Instant::now();
+        let out = rec.finish()?;
+        let t2 = Instant::now();
+        let _ = out.get(&h)?;
+        println!(
+            "update {i}: {n} dispatches, record {:.3} ms, encode+submit+wait {:.3} ms (of which submit to read-back {:.3} ms)",
+            (t1 - t0).as_secs_f64() * 1e3,
+            (t2 - t1).as_secs_f64() * 1e3,
+            out.timing.wall_seconds * 1e3
+        );
+    }
+    Ok(())
+}
