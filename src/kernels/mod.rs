@@ -8,4 +8,5 @@ pub mod norm_act;
 pub mod optim;
 pub mod policy;
 pub mod rng_fill;
+pub mod td;
 pub mod two_hot;

@@ -130,6 +130,19 @@ impl Tape {
     }
 }
 
+/// Where a backward pass sends its gradients. Each input gradient is `(buffer, offset,
+/// accumulate)`: written, or added into what is there.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Grads<'a> {
+    /// The flat gradient buffer (laid out as the parameters) that the parameter gradients
+    /// are added into; `None` for frozen parameters (the Q heads in the policy update).
+    pub params: Option<&'a GpuBuffer<f32>>,
+    /// Gradient of the first input `z` `[rows, in1]`, summed over the weight sets.
+    pub dz: Option<(&'a GpuBuffer<f32>, usize, bool)>,
+    /// Gradient of the second input `a` `[rows, in2]`, summed over the weight sets.
+    pub da: Option<(&'a GpuBuffer<f32>, usize, bool)>,
+}
+
 /// A network's layers and where its parameters sit.
 #[derive(Clone, Debug)]
 pub struct TrainNet {
@@ -293,31 +306,36 @@ impl TrainNet {
     }
 
     /// Record the backward pass of forward pass `step` of `tape` (same `rows`, `sel` and
-    /// `input`): `dy` `[sel.count, rows, out]` at an offset is the gradient of the output.
-    /// Parameter gradients are added into `grads` (laid out as the parameters). The gradient
-    /// of the first input `z`, summed over the weight sets, is written to (or, with
-    /// `accumulate_dz`, added into) `dz` when given.
+    /// `input`): `dy` `[sel.count, rows, out]` at an offset is the gradient of the output;
+    /// `to` says where the gradients go.
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
         rec: &mut Recorder,
         params: &GpuBuffer<f32>,
-        grads: &GpuBuffer<f32>,
         rows: usize,
         sel: Members,
         input: NetInput,
         tape: &Tape,
         step: usize,
         dy: (&GpuBuffer<f32>, usize),
-        dz: Option<(&GpuBuffer<f32>, usize, bool)>,
+        to: Grads,
     ) -> Result<()> {
         self.check(tape, rows, sel, step)?;
-        if params.len() != grads.len() {
+        if let Some(grads) = to.params
+            && params.len() != grads.len()
+        {
             return Err(Error::Shape(format!(
                 "{:?} backward: {} parameters and {} gradients",
                 self.net,
                 params.len(),
                 grads.len()
+            )));
+        }
+        if to.da.is_some() && (input.a.is_none() || self.layers[0].spec.in2 == 0) {
+            return Err(Error::InvalidArgument(format!(
+                "{:?} backward: an action gradient asked of a network without an action input",
+                self.net
             )));
         }
         let e = sel.count;
@@ -352,7 +370,7 @@ impl TrainNet {
                     g_out,
                     (dst, 0),
                     false,
-                    Some(Affine {
+                    to.params.map(|grads| Affine {
                         buf: grads,
                         gamma: gm + sel.first * out,
                         beta: bt + sel.first * out,
@@ -363,68 +381,70 @@ impl TrainNet {
             } else {
                 g_out
             };
-            let cs = ColumnSumConfig {
-                n: out,
-                members: e,
-                accumulate: true,
-            };
-            norm_act::record_column_sum(
-                rec,
-                &cs,
-                rows,
-                dh,
-                None,
-                (grads, l.b + sel.first * out),
-                Some(&tape.scratch),
-            )?;
-            // dW += dh^T x, per column block of the input.
-            let (x, x_bs) = if i == 0 {
-                (input.z, 0)
-            } else {
-                let lo = self.layers[i - 1].spec.out;
-                let src = if self.layers[i - 1].spec.normed {
-                    &tape.y[i - 1]
-                } else {
-                    &tape.h[i - 1]
-                };
-                ((src, step * tape.slots * tape.rows * lo), rows * lo)
-            };
             let dh_mat = Mat::rows(dh.0, out).at(dh.1).batched(rows * out);
-            let dw = Mat::rows(grads, k)
-                .at(l.w + sel.first * out * k)
-                .batched(out * k);
-            let op = Gemm {
-                trans_a: true,
-                accumulate: true,
-                batch: e,
-                ..Gemm::new(out, in1, rows)
-            };
-            gemm::record(
-                rec,
-                &op,
-                dh_mat,
-                Mat::rows(x.0, in1).at(x.1).batched(x_bs),
-                dw,
-                None,
-            )?;
-            if in2 > 0 {
-                let a = input.a.ok_or_else(|| {
-                    Error::InvalidArgument(format!("{:?} needs an action input", self.net))
-                })?;
+            if let Some(grads) = to.params {
+                let cs = ColumnSumConfig {
+                    n: out,
+                    members: e,
+                    accumulate: true,
+                };
+                norm_act::record_column_sum(
+                    rec,
+                    &cs,
+                    rows,
+                    dh,
+                    None,
+                    (grads, l.b + sel.first * out),
+                    Some(&tape.scratch),
+                )?;
+                // dW += dh^T x, per column block of the input.
+                let (x, x_bs) = if i == 0 {
+                    (input.z, 0)
+                } else {
+                    let lo = self.layers[i - 1].spec.out;
+                    let src = if self.layers[i - 1].spec.normed {
+                        &tape.y[i - 1]
+                    } else {
+                        &tape.h[i - 1]
+                    };
+                    ((src, step * tape.slots * tape.rows * lo), rows * lo)
+                };
+                let dw = Mat::rows(grads, k)
+                    .at(l.w + sel.first * out * k)
+                    .batched(out * k);
                 let op = Gemm {
                     trans_a: true,
                     accumulate: true,
                     batch: e,
-                    ..Gemm::new(out, in2, rows)
+                    ..Gemm::new(out, in1, rows)
                 };
                 gemm::record(
                     rec,
                     &op,
                     dh_mat,
-                    Mat::rows(a.0, in2).at(a.1),
-                    dw.at(l.w + sel.first * out * k + in1),
+                    Mat::rows(x.0, in1).at(x.1).batched(x_bs),
+                    dw,
                     None,
                 )?;
+                if in2 > 0 {
+                    let a = input.a.ok_or_else(|| {
+                        Error::InvalidArgument(format!("{:?} needs an action input", self.net))
+                    })?;
+                    let op = Gemm {
+                        trans_a: true,
+                        accumulate: true,
+                        batch: e,
+                        ..Gemm::new(out, in2, rows)
+                    };
+                    gemm::record(
+                        rec,
+                        &op,
+                        dh_mat,
+                        Mat::rows(a.0, in2).at(a.1),
+                        dw.at(l.w + sel.first * out * k + in1),
+                        None,
+                    )?;
+                }
             }
             // dx = dh W[:, :in1], into the scratch the layer below reads, or the caller's dz.
             let w = Mat::rows(params, k)
@@ -445,21 +465,28 @@ impl TrainNet {
                     None,
                 )?;
                 g_out = (dst, 0);
-            } else if let Some((buf, off, acc)) = dz {
-                // The input is shared by the weight sets: their gradients add up.
-                for m in 0..e {
-                    let op = Gemm {
-                        accumulate: acc || m > 0,
-                        ..Gemm::new(rows, in1, out)
+            } else {
+                // The input is shared by the weight sets: their gradients add up. dz takes
+                // W's first in1 columns, da the last in2.
+                let blocks = [(to.dz, 0, in1), (to.da, in1, in2)];
+                for (target, col, width) in blocks {
+                    let Some((buf, off, acc)) = target else {
+                        continue;
                     };
-                    gemm::record(
-                        rec,
-                        &op,
-                        dh_mat.at(dh.1 + m * rows * out),
-                        w.at(l.w + (sel.first + m) * out * k),
-                        Mat::rows(buf, in1).at(off),
-                        None,
-                    )?;
+                    for m in 0..e {
+                        let op = Gemm {
+                            accumulate: acc || m > 0,
+                            ..Gemm::new(rows, width, out)
+                        };
+                        gemm::record(
+                            rec,
+                            &op,
+                            dh_mat.at(dh.1 + m * rows * out),
+                            w.at(l.w + (sel.first + m) * out * k + col),
+                            Mat::rows(buf, width).at(off),
+                            None,
+                        )?;
+                    }
                 }
             }
         }

@@ -6,6 +6,6 @@ pub mod mlp;
 pub mod params;
 pub mod world;
 
-pub use mlp::{Members, NetInput as TrainInput, Tape, TrainNet};
+pub use mlp::{Grads, Members, NetInput as TrainInput, Tape, TrainNet};
 pub use params::ParamLayout;
 pub use world::{UpdateBatch, UpdateConfig, UpdateLosses, WorldModelTrainer};

@@ -27,9 +27,10 @@
 //! Differences from TD-MPC2 (stated, not hidden): the Q heads' dropout (0.01 on the first
 //! layer) is not applied, and episodic models (termination head) are refused for now.
 
-use super::mlp::{Members, NetInput, Tape, TrainNet};
+use super::mlp::{Grads, Members, NetInput, Tape, TrainNet};
 use super::params::ParamLayout;
-use crate::gpu::{Binding, Gpu, GpuBuffer, KernelSpec, Recorder};
+use crate::gpu::{Gpu, GpuBuffer, Recorder};
+use crate::kernels::td::record_td_target;
 use crate::kernels::loss::{self, GradOut, LossOut, MseConfig, RowWeights, SoftCeConfig};
 use crate::kernels::optim::{Adam, AdamConfig, AdamState, ParamGroup, record_polyak};
 use crate::kernels::policy::{self, PolicyBuffers, PolicyConfig, PolicyOffsets};
@@ -136,60 +137,6 @@ pub struct UpdateLosses {
     pub total: f32,
     /// Global gradient norm before clipping.
     pub grad_norm: f32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct TdParams {
-    rows: u32,
-    discount: f32,
-    q_stride: u32,
-    _pad: u32,
-}
-
-const TD: KernelSpec = KernelSpec {
-    shader: "td",
-    entry: "td_target",
-    bindings: &[
-        (0, Binding::Read),
-        (1, Binding::Read),
-        (2, Binding::ReadWrite),
-        (3, Binding::Uniform),
-    ],
-};
-
-/// Record TD targets `y = reward + discount * min(q[0..rows], q[q_stride..q_stride + rows])`.
-pub fn record_td_target(
-    rec: &mut Recorder,
-    rows: usize,
-    discount: f32,
-    reward: &GpuBuffer<f32>,
-    q: &GpuBuffer<f32>,
-    q_stride: usize,
-    y: &GpuBuffer<f32>,
-) -> Result<()> {
-    if reward.len() < rows || y.len() < rows || q.len() < q_stride + rows || q_stride < rows {
-        return Err(Error::Shape(format!(
-            "TD target of {rows} rows: reward {}, values {} (head stride {q_stride}), targets {}",
-            reward.len(),
-            q.len(),
-            y.len()
-        )));
-    }
-    let pipe = rec.gpu().pipeline(&TD, &Default::default(), &[])?;
-    let p = TdParams {
-        rows: rows as u32,
-        discount,
-        q_stride: q_stride as u32,
-        _pad: 0,
-    };
-    let groups = two_hot::grid(rec.gpu(), rows.div_ceil(64), "TD target")?;
-    rec.dispatch(
-        &pipe,
-        &[&reward.buffer, &q.buffer, &y.buffer],
-        Some(&p),
-        groups,
-    )
 }
 
 // Slots of the losses buffer (weighted by the coefficients, as differentiated).
@@ -737,35 +684,37 @@ impl<'g> WorldModelTrainer<'g> {
         // Backward: heads into dzs[0..T], then the dynamics from the last step down, each
         // adding its input gradient into the step before, then the encoder on step 0.
         let g = &self.grads;
+        let into_dzs = |off: usize| Grads {
+            params: Some(g),
+            dz: Some((&self.dzs, off, true)),
+            da: None,
+        };
         self.reward.backward(
             rec,
             p,
-            g,
             tb,
             Members::one(0),
             inp,
             &self.rew_tape,
             0,
             (&self.dlogits_r, 0),
-            Some((&self.dzs, 0, true)),
+            into_dzs(0),
         )?;
         self.q.backward(
             rec,
             p,
-            g,
             tb,
             all_q,
             inp,
             &self.q_tape,
             0,
             (&self.dlogits_q, 0),
-            Some((&self.dzs, 0, true)),
+            into_dzs(0),
         )?;
         for s in (0..t).rev() {
             self.dynamics.backward(
                 rec,
                 p,
-                g,
                 b,
                 Members::one(0),
                 NetInput {
@@ -775,13 +724,12 @@ impl<'g> WorldModelTrainer<'g> {
                 &self.dyn_tape,
                 s,
                 (&self.dzs, (s + 1) * b * l),
-                Some((&self.dzs, s * b * l, true)),
+                into_dzs(s * b * l),
             )?;
         }
         self.enc.backward(
             rec,
             p,
-            g,
             b,
             Members::one(0),
             NetInput {
@@ -791,7 +739,11 @@ impl<'g> WorldModelTrainer<'g> {
             &self.enc_tape,
             0,
             (&self.dzs, 0),
-            None,
+            Grads {
+                params: Some(g),
+                dz: None,
+                da: None,
+            },
         )?;
         self.updates += 1;
         Ok(())

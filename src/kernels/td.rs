@@ -1,0 +1,146 @@
+//! Value-head helpers of the training updates (`shaders/td.wgsl`): TD-MPC2's TD target from
+//! two target heads, and the gradient of a decoded two-hot value with respect to its logits
+//! (the policy update backpropagates Q through it to the action).
+
+use super::two_hot::{grid, TwoHotConfig};
+use crate::gpu::{Binding, GpuBuffer, KernelSpec, Recorder};
+use crate::{Error, Result};
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    discount: f32,
+    q_stride: u32,
+    in_offset: u32,
+    out_offset: u32,
+    scale: f32,
+    _pad: [u32; 2],
+}
+
+const BINDINGS: &[(u32, Binding)] = &[
+    (0, Binding::Read),
+    (1, Binding::Read),
+    (2, Binding::ReadWrite),
+    (3, Binding::Uniform),
+];
+const TD: KernelSpec = KernelSpec {
+    shader: "td",
+    entry: "td_target",
+    bindings: BINDINGS,
+};
+const DECODE_GRAD: KernelSpec = KernelSpec {
+    shader: "td",
+    entry: "decode_grad",
+    bindings: BINDINGS,
+};
+
+/// The override constants of `decode_grad` for `cfg` (also used by the shader test).
+pub fn decode_grad_constants(cfg: &TwoHotConfig) -> (KernelSpec, Vec<(&'static str, f64)>) {
+    (
+        DECODE_GRAD,
+        vec![
+            ("BINS", cfg.bins as f64),
+            ("VMIN", cfg.vmin as f64),
+            ("VMAX", cfg.vmax as f64),
+        ],
+    )
+}
+
+/// The TD kernel's spec (for the shader test).
+pub const TD_SPEC: KernelSpec = TD;
+
+/// Record TD targets `y = reward + discount * min(q[0..rows], q[q_stride..q_stride + rows])`.
+pub fn record_td_target(
+    rec: &mut Recorder,
+    rows: usize,
+    discount: f32,
+    reward: &GpuBuffer<f32>,
+    q: &GpuBuffer<f32>,
+    q_stride: usize,
+    y: &GpuBuffer<f32>,
+) -> Result<()> {
+    if reward.len() < rows || y.len() < rows || q.len() < q_stride + rows || q_stride < rows {
+        return Err(Error::Shape(format!(
+            "TD target of {rows} rows: reward {}, values {} (head stride {q_stride}), targets {}",
+            reward.len(),
+            q.len(),
+            y.len()
+        )));
+    }
+    if rows == 0 {
+        return Ok(());
+    }
+    let pipe = rec.gpu().pipeline(&TD, &Default::default(), &[])?;
+    let p = Params {
+        rows: rows as u32,
+        discount,
+        q_stride: q_stride as u32,
+        ..Default::default()
+    };
+    let groups = grid(rec.gpu(), rows.div_ceil(64), "TD target")?;
+    rec.dispatch(
+        &pipe,
+        &[&reward.buffer, &q.buffer, &y.buffer],
+        Some(&p),
+        groups,
+    )
+}
+
+/// Record `grad[r, j] = scale * d value_r / d logits[r, j]` for `rows` rows of logits
+/// (`cfg.bins` each, back to back from `logits.1`), written back to back from `grad.1`:
+/// `scale * exp(|y|) softmax_j (bin_j - y)` with `y` the softmax-weighted mean bin.
+pub fn record_decode_grad(
+    rec: &mut Recorder,
+    cfg: &TwoHotConfig,
+    rows: usize,
+    logits: (&GpuBuffer<f32>, usize),
+    scale: f32,
+    grad: (&GpuBuffer<f32>, usize),
+) -> Result<()> {
+    cfg.check()?;
+    let n = rows * cfg.bins;
+    if logits.1 + n > logits.0.len() || grad.1 + n > grad.0.len() {
+        return Err(Error::Shape(format!(
+            "value gradient of {rows} rows x {} bins: logits {:?} ({} from {}), gradient {:?} ({} \
+             from {})",
+            cfg.bins,
+            logits.0.label(),
+            logits.0.len(),
+            logits.1,
+            grad.0.label(),
+            grad.0.len(),
+            grad.1
+        )));
+    }
+    if logits.0.buffer == grad.0.buffer {
+        return Err(Error::InvalidArgument(
+            "value gradient: the gradient would overwrite the logits' buffer".into(),
+        ));
+    }
+    if !scale.is_finite() {
+        return Err(Error::InvalidArgument(format!(
+            "value gradient: scale {scale}"
+        )));
+    }
+    if rows == 0 {
+        return Ok(());
+    }
+    let (spec, ov) = decode_grad_constants(cfg);
+    let pipe = rec.gpu().pipeline(&spec, &Default::default(), &ov)?;
+    let p = Params {
+        rows: u32::try_from(rows).map_err(|_| Error::Limit(format!("{rows} rows")))?,
+        in_offset: u32::try_from(logits.1).map_err(|_| Error::Limit("offset".into()))?,
+        out_offset: u32::try_from(grad.1).map_err(|_| Error::Limit("offset".into()))?,
+        scale,
+        ..Default::default()
+    };
+    let groups = grid(rec.gpu(), rows.div_ceil(64), "value gradient")?;
+    // `reward` is unused by this entry point; bind the logits there too.
+    rec.dispatch(
+        &pipe,
+        &[&logits.0.buffer, &logits.0.buffer, &grad.0.buffer],
+        Some(&p),
+        groups,
+    )
+}
