@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 const USAGE: &str = "\
 usage:
-  pompc info                      every adapter: backend, driver, type, features, limits
+  pompc info [--probe]            every adapter: backend, driver, type, features, limits;
+                                  --probe opens a device on each with full and downlevel
+                                  limits, with and without optional features, and runs a GEMM
   pompc bench linear [options]    the fused linear kernel
       --sweep                     every tile and K-split, not only the heuristic's choice
       --case NAME                 only cases whose name contains NAME
@@ -38,12 +40,13 @@ usage:
       --checked                   keep bounds checks in the user WGSL (default: trusted)
       --runs N, --warmup N, --json
 environment: WGPU_BACKEND (vulkan, metal, dx12, gl), WGPU_ADAPTER_NAME, WGPU_POWER_PREF,
+  POMPC_LIMITS (downlevel: ask for wgpu's downlevel limits instead of the adapter's),
   POMPC_BENCH_TARGET_S (seconds of back-to-back work per timed run, default 0.002)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let res = match args.first().map(String::as_str) {
-        Some("info") => info(),
+        Some("info") => info(args.get(1).map(String::as_str) == Some("--probe")),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("linear") => bench_linear(&args[2..]),
             Some("model") => bench_model(&args[2..]),
@@ -68,7 +71,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn info() -> Result<(), String> {
+fn info(probe: bool) -> Result<(), String> {
     let adapters = pompc::gpu::enumerate_adapters(None);
     if adapters.is_empty() {
         return Err(pompc::Error::NoAdapter {
@@ -101,12 +104,70 @@ fn info() -> Result<(), String> {
             l.max_compute_invocations_per_workgroup,
             l.max_compute_workgroups_per_dimension,
         );
+        if probe {
+            probe_adapter(a);
+        }
     }
     match Gpu::new(GpuOptions::default()) {
         Ok(g) => println!("default choice: {}", g.describe()),
         Err(e) => println!("default choice failed: {e}"),
     }
     Ok(())
+}
+
+/// Open a device on `adapter` with each limits request, with and without the optional
+/// features, and run a small GEMM against the CPU on each device that opens.
+fn probe_adapter(adapter: &wgpu::Adapter) {
+    use pompc::gpu::LimitsRequest;
+    use pompc::kernels::gemm::{self, Gemm, Mat};
+    for (lname, limits) in [
+        ("adapter limits", LimitsRequest::Adapter),
+        ("downlevel limits", LimitsRequest::Downlevel),
+    ] {
+        for features in [true, false] {
+            let opts = GpuOptions {
+                limits: limits.clone(),
+                optional_features: features,
+                ..GpuOptions::default()
+            };
+            let what = format!(
+                "{lname}, {} optional features",
+                if features { "with" } else { "without" }
+            );
+            let result = Gpu::from_adapter(adapter.clone(), &opts).and_then(|gpu| {
+                let (m, n, k) = (33, 17, 29);
+                let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
+                let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 11) as f32 - 5.0).collect();
+                let ab = pompc::GpuBuffer::from_slice(&gpu, "a", &a)?;
+                let bb = pompc::GpuBuffer::from_slice(&gpu, "b", &b)?;
+                let cb = pompc::GpuBuffer::<f32>::new(&gpu, "c", m * n)?;
+                let mut rec = pompc::Recorder::new(&gpu);
+                gemm::record(
+                    &mut rec,
+                    &Gemm::new(m, n, k),
+                    Mat::rows(&ab, k),
+                    Mat::rows(&bb, n),
+                    Mat::rows(&cb, n),
+                    None,
+                )?;
+                let h = rec.read(&cb);
+                let c = rec.finish()?.get(&h)?;
+                // Small integers: the product is exact in f32.
+                let exact = (0..m).all(|i| {
+                    (0..n).all(|j| {
+                        let s: f32 = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+                        c[i * n + j] == s
+                    })
+                });
+                Ok(exact)
+            });
+            match result {
+                Ok(true) => println!("    probe, {what}: device opens, GEMM exact"),
+                Ok(false) => println!("    probe, {what}: device opens, GEMM WRONG"),
+                Err(e) => println!("    probe, {what}: {e}"),
+            }
+        }
+    }
 }
 
 fn bench_linear(args: &[String]) -> Result<(), String> {

@@ -71,7 +71,8 @@ pub struct GpuOptions {
     pub shader_checks: ShaderChecks,
     /// Ask for optional features (subgroups, shader-f16, timestamps) when the adapter has them.
     pub optional_features: bool,
-    /// Device limits to request.
+    /// Device limits to request. `POMPC_LIMITS=downlevel` turns the default `Adapter` into
+    /// `Downlevel`.
     pub limits: LimitsRequest,
 }
 
@@ -246,7 +247,11 @@ impl Gpu {
         } else {
             wgpu::Features::empty()
         };
+        // POMPC_LIMITS=downlevel turns the default full request into wgpu's downlevel one,
+        // for drivers that refuse the full request (`pompc info --probe` shows which).
+        let env_downlevel = std::env::var("POMPC_LIMITS").is_ok_and(|v| v == "downlevel");
         let limits = match &options.limits {
+            LimitsRequest::Adapter if env_downlevel => wgpu::Limits::downlevel_defaults(),
             LimitsRequest::Adapter => adapter.limits(),
             LimitsRequest::Downlevel => wgpu::Limits::downlevel_defaults(),
             LimitsRequest::Custom(l) => (**l).clone(),
