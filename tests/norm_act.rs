@@ -14,7 +14,10 @@
 //!   ulps relative at these widths), then a handful of f32 operations per element; dh's
 //!   cancellation `g - mean(g) - xhat mean(g xhat)` is measured against the rms of dh.
 //!   Measured: y 6.8e-7, dh 7.3e-7 with the stored statistics, 1.3e-6 with the mirror's exact
-//!   ones against the kernel's recomputed f32 statistics.
+//!   ones against the kernel's recomputed f32 statistics. dh also gets `4e-7 rstd max|dy|
+//!   max|gamma|` (over the rms): rstd amplifies the rounding of the row terms, up to 316 for
+//!   a constant row (n = 1), where the H100 measured 1.6e-5 relative from its approximate
+//!   reciprocal.
 //! * Statistics: mean within `1e-6 * max|h|` of the row, rstd within `2e-6` relative (f32
 //!   sums over the row: measured 1e-7 and 1.4e-7).
 //! * Column sums (dgamma, dbeta, the bias gradient): `|gpu - ref| <= 1e-5 * (|init| +
@@ -32,9 +35,9 @@
 
 mod common;
 
-use common::{POISON, gpus, rel_error, rng, uniform};
-use pompc::gpu::LimitsRequest;
+use common::{gpus, rel_error, rng, uniform, POISON};
 use pompc::gpu::shader::{self, Header};
+use pompc::gpu::LimitsRequest;
 use pompc::kernels::norm_act::{
     self, Activation, Affine, ColumnSumConfig, NormActBuffers, NormActConfig, NormActOp,
 };
@@ -165,7 +168,11 @@ fn sum_error(got: &[f32], want: &[f64], scale: &[f64]) -> f64 {
         .zip(scale)
         .map(|((g, w), s)| {
             let d = (*g as f64 - w).abs() / s.max(1e-30);
-            if d.is_nan() { f64::INFINITY } else { d }
+            if d.is_nan() {
+                f64::INFINITY
+            } else {
+                d
+            }
         })
         .fold(0.0, f64::max)
 }
@@ -337,7 +344,24 @@ fn run_layer(gpu: &Gpu, r: &mut impl Rng, c: Case) {
             };
             let got = dhp.written(dh_all, what);
             let err = rel_error(got, &want);
-            assert!(err <= TOL, "{what} {tag}: dh error {err:e}");
+            // LayerNorm multiplies rounding in the row terms by rstd (316 for a constant row,
+            // e.g. n = 1, where dh is 0 in exact arithmetic): allow a few ulps of g times
+            // rstd on top, relative to the output's rms. NVIDIA's approximate reciprocal
+            // (1 / n) gives 6e-6 absolute there.
+            let rms = (want.iter().map(|v| v * v).sum::<f64>() / want.len().max(1) as f64).sqrt();
+            let max_rstd = if c.ln {
+                st.chunks(2).map(|p| p[1]).fold(0.0f64, f64::max)
+            } else {
+                1.0
+            };
+            let max_g = dy64.iter().fold(0.0f64, |a, v| a.max(v.abs()))
+                * g64.iter().fold(1.0f64, |a, v| a.max(v.abs()));
+            let amp = 4e-7 * max_rstd * max_g / rms.max(1e-30);
+            assert!(
+                err <= TOL + amp,
+                "{what} {tag}: dh error {err:e} (allowed {:e})",
+                TOL + amp
+            );
             if c.ln {
                 let (dg, db) = mirror::param_grads(&cfg, c.rows, &dy64, &h64, &g64, &b64, st);
                 // Sums of magnitudes per column, from the same per-row terms.
