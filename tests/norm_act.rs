@@ -35,9 +35,9 @@
 
 mod common;
 
-use common::{gpus, rel_error, rng, uniform, POISON};
-use pompc::gpu::shader::{self, Header};
+use common::{POISON, gpus, rel_error, rng, uniform};
 use pompc::gpu::LimitsRequest;
+use pompc::gpu::shader::{self, Header};
 use pompc::kernels::norm_act::{
     self, Activation, Affine, ColumnSumConfig, NormActBuffers, NormActConfig, NormActOp,
 };
@@ -168,11 +168,7 @@ fn sum_error(got: &[f32], want: &[f64], scale: &[f64]) -> f64 {
         .zip(scale)
         .map(|((g, w), s)| {
             let d = (*g as f64 - w).abs() / s.max(1e-30);
-            if d.is_nan() {
-                f64::INFINITY
-            } else {
-                d
-            }
+            if d.is_nan() { f64::INFINITY } else { d }
         })
         .fold(0.0, f64::max)
 }

@@ -261,7 +261,10 @@ fn optimizer_and_td_kernels() {
         compile(spec.shader, spec.entry, &header, &ov);
     }
     compile("td", "td_target", &Header::default(), &[]);
-    for cfg in [pompc::kernels::two_hot::TwoHotConfig::TDMPC2, pompc::kernels::two_hot::TwoHotConfig::new(7, -2.0, 3.0).unwrap()] {
+    for cfg in [
+        pompc::kernels::two_hot::TwoHotConfig::TDMPC2,
+        pompc::kernels::two_hot::TwoHotConfig::new(7, -2.0, 3.0).unwrap(),
+    ] {
         let (spec, ov) = pompc::kernels::td::decode_grad_constants(&cfg);
         compile(spec.shader, spec.entry, &Header::default(), &ov);
     }

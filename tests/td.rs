@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{gpus, rel_error, rng, uniform, POISON};
+use common::{POISON, gpus, rel_error, rng, uniform};
 use pompc::kernels::td;
 use pompc::kernels::two_hot::TwoHotConfig;
 use pompc::reference::td as mirror;

@@ -2,7 +2,7 @@
 //! two target heads, and the gradient of a decoded two-hot value with respect to its logits
 //! (the policy update backpropagates Q through it to the action).
 
-use super::two_hot::{grid, TwoHotConfig};
+use super::two_hot::{TwoHotConfig, grid};
 use crate::gpu::{Binding, GpuBuffer, KernelSpec, Recorder};
 use crate::{Error, Result};
 

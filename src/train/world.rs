@@ -30,11 +30,11 @@
 use super::mlp::{Grads, Members, NetInput, Tape, TrainNet};
 use super::params::ParamLayout;
 use crate::gpu::{Gpu, GpuBuffer, Recorder};
-use crate::kernels::td::record_td_target;
 use crate::kernels::loss::{self, GradOut, LossOut, MseConfig, RowWeights, SoftCeConfig};
 use crate::kernels::optim::{Adam, AdamConfig, AdamState, ParamGroup, record_polyak};
 use crate::kernels::policy::{self, PolicyBuffers, PolicyConfig, PolicyOffsets};
 use crate::kernels::rng_fill::{Distribution, record_fill};
+use crate::kernels::td::record_td_target;
 use crate::kernels::two_hot::{self, RowLayout, TwoHotConfig};
 use crate::model::{ModelSpec, Net, Weights};
 use crate::{Error, Result};
