@@ -269,3 +269,14 @@ fn optimizer_and_td_kernels() {
         compile(spec.shader, spec.entry, &Header::default(), &ov);
     }
 }
+
+#[test]
+fn policy_loss_every_variant() {
+    use pompc::kernels::policy_loss;
+    for a in [1, 6, 38] {
+        for k in policy_loss::all_kernels(a) {
+            let (spec, header, ov) = policy_loss::pipeline_constants(&k);
+            compile(spec.shader, spec.entry, &header, &ov);
+        }
+    }
+}

@@ -34,6 +34,7 @@ shader_files!(
     "rng_fill",
     "two_hot",
     "policy",
+    "policy_loss",
     "gemm",
     "norm_act",
     "loss",

@@ -7,6 +7,7 @@ pub mod loss;
 pub mod norm_act;
 pub mod optim;
 pub mod policy;
+pub mod policy_loss;
 pub mod rng_fill;
 pub mod td;
 pub mod two_hot;

@@ -11,6 +11,7 @@ pub mod norm_act;
 pub mod optim;
 pub mod planner;
 pub mod policy;
+pub mod policy_loss;
 pub mod rng_fill;
 pub mod td;
 pub mod two_hot;
