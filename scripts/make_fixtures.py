@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import os
 import sys
 from pathlib import Path
@@ -259,6 +260,156 @@ def build_update():
     return cfg, tensors
 
 
+# The policy-update fixture (tests/fixtures/policy_tiny.safetensors): the four presets of
+# algorithm.md a.4 on the tiny preset, their loss terms and the gradients of the policy (and,
+# for PO-MPC, of the adaptive prior) with respect to its parameters, by autograd in float64.
+POLICY_B = 6
+LOG_2PI = math.log(2 * math.pi)
+
+
+def running_scale(value, x, tau=0.01):
+    """TD-MPC2's RunningScale update of `value` with the batch x [B] (5th/95th percentiles)."""
+    xs = torch.sort(x.detach()).values
+    n = xs.shape[0]
+    out = []
+    for q in (5.0, 95.0):
+        pos = q * (n - 1) / 100
+        lo = math.floor(pos)
+        hi = min(lo + 1, n - 1)
+        w = pos - lo
+        out.append(xs[lo] * (1 - w) + xs[hi] * w)
+    return value + tau * (max(float(out[1] - out[0]), 1.0) - value)
+
+
+def head_map(raw, lo, hi, param):
+    """(mu, log_std) of a policy head's raw output [R, 2A]."""
+    m, s = raw.chunk(2, dim=-1)
+    log_std = lo + 0.5 * (hi - lo) * (torch.tanh(s) + 1)
+    mu = m if param == "squashed" else torch.tanh(m)
+    return mu, log_std
+
+
+def policy_terms(preset, cfg, model, prior, zs, eps, planner, heads, s_q0):
+    """Loss terms (q, entropy, kl, ll, total, prior_fit) of one preset, differentiable in the
+    policy's (and prior's) parameters."""
+    A = cfg.action_dim
+    rho, alpha = 0.5, 1e-4
+    squashed = preset != "bmpc"
+    lo, hi = (-3.0, 1.0) if preset == "bmpc" else (-10.0, 2.0)
+    Tp = 4 if preset == "tdmpc2" else 3
+    B = POLICY_B
+    R = Tp * B
+    z = zs[:Tp].reshape(R, -1)
+    e = eps[:Tp].reshape(R, A)
+    w = torch.tensor([rho ** (r // B) / R for r in range(R)], dtype=torch.float64)
+    raw = model._pi(z)
+    mu, log_std = head_map(raw, lo, hi, "squashed" if squashed else "clamp")
+    sig = log_std.exp()
+    x = mu + sig * e
+    a = torch.tanh(x) if squashed else torch.clamp(x, -1, 1)
+    lp = (-0.5 * e ** 2 - log_std).sum(-1) - 0.5 * A * LOG_2PI
+    corr = torch.log(F.relu(1 - a ** 2) + 1e-6).sum(-1) if squashed else torch.zeros(R, dtype=torch.float64)
+    L = lp - corr
+    if preset == "tdmpc-square":
+        # The Oct-2023 log-prob: A (sum(-eps^2/2 - log_std) - log(2 pi)/2) - squash correction.
+        H = -(A * ((-0.5 * e ** 2 - log_std).sum(-1) - 0.5 * LOG_2PI) - corr)
+    else:
+        H = -L * (A * lp) / (L + 1e-8)
+    zero = torch.zeros((), dtype=torch.float64)
+    q_term, kl_term, ll_term, prior_fit = zero, zero, zero, zero
+    s_q = s_q0
+    if preset != "bmpc":
+        x_q = torch.cat([z, a], dim=-1)
+        ql = model._Qs(x_q)  # [num_q, R, bins]
+        qv = (two_hot_inv(ql[heads[0]], cfg) + two_hot_inv(ql[heads[1]], cfg)) / 2
+        s_q = running_scale(s_q0, qv[:B])
+        q_term = (w * (-qv / s_q)).sum()
+    mb, sb = planner[:Tp].reshape(R, 2 * A).chunk(2, dim=-1)
+    if preset == "bmpc":
+        kl = (torch.log(sb / sig) + (sig ** 2 + (mu - mb) ** 2) / (2 * sb ** 2) - 0.5).mean(-1)
+        s_kl = running_scale(1.0, kl[:B])
+        kl_term = (w * kl / s_kl).sum()
+    if preset == "pompc":
+        praw = prior._pi(z)
+        pmu, plog = head_map(praw, lo, hi, "squashed")
+        psig = plog.exp()
+        # Prior fit: reverse KL(pi_psi's Gaussian || b), mean over dimensions.
+        d = (torch.log(sb / psig) + (psig ** 2 + (pmu - mb) ** 2) / (2 * sb ** 2) - 0.5).mean(-1)
+        s_d = running_scale(1.0, d[:B])
+        prior_fit = (w * d / s_d).sum()
+        # The policy's KL: log pi(a) - log pi_psi(a), squashed densities, summed over dims,
+        # the prior with no gradient.
+        pmu_d, psig_d = pmu.detach(), psig.detach()
+        u = torch.atanh(torch.clamp(a, -1 + 1e-6, 1 - 1e-6))
+        lpp = (-0.5 * ((u - pmu_d) / psig_d) ** 2 - torch.log(psig_d)).sum(-1) - 0.5 * A * LOG_2PI - corr
+        D = L - lpp
+        s_kl = running_scale(1.0, D[:B])
+        kl_term = (w * 1.0 * D / s_kl).sum()
+    if preset == "tdmpc-square":
+        sp = torch.clamp(sb, min=0.05)
+        ell = A * ((-0.5 * ((a - mb) / sp) ** 2 - torch.log(sp)).sum(-1) - 0.5 * LOG_2PI)
+        gate = 1.0 if s_q > 2.0 else 0.0
+        ll_term = (w * (-gate * (A / 61.0) * ell / s_q)).sum()
+    ent_term = (w * (-alpha * H)).sum()
+    total = q_term + ent_term + kl_term + ll_term
+    return q_term, ent_term, kl_term, ll_term, total, prior_fit
+
+
+def build_policy():
+    seed, cfg = PRESETS["tiny"]
+    rng = np.random.default_rng(seed + 99)
+    w = init_weights(cfg, rng)
+    prior_w = init_weights(cfg, rng)
+    T, B, A, L = 3, POLICY_B, cfg.action_dim, cfg.latent_dim
+    logits = rng.standard_normal((4, B, L // 8, 8))
+    zs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    inputs = {
+        "fixture.policy.zs": zs.reshape(4, B, L),
+        "fixture.policy.eps": rng.standard_normal((4, B, A)),
+        "fixture.policy.planner": np.concatenate(
+            [rng.uniform(-0.8, 0.8, (4, B, A)), rng.uniform(0.05, 1.0, (4, B, A))], axis=-1),
+        "fixture.policy.heads": np.array([1, 0], dtype=np.float64),
+    }
+    for k, v in prior_w.items():
+        if k.startswith("_pi."):
+            inputs["fixture.prior." + k] = v
+    f32 = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in {**w, **inputs}.items()}
+
+    def load(src):
+        m = Model(cfg)
+        st = {k: v for k, v in src.items() if not k.startswith("fixture.")}
+        st["log_std_min"] = torch.tensor(cfg.log_std_min, dtype=torch.float32)
+        st["log_std_dif"] = torch.tensor(cfg.log_std_max - cfg.log_std_min, dtype=torch.float32)
+        m.load_state_dict(st, strict=True)
+        return m.double()
+
+    d = {k: v.double() for k, v in f32.items() if k.startswith("fixture.policy.")}
+    heads = [int(h) for h in d["fixture.policy.heads"]]
+    ref = {}
+    for preset, s_q0 in (("tdmpc2", 1.0), ("bmpc", 1.0), ("tdmpc-square", 5.0), ("pompc", 1.0)):
+        model = load(f32)
+        prior_src = dict(f32)
+        for k in list(prior_src):
+            if k.startswith("fixture.prior."):
+                prior_src[k[len("fixture.prior."):]] = prior_src[k]
+        prior = load(prior_src)
+        terms = policy_terms(preset, cfg, model, prior, d["fixture.policy.zs"],
+                             d["fixture.policy.eps"], d["fixture.policy.planner"], heads, s_q0)
+        (terms[4] + terms[5]).backward()
+        ref[f"fixture.{preset}.losses"] = torch.stack([t.detach() for t in terms])
+        for n, p in model.named_parameters():
+            if n.startswith("_pi."):
+                ref[f"fixture.{preset}.grad.{n}"] = p.grad.detach()
+        if preset == "pompc":
+            for n, p in prior.named_parameters():
+                if n.startswith("_pi."):
+                    ref[f"fixture.{preset}.prior_grad.{n}"] = p.grad.detach()
+    for k, v in ref.items():
+        assert torch.isfinite(v).all(), k
+    tensors = {**f32, **{k: v.to(torch.float32).contiguous() for k, v in ref.items()}}
+    return cfg, tensors
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out-dir", default=str(OUT_DIR))
@@ -267,8 +418,9 @@ def main():
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)  # one thread: reductions in a fixed order
-    for name in list(PRESETS) + ["update_tiny"]:
-        cfg, tensors = build_update() if name == "update_tiny" else build(name)
+    builders = {"update_tiny": build_update, "policy_tiny": build_policy}
+    for name in list(PRESETS) + list(builders):
+        cfg, tensors = builders[name]() if name in builders else build(name)
         path = out_dir / f"{name}.safetensors"
         write_pompc(path, tensors, cfg.metadata())
         # Read back through the safetensors library and compare.

@@ -486,6 +486,96 @@ pub fn bench_update(
     })
 }
 
+/// Time one PO-MPC-family policy update (`cfg`) of `spec` on random latents and planner
+/// Gaussians for `batch` sub-trajectories: each run is one submit with the losses read back.
+pub fn bench_policy(
+    gpu: &Gpu,
+    spec: &crate::model::ModelSpec,
+    cfg: crate::train::PolicyUpdateConfig,
+    batch: usize,
+    runs: usize,
+    warmup: usize,
+) -> Result<UpdateBench> {
+    use crate::model::Weights;
+    use crate::train::{ParamLayout, PolicyTrainer};
+    let mut weights = Weights::init(spec, 0)?;
+    let mut r = rand::rngs::StdRng::seed_from_u64(7);
+    for name in ["_Qs.params.2.weight", "_pi.2.weight"] {
+        if let Some(t) = weights.tensors.get_mut(name) {
+            t.data
+                .iter_mut()
+                .for_each(|v| *v = r.random_range(-0.05..0.05));
+        }
+    }
+    let layout = ParamLayout::new(spec);
+    let params = GpuBuffer::from_slice(gpu, "parameters", &layout.flatten(&weights)?)?;
+    let (l, a) = (spec.latent_dim, spec.action_dim);
+    let zs: Vec<f32> = (0..4 * batch * l / 8)
+        .flat_map(|_| {
+            let e: Vec<f32> = (0..8).map(|_| r.random_range(-2.0f32..2.0).exp()).collect();
+            let s: f32 = e.iter().sum();
+            e.into_iter().map(move |v| v / s)
+        })
+        .collect();
+    let zs = GpuBuffer::from_slice(gpu, "latents", &zs)?;
+    let mut t = PolicyTrainer::new(gpu, spec, cfg, batch)?;
+    let planner: Vec<f32> = (0..t.rows())
+        .flat_map(|_| {
+            let mut row: Vec<f32> = (0..a).map(|_| r.random_range(-0.8..0.8)).collect();
+            row.extend((0..a).map(|_| r.random_range(0.05..1.0)));
+            row
+        })
+        .collect();
+    t.set_planner(&planner)?;
+    let mut run = |timestamps: bool| -> Result<(f64, Option<f64>, usize)> {
+        let heads = t.draw_heads();
+        let mut rec = Recorder::new(gpu);
+        if timestamps {
+            rec = rec.with_timestamps();
+        }
+        let t0 = std::time::Instant::now();
+        t.record(&mut rec, &params, &zs, heads, true, true)?;
+        let n = rec.dispatches();
+        let out = rec.finish()?;
+        Ok((t0.elapsed().as_secs_f64(), out.timing.gpu_seconds, n))
+    };
+    for _ in 0..warmup.max(1) {
+        run(false)?;
+    }
+    let (mut wall, mut gpu_t, mut dispatches) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..runs.max(1) {
+        let (w, _, n) = run(false)?;
+        wall.push(w);
+        dispatches = n;
+    }
+    for _ in 0..runs.max(1) {
+        if let (_, Some(g), _) = run(true)?
+            && g > 0.0
+        {
+            gpu_t.push(g);
+        }
+    }
+    // 2 per multiply-add of the linear layers: the policy forward and backward (dX, dW),
+    // two Q heads forward and backward to the action (dX), the prior forward and backward.
+    let rows = t.rows();
+    let mac = |dims: &[(usize, usize)]| dims.iter().map(|(i, o)| i * o).sum::<usize>() as f64;
+    let (h, bins) = (spec.mlp_dim, spec.num_bins);
+    let pi = mac(&[(l, h), (h, h), (h, 2 * a)]);
+    let q = mac(&[(l + a, h), (h, h), (h, bins)]);
+    let cfg = t.config();
+    let with_q = cfg.loss.c_q != 0.0 || cfg.loss.ll.is_some();
+    let prior = cfg.prior == crate::train::PriorKind::Adaptive;
+    let per_row =
+        3.0 * pi + if with_q { 2.0 * 2.0 * q } else { 0.0 } + if prior { 3.0 * pi } else { 0.0 };
+    Ok(UpdateBench {
+        batch,
+        wall: Stats::from_samples(wall, Clock::Wall),
+        gpu: (!gpu_t.is_empty()).then(|| Stats::from_samples(gpu_t, Clock::Timestamps)),
+        flops: 2.0 * per_row * rows as f64,
+        dispatches,
+    })
+}
+
 /// The floor under any step that reads a result back: upload 16 bytes, one 16-byte copy,
 /// submit, wait, map the read-back (median and p90 over `runs` after `warmup`).
 pub fn bench_round_trip(gpu: &Gpu, runs: usize, warmup: usize) -> Result<Stats> {

@@ -34,6 +34,10 @@ usage:
       --batch B1,B2,...           sub-trajectories of horizon 3 (default 256)
       --size S --obs O --act A    preset and dimensions (default 5, 24, 6)
       --runs N, --warmup N, --json
+  pompc bench policy [options]    the PO-MPC-family policy update (one submit)
+      --preset P1,P2,...          tdmpc2, bmpc, tdmpc-square, pompc (default all)
+      --lambda L                  PO-MPC's lambda (default 1)
+      --batch B --size S --obs O --act A --runs N --warmup N --json  (defaults 256, 5, 24, 6)
   pompc bench mppi [options]      classic MPPI, differential drive among obstacles (MPPI-Generic's scene)
       --samples K1,K2,...         samples (default 128,1024,4096,16384)
       --horizon H                 (default 100; dt 0.02, lambda 1, sigma 0.2)
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
             Some("mppi") => bench_mppi(&args[2..]),
             Some("update") => bench_update(&args[2..]),
             Some("gemm") => bench_gemm(&args[2..]),
+            Some("policy") => bench_policy(&args[2..]),
             _ => Err(format!("bench what?\n{USAGE}")),
         },
         Some("-h" | "--help" | "help") | None => {
@@ -568,6 +573,94 @@ fn bench_gemm(args: &[String]) -> Result<(), String> {
                 r.time.p90 * 1e6,
                 tf,
                 ceiling.map_or("-".into(), |c| format!("{:.1}%", 100.0 * tf / c))
+            );
+        }
+    }
+    Ok(())
+}
+
+fn bench_policy(args: &[String]) -> Result<(), String> {
+    use pompc::train::PolicyUpdateConfig;
+    let mut presets = vec![
+        "tdmpc2".to_string(),
+        "bmpc".into(),
+        "tdmpc-square".into(),
+        "pompc".into(),
+    ];
+    let (mut lambda, mut batch, mut size, mut obs, mut act) =
+        (1.0f32, 256usize, 5u32, 24usize, 6usize);
+    let (mut runs, mut warmup, mut json) = (20usize, 5usize, false);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--preset" => {
+                presets = it
+                    .next()
+                    .ok_or("--preset needs a value")?
+                    .split(',')
+                    .map(String::from)
+                    .collect()
+            }
+            "--lambda" => lambda = parse(it.next(), "--lambda")?,
+            "--batch" => batch = parse(it.next(), "--batch")?,
+            "--size" => size = parse(it.next(), "--size")?,
+            "--obs" => obs = parse(it.next(), "--obs")?,
+            "--act" => act = parse(it.next(), "--act")?,
+            "--runs" => runs = parse(it.next(), "--runs")?,
+            "--warmup" => warmup = parse(it.next(), "--warmup")?,
+            "--json" => json = true,
+            other => return Err(format!("unknown option {other:?}\n{USAGE}")),
+        }
+    }
+    let gpu = Gpu::new(GpuOptions::default()).map_err(|e| e.to_string())?;
+    let spec = pompc::model::ModelSpec::tdmpc2(size, obs, act).map_err(|e| e.to_string())?;
+    if !json {
+        println!("adapter: {}", gpu.describe());
+        println!(
+            "TD-MPC2 {size}M preset, action {act}, batch {batch}; one policy update per submit"
+        );
+        println!(
+            "{:<14} {:>10} {:>10} {:>10} {:>11} {:>8} {:>9} {:>10}",
+            "preset", "wall ms", "p90 ms", "GPU ms", "updates/s", "GFLOP", "TFLOP/s", "dispatches"
+        );
+    }
+    for p in &presets {
+        let cfg = match p.as_str() {
+            "tdmpc2" => PolicyUpdateConfig::tdmpc2(act),
+            "bmpc" => PolicyUpdateConfig::bmpc(act),
+            "tdmpc-square" => PolicyUpdateConfig::tdmpc_square(act),
+            "pompc" => PolicyUpdateConfig::pompc(act, lambda),
+            other => return Err(format!("unknown preset {other:?}")),
+        };
+        let r = bench::bench_policy(&gpu, &spec, cfg, batch, runs, warmup)
+            .map_err(|e| e.to_string())?;
+        let g = r.gpu.as_ref().map(|g| g.median * 1e3);
+        if json {
+            println!(
+                "{{\"preset\":\"{p}\",\"batch\":{batch},\"act\":{act},\"wall_median_s\":{:e},\
+                 \"wall_p90_s\":{:e},\"gpu_median_s\":{},\"flops\":{:e},\"dispatches\":{},\
+                 \"backend\":\"{:?}\",\"adapter\":\"{}\"}}",
+                r.wall.median,
+                r.wall.p90,
+                r.gpu
+                    .as_ref()
+                    .map_or("null".into(), |g| format!("{:e}", g.median)),
+                r.flops,
+                r.dispatches,
+                gpu.info().backend,
+                gpu.info().name.replace('"', "'"),
+            );
+        } else {
+            println!(
+                "{:<14} {:>10.3} {:>10.3} {:>10} {:>11.1} {:>8.2} {:>9.2} {:>10}",
+                p,
+                r.wall.median * 1e3,
+                r.wall.p90 * 1e3,
+                g.map_or("-".into(), |g| format!("{g:.3}")),
+                1.0 / r.wall.median,
+                r.flops * 1e-9,
+                r.flops / r.wall.median * 1e-12,
+                r.dispatches
             );
         }
     }

@@ -4,8 +4,10 @@
 
 pub mod mlp;
 pub mod params;
+pub mod policy;
 pub mod world;
 
 pub use mlp::{Grads, Members, NetInput as TrainInput, Tape, TrainNet};
 pub use params::ParamLayout;
+pub use policy::{PolicyLosses, PolicyTrainer, PolicyUpdateConfig, PriorKind};
 pub use world::{UpdateBatch, UpdateConfig, UpdateLosses, WorldModelTrainer};

@@ -1,0 +1,333 @@
+//! The PO-MPC policy update (`train::PolicyTrainer`) on the GPU, end to end on a tiny model:
+//! a large lambda drives the policy onto the prior; lambda = 0 (TD-MPC2) ascends Q; the
+//! adaptive prior (PO-MPC) follows the planner Gaussians it is fitted to; every preset runs
+//! and keeps the world-model parameters outside the policy untouched.
+
+mod common;
+
+use common::{gpus, rng};
+use pompc::model::{ModelSpec, Net, Weights};
+use pompc::train::{ParamLayout, PolicyTrainer, PolicyUpdateConfig};
+use pompc::{Gpu, GpuBuffer};
+use rand::Rng;
+
+const B: usize = 32;
+
+/// Latents that look like TD-MPC2's: softmax over groups of 8 of random logits, `[rows, L]`.
+fn latents(r: &mut impl Rng, rows: usize, l: usize) -> Vec<f32> {
+    let mut z = Vec::with_capacity(rows * l);
+    for _ in 0..rows * l / 8 {
+        let e: Vec<f32> = (0..8).map(|_| r.random_range(-2.0f32..2.0).exp()).collect();
+        let s: f32 = e.iter().sum();
+        z.extend(e.iter().map(|v| v / s));
+    }
+    z
+}
+
+/// A tiny model whose Q heads have non-zero final layers (values vary with the action).
+fn model(r: &mut impl Rng) -> (ModelSpec, Weights) {
+    let spec = ModelSpec::tiny(5, 3);
+    let mut w = Weights::init(&spec, 3).unwrap();
+    for (name, t) in w.tensors.iter_mut() {
+        if name.starts_with("_Qs.params.2") || name.starts_with("_pi.2") {
+            t.data
+                .iter_mut()
+                .for_each(|v| *v += r.random_range(-0.3f32..0.3));
+        }
+    }
+    (spec, w)
+}
+
+struct Setup<'g> {
+    params: GpuBuffer<f32>,
+    zs: GpuBuffer<f32>,
+    layout: ParamLayout,
+    flat: Vec<f32>,
+    gpu: &'g Gpu,
+}
+
+fn setup<'g>(gpu: &'g Gpu, spec: &ModelSpec, w: &Weights, r: &mut impl Rng) -> Setup<'g> {
+    let layout = ParamLayout::new(spec);
+    let flat = layout.flatten(w).unwrap();
+    Setup {
+        params: GpuBuffer::from_slice(gpu, "params", &flat).unwrap(),
+        zs: GpuBuffer::from_slice(gpu, "zs", &latents(r, 4 * B, spec.latent_dim)).unwrap(),
+        layout,
+        flat,
+        gpu,
+    }
+}
+
+impl Setup<'_> {
+    /// Nothing outside the policy's parameters moved.
+    fn only_policy_moved(&self) {
+        let now = self.params.download(self.gpu).unwrap();
+        let pi = self.layout.net(Net::Policy);
+        for (i, (a, b)) in now.iter().zip(&self.flat).enumerate() {
+            if !pi.contains(&i) {
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "parameter {i} outside the policy moved"
+                );
+            }
+        }
+        assert!(
+            pi.clone().any(|i| now[i] != self.flat[i]),
+            "the policy did not move"
+        );
+    }
+}
+
+/// Per-row `[mean | std]` Gaussians, the same for every row.
+fn planner_rows(rows: usize, mean: &[f32], std: &[f32]) -> Vec<f32> {
+    let mut v = Vec::new();
+    for _ in 0..rows {
+        v.extend_from_slice(mean);
+        v.extend_from_slice(std);
+    }
+    v
+}
+
+#[test]
+fn a_large_lambda_drives_the_policy_onto_the_planner_gaussian() {
+    let mut r = rng("policy onto prior");
+    let (spec, w) = model(&mut r);
+    let (mean, std) = ([0.4f32, -0.3, 0.1], [0.2f32, 0.3, 0.25]);
+    let gpu = &gpus()[1];
+    let s = setup(gpu, &spec, &w, &mut r);
+    // BMPC: KL(pi || b) only (lambda -> infinity), tanh-mean-clamp policy.
+    let cfg = PolicyUpdateConfig {
+        lr: 3e-3,
+        ..PolicyUpdateConfig::bmpc(3)
+    };
+    let mut t = PolicyTrainer::new(gpu, &spec, cfg, B).unwrap();
+    t.set_planner(&planner_rows(t.rows(), &mean, &std)).unwrap();
+    let first = t.update(&s.params, &s.zs).unwrap();
+    let mut last = first;
+    for _ in 0..300 {
+        last = t.update(&s.params, &s.zs).unwrap();
+    }
+    eprintln!("KL term: {} -> {}", first.kl, last.kl);
+    assert!(
+        first.kl > 0.05,
+        "the policy started near the prior: {first:?}"
+    );
+    assert!(last.kl < 0.05 * first.kl, "KL {} -> {}", first.kl, last.kl);
+    s.only_policy_moved();
+}
+
+#[test]
+fn lambda_zero_ascends_q() {
+    let mut r = rng("policy ascends Q");
+    let (spec, w) = model(&mut r);
+    let gpu = &gpus()[1];
+    let s = setup(gpu, &spec, &w, &mut r);
+    let cfg = PolicyUpdateConfig {
+        lr: 3e-3,
+        ..PolicyUpdateConfig::tdmpc2(3)
+    };
+    let mut t = PolicyTrainer::new(gpu, &spec, cfg, B).unwrap();
+    let mut q = Vec::new();
+    for _ in 0..200 {
+        // The Q term is -Q / S_Q summed with the row weights: its negation tracks Q.
+        q.push(-t.update(&s.params, &s.zs).unwrap().q);
+    }
+    let avg = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
+    let (start, end) = (avg(&q[..10]), avg(&q[q.len() - 10..]));
+    eprintln!("Q term: {start} -> {end}");
+    assert!(
+        end > start + 0.05 * start.abs().max(0.1),
+        "Q {start} -> {end}"
+    );
+    s.only_policy_moved();
+}
+
+#[test]
+fn the_adaptive_prior_follows_the_planner_and_every_preset_runs() {
+    let mut r = rng("adaptive prior");
+    let (spec, w) = model(&mut r);
+    let (mean, std) = ([-0.2f32, 0.5, 0.0], [0.3f32, 0.2, 0.4]);
+    for gpu in gpus() {
+        for (name, cfg) in [
+            ("TD-MPC2", PolicyUpdateConfig::tdmpc2(3)),
+            ("BMPC", PolicyUpdateConfig::bmpc(3)),
+            ("TD-M(PC)2", PolicyUpdateConfig::tdmpc_square(3)),
+            ("PO-MPC", PolicyUpdateConfig::pompc(3, 1.0)),
+            (
+                "PO-MPC convex 9",
+                PolicyUpdateConfig::pompc(3, 9.0).convex(9.0),
+            ),
+            (
+                "PO-MPC forward fit",
+                PolicyUpdateConfig::pompc(3, 1.0).with_forward_prior_fit(),
+            ),
+        ] {
+            let s = setup(gpu, &spec, &w, &mut r);
+            let cfg = PolicyUpdateConfig { lr: 3e-3, ..cfg };
+            let mut t = PolicyTrainer::new(gpu, &spec, cfg, B).unwrap();
+            t.set_planner(&planner_rows(t.rows(), &mean, &std)).unwrap();
+            let first = t.update(&s.params, &s.zs).unwrap();
+            let mut last = first;
+            let steps = if gpu.shader_checks() == pompc::ShaderChecks::Trusted && name == "PO-MPC" {
+                200
+            } else {
+                3
+            };
+            for _ in 0..steps {
+                last = t.update(&s.params, &s.zs).unwrap();
+            }
+            for v in [
+                last.q,
+                last.entropy,
+                last.kl,
+                last.ll,
+                last.total,
+                last.prior_fit,
+                last.grad_norm,
+            ] {
+                assert!(v.is_finite(), "{name}: {last:?}");
+            }
+            let sum = last.q + last.entropy + last.kl + last.ll;
+            assert!(
+                (sum - last.total).abs() <= 1e-5 * (1.0 + last.total.abs()),
+                "{name}: {last:?}"
+            );
+            if steps > 3 {
+                eprintln!(
+                    "{name}: prior fit {} -> {}",
+                    first.prior_fit, last.prior_fit
+                );
+                assert!(
+                    last.prior_fit < 0.1 * first.prior_fit,
+                    "{name}: prior fit {} -> {}",
+                    first.prior_fit,
+                    last.prior_fit
+                );
+            }
+            s.only_policy_moved();
+        }
+    }
+}
+
+#[test]
+fn bad_configurations_are_errors() {
+    let spec = ModelSpec::tiny(5, 3);
+    let gpu = &gpus()[0];
+    assert!(PolicyTrainer::new(gpu, &spec, PolicyUpdateConfig::tdmpc2(4), B).is_err());
+    let mut cfg = PolicyUpdateConfig::bmpc(3);
+    cfg.prior = pompc::train::PriorKind::None;
+    assert!(PolicyTrainer::new(gpu, &spec, cfg, B).is_err());
+    let mut t = PolicyTrainer::new(gpu, &spec, PolicyUpdateConfig::bmpc(3), B).unwrap();
+    assert!(t.set_planner(&[0.0; 5]).is_err());
+    let mut bad = planner_rows(t.rows(), &[0.0; 3], &[0.1; 3]);
+    bad[4] = -1.0; // a negative std
+    assert!(t.set_planner(&bad).is_err());
+}
+
+/// `tests/fixtures/policy_tiny.safetensors` (`scripts/make_fixtures.py`): each preset's loss
+/// terms and gradients by PyTorch autograd in float64 on the tiny model.
+fn fixture() -> (Weights, std::collections::HashMap<String, Vec<f32>>) {
+    let path = format!(
+        "{}/tests/fixtures/policy_tiny.safetensors",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let weights = Weights::load(&path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st
+        .iter()
+        .filter(|(k, _)| k.starts_with("fixture."))
+        .map(|(k, v)| {
+            (
+                k.trim_start_matches("fixture.").to_string(),
+                bytemuck::pod_collect_to_vec(v.data()),
+            )
+        })
+        .collect();
+    (weights, t)
+}
+
+/// Loss terms within 1e-4 relative (floored at 1e-3 absolute: the entropy term is ~1e-4) and
+/// gradients per tensor within 1e-3 of the tensor's rms (f32 forward and backward through the
+/// policy, two Q heads and the decode).
+#[test]
+fn every_preset_matches_pytorch() {
+    let (weights, f) = fixture();
+    let get = |k: &str| {
+        f.get(k)
+            .unwrap_or_else(|| panic!("fixture.{k} missing"))
+            .clone()
+    };
+    let spec = weights.spec.clone();
+    let layout = ParamLayout::new(&spec);
+    let (a, b) = (spec.action_dim, 6);
+    let mut prior = weights.clone();
+    for (name, t) in prior.tensors.iter_mut() {
+        if name.starts_with("_pi.") {
+            t.data = get(&format!("prior.{name}"));
+        }
+    }
+    let heads = get("policy.heads");
+    let heads = [heads[0] as usize, heads[1] as usize];
+    for gpu in gpus() {
+        let params =
+            GpuBuffer::from_slice(gpu, "params", &layout.flatten(&weights).unwrap()).unwrap();
+        let zs = GpuBuffer::from_slice(gpu, "zs", &get("policy.zs")).unwrap();
+        for (preset, cfg) in [
+            ("tdmpc2", PolicyUpdateConfig::tdmpc2(a)),
+            ("bmpc", PolicyUpdateConfig::bmpc(a)),
+            (
+                "tdmpc-square",
+                PolicyUpdateConfig {
+                    q_scale_init: 5.0,
+                    ..PolicyUpdateConfig::tdmpc_square(a)
+                },
+            ),
+            ("pompc", PolicyUpdateConfig::pompc(a, 1.0)),
+        ] {
+            let tp = cfg.states;
+            let mut t = PolicyTrainer::new(gpu, &spec, cfg, b).unwrap();
+            t.set_noise(&get("policy.eps")[..tp * b * a]).unwrap();
+            t.set_planner(&get("policy.planner")[..tp * b * 2 * a])
+                .unwrap();
+            if preset == "pompc" {
+                t.set_prior(&prior).unwrap();
+            }
+            let l = t.losses_and_grads(&params, &zs, heads).unwrap();
+            let want = get(&format!("{preset}.losses"));
+            let got = [l.q, l.entropy, l.kl, l.ll, l.total, l.prior_fit];
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-4 * w.abs().max(1e-3),
+                    "{preset} loss term {i}: gpu {g}, PyTorch {w} ({})",
+                    gpu.describe()
+                );
+            }
+            let grads = t.grads().download(gpu).unwrap();
+            let prior_grads = t.prior_grads().map(|g| g.download(gpu).unwrap());
+            for (name, shape, off) in layout.tensors() {
+                if !name.starts_with("_pi.") {
+                    continue;
+                }
+                let n: usize = shape.iter().product();
+                let check = |what: &str, got: &[f32]| {
+                    let want: Vec<f64> = get(&format!("{preset}.{what}.{name}"))
+                        .iter()
+                        .map(|&v| v as f64)
+                        .collect();
+                    let e = common::rel_error(got, &want);
+                    assert!(
+                        e < 1e-3,
+                        "{preset} {what} of {name}: {e:e} ({})",
+                        gpu.describe()
+                    );
+                };
+                check("grad", &grads[off..off + n]);
+                if let Some(pg) = &prior_grads {
+                    check("prior_grad", &pg[off..off + n]);
+                }
+            }
+        }
+    }
+}
