@@ -747,9 +747,24 @@ fn the_tdmpc_square_gate() {
                     "gate on at s_q = {s_q}: the gradient must change"
                 );
             } else {
+                // The two configurations are different pipelines: a driver may schedule
+                // (and contract into fma) their shared terms differently, so equal up to an
+                // ulp or two, as the H100 showed; the LL slot itself must be exactly 0.
                 assert_eq!(terms[pl::LL_SLOT], 0.0, "gate off at s_q = {s_q}");
-                assert_eq!(terms[..3], terms0[..3], "gate off at s_q = {s_q}");
-                assert_eq!(grad, grad0, "gate off at s_q = {s_q}: the gradient");
+                let close = |x: &[f32], y: &[f32]| {
+                    let big = y.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                    x.iter()
+                        .zip(y)
+                        .all(|(a, b)| (a - b).abs() <= 1e-6 * big.max(1e-30))
+                };
+                assert!(
+                    close(&terms[..3], &terms0[..3]),
+                    "gate off at s_q = {s_q}: {terms:?} vs {terms0:?}"
+                );
+                assert!(
+                    close(&grad, &grad0),
+                    "gate off at s_q = {s_q}: the gradient"
+                );
             }
         }
     }
