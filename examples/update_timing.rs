@@ -30,7 +30,7 @@ fn main() -> pompc::Result<()> {
         let heads = tr.upload_heads_only()?;
         let t0 = Instant::now();
         let mut rec = Recorder::new(&gpu);
-        tr.record_losses_and_grads(&mut rec, heads, true)?;
+        tr.record_losses_and_grads(&mut rec, heads, true, None)?;
         tr.record_optimizer(&mut rec)?;
         let h = rec.read(tr.losses_buffer());
         let n = rec.dispatches();

@@ -191,6 +191,8 @@ def build_update():
         "fixture.update.reward": rng.uniform(-2.0, 3.0, (T, B)),
         "fixture.update.pi_noise": rng.standard_normal((T, B, A)),
         "fixture.update.heads": np.array(heads, dtype=np.float64),
+        "fixture.update.next_planner": np.concatenate(
+            [rng.uniform(-0.8, 0.8, (T, B, A)), rng.uniform(0.1, 1.0, (T, B, A))], axis=-1),
     }
     f32 = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in {**w, **inputs}.items()}
     model = Model(cfg, with_target=True)
@@ -209,6 +211,15 @@ def build_update():
         tq = model.q_logits(next_z.reshape(T * B, L), a_next, target=True)
         q_min = torch.minimum(two_hot_inv(tq[heads[0]], cfg), two_hot_inv(tq[heads[1]], cfg))
         td = reward + u["discount"] * q_min.reshape(T, B)
+        # The KL-regularized target (a.3.3) against next-state planner Gaussians, lambda_Q =
+        # 0.5: D = log pi(a') - log pi_p(a'), the single-sample estimate with the squashed
+        # policy (the squash corrections cancel), summed over the action dimensions.
+        p = model.pi(next_z.reshape(T * B, L), d["fixture.update.pi_noise"].reshape(T * B, A))
+        e = d["fixture.update.pi_noise"].reshape(T * B, A)
+        mb, sb = d["fixture.update.next_planner"].reshape(T * B, 2 * A).chunk(2, dim=-1)
+        lp_pi = (-0.5 * e ** 2 - p["log_std"]).sum(-1)
+        lp_b = (-0.5 * ((p["pre_squash"] - mb) / sb) ** 2 - torch.log(sb)).sum(-1)
+        td_klq = td - u["discount"] * 0.5 * (lp_pi - lp_b).reshape(T, B)
     z = model.encode(obs[0])
     zs = [z]
     consistency = 0
@@ -248,6 +259,7 @@ def build_update():
         "fixture.update.losses": torch.stack([consistency, reward_loss, value_loss, total]).detach(),
         "fixture.update.grad_norm": grad_norm.detach().reshape(1),
         "fixture.update.td": td,
+        "fixture.update.td_klq": td_klq,
     }
     for n, g in grads.items():
         ref["fixture.grad." + n] = g

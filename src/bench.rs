@@ -443,7 +443,7 @@ pub fn bench_update(
         if timestamps {
             rec = rec.with_timestamps();
         }
-        tr.record_losses_and_grads(&mut rec, heads, true)?;
+        tr.record_losses_and_grads(&mut rec, heads, true, None)?;
         tr.record_optimizer(&mut rec)?;
         let n = rec.dispatches();
         let h = rec.read(tr.losses_buffer());

@@ -143,3 +143,49 @@ fn one_update_matches_pytorch_adam_and_polyak() {
         }
     }
 }
+
+/// The KL-regularized critic target (algorithm.md a.3.3, lambda_Q = 0.5) against next-state
+/// planner Gaussians matches PyTorch's; against an adaptive prior equal to the policy itself
+/// the KL is 0 and the target is TD-MPC2's.
+#[test]
+fn kl_regularized_td_targets() {
+    let f = fixture();
+    let want = |k: &str| -> Vec<f64> { f.get(k).iter().map(|&v| v as f64).collect() };
+    let layout = pompc::train::ParamLayout::new(&f.weights.spec);
+    let flat = layout.flatten(&f.weights).unwrap();
+    for gpu in gpus() {
+        let cfg = UpdateConfig {
+            lambda_q: 0.5,
+            ..UpdateConfig::tdmpc2()
+        };
+        let mut tr = WorldModelTrainer::new(gpu, &f.weights, cfg.clone(), 6).unwrap();
+        // Without the next-state Gaussians the planner target is an error.
+        assert!(tr.losses_and_grads(&f.batch()).is_err());
+        tr.set_next_planner(&f.get("update.next_planner")).unwrap();
+        tr.losses_and_grads(&f.batch()).unwrap();
+        let td = tr.td_targets().download(gpu).unwrap();
+        let e = rel_error(&td, &want("update.td_klq"));
+        assert!(
+            e < 1e-4,
+            "KL-regularized TD targets: {e:e} ({})",
+            gpu.describe()
+        );
+        let plain = want("update.td");
+        assert!(rel_error(&td, &plain) > 1e-3, "lambda_Q changed nothing");
+
+        let adaptive = UpdateConfig {
+            kl_target: pompc::train::KlTarget::Adaptive,
+            ..cfg
+        };
+        let mut tr = WorldModelTrainer::new(gpu, &f.weights, adaptive, 6).unwrap();
+        let prior = pompc::GpuBuffer::from_slice(gpu, "prior = policy", &flat).unwrap();
+        tr.update_with_prior(&f.batch(), &prior).unwrap();
+        let td = tr.td_targets().download(gpu).unwrap();
+        let e = rel_error(&td, &plain);
+        assert!(e < 1e-4, "target against the policy itself: {e:e}");
+        assert!(
+            tr.update(&f.batch()).is_err(),
+            "adaptive target without the prior"
+        );
+    }
+}

@@ -10,4 +10,4 @@ pub mod world;
 pub use mlp::{Grads, Members, NetInput as TrainInput, Tape, TrainNet};
 pub use params::ParamLayout;
 pub use policy::{PolicyLosses, PolicyTrainer, PolicyUpdateConfig, PriorKind};
-pub use world::{UpdateBatch, UpdateConfig, UpdateLosses, WorldModelTrainer};
+pub use world::{KlTarget, UpdateBatch, UpdateConfig, UpdateLosses, WorldModelTrainer};

@@ -30,9 +30,11 @@
 use super::mlp::{Grads, Members, NetInput, Tape, TrainNet};
 use super::params::ParamLayout;
 use crate::gpu::{Gpu, GpuBuffer, Recorder};
+use crate::kernels::gemm::{self, Gemm, Mat};
 use crate::kernels::loss::{self, GradOut, LossOut, MseConfig, RowWeights, SoftCeConfig};
 use crate::kernels::optim::{Adam, AdamConfig, AdamState, ParamGroup, record_polyak};
 use crate::kernels::policy::{self, PolicyBuffers, PolicyConfig, PolicyOffsets};
+use crate::kernels::policy_loss as pl;
 use crate::kernels::rng_fill::{Distribution, record_fill};
 use crate::kernels::td::record_td_target;
 use crate::kernels::two_hot::{self, RowLayout, TwoHotConfig};
@@ -65,6 +67,22 @@ pub struct UpdateConfig {
     pub tau: f32,
     /// Seed of the policy noise and of the target-head choice.
     pub seed: u64,
+    /// lambda_Q of the KL-regularized critic target (a.3.3): `y = r + gamma (min Q -
+    /// lambda_Q (log pi(a'|z') - log pi_p(a'|z')))`, the single-sample estimate with the
+    /// squashed policy. 0 (the default) is TD-MPC2's and BMPC's target.
+    pub lambda_q: f32,
+    /// The prior pi_p of that target.
+    pub kl_target: KlTarget,
+}
+
+/// The prior of the KL-regularized critic target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KlTarget {
+    /// The planner's Gaussians at the next states, from [`WorldModelTrainer::set_next_planner`].
+    Planner,
+    /// The adaptive prior network, whose flat parameters are passed to
+    /// [`WorldModelTrainer::update_with_prior`].
+    Adaptive,
 }
 
 impl UpdateConfig {
@@ -82,6 +100,8 @@ impl UpdateConfig {
             grad_clip_norm: 20.0,
             tau: 0.01,
             seed: 0,
+            lambda_q: 0.0,
+            kl_target: KlTarget::Planner,
         }
     }
 
@@ -96,6 +116,7 @@ impl UpdateConfig {
             self.enc_lr_scale,
             self.grad_clip_norm,
             self.tau,
+            self.lambda_q,
         ];
         if self.horizon == 0 || finite.iter().any(|v| !v.is_finite() || *v < 0.0) {
             return Err(Error::InvalidArgument(format!(
@@ -179,6 +200,11 @@ pub struct WorldModelTrainer<'g> {
     dlogits_q: GpuBuffer<f32>,
     losses: GpuBuffer<f32>,
     loss_scratch: GpuBuffer<f32>,
+    next_planner: GpuBuffer<f32>,
+    kl_div: GpuBuffer<f32>,
+    one: GpuBuffer<f32>,
+    prior_tape: Option<Tape>,
+    next_planner_set: bool,
     adam: Adam,
     updates: u64,
     rng: rand::rngs::StdRng,
@@ -271,6 +297,15 @@ impl<'g> WorldModelTrainer<'g> {
             dlogits_r: f("reward logit gradients", t * b * bins)?,
             dlogits_q: f("Q logit gradients", e * t * b * bins)?,
             losses: f("losses", 8)?,
+            next_planner: f("next-state planner Gaussians", t * b * 2 * a)?,
+            kl_div: f("TD target KL rows", t * b)?,
+            next_planner_set: false,
+            one: GpuBuffer::from_slice(gpu, "one", &[1.0f32])?,
+            prior_tape: if cfg.lambda_q > 0.0 && cfg.kl_target == KlTarget::Adaptive {
+                Some(Tape::new(gpu, &pi, t * b, 1, 1)?)
+            } else {
+                None
+            },
             loss_scratch: f("loss partials", {
                 let tcfg = TwoHotConfig::new(spec.num_bins, spec.vmin, spec.vmax)?;
                 let ce = |m: usize| SoftCeConfig {
@@ -441,9 +476,52 @@ impl<'g> WorldModelTrainer<'g> {
 
     /// Upload `batch`, run one update in one submit, and read back the losses.
     pub fn update(&mut self, batch: &UpdateBatch) -> Result<UpdateLosses> {
+        self.update_inner(batch, None)
+    }
+
+    /// [`WorldModelTrainer::update`] with the adaptive prior's flat parameters, for the
+    /// KL-regularized critic target with [`KlTarget::Adaptive`].
+    pub fn update_with_prior(
+        &mut self,
+        batch: &UpdateBatch,
+        prior: &GpuBuffer<f32>,
+    ) -> Result<UpdateLosses> {
+        self.update_inner(batch, Some(prior))
+    }
+
+    /// Upload the planner's Gaussians at the next states `s_1..s_T` of the batch, `[T, B,
+    /// 2A]` with rows `[mean | std]`: the prior of the KL-regularized critic target with
+    /// [`KlTarget::Planner`].
+    pub fn set_next_planner(&mut self, gaussians: &[f32]) -> Result<()> {
+        if gaussians.len() != self.next_planner.len() {
+            return Err(Error::Shape(format!(
+                "next-state planner Gaussians: {} values, {} needed",
+                gaussians.len(),
+                self.next_planner.len()
+            )));
+        }
+        let a = self.spec.action_dim;
+        if let Some(i) = gaussians
+            .chunks(2 * a)
+            .position(|r| r.iter().any(|v| !v.is_finite()) || r[a..].iter().any(|s| *s <= 0.0))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "next-state planner Gaussian of row {i}: means must be finite, stds > 0"
+            )));
+        }
+        self.next_planner.upload(self.gpu, gaussians)?;
+        self.next_planner_set = true;
+        Ok(())
+    }
+
+    fn update_inner(
+        &mut self,
+        batch: &UpdateBatch,
+        prior: Option<&GpuBuffer<f32>>,
+    ) -> Result<UpdateLosses> {
         let heads = self.upload(batch)?;
         let mut rec = Recorder::new(self.gpu);
-        self.record_losses_and_grads(&mut rec, heads, batch.pi_noise.is_none())?;
+        self.record_losses_and_grads(&mut rec, heads, batch.pi_noise.is_none(), prior)?;
         self.record_optimizer(&mut rec)?;
         let hl = rec.read(&self.losses);
         let hs = rec.read(self.adam.state_buffer());
@@ -458,7 +536,7 @@ impl<'g> WorldModelTrainer<'g> {
     pub fn losses_and_grads(&mut self, batch: &UpdateBatch) -> Result<UpdateLosses> {
         let heads = self.upload(batch)?;
         let mut rec = Recorder::new(self.gpu);
-        self.record_losses_and_grads(&mut rec, heads, batch.pi_noise.is_none())?;
+        self.record_losses_and_grads(&mut rec, heads, batch.pi_noise.is_none(), None)?;
         let hl = rec.read(&self.losses);
         let l = rec.finish()?.get(&hl)?;
         Ok(self.losses_from(&l, f32::NAN))
@@ -477,12 +555,15 @@ impl<'g> WorldModelTrainer<'g> {
     }
 
     /// Record the forward passes, losses and backward passes of one update on the uploaded
-    /// batch, with target heads `heads`; `draw_noise` draws the TD policy noise on the GPU.
+    /// batch, with target heads `heads`; `draw_noise` draws the TD policy noise on the GPU;
+    /// `prior` is the adaptive prior's flat parameters when the critic target is
+    /// KL-regularized against it.
     pub fn record_losses_and_grads(
         &mut self,
         rec: &mut Recorder,
         heads: [usize; 2],
         draw_noise: bool,
+        prior: Option<&GpuBuffer<f32>>,
     ) -> Result<()> {
         let (t, b) = (self.cfg.horizon, self.batch);
         let (a, l, bins, e) = (
@@ -580,6 +661,87 @@ impl<'g> WorldModelTrainer<'g> {
             tb,
             &self.td,
         )?;
+        if c.lambda_q > 0.0 {
+            // D = log pi(a'|z') - log pi_p(a'|z') for the TD sample (same h, same noise),
+            // then y -= gamma lambda_Q D as a rank-1 GEMM.
+            let h_rows = pl::Rows::at(pi_out, RowLayout::at(pi_off, 2 * a));
+            let head = pl::PolicyHead {
+                action_dim: a,
+                param: pl::Param::Squashed,
+                log_std_min: self.spec.log_std_min,
+                log_std_max: self.spec.log_std_max,
+            };
+            let prior_input = match c.kl_target {
+                KlTarget::Planner => pl::PriorInput::Gaussian,
+                KlTarget::Adaptive => pl::PriorInput::Network {
+                    log_std_min: head.log_std_min,
+                    log_std_max: head.log_std_max,
+                },
+            };
+            let kcfg = pl::PolicyLossConfig {
+                kl: Some(pl::KlTerm {
+                    coef: 1.0,
+                    form: pl::KlForm::SingleSample,
+                    reduce: pl::DimReduce::Sum,
+                    prior: prior_input,
+                    ..pl::KlTerm::bmpc()
+                }),
+                c_q: 0.0,
+                ..pl::PolicyLossConfig::tdmpc2(a, RowWeights::uniform(1.0))
+            };
+            let prior_rows = match c.kl_target {
+                KlTarget::Planner if !self.next_planner_set => {
+                    return Err(Error::InvalidArgument(
+                        "the KL-regularized target against the planner needs the next states' \
+                         Gaussians: call set_next_planner"
+                            .into(),
+                    ));
+                }
+                KlTarget::Planner => pl::Rows::new(&self.next_planner, 2 * a),
+                KlTarget::Adaptive => {
+                    let (pp, tape) = prior.zip(self.prior_tape.as_ref()).ok_or_else(|| {
+                        Error::InvalidArgument(
+                            "the KL-regularized target against the adaptive prior needs its \
+                             parameters: use update_with_prior"
+                                .into(),
+                        )
+                    })?;
+                    if pp.len() != self.layout.len() {
+                        return Err(Error::Shape(format!(
+                            "prior parameters: {} values, the layout holds {}",
+                            pp.len(),
+                            self.layout.len()
+                        )));
+                    }
+                    self.pi.forward(
+                        rec,
+                        pp,
+                        tb,
+                        Members::one(0),
+                        NetInput { z: next_z, a: None },
+                        tape,
+                        0,
+                    )?;
+                    let (po, poff) = tape.output(&self.pi, 0);
+                    pl::Rows::at(po, RowLayout::at(poff, 2 * a))
+                }
+            };
+            let mut inputs = pl::PolicyInputs::new(h_rows, pl::Rows::new(&self.eps, a));
+            inputs.prior = Some(prior_rows);
+            pl::record_policy_divergence(rec, &kcfg, tb, &inputs, pl::Rows::new(&self.kl_div, 1))?;
+            gemm::record(
+                rec,
+                &Gemm {
+                    alpha: -c.discount * c.lambda_q,
+                    accumulate: true,
+                    ..Gemm::new(1, tb, 1)
+                },
+                Mat::rows(&self.one, 1),
+                Mat::rows(&self.kl_div, tb),
+                Mat::rows(&self.td, tb),
+                None,
+            )?;
+        }
         // Latent rollout z_{t+1} = d(z_t, a_t) and the consistency loss against h(s_{t+1}).
         let w_cons = RowWeights::new(c.consistency_coef / (t * b * l) as f32, c.rho, b);
         for s in 0..t {
