@@ -576,6 +576,25 @@ pub fn bench_policy(
     })
 }
 
+/// Time one clipped Adam step over `len` parameters (norm partials, begin, update): each run
+/// is one submit of back-to-back steps.
+pub fn bench_adam(gpu: &Gpu, len: usize, runs: usize) -> Result<Stats> {
+    use crate::kernels::optim::{Adam, AdamConfig, ParamGroup};
+    let mut r = rand::rngs::StdRng::seed_from_u64(13);
+    let v: Vec<f32> = (0..len).map(|_| r.random_range(-1.0..1.0)).collect();
+    let params = GpuBuffer::from_slice(gpu, "params", &v)?;
+    let grads = GpuBuffer::from_slice(gpu, "grads", &v)?;
+    let mut adam = Adam::new(
+        gpu,
+        len,
+        &[ParamGroup::new(0..len, 1.0)],
+        AdamConfig::TDMPC2,
+    )?;
+    time_submits(gpu, runs, target_seconds(), 0.2, |rec| {
+        adam.record_step(rec, &params, &grads)
+    })
+}
+
 /// The floor under any step that reads a result back: upload 16 bytes, one 16-byte copy,
 /// submit, wait, map the read-back (median and p90 over `runs` after `warmup`).
 pub fn bench_round_trip(gpu: &Gpu, runs: usize, warmup: usize) -> Result<Stats> {

@@ -10,6 +10,9 @@ usage:
   pompc info [--probe]            every adapter: backend, driver, type, features, limits;
                                   --probe opens a device on each with full and downlevel
                                   limits, with and without optional features, and runs a GEMM
+  pompc bench [--json] [--runs N] [--ceiling-tflops X]
+                                  every kernel and end-to-end step in one table (small models
+                                  and sizes on CPU adapters such as lavapipe)
   pompc bench linear [options]    the fused linear kernel
       --sweep                     every tile and K-split, not only the heuristic's choice
       --case NAME                 only cases whose name contains NAME
@@ -59,6 +62,8 @@ fn main() -> ExitCode {
             Some("update") => bench_update(&args[2..]),
             Some("gemm") => bench_gemm(&args[2..]),
             Some("policy") => bench_policy(&args[2..]),
+            Some("all") | None => bench_all(&args[(args.len().min(2))..]),
+            Some(a) if a.starts_with("--") => bench_all(&args[1..]),
             _ => Err(format!("bench what?\n{USAGE}")),
         },
         Some("-h" | "--help" | "help") | None => {
@@ -495,6 +500,244 @@ fn bench_plan(args: &[String]) -> Result<(), String> {
                     r.dispatches
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+/// One row of `pompc bench`.
+struct Row {
+    case: String,
+    sizes: String,
+    median: f64,
+    p90: f64,
+    clock: Clock,
+    /// Floating-point operations, or bytes moved when `bytes`.
+    work: f64,
+    bytes: bool,
+}
+
+fn bench_all(args: &[String]) -> Result<(), String> {
+    use pompc::kernels::gemm::Gemm;
+    use pompc::model::ModelSpec;
+    use pompc::planner::problems::{DiffDriveScene, diff_drive};
+    use pompc::train::PolicyUpdateConfig;
+    let (mut json, mut runs, mut ceiling) = (false, 20usize, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--json" => json = true,
+            "--runs" => runs = parse(it.next(), "--runs")?,
+            "--ceiling-tflops" => ceiling = Some(parse::<f64>(it.next(), "--ceiling-tflops")?),
+            other => return Err(format!("unknown option {other:?}\n{USAGE}")),
+        }
+    }
+    let e = |e: pompc::Error| e.to_string();
+    let gpu = Gpu::new(GpuOptions::default()).map_err(e)?;
+    let ceiling = ceiling.or_else(|| bench::known_fp32_ceiling_tflops(&gpu.info().name));
+    let cpu = gpu.info().device_type == wgpu::DeviceType::Cpu;
+    let runs_e2e = if cpu { 2 } else { runs };
+    let warm = if cpu { 1 } else { 5 };
+    let mut rows: Vec<Row> = Vec::new();
+    let flops_row = |case: &str, sizes: String, st: &bench::Stats, work: f64| Row {
+        case: case.into(),
+        sizes,
+        median: st.median,
+        p90: st.p90,
+        clock: st.clock,
+        work,
+        bytes: false,
+    };
+    // Kernels.
+    let lin = LinearConfig::new(550, 512)
+        .with_ln()
+        .with_act(Activation::Mish);
+    let m = if cpu { 128 } else { 512 };
+    let r = bench::bench_linear(&gpu, lin, m, None, runs).map_err(e)?;
+    rows.push(flops_row(
+        "linear (LayerNorm, Mish)",
+        format!("{m}x550->512"),
+        &r.stats,
+        lin.flops(m),
+    ));
+    let q = Gemm {
+        trans_b: true,
+        batch: 5,
+        ..Gemm::new(if cpu { 96 } else { 768 }, 512, 518)
+    };
+    let r = bench::bench_gemm(&gpu, q, None, runs).map_err(e)?;
+    rows.push(flops_row(
+        "gemm (x W^T, 5 heads)",
+        format!("{}x512x518x5", q.m),
+        &r.time,
+        q.flops(),
+    ));
+    let big = if cpu { 512 } else { 4096 };
+    let g = Gemm {
+        trans_b: true,
+        ..Gemm::new(big, big, big)
+    };
+    let r = bench::bench_gemm(&gpu, g, None, runs).map_err(e)?;
+    rows.push(flops_row(
+        "gemm (x W^T)",
+        format!("{big}^3"),
+        &r.time,
+        g.flops(),
+    ));
+    let spec5 = ModelSpec::tdmpc2(5, 24, 6).map_err(e)?;
+    let net_rows = if cpu { 32 } else { 512 };
+    for n in bench::bench_model(&gpu, &spec5, net_rows, runs).map_err(e)? {
+        rows.push(flops_row(
+            &format!("5M {} forward", n.name),
+            format!("{net_rows} rows"),
+            &n.stats,
+            n.flops,
+        ));
+    }
+    let params = spec5.param_count();
+    let st = bench::bench_adam(&gpu, params, runs).map_err(e)?;
+    rows.push(Row {
+        case: "Adam + clip (5M params)".into(),
+        sizes: format!("{params}"),
+        median: st.median,
+        p90: st.p90,
+        clock: st.clock,
+        work: 32.0 * params as f64,
+        bytes: true,
+    });
+    // End to end: the 5M preset on GPUs, the tiny one on CPU adapters.
+    let (spec, tag) = if cpu {
+        (ModelSpec::tiny(24, 6), "tiny")
+    } else {
+        (spec5.clone(), "5M")
+    };
+    let gpu_or_wall =
+        |w: &bench::Stats, g: &Option<bench::Stats>| g.clone().unwrap_or_else(|| w.clone());
+    for b in if cpu { vec![1, 4] } else { vec![1, 16, 256] } {
+        let r = bench::bench_plan(&gpu, &spec, b, runs_e2e, warm).map_err(e)?;
+        rows.push(flops_row(
+            &format!("plan step ({tag}), wall"),
+            format!("B={b}"),
+            &r.wall,
+            r.flops,
+        ));
+        let g = gpu_or_wall(&r.wall, &r.gpu);
+        rows.push(flops_row(
+            &format!("plan step ({tag}), GPU"),
+            format!("B={b}"),
+            &g,
+            r.flops,
+        ));
+    }
+    let ub = if cpu { 16 } else { 256 };
+    let r = bench::bench_update(&gpu, &spec, ub, runs_e2e, warm).map_err(e)?;
+    rows.push(flops_row(
+        &format!("world-model update ({tag}), wall"),
+        format!("B={ub} T=3"),
+        &r.wall,
+        r.flops,
+    ));
+    rows.push(flops_row(
+        &format!("world-model update ({tag}), GPU"),
+        format!("B={ub} T=3"),
+        &gpu_or_wall(&r.wall, &r.gpu),
+        r.flops,
+    ));
+    let r = bench::bench_policy(
+        &gpu,
+        &spec,
+        PolicyUpdateConfig::pompc(spec.action_dim, 1.0),
+        ub,
+        runs_e2e,
+        warm,
+    )
+    .map_err(e)?;
+    rows.push(flops_row(
+        &format!("PO-MPC policy update ({tag}), wall"),
+        format!("B={ub} T'=3"),
+        &r.wall,
+        r.flops,
+    ));
+    rows.push(flops_row(
+        &format!("PO-MPC policy update ({tag}), GPU"),
+        format!("B={ub} T'=3"),
+        &gpu_or_wall(&r.wall, &r.gpu),
+        r.flops,
+    ));
+    let scene = DiffDriveScene::benchmark();
+    let p = scene.params().map_err(e)?;
+    let x0 = scene.start.map(|v| v as f32);
+    for k in if cpu { vec![128] } else { vec![128, 16384] } {
+        let cfg = pompc::planner::custom::MppiConfig {
+            horizon: 100,
+            samples: k,
+            trusted: true,
+            gamma: 0.015,
+            ..pompc::planner::custom::MppiConfig::new(2)
+        };
+        let r = bench::bench_mppi(&gpu, diff_drive(), cfg, &p, &x0, runs_e2e.max(10), warm)
+            .map_err(e)?;
+        rows.push(Row {
+            case: "classic MPPI step, wall".into(),
+            sizes: format!("K={k} H=100"),
+            median: r.wall.median,
+            p90: r.wall.p90,
+            clock: Clock::Wall,
+            work: 0.0,
+            bytes: false,
+        });
+    }
+    let info = gpu.info();
+    if !json {
+        println!("adapter: {}", gpu.describe());
+        println!(
+            "{:<36} {:>16} {:>10} {:>10} {:>6} {:>14} {:>8}",
+            "case", "sizes", "median ms", "p90 ms", "clock", "throughput", "of peak"
+        );
+    }
+    for r in &rows {
+        let rate = if r.work > 0.0 {
+            r.work / r.median * 1e-9
+        } else {
+            0.0
+        };
+        let clock = if r.clock == Clock::Timestamps {
+            "gpu"
+        } else {
+            "wall"
+        };
+        if json {
+            println!(
+                "{{\"case\":\"{}\",\"sizes\":\"{}\",\"median_s\":{:e},\"p90_s\":{:e},\"clock\":\"{clock}\",\
+                 \"{}\":{rate:.3},\"backend\":\"{:?}\",\"adapter\":\"{}\"}}",
+                r.case,
+                r.sizes,
+                r.median,
+                r.p90,
+                if r.bytes { "gb_per_s" } else { "gflop_per_s" },
+                info.backend,
+                info.name.replace('"', "'")
+            );
+        } else {
+            let thr = match (r.work > 0.0, r.bytes) {
+                (false, _) => "-".to_string(),
+                (true, true) => format!("{rate:.1} GB/s"),
+                (true, false) => format!("{rate:.1} GFLOP/s"),
+            };
+            let peak = match (r.bytes, ceiling) {
+                (false, Some(c)) if r.work > 0.0 => format!("{:.1}%", 100.0 * rate / (c * 1e3)),
+                _ => "-".into(),
+            };
+            println!(
+                "{:<36} {:>16} {:>10.3} {:>10.3} {:>6} {:>14} {:>8}",
+                r.case,
+                r.sizes,
+                r.median * 1e3,
+                r.p90 * 1e3,
+                clock,
+                thr,
+                peak
+            );
         }
     }
     Ok(())
