@@ -9,6 +9,7 @@
 //! Philox4x32-10 generator shared by both sides.
 
 pub mod bench;
+pub mod env;
 pub mod error;
 pub mod gpu;
 pub mod kernels;

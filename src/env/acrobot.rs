@@ -1,0 +1,221 @@
+//! Acrobot swing-up (`acrobot-swingup`): two links hanging from a passive shoulder, driven
+//! only at the elbow, must bring the tip up to a target above the shoulder.
+//!
+//! **State** `(q1, q2, q1', q2')`: shoulder angle from straight down, elbow angle relative to
+//! the first link, and their rates.
+//!
+//! **Equations of motion**: the two-link manipulator equation documented on the crate-private
+//! `TwoLink` helper in [`super`] (uniform rods, gravity), with torque `(0, tau_max u)` and
+//! viscous damping `b` on both joints:
+//!
+//! ```text
+//! M(q) q'' = (0, tau_max u) - b q' - C(q, q') - G(q)
+//! ```
+//!
+//! Energy (kinetic `q'^T M q' / 2` plus gravity) is conserved when `b = 0` and `u = 0`.
+//!
+//! **Constants** ([`AcrobotParams::default`]): both links `1 kg`, `1 m`, uniform rods;
+//! `g = 9.81 m/s^2`, `b = 0.02 N m s` per joint, `tau_max = 2 N m` (under the 4.9 N m that holding
+//! the lower link horizontal takes, so it must pump energy), simulator step `dt = 0.01 s` (an
+//! episode is 10 s) integrated with RK4 in four sub-steps of 0.0025 s (the arm tumbles fast;
+//! this keeps the energy error of a free 10 s fall near 1e-6).
+//!
+//! **Observation** (6): `[cos q1, sin q1, cos q2, sin q2, q1', q2']`.
+//!
+//! **Reward** per simulator step: `tolerance(|tip - target|, [0, 0.2], margin 1, gaussian,
+//! 0.1)`, the target being the point `l1 + l2 = 2 m` straight above the shoulder: 1 within
+//! 0.2 m of it, about 0.1 at 1.2 m, essentially 0 hanging (4 m away).
+//!
+//! **Reset**: both angles uniform in `[-pi, pi)`, velocities 0, as in the DeepMind Control
+//! Suite.
+
+use super::{Clock, Env, Sigmoid, SplitMix, Step, TwoLink, rk4, tolerance, wrap_angle};
+use crate::Result;
+
+/// Physical constants of the acrobot.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AcrobotParams {
+    /// Mass of the upper link (kg).
+    pub mass1: f64,
+    /// Mass of the lower link (kg).
+    pub mass2: f64,
+    /// Length of the upper link (m).
+    pub length1: f64,
+    /// Length of the lower link (m).
+    pub length2: f64,
+    /// Gravity (m/s^2).
+    pub gravity: f64,
+    /// Viscous damping of each joint (N m s / rad).
+    pub damping: f64,
+    /// Elbow torque at action 1 (N m).
+    pub max_torque: f64,
+    /// Simulator step (s).
+    pub dt: f64,
+    /// RK4 sub-steps per simulator step.
+    pub substeps: usize,
+}
+
+impl Default for AcrobotParams {
+    fn default() -> Self {
+        Self {
+            mass1: 1.0,
+            mass2: 1.0,
+            length1: 1.0,
+            length2: 1.0,
+            gravity: 9.81,
+            damping: 0.02,
+            max_torque: 2.0,
+            dt: 0.01,
+            substeps: 4,
+        }
+    }
+}
+
+/// Distance from the target (m) within which the reward is 1.
+const TARGET_RADIUS: f64 = 0.2;
+
+/// The acrobot swing-up task.
+#[derive(Clone, Debug)]
+pub struct Acrobot {
+    params: AcrobotParams,
+    state: [f64; 4],
+    clock: Clock,
+}
+
+impl Default for Acrobot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Acrobot {
+    /// The task with the default constants, reset with seed 0.
+    pub fn new() -> Self {
+        Self::with_params(AcrobotParams::default())
+    }
+
+    /// The task with other constants, reset with seed 0.
+    pub fn with_params(params: AcrobotParams) -> Self {
+        let mut env = Self {
+            params,
+            state: [0.0; 4],
+            clock: Clock::new(),
+        };
+        env.reset(0);
+        env
+    }
+
+    /// Same task without joint damping.
+    pub fn frictionless(mut self) -> Self {
+        self.params.damping = 0.0;
+        self
+    }
+
+    /// Same task with another action repeat (a divisor of 1000).
+    pub fn with_action_repeat(mut self, repeat: usize) -> Result<Self> {
+        self.clock = Clock::with_repeat(self.name(), repeat)?;
+        Ok(self)
+    }
+
+    /// The constants in use.
+    pub fn params(&self) -> &AcrobotParams {
+        &self.params
+    }
+
+    /// `[q1, q2, q1', q2']`, q1 from straight down, q2 relative to the first link.
+    pub fn state(&self) -> [f64; 4] {
+        self.state
+    }
+
+    /// Overwrite the state (for tests and controllers).
+    pub fn set_state(&mut self, state: [f64; 4]) {
+        self.state = state;
+    }
+
+    fn links(&self) -> TwoLink {
+        let p = &self.params;
+        TwoLink {
+            m1: p.mass1,
+            m2: p.mass2,
+            l1: p.length1,
+            l2: p.length2,
+            gravity: p.gravity,
+        }
+    }
+
+    /// Total mechanical energy (J), zero potential at the shoulder's height.
+    pub fn energy(&self) -> f64 {
+        self.links().energy(&self.state)
+    }
+
+    /// Tip position relative to the shoulder (m), `y` up.
+    pub fn tip(&self) -> [f64; 2] {
+        self.links().tip(self.state[0], self.state[1])
+    }
+
+    /// Reward of the current state, in `[0, 1]`.
+    pub fn reward(&self) -> f64 {
+        let [x, y] = self.tip();
+        let target = self.params.length1 + self.params.length2;
+        let dist = x.hypot(y - target);
+        tolerance(dist, 0.0, TARGET_RADIUS, 1.0, Sigmoid::Gaussian, 0.1)
+    }
+
+    fn sim_step(&mut self, u: f64) -> f64 {
+        let links = self.links();
+        let tau = [0.0, self.params.max_torque * u];
+        let damping = [self.params.damping; 2];
+        let h = self.params.dt / self.params.substeps as f64;
+        for _ in 0..self.params.substeps {
+            self.state = rk4(&self.state, h, |s| links.deriv(s, tau, damping));
+        }
+        self.state[0] = wrap_angle(self.state[0]);
+        self.state[1] = wrap_angle(self.state[1]);
+        self.reward()
+    }
+
+    fn observe(&self) -> Vec<f32> {
+        let [q1, q2, w1, w2] = self.state;
+        [q1.cos(), q1.sin(), q2.cos(), q2.sin(), w1, w2]
+            .iter()
+            .map(|&v| v as f32)
+            .collect()
+    }
+}
+
+impl Env for Acrobot {
+    fn name(&self) -> &str {
+        "acrobot-swingup"
+    }
+    fn obs_dim(&self) -> usize {
+        6
+    }
+    fn action_dim(&self) -> usize {
+        1
+    }
+    fn episode_len(&self) -> usize {
+        self.clock.episode_len()
+    }
+    fn action_repeat(&self) -> usize {
+        self.clock.repeat()
+    }
+
+    fn reset(&mut self, seed: u64) -> Vec<f32> {
+        let mut rng = SplitMix::new(seed);
+        let pi = std::f64::consts::PI;
+        self.state = [rng.uniform(-pi, pi), rng.uniform(-pi, pi), 0.0, 0.0];
+        self.clock.restart();
+        self.observe()
+    }
+
+    fn step(&mut self, action: &[f32]) -> Result<Step> {
+        let mut clock = self.clock.clone();
+        let (reward, done) = clock.step::<1>("acrobot-swingup", action, |a| self.sim_step(a[0]))?;
+        self.clock = clock;
+        Ok(Step {
+            obs: self.observe(),
+            reward,
+            done,
+        })
+    }
+}

@@ -1,0 +1,422 @@
+//! Control environments for the trainer: the [`Env`] trait that any engine can implement, and
+//! built-in tasks in plain Rust that follow the DeepMind Control Suite's conventions.
+//!
+//! Conventions shared by every built-in task:
+//! - actions are vectors in `[-1, 1]`; larger values are clipped, non-finite values and wrong
+//!   lengths are errors;
+//! - an episode is [`SIM_STEPS`] (1000) simulator steps; each agent step holds its action for
+//!   [`ACTION_REPEAT`] (2) simulator steps, so [`Env::episode_len`] is 500 agent steps;
+//! - the reward of one simulator step lies in `[0, 1]` and is built from smooth [`tolerance`]
+//!   terms; [`Env::step`] returns the sum over the action repeat, so an agent step earns at most
+//!   2 and an episode at most 1000;
+//! - physics runs in `f64` with a fixed-step RK4 integrator ([`rk4`]), observations are `f32`.
+//!
+//! Tasks, each documented in its module: [`pendulum`] (`pendulum-swingup`), [`cartpole`]
+//! (`cartpole-swingup`, `cartpole-balance`), [`acrobot`] (`acrobot-swingup`) and [`reacher`]
+//! (`reacher-easy`). [`make`] builds one by name.
+
+pub mod acrobot;
+pub mod cartpole;
+pub mod pendulum;
+pub mod reacher;
+
+use crate::{Error, Result};
+
+/// Simulator steps per episode, as in the DeepMind Control Suite.
+pub const SIM_STEPS: usize = 1000;
+/// Simulator steps per agent step.
+pub const ACTION_REPEAT: usize = 2;
+/// Agent steps per episode.
+pub const EPISODE_LEN: usize = SIM_STEPS / ACTION_REPEAT;
+
+/// Names accepted by [`make`].
+pub const NAMES: [&str; 5] = [
+    "pendulum-swingup",
+    "cartpole-swingup",
+    "cartpole-balance",
+    "acrobot-swingup",
+    "reacher-easy",
+];
+
+/// What one agent step returns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    /// Observation after the step.
+    pub obs: Vec<f32>,
+    /// Reward summed over the action repeat (each simulator step contributes `[0, 1]`).
+    pub reward: f32,
+    /// True on the last step of the episode; call [`Env::reset`] before stepping again.
+    pub done: bool,
+}
+
+/// A control task with continuous actions in `[-1, 1]`.
+///
+/// Built-in tasks implement it; other engines (a MuJoCo binding, a GPU batch simulator) can too.
+pub trait Env: Send {
+    /// Task name, e.g. `"cartpole-swingup"`.
+    fn name(&self) -> &str;
+    /// Length of the observation vector.
+    fn obs_dim(&self) -> usize;
+    /// Length of the action vector; each entry lies in `[-1, 1]`.
+    fn action_dim(&self) -> usize;
+    /// Agent steps per episode.
+    fn episode_len(&self) -> usize;
+    /// Simulator steps per agent step (the action is held over them).
+    fn action_repeat(&self) -> usize;
+    /// Start a new episode from an initial state drawn with `seed`; returns the observation.
+    /// The same seed gives the same episode.
+    fn reset(&mut self, seed: u64) -> Vec<f32>;
+    /// Apply `action` for [`Env::action_repeat`] simulator steps.
+    ///
+    /// Errors with [`Error::Shape`] for a wrong action length and [`Error::InvalidArgument`] for
+    /// a non-finite action or a step after the episode ended.
+    fn step(&mut self, action: &[f32]) -> Result<Step>;
+}
+
+/// Build a built-in task by name (one of [`NAMES`]).
+pub fn make(name: &str) -> Result<Box<dyn Env>> {
+    Ok(match name {
+        "pendulum-swingup" => Box::new(pendulum::Pendulum::new()),
+        "cartpole-swingup" => Box::new(cartpole::Cartpole::new(cartpole::Task::Swingup)),
+        "cartpole-balance" => Box::new(cartpole::Cartpole::new(cartpole::Task::Balance)),
+        "acrobot-swingup" => Box::new(acrobot::Acrobot::new()),
+        "reacher-easy" => Box::new(reacher::Reacher::new()),
+        _ => {
+            return Err(Error::InvalidArgument(format!(
+                "unknown environment {name:?}; known: {}",
+                NAMES.join(", ")
+            )));
+        }
+    })
+}
+
+/// Shape of the margin of [`tolerance`]: how the reward falls off outside the bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sigmoid {
+    /// `exp(-(d s)^2 / 2)`: fast fall-off, nearly zero a few margins away.
+    Gaussian,
+    /// `1 / (1 + (d s)^2)`: heavy tail, never quite zero.
+    LongTail,
+    /// `1 - d s`, zero beyond; reaches zero at `d = 1` when `value_at_margin` is 0.
+    Linear,
+    /// `1 - (d s)^2`, zero beyond.
+    Quadratic,
+}
+
+/// Smooth "is `x` within `[lower, upper]`" reward in `[0, 1]`.
+///
+/// 1 inside the bounds. Outside, the distance to the nearest bound in units of `margin`,
+/// `d = dist / margin`, goes through `sigmoid`, scaled so that `d = 1` gives `value_at_margin`.
+/// With `margin == 0` the result is the indicator of the bounds.
+///
+/// Panics if `lower > upper`, `margin < 0` or `value_at_margin` is outside `[0, 1)` (`(0, 1)`
+/// for the gaussian and long-tail shapes): those are programming errors in a task.
+pub fn tolerance(
+    x: f64,
+    lower: f64,
+    upper: f64,
+    margin: f64,
+    sigmoid: Sigmoid,
+    value_at_margin: f64,
+) -> f64 {
+    assert!(lower <= upper, "tolerance: lower {lower} > upper {upper}");
+    assert!(margin >= 0.0, "tolerance: negative margin {margin}");
+    let inside = (lower..=upper).contains(&x);
+    if inside {
+        return 1.0;
+    }
+    if margin == 0.0 {
+        return 0.0;
+    }
+    let d = if x < lower { lower - x } else { x - upper } / margin;
+    let v = value_at_margin;
+    let y = match sigmoid {
+        Sigmoid::Gaussian => {
+            assert!(v > 0.0 && v < 1.0, "gaussian value_at_margin {v}");
+            // Solve exp(-s^2/2) = v for the scale s.
+            let s = (-2.0 * v.ln()).sqrt();
+            (-0.5 * (d * s).powi(2)).exp()
+        }
+        Sigmoid::LongTail => {
+            assert!(v > 0.0 && v < 1.0, "long-tail value_at_margin {v}");
+            let s = (1.0 / v - 1.0).sqrt();
+            1.0 / (1.0 + (d * s).powi(2))
+        }
+        Sigmoid::Linear => {
+            assert!((0.0..1.0).contains(&v), "linear value_at_margin {v}");
+            (1.0 - d * (1.0 - v)).max(0.0)
+        }
+        Sigmoid::Quadratic => {
+            assert!((0.0..1.0).contains(&v), "quadratic value_at_margin {v}");
+            (1.0 - (d * (1.0 - v).sqrt()).powi(2)).max(0.0)
+        }
+    };
+    y.clamp(0.0, 1.0)
+}
+
+/// One classical Runge-Kutta step of `dx/dt = f(x)` (the control is held constant over `dt`).
+pub fn rk4<const N: usize>(x: &[f64; N], dt: f64, f: impl Fn(&[f64; N]) -> [f64; N]) -> [f64; N] {
+    let axpy = |a: &[f64; N], h: f64, k: &[f64; N]| -> [f64; N] {
+        let mut out = *a;
+        for (o, k) in out.iter_mut().zip(k) {
+            *o += h * k;
+        }
+        out
+    };
+    let k1 = f(x);
+    let k2 = f(&axpy(x, 0.5 * dt, &k1));
+    let k3 = f(&axpy(x, 0.5 * dt, &k2));
+    let k4 = f(&axpy(x, dt, &k3));
+    let mut out = *x;
+    for i in 0..N {
+        out[i] += dt / 6.0 * (k1[i] + 2.0 * k2[i] + 2.0 * k3[i] + k4[i]);
+    }
+    out
+}
+
+/// Wrap an angle to `(-pi, pi]`.
+pub fn wrap_angle(a: f64) -> f64 {
+    let two_pi = std::f64::consts::TAU;
+    let r = a.rem_euclid(two_pi);
+    if r > std::f64::consts::PI {
+        r - two_pi
+    } else {
+        r
+    }
+}
+
+/// Check an action's length and values, and clip it to `[-1, 1]` in `f64`.
+pub(crate) fn check_action<const N: usize>(
+    task: &str,
+    action: &[f32],
+    done: bool,
+) -> Result<[f64; N]> {
+    if action.len() != N {
+        return Err(Error::Shape(format!(
+            "{task}: action has {} entries, the task takes {N}",
+            action.len()
+        )));
+    }
+    if let Some(i) = action.iter().position(|a| !a.is_finite()) {
+        return Err(Error::InvalidArgument(format!(
+            "{task}: action[{i}] = {} is not finite",
+            action[i]
+        )));
+    }
+    if done {
+        return Err(Error::InvalidArgument(format!(
+            "{task}: the episode is over; call reset before stepping again"
+        )));
+    }
+    let mut out = [0.0; N];
+    for (o, a) in out.iter_mut().zip(action) {
+        *o = (*a as f64).clamp(-1.0, 1.0);
+    }
+    Ok(out)
+}
+
+/// SplitMix64: a tiny, fully specified generator so that initial states depend only on the seed
+/// (not on a crate version's choice of algorithm).
+#[derive(Clone, Debug)]
+pub(crate) struct SplitMix(u64);
+
+impl SplitMix {
+    pub(crate) fn new(seed: u64) -> Self {
+        // Decorrelate small consecutive seeds before the first draw.
+        Self(seed ^ 0x5851_f42d_4c95_7f2d)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)` with 53 random bits.
+    pub(crate) fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Uniform in `[lo, hi)`.
+    pub(crate) fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.unit()
+    }
+
+    /// Standard normal (Box-Muller; one of the pair is dropped, speed does not matter here).
+    pub(crate) fn normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.unit(); // in (0, 1], so ln is finite
+        let u2 = self.unit();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+}
+
+/// A planar chain of two uniform rods on revolute joints: the shared dynamics of [`acrobot`]
+/// and [`reacher`].
+///
+/// `q1` is the first link's angle from the reference direction, `q2` the second link's angle
+/// relative to the first. With rod masses `m_i`, lengths `l_i`, centres `c_i = l_i / 2` and
+/// inertias about the centre `I_i = m_i l_i^2 / 12`, the manipulator equation is
+///
+/// ```text
+/// M(q) q'' + C(q, q') + G(q) = tau - b q'
+/// M11 = I1 + I2 + m1 c1^2 + m2 (l1^2 + c2^2 + 2 l1 c2 cos q2)
+/// M12 = I2 + m2 (c2^2 + l1 c2 cos q2),   M22 = I2 + m2 c2^2
+/// C   = [-h (2 q1' q2' + q2'^2), h q1'^2],  h = m2 l1 c2 sin q2
+/// G   = [(m1 c1 + m2 l1) g sin q1 + m2 c2 g sin(q1 + q2), m2 c2 g sin(q1 + q2)]
+/// ```
+///
+/// with angles measured from straight down when `g > 0`. Energy is `q'^T M q' / 2` plus
+/// `-(m1 c1 + m2 l1) g cos q1 - m2 c2 g cos(q1 + q2)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct TwoLink {
+    pub(crate) m1: f64,
+    pub(crate) m2: f64,
+    pub(crate) l1: f64,
+    pub(crate) l2: f64,
+    pub(crate) gravity: f64,
+}
+
+impl TwoLink {
+    fn mass_matrix(&self, q2: f64) -> [f64; 3] {
+        let (c1, c2) = (self.l1 / 2.0, self.l2 / 2.0);
+        let i1 = self.m1 * self.l1 * self.l1 / 12.0;
+        let i2 = self.m2 * self.l2 * self.l2 / 12.0;
+        let k = self.m2 * self.l1 * c2 * q2.cos();
+        let m22 = i2 + self.m2 * c2 * c2;
+        let m12 = m22 + k;
+        let m11 = i1 + self.m1 * c1 * c1 + self.m2 * self.l1 * self.l1 + m22 + 2.0 * k;
+        [m11, m12, m22]
+    }
+
+    /// `d/dt [q1, q2, q1', q2']` under joint torques `tau` and viscous damping `damping`.
+    pub(crate) fn deriv(&self, s: &[f64; 4], tau: [f64; 2], damping: [f64; 2]) -> [f64; 4] {
+        let [q1, q2, w1, w2] = *s;
+        let [m11, m12, m22] = self.mass_matrix(q2);
+        let c2 = self.l2 / 2.0;
+        let h = self.m2 * self.l1 * c2 * q2.sin();
+        let g_elbow = self.m2 * c2 * self.gravity * (q1 + q2).sin();
+        let g_shoulder =
+            (self.m1 * self.l1 / 2.0 + self.m2 * self.l1) * self.gravity * q1.sin() + g_elbow;
+        let r1 = tau[0] - damping[0] * w1 + h * (2.0 * w1 * w2 + w2 * w2) - g_shoulder;
+        let r2 = tau[1] - damping[1] * w2 - h * w1 * w1 - g_elbow;
+        // M is symmetric positive definite, so det > 0.
+        let det = m11 * m22 - m12 * m12;
+        [
+            w1,
+            w2,
+            (m22 * r1 - m12 * r2) / det,
+            (m11 * r2 - m12 * r1) / det,
+        ]
+    }
+
+    /// Kinetic plus potential energy (J), zero potential at the first joint's height.
+    pub(crate) fn energy(&self, s: &[f64; 4]) -> f64 {
+        let [q1, q2, w1, w2] = *s;
+        let [m11, m12, m22] = self.mass_matrix(q2);
+        let kinetic = 0.5 * (m11 * w1 * w1 + 2.0 * m12 * w1 * w2 + m22 * w2 * w2);
+        let potential = -(self.m1 * self.l1 / 2.0 + self.m2 * self.l1) * self.gravity * q1.cos()
+            - self.m2 * self.l2 / 2.0 * self.gravity * (q1 + q2).cos();
+        kinetic + potential
+    }
+
+    /// Tip of the second link relative to the first joint: `x` along `sin`, `y` along `-cos`
+    /// (so `q = 0` points down the `-y` axis).
+    pub(crate) fn tip(&self, q1: f64, q2: f64) -> [f64; 2] {
+        [
+            self.l1 * q1.sin() + self.l2 * (q1 + q2).sin(),
+            -self.l1 * q1.cos() - self.l2 * (q1 + q2).cos(),
+        ]
+    }
+}
+
+/// Episode bookkeeping shared by the built-in tasks.
+#[derive(Clone, Debug)]
+pub(crate) struct Clock {
+    /// Agent steps taken in this episode.
+    t: usize,
+    /// Simulator steps per agent step.
+    repeat: usize,
+}
+
+impl Clock {
+    pub(crate) fn new() -> Self {
+        Self {
+            t: 0,
+            repeat: ACTION_REPEAT,
+        }
+    }
+
+    /// Same clock with another action repeat; it must divide [`SIM_STEPS`] so that every
+    /// episode is exactly 1000 simulator steps.
+    pub(crate) fn with_repeat(task: &str, repeat: usize) -> Result<Self> {
+        if repeat == 0 || !SIM_STEPS.is_multiple_of(repeat) {
+            return Err(Error::InvalidArgument(format!(
+                "{task}: action repeat {repeat} must be a divisor of {SIM_STEPS}"
+            )));
+        }
+        Ok(Self { t: 0, repeat })
+    }
+
+    pub(crate) fn repeat(&self) -> usize {
+        self.repeat
+    }
+
+    pub(crate) fn episode_len(&self) -> usize {
+        SIM_STEPS / self.repeat
+    }
+
+    pub(crate) fn restart(&mut self) {
+        self.t = 0;
+    }
+
+    /// One agent step: validate and clip `action`, run `sim` (one simulator step with the
+    /// action, returning that step's reward) `repeat` times. Returns the summed reward and
+    /// whether the episode ended.
+    pub(crate) fn step<const N: usize>(
+        &mut self,
+        task: &str,
+        action: &[f32],
+        mut sim: impl FnMut(&[f64; N]) -> f64,
+    ) -> Result<(f32, bool)> {
+        let a = check_action::<N>(task, action, self.t >= self.episode_len())?;
+        let mut reward = 0.0;
+        for _ in 0..self.repeat {
+            reward += sim(&a);
+        }
+        self.t += 1;
+        Ok((reward as f32, self.t >= self.episode_len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tolerance_hits_value_at_margin() {
+        for s in [
+            Sigmoid::Gaussian,
+            Sigmoid::LongTail,
+            Sigmoid::Linear,
+            Sigmoid::Quadratic,
+        ] {
+            assert_eq!(tolerance(0.5, 0.0, 1.0, 1.0, s, 0.1), 1.0);
+            let y = tolerance(3.0, 0.0, 1.0, 2.0, s, 0.1);
+            assert!((y - 0.1).abs() < 1e-12, "{s:?}: {y}");
+            let y = tolerance(-2.0, 0.0, 1.0, 2.0, s, 0.1);
+            assert!((y - 0.1).abs() < 1e-12, "{s:?}: {y}");
+        }
+        assert_eq!(tolerance(1.5, 0.0, 1.0, 0.0, Sigmoid::Gaussian, 0.1), 0.0);
+    }
+
+    #[test]
+    fn wrap_angle_range() {
+        for a in [-10.0, -3.2, 0.0, 3.2, 7.0, 100.0] {
+            let w = wrap_angle(a);
+            assert!(w > -std::f64::consts::PI - 1e-12 && w <= std::f64::consts::PI);
+            assert!((w.sin() - f64::sin(a)).abs() < 1e-9 && (w.cos() - a.cos()).abs() < 1e-9);
+        }
+    }
+}

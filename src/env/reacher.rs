@@ -1,0 +1,250 @@
+//! Reacher (`reacher-easy`): a two-link arm in the horizontal plane, torque on both joints,
+//! must put its fingertip on a randomly placed target.
+//!
+//! **State** `(q1, q2, q1', q2')`: shoulder angle, elbow angle relative to the first link, and
+//! their rates; plus the target position, fixed for the episode.
+//!
+//! **Equations of motion**: the two-link manipulator equation documented on the crate-private
+//! `TwoLink` helper in [`super`] (uniform rods) without gravity, torques `tau_max (u1, u2)` and
+//! viscous damping `b` on both joints:
+//!
+//! ```text
+//! M(q) q'' = tau_max u - b q' - C(q, q')
+//! ```
+//!
+//! Kinetic energy `q'^T M q' / 2` is conserved when `b = 0` and `u = 0`. Both joints turn
+//! freely (no joint limits).
+//!
+//! **Constants** ([`ReacherParams::default`]): both links `0.1 kg`, `0.12 m` (reach 0.24 m),
+//! uniform rods; `b = 0.01 N m s` per joint, `tau_max = 0.05 N m` (top joint speed about
+//! `tau_max / b = 5 rad/s`), simulator step `dt = 0.02 s` (an episode is 20 s) integrated with
+//! RK4 in two sub-steps of 0.01 s.
+//!
+//! **Observation** (8): `[cos q1, sin q1, cos q2, sin q2, target_x - tip_x, target_y - tip_y,
+//! q1', q2']`.
+//!
+//! **Reward** per simulator step: `tolerance(|tip - target|, [0, 0.05], margin 0)`, i.e. 1 while
+//! the fingertip is within the target radius of 5 cm and 0 otherwise. Like the DeepMind
+//! Control Suite's reacher this one is sparse.
+//!
+//! **Reset**: joint angles uniform in `[-pi, pi)`, velocities 0, target at an angle uniform in
+//! `[-pi, pi)` and a distance uniform in `[0.05, 0.20] m` from the shoulder.
+
+use super::{Clock, Env, Sigmoid, SplitMix, Step, TwoLink, rk4, tolerance, wrap_angle};
+use crate::Result;
+
+/// Physical constants of the reacher.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ReacherParams {
+    /// Mass of the upper link (kg).
+    pub mass1: f64,
+    /// Mass of the lower link (kg).
+    pub mass2: f64,
+    /// Length of the upper link (m).
+    pub length1: f64,
+    /// Length of the lower link (m).
+    pub length2: f64,
+    /// Viscous damping of each joint (N m s / rad).
+    pub damping: f64,
+    /// Torque of each joint at action 1 (N m).
+    pub max_torque: f64,
+    /// Fingertip-to-target distance (m) that earns reward 1.
+    pub target_radius: f64,
+    /// Simulator step (s).
+    pub dt: f64,
+    /// RK4 sub-steps per simulator step.
+    pub substeps: usize,
+}
+
+impl Default for ReacherParams {
+    fn default() -> Self {
+        Self {
+            mass1: 0.1,
+            mass2: 0.1,
+            length1: 0.12,
+            length2: 0.12,
+            damping: 0.01,
+            max_torque: 0.05,
+            target_radius: 0.05,
+            dt: 0.02,
+            substeps: 2,
+        }
+    }
+}
+
+/// The reacher task with the easy (5 cm) target.
+#[derive(Clone, Debug)]
+pub struct Reacher {
+    params: ReacherParams,
+    state: [f64; 4],
+    target: [f64; 2],
+    clock: Clock,
+}
+
+impl Default for Reacher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Reacher {
+    /// The task with the default constants, reset with seed 0.
+    pub fn new() -> Self {
+        Self::with_params(ReacherParams::default())
+    }
+
+    /// The task with other constants, reset with seed 0.
+    pub fn with_params(params: ReacherParams) -> Self {
+        let mut env = Self {
+            params,
+            state: [0.0; 4],
+            target: [0.0; 2],
+            clock: Clock::new(),
+        };
+        env.reset(0);
+        env
+    }
+
+    /// Same task without joint damping.
+    pub fn frictionless(mut self) -> Self {
+        self.params.damping = 0.0;
+        self
+    }
+
+    /// Same task with another action repeat (a divisor of 1000).
+    pub fn with_action_repeat(mut self, repeat: usize) -> Result<Self> {
+        self.clock = Clock::with_repeat(self.name(), repeat)?;
+        Ok(self)
+    }
+
+    /// The constants in use.
+    pub fn params(&self) -> &ReacherParams {
+        &self.params
+    }
+
+    /// `[q1, q2, q1', q2']`.
+    pub fn state(&self) -> [f64; 4] {
+        self.state
+    }
+
+    /// Overwrite the state (for tests and controllers).
+    pub fn set_state(&mut self, state: [f64; 4]) {
+        self.state = state;
+    }
+
+    /// Target position relative to the shoulder (m).
+    pub fn target(&self) -> [f64; 2] {
+        self.target
+    }
+
+    /// Move the target (for tests and controllers).
+    pub fn set_target(&mut self, target: [f64; 2]) {
+        self.target = target;
+    }
+
+    fn links(&self) -> TwoLink {
+        let p = &self.params;
+        TwoLink {
+            m1: p.mass1,
+            m2: p.mass2,
+            l1: p.length1,
+            l2: p.length2,
+            gravity: 0.0,
+        }
+    }
+
+    /// Kinetic energy (J); there is no potential energy in the horizontal plane.
+    pub fn energy(&self) -> f64 {
+        self.links().energy(&self.state)
+    }
+
+    /// Fingertip position relative to the shoulder (m).
+    pub fn tip(&self) -> [f64; 2] {
+        self.links().tip(self.state[0], self.state[1])
+    }
+
+    /// Reward of the current state, in `[0, 1]`.
+    pub fn reward(&self) -> f64 {
+        let [x, y] = self.tip();
+        let dist = (self.target[0] - x).hypot(self.target[1] - y);
+        tolerance(
+            dist,
+            0.0,
+            self.params.target_radius,
+            0.0,
+            Sigmoid::Gaussian,
+            0.1,
+        )
+    }
+
+    fn sim_step(&mut self, u: &[f64; 2]) -> f64 {
+        let links = self.links();
+        let tau = [self.params.max_torque * u[0], self.params.max_torque * u[1]];
+        let damping = [self.params.damping; 2];
+        let h = self.params.dt / self.params.substeps as f64;
+        for _ in 0..self.params.substeps {
+            self.state = rk4(&self.state, h, |s| links.deriv(s, tau, damping));
+        }
+        self.state[0] = wrap_angle(self.state[0]);
+        self.state[1] = wrap_angle(self.state[1]);
+        self.reward()
+    }
+
+    fn observe(&self) -> Vec<f32> {
+        let [q1, q2, w1, w2] = self.state;
+        let [x, y] = self.tip();
+        [
+            q1.cos(),
+            q1.sin(),
+            q2.cos(),
+            q2.sin(),
+            self.target[0] - x,
+            self.target[1] - y,
+            w1,
+            w2,
+        ]
+        .iter()
+        .map(|&v| v as f32)
+        .collect()
+    }
+}
+
+impl Env for Reacher {
+    fn name(&self) -> &str {
+        "reacher-easy"
+    }
+    fn obs_dim(&self) -> usize {
+        8
+    }
+    fn action_dim(&self) -> usize {
+        2
+    }
+    fn episode_len(&self) -> usize {
+        self.clock.episode_len()
+    }
+    fn action_repeat(&self) -> usize {
+        self.clock.repeat()
+    }
+
+    fn reset(&mut self, seed: u64) -> Vec<f32> {
+        let mut rng = SplitMix::new(seed);
+        let pi = std::f64::consts::PI;
+        self.state = [rng.uniform(-pi, pi), rng.uniform(-pi, pi), 0.0, 0.0];
+        let angle = rng.uniform(-pi, pi);
+        let radius = rng.uniform(0.05, 0.20);
+        self.target = [radius * angle.cos(), radius * angle.sin()];
+        self.clock.restart();
+        self.observe()
+    }
+
+    fn step(&mut self, action: &[f32]) -> Result<Step> {
+        let mut clock = self.clock.clone();
+        let (reward, done) = clock.step::<2>("reacher-easy", action, |a| self.sim_step(a))?;
+        self.clock = clock;
+        Ok(Step {
+            obs: self.observe(),
+            reward,
+            done,
+        })
+    }
+}
