@@ -2,11 +2,13 @@
 //! keep what the backward pass needs, the backward passes, and TD-MPC2's world-model update
 //! (consistency, reward and value losses, clipped Adam, Polyak target) as one submit.
 
+pub mod buffer;
 pub mod mlp;
 pub mod params;
 pub mod policy;
 pub mod world;
 
+pub use buffer::{ReplayBuffer, Sample};
 pub use mlp::{Grads, Members, NetInput as TrainInput, Tape, TrainNet};
 pub use params::ParamLayout;
 pub use policy::{PolicyLosses, PolicyTrainer, PolicyUpdateConfig, PriorKind};
