@@ -153,10 +153,7 @@ pub fn bench_linear(
         z_offset: 0,
         a_offset: 0,
     };
-    let target = std::env::var("POMPC_BENCH_TARGET_S")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2e-3);
+    let target = target_seconds();
     let stats = time_submits(gpu, runs, target, 0.2, |rec| layer.record(rec, m, io))?;
     Ok(LinearBench {
         cfg,
@@ -207,10 +204,7 @@ pub fn bench_model(
     let width = spec.latent_dim.max(spec.num_bins).max(2 * spec.action_dim);
     let out = GpuBuffer::<f32>::new(gpu, "out", spec.num_q * rows * width)?;
     let two = GpuBuffer::from_slice(gpu, "heads", &[0u32, 1])?;
-    let target = std::env::var("POMPC_BENCH_TARGET_S")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2e-3);
+    let target = target_seconds();
     let mut results = Vec::new();
     let mut cases: Vec<(String, Net, Option<&GpuBuffer<u32>>)> = Net::ALL
         .iter()

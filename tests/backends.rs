@@ -12,7 +12,7 @@
 mod common;
 
 use common::rel_error;
-use pompc::model::{Weights, WorldModel};
+use pompc::model::WorldModel;
 use pompc::planner::{Planner, PlannerConfig};
 use pompc::train::{
     ParamLayout, PolicyTrainer, PolicyUpdateConfig, UpdateBatch, UpdateConfig, WorldModelTrainer,
@@ -33,27 +33,6 @@ fn pair() -> [Gpu; 2] {
     g
 }
 
-fn fixture(name: &str) -> (Weights, std::collections::HashMap<String, Vec<f32>>) {
-    let path = format!(
-        "{}/tests/fixtures/{name}.safetensors",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let weights = Weights::load(&path).unwrap();
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let t = st
-        .iter()
-        .filter(|(k, _)| k.starts_with("fixture."))
-        .map(|(k, v)| {
-            (
-                k.trim_start_matches("fixture.").to_string(),
-                bytemuck::pod_collect_to_vec(v.data()),
-            )
-        })
-        .collect();
-    (weights, t)
-}
-
 fn close(what: &str, a: &[f32], b: &[f32], tol: f32) {
     assert_eq!(a.len(), b.len(), "{what}: lengths");
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
@@ -67,7 +46,7 @@ fn close(what: &str, a: &[f32], b: &[f32], tol: f32) {
 #[test]
 fn plans_agree() {
     let gpus = pair();
-    let weights = fixture("tiny").0;
+    let weights = common::load_fixture("tiny").0;
     let cfg = PlannerConfig {
         num_samples: 48,
         num_elites: 8,
@@ -106,7 +85,7 @@ fn plans_agree() {
 #[test]
 fn training_updates_agree() {
     let gpus = pair();
-    let (weights, f) = fixture("update_tiny");
+    let (weights, f) = common::load_fixture("update_tiny");
     let get = |k: &str| f[k].clone();
     let heads = get("update.heads");
     let batch = UpdateBatch {

@@ -61,6 +61,7 @@ fn run(case: Case, tile: Option<GemmTile>, r: &mut impl Rng) {
     let bias_v = uniform(r, pad + batch * n, 1.0);
     let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
     let mut want = f(&c0);
+    let bias64 = f(&bias_v);
     mirror::gemm(
         m,
         n,
@@ -72,9 +73,7 @@ fn run(case: Case, tile: Option<GemmTile>, r: &mut impl Rng) {
         (&f(&a), la),
         (&f(&b), lb),
         (&mut want, lc),
-        bias.then_some((&f(&bias_v)[..], pad, n))
-            .as_ref()
-            .map(|(v, o, s)| (&v[..], *o, *s)),
+        bias.then_some((&bias64[..], pad, n)),
     );
     for gpu in gpus() {
         let ab = GpuBuffer::from_slice(gpu, "a", &a).unwrap();

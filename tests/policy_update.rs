@@ -228,24 +228,7 @@ fn bad_configurations_are_errors() {
 /// `tests/fixtures/policy_tiny.safetensors` (`scripts/make_fixtures.py`): each preset's loss
 /// terms and gradients by PyTorch autograd in float64 on the tiny model.
 fn fixture() -> (Weights, std::collections::HashMap<String, Vec<f32>>) {
-    let path = format!(
-        "{}/tests/fixtures/policy_tiny.safetensors",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let weights = Weights::load(&path).unwrap();
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let t = st
-        .iter()
-        .filter(|(k, _)| k.starts_with("fixture."))
-        .map(|(k, v)| {
-            (
-                k.trim_start_matches("fixture.").to_string(),
-                bytemuck::pod_collect_to_vec(v.data()),
-            )
-        })
-        .collect();
-    (weights, t)
+    common::load_fixture("policy_tiny")
 }
 
 /// Loss terms within 1e-4 relative (floored at 1e-3 absolute: the entropy term is ~1e-4) and

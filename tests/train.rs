@@ -24,23 +24,7 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let path = format!(
-        "{}/tests/fixtures/update_tiny.safetensors",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let weights = Weights::load(&path).unwrap();
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let t = st
-        .iter()
-        .filter(|(k, _)| k.starts_with("fixture."))
-        .map(|(k, v)| {
-            (
-                k.trim_start_matches("fixture.").to_string(),
-                bytemuck::pod_collect_to_vec(v.data()),
-            )
-        })
-        .collect();
+    let (weights, t) = common::load_fixture("update_tiny");
     Fixture { weights, t }
 }
 

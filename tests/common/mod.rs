@@ -116,3 +116,31 @@ pub fn peaked_reward_weights(obs: usize, act: usize, target: f32) -> pompc::mode
     });
     w
 }
+
+/// A fixture of `scripts/make_fixtures.py` (`tests/fixtures/{name}.safetensors`): the weights,
+/// and every `fixture.*` tensor by name without the prefix.
+pub fn load_fixture(
+    name: &str,
+) -> (
+    pompc::model::Weights,
+    std::collections::HashMap<String, Vec<f32>>,
+) {
+    let path = format!(
+        "{}/tests/fixtures/{name}.safetensors",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let weights = pompc::model::Weights::load(&path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st
+        .iter()
+        .filter(|(k, _)| k.starts_with("fixture."))
+        .map(|(k, v)| {
+            (
+                k.trim_start_matches("fixture.").to_string(),
+                bytemuck::pod_collect_to_vec(v.data()),
+            )
+        })
+        .collect();
+    (weights, t)
+}
