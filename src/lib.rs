@@ -15,6 +15,7 @@ pub mod gpu;
 pub mod kernels;
 pub mod model;
 pub mod planner;
+pub mod plot;
 pub mod reference;
 pub mod rng;
 pub mod train;

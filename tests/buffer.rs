@@ -122,3 +122,36 @@ fn capacity_evicts_the_oldest_and_bad_input_is_an_error() {
     let empty = ReplayBuffer::new(O, A, 10).unwrap();
     assert!(empty.sample(&mut r, 4, 3).is_err());
 }
+
+#[test]
+fn export_import_and_planner_rewrites() {
+    let mut buf = ReplayBuffer::new(3, 2, 1000).unwrap();
+    fill(&mut buf, 0, 5, false);
+    fill(&mut buf, 1, 4, true);
+    let d = buf.export();
+    assert_eq!(d.lengths, vec![5, 4]);
+    assert_eq!(d.obs.len(), (5 + 1 + 4 + 1) * 3);
+    let mut copy = ReplayBuffer::new(3, 2, 1000).unwrap();
+    copy.import(&d).unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let e = copy.export();
+    assert_eq!(bits(&e.planner), bits(&d.planner));
+    assert_eq!(
+        (e.obs, e.action, e.reward),
+        (d.obs.clone(), d.action.clone(), d.reward.clone())
+    );
+    // Reanalysis writes a Gaussian back; bad indices and lengths are errors.
+    copy.set_planner(0, 4, &[0.1, 0.2, 0.3, 0.4]).unwrap();
+    assert_eq!(copy.export().planner[4 * 4..5 * 4], [0.1, 0.2, 0.3, 0.4]);
+    assert!(copy.set_planner(0, 5, &[0.0; 4]).is_err());
+    assert!(copy.set_planner(2, 0, &[0.0; 4]).is_err());
+    assert!(copy.set_planner(0, 0, &[0.0; 3]).is_err());
+    let mut short = d.clone();
+    short.reward.pop();
+    assert!(
+        ReplayBuffer::new(3, 2, 1000)
+            .unwrap()
+            .import(&short)
+            .is_err()
+    );
+}

@@ -1,4 +1,4 @@
-//! pompc's command line: `pompc info`, `pompc bench linear`.
+//! pompc's command line: `pompc info`, `pompc bench ...`, `pompc train`, `pompc plot`.
 
 use pompc::bench::{self, Clock, LinearBench};
 use pompc::kernels::linear::{Activation, LinearConfig, LinearPlan, Tile};
@@ -46,6 +46,25 @@ usage:
       --horizon H                 (default 100; dt 0.02, lambda 1, sigma 0.2)
       --checked                   keep bounds checks in the user WGSL (default: trusted)
       --runs N, --warmup N, --json
+  pompc train [options]           train an agent (algorithm.md a.5) with a progress line, a CSV
+                                  log and a learning-curve SVG
+      --env NAME                  pendulum-swingup, cartpole-swingup, cartpole-balance,
+                                  acrobot-swingup, reacher-easy (default pendulum-swingup)
+      --method M                  tdmpc2, bmpc, tdmpc-square, po-mpc (default po-mpc)
+      --lambda L                  PO-MPC's lambda (default 1)
+      --steps N --seed S          environment steps (default 100000), seed (default 0)
+      --model M                   tiny, small, or a TD-MPC2 size 1, 5, 19, 48, 317 (default 5)
+      --quick                     the CPU-sized preset (tiny model, 128 samples, batch 64)
+      --eval-every N              steps between evaluations (default 10000; 0: none)
+      --eval-episodes N           episodes per evaluation (default 1)
+      --out DIR                   where the CSV, SVG and checkpoint go (default runs)
+      --checkpoint-every N        steps between checkpoints (default 0: only at the end)
+      --resume                    continue from DIR's checkpoint of this run
+      --time-limit S              stop (with a checkpoint) at the first episode end after S seconds
+      --quiet                     no progress line
+  pompc plot --out FILE.svg [--title T] CSV...
+                                  evaluation curves of runs, seeds of one method pooled
+                                  (mean line, min-max band); runs named ENV-METHOD-sSEED.csv
 environment: WGPU_BACKEND (vulkan, metal, dx12, gl), WGPU_ADAPTER_NAME, WGPU_POWER_PREF,
   POMPC_LIMITS (downlevel: ask for wgpu's downlevel limits instead of the adapter's),
   POMPC_BENCH_TARGET_S (seconds of back-to-back work per timed run, default 0.002)";
@@ -66,6 +85,8 @@ fn main() -> ExitCode {
             Some(a) if a.starts_with("--") => bench_all(&args[1..]),
             _ => Err(format!("bench what?\n{USAGE}")),
         },
+        Some("train") => train(&args[1..]),
+        Some("plot") => plot(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
             Ok(())
@@ -1054,5 +1075,269 @@ fn bench_mppi(args: &[String]) -> Result<(), String> {
             );
         }
     }
+    Ok(())
+}
+
+fn train(args: &[String]) -> Result<(), String> {
+    use pompc::train::{Event, Method, ModelPreset, TrainConfig, Trainer};
+    use std::io::Write;
+    let (mut env_name, mut method, mut lambda) =
+        ("pendulum-swingup".to_string(), "po-mpc".to_string(), None);
+    let (mut steps, mut seed, mut model, mut quick) = (100_000usize, 0u64, None, false);
+    let (mut eval_every, mut eval_episodes, mut out) = (None, None, "runs".to_string());
+    let (mut ckpt_every, mut resume, mut time_limit, mut quiet) = (0usize, false, None, false);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
+        match a.as_str() {
+            "--env" => env_name = val(a)?,
+            "--method" => method = val(a)?,
+            "--lambda" => lambda = Some(num::<f32>(a, &val(a)?)?),
+            "--steps" => steps = num(a, &val(a)?)?,
+            "--seed" => seed = num(a, &val(a)?)?,
+            "--model" => model = Some(ModelPreset::parse(&val(a)?).map_err(|e| e.to_string())?),
+            "--quick" => quick = true,
+            "--eval-every" => eval_every = Some(num(a, &val(a)?)?),
+            "--eval-episodes" => eval_episodes = Some(num(a, &val(a)?)?),
+            "--out" => out = val(a)?,
+            "--checkpoint-every" => ckpt_every = num(a, &val(a)?)?,
+            "--resume" => resume = true,
+            "--time-limit" => time_limit = Some(num::<f64>(a, &val(a)?)?),
+            "--quiet" => quiet = true,
+            _ => return Err(format!("unknown option {a:?}\n{USAGE}")),
+        }
+    }
+    let method = Method::parse(&method, lambda).map_err(|e| e.to_string())?;
+    let env = pompc::env::make(&env_name).map_err(|e| e.to_string())?;
+    let mut cfg = if quick {
+        TrainConfig::quick(env.as_ref(), method, steps, seed)
+    } else {
+        TrainConfig::new(env.as_ref(), method, steps, seed)
+    }
+    .map_err(|e| e.to_string())?;
+    if let Some(m) = model {
+        cfg.model = m;
+    }
+    if let Some(e) = eval_every {
+        cfg.eval_every = e;
+    }
+    if let Some(e) = eval_episodes {
+        cfg.eval_episodes = e;
+    }
+    let gpu = Gpu::new(GpuOptions::default()).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&out).map_err(|e| format!("{out}: {e}"))?;
+    let stem = format!("{out}/{env_name}-{}-s{seed}", method.slug());
+    let ckpt = format!("{stem}.ckpt.safetensors");
+    let eval_env = pompc::env::make(&env_name).map_err(|e| e.to_string())?;
+    let mut trainer = if resume {
+        Trainer::resume(&gpu, env, eval_env, cfg, &ckpt)
+    } else {
+        Trainer::new(&gpu, env, eval_env, cfg)
+    }
+    .map_err(|e| e.to_string())?;
+    eprintln!(
+        "{} on {env_name}, {} steps, seed {seed}, from step {} | {}",
+        method.label(),
+        steps,
+        trainer.step(),
+        gpu.describe()
+    );
+    let csv_path = format!("{stem}.csv");
+    let fresh = !resume || !std::path::Path::new(&csv_path).exists();
+    let mut csv = std::fs::OpenOptions::new()
+        .create(true)
+        .append(!fresh)
+        .write(true)
+        .truncate(fresh)
+        .open(&csv_path)
+        .map_err(|e| format!("{csv_path}: {e}"))?;
+    if fresh {
+        writeln!(csv, "kind,step,episode,wall_s,return,consistency,reward_loss,value_loss,policy_loss,prior_fit,world_grad_norm,policy_grad_norm")
+            .map_err(|e| e.to_string())?;
+    }
+    let t0 = std::time::Instant::now();
+    let start = trainer.step();
+    let (mut last_ret, mut last_eval) = (f32::NAN, f32::NAN);
+    // When and at which step the loop of one update per step began (after pre-training).
+    let mut loop_start: Option<(f64, usize)> = None;
+    let cfg_seed_steps = trainer.config().seed_steps;
+    let mut stop = false;
+    while trainer.step() < steps && !stop {
+        let chunk = match trainer.step().checked_div(ckpt_every) {
+            Some(k) => ((k + 1) * ckpt_every).min(steps),
+            None => steps,
+        };
+        let res = trainer.run(chunk, &mut |e: &Event| {
+            let w = t0.elapsed().as_secs_f64();
+            let line = match e {
+                Event::Episode { step, episode, ret } => {
+                    last_ret = *ret;
+                    format!("train,{step},{episode},{w:.2},{ret},,,,,,,")
+                }
+                Event::Eval { step, mean, .. } => {
+                    last_eval = *mean;
+                    format!("eval,{step},,{w:.2},{mean},,,,,,,")
+                }
+                Event::Losses { step, world: l, policy, .. } => {
+                    let p = policy.unwrap_or(pompc::train::PolicyLosses {
+                        q: f32::NAN, entropy: f32::NAN, kl: f32::NAN, ll: f32::NAN,
+                        total: f32::NAN, prior_fit: f32::NAN, grad_norm: f32::NAN,
+                    });
+                    format!(
+                        "loss,{step},,{w:.2},,{},{},{},{},{},{},{}",
+                        l.consistency, l.reward, l.value, p.total, p.prior_fit, l.grad_norm, p.grad_norm
+                    )
+                }
+                Event::Pretrained { updates, seconds } => {
+                    loop_start = Some((w, cfg_seed_steps));
+                    if !quiet {
+                        eprintln!("\r{updates} pre-training updates in {seconds:.1} s");
+                    }
+                    return Ok(());
+                }
+            };
+            writeln!(csv, "{line}").map_err(|e| pompc::Error::InvalidArgument(format!("{csv_path}: {e}")))?;
+            if let Event::Episode { step, .. } = e {
+                if !quiet {
+                    let rate = (*step - start) as f64 / w.max(1e-9);
+                    let frac = *step as f64 / steps as f64;
+                    let bar = "#".repeat((frac * 30.0) as usize);
+                    eprint!(
+                        "\r[{bar:<30}] {step}/{steps}  {rate:.0} steps/s  return {last_ret:.1}  eval {last_eval:.1}   "
+                    );
+                }
+                if time_limit.is_some_and(|l| w > l) {
+                    return Err(pompc::Error::InvalidArgument("time limit".into()));
+                }
+            }
+            Ok(())
+        });
+        match res {
+            Ok(()) => {}
+            Err(pompc::Error::InvalidArgument(m)) if m == "time limit" => stop = true,
+            Err(e) => return Err(e.to_string()),
+        }
+        trainer.save(&ckpt).map_err(|e| e.to_string())?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "\n{} steps in {secs:.1} s ({:.1} steps/s); checkpoint {ckpt}{}",
+        trainer.step() - start,
+        (trainer.step() - start) as f64 / secs,
+        if stop {
+            " (time limit: --resume continues)"
+        } else {
+            ""
+        }
+    );
+    if let Some((t, s0)) = loop_start
+        && trainer.step() > s0
+    {
+        eprintln!(
+            "loop after pre-training: {} steps in {:.1} s ({:.1} steps/s, plan + update + \
+             simulation + evaluations)",
+            trainer.step() - s0,
+            secs - t,
+            (trainer.step() - s0) as f64 / (secs - t)
+        );
+    }
+    let svg = format!("{stem}.svg");
+    let mut chart = pompc::plot::Chart::new(
+        &format!("{env_name}, {}, seed {seed}", method.label()),
+        "environment steps",
+        "episode return",
+    );
+    let h = trainer.history();
+    let pts = |eval: bool| {
+        h.iter()
+            .filter(|r| r.eval == eval)
+            .map(|r| (r.step as f64, r.ret as f64))
+            .collect::<Vec<_>>()
+    };
+    chart.add(pompc::plot::Series::line("training episodes", pts(false)).faint());
+    chart.add(pompc::plot::Series::line("evaluation", pts(true)));
+    std::fs::write(&svg, chart.to_svg()).map_err(|e| format!("{svg}: {e}"))?;
+    println!("log {csv_path}, curve {svg}");
+    Ok(())
+}
+
+fn num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
+    v.parse().map_err(|_| format!("{name}: cannot read {v:?}"))
+}
+
+fn plot(args: &[String]) -> Result<(), String> {
+    use std::collections::BTreeMap;
+    let (mut out, mut title, mut files) = (None, None, Vec::new());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--out" => out = it.next().cloned(),
+            "--title" => title = it.next().cloned(),
+            f => files.push(f.to_string()),
+        }
+    }
+    let out = out.ok_or("plot needs --out FILE.svg")?;
+    if files.is_empty() {
+        return Err("plot needs CSV files".into());
+    }
+    // Runs of one method (file name without -sSEED.csv) are pooled.
+    let mut groups: BTreeMap<String, Vec<Vec<(usize, f64)>>> = BTreeMap::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("{f}: {e}"))?;
+        let evals: Vec<(usize, f64)> = text
+            .lines()
+            .filter(|l| l.starts_with("eval,"))
+            .filter_map(|l| {
+                let c: Vec<&str> = l.split(',').collect();
+                Some((c.get(1)?.parse().ok()?, c.get(4)?.parse().ok()?))
+            })
+            .collect();
+        let name = std::path::Path::new(f)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or(f);
+        let key = match name.rfind("-s") {
+            Some(i) if name[i + 2..].chars().all(|c| c.is_ascii_digit()) => &name[..i],
+            _ => name,
+        };
+        groups.entry(key.to_string()).or_default().push(evals);
+    }
+    let mut chart = pompc::plot::Chart::new(
+        title.as_deref().unwrap_or("evaluation return"),
+        "environment steps",
+        "evaluation return",
+    );
+    for (name, runs) in &groups {
+        let mut by_step: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+        for r in runs {
+            for &(s, v) in r {
+                by_step.entry(s).or_default().push(v);
+            }
+        }
+        let mean: Vec<(f64, f64)> = by_step
+            .iter()
+            .map(|(s, v)| (*s as f64, v.iter().sum::<f64>() / v.len() as f64))
+            .collect();
+        let band: Vec<(f64, f64, f64)> = by_step
+            .iter()
+            .map(|(s, v)| {
+                (
+                    *s as f64,
+                    v.iter().cloned().fold(f64::INFINITY, f64::min),
+                    v.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+                )
+            })
+            .collect();
+        let label = format!("{name} ({} runs)", runs.len());
+        chart.add(
+            pompc::plot::Series::line(&label, mean).with_band(if runs.len() > 1 {
+                band
+            } else {
+                Vec::new()
+            }),
+        );
+    }
+    std::fs::write(&out, chart.to_svg()).map_err(|e| format!("{out}: {e}"))?;
+    println!("{out}: {} curves from {} files", groups.len(), files.len());
     Ok(())
 }

@@ -114,8 +114,13 @@ impl Weights {
         let mut tensors = BTreeMap::new();
         let mut extra = BTreeMap::new();
         for (name, view) in st.iter() {
-            if name.starts_with("fixture.") || name == "log_std_min" || name == "log_std_dif" {
-                // Test fixtures share the file; the log-std range lives in the metadata.
+            if name.starts_with("fixture.")
+                || name.starts_with("pompc.")
+                || name == "log_std_min"
+                || name == "log_std_dif"
+            {
+                // Test fixtures and a trainer checkpoint's state share the file; the log-std
+                // range lives in the metadata.
                 continue;
             }
             let want = if let Some(rest) = name.strip_prefix(TARGET_Q) {

@@ -257,6 +257,39 @@ impl WorldModel {
         })
     }
 
+    /// Record copies of every parameter from a flat buffer in which the tensor named `name`
+    /// (TD-MPC2's names) starts at element `offset(name)`: a trainer's parameters reach the
+    /// planner's model on the GPU, in the trainer's submit, without a host round trip.
+    pub fn record_copy_from(
+        &self,
+        rec: &mut Recorder,
+        flat: &GpuBuffer<f32>,
+        offset: impl Fn(&str) -> Result<usize>,
+    ) -> Result<()> {
+        let nets = [
+            &self.encoder,
+            &self.dynamics,
+            &self.reward,
+            &self.policy,
+            &self.q,
+        ];
+        for mlp in nets.into_iter().chain(self.termination.as_ref()) {
+            for layer in &mlp.layers {
+                let p = &layer.spec.prefix;
+                let mut copy = |name: String, dst: &GpuBuffer<f32>| -> Result<()> {
+                    rec.copy_range(flat, offset(&name)?, dst, 0, dst.len())
+                };
+                copy(format!("{p}.weight"), &layer.w)?;
+                copy(format!("{p}.bias"), &layer.b)?;
+                if let Some((g, b)) = &layer.ln {
+                    copy(format!("{p}.ln.weight"), g)?;
+                    copy(format!("{p}.ln.bias"), b)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A network by name (`None` for the termination head of a non-episodic model).
     pub fn net(&self, net: Net) -> Option<&Mlp> {
         match net {

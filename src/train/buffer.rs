@@ -39,6 +39,21 @@ pub struct Sample {
     pub origin: Vec<(usize, usize)>,
 }
 
+/// The contents of a [`ReplayBuffer`] as flat arrays, for checkpoints.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BufferData {
+    /// Observations of every episode, `len + 1` rows each.
+    pub obs: Vec<f32>,
+    /// Actions, `len` rows each.
+    pub action: Vec<f32>,
+    /// Rewards.
+    pub reward: Vec<f32>,
+    /// Planner Gaussians `[mean | std]` (NaN where none).
+    pub planner: Vec<f32>,
+    /// Episode lengths.
+    pub lengths: Vec<u32>,
+}
+
 /// Episodes of transitions, oldest evicted beyond `capacity` transitions.
 #[derive(Clone, Debug)]
 pub struct ReplayBuffer {
@@ -156,6 +171,84 @@ impl ReplayBuffer {
             let old = self.episodes.pop_front().expect("more than one");
             self.transitions -= old.len(self.action_dim);
             self.evicted += 1;
+        }
+        Ok(())
+    }
+
+    /// Overwrite the planner Gaussian `[mean | std]` stored for step `step` of stored episode
+    /// `episode` (indices as in [`Sample::origin`]): BMPC's lazy reanalysis writes fresh
+    /// targets back.
+    pub fn set_planner(&mut self, episode: usize, step: usize, gaussian: &[f32]) -> Result<()> {
+        let a = self.action_dim;
+        self.check("planner Gaussian", gaussian, 2 * a)?;
+        let n = self.episodes.len();
+        let ep = self.episodes.get_mut(episode).ok_or_else(|| {
+            Error::InvalidArgument(format!("replay buffer: episode {episode} of {n}"))
+        })?;
+        let len = ep.len(a);
+        if step >= len {
+            return Err(Error::InvalidArgument(format!(
+                "replay buffer: step {step} of an episode of {len}"
+            )));
+        }
+        ep.planner[step * 2 * a..(step + 1) * 2 * a].copy_from_slice(gaussian);
+        Ok(())
+    }
+
+    /// The stored episodes, oldest first, concatenated (for checkpoints): observations
+    /// `[sum(len + 1), O]`, actions `[sum(len), A]`, rewards, planner Gaussians `[sum(len),
+    /// 2A]` and the episode lengths. An unfinished episode is not included.
+    pub fn export(&self) -> BufferData {
+        let mut d = BufferData::default();
+        for ep in &self.episodes {
+            d.obs.extend_from_slice(&ep.obs);
+            d.action.extend_from_slice(&ep.action);
+            d.reward.extend_from_slice(&ep.reward);
+            d.planner.extend_from_slice(&ep.planner);
+            d.lengths.push(ep.len(self.action_dim) as u32);
+        }
+        d
+    }
+
+    /// Append the episodes of an [`ReplayBuffer::export`] (checked), evicting beyond the
+    /// capacity as [`ReplayBuffer::finish`] does.
+    pub fn import(&mut self, d: &BufferData) -> Result<()> {
+        let (o, a) = (self.obs_dim, self.action_dim);
+        let steps: usize = d.lengths.iter().map(|&n| n as usize).sum();
+        let obs_rows = steps + d.lengths.len();
+        if d.obs.len() != obs_rows * o
+            || d.action.len() != steps * a
+            || d.reward.len() != steps
+            || d.planner.len() != steps * 2 * a
+        {
+            return Err(Error::Shape(format!(
+                "replay buffer import: {} episodes of {steps} steps need {} observation, {}                  action, {steps} reward and {} planner values; got {}, {}, {}, {}",
+                d.lengths.len(),
+                obs_rows * o,
+                steps * a,
+                steps * 2 * a,
+                d.obs.len(),
+                d.action.len(),
+                d.reward.len(),
+                d.planner.len()
+            )));
+        }
+        let (mut po, mut ps) = (0, 0);
+        for &n in &d.lengths {
+            let n = n as usize;
+            self.start(&d.obs[po * o..(po + 1) * o])?;
+            for i in 0..n {
+                let g = &d.planner[(ps + i) * 2 * a..(ps + i + 1) * 2 * a];
+                self.push(
+                    &d.action[(ps + i) * a..(ps + i + 1) * a],
+                    d.reward[ps + i],
+                    &d.obs[(po + i + 1) * o..(po + i + 2) * o],
+                    Some(g),
+                )?;
+            }
+            self.finish()?;
+            po += n + 1;
+            ps += n;
         }
         Ok(())
     }

@@ -393,6 +393,28 @@ impl<'g> PolicyTrainer<'g> {
         [&self.s_q, &self.s_kl, &self.s_d]
     }
 
+    /// The policy's optimizer (moments over the whole flat layout; only the policy's range
+    /// is used).
+    pub fn adam(&self) -> &Adam {
+        &self.adam
+    }
+
+    /// The adaptive prior's optimizer, if the update has a prior network.
+    pub fn prior_adam(&self) -> Option<&Adam> {
+        self.prior_adam.as_ref()
+    }
+
+    /// The losses buffer of the last recorded update (slots: Q, entropy, KL, LL, total,
+    /// prior fit).
+    pub fn losses_buffer(&self) -> &GpuBuffer<f32> {
+        &self.losses
+    }
+
+    /// Decode a read-back of [`PolicyTrainer::losses_buffer`] (grad norm left NaN).
+    pub fn decode_losses(l: &[f32]) -> PolicyLosses {
+        Self::losses_from(l, f32::NAN)
+    }
+
     /// Upload the planner's first-step Gaussians of the batch, `[T', B, 2A]` with each row
     /// `[mean (A) | std (A)]` (BMPC's layout; std > 0).
     pub fn set_planner(&mut self, gaussians: &[f32]) -> Result<()> {

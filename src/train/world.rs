@@ -358,6 +358,11 @@ impl<'g> WorldModelTrainer<'g> {
         &self.target
     }
 
+    /// The optimizer (its moments and step counter, for checkpoints).
+    pub fn adam(&self) -> &Adam {
+        &self.adam
+    }
+
     /// The rollout latents `[T + 1, B, latent]` of the last update (the policy update's input).
     pub fn latents(&self) -> &GpuBuffer<f32> {
         &self.zs
@@ -540,6 +545,12 @@ impl<'g> WorldModelTrainer<'g> {
         let hl = rec.read(&self.losses);
         let l = rec.finish()?.get(&hl)?;
         Ok(self.losses_from(&l, f32::NAN))
+    }
+
+    /// Decode a read-back of [`WorldModelTrainer::losses_buffer`] with the gradient norm
+    /// read elsewhere (NaN if unknown).
+    pub fn decode_losses(&self, l: &[f32], grad_norm: f32) -> UpdateLosses {
+        self.losses_from(l, grad_norm)
     }
 
     fn losses_from(&self, l: &[f32], grad_norm: f32) -> UpdateLosses {

@@ -1,0 +1,294 @@
+//! Learning curves as standalone SVG: lines with optional min-max bands, axes with ticks, a
+//! legend. Enough for a trainer's curves without a plotting dependency.
+//!
+//! ```
+//! use pompc::plot::{Chart, Series};
+//! let mut chart = Chart::new("pendulum-swingup", "environment steps", "episode return");
+//! chart.add(Series::line("PO-MPC", vec![(0.0, 10.0), (5000.0, 400.0), (10000.0, 800.0)]));
+//! let svg = chart.to_svg();
+//! assert!(svg.starts_with("<svg"));
+//! ```
+
+use std::fmt::Write;
+
+/// One curve: points `(x, y)` and, optionally, a band `(x, low, high)` drawn beneath it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    /// Legend entry.
+    pub name: String,
+    /// The line.
+    pub points: Vec<(f64, f64)>,
+    /// A shaded band (e.g. min and max over seeds).
+    pub band: Vec<(f64, f64, f64)>,
+    /// Drawn thin and faint (e.g. per-episode training returns behind the evaluation).
+    pub faint: bool,
+}
+
+impl Series {
+    /// A plain line.
+    pub fn line(name: &str, points: Vec<(f64, f64)>) -> Self {
+        Series {
+            name: name.into(),
+            points,
+            band: Vec::new(),
+            faint: false,
+        }
+    }
+
+    /// The same line with a band.
+    pub fn with_band(mut self, band: Vec<(f64, f64, f64)>) -> Self {
+        self.band = band;
+        self
+    }
+
+    /// The same line drawn faint.
+    pub fn faint(mut self) -> Self {
+        self.faint = true;
+        self
+    }
+}
+
+/// A line chart.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Chart {
+    /// Title above the plot.
+    pub title: String,
+    /// X-axis label.
+    pub x_label: String,
+    /// Y-axis label.
+    pub y_label: String,
+    /// The curves, in legend order.
+    pub series: Vec<Series>,
+    /// Fixed y range; from the data when `None`.
+    pub y_range: Option<(f64, f64)>,
+}
+
+const PALETTE: [&str; 8] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+];
+
+impl Chart {
+    /// An empty chart.
+    pub fn new(title: &str, x_label: &str, y_label: &str) -> Self {
+        Chart {
+            title: title.into(),
+            x_label: x_label.into(),
+            y_label: y_label.into(),
+            series: Vec::new(),
+            y_range: None,
+        }
+    }
+
+    /// Add a curve.
+    pub fn add(&mut self, s: Series) {
+        self.series.push(s);
+    }
+
+    /// The SVG document (800 x 480).
+    pub fn to_svg(&self) -> String {
+        let (w, h) = (800.0, 480.0);
+        let (left, right, top, bottom) = (70.0, 190.0, 40.0, 50.0);
+        let (pw, ph) = (w - left - right, h - top - bottom);
+        let xs = self.series.iter().flat_map(|s| {
+            s.points
+                .iter()
+                .map(|p| p.0)
+                .chain(s.band.iter().map(|b| b.0))
+        });
+        let (x0, x1) = bounds(xs, (0.0, 1.0));
+        let ys = self.series.iter().flat_map(|s| {
+            s.points
+                .iter()
+                .map(|p| p.1)
+                .chain(s.band.iter().flat_map(|b| [b.1, b.2]))
+        });
+        let (y0, y1) = self.y_range.unwrap_or_else(|| bounds(ys, (0.0, 1.0)));
+        let (x0, x1) = (x0.min(0.0), x1);
+        let sx = |x: f64| left + (x - x0) / (x1 - x0).max(1e-12) * pw;
+        let sy = |y: f64| top + ph - (y - y0) / (y1 - y0).max(1e-12) * ph;
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = writeln!(o, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+        let _ = writeln!(
+            o,
+            r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
+            left + pw / 2.0,
+            esc(&self.title)
+        );
+        for (i, t) in ticks(x0, x1).into_iter().enumerate() {
+            let x = sx(t);
+            let _ = writeln!(
+                o,
+                r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{:.1}" stroke="#e5e5e5"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+                top + ph,
+                top + ph + 16.0,
+                label(t, i)
+            );
+        }
+        for (i, t) in ticks(y0, y1).into_iter().enumerate() {
+            let y = sy(t);
+            let _ = writeln!(
+                o,
+                r##"<line x1="{left}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#e5e5e5"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+                left + pw,
+                left - 6.0,
+                y + 4.0,
+                label(t, i)
+            );
+        }
+        let _ = writeln!(
+            o,
+            r##"<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>"##
+        );
+        let _ = writeln!(
+            o,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            left + pw / 2.0,
+            h - 12.0,
+            esc(&self.x_label)
+        );
+        let _ = writeln!(
+            o,
+            r#"<text transform="translate(18 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"#,
+            top + ph / 2.0,
+            esc(&self.y_label)
+        );
+        for (i, s) in self.series.iter().enumerate() {
+            let c = PALETTE[i % PALETTE.len()];
+            if s.band.len() > 1 {
+                let mut d = String::new();
+                for (j, b) in s.band.iter().enumerate() {
+                    let _ = write!(
+                        d,
+                        "{}{:.1},{:.1} ",
+                        if j == 0 { "M" } else { "L" },
+                        sx(b.0),
+                        sy(b.2)
+                    );
+                }
+                for b in s.band.iter().rev() {
+                    let _ = write!(d, "L{:.1},{:.1} ", sx(b.0), sy(b.1));
+                }
+                let _ = writeln!(
+                    o,
+                    r#"<path d="{d}Z" fill="{c}" fill-opacity="0.15" stroke="none"/>"#
+                );
+            }
+            if !s.points.is_empty() {
+                let pts: Vec<String> = s
+                    .points
+                    .iter()
+                    .map(|p| format!("{:.1},{:.1}", sx(p.0), sy(p.1)))
+                    .collect();
+                let (width, opacity) = if s.faint { (1.0, 0.35) } else { (2.0, 1.0) };
+                let _ = writeln!(
+                    o,
+                    r#"<polyline points="{}" fill="none" stroke="{c}" stroke-width="{width}" stroke-opacity="{opacity}"/>"#,
+                    pts.join(" ")
+                );
+            }
+            let ly = top + 10.0 + 18.0 * i as f64;
+            let lx = left + pw + 12.0;
+            let _ = writeln!(
+                o,
+                r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{c}" stroke-width="2" stroke-opacity="{}"/><text x="{}" y="{}">{}</text>"#,
+                lx + 20.0,
+                if s.faint { 0.35 } else { 1.0 },
+                lx + 26.0,
+                ly + 4.0,
+                esc(&s.name)
+            );
+        }
+        o.push_str("</svg>\n");
+        o
+    }
+}
+
+fn bounds(v: impl Iterator<Item = f64>, empty: (f64, f64)) -> (f64, f64) {
+    let (lo, hi) = v
+        .filter(|x| x.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+            (a.min(x), b.max(x))
+        });
+    if lo > hi {
+        empty
+    } else if lo == hi {
+        (lo - 1.0, hi + 1.0)
+    } else {
+        (lo, hi)
+    }
+}
+
+// About 6 round ticks in [lo, hi].
+fn ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let span = (hi - lo).max(1e-12);
+    let raw = span / 6.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * mag);
+    let mut t = (lo / step).ceil() * step;
+    let mut out = Vec::new();
+    while t <= hi + step * 1e-9 {
+        out.push(t);
+        t += step;
+    }
+    out
+}
+
+fn label(v: f64, _i: usize) -> String {
+    let a = v.abs();
+    if a >= 1e6 {
+        format!("{}M", trim(v / 1e6))
+    } else if a >= 1e4 {
+        format!("{}k", trim(v / 1e3))
+    } else {
+        trim(v)
+    }
+}
+
+fn trim(v: f64) -> String {
+    let s = format!("{v:.2}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" { "0".into() } else { s.into() }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_ticks() {
+        assert_eq!(
+            ticks(0.0, 1000.0),
+            vec![0.0, 200.0, 400.0, 600.0, 800.0, 1000.0]
+        );
+        assert_eq!(label(100_000.0, 0), "100k");
+        assert_eq!(label(0.5, 0), "0.5");
+    }
+
+    #[test]
+    fn svg_holds_every_series() {
+        let mut c = Chart::new("t <1>", "x", "y");
+        c.add(
+            Series::line("a", vec![(0.0, 1.0), (1.0, 2.0)])
+                .with_band(vec![(0.0, 0.5, 1.5), (1.0, 1.5, 2.5)]),
+        );
+        c.add(Series::line("b", vec![(0.0, 3.0)]).faint());
+        let s = c.to_svg();
+        assert_eq!(s.matches("<polyline").count(), 2);
+        assert_eq!(s.matches("fill-opacity").count(), 1);
+        assert!(s.contains("t &lt;1&gt;"));
+    }
+}

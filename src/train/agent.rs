@@ -1,0 +1,1126 @@
+//! The host-side training loop of `../shared/docs/algorithm.md` a.5: act with the planner,
+//! store (observation, action, reward, planner Gaussian), and after a seed phase of random
+//! actions and as many pre-training updates, run one world-model update and one policy update
+//! per environment step, all recorded into one submit that also copies the new parameters into
+//! the planner's model. Evaluation episodes, BMPC's lazy reanalysis, and checkpoints that
+//! resume a run are part of it.
+//!
+//! ```no_run
+//! # fn main() -> pompc::Result<()> {
+//! use pompc::train::{Event, Method, TrainConfig, Trainer};
+//! let gpu = pompc::Gpu::new(Default::default())?;
+//! let env = pompc::env::make("pendulum-swingup")?;
+//! let cfg = TrainConfig::new(env.as_ref(), Method::Pompc { lambda: 1.0 }, 100_000, 0)?;
+//! let eval_env = pompc::env::make("pendulum-swingup")?;
+//! let mut trainer = Trainer::new(&gpu, env, eval_env, cfg)?;
+//! trainer.run(100_000, &mut |e: &Event| {
+//!     if let Event::Episode { step, ret, .. } = e {
+//!         println!("step {step}: return {ret:.1}");
+//!     }
+//!     Ok(())
+//! })?;
+//! trainer.save("pendulum.ckpt.safetensors")?;
+//! # Ok(()) }
+//! ```
+//!
+//! Differences from the reference implementations, stated: the planner's policy proposals use
+//! TD-MPC2's squashed Gaussian for every method (BMPC samples `clamp(tanh(mu) + sigma eps)`;
+//! the means agree, the proposal noise differs); the stored planner Gaussian is the MPPI mean
+//! and std of the first step (BMPC stores the chosen elite's first action as the mean); the
+//! critic is TD-MPC2's Q ensemble for every method (BMPC's default is a V ensemble); the
+//! KL-regularized critic target (lambda_Q) is not driven by the loop.
+
+use super::buffer::{BufferData, ReplayBuffer};
+use super::params::ParamLayout;
+use super::policy::{PolicyLosses, PolicyTrainer, PolicyUpdateConfig, PriorKind};
+use super::world::{UpdateConfig, UpdateLosses, WorldModelTrainer};
+use crate::env::Env;
+use crate::gpu::{Gpu, GpuBuffer, Recorder};
+use crate::kernels::optim::{Adam, AdamState};
+use crate::model::{ModelSpec, Net, Weights, WorldModel};
+use crate::planner::{PlanMode, Planner, PlannerConfig};
+use crate::{Error, Result};
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Which member of the PO-MPC family trains the policy (`../shared/docs/algorithm.md` a.4).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Method {
+    /// TD-MPC2 (lambda = 0): maximize Q with an entropy bonus.
+    Tdmpc2,
+    /// BMPC (lambda -> infinity): imitate the planner by KL, lazy reanalysis on.
+    Bmpc,
+    /// TD-M(PC)²: TD-MPC2 plus the planner log-likelihood of the policy sample.
+    TdmpcSquare,
+    /// PO-MPC: Q against lambda times the KL to an adaptive prior fitted to the planner.
+    Pompc {
+        /// KL strength lambda (the paper's grid: 0.1, 1, 9).
+        lambda: f32,
+    },
+}
+
+impl Method {
+    /// Names accepted by [`Method::parse`].
+    pub const NAMES: [&'static str; 4] = ["tdmpc2", "bmpc", "tdmpc-square", "po-mpc"];
+
+    /// Parse a method name (`tdmpc2`, `bmpc`, `tdmpc-square`, `po-mpc`; case and the
+    /// punctuation of `TD-MPC2`, `TD-M(PC)2`, `PO-MPC` are ignored); `lambda` is PO-MPC's
+    /// (default 1) and an error for the others.
+    pub fn parse(name: &str, lambda: Option<f32>) -> Result<Method> {
+        let key: String = name
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '²')
+            .collect::<String>()
+            .to_ascii_lowercase()
+            .replace('²', "2");
+        let m = match key.as_str() {
+            "tdmpc2" => Method::Tdmpc2,
+            "bmpc" => Method::Bmpc,
+            "tdmpcsquare" | "tdmpc2square" | "tdmpc22" | "tdmpcsq" => Method::TdmpcSquare,
+            "pompc" => Method::Pompc {
+                lambda: lambda.unwrap_or(1.0),
+            },
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown method {name:?}; known: {}",
+                    Method::NAMES.join(", ")
+                )));
+            }
+        };
+        if let Some(l) = lambda {
+            if !matches!(m, Method::Pompc { .. }) {
+                return Err(Error::InvalidArgument(format!(
+                    "--lambda {l} applies to po-mpc only ({name} fixes its own)"
+                )));
+            }
+            if !l.is_finite() || l < 0.0 {
+                return Err(Error::InvalidArgument(format!("lambda {l}: finite, >= 0")));
+            }
+        }
+        Ok(m)
+    }
+
+    /// Display name, e.g. `PO-MPC (lambda 1)`.
+    pub fn label(&self) -> String {
+        match self {
+            Method::Tdmpc2 => "TD-MPC2".into(),
+            Method::Bmpc => "BMPC".into(),
+            Method::TdmpcSquare => "TD-M(PC)²".into(),
+            Method::Pompc { lambda } => format!("PO-MPC (lambda {lambda})"),
+        }
+    }
+
+    /// File-name form, e.g. `po-mpc-l1`.
+    pub fn slug(&self) -> String {
+        match self {
+            Method::Tdmpc2 => "tdmpc2".into(),
+            Method::Bmpc => "bmpc".into(),
+            Method::TdmpcSquare => "tdmpc-square".into(),
+            Method::Pompc { lambda } => format!("po-mpc-l{lambda}"),
+        }
+    }
+
+    /// The policy update of this method ([`PolicyUpdateConfig`]'s presets).
+    pub fn policy_config(&self, action_dim: usize) -> PolicyUpdateConfig {
+        match *self {
+            Method::Tdmpc2 => PolicyUpdateConfig::tdmpc2(action_dim),
+            Method::Bmpc => PolicyUpdateConfig::bmpc(action_dim),
+            Method::TdmpcSquare => PolicyUpdateConfig::tdmpc_square(action_dim),
+            Method::Pompc { lambda } => PolicyUpdateConfig::pompc(action_dim, lambda),
+        }
+    }
+}
+
+/// Model sizes for training.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelPreset {
+    /// Latent 32, hidden 64, encoder 32, 2 Q heads: CPU adapters and tests.
+    Tiny,
+    /// Latent 128, hidden 256, encoder 128, 5 Q heads: fast runs on a GPU.
+    Small,
+    /// TD-MPC2's presets by parameter count in millions: 1, 5, 19, 48, 317.
+    Tdmpc2(u32),
+}
+
+impl ModelPreset {
+    /// Parse `tiny`, `small` or a TD-MPC2 size (`1`, `5`, `19`, `48`, `317`, optionally
+    /// followed by `m`).
+    pub fn parse(s: &str) -> Result<ModelPreset> {
+        let k = s.trim().to_ascii_lowercase();
+        match k.as_str() {
+            "tiny" => Ok(ModelPreset::Tiny),
+            "small" => Ok(ModelPreset::Small),
+            _ => k
+                .trim_end_matches('m')
+                .parse::<u32>()
+                .map(ModelPreset::Tdmpc2)
+                .map_err(|_| {
+                    Error::InvalidArgument(format!(
+                        "model {s:?}: tiny, small, or a TD-MPC2 size (1, 5, 19, 48, 317)"
+                    ))
+                }),
+        }
+    }
+
+    /// The model for `obs_dim` observations and `action_dim` actions.
+    pub fn spec(&self, obs_dim: usize, action_dim: usize) -> Result<ModelSpec> {
+        let base = ModelSpec::tdmpc2(1, obs_dim, action_dim)?;
+        let spec = match *self {
+            ModelPreset::Tiny => ModelSpec {
+                latent_dim: 32,
+                mlp_dim: 64,
+                enc_dim: 32,
+                num_q: 2,
+                ..base
+            },
+            ModelPreset::Small => ModelSpec {
+                latent_dim: 128,
+                mlp_dim: 256,
+                enc_dim: 128,
+                num_q: 5,
+                ..base
+            },
+            ModelPreset::Tdmpc2(size) => ModelSpec::tdmpc2(size, obs_dim, action_dim)?,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    fn name(&self) -> String {
+        match self {
+            ModelPreset::Tiny => "tiny".into(),
+            ModelPreset::Small => "small".into(),
+            ModelPreset::Tdmpc2(s) => format!("{s}"),
+        }
+    }
+}
+
+/// BMPC's lazy reanalysis: every `interval` updates, re-plan the first `sequences`
+/// sub-trajectories' first T states in one batched plan, write the fresh planner Gaussians
+/// back into the replay buffer and use them in that update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reanalyze {
+    /// Updates between reanalyses (BMPC: 10).
+    pub interval: usize,
+    /// Sub-trajectories re-planned (BMPC: 20, i.e. 60 states with T = 3).
+    pub sequences: usize,
+}
+
+/// Everything a training run needs. [`TrainConfig::new`] gives the papers' defaults,
+/// [`TrainConfig::quick`] a small setting that learns on a CPU adapter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainConfig {
+    /// The policy update's family member.
+    pub method: Method,
+    /// Model size.
+    pub model: ModelPreset,
+    /// Environment (agent) steps to train for.
+    pub steps: usize,
+    /// Seed of the model's initialization, the environment's episodes and every random draw.
+    pub seed: u64,
+    /// Random-action steps before learning starts, followed by as many pre-training updates
+    /// (TD-MPC2: max(1000, 5 x episode length) = 2500 on DMC).
+    pub seed_steps: usize,
+    /// Sub-trajectories per update (256).
+    pub batch: usize,
+    /// Replay capacity in transitions (1M).
+    pub buffer_capacity: usize,
+    /// The acting planner (train mode); evaluation uses the same settings in eval mode.
+    pub planner: PlannerConfig,
+    /// The world-model and critic update.
+    pub update: UpdateConfig,
+    /// The policy update.
+    pub policy: PolicyUpdateConfig,
+    /// Whether the policy is updated during pre-training (BMPC: no).
+    pub pretrain_policy: bool,
+    /// BMPC's lazy reanalysis (on for BMPC by default).
+    pub reanalyze: Option<Reanalyze>,
+    /// Steps between evaluations (0: none); evaluations run at the first episode boundary at
+    /// or after each multiple, and once at step 0.
+    pub eval_every: usize,
+    /// Episodes per evaluation.
+    pub eval_episodes: usize,
+    /// Updates between read-backs of the losses (the rest run without waiting for the GPU).
+    pub log_every: usize,
+}
+
+impl TrainConfig {
+    /// The papers' settings for `env`: the 5M model, TD-MPC2's planner and update (b.1), the
+    /// method's policy update, discount from the episode length, seed steps max(1000, 5 x
+    /// episode length), BMPC's reanalysis for BMPC, an evaluation of 1 episode every 10 000
+    /// steps.
+    pub fn new(env: &dyn Env, method: Method, steps: usize, seed: u64) -> Result<TrainConfig> {
+        let a = env.action_dim();
+        let discount = PlannerConfig::discount_for_episode(env.episode_len());
+        let mut planner = PlannerConfig::tdmpc2(a);
+        planner.discount = discount;
+        planner.seed = seed;
+        let mut update = UpdateConfig::tdmpc2();
+        update.discount = discount;
+        update.seed = seed;
+        let mut policy = method.policy_config(a);
+        policy.seed = seed;
+        Ok(TrainConfig {
+            method,
+            model: ModelPreset::Tdmpc2(5),
+            steps,
+            seed,
+            seed_steps: 1000.max(5 * env.episode_len()),
+            batch: 256,
+            buffer_capacity: 1_000_000,
+            planner,
+            update,
+            policy,
+            pretrain_policy: method != Method::Bmpc,
+            reanalyze: (method == Method::Bmpc).then_some(Reanalyze {
+                interval: 10,
+                sequences: 20,
+            }),
+            eval_every: 10_000,
+            eval_episodes: 1,
+            log_every: 100,
+        })
+    }
+
+    /// A setting that learns in minutes on a CPU adapter: the tiny model, 128 samples with
+    /// 16 elites and 8 policy trajectories over 4 iterations, batches of 64, one episode of
+    /// seed steps, evaluation every 2 episodes.
+    pub fn quick(env: &dyn Env, method: Method, steps: usize, seed: u64) -> Result<TrainConfig> {
+        let mut c = TrainConfig::new(env, method, steps, seed)?;
+        c.model = ModelPreset::Tiny;
+        c.planner.num_samples = 128;
+        c.planner.num_elites = 16;
+        c.planner.num_pi_trajs = 8;
+        c.planner.iterations = 4;
+        c.batch = 64;
+        c.seed_steps = env.episode_len();
+        c.eval_every = 2 * env.episode_len();
+        Ok(c)
+    }
+
+    fn check(&self, env: &dyn Env) -> Result<()> {
+        self.planner.validate()?;
+        if self.batch == 0 || self.eval_episodes == 0 && self.eval_every > 0 {
+            return Err(Error::InvalidArgument(
+                "training needs a batch >= 1 and eval_episodes >= 1 when evaluating".into(),
+            ));
+        }
+        if self.seed_steps < env.episode_len() {
+            return Err(Error::InvalidArgument(format!(
+                "seed_steps {} is shorter than one episode ({}): the first update would find \
+                 no finished episode to sample",
+                self.seed_steps,
+                env.episode_len()
+            )));
+        }
+        if self.update.lambda_q != 0.0 {
+            return Err(Error::InvalidArgument(
+                "the training loop does not drive the KL-regularized critic target; \
+                 set update.lambda_q = 0"
+                    .into(),
+            ));
+        }
+        if self.policy.states > self.update.horizon + 1 {
+            return Err(Error::InvalidArgument(format!(
+                "policy update over {} states, the rollout has {}",
+                self.policy.states,
+                self.update.horizon + 1
+            )));
+        }
+        if self.policy.prior != PriorKind::None && self.policy.states > self.update.horizon {
+            return Err(Error::InvalidArgument(format!(
+                "the planner prior exists for {} steps of each sub-trajectory, the policy \
+                 update asks for {}",
+                self.update.horizon, self.policy.states
+            )));
+        }
+        if let Some(r) = self.reanalyze
+            && (r.interval == 0 || r.sequences == 0 || r.sequences > self.batch)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "reanalysis every {} updates of {} sequences (batch {}): both >= 1, \
+                 sequences <= batch",
+                r.interval, r.sequences, self.batch
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What [`Trainer::run`] reports as it goes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A training episode ended.
+    Episode {
+        /// Environment steps so far.
+        step: usize,
+        /// Episodes so far.
+        episode: usize,
+        /// Its return.
+        ret: f32,
+    },
+    /// An evaluation (planner in eval mode, no exploration noise) ended.
+    Eval {
+        /// Environment steps so far.
+        step: usize,
+        /// Mean return.
+        mean: f32,
+        /// Each episode's return.
+        returns: Vec<f32>,
+    },
+    /// Losses read back after an update.
+    Losses {
+        /// Environment steps so far.
+        step: usize,
+        /// Updates so far.
+        updates: usize,
+        /// The world-model update's.
+        world: UpdateLosses,
+        /// The policy update's (`None` when it did not run).
+        policy: Option<PolicyLosses>,
+    },
+    /// The pre-training updates at the end of the seed phase are done.
+    Pretrained {
+        /// Updates run.
+        updates: usize,
+        /// Their wall time in seconds.
+        seconds: f64,
+    },
+}
+
+/// One row of a run's history: a training or evaluation return at a step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HistoryRow {
+    /// Environment steps.
+    pub step: usize,
+    /// Evaluation (mean over its episodes) or training episode.
+    pub eval: bool,
+    /// The return.
+    pub ret: f32,
+}
+
+/// Counters of a run.
+#[derive(Clone, Debug, Default)]
+struct Progress {
+    step: usize,
+    episodes: usize,
+    updates: usize,
+    next_eval: usize,
+    obs: Vec<f32>,
+    ret: f32,
+    first: bool,
+    in_episode: bool,
+}
+
+/// The parts that change with every update, apart from the planner's model (so that a
+/// planner can borrow the model while these are mutated).
+struct Learner<'g> {
+    gpu: &'g Gpu,
+    layout: ParamLayout,
+    buffer: ReplayBuffer,
+    world: WorldModelTrainer<'g>,
+    policy: PolicyTrainer<'g>,
+    rng: rand::rngs::StdRng,
+}
+
+/// A training run: environment, replay buffer, the world-model and policy trainers, and the
+/// planner's copy of the model.
+pub struct Trainer<'g> {
+    gpu: &'g Gpu,
+    cfg: TrainConfig,
+    env: Box<dyn Env>,
+    eval_env: Box<dyn Env>,
+    model: WorldModel,
+    learner: Learner<'g>,
+    progress: Progress,
+    history: Vec<HistoryRow>,
+}
+
+// Mixes a run's seed with a purpose and a step into an independent seed.
+fn mix(seed: u64, purpose: u64, step: u64) -> u64 {
+    let mut z = seed
+        ^ purpose.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ step.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+const SEED_ENV: u64 = 1;
+const SEED_EVAL: u64 = 2;
+const SEED_ACT: u64 = 3;
+const SEED_SAMPLE: u64 = 4;
+const SEED_STREAMS: u64 = 5;
+
+impl<'g> Trainer<'g> {
+    /// A fresh run on `env` with a freshly initialized model; evaluation episodes run on
+    /// `eval_env`, a second instance of the same task (e.g. `pompc::env::make` twice).
+    pub fn new(
+        gpu: &'g Gpu,
+        env: Box<dyn Env>,
+        eval_env: Box<dyn Env>,
+        cfg: TrainConfig,
+    ) -> Result<Self> {
+        let spec = cfg.model.spec(env.obs_dim(), env.action_dim())?;
+        let weights = Weights::init(&spec, cfg.seed)?;
+        Self::build(gpu, env, eval_env, cfg, &weights, 0)
+    }
+
+    fn build(
+        gpu: &'g Gpu,
+        env: Box<dyn Env>,
+        eval_env: Box<dyn Env>,
+        mut cfg: TrainConfig,
+        weights: &Weights,
+        start_step: usize,
+    ) -> Result<Self> {
+        cfg.check(env.as_ref())?;
+        let spec = &weights.spec;
+        for e in [&env, &eval_env] {
+            if spec.obs_dim != e.obs_dim() || spec.action_dim != e.action_dim() {
+                return Err(Error::Shape(format!(
+                    "model for {} observations and {} actions, {} has {} and {}",
+                    spec.obs_dim,
+                    spec.action_dim,
+                    e.name(),
+                    e.obs_dim(),
+                    e.action_dim()
+                )));
+            }
+        }
+        // A resumed run draws fresh random streams rather than repeating the first ones.
+        let streams = mix(cfg.seed, SEED_STREAMS, start_step as u64);
+        cfg.update.seed = streams;
+        cfg.policy.seed = streams ^ 1;
+        cfg.planner.seed = streams ^ 2;
+        let world = WorldModelTrainer::new(gpu, weights, cfg.update.clone(), cfg.batch)?;
+        let policy = PolicyTrainer::new(gpu, spec, cfg.policy.clone(), cfg.batch)?;
+        let buffer = ReplayBuffer::new(env.obs_dim(), env.action_dim(), cfg.buffer_capacity)?;
+        let model = WorldModel::new(gpu, weights)?;
+        Ok(Trainer {
+            gpu,
+            learner: Learner {
+                gpu,
+                layout: ParamLayout::new(spec),
+                buffer,
+                world,
+                policy,
+                rng: rand::rngs::StdRng::seed_from_u64(mix(
+                    cfg.seed,
+                    SEED_SAMPLE,
+                    start_step as u64,
+                )),
+            },
+            progress: Progress {
+                step: start_step,
+                next_eval: if cfg.eval_every > 0 {
+                    start_step
+                } else {
+                    usize::MAX
+                },
+                ..Default::default()
+            },
+            history: Vec::new(),
+            model,
+            env,
+            eval_env,
+            cfg,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// Environment steps taken.
+    pub fn step(&self) -> usize {
+        self.progress.step
+    }
+
+    /// Updates run.
+    pub fn updates(&self) -> usize {
+        self.progress.updates
+    }
+
+    /// Training and evaluation returns so far (including a resumed run's).
+    pub fn history(&self) -> &[HistoryRow] {
+        &self.history
+    }
+
+    /// The replay buffer.
+    pub fn buffer(&self) -> &ReplayBuffer {
+        &self.learner.buffer
+    }
+
+    /// The world-model trainer (parameters, optimizer).
+    pub fn world(&self) -> &WorldModelTrainer<'g> {
+        &self.learner.world
+    }
+
+    /// The policy trainer (optimizers, adaptive prior, running scales).
+    pub fn policy(&self) -> &PolicyTrainer<'g> {
+        &self.learner.policy
+    }
+
+    /// The current weights (downloaded).
+    pub fn weights(&self) -> Result<Weights> {
+        self.learner.world.weights()
+    }
+
+    /// Run until `until` environment steps (at most [`TrainConfig::steps`]), reporting to
+    /// `on` (whose error stops the run).
+    pub fn run(&mut self, until: usize, on: &mut dyn FnMut(&Event) -> Result<()>) -> Result<()> {
+        let until = until.min(self.cfg.steps);
+        let gpu = self.gpu;
+        let cfg = self.cfg.clone();
+        let mut planner = Planner::new(gpu, &self.model, cfg.planner.clone())?;
+        let mut eval_planner = Planner::new(
+            gpu,
+            &self.model,
+            PlannerConfig {
+                plan_mode: PlanMode::Eval,
+                ..cfg.planner.clone()
+            },
+        )?;
+        let mut re_planner = match cfg.reanalyze {
+            Some(_) => Some(Planner::new(gpu, &self.model, cfg.planner.clone())?),
+            None => None,
+        };
+        let p = &mut self.progress;
+        let a = self.env.action_dim();
+        let mut act_rng = rand::rngs::StdRng::seed_from_u64(mix(cfg.seed, SEED_ACT, p.step as u64));
+        while p.step < until {
+            if p.step >= p.next_eval && !p.in_episode {
+                let returns = evaluate(
+                    self.eval_env.as_mut(),
+                    &mut eval_planner,
+                    cfg.eval_episodes,
+                    mix(cfg.seed, SEED_EVAL, p.step as u64),
+                )?;
+                let mean = returns.iter().sum::<f32>() / returns.len() as f32;
+                self.history.push(HistoryRow {
+                    step: p.step,
+                    eval: true,
+                    ret: mean,
+                });
+                on(&Event::Eval {
+                    step: p.step,
+                    mean,
+                    returns,
+                })?;
+                p.next_eval = (p.step / cfg.eval_every + 1) * cfg.eval_every;
+            }
+            if !p.in_episode {
+                p.obs = self.env.reset(mix(cfg.seed, SEED_ENV, p.episodes as u64));
+                self.learner.buffer.start(&p.obs)?;
+                p.in_episode = true;
+                p.first = true;
+                p.ret = 0.0;
+            }
+            let (action, gaussian) = if p.step < cfg.seed_steps {
+                let r: Vec<f32> = (0..a).map(|_| act_rng.random_range(-1.0..=1.0)).collect();
+                (r, None)
+            } else {
+                let plan = planner.plan(&p.obs, &[p.first])?;
+                let mut g = plan.mean.clone();
+                g.extend_from_slice(&plan.std);
+                (plan.action, Some(g))
+            };
+            let s = self.env.step(&action)?;
+            self.learner
+                .buffer
+                .push(&action, s.reward, &s.obs, gaussian.as_deref())?;
+            p.obs = s.obs;
+            p.ret += s.reward;
+            p.first = false;
+            p.step += 1;
+            if s.done {
+                self.learner.buffer.finish()?;
+                p.in_episode = false;
+                p.episodes += 1;
+                self.history.push(HistoryRow {
+                    step: p.step,
+                    eval: false,
+                    ret: p.ret,
+                });
+            }
+            if p.step == cfg.seed_steps {
+                let t0 = std::time::Instant::now();
+                for _ in 0..cfg.seed_steps {
+                    self.learner.update(
+                        &self.model,
+                        &cfg,
+                        p.updates,
+                        cfg.pretrain_policy,
+                        re_planner.as_mut(),
+                        false,
+                    )?;
+                    p.updates += 1;
+                }
+                on(&Event::Pretrained {
+                    updates: cfg.seed_steps,
+                    seconds: t0.elapsed().as_secs_f64(),
+                })?;
+            } else if p.step > cfg.seed_steps {
+                let log = cfg.log_every > 0 && p.updates.is_multiple_of(cfg.log_every);
+                let losses = self.learner.update(
+                    &self.model,
+                    &cfg,
+                    p.updates,
+                    true,
+                    re_planner.as_mut(),
+                    log,
+                )?;
+                p.updates += 1;
+                if let Some((world, policy)) = losses {
+                    on(&Event::Losses {
+                        step: p.step,
+                        updates: p.updates,
+                        world,
+                        policy: Some(policy),
+                    })?;
+                }
+            }
+            // Reported after the step's update, so that a caller stopping here loses nothing.
+            if s.done {
+                on(&Event::Episode {
+                    step: p.step,
+                    episode: p.episodes,
+                    ret: p.ret,
+                })?;
+            }
+        }
+        // A final evaluation when the run reaches its end on an evaluation boundary.
+        if p.step >= p.next_eval && !p.in_episode && p.step == cfg.steps {
+            let returns = evaluate(
+                self.eval_env.as_mut(),
+                &mut eval_planner,
+                cfg.eval_episodes,
+                mix(cfg.seed, SEED_EVAL, p.step as u64),
+            )?;
+            let mean = returns.iter().sum::<f32>() / returns.len() as f32;
+            self.history.push(HistoryRow {
+                step: p.step,
+                eval: true,
+                ret: mean,
+            });
+            on(&Event::Eval {
+                step: p.step,
+                mean,
+                returns,
+            })?;
+            p.next_eval = usize::MAX;
+        }
+        Ok(())
+    }
+
+    /// Mean return of `episodes` evaluation episodes (planner in eval mode) on the evaluation
+    /// environment, with episode seeds drawn from `seed`.
+    pub fn evaluate(&mut self, episodes: usize, seed: u64) -> Result<Vec<f32>> {
+        let mut planner = Planner::new(
+            self.gpu,
+            &self.model,
+            PlannerConfig {
+                plan_mode: PlanMode::Eval,
+                ..self.cfg.planner.clone()
+            },
+        )?;
+        evaluate(self.eval_env.as_mut(), &mut planner, episodes, seed)
+    }
+
+    /// Write a checkpoint (safetensors): the model and its target Q heads under TD-MPC2's
+    /// names (so `Weights::load` reads it), both optimizers' moments and step counters, the
+    /// adaptive prior, the running scales, the replay buffer, the history and the counters.
+    /// An unfinished episode is not saved: a resumed run starts a new one (its transitions
+    /// were already counted as steps).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let gpu = self.gpu;
+        let l = &self.learner;
+        let weights = l.world.weights()?;
+        let mut t = Tensors::default();
+        for (name, tensor) in weights.tensors.iter().chain(weights.extra.iter()) {
+            t.f32(name, tensor.shape.clone(), tensor.data.clone());
+        }
+        let pi = l.layout.net(Net::Policy);
+        save_adam(
+            &mut t,
+            gpu,
+            "pompc.opt.world",
+            l.world.adam(),
+            0..l.layout.len(),
+        )?;
+        save_adam(&mut t, gpu, "pompc.opt.policy", l.policy.adam(), pi.clone())?;
+        if let (Some(pp), Some(pa)) = (l.policy.prior_params(), l.policy.prior_adam()) {
+            let v = pp.download(gpu)?;
+            t.f32("pompc.prior", vec![pi.len()], v[pi.clone()].to_vec());
+            save_adam(&mut t, gpu, "pompc.opt.prior", pa, pi.clone())?;
+        }
+        let scales = l
+            .policy
+            .scales()
+            .iter()
+            .map(|s| s.read_value(gpu))
+            .collect::<Result<Vec<f32>>>()?;
+        t.f32("pompc.scales", vec![3], scales);
+        let b = l.buffer.export();
+        let (o, a) = (self.env.obs_dim(), self.env.action_dim());
+        t.f32("pompc.buffer.obs", vec![b.obs.len() / o, o], b.obs);
+        t.f32("pompc.buffer.action", vec![b.action.len() / a, a], b.action);
+        t.f32("pompc.buffer.reward", vec![b.reward.len()], b.reward);
+        t.f32(
+            "pompc.buffer.planner",
+            vec![b.planner.len() / (2 * a), 2 * a],
+            b.planner,
+        );
+        t.u32("pompc.buffer.lengths", b.lengths);
+        let h = &self.history;
+        t.u32(
+            "pompc.history.step",
+            h.iter().map(|r| r.step as u32).collect(),
+        );
+        t.u32(
+            "pompc.history.eval",
+            h.iter().map(|r| r.eval as u32).collect(),
+        );
+        t.f32(
+            "pompc.history.return",
+            vec![h.len()],
+            h.iter().map(|r| r.ret).collect(),
+        );
+        let mut meta = weights.spec.to_metadata();
+        let p = &self.progress;
+        for (k, v) in [
+            ("pompc.env", self.env.name().to_string()),
+            ("pompc.method", self.cfg.method.slug()),
+            ("pompc.model", self.cfg.model.name()),
+            ("pompc.seed", self.cfg.seed.to_string()),
+            ("pompc.step", p.step.to_string()),
+            ("pompc.episodes", p.episodes.to_string()),
+            ("pompc.updates", p.updates.to_string()),
+            ("pompc.next_eval", p.next_eval.to_string()),
+        ] {
+            meta.insert(k.into(), v);
+        }
+        t.write(path.as_ref(), meta)
+    }
+
+    /// Resume the run saved at `path` with `cfg` (which must name the same method, model and
+    /// seed; the step budget and the other settings may change) on `env` and `eval_env` (the
+    /// same task).
+    pub fn resume(
+        gpu: &'g Gpu,
+        env: Box<dyn Env>,
+        eval_env: Box<dyn Env>,
+        cfg: TrainConfig,
+        path: impl AsRef<Path>,
+    ) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::InvalidArgument(format!("checkpoint {}: {e}", path.display())))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::InvalidArgument(format!("checkpoint {}: {e}", path.display())))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| Error::InvalidArgument(format!("checkpoint {}: {e}", path.display())))?;
+        let meta: HashMap<String, String> = header.metadata().clone().unwrap_or_default();
+        let want = |k: &str, v: String| -> Result<()> {
+            match meta.get(k) {
+                Some(m) if *m == v => Ok(()),
+                other => Err(Error::InvalidArgument(format!(
+                    "checkpoint {} has {k} = {other:?}, this run {v:?}",
+                    path.display()
+                ))),
+            }
+        };
+        want("pompc.env", env.name().to_string())?;
+        want("pompc.method", cfg.method.slug())?;
+        want("pompc.model", cfg.model.name())?;
+        want("pompc.seed", cfg.seed.to_string())?;
+        let num = |k: &str| -> Result<usize> {
+            meta.get(k).and_then(|v| v.parse().ok()).ok_or_else(|| {
+                Error::InvalidArgument(format!("checkpoint {}: no {k}", path.display()))
+            })
+        };
+        let spec = cfg.model.spec(env.obs_dim(), env.action_dim())?;
+        let weights = Weights::from_bytes_with_spec(&bytes, &spec)?;
+        let step = num("pompc.step")?;
+        let mut tr = Self::build(gpu, env, eval_env, cfg, &weights, step)?;
+        let get = |name: &str| read_f32(&st, name);
+        let gpu = tr.gpu;
+        let l = &mut tr.learner;
+        let pi = l.layout.net(Net::Policy);
+        load_adam(&st, gpu, "pompc.opt.world", l.world.adam(), 0)?;
+        load_adam(&st, gpu, "pompc.opt.policy", l.policy.adam(), pi.start)?;
+        if let (Some(pp), Some(pa)) = (l.policy.prior_params(), l.policy.prior_adam()) {
+            pp.upload_at(gpu, pi.start, &get("pompc.prior")?)?;
+            load_adam(&st, gpu, "pompc.opt.prior", pa, pi.start)?;
+        }
+        let scales = get("pompc.scales")?;
+        for (s, v) in l.policy.scales().iter().zip(&scales) {
+            s.set_value(gpu, *v)?;
+        }
+        l.buffer.import(&BufferData {
+            obs: get("pompc.buffer.obs")?,
+            action: get("pompc.buffer.action")?,
+            reward: get("pompc.buffer.reward")?,
+            planner: get("pompc.buffer.planner")?,
+            lengths: read_u32(&st, "pompc.buffer.lengths")?,
+        })?;
+        let hs = read_u32(&st, "pompc.history.step")?;
+        let he = read_u32(&st, "pompc.history.eval")?;
+        let hr = get("pompc.history.return")?;
+        tr.history = hs
+            .iter()
+            .zip(&he)
+            .zip(&hr)
+            .map(|((&s, &e), &r)| HistoryRow {
+                step: s as usize,
+                eval: e != 0,
+                ret: r,
+            })
+            .collect();
+        tr.progress.episodes = num("pompc.episodes")?;
+        tr.progress.updates = num("pompc.updates")?;
+        tr.progress.next_eval = num("pompc.next_eval")?;
+        if tr.cfg.eval_every == 0 {
+            tr.progress.next_eval = usize::MAX;
+        }
+        Ok(tr)
+    }
+}
+
+fn evaluate(
+    env: &mut dyn Env,
+    planner: &mut Planner,
+    episodes: usize,
+    seed: u64,
+) -> Result<Vec<f32>> {
+    let mut returns = Vec::with_capacity(episodes);
+    for e in 0..episodes {
+        let mut obs = env.reset(mix(seed, 0, e as u64));
+        let mut ret = 0.0;
+        let mut first = true;
+        loop {
+            let plan = planner.plan(&obs, &[first])?;
+            first = false;
+            let s = env.step(&plan.action)?;
+            ret += s.reward;
+            obs = s.obs;
+            if s.done {
+                break;
+            }
+        }
+        returns.push(ret);
+    }
+    Ok(returns)
+}
+
+impl Learner<'_> {
+    /// One update; returns the losses when `read` (which waits for the GPU).
+    fn update(
+        &mut self,
+        model: &WorldModel,
+        cfg: &TrainConfig,
+        updates: usize,
+        with_policy: bool,
+        re_planner: Option<&mut Planner>,
+        read: bool,
+    ) -> Result<Option<(UpdateLosses, PolicyLosses)>> {
+        let (t, b) = (cfg.update.horizon, cfg.batch);
+        let a = model.spec.action_dim;
+        let o = model.spec.obs_dim;
+        let mut sample = self.buffer.sample(&mut self.rng, b, t)?;
+        if let (Some(re), Some(planner)) = (cfg.reanalyze, re_planner)
+            && updates.is_multiple_of(re.interval)
+        {
+            // The first `sequences` sub-trajectories' first T states, re-planned at once.
+            let n = re.sequences;
+            let mut obs = Vec::with_capacity(t * n * o);
+            for s in 0..t {
+                let row = s * b * o;
+                obs.extend_from_slice(&sample.batch.obs[row..row + n * o]);
+            }
+            let plan = planner.plan(&obs, &vec![true; t * n])?;
+            for s in 0..t {
+                for j in 0..n {
+                    let r = s * n + j;
+                    let mut g = plan.mean[r * a..(r + 1) * a].to_vec();
+                    g.extend_from_slice(&plan.std[r * a..(r + 1) * a]);
+                    let dst = (s * b + j) * 2 * a;
+                    sample.planner[dst..dst + 2 * a].copy_from_slice(&g);
+                    let (ep, start) = sample.origin[j];
+                    self.buffer.set_planner(ep, start + s, &g)?;
+                }
+            }
+        }
+        let heads = self.world.upload(&sample.batch)?;
+        if with_policy && cfg.policy.prior != PriorKind::None {
+            let rows = cfg.policy.states * b * 2 * a;
+            self.policy.set_planner(&sample.planner[..rows])?;
+        }
+        let mut rec = Recorder::new(self.gpu);
+        self.world
+            .record_losses_and_grads(&mut rec, heads, true, None)?;
+        self.world.record_optimizer(&mut rec)?;
+        if with_policy {
+            let h = self.policy.draw_heads();
+            let (params, zs) = (self.world.params(), self.world.latents());
+            self.policy.record(&mut rec, params, zs, h, true, true)?;
+        }
+        let layout = &self.layout;
+        model.record_copy_from(&mut rec, self.world.params(), |n| layout.offset(n))?;
+        if !read {
+            rec.submit()?;
+            return Ok(None);
+        }
+        let hw = rec.read(self.world.losses_buffer());
+        let hws = rec.read(self.world.adam().state_buffer());
+        let hp = rec.read(self.policy.losses_buffer());
+        let hps = rec.read(self.policy.adam().state_buffer());
+        let out = rec.finish()?;
+        let ws = AdamState::from_words(&out.get(&hws)?)?;
+        let world = self
+            .world
+            .decode_losses(&out.get(&hw)?, ws.grad_norm.unwrap_or(f32::NAN));
+        let mut policy = PolicyTrainer::decode_losses(&out.get(&hp)?);
+        policy.grad_norm = AdamState::from_words(&out.get(&hps)?)?
+            .grad_norm
+            .unwrap_or(f32::NAN);
+        Ok(Some((world, policy)))
+    }
+}
+
+fn save_adam(
+    t: &mut Tensors,
+    gpu: &Gpu,
+    prefix: &str,
+    adam: &Adam,
+    range: std::ops::Range<usize>,
+) -> Result<()> {
+    let m = adam.m().download(gpu)?;
+    let v = adam.v().download(gpu)?;
+    t.f32(
+        &format!("{prefix}.m"),
+        vec![range.len()],
+        m[range.clone()].to_vec(),
+    );
+    t.f32(&format!("{prefix}.v"), vec![range.len()], v[range].to_vec());
+    t.u32(
+        &format!("{prefix}.state"),
+        adam.state_buffer().download(gpu)?,
+    );
+    Ok(())
+}
+
+fn load_adam(
+    st: &safetensors::SafeTensors,
+    gpu: &Gpu,
+    prefix: &str,
+    adam: &Adam,
+    offset: usize,
+) -> Result<()> {
+    adam.m()
+        .upload_at(gpu, offset, &read_f32(st, &format!("{prefix}.m"))?)?;
+    adam.v()
+        .upload_at(gpu, offset, &read_f32(st, &format!("{prefix}.v"))?)?;
+    let state: &GpuBuffer<u32> = adam.state_buffer();
+    state.upload(gpu, &read_u32(st, &format!("{prefix}.state"))?)
+}
+
+fn tensor<'a>(
+    st: &'a safetensors::SafeTensors,
+    name: &str,
+) -> Result<safetensors::tensor::TensorView<'a>> {
+    st.tensor(name)
+        .map_err(|e| Error::InvalidArgument(format!("checkpoint tensor {name:?}: {e}")))
+}
+
+fn read_f32(st: &safetensors::SafeTensors, name: &str) -> Result<Vec<f32>> {
+    let t = tensor(st, name)?;
+    if t.dtype() != safetensors::Dtype::F32 {
+        return Err(Error::InvalidArgument(format!(
+            "checkpoint tensor {name:?} is {:?}, expected F32",
+            t.dtype()
+        )));
+    }
+    Ok(bytemuck::pod_collect_to_vec(t.data()))
+}
+
+fn read_u32(st: &safetensors::SafeTensors, name: &str) -> Result<Vec<u32>> {
+    let t = tensor(st, name)?;
+    if t.dtype() != safetensors::Dtype::U32 {
+        return Err(Error::InvalidArgument(format!(
+            "checkpoint tensor {name:?} is {:?}, expected U32",
+            t.dtype()
+        )));
+    }
+    Ok(bytemuck::pod_collect_to_vec(t.data()))
+}
+
+/// Tensors collected for one safetensors file.
+#[derive(Default)]
+struct Tensors {
+    items: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>,
+}
+
+impl Tensors {
+    fn f32(&mut self, name: &str, shape: Vec<usize>, data: Vec<f32>) {
+        self.items.push((
+            name.into(),
+            safetensors::Dtype::F32,
+            shape,
+            bytemuck::cast_slice(&data).to_vec(),
+        ));
+    }
+
+    fn u32(&mut self, name: &str, data: Vec<u32>) {
+        self.items.push((
+            name.into(),
+            safetensors::Dtype::U32,
+            vec![data.len()],
+            bytemuck::cast_slice(&data).to_vec(),
+        ));
+    }
+
+    fn write(&self, path: &Path, meta: HashMap<String, String>) -> Result<()> {
+        let views = self
+            .items
+            .iter()
+            .map(|(n, d, s, b)| {
+                safetensors::tensor::TensorView::new(*d, s.clone(), b)
+                    .map(|v| (n.clone(), v))
+                    .map_err(|e| Error::InvalidArgument(format!("checkpoint tensor {n}: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let bytes = safetensors::serialize(views, Some(meta))
+            .map_err(|e| Error::InvalidArgument(format!("checkpoint: {e}")))?;
+        // Write next to the target and rename, so an interrupted save keeps the old file.
+        let tmp = path.with_extension("partial");
+        std::fs::write(&tmp, bytes)
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .map_err(|e| Error::InvalidArgument(format!("checkpoint {}: {e}", path.display())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_names() {
+        assert_eq!(Method::parse("TD-MPC2", None).unwrap(), Method::Tdmpc2);
+        assert_eq!(
+            Method::parse("td-m(pc)²", None).unwrap(),
+            Method::TdmpcSquare
+        );
+        assert_eq!(
+            Method::parse("po-mpc", Some(9.0)).unwrap(),
+            Method::Pompc { lambda: 9.0 }
+        );
+        assert!(Method::parse("bmpc", Some(1.0)).is_err());
+        assert!(Method::parse("sac", None).is_err());
+        assert_eq!(ModelPreset::parse("5m").unwrap(), ModelPreset::Tdmpc2(5));
+        assert!(ModelPreset::parse("huge").is_err());
+    }
+}
