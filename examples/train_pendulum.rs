@@ -1,8 +1,8 @@
-//! Train PO-MPC on pendulum swing-up with the quick preset (tiny model, small planner) and
-//! write the learning curve to `train_pendulum.svg` and `train_pendulum.csv`.
+//! Train PO-MPC on pendulum swing-up with the quick preset (tiny model, 128 samples, batches
+//! of 64) and write the learning curve to `train_pendulum.svg`.
 //!
 //! `cargo run --release --example train_pendulum -- [steps] [method] [lambda]`
-//! (default 10000 steps, po-mpc, lambda 1).
+//! (default 10000 steps, po-mpc, lambda 1). `pompc train` is the full command-line trainer.
 
 use pompc::train::{Event, Method, TrainConfig, Trainer};
 use std::time::Instant;
@@ -45,5 +45,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Ok(())
     })?;
+    let mut chart = pompc::plot::Chart::new(
+        &format!("pendulum-swingup, {}", method.label()),
+        "environment steps",
+        "episode return",
+    );
+    let h = trainer.history();
+    let pts = |eval: bool| {
+        h.iter()
+            .filter(|r| r.eval == eval)
+            .map(|r| (r.step as f64, r.ret as f64))
+            .collect::<Vec<_>>()
+    };
+    chart.add(pompc::plot::Series::line("training episodes", pts(false)).faint());
+    chart.add(pompc::plot::Series::line("evaluation", pts(true)));
+    std::fs::write("train_pendulum.svg", chart.to_svg())?;
+    println!("learning curve: train_pendulum.svg");
     Ok(())
 }

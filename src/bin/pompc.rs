@@ -62,9 +62,10 @@ usage:
       --resume                    continue from DIR's checkpoint of this run
       --time-limit S              stop (with a checkpoint) at the first episode end after S seconds
       --quiet                     no progress line
-  pompc plot --out FILE.svg [--title T] CSV...
-                                  evaluation curves of runs, seeds of one method pooled
-                                  (mean line, min-max band); runs named ENV-METHOD-sSEED.csv
+  pompc plot --out FILE.svg [--title T] [--train] CSV...
+                                  evaluation curves of runs (--train: training returns, mean
+                                  of 5 episodes), seeds of one method pooled (mean line,
+                                  min-max band); runs named ENV-METHOD-sSEED.csv
 environment: WGPU_BACKEND (vulkan, metal, dx12, gl), WGPU_ADAPTER_NAME, WGPU_POWER_PREF,
   POMPC_LIMITS (downlevel: ask for wgpu's downlevel limits instead of the adapter's),
   POMPC_BENCH_TARGET_S (seconds of back-to-back work per timed run, default 0.002)";
@@ -1267,10 +1268,11 @@ fn num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
 
 fn plot(args: &[String]) -> Result<(), String> {
     use std::collections::BTreeMap;
-    let (mut out, mut title, mut files) = (None, None, Vec::new());
+    let (mut out, mut title, mut files, mut train) = (None, None, Vec::new(), false);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--train" => train = true,
             "--out" => out = it.next().cloned(),
             "--title" => title = it.next().cloned(),
             f => files.push(f.to_string()),
@@ -1284,14 +1286,22 @@ fn plot(args: &[String]) -> Result<(), String> {
     let mut groups: BTreeMap<String, Vec<Vec<(usize, f64)>>> = BTreeMap::new();
     for f in &files {
         let text = std::fs::read_to_string(f).map_err(|e| format!("{f}: {e}"))?;
-        let evals: Vec<(usize, f64)> = text
+        let kind = if train { "train," } else { "eval," };
+        let mut evals: Vec<(usize, f64)> = text
             .lines()
-            .filter(|l| l.starts_with("eval,"))
+            .filter(|l| l.starts_with(kind))
             .filter_map(|l| {
                 let c: Vec<&str> = l.split(',').collect();
                 Some((c.get(1)?.parse().ok()?, c.get(4)?.parse().ok()?))
             })
             .collect();
+        if train {
+            // Training returns are noisy: the mean of each run of 5 episodes, at its last step.
+            evals = evals
+                .chunks(5)
+                .map(|c| (c[c.len() - 1].0, c.iter().map(|p| p.1).sum::<f64>() / c.len() as f64))
+                .collect();
+        }
         let name = std::path::Path::new(f)
             .file_stem()
             .and_then(|s| s.to_str())
@@ -1305,7 +1315,11 @@ fn plot(args: &[String]) -> Result<(), String> {
     let mut chart = pompc::plot::Chart::new(
         title.as_deref().unwrap_or("evaluation return"),
         "environment steps",
-        "evaluation return",
+        if train {
+            "training return (mean of 5 episodes)"
+        } else {
+            "evaluation return"
+        },
     );
     for (name, runs) in &groups {
         let mut by_step: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
@@ -1328,7 +1342,15 @@ fn plot(args: &[String]) -> Result<(), String> {
                 )
             })
             .collect();
-        let label = format!("{name} ({} runs)", runs.len());
+        // The task is in the title; the legend names the method.
+        let method = pompc::env::NAMES
+            .iter()
+            .find_map(|e| name.strip_prefix(&format!("{e}-")))
+            .unwrap_or(name);
+        let label = match runs.len() {
+            1 => method.to_string(),
+            n => format!("{method} ({n} seeds)"),
+        };
         chart.add(
             pompc::plot::Series::line(&label, mean).with_band(if runs.len() > 1 {
                 band
@@ -1336,6 +1358,11 @@ fn plot(args: &[String]) -> Result<(), String> {
                 Vec::new()
             }),
         );
+    }
+    // Returns of the built-in tasks lie in [0, 1000]: a fixed axis makes plots comparable.
+    let ys = chart.series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
+    if ys.clone().all(|y| (0.0..=1000.0).contains(&y)) {
+        chart.y_range = Some((0.0, 1000.0));
     }
     std::fs::write(&out, chart.to_svg()).map_err(|e| format!("{out}: {e}"))?;
     println!("{out}: {} curves from {} files", groups.len(), files.len());

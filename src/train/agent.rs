@@ -283,17 +283,18 @@ impl TrainConfig {
         })
     }
 
-    /// A setting that learns in minutes on a CPU adapter: the tiny model, 128 samples with
-    /// 16 elites and 8 policy trajectories over 4 iterations, batches of 64, one episode of
-    /// seed steps, evaluation every 2 episodes.
+    /// A setting sized for CPU adapters such as lavapipe, where arithmetic, not dispatch
+    /// count, bounds a step: the tiny model, 64 samples with 8 elites and 4 policy
+    /// trajectories over 3 iterations, batches of 32, one episode of seed steps, evaluation
+    /// every 2 episodes.
     pub fn quick(env: &dyn Env, method: Method, steps: usize, seed: u64) -> Result<TrainConfig> {
         let mut c = TrainConfig::new(env, method, steps, seed)?;
         c.model = ModelPreset::Tiny;
-        c.planner.num_samples = 128;
-        c.planner.num_elites = 16;
-        c.planner.num_pi_trajs = 8;
-        c.planner.iterations = 4;
-        c.batch = 64;
+        c.planner.num_samples = 64;
+        c.planner.num_elites = 8;
+        c.planner.num_pi_trajs = 4;
+        c.planner.iterations = 3;
+        c.batch = 32;
         c.seed_steps = env.episode_len();
         c.eval_every = 2 * env.episode_len();
         Ok(c)
