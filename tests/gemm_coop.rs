@@ -186,7 +186,7 @@ fn random_case(r: &mut impl Rng, i: usize) -> Case {
         batch: 1 + i % 3,
         ta: i % 2 == 1,
         tb: i % 4 >= 2,
-        acc: i % 3 == 0,
+        acc: i.is_multiple_of(3),
         bias: i % 3 != 1,
         alpha: [1.0, -0.5, 2.0][i % 3],
         pad: [0, 3, 5][i % 3],

@@ -143,7 +143,7 @@ fn random_cfg(r: &mut impl Rng, i: usize) -> (LinearConfig, Option<Vec<u32>>) {
     let k1 = r.random_range(1..150);
     let k = k1 + [0, 6, 1][i % 3];
     let mut cfg = LinearConfig::new(k, n).with_concat(k1).with_act(act);
-    cfg.layer_norm = i % 2 == 0;
+    cfg.layer_norm = i.is_multiple_of(2);
     let heads = if i % 4 == 3 {
         cfg = cfg.with_members(5, i % 8 == 3);
         Some(vec![4, 1])
