@@ -14,8 +14,17 @@
 //
 // Tile constants (BM, BN, BK, TM, TN, ROW_CAP) come from a header that the Rust side writes;
 // sizes are override constants. CPU mirror: src/reference/linear.rs.
+//
+// Storage: the header's F16_X, F16_W, F16_Y pick f16 or f32 for Z, W and Y (the f16 path keeps
+// weights and hidden activations in f16; all arithmetic stays f32). A, the bias, LayerNorm
+// parameters and split-K partial sums are always f32. With PART the epilogue reads the GEMM's
+// raw sums from `part` (f32) even without a split, so an f16 Y never holds pre-LayerNorm values.
 
+#if F16
+enable f16;
+#endif
 #import common/act
+#import common/linear_io
 
 override N: u32;
 override K: u32;
@@ -27,31 +36,8 @@ override LN: bool = false;
 override RAW: bool = false;
 // Slot e of the output uses weight set heads[e] instead of e (a chosen subset of an ensemble).
 override HEAD_MAP: bool = false;
-
-struct Params {
-    m: u32,
-    // Elements between ensemble members in xz and xa; 0 shares the input.
-    xz_stride: u32,
-    xa_stride: u32,
-    // Output slots (ensemble members evaluated).
-    members: u32,
-    // Weight sets stored (bounds the head map).
-    sets: u32,
-    // Element offsets of row 0 in xz and xa (time step t of an action buffer [T, rows, A]).
-    xz_offset: u32,
-    xa_offset: u32,
-}
-
-@group(0) @binding(0) var<storage, read> xz: array<f32>;
-@group(0) @binding(1) var<storage, read> xa: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
-@group(0) @binding(5) var<uniform> p: Params;
-@group(0) @binding(6) var<storage, read> gamma: array<f32>;
-@group(0) @binding(7) var<storage, read> beta: array<f32>;
-@group(0) @binding(8) var<storage, read> part: array<f32>;
-@group(0) @binding(9) var<storage, read> heads: array<u32>;
+// The epilogue reads the raw sums from `part` also when SPLIT is 1.
+override PART: bool = false;
 
 const WX: u32 = BN / TN;
 const WY: u32 = BM / TM;
@@ -70,11 +56,7 @@ var<workgroup> Bs: array<vec4<f32>, BK * BS / 4u>;
 fn load_x(e: u32, row: u32, k: u32, k_end: u32) -> f32 {
     var v = 0.0;
     if (row < p.m && k < k_end) {
-        if (k < K1) {
-            v = xz[p.xz_offset + e * p.xz_stride + row * K1 + k];
-        } else {
-            v = xa[p.xa_offset + e * p.xa_stride + row * (K - K1) + (k - K1)];
-        }
+        v = x_at(e, row, k);
     }
     return v;
 }
@@ -82,16 +64,9 @@ fn load_x(e: u32, row: u32, k: u32, k_end: u32) -> f32 {
 fn load_w(we: u32, col: u32, k: u32, k_end: u32) -> f32 {
     var v = 0.0;
     if (col < N && k < k_end) {
-        v = w[(we * N + col) * K + k];
+        v = f32(w[(we * N + col) * K + k]);
     }
     return v;
-}
-
-fn weight_set(e: u32) -> u32 {
-    if (HEAD_MAP) {
-        return min(heads[e], p.sets - 1u);
-    }
-    return e;
 }
 
 // Thread `tid` loads, for r < A_LOADS / 4, rows 4 (i / BK) .. +3 at k = k0 + i % BK of the X
@@ -201,13 +176,13 @@ fn gemm(
                     let col = col0 + j * 4u * WX + lid.x * 4u + c;
                     if (col < N) {
                         if (RAW) {
-                            y[((e * SPLIT + s) * p.m + row) * N + col] = v4[c];
+                            y[((e * SPLIT + s) * p.m + row) * N + col] = YT(v4[c]);
                         } else {
                             var v = v4[c] + bias[we * N + col];
                             if (ACT == 1u) {
                                 v = mish(v);
                             }
-                            y[(e * p.m + row) * N + col] = v;
+                            y[(e * p.m + row) * N + col] = YT(v);
                         }
                     }
                 }
@@ -251,8 +226,8 @@ fn epilogue(
     var sum = 0.0;
     for (var j = tid; j < N; j += EW) {
         var v = 0.0;
-        if (SPLIT == 1u) {
-            v = y[gr * N + j];
+        if (SPLIT == 1u && !PART) {
+            v = f32(y[gr * N + j]);
         } else {
             for (var s = 0u; s < SPLIT; s++) {
                 v += part[((e * SPLIT + s) * p.m + row) * N + j];
@@ -289,7 +264,7 @@ fn epilogue(
                 z += ex[c];
             }
             for (var c = 0u; c < 8u; c++) {
-                y[gr * N + g * 8u + c] = ex[c] / z;
+                y[gr * N + g * 8u + c] = YT(ex[c] / z);
             }
         }
     } else {
@@ -298,7 +273,7 @@ fn epilogue(
             if (ACT == 1u) {
                 v = mish(v);
             }
-            y[gr * N + j] = v;
+            y[gr * N + j] = YT(v);
         }
     }
 }

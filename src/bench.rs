@@ -2,8 +2,8 @@
 //! timestamp queries where the adapter has them, a fenced wall clock otherwise.
 
 use crate::Result;
-use crate::gpu::{Gpu, GpuBuffer, Recorder};
-use crate::kernels::linear::{Linear, LinearConfig, LinearInputs, LinearPlan};
+use crate::gpu::{Gpu, GpuBuffer, Precision, Recorder};
+use crate::kernels::linear::{Linear, LinearConfig, LinearInputs, LinearKernel, LinearPlan};
 use rand::{Rng, SeedableRng};
 
 /// How a time was taken.
@@ -111,15 +111,19 @@ pub struct LinearBench {
     pub cfg: LinearConfig,
     /// Rows.
     pub m: usize,
-    /// Tile and split used.
+    /// Tile and split used by the ALU kernel (the heuristic's, when tensor cores ran).
     pub plan: LinearPlan,
+    /// The kernel that ran.
+    pub kernel: LinearKernel,
+    /// Precision: storage of Z, W, Y (f16 unless f32) and kernel choice.
+    pub precision: Precision,
     /// Times.
     pub stats: Stats,
     /// Median throughput.
     pub gflops: f64,
 }
 
-/// Benchmark one linear layer on random inputs.
+/// Benchmark one linear layer on random inputs, at f32.
 pub fn bench_linear(
     gpu: &Gpu,
     cfg: LinearConfig,
@@ -127,38 +131,66 @@ pub fn bench_linear(
     plan: Option<LinearPlan>,
     runs: usize,
 ) -> Result<LinearBench> {
+    bench_linear_at(gpu, cfg, m, plan, runs, Precision::F32)
+}
+
+/// Benchmark one linear layer on random inputs at `precision`: at f16 and on tensor cores Z,
+/// W and Y are f16 buffers, as in the world model's hidden layers. `plan` forces the ALU
+/// kernel's tile (ignored where tensor cores run).
+pub fn bench_linear_at(
+    gpu: &Gpu,
+    cfg: LinearConfig,
+    m: usize,
+    plan: Option<LinearPlan>,
+    runs: usize,
+    precision: Precision,
+) -> Result<LinearBench> {
+    use half::f16;
     let mut r = rand::rngs::StdRng::seed_from_u64(7);
-    let mut rand_buf = |label: &str, n: usize| -> Result<GpuBuffer<f32>> {
-        let v: Vec<f32> = (0..n).map(|_| r.random_range(-1.0..1.0)).collect();
-        GpuBuffer::from_slice(gpu, label, &v)
-    };
+    let mut rand_vec =
+        |n: usize| -> Vec<f32> { (0..n).map(|_| r.random_range(-1.0..1.0)).collect() };
     let e = cfg.members;
     let ins = if cfg.shared_input { 1 } else { e };
-    let z = rand_buf("z", ins * m * cfg.k1)?;
-    let a = rand_buf("a", ins * m * (cfg.k - cfg.k1).max(1))?;
-    let w = rand_buf("w", e * cfg.n * cfg.k)?;
-    let b = rand_buf("b", e * cfg.n)?;
-    let g = rand_buf("gamma", e * cfg.n)?;
-    let be = rand_buf("beta", e * cfg.n)?;
-    let y = GpuBuffer::<f32>::new(gpu, "y", e * m * cfg.n)?;
-    let layer = Linear::new(gpu, cfg)?.with_plan(plan);
-    let io = LinearInputs {
-        z: &z,
-        a: (cfg.k1 < cfg.k).then_some(&a),
-        w: &w,
-        b: &b,
-        ln: cfg.layer_norm.then_some((&g, &be)),
-        y: &y,
-        heads: None,
-        z_offset: 0,
-        a_offset: 0,
-    };
+    let zv = rand_vec(ins * m * cfg.k1);
+    let a = GpuBuffer::from_slice(gpu, "a", &rand_vec(ins * m * (cfg.k - cfg.k1).max(1)))?;
+    let wv = rand_vec(e * cfg.n * cfg.k);
+    let b = GpuBuffer::from_slice(gpu, "b", &rand_vec(e * cfg.n))?;
+    let g = GpuBuffer::from_slice(gpu, "gamma", &rand_vec(e * cfg.n))?;
+    let be = GpuBuffer::from_slice(gpu, "beta", &rand_vec(e * cfg.n))?;
+    let layer = Linear::new(gpu, cfg)?
+        .with_precision(gpu, precision)?
+        .with_plan(plan);
     let target = target_seconds();
-    let stats = time_submits(gpu, runs, target, 0.2, |rec| layer.record(rec, m, io))?;
+    let a_in = (cfg.k1 < cfg.k).then_some(&a);
+    let ln = cfg.layer_norm.then_some((&g, &be));
+    let stats = if precision.f16_storage() {
+        let h = |v: &[f32]| v.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>();
+        let z = GpuBuffer::from_slice(gpu, "z", &h(&zv))?;
+        let w = GpuBuffer::from_slice(gpu, "w", &h(&wv))?;
+        let y = GpuBuffer::<f16>::new(gpu, "y", e * m * cfg.n)?;
+        let io = LinearInputs {
+            ln,
+            a: a_in,
+            ..LinearInputs::new(&z, &w, &b, &y)
+        };
+        time_submits(gpu, runs, target, 0.2, |rec| layer.record(rec, m, io))?
+    } else {
+        let z = GpuBuffer::from_slice(gpu, "z", &zv)?;
+        let w = GpuBuffer::from_slice(gpu, "w", &wv)?;
+        let y = GpuBuffer::<f32>::new(gpu, "y", e * m * cfg.n)?;
+        let io = LinearInputs {
+            ln,
+            a: a_in,
+            ..LinearInputs::new(&z, &w, &b, &y)
+        };
+        time_submits(gpu, runs, target, 0.2, |rec| layer.record(rec, m, io))?
+    };
     Ok(LinearBench {
         cfg,
         m,
         plan: layer.plan_on(gpu, m),
+        kernel: layer.kernel_on(gpu, m, e),
+        precision,
         gflops: cfg.flops(m) / stats.median * 1e-9,
         stats,
     })
@@ -276,10 +308,13 @@ pub fn bench_plan(
     runs: usize,
     warmup: usize,
 ) -> Result<PlanBench> {
-    use crate::model::{Weights, WorldModel};
-    use crate::planner::{Planner, PlannerConfig};
-    let mut weights = Weights::init(spec, 0)?;
-    // Non-zero reward and Q heads, so that values differ and the elite sort has work.
+    bench_plan_at(gpu, spec, batch, runs, warmup, gpu.precision())
+}
+
+/// TD-MPC2-initialized weights for `spec` with random (non-zero) reward and Q heads, so
+/// that values differ and the elite sort has work: the benchmarks' model.
+pub fn bench_weights(spec: &crate::model::ModelSpec) -> Result<crate::model::Weights> {
+    let mut weights = crate::model::Weights::init(spec, 0)?;
     let mut r = rand::rngs::StdRng::seed_from_u64(5);
     for name in ["_reward.2.weight", "_Qs.params.2.weight"] {
         if let Some(t) = weights.tensors.get_mut(name) {
@@ -288,7 +323,23 @@ pub fn bench_plan(
                 .for_each(|v| *v = r.random_range(-0.05..0.05));
         }
     }
-    let model = WorldModel::new(gpu, &weights)?;
+    Ok(weights)
+}
+
+/// [`bench_plan`] with the world model at `precision`.
+pub fn bench_plan_at(
+    gpu: &Gpu,
+    spec: &crate::model::ModelSpec,
+    batch: usize,
+    runs: usize,
+    warmup: usize,
+    precision: Precision,
+) -> Result<PlanBench> {
+    use crate::model::WorldModel;
+    use crate::planner::{Planner, PlannerConfig};
+    let weights = bench_weights(spec)?;
+    let mut r = rand::rngs::StdRng::seed_from_u64(6);
+    let model = WorldModel::with_precision(gpu, &weights, precision)?;
     let cfg = PlannerConfig::tdmpc2(spec.action_dim);
     let mut planner = Planner::new(gpu, &model, cfg)?.with_timestamps(true);
     let obs: Vec<f32> = (0..batch * spec.obs_dim)
@@ -663,4 +714,138 @@ pub fn bench_mppi(
         wall: Stats::from_samples(wall, Clock::Wall),
         gpu: (!gpu_t.is_empty()).then(|| Stats::from_samples(gpu_t, Clock::Timestamps)),
     })
+}
+
+/// How far plans at one precision are from plans at f32, over the same model, observations
+/// and seeds.
+#[derive(Clone, Debug)]
+pub struct PrecisionDiff {
+    /// The precision compared with f32.
+    pub precision: Precision,
+    /// Environments.
+    pub batch: usize,
+    /// Plan calls compared (consecutive, warm-started).
+    pub calls: usize,
+    /// Largest and mean |difference| of the planned mean of the first action.
+    pub mean_max: f64,
+    /// ...
+    pub mean_avg: f64,
+    /// Largest and mean |difference| of the value of the chosen sample.
+    pub value_max: f64,
+    /// ...
+    pub value_avg: f64,
+    /// Mean |value| at f32, for scale.
+    pub value_scale: f64,
+    /// Largest and mean |difference| of the action executed.
+    pub action_max: f64,
+    /// ...
+    pub action_avg: f64,
+    /// Fraction of environments and calls whose chosen sample index agrees.
+    pub same_choice: f64,
+}
+
+/// Plan `calls` consecutive steps for `batch` environments (random observations, seed 1) with
+/// the model at f32 and at `precision`, and compare the planned mean, values and actions.
+pub fn compare_precision(
+    gpu: &Gpu,
+    spec: &crate::model::ModelSpec,
+    batch: usize,
+    calls: usize,
+    precision: Precision,
+) -> Result<PrecisionDiff> {
+    use crate::model::WorldModel;
+    use crate::planner::{Planner, PlannerConfig};
+    let weights = bench_weights(spec)?;
+    let cfg = PlannerConfig::tdmpc2(spec.action_dim);
+    let base = WorldModel::with_precision(gpu, &weights, Precision::F32)?;
+    let other = WorldModel::with_precision(gpu, &weights, precision)?;
+    let mut p32 = Planner::new(gpu, &base, cfg.clone())?;
+    let mut px = Planner::new(gpu, &other, cfg)?;
+    let mut r = rand::rngs::StdRng::seed_from_u64(8);
+    let (mut mean, mut value, mut action) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut scale, mut same, mut total) = (0.0, 0usize, 0usize);
+    for call in 0..calls.max(1) {
+        let obs: Vec<f32> = (0..batch * spec.obs_dim)
+            .map(|_| r.random_range(-1.0..1.0))
+            .collect();
+        let first = vec![call == 0; batch];
+        let a = p32.plan(&obs, &first)?;
+        let b = px.plan(&obs, &first)?;
+        let d = |x: &[f32], y: &[f32]| -> Vec<f64> {
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| (*p as f64 - *q as f64).abs())
+                .collect()
+        };
+        mean.extend(d(&a.mean, &b.mean));
+        value.extend(d(&a.value, &b.value));
+        action.extend(d(&a.action, &b.action));
+        scale += a.value.iter().map(|v| v.abs() as f64).sum::<f64>();
+        same += a
+            .chosen
+            .iter()
+            .zip(&b.chosen)
+            .filter(|(x, y)| x == y)
+            .count();
+        total += batch;
+    }
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let avg = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    Ok(PrecisionDiff {
+        precision,
+        batch,
+        calls: calls.max(1),
+        mean_max: max(&mean),
+        mean_avg: avg(&mean),
+        value_max: max(&value),
+        value_avg: avg(&value),
+        value_scale: scale / total.max(1) as f64,
+        action_max: max(&action),
+        action_avg: avg(&action),
+        same_choice: same as f64 / total.max(1) as f64,
+    })
+}
+
+/// Time the tensor-core GEMM of `op` (operands contiguous, random) with `tile`, or the
+/// heuristic's choice.
+pub fn bench_gemm_coop(
+    gpu: &Gpu,
+    op: crate::kernels::gemm::Gemm,
+    tile: Option<crate::kernels::gemm_coop::CoopTile>,
+    runs: usize,
+) -> Result<(crate::kernels::gemm_coop::CoopTile, Stats)> {
+    use crate::kernels::gemm::Mat;
+    use crate::kernels::gemm_coop::{self, CoopTile};
+    gpu.tensor_cores()?;
+    let tile = tile.unwrap_or_else(|| CoopTile::choose(op.m, op.n, op.batch));
+    let mut r = rand::rngs::StdRng::seed_from_u64(3);
+    let mut rand_buf = |label: &str, n: usize| {
+        let v: Vec<f32> = (0..n).map(|_| r.random_range(-1.0..1.0)).collect();
+        GpuBuffer::from_slice(gpu, label, &v)
+    };
+    let (ar, ac) = if op.trans_a {
+        (op.k, op.m)
+    } else {
+        (op.m, op.k)
+    };
+    let (br, bc) = if op.trans_b {
+        (op.n, op.k)
+    } else {
+        (op.k, op.n)
+    };
+    let a = rand_buf("gemm A", op.batch * ar * ac)?;
+    let b = rand_buf("gemm B", op.batch * br * bc)?;
+    let c = GpuBuffer::<f32>::new(gpu, "gemm C", op.batch * op.m * op.n)?;
+    let time = time_submits(gpu, runs, target_seconds(), 0.2, |rec| {
+        gemm_coop::record_with_tile(
+            rec,
+            &op,
+            Mat::rows(&a, ac).batched(ar * ac),
+            Mat::rows(&b, bc).batched(br * bc),
+            Mat::rows(&c, op.n).batched(op.m * op.n),
+            None,
+            tile,
+        )
+    })?;
+    Ok((tile, time))
 }

@@ -83,6 +83,10 @@ pub enum Error {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The device lacks an optional feature that the request needs (shader-f16, cooperative
+    /// matrices); the message says which, and what to use instead.
+    #[error("not supported on this device: {0}")]
+    Unsupported(String),
     /// An argument that makes no sense (NaN, zero size, unknown name).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

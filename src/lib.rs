@@ -21,7 +21,7 @@ pub mod rng;
 pub mod train;
 
 pub use error::{Error, Result};
-pub use gpu::{Gpu, GpuBuffer, GpuOptions, Recorder, ShaderChecks};
+pub use gpu::{Gpu, GpuBuffer, GpuOptions, Precision, Recorder, ShaderChecks};
 
 // README's Rust examples compile as doctests.
 #[cfg(doctest)]

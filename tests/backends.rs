@@ -21,7 +21,8 @@ use pompc::{Gpu, GpuBuffer, GpuOptions};
 use rand::{Rng, SeedableRng};
 
 fn open(backends: wgpu::Backends) -> Gpu {
-    Gpu::new(GpuOptions::backend(backends))
+    // f32 on every backend: the agreement tolerances are f32's.
+    Gpu::new(GpuOptions::backend(backends).with_precision(Some(pompc::Precision::F32)))
         .unwrap_or_else(|e| panic!("cross-backend tests need a {backends:?} adapter: {e}"))
 }
 

@@ -280,3 +280,103 @@ fn policy_loss_every_variant() {
         }
     }
 }
+
+#[test]
+fn gemm_coop_every_tile_and_flag() {
+    use pompc::kernels::gemm_coop::{self, CoopTile};
+    for tile in CoopTile::ALL {
+        for sg in [32, 64] {
+            for bits in 0..16u32 {
+                let f = |i: u32| bits & (1 << i) != 0;
+                let (spec, header, ov) =
+                    gemm_coop::pipeline_constants(tile, sg, f(0), f(1), f(2), f(3));
+                compile(spec.shader, spec.entry, &header, &ov);
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_f16_storage_and_tensor_core_kernels() {
+    use pompc::kernels::gemm_coop::CoopTile;
+    use pompc::kernels::linear::{CoopPlan, LinearKernel, Storage};
+    let mut n = 0;
+    for bits in 0..8u32 {
+        let storage = Storage {
+            x16: bits & 1 != 0,
+            w16: bits & 2 != 0,
+            y16: bits & 4 != 0,
+        };
+        for act in Activation::ALL {
+            for ln in [false, true] {
+                for (k, k1, out) in [(518, 512, 512), (7, 7, 8)] {
+                    let mut cfg = LinearConfig::new(k, out).with_concat(k1).with_act(act);
+                    cfg.layer_norm = ln;
+                    let mut kernels = vec![LinearKernel::Alu(LinearPlan {
+                        tile: Tile::MEDIUM,
+                        split: 1,
+                    })];
+                    for tile in CoopTile::ALL {
+                        for split in [1, 2] {
+                            kernels.push(LinearKernel::TensorCore(CoopPlan { tile, split }));
+                        }
+                    }
+                    for kernel in kernels {
+                        for epilogue in [false, true] {
+                            for head_map in [false, true] {
+                                let (spec, header, ov) = linear::pipeline_constants_for(
+                                    &cfg, kernel, epilogue, head_map, storage, 32,
+                                );
+                                compile(spec.shader, spec.entry, &header, &ov);
+                                n += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(n > 1000);
+}
+
+#[test]
+fn conditional_lines_and_enable_directives() {
+    let files: HashMap<&str, &str> = [
+        (
+            "main",
+            "#import lib\n#if WIDE\nalias T = f16;\n#else\nalias T = f32;\n#endif\nfn f(x: T) -> T {\n    return x;\n}\n",
+        ),
+        ("lib", "#if WIDE\nenable f16;\n#endif\nfn g() -> u32 {\n    return N;\n}\n"),
+    ]
+    .into_iter()
+    .collect();
+    for wide in [0, 1] {
+        let header = Header(vec![("WIDE", wide), ("N", 3)]);
+        let pre = shader::preprocess_with("main", files["main"], &header, &|n| {
+            files.get(n).map(|s| s.to_string())
+        })
+        .unwrap();
+        // `enable` before the header's constants; the other branch gone.
+        assert_eq!(
+            pre.text.starts_with("enable f16;"),
+            wide == 1,
+            "{}",
+            pre.text
+        );
+        assert_eq!(pre.text.contains("alias T = f16;"), wide == 1);
+        assert_eq!(pre.text.contains("alias T = f32;"), wide == 0);
+        assert_eq!(pre.text.lines().count(), pre.origins.len());
+        shader::validate("main", &pre).unwrap_or_else(|e| panic!("{e}\n{}", pre.text));
+    }
+    let header = Header(vec![("WIDE", 1)]);
+    for (text, want) in [
+        ("#if NOPE\n#endif\n", "not in the header"),
+        ("#if WIDE\n", "without #endif"),
+        ("#endif\n", "without #if"),
+    ] {
+        let err = shader::preprocess_with("x", text, &header, &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{text:?}: {err}");
+    }
+}

@@ -2,7 +2,7 @@
 
 use pompc::bench::{self, Clock, LinearBench};
 use pompc::kernels::linear::{Activation, LinearConfig, LinearPlan, Tile};
-use pompc::{Gpu, GpuOptions};
+use pompc::{Gpu, GpuOptions, Precision};
 use std::process::ExitCode;
 
 const USAGE: &str = "\
@@ -19,6 +19,8 @@ usage:
       --shape MxNxK               a custom case (plain; add --ln and --act mish|simnorm)
       --runs N                    timed runs per case (default 50)
       --ceiling-tflops X          fp32 ceiling for the fraction column (default: known cards)
+      --precision P1,P2,...       f32, f16 (f16 Z, W, Y), coop (f16 storage, tensor cores for
+                                  large calls) (default f32)
       --json                      one JSON object per line instead of a table
   pompc bench model [options]     forward of each world-model network
       --size S                    TD-MPC2 preset: 1, 5, 19, 48, 317 (default 5)
@@ -29,9 +31,18 @@ usage:
       --batch B1,B2,...           environments (default 1,16,256)
       --act A1,A2,...             action dimensions (default 6,38)
       --obs O                     observation dimension (default 24)
+      --precision P1,P2,...       world-model precision: auto, f32, f16, coop (default: the
+                                  device's, i.e. POMPC_PRECISION or automatic)
+      --compare-precision         instead of timing: plan with the model at f32 and at each
+                                  other precision of --precision (default f16 and coop where
+                                  supported), same weights, observations and seeds; print the
+                                  max/mean |difference| of the planned mean, value and action
+      --calls N                   consecutive plan calls compared (default 3)
       --runs N, --warmup N, --json
   pompc bench gemm [options]      the training GEMM at the world-model update's shapes
       --sweep                     every tile, not only the heuristic's choice
+      --coop                      also the tensor-core GEMM (f16 products, f32 sums), every
+                                  tile with --sweep
       --runs N, --ceiling-tflops X
   pompc bench update [options]    TD-MPC2's world-model update (forward, backward, clip, Adam, Polyak)
       --batch B1,B2,...           sub-trajectories of horizon 3 (default 256)
@@ -67,6 +78,7 @@ usage:
                                   of 5 episodes), seeds of one method pooled (mean line,
                                   min-max band); runs named ENV-METHOD-sSEED.csv
 environment: WGPU_BACKEND (vulkan, metal, dx12, gl), WGPU_ADAPTER_NAME, WGPU_POWER_PREF,
+  POMPC_PRECISION (auto, f32, f16, coop: the world model's default precision),
   POMPC_LIMITS (downlevel: ask for wgpu's downlevel limits instead of the adapter's),
   POMPC_BENCH_TARGET_S (seconds of back-to-back work per timed run, default 0.002)";
 
@@ -211,11 +223,13 @@ fn bench_linear(args: &[String]) -> Result<(), String> {
     let mut shape: Option<(usize, usize, usize)> = None;
     let mut ln = false;
     let mut act = Activation::Identity;
+    let mut precisions = vec![Precision::F32];
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--sweep" => sweep = true,
             "--json" => json = true,
+            "--precision" => precisions = precision_list(it.next())?,
             "--case" => only = it.next().cloned(),
             "--ln" => ln = true,
             "--act" => {
@@ -310,14 +324,21 @@ fn bench_linear(args: &[String]) -> Result<(), String> {
                 }
             }
         }
-        for plan in plans {
-            let r = bench::bench_linear(&gpu, cfg, m, plan, runs).map_err(|e| e.to_string())?;
-            let label = if plan.is_none() {
-                format!("{name} [auto]")
-            } else {
-                name.to_string()
-            };
-            print_row(&label, &r, ceiling, json, &gpu);
+        for &precision in &precisions {
+            for plan in &plans {
+                let r = bench::bench_linear_at(&gpu, cfg, m, *plan, runs, precision)
+                    .map_err(|e| e.to_string())?;
+                let label = if plan.is_none() {
+                    format!("{name} {} [auto]", precision.name())
+                } else {
+                    format!("{name} {}", precision.name())
+                };
+                print_row(&label, &r, ceiling, json, &gpu);
+                if precision == Precision::TensorCore {
+                    // The ALU tiles of a sweep do not apply to the tensor-core kernel.
+                    break;
+                }
+            }
         }
     }
     Ok(())
@@ -331,14 +352,14 @@ fn print_row(name: &str, r: &LinearBench, ceiling: Option<f64>, json: bool, gpu:
     };
     if json {
         println!(
-            "{{\"kernel\":\"{name}\",\"m\":{},\"n\":{},\"k\":{},\"tile\":\"{}\",\"split\":{},\
-             \"backend\":\"{:?}\",\"adapter\":\"{}\",\"median_s\":{:e},\"p90_s\":{:e},\
-             \"gflops\":{:.1},\"fraction\":{},\"clock\":\"{clock}\"}}",
+            "{{\"kernel\":\"{name}\",\"m\":{},\"n\":{},\"k\":{},\"tile\":\"{}\",\
+             \"precision\":\"{}\",\"backend\":\"{:?}\",\"adapter\":\"{}\",\"median_s\":{:e},\
+             \"p90_s\":{:e},\"gflops\":{:.1},\"fraction\":{},\"clock\":\"{clock}\"}}",
             r.m,
             r.cfg.n,
             r.cfg.k,
-            r.plan.tile,
-            r.plan.split,
+            r.kernel,
+            r.precision.name(),
             gpu.info().backend,
             gpu.info().name.replace('"', "'"),
             r.stats.median,
@@ -351,7 +372,7 @@ fn print_row(name: &str, r: &LinearBench, ceiling: Option<f64>, json: bool, gpu:
             "{:<34} {:>15} {:>20} {:>10.1} {:>10.1} {:>10.1} {:>9} {:>7} {clock}",
             name,
             format!("{}x{}x{}", r.m, r.cfg.n, r.cfg.k),
-            format!("{}/{}", r.plan.tile, r.plan.split),
+            r.kernel.to_string(),
             r.stats.median * 1e6,
             r.stats.p90 * 1e6,
             r.stats.min * 1e6,
@@ -363,6 +384,18 @@ fn print_row(name: &str, r: &LinearBench, ceiling: Option<f64>, json: bool, gpu:
             frac.map_or("-".into(), |f| format!("{:.1}%", f * 100.0)),
         );
     }
+}
+
+/// `--precision f32,f16,coop`: each entry; `auto` is not allowed here.
+fn precision_list(v: Option<&String>) -> Result<Vec<Precision>, String> {
+    let v = v.ok_or("--precision takes f32, f16, coop or a list of them")?;
+    v.split(',')
+        .map(|p| match Precision::parse(p.trim()) {
+            Ok(Some(p)) => Ok(p),
+            Ok(None) => Err("list f32, f16 or coop here, not auto".to_string()),
+            Err(e) => Err(e.to_string()),
+        })
+        .collect()
 }
 
 fn parse<T: std::str::FromStr>(v: Option<&String>, flag: &str) -> Result<T, String> {
@@ -454,9 +487,13 @@ fn list(v: Option<&String>, flag: &str) -> Result<Vec<usize>, String> {
 fn bench_plan(args: &[String]) -> Result<(), String> {
     let (mut batches, mut acts, mut obs) = (vec![1, 16, 256], vec![6, 38], 24usize);
     let (mut runs, mut warmup, mut json) = (30usize, 5usize, false);
+    let (mut precisions, mut compare, mut calls) = (None, false, 3usize);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--precision" => precisions = Some(precision_list(it.next())?),
+            "--compare-precision" => compare = true,
+            "--calls" => calls = parse(it.next(), "--calls")?,
             "--batch" => batches = list(it.next(), "--batch")?,
             "--act" => acts = list(it.next(), "--act")?,
             "--obs" => obs = parse(it.next(), "--obs")?,
@@ -467,14 +504,19 @@ fn bench_plan(args: &[String]) -> Result<(), String> {
         }
     }
     let gpu = Gpu::new(GpuOptions::default()).map_err(|e| e.to_string())?;
+    if compare {
+        return compare_precision(&gpu, precisions, &batches, &acts, obs, calls, json);
+    }
+    let precisions = precisions.unwrap_or_else(|| vec![gpu.precision()]);
     if !json {
         println!("adapter: {}", gpu.describe());
         println!(
             "TD-MPC2 5M preset, obs {obs}; planner: TD-MPC2 defaults (512 samples, 64 elites, 24 policy trajectories, horizon 3)"
         );
         println!(
-            "{:>4} {:>5} {:>11} {:>11} {:>11} {:>13} {:>9} {:>9} {:>10}",
+            "{:>4} {:>5} {:>5} {:>11} {:>11} {:>11} {:>13} {:>9} {:>9} {:>10}",
             "A",
+            "prec",
             "B",
             "wall ms",
             "p90 ms",
@@ -487,15 +529,20 @@ fn bench_plan(args: &[String]) -> Result<(), String> {
     }
     for &a in &acts {
         let spec = pompc::model::ModelSpec::tdmpc2(5, obs, a).map_err(|e| e.to_string())?;
-        for &b in &batches {
-            let r = bench::bench_plan(&gpu, &spec, b, runs, warmup).map_err(|e| e.to_string())?;
+        for (&b, &precision) in batches
+            .iter()
+            .flat_map(|b| precisions.iter().map(move |p| (b, p)))
+        {
+            let r = bench::bench_plan_at(&gpu, &spec, b, runs, warmup, precision)
+                .map_err(|e| e.to_string())?;
             let gpu_ms = r.gpu.as_ref().map(|g| g.median * 1e3);
             let tflops = r.flops / r.wall.median * 1e-12;
             if json {
                 println!(
-                    "{{\"action_dim\":{a},\"batch\":{b},\"wall_median_s\":{:e},\"wall_p90_s\":{:e},\
+                    "{{\"action_dim\":{a},\"batch\":{b},\"precision\":\"{}\",\"wall_median_s\":{:e},\"wall_p90_s\":{:e},\
                      \"gpu_median_s\":{},\"env_plans_per_s\":{:.1},\"gflop\":{:.2},\"tflops\":{:.3},\
                      \"dispatches\":{},\"backend\":\"{:?}\",\"adapter\":\"{}\"}}",
+                    precision.name(),
                     r.wall.median,
                     r.wall.p90,
                     r.gpu
@@ -510,9 +557,10 @@ fn bench_plan(args: &[String]) -> Result<(), String> {
                 );
             } else {
                 println!(
-                    "{:>4} {:>5} {:>11.3} {:>11.3} {:>11} {:>13.1} {:>9.2} {:>9.2} {:>10}",
+                    "{:>4} {:>5} {:>5} {:>11.3} {:>11.3} {:>11} {:>13.1} {:>9.2} {:>9.2} {:>10}",
                     a,
                     b,
+                    precision.name(),
                     r.wall.median * 1e3,
                     r.wall.p90 * 1e3,
                     gpu_ms.map_or("-".into(), |g| format!("{g:.3}")),
@@ -521,6 +569,98 @@ fn bench_plan(args: &[String]) -> Result<(), String> {
                     tflops,
                     r.dispatches
                 );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `pompc bench plan --compare-precision`: plans at f32 and at each other precision.
+fn compare_precision(
+    gpu: &Gpu,
+    precisions: Option<Vec<Precision>>,
+    batches: &[usize],
+    acts: &[usize],
+    obs: usize,
+    calls: usize,
+    json: bool,
+) -> Result<(), String> {
+    let list = precisions.unwrap_or_else(|| {
+        [Precision::F16, Precision::TensorCore]
+            .into_iter()
+            .filter(|p| gpu.supports(*p).is_ok())
+            .collect()
+    });
+    let list: Vec<Precision> = list.into_iter().filter(|p| *p != Precision::F32).collect();
+    if list.is_empty() {
+        return Err(format!(
+            "no precision other than f32 to compare on {} (f16: {:?}, coop: {:?})",
+            gpu.info().name,
+            gpu.supports(Precision::F16).err().map(|e| e.to_string()),
+            gpu.supports(Precision::TensorCore)
+                .err()
+                .map(|e| e.to_string()),
+        ));
+    }
+    if !json {
+        println!("adapter: {}", gpu.describe());
+        println!(
+            "plans at each precision against f32: TD-MPC2 5M preset (random init, random reward \
+             and Q heads), obs {obs}, TD-MPC2 planner, seed 1, {calls} consecutive calls"
+        );
+        println!(
+            "{:>5} {:>4} {:>5} {:>21} {:>21} {:>21} {:>9} {:>7}",
+            "prec",
+            "A",
+            "B",
+            "mean |d| max / avg",
+            "value |d| max / avg",
+            "action |d| max / avg",
+            "|value|",
+            "same n"
+        );
+    }
+    for &a in acts {
+        let spec = pompc::model::ModelSpec::tdmpc2(5, obs, a).map_err(|e| e.to_string())?;
+        for &b in batches {
+            for &p in &list {
+                let d =
+                    bench::compare_precision(gpu, &spec, b, calls, p).map_err(|e| e.to_string())?;
+                if json {
+                    println!(
+                        "{{\"precision\":\"{}\",\"action_dim\":{a},\"batch\":{b},\"calls\":{},\
+                         \"mean_max\":{:e},\"mean_avg\":{:e},\"value_max\":{:e},\"value_avg\":{:e},\
+                         \"value_scale\":{:e},\"action_max\":{:e},\"action_avg\":{:e},\
+                         \"same_choice\":{:.4},\"adapter\":\"{}\"}}",
+                        p.name(),
+                        d.calls,
+                        d.mean_max,
+                        d.mean_avg,
+                        d.value_max,
+                        d.value_avg,
+                        d.value_scale,
+                        d.action_max,
+                        d.action_avg,
+                        d.same_choice,
+                        gpu.info().name.replace('"', "'"),
+                    );
+                } else {
+                    println!(
+                        "{:>5} {:>4} {:>5} {:>10.2e} / {:>8.2e} {:>10.2e} / {:>8.2e} {:>10.2e} / \
+                         {:>8.2e} {:>9.3} {:>6.1}%",
+                        p.name(),
+                        a,
+                        b,
+                        d.mean_max,
+                        d.mean_avg,
+                        d.value_max,
+                        d.value_avg,
+                        d.action_max,
+                        d.action_avg,
+                        d.value_scale,
+                        100.0 * d.same_choice
+                    );
+                }
             }
         }
     }
@@ -767,11 +907,13 @@ fn bench_all(args: &[String]) -> Result<(), String> {
 
 fn bench_gemm(args: &[String]) -> Result<(), String> {
     use pompc::kernels::gemm::{Gemm, GemmTile};
-    let (mut sweep, mut runs, mut ceiling) = (false, 30usize, None);
+    use pompc::kernels::gemm_coop::CoopTile;
+    let (mut sweep, mut runs, mut ceiling, mut coop) = (false, 30usize, None, false);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--sweep" => sweep = true,
+            "--coop" => coop = true,
             "--runs" => runs = parse(it.next(), "--runs")?,
             "--ceiling-tflops" => ceiling = Some(parse::<f64>(it.next(), "--ceiling-tflops")?),
             other => return Err(format!("unknown option {other:?}\n{USAGE}")),
@@ -815,7 +957,13 @@ fn bench_gemm(args: &[String]) -> Result<(), String> {
             },
         ),
         ("4096^3 x W^T", nt(4096, 4096, 4096, 1)),
+        ("4096^3 A B", Gemm::new(4096, 4096, 4096)),
+        ("512^3 A B", Gemm::new(512, 512, 512)),
+        ("planner 131072x512x512", nt(131072, 512, 512, 1)),
     ];
+    if coop && let Err(e) = gpu.tensor_cores() {
+        return Err(format!("--coop: {e}"));
+    }
     println!(
         "{:<24} {:>18} {:>6} {:>10} {:>10} {:>9} {:>8}",
         "case", "m x n x k x batch", "tile", "median us", "p90 us", "TFLOP/s", "of peak"
@@ -838,6 +986,34 @@ fn bench_gemm(args: &[String]) -> Result<(), String> {
                 r.time.p90 * 1e6,
                 tf,
                 ceiling.map_or("-".into(), |c| format!("{:.1}%", 100.0 * tf / c))
+            );
+        }
+        if !coop {
+            continue;
+        }
+        let tiles: Vec<Option<CoopTile>> = if sweep {
+            CoopTile::ALL.iter().map(|t| Some(*t)).collect()
+        } else {
+            vec![None]
+        };
+        for tile in tiles {
+            let (t, time) = match bench::bench_gemm_coop(&gpu, op, tile, runs) {
+                Ok(r) => r,
+                Err(e) => {
+                    println!("{name:<24} tensor cores {tile:?}: {e}");
+                    continue;
+                }
+            };
+            let tf = op.flops() / time.median * 1e-12;
+            println!(
+                "{:<24} {:>18} {:>6} {:>10.1} {:>10.1} {:>9.2} {:>8}",
+                format!("{name} [tc {t}]"),
+                format!("{}x{}x{}x{}", op.m, op.n, op.k, op.batch),
+                t.bm,
+                time.median * 1e6,
+                time.p90 * 1e6,
+                tf,
+                "-"
             );
         }
     }
@@ -1299,7 +1475,12 @@ fn plot(args: &[String]) -> Result<(), String> {
             // Training returns are noisy: the mean of each run of 5 episodes, at its last step.
             evals = evals
                 .chunks(5)
-                .map(|c| (c[c.len() - 1].0, c.iter().map(|p| p.1).sum::<f64>() / c.len() as f64))
+                .map(|c| {
+                    (
+                        c[c.len() - 1].0,
+                        c.iter().map(|p| p.1).sum::<f64>() / c.len() as f64,
+                    )
+                })
                 .collect();
         }
         let name = std::path::Path::new(f)
@@ -1360,7 +1541,10 @@ fn plot(args: &[String]) -> Result<(), String> {
         );
     }
     // Returns of the built-in tasks lie in [0, 1000]: a fixed axis makes plots comparable.
-    let ys = chart.series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
+    let ys = chart
+        .series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1));
     if ys.clone().all(|y| (0.0..=1000.0).contains(&y)) {
         chart.y_range = Some((0.0, 1000.0));
     }

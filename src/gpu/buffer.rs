@@ -129,6 +129,21 @@ impl<T: Pod> GpuBuffer<T> {
         if bytes.is_empty() {
             return Ok(());
         }
+        // An upload that runs to the end of the buffer may end mid-word (an odd number of
+        // f16): the buffer is padded to whole words, so the write is padded with zeros.
+        let to_end = offset + data.len() == self.len;
+        let padded: Vec<u8>;
+        let bytes = if !bytes.len().is_multiple_of(4) && to_end {
+            padded = bytes
+                .iter()
+                .copied()
+                .chain(std::iter::repeat(0))
+                .take(bytes.len().div_ceil(4) * 4)
+                .collect();
+            &padded[..]
+        } else {
+            bytes
+        };
         if !off.is_multiple_of(4) || !bytes.len().is_multiple_of(4) {
             return Err(Error::InvalidArgument(format!(
                 "upload into {:?} must start and end on 4-byte boundaries",

@@ -43,6 +43,50 @@ impl Default for ShaderChecks {
     }
 }
 
+/// Storage and arithmetic of the world model's linear layers (see the README's "Precision").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// f32 storage, f32 multiply-adds: the reference path, on every adapter.
+    F32,
+    /// Weights and hidden activations stored in f16 (needs shader-f16), products and sums in
+    /// f32 on the ordinary ALUs; inputs from and outputs to other kernels stay f32.
+    F16,
+    /// Storage as [`Precision::F16`]; the matrix products of large layers on cooperative
+    /// matrices (tensor cores): f16 operands, f32 accumulation, f32 epilogue. Layers too small
+    /// for 16x16 tiles run as [`Precision::F16`]. Needs cooperative matrices with a 16x16x16
+    /// f16 x f16 -> f32 configuration, subgroups of one fixed size, and shader-f16.
+    TensorCore,
+}
+
+impl Precision {
+    /// Parse `f32`, `f16`, `coop` / `tensor-core` (and `auto` as `None`).
+    pub fn parse(s: &str) -> Result<Option<Precision>> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" | "" => Ok(None),
+            "f32" | "fp32" => Ok(Some(Precision::F32)),
+            "f16" | "fp16" | "half" => Ok(Some(Precision::F16)),
+            "coop" | "tensor-core" | "tensorcore" | "tc" => Ok(Some(Precision::TensorCore)),
+            other => Err(Error::InvalidArgument(format!(
+                "precision {other:?}: use auto, f32, f16 or coop"
+            ))),
+        }
+    }
+
+    /// Short name: `f32`, `f16`, `coop`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::TensorCore => "coop",
+        }
+    }
+
+    /// Whether weights and hidden activations are stored in f16.
+    pub fn f16_storage(self) -> bool {
+        self != Precision::F32
+    }
+}
+
 /// Which limits to ask the device for.
 #[derive(Clone, Debug, Default)]
 pub enum LimitsRequest {
@@ -74,6 +118,11 @@ pub struct GpuOptions {
     /// Device limits to request. `POMPC_LIMITS=downlevel` turns the default `Adapter` into
     /// `Downlevel`.
     pub limits: LimitsRequest,
+    /// Precision of the world model's layers. `None`: `POMPC_PRECISION` if set (`auto`, `f32`,
+    /// `f16`, `coop`), else automatic, which is [`Precision::F32`] for now: the tensor-core
+    /// kernels have not yet run on tensor cores under test, so they are opt-in. An explicit
+    /// precision the device lacks is an error.
+    pub precision: Option<Precision>,
 }
 
 impl Default for GpuOptions {
@@ -85,6 +134,7 @@ impl Default for GpuOptions {
             shader_checks: ShaderChecks::default(),
             optional_features: true,
             limits: LimitsRequest::Adapter,
+            precision: None,
         }
     }
 }
@@ -101,6 +151,12 @@ impl GpuOptions {
     /// Same options with another shader-check mode.
     pub fn with_checks(mut self, checks: ShaderChecks) -> Self {
         self.shader_checks = checks;
+        self
+    }
+
+    /// Same options with a fixed precision (`None`: automatic).
+    pub fn with_precision(mut self, precision: Option<Precision>) -> Self {
+        self.precision = precision;
         self
     }
 
@@ -139,7 +195,10 @@ pub struct GpuFeatures {
 
 /// The features pompc asks for when the adapter has them.
 pub(crate) fn optional_features() -> wgpu::Features {
-    wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY
+    wgpu::Features::SUBGROUP
+        | wgpu::Features::SHADER_F16
+        | wgpu::Features::TIMESTAMP_QUERY
+        | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
 }
 
 fn granted(features: wgpu::Features) -> GpuFeatures {
@@ -149,6 +208,48 @@ fn granted(features: wgpu::Features) -> GpuFeatures {
         timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
         cooperative_matrix: features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
     }
+}
+
+/// The subgroup size for the tensor-core kernels, or why they cannot run: they use 16x16x16
+/// cooperative matrices of f16 with an f32 accumulator, `subgroup_id` to hand out tiles, and a
+/// workgroup size that is a multiple of the one subgroup size.
+fn tensor_core_support(
+    adapter: &wgpu::Adapter,
+    info: &wgpu::AdapterInfo,
+    f: GpuFeatures,
+) -> std::result::Result<u32, String> {
+    let name = &info.name;
+    if !f.cooperative_matrix {
+        return Err(format!(
+            "{name} has no cooperative matrices (wgpu's EXPERIMENTAL_COOPERATIVE_MATRIX, \
+             Vulkan's VK_KHR_cooperative_matrix); use f32 or f16"
+        ));
+    }
+    if !f.shader_f16 || !f.subgroups {
+        return Err(format!(
+            "the tensor-core kernels need shader-f16 and subgroups as well; {name} has \
+             f16={} subgroups={}",
+            f.shader_f16, f.subgroups
+        ));
+    }
+    let props = adapter.cooperative_matrix_properties();
+    let ok = props.iter().any(|p| {
+        (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+            && p.ab_type == wgpu::CooperativeScalarType::F16
+            && p.cr_type == wgpu::CooperativeScalarType::F32
+    });
+    if !ok {
+        return Err(format!(
+            "{name} offers no 16x16x16 f16 x f16 -> f32 cooperative matrix (it offers {props:?})"
+        ));
+    }
+    if info.subgroup_min_size != info.subgroup_max_size || info.subgroup_max_size < 4 {
+        return Err(format!(
+            "{name}'s subgroup size varies ({}..{}); the tensor-core kernels need one size",
+            info.subgroup_min_size, info.subgroup_max_size
+        ));
+    }
+    Ok(info.subgroup_max_size)
 }
 
 /// One line per adapter that wgpu can see, for `pompc info` and error messages.
@@ -194,6 +295,8 @@ pub struct Gpu {
     features: GpuFeatures,
     limits: wgpu::Limits,
     checks: ShaderChecks,
+    precision: Precision,
+    tensor_cores: std::result::Result<u32, String>,
     pub(crate) pipelines: pipeline::PipelineCache,
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Arc<Mutex<Vec<wgpu::Error>>>,
@@ -256,11 +359,19 @@ impl Gpu {
             LimitsRequest::Downlevel => wgpu::Limits::downlevel_defaults(),
             LimitsRequest::Custom(l) => (**l).clone(),
         };
+        let experimental = if wanted.intersects(wgpu::Features::all_experimental_mask()) {
+            // SAFETY: wgpu asks for this opt-in before it grants an experimental feature
+            // (here only cooperative matrices); pompc uses them only in the tensor-core GEMMs,
+            // which the tests check against their mirror wherever the feature is present.
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("pompc"),
             required_features: wanted,
             required_limits: limits,
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            experimental_features: experimental,
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
@@ -286,6 +397,30 @@ impl Gpu {
         }));
         let features = granted(device.features());
         let limits = device.limits();
+        let tensor_cores = tensor_core_support(&adapter, &info, features);
+        let requested = match options.precision {
+            Some(p) => Some(p),
+            None => match std::env::var("POMPC_PRECISION") {
+                Ok(v) => Precision::parse(&v)?,
+                Err(_) => None,
+            },
+        };
+        let precision = match requested {
+            // Automatic is f32 until the tensor-core kernels have been checked against their
+            // mirror on real tensor cores (lavapipe has none); `coop` opts in.
+            None | Some(Precision::F32) => Precision::F32,
+            Some(Precision::F16) if features.shader_f16 => Precision::F16,
+            Some(Precision::F16) => {
+                return Err(Error::Unsupported(format!(
+                    "f16 precision needs shader-f16, which {} lacks; use f32",
+                    info.name
+                )));
+            }
+            Some(Precision::TensorCore) => match &tensor_cores {
+                Ok(_) => Precision::TensorCore,
+                Err(why) => return Err(Error::Unsupported(why.clone())),
+            },
+        };
         Ok(Gpu {
             adapter,
             device,
@@ -294,6 +429,8 @@ impl Gpu {
             features,
             limits,
             checks: options.shader_checks,
+            precision,
+            tensor_cores,
             pipelines: pipeline::PipelineCache::default(),
             lost,
             uncaptured,
@@ -313,6 +450,30 @@ impl Gpu {
     /// The device's limits (the adapter's own, unless asked otherwise).
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
+    }
+
+    /// Precision the world model's layers use on this device by default.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The subgroup size the tensor-core kernels run with, or an [`Error::Unsupported`] that
+    /// says what the device lacks.
+    pub fn tensor_cores(&self) -> Result<u32> {
+        self.tensor_cores.clone().map_err(Error::Unsupported)
+    }
+
+    /// Whether `precision` can run here: `Ok` or an [`Error::Unsupported`] saying why not.
+    pub fn supports(&self, precision: Precision) -> Result<()> {
+        match precision {
+            Precision::F32 => Ok(()),
+            Precision::F16 if self.features.shader_f16 => Ok(()),
+            Precision::F16 => Err(Error::Unsupported(format!(
+                "f16 storage needs shader-f16, which {} lacks; use f32",
+                self.info.name
+            ))),
+            Precision::TensorCore => self.tensor_cores().map(|_| ()),
+        }
     }
 
     /// Shader-check mode of this device's pipelines.
@@ -340,7 +501,8 @@ impl Gpu {
         let i = &self.info;
         let f = self.features;
         format!(
-            "{} ({:?}, {:?}, driver {} {}) subgroups={} f16={} timestamps={} shaders={:?}",
+            "{} ({:?}, {:?}, driver {} {}) subgroups={} f16={} timestamps={} coop={} \
+             precision={} shaders={:?}",
             i.name,
             i.backend,
             i.device_type,
@@ -349,6 +511,8 @@ impl Gpu {
             f.subgroups,
             f.shader_f16,
             f.timestamps,
+            self.tensor_cores.is_ok(),
+            self.precision.name(),
             self.checks
         )
     }

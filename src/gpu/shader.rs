@@ -4,6 +4,10 @@
 //! A line `#import common/rng` pastes `shaders/common/rng.wgsl` in place, once per module.
 //! Tile shapes and other compile-time choices come from a generated header of `const`
 //! declarations ([`Header`]); problem sizes are WGSL `override` constants set per pipeline.
+//!
+//! `#if NAME` / `#else` / `#endif` keep or drop lines by a header constant (non-zero keeps),
+//! for what WGSL cannot select by a constant: element types of bindings (`f32` or `f16`) and
+//! `enable` directives. `enable` lines are moved before the header, where WGSL wants them.
 
 use crate::{Error, Result};
 
@@ -40,6 +44,10 @@ shader_files!(
     "loss",
     "optim",
     "td",
+    "common/coop_gemm",
+    "common/linear_io",
+    "gemm_coop",
+    "linear_coop",
 );
 
 /// Look up an embedded file by name.
@@ -98,8 +106,32 @@ pub fn preprocess_with(
         out.origins.push(("<header>".to_string(), i as u32 + 1));
     }
     let mut seen = vec![name.to_string()];
-    expand(name, text, resolve, &mut seen, &mut out, 0)?;
-    Ok(out)
+    let mut conds = Vec::new();
+    expand(
+        name, text, header, resolve, &mut seen, &mut out, &mut conds, 0,
+    )?;
+    // WGSL wants `enable` directives before any declaration, the header's included.
+    let mut enables = Preprocessed {
+        text: String::new(),
+        origins: Vec::new(),
+    };
+    let mut rest = Preprocessed {
+        text: String::new(),
+        origins: Vec::new(),
+    };
+    for (line, origin) in out.text.lines().zip(out.origins) {
+        let to = if line.trim_start().starts_with("enable ") {
+            &mut enables
+        } else {
+            &mut rest
+        };
+        to.text.push_str(line);
+        to.text.push('\n');
+        to.origins.push(origin);
+    }
+    enables.text.push_str(&rest.text);
+    enables.origins.extend(rest.origins);
+    Ok(enables)
 }
 
 /// [`preprocess_with`] for a library shader.
@@ -111,12 +143,15 @@ pub fn preprocess(name: &str, header: &Header) -> Result<Preprocessed> {
     preprocess_with(name, text, header, &|n| source(n).map(str::to_string))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn expand(
     name: &str,
     text: &str,
+    header: &Header,
     resolve: &dyn Fn(&str) -> Option<String>,
     seen: &mut Vec<String>,
     out: &mut Preprocessed,
+    conds: &mut Vec<bool>,
     depth: usize,
 ) -> Result<()> {
     if depth > 16 {
@@ -125,8 +160,35 @@ fn expand(
             message: "#import nesting deeper than 16".into(),
         });
     }
+    let open = conds.len();
+    let err = |i: usize, m: &str| Error::Shader {
+        name: name.to_string(),
+        message: format!("{name}:{}: {m}", i + 1),
+    };
     for (i, line) in text.lines().enumerate() {
         let trimmed = line.trim();
+        if let Some(rest) = trimmed.strip_prefix("#if ") {
+            let key = rest.trim();
+            let v = header.0.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+            let v = v.ok_or_else(|| err(i, &format!("#if of {key:?}, not in the header")))?;
+            conds.push(v != 0);
+            continue;
+        }
+        if trimmed == "#else" || trimmed == "#endif" {
+            if conds.len() <= open {
+                return Err(err(i, &format!("{trimmed} without #if")));
+            }
+            if trimmed == "#else" {
+                let last = conds.len() - 1;
+                conds[last] = !conds[last];
+            } else {
+                conds.pop();
+            }
+            continue;
+        }
+        if !conds.iter().all(|c| *c) {
+            continue;
+        }
         if let Some(rest) = trimmed.strip_prefix("#import") {
             let target = rest.trim().trim_matches('"');
             if target.is_empty() {
@@ -143,12 +205,18 @@ fn expand(
                 message: format!("{name}:{}: #import of unknown file {target:?}", i + 1),
             })?;
             seen.push(target.to_string());
-            expand(target, &sub, resolve, seen, out, depth + 1)?;
+            expand(target, &sub, header, resolve, seen, out, conds, depth + 1)?;
             continue;
         }
         out.text.push_str(line);
         out.text.push('\n');
         out.origins.push((name.to_string(), i as u32 + 1));
+    }
+    if conds.len() != open {
+        return Err(Error::Shader {
+            name: name.to_string(),
+            message: format!("{name}: #if without #endif"),
+        });
     }
     Ok(())
 }

@@ -180,7 +180,7 @@ impl GemmTile {
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
+pub(crate) struct Params {
     m: u32,
     n: u32,
     k: u32,
@@ -303,8 +303,43 @@ pub fn record_with_tile(
     bias: Option<Bias>,
     tile: GemmTile,
 ) -> Result<()> {
-    if op.m == 0 || op.n == 0 || op.batch == 0 {
+    let Some(p) = checked_params(op, &a, &b, &c, bias.as_ref())? else {
         return Ok(());
+    };
+    let gpu = rec.gpu();
+    let gx = op.n.div_ceil(tile.bn as usize);
+    let gy = op.m.div_ceil(tile.bm as usize);
+    let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    if gx > max || gy > max || op.batch > max {
+        return Err(Error::Limit(format!(
+            "gemm: {}x{} tiles x {} batches exceed {max} workgroups per dimension",
+            gy, gx, op.batch
+        )));
+    }
+    let (spec, header, ov) =
+        pipeline_constants(tile, op.trans_a, op.trans_b, op.accumulate, bias.is_some());
+    let pipe = gpu.pipeline(&spec, &header, &ov)?;
+    // The bias binding needs some buffer even when unused.
+    let bias_buf = bias.map_or(&a.buf.buffer, |b| &b.buf.buffer);
+    rec.dispatch(
+        &pipe,
+        &[&a.buf.buffer, &b.buf.buffer, &c.buf.buffer, bias_buf],
+        Some(&p),
+        [gx as u32, gy as u32, op.batch as u32],
+    )
+}
+
+/// Check a multiply's operands against their buffers and pack its parameters; `None` when
+/// there is nothing to do. Shared with the tensor-core GEMM, which takes the same calls.
+pub(crate) fn checked_params(
+    op: &Gemm,
+    a: &Mat,
+    b: &Mat,
+    c: &Mat,
+    bias: Option<&Bias>,
+) -> Result<Option<Params>> {
+    if op.m == 0 || op.n == 0 || op.batch == 0 {
+        return Ok(None);
     }
     let (ar, ac) = if op.trans_a {
         (op.k, op.m)
@@ -317,10 +352,10 @@ pub fn record_with_tile(
         (op.k, op.n)
     };
     if op.k > 0 {
-        fit("A", &a, ar, ac, op.batch, false)?;
-        fit("B", &b, br, bc, op.batch, false)?;
+        fit("A", a, ar, ac, op.batch, false)?;
+        fit("B", b, br, bc, op.batch, false)?;
     }
-    fit("C", &c, op.m, op.n, op.batch, true)?;
+    fit("C", c, op.m, op.n, op.batch, true)?;
     let same = |x: &GpuBuffer<f32>| x.buffer == c.buf.buffer;
     if same(a.buf) || same(b.buf) || bias.is_some_and(|bi| same(bi.buf)) {
         return Err(Error::InvalidArgument(format!(
@@ -349,17 +384,7 @@ pub fn record_with_tile(
             op.alpha
         )));
     }
-    let gpu = rec.gpu();
-    let gx = op.n.div_ceil(tile.bn as usize);
-    let gy = op.m.div_ceil(tile.bm as usize);
-    let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
-    if gx > max || gy > max || op.batch > max {
-        return Err(Error::Limit(format!(
-            "gemm: {}x{} tiles x {} batches exceed {max} workgroups per dimension",
-            gy, gx, op.batch
-        )));
-    }
-    let p = Params {
+    Ok(Some(Params {
         m: u32_of("m", op.m)?,
         n: u32_of("n", op.n)?,
         k: u32_of("k", op.k)?,
@@ -376,16 +401,5 @@ pub fn record_with_tile(
         c_bs: u32_of("C batch stride", c.batch_stride)?,
         bias_bs: u32_of("bias batch stride", bias.map_or(0, |b| b.batch_stride))?,
         _pad: 0,
-    };
-    let (spec, header, ov) =
-        pipeline_constants(tile, op.trans_a, op.trans_b, op.accumulate, bias.is_some());
-    let pipe = gpu.pipeline(&spec, &header, &ov)?;
-    // The bias binding needs some buffer even when unused.
-    let bias_buf = bias.map_or(&a.buf.buffer, |b| &b.buf.buffer);
-    rec.dispatch(
-        &pipe,
-        &[&a.buf.buffer, &b.buf.buffer, &c.buf.buffer, bias_buf],
-        Some(&p),
-        [gx as u32, gy as u32, op.batch as u32],
-    )
+    }))
 }

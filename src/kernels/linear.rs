@@ -1,10 +1,111 @@
 //! The fused batched linear layer (`shaders/linear.wgsl`):
 //! `Y[e, m, :] = act(LN([Z | A][e, m, :] W[e]^T + b[e]))`.
+//!
+//! Two kernels compute the matrix product, chosen per call by the layer's [`Precision`]:
+//! - the ALU kernel (`linear.wgsl`'s `gemm`): f32 multiply-adds, tiles of [`Tile`], K split
+//!   over workgroups when the output is small;
+//! - with [`Precision::TensorCore`], where the device has cooperative matrices and the call is
+//!   large enough ([`TENSOR_CORE_MIN_MACS`] multiply-adds, 16 rows), the tensor-core kernel
+//!   (`linear_coop.wgsl`): X and W rounded to f16 as they are staged, f32 sums, tiles of
+//!   [`CoopTile`].
+//!
+//! Either writes the biased, activated output directly, or raw sums that `linear.wgsl`'s
+//! `epilogue` finishes in f32 (bias, LayerNorm, activation, split-K sums). Z, W and Y may be
+//! stored in f16 ([`Element`]: `half::f16`, needs shader-f16), which is how the world model's
+//! [`Precision::F16`] and [`Precision::TensorCore`] keep weights and hidden activations; all
+//! arithmetic is f32 except the tensor-core products.
 
+use super::gemm_coop::CoopTile;
 use crate::gpu::shader::Header;
-use crate::gpu::{Binding, Gpu, GpuBuffer, KernelSpec, Pipeline, Recorder};
+use crate::gpu::{Binding, Gpu, GpuBuffer, KernelSpec, Pipeline, Precision, Recorder};
 use crate::{Error, Result};
 use std::sync::{Arc, Mutex};
+
+/// Element types a linear layer can store Z, W and Y in: `f32`, or `half::f16` where the
+/// device has shader-f16.
+pub trait Element: bytemuck::Pod + std::fmt::Debug + private::Sealed {
+    /// Whether this is f16.
+    const F16: bool;
+}
+
+impl Element for f32 {
+    const F16: bool = false;
+}
+
+impl Element for half::f16 {
+    const F16: bool = true;
+}
+
+mod private {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
+}
+
+/// Element types of one call: which of Z, W and Y are stored in f16.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Storage {
+    /// Z (the first input) in f16.
+    pub x16: bool,
+    /// W in f16.
+    pub w16: bool,
+    /// Y in f16.
+    pub y16: bool,
+}
+
+impl Storage {
+    /// Everything f32.
+    pub const F32: Storage = Storage {
+        x16: false,
+        w16: false,
+        y16: false,
+    };
+
+    fn any(&self) -> bool {
+        self.x16 || self.w16 || self.y16
+    }
+}
+
+/// Smallest call, in multiply-adds (`m * n * k * slots`), that [`Precision::TensorCore`] runs
+/// on tensor cores; smaller ones (a single environment's encoder pass) run on the ALU kernel,
+/// where a 16x16 fragment would be mostly padding and one dispatch of either is latency-bound.
+pub const TENSOR_CORE_MIN_MACS: usize = 1 << 22;
+
+/// How a tensor-core call is carried out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CoopPlan {
+    /// Tile.
+    pub tile: CoopTile,
+    /// Parts K is split into (partial sums reduced by the epilogue).
+    pub split: u32,
+}
+
+/// The kernel one call uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LinearKernel {
+    /// f32 multiply-adds (`linear.wgsl`).
+    Alu(LinearPlan),
+    /// Cooperative matrices (`linear_coop.wgsl`).
+    TensorCore(CoopPlan),
+}
+
+impl LinearKernel {
+    fn split(&self) -> u32 {
+        match self {
+            LinearKernel::Alu(p) => p.split,
+            LinearKernel::TensorCore(p) => p.split,
+        }
+    }
+}
+
+impl std::fmt::Display for LinearKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinearKernel::Alu(p) => write!(f, "{}/{}", p.tile, p.split),
+            LinearKernel::TensorCore(p) => write!(f, "tc {}/{}", p.tile, p.split),
+        }
+    }
+}
 
 /// Activation applied after the optional LayerNorm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -269,21 +370,21 @@ impl LinearConfig {
     }
 }
 
-/// The buffers of one call.
-#[derive(Clone, Copy, Debug)]
-pub struct LinearInputs<'a> {
+/// The buffers of one call. Z, W and Y are f32 unless given as f16 buffers ([`Element`]).
+#[derive(Debug)]
+pub struct LinearInputs<'a, X: Element = f32, W: Element = f32, Y: Element = f32> {
     /// Z: `[members or 1, m, k1]`.
-    pub z: &'a GpuBuffer<f32>,
+    pub z: &'a GpuBuffer<X>,
     /// A: `[members or 1, m, k - k1]`; needed when `k1 < k`.
     pub a: Option<&'a GpuBuffer<f32>>,
     /// Weights `[members, n, k]` (row-major, as torch's `nn.Linear.weight`).
-    pub w: &'a GpuBuffer<f32>,
+    pub w: &'a GpuBuffer<W>,
     /// Bias `[members, n]`.
     pub b: &'a GpuBuffer<f32>,
     /// LayerNorm gain and shift `[members, n]` each, when the layer has LayerNorm.
     pub ln: Option<(&'a GpuBuffer<f32>, &'a GpuBuffer<f32>)>,
     /// Output `[slots, m, n]` where slots is `members`, or `heads.len()` with a head map.
-    pub y: &'a GpuBuffer<f32>,
+    pub y: &'a GpuBuffer<Y>,
     /// Evaluate only some weight sets: output slot `i` uses weight set `heads[i]` (values
     /// clamped to `members - 1`). The values may be written on the GPU (a random choice of
     /// Q heads), so no host round-trip is needed to pick them.
@@ -294,13 +395,21 @@ pub struct LinearInputs<'a> {
     pub a_offset: usize,
 }
 
-impl<'a> LinearInputs<'a> {
+impl<X: Element, W: Element, Y: Element> Clone for LinearInputs<'_, X, W, Y> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<X: Element, W: Element, Y: Element> Copy for LinearInputs<'_, X, W, Y> {}
+
+impl<'a, X: Element, W: Element, Y: Element> LinearInputs<'a, X, W, Y> {
     /// Inputs of a plain layer `y = act(LN(z W^T + b))`, reading whole buffers.
     pub fn new(
-        z: &'a GpuBuffer<f32>,
-        w: &'a GpuBuffer<f32>,
+        z: &'a GpuBuffer<X>,
+        w: &'a GpuBuffer<W>,
         b: &'a GpuBuffer<f32>,
-        y: &'a GpuBuffer<f32>,
+        y: &'a GpuBuffer<Y>,
     ) -> Self {
         LinearInputs {
             z,
@@ -343,6 +452,11 @@ const GEMM: KernelSpec = KernelSpec {
     entry: "gemm",
     bindings: BINDINGS,
 };
+const COOP: KernelSpec = KernelSpec {
+    shader: "linear_coop",
+    entry: "gemm",
+    bindings: BINDINGS,
+};
 const EPILOGUE: KernelSpec = KernelSpec {
     shader: "linear",
     entry: "epilogue",
@@ -366,45 +480,106 @@ pub struct LinearPlan {
     pub split: u32,
 }
 
-/// The header and override constants of one pipeline: exactly what the code builds, so the
-/// shader test can validate every combination.
+/// The header and override constants of one pipeline of the f32 ALU kernel: exactly what the
+/// code builds, so the shader test can validate every combination.
 pub fn pipeline_constants(
     cfg: &LinearConfig,
     plan: LinearPlan,
     epilogue: bool,
     head_map: bool,
 ) -> (KernelSpec, Header, Vec<(&'static str, f64)>) {
-    let Tile { bm, bn, bk, tm, tn } = plan.tile;
+    pipeline_constants_for(
+        cfg,
+        LinearKernel::Alu(plan),
+        epilogue,
+        head_map,
+        Storage::F32,
+        0,
+    )
+}
+
+/// The header and override constants of one pipeline for any kernel and storage; `sg` is
+/// the subgroup size of the tensor-core kernel (unused otherwise). For the GEMM pipeline
+/// `storage.y16` describes the buffer the GEMM writes: f32 scratch when the epilogue reads
+/// raw sums from it.
+pub fn pipeline_constants_for(
+    cfg: &LinearConfig,
+    kernel: LinearKernel,
+    epilogue: bool,
+    head_map: bool,
+    storage: Storage,
+    sg: u32,
+) -> (KernelSpec, Header, Vec<(&'static str, f64)>) {
     // The epilogue holds a whole row in workgroup memory.
     let row_cap = if epilogue { cfg.n.div_ceil(64) * 64 } else { 4 } as u32;
-    let header = Header(vec![
-        ("BM", bm),
-        ("BN", bn),
-        ("BK", bk),
-        ("TM", tm),
-        ("TN", tn),
-        ("ROW_CAP", row_cap),
-    ]);
-    let fused = !needs_epilogue(cfg, plan);
+    let flags = [
+        ("F16", storage.any() as u32),
+        ("F16_X", storage.x16 as u32),
+        ("F16_W", storage.w16 as u32),
+        ("F16_Y", storage.y16 as u32),
+    ];
+    let split = kernel.split();
+    let fused = !needs_epilogue(cfg, split);
     let mut ov: Vec<(&'static str, f64)> = vec![
         ("N", cfg.n as f64),
         ("K", cfg.k as f64),
         ("K1", cfg.k1 as f64),
-        ("SPLIT", plan.split as f64),
+        ("SPLIT", split as f64),
         ("ACT", cfg.act.code() as f64),
         ("HEAD_MAP", head_map as u32 as f64),
     ];
-    if epilogue {
-        ov.push(("LN", cfg.layer_norm as u32 as f64));
-        (EPILOGUE, header, ov)
-    } else {
+    // The epilogue's module is linear.wgsl whatever computed the product: any ALU tile
+    // compiles it.
+    let alu_tile = match kernel {
+        LinearKernel::Alu(p) => p.tile,
+        LinearKernel::TensorCore(_) => Tile::SMALL,
+    };
+    if epilogue || matches!(kernel, LinearKernel::Alu(_)) {
+        let Tile { bm, bn, bk, tm, tn } = alu_tile;
+        let mut h = vec![
+            ("BM", bm),
+            ("BN", bn),
+            ("BK", bk),
+            ("TM", tm),
+            ("TN", tn),
+            ("ROW_CAP", row_cap),
+        ];
+        h.extend(flags);
+        if epilogue {
+            ov.push(("LN", cfg.layer_norm as u32 as f64));
+            ov.push(("PART", reads_part(cfg, split, storage.y16) as u32 as f64));
+            return (EPILOGUE, Header(h), ov);
+        }
         ov.push(("RAW", (!fused) as u32 as f64));
-        (GEMM, header, ov)
+        return (GEMM, Header(h), ov);
     }
+    let LinearKernel::TensorCore(p) = kernel else {
+        unreachable!("ALU kernels returned above")
+    };
+    let mut h = vec![
+        ("BM", p.tile.bm),
+        ("BN", p.tile.bn),
+        ("BK", p.tile.bk),
+        ("WM", p.tile.wm),
+        ("WN", p.tile.wn),
+        ("SG", sg),
+    ];
+    h.extend(flags);
+    ov.push(("RAW", (!fused) as u32 as f64));
+    // X rows and W rows ([n, k]) are both contiguous along K.
+    ov.push(("A_KMAJOR", 1.0));
+    ov.push(("B_KMAJOR", 1.0));
+    (COOP, Header(h), ov)
 }
 
-fn needs_epilogue(cfg: &LinearConfig, plan: LinearPlan) -> bool {
-    cfg.layer_norm || cfg.act == Activation::SimNorm || plan.split > 1
+/// Whether the epilogue reads raw sums from the f32 scratch: split parts, or an f16 output
+/// that must not hold the sums before LayerNorm.
+fn reads_part(cfg: &LinearConfig, split: u32, y16: bool) -> bool {
+    split > 1 || (y16 && needs_epilogue(cfg, split))
+}
+
+fn needs_epilogue(cfg: &LinearConfig, split: u32) -> bool {
+    cfg.layer_norm || cfg.act == Activation::SimNorm || split > 1
 }
 
 /// A linear layer ready to record: validated shape, cached pipelines, split-K scratch.
@@ -429,6 +604,8 @@ pub struct Linear {
     cfg: LinearConfig,
     scratch: Mutex<Option<GpuBuffer<f32>>>,
     forced: Option<LinearPlan>,
+    forced_coop: Option<CoopPlan>,
+    precision: Precision,
 }
 
 impl Linear {
@@ -447,7 +624,30 @@ impl Linear {
             cfg,
             scratch: Mutex::new(None),
             forced: None,
+            forced_coop: None,
+            precision: gpu.precision(),
         })
+    }
+
+    /// Use `precision`'s kernels instead of the device's default ([`Gpu::precision`]);
+    /// [`Error::Unsupported`] if the device lacks what it needs. (Storage follows the
+    /// buffers given to [`Linear::record`]; here only [`Precision::TensorCore`] differs.)
+    pub fn with_precision(mut self, gpu: &Gpu, precision: Precision) -> Result<Self> {
+        gpu.supports(precision)?;
+        self.precision = precision;
+        Ok(self)
+    }
+
+    /// The precision the layer runs at.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// With [`Precision::TensorCore`], run every call on tensor cores with this tile and split
+    /// (benchmarks and tests); `None` restores the heuristic.
+    pub fn with_coop_plan(mut self, plan: Option<CoopPlan>) -> Self {
+        self.forced_coop = plan;
+        self
     }
 
     /// Always use this tile and split (benchmarks and tests); `None` restores the heuristic.
@@ -504,9 +704,51 @@ impl Linear {
         }
     }
 
+    /// The kernel that [`Linear::record`] uses for `m` rows into `slots` output slots on
+    /// `gpu`.
+    pub fn kernel_on(&self, gpu: &Gpu, m: usize, slots: usize) -> LinearKernel {
+        let cfg = &self.cfg;
+        if self.precision == Precision::TensorCore
+            && gpu.tensor_cores().is_ok()
+            && (self.forced_coop.is_some()
+                || (m >= 16 && m * cfg.n * cfg.k * slots >= TENSOR_CORE_MIN_MACS))
+        {
+            if let Some(p) = self.forced_coop {
+                return LinearKernel::TensorCore(p);
+            }
+            let tile = CoopTile::choose(m, cfg.n, slots);
+            let t = m.div_ceil(tile.bm as usize) * cfg.n.div_ceil(tile.bn as usize) * slots;
+            let mut split = 1;
+            while t * split * 2 <= 264 && cfg.k / (split * 2) >= 128 && split < 8 {
+                split *= 2;
+            }
+            return LinearKernel::TensorCore(CoopPlan {
+                tile,
+                split: split as u32,
+            });
+        }
+        LinearKernel::Alu(self.plan_for(m, slots, gpu.info().device_type == wgpu::DeviceType::Cpu))
+    }
+
     /// Record the layer for `m` rows into `rec`.
-    pub fn record(&self, rec: &mut Recorder, m: usize, io: LinearInputs) -> Result<()> {
+    pub fn record<X: Element, W: Element, Y: Element>(
+        &self,
+        rec: &mut Recorder,
+        m: usize,
+        io: LinearInputs<X, W, Y>,
+    ) -> Result<()> {
         let gpu = rec.gpu();
+        let storage = Storage {
+            x16: X::F16,
+            w16: W::F16,
+            y16: Y::F16,
+        };
+        if storage.any() && !gpu.features().shader_f16 {
+            return Err(Error::Unsupported(format!(
+                "f16 buffers need shader-f16, which {} lacks",
+                gpu.info().name
+            )));
+        }
         let cfg = &self.cfg;
         let sets = cfg.members;
         let e = io.heads.map_or(sets, |h| h.len());
@@ -531,10 +773,10 @@ impl Linear {
         }
         expect("Z", io.z.len(), io.z_offset + in_rows * m * cfg.k1)?;
         let a = match (k2, io.a) {
-            (0, _) => io.z,
+            (0, _) => &io.z.buffer,
             (_, Some(a)) => {
                 expect("A", a.len(), io.a_offset + in_rows * m * k2)?;
-                a
+                &a.buffer
             }
             (_, None) => {
                 return Err(Error::Shape(format!(
@@ -563,12 +805,22 @@ impl Linear {
         {
             return Err(Error::Limit(format!("{m} rows overflow 32-bit indexing")));
         }
-        let plan = self.plan_for(m, e, gpu.info().device_type == wgpu::DeviceType::Cpu);
-        plan.tile.check(gpu)?;
-        if plan.split == 0 {
+        let kernel = self.kernel_on(gpu, m, e);
+        let split = kernel.split();
+        if split == 0 {
             return Err(Error::InvalidArgument("K split of 0".into()));
         }
-        let (bm, bn) = (plan.tile.bm, plan.tile.bn);
+        let (bm, bn, sg) = match kernel {
+            LinearKernel::Alu(p) => {
+                p.tile.check(gpu)?;
+                (p.tile.bm, p.tile.bn, 0)
+            }
+            LinearKernel::TensorCore(p) => {
+                let sg = gpu.tensor_cores()?;
+                p.tile.check(gpu, sg)?;
+                (p.tile.bm, p.tile.bn, sg)
+            }
+        };
         let params = Params {
             m: m as u32,
             xz_stride: if cfg.shared_input {
@@ -586,36 +838,43 @@ impl Linear {
         // Without a head map the binding gets any buffer; the kernel never reads it.
         let heads = io.heads.map_or(&io.b.buffer, |h| &h.buffer);
         let head_map = io.heads.is_some();
-        let epi = needs_epilogue(cfg, plan);
-        let (spec, header, ov) = pipeline_constants(cfg, plan, false, head_map);
+        let epi = needs_epilogue(cfg, split);
+        let part = reads_part(cfg, split, storage.y16);
+        // The GEMM writes raw sums to f32 scratch when the epilogue reads them from there.
+        let gemm_storage = Storage {
+            y16: storage.y16 && !part,
+            ..storage
+        };
+        let (spec, header, ov) =
+            pipeline_constants_for(cfg, kernel, false, head_map, gemm_storage, sg);
         let gemm = gpu.pipeline(&spec, &header, &ov)?;
         let gx = cfg.n.div_ceil(bn as usize) as u32;
         let gy = m.div_ceil(bm as usize) as u32;
-        let gz = (e as u32) * plan.split;
-        let scratch = if plan.split > 1 {
-            Some(self.scratch(gpu, e * plan.split as usize * m * cfg.n)?)
+        let gz = (e as u32) * split;
+        let max = gpu.limits().max_compute_workgroups_per_dimension;
+        if gx > max || gy > max || gz > max {
+            return Err(Error::Limit(format!(
+                "linear: {gy}x{gx} tiles x {gz} slots and K-parts exceed {max} workgroups per \
+                 dimension"
+            )));
+        }
+        let scratch = if part {
+            Some(self.scratch(gpu, e * split as usize * m * cfg.n)?)
         } else {
             None
         };
-        let target = scratch.as_ref().unwrap_or(io.y);
+        let target = scratch.as_ref().map_or(&io.y.buffer, |s| &s.buffer);
         rec.dispatch(
             &gemm,
-            &[
-                &io.z.buffer,
-                &a.buffer,
-                &io.w.buffer,
-                &io.b.buffer,
-                &target.buffer,
-                heads,
-            ],
+            &[&io.z.buffer, a, &io.w.buffer, &io.b.buffer, target, heads],
             Some(&params),
             [gx, gy, gz],
         )?;
         if epi {
-            let (spec, header, ov) = pipeline_constants(cfg, plan, true, head_map);
+            let (spec, header, ov) =
+                pipeline_constants_for(cfg, kernel, true, head_map, storage, sg);
             let pipe: Arc<Pipeline> = gpu.pipeline(&spec, &header, &ov)?;
             let rows = (e * m) as u32;
-            let max = gpu.limits().max_compute_workgroups_per_dimension;
             let (x, y) = if rows <= max {
                 (rows, 1)
             } else {

@@ -2,6 +2,7 @@
 //! [`crate::Recorder`].
 
 pub mod gemm;
+pub mod gemm_coop;
 pub mod linear;
 pub mod loss;
 pub mod norm_act;

@@ -1,19 +1,81 @@
 //! The world model's networks on the GPU, each a chain of fused linear layers.
+//!
+//! At [`Precision::F16`] and [`Precision::TensorCore`] the weight matrices and the hidden
+//! activations between layers are stored in f16 (biases, LayerNorm parameters, the networks'
+//! inputs and outputs stay f32, so the planner's kernels see f32 everywhere); at
+//! [`Precision::TensorCore`] the large layers' products run on tensor cores. Every sum,
+//! LayerNorm and activation is f32.
 
 use super::spec::{LayerSpec, ModelSpec, Net};
 use super::weights::Weights;
-use crate::gpu::{Gpu, GpuBuffer, Recorder};
-use crate::kernels::linear::{Linear, LinearInputs};
+use crate::gpu::{Gpu, GpuBuffer, Precision, Recorder};
+use crate::kernels::linear::{Element, Linear, LinearInputs};
 use crate::{Error, Result};
+use half::f16;
+use std::sync::Mutex;
+
+/// A weight matrix in the layer's storage type.
+enum Matrix {
+    F32(GpuBuffer<f32>),
+    F16(GpuBuffer<f16>),
+}
 
 /// One layer with its parameters on the GPU.
 pub struct DenseLayer {
     /// Shape and activation.
     pub spec: LayerSpec,
     linear: Linear,
-    w: GpuBuffer<f32>,
+    w: Matrix,
     b: GpuBuffer<f32>,
     ln: Option<(GpuBuffer<f32>, GpuBuffer<f32>)>,
+}
+
+impl DenseLayer {
+    /// Record this layer reading `z` (and `a`) and writing `y`, whatever the weights' type.
+    #[allow(clippy::too_many_arguments)]
+    fn record<X: Element, Y: Element>(
+        &self,
+        rec: &mut Recorder,
+        m: usize,
+        (z, z_offset): (&GpuBuffer<X>, usize),
+        (a, a_offset): (Option<&GpuBuffer<f32>>, usize),
+        y: &GpuBuffer<Y>,
+        heads: Option<&GpuBuffer<u32>>,
+    ) -> Result<()> {
+        let ln = self.ln.as_ref().map(|(g, b)| (g, b));
+        match &self.w {
+            Matrix::F32(w) => self.linear.record(
+                rec,
+                m,
+                LinearInputs {
+                    z,
+                    a,
+                    w,
+                    b: &self.b,
+                    ln,
+                    y,
+                    heads,
+                    z_offset,
+                    a_offset,
+                },
+            ),
+            Matrix::F16(w) => self.linear.record(
+                rec,
+                m,
+                LinearInputs {
+                    z,
+                    a,
+                    w,
+                    b: &self.b,
+                    ln,
+                    y,
+                    heads,
+                    z_offset,
+                    a_offset,
+                },
+            ),
+        }
+    }
 }
 
 /// A network: layers applied in order; an ensemble when `members > 1` (the Q heads, stacked
@@ -24,6 +86,7 @@ pub struct Mlp {
     /// Weight sets.
     pub members: usize,
     layers: Vec<DenseLayer>,
+    precision: Precision,
 }
 
 /// Scratch activations for forward passes of up to `max_rows` rows (per weight set).
@@ -31,6 +94,8 @@ pub struct Workspace {
     max_rows: usize,
     slots: usize,
     hidden: [GpuBuffer<f32>; 2],
+    /// The f16 twins for f16 storage, made on first use.
+    hidden16: Mutex<Option<[GpuBuffer<f16>; 2]>>,
 }
 
 impl Workspace {
@@ -56,7 +121,25 @@ impl Workspace {
                 GpuBuffer::new(gpu, "hidden activations 0", len)?,
                 GpuBuffer::new(gpu, "hidden activations 1", len)?,
             ],
+            hidden16: Mutex::new(None),
         })
+    }
+
+    fn hidden16(&self, gpu: &Gpu) -> Result<[GpuBuffer<f16>; 2]> {
+        let mut h = self
+            .hidden16
+            .lock()
+            .map_err(|_| Error::InvalidArgument("workspace lock poisoned".into()))?;
+        if let Some(b) = h.as_ref() {
+            return Ok(b.clone());
+        }
+        let len = self.hidden[0].len();
+        let b = [
+            GpuBuffer::new(gpu, "hidden activations 0 (f16)", len)?,
+            GpuBuffer::new(gpu, "hidden activations 1 (f16)", len)?,
+        ];
+        *h = Some(b.clone());
+        Ok(b)
     }
 
     /// Largest number of rows.
@@ -103,7 +186,7 @@ impl<'a> NetInput<'a> {
 }
 
 impl Mlp {
-    fn new(gpu: &Gpu, weights: &Weights, net: Net) -> Result<Mlp> {
+    fn new(gpu: &Gpu, weights: &Weights, net: Net, precision: Precision) -> Result<Mlp> {
         let spec = &weights.spec;
         let members = spec.members(net);
         let mut layers = Vec::new();
@@ -118,9 +201,19 @@ impl Mlp {
             };
             // The first layer of an ensemble reads the same rows for every member.
             let cfg = ls.linear(members, i == 0);
+            let w = if precision.f16_storage() {
+                let h: Vec<f16> = t.w.data.iter().map(|&v| f16::from_f32(v)).collect();
+                Matrix::F16(GpuBuffer::from_slice(
+                    gpu,
+                    &format!("{}.weight (f16)", ls.prefix),
+                    &h,
+                )?)
+            } else {
+                Matrix::F32(up("weight", &t.w.data)?)
+            };
             layers.push(DenseLayer {
-                linear: Linear::new(gpu, cfg)?,
-                w: up("weight", &t.w.data)?,
+                linear: Linear::new(gpu, cfg)?.with_precision(gpu, precision)?,
+                w,
                 b: up("bias", &t.b.data)?,
                 ln,
                 spec: ls,
@@ -130,7 +223,13 @@ impl Mlp {
             net,
             members,
             layers,
+            precision,
         })
+    }
+
+    /// The precision the network runs at.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Output features.
@@ -177,28 +276,37 @@ impl Mlp {
             )));
         }
         let n = self.layers.len();
+        let input_a = (input.a, input.a_offset);
+        if !self.precision.f16_storage() {
+            for (i, layer) in self.layers.iter().enumerate() {
+                let (z, a) = if i == 0 {
+                    ((input.z, input.z_offset), input_a)
+                } else {
+                    ((&ws.hidden[(i - 1) % 2], 0), (None, 0))
+                };
+                let y = if i + 1 == n { out } else { &ws.hidden[i % 2] };
+                layer.record(rec, m, z, a, y, heads)?;
+            }
+            return Ok(());
+        }
+        // f16 hidden activations: f32 in, f16 between layers, f32 out.
+        let h = ws.hidden16(rec.gpu())?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let (z, a, z_offset, a_offset) = if i == 0 {
-                (input.z, input.a, input.z_offset, input.a_offset)
-            } else {
-                (&ws.hidden[(i - 1) % 2], None, 0, 0)
-            };
-            let y = if i + 1 == n { out } else { &ws.hidden[i % 2] };
-            layer.linear.record(
-                rec,
-                m,
-                LinearInputs {
-                    z,
-                    a,
-                    w: &layer.w,
-                    b: &layer.b,
-                    ln: layer.ln.as_ref().map(|(g, b)| (g, b)),
-                    y,
-                    heads,
-                    z_offset,
-                    a_offset,
-                },
-            )?;
+            let last = i + 1 == n;
+            match (i == 0, last) {
+                (true, true) => {
+                    layer.record(rec, m, (input.z, input.z_offset), input_a, out, heads)?
+                }
+                (true, false) => {
+                    layer.record(rec, m, (input.z, input.z_offset), input_a, &h[0], heads)?
+                }
+                (false, true) => {
+                    layer.record(rec, m, (&h[(i - 1) % 2], 0), (None, 0), out, heads)?
+                }
+                (false, false) => {
+                    layer.record(rec, m, (&h[(i - 1) % 2], 0), (None, 0), &h[i % 2], heads)?
+                }
+            }
         }
         Ok(())
     }
@@ -239,18 +347,30 @@ pub struct WorldModel {
 }
 
 impl WorldModel {
-    /// Upload `weights`.
+    /// Upload `weights`, at the device's precision ([`Gpu::precision`]).
     pub fn new(gpu: &Gpu, weights: &Weights) -> Result<WorldModel> {
+        Self::with_precision(gpu, weights, gpu.precision())
+    }
+
+    /// Upload `weights` for `precision` (f16 weights unless [`Precision::F32`]);
+    /// [`Error::Unsupported`] if the device lacks what it needs.
+    pub fn with_precision(
+        gpu: &Gpu,
+        weights: &Weights,
+        precision: Precision,
+    ) -> Result<WorldModel> {
         weights.spec.validate()?;
+        gpu.supports(precision)?;
+        let net = |n| Mlp::new(gpu, weights, n, precision);
         Ok(WorldModel {
             spec: weights.spec.clone(),
-            encoder: Mlp::new(gpu, weights, Net::Encoder)?,
-            dynamics: Mlp::new(gpu, weights, Net::Dynamics)?,
-            reward: Mlp::new(gpu, weights, Net::Reward)?,
-            policy: Mlp::new(gpu, weights, Net::Policy)?,
-            q: Mlp::new(gpu, weights, Net::Q)?,
+            encoder: net(Net::Encoder)?,
+            dynamics: net(Net::Dynamics)?,
+            reward: net(Net::Reward)?,
+            policy: net(Net::Policy)?,
+            q: net(Net::Q)?,
             termination: if weights.spec.episodic {
-                Some(Mlp::new(gpu, weights, Net::Termination)?)
+                Some(net(Net::Termination)?)
             } else {
                 None
             },
@@ -259,7 +379,8 @@ impl WorldModel {
 
     /// Record copies of every parameter from a flat buffer in which the tensor named `name`
     /// (TD-MPC2's names) starts at element `offset(name)`: a trainer's parameters reach the
-    /// planner's model on the GPU, in the trainer's submit, without a host round trip.
+    /// planner's model on the GPU, in the trainer's submit, without a host round trip. The
+    /// model must store its weights in f32 ([`Precision::F32`]).
     pub fn record_copy_from(
         &self,
         rec: &mut Recorder,
@@ -279,7 +400,15 @@ impl WorldModel {
                 let mut copy = |name: String, dst: &GpuBuffer<f32>| -> Result<()> {
                     rec.copy_range(flat, offset(&name)?, dst, 0, dst.len())
                 };
-                copy(format!("{p}.weight"), &layer.w)?;
+                match &layer.w {
+                    Matrix::F32(w) => copy(format!("{p}.weight"), w)?,
+                    Matrix::F16(_) => {
+                        return Err(Error::Unsupported(format!(
+                            "{p}.weight is stored in f16: copies from f32 parameters need a \
+                             model made at Precision::F32"
+                        )));
+                    }
+                }
                 copy(format!("{p}.bias"), &layer.b)?;
                 if let Some((g, b)) = &layer.ln {
                     copy(format!("{p}.ln.weight"), g)?;
@@ -288,6 +417,11 @@ impl WorldModel {
             }
         }
         Ok(())
+    }
+
+    /// The precision the networks run at.
+    pub fn precision(&self) -> Precision {
+        self.encoder.precision
     }
 
     /// A network by name (`None` for the termination head of a non-episodic model).

@@ -53,3 +53,9 @@ pub fn linear(
     }
     y
 }
+
+/// `v` rounded to the nearest f16, as f32: what the f16 storage and the tensor-core staging
+/// of [`crate::kernels::linear`] make of their inputs (the rest of the math is [`linear`]'s).
+pub fn round_f16(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+}

@@ -3,6 +3,7 @@
 
 pub mod act;
 pub mod gemm;
+pub mod gemm_coop;
 pub mod linear;
 pub mod loss;
 pub mod model;

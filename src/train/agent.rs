@@ -498,7 +498,8 @@ impl<'g> Trainer<'g> {
         let world = WorldModelTrainer::new(gpu, weights, cfg.update.clone(), cfg.batch)?;
         let policy = PolicyTrainer::new(gpu, spec, cfg.policy.clone(), cfg.batch)?;
         let buffer = ReplayBuffer::new(env.obs_dim(), env.action_dim(), cfg.buffer_capacity)?;
-        let model = WorldModel::new(gpu, weights)?;
+        // The planner's copy is refreshed from the trainer's f32 parameters by GPU copies.
+        let model = WorldModel::with_precision(gpu, weights, crate::Precision::F32)?;
         Ok(Trainer {
             gpu,
             learner: Learner {

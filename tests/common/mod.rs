@@ -7,15 +7,19 @@ use pompc::{Gpu, GpuOptions, ShaderChecks};
 use rand::{Rng, SeedableRng};
 use std::sync::OnceLock;
 
-/// Both check modes on the default adapter, opened once per test binary.
+/// Both check modes on the default adapter, opened once per test binary, at f32 precision:
+/// these tests compare kernels with f64 mirrors at f32 tolerances (the f16 and tensor-core
+/// paths have their own tests, tests/linear_f16.rs and tests/gemm_coop.rs).
 pub fn gpus() -> &'static [Gpu] {
     static GPUS: OnceLock<Vec<Gpu>> = OnceLock::new();
     GPUS.get_or_init(|| {
         [ShaderChecks::Checked, ShaderChecks::Trusted]
             .into_iter()
             .map(|c| {
-                let g = Gpu::new(GpuOptions::default().with_checks(c))
-                    .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
+                let opts = GpuOptions::default()
+                    .with_checks(c)
+                    .with_precision(Some(pompc::Precision::F32));
+                let g = Gpu::new(opts).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
                 eprintln!("test adapter: {}", g.describe());
                 g
             })

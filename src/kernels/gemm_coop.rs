@@ -1,0 +1,293 @@
+//! The strided batched GEMM on tensor cores (`shaders/gemm_coop.wgsl`): the same calls as
+//! [`super::gemm`] (`C[b] = alpha op(A[b]) op(B[b]) (+ bias[b]) (+ C[b])`, f32 buffers in and
+//! out), with the operands rounded to f16 for the products and f32 accumulation, through
+//! wgpu's experimental cooperative matrices (16x16x16 f16 x f16 -> f32 fragments).
+//!
+//! Why f32 storage: callers keep their f32 buffers and can switch paths per call; the
+//! rounding happens while each slice is staged in workgroup memory, which every tile loop
+//! needs anyway, so it costs a conversion per loaded element and no extra pass. (The linear
+//! layer's tensor-core path reads f16 storage directly where the model keeps it, halving the
+//! bytes loaded; see [`super::linear`].)
+//!
+//! Each workgroup computes a [`CoopTile`] of C: every subgroup a `wm x wn` block of 16x16
+//! accumulators, all subgroups multiplying out of the same staged slices of A and B, which
+//! the whole workgroup loads once (a naive kernel has each subgroup read its own operands
+//! from memory). Any M, N, K: loads outside the matrices give zero, stores outside are
+//! dropped.
+//!
+//! Errors: without cooperative matrices (see [`crate::Gpu::tensor_cores`]) [`record`] returns
+//! [`Error::Unsupported`]; [`record_or_f32`] runs the f32 kernel instead and says which ran.
+//!
+//! Accuracy: each product of two f16-rounded operands is exact in f32, so the error against
+//! the exact f32 product is that of rounding the operands: about `2^-11 (|a| |b|)` summed over
+//! K (relative error ~1e-3 of `sum |a_ik b_kj|` in the worst case, ~`2^-11 sqrt(K)` typical).
+
+use super::gemm::{self, Bias, Gemm, Mat, checked_params};
+use crate::gpu::shader::Header;
+use crate::gpu::{Binding, Gpu, KernelSpec, Recorder};
+use crate::{Error, Result};
+
+/// A tensor-core tile: `bm x bn` outputs per workgroup, `bk` deep per step, `wm x wn` per
+/// subgroup (all multiples of 16: `wm / 16 x wn / 16` accumulators per subgroup).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CoopTile {
+    /// Tile rows.
+    pub bm: u32,
+    /// Tile columns.
+    pub bn: u32,
+    /// K per step.
+    pub bk: u32,
+    /// Rows per subgroup.
+    pub wm: u32,
+    /// Columns per subgroup.
+    pub wn: u32,
+}
+
+impl CoopTile {
+    /// 128 x 128 x 32, 8 subgroups of 64 x 32 (4 x 2 accumulators): large outputs.
+    pub const LARGE: CoopTile = CoopTile {
+        bm: 128,
+        bn: 128,
+        bk: 32,
+        wm: 64,
+        wn: 32,
+    };
+    /// 64 x 64 x 32, 4 subgroups of 32 x 32 (2 x 2 accumulators).
+    pub const MEDIUM: CoopTile = CoopTile {
+        bm: 64,
+        bn: 64,
+        bk: 32,
+        wm: 32,
+        wn: 32,
+    };
+    /// 32 x 32 x 32, one subgroup of 32 x 32: many workgroups for small outputs.
+    pub const SMALL: CoopTile = CoopTile {
+        bm: 32,
+        bn: 32,
+        bk: 32,
+        wm: 32,
+        wn: 32,
+    };
+    /// 128 x 128 x 32, 4 subgroups of 64 x 64 (4 x 4 accumulators): more reuse per load, more
+    /// registers (for sweeps).
+    pub const WIDE: CoopTile = CoopTile {
+        bm: 128,
+        bn: 128,
+        bk: 32,
+        wm: 64,
+        wn: 64,
+    };
+    /// 128 x 64 x 32, 4 subgroups of 32 x 64 (2 x 4 accumulators) (for sweeps).
+    pub const TALL: CoopTile = CoopTile {
+        bm: 128,
+        bn: 64,
+        bk: 32,
+        wm: 32,
+        wn: 64,
+    };
+    /// Every tile (tests, sweeps).
+    pub const ALL: [CoopTile; 5] = [
+        CoopTile::LARGE,
+        CoopTile::MEDIUM,
+        CoopTile::SMALL,
+        CoopTile::WIDE,
+        CoopTile::TALL,
+    ];
+
+    /// Subgroups per workgroup.
+    pub fn subgroups(&self) -> u32 {
+        (self.bm / self.wm.max(1)) * (self.bn / self.wn.max(1))
+    }
+
+    /// Bytes of workgroup memory: the two staged f16 slices and a 16x16 f32 block per
+    /// subgroup.
+    pub fn workgroup_bytes(&self) -> u32 {
+        let a = (self.bm * (self.bk + 8)).max(self.bk * (self.bm + 8));
+        let b = (self.bn * (self.bk + 8)).max(self.bk * (self.bn + 8));
+        2 * (a + b) + 4 * 256 * self.subgroups()
+    }
+
+    /// Check that the kernel can run this tile with subgroups of `sg` on `gpu`.
+    pub fn check(&self, gpu: &Gpu, sg: u32) -> Result<()> {
+        let m16 = |v: u32| v > 0 && v.is_multiple_of(16);
+        let wg = self.subgroups() * sg;
+        let l = gpu.limits();
+        let ok = m16(self.bm)
+            && m16(self.bn)
+            && m16(self.bk)
+            && m16(self.wm)
+            && m16(self.wn)
+            && self.bm.is_multiple_of(self.wm)
+            && self.bn.is_multiple_of(self.wn)
+            && (self.bm * self.bk).is_multiple_of(wg)
+            && (self.bn * self.bk).is_multiple_of(wg)
+            && wg <= l.max_compute_invocations_per_workgroup
+            && self.workgroup_bytes() <= l.max_compute_workgroup_storage_size;
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "tensor-core tile {self} with subgroups of {sg}: sizes must be multiples of 16, \
+                 the tile a multiple of the subgroup block, bm*bk and bn*bk multiples of the \
+                 {wg} threads, {} bytes of workgroup memory within the device's {}",
+                self.workgroup_bytes(),
+                l.max_compute_workgroup_storage_size
+            )))
+        }
+    }
+
+    /// The tile for `tiles(t)` workgroups of a `t x t` tile: 128-wide tiles once they fill a
+    /// big GPU (~130 SMs), then 64-wide ones, then one subgroup per 32 x 32.
+    pub fn choose(m: usize, n: usize, slots: usize) -> CoopTile {
+        let tiles = |t: usize| m.div_ceil(t) * n.div_ceil(t) * slots;
+        if tiles(128) >= 120 {
+            CoopTile::LARGE
+        } else if tiles(64) >= 100 {
+            CoopTile::MEDIUM
+        } else {
+            CoopTile::SMALL
+        }
+    }
+}
+
+impl std::fmt::Display for CoopTile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}x{}x{}/{}x{}",
+            self.bm, self.bn, self.bk, self.wm, self.wn
+        )
+    }
+}
+
+/// Which kernel [`record_or_f32`] used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmPath {
+    /// Cooperative matrices: f16 products, f32 sums.
+    TensorCore,
+    /// The f32 kernel of [`super::gemm`].
+    F32,
+}
+
+const SPEC: KernelSpec = KernelSpec {
+    shader: "gemm_coop",
+    entry: "gemm",
+    bindings: &[
+        (0, Binding::Read),
+        (1, Binding::Read),
+        (2, Binding::ReadWrite),
+        (3, Binding::Read),
+        (4, Binding::Uniform),
+    ],
+};
+
+/// The header and override constants of one pipeline (also used by the shader test), for
+/// subgroups of `sg` invocations.
+pub fn pipeline_constants(
+    tile: CoopTile,
+    sg: u32,
+    trans_a: bool,
+    trans_b: bool,
+    accumulate: bool,
+    bias: bool,
+) -> (KernelSpec, Header, Vec<(&'static str, f64)>) {
+    let header = Header(vec![
+        ("BM", tile.bm),
+        ("BN", tile.bn),
+        ("BK", tile.bk),
+        ("WM", tile.wm),
+        ("WN", tile.wn),
+        ("SG", sg),
+    ]);
+    let b = |v: bool| if v { 1.0 } else { 0.0 };
+    let ov = vec![
+        ("A_KMAJOR", b(!trans_a)),
+        ("B_KMAJOR", b(trans_b)),
+        ("ACC", b(accumulate)),
+        ("BIAS", b(bias)),
+    ];
+    (SPEC, header, ov)
+}
+
+/// Record `C = alpha op(A) op(B) (+ bias) (+ C)` on tensor cores, with the tile of
+/// [`CoopTile::choose`]. [`Error::Unsupported`] without cooperative matrices.
+pub fn record(
+    rec: &mut Recorder,
+    op: &Gemm,
+    a: Mat,
+    b: Mat,
+    c: Mat,
+    bias: Option<Bias>,
+) -> Result<()> {
+    record_with_tile(
+        rec,
+        op,
+        a,
+        b,
+        c,
+        bias,
+        CoopTile::choose(op.m, op.n, op.batch),
+    )
+}
+
+/// [`record`] with a chosen tile.
+pub fn record_with_tile(
+    rec: &mut Recorder,
+    op: &Gemm,
+    a: Mat,
+    b: Mat,
+    c: Mat,
+    bias: Option<Bias>,
+    tile: CoopTile,
+) -> Result<()> {
+    let gpu = rec.gpu();
+    let sg = gpu.tensor_cores()?;
+    tile.check(gpu, sg)?;
+    let Some(p) = checked_params(op, &a, &b, &c, bias.as_ref())? else {
+        return Ok(());
+    };
+    let gx = op.n.div_ceil(tile.bn as usize);
+    let gy = op.m.div_ceil(tile.bm as usize);
+    let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    if gx > max || gy > max || op.batch > max {
+        return Err(Error::Limit(format!(
+            "gemm_coop: {gy}x{gx} tiles x {} batches exceed {max} workgroups per dimension",
+            op.batch
+        )));
+    }
+    let (spec, header, ov) = pipeline_constants(
+        tile,
+        sg,
+        op.trans_a,
+        op.trans_b,
+        op.accumulate,
+        bias.is_some(),
+    );
+    let pipe = gpu.pipeline(&spec, &header, &ov)?;
+    let bias_buf = bias.map_or(&a.buf.buffer, |b| &b.buf.buffer);
+    rec.dispatch(
+        &pipe,
+        &[&a.buf.buffer, &b.buf.buffer, &c.buf.buffer, bias_buf],
+        Some(&p),
+        [gx as u32, gy as u32, op.batch as u32],
+    )
+}
+
+/// [`record`] where the device has tensor cores, else the f32 [`gemm::record`]; returns
+/// which one was recorded.
+pub fn record_or_f32(
+    rec: &mut Recorder,
+    op: &Gemm,
+    a: Mat,
+    b: Mat,
+    c: Mat,
+    bias: Option<Bias>,
+) -> Result<GemmPath> {
+    if rec.gpu().tensor_cores().is_ok() {
+        record(rec, op, a, b, c, bias)?;
+        Ok(GemmPath::TensorCore)
+    } else {
+        gemm::record(rec, op, a, b, c, bias)?;
+        Ok(GemmPath::F32)
+    }
+}
