@@ -2,14 +2,14 @@
 //! of 64) and write the learning curve to `train_pendulum.svg`.
 //!
 //! `cargo run --release --example train_pendulum -- [steps] [method] [lambda]`
-//! (default 10000 steps, po-mpc, lambda 1). `pompc train` is the full command-line trainer.
+//! (default 4000 steps, po-mpc, lambda 1). `pompc train` is the full command-line trainer.
 
 use pompc::train::{Event, Method, TrainConfig, Trainer};
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let steps: usize = args.first().map_or(Ok(10_000), |s| s.parse())?;
+    let steps: usize = args.first().map_or(Ok(4000), |s| s.parse())?;
     let lambda = args.get(2).map(|s| s.parse::<f32>()).transpose()?;
     let method = Method::parse(args.get(1).map_or("po-mpc", |s| s.as_str()), lambda)?;
     let gpu = pompc::Gpu::new(Default::default())?;

@@ -63,10 +63,13 @@ usage:
                                   acrobot-swingup, reacher-easy (default pendulum-swingup)
       --method M                  tdmpc2, bmpc, tdmpc-square, po-mpc (default po-mpc)
       --lambda L                  PO-MPC's lambda (default 1)
-      --steps N --seed S          environment steps (default 100000), seed (default 0)
+      --steps N --seed S          environment steps (default 100000), seed (default 0); a list
+                                  S1,S2,... runs the seeds in parallel threads on one device
       --model M                   tiny, small, or a TD-MPC2 size 1, 5, 19, 48, 317 (default 5)
       --quick                     the CPU-sized preset (tiny model, 128 samples, batch 64)
       --eval-every N              steps between evaluations (default 10000; 0: none)
+      --seed-steps N              random steps, then as many pre-training updates (default
+                                  max(1000, 5 x episode length); at least one episode)
       --eval-episodes N           episodes per evaluation (default 1)
       --out DIR                   where the CSV, SVG and checkpoint go (default runs)
       --checkpoint-every N        steps between checkpoints (default 0: only at the end)
@@ -1260,8 +1263,9 @@ fn train(args: &[String]) -> Result<(), String> {
     use std::io::Write;
     let (mut env_name, mut method, mut lambda) =
         ("pendulum-swingup".to_string(), "po-mpc".to_string(), None);
-    let (mut steps, mut seed, mut model, mut quick) = (100_000usize, 0u64, None, false);
+    let (mut steps, mut seeds, mut model, mut quick) = (100_000usize, vec![0u64], None, false);
     let (mut eval_every, mut eval_episodes, mut out) = (None, None, "runs".to_string());
+    let mut seed_steps = None;
     let (mut ckpt_every, mut resume, mut time_limit, mut quiet) = (0usize, false, None, false);
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -1271,10 +1275,16 @@ fn train(args: &[String]) -> Result<(), String> {
             "--method" => method = val(a)?,
             "--lambda" => lambda = Some(num::<f32>(a, &val(a)?)?),
             "--steps" => steps = num(a, &val(a)?)?,
-            "--seed" => seed = num(a, &val(a)?)?,
+            "--seed" | "--seeds" => {
+                seeds = val(a)?
+                    .split(',')
+                    .map(|v| num::<u64>(a, v))
+                    .collect::<Result<_, _>>()?
+            }
             "--model" => model = Some(ModelPreset::parse(&val(a)?).map_err(|e| e.to_string())?),
             "--quick" => quick = true,
             "--eval-every" => eval_every = Some(num(a, &val(a)?)?),
+            "--seed-steps" => seed_steps = Some(num(a, &val(a)?)?),
             "--eval-episodes" => eval_episodes = Some(num(a, &val(a)?)?),
             "--out" => out = val(a)?,
             "--checkpoint-every" => ckpt_every = num(a, &val(a)?)?,
@@ -1285,66 +1295,73 @@ fn train(args: &[String]) -> Result<(), String> {
         }
     }
     let method = Method::parse(&method, lambda).map_err(|e| e.to_string())?;
-    let env = pompc::env::make(&env_name).map_err(|e| e.to_string())?;
-    let mut cfg = if quick {
-        TrainConfig::quick(env.as_ref(), method, steps, seed)
-    } else {
-        TrainConfig::new(env.as_ref(), method, steps, seed)
-    }
-    .map_err(|e| e.to_string())?;
-    if let Some(m) = model {
-        cfg.model = m;
-    }
-    if let Some(e) = eval_every {
-        cfg.eval_every = e;
-    }
-    if let Some(e) = eval_episodes {
-        cfg.eval_episodes = e;
-    }
     let gpu = Gpu::new(GpuOptions::default()).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(&out).map_err(|e| format!("{out}: {e}"))?;
-    let stem = format!("{out}/{env_name}-{}-s{seed}", method.slug());
-    let ckpt = format!("{stem}.ckpt.safetensors");
-    let eval_env = pompc::env::make(&env_name).map_err(|e| e.to_string())?;
-    let mut trainer = if resume {
-        Trainer::resume(&gpu, env, eval_env, cfg, &ckpt)
-    } else {
-        Trainer::new(&gpu, env, eval_env, cfg)
-    }
-    .map_err(|e| e.to_string())?;
-    eprintln!(
-        "{} on {env_name}, {} steps, seed {seed}, from step {} | {}",
-        method.label(),
-        steps,
-        trainer.step(),
-        gpu.describe()
-    );
-    let csv_path = format!("{stem}.csv");
-    let fresh = !resume || !std::path::Path::new(&csv_path).exists();
-    let mut csv = std::fs::OpenOptions::new()
-        .create(true)
-        .append(!fresh)
-        .write(true)
-        .truncate(fresh)
-        .open(&csv_path)
-        .map_err(|e| format!("{csv_path}: {e}"))?;
-    if fresh {
-        writeln!(csv, "kind,step,episode,wall_s,return,consistency,reward_loss,value_loss,policy_loss,prior_fit,world_grad_norm,policy_grad_norm")
+    let multi = seeds.len() > 1;
+    // One run; several seeds run in threads on the one device, each with its own files.
+    let one = |seed: u64| -> Result<(), String> {
+        let progress = !quiet && !multi;
+        let env = pompc::env::make(&env_name).map_err(|e| e.to_string())?;
+        let mut cfg = if quick {
+            TrainConfig::quick(env.as_ref(), method, steps, seed)
+        } else {
+            TrainConfig::new(env.as_ref(), method, steps, seed)
+        }
+        .map_err(|e| e.to_string())?;
+        if let Some(m) = model {
+            cfg.model = m;
+        }
+        if let Some(e) = eval_every {
+            cfg.eval_every = e;
+        }
+        if let Some(n) = seed_steps {
+            cfg.seed_steps = n;
+        }
+        if let Some(e) = eval_episodes {
+            cfg.eval_episodes = e;
+        }
+        let stem = format!("{out}/{env_name}-{}-s{seed}", method.slug());
+        let ckpt = format!("{stem}.ckpt.safetensors");
+        let eval_env = pompc::env::make(&env_name).map_err(|e| e.to_string())?;
+        let mut trainer = if resume {
+            Trainer::resume(&gpu, env, eval_env, cfg, &ckpt)
+        } else {
+            Trainer::new(&gpu, env, eval_env, cfg)
+        }
+        .map_err(|e| e.to_string())?;
+        eprintln!(
+            "{} on {env_name}, {} steps, seed {seed}, from step {} | {}",
+            method.label(),
+            steps,
+            trainer.step(),
+            gpu.describe()
+        );
+        let csv_path = format!("{stem}.csv");
+        let fresh = !resume || !std::path::Path::new(&csv_path).exists();
+        let mut csv = std::fs::OpenOptions::new()
+            .create(true)
+            .append(!fresh)
+            .write(true)
+            .truncate(fresh)
+            .open(&csv_path)
+            .map_err(|e| format!("{csv_path}: {e}"))?;
+        if fresh {
+            writeln!(csv, "kind,step,episode,wall_s,return,consistency,reward_loss,value_loss,policy_loss,prior_fit,world_grad_norm,policy_grad_norm")
             .map_err(|e| e.to_string())?;
-    }
-    let t0 = std::time::Instant::now();
-    let start = trainer.step();
-    let (mut last_ret, mut last_eval) = (f32::NAN, f32::NAN);
-    // When and at which step the loop of one update per step began (after pre-training).
-    let mut loop_start: Option<(f64, usize)> = None;
-    let cfg_seed_steps = trainer.config().seed_steps;
-    let mut stop = false;
-    while trainer.step() < steps && !stop {
-        let chunk = match trainer.step().checked_div(ckpt_every) {
-            Some(k) => ((k + 1) * ckpt_every).min(steps),
-            None => steps,
-        };
-        let res = trainer.run(chunk, &mut |e: &Event| {
+        }
+        let t0 = std::time::Instant::now();
+        let start = trainer.step();
+        let (mut last_ret, mut last_eval) = (f32::NAN, f32::NAN);
+        // When and at which step the loop of one update per step began (after pre-training).
+        let mut loop_start: Option<(f64, usize)> = None;
+        let cfg_seed_steps = trainer.config().seed_steps;
+        let mut stop = false;
+        while trainer.step() < steps && !stop {
+            let chunk = match trainer.step().checked_div(ckpt_every) {
+                Some(k) => ((k + 1) * ckpt_every).min(steps),
+                None => steps,
+            };
+            let res = trainer.run(chunk, &mut |e: &Event| {
             let w = t0.elapsed().as_secs_f64();
             let line = match e {
                 Event::Episode { step, episode, ret } => {
@@ -1368,14 +1385,20 @@ fn train(args: &[String]) -> Result<(), String> {
                 Event::Pretrained { updates, seconds } => {
                     loop_start = Some((w, cfg_seed_steps));
                     if !quiet {
-                        eprintln!("\r{updates} pre-training updates in {seconds:.1} s");
+                        eprintln!("\rseed {seed}: {updates} pre-training updates in {seconds:.1} s");
                     }
                     return Ok(());
                 }
             };
             writeln!(csv, "{line}").map_err(|e| pompc::Error::InvalidArgument(format!("{csv_path}: {e}")))?;
             if let Event::Episode { step, .. } = e {
-                if !quiet {
+                if multi && !quiet {
+                    eprintln!(
+                        "seed {seed}: step {step}/{steps}  {:.0} steps/s  return {last_ret:.1}  eval {last_eval:.1}",
+                        (*step - start) as f64 / w.max(1e-9)
+                    );
+                }
+                if progress {
                     let rate = (*step - start) as f64 / w.max(1e-9);
                     let frac = *step as f64 / steps as f64;
                     let bar = "#".repeat((frac * 30.0) as usize);
@@ -1389,52 +1412,64 @@ fn train(args: &[String]) -> Result<(), String> {
             }
             Ok(())
         });
-        match res {
-            Ok(()) => {}
-            Err(pompc::Error::InvalidArgument(m)) if m == "time limit" => stop = true,
-            Err(e) => return Err(e.to_string()),
+            match res {
+                Ok(()) => {}
+                Err(pompc::Error::InvalidArgument(m)) if m == "time limit" => stop = true,
+                Err(e) => return Err(e.to_string()),
+            }
+            trainer.save(&ckpt).map_err(|e| e.to_string())?;
         }
-        trainer.save(&ckpt).map_err(|e| e.to_string())?;
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    eprintln!(
-        "\n{} steps in {secs:.1} s ({:.1} steps/s); checkpoint {ckpt}{}",
-        trainer.step() - start,
-        (trainer.step() - start) as f64 / secs,
-        if stop {
-            " (time limit: --resume continues)"
-        } else {
-            ""
-        }
-    );
-    if let Some((t, s0)) = loop_start
-        && trainer.step() > s0
-    {
+        let secs = t0.elapsed().as_secs_f64();
         eprintln!(
-            "loop after pre-training: {} steps in {:.1} s ({:.1} steps/s, plan + update + \
-             simulation + evaluations)",
-            trainer.step() - s0,
-            secs - t,
-            (trainer.step() - s0) as f64 / (secs - t)
+            "\n{} steps in {secs:.1} s ({:.1} steps/s); checkpoint {ckpt}{}",
+            trainer.step() - start,
+            (trainer.step() - start) as f64 / secs,
+            if stop {
+                " (time limit: --resume continues)"
+            } else {
+                ""
+            }
         );
-    }
-    let svg = format!("{stem}.svg");
-    let mut chart = pompc::plot::Chart::new(
-        &format!("{env_name}, {}, seed {seed}", method.label()),
-        "environment steps",
-        "episode return",
-    );
-    let h = trainer.history();
-    let pts = |eval: bool| {
-        h.iter()
-            .filter(|r| r.eval == eval)
-            .map(|r| (r.step as f64, r.ret as f64))
-            .collect::<Vec<_>>()
+        if let Some((t, s0)) = loop_start
+            && trainer.step() > s0
+        {
+            eprintln!(
+                "loop after pre-training: {} steps in {:.1} s ({:.1} steps/s, plan + update + \
+             simulation + evaluations)",
+                trainer.step() - s0,
+                secs - t,
+                (trainer.step() - s0) as f64 / (secs - t)
+            );
+        }
+        let svg = format!("{stem}.svg");
+        let mut chart = pompc::plot::Chart::new(
+            &format!("{env_name}, {}, seed {seed}", method.label()),
+            "environment steps",
+            "episode return",
+        );
+        let h = trainer.history();
+        let pts = |eval: bool| {
+            h.iter()
+                .filter(|r| r.eval == eval)
+                .map(|r| (r.step as f64, r.ret as f64))
+                .collect::<Vec<_>>()
+        };
+        chart.add(pompc::plot::Series::line("training episodes", pts(false)).faint());
+        chart.add(pompc::plot::Series::line("evaluation", pts(true)));
+        std::fs::write(&svg, chart.to_svg()).map_err(|e| format!("{svg}: {e}"))?;
+        println!("log {csv_path}, curve {svg}");
+        Ok(())
     };
-    chart.add(pompc::plot::Series::line("training episodes", pts(false)).faint());
-    chart.add(pompc::plot::Series::line("evaluation", pts(true)));
-    std::fs::write(&svg, chart.to_svg()).map_err(|e| format!("{svg}: {e}"))?;
-    println!("log {csv_path}, curve {svg}");
+    if !multi {
+        return one(seeds[0]);
+    }
+    eprintln!("{} seeds in parallel on {}", seeds.len(), gpu.describe());
+    std::thread::scope(|sc| {
+        let runs: Vec<_> = seeds.iter().map(|&sd| sc.spawn(move || one(sd))).collect();
+        runs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("a run panicked".into())))
+            .collect::<Result<Vec<()>, String>>()
+    })?;
     Ok(())
 }
 
