@@ -45,20 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Ok(())
     })?;
-    let mut chart = pompc::plot::Chart::new(
-        &format!("pendulum-swingup, {}", method.label()),
-        "environment steps",
-        "episode return",
-    );
-    let h = trainer.history();
-    let pts = |eval: bool| {
-        h.iter()
-            .filter(|r| r.eval == eval)
-            .map(|r| (r.step as f64, r.ret as f64))
-            .collect::<Vec<_>>()
-    };
-    chart.add(pompc::plot::Series::line("training episodes", pts(false)).faint());
-    chart.add(pompc::plot::Series::line("evaluation", pts(true)));
+    let chart = trainer.curve(&format!("pendulum-swingup, {}", method.label()));
     std::fs::write("train_pendulum.svg", chart.to_svg())?;
     println!("learning curve: train_pendulum.svg");
     Ok(())

@@ -1442,20 +1442,7 @@ fn train(args: &[String]) -> Result<(), String> {
             );
         }
         let svg = format!("{stem}.svg");
-        let mut chart = pompc::plot::Chart::new(
-            &format!("{env_name}, {}, seed {seed}", method.label()),
-            "environment steps",
-            "episode return",
-        );
-        let h = trainer.history();
-        let pts = |eval: bool| {
-            h.iter()
-                .filter(|r| r.eval == eval)
-                .map(|r| (r.step as f64, r.ret as f64))
-                .collect::<Vec<_>>()
-        };
-        chart.add(pompc::plot::Series::line("training episodes", pts(false)).faint());
-        chart.add(pompc::plot::Series::line("evaluation", pts(true)));
+        let chart = trainer.curve(&format!("{env_name}, {}, seed {seed}", method.label()));
         std::fs::write(&svg, chart.to_svg()).map_err(|e| format!("{svg}: {e}"))?;
         println!("log {csv_path}, curve {svg}");
         Ok(())

@@ -551,6 +551,21 @@ impl<'g> Trainer<'g> {
         &self.history
     }
 
+    /// The learning curve so far: training episodes (faint) and evaluations.
+    pub fn curve(&self, title: &str) -> crate::plot::Chart {
+        let mut chart = crate::plot::Chart::new(title, "environment steps", "episode return");
+        let pts = |eval: bool| {
+            self.history
+                .iter()
+                .filter(|r| r.eval == eval)
+                .map(|r| (r.step as f64, r.ret as f64))
+                .collect::<Vec<_>>()
+        };
+        chart.add(crate::plot::Series::line("training episodes", pts(false)).faint());
+        chart.add(crate::plot::Series::line("evaluation", pts(true)));
+        chart
+    }
+
     /// The replay buffer.
     pub fn buffer(&self) -> &ReplayBuffer {
         &self.learner.buffer
@@ -595,23 +610,15 @@ impl<'g> Trainer<'g> {
         let mut act_rng = rand::rngs::StdRng::seed_from_u64(mix(cfg.seed, SEED_ACT, p.step as u64));
         while p.step < until {
             if p.step >= p.next_eval && !p.in_episode {
-                let returns = evaluate(
-                    self.eval_env.as_mut(),
+                let eval_env = self.eval_env.as_mut();
+                record_eval(
+                    eval_env,
                     &mut eval_planner,
-                    cfg.eval_episodes,
-                    mix(cfg.seed, SEED_EVAL, p.step as u64),
+                    &cfg,
+                    p.step,
+                    &mut self.history,
+                    on,
                 )?;
-                let mean = returns.iter().sum::<f32>() / returns.len() as f32;
-                self.history.push(HistoryRow {
-                    step: p.step,
-                    eval: true,
-                    ret: mean,
-                });
-                on(&Event::Eval {
-                    step: p.step,
-                    mean,
-                    returns,
-                })?;
                 p.next_eval = (p.step / cfg.eval_every + 1) * cfg.eval_every;
             }
             if !p.in_episode {
@@ -696,23 +703,15 @@ impl<'g> Trainer<'g> {
         }
         // A final evaluation when the run reaches its end on an evaluation boundary.
         if p.step >= p.next_eval && !p.in_episode && p.step == cfg.steps {
-            let returns = evaluate(
-                self.eval_env.as_mut(),
+            let eval_env = self.eval_env.as_mut();
+            record_eval(
+                eval_env,
                 &mut eval_planner,
-                cfg.eval_episodes,
-                mix(cfg.seed, SEED_EVAL, p.step as u64),
+                &cfg,
+                p.step,
+                &mut self.history,
+                on,
             )?;
-            let mean = returns.iter().sum::<f32>() / returns.len() as f32;
-            self.history.push(HistoryRow {
-                step: p.step,
-                eval: true,
-                ret: mean,
-            });
-            on(&Event::Eval {
-                step: p.step,
-                mean,
-                returns,
-            })?;
             p.next_eval = usize::MAX;
         }
         Ok(())
@@ -890,6 +889,30 @@ impl<'g> Trainer<'g> {
         }
         Ok(tr)
     }
+}
+
+/// Evaluate at `step`, append the mean to `history` and report it.
+fn record_eval(
+    env: &mut dyn Env,
+    planner: &mut Planner,
+    cfg: &TrainConfig,
+    step: usize,
+    history: &mut Vec<HistoryRow>,
+    on: &mut dyn FnMut(&Event) -> Result<()>,
+) -> Result<()> {
+    let seed = mix(cfg.seed, SEED_EVAL, step as u64);
+    let returns = evaluate(env, planner, cfg.eval_episodes, seed)?;
+    let mean = returns.iter().sum::<f32>() / returns.len() as f32;
+    history.push(HistoryRow {
+        step,
+        eval: true,
+        ret: mean,
+    });
+    on(&Event::Eval {
+        step,
+        mean,
+        returns,
+    })
 }
 
 fn evaluate(
