@@ -68,16 +68,18 @@ impl Method {
     /// punctuation of `TD-MPC2`, `TD-M(PC)2`, `PO-MPC` are ignored); `lambda` is PO-MPC's
     /// (default 1) and an error for the others.
     pub fn parse(name: &str, lambda: Option<f32>) -> Result<Method> {
-        let key: String = name
+        let lower = name.to_lowercase();
+        // TD-M(PC)² and TD-MPC2 differ only in punctuation: the parentheses or the square
+        // mark decide before the punctuation is dropped.
+        let square = lower.contains("(pc)") || lower.contains('²') || lower.contains("square");
+        let key: String = lower
             .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '²')
-            .collect::<String>()
-            .to_ascii_lowercase()
-            .replace('²', "2");
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect();
         let m = match key.as_str() {
+            _ if square && key.starts_with("tdm") => Method::TdmpcSquare,
             "tdmpc2" => Method::Tdmpc2,
             "bmpc" => Method::Bmpc,
-            "tdmpcsquare" | "tdmpc2square" | "tdmpc22" | "tdmpcsq" => Method::TdmpcSquare,
             "pompc" => Method::Pompc {
                 lambda: lambda.unwrap_or(1.0),
             },
