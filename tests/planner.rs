@@ -1,7 +1,7 @@
 //! The GPU planner against the CPU mirror (`reference::planner`, same Philox streams): same
 //! elites and chosen samples, actions, means and stds within 1e-4, over warm and cold starts,
 //! B in {1, 3}, several seeds and every mode; a hand-made reward whose best action is known;
-//! bad input.
+//! bad input; a submitted plan read back after other work equals a plain plan.
 
 mod common;
 
@@ -258,4 +258,31 @@ fn episodic_model_parity() {
         .filter(|(a, b)| (*a - *b).abs() > 1e-9)
         .count();
     assert!(changed > 0, "the termination mask changed no value");
+}
+
+#[test]
+fn submitted_plans_read_back_after_other_work() {
+    // plan_submit, other GPU work submitted behind it, then wait: the same plans, warm starts
+    // included, as plan() on a twin planner.
+    let weights = fixture_weights();
+    let mut r = common::rng("plan_submit");
+    let obs_dim = weights.spec.obs_dim;
+    for gpu in common::gpus() {
+        let model = WorldModel::new(gpu, &weights).unwrap();
+        let cfg = small_cfg(r.random(), PlannerMode::EliteMppi, PlanMode::Train);
+        let mut a = Planner::new(gpu, &model, cfg.clone()).unwrap();
+        let mut b = Planner::new(gpu, &model, cfg).unwrap();
+        let scratch = pompc::GpuBuffer::<f32>::new(gpu, "scratch", 4096).unwrap();
+        for call in 0..3 {
+            let obs = common::uniform(&mut r, 2 * obs_dim, 1.0);
+            let first = [call == 0, false];
+            let pending = a.plan_submit(&obs, &first).unwrap();
+            let mut rec = pompc::Recorder::new(gpu);
+            rec.clear(&scratch);
+            rec.submit().unwrap();
+            let got = pending.wait().unwrap();
+            let want = b.plan(&obs, &first).unwrap();
+            assert_eq!(got, want, "call {call}");
+        }
+    }
 }

@@ -67,6 +67,60 @@ impl Readback {
     }
 }
 
+/// A submitted [`Recorder`] whose read-backs have not been mapped yet.
+pub struct PendingReadback<'g> {
+    gpu: &'g Gpu,
+    staging: Option<wgpu::Buffer>,
+    mapped: Option<std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>>,
+    ts_off: u64,
+    timestamps: bool,
+    t0: Instant,
+}
+
+impl PendingReadback<'_> {
+    /// Wait for the GPU (everything submitted so far) and return the read-backs.
+    pub fn wait(self) -> Result<Readback> {
+        let gpu = self.gpu;
+        gpu.scoped("reading back", || {
+            let mut data = Vec::new();
+            gpu.wait_idle()?;
+            if let (Some(staging), Some(rx)) = (&self.staging, &self.mapped) {
+                let mapped = rx
+                    .recv()
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                mapped.map_err(|message| Error::Map {
+                    label: "pompc readback".into(),
+                    message,
+                })?;
+                let view = staging.get_mapped_range(..).map_err(|e| Error::Map {
+                    label: "pompc readback".into(),
+                    message: e.to_string(),
+                })?;
+                data.extend_from_slice(&view);
+                drop(view);
+                staging.unmap();
+            }
+            let wall_seconds = self.t0.elapsed().as_secs_f64();
+            let ts_off = self.ts_off;
+            let gpu_seconds = self.timestamps.then(|| {
+                let t: [u64; 2] = bytemuck::pod_read_unaligned(
+                    &data[ts_off as usize..(ts_off + TIMESTAMP_BYTES) as usize],
+                );
+                t[1].saturating_sub(t[0]) as f64 * gpu.queue.get_timestamp_period() as f64 * 1e-9
+            });
+            data.truncate(ts_off as usize);
+            Ok(Readback {
+                data,
+                timing: Timing {
+                    gpu_seconds,
+                    wall_seconds,
+                },
+            })
+        })
+    }
+}
+
 /// A batch of GPU work: dispatches and copies recorded in order, submitted once.
 ///
 /// ```no_run
@@ -276,10 +330,17 @@ impl<'g> Recorder<'g> {
         }
     }
 
-    /// Submit, wait, and map the read-backs (one staging buffer, one map).
+    /// Encode everything, submit once, map the read-backs and wait for them.
     pub fn finish(self) -> Result<Readback> {
+        self.submit_for_read()?.wait()
+    }
+
+    /// Encode everything and submit once, without waiting: the host can prepare the next
+    /// batch of work while the GPU runs this one. [`PendingReadback::wait`] maps the
+    /// read-backs (it waits for everything submitted so far).
+    pub fn submit_for_read(self) -> Result<PendingReadback<'g>> {
         let gpu = self.gpu;
-        gpu.scoped("submitting and reading back", || {
+        gpu.scoped("submitting", || {
             let ts_off = self.staging_size;
             let staging_size = ts_off + if self.timestamps { TIMESTAMP_BYTES } else { 0 };
             let staging = (staging_size > 0).then(|| {
@@ -307,45 +368,20 @@ impl<'g> Recorder<'g> {
             let cmd = self.encode(staging.as_ref(), ts.as_ref())?;
             let t0 = Instant::now();
             gpu.queue.submit([cmd]);
-            let mut data = Vec::new();
-            if let Some(staging) = &staging {
+            let mapped = staging.as_ref().map(|staging| {
                 let (tx, rx) = std::sync::mpsc::channel();
                 staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
                     let _ = tx.send(r);
                 });
-                gpu.wait_idle()?;
-                let mapped = rx
-                    .recv()
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()));
-                mapped.map_err(|message| Error::Map {
-                    label: "pompc readback".into(),
-                    message,
-                })?;
-                let view = staging.get_mapped_range(..).map_err(|e| Error::Map {
-                    label: "pompc readback".into(),
-                    message: e.to_string(),
-                })?;
-                data.extend_from_slice(&view);
-                drop(view);
-                staging.unmap();
-            } else {
-                gpu.wait_idle()?;
-            }
-            let wall_seconds = t0.elapsed().as_secs_f64();
-            let gpu_seconds = ts.as_ref().map(|_| {
-                let t: [u64; 2] = bytemuck::pod_read_unaligned(
-                    &data[ts_off as usize..(ts_off + TIMESTAMP_BYTES) as usize],
-                );
-                t[1].saturating_sub(t[0]) as f64 * gpu.queue.get_timestamp_period() as f64 * 1e-9
+                rx
             });
-            data.truncate(ts_off as usize);
-            Ok(Readback {
-                data,
-                timing: Timing {
-                    gpu_seconds,
-                    wall_seconds,
-                },
+            Ok(PendingReadback {
+                gpu,
+                staging,
+                mapped,
+                ts_off,
+                timestamps: ts.is_some(),
+                t0,
             })
         })
     }

@@ -2,7 +2,7 @@
 
 use super::config::{self, PlanMode, PlannerConfig, PlannerMode, streams};
 use crate::gpu::shader::Header;
-use crate::gpu::{Binding, Gpu, GpuBuffer, KernelSpec, Recorder};
+use crate::gpu::{Binding, Gpu, GpuBuffer, KernelSpec, PendingReadback, ReadbackHandle, Recorder};
 use crate::kernels::policy::{self, PolicyBuffers, PolicyConfig, PolicyOffsets};
 use crate::kernels::rng_fill::{self, Distribution};
 use crate::kernels::two_hot::{self, RowLayout, TwoHotConfig};
@@ -402,6 +402,17 @@ impl<'m> Planner<'m> {
     /// only maps NaN *values* to 0, which pompc does too, but a NaN observation would make
     /// every value NaN and the plan meaningless.
     pub fn plan(&mut self, obs: &[f32], first_step: &[bool]) -> Result<Plan> {
+        self.plan_submit(obs, first_step)?.wait()
+    }
+
+    /// [`Planner::plan`] in two halves: record and submit the step now, read the plan with
+    /// [`PendingPlan::wait`] later, so the host can prepare other GPU work (a training update)
+    /// while the GPU plans.
+    pub fn plan_submit<'p>(
+        &'p mut self,
+        obs: &[f32],
+        first_step: &[bool],
+    ) -> Result<PendingPlan<'p, 'm>> {
         let s = &self.model.spec;
         let b = first_step.len();
         if b == 0 {
@@ -426,24 +437,27 @@ impl<'m> Planner<'m> {
         let t0 = std::time::Instant::now();
         self.ensure_state(b)?;
         let call = self.call;
-        let (out, gpu_seconds, dispatches, record_seconds) =
-            self.record_and_run(obs, first_step, call)?;
+        let (pending, handle, dispatches, record_seconds) =
+            self.record_and_submit(obs, first_step, call)?;
         self.call = self.call.wrapping_add(1);
-        self.last = Some(PlanTiming {
-            wall_seconds: t0.elapsed().as_secs_f64(),
-            gpu_seconds,
+        Ok(PendingPlan {
+            planner: self,
+            pending,
+            handle,
+            batch: b,
             dispatches,
             record_seconds,
-        });
-        Ok(out)
+            t0,
+        })
     }
 
-    fn record_and_run(
+    #[allow(clippy::type_complexity)]
+    fn record_and_submit(
         &self,
         obs: &[f32],
         first_step: &[bool],
         call: u32,
-    ) -> Result<(Plan, Option<f64>, usize, f64)> {
+    ) -> Result<(PendingReadback<'m>, ReadbackHandle<f32>, usize, f64)> {
         let t0 = std::time::Instant::now();
         let st = self.state.as_ref().expect("ensure_state ran");
         let (g, m, c, s) = (self.gpu, self.model, &self.cfg, &self.model.spec);
@@ -627,26 +641,7 @@ impl<'m> Planner<'m> {
         let h = rec.read(&st.result);
         let dispatches = rec.dispatches();
         let record_seconds = t0.elapsed().as_secs_f64();
-        let done = rec.finish()?;
-        let res = done.get(&h)?;
-        let w = 3 * a + 2;
-        let mut plan = Plan {
-            batch: b,
-            action_dim: a,
-            action: Vec::with_capacity(b * a),
-            mean: Vec::with_capacity(b * a),
-            std: Vec::with_capacity(b * a),
-            value: Vec::with_capacity(b),
-            chosen: Vec::with_capacity(b),
-        };
-        for row in res.chunks(w) {
-            plan.action.extend_from_slice(&row[..a]);
-            plan.mean.extend_from_slice(&row[a..2 * a]);
-            plan.std.extend_from_slice(&row[2 * a..3 * a]);
-            plan.value.push(row[3 * a]);
-            plan.chosen.push(row[3 * a + 1] as u32);
-        }
-        Ok((plan, done.timing.gpu_seconds, dispatches, record_seconds))
+        Ok((rec.submit_for_read()?, h, dispatches, record_seconds))
     }
 
     /// The last call's kept samples `[B, kept]` (sample indices, in kept order) and their
@@ -669,6 +664,50 @@ impl<'m> Planner<'m> {
             .as_ref()
             .ok_or_else(|| Error::InvalidArgument("no plan call yet".into()))?;
         st.prev_mean.download(self.gpu)
+    }
+}
+
+/// A plan step submitted by [`Planner::plan_submit`], not yet read back.
+pub struct PendingPlan<'p, 'm> {
+    planner: &'p mut Planner<'m>,
+    pending: PendingReadback<'m>,
+    handle: ReadbackHandle<f32>,
+    batch: usize,
+    dispatches: usize,
+    record_seconds: f64,
+    t0: std::time::Instant,
+}
+
+impl PendingPlan<'_, '_> {
+    /// Wait for the GPU (and everything submitted before this call) and read the plan.
+    pub fn wait(self) -> Result<Plan> {
+        let done = self.pending.wait()?;
+        let res = done.get(&self.handle)?;
+        let (b, a) = (self.batch, self.planner.model.spec.action_dim);
+        let w = 3 * a + 2;
+        let mut plan = Plan {
+            batch: b,
+            action_dim: a,
+            action: Vec::with_capacity(b * a),
+            mean: Vec::with_capacity(b * a),
+            std: Vec::with_capacity(b * a),
+            value: Vec::with_capacity(b),
+            chosen: Vec::with_capacity(b),
+        };
+        for row in res.chunks(w) {
+            plan.action.extend_from_slice(&row[..a]);
+            plan.mean.extend_from_slice(&row[a..2 * a]);
+            plan.std.extend_from_slice(&row[2 * a..3 * a]);
+            plan.value.push(row[3 * a]);
+            plan.chosen.push(row[3 * a + 1] as u32);
+        }
+        self.planner.last = Some(PlanTiming {
+            wall_seconds: self.t0.elapsed().as_secs_f64(),
+            gpu_seconds: done.timing.gpu_seconds,
+            dispatches: self.dispatches,
+            record_seconds: self.record_seconds,
+        });
+        Ok(plan)
     }
 }
 

@@ -44,4 +44,4 @@ mod gpu;
 pub mod problems;
 
 pub use config::{PlanMode, PlannerConfig, PlannerMode};
-pub use gpu::{KERNELS, Plan, PlanTiming, Planner, pipeline_constants};
+pub use gpu::{KERNELS, PendingPlan, Plan, PlanTiming, Planner, pipeline_constants};

@@ -630,11 +630,27 @@ impl<'g> Trainer<'g> {
                 p.first = true;
                 p.ret = 0.0;
             }
+            let mut losses = None;
             let (action, gaussian) = if p.step < cfg.seed_steps {
                 let r: Vec<f32> = (0..a).map(|_| act_rng.random_range(-1.0..=1.0)).collect();
                 (r, None)
             } else {
-                let plan = planner.plan(&p.obs, &[p.first])?;
+                // Every planning step is followed by one update. It is recorded while the GPU
+                // plans and submitted behind the plan, so the host's encoding overlaps the
+                // plan step; its batch comes from the finished episodes, which this step's
+                // transition does not change.
+                let pending = planner.plan_submit(&p.obs, &[p.first])?;
+                let log = cfg.log_every > 0 && p.updates.is_multiple_of(cfg.log_every);
+                let rec = self.learner.prepare(
+                    &self.model,
+                    &cfg,
+                    p.updates,
+                    true,
+                    re_planner.as_mut(),
+                )?;
+                let plan = pending.wait()?;
+                losses = self.learner.complete(rec, log)?;
+                p.updates += 1;
                 let mut g = plan.mean.clone();
                 g.extend_from_slice(&plan.std);
                 (plan.action, Some(g))
@@ -657,42 +673,31 @@ impl<'g> Trainer<'g> {
                     ret: p.ret,
                 });
             }
+            if let Some((world, policy)) = losses {
+                on(&Event::Losses {
+                    step: p.step,
+                    updates: p.updates,
+                    world,
+                    policy: Some(policy),
+                })?;
+            }
             if p.step == cfg.seed_steps {
                 let t0 = std::time::Instant::now();
                 for _ in 0..cfg.seed_steps {
-                    self.learner.update(
+                    let rec = self.learner.prepare(
                         &self.model,
                         &cfg,
                         p.updates,
                         cfg.pretrain_policy,
                         re_planner.as_mut(),
-                        false,
                     )?;
+                    self.learner.complete(rec, false)?;
                     p.updates += 1;
                 }
                 on(&Event::Pretrained {
                     updates: cfg.seed_steps,
                     seconds: t0.elapsed().as_secs_f64(),
                 })?;
-            } else if p.step > cfg.seed_steps {
-                let log = cfg.log_every > 0 && p.updates.is_multiple_of(cfg.log_every);
-                let losses = self.learner.update(
-                    &self.model,
-                    &cfg,
-                    p.updates,
-                    true,
-                    re_planner.as_mut(),
-                    log,
-                )?;
-                p.updates += 1;
-                if let Some((world, policy)) = losses {
-                    on(&Event::Losses {
-                        step: p.step,
-                        updates: p.updates,
-                        world,
-                        policy: Some(policy),
-                    })?;
-                }
             }
             // Reported after the step's update, so that a caller stopping here loses nothing.
             if s.done {
@@ -943,17 +948,17 @@ fn evaluate(
     Ok(returns)
 }
 
-impl Learner<'_> {
-    /// One update; returns the losses when `read` (which waits for the GPU).
-    fn update(
+impl<'g> Learner<'g> {
+    /// Sample a batch (reanalysing it when due), upload it and record one update (and the
+    /// copy of the new parameters into the planner's model) without submitting it.
+    fn prepare(
         &mut self,
         model: &WorldModel,
         cfg: &TrainConfig,
         updates: usize,
         with_policy: bool,
         re_planner: Option<&mut Planner>,
-        read: bool,
-    ) -> Result<Option<(UpdateLosses, PolicyLosses)>> {
+    ) -> Result<Recorder<'g>> {
         let (t, b) = (cfg.update.horizon, cfg.batch);
         let a = model.spec.action_dim;
         let o = model.spec.obs_dim;
@@ -997,6 +1002,15 @@ impl Learner<'_> {
         }
         let layout = &self.layout;
         model.record_copy_from(&mut rec, self.world.params(), |n| layout.offset(n))?;
+        Ok(rec)
+    }
+
+    /// Submit a prepared update; with `read`, wait for it and return the losses.
+    fn complete(
+        &mut self,
+        mut rec: Recorder<'g>,
+        read: bool,
+    ) -> Result<Option<(UpdateLosses, PolicyLosses)>> {
         if !read {
             rec.submit()?;
             return Ok(None);
