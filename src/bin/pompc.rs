@@ -1391,19 +1391,21 @@ fn train(args: &[String]) -> Result<(), String> {
                 }
             };
             writeln!(csv, "{line}").map_err(|e| pompc::Error::InvalidArgument(format!("{csv_path}: {e}")))?;
+            // The progress line moves at episode ends and at each loss read-back (every
+            // `log_every` updates), so long episodes still show progress.
+            if let (Event::Episode { step, .. } | Event::Losses { step, .. }, true) = (e, progress) {
+                let rate = (*step - start) as f64 / w.max(1e-9);
+                let frac = *step as f64 / steps as f64;
+                let bar = "#".repeat((frac * 30.0) as usize);
+                eprint!(
+                    "\r[{bar:<30}] {step}/{steps}  {rate:.0} steps/s  return {last_ret:.1}  eval {last_eval:.1}   "
+                );
+            }
             if let Event::Episode { step, .. } = e {
                 if multi && !quiet {
                     eprintln!(
                         "seed {seed}: step {step}/{steps}  {:.0} steps/s  return {last_ret:.1}  eval {last_eval:.1}",
                         (*step - start) as f64 / w.max(1e-9)
-                    );
-                }
-                if progress {
-                    let rate = (*step - start) as f64 / w.max(1e-9);
-                    let frac = *step as f64 / steps as f64;
-                    let bar = "#".repeat((frac * 30.0) as usize);
-                    eprint!(
-                        "\r[{bar:<30}] {step}/{steps}  {rate:.0} steps/s  return {last_ret:.1}  eval {last_eval:.1}   "
                     );
                 }
                 if time_limit.is_some_and(|l| w > l) {
