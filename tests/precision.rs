@@ -27,7 +27,7 @@ use pompc::kernels::linear::{
     Tile,
 };
 use pompc::model::{ModelSpec, NetInput, Weights, Workspace, WorldModel};
-use pompc::reference::linear::{linear as mirror, round_f16};
+use pompc::reference::linear::{linear as mirror, linear_coop, round_f16};
 use pompc::{Error, Gpu, GpuBuffer, GpuOptions, Precision, Recorder};
 use rand::Rng;
 
@@ -73,28 +73,29 @@ fn run<X: Store, W: Store, Y: Store>(
     let ins = if cfg.shared_input { 1 } else { slots };
     let k2 = cfg.k - cfg.k1;
     let mut z = uniform(r, ins * m * cfg.k1, 1.0);
-    let mut a = uniform(r, ins * m * k2, 1.0);
+    let a = uniform(r, ins * m * k2, 1.0);
     let mut w = uniform(r, e * cfg.n * cfg.k, 1.0 / (cfg.k as f32).sqrt());
     let b = uniform(r, e * cfg.n, 1.0);
     let g = uniform(r, e * cfg.n, 2.0);
     let be = uniform(r, e * cfg.n, 1.0);
     let coop = matches!(layer.kernel_on(gpu, m, slots), LinearKernel::TensorCore(_));
-    // What the kernel sees: f16 storage rounds Z and W; tensor cores round A as well.
-    if X::F16 || coop {
+    // f16 storage rounds Z and W as they are stored; the tensor-core path (its own mirror)
+    // also rounds A, and Z and W again (a no-op once stored as f16), as it stages them.
+    if X::F16 {
         z = round_f16(&z);
     }
-    if W::F16 || coop {
+    if W::F16 {
         w = round_f16(&w);
     }
-    let a_kernel = a.clone();
-    if coop {
-        a = round_f16(&a);
-    }
     let ln = cfg.layer_norm.then_some((g.as_slice(), be.as_slice()));
-    let want = mirror(&cfg, m, &z, &a, &w, &b, ln, heads);
+    let want = if coop {
+        linear_coop(&cfg, m, &z, &a, &w, &b, ln, heads)
+    } else {
+        mirror(&cfg, m, &z, &a, &w, &b, ln, heads)
+    };
 
     let zb = GpuBuffer::from_slice(gpu, "z", &store::<X>(&z)).unwrap();
-    let ab = GpuBuffer::from_slice(gpu, "a", &a_kernel).unwrap();
+    let ab = GpuBuffer::from_slice(gpu, "a", &a).unwrap();
     let wb = GpuBuffer::from_slice(gpu, "w", &store::<W>(&w)).unwrap();
     let bb = GpuBuffer::from_slice(gpu, "b", &b).unwrap();
     let gb = GpuBuffer::from_slice(gpu, "gamma", &g).unwrap();
