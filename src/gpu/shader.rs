@@ -8,6 +8,9 @@
 //! `#if NAME` / `#else` / `#endif` keep or drop lines by a header constant (non-zero keeps),
 //! for what WGSL cannot select by a constant: element types of bindings (`f32` or `f16`) and
 //! `enable` directives. `enable` lines are moved before the header, where WGSL wants them.
+//! `#for I in 0..FM` / `#endfor` repeats its lines for each value, `{I}` replaced by it (bounds:
+//! literals or header constants), for per-fragment variables that a WGSL loop over an array
+//! would leave to the driver to keep out of local memory.
 
 use crate::{Error, Result};
 
@@ -165,7 +168,16 @@ fn expand(
         name: name.to_string(),
         message: format!("{name}:{}: {m}", i + 1),
     };
-    for (i, line) in text.lines().enumerate() {
+    let lines = unroll(
+        name,
+        text.lines()
+            .enumerate()
+            .map(|(i, l)| (l.to_string(), i))
+            .collect(),
+        header,
+    )?;
+    for (line, i) in &lines {
+        let (line, i) = (line.as_str(), *i);
         let trimmed = line.trim();
         if let Some(rest) = trimmed.strip_prefix("#if ") {
             let key = rest.trim();
@@ -219,6 +231,77 @@ fn expand(
         });
     }
     Ok(())
+}
+
+/// Expand `#for NAME in A..B` ... `#endfor` blocks (A and B literals or header constants): the
+/// body once per value, with `{NAME}` replaced by it. For what WGSL cannot index by a loop
+/// counter without spilling: separate variables per cooperative-matrix fragment.
+fn unroll(
+    name: &str,
+    lines: Vec<(String, usize)>,
+    header: &Header,
+) -> Result<Vec<(String, usize)>> {
+    let err = |i: usize, m: String| Error::Shader {
+        name: name.to_string(),
+        message: format!("{name}:{}: {m}", i + 1),
+    };
+    let bound = |i: usize, v: &str| -> Result<u32> {
+        let v = v.trim();
+        v.parse::<u32>()
+            .ok()
+            .or_else(|| header.0.iter().find(|(k, _)| *k == v).map(|(_, x)| *x))
+            .ok_or_else(|| {
+                err(
+                    i,
+                    format!("#for bound {v:?} is neither a number nor in the header"),
+                )
+            })
+    };
+    let mut out = Vec::with_capacity(lines.len());
+    let mut at = 0;
+    while at < lines.len() {
+        let (line, i) = &lines[at];
+        let Some(spec) = line.trim().strip_prefix("#for ") else {
+            if line.trim() == "#endfor" {
+                return Err(err(*i, "#endfor without #for".into()));
+            }
+            out.push(lines[at].clone());
+            at += 1;
+            continue;
+        };
+        let (var, range) = spec
+            .split_once(" in ")
+            .ok_or_else(|| err(*i, format!("#for {spec:?}: expected `#for NAME in A..B`")))?;
+        let (lo, hi) = range
+            .split_once("..")
+            .ok_or_else(|| err(*i, format!("#for range {range:?}: expected A..B")))?;
+        let (lo, hi) = (bound(*i, lo)?, bound(*i, hi)?);
+        let mut depth = 0;
+        let mut end = None;
+        for (j, (l, _)) in lines.iter().enumerate().skip(at + 1) {
+            let t = l.trim();
+            if t.starts_with("#for ") {
+                depth += 1;
+            } else if t == "#endfor" {
+                if depth == 0 {
+                    end = Some(j);
+                    break;
+                }
+                depth -= 1;
+            }
+        }
+        let end = end.ok_or_else(|| err(*i, "#for without #endfor".into()))?;
+        let key = format!("{{{}}}", var.trim());
+        for v in lo..hi {
+            let body: Vec<(String, usize)> = lines[at + 1..end]
+                .iter()
+                .map(|(l, n)| (l.replace(&key, &v.to_string()), *n))
+                .collect();
+            out.extend(unroll(name, body, header)?);
+        }
+        at = end + 1;
+    }
+    Ok(out)
 }
 
 /// Parse and validate with naga. Errors name the file and line as written.
