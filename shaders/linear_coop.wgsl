@@ -1,7 +1,7 @@
 // The linear layer's matrix product on cooperative matrices (tensor cores): the twin of
 // linear.wgsl's `gemm` entry, with the same bindings, parameters, override constants and grid
 // (tiles along x and y, output slots times K-splits along z), so linear.wgsl's `epilogue`
-// finishes it unchanged. X = [Z | A] and W are rounded to f16 as they are staged, sums are f32
+// finishes it unchanged; bindings 10, 11 and 12 view xz and w as vec4 and w as vec2 for vector loads. X = [Z | A] and W are rounded to f16 as they are staged, sums are f32
 // (common/coop_gemm.wgsl). Without RAW the bias and an elementwise activation are applied here;
 // with RAW the raw sums of K-part s go to slot (e * SPLIT + s) of the output binding, which is
 // then f32 scratch. CPU mirror: src/reference/linear.rs with the inputs rounded to f16.
@@ -24,18 +24,80 @@ fn slot_of(bt: u32) -> u32 {
     return bt / SPLIT;
 }
 
-fn coop_a(bt: u32, row: u32, k: u32) -> f32 {
-    if (row >= p.m) {
-        return 0.0;
+// Views of xz (binding 0) and w (binding 2) as vec4 for the vector loads of whole chunks.
+@group(0) @binding(10) var<storage, read> xz4: array<vec4<XT>>;
+@group(0) @binding(11) var<storage, read> w4: array<vec4<WT>>;
+@group(0) @binding(12) var<storage, read> w2: array<vec2<WT>>;
+
+// Whole slices of Z (K < K1) with 16-byte aligned rows (8-byte as f16): vector loads of X,
+// and of W by vec4 where K is a multiple of 4, by vec2 where it is even (the input layers'
+// 512 + action dimension), by element otherwise. Rows and columns past the matrix are
+// clamped (their results are dropped).
+fn coop_fast_end(bt: u32, k_begin: u32, k_end: u32) -> u32 {
+    let x0 = p.xz_offset + slot_of(bt) * p.xz_stride;
+    if (((x0 | K1) & 3u) != 0u || k_begin >= min(k_end, K1)) {
+        return k_begin;
     }
-    return x_at(slot_of(bt), row, k);
+    return k_begin + (min(k_end, K1) - k_begin) / BK * BK;
 }
 
-fn coop_b(bt: u32, k: u32, col: u32) -> f32 {
-    if (col >= N) {
-        return 0.0;
+fn coop_a8_fast(bt: u32, row: u32, k: u32) -> H8 {
+    let at = (p.xz_offset + slot_of(bt) * p.xz_stride + min(row, p.m - 1u) * K1 + k) / 4u;
+    return H8(vec4<f16>(xz4[at]), vec4<f16>(xz4[at + 1u]));
+}
+
+fn coop_b8_fast(bt: u32, col: u32, k: u32) -> H8 {
+    let at = (weight_set(slot_of(bt)) * N + min(col, N - 1u)) * K + k;
+    if (K % 4u == 0u) {
+        return H8(vec4<f16>(w4[at / 4u]), vec4<f16>(w4[at / 4u + 1u]));
     }
-    return f32(w[(weight_set(slot_of(bt)) * N + col) * K + k]);
+    if (K % 2u == 0u) {
+        let a = w2[at / 2u];
+        let b = w2[at / 2u + 1u];
+        let c = w2[at / 2u + 2u];
+        let d = w2[at / 2u + 3u];
+        return H8(vec4<f16>(vec4<f32>(f32(a.x), f32(a.y), f32(b.x), f32(b.y))), vec4<f16>(vec4<f32>(f32(c.x), f32(c.y), f32(d.x), f32(d.y))));
+    }
+    return H8(
+        vec4<f16>(vec4<f32>(f32(w[at]), f32(w[at + 1u]), f32(w[at + 2u]), f32(w[at + 3u]))),
+        vec4<f16>(vec4<f32>(f32(w[at + 4u]), f32(w[at + 5u]), f32(w[at + 6u]), f32(w[at + 7u]))),
+    );
+}
+
+fn coop_a8(bt: u32, row: u32, k: u32, k_end: u32) -> H8 {
+    if (row >= p.m) {
+        return H8();
+    }
+    let e = slot_of(bt);
+    let at = p.xz_offset + e * p.xz_stride + row * K1 + k;
+    // Whole chunks of Z that are 16-byte aligned (as f32; 8 bytes as f16): two vector loads.
+    if (k + 8u <= min(k_end, K1) && (at & 3u) == 0u) {
+        return H8(vec4<f16>(xz4[at / 4u]), vec4<f16>(xz4[at / 4u + 1u]));
+    }
+    var v: array<f32, 8>;
+    for (var j = 0u; j < 8u; j++) {
+        if (k + j < k_end) {
+            v[j] = x_at(e, row, k + j);
+        }
+    }
+    return h8_from(v, k, k_end);
+}
+
+fn coop_b8(bt: u32, col: u32, k: u32, k_end: u32) -> H8 {
+    if (col >= N) {
+        return H8();
+    }
+    let at = (weight_set(slot_of(bt)) * N + col) * K + k;
+    if (k + 8u <= k_end && (at & 3u) == 0u) {
+        return H8(vec4<f16>(w4[at / 4u]), vec4<f16>(w4[at / 4u + 1u]));
+    }
+    var v: array<f32, 8>;
+    for (var j = 0u; j < 8u; j++) {
+        if (k + j < k_end) {
+            v[j] = f32(w[at + j]);
+        }
+    }
+    return h8_from(v, k, k_end);
 }
 
 fn coop_out(bt: u32, row: u32, col: u32, acc: f32) {

@@ -1,128 +1,107 @@
 // The tile loop of the tensor-core GEMMs (gemm_coop.wgsl, linear_coop.wgsl): a BM x BN tile
-// of C per workgroup, split into WM x WN blocks, one per subgroup, each a grid of 16x16
-// cooperative-matrix accumulators (f32). K advances BK at a time: every thread loads its
-// share of the next A and B slices from global memory (f32 or f16) into registers as f16
-// while the subgroups multiply the current slices out of workgroup memory, so one global read
-// feeds every subgroup that needs it (the naive kernel's subgroups each read their own).
+// of C per workgroup, split into WM x WN blocks, one per subgroup, each a grid of FM x FN
+// 16x16 cooperative-matrix accumulators (f32). K advances BK at a time: every thread fetches
+// its chunks of the next A and B slices (8 consecutive K elements each, as f16) into registers
+// while the subgroups multiply the current slices out of workgroup memory.
+// Both slices are staged K-contiguous ([row][k] and [col][k]), so the importer's fetches of
+// K-contiguous operands are 16- or 32-byte vector loads and neighbouring threads read
+// neighbouring chunks. Measured on the H100/H200 (BENCHMARKS.md): 128x128 tiles of four 64x64
+// subgroup blocks ran a 4096^3 GEMM 6x faster than the first version of this loop, which
+// staged one scalar per load, indexed its accumulators by subgroup and stored through
+// workgroup memory once per fragment.
 //
-// The importer provides the header constants BM, BN, BK, WM, WN (multiples of 16) and SG (the
-// subgroup size), and three functions:
-//   coop_a(bt, i, k) -> f32      element (i, k) of op(A) for batch bt (in bounds: the loop
-//                                 never asks outside [0, m) x [k_begin, k_end) it was given
-//                                 except for rows >= m, which the importer answers with 0)
-//   coop_b(bt, k, j) -> f32      element (k, j) of op(B), likewise columns >= n give 0
-//   coop_out(bt, row, col, v)    the f32 result of one output (rows and columns past the
-//                                 matrix included: the importer drops them)
-// and sets A_KMAJOR / B_KMAJOR to say which dimension of each operand is contiguous in
-// memory, so that neighbouring threads read neighbouring words and the staged tile is laid
-// out for a cooperative load in the matching order (row-major A and column-major B when K is
-// contiguous).
-// Operands are rounded to f16 when staged (|x| > 65504 becomes infinite); products are exact
+// The importer provides the header constants BM, BN, BK, WM, WN (multiples of 16, BK of 32
+// and the chunk counts BM * BK / 8 and BN * BK / 8 multiples of the workgroup size), SG (the
+// subgroup size) and FM, FN, KS, A_CH, B_CH (CoopTile::header), and these functions:
+//   coop_a8(bt, row, k, k_end) -> H8   elements k..k+8 of row `row` of op(A) for batch bt,
+//                                       0 past k_end and for rows >= m
+//   coop_b8(bt, col, k, k_end) -> H8   elements k..k+8 of column `col` of op(B) (along K),
+//                                       0 past k_end and for columns >= n
+//   coop_fast_end(bt, k_begin, k_end)  k_begin plus a multiple of BK, at most k_end: up to
+//                                       there the two below may be used (k_begin: never)
+//   coop_a8_fast(bt, row, k) -> H8     coop_a8 without checks: any value for rows >= m
+//   coop_b8_fast(bt, col, k) -> H8     likewise for columns >= n
+//   coop_out(bt, row, col, v)          the f32 result of one output (rows and columns past
+//                                       the matrix included: the importer drops them)
+// Operands are rounded to f16 when fetched (|x| > 65504 becomes infinite); products are exact
 // in the f32 accumulator.
 
 enable f16;
 enable wgpu_cooperative_matrix;
 
-// A's K index is its contiguous dimension (A stored [m, k]); false: stored [k, m].
-override A_KMAJOR: bool = true;
-// B's K index is contiguous (B stored [n, k], a torch weight); false: stored [k, n].
-override B_KMAJOR: bool = false;
+// Eight consecutive K elements of one row of an operand.
+struct H8 {
+    lo: vec4<f16>,
+    hi: vec4<f16>,
+}
 
 const NSG: u32 = (BM / WM) * (BN / WN);
 const WG: u32 = NSG * SG;
-const FM: u32 = WM / 16u;
-const FN: u32 = WN / 16u;
-// Leading dimensions of the staged tiles, in f16 elements. The 8 extra (16 bytes) keep every
-// fragment 16-byte aligned, as cooperative loads want, and move rows across banks.
-const LDA_K: u32 = BK + 8u;
-const LDA_M: u32 = BM + 8u;
-const LDB_K: u32 = BK + 8u;
-const LDB_N: u32 = BN + 8u;
-const A_LOADS: u32 = BM * BK / WG;
-const B_LOADS: u32 = BN * BK / WG;
+// Leading dimension of the staged slices, in f16: 8 extra (16 bytes) keep every fragment
+// 16-byte aligned, as cooperative loads want, and spread rows over the banks.
+const LD: u32 = BK + 8u;
+// 8-element chunks per staged row. The header also gives FM = WM / 16 and FN = WN / 16
+// (accumulators per subgroup), KS = BK / 16 (fragment steps per slice) and A_CH, B_CH (chunks
+// per thread of each slice), the bounds of the #for blocks below.
+const CPR: u32 = BK / 8u;
 
-var<workgroup> coop_as: array<f16, max(BM * LDA_K, BK * LDA_M)>;
-var<workgroup> coop_bs: array<f16, max(BN * LDB_K, BK * LDB_N)>;
-// One 16x16 f32 block per subgroup, to hand accumulators to the importer's epilogue.
-var<workgroup> coop_cs: array<f32, NSG * 256u>;
+var<workgroup> coop_as: array<f16, BM * LD>;
+var<workgroup> coop_bs: array<f16, BN * LD>;
+// Two 16x16 f32 blocks per subgroup, used in turn to hand accumulators to the epilogue.
+var<workgroup> coop_cs: array<f32, NSG * 512u>;
 
-// (row of op(A), k) of load i: consecutive i walk A's contiguous dimension.
-fn coop_a_slot(i: u32) -> vec2<u32> {
-    if (A_KMAJOR) {
-        return vec2<u32>(i / BK, i % BK);
-    }
-    return vec2<u32>(i % BM, i / BM);
-}
-
-fn coop_a_at(s: vec2<u32>) -> u32 {
-    if (A_KMAJOR) {
-        return s.x * LDA_K + s.y;
-    }
-    return s.y * LDA_M + s.x;
-}
-
-// (column of op(B), k) of load i.
-fn coop_b_slot(i: u32) -> vec2<u32> {
-    if (B_KMAJOR) {
-        return vec2<u32>(i / BK, i % BK);
-    }
-    return vec2<u32>(i % BN, i / BN);
-}
-
-fn coop_b_at(s: vec2<u32>) -> u32 {
-    if (B_KMAJOR) {
-        return s.x * LDB_K + s.y;
-    }
-    return s.y * LDB_N + s.x;
-}
-
-fn coop_fetch(
-    bt: u32,
-    row0: u32,
-    col0: u32,
-    k0: u32,
-    k_end: u32,
-    tid: u32,
-    ra: ptr<function, array<f16, A_LOADS>>,
-    rb: ptr<function, array<f16, B_LOADS>>,
-) {
-    for (var r = 0u; r < A_LOADS; r++) {
-        let s = coop_a_slot(tid + r * WG);
-        var v = 0.0;
-        if (k0 + s.y < k_end) {
-            v = coop_a(bt, row0 + s.x, k0 + s.y);
+// The chunk of k0..k0+8 from f32 elements, zero from k_end on.
+fn h8_from(v: array<f32, 8>, k0: u32, k_end: u32) -> H8 {
+    var w = v;
+    for (var j = 0u; j < 8u; j++) {
+        if (k0 + j >= k_end) {
+            w[j] = 0.0;
         }
-        (*ra)[r] = f16(v);
     }
-    for (var r = 0u; r < B_LOADS; r++) {
-        let s = coop_b_slot(tid + r * WG);
-        var v = 0.0;
-        if (k0 + s.y < k_end) {
-            v = coop_b(bt, k0 + s.y, col0 + s.x);
-        }
-        (*rb)[r] = f16(v);
-    }
+    return H8(vec4<f16>(vec4<f32>(w[0], w[1], w[2], w[3])), vec4<f16>(vec4<f32>(w[4], w[5], w[6], w[7])));
 }
 
-// The 16x16 block of op(A) at rows m0.., k0.. of the staged slice.
-fn coop_frag_a(m0: u32, k0: u32) -> coop_mat16x16<f16, A> {
-    if (A_KMAJOR) {
-        return coopLoadT<coop_mat16x16<f16, A>>(&coop_as[m0 * LDA_K + k0], LDA_K);
-    }
-    return coopLoad<coop_mat16x16<f16, A>>(&coop_as[k0 * LDA_M + m0], LDA_M);
+fn coop_put_a(at: u32, v: H8) {
+    coop_as[at] = v.lo.x;
+    coop_as[at + 1u] = v.lo.y;
+    coop_as[at + 2u] = v.lo.z;
+    coop_as[at + 3u] = v.lo.w;
+    coop_as[at + 4u] = v.hi.x;
+    coop_as[at + 5u] = v.hi.y;
+    coop_as[at + 6u] = v.hi.z;
+    coop_as[at + 7u] = v.hi.w;
 }
 
-// The 16x16 block of op(B) at k0.., columns n0.. of the staged slice.
-fn coop_frag_b(k0: u32, n0: u32) -> coop_mat16x16<f16, B> {
-    if (B_KMAJOR) {
-        return coopLoad<coop_mat16x16<f16, B>>(&coop_bs[n0 * LDB_K + k0], LDB_K);
+fn coop_put_b(at: u32, v: H8) {
+    coop_bs[at] = v.lo.x;
+    coop_bs[at + 1u] = v.lo.y;
+    coop_bs[at + 2u] = v.lo.z;
+    coop_bs[at + 3u] = v.lo.w;
+    coop_bs[at + 4u] = v.hi.x;
+    coop_bs[at + 5u] = v.hi.y;
+    coop_bs[at + 6u] = v.hi.z;
+    coop_bs[at + 7u] = v.hi.w;
+}
+
+// Staged position of this thread's chunk c (row or column c / CPR, K offset (c % CPR) * 8).
+fn chunk_at(c: u32) -> u32 {
+    return (c / CPR) * LD + (c % CPR) * 8u;
+}
+
+// Hand out the 16x16 block at coop_cs[at..] (this subgroup's) to rows r0.., columns c0...
+fn coop_drain(bt: u32, r0: u32, c0: u32, at: u32, lane: u32) {
+    for (var e = lane; e < 256u; e += SG) {
+        coop_out(bt, r0 + e / 16u, c0 + e % 16u, coop_cs[at + e]);
     }
-    return coopLoadT<coop_mat16x16<f16, B>>(&coop_bs[k0 * LDB_N + n0], LDB_N);
 }
 
 // C[row0.., col0..] of batch bt over k in [k_begin, k_end). Every invocation of the workgroup
 // calls it (the barriers and the cooperative operations need them all); sg and lane are the
-// subgroup builtins.
+// subgroup builtins. Accumulators, fragments and fetched chunks are separate variables
+// (#for), not arrays indexed in loops, so they stay in registers.
+// Slices up to coop_fast_end (the importer's promise that unconditional vector loads are
+// valid there) are fetched one ahead, during the products of the previous one; the rest with
+// checked loads. (Checked loads everywhere, each behind its own branches, ran 3x slower.)
 fn coop_tile(
     bt: u32,
     row0: u32,
@@ -136,45 +115,78 @@ fn coop_tile(
     let wm = (sg / (BN / WN)) * WM;
     let wn = (sg % (BN / WN)) * WN;
     // Function variables start at zero.
-    var acc: array<coop_mat16x16<f32, C>, FM * FN>;
-    var ra: array<f16, A_LOADS>;
-    var rb: array<f16, B_LOADS>;
-    coop_fetch(bt, row0, col0, k_begin, k_end, tid, &ra, &rb);
+#for I in 0..FM
+#for J in 0..FN
+    var acc_{I}_{J}: coop_mat16x16<f32, C>;
+#endfor
+#endfor
+    // Uniform in fact; only branches without barriers or cooperative operations depend on it.
+    let kf = coop_fast_end(bt, k_begin, k_end);
+#for R in 0..A_CH
+    var ra_{R}: H8;
+#endfor
+#for R in 0..B_CH
+    var rb_{R}: H8;
+#endfor
+    if (kf > k_begin) {
+#for R in 0..A_CH
+        ra_{R} = coop_a8_fast(bt, row0 + (tid + {R}u * WG) / CPR, k_begin + ((tid + {R}u * WG) % CPR) * 8u);
+#endfor
+#for R in 0..B_CH
+        rb_{R} = coop_b8_fast(bt, col0 + (tid + {R}u * WG) / CPR, k_begin + ((tid + {R}u * WG) % CPR) * 8u);
+#endfor
+    }
+    // One loop for both phases: the branches only fetch, so every cooperative operation sits
+    // in the same straight-line body (a first version with a loop per phase gave wrong sums
+    // on the H200 where the first loop ran no iteration).
     for (var k0 = k_begin; k0 < k_end; k0 += BK) {
+        if (k0 >= kf) {
+#for R in 0..A_CH
+            ra_{R} = coop_a8(bt, row0 + (tid + {R}u * WG) / CPR, k0 + ((tid + {R}u * WG) % CPR) * 8u, k_end);
+#endfor
+#for R in 0..B_CH
+            rb_{R} = coop_b8(bt, col0 + (tid + {R}u * WG) / CPR, k0 + ((tid + {R}u * WG) % CPR) * 8u, k_end);
+#endfor
+        }
         workgroupBarrier();
-        for (var r = 0u; r < A_LOADS; r++) {
-            coop_as[coop_a_at(coop_a_slot(tid + r * WG))] = ra[r];
-        }
-        for (var r = 0u; r < B_LOADS; r++) {
-            coop_bs[coop_b_at(coop_b_slot(tid + r * WG))] = rb[r];
-        }
+#for R in 0..A_CH
+        coop_put_a(chunk_at(tid + {R}u * WG), ra_{R});
+#endfor
+#for R in 0..B_CH
+        coop_put_b(chunk_at(tid + {R}u * WG), rb_{R});
+#endfor
         workgroupBarrier();
-        if (k0 + BK < k_end) {
-            coop_fetch(bt, row0, col0, k0 + BK, k_end, tid, &ra, &rb);
+        // The next fast slice's loads are in flight while this one is multiplied.
+        let kn = k0 + BK;
+        if (kn < kf) {
+#for R in 0..A_CH
+            ra_{R} = coop_a8_fast(bt, row0 + (tid + {R}u * WG) / CPR, kn + ((tid + {R}u * WG) % CPR) * 8u);
+#endfor
+#for R in 0..B_CH
+            rb_{R} = coop_b8_fast(bt, col0 + (tid + {R}u * WG) / CPR, kn + ((tid + {R}u * WG) % CPR) * 8u);
+#endfor
         }
-        for (var kk = 0u; kk < BK; kk += 16u) {
-            var bf: array<coop_mat16x16<f16, B>, FN>;
-            for (var j = 0u; j < FN; j++) {
-                bf[j] = coop_frag_b(kk, wn + j * 16u);
-            }
-            for (var i = 0u; i < FM; i++) {
-                let af = coop_frag_a(wm + i * 16u, kk);
-                for (var j = 0u; j < FN; j++) {
-                    acc[i * FN + j] = coopMultiplyAdd(af, bf[j], acc[i * FN + j]);
-                }
-            }
-        }
+#for S in 0..KS
+#for J in 0..FN
+        let b_{S}_{J} = coopLoad<coop_mat16x16<f16, B>>(&coop_bs[(wn + {J}u * 16u) * LD + {S}u * 16u], LD);
+#endfor
+#for I in 0..FM
+        let a_{S}_{I} = coopLoadT<coop_mat16x16<f16, A>>(&coop_as[(wm + {I}u * 16u) * LD + {S}u * 16u], LD);
+#for J in 0..FN
+        acc_{I}_{J} = coopMultiplyAdd(a_{S}_{I}, b_{S}_{J}, acc_{I}_{J});
+#endfor
+#endfor
+#endfor
     }
-    // Each accumulator goes through this subgroup's 16x16 block of workgroup memory, where
-    // every lane can read the elements it writes out (a fragment's layout is opaque).
-    for (var f = 0u; f < FM * FN; f++) {
-        coopStoreT(acc[f], &coop_cs[sg * 256u], 16u);
-        workgroupBarrier();
-        let r0 = row0 + wm + (f / FN) * 16u;
-        let c0 = col0 + wn + (f % FN) * 16u;
-        for (var e = lane; e < 256u; e += SG) {
-            coop_out(bt, r0 + e / 16u, c0 + e % 16u, coop_cs[sg * 256u + e]);
-        }
-        workgroupBarrier();
-    }
+    // Each accumulator goes through one of this subgroup's two blocks of workgroup memory,
+    // where every lane can read the elements it writes out (a fragment's layout is opaque).
+    // Alternating blocks needs one barrier per fragment: the barrier after a store also
+    // orders the previous fragment's reads of the other block before its next store.
+#for I in 0..FM
+#for J in 0..FN
+    coopStoreT(acc_{I}_{J}, &coop_cs[sg * 512u + (({I}u * FN + {J}u) % 2u) * 256u], 16u);
+    workgroupBarrier();
+    coop_drain(bt, row0 + wm + {I}u * 16u, col0 + wn + {J}u * 16u, sg * 512u + (({I}u * FN + {J}u) % 2u) * 256u, lane);
+#endfor
+#endfor
 }

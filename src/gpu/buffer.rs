@@ -48,8 +48,10 @@ impl<T: Pod> std::fmt::Debug for GpuBuffer<T> {
 /// Bytes of a buffer holding `len` elements: at least 4 (wgpu rejects empty bindings) and a
 /// multiple of 4 (copy alignment).
 pub(crate) fn padded_bytes<T>(len: usize) -> u64 {
+    // Whole 16-byte words: kernels may bind any buffer as an array of vec4 (the tensor-core
+    // GEMMs' vector loads), which wgpu refuses for a binding smaller than one element.
     let b = (len * std::mem::size_of::<T>()) as u64;
-    b.max(4).div_ceil(4) * 4
+    b.max(16).div_ceil(16) * 16
 }
 
 impl<T: Pod> GpuBuffer<T> {

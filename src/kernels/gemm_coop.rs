@@ -11,8 +11,9 @@
 //!
 //! Each workgroup computes a [`CoopTile`] of C: every subgroup a `wm x wn` block of 16x16
 //! accumulators, all subgroups multiplying out of the same staged slices of A and B, which
-//! the whole workgroup loads once (a naive kernel has each subgroup read its own operands
-//! from memory). Any M, N, K: loads outside the matrices give zero, stores outside are
+//! the whole workgroup loads once, 8 K-contiguous elements per vector load (a naive kernel
+//! has each subgroup read its own operands from memory). Transposed layouts (A stored
+//! `[k, m]`, B stored `[k, n]`) are gathered element by element: correct, not fast. Any M, N, K: loads outside the matrices give zero, stores outside are
 //! dropped.
 //!
 //! Errors: without cooperative matrices (see [`crate::Gpu::tensor_cores`]) [`record`] returns
@@ -44,15 +45,17 @@ pub struct CoopTile {
 }
 
 impl CoopTile {
-    /// 128 x 128 x 32, 8 subgroups of 64 x 32 (4 x 2 accumulators): large outputs.
+    /// 128 x 128 x 32, 4 subgroups of 64 x 64 (4 x 4 accumulators): large outputs. The
+    /// fastest of the shapes measured on the H100/H200 (BENCHMARKS.md).
     pub const LARGE: CoopTile = CoopTile {
         bm: 128,
         bn: 128,
         bk: 32,
         wm: 64,
-        wn: 32,
+        wn: 64,
     };
-    /// 64 x 64 x 32, 4 subgroups of 32 x 32 (2 x 2 accumulators).
+    /// 64 x 64 x 32, 4 subgroups of 32 x 32 (2 x 2 accumulators): more workgroups for
+    /// outputs of a few hundred rows.
     pub const MEDIUM: CoopTile = CoopTile {
         bm: 64,
         bn: 64,
@@ -68,13 +71,12 @@ impl CoopTile {
         wm: 32,
         wn: 32,
     };
-    /// 128 x 128 x 32, 4 subgroups of 64 x 64 (4 x 4 accumulators): more reuse per load, more
-    /// registers (for sweeps).
+    /// 64 x 128 x 32, 4 subgroups of 32 x 64 (2 x 4 accumulators) (for sweeps).
     pub const WIDE: CoopTile = CoopTile {
-        bm: 128,
+        bm: 64,
         bn: 128,
         bk: 32,
-        wm: 64,
+        wm: 32,
         wn: 64,
     };
     /// 128 x 64 x 32, 4 subgroups of 32 x 64 (2 x 4 accumulators) (for sweeps).
@@ -99,12 +101,28 @@ impl CoopTile {
         (self.bm / self.wm.max(1)) * (self.bn / self.wn.max(1))
     }
 
-    /// Bytes of workgroup memory: the two staged f16 slices and a 16x16 f32 block per
+    /// Bytes of workgroup memory: the two staged f16 slices and two 16x16 f32 blocks per
     /// subgroup.
     pub fn workgroup_bytes(&self) -> u32 {
-        let a = (self.bm * (self.bk + 8)).max(self.bk * (self.bm + 8));
-        let b = (self.bn * (self.bk + 8)).max(self.bk * (self.bn + 8));
-        2 * (a + b) + 4 * 256 * self.subgroups()
+        2 * (self.bm + self.bn) * (self.bk + 8) + 4 * 512 * self.subgroups()
+    }
+
+    /// The header constants of `common/coop_gemm.wgsl` for subgroups of `sg` invocations.
+    pub fn header(&self, sg: u32) -> Vec<(&'static str, u32)> {
+        let wg = (self.subgroups() * sg).max(1);
+        vec![
+            ("BM", self.bm),
+            ("BN", self.bn),
+            ("BK", self.bk),
+            ("WM", self.wm),
+            ("WN", self.wn),
+            ("SG", sg),
+            ("FM", self.wm / 16),
+            ("FN", self.wn / 16),
+            ("KS", self.bk / 16),
+            ("A_CH", self.bm * self.bk / 8 / wg),
+            ("B_CH", self.bn * self.bk / 8 / wg),
+        ]
     }
 
     /// Check that the kernel can run this tile with subgroups of `sg` on `gpu`.
@@ -117,19 +135,20 @@ impl CoopTile {
             && m16(self.bk)
             && m16(self.wm)
             && m16(self.wn)
+            && self.bk.is_multiple_of(32)
             && self.bm.is_multiple_of(self.wm)
             && self.bn.is_multiple_of(self.wn)
-            && (self.bm * self.bk).is_multiple_of(wg)
-            && (self.bn * self.bk).is_multiple_of(wg)
+            && (self.bm * self.bk / 8).is_multiple_of(wg)
+            && (self.bn * self.bk / 8).is_multiple_of(wg)
             && wg <= l.max_compute_invocations_per_workgroup
             && self.workgroup_bytes() <= l.max_compute_workgroup_storage_size;
         if ok {
             Ok(())
         } else {
             Err(Error::InvalidArgument(format!(
-                "tensor-core tile {self} with subgroups of {sg}: sizes must be multiples of 16, \
-                 the tile a multiple of the subgroup block, bm*bk and bn*bk multiples of the \
-                 {wg} threads, {} bytes of workgroup memory within the device's {}",
+                "tensor-core tile {self} with subgroups of {sg}: sizes must be multiples of 16 \
+                 (bk of 32), the tile a multiple of the subgroup block, bm*bk/8 and bn*bk/8 \
+                 multiples of the {wg} threads, {} bytes of workgroup memory within the device's {}",
                 self.workgroup_bytes(),
                 l.max_compute_workgroup_storage_size
             )))
@@ -142,7 +161,7 @@ impl CoopTile {
         let tiles = |t: usize| m.div_ceil(t) * n.div_ceil(t) * slots;
         if tiles(128) >= 120 {
             CoopTile::LARGE
-        } else if tiles(64) >= 100 {
+        } else if tiles(64) >= 48 {
             CoopTile::MEDIUM
         } else {
             CoopTile::SMALL
@@ -178,6 +197,8 @@ const SPEC: KernelSpec = KernelSpec {
         (2, Binding::ReadWrite),
         (3, Binding::Read),
         (4, Binding::Uniform),
+        (5, Binding::Read),
+        (6, Binding::Read),
     ],
 };
 
@@ -191,14 +212,7 @@ pub fn pipeline_constants(
     accumulate: bool,
     bias: bool,
 ) -> (KernelSpec, Header, Vec<(&'static str, f64)>) {
-    let header = Header(vec![
-        ("BM", tile.bm),
-        ("BN", tile.bn),
-        ("BK", tile.bk),
-        ("WM", tile.wm),
-        ("WN", tile.wn),
-        ("SG", sg),
-    ]);
+    let header = Header(tile.header(sg));
     let b = |v: bool| if v { 1.0 } else { 0.0 };
     let ov = vec![
         ("A_KMAJOR", b(!trans_a)),
@@ -267,7 +281,15 @@ pub fn record_with_tile(
     let bias_buf = bias.map_or(&a.buf.buffer, |b| &b.buf.buffer);
     rec.dispatch(
         &pipe,
-        &[&a.buf.buffer, &b.buf.buffer, &c.buf.buffer, bias_buf],
+        // Bindings 5 and 6 view A and B as vec4 (16-byte loads).
+        &[
+            &a.buf.buffer,
+            &b.buf.buffer,
+            &c.buf.buffer,
+            bias_buf,
+            &a.buf.buffer,
+            &b.buf.buffer,
+        ],
         Some(&p),
         [gx as u32, gy as u32, op.batch as u32],
     )

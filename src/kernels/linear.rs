@@ -455,7 +455,19 @@ const GEMM: KernelSpec = KernelSpec {
 const COOP: KernelSpec = KernelSpec {
     shader: "linear_coop",
     entry: "gemm",
-    bindings: BINDINGS,
+    // 10 and 11 view Z and W as vec4, 12 W as vec2 (vector loads of whole chunks).
+    bindings: &[
+        (0, Binding::Read),
+        (1, Binding::Read),
+        (2, Binding::Read),
+        (3, Binding::Read),
+        (4, Binding::ReadWrite),
+        (5, Binding::Uniform),
+        (9, Binding::Read),
+        (10, Binding::Read),
+        (11, Binding::Read),
+        (12, Binding::Read),
+    ],
 };
 const EPILOGUE: KernelSpec = KernelSpec {
     shader: "linear",
@@ -556,19 +568,9 @@ pub fn pipeline_constants_for(
     let LinearKernel::TensorCore(p) = kernel else {
         unreachable!("ALU kernels returned above")
     };
-    let mut h = vec![
-        ("BM", p.tile.bm),
-        ("BN", p.tile.bn),
-        ("BK", p.tile.bk),
-        ("WM", p.tile.wm),
-        ("WN", p.tile.wn),
-        ("SG", sg),
-    ];
+    let mut h = p.tile.header(sg);
     h.extend(flags);
     ov.push(("RAW", (!fused) as u32 as f64));
-    // X rows and W rows ([n, k]) are both contiguous along K.
-    ov.push(("A_KMAJOR", 1.0));
-    ov.push(("B_KMAJOR", 1.0));
     (COOP, Header(h), ov)
 }
 
@@ -864,12 +866,12 @@ impl Linear {
             None
         };
         let target = scratch.as_ref().map_or(&io.y.buffer, |s| &s.buffer);
-        rec.dispatch(
-            &gemm,
-            &[&io.z.buffer, a, &io.w.buffer, &io.b.buffer, target, heads],
-            Some(&params),
-            [gx, gy, gz],
-        )?;
+        let (z, w) = (&io.z.buffer, &io.w.buffer);
+        let buffers: &[&wgpu::Buffer] = match kernel {
+            LinearKernel::Alu(_) => &[z, a, w, &io.b.buffer, target, heads],
+            LinearKernel::TensorCore(_) => &[z, a, w, &io.b.buffer, target, heads, z, w, w],
+        };
+        rec.dispatch(&gemm, buffers, Some(&params), [gx, gy, gz])?;
         if epi {
             let (spec, header, ov) =
                 pipeline_constants_for(cfg, kernel, true, head_map, storage, sg);
