@@ -288,6 +288,12 @@ fn tensor_cores_match_the_mirror_or_are_refused() {
                     LinearKernel::TensorCore(_)
                 ));
                 check::<f32, f16, f16>(gpu, &mut r, &layer, 512, None, 2e-4);
+                // Automatic precision picks the tensor cores where they are.
+                if std::env::var("POMPC_PRECISION").is_err() {
+                    let auto =
+                        Gpu::new(GpuOptions::default().with_checks(gpu.shader_checks())).unwrap();
+                    assert_eq!(auto.precision(), Precision::TensorCore);
+                }
             }
         }
     }

@@ -5,10 +5,10 @@
 // while the subgroups multiply the current slices out of workgroup memory.
 // Both slices are staged K-contiguous ([row][k] and [col][k]), so the importer's fetches of
 // K-contiguous operands are 16- or 32-byte vector loads and neighbouring threads read
-// neighbouring chunks. Measured on the H100/H200 (BENCHMARKS.md): 128x128 tiles of four 64x64
-// subgroup blocks ran a 4096^3 GEMM 6x faster than the first version of this loop, which
-// staged one scalar per load, indexed its accumulators by subgroup and stored through
-// workgroup memory once per fragment.
+// neighbouring chunks. Measured on the H200 (BENCHMARKS.md): 128x128 tiles of four 64x64
+// subgroup blocks ran a 4096^3 GEMM 3x faster than the first version of this loop, which
+// staged one scalar per load, indexed its accumulators in loops and stored through workgroup
+// memory with a barrier pair per fragment.
 //
 // The importer provides the header constants BM, BN, BK, WM, WN (multiples of 16, BK of 32
 // and the chunk counts BM * BK / 8 and BN * BK / 8 multiples of the workgroup size), SG (the

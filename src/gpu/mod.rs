@@ -119,9 +119,9 @@ pub struct GpuOptions {
     /// `Downlevel`.
     pub limits: LimitsRequest,
     /// Precision of the world model's layers. `None`: `POMPC_PRECISION` if set (`auto`, `f32`,
-    /// `f16`, `coop`), else automatic, which is [`Precision::F32`] for now: the tensor-core
-    /// kernels have not yet run on tensor cores under test, so they are opt-in. An explicit
-    /// precision the device lacks is an error.
+    /// `f16`, `coop`), else automatic: [`Precision::TensorCore`] where the device has tensor
+    /// cores ([`Gpu::tensor_cores`]), [`Precision::F32`] elsewhere. An explicit precision the
+    /// device lacks is an error.
     pub precision: Option<Precision>,
 }
 
@@ -406,8 +406,10 @@ impl Gpu {
             },
         };
         let precision = match requested {
-            // Automatic is f32 until the tensor-core kernels have been checked against their
-            // mirror on real tensor cores (lavapipe has none); `coop` opts in.
+            // Automatic: tensor cores where the device has them (checked against their mirror
+            // on the H100/H200, faster than f32 at every plan size measured there, BENCHMARKS.md),
+            // else f32. `f32` keeps the exact path.
+            None if tensor_cores.is_ok() => Precision::TensorCore,
             None | Some(Precision::F32) => Precision::F32,
             Some(Precision::F16) if features.shader_f16 => Precision::F16,
             Some(Precision::F16) => {
