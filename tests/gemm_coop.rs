@@ -299,6 +299,10 @@ fn tiles_are_checked_against_the_device() {
     assert!(bad.check(gpu, 32).is_err());
     assert_eq!(CoopTile::choose(4096, 4096, 1), CoopTile::LARGE);
     assert_eq!(CoopTile::choose(1, 1, 1), CoopTile::SMALL);
+    // The plan step's layers: B = 256 (131072 rows), B = 1 (512 rows), policy rollouts.
+    assert_eq!(CoopTile::choose(131072, 512, 1), CoopTile::LARGE);
+    assert_eq!(CoopTile::choose(512, 512, 1), CoopTile::MEDIUM);
+    assert_eq!(CoopTile::choose(256, 512, 1), CoopTile::SMALL);
     for t in CoopTile::ALL {
         assert!(
             t.workgroup_bytes() <= 32 * 1024,

@@ -45,13 +45,14 @@ pub struct CoopTile {
 }
 
 impl CoopTile {
-    /// 128 x 128 x 32, 4 subgroups of 64 x 64 (4 x 4 accumulators): large outputs. The
-    /// fastest of the shapes measured on the H100/H200 (BENCHMARKS.md).
+    /// 64 x 128 x 32, 4 subgroups of 32 x 64 (2 x 4 accumulators): large outputs. The
+    /// fastest tile measured on the H100 (BENCHMARKS.md: 83 TFLOP/s on the planner's
+    /// 131072x512x512 layer, 105 on 4096^3).
     pub const LARGE: CoopTile = CoopTile {
-        bm: 128,
+        bm: 64,
         bn: 128,
         bk: 32,
-        wm: 64,
+        wm: 32,
         wn: 64,
     };
     /// 64 x 64 x 32, 4 subgroups of 32 x 32 (2 x 2 accumulators): more workgroups for
@@ -71,12 +72,13 @@ impl CoopTile {
         wm: 32,
         wn: 32,
     };
-    /// 64 x 128 x 32, 4 subgroups of 32 x 64 (2 x 4 accumulators) (for sweeps).
+    /// 128 x 128 x 32, 4 subgroups of 64 x 64 (4 x 4 accumulators) (for sweeps; the lab's
+    /// best with f16 operands, second to LARGE in the library's loop).
     pub const WIDE: CoopTile = CoopTile {
-        bm: 64,
+        bm: 128,
         bn: 128,
         bk: 32,
-        wm: 32,
+        wm: 64,
         wn: 64,
     };
     /// 128 x 64 x 32, 4 subgroups of 32 x 64 (2 x 4 accumulators) (for sweeps).
@@ -155,11 +157,12 @@ impl CoopTile {
         }
     }
 
-    /// The tile for `tiles(t)` workgroups of a `t x t` tile: 128-wide tiles once they fill a
-    /// big GPU (~130 SMs), then 64-wide ones, then one subgroup per 32 x 32.
+    /// The tile for an `m x n` output in `slots` slots: LARGE (64 x 128) once its tiles fill a
+    /// big GPU (~130 SMs), then 64 x 64, then one subgroup per 32 x 32 (the fastest at 256
+    /// rows on the H100).
     pub fn choose(m: usize, n: usize, slots: usize) -> CoopTile {
         let tiles = |t: usize| m.div_ceil(t) * n.div_ceil(t) * slots;
-        if tiles(128) >= 120 {
+        if m.div_ceil(64) * n.div_ceil(128) * slots >= 120 {
             CoopTile::LARGE
         } else if tiles(64) >= 48 {
             CoopTile::MEDIUM
