@@ -380,3 +380,37 @@ fn conditional_lines_and_enable_directives() {
         assert!(err.contains(want), "{text:?}: {err}");
     }
 }
+
+#[test]
+fn for_blocks_repeat_lines_with_the_counter_substituted() {
+    let text = "fn f() -> u32 {\n    var s = 0u;\n#for I in 0..FM\n#for J in 1..3\n    let a_{I}_{J} = {I}u * 10u + {J}u;\n    s += a_{I}_{J};\n#endfor\n#endfor\n    return s;\n}\n";
+    let header = Header(vec![("FM", 2)]);
+    let pre = shader::preprocess_with("f", text, &header, &|_| None).unwrap();
+    for (i, j) in [(0, 1), (0, 2), (1, 1), (1, 2)] {
+        let line = format!("let a_{i}_{j} = {i}u * 10u + {j}u;");
+        assert_eq!(pre.text.matches(&line).count(), 1, "{line}\n{}", pre.text);
+    }
+    assert!(!pre.text.contains("a_2_") && !pre.text.contains("a_0_0") && !pre.text.contains("{I}"));
+    // Every unrolled line maps back to its line in the file (5 and 6, 1-based).
+    let origin = |needle: &str| {
+        let n = pre.text.lines().position(|l| l.contains(needle)).unwrap();
+        pre.origin(n as u32 + 1)
+    };
+    assert_eq!(origin("let a_1_2"), "f:5");
+    assert_eq!(origin("s += a_1_1"), "f:6");
+    shader::validate("f", &pre).unwrap_or_else(|e| panic!("{e}\n{}", pre.text));
+    for (text, want) in [
+        (
+            "#for I in 0..NOPE\n#endfor\n",
+            "neither a number nor in the header",
+        ),
+        ("#for I in 0..2\n", "without #endfor"),
+        ("#endfor\n", "without #for"),
+        ("#for I 0..2\n#endfor\n", "expected `#for NAME in A..B`"),
+    ] {
+        let err = shader::preprocess_with("x", text, &header, &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{text:?}: {err}");
+    }
+}
