@@ -104,6 +104,26 @@ pub fn known_fp32_ceiling_tflops(adapter: &str) -> Option<f64> {
         .map(|(_, t)| *t)
 }
 
+/// The dense f16 tensor-core ceiling (f16 products, f32 accumulation) of well-known cards in
+/// TFLOP/s (datasheet, without sparsity), by adapter name: the reference for
+/// [`Precision::TensorCore`] rows.
+pub fn known_tensor_ceiling_tflops(adapter: &str) -> Option<f64> {
+    let a = adapter.to_lowercase();
+    let table: &[(&[&str], f64)] = &[
+        (&["h100", "pcie"], 756.0),
+        (&["h100"], 989.4),
+        (&["h200"], 989.4),
+        (&["a100"], 312.0),
+        (&["l40s"], 362.1),
+        (&["rtx 4090"], 165.2),
+        (&["rtx 3090"], 71.0),
+    ];
+    table
+        .iter()
+        .find(|(keys, _)| keys.iter().all(|k| a.contains(k)))
+        .map(|(_, t)| *t)
+}
+
 /// One benchmarked linear layer.
 #[derive(Clone, Debug)]
 pub struct LinearBench {
@@ -848,4 +868,27 @@ pub fn bench_gemm_coop(
         )
     })?;
     Ok((tile, time))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ceilings_by_adapter_name() {
+        assert_eq!(
+            known_fp32_ceiling_tflops("NVIDIA H100 80GB HBM3"),
+            Some(66.9)
+        );
+        assert_eq!(known_fp32_ceiling_tflops("NVIDIA H100 PCIe"), Some(51.2));
+        assert_eq!(
+            known_tensor_ceiling_tflops("NVIDIA H100 80GB HBM3"),
+            Some(989.4)
+        );
+        assert_eq!(known_tensor_ceiling_tflops("NVIDIA H200"), Some(989.4));
+        assert_eq!(
+            known_tensor_ceiling_tflops("llvmpipe (LLVM 15.0.6, 256 bits)"),
+            None
+        );
+    }
 }

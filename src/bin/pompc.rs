@@ -18,7 +18,8 @@ usage:
       --case NAME                 only cases whose name contains NAME
       --shape MxNxK               a custom case (plain; add --ln and --act mish|simnorm)
       --runs N                    timed runs per case (default 50)
-      --ceiling-tflops X          fp32 ceiling for the fraction column (default: known cards)
+      --ceiling-tflops X          fp32 ceiling for the fraction column (default: known cards;
+                                  tensor-core rows: the card's f16 tensor-core ceiling)
       --precision P1,P2,...       f32, f16 (f16 Z, W, Y), coop (f16 storage, tensor cores for
                                   large calls) (default f32)
       --json                      one JSON object per line instead of a table
@@ -263,10 +264,14 @@ fn bench_linear(args: &[String]) -> Result<(), String> {
     if !json {
         println!("adapter: {}", gpu.describe());
         println!(
-            "fp32 ceiling: {}",
+            "fp32 ceiling: {}; tensor-core rows against {}",
             ceiling.map_or("unknown (pass --ceiling-tflops)".into(), |c| format!(
                 "{c} TFLOP/s"
-            ))
+            )),
+            bench::known_tensor_ceiling_tflops(&gpu.info().name)
+                .map_or("nothing (unknown card)".into(), |c| format!(
+                    "{c} TFLOP/s (f16)"
+                ))
         );
         println!(
             "{:<34} {:>15} {:>20} {:>10} {:>10} {:>10} {:>9} {:>7}",
@@ -348,6 +353,13 @@ fn bench_linear(args: &[String]) -> Result<(), String> {
 }
 
 fn print_row(name: &str, r: &LinearBench, ceiling: Option<f64>, json: bool, gpu: &Gpu) {
+    // Tensor-core rows against the tensor-core ceiling, the others against the fp32 one.
+    let ceiling = match r.kernel {
+        pompc::kernels::linear::LinearKernel::TensorCore(_) => {
+            bench::known_tensor_ceiling_tflops(&gpu.info().name)
+        }
+        pompc::kernels::linear::LinearKernel::Alu(_) => ceiling,
+    };
     let frac = ceiling.map(|c| r.gflops / (c * 1e3));
     let clock = match r.stats.clock {
         Clock::Timestamps => "timestamps",
@@ -680,6 +692,8 @@ struct Row {
     /// Floating-point operations, or bytes moved when `bytes`.
     work: f64,
     bytes: bool,
+    /// Ran on tensor cores: "of peak" is against the tensor-core ceiling.
+    tensor: bool,
 }
 
 fn bench_all(args: &[String]) -> Result<(), String> {
@@ -712,7 +726,16 @@ fn bench_all(args: &[String]) -> Result<(), String> {
         clock: st.clock,
         work,
         bytes: false,
+        tensor: false,
     };
+    // The world model's rows run at the device's precision (tensor cores where they are).
+    let prec = gpu.precision();
+    let model_row = |case: &str, sizes: String, st: &bench::Stats, work: f64| Row {
+        case: format!("{case} [{}]", prec.name()),
+        tensor: prec == Precision::TensorCore,
+        ..flops_row(case, sizes, st, work)
+    };
+    let tensor_ceiling = bench::known_tensor_ceiling_tflops(&gpu.info().name);
     // Kernels.
     let lin = LinearConfig::new(550, 512)
         .with_ln()
@@ -752,7 +775,7 @@ fn bench_all(args: &[String]) -> Result<(), String> {
     let spec5 = ModelSpec::tdmpc2(5, 24, 6).map_err(e)?;
     let net_rows = if cpu { 32 } else { 512 };
     for n in bench::bench_model(&gpu, &spec5, net_rows, runs).map_err(e)? {
-        rows.push(flops_row(
+        rows.push(model_row(
             &format!("5M {} forward", n.name),
             format!("{net_rows} rows"),
             &n.stats,
@@ -769,6 +792,7 @@ fn bench_all(args: &[String]) -> Result<(), String> {
         clock: st.clock,
         work: 32.0 * params as f64,
         bytes: true,
+        tensor: false,
     });
     // End to end: the 5M preset on GPUs, the tiny one on CPU adapters.
     let (spec, tag) = if cpu {
@@ -780,14 +804,14 @@ fn bench_all(args: &[String]) -> Result<(), String> {
         |w: &bench::Stats, g: &Option<bench::Stats>| g.clone().unwrap_or_else(|| w.clone());
     for b in if cpu { vec![1, 4] } else { vec![1, 16, 256] } {
         let r = bench::bench_plan(&gpu, &spec, b, runs_e2e, warm).map_err(e)?;
-        rows.push(flops_row(
+        rows.push(model_row(
             &format!("plan step ({tag}), wall"),
             format!("B={b}"),
             &r.wall,
             r.flops,
         ));
         let g = gpu_or_wall(&r.wall, &r.gpu);
-        rows.push(flops_row(
+        rows.push(model_row(
             &format!("plan step ({tag}), GPU"),
             format!("B={b}"),
             &g,
@@ -850,6 +874,7 @@ fn bench_all(args: &[String]) -> Result<(), String> {
             clock: Clock::Wall,
             work: 0.0,
             bytes: false,
+            tensor: false,
         });
     }
     let info = gpu.info();
@@ -889,7 +914,8 @@ fn bench_all(args: &[String]) -> Result<(), String> {
                 (true, true) => format!("{rate:.1} GB/s"),
                 (true, false) => format!("{rate:.1} GFLOP/s"),
             };
-            let peak = match (r.bytes, ceiling) {
+            let c = if r.tensor { tensor_ceiling } else { ceiling };
+            let peak = match (r.bytes, c) {
                 (false, Some(c)) if r.work > 0.0 => format!("{:.1}%", 100.0 * rate / (c * 1e3)),
                 _ => "-".into(),
             };
@@ -924,6 +950,7 @@ fn bench_gemm(args: &[String]) -> Result<(), String> {
     }
     let gpu = Gpu::new(GpuOptions::default()).map_err(|e| e.to_string())?;
     let ceiling = ceiling.or_else(|| bench::known_fp32_ceiling_tflops(&gpu.info().name));
+    let tensor_ceiling = bench::known_tensor_ceiling_tflops(&gpu.info().name);
     println!("adapter: {}", gpu.describe());
     // The 5M preset's update at B = 256, T = 3: 768 rows, 5 Q heads, width 512 (518 = 512 + 6).
     let nt = |m, n, k, batch| Gemm {
@@ -1016,7 +1043,7 @@ fn bench_gemm(args: &[String]) -> Result<(), String> {
                 time.median * 1e6,
                 time.p90 * 1e6,
                 tf,
-                "-"
+                tensor_ceiling.map_or("-".into(), |c| format!("{:.1}%", 100.0 * tf / c))
             );
         }
     }
