@@ -1,5 +1,6 @@
-//! Train PO-MPC on pendulum swing-up with the quick preset (tiny model, 128 samples, batches
-//! of 64) and write the learning curve to `train_pendulum.svg`.
+//! Train PO-MPC on pendulum swing-up with the quick preset (`TrainConfig::quick`: tiny model,
+//! 64 samples, 3 iterations, batches of 32) and write the learning curve to
+//! `train_pendulum.svg`.
 //!
 //! `cargo run --release --example train_pendulum -- [steps] [method] [lambda]`
 //! (default 4000 steps, po-mpc, lambda 1). `pompc train` is the full command-line trainer.
