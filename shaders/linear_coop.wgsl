@@ -1,7 +1,8 @@
 // The linear layer's matrix product on cooperative matrices (tensor cores): the twin of
 // linear.wgsl's `gemm` entry, with the same bindings, parameters, override constants and grid
 // (tiles along x and y, output slots times K-splits along z), so linear.wgsl's `epilogue`
-// finishes it unchanged; bindings 10, 11 and 12 view xz and w as vec4 and w as vec2 for vector loads. X = [Z | A] and W are rounded to f16 as they are staged, sums are f32
+// finishes it unchanged (bindings 10-12 add vec4 views of xz and w and a vec2 view of w for
+// vector loads). X = [Z | A] and W are rounded to f16 as they are fetched, sums are f32
 // (common/coop_gemm.wgsl). Without RAW the bias and an elementwise activation are applied here;
 // with RAW the raw sums of K-part s go to slot (e * SPLIT + s) of the output binding, which is
 // then f32 scratch. CPU mirror: src/reference/linear.rs with the inputs rounded to f16.
