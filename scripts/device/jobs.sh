@@ -8,7 +8,8 @@
 # held); KEEP=1 also returns the checkpoints as $OUT/ckpt.part.* (15 MB pieces: the device
 # returns files of at most 16 MiB): `cat ckpt.part.* | tar xz -C target/devruns` in an
 # ignored, carried folder restores them on a later machine. A small-model checkpoint is
-# roughly 15 MB (weights, target Q, both Adams' moments, the buffer): the device returns at
+# about 16 MB before compression (1.0M parameters, target Q heads, both Adams' moments, a
+# 30k-step buffer), by count: the device returns at
 # most 8 files and a call carries at most 64 MiB with .gpu's ~26, so keep two or three runs.
 # Prepare here: rm -rf .gpu/bin/* && ../shared/gpu/prepare.sh target/release/pompc
 LIMIT=${LIMIT:-540}
