@@ -5,12 +5,13 @@
 # (SLUG as in the file names pompc train writes: tdmpc2, bmpc, tdmpc-square, po-mpc-l1, ...);
 # LIMIT (seconds, default 540) bounds every job. A job whose checkpoint exists resumes.
 # The machine keeps target/devruns only while it stays warm (30 s idle at most, 30 minutes
-# held); KEEP=1 also returns the checkpoints as $OUT/ckpt.part.* (15 MB pieces: the device
-# returns files of at most 16 MiB): `cat ckpt.part.* | tar xz -C target/devruns` in an
-# ignored, carried folder restores them on a later machine. A small-model checkpoint is
-# about 16 MB before compression (1.0M parameters, target Q heads, both Adams' moments, a
-# 30k-step buffer), by count: the device returns at
-# most 8 files and a call carries at most 64 MiB with .gpu's ~26, so keep two or three runs.
+# held). KEEP=1 also returns the checkpoints as $OUT/ckpt.part.* (15 MB pieces; the device
+# returns at most 8 files of at most 16 MiB). To go on on a later machine, put the pieces in
+# an ignored folder named in carry (say .ckpt) and start the call with
+# `mkdir -p target/devruns && cat .ckpt/ckpt.part.* | tar xz -C target/devruns`. A
+# small-model checkpoint is about 16 MB before compression (1.0M parameters, the target Q
+# heads, both Adams' moments, a 30k-step buffer; by count), and a call carries at most 64 MiB
+# with .gpu's ~26: keep two or three runs.
 # Prepare here: rm -rf .gpu/bin/* && ../shared/gpu/prepare.sh target/release/pompc
 LIMIT=${LIMIT:-540}
 P="bash .gpu/run.sh .gpu/bin/pompc"
