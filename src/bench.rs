@@ -420,7 +420,7 @@ pub fn bench_gemm(
     runs: usize,
 ) -> Result<GemmBench> {
     use crate::kernels::gemm::{self, GemmTile, Mat};
-    let tile = tile.unwrap_or_else(|| GemmTile::choose(op.m, op.n, op.batch));
+    let tile = tile.unwrap_or_else(|| GemmTile::choose_on(gpu, op.m, op.n, op.batch));
     let mut r = rand::rngs::StdRng::seed_from_u64(3);
     let mut rand_buf = |label: &str, n: usize| {
         let v: Vec<f32> = (0..n).map(|_| r.random_range(-1.0..1.0)).collect();

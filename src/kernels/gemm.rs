@@ -25,7 +25,7 @@
 //! ```
 
 use crate::gpu::shader::Header;
-use crate::gpu::{Binding, GpuBuffer, KernelSpec, Recorder};
+use crate::gpu::{Binding, Gpu, GpuBuffer, KernelSpec, Recorder};
 use crate::{Error, Result};
 
 /// One multiply: `op(A)` is `[m, k]`, `op(B)` is `[k, n]`, `C` is `[m, n]`, `batch` times.
@@ -161,8 +161,23 @@ impl GemmTile {
         tm: 4,
         tn: 4,
     };
+    /// 64 x 64 tiles, 8 x 8 per thread (64 threads): software adapters, where each
+    /// invocation is a SIMD lane of a CPU core and more work per lane amortizes the loads (as
+    /// `linear::Tile::CPU`).
+    pub const CPU: GemmTile = GemmTile {
+        bm: 64,
+        bn: 64,
+        bk: 16,
+        tm: 8,
+        tn: 8,
+    };
     /// Every tile (for tests and sweeps).
-    pub const ALL: [GemmTile; 3] = [GemmTile::HUGE, GemmTile::LARGE, GemmTile::SMALL];
+    pub const ALL: [GemmTile; 4] = [
+        GemmTile::HUGE,
+        GemmTile::LARGE,
+        GemmTile::SMALL,
+        GemmTile::CPU,
+    ];
 
     /// The tile for an output of `m x n`, `batch` times: the largest that still gives a
     /// big GPU (~130 SMs) about two workgroups per SM.
@@ -174,6 +189,22 @@ impl GemmTile {
             GemmTile::LARGE
         } else {
             GemmTile::SMALL
+        }
+    }
+
+    /// [`GemmTile::choose`] on `gpu`: on software adapters [`GemmTile::CPU`] once it gives
+    /// every core a few workgroups (smaller outputs keep 32 x 32 tiles, which spread over more
+    /// cores).
+    pub fn choose_on(gpu: &Gpu, m: usize, n: usize, batch: usize) -> GemmTile {
+        if gpu.info().device_type == wgpu::DeviceType::Cpu {
+            let cores = std::thread::available_parallelism().map_or(4, |c| c.get());
+            if m.div_ceil(64) * n.div_ceil(64) * batch >= 4 * cores {
+                GemmTile::CPU
+            } else {
+                GemmTile::SMALL
+            }
+        } else {
+            GemmTile::choose(m, n, batch)
         }
     }
 }
@@ -289,7 +320,7 @@ pub fn record(
         b,
         c,
         bias,
-        GemmTile::choose(op.m, op.n, op.batch),
+        GemmTile::choose_on(rec.gpu(), op.m, op.n, op.batch),
     )
 }
 
