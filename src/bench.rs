@@ -86,42 +86,47 @@ pub fn time_submits(
     Ok(Stats::from_samples(samples, clock))
 }
 
-/// The fp32 ceiling of well-known cards in TFLOP/s (datasheet), by adapter name.
-pub fn known_fp32_ceiling_tflops(adapter: &str) -> Option<f64> {
+/// The first row of `table` whose keys all occur in the adapter name (case-insensitive).
+fn by_adapter(adapter: &str, table: &[(&[&str], f64)]) -> Option<f64> {
     let a = adapter.to_lowercase();
-    let table: &[(&[&str], f64)] = &[
-        (&["h100", "pcie"], 51.2),
-        (&["h100"], 66.9),
-        (&["h200"], 66.9),
-        (&["a100"], 19.5),
-        (&["l40s"], 91.6),
-        (&["rtx 4090"], 82.6),
-        (&["rtx 3090"], 35.6),
-    ];
     table
         .iter()
         .find(|(keys, _)| keys.iter().all(|k| a.contains(k)))
         .map(|(_, t)| *t)
 }
 
+/// The fp32 ceiling of well-known cards in TFLOP/s (datasheet), by adapter name.
+pub fn known_fp32_ceiling_tflops(adapter: &str) -> Option<f64> {
+    by_adapter(
+        adapter,
+        &[
+            (&["h100", "pcie"], 51.2),
+            (&["h100"], 66.9),
+            (&["h200"], 66.9),
+            (&["a100"], 19.5),
+            (&["l40s"], 91.6),
+            (&["rtx 4090"], 82.6),
+            (&["rtx 3090"], 35.6),
+        ],
+    )
+}
+
 /// The dense f16 tensor-core ceiling (f16 products, f32 accumulation) of well-known cards in
 /// TFLOP/s (datasheet, without sparsity), by adapter name: the reference for
 /// [`Precision::TensorCore`] rows.
 pub fn known_tensor_ceiling_tflops(adapter: &str) -> Option<f64> {
-    let a = adapter.to_lowercase();
-    let table: &[(&[&str], f64)] = &[
-        (&["h100", "pcie"], 756.0),
-        (&["h100"], 989.4),
-        (&["h200"], 989.4),
-        (&["a100"], 312.0),
-        (&["l40s"], 362.1),
-        (&["rtx 4090"], 165.2),
-        (&["rtx 3090"], 71.0),
-    ];
-    table
-        .iter()
-        .find(|(keys, _)| keys.iter().all(|k| a.contains(k)))
-        .map(|(_, t)| *t)
+    by_adapter(
+        adapter,
+        &[
+            (&["h100", "pcie"], 756.0),
+            (&["h100"], 989.4),
+            (&["h200"], 989.4),
+            (&["a100"], 312.0),
+            (&["l40s"], 362.1),
+            (&["rtx 4090"], 165.2),
+            (&["rtx 3090"], 71.0),
+        ],
+    )
 }
 
 /// One benchmarked linear layer.

@@ -5,7 +5,7 @@
 mod common;
 
 use pompc::env::{Env, Sigmoid, Step, tolerance};
-use pompc::train::{Event, Method, ModelPreset, Reanalyze, TrainConfig, Trainer};
+use pompc::train::{Event, Method, Reanalyze, TrainConfig, Trainer};
 use pompc::{Error, Result};
 use rand::{Rng, SeedableRng};
 
@@ -69,11 +69,9 @@ fn reach() -> Box<dyn Env> {
 
 fn config(method: Method, steps: usize, seed: u64) -> TrainConfig {
     let env = reach();
+    // The quick preset (tiny model, 8 elites, 4 policy trajectories), smaller still.
     let mut c = TrainConfig::quick(env.as_ref(), method, steps, seed).unwrap();
-    c.model = ModelPreset::Tiny;
     c.planner.num_samples = 32;
-    c.planner.num_elites = 8;
-    c.planner.num_pi_trajs = 4;
     c.planner.iterations = 2;
     c.batch = 16;
     c.seed_steps = 2 * LEN;

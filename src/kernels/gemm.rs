@@ -197,7 +197,10 @@ impl GemmTile {
     /// cores).
     pub fn choose_on(gpu: &Gpu, m: usize, n: usize, batch: usize) -> GemmTile {
         if gpu.info().device_type == wgpu::DeviceType::Cpu {
-            let cores = std::thread::available_parallelism().map_or(4, |c| c.get());
+            // Asked once: on Linux it reads cgroup files, too slow for every recorded GEMM.
+            static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+            let cores =
+                *CORES.get_or_init(|| std::thread::available_parallelism().map_or(4, |c| c.get()));
             if m.div_ceil(64) * n.div_ceil(64) * batch >= 4 * cores {
                 GemmTile::CPU
             } else {
