@@ -192,24 +192,36 @@ fn gemm(
 }
 
 const EW: u32 = 64u;
+// Elements of a row per thread: j = tid + EW * i, kept in registers.
+const PER: u32 = ROW_CAP / EW;
 var<workgroup> row_buf: array<f32, ROW_CAP>;
 var<workgroup> red: array<f32, EW>;
+var<workgroup> red8: array<f32, 8>;
 
+// Sum over the workgroup in two levels (8 partial sums of 8), two barriers: the epilogue runs
+// once per row, so a deep tree's barriers were most of its time. Called twice in a row: the
+// second call's writes to `red` come after every thread has passed the first call's second
+// barrier, so after all reads of `red`; likewise for `red8`, written only after a barrier.
 fn workgroup_sum(tid: u32, v: f32) -> f32 {
     red[tid] = v;
     workgroupBarrier();
-    for (var h = EW / 2u; h > 0u; h >>= 1u) {
-        if (tid < h) {
-            red[tid] += red[tid + h];
+    if (tid < 8u) {
+        var s = 0.0;
+        for (var i = 0u; i < 8u; i++) {
+            s += red[tid * 8u + i];
         }
-        workgroupBarrier();
+        red8[tid] = s;
     }
-    let total = red[0];
     workgroupBarrier();
+    var total = 0.0;
+    for (var i = 0u; i < 8u; i++) {
+        total += red8[i];
+    }
     return total;
 }
 
-// One workgroup per output row (over all members); in place on y when SPLIT is 1.
+// One workgroup per output row (over all members); in place on y when the GEMM wrote its raw
+// sums there (SPLIT 1 without PART).
 @compute @workgroup_size(EW, 1, 1)
 fn epilogue(
     @builtin(local_invocation_index) tid: u32,
@@ -217,40 +229,56 @@ fn epilogue(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let gr = wid.x + wid.y * nwg.x;
+    // Uniform across the workgroup: returning here skips no barrier another thread waits in.
     if (gr >= p.members * p.m) {
         return;
     }
     let e = gr / p.m;
     let we = weight_set(e);
     let row = gr % p.m;
+    var vals: array<f32, PER>;
     var sum = 0.0;
-    for (var j = tid; j < N; j += EW) {
-        var v = 0.0;
-        if (SPLIT == 1u && !PART) {
-            v = f32(y[gr * N + j]);
-        } else {
-            for (var s = 0u; s < SPLIT; s++) {
-                v += part[((e * SPLIT + s) * p.m + row) * N + j];
+    for (var i = 0u; i < PER; i++) {
+        let j = tid + i * EW;
+        if (j < N) {
+            var v = 0.0;
+            if (SPLIT == 1u && !PART) {
+                v = f32(y[gr * N + j]);
+            } else {
+                for (var s = 0u; s < SPLIT; s++) {
+                    v += part[((e * SPLIT + s) * p.m + row) * N + j];
+                }
             }
+            v += bias[we * N + j];
+            vals[i] = v;
+            sum += v;
         }
-        v += bias[we * N + j];
-        row_buf[j] = v;
-        sum += v;
     }
     if (LN) {
         let mean = workgroup_sum(tid, sum) / f32(N);
         var sq = 0.0;
-        for (var j = tid; j < N; j += EW) {
-            let d = row_buf[j] - mean;
-            sq += d * d;
+        for (var i = 0u; i < PER; i++) {
+            if (tid + i * EW < N) {
+                let d = vals[i] - mean;
+                sq += d * d;
+            }
         }
         let rstd = inverseSqrt(workgroup_sum(tid, sq) / f32(N) + 1e-5);
-        for (var j = tid; j < N; j += EW) {
-            row_buf[j] = (row_buf[j] - mean) * rstd * gamma[we * N + j] + beta[we * N + j];
+        for (var i = 0u; i < PER; i++) {
+            let j = tid + i * EW;
+            if (j < N) {
+                vals[i] = (vals[i] - mean) * rstd * gamma[we * N + j] + beta[we * N + j];
+            }
         }
     }
     if (ACT == 2u) {
-        // SimNorm: softmax over groups of 8 that other threads filled.
+        // SimNorm: softmax over groups of 8 elements that other threads hold.
+        for (var i = 0u; i < PER; i++) {
+            let j = tid + i * EW;
+            if (j < N) {
+                row_buf[j] = vals[i];
+            }
+        }
         workgroupBarrier();
         for (var g = tid; g < N / 8u; g += EW) {
             var mx = row_buf[g * 8u];
@@ -268,12 +296,15 @@ fn epilogue(
             }
         }
     } else {
-        for (var j = tid; j < N; j += EW) {
-            var v = row_buf[j];
-            if (ACT == 1u) {
-                v = mish(v);
+        for (var i = 0u; i < PER; i++) {
+            let j = tid + i * EW;
+            if (j < N) {
+                var v = vals[i];
+                if (ACT == 1u) {
+                    v = mish(v);
+                }
+                y[gr * N + j] = YT(v);
             }
-            y[gr * N + j] = YT(v);
         }
     }
 }

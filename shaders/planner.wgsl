@@ -43,8 +43,9 @@ struct Params {
 @group(0) @binding(1) var<storage, read> first: array<u32>;
 @group(0) @binding(2) var<storage, read_write> mean: array<f32>;
 @group(0) @binding(3) var<storage, read_write> stdv: array<f32>;
-@group(0) @binding(4) var<storage, read> src: array<f32>;
-@group(0) @binding(5) var<storage, read_write> dst: array<f32>;
+// Latents, moved as vec4 (the latent width is a multiple of 8).
+@group(0) @binding(4) var<storage, read> src: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> dst: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> actions: array<f32>;
 @group(0) @binding(7) var<storage, read> rew: array<f32>;
 @group(0) @binding(8) var<storage, read> qv: array<f32>;
@@ -94,16 +95,16 @@ fn init_mean(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     stdv[j] = MAX_STD;
 }
 
-// dst[(n * B + b) * W + k] = src[b * W + k] for n < count.
+// dst[(n * B + b) * W + k] = src[b * W + k] for n < count, four k at a time (W % 4 == 0).
 @compute @workgroup_size(64)
 fn replicate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let j = linear_id(gid, nwg);
-    let w = p.width;
+    let w = p.width / 4u;
     if (j >= p.count * p.b * w) {
         return;
     }
     let row = j / w;
-    dst[j] = src[(row % p.b) * w + j % w];
+    dst[j] = src[(row % p.b) * w + j - row * w];
 }
 
 // actions[t, n, b, a] = clamp(mean + std * eps, -1, 1) for the sampled rows n >= P.

@@ -170,6 +170,20 @@ pub fn bench_linear_at(
     runs: usize,
     precision: Precision,
 ) -> Result<LinearBench> {
+    bench_linear_with(gpu, cfg, m, plan, None, runs, precision)
+}
+
+/// [`bench_linear_at`] with the tensor-core tile and split forced too (`coop`; used at
+/// [`Precision::TensorCore`] only).
+pub fn bench_linear_with(
+    gpu: &Gpu,
+    cfg: LinearConfig,
+    m: usize,
+    plan: Option<LinearPlan>,
+    coop: Option<crate::kernels::linear::CoopPlan>,
+    runs: usize,
+    precision: Precision,
+) -> Result<LinearBench> {
     use half::f16;
     let mut r = rand::rngs::StdRng::seed_from_u64(7);
     let mut rand_vec =
@@ -184,7 +198,8 @@ pub fn bench_linear_at(
     let be = GpuBuffer::from_slice(gpu, "beta", &rand_vec(e * cfg.n))?;
     let layer = Linear::new(gpu, cfg)?
         .with_precision(gpu, precision)?
-        .with_plan(plan);
+        .with_plan(plan)
+        .with_coop_plan(coop);
     let target = target_seconds();
     let a_in = (cfg.k1 < cfg.k).then_some(&a);
     let ln = cfg.layer_norm.then_some((&g, &be));
@@ -395,6 +410,81 @@ pub fn bench_plan_at(
         flops: planner.flops(batch),
         dispatches,
     })
+}
+
+/// GPU time of one kernel launch shape in a profiled plan step (see [`profile_plan`]).
+#[derive(Clone, Debug)]
+pub struct PlanProfileRow {
+    /// The kernel: `shader::entry`.
+    pub kernel: String,
+    /// Workgroups dispatched.
+    pub groups: [u32; 3],
+    /// Launches of this kernel and shape per plan step.
+    pub count: usize,
+    /// Their GPU time per plan step (mean over the profiled steps).
+    pub seconds: f64,
+}
+
+/// Where a plan step's GPU time goes: `runs` steps (after `warmup`) with every dispatch timed
+/// on its own, summed per kernel and launch shape, largest first. Timing each dispatch in its
+/// own pass adds a little to each; compare the total with [`bench_plan_at`]'s GPU time.
+pub fn profile_plan(
+    gpu: &Gpu,
+    spec: &crate::model::ModelSpec,
+    batch: usize,
+    runs: usize,
+    warmup: usize,
+    precision: Precision,
+) -> Result<Vec<PlanProfileRow>> {
+    use crate::model::WorldModel;
+    use crate::planner::{Planner, PlannerConfig};
+    if !gpu.features().timestamps {
+        return Err(crate::Error::InvalidArgument(format!(
+            "{} has no timestamp queries: no per-dispatch profile",
+            gpu.info().name
+        )));
+    }
+    let weights = bench_weights(spec)?;
+    let mut r = rand::rngs::StdRng::seed_from_u64(6);
+    let model = WorldModel::with_precision(gpu, &weights, precision)?;
+    let cfg = PlannerConfig::tdmpc2(spec.action_dim);
+    let mut planner = Planner::new(gpu, &model, cfg)?.with_profile(true);
+    let obs: Vec<f32> = (0..batch * spec.obs_dim)
+        .map(|_| r.random_range(-1.0..1.0))
+        .collect();
+    let mut first = vec![true; batch];
+    for _ in 0..warmup.max(1) {
+        planner.plan(&obs, &first)?;
+        first.iter_mut().for_each(|f| *f = false);
+    }
+    let mut rows: Vec<PlanProfileRow> = Vec::new();
+    let runs = runs.max(1);
+    for _ in 0..runs {
+        planner.plan(&obs, &first)?;
+        for d in planner.last_profile() {
+            match rows
+                .iter_mut()
+                .find(|r| r.kernel == d.kernel && r.groups == d.groups)
+            {
+                Some(r) => {
+                    r.count += 1;
+                    r.seconds += d.seconds;
+                }
+                None => rows.push(PlanProfileRow {
+                    kernel: d.kernel.clone(),
+                    groups: d.groups,
+                    count: 1,
+                    seconds: d.seconds,
+                }),
+            }
+        }
+    }
+    for r in &mut rows {
+        r.count /= runs;
+        r.seconds /= runs as f64;
+    }
+    rows.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    Ok(rows)
 }
 
 /// Seconds of back-to-back work per timed run (`POMPC_BENCH_TARGET_S`, default 2 ms).
@@ -842,7 +932,8 @@ pub fn bench_gemm_coop(
     use crate::kernels::gemm::Mat;
     use crate::kernels::gemm_coop::{self, CoopTile};
     gpu.tensor_cores()?;
-    let tile = tile.unwrap_or_else(|| CoopTile::choose(op.m, op.n, op.batch));
+    let sg = gpu.tensor_cores()?;
+    let tile = tile.unwrap_or_else(|| CoopTile::choose_on(gpu, sg, op.m, op.n, op.batch));
     let mut r = rand::rngs::StdRng::seed_from_u64(3);
     let mut rand_buf = |label: &str, n: usize| {
         let v: Vec<f32> = (0..n).map(|_| r.random_range(-1.0..1.0)).collect();

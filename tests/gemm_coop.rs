@@ -205,7 +205,9 @@ fn tensor_core_gemm_matches_the_f16_mirror_or_falls_back_to_f32() {
                     gpu.describe()
                 );
                 let mut worst = (0.0f64, 0.0f64);
-                for (i, tile) in CoopTile::ALL.iter().enumerate() {
+                // Tiles the device cannot hold (XLARGE's workgroup memory) are never chosen.
+                let tiles = CoopTile::ALL.iter().filter(|t| t.check(gpu, sg).is_ok());
+                for (i, tile) in tiles.enumerate() {
                     let mut cases = Vec::new();
                     for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                         let (m, n, k) = (
@@ -293,17 +295,30 @@ fn tiles_are_checked_against_the_device() {
         ..CoopTile::MEDIUM
     };
     assert!(bad.check(gpu, 32).is_err());
-    assert_eq!(CoopTile::choose(4096, 4096, 1), CoopTile::LARGE);
+    assert_eq!(CoopTile::choose(4096, 4096, 1), CoopTile::XLARGE);
+    assert_eq!(CoopTile::choose(2048, 2048, 1), CoopTile::LARGE);
     assert_eq!(CoopTile::choose(1, 1, 1), CoopTile::SMALL);
-    // The plan step's layers: B = 256 (131072 rows), B = 1 (512 rows), policy rollouts.
-    assert_eq!(CoopTile::choose(131072, 512, 1), CoopTile::LARGE);
+    // The plan step's layers: B = 256 (131072 rows), B = 16, B = 1 (512 rows), policy
+    // rollouts.
+    assert_eq!(CoopTile::choose(131072, 512, 1), CoopTile::XLARGE);
+    assert_eq!(CoopTile::choose(8192, 512, 1), CoopTile::LARGE);
     assert_eq!(CoopTile::choose(512, 512, 1), CoopTile::MEDIUM);
     assert_eq!(CoopTile::choose(256, 512, 1), CoopTile::SMALL);
+    // Every tile but XLARGE fits 32 KB of workgroup memory; XLARGE 48 KB, and the choice
+    // falls back to LARGE where it does not fit.
     for t in CoopTile::ALL {
+        let cap = if t == CoopTile::XLARGE { 48 } else { 32 } * 1024;
         assert!(
-            t.workgroup_bytes() <= 32 * 1024,
+            t.workgroup_bytes() <= cap,
             "{t}: {} bytes",
             t.workgroup_bytes()
+        );
+    }
+    if let Ok(sg) = gpu.tensor_cores() {
+        let t = CoopTile::choose_on(gpu, sg, 131072, 512, 1);
+        assert!(
+            t.check(gpu, sg).is_ok(),
+            "{t} chosen on a device that cannot run it"
         );
     }
 }

@@ -1,7 +1,8 @@
 //! pompc's command line: `pompc info`, `pompc bench ...`, `pompc train`, `pompc plot`.
 
 use pompc::bench::{self, Clock, LinearBench};
-use pompc::kernels::linear::{Activation, LinearConfig, LinearPlan, Tile};
+use pompc::kernels::gemm_coop::CoopTile;
+use pompc::kernels::linear::{Activation, CoopPlan, LinearConfig, LinearPlan, Tile};
 use pompc::{Gpu, GpuOptions, Precision};
 use std::process::ExitCode;
 
@@ -39,6 +40,8 @@ usage:
                                   supported), same weights, observations and seeds; print the
                                   max/mean |difference| of the planned mean, value and action
       --calls N                   consecutive plan calls compared (default 3)
+      --profile                   instead of timing: every dispatch timed on its own, summed
+                                  per kernel and launch shape (timestamp queries)
       --runs N, --warmup N, --json
   pompc bench gemm [options]      the training GEMM at the world-model update's shapes
       --sweep                     every tile, not only the heuristic's choice
@@ -343,7 +346,23 @@ fn bench_linear(args: &[String]) -> Result<(), String> {
                 };
                 print_row(&label, &r, ceiling, json, &gpu);
                 if precision == Precision::TensorCore {
-                    // The ALU tiles of a sweep do not apply to the tensor-core kernel.
+                    // The ALU tiles of a sweep do not apply to the tensor-core kernel: it
+                    // sweeps its own.
+                    if sweep && let Ok(sg) = gpu.tensor_cores() {
+                        for tile in CoopTile::ALL.iter().chain(&CoopTile::SWEEP) {
+                            if tile.check(&gpu, sg).is_err() {
+                                continue;
+                            }
+                            for split in [1, 2] {
+                                let coop = Some(CoopPlan { tile: *tile, split });
+                                let r = bench::bench_linear_with(
+                                    &gpu, cfg, m, None, coop, runs, precision,
+                                )
+                                .map_err(|e| e.to_string())?;
+                                print_row(&label, &r, ceiling, json, &gpu);
+                            }
+                        }
+                    }
                     break;
                 }
             }
@@ -502,12 +521,13 @@ fn list(v: Option<&String>, flag: &str) -> Result<Vec<usize>, String> {
 fn bench_plan(args: &[String]) -> Result<(), String> {
     let (mut batches, mut acts, mut obs) = (vec![1, 16, 256], vec![6, 38], 24usize);
     let (mut runs, mut warmup, mut json) = (30usize, 5usize, false);
-    let (mut precisions, mut compare, mut calls) = (None, false, 3usize);
+    let (mut precisions, mut compare, mut calls, mut profile) = (None, false, 3usize, false);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--precision" => precisions = Some(precision_list(it.next())?),
             "--compare-precision" => compare = true,
+            "--profile" => profile = true,
             "--calls" => calls = parse(it.next(), "--calls")?,
             "--batch" => batches = list(it.next(), "--batch")?,
             "--act" => acts = list(it.next(), "--act")?,
@@ -523,6 +543,9 @@ fn bench_plan(args: &[String]) -> Result<(), String> {
         return compare_precision(&gpu, precisions, &batches, &acts, obs, calls, json);
     }
     let precisions = precisions.unwrap_or_else(|| vec![gpu.precision()]);
+    if profile {
+        return profile_plan(&gpu, &precisions, &batches, &acts, obs, runs, warmup);
+    }
     if !json {
         println!("adapter: {}", gpu.describe());
         println!(
@@ -574,8 +597,8 @@ fn bench_plan(args: &[String]) -> Result<(), String> {
                 println!(
                     "{:>4} {:>5} {:>5} {:>11.3} {:>11.3} {:>11} {:>13.1} {:>9.2} {:>9.2} {:>10}",
                     a,
-                    b,
                     precision.name(),
+                    b,
                     r.wall.median * 1e3,
                     r.wall.p90 * 1e3,
                     gpu_ms.map_or("-".into(), |g| format!("{g:.3}")),
@@ -584,6 +607,52 @@ fn bench_plan(args: &[String]) -> Result<(), String> {
                     tflops,
                     r.dispatches
                 );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `pompc bench plan --profile`: one table per case, kernels by GPU time.
+fn profile_plan(
+    gpu: &Gpu,
+    precisions: &[Precision],
+    batches: &[usize],
+    acts: &[usize],
+    obs: usize,
+    runs: usize,
+    warmup: usize,
+) -> Result<(), String> {
+    println!("adapter: {}", gpu.describe());
+    for &a in acts {
+        let spec = pompc::model::ModelSpec::tdmpc2(5, obs, a).map_err(|e| e.to_string())?;
+        for &b in batches {
+            for &p in precisions {
+                let rows = bench::profile_plan(gpu, &spec, b, runs.min(10), warmup, p)
+                    .map_err(|e| e.to_string())?;
+                let total: f64 = rows.iter().map(|r| r.seconds).sum();
+                let launches: usize = rows.iter().map(|r| r.count).sum();
+                println!(
+                    "\nplan step, A {a}, B {b}, {}: {:.3} ms GPU in {launches} dispatches \
+                     (each timed alone)",
+                    p.name(),
+                    total * 1e3
+                );
+                println!(
+                    "{:<28} {:>22} {:>6} {:>10} {:>10} {:>6}",
+                    "kernel", "workgroups", "count", "ms/step", "us each", "share"
+                );
+                for r in &rows {
+                    println!(
+                        "{:<28} {:>22} {:>6} {:>10.3} {:>10.1} {:>5.1}%",
+                        r.kernel,
+                        format!("{}x{}x{}", r.groups[0], r.groups[1], r.groups[2]),
+                        r.count,
+                        r.seconds * 1e3,
+                        r.seconds / r.count.max(1) as f64 * 1e6,
+                        100.0 * r.seconds / total
+                    );
+                }
             }
         }
     }
@@ -936,7 +1005,6 @@ fn bench_all(args: &[String]) -> Result<(), String> {
 
 fn bench_gemm(args: &[String]) -> Result<(), String> {
     use pompc::kernels::gemm::{Gemm, GemmTile};
-    use pompc::kernels::gemm_coop::CoopTile;
     let (mut sweep, mut runs, mut ceiling, mut coop) = (false, 30usize, None, false);
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -1022,7 +1090,11 @@ fn bench_gemm(args: &[String]) -> Result<(), String> {
             continue;
         }
         let tiles: Vec<Option<CoopTile>> = if sweep {
-            CoopTile::ALL.iter().map(|t| Some(*t)).collect()
+            CoopTile::ALL
+                .iter()
+                .chain(&CoopTile::SWEEP)
+                .map(|t| Some(*t))
+                .collect()
         } else {
             vec![None]
         };

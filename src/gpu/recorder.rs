@@ -47,12 +47,25 @@ pub struct Timing {
     pub wall_seconds: f64,
 }
 
+/// GPU time of one dispatch, from a recorder made [`Recorder::with_profile`].
+#[derive(Clone, Debug)]
+pub struct DispatchTime {
+    /// The kernel: `shader::entry`.
+    pub kernel: String,
+    /// Workgroups dispatched along x, y and z.
+    pub groups: [u32; 3],
+    /// From the start to the end of its compute pass.
+    pub seconds: f64,
+}
+
 /// The results of one [`Recorder::finish`]: all read-backs, mapped once.
 #[derive(Debug)]
 pub struct Readback {
     data: Vec<u8>,
     /// Timing of the submission.
     pub timing: Timing,
+    /// Per-dispatch GPU times, in recorded order, when the recorder profiled.
+    pub profile: Vec<DispatchTime>,
 }
 
 impl Readback {
@@ -74,6 +87,7 @@ pub struct PendingReadback<'g> {
     mapped: Option<std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>>,
     ts_off: u64,
     timestamps: bool,
+    profiled: Vec<(String, [u32; 3])>,
     t0: Instant,
 }
 
@@ -109,6 +123,23 @@ impl PendingReadback<'_> {
                 );
                 t[1].saturating_sub(t[0]) as f64 * gpu.queue.get_timestamp_period() as f64 * 1e-9
             });
+            let period = gpu.queue.get_timestamp_period() as f64 * 1e-9;
+            let prof_off = (ts_off + if self.timestamps { TIMESTAMP_BYTES } else { 0 }) as usize;
+            let profile = self
+                .profiled
+                .into_iter()
+                .enumerate()
+                .map(|(i, (kernel, groups))| {
+                    let at = prof_off + i * TIMESTAMP_BYTES as usize;
+                    let t: [u64; 2] =
+                        bytemuck::pod_read_unaligned(&data[at..at + TIMESTAMP_BYTES as usize]);
+                    DispatchTime {
+                        kernel,
+                        groups,
+                        seconds: t[1].saturating_sub(t[0]) as f64 * period,
+                    }
+                })
+                .collect();
             data.truncate(ts_off as usize);
             Ok(Readback {
                 data,
@@ -116,6 +147,7 @@ impl PendingReadback<'_> {
                     gpu_seconds,
                     wall_seconds,
                 },
+                profile,
             })
         })
     }
@@ -141,9 +173,12 @@ pub struct Recorder<'g> {
     reads: Vec<(wgpu::Buffer, u64, u64)>,
     staging_size: u64,
     timestamps: bool,
+    profile: bool,
 }
 
 const TIMESTAMP_BYTES: u64 = 16;
+// Queries per query set (wgpu's limit is 4096): two per profiled dispatch.
+const QUERIES_PER_SET: u32 = 4096;
 
 impl<'g> Recorder<'g> {
     /// An empty recorder on `gpu`.
@@ -155,6 +190,7 @@ impl<'g> Recorder<'g> {
             reads: Vec::new(),
             staging_size: 0,
             timestamps: false,
+            profile: false,
         }
     }
 
@@ -162,6 +198,15 @@ impl<'g> Recorder<'g> {
     /// [`Timing::gpu_seconds`]).
     pub fn with_timestamps(mut self) -> Self {
         self.timestamps = self.gpu.features().timestamps;
+        self
+    }
+
+    /// Time every dispatch on its own (each in its own compute pass, between two timestamp
+    /// writes) when the device has timestamp queries; [`Readback::profile`] gets the times.
+    /// The passes cost some overlap between dispatches: use it to see where the time goes,
+    /// and [`Recorder::with_timestamps`] for the total.
+    pub fn with_profile(mut self) -> Self {
+        self.profile = self.gpu.features().timestamps;
         self
     }
 
@@ -318,12 +363,12 @@ impl<'g> Recorder<'g> {
 
     /// Submit without reading anything back.
     pub fn submit(self) -> Result<()> {
-        if !self.reads.is_empty() || self.timestamps {
+        if !self.reads.is_empty() || self.timestamps || self.profile {
             self.finish().map(|_| ())
         } else {
             let gpu = self.gpu;
             gpu.scoped("submitting", || {
-                let cmd = self.encode(None, None)?;
+                let cmd = self.encode(None, None, &[])?;
                 gpu.queue.submit([cmd]);
                 Ok(())
             })
@@ -342,7 +387,22 @@ impl<'g> Recorder<'g> {
         let gpu = self.gpu;
         gpu.scoped("submitting", || {
             let ts_off = self.staging_size;
-            let staging_size = ts_off + if self.timestamps { TIMESTAMP_BYTES } else { 0 };
+            let profiled: Vec<(String, [u32; 3])> = if self.profile {
+                self.ops
+                    .iter()
+                    .filter_map(|o| match o {
+                        Op::Dispatch { pipe, groups, .. } => Some((pipe.label.clone(), *groups)),
+                        _ => None,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            // A profile times each dispatch instead of the whole.
+            let total = self.timestamps && !self.profile;
+            let staging_size = ts_off
+                + if total { TIMESTAMP_BYTES } else { 0 }
+                + profiled.len() as u64 * TIMESTAMP_BYTES;
             let staging = (staging_size > 0).then(|| {
                 gpu.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("pompc readback"),
@@ -351,7 +411,7 @@ impl<'g> Recorder<'g> {
                     mapped_at_creation: false,
                 })
             });
-            let ts = self.timestamps.then(|| {
+            let ts = total.then(|| {
                 let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
                     label: Some("pompc timestamps"),
                     ty: wgpu::QueryType::Timestamp,
@@ -365,7 +425,8 @@ impl<'g> Recorder<'g> {
                 });
                 (set, resolve)
             });
-            let cmd = self.encode(staging.as_ref(), ts.as_ref())?;
+            let prof = self.profile_sets(profiled.len());
+            let cmd = self.encode(staging.as_ref(), ts.as_ref(), &prof)?;
             let t0 = Instant::now();
             gpu.queue.submit([cmd]);
             let mapped = staging.as_ref().map(|staging| {
@@ -381,15 +442,39 @@ impl<'g> Recorder<'g> {
                 mapped,
                 ts_off,
                 timestamps: ts.is_some(),
+                profiled,
                 t0,
             })
         })
+    }
+
+    // Query sets and resolve buffers for `dispatches` profiled dispatches.
+    fn profile_sets(&self, dispatches: usize) -> Vec<(wgpu::QuerySet, wgpu::Buffer, u32)> {
+        let queries = 2 * dispatches as u32;
+        (0..queries.div_ceil(QUERIES_PER_SET))
+            .map(|i| {
+                let count = (queries - i * QUERIES_PER_SET).min(QUERIES_PER_SET);
+                let set = self.gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("pompc profile"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count,
+                });
+                let resolve = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("pompc profile resolve"),
+                    size: count as u64 * 8,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                });
+                (set, resolve, count)
+            })
+            .collect()
     }
 
     fn encode(
         &self,
         staging: Option<&wgpu::Buffer>,
         ts: Option<&(wgpu::QuerySet, wgpu::Buffer)>,
+        prof: &[(wgpu::QuerySet, wgpu::Buffer, u32)],
     ) -> Result<wgpu::CommandBuffer> {
         let gpu = self.gpu;
         let params_buf = (!self.params.is_empty()).then(|| {
@@ -424,6 +509,7 @@ impl<'g> Recorder<'g> {
             n
         };
         let mut pass_index = 0;
+        let mut dispatch_index = 0u32;
         let mut i = 0;
         while i < self.ops.len() {
             match &self.ops[i] {
@@ -445,13 +531,25 @@ impl<'g> Recorder<'g> {
                     // Only the first pass starts the clock and only the last stops it; passes
                     // between (split by copies or clears) carry no timestamp writes at all.
                     let (first, last) = (pass_index == 0, pass_index + 1 == n_passes);
-                    let timestamp_writes = ts.filter(|_| first || last).map(|(set, _)| {
-                        wgpu::ComputePassTimestampWrites {
+                    let timestamp_writes = if prof.is_empty() {
+                        ts.filter(|_| first || last).map(|(set, _)| {
+                            wgpu::ComputePassTimestampWrites {
+                                query_set: set,
+                                beginning_of_pass_write_index: first.then_some(0),
+                                end_of_pass_write_index: last.then_some(1),
+                            }
+                        })
+                    } else {
+                        // Profiling: one pass per dispatch, timed on its own (the total, if
+                        // asked for too, is not measured in this mode).
+                        let q = 2 * dispatch_index;
+                        let (set, _, _) = &prof[(q / QUERIES_PER_SET) as usize];
+                        Some(wgpu::ComputePassTimestampWrites {
                             query_set: set,
-                            beginning_of_pass_write_index: first.then_some(0),
-                            end_of_pass_write_index: last.then_some(1),
-                        }
-                    });
+                            beginning_of_pass_write_index: Some(q % QUERIES_PER_SET),
+                            end_of_pass_write_index: Some(q % QUERIES_PER_SET + 1),
+                        })
+                    };
                     let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                         label: Some("pompc"),
                         timestamp_writes,
@@ -493,6 +591,10 @@ impl<'g> Recorder<'g> {
                         pass.set_bind_group(0, &bg, &[]);
                         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
                         i += 1;
+                        dispatch_index += 1;
+                        if !prof.is_empty() {
+                            break;
+                        }
                     }
                     pass_index += 1;
                 }
@@ -505,6 +607,12 @@ impl<'g> Recorder<'g> {
             if let Some((set, resolve)) = ts {
                 enc.resolve_query_set(set, 0..2, resolve, 0);
                 enc.copy_buffer_to_buffer(resolve, 0, staging, self.staging_size, TIMESTAMP_BYTES);
+            }
+            let mut off = self.staging_size + if ts.is_some() { TIMESTAMP_BYTES } else { 0 };
+            for (set, resolve, count) in prof {
+                enc.resolve_query_set(set, 0..*count, resolve, 0);
+                enc.copy_buffer_to_buffer(resolve, 0, staging, off, *count as u64 * 8);
+                off += *count as u64 * 8;
             }
         }
         Ok(enc.finish())

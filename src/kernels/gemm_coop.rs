@@ -55,6 +55,16 @@ impl CoopTile {
         wm: 32,
         wn: 64,
     };
+    /// 256 x 128 x 32, 8 subgroups of 64 x 64 (4 x 4 accumulators): the largest outputs,
+    /// where the device allows its 46 KB of workgroup memory. On the H100 it ran the planner's
+    /// 131072x512x512 layer (LayerNorm and Mish included) in 721 us against LARGE's 957.
+    pub const XLARGE: CoopTile = CoopTile {
+        bm: 256,
+        bn: 128,
+        bk: 32,
+        wm: 64,
+        wn: 64,
+    };
     /// 64 x 64 x 32, 4 subgroups of 32 x 32 (2 x 2 accumulators): more workgroups for
     /// outputs of a few hundred rows.
     pub const MEDIUM: CoopTile = CoopTile {
@@ -90,12 +100,40 @@ impl CoopTile {
         wn: 64,
     };
     /// Every tile (tests, sweeps).
-    pub const ALL: [CoopTile; 5] = [
+    pub const ALL: [CoopTile; 6] = [
+        CoopTile::XLARGE,
         CoopTile::LARGE,
         CoopTile::MEDIUM,
         CoopTile::SMALL,
         CoopTile::WIDE,
         CoopTile::TALL,
+    ];
+
+    /// Further tiles for sweeps: deeper K steps and 8-subgroup tiles, with up to 47 KB of
+    /// workgroup memory ([`CoopTile::check`] says where they fit).
+    pub const SWEEP: [CoopTile; 4] = [
+        CoopTile {
+            bk: 64,
+            ..CoopTile::LARGE
+        },
+        CoopTile {
+            bk: 64,
+            ..CoopTile::WIDE
+        },
+        CoopTile {
+            bm: 128,
+            bn: 128,
+            bk: 32,
+            wm: 32,
+            wn: 64,
+        },
+        CoopTile {
+            bm: 128,
+            bn: 256,
+            bk: 32,
+            wm: 64,
+            wn: 64,
+        },
     ];
 
     /// Subgroups per workgroup.
@@ -157,17 +195,33 @@ impl CoopTile {
         }
     }
 
-    /// The tile for an `m x n` output in `slots` slots: LARGE (64 x 128) once its tiles fill a
-    /// big GPU (~130 SMs), then 64 x 64, then one subgroup per 32 x 32 (the fastest at 256
-    /// rows on the H100).
+    /// The tile for an `m x n` output in `slots` slots: XLARGE (256 x 128) once its tiles
+    /// fill a big GPU (~130 SMs) twice, LARGE (64 x 128) once they fill it, then 64 x 64, then
+    /// one subgroup per 32 x 32 (the fastest at 256 rows on the H100). See
+    /// [`CoopTile::choose_on`] for a device whose workgroup memory may not hold XLARGE.
     pub fn choose(m: usize, n: usize, slots: usize) -> CoopTile {
         let tiles = |t: usize| m.div_ceil(t) * n.div_ceil(t) * slots;
-        if m.div_ceil(64) * n.div_ceil(128) * slots >= 120 {
+        if m.div_ceil(256) * n.div_ceil(128) * slots >= 264 {
+            CoopTile::XLARGE
+        } else if m.div_ceil(64) * n.div_ceil(128) * slots >= 120 {
             CoopTile::LARGE
         } else if tiles(64) >= 48 {
             CoopTile::MEDIUM
         } else {
             CoopTile::SMALL
+        }
+    }
+}
+
+impl CoopTile {
+    /// [`CoopTile::choose`], then LARGE where `gpu` cannot run the choice with subgroups of
+    /// `sg` (XLARGE needs 46 KB of workgroup memory and 256 invocations).
+    pub fn choose_on(gpu: &Gpu, sg: u32, m: usize, n: usize, slots: usize) -> CoopTile {
+        let t = CoopTile::choose(m, n, slots);
+        if t.check(gpu, sg).is_ok() {
+            t
+        } else {
+            CoopTile::LARGE
         }
     }
 }
@@ -227,7 +281,7 @@ pub fn pipeline_constants(
 }
 
 /// Record `C = alpha op(A) op(B) (+ bias) (+ C)` on tensor cores, with the tile of
-/// [`CoopTile::choose`]. [`Error::Unsupported`] without cooperative matrices.
+/// [`CoopTile::choose_on`]. [`Error::Unsupported`] without cooperative matrices.
 pub fn record(
     rec: &mut Recorder,
     op: &Gemm,
@@ -236,15 +290,9 @@ pub fn record(
     c: Mat,
     bias: Option<Bias>,
 ) -> Result<()> {
-    record_with_tile(
-        rec,
-        op,
-        a,
-        b,
-        c,
-        bias,
-        CoopTile::choose(op.m, op.n, op.batch),
-    )
+    let sg = rec.gpu().tensor_cores()?;
+    let tile = CoopTile::choose_on(rec.gpu(), sg, op.m, op.n, op.batch);
+    record_with_tile(rec, op, a, b, c, bias, tile)
 }
 
 /// [`record`] with a chosen tile.

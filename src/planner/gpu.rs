@@ -206,7 +206,9 @@ pub struct Planner<'m> {
     call: u32,
     state: Option<State>,
     timestamps: bool,
+    profile: bool,
     last: Option<PlanTiming>,
+    last_profile: Vec<crate::gpu::DispatchTime>,
 }
 
 /// How long the last [`Planner::plan`] call took.
@@ -245,7 +247,9 @@ impl<'m> Planner<'m> {
             call: 0,
             state: None,
             timestamps: false,
+            profile: false,
             last: None,
+            last_profile: Vec::new(),
         })
     }
 
@@ -253,6 +257,19 @@ impl<'m> Planner<'m> {
     pub fn with_timestamps(mut self, on: bool) -> Self {
         self.timestamps = on;
         self
+    }
+
+    /// Time every dispatch of each call on its own (see [`Recorder::with_profile`]): slower,
+    /// for finding where a plan step's time goes; [`Planner::last_profile`] has the times.
+    pub fn with_profile(mut self, on: bool) -> Self {
+        self.profile = on;
+        self
+    }
+
+    /// Per-dispatch GPU times of the last call, when profiling (empty otherwise, or when the
+    /// device has no timestamp queries).
+    pub fn last_profile(&self) -> &[crate::gpu::DispatchTime] {
+        &self.last_profile
     }
 
     /// Timing of the last call.
@@ -495,6 +512,9 @@ impl<'m> Planner<'m> {
         if self.timestamps {
             rec = rec.with_timestamps();
         }
+        if self.profile {
+            rec = rec.with_profile();
+        }
 
         m.encoder
             .record(&mut rec, b, NetInput::new(&st.obs, None), None, ws, &st.z0)?;
@@ -514,7 +534,7 @@ impl<'m> Planner<'m> {
                 &pipe(&REPLICATE)?,
                 &[&st.z0.buffer, &dst.buffer],
                 Some(&params(0, rows, l)),
-                groups(rows * b * l),
+                groups(rows * b * l / 4),
             )
         };
         // Policy trajectories, drawn once per call into rows n < P of every time step.
@@ -681,7 +701,8 @@ pub struct PendingPlan<'p, 'm> {
 impl PendingPlan<'_, '_> {
     /// Wait for the GPU (and everything submitted before this call) and read the plan.
     pub fn wait(self) -> Result<Plan> {
-        let done = self.pending.wait()?;
+        let mut done = self.pending.wait()?;
+        self.planner.last_profile = std::mem::take(&mut done.profile);
         let res = done.get(&self.handle)?;
         let (b, a) = (self.batch, self.planner.model.spec.action_dim);
         let w = 3 * a + 2;
