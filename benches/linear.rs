@@ -53,6 +53,7 @@ fn bench(c: &mut Criterion) {
             heads: None,
             z_offset: 0,
             a_offset: 0,
+            z_repeat: 0,
         };
         group.throughput(Throughput::Elements(cfg.flops(m) as u64));
         group.bench_function(format!("{name} {m}x{}x{}", cfg.n, cfg.k), |bch| {

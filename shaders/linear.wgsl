@@ -38,6 +38,12 @@ override RAW: bool = false;
 override HEAD_MAP: bool = false;
 // The epilogue reads the raw sums from `part` also when SPLIT is 1.
 override PART: bool = false;
+// The GEMM's part of K (common/linear_io.wgsl's k_range).
+override KPART: u32 = 0u;
+// The epilogue adds row (row % pre_rows) of `pre` (the Z part of a layer with repeated Z),
+// summed over its PRE_SPLIT K-parts.
+override PRE: bool = false;
+override PRE_SPLIT: u32 = 1u;
 
 const WX: u32 = BN / TN;
 const WY: u32 = BM / TM;
@@ -119,8 +125,9 @@ fn gemm(
     let row0 = wid.y * BM;
     let col0 = wid.x * BN;
     let chunk = ((K + SPLIT - 1u) / SPLIT + BK - 1u) / BK * BK;
-    let k_begin = min(K, s * chunk);
-    let k_end = min(K, k_begin + chunk);
+    let kr = k_range(min(K, s * chunk), min(K, s * chunk + chunk));
+    let k_begin = kr.x;
+    let k_end = kr.y;
 
     var acc: array<vec4<f32>, TM * RN>;
     var ra: array<vec4<f32>, A_LOADS / 4u>;
@@ -220,90 +227,126 @@ fn workgroup_sum(tid: u32, v: f32) -> f32 {
     return total;
 }
 
-// One workgroup per output row (over all members); in place on y when the GEMM wrote its raw
-// sums there (SPLIT 1 without PART).
+// The raw value of element j of output row gr (over all members), before the bias: the GEMM's
+// sum or split parts, plus the repeated-Z part.
+fn raw_at(gr: u32, j: u32) -> f32 {
+    let e = gr / p.m;
+    let row = gr % p.m;
+    var v = 0.0;
+    if (SPLIT == 1u && !PART) {
+        v = f32(y[gr * N + j]);
+    } else {
+        for (var s = 0u; s < SPLIT; s++) {
+            v += part[((e * SPLIT + s) * p.m + row) * N + j];
+        }
+    }
+    if (PRE) {
+        for (var s = 0u; s < PRE_SPLIT; s++) {
+            v += pre[(s * p.pre_rows + row % p.pre_rows) * N + j];
+        }
+    }
+    return v;
+}
+
+// RPT consecutive output rows per workgroup (header), one after the other, each row's values
+// fetched while the row before is reduced and written: with one row per workgroup the loads
+// waited behind the reductions' barriers (H100: 1.5 TB/s). In place on y when the GEMM wrote
+// its raw sums there (SPLIT 1 without PART).
 @compute @workgroup_size(EW, 1, 1)
 fn epilogue(
     @builtin(local_invocation_index) tid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let gr = wid.x + wid.y * nwg.x;
-    // Uniform across the workgroup: returning here skips no barrier another thread waits in.
-    if (gr >= p.members * p.m) {
+    let rows = p.members * p.m;
+    let first = (wid.x + wid.y * nwg.x) * RPT;
+    // Uniform across the workgroup, as is every branch below that skips a barrier.
+    if (first >= rows) {
         return;
     }
-    let e = gr / p.m;
-    let we = weight_set(e);
-    let row = gr % p.m;
-    var vals: array<f32, PER>;
-    var sum = 0.0;
+    var next: array<f32, PER>;
     for (var i = 0u; i < PER; i++) {
         let j = tid + i * EW;
         if (j < N) {
-            var v = 0.0;
-            if (SPLIT == 1u && !PART) {
-                v = f32(y[gr * N + j]);
-            } else {
-                for (var s = 0u; s < SPLIT; s++) {
-                    v += part[((e * SPLIT + s) * p.m + row) * N + j];
-                }
-            }
-            v += bias[we * N + j];
-            vals[i] = v;
-            sum += v;
+            next[i] = raw_at(first, j);
         }
     }
-    if (LN) {
-        let mean = workgroup_sum(tid, sum) / f32(N);
-        var sq = 0.0;
-        for (var i = 0u; i < PER; i++) {
-            if (tid + i * EW < N) {
-                let d = vals[i] - mean;
-                sq += d * d;
-            }
+    for (var it = 0u; it < RPT; it++) {
+        let gr = first + it;
+        if (gr >= rows) {
+            break;
         }
-        let rstd = inverseSqrt(workgroup_sum(tid, sq) / f32(N) + 1e-5);
-        for (var i = 0u; i < PER; i++) {
-            let j = tid + i * EW;
-            if (j < N) {
-                vals[i] = (vals[i] - mean) * rstd * gamma[we * N + j] + beta[we * N + j];
-            }
-        }
-    }
-    if (ACT == 2u) {
-        // SimNorm: softmax over groups of 8 elements that other threads hold.
-        for (var i = 0u; i < PER; i++) {
-            let j = tid + i * EW;
-            if (j < N) {
-                row_buf[j] = vals[i];
-            }
-        }
-        workgroupBarrier();
-        for (var g = tid; g < N / 8u; g += EW) {
-            var mx = row_buf[g * 8u];
-            for (var c = 1u; c < 8u; c++) {
-                mx = max(mx, row_buf[g * 8u + c]);
-            }
-            var ex: array<f32, 8>;
-            var z = 0.0;
-            for (var c = 0u; c < 8u; c++) {
-                ex[c] = exp(row_buf[g * 8u + c] - mx);
-                z += ex[c];
-            }
-            for (var c = 0u; c < 8u; c++) {
-                y[gr * N + g * 8u + c] = YT(ex[c] / z);
-            }
-        }
-    } else {
-        for (var i = 0u; i < PER; i++) {
-            let j = tid + i * EW;
-            if (j < N) {
-                var v = vals[i];
-                if (ACT == 1u) {
-                    v = mish(v);
+        var vals = next;
+        if (it + 1u < RPT && gr + 1u < rows) {
+            for (var i = 0u; i < PER; i++) {
+                let j = tid + i * EW;
+                if (j < N) {
+                    next[i] = raw_at(gr + 1u, j);
                 }
-                y[gr * N + j] = YT(v);
+            }
+        }
+        let we = weight_set(gr / p.m);
+        var sum = 0.0;
+        for (var i = 0u; i < PER; i++) {
+            let j = tid + i * EW;
+            if (j < N) {
+                vals[i] += bias[we * N + j];
+                sum += vals[i];
+            }
+        }
+        if (LN) {
+            let mean = workgroup_sum(tid, sum) / f32(N);
+            var sq = 0.0;
+            for (var i = 0u; i < PER; i++) {
+                if (tid + i * EW < N) {
+                    let d = vals[i] - mean;
+                    sq += d * d;
+                }
+            }
+            let rstd = inverseSqrt(workgroup_sum(tid, sq) / f32(N) + 1e-5);
+            for (var i = 0u; i < PER; i++) {
+                let j = tid + i * EW;
+                if (j < N) {
+                    vals[i] = (vals[i] - mean) * rstd * gamma[we * N + j] + beta[we * N + j];
+                }
+            }
+        }
+        if (ACT == 2u) {
+            // SimNorm: softmax over groups of 8 elements that other threads hold.
+            for (var i = 0u; i < PER; i++) {
+                let j = tid + i * EW;
+                if (j < N) {
+                    row_buf[j] = vals[i];
+                }
+            }
+            workgroupBarrier();
+            for (var g = tid; g < N / 8u; g += EW) {
+                var mx = row_buf[g * 8u];
+                for (var c = 1u; c < 8u; c++) {
+                    mx = max(mx, row_buf[g * 8u + c]);
+                }
+                var ex: array<f32, 8>;
+                var z = 0.0;
+                for (var c = 0u; c < 8u; c++) {
+                    ex[c] = exp(row_buf[g * 8u + c] - mx);
+                    z += ex[c];
+                }
+                for (var c = 0u; c < 8u; c++) {
+                    y[gr * N + g * 8u + c] = YT(ex[c] / z);
+                }
+            }
+            // The next row refills row_buf.
+            workgroupBarrier();
+        } else {
+            for (var i = 0u; i < PER; i++) {
+                let j = tid + i * EW;
+                if (j < N) {
+                    var v = vals[i];
+                    if (ACT == 1u) {
+                        v = mish(v);
+                    }
+                    y[gr * N + j] = YT(v);
+                }
             }
         }
     }

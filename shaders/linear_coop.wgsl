@@ -19,6 +19,8 @@ override SPLIT: u32 = 1u;
 override ACT: u32 = 0u;
 override RAW: bool = false;
 override HEAD_MAP: bool = false;
+// The part of K summed (common/linear_io.wgsl's k_range).
+override KPART: u32 = 0u;
 
 // The output slot and K-part of this workgroup (coop_a and coop_b get them through `bt`).
 fn slot_of(bt: u32) -> u32 {
@@ -127,7 +129,6 @@ fn gemm(
     let s = wid.z % SPLIT;
     // K-parts are whole BK slices, as in linear.wgsl.
     let chunk = ((K + SPLIT - 1u) / SPLIT + BK - 1u) / BK * BK;
-    let k_begin = min(K, s * chunk);
-    let k_end = min(K, k_begin + chunk);
-    coop_tile(wid.z, wid.y * BM, wid.x * BN, k_begin, k_end, tid, sg, lane);
+    let kr = k_range(min(K, s * chunk), min(K, s * chunk + chunk));
+    coop_tile(wid.z, wid.y * BM, wid.x * BN, kr.x, kr.y, tid, sg, lane);
 }

@@ -75,6 +75,7 @@ fn bad_linear_shapes_and_inputs() {
         heads: None,
         z_offset: 0,
         a_offset: 0,
+        z_repeat: 0,
     };
     let layer = Linear::new(gpu, LinearConfig::new(8, 8)).unwrap();
     let mut rec = Recorder::new(gpu);

@@ -65,6 +65,7 @@ fn run_heads(
                 heads: hb.as_ref(),
                 z_offset: 0,
                 a_offset: 0,
+                z_repeat: 0,
             },
         )
         .unwrap();
@@ -203,7 +204,9 @@ fn a_chosen_subset_of_ensemble_members() {
 
 #[test]
 fn repeated_calls_reuse_pipelines() {
-    let gpu = &gpus()[1];
+    // A device of its own: the shared ones gain pipelines from tests running alongside.
+    let checks = gpus()[1].shader_checks();
+    let gpu = &Gpu::new(pompc::GpuOptions::default().with_checks(checks)).unwrap();
     let mut r = rng("cache");
     let cfg = LinearConfig::new(33, 17)
         .with_ln()
@@ -212,4 +215,79 @@ fn repeated_calls_reuse_pipelines() {
     let before = gpu.cached_pipelines();
     run_case(gpu, &mut r, cfg, 40, None);
     assert_eq!(gpu.cached_pipelines(), before);
+}
+
+/// Rows whose Z part repeats every `g` rows (the planner's first step): the layer on `g`
+/// distinct latents and per-row actions against the mirror on the explicitly repeated input,
+/// with and without LayerNorm, every activation, every storage the device has.
+#[test]
+fn repeated_z_rows_match_the_mirror_on_the_repeated_input() {
+    let mut r = rng("repeated_z");
+    for gpu in gpus() {
+        // The distinct rows' Z part takes the layer's K-split (the per-row A part never
+        // splits): a forced split of 3 covers the epilogue's sum of the parts.
+        for (act, ln, split) in [
+            (Activation::Mish, true, None),
+            (Activation::SimNorm, true, Some(3)),
+            (Activation::Identity, false, Some(2)),
+        ] {
+            let g = r.random_range(1..9);
+            let m = g * r.random_range(1..40);
+            let k1 = r.random_range(1..90);
+            let k2 = r.random_range(1..8);
+            let n = r.random_range(2..70) * 8;
+            let mut cfg = LinearConfig::new(k1 + k2, n).with_concat(k1).with_act(act);
+            if ln {
+                cfg = cfg.with_ln();
+            }
+            let z = uniform(&mut r, g * k1, 1.0);
+            let a = uniform(&mut r, m * k2, 1.0);
+            let w = uniform(&mut r, n * (k1 + k2), 1.0 / ((k1 + k2) as f32).sqrt());
+            let b = uniform(&mut r, n, 1.0);
+            let gam = uniform(&mut r, n, 2.0);
+            let be = uniform(&mut r, n, 1.0);
+            let z_full: Vec<f32> = (0..m)
+                .flat_map(|row| z[(row % g) * k1..(row % g + 1) * k1].to_vec())
+                .collect();
+            let lnp = ln.then_some((gam.as_slice(), be.as_slice()));
+            let want = reference::linear::linear(&cfg, m, &z_full, &a, &w, &b, lnp, None);
+            let zb = GpuBuffer::from_slice(gpu, "z", &z).unwrap();
+            let ab = GpuBuffer::from_slice(gpu, "a", &a).unwrap();
+            let wb = GpuBuffer::from_slice(gpu, "w", &w).unwrap();
+            let bb = GpuBuffer::from_slice(gpu, "b", &b).unwrap();
+            let gb = GpuBuffer::from_slice(gpu, "gamma", &gam).unwrap();
+            let beb = GpuBuffer::from_slice(gpu, "beta", &be).unwrap();
+            let y = GpuBuffer::<f32>::new(gpu, "y", m * n).unwrap();
+            y.fill_u32(gpu, POISON).unwrap();
+            let plan = split.map(|split| LinearPlan {
+                tile: Tile::SMALL,
+                split,
+            });
+            let layer = Linear::new(gpu, cfg).unwrap().with_plan(plan);
+            let mut rec = Recorder::new(gpu);
+            let io = LinearInputs {
+                a: Some(&ab),
+                ln: ln.then_some((&gb, &beb)),
+                z_repeat: g,
+                ..LinearInputs::new(&zb, &wb, &bb, &y)
+            };
+            layer.record(&mut rec, m, io).unwrap();
+            let h = rec.read(&y);
+            let got = rec.finish().unwrap().get(&h).unwrap();
+            let err = rel_error(&got, &want);
+            assert!(
+                err <= TOL,
+                "{cfg:?} m={m} g={g} split {split:?} checks={:?}: relative error {err:e} > \
+                 {TOL:e}",
+                gpu.shader_checks()
+            );
+            // A head map or a plain input cannot repeat Z.
+            let plain = Linear::new(gpu, LinearConfig::new(k1, n)).unwrap();
+            let io = LinearInputs {
+                z_repeat: g,
+                ..LinearInputs::new(&zb, &wb, &bb, &y)
+            };
+            assert!(plain.record(&mut Recorder::new(gpu), m, io).is_err());
+        }
+    }
 }

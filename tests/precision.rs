@@ -119,6 +119,7 @@ fn run<X: Store, W: Store, Y: Store>(
                 heads: hb.as_ref(),
                 z_offset: 0,
                 a_offset: 0,
+                z_repeat: 0,
             },
         )
         .unwrap();
@@ -358,6 +359,113 @@ fn world_model_at_f16_and_tensor_cores_against_f32() {
                     ));
                 }
             }
+        }
+    }
+}
+
+/// The planner's first step: a layer whose Z rows repeat every `g` rows (`z_repeat`), at f16
+/// storage and on every tensor-core tile the device holds, f32 latents in and f16 or f32 out,
+/// against the mirror on the explicitly repeated rows, with the operands of each part (the
+/// distinct rows' Z part, the per-row A part) rounded to f16 where it runs on tensor cores.
+#[test]
+fn repeated_z_rows_at_f16_and_on_tensor_cores() {
+    let mut r = rng("repeated z precision");
+    for gpu in gpus() {
+        let mut plans: Vec<(Precision, Option<CoopPlan>)> = Vec::new();
+        if gpu.supports(Precision::F16).is_ok() {
+            plans.push((Precision::F16, None));
+        }
+        if let Ok(sg) = gpu.tensor_cores() {
+            for tile in CoopTile::ALL.iter().filter(|t| t.check(gpu, sg).is_ok()) {
+                plans.push((
+                    Precision::TensorCore,
+                    Some(CoopPlan {
+                        tile: *tile,
+                        split: 1,
+                    }),
+                ));
+            }
+        }
+        eprintln!(
+            "repeated z: {} precision/tile cases on {}",
+            plans.len(),
+            gpu.describe()
+        );
+        for (i, (precision, coop)) in plans.into_iter().enumerate() {
+            let g = r.random_range(1..9);
+            let m = g * r.random_range(1..40);
+            let (k1, k2) = (r.random_range(16..150), r.random_range(1..8));
+            let n = r.random_range(2..40) * 8;
+            let act = [Activation::Mish, Activation::SimNorm][i % 2];
+            let cfg = LinearConfig::new(k1 + k2, n)
+                .with_concat(k1)
+                .with_ln()
+                .with_act(act);
+            let z = uniform(&mut r, g * k1, 1.0);
+            let a = uniform(&mut r, m * k2, 1.0);
+            let w = round_f16(&uniform(&mut r, n * (k1 + k2), 1.0 / (k1 as f32).sqrt()));
+            let (b, gam, be) = (
+                uniform(&mut r, n, 1.0),
+                uniform(&mut r, n, 2.0),
+                uniform(&mut r, n, 1.0),
+            );
+            let z_full: Vec<f32> = (0..m)
+                .flat_map(|row| z[(row % g) * k1..(row % g + 1) * k1].to_vec())
+                .collect();
+            let layer = Linear::new(gpu, cfg)
+                .unwrap()
+                .with_precision(gpu, precision)
+                .unwrap()
+                .with_coop_plan(coop);
+            // Each part rounds its operands where it runs on tensor cores (here the forced
+            // plan covers the distinct rows' Z part too; the planner's 256 latents take the
+            // tensor cores by size).
+            let tc = |rows| matches!(layer.kernel_on(gpu, rows, 1), LinearKernel::TensorCore(_));
+            let z_seen = if tc(g) { round_f16(&z_full) } else { z_full };
+            let a_seen = if tc(m) { round_f16(&a) } else { a.clone() };
+            let ln = Some((gam.as_slice(), be.as_slice()));
+            let want = mirror(&cfg, m, &z_seen, &a_seen, &w, &b, ln, None);
+            let zb = GpuBuffer::from_slice(gpu, "z", &z).unwrap();
+            let ab = GpuBuffer::from_slice(gpu, "a", &a).unwrap();
+            let wb = GpuBuffer::from_slice(gpu, "w", &store::<f16>(&w)).unwrap();
+            let bb = GpuBuffer::from_slice(gpu, "b", &b).unwrap();
+            let gb = GpuBuffer::from_slice(gpu, "gamma", &gam).unwrap();
+            let beb = GpuBuffer::from_slice(gpu, "beta", &be).unwrap();
+            let y16 = GpuBuffer::<f16>::new(gpu, "y16", m * n).unwrap();
+            let y32 = GpuBuffer::<f32>::new(gpu, "y32", m * n).unwrap();
+            y16.fill_u32(gpu, POISON | (POISON >> 16)).unwrap();
+            y32.fill_u32(gpu, POISON).unwrap();
+            let mut rec = Recorder::new(gpu);
+            let io = LinearInputs {
+                a: Some(&ab),
+                ln: Some((&gb, &beb)),
+                z_repeat: g,
+                ..LinearInputs::new(&zb, &wb, &bb, &y16)
+            };
+            layer.record(&mut rec, m, io).unwrap();
+            let io = LinearInputs {
+                a: Some(&ab),
+                ln: Some((&gb, &beb)),
+                z_repeat: g,
+                ..LinearInputs::new(&zb, &wb, &bb, &y32)
+            };
+            layer.record(&mut rec, m, io).unwrap();
+            let (h16, h32) = (rec.read(&y16), rec.read(&y32));
+            let out = rec.finish().unwrap();
+            let got16: Vec<f32> = out
+                .get(&h16)
+                .unwrap()
+                .into_iter()
+                .map(f16::to_f32)
+                .collect();
+            let got32 = out.get(&h32).unwrap();
+            let (e16, e32) = (rel_error(&got16, &want), rel_error(&got32, &want));
+            let tol32 = if coop.is_some() { 2e-4 } else { 1e-5 };
+            assert!(
+                e16 <= 1e-3 && e32 <= tol32,
+                "{precision:?} {coop:?} {cfg:?} m={m} g={g}: errors {e16:e} (f16 out), \
+                 {e32:e} (f32 out, tolerance {tol32:e})"
+            );
         }
     }
 }

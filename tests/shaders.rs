@@ -67,10 +67,22 @@ fn linear_every_tile_split_activation_and_norm() {
                         let plan = LinearPlan { tile, split };
                         for epilogue in [false, true] {
                             for head_map in [false, true] {
-                                let (spec, header, ov) =
+                                let (spec, header, mut ov) =
                                     linear::pipeline_constants(&cfg, plan, epilogue, head_map);
                                 compile(spec.shader, spec.entry, &header, &ov);
                                 n += 1;
+                                if epilogue && split == 1 {
+                                    // What Linear::record adds: the repeated-Z layer's K parts
+                                    // and its epilogue.
+                                    ov.push(("PRE", 1.0));
+                                    compile(spec.shader, spec.entry, &header, &ov);
+                                } else if !epilogue && split == 1 {
+                                    for kpart in [1.0, 2.0] {
+                                        let mut ov = ov.clone();
+                                        ov.push(("KPART", kpart));
+                                        compile(spec.shader, spec.entry, &header, &ov);
+                                    }
+                                }
                             }
                         }
                     }

@@ -31,6 +31,8 @@ struct Params {
     // Element offsets of row 0 in xz and xa (time step t of an action buffer [T, rows, A]).
     xz_offset: u32,
     xa_offset: u32,
+    // The epilogue with PRE: rows of `pre` (row r adds pre row r % pre_rows).
+    pre_rows: u32,
 }
 
 @group(0) @binding(0) var<storage, read> xz: array<XT>;
@@ -43,6 +45,21 @@ struct Params {
 @group(0) @binding(7) var<storage, read> beta: array<f32>;
 @group(0) @binding(8) var<storage, read> part: array<f32>;
 @group(0) @binding(9) var<storage, read> heads: array<u32>;
+@group(0) @binding(13) var<storage, read> pre: array<f32>;
+
+// The part of K a GEMM sums over (override KPART of the importer): 0 all of it, 1 the Z
+// columns (k < K1), 2 the A columns. A layer whose Z rows repeat (the planner's first step:
+// every sample of an environment starts from its latent) sums Z W^T once per distinct row
+// and A W^T per row, and the epilogue adds them (PRE).
+fn k_range(k_begin: u32, k_end: u32) -> vec2<u32> {
+    if (KPART == 1u) {
+        return vec2<u32>(k_begin, max(k_begin, min(k_end, K1)));
+    }
+    if (KPART == 2u) {
+        return vec2<u32>(max(k_begin, K1), max(k_end, K1));
+    }
+    return vec2<u32>(k_begin, k_end);
+}
 
 // Element k of row `row` of the concatenated input [Z | A] of output slot e.
 fn x_at(e: u32, row: u32, k: u32) -> f32 {

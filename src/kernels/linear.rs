@@ -393,6 +393,11 @@ pub struct LinearInputs<'a, X: Element = f32, W: Element = f32, Y: Element = f32
     pub z_offset: usize,
     /// Element offset of row 0 in `a`: e.g. time step t of actions stored `[T, rows, A]`.
     pub a_offset: usize,
+    /// 0, or `g`: Z holds `g` distinct rows and row `r` of X is `[Z[r % g], A[r]]` (the
+    /// planner's first step, where every sample of an environment starts from its latent).
+    /// The layer then sums `Z W^T` once per distinct row and `A W^T` per row. Needs a
+    /// concatenated input and one weight set.
+    pub z_repeat: usize,
 }
 
 impl<X: Element, W: Element, Y: Element> Clone for LinearInputs<'_, X, W, Y> {
@@ -421,6 +426,7 @@ impl<'a, X: Element, W: Element, Y: Element> LinearInputs<'a, X, W, Y> {
             heads: None,
             z_offset: 0,
             a_offset: 0,
+            z_repeat: 0,
         }
     }
 }
@@ -435,7 +441,7 @@ struct Params {
     sets: u32,
     xz_offset: u32,
     xa_offset: u32,
-    _pad: u32,
+    pre_rows: u32,
 }
 
 const BINDINGS: &[(u32, Binding)] = &[
@@ -480,6 +486,7 @@ const EPILOGUE: KernelSpec = KernelSpec {
         (7, Binding::Read),
         (8, Binding::Read),
         (9, Binding::Read),
+        (13, Binding::Read),
     ],
 };
 
@@ -560,11 +567,14 @@ pub fn pipeline_constants_for(
             ("TM", tm),
             ("TN", tn),
             ("ROW_CAP", row_cap),
+            ("RPT", EPILOGUE_ROWS),
         ];
         h.extend(flags);
         if epilogue {
             ov.push(("LN", cfg.layer_norm as u32 as f64));
-            ov.push(("PART", reads_part(cfg, kernel, storage.y16) as u32 as f64));
+            // Split parts are in scratch; Linear::record also sends raw sums there for an
+            // f16 output at f16 precision.
+            ov.push(("PART", (split > 1) as u32 as f64));
             return (EPILOGUE, Header(h), ov);
         }
         ov.push(("RAW", (!fused) as u32 as f64));
@@ -577,17 +587,6 @@ pub fn pipeline_constants_for(
     h.extend(flags);
     ov.push(("RAW", (!fused) as u32 as f64));
     (COOP, Header(h), ov)
-}
-
-/// Whether the epilogue reads raw sums from the f32 scratch: split parts, or an f16 output
-/// that must not hold the sums before LayerNorm at [`Precision::F16`]. On tensor cores,
-/// whose operands are already rounded to f16, the raw sums go to the f16 output and the
-/// epilogue works in place: half the memory traffic of f32 scratch, about the same error
-/// as the rounding of the operands (on the H100 the epilogue was 17% of a B = 256 plan step).
-fn reads_part(cfg: &LinearConfig, kernel: LinearKernel, y16: bool) -> bool {
-    let split = kernel.split();
-    split > 1
-        || (y16 && needs_epilogue(cfg, split) && !matches!(kernel, LinearKernel::TensorCore(_)))
 }
 
 fn needs_epilogue(cfg: &LinearConfig, split: u32) -> bool {
@@ -608,13 +607,15 @@ fn needs_epilogue(cfg: &LinearConfig, split: u32) -> bool {
 /// let (g, beta) = (b.clone(), b.clone());
 /// let y = pompc::GpuBuffer::<f32>::new(&gpu, "y", m * 512)?;
 /// let mut rec = pompc::Recorder::new(&gpu);
-/// layer.record(&mut rec, m, LinearInputs { z: &x, a: None, w: &w, b: &b, ln: Some((&g, &beta)), y: &y, heads: None, z_offset: 0, a_offset: 0 })?;
+/// layer.record(&mut rec, m, LinearInputs { z: &x, a: None, w: &w, b: &b, ln: Some((&g, &beta)), y: &y, heads: None, z_offset: 0, a_offset: 0, z_repeat: 0 })?;
 /// rec.submit()?;
 /// # Ok(()) }
 /// ```
 pub struct Linear {
     cfg: LinearConfig,
     scratch: Mutex<Option<GpuBuffer<f32>>>,
+    // The Z part of repeated-Z calls.
+    pre_scratch: Mutex<Option<GpuBuffer<f32>>>,
     forced: Option<LinearPlan>,
     forced_coop: Option<CoopPlan>,
     precision: Precision,
@@ -635,6 +636,7 @@ impl Linear {
         Ok(Linear {
             cfg,
             scratch: Mutex::new(None),
+            pre_scratch: Mutex::new(None),
             forced: None,
             forced_coop: None,
             precision: gpu.precision(),
@@ -740,7 +742,7 @@ impl Linear {
                 split: split as u32,
             });
         }
-        LinearKernel::Alu(self.plan_for(m, slots, gpu.info().device_type == wgpu::DeviceType::Cpu))
+        LinearKernel::Alu(self.plan_for(m, slots, cpu_adapter(gpu)))
     }
 
     /// Record the layer for `m` rows into `rec`.
@@ -784,7 +786,23 @@ impl Linear {
         if m == 0 {
             return Ok(());
         }
-        expect("Z", io.z.len(), io.z_offset + in_rows * m * cfg.k1)?;
+        let repeat = io.z_repeat;
+        if repeat > 0 && (k2 == 0 || sets != 1 || io.heads.is_some()) {
+            return Err(Error::InvalidArgument(format!(
+                "linear {}x{}: repeated Z rows need a concatenated input [Z, A] and one weight \
+                 set (k1 {}, {sets} sets{})",
+                cfg.k,
+                cfg.n,
+                cfg.k1,
+                if io.heads.is_some() {
+                    ", a head map"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let z_rows = if repeat > 0 { repeat.min(m) } else { m };
+        expect("Z", io.z.len(), io.z_offset + in_rows * z_rows * cfg.k1)?;
         let a = match (k2, io.a) {
             (0, _) => &io.z.buffer,
             (_, Some(a)) => {
@@ -818,22 +836,41 @@ impl Linear {
         {
             return Err(Error::Limit(format!("{m} rows overflow 32-bit indexing")));
         }
-        let kernel = self.kernel_on(gpu, m, e);
+        // Repeated Z: one K-part, so that the epilogue adds the Z part to a single sum.
+        let one_part = |k: LinearKernel| match k {
+            LinearKernel::Alu(p) => LinearKernel::Alu(LinearPlan { split: 1, ..p }),
+            LinearKernel::TensorCore(p) => LinearKernel::TensorCore(CoopPlan { split: 1, ..p }),
+        };
+        let mut kernel = self.kernel_on(gpu, m, e);
+        if repeat > 0 {
+            // The per-row A part has a handful of columns: writing its sums is the whole cost,
+            // which the ALU kernel does with less overhead than a tensor-core tile's (H100:
+            // XLARGE took about 265 us for the planner's 131072 x 512 x 6).
+            kernel = match kernel {
+                LinearKernel::TensorCore(_) if self.forced_coop.is_none() => {
+                    one_part(LinearKernel::Alu(self.plan_for(m, e, cpu_adapter(gpu))))
+                }
+                k => one_part(k),
+            };
+        }
         let split = kernel.split();
         if split == 0 {
             return Err(Error::InvalidArgument("K split of 0".into()));
         }
-        let (bm, bn, sg) = match kernel {
-            LinearKernel::Alu(p) => {
-                p.tile.check(gpu)?;
-                (p.tile.bm, p.tile.bn, 0)
-            }
-            LinearKernel::TensorCore(p) => {
-                let sg = gpu.tensor_cores()?;
-                p.tile.check(gpu, sg)?;
-                (p.tile.bm, p.tile.bn, sg)
-            }
+        let tile_of = |kernel: LinearKernel| -> Result<(u32, u32, u32)> {
+            Ok(match kernel {
+                LinearKernel::Alu(p) => {
+                    p.tile.check(gpu)?;
+                    (p.tile.bm, p.tile.bn, 0)
+                }
+                LinearKernel::TensorCore(p) => {
+                    let sg = gpu.tensor_cores()?;
+                    p.tile.check(gpu, sg)?;
+                    (p.tile.bm, p.tile.bn, sg)
+                }
+            })
         };
+        let (bm, bn, sg) = tile_of(kernel)?;
         let params = Params {
             m: m as u32,
             xz_stride: if cfg.shared_input {
@@ -846,54 +883,115 @@ impl Linear {
             sets: sets as u32,
             xz_offset: io.z_offset as u32,
             xa_offset: io.a_offset as u32,
-            _pad: 0,
+            pre_rows: repeat as u32,
         };
         // Without a head map the binding gets any buffer; the kernel never reads it.
         let heads = io.heads.map_or(&io.b.buffer, |h| &h.buffer);
         let head_map = io.heads.is_some();
-        let epi = needs_epilogue(cfg, split);
-        let part = reads_part(cfg, kernel, storage.y16);
+        let epi = needs_epilogue(cfg, split) || repeat > 0;
+        // Where the epilogue finds the raw sums: split parts in f32 scratch; a whole sum in
+        // the output itself, except for an f16 output at f16 precision, which must not hold
+        // the sums before LayerNorm (f32 scratch). At tensor-core precision, whose operands
+        // are rounded to f16 anyway, the f16 output holds them: half the memory traffic of
+        // scratch (the LayerNorm epilogue was 17% of a B = 256 plan step on the H100).
+        let part = split > 1 || (storage.y16 && epi && self.precision != Precision::TensorCore);
         // The GEMM writes raw sums to f32 scratch when the epilogue reads them from there.
         let gemm_storage = Storage {
             y16: storage.y16 && !part,
             ..storage
         };
-        let (spec, header, ov) =
-            pipeline_constants_for(cfg, kernel, false, head_map, gemm_storage, sg);
-        let gemm = gpu.pipeline(&spec, &header, &ov)?;
-        let gx = cfg.n.div_ceil(bn as usize) as u32;
-        let gy = m.div_ceil(bm as usize) as u32;
-        let gz = (e as u32) * split;
         let max = gpu.limits().max_compute_workgroups_per_dimension;
-        if gx > max || gy > max || gz > max {
-            return Err(Error::Limit(format!(
-                "linear: {gy}x{gx} tiles x {gz} slots and K-parts exceed {max} workgroups per \
-                 dimension"
-            )));
+        let grid = |rows: usize, bm: u32, bn: u32, gz: u32| -> Result<[u32; 3]> {
+            let gx = cfg.n.div_ceil(bn as usize) as u32;
+            let gy = rows.div_ceil(bm as usize) as u32;
+            if gx > max || gy > max || gz > max {
+                return Err(Error::Limit(format!(
+                    "linear: {gy}x{gx} tiles x {gz} slots and K-parts exceed {max} workgroups \
+                     per dimension"
+                )));
+            }
+            Ok([gx, gy, gz])
+        };
+        let (z, w) = (&io.z.buffer, &io.w.buffer);
+        // The Z part of a repeated-Z layer: raw sums of the distinct rows, f32.
+        let pre = if repeat > 0 {
+            // Its own K-split: a few distinct rows (B = 1: one) need it to fill the GPU.
+            let pre_kernel = self.kernel_on(gpu, z_rows, 1);
+            let (pbm, pbn, psg) = tile_of(pre_kernel)?;
+            let pre_storage = Storage {
+                y16: false,
+                ..storage
+            };
+            let (spec, header, mut ov) =
+                pipeline_constants_for(cfg, pre_kernel, false, false, pre_storage, psg);
+            set_override(&mut ov, "RAW", 1.0);
+            set_override(&mut ov, "KPART", 1.0);
+            let pipe = gpu.pipeline(&spec, &header, &ov)?;
+            let pre_split = pre_kernel.split();
+            let buf =
+                Self::scratch_in(&self.pre_scratch, gpu, pre_split as usize * z_rows * cfg.n)?;
+            let pre_params = Params {
+                m: z_rows as u32,
+                xz_stride: 0,
+                xa_stride: 0,
+                pre_rows: 0,
+                ..params
+            };
+            let target = &buf.buffer;
+            let buffers: &[&wgpu::Buffer] = match pre_kernel {
+                LinearKernel::Alu(_) => &[z, a, w, &io.b.buffer, target, heads],
+                LinearKernel::TensorCore(_) => &[z, a, w, &io.b.buffer, target, heads, z, w, w],
+            };
+            rec.dispatch(
+                &pipe,
+                buffers,
+                Some(&pre_params),
+                grid(z_rows, pbm, pbn, pre_split)?,
+            )?;
+            Some((buf, pre_split))
+        } else {
+            None
+        };
+        let (spec, header, mut ov) =
+            pipeline_constants_for(cfg, kernel, false, head_map, gemm_storage, sg);
+        if repeat > 0 {
+            set_override(&mut ov, "RAW", 1.0);
+            set_override(&mut ov, "KPART", 2.0);
         }
+        let gemm = gpu.pipeline(&spec, &header, &ov)?;
         let scratch = if part {
             Some(self.scratch(gpu, e * split as usize * m * cfg.n)?)
         } else {
             None
         };
         let target = scratch.as_ref().map_or(&io.y.buffer, |s| &s.buffer);
-        let (z, w) = (&io.z.buffer, &io.w.buffer);
         let buffers: &[&wgpu::Buffer] = match kernel {
             LinearKernel::Alu(_) => &[z, a, w, &io.b.buffer, target, heads],
             LinearKernel::TensorCore(_) => &[z, a, w, &io.b.buffer, target, heads, z, w, w],
         };
-        rec.dispatch(&gemm, buffers, Some(&params), [gx, gy, gz])?;
+        rec.dispatch(
+            &gemm,
+            buffers,
+            Some(&params),
+            grid(m, bm, bn, e as u32 * split)?,
+        )?;
         if epi {
-            let (spec, header, ov) =
+            let (spec, header, mut ov) =
                 pipeline_constants_for(cfg, kernel, true, head_map, storage, sg);
+            set_override(&mut ov, "PART", part as u32 as f64);
+            if let Some((_, pre_split)) = &pre {
+                set_override(&mut ov, "PRE", 1.0);
+                set_override(&mut ov, "PRE_SPLIT", *pre_split as f64);
+            }
             let pipe: Arc<Pipeline> = gpu.pipeline(&spec, &header, &ov)?;
-            let rows = (e * m) as u32;
+            let rows = ((e * m) as u32).div_ceil(EPILOGUE_ROWS);
             let (x, y) = if rows <= max {
                 (rows, 1)
             } else {
                 (max, rows.div_ceil(max))
             };
             let part = scratch.as_ref().unwrap_or(io.b);
+            let pre = pre.as_ref().map_or(io.b, |(b, _)| b);
             rec.dispatch(
                 &pipe,
                 &[
@@ -903,6 +1001,7 @@ impl Linear {
                     &beta.buffer,
                     &part.buffer,
                     heads,
+                    &pre.buffer,
                 ],
                 Some(&params),
                 [x, y, 1],
@@ -912,8 +1011,15 @@ impl Linear {
     }
 
     fn scratch(&self, gpu: &Gpu, len: usize) -> Result<GpuBuffer<f32>> {
-        let mut s = self
-            .scratch
+        Self::scratch_in(&self.scratch, gpu, len)
+    }
+
+    fn scratch_in(
+        slot: &Mutex<Option<GpuBuffer<f32>>>,
+        gpu: &Gpu,
+        len: usize,
+    ) -> Result<GpuBuffer<f32>> {
+        let mut s = slot
             .lock()
             .map_err(|_| Error::InvalidArgument("linear scratch lock poisoned".into()))?;
         if let Some(b) = s.as_ref().filter(|b| b.len() >= len) {
@@ -922,6 +1028,21 @@ impl Linear {
         let b = GpuBuffer::new(gpu, "linear split-K partial sums", len)?;
         *s = Some(b.clone());
         Ok(b)
+    }
+}
+
+/// Rows per epilogue workgroup, each fetched during the previous one's reductions.
+const EPILOGUE_ROWS: u32 = 4;
+
+fn cpu_adapter(gpu: &Gpu) -> bool {
+    gpu.info().device_type == wgpu::DeviceType::Cpu
+}
+
+/// Set (or add) an override constant.
+fn set_override(ov: &mut Vec<(&'static str, f64)>, name: &'static str, value: f64) {
+    match ov.iter_mut().find(|(n, _)| *n == name) {
+        Some(o) => o.1 = value,
+        None => ov.push((name, value)),
     }
 }
 

@@ -41,6 +41,7 @@ impl DenseLayer {
         (a, a_offset): (Option<&GpuBuffer<f32>>, usize),
         y: &GpuBuffer<Y>,
         heads: Option<&GpuBuffer<u32>>,
+        z_repeat: usize,
     ) -> Result<()> {
         let ln = self.ln.as_ref().map(|(g, b)| (g, b));
         match &self.w {
@@ -57,6 +58,7 @@ impl DenseLayer {
                     heads,
                     z_offset,
                     a_offset,
+                    z_repeat,
                 },
             ),
             Matrix::F16(w) => self.linear.record(
@@ -72,6 +74,7 @@ impl DenseLayer {
                     heads,
                     z_offset,
                     a_offset,
+                    z_repeat,
                 },
             ),
         }
@@ -164,6 +167,9 @@ pub struct NetInput<'a> {
     pub z_offset: usize,
     /// Element offset of row 0 in `a` (time step t of actions stored `[T, rows, A]`).
     pub a_offset: usize,
+    /// 0, or `g`: `z` holds `g` rows and row `r` reads `z` row `r % g` (see
+    /// [`NetInput::repeating`]).
+    pub z_repeat: usize,
 }
 
 impl<'a> NetInput<'a> {
@@ -174,7 +180,17 @@ impl<'a> NetInput<'a> {
             a,
             z_offset: 0,
             a_offset: 0,
+            z_repeat: 0,
         }
+    }
+
+    /// `z` holds `g` distinct rows and row `r` of the input is `[z[r % g], a[r]]`: the
+    /// planner's first step, where every sample of an environment starts from its latent.
+    /// The first layer then multiplies the `g` latents once instead of every row (networks
+    /// that read `[z, a]` only).
+    pub fn repeating(mut self, g: usize) -> Self {
+        self.z_repeat = g;
+        self
     }
 
     /// The same buffers starting at element offsets.
@@ -285,7 +301,8 @@ impl Mlp {
                     ((&ws.hidden[(i - 1) % 2], 0), (None, 0))
                 };
                 let y = if i + 1 == n { out } else { &ws.hidden[i % 2] };
-                layer.record(rec, m, z, a, y, heads)?;
+                let repeat = if i == 0 { input.z_repeat } else { 0 };
+                layer.record(rec, m, z, a, y, heads, repeat)?;
             }
             return Ok(());
         }
@@ -294,17 +311,29 @@ impl Mlp {
         for (i, layer) in self.layers.iter().enumerate() {
             let last = i + 1 == n;
             match (i == 0, last) {
-                (true, true) => {
-                    layer.record(rec, m, (input.z, input.z_offset), input_a, out, heads)?
-                }
-                (true, false) => {
-                    layer.record(rec, m, (input.z, input.z_offset), input_a, &h[0], heads)?
-                }
+                (true, true) => layer.record(
+                    rec,
+                    m,
+                    (input.z, input.z_offset),
+                    input_a,
+                    out,
+                    heads,
+                    input.z_repeat,
+                )?,
+                (true, false) => layer.record(
+                    rec,
+                    m,
+                    (input.z, input.z_offset),
+                    input_a,
+                    &h[0],
+                    heads,
+                    input.z_repeat,
+                )?,
                 (false, true) => {
-                    layer.record(rec, m, (&h[(i - 1) % 2], 0), (None, 0), out, heads)?
+                    layer.record(rec, m, (&h[(i - 1) % 2], 0), (None, 0), out, heads, 0)?
                 }
                 (false, false) => {
-                    layer.record(rec, m, (&h[(i - 1) % 2], 0), (None, 0), &h[i % 2], heads)?
+                    layer.record(rec, m, (&h[(i - 1) % 2], 0), (None, 0), &h[i % 2], heads, 0)?
                 }
             }
         }

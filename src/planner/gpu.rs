@@ -576,10 +576,15 @@ impl<'m> Planner<'m> {
                 Some(&params(streams::sampling(call, i), 0, 0)),
                 groups(t * (n - p) * b * a),
             )?;
-            replicate(&mut rec, n, &st.z[0])?;
             for step in 0..t {
                 let (cur, next) = (&st.z[step % 2], &st.z[(step + 1) % 2]);
-                let input = NetInput::new(cur, Some(&st.actions)).at(0, step * nb * a);
+                // Step 0 starts every sample of an environment from its latent: the first
+                // layers multiply the B latents once (no replicated copy).
+                let input = if step == 0 {
+                    NetInput::new(&st.z0, Some(&st.actions)).repeating(b)
+                } else {
+                    NetInput::new(cur, Some(&st.actions)).at(0, step * nb * a)
+                };
                 m.reward
                     .record(&mut rec, nb, input, None, ws, &st.r_logits)?;
                 two_hot::record_decode_strided(
