@@ -198,12 +198,12 @@ fn gemm(
     }
 }
 
-const EW: u32 = 64u;
+// EW (header): threads per row, a multiple of 8.
 // Elements of a row per thread: j = tid + EW * i, kept in registers.
 const PER: u32 = ROW_CAP / EW;
 var<workgroup> row_buf: array<f32, ROW_CAP>;
 var<workgroup> red: array<f32, EW>;
-var<workgroup> red8: array<f32, 8>;
+var<workgroup> red8: array<f32, EW / 8u>;
 
 // Sum over the workgroup in two levels (8 partial sums of 8), two barriers: the epilogue runs
 // once per row, so a deep tree's barriers were most of its time. Called twice in a row: the
@@ -212,7 +212,7 @@ var<workgroup> red8: array<f32, 8>;
 fn workgroup_sum(tid: u32, v: f32) -> f32 {
     red[tid] = v;
     workgroupBarrier();
-    if (tid < 8u) {
+    if (tid < EW / 8u) {
         var s = 0.0;
         for (var i = 0u; i < 8u; i++) {
             s += red[tid * 8u + i];
@@ -221,7 +221,7 @@ fn workgroup_sum(tid: u32, v: f32) -> f32 {
     }
     workgroupBarrier();
     var total = 0.0;
-    for (var i = 0u; i < 8u; i++) {
+    for (var i = 0u; i < EW / 8u; i++) {
         total += red8[i];
     }
     return total;

@@ -568,6 +568,7 @@ pub fn pipeline_constants_for(
             ("TN", tn),
             ("ROW_CAP", row_cap),
             ("RPT", EPILOGUE_ROWS),
+            ("EW", EPILOGUE_THREADS),
         ];
         h.extend(flags);
         if epilogue {
@@ -1031,8 +1032,12 @@ impl Linear {
     }
 }
 
-/// Rows per epilogue workgroup, each fetched during the previous one's reductions.
-const EPILOGUE_ROWS: u32 = 4;
+/// Rows per epilogue workgroup, each fetched during the previous one's reductions, and the
+/// workgroup's threads (a multiple of 8). H100, the planner's 131072 rows of 512 (BENCHMARKS.md):
+/// 1 row of 64 threads per workgroup 191 us, 4 of 64 162 us, 8 of 32 148 us; 16 rows or 2
+/// were slower.
+const EPILOGUE_ROWS: u32 = 8;
+const EPILOGUE_THREADS: u32 = 32;
 
 fn cpu_adapter(gpu: &Gpu) -> bool {
     gpu.info().device_type == wgpu::DeviceType::Cpu

@@ -278,8 +278,10 @@ impl<'m> Planner<'m> {
     }
 
     /// Floating-point operations of one plan step for `batch` environments: 2 per
-    /// multiply-add of every linear layer evaluated (the useful work; the bookkeeping
-    /// kernels are not counted).
+    /// multiply-add of every linear layer as TD-MPC2 evaluates it (the bookkeeping kernels
+    /// are not counted, and the first rollout step's layers count in full although they
+    /// multiply each environment's latent once), so that rates compare across
+    /// implementations.
     pub fn flops(&self, batch: usize) -> f64 {
         use crate::model::Net;
         let s = &self.model.spec;
