@@ -63,6 +63,14 @@ pub fn source(name: &str) -> Option<&'static str> {
 pub struct Header(pub Vec<(&'static str, u32)>);
 
 impl Header {
+    /// Set constant `key` to `value` (added if absent).
+    pub fn set(&mut self, key: &'static str, value: u32) {
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some(kv) => kv.1 = value,
+            None => self.0.push((key, value)),
+        }
+    }
+
     /// Header text.
     pub fn render(&self) -> String {
         self.0

@@ -529,8 +529,9 @@ pub fn pipeline_constants_for(
     storage: Storage,
     sg: u32,
 ) -> (KernelSpec, Header, Vec<(&'static str, f64)>) {
-    // The epilogue holds a whole row, 64 threads times ROW_CAP / 64 registers (and for
-    // SimNorm in workgroup memory); other entries need only a valid size.
+    // The epilogue holds a whole row, EW threads times ROW_CAP / EW registers (and for
+    // SimNorm in workgroup memory); other entries need only a valid size. A multiple of 64
+    // suits every EpilogueShape.
     let row_cap = if epilogue {
         cfg.n.div_ceil(64) * 64
     } else {
@@ -567,8 +568,8 @@ pub fn pipeline_constants_for(
             ("TM", tm),
             ("TN", tn),
             ("ROW_CAP", row_cap),
-            ("RPT", EPILOGUE_ROWS),
-            ("EW", EPILOGUE_THREADS),
+            ("RPT", 1),
+            ("EW", 64),
         ];
         h.extend(flags);
         if epilogue {
@@ -977,15 +978,18 @@ impl Linear {
             grid(m, bm, bn, e as u32 * split)?,
         )?;
         if epi {
-            let (spec, header, mut ov) =
+            let (spec, mut header, mut ov) =
                 pipeline_constants_for(cfg, kernel, true, head_map, storage, sg);
             set_override(&mut ov, "PART", part as u32 as f64);
+            let shape = EpilogueShape::for_rows(e * m);
+            header.set("RPT", shape.rows);
+            header.set("EW", shape.threads);
             if let Some((_, pre_split)) = &pre {
                 set_override(&mut ov, "PRE", 1.0);
                 set_override(&mut ov, "PRE_SPLIT", *pre_split as f64);
             }
             let pipe: Arc<Pipeline> = gpu.pipeline(&spec, &header, &ov)?;
-            let rows = ((e * m) as u32).div_ceil(EPILOGUE_ROWS);
+            let rows = ((e * m) as u32).div_ceil(shape.rows);
             let (x, y) = if rows <= max {
                 (rows, 1)
             } else {
@@ -1032,12 +1036,35 @@ impl Linear {
     }
 }
 
-/// Rows per epilogue workgroup, each fetched during the previous one's reductions, and the
-/// workgroup's threads (a multiple of 8). H100, the planner's 131072 rows of 512 (BENCHMARKS.md):
-/// 1 row of 64 threads per workgroup 191 us, 4 of 64 162 us, 8 of 32 148 us; 16 rows or 2
-/// were slower.
-const EPILOGUE_ROWS: u32 = 8;
-const EPILOGUE_THREADS: u32 = 32;
+/// Rows per epilogue workgroup (each fetched during the previous one's reductions) and its
+/// threads per row (a multiple of 8 dividing 64).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EpilogueShape {
+    /// Rows, one after the other.
+    pub rows: u32,
+    /// Threads per row.
+    pub threads: u32,
+}
+
+impl EpilogueShape {
+    /// 8 rows of 32 threads from 65536 rows on, else 1 of 64. H100 (BENCHMARKS.md): the
+    /// planner's 131072 rows of 512 took 191 us at 1 of 64, 162 at 4 of 64, 148 at 8 of 32
+    /// (16 rows, or 2, were slower); with 8192 rows or fewer (B <= 16) long workgroups left
+    /// the GPU short of them and the plan step slowed.
+    pub fn for_rows(rows: usize) -> EpilogueShape {
+        if rows >= 65536 {
+            EpilogueShape {
+                rows: 8,
+                threads: 32,
+            }
+        } else {
+            EpilogueShape {
+                rows: 1,
+                threads: 64,
+            }
+        }
+    }
+}
 
 fn cpu_adapter(gpu: &Gpu) -> bool {
     gpu.info().device_type == wgpu::DeviceType::Cpu
