@@ -375,13 +375,57 @@ pub fn bench_plan_at(
     warmup: usize,
     precision: Precision,
 ) -> Result<PlanBench> {
+    with_warm_planner(
+        gpu,
+        spec,
+        batch,
+        warmup,
+        precision,
+        |p| p.with_timestamps(true),
+        |planner, obs, first| {
+            let mut wall = Vec::with_capacity(runs);
+            let mut gpu_t = Vec::with_capacity(runs);
+            let mut dispatches = 0;
+            for _ in 0..runs.max(1) {
+                planner.plan(obs, first)?;
+                let t = planner.last_timing().unwrap_or_default();
+                wall.push(t.wall_seconds);
+                if let Some(g) = t.gpu_seconds.filter(|g| *g > 0.0) {
+                    gpu_t.push(g);
+                }
+                dispatches = t.dispatches;
+            }
+            Ok(PlanBench {
+                batch,
+                action_dim: spec.action_dim,
+                wall: Stats::from_samples(wall, Clock::Wall),
+                gpu: (!gpu_t.is_empty()).then(|| Stats::from_samples(gpu_t, Clock::Timestamps)),
+                flops: planner.flops(batch),
+                dispatches,
+            })
+        },
+    )
+}
+
+/// A TD-MPC2 planner over the benchmark weights at `precision`, `configure`d, after `warmup`
+/// calls on random observations (seed 6), handed to `body` with those observations and the
+/// first-step flags (all false after the first call).
+fn with_warm_planner<R>(
+    gpu: &Gpu,
+    spec: &crate::model::ModelSpec,
+    batch: usize,
+    warmup: usize,
+    precision: Precision,
+    configure: impl FnOnce(crate::planner::Planner) -> crate::planner::Planner,
+    body: impl FnOnce(&mut crate::planner::Planner, &[f32], &[bool]) -> Result<R>,
+) -> Result<R> {
     use crate::model::WorldModel;
     use crate::planner::{Planner, PlannerConfig};
     let weights = bench_weights(spec)?;
     let mut r = rand::rngs::StdRng::seed_from_u64(6);
     let model = WorldModel::with_precision(gpu, &weights, precision)?;
     let cfg = PlannerConfig::tdmpc2(spec.action_dim);
-    let mut planner = Planner::new(gpu, &model, cfg)?.with_timestamps(true);
+    let mut planner = configure(Planner::new(gpu, &model, cfg)?);
     let obs: Vec<f32> = (0..batch * spec.obs_dim)
         .map(|_| r.random_range(-1.0..1.0))
         .collect();
@@ -390,26 +434,7 @@ pub fn bench_plan_at(
         planner.plan(&obs, &first)?;
         first.iter_mut().for_each(|f| *f = false);
     }
-    let mut wall = Vec::with_capacity(runs);
-    let mut gpu_t = Vec::with_capacity(runs);
-    let mut dispatches = 0;
-    for _ in 0..runs.max(1) {
-        planner.plan(&obs, &first)?;
-        let t = planner.last_timing().unwrap_or_default();
-        wall.push(t.wall_seconds);
-        if let Some(g) = t.gpu_seconds.filter(|g| *g > 0.0) {
-            gpu_t.push(g);
-        }
-        dispatches = t.dispatches;
-    }
-    Ok(PlanBench {
-        batch,
-        action_dim: spec.action_dim,
-        wall: Stats::from_samples(wall, Clock::Wall),
-        gpu: (!gpu_t.is_empty()).then(|| Stats::from_samples(gpu_t, Clock::Timestamps)),
-        flops: planner.flops(batch),
-        dispatches,
-    })
+    body(&mut planner, &obs, &first)
 }
 
 /// GPU time of one kernel launch shape in a profiled plan step (see [`profile_plan`]).
@@ -436,55 +461,50 @@ pub fn profile_plan(
     warmup: usize,
     precision: Precision,
 ) -> Result<Vec<PlanProfileRow>> {
-    use crate::model::WorldModel;
-    use crate::planner::{Planner, PlannerConfig};
     if !gpu.features().timestamps {
         return Err(crate::Error::InvalidArgument(format!(
             "{} has no timestamp queries: no per-dispatch profile",
             gpu.info().name
         )));
     }
-    let weights = bench_weights(spec)?;
-    let mut r = rand::rngs::StdRng::seed_from_u64(6);
-    let model = WorldModel::with_precision(gpu, &weights, precision)?;
-    let cfg = PlannerConfig::tdmpc2(spec.action_dim);
-    let mut planner = Planner::new(gpu, &model, cfg)?.with_profile(true);
-    let obs: Vec<f32> = (0..batch * spec.obs_dim)
-        .map(|_| r.random_range(-1.0..1.0))
-        .collect();
-    let mut first = vec![true; batch];
-    for _ in 0..warmup.max(1) {
-        planner.plan(&obs, &first)?;
-        first.iter_mut().for_each(|f| *f = false);
-    }
-    let mut rows: Vec<PlanProfileRow> = Vec::new();
-    let runs = runs.max(1);
-    for _ in 0..runs {
-        planner.plan(&obs, &first)?;
-        for d in planner.last_profile() {
-            match rows
-                .iter_mut()
-                .find(|r| r.kernel == d.kernel && r.groups == d.groups)
-            {
-                Some(r) => {
-                    r.count += 1;
-                    r.seconds += d.seconds;
+    with_warm_planner(
+        gpu,
+        spec,
+        batch,
+        warmup,
+        precision,
+        |p| p.with_profile(true),
+        |planner, obs, first| {
+            let mut rows: Vec<PlanProfileRow> = Vec::new();
+            let runs = runs.max(1);
+            for _ in 0..runs {
+                planner.plan(obs, first)?;
+                for d in planner.last_profile() {
+                    match rows
+                        .iter_mut()
+                        .find(|r| r.kernel == d.kernel && r.groups == d.groups)
+                    {
+                        Some(r) => {
+                            r.count += 1;
+                            r.seconds += d.seconds;
+                        }
+                        None => rows.push(PlanProfileRow {
+                            kernel: d.kernel.clone(),
+                            groups: d.groups,
+                            count: 1,
+                            seconds: d.seconds,
+                        }),
+                    }
                 }
-                None => rows.push(PlanProfileRow {
-                    kernel: d.kernel.clone(),
-                    groups: d.groups,
-                    count: 1,
-                    seconds: d.seconds,
-                }),
             }
-        }
-    }
-    for r in &mut rows {
-        r.count /= runs;
-        r.seconds /= runs as f64;
-    }
-    rows.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
-    Ok(rows)
+            for r in &mut rows {
+                r.count /= runs;
+                r.seconds /= runs as f64;
+            }
+            rows.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+            Ok(rows)
+        },
+    )
 }
 
 /// Seconds of back-to-back work per timed run (`POMPC_BENCH_TARGET_S`, default 2 ms).

@@ -939,14 +939,9 @@ impl Linear {
                 pre_rows: 0,
                 ..params
             };
-            let target = &buf.buffer;
-            let buffers: &[&wgpu::Buffer] = match pre_kernel {
-                LinearKernel::Alu(_) => &[z, a, w, &io.b.buffer, target, heads],
-                LinearKernel::TensorCore(_) => &[z, a, w, &io.b.buffer, target, heads, z, w, w],
-            };
             rec.dispatch(
                 &pipe,
-                buffers,
+                &gemm_buffers(pre_kernel, [z, a, w, &io.b.buffer, heads], &buf.buffer),
                 Some(&pre_params),
                 grid(z_rows, pbm, pbn, pre_split)?,
             )?;
@@ -967,13 +962,9 @@ impl Linear {
             None
         };
         let target = scratch.as_ref().map_or(&io.y.buffer, |s| &s.buffer);
-        let buffers: &[&wgpu::Buffer] = match kernel {
-            LinearKernel::Alu(_) => &[z, a, w, &io.b.buffer, target, heads],
-            LinearKernel::TensorCore(_) => &[z, a, w, &io.b.buffer, target, heads, z, w, w],
-        };
         rec.dispatch(
             &gemm,
-            buffers,
+            &gemm_buffers(kernel, [z, a, w, &io.b.buffer, heads], target),
             Some(&params),
             grid(m, bm, bn, e as u32 * split)?,
         )?;
@@ -1068,6 +1059,19 @@ impl EpilogueShape {
 
 fn cpu_adapter(gpu: &Gpu) -> bool {
     gpu.info().device_type == wgpu::DeviceType::Cpu
+}
+
+/// The GEMM's bindings (Z, A, W, bias, heads; writing `target`); the tensor-core kernel adds
+/// vector views of Z and W.
+fn gemm_buffers<'b>(
+    kernel: LinearKernel,
+    [z, a, w, b, heads]: [&'b wgpu::Buffer; 5],
+    target: &'b wgpu::Buffer,
+) -> Vec<&'b wgpu::Buffer> {
+    match kernel {
+        LinearKernel::Alu(_) => vec![z, a, w, b, target, heads],
+        LinearKernel::TensorCore(_) => vec![z, a, w, b, target, heads, z, w, w],
+    }
 }
 
 /// Set (or add) an override constant.
