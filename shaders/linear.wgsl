@@ -205,8 +205,8 @@ var<workgroup> row_buf: array<f32, ROW_CAP>;
 var<workgroup> red: array<f32, EW>;
 var<workgroup> red8: array<f32, EW / 8u>;
 
-// Sum over the workgroup in two levels (8 partial sums of 8), two barriers: the epilogue runs
-// once per row, so a deep tree's barriers were most of its time. Called twice in a row: the
+// Sum over the workgroup in two levels (partial sums of 8, then of those), two barriers in
+// place of a tree's log2(EW) pairs. Called twice in a row: the
 // second call's writes to `red` come after every thread has passed the first call's second
 // barrier, so after all reads of `red`; likewise for `red8`, written only after a barrier.
 fn workgroup_sum(tid: u32, v: f32) -> f32 {
@@ -249,9 +249,9 @@ fn raw_at(gr: u32, j: u32) -> f32 {
 }
 
 // RPT consecutive output rows per workgroup (header), one after the other, each row's values
-// fetched while the row before is reduced and written: with one row per workgroup the loads
-// waited behind the reductions' barriers (H100: 1.5 TB/s). In place on y when the GEMM wrote
-// its raw sums there (SPLIT 1 without PART).
+// fetched while the row before is reduced and written (H100, 131072 rows of 512: 182 us at one
+// row of 64 threads, about 1.5 TB/s; 148 us at 8 rows of 32; BENCHMARKS.md). In place on y when
+// the GEMM wrote its raw sums there (SPLIT 1 without PART).
 @compute @workgroup_size(EW, 1, 1)
 fn epilogue(
     @builtin(local_invocation_index) tid: u32,

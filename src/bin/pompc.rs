@@ -41,7 +41,8 @@ usage:
                                   max/mean |difference| of the planned mean, value and action
       --calls N                   consecutive plan calls compared (default 3)
       --profile                   instead of timing: every dispatch timed on its own, summed
-                                  per kernel and launch shape (timestamp queries)
+                                  per kernel and launch shape over min(runs, 10) steps
+                                  (timestamp queries)
       --runs N, --warmup N, --json
   pompc bench gemm [options]      the training GEMM at the world-model update's shapes
       --sweep                     every tile, not only the heuristic's choice

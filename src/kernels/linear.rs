@@ -845,9 +845,9 @@ impl Linear {
         };
         let mut kernel = self.kernel_on(gpu, m, e);
         if repeat > 0 {
-            // The per-row A part has a handful of columns: writing its sums is the whole cost,
-            // which the ALU kernel does with less overhead than a tensor-core tile's (H100:
-            // XLARGE took about 265 us for the planner's 131072 x 512 x 6).
+            // The per-row A part has a handful of columns: writing its sums is the whole cost.
+            // H100, the planner's 131072 x 512 x 6: the ALU kernel took 179 us; XLARGE about
+            // 265 (estimated from the profile's mean over the layers sharing its launch shape).
             kernel = match kernel {
                 LinearKernel::TensorCore(_) if self.forced_coop.is_none() => {
                     one_part(LinearKernel::Alu(self.plan_for(m, e, cpu_adapter(gpu))))
@@ -1039,9 +1039,10 @@ pub struct EpilogueShape {
 
 impl EpilogueShape {
     /// 8 rows of 32 threads from 65536 rows on, else 1 of 64. H100 (BENCHMARKS.md): the
-    /// planner's 131072 rows of 512 took 191 us at 1 of 64, 162 at 4 of 64, 148 at 8 of 32
-    /// (16 rows, or 2, were slower); with 8192 rows or fewer (B <= 16) long workgroups left
-    /// the GPU short of them and the plan step slowed.
+    /// planner's 131072 rows of 512 took 182 us at 1 of 64, 162 at 4 of 64, 148 at 8 of 32
+    /// (16 rows, or 2, were slower). With few rows long workgroups leave the GPU short of
+    /// workgroups: 512 rows (B = 1) make 64 of them; B = 16 ran 1027 env-plans/s with 8-row
+    /// workgroups against 1195 with 4 (tensor cores, two machines).
     pub fn for_rows(rows: usize) -> EpilogueShape {
         if rows >= 65536 {
             EpilogueShape {

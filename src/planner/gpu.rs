@@ -580,8 +580,9 @@ impl<'m> Planner<'m> {
             )?;
             // Step 0 starts every sample of an environment from its latent: with enough
             // environments the first layers multiply the B latents once; with few, the extra
-            // dispatches cost more than the products (H100, B = 1: 4.8 -> 6.2 ms GPU at f32),
-            // and the samples' rows get copies of the latents.
+            // dispatches cost more than the products, and the samples' rows get copies of the
+            // latents. (H100, B = 1, f32: this and 8-row epilogue workgroups together took the
+            // step from 4.8 to 6.2 ms GPU; they were not measured apart.)
             let repeat = b >= REPEAT_MIN_ENVS;
             if !repeat {
                 replicate(&mut rec, n, &st.z[0])?;
