@@ -71,7 +71,8 @@ usage:
       --steps N --seed S          environment steps (default 100000), seed (default 0); a list
                                   S1,S2,... runs the seeds in parallel threads on one device
       --model M                   tiny, small, or a TD-MPC2 size 1, 5, 19, 48, 317 (default 5)
-      --quick                     the CPU-sized preset (tiny model, 128 samples, batch 64)
+      --quick                     the CPU-sized preset (tiny model, 64 samples, 3 iterations,
+                                  batch 32)
       --eval-every N              steps between evaluations (default 10000; 0: none)
       --seed-steps N              random steps, then as many pre-training updates (default
                                   max(1000, 5 x episode length); at least one episode)
