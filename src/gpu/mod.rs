@@ -15,7 +15,9 @@ pub mod shader;
 
 pub use buffer::GpuBuffer;
 pub use pipeline::{Binding, KernelSpec, Pipeline};
-pub use recorder::{DispatchTime, PendingReadback, Readback, ReadbackHandle, Recorder, Timing};
+pub use recorder::{
+    DispatchTime, Encoded, PendingReadback, Readback, ReadbackHandle, Recorder, Timing,
+};
 
 use crate::{Error, Result};
 use std::sync::{Arc, Mutex};

@@ -153,6 +153,45 @@ impl PendingReadback<'_> {
     }
 }
 
+/// A [`Recorder`]'s work encoded into one command buffer, not yet submitted
+/// ([`Recorder::encode`]).
+pub struct Encoded<'g> {
+    gpu: &'g Gpu,
+    cmd: wgpu::CommandBuffer,
+    staging: Option<wgpu::Buffer>,
+    ts_off: u64,
+    timestamps: bool,
+    profiled: Vec<(String, [u32; 3])>,
+}
+
+impl<'g> Encoded<'g> {
+    /// Submit, and start mapping the read-backs; [`PendingReadback::wait`] collects them.
+    /// Work submitted between [`Recorder::encode`] and this call runs before it.
+    pub fn submit(self) -> Result<PendingReadback<'g>> {
+        let gpu = self.gpu;
+        gpu.scoped("submitting", || {
+            let t0 = Instant::now();
+            gpu.queue.submit([self.cmd]);
+            let mapped = self.staging.as_ref().map(|staging| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+                    let _ = tx.send(r);
+                });
+                rx
+            });
+            Ok(PendingReadback {
+                gpu,
+                staging: self.staging,
+                mapped,
+                ts_off: self.ts_off,
+                timestamps: self.timestamps,
+                profiled: self.profiled,
+                t0,
+            })
+        })
+    }
+}
+
 /// A batch of GPU work: dispatches and copies recorded in order, submitted once.
 ///
 /// ```no_run
@@ -361,18 +400,13 @@ impl<'g> Recorder<'g> {
         }
     }
 
-    /// Submit without reading anything back.
+    /// Submit; wait only when something is read back (or timed).
     pub fn submit(self) -> Result<()> {
-        if !self.reads.is_empty() || self.timestamps || self.profile {
-            self.finish().map(|_| ())
-        } else {
-            let gpu = self.gpu;
-            gpu.scoped("submitting", || {
-                let cmd = self.encode(None, None, &[])?;
-                gpu.queue.submit([cmd]);
-                Ok(())
-            })
+        let pending = self.encode()?.submit()?;
+        if pending.staging.is_some() {
+            pending.wait()?;
         }
+        Ok(())
     }
 
     /// Encode everything, submit once, map the read-backs and wait for them.
@@ -384,8 +418,15 @@ impl<'g> Recorder<'g> {
     /// batch of work while the GPU runs this one. [`PendingReadback::wait`] maps the
     /// read-backs (it waits for everything submitted so far).
     pub fn submit_for_read(self) -> Result<PendingReadback<'g>> {
+        self.encode()?.submit()
+    }
+
+    /// Encode everything into one command buffer without submitting it, so that the host's
+    /// encoding can overlap GPU work submitted before (the trainer encodes its update while
+    /// the plan step runs). [`Encoded::submit`] submits it.
+    pub fn encode(self) -> Result<Encoded<'g>> {
         let gpu = self.gpu;
-        gpu.scoped("submitting", || {
+        gpu.scoped("encoding", || {
             let ts_off = self.staging_size;
             let profiled: Vec<(String, [u32; 3])> = if self.profile {
                 self.ops
@@ -426,24 +467,14 @@ impl<'g> Recorder<'g> {
                 (set, resolve)
             });
             let prof = self.profile_sets(profiled.len());
-            let cmd = self.encode(staging.as_ref(), ts.as_ref(), &prof)?;
-            let t0 = Instant::now();
-            gpu.queue.submit([cmd]);
-            let mapped = staging.as_ref().map(|staging| {
-                let (tx, rx) = std::sync::mpsc::channel();
-                staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-                    let _ = tx.send(r);
-                });
-                rx
-            });
-            Ok(PendingReadback {
+            let cmd = self.encode_commands(staging.as_ref(), ts.as_ref(), &prof)?;
+            Ok(Encoded {
                 gpu,
+                cmd,
                 staging,
-                mapped,
                 ts_off,
                 timestamps: ts.is_some(),
                 profiled,
-                t0,
             })
         })
     }
@@ -470,7 +501,7 @@ impl<'g> Recorder<'g> {
             .collect()
     }
 
-    fn encode(
+    fn encode_commands(
         &self,
         staging: Option<&wgpu::Buffer>,
         ts: Option<&(wgpu::QuerySet, wgpu::Buffer)>,

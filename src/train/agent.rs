@@ -35,7 +35,7 @@ use super::params::ParamLayout;
 use super::policy::{PolicyLosses, PolicyTrainer, PolicyUpdateConfig, PriorKind};
 use super::world::{UpdateConfig, UpdateLosses, WorldModelTrainer};
 use crate::env::Env;
-use crate::gpu::{Gpu, GpuBuffer, Recorder};
+use crate::gpu::{Encoded, Gpu, GpuBuffer, ReadbackHandle, Recorder};
 use crate::kernels::optim::{Adam, AdamState};
 use crate::model::{ModelSpec, Net, Weights, WorldModel};
 use crate::planner::{PlanMode, Planner, PlannerConfig};
@@ -641,15 +641,16 @@ impl<'g> Trainer<'g> {
                 // transition does not change.
                 let pending = planner.plan_submit(&p.obs, &[p.first])?;
                 let log = cfg.log_every > 0 && p.updates.is_multiple_of(cfg.log_every);
-                let rec = self.learner.prepare(
+                let update = self.learner.prepare(
                     &self.model,
                     &cfg,
                     p.updates,
                     true,
+                    log,
                     re_planner.as_mut(),
                 )?;
                 let plan = pending.wait()?;
-                losses = self.learner.complete(rec, log)?;
+                losses = self.learner.complete(update)?;
                 p.updates += 1;
                 let mut g = plan.mean.clone();
                 g.extend_from_slice(&plan.std);
@@ -684,14 +685,15 @@ impl<'g> Trainer<'g> {
             if p.step == cfg.seed_steps {
                 let t0 = std::time::Instant::now();
                 for _ in 0..cfg.seed_steps {
-                    let rec = self.learner.prepare(
+                    let update = self.learner.prepare(
                         &self.model,
                         &cfg,
                         p.updates,
                         cfg.pretrain_policy,
+                        false,
                         re_planner.as_mut(),
                     )?;
-                    self.learner.complete(rec, false)?;
+                    self.learner.complete(update)?;
                     p.updates += 1;
                 }
                 on(&Event::Pretrained {
@@ -949,16 +951,20 @@ fn evaluate(
 }
 
 impl<'g> Learner<'g> {
-    /// Sample a batch (reanalysing it when due), upload it and record one update (and the
-    /// copy of the new parameters into the planner's model) without submitting it.
+    /// Sample a batch (reanalysing it when due), upload it and encode one update (and the
+    /// copy of the new parameters into the planner's model) without submitting it; with
+    /// `read`, the update reads its losses back. Encoding here, while the plan step runs,
+    /// keeps the host's encoding off the GPU's critical path.
+    #[allow(clippy::too_many_arguments)]
     fn prepare(
         &mut self,
         model: &WorldModel,
         cfg: &TrainConfig,
         updates: usize,
         with_policy: bool,
+        read: bool,
         re_planner: Option<&mut Planner>,
-    ) -> Result<Recorder<'g>> {
+    ) -> Result<PreparedUpdate<'g>> {
         let (t, b) = (cfg.update.horizon, cfg.batch);
         let a = model.spec.action_dim;
         let o = model.spec.obs_dim;
@@ -1002,34 +1008,49 @@ impl<'g> Learner<'g> {
         }
         let layout = &self.layout;
         model.record_copy_from(&mut rec, self.world.params(), |n| layout.offset(n))?;
-        Ok(rec)
+        let reads = read.then(|| LossReads {
+            world: rec.read(self.world.losses_buffer()),
+            world_adam: rec.read(self.world.adam().state_buffer()),
+            policy: rec.read(self.policy.losses_buffer()),
+            policy_adam: rec.read(self.policy.adam().state_buffer()),
+        });
+        Ok(PreparedUpdate {
+            encoded: rec.encode()?,
+            reads,
+        })
     }
 
-    /// Submit a prepared update; with `read`, wait for it and return the losses.
-    fn complete(
-        &mut self,
-        mut rec: Recorder<'g>,
-        read: bool,
-    ) -> Result<Option<(UpdateLosses, PolicyLosses)>> {
-        if !read {
-            rec.submit()?;
+    /// Submit a prepared update; when it reads its losses, wait for them.
+    fn complete(&self, update: PreparedUpdate<'g>) -> Result<Option<(UpdateLosses, PolicyLosses)>> {
+        let pending = update.encoded.submit()?;
+        let Some(r) = update.reads else {
             return Ok(None);
-        }
-        let hw = rec.read(self.world.losses_buffer());
-        let hws = rec.read(self.world.adam().state_buffer());
-        let hp = rec.read(self.policy.losses_buffer());
-        let hps = rec.read(self.policy.adam().state_buffer());
-        let out = rec.finish()?;
-        let ws = AdamState::from_words(&out.get(&hws)?)?;
+        };
+        let out = pending.wait()?;
+        let ws = AdamState::from_words(&out.get(&r.world_adam)?)?;
         let world = self
             .world
-            .decode_losses(&out.get(&hw)?, ws.grad_norm.unwrap_or(f32::NAN));
-        let mut policy = PolicyTrainer::decode_losses(&out.get(&hp)?);
-        policy.grad_norm = AdamState::from_words(&out.get(&hps)?)?
+            .decode_losses(&out.get(&r.world)?, ws.grad_norm.unwrap_or(f32::NAN));
+        let mut policy = PolicyTrainer::decode_losses(&out.get(&r.policy)?);
+        policy.grad_norm = AdamState::from_words(&out.get(&r.policy_adam)?)?
             .grad_norm
             .unwrap_or(f32::NAN);
         Ok(Some((world, policy)))
     }
+}
+
+/// One update encoded by [`Learner::prepare`], not yet submitted.
+struct PreparedUpdate<'g> {
+    encoded: Encoded<'g>,
+    reads: Option<LossReads>,
+}
+
+/// Where an update's losses and optimizer states land in its read-back.
+struct LossReads {
+    world: ReadbackHandle<f32>,
+    world_adam: ReadbackHandle<u32>,
+    policy: ReadbackHandle<f32>,
+    policy_adam: ReadbackHandle<u32>,
 }
 
 fn save_adam(
