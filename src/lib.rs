@@ -5,8 +5,9 @@
 //! GPU that wgpu reaches (Vulkan, Metal, DX12, GL; lavapipe on the CPU).
 //!
 //! Layers: [`gpu`] (device, buffers, shaders, pipelines, recorder) under [`kernels`] (one
-//! module per shader) with [`reference`] (f64 CPU mirrors) beside them; [`rng`] is the
+//! module per shader) with [`reference`](mod@reference) (f64 CPU mirrors) beside them; [`rng`] is the
 //! Philox4x32-10 generator shared by both sides.
+#![warn(missing_docs)]
 
 pub mod bench;
 pub mod env;
