@@ -1,5 +1,5 @@
-//! Where the host time of a plan step goes: recording (pipeline lookups, bind groups) versus
-//! submit, GPU and read-back. Runs a small planner many times on the best adapter.
+//! Where the host time of a plan step goes: recording (pipeline lookups, parameter blocks),
+//! encoding (bind groups, passes), GPU and read-back. Runs a small planner many times on the best adapter.
 //!
 //! `cargo run --release --example plan_timing`
 
@@ -22,12 +22,13 @@ fn main() -> pompc::Result<()> {
     };
     let mut planner = Planner::new(&gpu, &model, cfg)?.with_timestamps(true);
     let obs = vec![0.1f32; 8];
-    let (mut rec, mut wall, mut gpu_t) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut rec, mut enc, mut wall, mut gpu_t) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..40 {
         planner.plan(&obs, &[i == 0])?;
         let t = planner.last_timing().unwrap_or_default();
         if i >= 10 {
             rec.push(t.record_seconds * 1e3);
+            enc.push(t.encode_seconds * 1e3);
             wall.push(t.wall_seconds * 1e3);
             gpu_t.push(t.gpu_seconds.unwrap_or(0.0) * 1e3);
         }
@@ -38,9 +39,12 @@ fn main() -> pompc::Result<()> {
     };
     let d = planner.last_timing().unwrap_or_default().dispatches;
     println!(
-        "{d} dispatches: record {:.3} ms ({:.1} us per dispatch), GPU {:.3} ms, wall {:.3} ms",
+        "{d} dispatches: record {:.3} ms ({:.1} us per dispatch), encode {:.3} ms ({:.1} us per \
+         dispatch), GPU {:.3} ms, wall {:.3} ms",
         med(&mut rec),
         med(&mut rec.clone()) * 1e3 / d as f64,
+        med(&mut enc),
+        med(&mut enc.clone()) * 1e3 / d as f64,
         med(&mut gpu_t),
         med(&mut wall)
     );

@@ -1,11 +1,13 @@
 //! `Recorder::encode` then `Encoded::submit`: the trainer encodes its update while a plan step
 //! runs and submits it afterwards. The encoded work must see every upload and submit issued
 //! before its own submit, keep its own uniform parameters through submits in between, and
-//! bring its read-backs home.
+//! bring its read-backs home; with a `BindCache`, steps that reuse bind groups and the uniform
+//! buffer must still each run with their own parameters.
 
 mod common;
 
 use common::{POISON, gpus};
+use pompc::gpu::{BindCache, ReadbackHandle};
 use pompc::kernels::rng_fill::{Distribution, record_fill};
 use pompc::{GpuBuffer, Recorder, reference};
 use rand::Rng;
@@ -55,5 +57,67 @@ fn encoded_work_runs_after_what_was_submitted_in_between() {
                 reference::rng_fill::fill(Distribution::Bits, !seed, stream ^ 1, n)
             );
         }
+    }
+}
+
+// One fill of `n` draws per (seed, stream) into `outs[i]`, through `cache`, encoded only.
+fn encoded_fills<'g>(
+    gpu: &'g pompc::Gpu,
+    cache: &BindCache,
+    outs: &[&GpuBuffer<u32>],
+    keys: &[(u64, u32)],
+) -> (pompc::gpu::Encoded<'g>, Vec<ReadbackHandle<u32>>) {
+    let mut rec = Recorder::new(gpu).with_cache(cache);
+    for (out, &(seed, stream)) in outs.iter().zip(keys) {
+        record_fill(&mut rec, out, Distribution::Bits, seed, stream).unwrap();
+    }
+    let handles = outs.iter().map(|o| rec.read(o)).collect();
+    (rec.encode().unwrap(), handles)
+}
+
+#[test]
+fn a_bind_cache_keeps_each_submissions_parameters() {
+    let mut r = common::rng("recorder_cache");
+    for gpu in gpus() {
+        let n = r.random_range(1..2000);
+        let bufs: Vec<GpuBuffer<u32>> = (0..3)
+            .map(|i| GpuBuffer::new(gpu, &format!("draws {i}"), n).unwrap())
+            .collect();
+        let cache = BindCache::new();
+        let check =
+            |out: &pompc::gpu::Readback, hs: &[ReadbackHandle<u32>], keys: &[(u64, u32)]| {
+                for (h, &(seed, stream)) in hs.iter().zip(keys) {
+                    assert_eq!(
+                        out.get(h).unwrap(),
+                        reference::rng_fill::fill(Distribution::Bits, seed, stream, n),
+                        "seed {seed} stream {stream}"
+                    );
+                }
+            };
+        // Steps of the same shape with new parameters, alternating output buffers; then a
+        // step with more dispatches (the uniform buffer grows).
+        for step in 0..8 {
+            let count = if step < 6 { 2 } else { 3 };
+            let outs: Vec<&GpuBuffer<u32>> = (0..count).map(|i| &bufs[(i + step) % 3]).collect();
+            let keys: Vec<(u64, u32)> = (0..count).map(|_| (r.random(), r.random())).collect();
+            let (enc, hs) = encoded_fills(gpu, &cache, &outs, &keys);
+            check(&enc.submit().unwrap().wait().unwrap(), &hs, &keys);
+            assert!(
+                !cache.is_empty() && cache.len() <= 4 * 3,
+                "{} bind groups",
+                cache.len()
+            );
+        }
+        // Two steps encoded before either is submitted share the cached uniform buffer: each
+        // must run with its own parameters.
+        let outs = [&bufs[0], &bufs[1]];
+        let keys_a: Vec<(u64, u32)> = (0..2).map(|_| (r.random(), r.random())).collect();
+        let keys_b: Vec<(u64, u32)> = (0..2).map(|_| (r.random(), r.random())).collect();
+        let (enc_a, hs_a) = encoded_fills(gpu, &cache, &outs, &keys_a);
+        let (enc_b, hs_b) = encoded_fills(gpu, &cache, &outs, &keys_b);
+        let pending_a = enc_a.submit().unwrap();
+        let pending_b = enc_b.submit().unwrap();
+        check(&pending_a.wait().unwrap(), &hs_a, &keys_a);
+        check(&pending_b.wait().unwrap(), &hs_b, &keys_b);
     }
 }

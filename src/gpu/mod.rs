@@ -16,7 +16,7 @@ pub mod shader;
 pub use buffer::GpuBuffer;
 pub use pipeline::{Binding, KernelSpec, Pipeline};
 pub use recorder::{
-    DispatchTime, Encoded, PendingReadback, Readback, ReadbackHandle, Recorder, Timing,
+    BindCache, DispatchTime, Encoded, PendingReadback, Readback, ReadbackHandle, Recorder, Timing,
 };
 
 use crate::{Error, Result};

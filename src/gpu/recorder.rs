@@ -6,8 +6,9 @@ use super::buffer::GpuBuffer;
 use super::pipeline::{Binding, Pipeline};
 use crate::{Error, Result};
 use bytemuck::Pod;
+use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 enum Op {
@@ -153,11 +154,119 @@ impl PendingReadback<'_> {
     }
 }
 
+/// Bind groups and a uniform buffer that recorders of the same work (a planner's steps, a
+/// trainer's updates) share between submissions ([`Recorder::with_cache`]): a dispatch whose
+/// pipeline, buffers and parameter slot the cache has seen gets its bind group back instead of
+/// a new one. A bind group unused by the last few encodes is dropped, so a cache holds about
+/// one step's worth. Clones share one cache.
+///
+/// ```no_run
+/// # fn main() -> pompc::Result<()> {
+/// # let gpu = pompc::Gpu::new(Default::default())?;
+/// let cache = pompc::gpu::BindCache::new();
+/// for _ in 0..100 {
+///     let rec = pompc::Recorder::new(&gpu).with_cache(&cache);
+///     // ... record the same dispatches on the same buffers each time ...
+///     rec.submit()?;
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Default)]
+pub struct BindCache(Arc<Mutex<CacheInner>>);
+
+#[derive(Default)]
+struct CacheInner {
+    params: Option<wgpu::Buffer>,
+    groups: HashMap<BindKey, (wgpu::BindGroup, u64)>,
+    generation: u64,
+}
+
+#[derive(PartialEq, Eq, Hash)]
+struct BindKey {
+    layout: wgpu::BindGroupLayout,
+    buffers: Vec<wgpu::Buffer>,
+    params: Option<(u64, u64)>,
+}
+
+// Encodes that a bind group survives unused: a trainer alternates a few different recordings.
+const CACHE_KEEP: u64 = 4;
+
+impl BindCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bind groups held.
+    pub fn len(&self) -> usize {
+        self.lock().groups.len()
+    }
+
+    /// Whether the cache holds no bind group.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl CacheInner {
+    fn params_buffer(
+        &mut self,
+        len: u64,
+        create: impl FnOnce(u64) -> wgpu::Buffer,
+    ) -> wgpu::Buffer {
+        match &self.params {
+            Some(b) if b.size() >= len => b.clone(),
+            _ => {
+                let b = create(len.next_power_of_two().max(256));
+                self.params = Some(b.clone());
+                // Their uniform bindings name the old buffer.
+                self.groups.clear();
+                b
+            }
+        }
+    }
+
+    fn get_or_make(
+        &mut self,
+        layout: &wgpu::BindGroupLayout,
+        buffers: &[wgpu::Buffer],
+        params: Option<(u64, u64)>,
+        make: impl FnOnce() -> wgpu::BindGroup,
+    ) -> wgpu::BindGroup {
+        let key = BindKey {
+            layout: layout.clone(),
+            buffers: buffers.to_vec(),
+            params,
+        };
+        let generation = self.generation;
+        let entry = self
+            .groups
+            .entry(key)
+            .or_insert_with(|| (make(), generation));
+        entry.1 = generation;
+        entry.0.clone()
+    }
+
+    fn end_encode(&mut self) {
+        let generation = self.generation;
+        self.groups
+            .retain(|_, (_, used)| *used + CACHE_KEEP > generation);
+        self.generation += 1;
+    }
+}
+
 /// A [`Recorder`]'s work encoded into one command buffer, not yet submitted
 /// ([`Recorder::encode`]).
 pub struct Encoded<'g> {
     gpu: &'g Gpu,
     cmd: wgpu::CommandBuffer,
+    // The uniform block and the buffer it goes to, written just before the submit: a cached
+    // uniform buffer is shared by every recorder of its cache.
+    params: Option<(wgpu::Buffer, Vec<u8>)>,
     staging: Option<wgpu::Buffer>,
     ts_off: u64,
     timestamps: bool,
@@ -171,6 +280,9 @@ impl<'g> Encoded<'g> {
         let gpu = self.gpu;
         gpu.scoped("submitting", || {
             let t0 = Instant::now();
+            if let Some((buf, bytes)) = &self.params {
+                gpu.queue.write_buffer(buf, 0, bytes);
+            }
             gpu.queue.submit([self.cmd]);
             let mapped = self.staging.as_ref().map(|staging| {
                 let (tx, rx) = std::sync::mpsc::channel();
@@ -213,6 +325,7 @@ pub struct Recorder<'g> {
     staging_size: u64,
     timestamps: bool,
     profile: bool,
+    cache: Option<BindCache>,
 }
 
 const TIMESTAMP_BYTES: u64 = 16;
@@ -230,7 +343,16 @@ impl<'g> Recorder<'g> {
             staging_size: 0,
             timestamps: false,
             profile: false,
+            cache: None,
         }
+    }
+
+    /// Reuse bind groups and the uniform buffer from `cache`, which earlier recorders of the
+    /// same work (a planner's steps, a trainer's updates) filled: encoding then creates no
+    /// bind group for a dispatch whose pipeline, buffers and parameter slot it has seen.
+    pub fn with_cache(mut self, cache: &BindCache) -> Self {
+        self.cache = Some(cache.clone());
+        self
     }
 
     /// Time the recorded dispatches with timestamp queries when the device has them (see
@@ -424,7 +546,7 @@ impl<'g> Recorder<'g> {
     /// Encode everything into one command buffer without submitting it, so that the host's
     /// encoding can overlap GPU work submitted before (the trainer encodes its update while
     /// the plan step runs). [`Encoded::submit`] submits it.
-    pub fn encode(self) -> Result<Encoded<'g>> {
+    pub fn encode(mut self) -> Result<Encoded<'g>> {
         let gpu = self.gpu;
         gpu.scoped("encoding", || {
             let ts_off = self.staging_size;
@@ -467,15 +589,40 @@ impl<'g> Recorder<'g> {
                 (set, resolve)
             });
             let prof = self.profile_sets(profiled.len());
-            let cmd = self.encode_commands(staging.as_ref(), ts.as_ref(), &prof)?;
+            let params_buf = self.params_buffer();
+            let cmd =
+                self.encode_commands(staging.as_ref(), ts.as_ref(), &prof, params_buf.as_ref())?;
+            let params = params_buf.map(|b| (b, std::mem::take(&mut self.params)));
             Ok(Encoded {
                 gpu,
                 cmd,
+                params,
                 staging,
                 ts_off,
                 timestamps: ts.is_some(),
                 profiled,
             })
+        })
+    }
+
+    // The uniform buffer for this recorder's parameter block: the cache's (grown when too
+    // small) or a fresh one.
+    fn params_buffer(&self) -> Option<wgpu::Buffer> {
+        if self.params.is_empty() {
+            return None;
+        }
+        let len = self.params.len() as u64;
+        let create = |size: u64| {
+            self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("pompc params"),
+                size,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        };
+        Some(match &self.cache {
+            Some(c) => c.lock().params_buffer(len, create),
+            None => create(len),
         })
     }
 
@@ -506,18 +653,10 @@ impl<'g> Recorder<'g> {
         staging: Option<&wgpu::Buffer>,
         ts: Option<&(wgpu::QuerySet, wgpu::Buffer)>,
         prof: &[(wgpu::QuerySet, wgpu::Buffer, u32)],
+        params_buf: Option<&wgpu::Buffer>,
     ) -> Result<wgpu::CommandBuffer> {
         let gpu = self.gpu;
-        let params_buf = (!self.params.is_empty()).then(|| {
-            let b = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("pompc params"),
-                size: self.params.len() as u64,
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            gpu.queue.write_buffer(&b, 0, &self.params);
-            b
-        });
+        let mut cache = self.cache.as_ref().map(|c| c.lock());
         let mut enc = gpu
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -592,32 +731,38 @@ impl<'g> Recorder<'g> {
                         groups,
                     }) = self.ops.get(i)
                     {
-                        let mut it = buffers.iter();
-                        let entries: Vec<wgpu::BindGroupEntry> = pipe
-                            .bindings
-                            .iter()
-                            .map(|&(b, kind)| wgpu::BindGroupEntry {
-                                binding: b,
-                                resource: match (kind, params, &params_buf) {
-                                    (Binding::Uniform, Some((off, size)), Some(pb)) => {
-                                        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                            buffer: pb,
-                                            offset: *off,
-                                            size: wgpu::BufferSize::new(*size),
-                                        })
-                                    }
-                                    _ => it
-                                        .next()
-                                        .expect("buffer count checked in dispatch")
-                                        .as_entire_binding(),
-                                },
+                        let make = || {
+                            let mut it = buffers.iter();
+                            let entries: Vec<wgpu::BindGroupEntry> = pipe
+                                .bindings
+                                .iter()
+                                .map(|&(b, kind)| wgpu::BindGroupEntry {
+                                    binding: b,
+                                    resource: match (kind, params, params_buf) {
+                                        (Binding::Uniform, Some((off, size)), Some(pb)) => {
+                                            wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                                buffer: pb,
+                                                offset: *off,
+                                                size: wgpu::BufferSize::new(*size),
+                                            })
+                                        }
+                                        _ => it
+                                            .next()
+                                            .expect("buffer count checked in dispatch")
+                                            .as_entire_binding(),
+                                    },
+                                })
+                                .collect();
+                            gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                                label: Some(&pipe.label),
+                                layout: &pipe.layout,
+                                entries: &entries,
                             })
-                            .collect();
-                        let bg = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                            label: Some(&pipe.label),
-                            layout: &pipe.layout,
-                            entries: &entries,
-                        });
+                        };
+                        let bg = match cache.as_mut() {
+                            Some(c) => c.get_or_make(&pipe.layout, buffers, *params, make),
+                            None => make(),
+                        };
                         pass.set_pipeline(&pipe.pipeline);
                         pass.set_bind_group(0, &bg, &[]);
                         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
@@ -630,6 +775,9 @@ impl<'g> Recorder<'g> {
                     pass_index += 1;
                 }
             }
+        }
+        if let Some(c) = cache.as_mut() {
+            c.end_encode();
         }
         if let Some(staging) = staging {
             for (src, size, off) in &self.reads {

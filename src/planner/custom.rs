@@ -29,7 +29,7 @@
 //! last step repeated).
 
 use crate::gpu::shader::{self, Header, Preprocessed};
-use crate::gpu::{Binding, Gpu, GpuBuffer, Pipeline, Recorder, ShaderChecks};
+use crate::gpu::{BindCache, Binding, Gpu, GpuBuffer, Pipeline, Recorder, ShaderChecks};
 use crate::{Error, Result};
 use std::sync::Arc;
 
@@ -282,6 +282,8 @@ pub struct Mppi<'g> {
     fresh: bool,
     timestamps: bool,
     last_gpu_seconds: Option<f64>,
+    // Every step records the same dispatches on the same buffers.
+    binds: BindCache,
 }
 
 impl<'g> Mppi<'g> {
@@ -371,6 +373,7 @@ impl<'g> Mppi<'g> {
             fresh: true,
             timestamps: false,
             last_gpu_seconds: None,
+            binds: BindCache::new(),
         })
     }
 
@@ -497,7 +500,7 @@ impl<'g> Mppi<'g> {
             stream: self.call,
             vis_rows: self.vis_rows as u32,
         };
-        let mut rec = Recorder::new(self.gpu);
+        let mut rec = Recorder::new(self.gpu).with_cache(&self.binds);
         if self.timestamps {
             rec = rec.with_timestamps();
         }

@@ -2,7 +2,9 @@
 
 use super::config::{self, PlanMode, PlannerConfig, PlannerMode, streams};
 use crate::gpu::shader::Header;
-use crate::gpu::{Binding, Gpu, GpuBuffer, KernelSpec, PendingReadback, ReadbackHandle, Recorder};
+use crate::gpu::{
+    BindCache, Binding, Gpu, GpuBuffer, KernelSpec, PendingReadback, ReadbackHandle, Recorder,
+};
 use crate::kernels::policy::{self, PolicyBuffers, PolicyConfig, PolicyOffsets};
 use crate::kernels::rng_fill::{self, Distribution};
 use crate::kernels::two_hot::{self, RowLayout, TwoHotConfig};
@@ -209,6 +211,8 @@ pub struct Planner<'m> {
     profile: bool,
     last: Option<PlanTiming>,
     last_profile: Vec<crate::gpu::DispatchTime>,
+    // Every step records the same dispatches on the same buffers.
+    binds: BindCache,
 }
 
 /// How long the last [`Planner::plan`] call took.
@@ -220,9 +224,11 @@ pub struct PlanTiming {
     pub gpu_seconds: Option<f64>,
     /// Dispatches in the step.
     pub dispatches: usize,
-    /// Host time spent recording the step (pipeline lookups, bind groups, encoding is in
-    /// the submit) before the submit.
+    /// Host time spent recording the step (pipeline lookups, parameter blocks).
     pub record_seconds: f64,
+    /// Host time spent encoding the recorded step into a command buffer (bind groups,
+    /// passes), between recording and the submit.
+    pub encode_seconds: f64,
 }
 
 impl<'m> Planner<'m> {
@@ -250,6 +256,7 @@ impl<'m> Planner<'m> {
             profile: false,
             last: None,
             last_profile: Vec::new(),
+            binds: BindCache::new(),
         })
     }
 
@@ -456,16 +463,12 @@ impl<'m> Planner<'m> {
         let t0 = std::time::Instant::now();
         self.ensure_state(b)?;
         let call = self.call;
-        let (pending, handle, dispatches, record_seconds) =
-            self.record_and_submit(obs, first_step, call)?;
+        let submitted = self.record_and_submit(obs, first_step, call)?;
         self.call = self.call.wrapping_add(1);
         Ok(PendingPlan {
             planner: self,
-            pending,
-            handle,
+            submitted,
             batch: b,
-            dispatches,
-            record_seconds,
             t0,
         })
     }
@@ -476,7 +479,7 @@ impl<'m> Planner<'m> {
         obs: &[f32],
         first_step: &[bool],
         call: u32,
-    ) -> Result<(PendingReadback<'m>, ReadbackHandle<f32>, usize, f64)> {
+    ) -> Result<Submitted<'m>> {
         let t0 = std::time::Instant::now();
         let st = self.state.as_ref().expect("ensure_state ran");
         let (g, m, c, s) = (self.gpu, self.model, &self.cfg, &self.model.spec);
@@ -510,7 +513,7 @@ impl<'m> Planner<'m> {
         let thc = TwoHotConfig::new(s.num_bins, s.vmin, s.vmax)?;
         let pc = PolicyConfig::new(a).with_log_std_range(s.log_std_min, s.log_std_max);
         let ws = &st.ws;
-        let mut rec = Recorder::new(g);
+        let mut rec = Recorder::new(g).with_cache(&self.binds);
         if self.timestamps {
             rec = rec.with_timestamps();
         }
@@ -672,10 +675,19 @@ impl<'m> Planner<'m> {
             Some(&params(streams::gumbel(call), 0, 0)),
             [b as u32, 1, 1],
         )?;
-        let h = rec.read(&st.result);
+        let handle = rec.read(&st.result);
         let dispatches = rec.dispatches();
         let record_seconds = t0.elapsed().as_secs_f64();
-        Ok((rec.submit_for_read()?, h, dispatches, record_seconds))
+        let t1 = std::time::Instant::now();
+        let encoded = rec.encode()?;
+        let encode_seconds = t1.elapsed().as_secs_f64();
+        Ok(Submitted {
+            pending: encoded.submit()?,
+            handle,
+            dispatches,
+            record_seconds,
+            encode_seconds,
+        })
     }
 
     /// The last call's kept samples `[B, kept]` (sample indices, in kept order) and their
@@ -704,20 +716,27 @@ impl<'m> Planner<'m> {
 /// A plan step submitted by [`Planner::plan_submit`], not yet read back.
 pub struct PendingPlan<'p, 'm> {
     planner: &'p mut Planner<'m>,
+    submitted: Submitted<'m>,
+    batch: usize,
+    t0: std::time::Instant,
+}
+
+// A plan step's submission and what the host spent on it.
+struct Submitted<'m> {
     pending: PendingReadback<'m>,
     handle: ReadbackHandle<f32>,
-    batch: usize,
     dispatches: usize,
     record_seconds: f64,
-    t0: std::time::Instant,
+    encode_seconds: f64,
 }
 
 impl PendingPlan<'_, '_> {
     /// Wait for the GPU (and everything submitted before this call) and read the plan.
     pub fn wait(self) -> Result<Plan> {
-        let mut done = self.pending.wait()?;
+        let sub = self.submitted;
+        let mut done = sub.pending.wait()?;
         self.planner.last_profile = std::mem::take(&mut done.profile);
-        let res = done.get(&self.handle)?;
+        let res = done.get(&sub.handle)?;
         let (b, a) = (self.batch, self.planner.model.spec.action_dim);
         let w = 3 * a + 2;
         let mut plan = Plan {
@@ -739,8 +758,9 @@ impl PendingPlan<'_, '_> {
         self.planner.last = Some(PlanTiming {
             wall_seconds: self.t0.elapsed().as_secs_f64(),
             gpu_seconds: done.timing.gpu_seconds,
-            dispatches: self.dispatches,
-            record_seconds: self.record_seconds,
+            dispatches: sub.dispatches,
+            record_seconds: sub.record_seconds,
+            encode_seconds: sub.encode_seconds,
         });
         Ok(plan)
     }

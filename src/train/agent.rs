@@ -35,7 +35,7 @@ use super::params::ParamLayout;
 use super::policy::{PolicyLosses, PolicyTrainer, PolicyUpdateConfig, PriorKind};
 use super::world::{UpdateConfig, UpdateLosses, WorldModelTrainer};
 use crate::env::Env;
-use crate::gpu::{Encoded, Gpu, GpuBuffer, ReadbackHandle, Recorder};
+use crate::gpu::{BindCache, Encoded, Gpu, GpuBuffer, ReadbackHandle, Recorder};
 use crate::kernels::optim::{Adam, AdamState};
 use crate::model::{ModelSpec, Net, Weights, WorldModel};
 use crate::planner::{PlanMode, Planner, PlannerConfig};
@@ -425,6 +425,8 @@ struct Learner<'g> {
     world: WorldModelTrainer<'g>,
     policy: PolicyTrainer<'g>,
     rng: rand::rngs::StdRng,
+    // Updates record the same dispatches on the same buffers.
+    binds: BindCache,
 }
 
 /// A training run: environment, replay buffer, the world-model and policy trainers, and the
@@ -510,6 +512,7 @@ impl<'g> Trainer<'g> {
                 buffer,
                 world,
                 policy,
+                binds: BindCache::new(),
                 rng: rand::rngs::StdRng::seed_from_u64(mix(
                     cfg.seed,
                     SEED_SAMPLE,
@@ -997,7 +1000,7 @@ impl<'g> Learner<'g> {
             let rows = cfg.policy.states * b * 2 * a;
             self.policy.set_planner(&sample.planner[..rows])?;
         }
-        let mut rec = Recorder::new(self.gpu);
+        let mut rec = Recorder::new(self.gpu).with_cache(&self.binds);
         self.world
             .record_losses_and_grads(&mut rec, heads, true, None)?;
         self.world.record_optimizer(&mut rec)?;
