@@ -13,7 +13,9 @@ usage:
                                   limits, with and without optional features, and runs a GEMM
   pompc bench [--json] [--runs N] [--ceiling-tflops X]
                                   every kernel and end-to-end step in one table (small models
-                                  and sizes on CPU adapters such as lavapipe)
+                                  and sizes on CPU adapters such as lavapipe); --runs N timed
+                                  runs per case (default 20; end-to-end steps on CPU adapters
+                                  2)
   pompc bench linear [options]    the fused linear kernel
       --sweep                     every tile and K-split, not only the heuristic's choice
       --case NAME                 only cases whose name contains NAME
@@ -772,12 +774,12 @@ fn bench_all(args: &[String]) -> Result<(), String> {
     use pompc::model::ModelSpec;
     use pompc::planner::problems::{DiffDriveScene, diff_drive};
     use pompc::train::PolicyUpdateConfig;
-    let (mut json, mut runs, mut ceiling) = (false, 20usize, None);
+    let (mut json, mut runs, mut ceiling) = (false, None, None);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--json" => json = true,
-            "--runs" => runs = parse(it.next(), "--runs")?,
+            "--runs" => runs = Some(parse::<usize>(it.next(), "--runs")?.max(1)),
             "--ceiling-tflops" => ceiling = Some(parse::<f64>(it.next(), "--ceiling-tflops")?),
             other => return Err(format!("unknown option {other:?}\n{USAGE}")),
         }
@@ -786,7 +788,9 @@ fn bench_all(args: &[String]) -> Result<(), String> {
     let gpu = Gpu::new(GpuOptions::default()).map_err(e)?;
     let ceiling = ceiling.or_else(|| bench::known_fp32_ceiling_tflops(&gpu.info().name));
     let cpu = gpu.info().device_type == wgpu::DeviceType::Cpu;
-    let runs_e2e = if cpu { 2 } else { runs };
+    // CPU adapters: 2 end-to-end runs unless asked for more (a plan step takes 0.2-0.7 s there).
+    let runs_e2e = runs.unwrap_or(if cpu { 2 } else { 20 });
+    let runs = runs.unwrap_or(20);
     let warm = if cpu { 1 } else { 5 };
     let mut rows: Vec<Row> = Vec::new();
     let flops_row = |case: &str, sizes: String, st: &bench::Stats, work: f64| Row {
