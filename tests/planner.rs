@@ -1,7 +1,8 @@
 //! The GPU planner against the CPU mirror (`reference::planner`, same Philox streams): same
 //! elites and chosen samples, actions, means and stds within 1e-4, over warm and cold starts,
 //! B in {1, 3}, several seeds and every mode; a hand-made reward whose best action is known;
-//! bad input; a submitted plan read back after other work equals a plain plan.
+//! bad input; a submitted plan read back after other work equals a plain plan; a planner that
+//! changes batch size plans as one that did not.
 
 mod common;
 
@@ -285,5 +286,32 @@ fn submitted_plans_read_back_after_other_work() {
             let want = b.plan(&obs, &first).unwrap();
             assert_eq!(got, want, "call {call}");
         }
+    }
+}
+
+#[test]
+fn a_planner_that_changes_batch_size_plans_as_a_fresh_one() {
+    // B = 3, then 2, then 3 again (cold): new state buffers each time, so the planner's cached
+    // bind groups of the first call must not serve the third. Its third plan equals that of a
+    // planner that stayed at B = 3 (same call index, so the same noise streams).
+    let weights = fixture_weights();
+    let mut r = common::rng("plan_batch_change");
+    let o = weights.spec.obs_dim;
+    for gpu in common::gpus() {
+        let model = WorldModel::new(gpu, &weights).unwrap();
+        let cfg = small_cfg(r.random(), PlannerMode::EliteMppi, PlanMode::Train);
+        let mut changing = Planner::new(gpu, &model, cfg.clone()).unwrap();
+        let mut steady = Planner::new(gpu, &model, cfg).unwrap();
+        let obs3 = common::uniform(&mut r, 3 * o, 1.0);
+        changing.plan(&obs3, &[true; 3]).unwrap();
+        steady.plan(&obs3, &[true; 3]).unwrap();
+        changing
+            .plan(&common::uniform(&mut r, 2 * o, 1.0), &[true; 2])
+            .unwrap();
+        steady.plan(&obs3, &[false; 3]).unwrap();
+        let obs3 = common::uniform(&mut r, 3 * o, 1.0);
+        let got = changing.plan(&obs3, &[true; 3]).unwrap();
+        let want = steady.plan(&obs3, &[true; 3]).unwrap();
+        assert_eq!(got, want);
     }
 }
