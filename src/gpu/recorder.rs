@@ -158,7 +158,7 @@ impl PendingReadback<'_> {
 /// trainer's updates) share between submissions ([`Recorder::with_cache`]): a dispatch whose
 /// pipeline, buffers and parameter slot the cache has seen gets its bind group back instead of
 /// a new one. A bind group unused by the last few encodes is dropped, so a cache holds about
-/// one step's worth. Clones share one cache.
+/// one step's worth. Clones share one cache; a cache serves one [`Gpu`].
 ///
 /// ```no_run
 /// # fn main() -> pompc::Result<()> {
