@@ -1,5 +1,6 @@
 //! Where the host time of a plan step goes: recording (pipeline lookups, parameter blocks),
-//! encoding (bind groups, passes), GPU and read-back. Runs a small planner many times on the best adapter.
+//! encoding (bind groups, passes), GPU and read-back. Runs a small planner many times on the
+//! best adapter.
 //!
 //! `cargo run --release --example plan_timing`
 

@@ -177,15 +177,17 @@ pub struct BindCache(Arc<Mutex<CacheInner>>);
 #[derive(Default)]
 struct CacheInner {
     params: Option<wgpu::Buffer>,
-    groups: HashMap<BindKey, (wgpu::BindGroup, u64)>,
+    // By a hash of (layout, buffers, parameter slot); a hit allocates nothing.
+    groups: HashMap<u64, Vec<Cached>>,
     generation: u64,
 }
 
-#[derive(PartialEq, Eq, Hash)]
-struct BindKey {
+struct Cached {
     layout: wgpu::BindGroupLayout,
     buffers: Vec<wgpu::Buffer>,
     params: Option<(u64, u64)>,
+    group: wgpu::BindGroup,
+    used: u64,
 }
 
 // Encodes that a bind group survives unused: a trainer alternates a few different recordings.
@@ -199,7 +201,7 @@ impl BindCache {
 
     /// Bind groups held.
     pub fn len(&self) -> usize {
-        self.lock().groups.len()
+        self.lock().groups.values().map(Vec::len).sum()
     }
 
     /// Whether the cache holds no bind group.
@@ -237,24 +239,38 @@ impl CacheInner {
         params: Option<(u64, u64)>,
         make: impl FnOnce() -> wgpu::BindGroup,
     ) -> wgpu::BindGroup {
-        let key = BindKey {
+        use std::hash::{Hash, Hasher};
+        // DefaultHasher::new() has fixed keys: equal inputs hash alike across calls.
+        let mut h = std::hash::DefaultHasher::new();
+        layout.hash(&mut h);
+        buffers.hash(&mut h);
+        params.hash(&mut h);
+        let generation = self.generation;
+        let bucket = self.groups.entry(h.finish()).or_default();
+        let hit = bucket
+            .iter_mut()
+            .find(|c| c.layout == *layout && c.buffers == buffers && c.params == params);
+        if let Some(c) = hit {
+            c.used = generation;
+            return c.group.clone();
+        }
+        let group = make();
+        bucket.push(Cached {
             layout: layout.clone(),
             buffers: buffers.to_vec(),
             params,
-        };
-        let generation = self.generation;
-        let entry = self
-            .groups
-            .entry(key)
-            .or_insert_with(|| (make(), generation));
-        entry.1 = generation;
-        entry.0.clone()
+            group: group.clone(),
+            used: generation,
+        });
+        group
     }
 
     fn end_encode(&mut self) {
         let generation = self.generation;
-        self.groups
-            .retain(|_, (_, used)| *used + CACHE_KEEP > generation);
+        self.groups.retain(|_, bucket| {
+            bucket.retain(|c| c.used + CACHE_KEEP > generation);
+            !bucket.is_empty()
+        });
         self.generation += 1;
     }
 }
