@@ -426,3 +426,9 @@ fn for_blocks_repeat_lines_with_the_counter_substituted() {
         assert!(err.contains(want), "{text:?}: {err}");
     }
 }
+
+#[test]
+fn cast_kernel() {
+    let (spec, header, ov) = pompc::kernels::cast::pipeline_constants();
+    compile(spec.shader, spec.entry, &header, &ov);
+}

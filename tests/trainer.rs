@@ -6,7 +6,7 @@ mod common;
 
 use pompc::env::{Env, Sigmoid, Step, tolerance};
 use pompc::train::{Event, Method, Reanalyze, TrainConfig, Trainer};
-use pompc::{Error, Result};
+use pompc::{Error, Precision, Result};
 use rand::{Rng, SeedableRng};
 
 /// A point mass on a line that must reach and hold x = 0.6 within 40 steps: dense reward,
@@ -99,10 +99,30 @@ fn random_return(episodes: u64) -> f32 {
 
 #[test]
 fn learning_lifts_the_return_above_a_random_policy() {
+    learns_at(Precision::F32);
+}
+
+/// The same with the planner's model in f16, its weights rounded from the trainer's after
+/// every update (`TrainConfig::planner_precision`).
+#[test]
+fn learning_with_an_f16_planner() {
+    let gpu = &common::gpus()[1];
+    if let Err(e) = gpu.supports(Precision::F16) {
+        let mut cfg = config(Method::Tdmpc2, 100, 3);
+        cfg.planner_precision = Precision::F16;
+        let r = Trainer::new(gpu, reach(), reach(), cfg);
+        assert!(matches!(r, Err(Error::Unsupported(_))), "{e}");
+        return;
+    }
+    learns_at(Precision::F16);
+}
+
+fn learns_at(precision: Precision) {
     let gpu = &common::gpus()[1];
     let random = random_return(20);
     let steps = 8 * LEN;
-    let cfg = config(Method::Pompc { lambda: 1.0 }, steps, 3);
+    let mut cfg = config(Method::Pompc { lambda: 1.0 }, steps, 3);
+    cfg.planner_precision = precision;
     let mut tr = Trainer::new(gpu, reach(), reach(), cfg).unwrap();
     let mut losses = Vec::new();
     tr.run(steps, &mut |e: &Event| {
@@ -124,7 +144,10 @@ fn learning_lifts_the_return_above_a_random_policy() {
     }
     let eval = tr.evaluate(4, 99).unwrap();
     let mean = eval.iter().sum::<f32>() / eval.len() as f32;
-    eprintln!("random policy {random:.2}, trained {mean:.2} ({eval:?}) of at most {LEN}");
+    eprintln!(
+        "planner {precision:?}: random policy {random:.2}, trained {mean:.2} ({eval:?}) of at \
+         most {LEN}"
+    );
     assert!(
         mean > random + 0.4 * (LEN as f32 - random),
         "trained return {mean:.2} not clearly above the random policy's {random:.2}"

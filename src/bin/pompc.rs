@@ -84,6 +84,9 @@ usage:
       --resume                    continue from DIR's checkpoint of this run
       --time-limit S              stop (with a checkpoint) at the first episode end after S seconds
       --quiet                     no progress line
+      --precision P               the planner's model: f32 (default), f16, coop or auto (the
+                                  device's); weights rounded to f16 from the trainer's f32
+                                  parameters after each update
   pompc plot --out FILE.svg [--title T] [--train] CSV...
                                   evaluation curves of runs (--train: training returns, mean
                                   of 5 episodes), seeds of one method pooled (mean line,
@@ -91,7 +94,9 @@ usage:
 environment: WGPU_BACKEND (vulkan, metal, dx12, gl), WGPU_ADAPTER_NAME, WGPU_POWER_PREF,
   POMPC_PRECISION (auto, f32, f16, coop: the world model's default precision),
   POMPC_LIMITS (downlevel: ask for wgpu's downlevel limits instead of the adapter's),
-  POMPC_BENCH_TARGET_S (seconds of back-to-back work per timed run, default 0.002)";
+  POMPC_BENCH_TARGET_S (seconds of back-to-back work per timed run, default 0.002),
+  POMPC_SHADER_DIR (read shaders/NAME.wgsl from DIR/NAME.wgsl where that file exists: kernel
+  work on a machine without a Rust toolchain)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -1370,7 +1375,7 @@ fn train(args: &[String]) -> Result<(), String> {
         ("pendulum-swingup".to_string(), "po-mpc".to_string(), None);
     let (mut steps, mut seeds, mut model, mut quick) = (100_000usize, vec![0u64], None, false);
     let (mut eval_every, mut eval_episodes, mut out) = (None, None, "runs".to_string());
-    let mut seed_steps = None;
+    let (mut seed_steps, mut precision) = (None, None);
     let (mut ckpt_every, mut resume, mut time_limit, mut quiet) = (0usize, false, None, false);
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -1396,6 +1401,9 @@ fn train(args: &[String]) -> Result<(), String> {
             "--resume" => resume = true,
             "--time-limit" => time_limit = Some(num::<f64>(a, &val(a)?)?),
             "--quiet" => quiet = true,
+            "--precision" => {
+                precision = Some(Precision::parse(&val(a)?).map_err(|e| e.to_string())?)
+            }
             _ => return Err(format!("unknown option {a:?}\n{USAGE}")),
         }
     }
@@ -1424,6 +1432,10 @@ fn train(args: &[String]) -> Result<(), String> {
         }
         if let Some(e) = eval_episodes {
             cfg.eval_episodes = e;
+        }
+        if let Some(p) = precision {
+            // auto: the device's default.
+            cfg.planner_precision = p.unwrap_or(gpu.precision());
         }
         let stem = format!("{out}/{env_name}-{}-s{seed}", method.slug());
         let ckpt = format!("{stem}.ckpt.safetensors");

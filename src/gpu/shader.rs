@@ -51,6 +51,7 @@ shader_files!(
     "common/linear_io",
     "gemm_coop",
     "linear_coop",
+    "cast",
 );
 
 /// Look up an embedded file by name.
@@ -145,13 +146,28 @@ pub fn preprocess_with(
     Ok(enables)
 }
 
-/// [`preprocess_with`] for a library shader.
+/// The text of library shader `name`: from `$POMPC_SHADER_DIR/name.wgsl` where that variable
+/// is set and the file exists, otherwise the embedded file. The override is for kernel work on
+/// a machine without a Rust toolchain (a GPU host): one build runs several versions of a
+/// shader, each from its own folder. Pipelines are cached per process, so set it before the
+/// first pipeline is built.
+pub fn library_source(name: &str) -> Option<String> {
+    if let Some(dir) = std::env::var_os("POMPC_SHADER_DIR") {
+        let path = std::path::Path::new(&dir).join(format!("{name}.wgsl"));
+        if let Ok(text) = std::fs::read_to_string(path) {
+            return Some(text);
+        }
+    }
+    source(name).map(str::to_string)
+}
+
+/// [`preprocess_with`] for a library shader (see [`library_source`] for where it is read).
 pub fn preprocess(name: &str, header: &Header) -> Result<Preprocessed> {
-    let text = source(name).ok_or_else(|| Error::Shader {
+    let text = library_source(name).ok_or_else(|| Error::Shader {
         name: name.to_string(),
         message: "no such shader in shaders/".into(),
     })?;
-    preprocess_with(name, text, header, &|n| source(n).map(str::to_string))
+    preprocess_with(name, &text, header, &library_source)
 }
 
 #[allow(clippy::too_many_arguments)]

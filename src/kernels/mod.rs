@@ -1,6 +1,7 @@
 //! One module per shader file: typed, validated launch functions that record into a
 //! [`crate::Recorder`].
 
+pub mod cast;
 pub mod gemm;
 pub mod gemm_coop;
 pub mod linear;

@@ -408,8 +408,8 @@ impl WorldModel {
 
     /// Record copies of every parameter from a flat buffer in which the tensor named `name`
     /// (TD-MPC2's names) starts at element `offset(name)`: a trainer's parameters reach the
-    /// planner's model on the GPU, in the trainer's submit, without a host round trip. The
-    /// model must store its weights in f32 ([`Precision::F32`]).
+    /// planner's model on the GPU, in the trainer's submit, without a host round trip. Weights
+    /// stored in f16 ([`Precision::F16`], [`Precision::TensorCore`]) are rounded on the way.
     pub fn record_copy_from(
         &self,
         rec: &mut Recorder,
@@ -426,22 +426,25 @@ impl WorldModel {
         for mlp in nets.into_iter().chain(self.termination.as_ref()) {
             for layer in &mlp.layers {
                 let p = &layer.spec.prefix;
-                let mut copy = |name: String, dst: &GpuBuffer<f32>| -> Result<()> {
+                let copy = |rec: &mut Recorder, name: String, dst: &GpuBuffer<f32>| {
                     rec.copy_range(flat, offset(&name)?, dst, 0, dst.len())
                 };
                 match &layer.w {
-                    Matrix::F32(w) => copy(format!("{p}.weight"), w)?,
-                    Matrix::F16(_) => {
-                        return Err(Error::Unsupported(format!(
-                            "{p}.weight is stored in f16: copies from f32 parameters need a \
-                             model made at Precision::F32"
-                        )));
-                    }
+                    Matrix::F32(w) => copy(rec, format!("{p}.weight"), w)?,
+                    // Rounded to f16 on the way (an f16 or tensor-core planner).
+                    Matrix::F16(w) => crate::kernels::cast::record_to_f16(
+                        rec,
+                        flat,
+                        offset(&format!("{p}.weight"))?,
+                        w,
+                        0,
+                        w.len(),
+                    )?,
                 }
-                copy(format!("{p}.bias"), &layer.b)?;
+                copy(rec, format!("{p}.bias"), &layer.b)?;
                 if let Some((g, b)) = &layer.ln {
-                    copy(format!("{p}.ln.weight"), g)?;
-                    copy(format!("{p}.ln.bias"), b)?;
+                    copy(rec, format!("{p}.ln.weight"), g)?;
+                    copy(rec, format!("{p}.ln.bias"), b)?;
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! failing GPU test can be bisected against plain Rust. One module per shader file.
 
 pub mod act;
+pub mod cast;
 pub mod gemm;
 pub mod gemm_coop;
 pub mod linear;

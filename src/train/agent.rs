@@ -245,6 +245,11 @@ pub struct TrainConfig {
     pub eval_episodes: usize,
     /// Updates between read-backs of the losses (the rest run without waiting for the GPU).
     pub log_every: usize,
+    /// Precision of the planner's copy of the model ([`Precision::F32`]). At
+    /// [`Precision::F16`] or [`Precision::TensorCore`] its weights are rounded to f16 as they
+    /// are copied from the trainer's f32 parameters after each update; the trainer itself
+    /// stays f32.
+    pub planner_precision: crate::Precision,
 }
 
 impl TrainConfig {
@@ -282,6 +287,7 @@ impl TrainConfig {
             eval_every: 10_000,
             eval_episodes: 1,
             log_every: 100,
+            planner_precision: crate::Precision::F32,
         })
     }
 
@@ -502,8 +508,10 @@ impl<'g> Trainer<'g> {
         let world = WorldModelTrainer::new(gpu, weights, cfg.update.clone(), cfg.batch)?;
         let policy = PolicyTrainer::new(gpu, spec, cfg.policy.clone(), cfg.batch)?;
         let buffer = ReplayBuffer::new(env.obs_dim(), env.action_dim(), cfg.buffer_capacity)?;
-        // The planner's copy is refreshed from the trainer's f32 parameters by GPU copies.
-        let model = WorldModel::with_precision(gpu, weights, crate::Precision::F32)?;
+        // The planner's copy is refreshed from the trainer's f32 parameters by GPU copies (and
+        // f16 conversions).
+        gpu.supports(cfg.planner_precision)?;
+        let model = WorldModel::with_precision(gpu, weights, cfg.planner_precision)?;
         Ok(Trainer {
             gpu,
             learner: Learner {
