@@ -18,6 +18,8 @@ for pass in 1 2; do
 done
 timeout 120 bash .gpu/run.sh .gpu/bin/pompc bench linear --shape 131072x512x512 --ln --act mish \
   --precision coop --sweep --runs 20 2>&1 | tee $O/sweep.log
+timeout 60 bash .gpu/run.sh .gpu/bin/pompc bench linear --shape 131072x101x512 --precision coop \
+  --sweep --runs 20 2>&1 | tee $O/sweep101.log
 timeout 120 bash .gpu/run.sh .gpu/bin/pompc bench plan --precision coop,f32,coop,f32 --batch 16,1 \
   --act 6 --runs 40 --warmup 10 2>&1 | tee $O/plan-small.log
 timeout 150 python3 benches/reference/plan_tdmpc2.py --batch 1 16 256 --action-dim 6 \
