@@ -18,6 +18,12 @@ for pass in 1 2; do
 done
 timeout 120 bash .gpu/run.sh .gpu/bin/pompc bench linear --shape 131072x512x512 --ln --act mish \
   --precision coop --sweep --runs 20 2>&1 | tee $O/sweep.log
+# VARIANTS="dir1 dir2": the planner's layer again with POMPC_SHADER_DIR set to each (lab
+# versions of the shaders, which need not be correct).
+for v in $VARIANTS; do
+  POMPC_SHADER_DIR=$v timeout 60 bash .gpu/run.sh .gpu/bin/pompc bench linear \
+    --shape 131072x512x512 --ln --act mish --precision coop --runs 20 2>&1 | tee $O/variant-$(basename $v).log
+done
 timeout 60 bash .gpu/run.sh .gpu/bin/pompc bench linear --shape 131072x101x512 --precision coop \
   --sweep --runs 20 2>&1 | tee $O/sweep101.log
 timeout 120 bash .gpu/run.sh .gpu/bin/pompc bench plan --precision coop,f32,coop,f32 --batch 16,1 \
