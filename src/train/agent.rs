@@ -245,10 +245,10 @@ pub struct TrainConfig {
     pub eval_episodes: usize,
     /// Updates between read-backs of the losses (the rest run without waiting for the GPU).
     pub log_every: usize,
-    /// Precision of the planner's copy of the model ([`Precision::F32`]). At
-    /// [`Precision::F16`] or [`Precision::TensorCore`] its weights are rounded to f16 as they
-    /// are copied from the trainer's f32 parameters after each update; the trainer itself
-    /// stays f32.
+    /// Precision of the planner's copy of the model ([`crate::Precision::F32`]). At
+    /// [`crate::Precision::F16`] or [`crate::Precision::TensorCore`] its weights are rounded to
+    /// f16 as they are copied from the trainer's f32 parameters after each update; the trainer
+    /// itself stays f32.
     pub planner_precision: crate::Precision,
 }
 
