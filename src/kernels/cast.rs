@@ -2,9 +2,10 @@
 //! trainer's f32 parameters reach a planner whose model stores its weights in f16
 //! ([`crate::model::WorldModel::record_copy_from`]). Needs shader-f16.
 //!
-//! Rounding: WGSL lets the conversion of a value between two f16 numbers give either; the
-//! GPUs seen round to nearest even, as the mirror (`half::f16::from_f32`) does. Magnitudes
-//! above 65504 are out of f16's range (weights are far inside it).
+//! Rounding: WGSL lets the conversion of a value between two f16 numbers give either, so the
+//! test allows one unit in the last place against the mirror (`half::f16::from_f32`, nearest
+//! even); lavapipe matches the mirror exactly, ties included. Magnitudes above 65504 are out
+//! of f16's range (weights are far inside it).
 
 use crate::gpu::shader::Header;
 use crate::gpu::{Binding, GpuBuffer, KernelSpec, Recorder};
