@@ -1,6 +1,7 @@
 //! Where the host time of a plan step goes: recording (pipeline lookups, parameter blocks),
 //! encoding (bind groups, passes), GPU and read-back. Runs a small planner many times on the
-//! best adapter.
+//! best adapter, with each call's step recorded when it comes and recorded ahead (during the
+//! previous call's wait, the default).
 //!
 //! `cargo run --release --example plan_timing`
 
@@ -21,33 +22,43 @@ fn main() -> pompc::Result<()> {
         num_pi_trajs: 4,
         ..PlannerConfig::tdmpc2(2)
     };
-    let mut planner = Planner::new(&gpu, &model, cfg)?.with_timestamps(true);
-    let obs = vec![0.1f32; 8];
-    let (mut rec, mut enc, mut wall, mut gpu_t) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for i in 0..40 {
-        planner.plan(&obs, &[i == 0])?;
-        let t = planner.last_timing().unwrap_or_default();
-        if i >= 10 {
-            rec.push(t.record_seconds * 1e3);
-            enc.push(t.encode_seconds * 1e3);
-            wall.push(t.wall_seconds * 1e3);
-            gpu_t.push(t.gpu_seconds.unwrap_or(0.0) * 1e3);
+    for ahead in [false, true] {
+        let mut planner = Planner::new(&gpu, &model, cfg.clone())?
+            .with_timestamps(true)
+            .with_prepared_steps(ahead);
+        let obs = vec![0.1f32; 8];
+        let (mut rec, mut enc, mut wall, mut gpu_t) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for i in 0..40 {
+            planner.plan(&obs, &[i == 0])?;
+            let t = planner.last_timing().unwrap_or_default();
+            if i >= 10 {
+                rec.push(t.record_seconds * 1e3);
+                enc.push(t.encode_seconds * 1e3);
+                wall.push(t.wall_seconds * 1e3);
+                gpu_t.push(t.gpu_seconds.unwrap_or(0.0) * 1e3);
+            }
         }
+        let med = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let d = planner.last_timing().unwrap_or_default().dispatches;
+        println!(
+            "steps {}: {d} dispatches: record {:.3} ms ({:.1} us per dispatch), encode {:.3} ms \
+             ({:.1} us per dispatch), GPU {:.3} ms, wall {:.3} ms",
+            if ahead {
+                "recorded ahead"
+            } else {
+                "recorded when called"
+            },
+            med(&mut rec),
+            med(&mut rec.clone()) * 1e3 / d as f64,
+            med(&mut enc),
+            med(&mut enc.clone()) * 1e3 / d as f64,
+            med(&mut gpu_t),
+            med(&mut wall)
+        );
     }
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let d = planner.last_timing().unwrap_or_default().dispatches;
-    println!(
-        "{d} dispatches: record {:.3} ms ({:.1} us per dispatch), encode {:.3} ms ({:.1} us per \
-         dispatch), GPU {:.3} ms, wall {:.3} ms",
-        med(&mut rec),
-        med(&mut rec.clone()) * 1e3 / d as f64,
-        med(&mut enc),
-        med(&mut enc.clone()) * 1e3 / d as f64,
-        med(&mut gpu_t),
-        med(&mut wall)
-    );
     Ok(())
 }

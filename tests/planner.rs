@@ -315,3 +315,55 @@ fn a_planner_that_changes_batch_size_plans_as_a_fresh_one() {
         assert_eq!(got, want);
     }
 }
+
+#[test]
+fn prepared_steps_plan_as_fresh_ones() {
+    // Each call records and encodes the next call's step while it waits (the default); the
+    // observations and first-step flags arrive later. A planner doing so must plan exactly as
+    // one that records every step when called, through warm starts, episode starts and batch
+    // changes (which drop the prepared step).
+    let weights = fixture_weights();
+    let mut r = common::rng("plan_prepared");
+    let o = weights.spec.obs_dim;
+    for gpu in common::gpus() {
+        let model = WorldModel::new(gpu, &weights).unwrap();
+        let cfg = small_cfg(r.random(), PlannerMode::EliteMppi, PlanMode::Train);
+        let mut ahead = Planner::new(gpu, &model, cfg.clone()).unwrap();
+        let mut fresh = Planner::new(gpu, &model, cfg)
+            .unwrap()
+            .with_prepared_steps(false);
+        let calls: [(usize, bool); 7] = [
+            (3, true),
+            (3, false),
+            (3, false),
+            (2, true),
+            (2, false),
+            (3, true),
+            (3, false),
+        ];
+        let mut prepared = Vec::new();
+        for (b, first) in calls {
+            let obs = common::uniform(&mut r, b * o, 1.0);
+            let got = ahead.plan(&obs, &vec![first; b]).unwrap();
+            let want = fresh.plan(&obs, &vec![first; b]).unwrap();
+            assert_eq!(got, want, "B = {b}, first {first}");
+            prepared.push(ahead.last_timing().unwrap().prepared);
+            assert!(!fresh.last_timing().unwrap().prepared);
+        }
+        assert_eq!(
+            prepared,
+            [false, true, true, false, true, false, true],
+            "steps used ahead"
+        );
+        // Submitted plans wait the same way.
+        let obs = common::uniform(&mut r, 3 * o, 1.0);
+        let got = ahead
+            .plan_submit(&obs, &[false; 3])
+            .unwrap()
+            .wait()
+            .unwrap();
+        let want = fresh.plan(&obs, &[false; 3]).unwrap();
+        assert_eq!(got, want);
+        assert!(ahead.last_timing().unwrap().prepared);
+    }
+}

@@ -3,7 +3,8 @@
 use super::config::{self, PlanMode, PlannerConfig, PlannerMode, streams};
 use crate::gpu::shader::Header;
 use crate::gpu::{
-    BindCache, Binding, Gpu, GpuBuffer, KernelSpec, PendingReadback, ReadbackHandle, Recorder,
+    BindCache, Binding, Encoded, Gpu, GpuBuffer, KernelSpec, PendingReadback, ReadbackHandle,
+    Recorder,
 };
 use crate::kernels::policy::{self, PolicyBuffers, PolicyConfig, PolicyOffsets};
 use crate::kernels::rng_fill::{self, Distribution};
@@ -213,6 +214,10 @@ pub struct Planner<'m> {
     last_profile: Vec<crate::gpu::DispatchTime>,
     // Every step records the same dispatches on the same buffers.
     binds: BindCache,
+    // The next step, recorded and encoded while the GPU ran the last one (see
+    // `Planner::with_prepared_steps`).
+    prepare: bool,
+    next: Option<Prepared<'m>>,
 }
 
 /// How long the last [`Planner::plan`] call took.
@@ -229,6 +234,10 @@ pub struct PlanTiming {
     /// Host time spent encoding the recorded step into a command buffer (bind groups,
     /// passes), between recording and the submit.
     pub encode_seconds: f64,
+    /// Whether the step was recorded and encoded ahead, while the GPU ran the call before
+    /// ([`Planner::with_prepared_steps`]): then `record_seconds` and `encode_seconds` were
+    /// spent before this call and are not part of `wall_seconds`.
+    pub prepared: bool,
 }
 
 impl<'m> Planner<'m> {
@@ -257,12 +266,15 @@ impl<'m> Planner<'m> {
             last: None,
             last_profile: Vec::new(),
             binds: BindCache::new(),
+            prepare: true,
+            next: None,
         })
     }
 
     /// Measure GPU time with timestamp queries in every call (see [`Planner::last_timing`]).
     pub fn with_timestamps(mut self, on: bool) -> Self {
         self.timestamps = on;
+        self.next = None;
         self
     }
 
@@ -270,6 +282,19 @@ impl<'m> Planner<'m> {
     /// for finding where a plan step's time goes; [`Planner::last_profile`] has the times.
     pub fn with_profile(mut self, on: bool) -> Self {
         self.profile = on;
+        self.next = None;
+        self
+    }
+
+    /// Whether each call, while it waits for the GPU, records and encodes the next call's
+    /// step for the same number of environments (default on). A step's dispatches do not
+    /// depend on the observations, which are uploaded when the next call comes, so that
+    /// call submits at once: the host's recording and encoding (a few hundred dispatches)
+    /// leave the time from observation to action. A call for another batch size records its
+    /// own step and drops the prepared one. Plans are the same either way.
+    pub fn with_prepared_steps(mut self, on: bool) -> Self {
+        self.prepare = on;
+        self.next = None;
         self
     }
 
@@ -463,7 +488,11 @@ impl<'m> Planner<'m> {
         let t0 = std::time::Instant::now();
         self.ensure_state(b)?;
         let call = self.call;
-        let submitted = self.record_and_submit(obs, first_step, call)?;
+        let step = match self.next.take() {
+            Some(p) if p.batch == b && p.call == call => p,
+            _ => self.record_step(call)?,
+        };
+        let submitted = self.submit_step(step, obs, first_step)?;
         self.call = self.call.wrapping_add(1);
         Ok(PendingPlan {
             planner: self,
@@ -473,13 +502,34 @@ impl<'m> Planner<'m> {
         })
     }
 
-    #[allow(clippy::type_complexity)]
-    fn record_and_submit(
+    // Upload this call's inputs and submit its step.
+    fn submit_step(
         &self,
+        step: Prepared<'m>,
         obs: &[f32],
         first_step: &[bool],
-        call: u32,
     ) -> Result<Submitted<'m>> {
+        let st = self.state.as_ref().expect("ensure_state ran");
+        let (g, c, s) = (self.gpu, &self.cfg, &self.model.spec);
+        st.obs.upload(g, obs)?;
+        let first: Vec<u32> = first_step.iter().map(|f| *f as u32).collect();
+        st.first.upload(g, &first)?;
+        for (i, hb) in st.heads.iter().enumerate() {
+            hb.upload(g, &config::chosen_heads(c.seed, step.call, i, s.num_q))?;
+        }
+        Ok(Submitted {
+            pending: step.encoded.submit()?,
+            handle: step.handle,
+            dispatches: step.dispatches,
+            record_seconds: step.record_seconds,
+            encode_seconds: step.encode_seconds,
+            prepared: step.ahead,
+        })
+    }
+
+    // Record and encode the step of call `call` for the current state's batch (its inputs
+    // are uploaded by `submit_step`).
+    fn record_step(&self, call: u32) -> Result<Prepared<'m>> {
         let t0 = std::time::Instant::now();
         let st = self.state.as_ref().expect("ensure_state ran");
         let (g, m, c, s) = (self.gpu, self.model, &self.cfg, &self.model.spec);
@@ -492,12 +542,6 @@ impl<'m> Planner<'m> {
             s.latent_dim,
         );
         let nb = n * b;
-        st.obs.upload(g, obs)?;
-        let first: Vec<u32> = first_step.iter().map(|f| *f as u32).collect();
-        st.first.upload(g, &first)?;
-        for (i, hb) in st.heads.iter().enumerate() {
-            hb.upload(g, &config::chosen_heads(c.seed, call, i, s.num_q))?;
-        }
         let (header, ov) = pipeline_constants(c, a, s.episodic);
         let pipe = |k: &KernelSpec| g.pipeline(k, &header, &ov);
         let params = |stream: u32, count: usize, width: usize| Params {
@@ -681,12 +725,15 @@ impl<'m> Planner<'m> {
         let t1 = std::time::Instant::now();
         let encoded = rec.encode()?;
         let encode_seconds = t1.elapsed().as_secs_f64();
-        Ok(Submitted {
-            pending: encoded.submit()?,
+        Ok(Prepared {
+            batch: b,
+            call,
+            encoded,
             handle,
             dispatches,
             record_seconds,
             encode_seconds,
+            ahead: false,
         })
     }
 
@@ -728,16 +775,40 @@ struct Submitted<'m> {
     dispatches: usize,
     record_seconds: f64,
     encode_seconds: f64,
+    prepared: bool,
+}
+
+// A plan step recorded and encoded, not yet submitted: call `call` for `batch` environments.
+struct Prepared<'m> {
+    batch: usize,
+    call: u32,
+    encoded: Encoded<'m>,
+    handle: ReadbackHandle<f32>,
+    dispatches: usize,
+    record_seconds: f64,
+    encode_seconds: f64,
+    // Recorded during an earlier call's wait.
+    ahead: bool,
 }
 
 impl PendingPlan<'_, '_> {
     /// Wait for the GPU (and everything submitted before this call) and read the plan.
     pub fn wait(self) -> Result<Plan> {
         let sub = self.submitted;
+        let planner = self.planner;
+        // The host would only block here: record and encode the next call's step while the
+        // GPU runs this one. (A failure is not this call's: the next call records afresh and
+        // reports it.)
+        if planner.prepare && !planner.profile {
+            planner.next = planner
+                .record_step(planner.call)
+                .ok()
+                .map(|p| Prepared { ahead: true, ..p });
+        }
         let mut done = sub.pending.wait()?;
-        self.planner.last_profile = std::mem::take(&mut done.profile);
+        planner.last_profile = std::mem::take(&mut done.profile);
         let res = done.get(&sub.handle)?;
-        let (b, a) = (self.batch, self.planner.model.spec.action_dim);
+        let (b, a) = (self.batch, planner.model.spec.action_dim);
         let w = 3 * a + 2;
         let mut plan = Plan {
             batch: b,
@@ -755,12 +826,13 @@ impl PendingPlan<'_, '_> {
             plan.value.push(row[3 * a]);
             plan.chosen.push(row[3 * a + 1] as u32);
         }
-        self.planner.last = Some(PlanTiming {
+        planner.last = Some(PlanTiming {
             wall_seconds: self.t0.elapsed().as_secs_f64(),
             gpu_seconds: done.timing.gpu_seconds,
             dispatches: sub.dispatches,
             record_seconds: sub.record_seconds,
             encode_seconds: sub.encode_seconds,
+            prepared: sub.prepared,
         });
         Ok(plan)
     }
