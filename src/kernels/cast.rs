@@ -77,18 +77,12 @@ pub fn record_to_f16(
     }
     let (spec, header, ov) = pipeline_constants();
     let pipe = gpu.pipeline(&spec, &header, &ov)?;
-    let groups = n.div_ceil(256) as u32;
-    let max = gpu.limits().max_compute_workgroups_per_dimension;
-    let (x, y) = if groups <= max {
-        (groups, 1)
-    } else {
-        (max, groups.div_ceil(max))
-    };
+    let groups = super::two_hot::grid(gpu, n.div_ceil(256), "f16 conversion")?;
     let p = Params {
         src_offset: src_offset as u32,
         dst_offset: dst_offset as u32,
         n: n as u32,
         pad: 0,
     };
-    rec.dispatch(&pipe, &[&src.buffer, &dst.buffer], Some(&p), [x, y, 1])
+    rec.dispatch(&pipe, &[&src.buffer, &dst.buffer], Some(&p), groups)
 }

@@ -77,18 +77,12 @@ pub fn record_fill<T: bytemuck::Pod>(
     }
     let (spec, header, ov) = pipeline_constants(dist);
     let pipe = rec.gpu().pipeline(&spec, &header, &ov)?;
-    let groups = (n.div_ceil(4).div_ceil(64)) as u32;
-    let max = rec.gpu().limits().max_compute_workgroups_per_dimension;
-    let (x, y) = if groups <= max {
-        (groups, 1)
-    } else {
-        (max, groups.div_ceil(max))
-    };
+    let groups = super::two_hot::grid(rec.gpu(), n.div_ceil(4).div_ceil(64), "Philox fill")?;
     let p = Params {
         seed_lo: seed as u32,
         seed_hi: (seed >> 32) as u32,
         stream,
         n: n as u32,
     };
-    rec.dispatch(&pipe, &[&out.buffer], Some(&p), [x, y, 1])
+    rec.dispatch(&pipe, &[&out.buffer], Some(&p), groups)
 }
