@@ -563,6 +563,20 @@ impl Gpu {
             })
     }
 
+    /// Wait until the GPU has finished `submission` (and everything submitted before it).
+    pub(crate) fn wait_for(&self, submission: wgpu::SubmissionIndex) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(submission),
+                timeout: None,
+            })
+            .map(|_| ())
+            .map_err(|e| Error::Internal {
+                context: "waiting for the GPU".into(),
+                message: e.to_string(),
+            })
+    }
+
     /// Largest storage binding in bytes.
     pub(crate) fn max_binding_bytes(&self) -> u64 {
         self.limits

@@ -90,15 +90,19 @@ pub struct PendingReadback<'g> {
     timestamps: bool,
     profiled: Vec<(String, [u32; 3])>,
     t0: Instant,
+    submission: wgpu::SubmissionIndex,
 }
 
 impl PendingReadback<'_> {
-    /// Wait for the GPU (everything submitted so far) and return the read-backs.
+    /// Wait for this submission (and so for everything submitted before it) and return the
+    /// read-backs. Work submitted after it may still be running: a caller can queue more GPU
+    /// work before reading this result without waiting for it (the trainer submits its update
+    /// behind the plan step, then reads the plan).
     pub fn wait(self) -> Result<Readback> {
         let gpu = self.gpu;
         gpu.scoped("reading back", || {
             let mut data = Vec::new();
-            gpu.wait_idle()?;
+            gpu.wait_for(self.submission.clone())?;
             if let (Some(staging), Some(rx)) = (&self.staging, &self.mapped) {
                 let mapped = rx
                     .recv()
@@ -299,7 +303,7 @@ impl<'g> Encoded<'g> {
             if let Some((buf, bytes)) = &self.params {
                 gpu.queue.write_buffer(buf, 0, bytes);
             }
-            gpu.queue.submit([self.cmd]);
+            let submission = gpu.queue.submit([self.cmd]);
             let mapped = self.staging.as_ref().map(|staging| {
                 let (tx, rx) = std::sync::mpsc::channel();
                 staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
@@ -315,6 +319,7 @@ impl<'g> Encoded<'g> {
                 timestamps: self.timestamps,
                 profiled: self.profiled,
                 t0,
+                submission,
             })
         })
     }

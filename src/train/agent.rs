@@ -35,7 +35,7 @@ use super::params::ParamLayout;
 use super::policy::{PolicyLosses, PolicyTrainer, PolicyUpdateConfig, PriorKind};
 use super::world::{UpdateConfig, UpdateLosses, WorldModelTrainer};
 use crate::env::Env;
-use crate::gpu::{BindCache, Encoded, Gpu, GpuBuffer, ReadbackHandle, Recorder};
+use crate::gpu::{BindCache, Encoded, Gpu, GpuBuffer, PendingReadback, ReadbackHandle, Recorder};
 use crate::kernels::optim::{Adam, AdamState};
 use crate::model::{ModelSpec, Net, Weights, WorldModel};
 use crate::planner::{PlanMode, Planner, PlannerConfig};
@@ -647,8 +647,9 @@ impl<'g> Trainer<'g> {
                 (r, None)
             } else {
                 // Every planning step is followed by one update. It is recorded while the GPU
-                // plans and submitted behind the plan, so the host's encoding overlaps the
-                // plan step; its batch comes from the finished episodes, which this step's
+                // plans and submitted behind the plan before the plan is read, so the GPU
+                // goes from one to the other while the host reads the plan and steps the
+                // environment; its batch comes from the finished episodes, which this step's
                 // transition does not change.
                 let pending = planner.plan_submit(&p.obs, &[p.first])?;
                 let log = cfg.log_every > 0 && p.updates.is_multiple_of(cfg.log_every);
@@ -660,8 +661,9 @@ impl<'g> Trainer<'g> {
                     log,
                     re_planner.as_mut(),
                 )?;
+                let update = self.learner.submit(update)?;
                 let plan = pending.wait()?;
-                losses = self.learner.complete(update)?;
+                losses = self.learner.finish(update)?;
                 p.updates += 1;
                 let mut g = plan.mean.clone();
                 g.extend_from_slice(&plan.std);
@@ -1033,11 +1035,24 @@ impl<'g> Learner<'g> {
 
     /// Submit a prepared update; when it reads its losses, wait for them.
     fn complete(&self, update: PreparedUpdate<'g>) -> Result<Option<(UpdateLosses, PolicyLosses)>> {
-        let pending = update.encoded.submit()?;
+        let submitted = self.submit(update)?;
+        self.finish(submitted)
+    }
+
+    /// Submit a prepared update without waiting for it.
+    fn submit(&self, update: PreparedUpdate<'g>) -> Result<SubmittedUpdate<'g>> {
+        Ok(SubmittedUpdate {
+            pending: update.encoded.submit()?,
+            reads: update.reads,
+        })
+    }
+
+    /// When a submitted update reads its losses, wait for them.
+    fn finish(&self, update: SubmittedUpdate<'g>) -> Result<Option<(UpdateLosses, PolicyLosses)>> {
         let Some(r) = update.reads else {
             return Ok(None);
         };
-        let out = pending.wait()?;
+        let out = update.pending.wait()?;
         let ws = AdamState::from_words(&out.get(&r.world_adam)?)?;
         let world = self
             .world
@@ -1053,6 +1068,12 @@ impl<'g> Learner<'g> {
 /// One update encoded by [`Learner::prepare`], not yet submitted.
 struct PreparedUpdate<'g> {
     encoded: Encoded<'g>,
+    reads: Option<LossReads>,
+}
+
+/// One update submitted by [`Learner::submit`].
+struct SubmittedUpdate<'g> {
+    pending: PendingReadback<'g>,
     reads: Option<LossReads>,
 }
 
