@@ -559,7 +559,7 @@ impl<'g> Recorder<'g> {
 
     /// Encode everything and submit once, without waiting: the host can prepare the next
     /// batch of work while the GPU runs this one. [`PendingReadback::wait`] maps the
-    /// read-backs (it waits for everything submitted so far).
+    /// read-backs (it waits for this submission and those before it, not for later ones).
     pub fn submit_for_read(self) -> Result<PendingReadback<'g>> {
         self.encode()?.submit()
     }

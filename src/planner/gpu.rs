@@ -520,10 +520,7 @@ impl<'m> Planner<'m> {
         Ok(Submitted {
             pending: step.encoded.submit()?,
             handle: step.handle,
-            dispatches: step.dispatches,
-            record_seconds: step.record_seconds,
-            encode_seconds: step.encode_seconds,
-            prepared: step.ahead,
+            cost: step.cost,
         })
     }
 
@@ -730,10 +727,12 @@ impl<'m> Planner<'m> {
             call,
             encoded,
             handle,
-            dispatches,
-            record_seconds,
-            encode_seconds,
-            ahead: false,
+            cost: StepCost {
+                dispatches,
+                record_seconds,
+                encode_seconds,
+                ahead: false,
+            },
         })
     }
 
@@ -768,14 +767,14 @@ pub struct PendingPlan<'p, 'm> {
     t0: std::time::Instant,
 }
 
-// A plan step's submission and what the host spent on it.
-struct Submitted<'m> {
-    pending: PendingReadback<'m>,
-    handle: ReadbackHandle<f32>,
+// What the host spent on a plan step, for `PlanTiming`.
+#[derive(Clone, Copy)]
+struct StepCost {
     dispatches: usize,
     record_seconds: f64,
     encode_seconds: f64,
-    prepared: bool,
+    // Recorded during an earlier call's wait.
+    ahead: bool,
 }
 
 // A plan step recorded and encoded, not yet submitted: call `call` for `batch` environments.
@@ -784,11 +783,14 @@ struct Prepared<'m> {
     call: u32,
     encoded: Encoded<'m>,
     handle: ReadbackHandle<f32>,
-    dispatches: usize,
-    record_seconds: f64,
-    encode_seconds: f64,
-    // Recorded during an earlier call's wait.
-    ahead: bool,
+    cost: StepCost,
+}
+
+// A plan step's submission.
+struct Submitted<'m> {
+    pending: PendingReadback<'m>,
+    handle: ReadbackHandle<f32>,
+    cost: StepCost,
 }
 
 impl PendingPlan<'_, '_> {
@@ -800,10 +802,10 @@ impl PendingPlan<'_, '_> {
         // GPU runs this one. (A failure is not this call's: the next call records afresh and
         // reports it.)
         if planner.prepare && !planner.profile {
-            planner.next = planner
-                .record_step(planner.call)
-                .ok()
-                .map(|p| Prepared { ahead: true, ..p });
+            planner.next = planner.record_step(planner.call).ok().map(|mut p| {
+                p.cost.ahead = true;
+                p
+            });
         }
         let mut done = sub.pending.wait()?;
         planner.last_profile = std::mem::take(&mut done.profile);
@@ -829,10 +831,10 @@ impl PendingPlan<'_, '_> {
         planner.last = Some(PlanTiming {
             wall_seconds: self.t0.elapsed().as_secs_f64(),
             gpu_seconds: done.timing.gpu_seconds,
-            dispatches: sub.dispatches,
-            record_seconds: sub.record_seconds,
-            encode_seconds: sub.encode_seconds,
-            prepared: sub.prepared,
+            dispatches: sub.cost.dispatches,
+            record_seconds: sub.cost.record_seconds,
+            encode_seconds: sub.cost.encode_seconds,
+            prepared: sub.cost.ahead,
         });
         Ok(plan)
     }
