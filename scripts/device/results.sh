@@ -3,7 +3,8 @@
 #   rm -rf .gpu/bin/* && ../shared/gpu/prepare.sh target/release/pompc
 # then the device with carry [".gpu"] and `bash scripts/device/results.sh ENV STEPS LIMIT_S`.
 # Files come back as one tarball (the device returns at most 8 files). Throughput: runs
-# sharing the H100 made about 150 small-model steps per second in all (GPU-bound, 2026-11-25),
+# sharing the H100 made about 150 small-model steps per second in all (GPU-bound, 2026-11-25;
+# 127 for twelve runs in five processes on 2026-12-06),
 # so 18 runs for 540 s get about 4500 steps each; METHODS="po-mpc --lambda 1|tdmpc2" narrows.
 ENV=${1:-cartpole-swingup}; STEPS=${2:-100000}; LIMIT=${3:-540}
 P="bash .gpu/run.sh .gpu/bin/pompc"
