@@ -44,6 +44,7 @@ fn main() -> pompc::Result<()> {
             v[v.len() / 2]
         };
         let d = planner.last_timing().unwrap_or_default().dispatches;
+        let (r, e) = (med(&mut rec), med(&mut enc));
         println!(
             "steps {}: {d} dispatches: record {:.3} ms ({:.1} us per dispatch), encode {:.3} ms \
              ({:.1} us per dispatch), GPU {:.3} ms, wall {:.3} ms",
@@ -52,10 +53,10 @@ fn main() -> pompc::Result<()> {
             } else {
                 "recorded when called"
             },
-            med(&mut rec),
-            med(&mut rec.clone()) * 1e3 / d as f64,
-            med(&mut enc),
-            med(&mut enc.clone()) * 1e3 / d as f64,
+            r,
+            r * 1e3 / d as f64,
+            e,
+            e * 1e3 / d as f64,
             med(&mut gpu_t),
             med(&mut wall)
         );

@@ -96,7 +96,12 @@ fn planner_copies_trainer_parameters_into_f16_weights() {
     let a = uniform(&mut r, m * spec.action_dim, 1.0);
     for gpu in gpus() {
         if gpu.supports(Precision::F16).is_err() {
-            eprintln!("planner copy: no shader-f16 on {}", gpu.describe());
+            // No f16 planner to copy into: asking for one must say so.
+            let r = WorldModel::with_precision(gpu, &old, Precision::F16);
+            assert!(
+                matches!(r, Err(Error::Unsupported(_))),
+                "f16 model accepted"
+            );
             continue;
         }
         let flat = GpuBuffer::from_slice(gpu, "flat", &layout.flatten(&new).unwrap()).unwrap();
