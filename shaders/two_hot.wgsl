@@ -18,6 +18,7 @@
 // place. Workgroups beyond 65535 continue along y. CPU mirror: src/reference/two_hot.rs.
 
 #import common/act
+#import common/bins
 
 override BINS: u32 = 101u;
 override VMIN: f32 = -10.0;
@@ -41,27 +42,6 @@ struct Params {
 @group(0) @binding(0) var<storage, read> src: array<f32>;
 @group(0) @binding(1) var<storage, read_write> dst: array<f32>;
 @group(0) @binding(2) var<uniform> p: Params;
-
-fn bin_size() -> f32 {
-    return (VMAX - VMIN) / f32(BINS - 1u);
-}
-
-// torch.linspace's formula: from the start in the lower half, from the end in the upper half,
-// so the last bin is VMAX exactly.
-fn bin_value(j: u32) -> f32 {
-    if (j < BINS / 2u) {
-        return VMIN + f32(j) * bin_size();
-    }
-    return VMAX - f32(BINS - 1u - j) * bin_size();
-}
-
-fn symexp(y: f32) -> f32 {
-    return sign(y) * expm1(abs(y));
-}
-
-fn symlog(x: f32) -> f32 {
-    return sign(x) * log(1.0 + abs(x));
-}
 
 var<workgroup> red_m: array<f32, WG>;
 var<workgroup> red_s: array<f32, WG>;

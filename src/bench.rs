@@ -86,6 +86,24 @@ pub fn time_submits(
     Ok(Stats::from_samples(samples, clock))
 }
 
+/// Seconds of untimed work every benchmark runs first on a GPU (besides its warm-up count): a
+/// cold card runs its first passes slowly (on the H100 the first B = 1 plan pass took 12.0 ms
+/// where the second took 3.46), and a count alone does not bring clocks up on a fast step.
+pub const WARMUP_SECONDS: f64 = 1.0;
+
+/// Run `step` at least `count` times and, on a GPU (not a CPU adapter such as lavapipe, where
+/// there are no clocks to raise and time is scarce), until [`WARMUP_SECONDS`] have passed.
+pub fn warm_up(gpu: &Gpu, count: usize, mut step: impl FnMut() -> Result<()>) -> Result<()> {
+    let cpu = gpu.info().device_type == wgpu::DeviceType::Cpu;
+    let t0 = std::time::Instant::now();
+    let mut done = 0;
+    while done < count.max(1) || (!cpu && t0.elapsed().as_secs_f64() < WARMUP_SECONDS) {
+        step()?;
+        done += 1;
+    }
+    Ok(())
+}
+
 /// The first row of `table` whose keys all occur in the adapter name (case-insensitive).
 fn by_adapter(adapter: &str, table: &[(&[&str], f64)]) -> Option<f64> {
     let a = adapter.to_lowercase();
@@ -375,13 +393,35 @@ pub fn bench_plan_at(
     warmup: usize,
     precision: Precision,
 ) -> Result<PlanBench> {
+    bench_plan_with(
+        gpu,
+        spec,
+        batch,
+        runs,
+        warmup,
+        precision,
+        crate::planner::FUSED_MAX_ROWS,
+    )
+}
+
+/// [`bench_plan_at`] with whole networks per dispatch up to `fused_rows` rows
+/// ([`crate::planner::Planner::with_fused_rows`]; 0: layer by layer).
+pub fn bench_plan_with(
+    gpu: &Gpu,
+    spec: &crate::model::ModelSpec,
+    batch: usize,
+    runs: usize,
+    warmup: usize,
+    precision: Precision,
+    fused_rows: usize,
+) -> Result<PlanBench> {
     with_warm_planner(
         gpu,
         spec,
         batch,
         warmup,
         precision,
-        |p| p.with_timestamps(true),
+        |p| p.with_timestamps(true).with_fused_rows(fused_rows),
         |planner, obs, first| {
             let mut wall = Vec::with_capacity(runs);
             let mut gpu_t = Vec::with_capacity(runs);
@@ -430,10 +470,11 @@ fn with_warm_planner<R>(
         .map(|_| r.random_range(-1.0..1.0))
         .collect();
     let mut first = vec![true; batch];
-    for _ in 0..warmup.max(1) {
+    warm_up(gpu, warmup, || {
         planner.plan(&obs, &first)?;
         first.iter_mut().for_each(|f| *f = false);
-    }
+        Ok(())
+    })?;
     body(&mut planner, &obs, &first)
 }
 
@@ -638,9 +679,7 @@ pub fn bench_update(
         }
         Ok((wall, out.timing.gpu_seconds, n))
     };
-    for _ in 0..warmup.max(1) {
-        run(false)?;
-    }
+    warm_up(gpu, warmup, || run(false).map(|_| ()))?;
     let mut wall = Vec::with_capacity(runs);
     let mut dispatches = 0;
     for _ in 0..runs.max(1) {
@@ -719,9 +758,7 @@ pub fn bench_policy(
         let out = rec.finish()?;
         Ok((t0.elapsed().as_secs_f64(), out.timing.gpu_seconds, n))
     };
-    for _ in 0..warmup.max(1) {
-        run(false)?;
-    }
+    warm_up(gpu, warmup, || run(false).map(|_| ()))?;
     let (mut wall, mut gpu_t, mut dispatches) = (Vec::new(), Vec::new(), 0);
     for _ in 0..runs.max(1) {
         let (w, _, n) = run(false)?;
@@ -781,6 +818,15 @@ pub fn bench_round_trip(gpu: &Gpu, runs: usize, warmup: usize) -> Result<Stats> 
     let src = GpuBuffer::<f32>::new(gpu, "round-trip src", 4)?;
     let dst = GpuBuffer::<f32>::new(gpu, "round-trip dst", 4)?;
     let mut wall = Vec::with_capacity(runs);
+    let once = |i: usize| -> Result<()> {
+        src.upload(gpu, &[i as f32; 4])?;
+        let mut rec = Recorder::new(gpu);
+        rec.copy(&src, &dst)?;
+        let h = rec.read(&dst);
+        rec.finish()?.get(&h)?;
+        Ok(())
+    };
+    warm_up(gpu, 1, || once(0))?;
     for i in 0..warmup + runs.max(1) {
         let t0 = std::time::Instant::now();
         src.upload(gpu, &[i as f32; 4])?;
@@ -824,9 +870,7 @@ pub fn bench_mppi(
     let (samples, horizon) = (cfg.samples, cfg.horizon);
     let mut mppi = Mppi::new(gpu, problem, cfg)?;
     mppi.set_params(params)?;
-    for _ in 0..warmup.max(1) {
-        mppi.step(x0)?;
-    }
+    warm_up(gpu, warmup, || mppi.step(x0).map(|_| ()))?;
     // Wall clock without timestamp queries (they add a query set and a resolve), then GPU
     // time with them.
     let mut wall = Vec::with_capacity(runs);

@@ -367,3 +367,31 @@ fn prepared_steps_plan_as_fresh_ones() {
         assert!(ahead.last_timing().unwrap().prepared);
     }
 }
+
+/// Issue 19's budget: a B = 1 plan step of the 5M preset (TD-MPC2's defaults) records at most
+/// 120 dispatches with the fused networks (391 layer by layer), counted, not timed, so that the
+/// count cannot creep back.
+#[test]
+fn a_5m_plan_step_for_one_environment_records_at_most_120_dispatches() {
+    let gpu = &gpus()[1];
+    let spec = pompc::model::ModelSpec::tdmpc2(5, 24, 6).unwrap();
+    let model = WorldModel::new(gpu, &Weights::init(&spec, 0).unwrap()).unwrap();
+    assert!(
+        model.fused.is_some(),
+        "the 5M model has fused networks on {}",
+        gpu.describe()
+    );
+    let mut planner = Planner::new(gpu, &model, PlannerConfig::tdmpc2(6)).unwrap();
+    assert!(planner.uses_fused(1));
+    let fused = planner.step_dispatches(1).unwrap();
+    let mut layered = Planner::new(gpu, &model, PlannerConfig::tdmpc2(6))
+        .unwrap()
+        .with_fused_rows(0);
+    let by_layer = layered.step_dispatches(1).unwrap();
+    eprintln!("B = 1 plan step: {fused} dispatches fused, {by_layer} layer by layer");
+    assert!(
+        fused <= 120,
+        "{fused} dispatches in a B = 1 plan step (budget 120)"
+    );
+    assert!(by_layer > fused);
+}

@@ -432,3 +432,52 @@ fn cast_kernel() {
     let (spec, header, ov) = pompc::kernels::cast::pipeline_constants();
     compile(spec.shader, spec.entry, &header, &ov);
 }
+
+#[test]
+fn fused_networks_every_shape_and_pack() {
+    use pompc::kernels::fused_mlp::{self, FusedShape};
+    let ov = fused_mlp::overrides(101, -10.0, 10.0);
+    let alu = |rb: u32, cw: u32, f16: bool| FusedShape {
+        coop: false,
+        sg: 0,
+        nsg: 0,
+        rb,
+        wg: 256,
+        cw,
+        ph: 1,
+        frags: 0,
+        f16_w: f16,
+        f16_h: f16,
+        round_in: false,
+    };
+    let coop = |sg: u32, frags: u32, ph: u32| FusedShape {
+        coop: true,
+        sg,
+        nsg: 8,
+        rb: 16,
+        wg: 8 * sg,
+        cw: frags / ph * 8 * 16,
+        ph,
+        frags,
+        f16_w: true,
+        f16_h: false,
+        round_in: true,
+    };
+    for s in [
+        alu(8, 512, false),
+        alu(8, 512, true),
+        alu(4, 1024, false),
+        alu(8, 256, false),
+        coop(32, 4, 2),
+        coop(32, 3, 1),
+        coop(32, 1, 1),
+        coop(16, 4, 2),
+    ] {
+        let spec = s.spec();
+        compile(spec.shader, spec.entry, &s.header(), &ov);
+    }
+    for f16 in [false, true] {
+        let (spec, header, ov) = pompc::kernels::pack::pipeline_constants(f16);
+        compile(spec.shader, spec.entry, &header, &ov);
+    }
+}

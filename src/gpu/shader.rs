@@ -52,6 +52,11 @@ shader_files!(
     "gemm_coop",
     "linear_coop",
     "cast",
+    "common/bins",
+    "common/fused_mlp",
+    "fused_mlp",
+    "fused_mlp_coop",
+    "pack",
 );
 
 /// Look up an embedded file by name.

@@ -6,10 +6,11 @@ use crate::gpu::{
     BindCache, Binding, Encoded, Gpu, GpuBuffer, KernelSpec, PendingReadback, ReadbackHandle,
     Recorder,
 };
+use crate::kernels::fused_mlp::OutMode;
 use crate::kernels::policy::{self, PolicyBuffers, PolicyConfig, PolicyOffsets};
 use crate::kernels::rng_fill::{self, Distribution};
 use crate::kernels::two_hot::{self, RowLayout, TwoHotConfig};
-use crate::model::{NetInput, Workspace, WorldModel};
+use crate::model::{FusedNet, FusedOut, Member, Net, NetInput, Workspace, WorldModel};
 use crate::{Error, Result};
 
 /// The result of one [`Planner::plan`] call, per environment.
@@ -218,6 +219,8 @@ pub struct Planner<'m> {
     // `Planner::with_prepared_steps`).
     prepare: bool,
     next: Option<Prepared<'m>>,
+    // Whole networks per dispatch (the model's `fused` networks) up to this many rows.
+    fused_rows: usize,
 }
 
 /// How long the last [`Planner::plan`] call took.
@@ -268,7 +271,36 @@ impl<'m> Planner<'m> {
             binds: BindCache::new(),
             prepare: true,
             next: None,
+            fused_rows: FUSED_MAX_ROWS,
         })
+    }
+
+    /// Run each network as one dispatch (the model's [`crate::model::FusedModel`]) when a
+    /// plan step's rollouts have at most `rows` rows (samples times environments), layer by
+    /// layer above. The default ([`FUSED_MAX_ROWS`]) was measured on an H100 (BENCHMARKS.md);
+    /// 0 turns the fused networks off. Plans agree either way within the precision's
+    /// rounding. Models whose rows do not fit the device's workgroup memory always run layer
+    /// by layer.
+    pub fn with_fused_rows(mut self, rows: usize) -> Self {
+        self.fused_rows = rows;
+        self.next = None;
+        self
+    }
+
+    /// Dispatches in a plan step for `batch` environments, counted by recording one without
+    /// submitting it (the count does not depend on the observations).
+    pub fn step_dispatches(&mut self, batch: usize) -> Result<usize> {
+        if batch == 0 {
+            return Err(Error::InvalidArgument("plan for zero environments".into()));
+        }
+        self.ensure_state(batch)?;
+        self.next = None;
+        Ok(self.record_step(self.call)?.cost.dispatches)
+    }
+
+    /// Whether a step for `batch` environments runs fused networks.
+    pub fn uses_fused(&self, batch: usize) -> bool {
+        self.model.fused.is_some() && self.cfg.num_samples * batch <= self.fused_rows
     }
 
     /// Measure GPU time with timestamp queries in every call (see [`Planner::last_timing`]).
@@ -562,8 +594,20 @@ impl<'m> Planner<'m> {
             rec = rec.with_profile();
         }
 
-        m.encoder
-            .record(&mut rec, b, NetInput::new(&st.obs, None), None, ws, &st.z0)?;
+        // Whole networks per dispatch where the rows are few (see `with_fused_rows`).
+        let fused = self.model.fused.as_ref().filter(|_| self.uses_fused(b));
+        match fused {
+            Some(f) => f.record(
+                &mut rec,
+                b,
+                NetInput::new(&st.obs, None),
+                &[fnet(Net::Encoder, FusedOut::raw(&st.z0, 0, l))],
+            )?,
+            None => {
+                m.encoder
+                    .record(&mut rec, b, NetInput::new(&st.obs, None), None, ws, &st.z0)?
+            }
+        }
         rec.dispatch(
             &pipe(&INIT)?,
             &[
@@ -583,13 +627,30 @@ impl<'m> Planner<'m> {
                 groups(rows * b * l / 4),
             )
         };
-        // Policy trajectories, drawn once per call into rows n < P of every time step.
+        // The policy's head (h) for `rows` rows of `input`.
+        let policy_head = |rec: &mut Recorder, rows: usize, input: NetInput| match fused {
+            Some(f) => f.record(
+                rec,
+                rows,
+                input,
+                &[fnet(Net::Policy, FusedOut::raw(&st.h, 0, 2 * a))],
+            ),
+            None => m.policy.record(rec, rows, input, None, ws, &st.h),
+        };
+        // Policy trajectories, drawn once per call into rows n < P of every time step. The
+        // fused networks read step 0's rows straight from the latents (repeating them).
         if p > 0 {
-            replicate(&mut rec, p, &st.z[0])?;
+            if fused.is_none() {
+                replicate(&mut rec, p, &st.z[0])?;
+            }
             for step in 0..t {
                 let cur = &st.z[step % 2];
-                m.policy
-                    .record(&mut rec, p * b, NetInput::new(cur, None), None, ws, &st.h)?;
+                let zin = if step == 0 && fused.is_some() {
+                    NetInput::new(&st.z0, None).repeating(b)
+                } else {
+                    NetInput::new(cur, None)
+                };
+                policy_head(&mut rec, p * b, zin)?;
                 rng_fill::record_fill(
                     &mut rec,
                     &st.eps_pi,
@@ -609,9 +670,21 @@ impl<'m> Planner<'m> {
                 };
                 policy::record_sample_at(&mut rec, &pc, p * b, io, at)?;
                 if step + 1 < t {
-                    let input = NetInput::new(cur, Some(&st.actions)).at(0, step * nb * a);
-                    m.dynamics
-                        .record(&mut rec, p * b, input, None, ws, &st.z[(step + 1) % 2])?;
+                    let next = &st.z[(step + 1) % 2];
+                    let input = NetInput {
+                        a: Some(&st.actions),
+                        a_offset: step * nb * a,
+                        ..zin
+                    };
+                    match fused {
+                        Some(f) => f.record(
+                            &mut rec,
+                            p * b,
+                            input,
+                            &[fnet(Net::Dynamics, FusedOut::raw(next, 0, l))],
+                        )?,
+                        None => m.dynamics.record(&mut rec, p * b, input, None, ws, next)?,
+                    }
                 }
             }
         }
@@ -623,11 +696,12 @@ impl<'m> Planner<'m> {
                 groups(t * (n - p) * b * a),
             )?;
             // Step 0 starts every sample of an environment from its latent: with enough
-            // environments the first layers multiply the B latents once; with few, the extra
-            // dispatches cost more than the products, and the samples' rows get copies of the
-            // latents. (H100, B = 1, f32: this and 8-row epilogue workgroups together took the
-            // step from 4.8 to 6.2 ms GPU; they were not measured apart.)
-            let repeat = b >= REPEAT_MIN_ENVS;
+            // environments (or fused networks, which gather the rows themselves) the first
+            // layers read the B latents repeated; with few, the extra dispatches cost more
+            // than the products, and the samples' rows get copies of the latents. (H100,
+            // B = 1, f32: this and 8-row epilogue workgroups together took the step from 4.8
+            // to 6.2 ms GPU; they were not measured apart.)
+            let repeat = b >= REPEAT_MIN_ENVS || fused.is_some();
             if !repeat {
                 replicate(&mut rec, n, &st.z[0])?;
             }
@@ -638,27 +712,52 @@ impl<'m> Planner<'m> {
                 } else {
                     NetInput::new(cur, Some(&st.actions)).at(0, step * nb * a)
                 };
-                m.reward
-                    .record(&mut rec, nb, input, None, ws, &st.r_logits)?;
-                two_hot::record_decode_strided(
-                    &mut rec,
-                    &thc,
-                    nb,
-                    &st.r_logits,
-                    RowLayout::contiguous(s.num_bins),
-                    &st.rewards,
-                    RowLayout::at(step * nb, 1),
-                )?;
-                m.dynamics.record(&mut rec, nb, input, None, ws, next)?;
+                if let Some(f) = fused {
+                    // Reward (decoded) and dynamics read the same rows: one dispatch.
+                    f.record(
+                        &mut rec,
+                        nb,
+                        input,
+                        &[
+                            fnet(Net::Reward, FusedOut::two_hot(&st.rewards, step * nb, 1)),
+                            fnet(Net::Dynamics, FusedOut::raw(next, 0, l)),
+                        ],
+                    )?;
+                } else {
+                    m.reward
+                        .record(&mut rec, nb, input, None, ws, &st.r_logits)?;
+                    two_hot::record_decode_strided(
+                        &mut rec,
+                        &thc,
+                        nb,
+                        &st.r_logits,
+                        RowLayout::contiguous(s.num_bins),
+                        &st.rewards,
+                        RowLayout::at(step * nb, 1),
+                    )?;
+                    m.dynamics.record(&mut rec, nb, input, None, ws, next)?;
+                }
                 if let Some(term_net) = &m.termination {
                     let zin = NetInput::new(next, None);
-                    term_net.record(&mut rec, nb, zin, None, ws, &st.term_logits)?;
-                    rec.copy_range(&st.term_logits, 0, &st.term, step * nb, nb)?;
+                    match fused {
+                        Some(f) => f.record(
+                            &mut rec,
+                            nb,
+                            zin,
+                            &[fnet(
+                                Net::Termination,
+                                FusedOut::raw(&st.term, step * nb, 1),
+                            )],
+                        )?,
+                        None => {
+                            term_net.record(&mut rec, nb, zin, None, ws, &st.term_logits)?;
+                            rec.copy_range(&st.term_logits, 0, &st.term, step * nb, nb)?;
+                        }
+                    }
                 }
             }
             let z_t = &st.z[t % 2];
-            m.policy
-                .record(&mut rec, nb, NetInput::new(z_t, None), None, ws, &st.h)?;
+            policy_head(&mut rec, nb, NetInput::new(z_t, None))?;
             rng_fill::record_fill(
                 &mut rec,
                 &st.eps_term,
@@ -674,8 +773,26 @@ impl<'m> Planner<'m> {
             };
             policy::record_sample(&mut rec, &pc, nb, io)?;
             let q_in = NetInput::new(z_t, Some(&st.a_term));
-            m.q.record(&mut rec, nb, q_in, Some(&st.heads[i]), ws, &st.q_logits)?;
-            two_hot::record_decode(&mut rec, &thc, 2 * nb, &st.q_logits, &st.q_values)?;
+            if let Some(f) = fused {
+                // The two chosen heads, decoded into [2, nb] values, in one dispatch.
+                let head = |slot: usize| FusedNet {
+                    net: Net::Q,
+                    member: Member::Head {
+                        map: &st.heads[i],
+                        slot,
+                    },
+                    out: FusedOut {
+                        buf: &st.q_values,
+                        offset: slot * nb,
+                        stride: 1,
+                        mode: OutMode::TwoHot,
+                    },
+                };
+                f.record(&mut rec, nb, q_in, &[head(0), head(1)])?;
+            } else {
+                m.q.record(&mut rec, nb, q_in, Some(&st.heads[i]), ws, &st.q_logits)?;
+                two_hot::record_decode(&mut rec, &thc, 2 * nb, &st.q_logits, &st.q_values)?;
+            }
             rec.dispatch(
                 &pipe(&VALUES)?,
                 &[
@@ -839,6 +956,19 @@ impl PendingPlan<'_, '_> {
         Ok(plan)
     }
 }
+
+// One network of a fused launch, member 0.
+fn fnet(net: Net, out: FusedOut<'_>) -> FusedNet<'_> {
+    FusedNet {
+        net,
+        member: Member::Index(0),
+        out,
+    }
+}
+
+/// Rows (samples times environments) up to which a plan step runs whole networks per
+/// dispatch ([`Planner::with_fused_rows`]).
+pub const FUSED_MAX_ROWS: usize = 512 * 16;
 
 /// Environments from which a plan step's first rollout layers multiply each latent once
 /// ([`NetInput::repeating`]) instead of once per sample.

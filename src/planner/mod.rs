@@ -44,4 +44,6 @@ mod gpu;
 pub mod problems;
 
 pub use config::{PlanMode, PlannerConfig, PlannerMode};
-pub use gpu::{KERNELS, PendingPlan, Plan, PlanTiming, Planner, pipeline_constants};
+pub use gpu::{
+    FUSED_MAX_ROWS, KERNELS, PendingPlan, Plan, PlanTiming, Planner, pipeline_constants,
+};
