@@ -11,6 +11,7 @@ enable f16;
 
 #import common/act
 #import common/bins
+#import common/rng
 #import common/fused_mlp
 
 alias XS = f32;

@@ -12,6 +12,7 @@ enable wgpu_cooperative_matrix;
 
 #import common/act
 #import common/bins
+#import common/rng
 #import common/fused_mlp
 
 alias XS = f16;

@@ -33,8 +33,6 @@ override LOG_STD_MAX: f32 = 2.0;
 override LANES: u32 = 16u;
 
 const WG: u32 = 64u;
-// log(2 pi) / 2, the constant of TD-MPC2's gaussian_logprob.
-const HALF_LOG_2PI: f32 = 0.9189385175704956;
 
 struct Params {
     rows: u32,
@@ -53,24 +51,6 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> action: array<f32>;
 @group(0) @binding(3) var<storage, read_write> stats: array<f32>;
 @group(0) @binding(4) var<uniform> p: Params;
-
-// (tanh x, 1 - tanh(x)^2), both to a few ulps for any x. With t = e^(-2|x|) <= 1 (no
-// overflow) and m = t - 1 (from the series near 0): tanh |x| = -m / (1 + t) and
-// 1 - tanh^2 = 4 t / (1 + t)^2.
-fn tanh_sech2(x: f32) -> vec2<f32> {
-    let z = -2.0 * abs(x);
-    var m: f32;
-    var t: f32;
-    if (z > -0.5) {
-        m = expm1(z);
-        t = 1.0 + m;
-    } else {
-        t = exp(z);
-        m = t - 1.0;
-    }
-    let d = 1.0 + t;
-    return vec2<f32>(sign(x) * (-m / d), 4.0 * t / (d * d));
-}
 
 var<workgroup> red_g: array<f32, WG>;
 var<workgroup> red_q: array<f32, WG>;

@@ -67,8 +67,6 @@ override LOSS_ADD: bool = false;
 
 const WG: u32 = 64u;
 const RW: u32 = 256u;
-// log(2 pi) / 2.
-const HALF_LOG_2PI: f32 = 0.9189385175704956;
 
 struct Params {
     rows: u32,
@@ -139,22 +137,6 @@ var<workgroup> red4: array<vec4<f32>, WG>;
 var<workgroup> red_terms: array<vec4<f32>, WG>;
 var<workgroup> red_total: array<f32, WG>;
 var<workgroup> red_r: array<f32, RW>;
-
-// (tanh x, 1 - tanh(x)^2) to a few ulps for any x (policy.wgsl's).
-fn tanh_sech2(x: f32) -> vec2<f32> {
-    let z = -2.0 * abs(x);
-    var m: f32;
-    var t: f32;
-    if (z > -0.5) {
-        m = expm1(z);
-        t = 1.0 + m;
-    } else {
-        t = exp(z);
-        m = t - 1.0;
-    }
-    let d = 1.0 + t;
-    return vec2<f32>(sign(x) * (-m / d), 4.0 * t / (d * d));
-}
 
 // w_r = scale * rho^(r / rows_per_step), rho^t by repeated squaring (loss.wgsl's).
 fn row_weight(r: u32) -> f32 {

@@ -113,6 +113,7 @@ fn check(gpu: &Gpu, fused: &FusedModel, w: &Weights, case: &Case, r: &mut impl R
         let width = match mode {
             OutMode::Raw => spec.layers(*net).last().unwrap().out,
             OutMode::TwoHot => 1,
+            OutMode::Policy => unreachable!("the policy case has its own test"),
         };
         let stride = width + g % 2 * 3;
         let bi = g % 2;
@@ -138,6 +139,7 @@ fn check(gpu: &Gpu, fused: &FusedModel, w: &Weights, case: &Case, r: &mut impl R
                     offset,
                     stride,
                     mode: *mode,
+                    policy: None,
                 },
             },
         )
@@ -504,4 +506,80 @@ fn bad_launches_are_errors() {
         &[net(Net::Dynamics, FusedOut::raw(out, 0, l))],
     );
     assert!(e.is_err(), "in-place launch accepted");
+}
+
+#[test]
+fn the_policy_network_samples_as_the_mirror() {
+    use pompc::model::PolicyOut;
+    let mut r = rng("fused policy");
+    for gpu in gpus() {
+        for spec in specs() {
+            let w = random_weights(&spec, &mut r);
+            let a = spec.action_dim;
+            for p in [Precision::F32, Precision::F16, Precision::TensorCore] {
+                let Ok(fused) = FusedModel::new(gpu, &w, p) else {
+                    assert!(gpu.supports(p).is_err(), "{p:?} refused on {}", gpu.describe());
+                    continue;
+                };
+                let m = r.random_range(1..40);
+                let (z_off, act_off, st_off) = (
+                    r.random_range(0..5),
+                    r.random_range(0..5),
+                    r.random_range(0..5),
+                );
+                let z_host = uniform(&mut r, z_off + m * spec.latent_dim, 1.0);
+                let z = GpuBuffer::from_slice(gpu, "z", &z_host).unwrap();
+                let act_len = act_off + m * a + 4;
+                let st_len = st_off + m * (2 * a + 3) + 4;
+                let (act, stats) = (poisoned(gpu, "act", act_len), poisoned(gpu, "stats", st_len));
+                let (seed, stream) = (r.random::<u64>(), r.random::<u32>());
+                let out = FusedOut::policy(
+                    &act,
+                    act_off,
+                    PolicyOut {
+                        stats: &stats,
+                        stats_offset: st_off,
+                        seed,
+                        stream,
+                    },
+                );
+                let mut rec = Recorder::new(gpu);
+                fused
+                    .record(
+                        &mut rec,
+                        m,
+                        NetInput::new(&z, None).at(z_off, 0),
+                        &[FusedNet {
+                            net: Net::Policy,
+                            member: Member::Index(0),
+                            out,
+                        }],
+                    )
+                    .unwrap();
+                rec.submit().unwrap();
+                let want = mirror::policy(
+                    &w,
+                    m,
+                    &z_host[z_off..],
+                    Rounding::of(&fused.shape),
+                    seed,
+                    stream,
+                )
+                .unwrap();
+                let (got_a, got_s) = (act.download(gpu).unwrap(), stats.download(gpu).unwrap());
+                let tol = tolerance(Rounding::of(&fused.shape));
+                let ea = rel_error(&got_a[act_off..act_off + m * a], &want.action);
+                let es = rel_error(&got_s[st_off..st_off + m * (2 * a + 3)], &want.stats);
+                assert!(ea < tol && es < tol, "{p:?}: actions {ea:.2e}, stats {es:.2e}");
+                for (buf, off, len) in [(&got_a, act_off, m * a), (&got_s, st_off, m * (2 * a + 3))] {
+                    for (i, v) in buf.iter().enumerate() {
+                        assert!(
+                            (off..off + len).contains(&i) || v.to_bits() == POISON,
+                            "{p:?}: element {i} outside the policy outputs written"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

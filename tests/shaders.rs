@@ -436,7 +436,7 @@ fn cast_kernel() {
 #[test]
 fn fused_networks_every_shape_and_pack() {
     use pompc::kernels::fused_mlp::{self, FusedShape};
-    let ov = fused_mlp::overrides(101, -10.0, 10.0);
+    let ov = fused_mlp::overrides(&pompc::model::ModelSpec::tdmpc2(5, 24, 6).unwrap());
     let alu = |rb: u32, cw: u32, f16: bool| FusedShape {
         coop: false,
         sg: 0,

@@ -19,7 +19,7 @@
 // F16_W (f16 weights), F16_H (hidden activations rounded to f16 between layers), ROUND_IN
 // (the first layer's input rounded to f16, as the tensor cores see it); it declares
 // `xs: array<XS, RB * XLD>` (XS f32 or f16) and `rs: array<f32, RB * RLD>`, and imports
-// common/act and common/bins. CPU mirror: src/reference/fused_mlp.rs.
+// common/act, common/bins and common/rng. CPU mirror: src/reference/fused_mlp.rs.
 
 #if F16_W
 alias WT = f16;
@@ -30,6 +30,8 @@ alias WT = f32;
 override BINS: u32 = 101u;
 override VMIN: f32 = -10.0;
 override VMAX: f32 = 10.0;
+override LOG_STD_MIN: f32 = -10.0;
+override LOG_STD_MAX: f32 = 2.0;
 
 // Epilogue: TPR threads per row, each holding CPT chunks of 8 consecutive columns per phase.
 const TPR: u32 = WG / RB;
@@ -57,6 +59,8 @@ const LAYER_WA_STRIDE: u32 = 13u;
 
 const OUT_RAW: u32 = 0u;
 const OUT_TWO_HOT: u32 = 1u;
+// The policy head sampled (policy.wgsl's `sample`): actions to out0, stats rows to out1.
+const OUT_POLICY: u32 = 2u;
 
 struct Params {
     m: u32,
@@ -66,8 +70,11 @@ struct Params {
     a_offset: u32,
     // Per network of the launch: (network index, member, 1 if `member` is a slot of `heads`).
     net: array<vec4<u32>, 4>,
-    // Per network: (output binding 0 or 1, element offset, row stride, OUT_RAW or OUT_TWO_HOT).
+    // Per network: (output binding 0 or 1, element offset, row stride, OUT_*).
     out: array<vec4<u32>, 4>,
+    // OUT_POLICY: (seed low, seed high, noise stream, stats offset); the noise of element
+    // (row, i) is element row * A + i of the stream, as rng_fill draws it.
+    policy: vec4<u32>,
 }
 
 @group(0) @binding(0) var<storage, read> desc: array<u32>;
@@ -261,6 +268,10 @@ fn finish_layer(li: u32, member: u32, g: u32, row0: u32, tid: u32, vals: ptr<fun
         return;
     }
     let o = p.out[g];
+    if (o.w == OUT_POLICY) {
+        sample_policy(n / 2u, row, r, lane, tid, vals);
+        return;
+    }
     if (o.w == OUT_TWO_HOT) {
         // value = symexp(sum_j softmax(logits)_j bin_j), stable for logits of any size.
         var mx = -3.40282347e38;
@@ -294,5 +305,48 @@ fn finish_layer(li: u32, member: u32, g: u32, row0: u32, tid: u32, vals: ptr<fun
                 write_out(g, o.y + row * o.z + c, (*vals)[i]);
             }
         }
+    }
+}
+
+// TD-MPC2's policy head on this row's h = [mean_raw | log_std_raw] (policy.wgsl's `sample`,
+// same formulas) with standard normal noise drawn here from the Philox stream. The row goes
+// through rs (free after the products) so each lane can take whole action components.
+fn sample_policy(a: u32, row: u32, r: u32, lane: u32, tid: u32, vals: ptr<function, array<f32, VPT>>) {
+    for (var i = 0u; i < VPT; i++) {
+        let c = col_of(i, lane);
+        if (c < 2u * a) {
+            rs[r * RLD + c] = (*vals)[i];
+        }
+    }
+    workgroupBarrier();
+    let valid = row < p.m;
+    let o = p.out[0];
+    let sb = p.policy.w + row * (2u * a + 3u);
+    var g = 0.0;
+    var q = 0.0;
+    if (valid) {
+        for (var i = lane; i < a; i += TPR) {
+            let mean_raw = rs[r * RLD + i];
+            let ls_raw = rs[r * RLD + a + i];
+            let k = row * a + i;
+            let e = normal4(philox(p.policy.xy, p.policy.z, k / 4u))[k % 4u];
+            let log_std = LOG_STD_MIN + (LOG_STD_MAX - LOG_STD_MIN) / (1.0 + exp(-2.0 * ls_raw));
+            let u = fma(exp(log_std), e, mean_raw);
+            let t = tanh_sech2(u);
+            out0[o.y + row * o.z + i] = t.x;
+            out1[sb + i] = tanh_sech2(mean_raw).x;
+            out1[sb + a + i] = log_std;
+            g += -0.5 * e * e - log_std - HALF_LOG_2PI;
+            q += log(max(t.y, 0.0) + 1e-6);
+        }
+    }
+    g = team_sum(tid, g);
+    q = team_sum(tid, q);
+    if (valid && lane == 0u) {
+        let log_prob = g - q;
+        let scale = (g * f32(a)) / (log_prob + 1e-8);
+        out1[sb + 2u * a] = log_prob;
+        out1[sb + 2u * a + 1u] = -log_prob;
+        out1[sb + 2u * a + 2u] = -log_prob * scale;
     }
 }

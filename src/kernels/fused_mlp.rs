@@ -257,6 +257,9 @@ pub enum OutMode {
     Raw,
     /// TD-MPC2's two-hot decoding of the logits: one value per row.
     TwoHot,
+    /// The policy head sampled (`shaders/policy.wgsl`'s formulas) with Philox noise drawn in
+    /// the kernel: actions `[rows, A]` to one buffer, stats rows `[rows, 2A + 3]` to another.
+    Policy,
 }
 
 /// One launch's parameter block (`Params` in `common/fused_mlp.wgsl`).
@@ -273,8 +276,11 @@ pub struct FusedParams {
     pub a_offset: u32,
     /// Per network slot: (network index, member, 1 if member is a slot of the head map, 0).
     pub net: [[u32; 4]; MAX_GROUP],
-    /// Per network slot: (output binding 0 or 1, offset, row stride, mode: 0 raw, 1 two-hot).
+    /// Per network slot: (output binding 0 or 1, offset, row stride, mode: 0 raw, 1 two-hot,
+    /// 2 policy).
     pub out: [[u32; 4]; MAX_GROUP],
+    /// Policy mode: (seed low word, seed high word, noise stream, stats offset).
+    pub policy: [u32; 4],
 }
 
 /// The buffers of one launch, in binding order.
@@ -297,12 +303,14 @@ pub struct FusedBindings<'a> {
     pub out1: &'a GpuBuffer<f32>,
 }
 
-/// Override constants: the two-hot bins.
-pub fn overrides(num_bins: usize, vmin: f32, vmax: f32) -> Vec<(&'static str, f64)> {
+/// Override constants: the two-hot bins and the policy's log-std range.
+pub fn overrides(spec: &crate::model::ModelSpec) -> Vec<(&'static str, f64)> {
     vec![
-        ("BINS", num_bins as f64),
-        ("VMIN", vmin as f64),
-        ("VMAX", vmax as f64),
+        ("BINS", spec.num_bins as f64),
+        ("VMIN", spec.vmin as f64),
+        ("VMAX", spec.vmax as f64),
+        ("LOG_STD_MIN", spec.log_std_min as f64),
+        ("LOG_STD_MAX", spec.log_std_max as f64),
     ]
 }
 

@@ -219,14 +219,30 @@ pub enum Member<'a> {
 /// Where a network of a launch writes.
 #[derive(Clone, Copy, Debug)]
 pub struct FusedOut<'a> {
-    /// The buffer.
+    /// The buffer (the actions in [`OutMode::Policy`]).
     pub buf: &'a GpuBuffer<f32>,
     /// Element offset of row 0.
     pub offset: usize,
     /// Elements between rows.
     pub stride: usize,
-    /// Raw outputs (`N` per row) or one decoded value per row.
+    /// Raw outputs (`N` per row), one decoded value per row, or the sampled policy.
     pub mode: OutMode,
+    /// [`OutMode::Policy`]'s stats and noise.
+    pub policy: Option<PolicyOut<'a>>,
+}
+
+/// The policy head's second output and its noise ([`FusedOut::policy`]).
+#[derive(Clone, Copy, Debug)]
+pub struct PolicyOut<'a> {
+    /// Stats rows `[rows, 2A + 3]`: mean, log-std, log-prob, entropy, scaled entropy.
+    pub stats: &'a GpuBuffer<f32>,
+    /// Element offset of row 0 in `stats`.
+    pub stats_offset: usize,
+    /// Philox seed.
+    pub seed: u64,
+    /// Philox stream: the noise of element (row, i) is element `row * A + i` of it, as
+    /// [`crate::kernels::rng_fill`] would draw it.
+    pub stream: u32,
 }
 
 impl<'a> FusedOut<'a> {
@@ -237,6 +253,18 @@ impl<'a> FusedOut<'a> {
             offset,
             stride,
             mode: OutMode::Raw,
+            policy: None,
+        }
+    }
+
+    /// The policy network's sampled actions (rows of `A` from element `offset`) and stats.
+    pub fn policy(buf: &'a GpuBuffer<f32>, offset: usize, policy: PolicyOut<'a>) -> Self {
+        FusedOut {
+            buf,
+            offset,
+            stride: 0,
+            mode: OutMode::Policy,
+            policy: Some(policy),
         }
     }
 
@@ -247,6 +275,7 @@ impl<'a> FusedOut<'a> {
             offset,
             stride,
             mode: OutMode::TwoHot,
+            policy: None,
         }
     }
 }
@@ -343,7 +372,7 @@ impl FusedModel {
     }
 
     fn overrides(&self) -> Vec<(&'static str, f64)> {
-        fused_mlp::overrides(self.spec.num_bins, self.spec.vmin, self.spec.vmax)
+        fused_mlp::overrides(&self.spec)
     }
 
     /// Record one dispatch running `nets` (at most [`MAX_GROUP`], all reading `input`'s rows)
@@ -420,8 +449,54 @@ impl FusedModel {
                     (slot, 1)
                 }
             };
-            let o = &fnet.out;
+            let mut o = fnet.out;
+            if o.mode == OutMode::Policy {
+                let a = self.spec.action_dim;
+                let Some(pol) = o.policy else {
+                    return bad("a policy output needs its stats buffer and noise".into());
+                };
+                if fnet.net != Net::Policy || nets.len() != 1 {
+                    return bad(format!(
+                        "policy sampling runs the policy network alone, not {:?} in a launch \
+                         of {}",
+                        fnet.net,
+                        nets.len()
+                    ));
+                }
+                if 2 * a > self.shape.cw as usize {
+                    return Err(Error::Unsupported(format!(
+                        "fused policy sampling of {a} actions (at most {})",
+                        self.shape.cw / 2
+                    )));
+                }
+                let w = 2 * a + 3;
+                let need = m.checked_mul(w).and_then(|v| v.checked_add(pol.stats_offset));
+                if need.is_none_or(|n| n > pol.stats.len()) {
+                    return bad(format!(
+                        "policy stats: {m} rows of {w} from {} exceed {:?} ({})",
+                        pol.stats_offset,
+                        pol.stats.label(),
+                        pol.stats.len()
+                    ));
+                }
+                if pol.stats.raw() == o.buf.raw()
+                    || pol.stats.raw() == input.z.raw()
+                    || pol.stats.len() > u32::MAX as usize
+                {
+                    return bad("policy stats must be their own buffer".into());
+                }
+                o.stride = a;
+                params.policy = [
+                    pol.seed as u32,
+                    (pol.seed >> 32) as u32,
+                    pol.stream,
+                    pol.stats_offset as u32,
+                ];
+                outs.push(o.buf);
+                outs.push(pol.stats);
+            }
             let width = match o.mode {
+                OutMode::Policy => self.spec.action_dim,
                 OutMode::Raw => last.spec.out,
                 OutMode::TwoHot => {
                     if last.spec.out != self.spec.num_bins {
@@ -461,6 +536,7 @@ impl FusedModel {
                 ));
             }
             let slot = match outs.iter().position(|b| b.raw() == o.buf.raw()) {
+                _ if o.mode == OutMode::Policy => 0,
                 Some(s) => s,
                 None if outs.len() < 2 => {
                     outs.push(o.buf);
@@ -473,7 +549,11 @@ impl FusedModel {
                 slot as u32,
                 o.offset as u32,
                 o.stride as u32,
-                (o.mode == OutMode::TwoHot) as u32,
+                match o.mode {
+                    OutMode::Raw => 0,
+                    OutMode::TwoHot => 1,
+                    OutMode::Policy => 2,
+                },
             ];
         }
         let z_rows = if input.z_repeat > 0 {

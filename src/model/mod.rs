@@ -6,7 +6,7 @@ mod spec;
 mod weights;
 mod world;
 
-pub use fused::{FusedLayout, FusedModel, FusedNet, FusedOut, Member, PackedLayer};
+pub use fused::{FusedLayout, FusedModel, FusedNet, FusedOut, Member, PackedLayer, PolicyOut};
 pub use spec::{LayerSpec, ModelSpec, Net};
 pub use weights::{LayerTensors, Tensor, Weights};
 pub use world::{DenseLayer, Mlp, NetInput, Workspace, WorldModel};

@@ -6,11 +6,10 @@ use crate::gpu::{
     BindCache, Binding, Encoded, Gpu, GpuBuffer, KernelSpec, PendingReadback, ReadbackHandle,
     Recorder,
 };
-use crate::kernels::fused_mlp::OutMode;
 use crate::kernels::policy::{self, PolicyBuffers, PolicyConfig, PolicyOffsets};
 use crate::kernels::rng_fill::{self, Distribution};
 use crate::kernels::two_hot::{self, RowLayout, TwoHotConfig};
-use crate::model::{FusedNet, FusedOut, Member, Net, NetInput, Workspace, WorldModel};
+use crate::model::{FusedNet, FusedOut, Member, Net, NetInput, PolicyOut, Workspace, WorldModel};
 use crate::{Error, Result};
 
 /// The result of one [`Planner::plan`] call, per environment.
@@ -627,15 +626,44 @@ impl<'m> Planner<'m> {
                 groups(rows * b * l / 4),
             )
         };
-        // The policy's head (h) for `rows` rows of `input`.
-        let policy_head = |rec: &mut Recorder, rows: usize, input: NetInput| match fused {
-            Some(f) => f.record(
-                rec,
-                rows,
-                input,
-                &[fnet(Net::Policy, FusedOut::raw(&st.h, 0, 2 * a))],
-            ),
-            None => m.policy.record(rec, rows, input, None, ws, &st.h),
+        // Sampled policy actions for `rows` rows of `input` into `action` from element
+        // `at`, noise from Philox stream `stream`: the fused policy network samples them
+        // itself; layer by layer, the network, the noise and the sampling are three launches.
+        let sample_policy = |rec: &mut Recorder,
+                             rows: usize,
+                             input: NetInput,
+                             eps: &GpuBuffer<f32>,
+                             stream: u32,
+                             action: &GpuBuffer<f32>,
+                             at: usize|
+         -> Result<()> {
+            if let Some(f) = fused {
+                let pol = PolicyOut {
+                    stats: &st.stats,
+                    stats_offset: 0,
+                    seed: c.seed,
+                    stream,
+                };
+                return f.record(
+                    rec,
+                    rows,
+                    input,
+                    &[fnet(Net::Policy, FusedOut::policy(action, at, pol))],
+                );
+            }
+            m.policy.record(rec, rows, input, None, ws, &st.h)?;
+            rng_fill::record_fill(rec, eps, Distribution::Normal, c.seed, stream)?;
+            let io = PolicyBuffers {
+                h: &st.h,
+                eps,
+                action,
+                stats: &st.stats,
+            };
+            let at = PolicyOffsets {
+                action: at,
+                ..Default::default()
+            };
+            policy::record_sample_at(rec, &pc, rows, io, at)
         };
         // Policy trajectories, drawn once per call into rows n < P of every time step. The
         // fused networks read step 0's rows straight from the latents (repeating them).
@@ -650,25 +678,15 @@ impl<'m> Planner<'m> {
                 } else {
                     NetInput::new(cur, None)
                 };
-                policy_head(&mut rec, p * b, zin)?;
-                rng_fill::record_fill(
+                sample_policy(
                     &mut rec,
+                    p * b,
+                    zin,
                     &st.eps_pi,
-                    Distribution::Normal,
-                    c.seed,
                     streams::pi_traj(call, step),
+                    &st.actions,
+                    step * nb * a,
                 )?;
-                let io = PolicyBuffers {
-                    h: &st.h,
-                    eps: &st.eps_pi,
-                    action: &st.actions,
-                    stats: &st.stats,
-                };
-                let at = PolicyOffsets {
-                    action: step * nb * a,
-                    ..Default::default()
-                };
-                policy::record_sample_at(&mut rec, &pc, p * b, io, at)?;
                 if step + 1 < t {
                     let next = &st.z[(step + 1) % 2];
                     let input = NetInput {
@@ -757,21 +775,15 @@ impl<'m> Planner<'m> {
                 }
             }
             let z_t = &st.z[t % 2];
-            policy_head(&mut rec, nb, NetInput::new(z_t, None))?;
-            rng_fill::record_fill(
+            sample_policy(
                 &mut rec,
+                nb,
+                NetInput::new(z_t, None),
                 &st.eps_term,
-                Distribution::Normal,
-                c.seed,
                 streams::terminal(call, i),
+                &st.a_term,
+                0,
             )?;
-            let io = PolicyBuffers {
-                h: &st.h,
-                eps: &st.eps_term,
-                action: &st.a_term,
-                stats: &st.stats,
-            };
-            policy::record_sample(&mut rec, &pc, nb, io)?;
             let q_in = NetInput::new(z_t, Some(&st.a_term));
             if let Some(f) = fused {
                 // The two chosen heads, decoded into [2, nb] values, in one dispatch.
@@ -781,12 +793,7 @@ impl<'m> Planner<'m> {
                         map: &st.heads[i],
                         slot,
                     },
-                    out: FusedOut {
-                        buf: &st.q_values,
-                        offset: slot * nb,
-                        stride: 1,
-                        mode: OutMode::TwoHot,
-                    },
+                    out: FusedOut::two_hot(&st.q_values, slot * nb, 1),
                 };
                 f.record(&mut rec, nb, q_in, &[head(0), head(1)])?;
             } else {

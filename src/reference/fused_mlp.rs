@@ -78,6 +78,11 @@ pub fn forward(
     }
     Ok(match mode {
         OutMode::Raw => out,
+        OutMode::Policy => {
+            return Err(crate::Error::InvalidArgument(
+                "the sampled policy's mirror is `policy`".into(),
+            ));
+        }
         OutMode::TwoHot => {
             let cfg = TwoHotConfig::new(spec.num_bins, spec.vmin, spec.vmax)?;
             let n = spec.num_bins;
@@ -90,4 +95,26 @@ pub fn forward(
                 .collect()
         }
     })
+}
+
+/// The policy network on `m` rows of `z`, sampled as the kernel's [`OutMode::Policy`] does:
+/// [`super::policy::sample`] with the noise of element (row, i) element `row * A + i` of
+/// Philox stream `stream` ([`crate::rng::normals`]).
+pub fn policy(
+    weights: &Weights,
+    m: usize,
+    z: &[f32],
+    rounding: Rounding,
+    seed: u64,
+    stream: u32,
+) -> Result<super::policy::PolicySample> {
+    let spec = &weights.spec;
+    let h: Vec<f32> = forward(weights, Net::Policy, 0, m, z, &[], rounding, OutMode::Raw)?
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    let eps = crate::rng::normals(seed, stream, m * spec.action_dim);
+    let cfg = crate::kernels::policy::PolicyConfig::new(spec.action_dim)
+        .with_log_std_range(spec.log_std_min, spec.log_std_max);
+    Ok(super::policy::sample(&cfg, m, &h, &eps))
 }
