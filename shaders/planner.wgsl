@@ -116,23 +116,14 @@ fn sample(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
         return;
     }
     let t = i / per_t;
-    let j = t * N * p.b * A + P * p.b * A + i % per_t;
-    let a = j % A;
-    let b = (j / A) % p.b;
-    let mi = (b * T + t) * A + a;
-    actions[j] = clamp(mean[mi] + stdv[mi] * normal_at(j), -1.0, 1.0);
+    sample_at(t * N * p.b * A + P * p.b * A + i % per_t);
 }
 
 // value = sum_t discount^t alive_t reward_t + discount^T alive_T (Q_h0 + Q_h1) / 2, NaN -> 0,
 // where alive drops to 0 for good after a predicted termination (episodic models; TD-MPC2's
-// running termination flag), and stays 1 otherwise.
-@compute @workgroup_size(64)
-fn values(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let r = linear_id(gid, nwg);
+// running termination flag), and stays 1 otherwise. Row r of N * B.
+fn value_of(r: u32) -> f32 {
     let rows = N * p.b;
-    if (r >= rows) {
-        return;
-    }
     var g = 0.0;
     var disc = 1.0;
     var alive = 1.0;
@@ -147,7 +138,17 @@ fn values(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     if (v != v) {
         v = 0.0;
     }
-    value[r] = v;
+    return v;
+}
+
+// actions[j] for the sampled rows n >= P: clamp(mean + std * eps, -1, 1), eps element j of
+// stream p.stream (as rng_fill lays it out).
+fn sample_at(j: u32) {
+    let a = j % A;
+    let b = (j / A) % p.b;
+    let t = j / (N * p.b * A);
+    let mi = (b * T + t) * A + a;
+    actions[j] = clamp(mean[mi] + stdv[mi] * normal_at(j), -1.0, 1.0);
 }
 
 const RW: u32 = 256u;
@@ -190,8 +191,10 @@ fn reduce_max(tid: u32, v: f32) -> f32 {
     return s;
 }
 
-// One workgroup per environment: sort its N values (bitonic, descending), keep the first
-// KEPT (all N in order for plain MPPI), weigh them, refit mean and std.
+// One workgroup per environment: the values of its N samples (written to `value` for
+// `finalize`), sorted (bitonic, descending); the first KEPT (all N in order for plain MPPI)
+// weighed and the mean and std refitted; then, with p.count = 1, the next iteration's samples
+// drawn from them (stream p.stream), so that an iteration ends in one launch.
 @compute @workgroup_size(RW)
 fn refit(
     @builtin(local_invocation_index) tid: u32,
@@ -200,7 +203,9 @@ fn refit(
     let b = wid.x;
     for (var i = tid; i < SORT_N; i += RW) {
         if (i < N) {
-            sk[i] = value[i * p.b + b];
+            let v = value_of(i * p.b + b);
+            value[i * p.b + b] = v;
+            sk[i] = v;
         } else {
             sk[i] = neg_inf();
         }
@@ -271,6 +276,17 @@ fn refit(
         let o = (b * T + t) * A + a;
         mean[o] = m;
         stdv[o] = clamp(sqrt(v / denom), MIN_STD, MAX_STD);
+    }
+    if (p.count == 0u) {
+        return;
+    }
+    // Every mean and std of this environment is written and every kept action read.
+    storageBarrier();
+    let per_t = (N - P) * A;
+    for (var i = tid; i < T * per_t; i += RW) {
+        let t = i / per_t;
+        let n = P + (i % per_t) / A;
+        sample_at(((t * N + n) * p.b + b) * A + i % A);
     }
 }
 

@@ -518,7 +518,11 @@ fn the_policy_network_samples_as_the_mirror() {
             let a = spec.action_dim;
             for p in [Precision::F32, Precision::F16, Precision::TensorCore] {
                 let Ok(fused) = FusedModel::new(gpu, &w, p) else {
-                    assert!(gpu.supports(p).is_err(), "{p:?} refused on {}", gpu.describe());
+                    assert!(
+                        gpu.supports(p).is_err(),
+                        "{p:?} refused on {}",
+                        gpu.describe()
+                    );
                     continue;
                 };
                 let m = r.random_range(1..40);
@@ -531,7 +535,10 @@ fn the_policy_network_samples_as_the_mirror() {
                 let z = GpuBuffer::from_slice(gpu, "z", &z_host).unwrap();
                 let act_len = act_off + m * a + 4;
                 let st_len = st_off + m * (2 * a + 3) + 4;
-                let (act, stats) = (poisoned(gpu, "act", act_len), poisoned(gpu, "stats", st_len));
+                let (act, stats) = (
+                    poisoned(gpu, "act", act_len),
+                    poisoned(gpu, "stats", st_len),
+                );
                 let (seed, stream) = (r.random::<u64>(), r.random::<u32>());
                 let out = FusedOut::policy(
                     &act,
@@ -570,8 +577,12 @@ fn the_policy_network_samples_as_the_mirror() {
                 let tol = tolerance(Rounding::of(&fused.shape));
                 let ea = rel_error(&got_a[act_off..act_off + m * a], &want.action);
                 let es = rel_error(&got_s[st_off..st_off + m * (2 * a + 3)], &want.stats);
-                assert!(ea < tol && es < tol, "{p:?}: actions {ea:.2e}, stats {es:.2e}");
-                for (buf, off, len) in [(&got_a, act_off, m * a), (&got_s, st_off, m * (2 * a + 3))] {
+                assert!(
+                    ea < tol && es < tol,
+                    "{p:?}: actions {ea:.2e}, stats {es:.2e}"
+                );
+                for (buf, off, len) in [(&got_a, act_off, m * a), (&got_s, st_off, m * (2 * a + 3))]
+                {
                     for (i, v) in buf.iter().enumerate() {
                         assert!(
                             (off..off + len).contains(&i) || v.to_bits() == POISON,

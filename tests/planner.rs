@@ -49,8 +49,34 @@ fn close(what: &str, gpu: &[f32], cpu: &[f64]) {
 }
 
 fn parity(gpu: &Gpu, weights: &Weights, cfg: PlannerConfig, batch: usize, seed_obs: u64) {
+    parity_with(
+        gpu,
+        weights,
+        cfg,
+        batch,
+        seed_obs,
+        pompc::planner::FUSED_MAX_ROWS,
+    )
+}
+
+/// [`parity`] with whole networks per dispatch up to `fused_rows` rows (0: layer by layer).
+fn parity_with(
+    gpu: &Gpu,
+    weights: &Weights,
+    cfg: PlannerConfig,
+    batch: usize,
+    seed_obs: u64,
+    fused_rows: usize,
+) {
     let model = WorldModel::new(gpu, weights).unwrap();
-    let mut planner = Planner::new(gpu, &model, cfg.clone()).unwrap();
+    let mut planner = Planner::new(gpu, &model, cfg.clone())
+        .unwrap()
+        .with_fused_rows(fused_rows);
+    assert_eq!(
+        planner.uses_fused(batch),
+        fused_rows >= batch * cfg.num_samples,
+        "fused networks as asked"
+    );
     let mut mirror = MirrorPlanner::new(weights, &cfg, batch).unwrap();
     let mut r = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed_obs);
     let o = weights.spec.obs_dim;
@@ -65,7 +91,7 @@ fn parity(gpu: &Gpu, weights: &Weights, cfg: PlannerConfig, batch: usize, seed_o
         let g = planner.plan(&obs, first).unwrap();
         let c = mirror.plan(&obs, first).unwrap();
         let tag = format!(
-            "{:?} {:?} B={batch} call {call} seed {}",
+            "{:?} {:?} B={batch} call {call} seed {} fused rows {fused_rows}",
             cfg.mode, cfg.plan_mode, cfg.seed
         );
         let (kept, weights_g) = planner.last_kept().unwrap();
@@ -91,7 +117,11 @@ fn gpu_and_mirror_agree_elite_mppi() {
         // 64 environments and more take the repeated-latent first step.
         for (seed, batch) in [(1, 1), (2, 3), (7, 3), (9, 64)] {
             let cfg = small_cfg(seed, PlannerMode::EliteMppi, PlanMode::Train);
-            parity(gpu, &w, cfg, batch, seed + 100);
+            parity(gpu, &w, cfg.clone(), batch, seed + 100);
+            // Layer by layer too (the path of large batches).
+            if seed != 7 {
+                parity_with(gpu, &w, cfg, batch, seed + 100, 0);
+            }
         }
     }
 }
@@ -241,6 +271,7 @@ fn episodic_model_parity() {
         ..PlannerConfig::tdmpc2(w.spec.action_dim)
     };
     parity(gpu, &w, cfg.clone(), 2, 77);
+    parity_with(gpu, &w, cfg.clone(), 2, 77, 0);
     // The mask matters: without it the mirror's values differ.
     let obs = vec![0.3f32; 2 * w.spec.obs_dim];
     let with = MirrorPlanner::new(&w, &cfg, 2)

@@ -19,6 +19,12 @@ timeout 90 bash .gpu/run.sh $B/pompc bench plan --compare-precision --batch 1,16
   --precision coop 2>&1 | tee $O/compare.log
 timeout 240 bash .gpu/run.sh $B/pompc bench plan --precision coop,f32 --batch 1,16 --act 6 \
   --fused-rows ${FUSED:-0,8192} --runs 40 --warmup 10 2>&1 | tee $O/plan.log
+# VARIANTS="dir1 dir2": the fused coop step again with POMPC_SHADER_DIR set to each (lab
+# versions of the shaders).
+for v in $VARIANTS; do
+  POMPC_SHADER_DIR=$v timeout 120 bash .gpu/run.sh $B/pompc bench plan --precision coop \
+    --batch 1,16 --act 6 --runs 40 --warmup 10 2>&1 | tee $O/variant-$(basename $v).log
+done
 timeout 90 bash .gpu/run.sh $B/pompc bench plan --profile --precision coop --batch 1 --act 6 \
   --runs 5 2>&1 | tee $O/profile.log
 [ -n "$TORCH" ] && timeout 150 python3 benches/reference/plan_tdmpc2.py --batch 1 16 \

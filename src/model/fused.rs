@@ -470,7 +470,9 @@ impl FusedModel {
                     )));
                 }
                 let w = 2 * a + 3;
-                let need = m.checked_mul(w).and_then(|v| v.checked_add(pol.stats_offset));
+                let need = m
+                    .checked_mul(w)
+                    .and_then(|v| v.checked_add(pol.stats_offset));
                 if need.is_none_or(|n| n > pol.stats.len()) {
                     return bad(format!(
                         "policy stats: {m} rows of {w} from {} exceed {:?} ({})",

@@ -78,17 +78,6 @@ const SAMPLE: KernelSpec = KernelSpec {
         U,
     ],
 };
-const VALUES: KernelSpec = KernelSpec {
-    shader: "planner",
-    entry: "values",
-    bindings: &[
-        (7, Binding::Read),
-        (8, Binding::Read),
-        (9, Binding::ReadWrite),
-        U,
-        (14, Binding::Read),
-    ],
-};
 const REFIT: KernelSpec = KernelSpec {
     shader: "planner",
     entry: "refit",
@@ -96,10 +85,13 @@ const REFIT: KernelSpec = KernelSpec {
         (2, Binding::ReadWrite),
         (3, Binding::ReadWrite),
         (6, Binding::ReadWrite),
+        (7, Binding::Read),
+        (8, Binding::Read),
         (9, Binding::ReadWrite),
         (10, Binding::ReadWrite),
         (11, Binding::ReadWrite),
         U,
+        (14, Binding::Read),
     ],
 };
 const FINALIZE: KernelSpec = KernelSpec {
@@ -119,7 +111,7 @@ const FINALIZE: KernelSpec = KernelSpec {
 };
 
 /// Every kernel of `planner.wgsl`.
-pub const KERNELS: [KernelSpec; 6] = [INIT, REPLICATE, SAMPLE, VALUES, REFIT, FINALIZE];
+pub const KERNELS: [KernelSpec; 5] = [INIT, REPLICATE, SAMPLE, REFIT, FINALIZE];
 
 /// Header and override constants of the planner's pipelines for a config and model sizes
 /// (all entry points share them).
@@ -706,13 +698,14 @@ impl<'m> Planner<'m> {
                 }
             }
         }
+        // The first iteration's samples; each refit draws the next iteration's.
+        rec.dispatch(
+            &pipe(&SAMPLE)?,
+            &[&st.mean.buffer, &st.std.buffer, &st.actions.buffer],
+            Some(&params(streams::sampling(call, 0), 0, 0)),
+            groups(t * (n - p) * b * a),
+        )?;
         for i in 0..c.iterations {
-            rec.dispatch(
-                &pipe(&SAMPLE)?,
-                &[&st.mean.buffer, &st.std.buffer, &st.actions.buffer],
-                Some(&params(streams::sampling(call, i), 0, 0)),
-                groups(t * (n - p) * b * a),
-            )?;
             // Step 0 starts every sample of an environment from its latent: with enough
             // environments (or fused networks, which gather the rows themselves) the first
             // layers read the B latents repeated; with few, the extra dispatches cost more
@@ -800,28 +793,27 @@ impl<'m> Planner<'m> {
                 m.q.record(&mut rec, nb, q_in, Some(&st.heads[i]), ws, &st.q_logits)?;
                 two_hot::record_decode(&mut rec, &thc, 2 * nb, &st.q_logits, &st.q_values)?;
             }
-            rec.dispatch(
-                &pipe(&VALUES)?,
-                &[
-                    &st.rewards.buffer,
-                    &st.q_values.buffer,
-                    &st.values.buffer,
-                    &st.term.buffer,
-                ],
-                Some(&params(0, 0, 0)),
-                groups(nb),
-            )?;
+            // Values, sort, refit and (but after the last iteration) the next samples.
+            let next = i + 1 < c.iterations;
+            let stream = if next {
+                streams::sampling(call, i + 1)
+            } else {
+                0
+            };
             rec.dispatch(
                 &pipe(&REFIT)?,
                 &[
                     &st.mean.buffer,
                     &st.std.buffer,
                     &st.actions.buffer,
+                    &st.rewards.buffer,
+                    &st.q_values.buffer,
                     &st.values.buffer,
                     &st.kept.buffer,
                     &st.weights.buffer,
+                    &st.term.buffer,
                 ],
-                Some(&params(0, 0, 0)),
+                Some(&params(stream, next as usize, 0)),
                 [b as u32, 1, 1],
             )?;
         }
