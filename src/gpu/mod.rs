@@ -20,6 +20,7 @@ pub use recorder::{
 };
 
 use crate::{Error, Result};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Whether shader modules keep wgpu's runtime bounds checks.
@@ -302,6 +303,29 @@ pub struct Gpu {
     pub(crate) pipelines: pipeline::PipelineCache,
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Arc<Mutex<Vec<wgpu::Error>>>,
+    submits: AtomicU64,
+    readbacks: AtomicU64,
+}
+
+/// Submissions and read-backs a [`Gpu`] has made ([`Gpu::counters`]): what a test checks to
+/// pin a step to one submit and one read-back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuCounters {
+    /// Command buffers submitted ([`Encoded::submit`], which every [`Recorder`] submit goes
+    /// through).
+    pub submits: u64,
+    /// Read-backs mapped ([`PendingReadback::wait`] of a submission that read something).
+    pub readbacks: u64,
+}
+
+impl std::ops::Sub for GpuCounters {
+    type Output = GpuCounters;
+    fn sub(self, o: GpuCounters) -> GpuCounters {
+        GpuCounters {
+            submits: self.submits - o.submits,
+            readbacks: self.readbacks - o.readbacks,
+        }
+    }
 }
 
 impl std::fmt::Debug for Gpu {
@@ -438,6 +462,8 @@ impl Gpu {
             pipelines: pipeline::PipelineCache::default(),
             lost,
             uncaptured,
+            submits: AtomicU64::new(0),
+            readbacks: AtomicU64::new(0),
         })
     }
 
@@ -478,6 +504,23 @@ impl Gpu {
             ))),
             Precision::TensorCore => self.tensor_cores().map(|_| ()),
         }
+    }
+
+    /// Submissions and read-backs made on this device so far, by every thread. Cheap: two
+    /// relaxed atomic counters.
+    pub fn counters(&self) -> GpuCounters {
+        GpuCounters {
+            submits: self.submits.load(Ordering::Relaxed),
+            readbacks: self.readbacks.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn count_submit(&self) {
+        self.submits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_readback(&self) {
+        self.readbacks.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Shader-check mode of this device's pipelines.

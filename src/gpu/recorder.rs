@@ -119,6 +119,7 @@ impl PendingReadback<'_> {
                 data.extend_from_slice(&view);
                 drop(view);
                 staging.unmap();
+                gpu.count_readback();
             }
             let wall_seconds = self.t0.elapsed().as_secs_f64();
             let ts_off = self.ts_off;
@@ -304,6 +305,7 @@ impl<'g> Encoded<'g> {
                 gpu.queue.write_buffer(buf, 0, bytes);
             }
             let submission = gpu.queue.submit([self.cmd]);
+            gpu.count_submit();
             let mapped = self.staging.as_ref().map(|staging| {
                 let (tx, rx) = std::sync::mpsc::channel();
                 staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
