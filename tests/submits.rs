@@ -19,7 +19,8 @@ const ONE: GpuCounters = GpuCounters {
 fn device(checks: ShaderChecks) -> Gpu {
     let opts = GpuOptions::default()
         .with_checks(checks)
-        .with_precision(Some(pompc::Precision::F32));
+        .with_precision(Some(pompc::Precision::F32))
+        .with_canary(common::CANARY_WORDS);
     Gpu::new(opts).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
 }
 

@@ -9,11 +9,13 @@
 //! ```
 
 mod buffer;
+mod canary;
 mod pipeline;
 mod recorder;
 pub mod shader;
 
 pub use buffer::GpuBuffer;
+pub use canary::CANARY;
 pub use pipeline::{Binding, KernelSpec, Pipeline};
 pub use recorder::{
     BindCache, DispatchTime, Encoded, PendingReadback, Readback, ReadbackHandle, Recorder, Timing,
@@ -126,6 +128,10 @@ pub struct GpuOptions {
     /// cores ([`Gpu::tensor_cores`]), [`Precision::F32`] elsewhere. An explicit precision the
     /// device lacks is an error.
     pub precision: Option<Precision>,
+    /// Guard words after every [`GpuBuffer`], holding [`CANARY`] and checked after every
+    /// read-back ([`Gpu::check_canaries`]): a kernel that writes past the end of its output
+    /// then fails with an error naming the buffer. For tests; 0 (the default) for none.
+    pub canary: usize,
 }
 
 impl Default for GpuOptions {
@@ -138,6 +144,7 @@ impl Default for GpuOptions {
             optional_features: true,
             limits: LimitsRequest::Adapter,
             precision: None,
+            canary: 0,
         }
     }
 }
@@ -160,6 +167,12 @@ impl GpuOptions {
     /// Same options with a fixed precision (`None`: automatic).
     pub fn with_precision(mut self, precision: Option<Precision>) -> Self {
         self.precision = precision;
+        self
+    }
+
+    /// Same options with `words` guard words after every buffer (see [`GpuOptions::canary`]).
+    pub fn with_canary(mut self, words: usize) -> Self {
+        self.canary = words;
         self
     }
 
@@ -303,6 +316,7 @@ pub struct Gpu {
     pub(crate) pipelines: pipeline::PipelineCache,
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Arc<Mutex<Vec<wgpu::Error>>>,
+    pub(crate) canaries: canary::Canaries,
     submits: AtomicU64,
     readbacks: AtomicU64,
 }
@@ -462,6 +476,7 @@ impl Gpu {
             pipelines: pipeline::PipelineCache::default(),
             lost,
             uncaptured,
+            canaries: canary::Canaries::new(options.canary),
             submits: AtomicU64::new(0),
             readbacks: AtomicU64::new(0),
         })
@@ -506,8 +521,8 @@ impl Gpu {
         }
     }
 
-    /// Submissions and read-backs made on this device so far, by every thread. Cheap: two
-    /// relaxed atomic counters.
+    /// Submissions and read-backs made on this device so far, by every thread (the canary
+    /// checks' own are not counted). Cheap: two relaxed atomic counters.
     pub fn counters(&self) -> GpuCounters {
         GpuCounters {
             submits: self.submits.load(Ordering::Relaxed),

@@ -7,9 +7,16 @@ use pompc::{Gpu, GpuOptions, ShaderChecks};
 use rand::{Rng, SeedableRng};
 use std::sync::OnceLock;
 
+/// Guard words after every buffer of the test devices ([`GpuOptions::canary`]): more than a
+/// workgroup's worth of elements, so a kernel whose bounds guard is gone writes into them in
+/// both check modes (the guard is inside the binding), and every read-back then fails naming
+/// the buffer.
+pub const CANARY_WORDS: usize = 257;
+
 /// Both check modes on the default adapter, opened once per test binary, at f32 precision:
 /// these tests compare kernels with f64 mirrors at f32 tolerances (the f16 and tensor-core
-/// paths have their own tests, tests/linear_f16.rs and tests/gemm_coop.rs).
+/// paths have their own tests, tests/linear_f16.rs and tests/gemm_coop.rs). Every buffer has
+/// [`CANARY_WORDS`] guard words, checked after every read-back.
 pub fn gpus() -> &'static [Gpu] {
     static GPUS: OnceLock<Vec<Gpu>> = OnceLock::new();
     GPUS.get_or_init(|| {
@@ -18,7 +25,8 @@ pub fn gpus() -> &'static [Gpu] {
             .map(|c| {
                 let opts = GpuOptions::default()
                     .with_checks(c)
-                    .with_precision(Some(pompc::Precision::F32));
+                    .with_precision(Some(pompc::Precision::F32))
+                    .with_canary(CANARY_WORDS);
                 let g = Gpu::new(opts).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
                 eprintln!("test adapter: {}", g.describe());
                 g
