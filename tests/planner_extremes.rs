@@ -172,8 +172,8 @@ fn extreme_weights(mu: f32) -> Weights {
         }
     });
     set(&mut w, "_reward.2.bias", |dd, _| {
-        for j in 0..k {
-            dd[j] = -5.0 * (d(j) - mu) * (d(j) - mu);
+        for (j, b) in dd.iter_mut().enumerate() {
+            *b = -5.0 * (d(j) - mu) * (d(j) - mu);
         }
     });
     w
