@@ -135,7 +135,9 @@ fn value_of(r: u32) -> f32 {
         }
     }
     var v = g + disc * alive * 0.5 * (qv[r] + qv[rows + r]);
-    if (v != v) {
+    // WGSL lets a compiler assume no NaN, so `v != v` may fold to false (lavapipe's does): test
+    // the bits. NaN: exponent all ones, mantissa not zero.
+    if ((bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u) {
         v = 0.0;
     }
     return v;

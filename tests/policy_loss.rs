@@ -1851,7 +1851,9 @@ fn small_grid_gpus(max: u32) -> Vec<Gpu> {
             limits.max_compute_workgroups_per_dimension = max;
             let opts = GpuOptions {
                 limits: LimitsRequest::Custom(Box::new(limits)),
-                ..GpuOptions::default().with_checks(g.shader_checks())
+                ..GpuOptions::default()
+                    .with_checks(g.shader_checks())
+                    .with_canary(common::CANARY_WORDS)
             };
             Gpu::new(opts).unwrap()
         })

@@ -1,9 +1,13 @@
 //! Philox on the GPU against the Rust implementation: u32 and uniform draws bit-identical,
-//! normals and Gumbels within 1e-6, and the distribution of 10^6 GPU normals.
+//! normals and Gumbels within 1e-6, and the distribution of 10^6 GPU normals; Random123's
+//! known-answer vectors through `common/rng.wgsl` itself (a test-only entry point) and through
+//! `rng_fill`.
 
 mod common;
 
-use common::{POISON, gpus};
+use common::{PHILOX4X32_10_KAT, POISON, gpus};
+use pompc::gpu::shader::{self, Header};
+use pompc::gpu::{Binding, KernelSpec};
 use pompc::kernels::rng_fill::{Distribution, record_fill};
 use pompc::{Gpu, GpuBuffer, Recorder, reference, rng};
 use rand::Rng;
@@ -24,8 +28,9 @@ fn gpu_draws_match_rust() {
         for _ in 0..3 {
             let seed: u64 = r.random();
             let stream: u32 = r.random();
-            // Odd lengths: the last block is partly used.
-            let n = r.random_range(1..5000);
+            // Lengths that are not a multiple of 4: the last block is partly used (and a write
+            // past the end would land in the buffer's canary guard).
+            let n = 4 * r.random_range(0..1250) + r.random_range(1..4);
             for dist in Distribution::ALL {
                 let got = gpu_fill(gpu, dist, seed, stream, n);
                 let want = reference::rng_fill::fill(dist, seed, stream, n);
@@ -74,4 +79,92 @@ fn streams_and_seeds_differ() {
     let c = gpu_fill(gpu, Distribution::Bits, 2, 0, 64);
     assert_ne!(a, b);
     assert_ne!(a, c);
+}
+
+/// A test-only entry point around `common/rng.wgsl`: for each case i, `philox4x32_10` of the
+/// counter and key in `input[3i]`, `input[3i + 1].xy`, and the keyed `philox(seed, stream,
+/// counter)` of `input[3i + 2]` = (seed_lo, seed_hi, stream, counter).
+const KAT_WGSL: &str = "#import common/rng
+override CASES: u32;
+@group(0) @binding(0) var<storage, read> input: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read_write> out: array<vec4<u32>>;
+@compute @workgroup_size(4)
+fn kat(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if (i >= CASES) {
+        return;
+    }
+    out[2u * i] = philox4x32_10(input[3u * i], input[3u * i + 1u].xy);
+    let k = input[3u * i + 2u];
+    out[2u * i + 1u] = philox(k.xy, k.z, k.w);
+}
+";
+
+#[test]
+fn random123_known_answers_on_the_gpu() {
+    // The published vectors, and keyed draws against Rust's rng::philox (which tests/rng_cpu.rs
+    // ties to the vectors: ctr (counter, 0, stream, 0), key (seed_lo, seed_hi)).
+    let keyed: [(u64, u32, u32); 3] = [(0, 0, 0), (0x299f_31d0_a409_3822, 7, 9), (u64::MAX, 3, 1)];
+    let mut input = Vec::new();
+    for ((ctr, key, _), (seed, stream, counter)) in PHILOX4X32_10_KAT.iter().zip(keyed) {
+        input.extend_from_slice(ctr);
+        input.extend_from_slice(&[key[0], key[1], 0, 0]);
+        input.extend_from_slice(&[seed as u32, (seed >> 32) as u32, stream, counter]);
+    }
+    let cases = PHILOX4X32_10_KAT.len();
+    let pre = shader::preprocess_with("rng_kat", KAT_WGSL, &Header::default(), &|n| {
+        shader::library_source(n)
+    })
+    .unwrap();
+    let spec = KernelSpec {
+        shader: "rng_kat",
+        entry: "kat",
+        bindings: &[(0, Binding::Read), (1, Binding::ReadWrite)],
+    };
+    for gpu in gpus() {
+        let pipe = gpu
+            .pipeline_from_source(
+                spec.shader,
+                &pre,
+                spec.entry,
+                spec.bindings,
+                &[("CASES", cases as f64)],
+            )
+            .unwrap();
+        let inb = GpuBuffer::from_slice(gpu, "kat input", &input).unwrap();
+        let out = GpuBuffer::<u32>::new(gpu, "kat output", 8 * cases).unwrap();
+        out.fill_u32(gpu, POISON).unwrap();
+        let mut rec = Recorder::new(gpu);
+        rec.dispatch::<u32>(&pipe, &[inb.raw(), out.raw()], None, [1, 1, 1])
+            .unwrap();
+        let h = rec.read(&out);
+        let got = rec.finish().unwrap().get(&h).unwrap();
+        for (i, ((ctr, key, want), (seed, stream, counter))) in
+            PHILOX4X32_10_KAT.iter().zip(keyed).enumerate()
+        {
+            assert_eq!(
+                &got[8 * i..8 * i + 4],
+                want,
+                "{:?}: ctr {ctr:08x?} key {key:08x?}",
+                gpu.shader_checks()
+            );
+            let keyed = rng::philox(seed, u64::from(stream), u64::from(counter));
+            assert_eq!(
+                got[8 * i + 4..8 * i + 8],
+                keyed,
+                "{:?}: philox({seed:#x}, {stream}, {counter})",
+                gpu.shader_checks()
+            );
+        }
+        // philox(0, 0, 0) is the all-zero vector.
+        assert_eq!(got[4..8], PHILOX4X32_10_KAT[0].2);
+        // rng_fill's first block of (seed 0, stream 0) is the all-zero vector.
+        let fill = gpu_fill(gpu, Distribution::Bits, 0, 0, 4);
+        assert_eq!(
+            fill,
+            PHILOX4X32_10_KAT[0].2,
+            "{:?}: rng_fill",
+            gpu.shader_checks()
+        );
+    }
 }

@@ -1,9 +1,11 @@
 //! Typed storage buffers with upload and download.
 
 use super::Gpu;
+use super::canary::{Region, canary_bytes};
 use crate::{Error, Result};
 use bytemuck::Pod;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 /// A storage buffer of `len` elements of `T`, readable and writable by kernels and copyable
 /// both ways.
@@ -19,6 +21,9 @@ pub struct GpuBuffer<T: Pod> {
     pub(crate) buffer: wgpu::Buffer,
     len: usize,
     label: String,
+    // The guard words after the data, on a device with canaries (kept registered while any
+    // clone lives).
+    canary: Option<Arc<Region>>,
     _t: PhantomData<T>,
 }
 
@@ -28,6 +33,7 @@ impl<T: Pod> Clone for GpuBuffer<T> {
             buffer: self.buffer.clone(),
             len: self.len,
             label: self.label.clone(),
+            canary: self.canary.clone(),
             _t: PhantomData,
         }
     }
@@ -55,9 +61,17 @@ pub(crate) fn padded_bytes<T>(len: usize) -> u64 {
 }
 
 impl<T: Pod> GpuBuffer<T> {
-    /// A zeroed buffer of `len` elements.
+    /// A zeroed buffer of `len` elements (followed by [`Gpu::canary_words`] guard words
+    /// holding [`super::CANARY`] on a device with canaries).
     pub fn new(gpu: &Gpu, label: &str, len: usize) -> Result<Self> {
-        let bytes = padded_bytes::<T>(len);
+        // The guard starts at the first word past the data, not at the 16-byte padding.
+        let data_end = ((len * std::mem::size_of::<T>()) as u64).div_ceil(4) * 4;
+        let guard = gpu.canary_words() as u64 * 4;
+        let bytes = if guard > 0 {
+            (data_end + guard).max(16).div_ceil(16) * 16
+        } else {
+            padded_bytes::<T>(len)
+        };
         let max = gpu.max_binding_bytes();
         if bytes > max {
             return Err(Error::Limit(format!(
@@ -76,10 +90,27 @@ impl<T: Pod> GpuBuffer<T> {
                 mapped_at_creation: false,
             }))
         })?;
+        let canary = if guard > 0 {
+            let region = Arc::new(Region {
+                buffer: buffer.clone(),
+                start: data_end,
+                end: bytes,
+                label: label.to_string(),
+                len,
+            });
+            let words = ((bytes - data_end) / 4) as usize;
+            gpu.queue
+                .write_buffer(&buffer, data_end, &canary_bytes(words));
+            gpu.canaries.register(&region);
+            Some(region)
+        } else {
+            None
+        };
         Ok(GpuBuffer {
             buffer,
             len,
             label: label.to_string(),
+            canary,
             _t: PhantomData,
         })
     }
@@ -158,10 +189,17 @@ impl<T: Pod> GpuBuffer<T> {
         })
     }
 
-    /// Set every byte to the repeated 32-bit pattern `word`: tests poison outputs with NaN
-    /// so that an element a kernel failed to write cannot pass.
+    /// Set every byte of the data to the repeated 32-bit pattern `word`: tests poison outputs
+    /// with NaN so that an element a kernel failed to write cannot pass.
     pub fn fill_u32(&self, gpu: &Gpu, word: u32) -> Result<()> {
-        let n = (padded_bytes::<T>(self.len) / 4) as usize;
+        // The data's words, not a guard after them.
+        let n = match &self.canary {
+            Some(r) => (r.start / 4) as usize,
+            None => (padded_bytes::<T>(self.len) / 4) as usize,
+        };
+        if n == 0 {
+            return Ok(());
+        }
         let data = vec![word; n];
         gpu.scoped(&format!("filling {:?}", self.label), || {
             gpu.queue

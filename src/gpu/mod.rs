@@ -9,17 +9,20 @@
 //! ```
 
 mod buffer;
+mod canary;
 mod pipeline;
 mod recorder;
 pub mod shader;
 
 pub use buffer::GpuBuffer;
+pub use canary::CANARY;
 pub use pipeline::{Binding, KernelSpec, Pipeline};
 pub use recorder::{
     BindCache, DispatchTime, Encoded, PendingReadback, Readback, ReadbackHandle, Recorder, Timing,
 };
 
 use crate::{Error, Result};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Whether shader modules keep wgpu's runtime bounds checks.
@@ -125,6 +128,10 @@ pub struct GpuOptions {
     /// cores ([`Gpu::tensor_cores`]), [`Precision::F32`] elsewhere. An explicit precision the
     /// device lacks is an error.
     pub precision: Option<Precision>,
+    /// Guard words after every [`GpuBuffer`], holding [`CANARY`] and checked after every
+    /// read-back ([`Gpu::check_canaries`]): a kernel that writes past the end of its output
+    /// then fails with an error naming the buffer. For tests; 0 (the default) for none.
+    pub canary: usize,
 }
 
 impl Default for GpuOptions {
@@ -137,6 +144,7 @@ impl Default for GpuOptions {
             optional_features: true,
             limits: LimitsRequest::Adapter,
             precision: None,
+            canary: 0,
         }
     }
 }
@@ -159,6 +167,12 @@ impl GpuOptions {
     /// Same options with a fixed precision (`None`: automatic).
     pub fn with_precision(mut self, precision: Option<Precision>) -> Self {
         self.precision = precision;
+        self
+    }
+
+    /// Same options with `words` guard words after every buffer (see [`GpuOptions::canary`]).
+    pub fn with_canary(mut self, words: usize) -> Self {
+        self.canary = words;
         self
     }
 
@@ -302,6 +316,30 @@ pub struct Gpu {
     pub(crate) pipelines: pipeline::PipelineCache,
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Arc<Mutex<Vec<wgpu::Error>>>,
+    pub(crate) canaries: canary::Canaries,
+    submits: AtomicU64,
+    readbacks: AtomicU64,
+}
+
+/// Submissions and read-backs a [`Gpu`] has made ([`Gpu::counters`]): what a test checks to
+/// pin a step to one submit and one read-back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuCounters {
+    /// Command buffers submitted ([`Encoded::submit`], which every [`Recorder`] submit goes
+    /// through).
+    pub submits: u64,
+    /// Read-backs mapped ([`PendingReadback::wait`] of a submission that read something).
+    pub readbacks: u64,
+}
+
+impl std::ops::Sub for GpuCounters {
+    type Output = GpuCounters;
+    fn sub(self, o: GpuCounters) -> GpuCounters {
+        GpuCounters {
+            submits: self.submits - o.submits,
+            readbacks: self.readbacks - o.readbacks,
+        }
+    }
 }
 
 impl std::fmt::Debug for Gpu {
@@ -438,6 +476,9 @@ impl Gpu {
             pipelines: pipeline::PipelineCache::default(),
             lost,
             uncaptured,
+            canaries: canary::Canaries::new(options.canary),
+            submits: AtomicU64::new(0),
+            readbacks: AtomicU64::new(0),
         })
     }
 
@@ -478,6 +519,23 @@ impl Gpu {
             ))),
             Precision::TensorCore => self.tensor_cores().map(|_| ()),
         }
+    }
+
+    /// Submissions and read-backs made on this device so far, by every thread (the canary
+    /// checks' own are not counted). Cheap: two relaxed atomic counters.
+    pub fn counters(&self) -> GpuCounters {
+        GpuCounters {
+            submits: self.submits.load(Ordering::Relaxed),
+            readbacks: self.readbacks.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn count_submit(&self) {
+        self.submits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_readback(&self) {
+        self.readbacks.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Shader-check mode of this device's pipelines.

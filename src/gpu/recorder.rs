@@ -27,6 +27,7 @@ enum Op {
     },
     Clear {
         buf: wgpu::Buffer,
+        size: u64,
     },
 }
 
@@ -119,6 +120,7 @@ impl PendingReadback<'_> {
                 data.extend_from_slice(&view);
                 drop(view);
                 staging.unmap();
+                gpu.count_readback();
             }
             let wall_seconds = self.t0.elapsed().as_secs_f64();
             let ts_off = self.ts_off;
@@ -146,6 +148,9 @@ impl PendingReadback<'_> {
                 })
                 .collect();
             data.truncate(ts_off as usize);
+            // With canaries on (tests), every read-back also checks that no kernel wrote past
+            // the end of a buffer.
+            gpu.check_canaries()?;
             Ok(Readback {
                 data,
                 timing: Timing {
@@ -304,6 +309,7 @@ impl<'g> Encoded<'g> {
                 gpu.queue.write_buffer(buf, 0, bytes);
             }
             let submission = gpu.queue.submit([self.cmd]);
+            gpu.count_submit();
             let mapped = self.staging.as_ref().map(|staging| {
                 let (tx, rx) = std::sync::mpsc::channel();
                 staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
@@ -525,8 +531,14 @@ impl<'g> Recorder<'g> {
 
     /// Record zeroing all of `buf` (a gradient buffer before a backward pass).
     pub fn clear<T: Pod>(&mut self, buf: &GpuBuffer<T>) {
+        // Its elements' whole words, not a canary guard after them.
+        let size = ((buf.len() * std::mem::size_of::<T>()) as u64).div_ceil(4) * 4;
+        if size == 0 {
+            return;
+        }
         self.ops.push(Op::Clear {
             buf: buf.buffer.clone(),
+            size,
         });
     }
 
@@ -714,8 +726,8 @@ impl<'g> Recorder<'g> {
                     enc.copy_buffer_to_buffer(src, *src_off, dst, *dst_off, *size);
                     i += 1;
                 }
-                Op::Clear { buf } => {
-                    enc.clear_buffer(buf, 0, None);
+                Op::Clear { buf, size } => {
+                    enc.clear_buffer(buf, 0, Some(*size));
                     i += 1;
                 }
                 Op::Dispatch { .. } => {

@@ -230,7 +230,7 @@ fn preprocess(p: &Problem, main: &str, main_text: &str) -> Result<Preprocessed> 
         if n == "user" {
             Some(user.clone())
         } else {
-            shader::source(n).map(str::to_string)
+            shader::library_source(n)
         }
     })
     .map_err(|e| match e {
@@ -326,8 +326,9 @@ impl<'g> Mppi<'g> {
                 max / 4 / (h * c) as u64
             )));
         }
-        let main = shader::source("mppi").expect("embedded");
-        let pre = preprocess(&problem, "mppi", main)?;
+        // library_source: POMPC_SHADER_DIR reaches this shader too.
+        let main = shader::library_source("mppi").expect("embedded");
+        let pre = preprocess(&problem, "mppi", &main)?;
         let ov: Vec<(&str, f64)> = vec![
             ("K", k as f64),
             ("H", h as f64),

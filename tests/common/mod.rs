@@ -7,9 +7,16 @@ use pompc::{Gpu, GpuOptions, ShaderChecks};
 use rand::{Rng, SeedableRng};
 use std::sync::OnceLock;
 
+/// Guard words after every buffer of the test devices ([`GpuOptions::canary`]): more than a
+/// workgroup's worth of elements, so a kernel whose bounds guard is gone writes into them in
+/// both check modes (the guard is inside the binding), and every read-back then fails naming
+/// the buffer.
+pub const CANARY_WORDS: usize = 257;
+
 /// Both check modes on the default adapter, opened once per test binary, at f32 precision:
 /// these tests compare kernels with f64 mirrors at f32 tolerances (the f16 and tensor-core
-/// paths have their own tests, tests/linear_f16.rs and tests/gemm_coop.rs).
+/// paths have their own tests, tests/linear_f16.rs and tests/gemm_coop.rs). Every buffer has
+/// [`CANARY_WORDS`] guard words, checked after every read-back.
 pub fn gpus() -> &'static [Gpu] {
     static GPUS: OnceLock<Vec<Gpu>> = OnceLock::new();
     GPUS.get_or_init(|| {
@@ -18,7 +25,8 @@ pub fn gpus() -> &'static [Gpu] {
             .map(|c| {
                 let opts = GpuOptions::default()
                     .with_checks(c)
-                    .with_precision(Some(pompc::Precision::F32));
+                    .with_precision(Some(pompc::Precision::F32))
+                    .with_canary(CANARY_WORDS);
                 let g = Gpu::new(opts).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
                 eprintln!("test adapter: {}", g.describe());
                 g
@@ -26,6 +34,34 @@ pub fn gpus() -> &'static [Gpu] {
             .collect()
     })
 }
+
+/// Random123 known-answer vectors, copied from `tests/kat_vectors` of
+/// https://github.com/DEShawResearch/random123 (commit 9545ff64, lines 27-29):
+///
+/// ```text
+/// philox4x32 10 00000000 00000000 00000000 00000000 00000000 00000000   6627e8d5 e169c58d bc57ac4c 9b00dbd8
+/// philox4x32 10 ffffffff ffffffff ffffffff ffffffff ffffffff ffffffff   408f276d 41c83b0e a20bc7c6 6d5451fd
+/// philox4x32 10 243f6a88 85a308d3 13198a2e 03707344 a4093822 299f31d0   d16cfe09 94fdcceb 5001e420 24126ea1
+/// ```
+///
+/// Columns: name, rounds, CTR (4 words), KEY (2 words), EXPECTED (4 words).
+pub const PHILOX4X32_10_KAT: [([u32; 4], [u32; 2], [u32; 4]); 3] = [
+    (
+        [0x0000_0000, 0x0000_0000, 0x0000_0000, 0x0000_0000],
+        [0x0000_0000, 0x0000_0000],
+        [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8],
+    ),
+    (
+        [0xffff_ffff, 0xffff_ffff, 0xffff_ffff, 0xffff_ffff],
+        [0xffff_ffff, 0xffff_ffff],
+        [0x408f_276d, 0x41c8_3b0e, 0xa20b_c7c6, 0x6d54_51fd],
+    ),
+    (
+        [0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344],
+        [0xa409_3822, 0x299f_31d0],
+        [0xd16c_fe09, 0x94fd_cceb, 0x5001_e420, 0x2412_6ea1],
+    ),
+];
 
 /// A fresh RNG; prints its seed so a failure can be replayed with POMPC_TEST_SEED.
 pub fn rng(tag: &str) -> rand::rngs::StdRng {
