@@ -338,18 +338,18 @@ fn unroll_within(
                 ),
             ));
         }
-        let mut depth = 0;
+        let mut open = 0;
         let mut end = None;
         for (j, (l, _)) in lines.iter().enumerate().skip(at + 1) {
             let t = l.trim();
             if t.starts_with("#for ") {
-                depth += 1;
+                open += 1;
             } else if t == "#endfor" {
-                if depth == 0 {
+                if open == 0 {
                     end = Some(j);
                     break;
                 }
-                depth -= 1;
+                open -= 1;
             }
         }
         let end = end.ok_or_else(|| err(*i, "#for without #endfor".into()))?;
