@@ -187,8 +187,14 @@ impl ModelSpec {
         if self.obs_dim == 0 || self.action_dim == 0 {
             return bad("observation and action dimensions must be positive".into());
         }
-        if self.latent_dim == 0 || self.mlp_dim == 0 || self.enc_dim == 0 {
-            return bad(format!("zero width in {self:?}"));
+        for (name, v) in [
+            ("latent_dim", self.latent_dim),
+            ("mlp_dim", self.mlp_dim),
+            ("enc_dim", self.enc_dim),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} = 0: widths must be positive"));
+            }
         }
         for (name, v, max) in [
             ("obs_dim", self.obs_dim, MAX_OBS_DIM),
@@ -212,13 +218,13 @@ impl ModelSpec {
         }
         if self.simnorm_dim != 8 {
             return bad(format!(
-                "SimNorm group {} (pompc supports 8)",
+                "simnorm_dim = {}: pompc's SimNorm supports groups of 8",
                 self.simnorm_dim
             ));
         }
         if !self.latent_dim.is_multiple_of(self.simnorm_dim) {
             return bad(format!(
-                "latent width {} is not a multiple of the SimNorm group {}",
+                "latent_dim = {} is not a multiple of simnorm_dim = {}",
                 self.latent_dim, self.simnorm_dim
             ));
         }
@@ -229,8 +235,9 @@ impl ModelSpec {
                 && self.vmin < self.vmax)
         {
             return bad(format!(
-                "{} bins over [{}, {}]: need at least 2 bins and finite vmin < vmax within \
-                 +-{MAX_SYMLOG} (symlog space; TD-MPC2: 101 bins over [-10, 10])",
+                "num_bins = {} over [vmin, vmax] = [{}, {}]: need at least 2 bins and finite \
+                 vmin < vmax within +-{MAX_SYMLOG} (symlog space; TD-MPC2: 101 bins over \
+                 [-10, 10])",
                 self.num_bins, self.vmin, self.vmax
             ));
         }
@@ -239,8 +246,8 @@ impl ModelSpec {
             && self.log_std_min < self.log_std_max)
         {
             return bad(format!(
-                "log-std range [{}, {}]: need finite log_std_min < log_std_max within \
-                 +-{MAX_LOG_STD} (TD-MPC2: [-10, 2])",
+                "[log_std_min, log_std_max] = [{}, {}]: need finite log_std_min < log_std_max \
+                 within +-{MAX_LOG_STD} (TD-MPC2: [-10, 2])",
                 self.log_std_min, self.log_std_max
             ));
         }

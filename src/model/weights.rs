@@ -203,8 +203,12 @@ impl Weights {
     /// spec or hold a non-finite value are refused: a saved file always loads.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        self.check()
-            .map_err(|e| Error::Weights(format!("not saving {}: {e}", path.display())))?;
+        self.check().map_err(|e| match e {
+            Error::Weights(m) | Error::InvalidArgument(m) => {
+                Error::Weights(format!("not saving {}: {m}", path.display()))
+            }
+            e => e,
+        })?;
         crate::fs::write_atomic(path, &self.to_bytes()?)
     }
 
