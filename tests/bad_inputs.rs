@@ -1032,6 +1032,17 @@ fn cases() -> Vec<Case> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);
         expect_err(b.sample(&mut rng, 4, usize::MAX), &["sample"])
     });
+    case!(2, "replay buffer for usize::MAX observations", {
+        expect_err(ReplayBuffer::new(usize::MAX, 1, 10), &["obs"])
+    });
+    case!(2, "replay buffer for 2^62 actions", {
+        expect_err(ReplayBuffer::new(3, 1 << 62, 10), &["action"])
+    });
+    case!(2, "evaluation of usize::MAX episodes on a trainer", {
+        let p = scratch().join("base.ckpt.safetensors");
+        let mut tr = resume(&p).map_err(|e| e.to_string())?;
+        expect_err(tr.evaluate(usize::MAX, 0), &["evaluation episodes"])
+    });
     case!(2, "replay buffer of capacity 0", {
         expect_err(ReplayBuffer::new(3, 1, 0), &["capacity"])
     });

@@ -753,8 +753,13 @@ impl<'g> Trainer<'g> {
     }
 
     /// Mean return of `episodes` evaluation episodes (planner in eval mode) on the evaluation
-    /// environment, with episode seeds drawn from `seed`.
+    /// environment, with episode seeds drawn from `seed`; at most [`MAX_EVAL_EPISODES`].
     pub fn evaluate(&mut self, episodes: usize, seed: u64) -> Result<Vec<f32>> {
+        if episodes > MAX_EVAL_EPISODES {
+            return Err(Error::InvalidArgument(format!(
+                "{episodes} evaluation episodes, at most {MAX_EVAL_EPISODES}"
+            )));
+        }
         let mut planner = Planner::new(
             self.gpu,
             &self.model,

@@ -73,10 +73,17 @@ impl ReplayBuffer {
     /// An empty buffer for `obs_dim` observations and `action_dim` actions holding at most
     /// `capacity` transitions (TD-MPC2: 1M).
     pub fn new(obs_dim: usize, action_dim: usize, capacity: usize) -> Result<Self> {
+        use crate::model::{MAX_ACTION_DIM, MAX_OBS_DIM};
         if obs_dim == 0 || action_dim == 0 || capacity == 0 {
             return Err(Error::InvalidArgument(format!(
                 "replay buffer needs positive dimensions and capacity, got obs {obs_dim}, \
                  action {action_dim}, capacity {capacity}"
+            )));
+        }
+        if obs_dim > MAX_OBS_DIM || action_dim > MAX_ACTION_DIM {
+            return Err(Error::InvalidArgument(format!(
+                "replay buffer for obs {obs_dim} and action {action_dim}: at most \
+                 {MAX_OBS_DIM} and {MAX_ACTION_DIM} (the model's bounds)"
             )));
         }
         Ok(ReplayBuffer {

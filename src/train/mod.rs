@@ -11,7 +11,8 @@ pub mod policy;
 pub mod world;
 
 pub use agent::{
-    Event, HistoryRow, MAX_STEPS, Method, ModelPreset, Reanalyze, TrainConfig, Trainer,
+    Event, HistoryRow, MAX_EVAL_EPISODES, MAX_STEPS, Method, ModelPreset, Reanalyze, TrainConfig,
+    Trainer,
 };
 pub use buffer::{BufferData, ReplayBuffer, Sample};
 pub use mlp::{Grads, Members, NetInput as TrainInput, Tape, TrainNet};
