@@ -802,8 +802,9 @@ impl<'g> Trainer<'g> {
         let updates = p.updates;
         let save_adam =
             |t: &mut Tensors, prefix: &str, adam: &Adam, range: std::ops::Range<usize>| {
+                let len = range.len();
                 let (m, v, state) = download_adam(gpu, adam, range)?;
-                let state = check_adam(prefix, m.len(), &m, &v, state, updates)?;
+                let state = check_adam(prefix, len, &m, &v, state, updates)?;
                 t.f32(&format!("{prefix}.m"), vec![m.len()], m);
                 t.f32(&format!("{prefix}.v"), vec![v.len()], v);
                 t.u32(&format!("{prefix}.state"), state);
