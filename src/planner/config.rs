@@ -161,7 +161,8 @@ pub const MAX_HORIZON: usize = 64;
 /// Range of EliteMppi's inverse temperature. Values come from two-hot heads over at most
 /// `symexp(`[`MAX_SYMLOG`](crate::model::MAX_SYMLOG)`)` ~ 1e13 per term, so `|v| <= (MAX_HORIZON + 1) 1e13` < 1e15, and
 /// `temperature * v` stays below 1e21 even if a compiler expands `t (v - v_max)` into
-/// `t v - t v_max` (lavapipe does: a temperature of 3e38 gave NaN means).
+/// `t v - t v_max`, which fast-math compilers may do (issue 20 saw NaN means at a
+/// temperature of 3e38 on lavapipe).
 pub const TEMPERATURE_RANGE: (f32, f32) = (1e-6, 1e6);
 /// Range of plain MPPI's temperature lambda (the reciprocal of [`TEMPERATURE_RANGE`]).
 pub const LAMBDA_RANGE: (f32, f32) = (1e-6, 1e6);
