@@ -5,7 +5,10 @@
 //
 // Layouts: K samples, horizon H, C = CONTROL_DIM. u [H, C] the control sequence; eps [H, K, C]
 // the effective perturbation of each sample after clamping (v - u); cost [K]; weights [K];
-// bounds [3, C] = (sigma, u_min, u_max); out = (first control [C], min cost, normalizer eta).
+// bounds [3, C] = (sigma, u_min, u_max); out = (first control [C], min cost, normalizer eta);
+// status = (samples whose rollout ran all H steps, those of them with a finite cost), zeroed
+// before each rollout: a sample the driver stopped early (lavapipe ends long loops) or whose
+// cost is NaN or infinite is missing from the counts, and the host reports it.
 // Header constants (with the user's): STATE_DIM, CONTROL_DIM, PARAM_LEN (>= 1), VIS.
 
 override K: u32;
@@ -36,6 +39,7 @@ struct MppiParams {
 @group(0) @binding(7) var<storage, read> user_params: array<f32>;
 @group(0) @binding(8) var<uniform> mppi_p: MppiParams;
 @group(0) @binding(9) var<storage, read_write> mppi_vis: array<f32>;
+@group(0) @binding(10) var<storage, read_write> mppi_status: array<atomic<u32>>;
 
 // The user's parameter i (clamped into the buffer).
 fn param(i: u32) -> f32 {
@@ -89,6 +93,7 @@ fn mppi_rollout(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     for (var j = 0u; j < CONTROL_DIM; j++) {
         n_next[j] = mppi_eps[k * CONTROL_DIM + j];
     }
+    var steps = 0u;
     for (var t = 0u; t < H; t++) {
         let n = n_next;
         if (t + 1u < H) {
@@ -114,13 +119,28 @@ fn mppi_rollout(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
                 mppi_vis[(k * (H + 1u) + t + 1u) * STATE_DIM + i] = x[i];
             }
         }
+        steps += 1u;
     }
     s += terminal_cost(x);
+    // NaN and infinity by their bits: fast-math compilers may fold `s != s` away.
+    let finite = (bitcast<u32>(s) & 0x7f800000u) != 0x7f800000u;
     // A diverged rollout gets no weight.
-    if (!(s == s) || s > 3.0e38) {
+    if (!finite || s > 3.0e38) {
         s = 3.0e38;
     }
     mppi_cost[k] = s;
+    if (steps == H) {
+        atomicAdd(&mppi_status[0], 1u);
+        if (finite) {
+            atomicAdd(&mppi_status[1], 1u);
+        }
+    }
+}
+
+// Whether this step's rollouts can be used: every sample ran its whole horizon and at least
+// one cost is finite. Otherwise the update leaves the control sequence as it was.
+fn mppi_rollouts_ok() -> bool {
+    return atomicLoad(&mppi_status[0]) == K && atomicLoad(&mppi_status[1]) > 0u;
 }
 
 const MPPI_WG: u32 = 256u;
@@ -168,10 +188,19 @@ fn mppi_normalize(@builtin(local_invocation_index) tid: u32) {
     }
 }
 
+var<workgroup> mppi_ok: u32;
+
 // mppi_u[t] += sum_k w_k mppi_eps[t, k]; one workgroup per time step.
 @compute @workgroup_size(MPPI_WG)
 fn mppi_update(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let t = wid.x;
+    // Read once and shared, so the early return stays uniform (the reductions below barrier).
+    if (tid == 0u) {
+        mppi_ok = select(0u, 1u, mppi_rollouts_ok());
+    }
+    if (workgroupUniformLoad(&mppi_ok) == 0u) {
+        return;
+    }
     for (var j = 0u; j < CONTROL_DIM; j++) {
         var acc = 0.0;
         for (var k = tid; k < K; k += MPPI_WG) {

@@ -42,6 +42,21 @@ pub enum Error {
     /// The device was lost (driver reset, timeout or crash); create a new [`crate::Gpu`].
     #[error("GPU device lost: {0}. Create a new Gpu to continue")]
     DeviceLost(String),
+    /// The GPU did not finish within the [`crate::Gpu`]'s wait timeout
+    /// ([`crate::Gpu::set_wait_timeout`], 60 s by default). The work may still be running:
+    /// later calls wait for it, and a device that never finishes must be replaced.
+    #[error(
+        "the GPU did not finish {context} within {seconds} s (the Gpu's wait timeout; \
+         Gpu::set_wait_timeout or GpuOptions::with_wait_timeout change it). The work may still \
+         be running and later calls wait for it first; if it never finishes (an endless loop in \
+         user WGSL, a hung driver), create a new Gpu"
+    )]
+    Timeout {
+        /// What pompc was waiting for.
+        context: String,
+        /// The timeout that expired, in seconds.
+        seconds: f64,
+    },
     /// Any other failure reported by wgpu or the driver.
     #[error("GPU error in {context}: {message}")]
     Internal {

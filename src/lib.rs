@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod env;
 pub mod error;
+pub mod fs;
 pub mod gpu;
 pub mod kernels;
 pub mod model;

@@ -84,7 +84,28 @@ impl Chart {
         self.series.push(s);
     }
 
-    /// The SVG document (800 x 480).
+    /// Points and band rows with a non-finite coordinate, which [`Chart::to_svg`] leaves out
+    /// (a diverged run's NaN returns): `(series name, count)` for each series that has any.
+    pub fn non_finite(&self) -> Vec<(String, usize)> {
+        self.series
+            .iter()
+            .map(|s| {
+                let n = s.points.iter().filter(|p| !finite2(**p)).count()
+                    + s.band.iter().filter(|b| !finite3(**b)).count();
+                (s.name.clone(), n)
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    /// Write [`Chart::to_svg`] to `path` atomically ([`crate::fs::write_atomic`]).
+    pub fn save(&self, path: impl AsRef<std::path::Path>) -> crate::Result<()> {
+        crate::fs::write_atomic(path, self.to_svg().as_bytes())
+    }
+
+    /// The SVG document (800 x 480). Points with a non-finite coordinate are left out (see
+    /// [`Chart::non_finite`]), so the document never holds NaN or infinity; a `y_range` that
+    /// is not finite and increasing is ignored.
     pub fn to_svg(&self) -> String {
         let (w, h) = (800.0, 480.0);
         let (left, right, top, bottom) = (70.0, 190.0, 40.0, 50.0);
@@ -102,7 +123,10 @@ impl Chart {
                 .map(|p| p.1)
                 .chain(s.band.iter().flat_map(|b| [b.1, b.2]))
         });
-        let (y0, y1) = self.y_range.unwrap_or_else(|| bounds(ys, (0.0, 1.0)));
+        let (y0, y1) = self
+            .y_range
+            .filter(|(a, b)| a.is_finite() && b.is_finite() && a < b)
+            .unwrap_or_else(|| bounds(ys, (0.0, 1.0)));
         let (x0, x1) = (x0.min(0.0), x1);
         let sx = |x: f64| left + (x - x0) / (x1 - x0).max(1e-12) * pw;
         let sy = |y: f64| top + ph - (y - y0) / (y1 - y0).max(1e-12) * ph;
@@ -158,9 +182,11 @@ impl Chart {
         );
         for (i, s) in self.series.iter().enumerate() {
             let c = PALETTE[i % PALETTE.len()];
-            if s.band.len() > 1 {
+            let band: Vec<(f64, f64, f64)> =
+                s.band.iter().copied().filter(|b| finite3(*b)).collect();
+            if band.len() > 1 {
                 let mut d = String::new();
-                for (j, b) in s.band.iter().enumerate() {
+                for (j, b) in band.iter().enumerate() {
                     let _ = write!(
                         d,
                         "{}{:.1},{:.1} ",
@@ -169,7 +195,7 @@ impl Chart {
                         sy(b.2)
                     );
                 }
-                for b in s.band.iter().rev() {
+                for b in band.iter().rev() {
                     let _ = write!(d, "L{:.1},{:.1} ", sx(b.0), sy(b.1));
                 }
                 let _ = writeln!(
@@ -177,12 +203,13 @@ impl Chart {
                     r#"<path d="{d}Z" fill="{c}" fill-opacity="0.15" stroke="none"/>"#
                 );
             }
-            if !s.points.is_empty() {
-                let pts: Vec<String> = s
-                    .points
-                    .iter()
-                    .map(|p| format!("{:.1},{:.1}", sx(p.0), sy(p.1)))
-                    .collect();
+            let pts: Vec<String> = s
+                .points
+                .iter()
+                .filter(|p| finite2(**p))
+                .map(|p| format!("{:.1},{:.1}", sx(p.0), sy(p.1)))
+                .collect();
+            if !pts.is_empty() {
                 let (width, opacity) = if s.faint { (1.0, 0.35) } else { (2.0, 1.0) };
                 let _ = writeln!(
                     o,
@@ -205,6 +232,14 @@ impl Chart {
         o.push_str("</svg>\n");
         o
     }
+}
+
+fn finite2(p: (f64, f64)) -> bool {
+    p.0.is_finite() && p.1.is_finite()
+}
+
+fn finite3(b: (f64, f64, f64)) -> bool {
+    b.0.is_finite() && b.1.is_finite() && b.2.is_finite()
 }
 
 fn bounds(v: impl Iterator<Item = f64>, empty: (f64, f64)) -> (f64, f64) {
@@ -234,9 +269,15 @@ fn ticks(lo: f64, hi: f64) -> Vec<f64> {
         .unwrap_or(10.0 * mag);
     let mut t = (lo / step).ceil() * step;
     let mut out = Vec::new();
-    while t <= hi + step * 1e-9 {
+    // At most a dozen: a step below the values' resolution (a narrow range far from 0) would
+    // not move `t` at all.
+    while t <= hi + step * 1e-9 && out.len() < 12 {
         out.push(t);
-        t += step;
+        let next = t + step;
+        if next <= t {
+            break;
+        }
+        t = next;
     }
     out
 }
@@ -276,6 +317,24 @@ mod tests {
         );
         assert_eq!(label(100_000.0, 0), "100k");
         assert_eq!(label(0.5, 0), "0.5");
+    }
+
+    #[test]
+    fn non_finite_points_stay_out_of_the_svg() {
+        let mut c = Chart::new("t", "x", "y");
+        c.add(
+            Series::line("a", vec![(0.0, 1.0), (1.0, f64::NAN), (2.0, 3.0)]).with_band(vec![
+                (0.0, 0.5, 1.5),
+                (1.0, f64::INFINITY, 2.0),
+                (2.0, 2.5, 3.5),
+            ]),
+        );
+        c.y_range = Some((f64::NAN, 1.0));
+        let s = c.to_svg();
+        assert!(!s.contains("NaN") && !s.contains("inf"), "{s}");
+        assert_eq!(c.non_finite(), vec![("a".to_string(), 2)]);
+        // A narrow range far from zero ends its ticks instead of looping.
+        assert!(ticks(1e30, 1e30 + 1e10).len() <= 12);
     }
 
     #[test]

@@ -185,7 +185,7 @@ const DRIFT_BOUND: f64 = 1e-5;
 fn energy_is_conserved_without_friction_or_control() {
     // Pendulum: start just off upright so it swings through the bottom at full speed.
     let mut p = Pendulum::new().frictionless();
-    p.set_state([0.3, 2.0]);
+    p.set_state([0.3, 2.0]).unwrap();
     let (e0, scale) = (p.energy(), 1.0 * 9.81 * 0.5);
     let d = drift(
         || {
@@ -200,7 +200,7 @@ fn energy_is_conserved_without_friction_or_control() {
 
     // Cart-pole: a spinning pole drags the cart back and forth.
     let mut c = Cartpole::new(Task::Swingup).frictionless();
-    c.set_state([0.0, 0.5, 0.5, 6.0]);
+    c.set_state([0.0, 0.5, 0.5, 6.0]).unwrap();
     let (e0, scale) = (c.energy(), 0.1 * 9.81 * 0.5);
     let d = drift(
         || {
@@ -215,7 +215,7 @@ fn energy_is_conserved_without_friction_or_control() {
 
     // Acrobot: released from near the top, it tumbles chaotically.
     let mut a = Acrobot::new().frictionless();
-    a.set_state([2.5, 0.7, 1.0, -2.0]);
+    a.set_state([2.5, 0.7, 1.0, -2.0]).unwrap();
     let (e0, scale) = (a.energy(), (0.5 + 1.0 + 0.5) * 9.81);
     let d = drift(
         || {
@@ -230,7 +230,7 @@ fn energy_is_conserved_without_friction_or_control() {
 
     // Reacher: kinetic energy only, exchanged between the joints.
     let mut r = Reacher::new().frictionless();
-    r.set_state([0.0, 1.0, 4.0, -3.0]);
+    r.set_state([0.0, 1.0, 4.0, -3.0]).unwrap();
     let e0 = r.energy();
     let d = drift(
         || {
@@ -247,16 +247,16 @@ fn energy_is_conserved_without_friction_or_control() {
 #[test]
 fn friction_dissipates_energy() {
     let mut p = Pendulum::new();
-    p.set_state([0.3, 2.0]);
+    p.set_state([0.3, 2.0]).unwrap();
     let e0 = p.energy();
     let mut c = Cartpole::new(Task::Swingup);
-    c.set_state([0.0, 0.5, 0.5, 6.0]);
+    c.set_state([0.0, 0.5, 0.5, 6.0]).unwrap();
     let c0 = c.energy();
     let mut a = Acrobot::new();
-    a.set_state([2.5, 0.7, 1.0, -2.0]);
+    a.set_state([2.5, 0.7, 1.0, -2.0]).unwrap();
     let a0 = a.energy();
     let mut r = Reacher::new();
-    r.set_state([0.0, 1.0, 4.0, -3.0]);
+    r.set_state([0.0, 1.0, 4.0, -3.0]).unwrap();
     let r0 = r.energy();
     for _ in 0..EPISODE_LEN {
         p.step(&[0.0]).unwrap();
@@ -274,7 +274,7 @@ fn friction_dissipates_energy() {
 fn gravity_pulls_down() {
     // Slightly off upright, the pendulum falls through the bottom.
     let mut p = Pendulum::new();
-    p.set_state([0.01, 0.0]);
+    p.set_state([0.01, 0.0]).unwrap();
     let mut lowest = 1.0f32;
     for _ in 0..100 {
         lowest = lowest.min(p.step(&[0.0]).unwrap().obs[0]);
@@ -282,7 +282,8 @@ fn gravity_pulls_down() {
     assert!(lowest < -0.99, "lowest cos {lowest}");
     // Hanging with a small push, the cart-pole pole stays near the bottom.
     let mut c = Cartpole::new(Task::Swingup);
-    c.set_state([0.0, std::f64::consts::PI - 0.1, 0.0, 0.0]);
+    c.set_state([0.0, std::f64::consts::PI - 0.1, 0.0, 0.0])
+        .unwrap();
     for _ in 0..EPISODE_LEN {
         let s = c.step(&[0.0]).unwrap();
         assert!(s.obs[1] < -0.99, "cos {}", s.obs[1]);
@@ -290,7 +291,7 @@ fn gravity_pulls_down() {
     }
     // The acrobot at rest hanging straight down stays there and earns nothing.
     let mut a = Acrobot::new();
-    a.set_state([0.0; 4]);
+    a.set_state([0.0; 4]).unwrap();
     let s = a.step(&[0.0]).unwrap();
     assert!(
         a.tip()[1] < -1.99 && s.reward < 1e-6,
@@ -321,7 +322,7 @@ fn reset_distributions() {
 fn pendulum_at_rest_upright_earns_full_reward() {
     let mut p = Pendulum::new();
     p.reset(0);
-    p.set_state([0.0, 0.0]);
+    p.set_state([0.0, 0.0]).unwrap();
     let mut total = 0.0;
     for _ in 0..EPISODE_LEN {
         total += p.step(&[0.0]).unwrap().reward;
@@ -333,8 +334,8 @@ fn pendulum_at_rest_upright_earns_full_reward() {
 fn reacher_on_target_earns_full_reward() {
     let mut r = Reacher::new();
     r.reset(0);
-    r.set_state([0.4, 1.1, 0.0, 0.0]);
-    r.set_target(r.tip());
+    r.set_state([0.4, 1.1, 0.0, 0.0]).unwrap();
+    r.set_target(r.tip()).unwrap();
     let s = r.step(&[0.0, 0.0]).unwrap();
     assert_eq!(s.reward, 2.0);
     assert!(
@@ -343,7 +344,7 @@ fn reacher_on_target_earns_full_reward() {
         s.obs
     );
     // Far from the target there is nothing.
-    r.set_target([-r.tip()[0], -r.tip()[1]]);
+    r.set_target([-r.tip()[0], -r.tip()[1]]).unwrap();
     assert_eq!(r.step(&[0.0, 0.0]).unwrap().reward, 0.0);
 }
 

@@ -276,7 +276,11 @@ fn fused_networks_match_the_mirror_at_every_precision() {
                     }
                     Err(e) => panic!("{p:?}: {e}"),
                 };
-                eprintln!("fused networks: {p:?} {:?} on {}", fused.shape, gpu.describe());
+                eprintln!(
+                    "fused networks: {p:?} {:?} on {}",
+                    fused.shape,
+                    gpu.describe()
+                );
                 for case in cases(&spec, &mut r) {
                     check(gpu, &fused, &w, &case, &mut r);
                 }

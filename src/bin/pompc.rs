@@ -259,16 +259,7 @@ fn bench_linear(args: &[String]) -> Result<(), String> {
                     _ => return Err("--act takes identity, mish or simnorm".into()),
                 }
             }
-            "--shape" => {
-                let v: Vec<usize> = it
-                    .next()
-                    .map(|s| s.split('x').filter_map(|p| p.parse().ok()).collect())
-                    .unwrap_or_default();
-                if v.len() != 3 || v.contains(&0) {
-                    return Err("--shape takes MxNxK, e.g. 512x550x512".into());
-                }
-                shape = Some((v[0], v[1], v[2]));
-            }
+            "--shape" => shape = Some(parse_shape(it.next())?),
             "--runs" => runs = parse(it.next(), "--runs")?,
             "--ceiling-tflops" => ceiling = Some(parse::<f64>(it.next(), "--ceiling-tflops")?),
             other => return Err(format!("unknown option {other:?}\n{USAGE}")),
@@ -442,6 +433,29 @@ fn precision_list(v: Option<&String>) -> Result<Vec<Precision>, String> {
             Err(e) => Err(e.to_string()),
         })
         .collect()
+}
+
+/// `MxNxK`: exactly three positive integers joined by `x`, each at most 2^20.
+fn parse_shape(v: Option<&String>) -> Result<(usize, usize, usize), String> {
+    let usage = |why: String| {
+        format!(
+            "--shape {why}: it takes MxNxK, three positive integers up to 1048576, e.g. 512x550x512"
+        )
+    };
+    let s = v.ok_or_else(|| usage("needs a value".into()))?;
+    let parts: Vec<&str> = s.split('x').collect();
+    if parts.len() != 3 {
+        return Err(usage(format!("{s:?} has {} parts", parts.len())));
+    }
+    let mut dims = [0usize; 3];
+    for (d, p) in dims.iter_mut().zip(&parts) {
+        *d = p
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1 << 20).contains(n))
+            .ok_or_else(|| usage(format!("{s:?}: {p:?} is not a size")))?;
+    }
+    Ok((dims[0], dims[1], dims[2]))
 }
 
 fn parse<T: std::str::FromStr>(v: Option<&String>, flag: &str) -> Result<T, String> {
@@ -1413,7 +1427,13 @@ fn train(args: &[String]) -> Result<(), String> {
             "--out" => out = val(a)?,
             "--checkpoint-every" => ckpt_every = num(a, &val(a)?)?,
             "--resume" => resume = true,
-            "--time-limit" => time_limit = Some(num::<f64>(a, &val(a)?)?),
+            "--time-limit" => {
+                let t = num::<f64>(a, &val(a)?)?;
+                if !(t.is_finite() && t >= 0.0) {
+                    return Err(format!("--time-limit {t}: seconds, finite and >= 0"));
+                }
+                time_limit = Some(t)
+            }
             "--quiet" => quiet = true,
             "--precision" => {
                 precision = Some(Precision::parse(&val(a)?).map_err(|e| e.to_string())?)
@@ -1422,8 +1442,21 @@ fn train(args: &[String]) -> Result<(), String> {
         }
     }
     let method = Method::parse(&method, lambda).map_err(|e| e.to_string())?;
+    if steps == 0 {
+        return Err("--steps 0: nothing to train; give at least 1 step".into());
+    }
+    // Each seed writes its own files, named by the seed: a repeated seed would overwrite them.
+    let mut sorted = seeds.clone();
+    sorted.sort_unstable();
+    if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!(
+            "--seeds lists seed {} twice: each seed's run writes its own files",
+            w[0]
+        ));
+    }
+    pompc::env::make(&env_name).map_err(|e| e.to_string())?;
     let gpu = Gpu::new(GpuOptions::default()).map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(&out).map_err(|e| format!("{out}: {e}"))?;
+    std::fs::create_dir_all(&out).map_err(|e| format!("--out {out}: {e}"))?;
     let multi = seeds.len() > 1;
     // One run; several seeds run in threads on the one device, each with its own files.
     let one = |seed: u64| -> Result<(), String> {
@@ -1467,19 +1500,17 @@ fn train(args: &[String]) -> Result<(), String> {
             trainer.step(),
             gpu.describe()
         );
+        // The log is kept in memory and written whole (atomically) with each checkpoint, so
+        // it always matches the checkpoint that a resumed run continues from.
         let csv_path = format!("{stem}.csv");
-        let fresh = !resume || !std::path::Path::new(&csv_path).exists();
-        let mut csv = std::fs::OpenOptions::new()
-            .create(true)
-            .append(!fresh)
-            .write(true)
-            .truncate(fresh)
-            .open(&csv_path)
-            .map_err(|e| format!("{csv_path}: {e}"))?;
-        if fresh {
-            writeln!(csv, "kind,step,episode,wall_s,return,consistency,reward_loss,value_loss,policy_loss,prior_fit,world_grad_norm,policy_grad_norm")
-            .map_err(|e| e.to_string())?;
-        }
+        let mut csv: Vec<u8> = match std::fs::read(&csv_path) {
+            Ok(old) if resume => old,
+            Err(e) if resume && e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("{csv_path}: {e}"));
+            }
+            _ => b"kind,step,episode,wall_s,return,consistency,reward_loss,value_loss,policy_loss,prior_fit,world_grad_norm,policy_grad_norm\n".to_vec(),
+        };
+        let mut saved = false;
         let t0 = std::time::Instant::now();
         let start = trainer.step();
         let (mut last_ret, mut last_eval) = (f32::NAN, f32::NAN);
@@ -1551,12 +1582,22 @@ fn train(args: &[String]) -> Result<(), String> {
                 Err(e) => return Err(e.to_string()),
             }
             trainer.save(&ckpt).map_err(|e| e.to_string())?;
+            pompc::fs::write_atomic(&csv_path, &csv).map_err(|e| e.to_string())?;
+            saved = true;
         }
         let secs = t0.elapsed().as_secs_f64();
         eprintln!(
-            "\n{} steps in {secs:.1} s ({:.1} steps/s); checkpoint {ckpt}{}",
+            "\n{} steps in {secs:.1} s ({:.1} steps/s); {}{}",
             trainer.step() - start,
-            (trainer.step() - start) as f64 / secs,
+            (trainer.step() - start) as f64 / secs.max(1e-9),
+            if saved {
+                format!("checkpoint {ckpt}")
+            } else {
+                format!(
+                    "no checkpoint written: the run was already at step {} of {steps}",
+                    trainer.step()
+                )
+            },
             if stop {
                 " (time limit: --resume continues)"
             } else {
@@ -1576,7 +1617,8 @@ fn train(args: &[String]) -> Result<(), String> {
         }
         let svg = format!("{stem}.svg");
         let chart = trainer.curve(&format!("{env_name}, {}, seed {seed}", method.label()));
-        std::fs::write(&svg, chart.to_svg()).map_err(|e| format!("{svg}: {e}"))?;
+        warn_non_finite(&chart, &svg);
+        chart.save(&svg).map_err(|e| e.to_string())?;
         println!("log {csv_path}, curve {svg}");
         Ok(())
     };
@@ -1591,6 +1633,13 @@ fn train(args: &[String]) -> Result<(), String> {
             .collect::<Result<Vec<()>, String>>()
     })?;
     Ok(())
+}
+
+/// Say which points of `chart` are left out of `file` for not being finite.
+fn warn_non_finite(chart: &pompc::plot::Chart, file: &str) {
+    for (series, n) in chart.non_finite() {
+        eprintln!("warning: {file}: {n} non-finite points of {series:?} left out of the chart");
+    }
 }
 
 fn num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
@@ -1700,10 +1749,14 @@ fn plot(args: &[String]) -> Result<(), String> {
         .series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.1));
-    if ys.clone().all(|y| (0.0..=1000.0).contains(&y)) {
+    if ys
+        .clone()
+        .all(|y| (0.0..=1000.0).contains(&y) || !y.is_finite())
+    {
         chart.y_range = Some((0.0, 1000.0));
     }
-    std::fs::write(&out, chart.to_svg()).map_err(|e| format!("{out}: {e}"))?;
+    warn_non_finite(&chart, &out);
+    chart.save(&out).map_err(|e| e.to_string())?;
     println!("{out}: {} curves from {} files", groups.len(), files.len());
     Ok(())
 }

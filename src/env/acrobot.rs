@@ -29,7 +29,7 @@
 //! **Reset**: both angles uniform in `[-pi, pi)`, velocities 0, as in the DeepMind Control
 //! Suite.
 
-use super::{Clock, Env, Sigmoid, SplitMix, Step, TwoLink, rk4, tolerance, wrap_angle};
+use super::{Clock, Env, ParamCheck, Sigmoid, SplitMix, Step, TwoLink, rk4, tolerance, wrap_angle};
 use crate::Result;
 
 /// Physical constants of the acrobot.
@@ -91,11 +91,27 @@ impl Default for Acrobot {
 impl Acrobot {
     /// The task with the default constants, reset with seed 0.
     pub fn new() -> Self {
-        Self::with_params(AcrobotParams::default())
+        Self::build(AcrobotParams::default())
     }
 
-    /// The task with other constants, reset with seed 0.
-    pub fn with_params(params: AcrobotParams) -> Self {
+    /// The task with other constants, reset with seed 0. Masses and lengths must be finite and
+    /// positive, damping and the actuator limit finite and non-negative, `dt` in (0,
+    /// [`MAX_DT`](super::MAX_DT)] and `substeps` in 1..=[`MAX_SUBSTEPS`](super::MAX_SUBSTEPS);
+    /// otherwise [`Error::InvalidArgument`](crate::Error::InvalidArgument) names the field.
+    pub fn with_params(params: AcrobotParams) -> Result<Self> {
+        ParamCheck::new("acrobot-swingup")
+            .positive("mass1", params.mass1)?
+            .positive("mass2", params.mass2)?
+            .positive("length1", params.length1)?
+            .positive("length2", params.length2)?
+            .finite("gravity", params.gravity)?
+            .non_negative("damping", params.damping)?
+            .non_negative("max_torque", params.max_torque)?
+            .integrator(params.dt, params.substeps)?;
+        Ok(Self::build(params))
+    }
+
+    fn build(params: AcrobotParams) -> Self {
         let mut env = Self {
             params,
             state: [0.0; 4],
@@ -127,9 +143,11 @@ impl Acrobot {
         self.state
     }
 
-    /// Overwrite the state (for tests and controllers).
-    pub fn set_state(&mut self, state: [f64; 4]) {
+    /// Overwrite the state (for tests and controllers); every component must be finite.
+    pub fn set_state(&mut self, state: [f64; 4]) -> Result<()> {
+        ParamCheck::new("acrobot-swingup").state("state", &state)?;
         self.state = state;
+        Ok(())
     }
 
     fn links(&self) -> TwoLink {
@@ -212,10 +230,6 @@ impl Env for Acrobot {
         let mut clock = self.clock.clone();
         let (reward, done) = clock.step::<1>("acrobot-swingup", action, |a| self.sim_step(a[0]))?;
         self.clock = clock;
-        Ok(Step {
-            obs: self.observe(),
-            reward,
-            done,
-        })
+        super::checked_step("acrobot-swingup", self.observe(), reward, done)
     }
 }

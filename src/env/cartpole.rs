@@ -34,7 +34,7 @@
 //! velocities `0.01 N(0,1)`; balance starts near upright, `theta` uniform in `[-0.1, 0.1]`,
 //! `x` uniform in `[-0.25, 0.25]`, velocities `0.01 N(0,1)`.
 
-use super::{Clock, Env, Sigmoid, SplitMix, Step, rk4, tolerance, wrap_angle};
+use super::{Clock, Env, ParamCheck, Sigmoid, SplitMix, Step, rk4, tolerance, wrap_angle};
 use crate::Result;
 
 /// Which cart-pole task.
@@ -97,11 +97,28 @@ pub struct Cartpole {
 impl Cartpole {
     /// The task with the default constants, reset with seed 0.
     pub fn new(task: Task) -> Self {
-        Self::with_params(task, CartpoleParams::default())
+        Self::build(task, CartpoleParams::default())
     }
 
-    /// The task with other constants, reset with seed 0.
-    pub fn with_params(task: Task, params: CartpoleParams) -> Self {
+    /// The task with other constants, reset with seed 0. Masses and the half-length must be
+    /// finite and positive, friction, damping and the force limit finite and non-negative,
+    /// `dt` in (0, [`MAX_DT`](super::MAX_DT)] and `substeps` in
+    /// 1..=[`MAX_SUBSTEPS`](super::MAX_SUBSTEPS); otherwise
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) names the field.
+    pub fn with_params(task: Task, params: CartpoleParams) -> Result<Self> {
+        ParamCheck::new("cartpole")
+            .positive("cart_mass", params.cart_mass)?
+            .positive("pole_mass", params.pole_mass)?
+            .positive("half_length", params.half_length)?
+            .finite("gravity", params.gravity)?
+            .non_negative("cart_friction", params.cart_friction)?
+            .non_negative("pole_damping", params.pole_damping)?
+            .non_negative("max_force", params.max_force)?
+            .integrator(params.dt, params.substeps)?;
+        Ok(Self::build(task, params))
+    }
+
+    fn build(task: Task, params: CartpoleParams) -> Self {
         let mut env = Self {
             task,
             params,
@@ -135,9 +152,11 @@ impl Cartpole {
         self.state
     }
 
-    /// Overwrite the state (for tests and controllers).
-    pub fn set_state(&mut self, state: [f64; 4]) {
+    /// Overwrite the state (for tests and controllers); every component must be finite.
+    pub fn set_state(&mut self, state: [f64; 4]) -> Result<()> {
+        ParamCheck::new(self.task_name()).state("state", &state)?;
         self.state = state;
+        Ok(())
     }
 
     /// Total mechanical energy (J), zero potential at the hinge height.
@@ -241,10 +260,6 @@ impl Env for Cartpole {
         let mut clock = self.clock.clone();
         let (reward, done) = clock.step::<1>(name, action, |a| self.sim_step(a[0]))?;
         self.clock = clock;
-        Ok(Step {
-            obs: self.observe(),
-            reward,
-            done,
-        })
+        super::checked_step(name, self.observe(), reward, done)
     }
 }

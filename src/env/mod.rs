@@ -109,8 +109,11 @@ pub enum Sigmoid {
 /// `d = dist / margin`, goes through `sigmoid`, scaled so that `d = 1` gives `value_at_margin`.
 /// With `margin == 0` the result is the indicator of the bounds.
 ///
-/// Panics if `lower > upper`, `margin < 0` or `value_at_margin` is outside `[0, 1)` (`(0, 1)`
-/// for the gaussian and long-tail shapes): those are programming errors in a task.
+/// # Panics
+///
+/// If `lower > upper`, `margin < 0` or `value_at_margin` is outside `[0, 1)` (`(0, 1)` for
+/// the gaussian and long-tail shapes), or one of them is NaN: those are programming errors in
+/// a task. [`try_tolerance`] returns an error instead.
 pub fn tolerance(
     x: f64,
     lower: f64,
@@ -119,8 +122,55 @@ pub fn tolerance(
     sigmoid: Sigmoid,
     value_at_margin: f64,
 ) -> f64 {
-    assert!(lower <= upper, "tolerance: lower {lower} > upper {upper}");
-    assert!(margin >= 0.0, "tolerance: negative margin {margin}");
+    match try_tolerance(x, lower, upper, margin, sigmoid, value_at_margin) {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// [`tolerance`], with an [`Error::InvalidArgument`] instead of a panic for bounds, margin or
+/// `value_at_margin` out of range. A NaN `x` gives NaN.
+pub fn try_tolerance(
+    x: f64,
+    lower: f64,
+    upper: f64,
+    margin: f64,
+    sigmoid: Sigmoid,
+    value_at_margin: f64,
+) -> Result<f64> {
+    let bad = |m: String| Err(Error::InvalidArgument(format!("tolerance: {m}")));
+    if lower.is_nan() || upper.is_nan() || lower > upper {
+        return bad(format!("lower {lower} > upper {upper} (or NaN)"));
+    }
+    if margin.is_nan() || margin < 0.0 {
+        return bad(format!("margin {margin} must be >= 0"));
+    }
+    let v = value_at_margin;
+    let open = matches!(sigmoid, Sigmoid::Gaussian | Sigmoid::LongTail);
+    if !(if open {
+        v > 0.0 && v < 1.0
+    } else {
+        (0.0..1.0).contains(&v)
+    }) {
+        return bad(format!(
+            "{sigmoid:?} value_at_margin {v} outside {}",
+            if open { "(0, 1)" } else { "[0, 1)" }
+        ));
+    }
+    Ok(tolerance_checked(x, lower, upper, margin, sigmoid, v))
+}
+
+fn tolerance_checked(
+    x: f64,
+    lower: f64,
+    upper: f64,
+    margin: f64,
+    sigmoid: Sigmoid,
+    value_at_margin: f64,
+) -> f64 {
+    if x.is_nan() {
+        return f64::NAN;
+    }
     let inside = (lower..=upper).contains(&x);
     if inside {
         return 1.0;
@@ -132,24 +182,16 @@ pub fn tolerance(
     let v = value_at_margin;
     let y = match sigmoid {
         Sigmoid::Gaussian => {
-            assert!(v > 0.0 && v < 1.0, "gaussian value_at_margin {v}");
             // Solve exp(-s^2/2) = v for the scale s.
             let s = (-2.0 * v.ln()).sqrt();
             (-0.5 * (d * s).powi(2)).exp()
         }
         Sigmoid::LongTail => {
-            assert!(v > 0.0 && v < 1.0, "long-tail value_at_margin {v}");
             let s = (1.0 / v - 1.0).sqrt();
             1.0 / (1.0 + (d * s).powi(2))
         }
-        Sigmoid::Linear => {
-            assert!((0.0..1.0).contains(&v), "linear value_at_margin {v}");
-            (1.0 - d * (1.0 - v)).max(0.0)
-        }
-        Sigmoid::Quadratic => {
-            assert!((0.0..1.0).contains(&v), "quadratic value_at_margin {v}");
-            (1.0 - (d * (1.0 - v).sqrt()).powi(2)).max(0.0)
-        }
+        Sigmoid::Linear => (1.0 - d * (1.0 - v)).max(0.0),
+        Sigmoid::Quadratic => (1.0 - (d * (1.0 - v).sqrt()).powi(2)).max(0.0),
     };
     y.clamp(0.0, 1.0)
 }
@@ -183,6 +225,89 @@ pub fn wrap_angle(a: f64) -> f64 {
     } else {
         r
     }
+}
+
+/// Most RK4 sub-steps per simulator step a task accepts (1000 simulator steps an episode, so
+/// an episode is then a million RK4 steps).
+pub const MAX_SUBSTEPS: usize = 1000;
+/// Longest simulator step (s).
+pub const MAX_DT: f64 = 1.0;
+
+/// Checks of a task's constants, with errors that name the task and the field.
+pub(crate) struct ParamCheck<'a> {
+    task: &'a str,
+}
+
+impl<'a> ParamCheck<'a> {
+    pub(crate) fn new(task: &'a str) -> Self {
+        Self { task }
+    }
+
+    fn bad<T>(&self, m: String) -> Result<T> {
+        Err(Error::InvalidArgument(format!("{}: {m}", self.task)))
+    }
+
+    /// Finite and > 0 (masses, lengths).
+    pub(crate) fn positive(&self, name: &str, v: f64) -> Result<&Self> {
+        if !(v.is_finite() && v > 0.0) {
+            return self.bad(format!("{name} = {v} must be finite and > 0"));
+        }
+        Ok(self)
+    }
+
+    /// Finite and >= 0 (damping, friction, force and torque limits).
+    pub(crate) fn non_negative(&self, name: &str, v: f64) -> Result<&Self> {
+        if !(v.is_finite() && v >= 0.0) {
+            return self.bad(format!("{name} = {v} must be finite and >= 0"));
+        }
+        Ok(self)
+    }
+
+    /// Finite (gravity: either sign).
+    pub(crate) fn finite(&self, name: &str, v: f64) -> Result<&Self> {
+        if !v.is_finite() {
+            return self.bad(format!("{name} = {v} must be finite"));
+        }
+        Ok(self)
+    }
+
+    /// The simulator step and its RK4 sub-steps.
+    pub(crate) fn integrator(&self, dt: f64, substeps: usize) -> Result<&Self> {
+        if !(dt > 0.0 && dt <= MAX_DT) {
+            return self.bad(format!("dt = {dt} s outside (0, {MAX_DT}]"));
+        }
+        if !(1..=MAX_SUBSTEPS).contains(&substeps) {
+            return self.bad(format!("substeps = {substeps} outside 1..={MAX_SUBSTEPS}"));
+        }
+        Ok(self)
+    }
+
+    /// Every component of a state finite.
+    pub(crate) fn state(&self, what: &str, s: &[f64]) -> Result<&Self> {
+        if let Some(i) = s.iter().position(|v| !v.is_finite()) {
+            return self.bad(format!("{what}[{i}] = {} is not finite", s[i]));
+        }
+        Ok(self)
+    }
+}
+
+/// The [`Step`] of a task, or an error if the simulation left the finite numbers (constants
+/// that make it unstable, e.g. a step too long for the stiffness): then the episode cannot go
+/// on and the task must be reset.
+pub(crate) fn checked_step(task: &str, obs: Vec<f32>, reward: f32, done: bool) -> Result<Step> {
+    if let Some(i) = obs.iter().position(|v| !v.is_finite()) {
+        return Err(Error::InvalidArgument(format!(
+            "{task}: the simulation diverged: observation[{i}] = {} (try a shorter dt or more \
+             substeps); reset before stepping again",
+            obs[i]
+        )));
+    }
+    if !reward.is_finite() {
+        return Err(Error::InvalidArgument(format!(
+            "{task}: the simulation diverged: reward {reward}; reset before stepping again"
+        )));
+    }
+    Ok(Step { obs, reward, done })
 }
 
 /// Check an action's length and values, and clip it to `[-1, 1]` in `f64`.

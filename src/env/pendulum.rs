@@ -25,7 +25,7 @@
 //!
 //! **Reset**: `theta` uniform in `[-pi, pi)`, `omega = 0`, as in the DeepMind Control Suite.
 
-use super::{Clock, Env, Sigmoid, SplitMix, Step, rk4, tolerance, wrap_angle};
+use super::{Clock, Env, ParamCheck, Sigmoid, SplitMix, Step, rk4, tolerance, wrap_angle};
 use crate::Result;
 
 /// Physical constants of the pendulum.
@@ -78,11 +78,25 @@ impl Default for Pendulum {
 impl Pendulum {
     /// The task with the default constants, reset with seed 0.
     pub fn new() -> Self {
-        Self::with_params(PendulumParams::default())
+        Self::build(PendulumParams::default())
     }
 
-    /// The task with other constants, reset with seed 0.
-    pub fn with_params(params: PendulumParams) -> Self {
+    /// The task with other constants, reset with seed 0. Masses and lengths must be finite and
+    /// positive, damping and the actuator limit finite and non-negative, `dt` in (0,
+    /// [`MAX_DT`](super::MAX_DT)] and `substeps` in 1..=[`MAX_SUBSTEPS`](super::MAX_SUBSTEPS);
+    /// otherwise [`Error::InvalidArgument`](crate::Error::InvalidArgument) names the field.
+    pub fn with_params(params: PendulumParams) -> Result<Self> {
+        ParamCheck::new("pendulum-swingup")
+            .positive("mass", params.mass)?
+            .positive("length", params.length)?
+            .finite("gravity", params.gravity)?
+            .non_negative("damping", params.damping)?
+            .non_negative("max_torque", params.max_torque)?
+            .integrator(params.dt, params.substeps)?;
+        Ok(Self::build(params))
+    }
+
+    fn build(params: PendulumParams) -> Self {
         let mut env = Self {
             params,
             state: [0.0; 2],
@@ -115,9 +129,11 @@ impl Pendulum {
         self.state
     }
 
-    /// Overwrite the state (for tests and controllers).
-    pub fn set_state(&mut self, state: [f64; 2]) {
+    /// Overwrite the state (for tests and controllers); every component must be finite.
+    pub fn set_state(&mut self, state: [f64; 2]) -> Result<()> {
+        ParamCheck::new("pendulum-swingup").state("state", &state)?;
         self.state = state;
+        Ok(())
     }
 
     /// Total mechanical energy (J), zero potential at the pivot height.
@@ -197,10 +213,6 @@ impl Env for Pendulum {
         let (reward, done) =
             clock.step::<1>("pendulum-swingup", action, |a| self.sim_step(a[0]))?;
         self.clock = clock;
-        Ok(Step {
-            obs: self.observe(),
-            reward,
-            done,
-        })
+        super::checked_step("pendulum-swingup", self.observe(), reward, done)
     }
 }

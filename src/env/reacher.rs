@@ -30,7 +30,7 @@
 //! **Reset**: joint angles uniform in `[-pi, pi)`, velocities 0, target at an angle uniform in
 //! `[-pi, pi)` and a distance uniform in `[0.05, 0.20] m` from the shoulder.
 
-use super::{Clock, Env, Sigmoid, SplitMix, Step, TwoLink, rk4, tolerance, wrap_angle};
+use super::{Clock, Env, ParamCheck, Sigmoid, SplitMix, Step, TwoLink, rk4, tolerance, wrap_angle};
 use crate::Result;
 
 /// Physical constants of the reacher.
@@ -90,11 +90,27 @@ impl Default for Reacher {
 impl Reacher {
     /// The task with the default constants, reset with seed 0.
     pub fn new() -> Self {
-        Self::with_params(ReacherParams::default())
+        Self::build(ReacherParams::default())
     }
 
-    /// The task with other constants, reset with seed 0.
-    pub fn with_params(params: ReacherParams) -> Self {
+    /// The task with other constants, reset with seed 0. Masses and lengths must be finite and
+    /// positive, damping and the actuator limit finite and non-negative, `dt` in (0,
+    /// [`MAX_DT`](super::MAX_DT)] and `substeps` in 1..=[`MAX_SUBSTEPS`](super::MAX_SUBSTEPS);
+    /// otherwise [`Error::InvalidArgument`](crate::Error::InvalidArgument) names the field.
+    pub fn with_params(params: ReacherParams) -> Result<Self> {
+        ParamCheck::new("reacher-easy")
+            .positive("mass1", params.mass1)?
+            .positive("mass2", params.mass2)?
+            .positive("length1", params.length1)?
+            .positive("length2", params.length2)?
+            .non_negative("damping", params.damping)?
+            .non_negative("max_torque", params.max_torque)?
+            .non_negative("target_radius", params.target_radius)?
+            .integrator(params.dt, params.substeps)?;
+        Ok(Self::build(params))
+    }
+
+    fn build(params: ReacherParams) -> Self {
         let mut env = Self {
             params,
             state: [0.0; 4],
@@ -127,9 +143,11 @@ impl Reacher {
         self.state
     }
 
-    /// Overwrite the state (for tests and controllers).
-    pub fn set_state(&mut self, state: [f64; 4]) {
+    /// Overwrite the state (for tests and controllers); every component must be finite.
+    pub fn set_state(&mut self, state: [f64; 4]) -> Result<()> {
+        ParamCheck::new("reacher-easy").state("state", &state)?;
         self.state = state;
+        Ok(())
     }
 
     /// Target position relative to the shoulder (m).
@@ -137,9 +155,11 @@ impl Reacher {
         self.target
     }
 
-    /// Move the target (for tests and controllers).
-    pub fn set_target(&mut self, target: [f64; 2]) {
+    /// Move the target (for tests and controllers); both coordinates must be finite.
+    pub fn set_target(&mut self, target: [f64; 2]) -> Result<()> {
+        ParamCheck::new("reacher-easy").state("target", &target)?;
         self.target = target;
+        Ok(())
     }
 
     fn links(&self) -> TwoLink {
@@ -241,10 +261,6 @@ impl Env for Reacher {
         let mut clock = self.clock.clone();
         let (reward, done) = clock.step::<2>("reacher-easy", action, |a| self.sim_step(a))?;
         self.clock = clock;
-        Ok(Step {
-            obs: self.observe(),
-            reward,
-            done,
-        })
+        super::checked_step("reacher-easy", self.observe(), reward, done)
     }
 }

@@ -51,28 +51,53 @@ impl<T: Pod> std::fmt::Debug for GpuBuffer<T> {
     }
 }
 
-/// Bytes of a buffer holding `len` elements: at least 4 (wgpu rejects empty bindings) and a
-/// multiple of 4 (copy alignment).
-pub(crate) fn padded_bytes<T>(len: usize) -> u64 {
+/// Bytes of a buffer holding `len` elements: at least 16 (wgpu rejects empty bindings) and a
+/// multiple of 16; `None` when that overflows.
+pub(crate) fn checked_padded_bytes<T>(len: usize) -> Option<u64> {
     // Whole 16-byte words: kernels may bind any buffer as an array of vec4 (the tensor-core
     // GEMMs' vector loads), which wgpu refuses for a binding smaller than one element.
-    let b = (len * std::mem::size_of::<T>()) as u64;
-    b.max(16).div_ceil(16) * 16
+    let b = u64::try_from(len.checked_mul(std::mem::size_of::<T>())?).ok()?;
+    b.max(16).checked_next_multiple_of(16)
+}
+
+// Bytes of `len` elements rounded up to whole words.
+fn padded_data_end<T>(len: usize) -> Option<u64> {
+    let b = u64::try_from(len.checked_mul(std::mem::size_of::<T>())?).ok()?;
+    b.checked_next_multiple_of(4)
+}
+
+/// [`checked_padded_bytes`] of a buffer that exists (its size was checked when it was made).
+pub(crate) fn padded_bytes<T>(len: usize) -> u64 {
+    checked_padded_bytes::<T>(len).unwrap_or(u64::MAX)
 }
 
 impl<T: Pod> GpuBuffer<T> {
     /// A zeroed buffer of `len` elements (followed by [`Gpu::canary_words`] guard words
-    /// holding [`super::CANARY`] on a device with canaries).
+    /// holding [`super::CANARY`] on a device with canaries). A byte size over the device's
+    /// largest binding ([`wgpu::Limits::max_storage_buffer_binding_size`] and
+    /// `max_buffer_size`), or one that does not fit in 64 bits, is an [`Error::Limit`] that
+    /// names the buffer.
     pub fn new(gpu: &Gpu, label: &str, len: usize) -> Result<Self> {
+        let max = gpu.max_binding_bytes();
+        let overflow = || {
+            Error::Limit(format!(
+                "buffer {label:?} of {len} elements of {} bytes: the size overflows; the \
+                 device binds at most {max} bytes ({} elements)",
+                std::mem::size_of::<T>(),
+                max / std::mem::size_of::<T>().max(1) as u64
+            ))
+        };
+        let Some(padded) = checked_padded_bytes::<T>(len) else {
+            return Err(overflow());
+        };
         // The guard starts at the first word past the data, not at the 16-byte padding.
-        let data_end = ((len * std::mem::size_of::<T>()) as u64).div_ceil(4) * 4;
+        let data_end = padded_data_end::<T>(len).ok_or_else(overflow)?;
         let guard = gpu.canary_words() as u64 * 4;
         let bytes = if guard > 0 {
             (data_end + guard).max(16).div_ceil(16) * 16
         } else {
-            padded_bytes::<T>(len)
+            padded
         };
-        let max = gpu.max_binding_bytes();
         if bytes > max {
             return Err(Error::Limit(format!(
                 "buffer {label:?} needs {bytes} bytes ({len} elements) but the device binds at \
@@ -149,7 +174,10 @@ impl<T: Pod> GpuBuffer<T> {
 
     /// Write `data` starting at element `offset`.
     pub fn upload_at(&self, gpu: &Gpu, offset: usize, data: &[T]) -> Result<()> {
-        if offset + data.len() > self.len {
+        if offset
+            .checked_add(data.len())
+            .is_none_or(|end| end > self.len)
+        {
             return Err(Error::Shape(format!(
                 "upload of {} elements at {offset} into buffer {:?} of {} elements",
                 data.len(),

@@ -24,6 +24,11 @@ pub use recorder::{
 use crate::{Error, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long [`Gpu`] waits for submitted work by default before giving up with
+/// [`Error::Timeout`].
+pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Whether shader modules keep wgpu's runtime bounds checks.
 ///
@@ -92,6 +97,16 @@ impl Precision {
     }
 }
 
+fn timeout_nanos(t: Duration) -> Result<u64> {
+    let (lo, hi) = (Duration::from_millis(1), Duration::from_secs(86_400));
+    if t < lo || t > hi {
+        return Err(Error::InvalidArgument(format!(
+            "GPU wait timeout {t:?}: use 1 ms to 1 day (default {DEFAULT_WAIT_TIMEOUT:?})"
+        )));
+    }
+    Ok(t.as_nanos() as u64)
+}
+
 /// Which limits to ask the device for.
 #[derive(Clone, Debug, Default)]
 pub enum LimitsRequest {
@@ -132,6 +147,10 @@ pub struct GpuOptions {
     /// read-back ([`Gpu::check_canaries`]): a kernel that writes past the end of its output
     /// then fails with an error naming the buffer. For tests; 0 (the default) for none.
     pub canary: usize,
+    /// How long a wait for the GPU (a read-back, [`Gpu::wait_idle`]) may take before it
+    /// returns [`Error::Timeout`] ([`DEFAULT_WAIT_TIMEOUT`], 60 s); changeable later with
+    /// [`Gpu::set_wait_timeout`].
+    pub wait_timeout: Duration,
 }
 
 impl Default for GpuOptions {
@@ -145,6 +164,7 @@ impl Default for GpuOptions {
             limits: LimitsRequest::Adapter,
             precision: None,
             canary: 0,
+            wait_timeout: DEFAULT_WAIT_TIMEOUT,
         }
     }
 }
@@ -173,6 +193,12 @@ impl GpuOptions {
     /// Same options with `words` guard words after every buffer (see [`GpuOptions::canary`]).
     pub fn with_canary(mut self, words: usize) -> Self {
         self.canary = words;
+        self
+    }
+
+    /// Same options with another wait timeout (see [`GpuOptions::wait_timeout`]).
+    pub fn with_wait_timeout(mut self, timeout: Duration) -> Self {
+        self.wait_timeout = timeout;
         self
     }
 
@@ -319,6 +345,8 @@ pub struct Gpu {
     pub(crate) canaries: canary::Canaries,
     submits: AtomicU64,
     readbacks: AtomicU64,
+    // Nanoseconds; shared by every waiter, settable through `&self`.
+    wait_timeout: AtomicU64,
 }
 
 /// Submissions and read-backs a [`Gpu`] has made ([`Gpu::counters`]): what a test checks to
@@ -384,6 +412,7 @@ impl Gpu {
 
     /// Open a device on a given adapter (from [`enumerate_adapters`]).
     pub fn from_adapter(adapter: wgpu::Adapter, options: &GpuOptions) -> Result<Gpu> {
+        let wait_timeout = timeout_nanos(options.wait_timeout)?;
         let info = adapter.get_info();
         let wanted = if options.optional_features {
             optional_features() & adapter.features()
@@ -479,7 +508,22 @@ impl Gpu {
             canaries: canary::Canaries::new(options.canary),
             submits: AtomicU64::new(0),
             readbacks: AtomicU64::new(0),
+            wait_timeout: AtomicU64::new(wait_timeout),
         })
+    }
+
+    /// How long a wait for the GPU may take before it returns [`Error::Timeout`].
+    pub fn wait_timeout(&self) -> Duration {
+        Duration::from_nanos(self.wait_timeout.load(Ordering::Relaxed))
+    }
+
+    /// Set how long a wait for the GPU (every read-back, [`Gpu::wait_idle`]) may take before it
+    /// returns [`Error::Timeout`]: between 1 ms and one day. Work that is still running when
+    /// the timeout expires goes on; later waits include it.
+    pub fn set_wait_timeout(&self, timeout: Duration) -> Result<()> {
+        self.wait_timeout
+            .store(timeout_nanos(timeout)?, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The adapter's name, backend, driver and type.
@@ -610,29 +654,41 @@ impl Gpu {
         Ok(())
     }
 
-    /// Wait until the GPU has finished all submitted work.
+    /// Wait until the GPU has finished all submitted work, at most [`Gpu::wait_timeout`]
+    /// ([`Error::Timeout`] after that).
     pub fn wait_idle(&self) -> Result<()> {
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map(|_| ())
-            .map_err(|e| Error::Internal {
-                context: "waiting for the GPU".into(),
-                message: e.to_string(),
-            })
+        self.wait(None, "all submitted work")
     }
 
-    /// Wait until the GPU has finished `submission` (and everything submitted before it).
+    /// Wait until the GPU has finished `submission` (and everything submitted before it), at
+    /// most [`Gpu::wait_timeout`].
     pub(crate) fn wait_for(&self, submission: wgpu::SubmissionIndex) -> Result<()> {
-        self.device
-            .poll(wgpu::PollType::Wait {
-                submission_index: Some(submission),
-                timeout: None,
-            })
-            .map(|_| ())
-            .map_err(|e| Error::Internal {
-                context: "waiting for the GPU".into(),
-                message: e.to_string(),
-            })
+        self.wait(Some(submission), "a submission")
+    }
+
+    fn wait(&self, submission: Option<wgpu::SubmissionIndex>, what: &str) -> Result<()> {
+        let timeout = self.wait_timeout();
+        let r = self.device.poll(wgpu::PollType::Wait {
+            submission_index: submission,
+            timeout: Some(timeout),
+        });
+        match r {
+            Ok(_) => Ok(()),
+            Err(wgpu::PollError::Timeout) => {
+                self.check_health("waiting for the GPU")?;
+                Err(Error::Timeout {
+                    context: what.into(),
+                    seconds: timeout.as_secs_f64(),
+                })
+            }
+            Err(e) => {
+                self.check_health("waiting for the GPU")?;
+                Err(Error::Internal {
+                    context: "waiting for the GPU".into(),
+                    message: e.to_string(),
+                })
+            }
+        }
     }
 
     /// Largest storage binding in bytes.

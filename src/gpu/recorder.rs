@@ -105,8 +105,10 @@ impl PendingReadback<'_> {
             let mut data = Vec::new();
             gpu.wait_for(self.submission.clone())?;
             if let (Some(staging), Some(rx)) = (&self.staging, &self.mapped) {
+                // The wait above ran the map callback; the timeout only guards a driver that
+                // reports a finished submission without it.
                 let mapped = rx
-                    .recv()
+                    .recv_timeout(gpu.wait_timeout())
                     .map_err(|e| e.to_string())
                     .and_then(|r| r.map_err(|e| e.to_string()));
                 mapped.map_err(|message| Error::Map {
@@ -499,7 +501,8 @@ impl<'g> Recorder<'g> {
         len: usize,
     ) -> Result<()> {
         let e = std::mem::size_of::<T>();
-        if src_at + len > src.len() || dst_at + len > dst.len() {
+        let past = |at: usize, n: usize| at.checked_add(len).is_none_or(|end| end > n);
+        if past(src_at, src.len()) || past(dst_at, dst.len()) {
             return Err(Error::Shape(format!(
                 "copy of {len} elements from {:?}[{src_at}..] ({}) to {:?}[{dst_at}..] ({})",
                 src.label(),

@@ -262,13 +262,35 @@ fn expand(
     Ok(())
 }
 
+/// Most repetitions of one `#for` block.
+pub const MAX_FOR_COUNT: u32 = 4096;
+/// Most bytes of a module after `#for` expansion: far beyond any kernel, small enough that a
+/// runaway expansion fails at once instead of exhausting memory or stalling the compiler.
+pub const MAX_EXPANDED_BYTES: usize = 16 << 20;
+
 /// Expand `#for NAME in A..B` ... `#endfor` blocks (A and B literals or header constants): the
 /// body once per value, with `{NAME}` replaced by it. For what WGSL cannot index by a loop
-/// counter without spilling: separate variables per cooperative-matrix fragment.
+/// counter without spilling: separate variables per cooperative-matrix fragment. A block of
+/// more than [`MAX_FOR_COUNT`] repetitions, or an expansion past [`MAX_EXPANDED_BYTES`], is an
+/// error.
 fn unroll(
     name: &str,
     lines: Vec<(String, usize)>,
     header: &Header,
+) -> Result<Vec<(String, usize)>> {
+    let mut budget = MAX_EXPANDED_BYTES;
+    unroll_within(name, lines, header, &mut budget, 0)
+}
+
+// Nested `#for` blocks deeper than this are an error (the expansion recurses per level).
+const MAX_FOR_DEPTH: usize = 8;
+
+fn unroll_within(
+    name: &str,
+    lines: Vec<(String, usize)>,
+    header: &Header,
+    budget: &mut usize,
+    depth: usize,
 ) -> Result<Vec<(String, usize)>> {
     let err = |i: usize, m: String| Error::Shader {
         name: name.to_string(),
@@ -305,18 +327,34 @@ fn unroll(
             .split_once("..")
             .ok_or_else(|| err(*i, format!("#for range {range:?}: expected A..B")))?;
         let (lo, hi) = (bound(*i, lo)?, bound(*i, hi)?);
-        let mut depth = 0;
+        if depth >= MAX_FOR_DEPTH {
+            return Err(err(
+                *i,
+                format!("#for blocks nested deeper than {MAX_FOR_DEPTH}"),
+            ));
+        }
+        if hi.saturating_sub(lo) > MAX_FOR_COUNT {
+            return Err(err(
+                *i,
+                format!(
+                    "#for {} in {lo}..{hi}: {} repetitions, at most {MAX_FOR_COUNT}",
+                    var.trim(),
+                    hi - lo
+                ),
+            ));
+        }
+        let mut open = 0;
         let mut end = None;
         for (j, (l, _)) in lines.iter().enumerate().skip(at + 1) {
             let t = l.trim();
             if t.starts_with("#for ") {
-                depth += 1;
+                open += 1;
             } else if t == "#endfor" {
-                if depth == 0 {
+                if open == 0 {
                     end = Some(j);
                     break;
                 }
-                depth -= 1;
+                open -= 1;
             }
         }
         let end = end.ok_or_else(|| err(*i, "#for without #endfor".into()))?;
@@ -326,7 +364,18 @@ fn unroll(
                 .iter()
                 .map(|(l, n)| (l.replace(&key, &v.to_string()), *n))
                 .collect();
-            out.extend(unroll(name, body, header)?);
+            let body = unroll_within(name, body, header, budget, depth + 1)?;
+            let bytes: usize = body.iter().map(|(l, _)| l.len() + 1).sum();
+            *budget = budget.checked_sub(bytes).ok_or_else(|| {
+                err(
+                    *i,
+                    format!(
+                        "#for {} in {lo}..{hi} expands past {MAX_EXPANDED_BYTES} bytes",
+                        var.trim()
+                    ),
+                )
+            })?;
+            out.extend(body);
         }
         at = end + 1;
     }

@@ -1056,8 +1056,14 @@ impl RunningScale {
         Ok(self.value.download(gpu)?[0])
     }
 
-    /// Set the scale (a queue write, e.g. restoring a checkpoint; 1 to reset).
+    /// Set the scale (a queue write, e.g. restoring a checkpoint; 1 to reset). Kernels divide
+    /// by it: it must be finite and positive.
     pub fn set_value(&self, gpu: &Gpu, value: f32) -> Result<()> {
+        if !(value.is_finite() && value > 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "RunningScale: value {value} must be finite and > 0 (kernels divide by it)"
+            )));
+        }
         self.value.upload(gpu, &[value])
     }
 

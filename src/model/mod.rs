@@ -7,6 +7,9 @@ mod weights;
 mod world;
 
 pub use fused::{FusedLayout, FusedModel, FusedNet, FusedOut, Member, PackedLayer, PolicyOut};
-pub use spec::{LayerSpec, ModelSpec, Net};
+pub use spec::{
+    LayerSpec, MAX_ACTION_DIM, MAX_BINS, MAX_ENC_LAYERS, MAX_LOG_STD, MAX_OBS_DIM, MAX_PARAMS,
+    MAX_Q_HEADS, MAX_SYMLOG, MAX_WIDTH, ModelSpec, Net,
+};
 pub use weights::{LayerTensors, Tensor, Weights};
 pub use world::{DenseLayer, Mlp, NetInput, Workspace, WorldModel};

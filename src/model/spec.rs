@@ -4,6 +4,25 @@ use crate::kernels::linear::{Activation, LinearConfig};
 use crate::{Error, Result};
 use std::collections::HashMap;
 
+/// Most observation features a model takes.
+pub const MAX_OBS_DIM: usize = 1 << 16;
+/// Most action dimensions.
+pub const MAX_ACTION_DIM: usize = 1024;
+/// Widest latent, hidden or encoder layer (TD-MPC2's largest preset: 4096).
+pub const MAX_WIDTH: usize = 16384;
+/// Deepest encoder (`num_enc_layers`).
+pub const MAX_ENC_LAYERS: usize = 64;
+/// Most Q heads.
+pub const MAX_Q_HEADS: usize = 64;
+/// Most bins of the two-hot heads.
+pub const MAX_BINS: usize = 4096;
+/// Largest `|vmin|`, `|vmax|` (symlog space: `symexp(30)` is about 1e13).
+pub const MAX_SYMLOG: f32 = 30.0;
+/// Largest `|log_std_min|`, `|log_std_max|`.
+pub const MAX_LOG_STD: f32 = 20.0;
+/// Most parameters, the target Q heads included (8 GiB of f32).
+pub const MAX_PARAMS: usize = 1 << 31;
+
 /// Sizes and constants of a TD-MPC2 world model (single task, state observations).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelSpec {
@@ -159,38 +178,104 @@ impl ModelSpec {
         self
     }
 
-    /// Check that the sizes make sense and that pompc's kernels support them.
+    /// Check that the sizes make sense and that pompc's kernels support them: every size
+    /// within the `MAX_*` bounds of this module (checked before anything is allocated, so
+    /// a file's metadata cannot ask for more), at least one Q head, finite ranges with `vmin < vmax` inside
+    /// +-[`MAX_SYMLOG`] and `log_std_min < log_std_max` inside +-[`MAX_LOG_STD`].
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidArgument(format!("model spec: {m}")));
         if self.obs_dim == 0 || self.action_dim == 0 {
             return bad("observation and action dimensions must be positive".into());
         }
-        if self.latent_dim == 0 || self.mlp_dim == 0 || self.enc_dim == 0 || self.num_q == 0 {
-            return bad(format!("zero width in {self:?}"));
+        for (name, v) in [
+            ("latent_dim", self.latent_dim),
+            ("mlp_dim", self.mlp_dim),
+            ("enc_dim", self.enc_dim),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} = 0: widths must be positive"));
+            }
+        }
+        for (name, v, max) in [
+            ("obs_dim", self.obs_dim, MAX_OBS_DIM),
+            ("action_dim", self.action_dim, MAX_ACTION_DIM),
+            ("latent_dim", self.latent_dim, MAX_WIDTH),
+            ("mlp_dim", self.mlp_dim, MAX_WIDTH),
+            ("enc_dim", self.enc_dim, MAX_WIDTH),
+            ("num_enc_layers", self.num_enc_layers, MAX_ENC_LAYERS),
+            ("num_q", self.num_q, MAX_Q_HEADS),
+            ("num_bins", self.num_bins, MAX_BINS),
+        ] {
+            if v > max {
+                return bad(format!("{name} = {v}, at most {max}"));
+            }
+        }
+        if self.num_q == 0 {
+            return bad(format!(
+                "num_q = 0: the model needs 1 to {MAX_Q_HEADS} Q heads (2 or more to plan or \
+                 train: both average two different heads)"
+            ));
         }
         if self.simnorm_dim != 8 {
             return bad(format!(
-                "SimNorm group {} (pompc supports 8)",
+                "simnorm_dim = {}: pompc's SimNorm supports groups of 8",
                 self.simnorm_dim
             ));
         }
         if !self.latent_dim.is_multiple_of(self.simnorm_dim) {
             return bad(format!(
-                "latent width {} is not a multiple of the SimNorm group {}",
+                "latent_dim = {} is not a multiple of simnorm_dim = {}",
                 self.latent_dim, self.simnorm_dim
             ));
         }
-        if self.num_bins < 2 || self.vmin.partial_cmp(&self.vmax) != Some(std::cmp::Ordering::Less)
+        let within = |v: f32, m: f32| v.is_finite() && v.abs() <= m;
+        if self.num_bins < 2
+            || !(within(self.vmin, MAX_SYMLOG)
+                && within(self.vmax, MAX_SYMLOG)
+                && self.vmin < self.vmax)
         {
             return bad(format!(
-                "{} bins over [{}, {}]: need at least 2 bins and vmin < vmax",
+                "num_bins = {} over [vmin, vmax] = [{}, {}]: need at least 2 bins and finite \
+                 vmin < vmax within +-{MAX_SYMLOG} (symlog space; TD-MPC2: 101 bins over \
+                 [-10, 10])",
                 self.num_bins, self.vmin, self.vmax
             ));
         }
-        if self.log_std_min.partial_cmp(&self.log_std_max) != Some(std::cmp::Ordering::Less) {
-            return bad("log_std_min must be below log_std_max".into());
+        if !(within(self.log_std_min, MAX_LOG_STD)
+            && within(self.log_std_max, MAX_LOG_STD)
+            && self.log_std_min < self.log_std_max)
+        {
+            return bad(format!(
+                "[log_std_min, log_std_max] = [{}, {}]: need finite log_std_min < log_std_max \
+                 within +-{MAX_LOG_STD} (TD-MPC2: [-10, 2])",
+                self.log_std_min, self.log_std_max
+            ));
+        }
+        let params = self.checked_param_count();
+        if params.is_none_or(|n| n > MAX_PARAMS) {
+            return bad(format!(
+                "{} parameters, at most {MAX_PARAMS} (TD-MPC2's largest preset has 317 \
+                 million)",
+                params.map_or("more than 2^64".to_string(), |n| n.to_string())
+            ));
         }
         Ok(())
+    }
+
+    // Parameters of the model (with its target Q heads), without building the tensor list,
+    // in checked arithmetic: `None` on overflow.
+    fn checked_param_count(&self) -> Option<usize> {
+        let mut total = 0usize;
+        for net in Net::ALL {
+            // Q heads twice: the Polyak target copy a trainer holds.
+            let copies = if net == Net::Q { 2 } else { 1 };
+            for l in self.layers(net) {
+                let per = (l.in1.checked_add(l.in2)?.checked_add(3)?).checked_mul(l.out)?;
+                total =
+                    total.checked_add(per.checked_mul(self.members(net))?.checked_mul(copies)?)?;
+            }
+        }
+        Some(total)
     }
 
     /// The layers of one network.
@@ -365,7 +450,12 @@ impl ModelSpec {
             log_std_max: get(m, "log_std_max")?,
             episodic: get(m, "episodic")?,
         };
-        spec.validate()?;
+        // Checked before any tensor list is built: the metadata alone must not size an
+        // allocation.
+        spec.validate().map_err(|e| match e {
+            Error::InvalidArgument(m) => Error::Weights(format!("metadata: {m}")),
+            e => e,
+        })?;
         Ok(spec)
     }
 }

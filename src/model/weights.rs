@@ -37,30 +37,35 @@ impl Weights {
     /// (absolute, as torch's `trunc_normal_`), zero biases, LayerNorm gain 1 and shift 0,
     /// and zero final weights for the reward head and every Q head, so that the first
     /// predictions are uniform over the bins (value 0).
+    ///
+    /// The spec is validated first ([`ModelSpec::validate`] bounds every size), and host
+    /// memory that cannot be had is an [`Error::Limit`], not an abort.
     pub fn init(spec: &ModelSpec, seed: u64) -> Result<Weights> {
         spec.validate()?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let normal = Normal::new(0.0f32, 0.02).expect("valid std");
+        let normal = Normal::new(0.0f32, 0.02).map_err(|e| Error::Internal {
+            context: "weight initialization".into(),
+            message: e.to_string(),
+        })?;
         let mut tensors = BTreeMap::new();
         let zero_final = ["_reward.2.weight", "_Qs.params.2.weight"];
         for (name, shape) in spec.tensors() {
             let n: usize = shape.iter().product();
-            let data = if name.ends_with("ln.weight") {
-                vec![1.0; n]
+            let mut data = host_vec(&name, n)?;
+            if name.ends_with("ln.weight") {
+                data.resize(n, 1.0);
             } else if name.ends_with(".weight") && !zero_final.contains(&name.as_str()) {
-                (0..n)
-                    .map(|_| {
-                        loop {
-                            let v = normal.sample(&mut rng);
-                            if v.abs() <= 2.0 {
-                                break v;
-                            }
+                data.extend((0..n).map(|_| {
+                    loop {
+                        let v = normal.sample(&mut rng);
+                        if v.abs() <= 2.0 {
+                            break v;
                         }
-                    })
-                    .collect()
+                    }
+                }));
             } else {
-                vec![0.0; n]
-            };
+                data.resize(n, 0.0);
+            }
             tensors.insert(name, Tensor { shape, data });
         }
         Ok(Weights {
@@ -193,13 +198,48 @@ impl Weights {
             .map_err(|e| Error::Weights(format!("serializing: {e}")))
     }
 
-    /// Write a safetensors file.
+    /// Write a safetensors file, atomically ([`crate::fs::write_atomic`]: a failed save
+    /// leaves the old file, if any, and no temporary file). Weights that do not fit their
+    /// spec or hold a non-finite value are refused: a saved file always loads.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        std::fs::write(path, self.to_bytes()?).map_err(|source| Error::Io {
-            path: path.display().to_string(),
-            source,
-        })
+        self.check().map_err(|e| match e {
+            Error::Weights(m) | Error::InvalidArgument(m) => {
+                Error::Weights(format!("not saving {}: {m}", path.display()))
+            }
+            e => e,
+        })?;
+        crate::fs::write_atomic(path, &self.to_bytes()?)
+    }
+
+    /// `Ok` when the tensors are exactly those of the spec (target Q heads optional), with
+    /// their shapes, and every value is finite: what [`Weights::load`] accepts.
+    pub fn check(&self) -> Result<()> {
+        self.spec.validate()?;
+        let expected: BTreeMap<String, Vec<usize>> = self.spec.tensors().into_iter().collect();
+        for (name, want) in &expected {
+            let t = self.get(name)?;
+            check_tensor(name, t, want)?;
+        }
+        if let Some(extra) = self.tensors.keys().find(|k| !expected.contains_key(*k)) {
+            return Err(Error::Weights(format!(
+                "unexpected tensor {extra:?}: not part of a model with {}",
+                describe(&self.spec)
+            )));
+        }
+        for (name, t) in &self.extra {
+            let want = name
+                .strip_prefix(TARGET_Q)
+                .and_then(|rest| expected.get(&format!("{Q_PREFIX}{rest}")))
+                .ok_or_else(|| {
+                    Error::Weights(format!(
+                        "extra tensor {name:?} is not a target Q head of a model with {}",
+                        describe(&self.spec)
+                    ))
+                })?;
+            check_tensor(name, t, want)?;
+        }
+        Ok(())
     }
 
     /// Parameters of one network, in layer order: (weight, bias, LayerNorm gain and shift).
@@ -234,6 +274,19 @@ impl Weights {
     }
 }
 
+/// An empty vector with room for `n` values of tensor `name`: an allocation the host refuses
+/// is an error, not an abort.
+fn host_vec(name: &str, n: usize) -> Result<Vec<f32>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|e| {
+        Error::Limit(format!(
+            "host memory for tensor {name:?} ({n} values, {} MiB): {e}",
+            (n as u64 * 4) >> 20
+        ))
+    })?;
+    Ok(v)
+}
+
 /// The tensors of one layer.
 #[derive(Clone, Copy, Debug)]
 pub struct LayerTensors<'a> {
@@ -243,6 +296,23 @@ pub struct LayerTensors<'a> {
     pub b: &'a Tensor,
     /// LayerNorm gain and shift, `[members?, out]` each.
     pub ln: Option<(&'a Tensor, &'a Tensor)>,
+}
+
+fn check_tensor(name: &str, t: &Tensor, want: &[usize]) -> Result<()> {
+    if t.shape != want || t.data.len() != want.iter().product::<usize>() {
+        return Err(Error::Weights(format!(
+            "tensor {name:?} has shape {:?} and {} values, the model needs {want:?}",
+            t.shape,
+            t.data.len()
+        )));
+    }
+    if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
+        return Err(Error::Weights(format!(
+            "tensor {name:?} holds a non-finite value ({}) at element {i}",
+            t.data[i]
+        )));
+    }
+    Ok(())
 }
 
 fn describe(spec: &ModelSpec) -> String {

@@ -116,8 +116,17 @@ impl Workspace {
         max_rows: usize,
         slots: usize,
     ) -> Result<Workspace> {
+        spec.validate()?;
         let slots = slots.max(1);
-        let len = slots * max_rows * Self::width(spec);
+        let len = slots
+            .checked_mul(max_rows)
+            .and_then(|n| n.checked_mul(Self::width(spec)))
+            .ok_or_else(|| {
+                Error::Limit(format!(
+                    "a workspace for {max_rows} rows and {slots} Q heads overflows the address \
+                     space"
+                ))
+            })?;
         Ok(Workspace {
             max_rows,
             slots,

@@ -124,22 +124,33 @@ impl PlannerConfig {
                 self.num_elites, self.num_samples
             ));
         }
-        if !(self.min_std > 0.0 && self.min_std <= self.max_std && self.max_std.is_finite()) {
+        if !(self.min_std > 0.0 && self.min_std <= self.max_std && self.max_std <= MAX_STD) {
             return bad(format!(
-                "std range [{}, {}] must be positive and ordered",
+                "std range [{}, {}]: need 0 < min_std <= max_std <= {MAX_STD} (actions lie in \
+                 [-1, 1])",
                 self.min_std, self.max_std
             ));
         }
-        if !(self.temperature.is_finite() && self.temperature > 0.0) {
-            return bad(format!("temperature {} must be positive", self.temperature));
+        let (t_lo, t_hi) = TEMPERATURE_RANGE;
+        if !(t_lo..=t_hi).contains(&self.temperature) {
+            return bad(format!(
+                "temperature {} outside [{t_lo:e}, {t_hi:e}]: the elite weights are \
+                 exp(temperature * (v - v_max)), and a larger temperature times a value can \
+                 overflow f32",
+                self.temperature
+            ));
         }
-        if !(self.discount.is_finite() && self.discount > 0.0 && self.discount <= 1.0) {
+        if !(self.discount > 0.0 && self.discount <= 1.0) {
             return bad(format!("discount {} outside (0, 1]", self.discount));
         }
+        let (l_lo, l_hi) = LAMBDA_RANGE;
         if let PlannerMode::Mppi { lambda } = self.mode
-            && !(lambda.is_finite() && lambda > 0.0)
+            && !(l_lo..=l_hi).contains(&lambda)
         {
-            return bad(format!("MPPI lambda {lambda} must be positive"));
+            return bad(format!(
+                "MPPI lambda {lambda} outside [{l_lo:e}, {l_hi:e}]: the weights are \
+                 exp((v - v_max) / lambda), and a smaller lambda can overflow f32"
+            ));
         }
         Ok(())
     }
@@ -147,6 +158,17 @@ impl PlannerConfig {
 
 /// Longest horizon (the per-step noise streams are numbered below it).
 pub const MAX_HORIZON: usize = 64;
+/// Range of EliteMppi's inverse temperature. Values come from two-hot heads over at most
+/// `symexp(`[`MAX_SYMLOG`](crate::model::MAX_SYMLOG)`)` ~ 1e13 per term, so `|v| <= (MAX_HORIZON + 1) 1e13` < 1e15, and
+/// `temperature * v` stays below 1e21 even if a compiler expands `t (v - v_max)` into
+/// `t v - t v_max`, which fast-math compilers may do (issue 20 saw NaN means at a
+/// temperature of 3e38 on lavapipe).
+pub const TEMPERATURE_RANGE: (f32, f32) = (1e-6, 1e6);
+/// Range of plain MPPI's temperature lambda (the reciprocal of [`TEMPERATURE_RANGE`]).
+pub const LAMBDA_RANGE: (f32, f32) = (1e-6, 1e6);
+/// Largest std of the sampling distribution: actions are clamped to [-1, 1], so a std beyond
+/// this only samples the bounds.
+pub const MAX_STD: f32 = 100.0;
 /// Most iterations.
 pub const MAX_ITERATIONS: usize = 64;
 /// Most samples per environment (the elite sort holds one environment's values in
@@ -184,9 +206,15 @@ pub mod streams {
 }
 
 /// The two distinct Q heads (of `num_q` >= 2) that iteration `i` of plan call `call` averages.
+/// With fewer than 2 heads there is no pair to choose: head 0 twice (the planner refuses such
+/// models; this never panics). Head counts past `u32::MAX` choose among the first
+/// `u32::MAX`.
 pub fn chosen_heads(seed: u64, call: u32, i: usize, num_q: usize) -> [u32; 2] {
+    let q = u32::try_from(num_q).unwrap_or(u32::MAX);
+    if q < 2 {
+        return [0, 0];
+    }
     let w = crate::rng::philox(seed, streams::heads(call) as u64, i as u64);
-    let q = num_q as u32;
     let h0 = w[0] % q;
     let h1 = (h0 + 1 + w[1] % (q - 1)) % q;
     [h0, h1]

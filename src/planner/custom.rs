@@ -27,6 +27,16 @@
 //! terminal_cost(x_H)`; `w_k = exp(-(S_k - min S) / LAMBDA) / eta`; `u_t += sum_k w_k e_kt`.
 //! The first control is returned; the next step first shifts `u` one step (warm start, the
 //! last step repeated).
+//!
+//! # When a step fails
+//!
+//! The rollout kernel counts the samples that ran their whole horizon and, of those, the ones
+//! whose cost is finite; the counts come back in the step's one read-back. Samples with a NaN
+//! or infinite cost get no weight ([`MppiStep::finite_samples`] says how many counted), but a
+//! step where some sample did not finish (a driver that stops long loops, as lavapipe does,
+//! or dynamics that never return) or where no cost is finite is an error, and the control
+//! sequence is left as it was. On a GPU that does not stop such loops, dynamics that never
+//! return end in the [`Gpu`]'s wait timeout ([`Error::Timeout`]).
 
 use crate::gpu::shader::{self, Header, Preprocessed};
 use crate::gpu::{BindCache, Binding, Gpu, GpuBuffer, Pipeline, Recorder, ShaderChecks};
@@ -78,6 +88,24 @@ pub struct MppiConfig {
 pub const MAX_HORIZON: usize = 1000;
 /// Most samples.
 pub const MAX_SAMPLES: usize = 65536;
+/// Largest state dimension: each sample keeps its state in registers, and compilers unroll
+/// the state loops (on lavapipe a 1024-wide state took 20 s to compile, 256 under one).
+pub const MAX_STATE_DIM: usize = 256;
+/// Largest control dimension.
+pub const MAX_CONTROL_DIM: usize = 64;
+/// Longest parameter buffer (a cost map of 4096 x 4096 floats fits).
+pub const MAX_PARAM_LEN: usize = 1 << 24;
+/// Range of each noise std `sigma`: the control cost divides by `sigma^2`, which must stay a
+/// normal f32, and its products with the controls must stay finite.
+pub const SIGMA_RANGE: (f32, f32) = (1e-6, 1e6);
+/// Largest `|u_min|`, `|u_max|`.
+pub const MAX_CONTROL: f32 = 1e6;
+/// Range of the temperature `lambda`: the weights are `exp(-(S - min S) / lambda)`.
+pub const LAMBDA_RANGE: (f32, f32) = (1e-6, 1e6);
+/// Largest control-cost weight `gamma`.
+pub const MAX_GAMMA: f32 = 1e6;
+/// Largest step `dt` (seconds).
+pub const MAX_DT: f32 = 1e6;
 
 impl MppiConfig {
     /// MPPI-Generic's differential-drive settings for `control_dim` controls (horizon 100,
@@ -123,22 +151,40 @@ impl MppiConfig {
                 self.u_max.len()
             )));
         }
-        if self.sigma.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-            return bad(format!("sigma {:?} must be positive", self.sigma));
+        let (s_lo, s_hi) = SIGMA_RANGE;
+        if let Some(j) = self.sigma.iter().position(|s| !(s_lo..=s_hi).contains(s)) {
+            return bad(format!(
+                "sigma[{j}] = {} outside [{s_lo:e}, {s_hi:e}] (the control cost divides by \
+                 sigma^2)",
+                self.sigma[j]
+            ));
         }
-        if self.u_min.iter().zip(&self.u_max).any(|(a, b)| {
-            a.partial_cmp(b)
-                .is_none_or(|o| o == std::cmp::Ordering::Greater)
-        }) {
-            return bad("u_min must not exceed u_max".into());
+        let in_range = |v: &f32| v.is_finite() && v.abs() <= MAX_CONTROL;
+        if let Some(j) = (0..c).find(|&j| !(in_range(&self.u_min[j]) && in_range(&self.u_max[j]))) {
+            return bad(format!(
+                "control bounds [{}, {}] of control {j}: finite, within +-{MAX_CONTROL:e}",
+                self.u_min[j], self.u_max[j]
+            ));
         }
-        for (name, v) in [("lambda", self.lambda), ("dt", self.dt)] {
-            if !(v.is_finite() && v > 0.0) {
-                return bad(format!("{name} {v} must be positive"));
-            }
+        if let Some(j) = (0..c).find(|&j| self.u_min[j] > self.u_max[j]) {
+            return bad(format!(
+                "u_min[{j}] = {} exceeds u_max[{j}] = {}",
+                self.u_min[j], self.u_max[j]
+            ));
         }
-        if !(self.gamma.is_finite() && self.gamma >= 0.0) {
-            return bad(format!("gamma {} must be non-negative", self.gamma));
+        let (l_lo, l_hi) = LAMBDA_RANGE;
+        if !(l_lo..=l_hi).contains(&self.lambda) {
+            return bad(format!(
+                "lambda {} outside [{l_lo:e}, {l_hi:e}] (the weights are exp(-(S - min S) / \
+                 lambda))",
+                self.lambda
+            ));
+        }
+        if !(self.dt > 0.0 && self.dt <= MAX_DT) {
+            return bad(format!("dt {} outside (0, {MAX_DT:e}]", self.dt));
+        }
+        if !(0.0..=MAX_GAMMA).contains(&self.gamma) {
+            return bad(format!("gamma {} outside [0, {MAX_GAMMA:e}]", self.gamma));
         }
         Ok(())
     }
@@ -153,6 +199,8 @@ pub struct MppiStep {
     pub min_cost: f32,
     /// The normalizer eta (effective weight mass; near 1 means one sample dominates).
     pub eta: f32,
+    /// Samples whose rollout ended with a finite cost (the others got no weight).
+    pub finite_samples: usize,
 }
 
 /// Sample rollouts of the last step, for pictures: states `[n, H + 1, STATE_DIM]` (starting
@@ -176,6 +224,7 @@ const ROLLOUT: &[(u32, Binding)] = &[
     (7, Binding::Read),
     (8, Binding::Uniform),
     (9, Binding::ReadWrite),
+    (10, Binding::ReadWrite),
 ];
 const NORMALIZE: &[(u32, Binding)] = &[
     (3, Binding::ReadWrite),
@@ -189,6 +238,7 @@ const UPDATE: &[(u32, Binding)] = &[
     (5, Binding::ReadWrite),
     (6, Binding::ReadWrite),
     (8, Binding::Uniform),
+    (10, Binding::ReadWrite),
 ];
 const SHIFT: &[(u32, Binding)] = &[(1, Binding::ReadWrite), (8, Binding::Uniform)];
 const NOISE: &[(u32, Binding)] = &[(2, Binding::ReadWrite), (8, Binding::Uniform)];
@@ -277,6 +327,7 @@ pub struct Mppi<'g> {
     out: GpuBuffer<f32>,
     params: GpuBuffer<f32>,
     vis: GpuBuffer<f32>,
+    status: GpuBuffer<u32>,
     vis_rows: usize,
     call: u32,
     fresh: bool,
@@ -288,7 +339,9 @@ pub struct Mppi<'g> {
 
 impl<'g> Mppi<'g> {
     /// Compile the problem's WGSL into the MPPI kernels and allocate the buffers. WGSL that
-    /// does not compile is an [`Error::Shader`] at the user's own line numbers.
+    /// does not compile is an [`Error::Shader`] at the user's own line numbers; dimensions
+    /// over [`MAX_STATE_DIM`], [`MAX_CONTROL_DIM`] or [`MAX_PARAM_LEN`] are an
+    /// [`Error::Limit`] before anything is compiled.
     pub fn new(gpu: &'g Gpu, problem: Problem, cfg: MppiConfig) -> Result<Self> {
         let (s, c) = (problem.state_dim, problem.control_dim);
         if s == 0 || c == 0 {
@@ -296,6 +349,18 @@ impl<'g> Mppi<'g> {
                 "problem {:?}: state and control dimensions must be positive, got {s} and {c}",
                 problem.name
             )));
+        }
+        for (what, v, max) in [
+            ("state_dim", s, MAX_STATE_DIM),
+            ("control_dim", c, MAX_CONTROL_DIM),
+            ("param_len", problem.param_len, MAX_PARAM_LEN),
+        ] {
+            if v > max {
+                return Err(Error::Limit(format!(
+                    "problem {:?}: {what} = {v}, at most {max}",
+                    problem.name
+                )));
+            }
         }
         cfg.validate(c)?;
         // The user's code alone first: its errors then point at its own lines.
@@ -365,6 +430,7 @@ impl<'g> Mppi<'g> {
             out: f("mppi result", c + 2)?,
             params: f("mppi user params", problem.param_len.max(1))?,
             vis: f("mppi rollouts", (h + 1) * s)?,
+            status: GpuBuffer::new(gpu, "mppi rollout status", 2)?,
             vis_rows: 0,
             gpu,
             problem,
@@ -399,7 +465,7 @@ impl<'g> Mppi<'g> {
         self.last_gpu_seconds
     }
 
-    /// Replace the parameter buffer (length `param_len`).
+    /// Replace the parameter buffer (length `param_len`, every value finite).
     pub fn set_params(&mut self, params: &[f32]) -> Result<()> {
         if params.len() != self.problem.param_len {
             return Err(Error::Shape(format!(
@@ -409,6 +475,12 @@ impl<'g> Mppi<'g> {
                 params.len()
             )));
         }
+        if let Some(i) = params.iter().position(|v| !v.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "problem {:?}: parameter {i} is {} (parameters must be finite)",
+                self.problem.name, params[i]
+            )));
+        }
         if params.is_empty() {
             return Ok(());
         }
@@ -416,7 +488,8 @@ impl<'g> Mppi<'g> {
     }
 
     /// Set the control sequence `[H, C]` (e.g. a previous solution); the next step starts
-    /// from it without shifting.
+    /// from it without shifting. Every value must lie within its control's `[u_min, u_max]`
+    /// (where MPPI's own updates keep it).
     pub fn set_controls(&mut self, u: &[f32]) -> Result<()> {
         if u.len() != self.u.len() {
             return Err(Error::Shape(format!(
@@ -425,14 +498,30 @@ impl<'g> Mppi<'g> {
                 self.u.len()
             )));
         }
+        let c = self.problem.control_dim;
+        if let Some(i) =
+            (0..u.len()).find(|&i| !(self.cfg.u_min[i % c]..=self.cfg.u_max[i % c]).contains(&u[i]))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "control sequence: step {} control {} is {}, outside [u_min, u_max] = [{}, {}]",
+                i / c,
+                i % c,
+                u[i],
+                self.cfg.u_min[i % c],
+                self.cfg.u_max[i % c]
+            )));
+        }
         self.u.upload(self.gpu, u)?;
         self.fresh = true;
         Ok(())
     }
 
-    /// Zero the control sequence.
+    /// Zero the control sequence (each control clamped into its bounds, when 0 is outside).
     pub fn reset(&mut self) -> Result<()> {
-        let z = vec![0.0; self.u.len()];
+        let c = self.problem.control_dim;
+        let z: Vec<f32> = (0..self.u.len())
+            .map(|i| 0f32.clamp(self.cfg.u_min[i % c], self.cfg.u_max[i % c]))
+            .collect();
         self.set_controls(&z)
     }
 
@@ -479,7 +568,10 @@ impl<'g> Mppi<'g> {
         self.call
     }
 
-    /// One optimization step from state `x0`: one submit, one read-back of the first control.
+    /// One optimization step from state `x0`: one submit, one read-back of the first control
+    /// and the rollouts' status. A step in which some sample did not run its whole horizon,
+    /// or no sample's cost is finite, is an error (see the module's "When a step fails") and
+    /// leaves the control sequence unchanged.
     pub fn step(&mut self, x0: &[f32]) -> Result<MppiStep> {
         let (s, c) = (self.problem.state_dim, self.problem.control_dim);
         if x0.len() != s {
@@ -517,6 +609,7 @@ impl<'g> Mppi<'g> {
                 [max as u32, groups.div_ceil(max) as u32, 1]
             }
         };
+        rec.clear(&self.status);
         let blocks = (self.cfg.horizon * self.cfg.samples * c).div_ceil(4);
         rec.dispatch(
             &self.pipes[4],
@@ -534,6 +627,7 @@ impl<'g> Mppi<'g> {
                 &self.bounds.buffer,
                 &self.params.buffer,
                 &self.vis.buffer,
+                &self.status.buffer,
             ],
             Some(&params),
             grid(self.cfg.samples),
@@ -551,20 +645,49 @@ impl<'g> Mppi<'g> {
                 &self.eps.buffer,
                 &self.weights.buffer,
                 &self.out.buffer,
+                &self.status.buffer,
             ],
             Some(&params),
             [self.cfg.horizon as u32, 1, 1],
         )?;
         let h = rec.read(&self.out);
+        let hs = rec.read(&self.status);
+        // The shift above ran even if this step fails: the next one must not shift again.
+        self.fresh = true;
         let done = rec.finish()?;
         self.last_gpu_seconds = done.timing.gpu_seconds;
         let out = done.get(&h)?;
+        let status = done.get(&hs)?;
         self.call = self.call.wrapping_add(1);
+        let k = self.cfg.samples;
+        let (finished, finite) = (status[0] as usize, status[1] as usize);
+        if finished != k {
+            return Err(Error::Internal {
+                context: format!("MPPI rollouts of problem {:?}", self.problem.name),
+                message: format!(
+                    "{} of {k} samples did not run their whole horizon of {}: the driver \
+                     stopped a long or endless loop in the problem's WGSL (lavapipe ends long \
+                     loops early), so their costs are not real. The control sequence is \
+                     unchanged",
+                    k - finished.min(k),
+                    self.cfg.horizon
+                ),
+            });
+        }
+        if finite == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "problem {:?}: every one of the {k} rollouts from state {x0:?} has a NaN or \
+                 infinite cost (check the dynamics and costs for divisions by zero or \
+                 overflow); the control sequence is unchanged",
+                self.problem.name
+            )));
+        }
         self.fresh = false;
         Ok(MppiStep {
             control: out[..c].to_vec(),
             min_cost: out[c],
             eta: out[c + 1],
+            finite_samples: finite,
         })
     }
 }

@@ -34,8 +34,30 @@ pub struct Plan {
 
 impl Plan {
     /// The action of environment `b`.
+    ///
+    /// # Panics
+    ///
+    /// If `b` is not below [`Plan::batch`]; [`Plan::try_action`] returns an error instead.
     pub fn action(&self, b: usize) -> &[f32] {
-        &self.action[b * self.action_dim..(b + 1) * self.action_dim]
+        match self.try_action(b) {
+            Ok(a) => a,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// The action of environment `b`, or [`Error::InvalidArgument`] if the plan has no
+    /// environment `b`.
+    pub fn try_action(&self, b: usize) -> Result<&[f32]> {
+        let a = self.action_dim;
+        b.checked_mul(a)
+            .filter(|_| b < self.batch)
+            .and_then(|start| self.action.get(start..start + a))
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "action of environment {b}: the plan holds {} environments (0..{})",
+                    self.batch, self.batch
+                ))
+            })
     }
 }
 

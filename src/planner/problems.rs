@@ -13,10 +13,27 @@ use super::custom::{Mppi, Problem, Rollouts};
 use crate::reference::mppi::RustProblem;
 use crate::{Error, Result};
 
-/// A float as a WGSL literal (Rust's `{:?}` always writes a `.` or an exponent).
+/// A float as a WGSL literal (Rust's `{:?}` always writes a `.` or an exponent); the fields
+/// were checked finite by `check_fields`.
 fn lit(v: f64) -> String {
-    assert!(v.is_finite(), "problem constant {v} is not finite");
     format!("{v:?}")
+}
+
+/// Every field finite and within f32 (the WGSL is f32), the `positive` ones > 0.
+fn check_fields(what: &str, fields: &[(&str, f64)], positive: &[&str]) -> Result<()> {
+    for (name, v) in fields {
+        if !(v.is_finite() && v.abs() <= f32::MAX as f64) {
+            return Err(Error::InvalidArgument(format!(
+                "{what}::{name} = {v}: problem constants must be finite f32 values"
+            )));
+        }
+        if positive.contains(name) && *v <= 0.0 {
+            return Err(Error::InvalidArgument(format!(
+                "{what}::{name} = {v} must be > 0"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Clamp a control into [-1, 1] the same way on both sides.
@@ -115,9 +132,39 @@ impl CartPole {
     /// Parameters: the target cart position.
     pub const PARAM_LEN: usize = 1;
 
-    /// This cart-pole as a WGSL problem with its constants pasted in. Panics if a field is
-    /// not finite.
+    /// This cart-pole as a WGSL problem with its constants pasted in.
+    ///
+    /// # Panics
+    ///
+    /// If a field is not finite; [`CartPole::try_problem`] returns an error instead.
     pub fn problem(&self) -> Problem {
+        match self.try_problem() {
+            Ok(p) => p,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`CartPole::problem`], or [`Error::InvalidArgument`] naming a field that is not finite
+    /// (or a mass or length that is not positive: the dynamics divide by them).
+    pub fn try_problem(&self) -> Result<Problem> {
+        let fields = [
+            ("cart_mass", self.cart_mass),
+            ("pole_mass", self.pole_mass),
+            ("pole_length", self.pole_length),
+            ("gravity", self.gravity),
+            ("max_force", self.max_force),
+            ("w_angle", self.w_angle),
+            ("w_position", self.w_position),
+            ("w_velocity", self.w_velocity),
+            ("w_angular_velocity", self.w_angular_velocity),
+            ("w_control", self.w_control),
+            ("w_terminal", self.w_terminal),
+        ];
+        check_fields(
+            "CartPole",
+            &fields,
+            &["cart_mass", "pole_mass", "pole_length"],
+        )?;
         let wgsl = format!(
             "// Cart-pole swing-up (pompc::planner::problems::CartPole).
 // x = [cart position, cart velocity, pole angle (0 upright, pi down), angular velocity]
@@ -172,13 +219,13 @@ fn terminal_cost(x: State) -> f32 {{
             wu = lit(self.w_control),
             wt = lit(self.w_terminal),
         );
-        Problem {
+        Ok(Problem {
             name: "cartpole".into(),
             state_dim: Self::STATE_DIM,
             control_dim: Self::CONTROL_DIM,
             param_len: Self::PARAM_LEN,
             wgsl,
-        }
+        })
     }
 
     /// The parameter buffer: the target cart position.
@@ -193,11 +240,19 @@ fn terminal_cost(x: State) -> f32 {{
 
     /// Whether the pole is within `angle_tol` radians of upright (any number of turns) and
     /// turns slower than `rate_tol` rad/s.
+    ///
+    /// # Panics
+    ///
+    /// If `state` has fewer than 4 values.
     pub fn is_upright(state: &[f64], angle_tol: f64, rate_tol: f64) -> bool {
         wrap_angle(state[2]).abs() <= angle_tol && state[3].abs() <= rate_tol
     }
 
     /// Position of the pole's tip (m) in the plane of the track (y up).
+    ///
+    /// # Panics
+    ///
+    /// If `state` has fewer than 3 values.
     pub fn tip(&self, state: &[f64]) -> (f64, f64) {
         (
             state[0] + self.pole_length * state[2].sin(),
@@ -367,9 +422,33 @@ impl DiffDrive {
     /// Parameters: goal (2) and [`MAX_OBSTACLES`] obstacles of 3.
     pub const PARAM_LEN: usize = 2 + 3 * MAX_OBSTACLES;
 
-    /// This robot as a WGSL problem with its constants pasted in. Panics if a field is not
-    /// finite.
+    /// This robot as a WGSL problem with its constants pasted in.
+    ///
+    /// # Panics
+    ///
+    /// If a field is not finite; [`DiffDrive::try_problem`] returns an error instead.
     pub fn problem(&self) -> Problem {
+        match self.try_problem() {
+            Ok(p) => p,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`DiffDrive::problem`], or [`Error::InvalidArgument`] naming a field that is not
+    /// finite (or a margin that is not positive: the cost divides by it).
+    pub fn try_problem(&self) -> Result<Problem> {
+        let fields = [
+            ("max_speed", self.max_speed),
+            ("max_turn_rate", self.max_turn_rate),
+            ("robot_radius", self.robot_radius),
+            ("w_goal", self.w_goal),
+            ("w_control", self.w_control),
+            ("collision_cost", self.collision_cost),
+            ("margin", self.margin),
+            ("w_margin", self.w_margin),
+            ("w_terminal", self.w_terminal),
+        ];
+        check_fields("DiffDrive", &fields, &["margin"])?;
         let wgsl = format!(
             "// Differential drive among circular obstacles (pompc::planner::problems::DiffDrive).
 // x = [x, y, heading]; u = [speed / max speed, turn rate / max turn rate] in [-1, 1]^2.
@@ -432,13 +511,13 @@ fn terminal_cost(x: State) -> f32 {{
             wm = lit(self.w_margin),
             wt = lit(self.w_terminal),
         );
-        Problem {
+        Ok(Problem {
             name: "diff_drive".into(),
             state_dim: Self::STATE_DIM,
             control_dim: Self::CONTROL_DIM,
             param_len: Self::PARAM_LEN,
             wgsl,
-        }
+        })
     }
 
     /// The parameter buffer for a goal and up to [`MAX_OBSTACLES`] obstacles `[x, y, r]`
@@ -469,9 +548,11 @@ fn terminal_cost(x: State) -> f32 {{
         Ok(p)
     }
 
-    /// The obstacles `[x, y, r]` present in a parameter buffer.
+    /// The obstacles `[x, y, r]` present in a parameter buffer (none in one shorter than 5).
     pub fn obstacles(params: &[f32]) -> Vec<[f32; 3]> {
-        params[2..]
+        params
+            .get(2..)
+            .unwrap_or_default()
             .chunks_exact(3)
             .filter(|o| o[2] > 0.0)
             .map(|o| [o[0], o[1], o[2]])
@@ -479,6 +560,11 @@ fn terminal_cost(x: State) -> f32 {{
     }
 
     /// Distance from the robot's centre to the goal.
+    ///
+    /// # Panics
+    ///
+    /// If `state` or `params` has fewer than 2 values (a state and parameter buffer of this
+    /// problem have more).
     pub fn goal_distance(state: &[f64], params: &[f32]) -> f64 {
         let dx = state[0] - params[0] as f64;
         let dy = state[1] - params[1] as f64;
@@ -487,6 +573,10 @@ fn terminal_cost(x: State) -> f32 {{
 
     /// The smallest clearance between the robot's disc and an obstacle (negative in
     /// collision; infinite without obstacles).
+    ///
+    /// # Panics
+    ///
+    /// If `state` has fewer than 2 values.
     pub fn clearance(&self, state: &[f64], params: &[f32]) -> f64 {
         Self::obstacles(params)
             .iter()
@@ -542,6 +632,11 @@ impl RustProblem for DiffDrive {
 
 /// One closed-loop step of a simulator: `problem`'s own dynamics (in f64) applied to the
 /// control the planner returned.
+///
+/// # Panics
+///
+/// If `x` or `u` is shorter than the problem's state or control dimension (the built-in
+/// problems index them); [`try_simulate_step`] checks the lengths instead.
 pub fn simulate_step(
     problem: &dyn RustProblem,
     x: &[f64],
@@ -552,6 +647,27 @@ pub fn simulate_step(
 ) -> Vec<f64> {
     let u: Vec<f64> = u.iter().map(|v| *v as f64).collect();
     problem.dynamics(x, &u, t, dt, params)
+}
+
+/// [`simulate_step`] with the lengths of `x` and `u` checked ([`Error::Shape`]).
+pub fn try_simulate_step(
+    problem: &dyn RustProblem,
+    x: &[f64],
+    u: &[f32],
+    t: usize,
+    dt: f64,
+    params: &[f32],
+) -> Result<Vec<f64>> {
+    if x.len() != problem.state_dim() || u.len() != problem.control_dim() {
+        return Err(Error::Shape(format!(
+            "simulate_step: state of {} and control of {} values, the problem has {} and {}",
+            x.len(),
+            u.len(),
+            problem.state_dim(),
+            problem.control_dim()
+        )));
+    }
+    Ok(simulate_step(problem, x, u, t, dt, params))
 }
 
 /// What [`simulate_closed_loop`] recorded.
@@ -601,7 +717,7 @@ pub fn simulate_closed_loop(
             out.rollouts = Some((step, mppi.rollouts()?));
             mppi.keep_rollouts(0)?;
         }
-        x = simulate_step(sim, &x, &plan.control, step, dt, params);
+        x = try_simulate_step(sim, &x, &plan.control, step, dt, params)?;
         out.states.push(x.clone());
         out.controls.push(plan.control);
         if done(step, &x) {

@@ -36,7 +36,7 @@ use super::policy::{PolicyLosses, PolicyTrainer, PolicyUpdateConfig, PriorKind};
 use super::world::{UpdateConfig, UpdateLosses, WorldModelTrainer};
 use crate::env::Env;
 use crate::gpu::{BindCache, Encoded, Gpu, GpuBuffer, PendingReadback, ReadbackHandle, Recorder};
-use crate::kernels::optim::{Adam, AdamState};
+use crate::kernels::optim::{Adam, AdamState, STATE_WORDS};
 use crate::model::{ModelSpec, Net, Weights, WorldModel};
 use crate::planner::{PlanMode, Planner, PlannerConfig};
 use crate::{Error, Result};
@@ -310,10 +310,23 @@ impl TrainConfig {
 
     fn check(&self, env: &dyn Env) -> Result<()> {
         self.planner.validate()?;
-        if self.batch == 0 || self.eval_episodes == 0 && self.eval_every > 0 {
+        super::check_batch(self.batch)?;
+        if self.eval_episodes == 0 && self.eval_every > 0 {
             return Err(Error::InvalidArgument(
-                "training needs a batch >= 1 and eval_episodes >= 1 when evaluating".into(),
+                "training needs eval_episodes >= 1 when evaluating (eval_every > 0)".into(),
             ));
+        }
+        if self.eval_episodes > MAX_EVAL_EPISODES {
+            return Err(Error::InvalidArgument(format!(
+                "{} evaluation episodes, at most {MAX_EVAL_EPISODES}",
+                self.eval_episodes
+            )));
+        }
+        if self.steps > MAX_STEPS {
+            return Err(Error::InvalidArgument(format!(
+                "{} steps, at most {MAX_STEPS} (checkpoints count steps in 32 bits)",
+                self.steps
+            )));
         }
         if self.seed_steps < env.episode_len() {
             return Err(Error::InvalidArgument(format!(
@@ -740,8 +753,13 @@ impl<'g> Trainer<'g> {
     }
 
     /// Mean return of `episodes` evaluation episodes (planner in eval mode) on the evaluation
-    /// environment, with episode seeds drawn from `seed`.
+    /// environment, with episode seeds drawn from `seed`; at most [`MAX_EVAL_EPISODES`].
     pub fn evaluate(&mut self, episodes: usize, seed: u64) -> Result<Vec<f32>> {
+        if episodes > MAX_EVAL_EPISODES {
+            return Err(Error::InvalidArgument(format!(
+                "{episodes} evaluation episodes, at most {MAX_EVAL_EPISODES}"
+            )));
+        }
         let mut planner = Planner::new(
             self.gpu,
             &self.model,
@@ -758,27 +776,49 @@ impl<'g> Trainer<'g> {
     /// adaptive prior, the running scales, the replay buffer, the history and the counters.
     /// An unfinished episode is not saved: a resumed run starts a new one (its transitions
     /// were already counted as steps).
+    ///
+    /// Every tensor is checked as [`Trainer::resume`] checks it before anything is written
+    /// (a run whose parameters or optimizer state went non-finite is refused with an error
+    /// naming the tensor), and the file is replaced atomically ([`crate::fs::write_atomic`]):
+    /// a failed save keeps the previous checkpoint and leaves no temporary file.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let gpu = self.gpu;
         let l = &self.learner;
+        let file = path.as_ref().display().to_string();
+        let refuse = |e: Error| match e {
+            Error::InvalidArgument(m) | Error::Weights(m) => Error::InvalidArgument(format!(
+                "not writing checkpoint {file}: {m} (the previous file, if any, is kept)"
+            )),
+            e => e,
+        };
         let weights = l.world.weights()?;
+        weights.check().map_err(refuse)?;
         let mut t = Tensors::default();
         for (name, tensor) in weights.tensors.iter().chain(weights.extra.iter()) {
             t.f32(name, tensor.shape.clone(), tensor.data.clone());
         }
         let pi = l.layout.net(Net::Policy);
-        save_adam(
-            &mut t,
-            gpu,
-            "pompc.opt.world",
-            l.world.adam(),
-            0..l.layout.len(),
-        )?;
-        save_adam(&mut t, gpu, "pompc.opt.policy", l.policy.adam(), pi.clone())?;
+        let p = &self.progress;
+        let updates = p.updates;
+        let save_adam =
+            |t: &mut Tensors, prefix: &str, adam: &Adam, range: std::ops::Range<usize>| {
+                let len = range.len();
+                let (m, v, state) = download_adam(gpu, adam, range)?;
+                let state = check_adam(prefix, len, &m, &v, state, updates)?;
+                t.f32(&format!("{prefix}.m"), vec![m.len()], m);
+                t.f32(&format!("{prefix}.v"), vec![v.len()], v);
+                t.u32(&format!("{prefix}.state"), state);
+                Ok::<(), Error>(())
+            };
+        save_adam(&mut t, "pompc.opt.world", l.world.adam(), 0..l.layout.len()).map_err(refuse)?;
+        save_adam(&mut t, "pompc.opt.policy", l.policy.adam(), pi.clone()).map_err(refuse)?;
         if let (Some(pp), Some(pa)) = (l.policy.prior_params(), l.policy.prior_adam()) {
             let v = pp.download(gpu)?;
-            t.f32("pompc.prior", vec![pi.len()], v[pi.clone()].to_vec());
-            save_adam(&mut t, gpu, "pompc.opt.prior", pa, pi.clone())?;
+            let prior = v.get(pi.clone()).map(<[f32]>::to_vec).unwrap_or_default();
+            let prior =
+                check_f32("pompc.prior", prior, pi.len(), Values::Finite).map_err(refuse)?;
+            t.f32("pompc.prior", vec![pi.len()], prior);
+            save_adam(&mut t, "pompc.opt.prior", pa, pi.clone()).map_err(refuse)?;
         }
         let scales = l
             .policy
@@ -786,6 +826,7 @@ impl<'g> Trainer<'g> {
             .iter()
             .map(|s| s.read_value(gpu))
             .collect::<Result<Vec<f32>>>()?;
+        let scales = check_f32("pompc.scales", scales, 3, Values::Positive).map_err(refuse)?;
         t.f32("pompc.scales", vec![3], scales);
         let b = l.buffer.export();
         let (o, a) = (self.env.obs_dim(), self.env.action_dim());
@@ -799,21 +840,17 @@ impl<'g> Trainer<'g> {
         );
         t.u32("pompc.buffer.lengths", b.lengths);
         let h = &self.history;
-        t.u32(
-            "pompc.history.step",
-            h.iter().map(|r| r.step as u32).collect(),
-        );
-        t.u32(
-            "pompc.history.eval",
-            h.iter().map(|r| r.eval as u32).collect(),
-        );
-        t.f32(
-            "pompc.history.return",
-            vec![h.len()],
-            h.iter().map(|r| r.ret).collect(),
-        );
+        let hs: Vec<u32> = h
+            .iter()
+            .map(|r| u32::try_from(r.step).unwrap_or(u32::MAX))
+            .collect();
+        let he: Vec<u32> = h.iter().map(|r| r.eval as u32).collect();
+        let hr: Vec<f32> = h.iter().map(|r| r.ret).collect();
+        check_history(&hs, &he, &hr, p.step, p.episodes).map_err(refuse)?;
+        t.u32("pompc.history.step", hs);
+        t.u32("pompc.history.eval", he);
+        t.f32("pompc.history.return", vec![h.len()], hr);
         let mut meta = weights.spec.to_metadata();
-        let p = &self.progress;
         for (k, v) in [
             ("pompc.env", self.env.name().to_string()),
             ("pompc.method", self.cfg.method.slug()),
@@ -840,8 +877,18 @@ impl<'g> Trainer<'g> {
         path: impl AsRef<Path>,
     ) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path)
-            .map_err(|e| Error::InvalidArgument(format!("checkpoint {}: {e}", path.display())))?;
+        let file = path.display().to_string();
+        // Every message names the file.
+        let named = |e: Error| match e {
+            Error::InvalidArgument(m) | Error::Weights(m) | Error::Shape(m) => {
+                Error::InvalidArgument(format!("checkpoint {file}: {m}"))
+            }
+            e => e,
+        };
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: file.clone(),
+            source,
+        })?;
         let st = safetensors::SafeTensors::deserialize(&bytes)
             .map_err(|e| Error::InvalidArgument(format!("checkpoint {}: {e}", path.display())))?;
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
@@ -866,33 +913,79 @@ impl<'g> Trainer<'g> {
             })
         };
         let spec = cfg.model.spec(env.obs_dim(), env.action_dim())?;
-        let weights = Weights::from_bytes_with_spec(&bytes, &spec)?;
+        let weights = Weights::from_bytes_with_spec(&bytes, &spec).map_err(named)?;
         let step = num("pompc.step")?;
+        let episodes = num("pompc.episodes")?;
+        let updates = num("pompc.updates")?;
+        let next_eval = num("pompc.next_eval")?;
+        if step > MAX_STEPS || episodes > step || updates > MAX_STEPS {
+            return Err(named(Error::InvalidArgument(format!(
+                "counters pompc.step = {step}, pompc.episodes = {episodes}, pompc.updates = \
+                 {updates}: need episodes <= step <= {MAX_STEPS} and updates <= {MAX_STEPS}"
+            ))));
+        }
+        // Everything is read and checked before the run is built: a checkpoint is taken
+        // whole or not at all.
+        let layout = ParamLayout::new(&spec);
+        let pi = layout.net(Net::Policy);
+        let adam = |prefix: &str, len: usize| -> Result<(Vec<f32>, Vec<f32>, Vec<u32>)> {
+            let m = read_f32(&st, &format!("{prefix}.m"))?;
+            let v = read_f32(&st, &format!("{prefix}.v"))?;
+            let state = read_u32(&st, &format!("{prefix}.state"))?;
+            let state = check_adam(prefix, len, &m, &v, state, updates)?;
+            Ok((m, v, state))
+        };
+        let world_adam = adam("pompc.opt.world", layout.len()).map_err(named)?;
+        let policy_adam = adam("pompc.opt.policy", pi.len()).map_err(named)?;
+        let prior = if cfg.policy.prior == PriorKind::Adaptive {
+            let p = read_f32(&st, "pompc.prior")
+                .and_then(|p| check_f32("pompc.prior", p, pi.len(), Values::Finite))
+                .map_err(named)?;
+            Some((p, adam("pompc.opt.prior", pi.len()).map_err(named)?))
+        } else {
+            None
+        };
+        let scales = read_f32(&st, "pompc.scales")
+            .and_then(|s| check_f32("pompc.scales", s, 3, Values::Positive))
+            .map_err(named)?;
+        let hs = read_u32(&st, "pompc.history.step").map_err(named)?;
+        let he = read_u32(&st, "pompc.history.eval").map_err(named)?;
+        let hr = read_f32(&st, "pompc.history.return").map_err(named)?;
+        check_history(&hs, &he, &hr, step, episodes).map_err(named)?;
+        let buffer = BufferData {
+            obs: read_f32(&st, "pompc.buffer.obs").map_err(named)?,
+            action: read_f32(&st, "pompc.buffer.action").map_err(named)?,
+            reward: read_f32(&st, "pompc.buffer.reward").map_err(named)?,
+            planner: read_f32(&st, "pompc.buffer.planner").map_err(named)?,
+            lengths: read_u32(&st, "pompc.buffer.lengths").map_err(named)?,
+        };
         let mut tr = Self::build(gpu, env, eval_env, cfg, &weights, step)?;
-        let get = |name: &str| read_f32(&st, name);
         let gpu = tr.gpu;
         let l = &mut tr.learner;
-        let pi = l.layout.net(Net::Policy);
-        load_adam(&st, gpu, "pompc.opt.world", l.world.adam(), 0)?;
-        load_adam(&st, gpu, "pompc.opt.policy", l.policy.adam(), pi.start)?;
-        if let (Some(pp), Some(pa)) = (l.policy.prior_params(), l.policy.prior_adam()) {
-            pp.upload_at(gpu, pi.start, &get("pompc.prior")?)?;
-            load_adam(&st, gpu, "pompc.opt.prior", pa, pi.start)?;
+        l.buffer.import(&buffer).map_err(|e| match e {
+            Error::InvalidArgument(m) | Error::Shape(m) => {
+                Error::InvalidArgument(format!("checkpoint {file}: tensors pompc.buffer.*: {m}"))
+            }
+            e => e,
+        })?;
+        load_adam(gpu, l.world.adam(), 0, world_adam)?;
+        load_adam(gpu, l.policy.adam(), pi.start, policy_adam)?;
+        match (prior, l.policy.prior_params(), l.policy.prior_adam()) {
+            (Some((p, pa_state)), Some(pp), Some(pa)) => {
+                pp.upload_at(gpu, pi.start, &p)?;
+                load_adam(gpu, pa, pi.start, pa_state)?;
+            }
+            (None, None, None) => {}
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "checkpoint {file}: the adaptive prior does not match this run's policy \
+                     update"
+                )));
+            }
         }
-        let scales = get("pompc.scales")?;
         for (s, v) in l.policy.scales().iter().zip(&scales) {
             s.set_value(gpu, *v)?;
         }
-        l.buffer.import(&BufferData {
-            obs: get("pompc.buffer.obs")?,
-            action: get("pompc.buffer.action")?,
-            reward: get("pompc.buffer.reward")?,
-            planner: get("pompc.buffer.planner")?,
-            lengths: read_u32(&st, "pompc.buffer.lengths")?,
-        })?;
-        let hs = read_u32(&st, "pompc.history.step")?;
-        let he = read_u32(&st, "pompc.history.eval")?;
-        let hr = get("pompc.history.return")?;
         tr.history = hs
             .iter()
             .zip(&he)
@@ -903,9 +996,9 @@ impl<'g> Trainer<'g> {
                 ret: r,
             })
             .collect();
-        tr.progress.episodes = num("pompc.episodes")?;
-        tr.progress.updates = num("pompc.updates")?;
-        tr.progress.next_eval = num("pompc.next_eval")?;
+        tr.progress.episodes = episodes;
+        tr.progress.updates = updates;
+        tr.progress.next_eval = next_eval;
         if tr.cfg.eval_every == 0 {
             tr.progress.next_eval = usize::MAX;
         }
@@ -1085,41 +1178,150 @@ struct LossReads {
     policy_adam: ReadbackHandle<u32>,
 }
 
-fn save_adam(
-    t: &mut Tensors,
-    gpu: &Gpu,
+/// Most environment steps (and updates) a run counts: checkpoints store steps as u32.
+pub const MAX_STEPS: usize = u32::MAX as usize;
+/// Most episodes per evaluation.
+pub const MAX_EVAL_EPISODES: usize = 1000;
+
+/// What the values of a checkpoint tensor must be, besides finite.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Values {
+    Finite,
+    NonNegative,
+    Positive,
+}
+
+/// `data` as tensor `name` of a checkpoint: exactly `len` values, each finite (and >= 0 or
+/// > 0 as asked); the error names the tensor and the first bad element.
+fn check_f32(name: &str, data: Vec<f32>, len: usize, values: Values) -> Result<Vec<f32>> {
+    if data.len() != len {
+        return Err(Error::InvalidArgument(format!(
+            "tensor {name:?} holds {} values, this run needs {len}",
+            data.len()
+        )));
+    }
+    let ok = |v: f32| {
+        v.is_finite()
+            && match values {
+                Values::Finite => true,
+                Values::NonNegative => v >= 0.0,
+                Values::Positive => v > 0.0,
+            }
+    };
+    if let Some(i) = data.iter().position(|v| !ok(*v)) {
+        let want = match values {
+            Values::Finite => "finite",
+            Values::NonNegative => "finite and >= 0",
+            Values::Positive => "finite and > 0",
+        };
+        return Err(Error::InvalidArgument(format!(
+            "tensor {name:?} holds {} at element {i}; its values must be {want}",
+            data[i]
+        )));
+    }
+    Ok(data)
+}
+
+/// An optimizer's saved state: moments of `len` values (first finite, second finite and
+/// non-negative: a NaN there turns every later step into NaN) and [`STATE_WORDS`] state
+/// words whose step counter is at most `updates` (the world model's optimizer steps once per
+/// update). Returns the state words.
+fn check_adam(
     prefix: &str,
-    adam: &Adam,
-    range: std::ops::Range<usize>,
-) -> Result<()> {
-    let m = adam.m().download(gpu)?;
-    let v = adam.v().download(gpu)?;
-    t.f32(
-        &format!("{prefix}.m"),
-        vec![range.len()],
-        m[range.clone()].to_vec(),
-    );
-    t.f32(&format!("{prefix}.v"), vec![range.len()], v[range].to_vec());
-    t.u32(
-        &format!("{prefix}.state"),
-        adam.state_buffer().download(gpu)?,
-    );
+    len: usize,
+    m: &[f32],
+    v: &[f32],
+    state: Vec<u32>,
+    updates: usize,
+) -> Result<Vec<u32>> {
+    check_f32(&format!("{prefix}.m"), m.to_vec(), len, Values::Finite)?;
+    check_f32(&format!("{prefix}.v"), v.to_vec(), len, Values::NonNegative)?;
+    if state.len() != STATE_WORDS {
+        return Err(Error::InvalidArgument(format!(
+            "tensor \"{prefix}.state\" holds {} words, an Adam state has {STATE_WORDS}",
+            state.len()
+        )));
+    }
+    let steps = state[0] as usize;
+    let exact = prefix == "pompc.opt.world";
+    if steps > updates || (exact && steps != updates) {
+        return Err(Error::InvalidArgument(format!(
+            "tensor \"{prefix}.state\" counts {steps} optimizer steps, the run {updates} \
+             updates ({})",
+            if exact {
+                "the world model steps once per update"
+            } else {
+                "at most one step per update"
+            }
+        )));
+    }
+    Ok(state)
+}
+
+/// The history of a checkpoint: three arrays of one length, eval flags 0 or 1, finite
+/// returns, steps in order and at most `step`, and one training row per episode.
+fn check_history(hs: &[u32], he: &[u32], hr: &[f32], step: usize, episodes: usize) -> Result<()> {
+    let n = hs.len();
+    if he.len() != n || hr.len() != n {
+        return Err(Error::InvalidArgument(format!(
+            "history tensors pompc.history.step, .eval and .return hold {n}, {} and {} rows; \
+             they must match",
+            he.len(),
+            hr.len()
+        )));
+    }
+    check_f32("pompc.history.return", hr.to_vec(), n, Values::Finite)?;
+    if let Some(i) = he.iter().position(|e| *e > 1) {
+        return Err(Error::InvalidArgument(format!(
+            "tensor \"pompc.history.eval\" holds {} at row {i}; flags are 0 or 1",
+            he[i]
+        )));
+    }
+    if let Some(i) = (0..n).find(|&i| hs[i] as usize > step || (i > 0 && hs[i] < hs[i - 1])) {
+        return Err(Error::InvalidArgument(format!(
+            "tensor \"pompc.history.step\" holds {} at row {i}: steps must rise and stay at \
+             most the run's step {step}",
+            hs[i]
+        )));
+    }
+    let train = he.iter().filter(|e| **e == 0).count();
+    if train != episodes {
+        return Err(Error::InvalidArgument(format!(
+            "the history holds {train} training episodes, pompc.episodes says {episodes}"
+        )));
+    }
     Ok(())
 }
 
-fn load_adam(
-    st: &safetensors::SafeTensors,
+/// An optimizer's moments over `range` and its state words.
+fn download_adam(
     gpu: &Gpu,
-    prefix: &str,
+    adam: &Adam,
+    range: std::ops::Range<usize>,
+) -> Result<(Vec<f32>, Vec<f32>, Vec<u32>)> {
+    let take = |v: Vec<f32>| {
+        v.get(range.clone())
+            .map(<[f32]>::to_vec)
+            .unwrap_or_default()
+    };
+    Ok((
+        take(adam.m().download(gpu)?),
+        take(adam.v().download(gpu)?),
+        adam.state_buffer().download(gpu)?,
+    ))
+}
+
+/// Upload checked optimizer state (from [`check_adam`]) at `offset` of the moments.
+fn load_adam(
+    gpu: &Gpu,
     adam: &Adam,
     offset: usize,
+    (m, v, state): (Vec<f32>, Vec<f32>, Vec<u32>),
 ) -> Result<()> {
-    adam.m()
-        .upload_at(gpu, offset, &read_f32(st, &format!("{prefix}.m"))?)?;
-    adam.v()
-        .upload_at(gpu, offset, &read_f32(st, &format!("{prefix}.v"))?)?;
-    let state: &GpuBuffer<u32> = adam.state_buffer();
-    state.upload(gpu, &read_u32(st, &format!("{prefix}.state"))?)
+    adam.m().upload_at(gpu, offset, &m)?;
+    adam.v().upload_at(gpu, offset, &v)?;
+    let words: &GpuBuffer<u32> = adam.state_buffer();
+    words.upload(gpu, &state)
 }
 
 fn tensor<'a>(
@@ -1127,14 +1329,14 @@ fn tensor<'a>(
     name: &str,
 ) -> Result<safetensors::tensor::TensorView<'a>> {
     st.tensor(name)
-        .map_err(|e| Error::InvalidArgument(format!("checkpoint tensor {name:?}: {e}")))
+        .map_err(|e| Error::InvalidArgument(format!("tensor {name:?}: {e}")))
 }
 
 fn read_f32(st: &safetensors::SafeTensors, name: &str) -> Result<Vec<f32>> {
     let t = tensor(st, name)?;
     if t.dtype() != safetensors::Dtype::F32 {
         return Err(Error::InvalidArgument(format!(
-            "checkpoint tensor {name:?} is {:?}, expected F32",
+            "tensor {name:?} is {:?}, expected F32",
             t.dtype()
         )));
     }
@@ -1145,7 +1347,7 @@ fn read_u32(st: &safetensors::SafeTensors, name: &str) -> Result<Vec<u32>> {
     let t = tensor(st, name)?;
     if t.dtype() != safetensors::Dtype::U32 {
         return Err(Error::InvalidArgument(format!(
-            "checkpoint tensor {name:?} is {:?}, expected U32",
+            "tensor {name:?} is {:?}, expected U32",
             t.dtype()
         )));
     }
@@ -1189,11 +1391,7 @@ impl Tensors {
             .collect::<Result<Vec<_>>>()?;
         let bytes = safetensors::serialize(views, Some(meta))
             .map_err(|e| Error::InvalidArgument(format!("checkpoint: {e}")))?;
-        // Write next to the target and rename, so an interrupted save keeps the old file.
-        let tmp = path.with_extension("partial");
-        std::fs::write(&tmp, bytes)
-            .and_then(|_| std::fs::rename(&tmp, path))
-            .map_err(|e| Error::InvalidArgument(format!("checkpoint {}: {e}", path.display())))
+        crate::fs::write_atomic(path, &bytes)
     }
 }
 

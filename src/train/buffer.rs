@@ -54,6 +54,9 @@ pub struct BufferData {
     pub lengths: Vec<u32>,
 }
 
+/// Most values of one array of a [`Sample`] (2^28 f32: 1 GiB).
+pub const MAX_SAMPLE_VALUES: usize = 1 << 28;
+
 /// Episodes of transitions, oldest evicted beyond `capacity` transitions.
 #[derive(Clone, Debug)]
 pub struct ReplayBuffer {
@@ -70,10 +73,17 @@ impl ReplayBuffer {
     /// An empty buffer for `obs_dim` observations and `action_dim` actions holding at most
     /// `capacity` transitions (TD-MPC2: 1M).
     pub fn new(obs_dim: usize, action_dim: usize, capacity: usize) -> Result<Self> {
+        use crate::model::{MAX_ACTION_DIM, MAX_OBS_DIM};
         if obs_dim == 0 || action_dim == 0 || capacity == 0 {
             return Err(Error::InvalidArgument(format!(
                 "replay buffer needs positive dimensions and capacity, got obs {obs_dim}, \
                  action {action_dim}, capacity {capacity}"
+            )));
+        }
+        if obs_dim > MAX_OBS_DIM || action_dim > MAX_ACTION_DIM {
+            return Err(Error::InvalidArgument(format!(
+                "replay buffer for obs {obs_dim} and action {action_dim}: at most \
+                 {MAX_OBS_DIM} and {MAX_ACTION_DIM} (the model's bounds)"
             )));
         }
         Ok(ReplayBuffer {
@@ -107,6 +117,8 @@ impl ReplayBuffer {
         self.evicted
     }
 
+    // Length `n`, every value finite: a NaN stored here would surface only in an update, far
+    // from the step that produced it.
     fn check(&self, name: &str, v: &[f32], n: usize) -> Result<()> {
         if v.len() != n {
             return Err(Error::Shape(format!(
@@ -114,10 +126,29 @@ impl ReplayBuffer {
                 v.len()
             )));
         }
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "replay buffer: {name}[{i}] is {} (values must be finite)",
+                v[i]
+            )));
+        }
         Ok(())
     }
 
-    /// Start an episode at observation `obs` (an unfinished one is dropped).
+    // A planner Gaussian `[mean | std]`: finite, std >= 0.
+    fn check_gaussian(&self, g: &[f32]) -> Result<()> {
+        let a = self.action_dim;
+        self.check("planner Gaussian", g, 2 * a)?;
+        if let Some(i) = g[a..].iter().position(|s| *s < 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "replay buffer: planner std[{i}] is {} (must be >= 0)",
+                g[a + i]
+            )));
+        }
+        Ok(())
+    }
+
+    /// Start an episode at observation `obs` (finite; an unfinished episode is dropped).
     pub fn start(&mut self, obs: &[f32]) -> Result<()> {
         self.check("observation", obs, self.obs_dim)?;
         self.current = Some(Episode {
@@ -129,6 +160,8 @@ impl ReplayBuffer {
 
     /// Append a transition to the current episode: the action taken, its reward, the next
     /// observation and the planner's Gaussian `[mean | std]` (None: NaN, as in the seed phase).
+    /// Non-finite values (and a negative std) are an [`Error::InvalidArgument`] that names
+    /// them; nothing is stored then.
     pub fn push(
         &mut self,
         action: &[f32],
@@ -139,8 +172,9 @@ impl ReplayBuffer {
         let (o, a) = (self.obs_dim, self.action_dim);
         self.check("action", action, a)?;
         self.check("observation", next_obs, o)?;
+        self.check("reward", &[reward], 1)?;
         if let Some(p) = planner {
-            self.check("planner Gaussian", p, 2 * a)?;
+            self.check_gaussian(p)?;
         }
         let ep = self
             .current
@@ -180,7 +214,7 @@ impl ReplayBuffer {
     /// targets back.
     pub fn set_planner(&mut self, episode: usize, step: usize, gaussian: &[f32]) -> Result<()> {
         let a = self.action_dim;
-        self.check("planner Gaussian", gaussian, 2 * a)?;
+        self.check_gaussian(gaussian)?;
         let n = self.episodes.len();
         let ep = self.episodes.get_mut(episode).ok_or_else(|| {
             Error::InvalidArgument(format!("replay buffer: episode {episode} of {n}"))
@@ -210,46 +244,74 @@ impl ReplayBuffer {
         d
     }
 
-    /// Append the episodes of an [`ReplayBuffer::export`] (checked), evicting beyond the
-    /// capacity as [`ReplayBuffer::finish`] does.
+    /// Append the episodes of an [`ReplayBuffer::export`], evicting beyond the capacity as
+    /// [`ReplayBuffer::finish`] does. Checked as [`ReplayBuffer::push`] checks (a planner row
+    /// is either all NaN, none stored, or a valid Gaussian) and the lengths must add up
+    /// exactly; on an error the buffer is left as it was.
     pub fn import(&mut self, d: &BufferData) -> Result<()> {
         let (o, a) = (self.obs_dim, self.action_dim);
-        let steps: usize = d.lengths.iter().map(|&n| n as usize).sum();
-        let obs_rows = steps + d.lengths.len();
-        if d.obs.len() != obs_rows * o
-            || d.action.len() != steps * a
-            || d.reward.len() != steps
-            || d.planner.len() != steps * 2 * a
-        {
-            return Err(Error::Shape(format!(
-                "replay buffer import: {} episodes of {steps} steps need {} observation, {}                  action, {steps} reward and {} planner values; got {}, {}, {}, {}",
-                d.lengths.len(),
-                obs_rows * o,
-                steps * a,
-                steps * 2 * a,
-                d.obs.len(),
-                d.action.len(),
-                d.reward.len(),
-                d.planner.len()
-            )));
+        let sizes = || -> Option<[usize; 4]> {
+            let steps = d
+                .lengths
+                .iter()
+                .try_fold(0usize, |s, &n| s.checked_add(n as usize))?;
+            let obs_rows = steps.checked_add(d.lengths.len())?;
+            Some([
+                obs_rows.checked_mul(o)?,
+                steps.checked_mul(a)?,
+                steps,
+                steps.checked_mul(2 * a)?,
+            ])
+        };
+        let got = [d.obs.len(), d.action.len(), d.reward.len(), d.planner.len()];
+        match sizes() {
+            Some(need) if need == got => {}
+            need => {
+                return Err(Error::Shape(format!(
+                    "replay buffer import: {} episodes with lengths summing to {} need \
+                     [observation, action, reward, planner] values {}; got {got:?}",
+                    d.lengths.len(),
+                    d.lengths.iter().map(|&n| n as u64).sum::<u64>(),
+                    need.map_or("beyond 2^64".to_string(), |n| format!("{n:?}"))
+                )));
+            }
         }
+        if d.lengths.contains(&0) {
+            return Err(Error::InvalidArgument(
+                "replay buffer import: an episode of length 0 (finished episodes hold at least \
+                 one step)"
+                    .into(),
+            ));
+        }
+        let mut copy = self.clone();
+        copy.current = None;
         let (mut po, mut ps) = (0, 0);
         for &n in &d.lengths {
             let n = n as usize;
-            self.start(&d.obs[po * o..(po + 1) * o])?;
+            copy.start(&d.obs[po * o..(po + 1) * o])?;
             for i in 0..n {
                 let g = &d.planner[(ps + i) * 2 * a..(ps + i + 1) * 2 * a];
-                self.push(
+                let none = g.iter().all(|v| v.is_nan());
+                copy.push(
                     &d.action[(ps + i) * a..(ps + i + 1) * a],
                     d.reward[ps + i],
                     &d.obs[(po + i + 1) * o..(po + i + 2) * o],
-                    Some(g),
-                )?;
+                    (!none).then_some(g),
+                )
+                .map_err(|e| match e {
+                    Error::InvalidArgument(m) => Error::InvalidArgument(format!(
+                        "{m} (episode {} of the import, step {i})",
+                        po - ps
+                    )),
+                    e => e,
+                })?;
             }
-            self.finish()?;
+            copy.finish()?;
             po += n + 1;
             ps += n;
         }
+        copy.current = self.current.take();
+        *self = copy;
         Ok(())
     }
 
@@ -261,6 +323,20 @@ impl ReplayBuffer {
             return Err(Error::InvalidArgument(
                 "replay buffer: sample of 0 sub-trajectories or horizon 0".into(),
             ));
+        }
+        // Sized from the arguments: checked before anything is allocated.
+        let rows = horizon
+            .checked_add(1)
+            .and_then(|t1| t1.checked_mul(batch))
+            .filter(|r| {
+                r.checked_mul(o.max(2 * a))
+                    .is_some_and(|n| n <= MAX_SAMPLE_VALUES)
+            });
+        if rows.is_none() {
+            return Err(Error::Limit(format!(
+                "replay buffer: a sample of {batch} sub-trajectories of horizon {horizon} needs \
+                 more than {MAX_SAMPLE_VALUES} values per array"
+            )));
         }
         // Valid starts per episode and their running total.
         let mut cum = Vec::with_capacity(self.episodes.len());

@@ -10,9 +10,27 @@ pub mod params;
 pub mod policy;
 pub mod world;
 
-pub use agent::{Event, HistoryRow, Method, ModelPreset, Reanalyze, TrainConfig, Trainer};
+pub use agent::{
+    Event, HistoryRow, MAX_EVAL_EPISODES, MAX_STEPS, Method, ModelPreset, Reanalyze, TrainConfig,
+    Trainer,
+};
 pub use buffer::{BufferData, ReplayBuffer, Sample};
 pub use mlp::{Grads, Members, NetInput as TrainInput, Tape, TrainNet};
 pub use params::ParamLayout;
 pub use policy::{PolicyLosses, PolicyTrainer, PolicyUpdateConfig, PriorKind};
 pub use world::{KlTarget, UpdateBatch, UpdateConfig, UpdateLosses, WorldModelTrainer};
+
+/// Longest horizon of the world-model and policy updates (TD-MPC2: 3).
+pub const MAX_UPDATE_HORIZON: usize = 64;
+/// Most sub-trajectories per update (TD-MPC2: 256).
+pub const MAX_BATCH: usize = 65536;
+
+/// `Err` unless `1 <= batch <= MAX_BATCH`.
+fn check_batch(batch: usize) -> crate::Result<()> {
+    if batch == 0 || batch > MAX_BATCH {
+        return Err(crate::Error::InvalidArgument(format!(
+            "batch of {batch} sub-trajectories outside 1..={MAX_BATCH}"
+        )));
+    }
+    Ok(())
+}

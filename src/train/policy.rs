@@ -184,17 +184,28 @@ impl PolicyUpdateConfig {
                 "the KL term reads a prior network: use PriorKind::Adaptive".into(),
             ));
         }
-        for (name, v) in [
-            ("rho", self.rho),
-            ("lr", self.lr),
-            ("adam_eps", self.adam_eps),
-            ("grad_clip_norm", self.grad_clip_norm),
-            ("scale_tau", self.scale_tau),
-            ("q_scale_init", self.q_scale_init),
+        if self.states > super::MAX_UPDATE_HORIZON + 1 {
+            return Err(Error::InvalidArgument(format!(
+                "policy update over {} latent states, at most {}",
+                self.states,
+                super::MAX_UPDATE_HORIZON + 1
+            )));
+        }
+        // (name, value, lowest, highest, lowest excluded)
+        for (name, v, lo, hi, open) in [
+            ("rho", self.rho, 0.0, 1.0, false),
+            ("lr", self.lr, 0.0, 1.0, false),
+            ("adam_eps", self.adam_eps, 0.0, 1.0, false),
+            ("grad_clip_norm", self.grad_clip_norm, 0.0, f32::MAX, false),
+            ("scale_tau", self.scale_tau, 0.0, 1.0, false),
+            // The Q term divides by the scale.
+            ("q_scale_init", self.q_scale_init, 0.0, 1e30, true),
         ] {
-            if !v.is_finite() || v < 0.0 {
+            let ok = v.is_finite() && v <= hi && if open { v > lo } else { v >= lo };
+            if !ok {
                 return Err(Error::InvalidArgument(format!(
-                    "policy update: {name} = {v}"
+                    "policy update: {name} = {v} outside {}{lo}, {hi:e}]",
+                    if open { "(" } else { "[" }
                 )));
             }
         }
@@ -272,9 +283,14 @@ impl<'g> PolicyTrainer<'g> {
         mut cfg: PolicyUpdateConfig,
         batch: usize,
     ) -> Result<Self> {
+        spec.validate()?;
         cfg.check(spec.action_dim)?;
-        if batch == 0 {
-            return Err(Error::InvalidArgument("batch of 0 sub-trajectories".into()));
+        super::check_batch(batch)?;
+        if spec.num_q < 2 {
+            return Err(Error::InvalidArgument(format!(
+                "the policy update averages 2 different Q heads; the model has {}",
+                spec.num_q
+            )));
         }
         let layout = ParamLayout::new(spec);
         let (a, bins) = (spec.action_dim, spec.num_bins);

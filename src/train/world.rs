@@ -106,23 +106,32 @@ impl UpdateConfig {
     }
 
     fn check(&self) -> Result<()> {
-        let finite = [
-            self.rho,
-            self.discount,
-            self.consistency_coef,
-            self.reward_coef,
-            self.value_coef,
-            self.lr,
-            self.enc_lr_scale,
-            self.grad_clip_norm,
-            self.tau,
-            self.lambda_q,
-        ];
-        if self.horizon == 0 || finite.iter().any(|v| !v.is_finite() || *v < 0.0) {
+        if self.horizon == 0 || self.horizon > super::MAX_UPDATE_HORIZON {
             return Err(Error::InvalidArgument(format!(
-                "update configuration needs horizon >= 1 and finite, non-negative \
-                 coefficients: {self:?}"
+                "update configuration: horizon {} outside 1..={}",
+                self.horizon,
+                super::MAX_UPDATE_HORIZON
             )));
+        }
+        // Rates and decays in [0, 1]; weights up to 1e6, so that a weight times a loss stays
+        // far from f32's overflow.
+        for (name, v, hi) in [
+            ("rho", self.rho, 1.0),
+            ("discount", self.discount, 1.0),
+            ("tau", self.tau, 1.0),
+            ("lr", self.lr, 1.0),
+            ("consistency_coef", self.consistency_coef, 1e6),
+            ("reward_coef", self.reward_coef, 1e6),
+            ("value_coef", self.value_coef, 1e6),
+            ("enc_lr_scale", self.enc_lr_scale, 1e6),
+            ("lambda_q", self.lambda_q, 1e6),
+            ("grad_clip_norm", self.grad_clip_norm, f32::MAX),
+        ] {
+            if !(v.is_finite() && (0.0..=hi).contains(&v)) {
+                return Err(Error::InvalidArgument(format!(
+                    "update configuration: {name} = {v} outside [0, {hi:e}]"
+                )));
+            }
         }
         Ok(())
     }
@@ -215,14 +224,19 @@ impl<'g> WorldModelTrainer<'g> {
     /// `weights.extra` when the checkpoint carries them) for batches of `batch`.
     pub fn new(gpu: &'g Gpu, weights: &Weights, cfg: UpdateConfig, batch: usize) -> Result<Self> {
         cfg.check()?;
+        weights.check()?;
         let spec = weights.spec.clone();
         if spec.episodic {
             return Err(Error::InvalidArgument(
                 "training episodic models (termination head) is not supported yet".into(),
             ));
         }
-        if batch == 0 {
-            return Err(Error::InvalidArgument("batch of 0 sub-trajectories".into()));
+        super::check_batch(batch)?;
+        if spec.num_q < 2 {
+            return Err(Error::InvalidArgument(format!(
+                "TD targets average 2 different Q heads; the model has {}",
+                spec.num_q
+            )));
         }
         let layout = ParamLayout::new(&spec);
         let flat = layout.flatten(weights)?;
