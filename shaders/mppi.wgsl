@@ -1,9 +1,7 @@
 // Classic MPPI (Williams et al. 2017, information-theoretic) over dynamics and costs that the
 // user writes in WGSL (pasted in place of `#import user`; see src/planner/custom.rs for the
 // contract). One thread rolls out one sample; one workgroup normalizes the weights; one
-// workgroup per time step updates the control sequence. With few samples (K <= MPPI_WG) the
-// whole step runs in one workgroup instead (`mppi_step`): at 128 samples the five launches'
-// gaps and drains cost more than their work. CPU mirror: src/reference/mppi.rs.
+// workgroup per time step updates the control sequence. CPU mirror: src/reference/mppi.rs.
 //
 // Layouts: K samples, horizon H, C = CONTROL_DIM. u [H, C] the control sequence; eps [H, K, C]
 // the effective perturbation of each sample after clamping (v - u); cost [K]; weights [K];
@@ -29,11 +27,6 @@ struct MppiParams {
     stream: u32,
     // Rows of `mppi_vis` to fill with sample trajectories (0: none).
     vis_rows: u32,
-    // mppi_step: 1 to shift the control sequence (warm start) first.
-    shift: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> mppi_x0: array<f32>;
@@ -59,9 +52,13 @@ fn param(i: u32) -> f32 {
 // The standard normals of every sample, step and control, in parallel: one thread per Philox
 // block of 4, so the rollout's serial chain over the horizon carries no random number
 // generation. Element e = (t * K + k) * C + j is normal e % 4 of block e / 4.
-// Normals of Philox block b into mppi_eps (the part of it inside the H * K * C elements).
-fn mppi_noise_block(b: u32) {
+@compute @workgroup_size(64)
+fn mppi_noise(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let b = gid.x + gid.y * nwg.x * 64u;
     let n = H * K * CONTROL_DIM;
+    if (b * 4u >= n) {
+        return;
+    }
     let seed = vec2<u32>(mppi_p.seed_lo, mppi_p.seed_hi);
     let z = normal4(philox(seed, mppi_p.stream, b));
     for (var i = 0u; i < 4u; i++) {
@@ -71,19 +68,14 @@ fn mppi_noise_block(b: u32) {
     }
 }
 
+// Reads the normals mppi_noise left in mppi_eps and overwrites each with the effective
+// perturbation (clamped v - u).
 @compute @workgroup_size(64)
-fn mppi_noise(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let b = gid.x + gid.y * nwg.x * 64u;
-    if (b * 4u >= H * K * CONTROL_DIM) {
+fn mppi_rollout(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let k = gid.x + gid.y * nwg.x * 64u;
+    if (k >= K) {
         return;
     }
-    mppi_noise_block(b);
-}
-
-// Sample k's rollout from the normals mppi_noise left in mppi_eps, each overwritten with the
-// effective perturbation (clamped v - u): (cost, 1 if all H steps ran). A diverged rollout's
-// cost is 3e38 (no weight).
-fn mppi_sample(k: u32) -> vec2<f32> {
     var x: State;
     for (var i = 0u; i < STATE_DIM; i++) {
         x[i] = mppi_x0[i];
@@ -94,43 +86,30 @@ fn mppi_sample(k: u32) -> vec2<f32> {
             mppi_vis[k * (H + 1u) * STATE_DIM + i] = x[i];
         }
     }
-    // Loop invariants in registers: the compiler cannot hoist storage loads past the stores
-    // to mppi_eps (bindings may alias).
-    var sigma: Control;
-    var lo: Control;
-    var hi: Control;
-    var w_u: Control;
-    for (var j = 0u; j < CONTROL_DIM; j++) {
-        sigma[j] = mppi_bounds[j];
-        lo[j] = mppi_bounds[CONTROL_DIM + j];
-        hi[j] = mppi_bounds[2u * CONTROL_DIM + j];
-        w_u[j] = GAMMA / (sigma[j] * sigma[j]);
-    }
     var s = 0.0;
-    // Next step's normals and controls are loaded a step ahead, so their latency hides behind
-    // this step's dynamics and cost.
+    // Next step's normals are loaded a step ahead, so their latency hides behind this step's
+    // dynamics and cost.
     var n_next: Control;
-    var u_next: Control;
     for (var j = 0u; j < CONTROL_DIM; j++) {
         n_next[j] = mppi_eps[k * CONTROL_DIM + j];
-        u_next[j] = mppi_u[j];
     }
     var steps = 0u;
     for (var t = 0u; t < H; t++) {
         let n = n_next;
-        let u = u_next;
         if (t + 1u < H) {
             for (var j = 0u; j < CONTROL_DIM; j++) {
                 n_next[j] = mppi_eps[((t + 1u) * K + k) * CONTROL_DIM + j];
-                u_next[j] = mppi_u[(t + 1u) * CONTROL_DIM + j];
             }
         }
         var v: Control;
         for (var j = 0u; j < CONTROL_DIM; j++) {
-            let vj = clamp(u[j] + sigma[j] * n[j], lo[j], hi[j]);
-            let e = vj - u[j];
-            mppi_eps[(t * K + k) * CONTROL_DIM + j] = e;
-            s += w_u[j] * u[j] * e;
+            let e_idx = (t * K + k) * CONTROL_DIM + j;
+            let sigma = mppi_bounds[j];
+            let uj = mppi_u[t * CONTROL_DIM + j];
+            let vj = clamp(uj + sigma * n[j], mppi_bounds[CONTROL_DIM + j], mppi_bounds[2u * CONTROL_DIM + j]);
+            let e = vj - uj;
+            mppi_eps[e_idx] = e;
+            s += GAMMA * uj * e / (sigma * sigma);
             v[j] = vj;
         }
         s += running_cost(x, v, t);
@@ -145,27 +124,14 @@ fn mppi_sample(k: u32) -> vec2<f32> {
     s += terminal_cost(x);
     // NaN and infinity by their bits: fast-math compilers may fold `s != s` away.
     let finite = (bitcast<u32>(s) & 0x7f800000u) != 0x7f800000u;
+    // A diverged rollout gets no weight.
     if (!finite || s > 3.0e38) {
         s = 3.0e38;
     }
-    if (steps != H) {
-        return vec2<f32>(s, 0.0);
-    }
-    return vec2<f32>(s, select(0.5, 1.0, finite));
-}
-
-@compute @workgroup_size(64)
-fn mppi_rollout(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let k = gid.x + gid.y * nwg.x * 64u;
-    if (k >= K) {
-        return;
-    }
-    let r = mppi_sample(k);
-    mppi_cost[k] = r.x;
-    // 1: ran all H steps with a finite cost; 0.5: all steps, cost not finite; 0: cut short.
-    if (r.y > 0.0) {
+    mppi_cost[k] = s;
+    if (steps == H) {
         atomicAdd(&mppi_status[0], 1u);
-        if (r.y == 1.0) {
+        if (finite) {
             atomicAdd(&mppi_status[1], 1u);
         }
     }
@@ -201,10 +167,6 @@ fn mppi_reduce(tid: u32, v: f32, is_min: bool) -> f32 {
 // w_k = exp(-(S_k - min S) / lambda) / eta.
 @compute @workgroup_size(MPPI_WG)
 fn mppi_normalize(@builtin(local_invocation_index) tid: u32) {
-    mppi_weigh(tid);
-}
-
-fn mppi_weigh(tid: u32) {
     var m = 3.0e38;
     for (var k = tid; k < K; k += MPPI_WG) {
         m = min(m, mppi_cost[k]);
@@ -260,10 +222,6 @@ fn mppi_update(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id)
 // chunk reads only at or after its own start plus CONTROL_DIM, past everything written so far.
 @compute @workgroup_size(MPPI_WG)
 fn mppi_shift(@builtin(local_invocation_index) tid: u32) {
-    mppi_shift_in(tid);
-}
-
-fn mppi_shift_in(tid: u32) {
     let n = H * CONTROL_DIM;
     for (var base = 0u; base < n; base += MPPI_WG) {
         let i = base + tid;
@@ -276,64 +234,5 @@ fn mppi_shift_in(tid: u32) {
             mppi_u[i] = v;
         }
         storageBarrier();
-    }
-}
-
-var<workgroup> mppi_counts: array<atomic<u32>, 2>;
-
-// The whole step in one workgroup (K <= MPPI_WG): the warm-start shift (mppi_p.shift), the
-// normals, the rollouts, the weights and the update, the same arithmetic as the five launches
-// above, with storage barriers between the phases instead of launch boundaries.
-@compute @workgroup_size(MPPI_WG)
-fn mppi_step(@builtin(local_invocation_index) tid: u32) {
-    if (tid < 2u) {
-        atomicStore(&mppi_counts[tid], 0u);
-    }
-    workgroupBarrier();
-    if (mppi_p.shift != 0u) {
-        mppi_shift_in(tid);
-    }
-    let blocks = (H * K * CONTROL_DIM + 3u) / 4u;
-    for (var b = tid; b < blocks; b += MPPI_WG) {
-        mppi_noise_block(b);
-    }
-    storageBarrier();
-    for (var k = tid; k < K; k += MPPI_WG) {
-        let r = mppi_sample(k);
-        mppi_cost[k] = r.x;
-        if (r.y > 0.0) {
-            atomicAdd(&mppi_counts[0], 1u);
-            if (r.y == 1.0) {
-                atomicAdd(&mppi_counts[1], 1u);
-            }
-        }
-    }
-    storageBarrier();
-    workgroupBarrier();
-    mppi_weigh(tid);
-    let finished = atomicLoad(&mppi_counts[0]);
-    let finite = atomicLoad(&mppi_counts[1]);
-    if (tid == 0u) {
-        atomicStore(&mppi_status[0], finished);
-        atomicStore(&mppi_status[1], finite);
-        mppi_ok = select(0u, 1u, finished == K && finite > 0u);
-    }
-    if (workgroupUniformLoad(&mppi_ok) == 0u) {
-        return;
-    }
-    storageBarrier();
-    // u[t, j] += sum_k w_k eps[t, k, j]: a thread per (t, j), summing in k order.
-    for (var i = tid; i < H * CONTROL_DIM; i += MPPI_WG) {
-        let t = i / CONTROL_DIM;
-        let j = i % CONTROL_DIM;
-        var acc = 0.0;
-        for (var k = 0u; k < K; k++) {
-            acc += mppi_weights[k] * mppi_eps[(t * K + k) * CONTROL_DIM + j];
-        }
-        let nu = mppi_u[i] + acc;
-        mppi_u[i] = nu;
-        if (t == 0u) {
-            mppi_out[j] = nu;
-        }
     }
 }

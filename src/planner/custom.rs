@@ -242,24 +242,6 @@ const UPDATE: &[(u32, Binding)] = &[
 ];
 const SHIFT: &[(u32, Binding)] = &[(1, Binding::ReadWrite), (8, Binding::Uniform)];
 const NOISE: &[(u32, Binding)] = &[(2, Binding::ReadWrite), (8, Binding::Uniform)];
-const STEP: &[(u32, Binding)] = &[
-    (0, Binding::Read),
-    (1, Binding::ReadWrite),
-    (2, Binding::ReadWrite),
-    (3, Binding::ReadWrite),
-    (4, Binding::Read),
-    (5, Binding::ReadWrite),
-    (6, Binding::ReadWrite),
-    (7, Binding::Read),
-    (8, Binding::Uniform),
-    (9, Binding::ReadWrite),
-    (10, Binding::ReadWrite),
-];
-
-/// Samples up to which a step runs in one workgroup and one launch (`mppi_step`; the
-/// shader's MPPI_WG), above which it is five launches (noise, rollouts, weights, update,
-/// shift) that spread the samples over the device.
-pub const ONE_LAUNCH_MAX_SAMPLES: usize = 256;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -268,8 +250,6 @@ struct Params {
     seed_hi: u32,
     stream: u32,
     vis_rows: u32,
-    shift: u32,
-    _pad: [u32; 3],
 }
 
 /// The prelude pasted before the user's code when it is checked on its own.
@@ -337,7 +317,7 @@ pub struct Mppi<'g> {
     gpu: &'g Gpu,
     problem: Problem,
     cfg: MppiConfig,
-    pipes: [Arc<Pipeline>; 6],
+    pipes: [Arc<Pipeline>; 5],
     x0: GpuBuffer<f32>,
     u: GpuBuffer<f32>,
     eps: GpuBuffer<f32>,
@@ -435,7 +415,6 @@ impl<'g> Mppi<'g> {
             mk("mppi_update", UPDATE)?,
             mk("mppi_shift", SHIFT)?,
             mk("mppi_noise", NOISE)?,
-            mk("mppi_step", STEP)?,
         ];
         let f = |label: &str, n: usize| GpuBuffer::<f32>::new(gpu, label, n);
         let mut bounds = cfg.sigma.clone();
@@ -613,36 +592,12 @@ impl<'g> Mppi<'g> {
             seed_hi: (self.cfg.seed >> 32) as u32,
             stream: self.call,
             vis_rows: self.vis_rows as u32,
-            shift: (!self.fresh) as u32,
-            _pad: [0; 3],
         };
         let mut rec = Recorder::new(self.gpu).with_cache(&self.binds);
         if self.timestamps {
             rec = rec.with_timestamps();
         }
-        let one_launch = self.cfg.samples <= ONE_LAUNCH_MAX_SAMPLES;
-        if one_launch {
-            // Zero first: a launch the driver stops leaves no counts behind.
-            rec.clear(&self.status);
-            rec.dispatch(
-                &self.pipes[5],
-                &[
-                    &self.x0.buffer,
-                    &self.u.buffer,
-                    &self.eps.buffer,
-                    &self.cost.buffer,
-                    &self.bounds.buffer,
-                    &self.weights.buffer,
-                    &self.out.buffer,
-                    &self.params.buffer,
-                    &self.vis.buffer,
-                    &self.status.buffer,
-                ],
-                Some(&params),
-                [1, 1, 1],
-            )?;
-        }
-        if !self.fresh && !one_launch {
+        if !self.fresh {
             rec.dispatch(&self.pipes[3], &[&self.u.buffer], Some(&params), [1, 1, 1])?;
         }
         let max = self.gpu.limits().max_compute_workgroups_per_dimension as usize;
@@ -654,42 +609,12 @@ impl<'g> Mppi<'g> {
                 [max as u32, groups.div_ceil(max) as u32, 1]
             }
         };
-        if !one_launch {
-            self.record_launches(&mut rec, &params, &grid)?;
-        }
-        let h = rec.read(&self.out);
-        let hs = rec.read(&self.status);
-        // The shift above ran even if this step fails: the next one must not shift again.
-        self.fresh = true;
-        let done = rec.finish()?;
-        self.last_gpu_seconds = done.timing.gpu_seconds;
-        let out = done.get(&h)?;
-        let status = done.get(&hs)?;
-        self.call = self.call.wrapping_add(1);
-        self.check_status(x0, &status)?;
-        self.fresh = false;
-        Ok(MppiStep {
-            control: out[..c].to_vec(),
-            min_cost: out[c],
-            eta: out[c + 1],
-            finite_samples: status[1] as usize,
-        })
-    }
-
-    // The step as five launches (after the shift): noise, rollouts, weights, update.
-    fn record_launches(
-        &self,
-        rec: &mut Recorder,
-        params: &Params,
-        grid: &dyn Fn(usize) -> [u32; 3],
-    ) -> Result<()> {
-        let c = self.problem.control_dim;
         rec.clear(&self.status);
         let blocks = (self.cfg.horizon * self.cfg.samples * c).div_ceil(4);
         rec.dispatch(
             &self.pipes[4],
             &[&self.eps.buffer],
-            Some(params),
+            Some(&params),
             grid(blocks),
         )?;
         rec.dispatch(
@@ -704,13 +629,13 @@ impl<'g> Mppi<'g> {
                 &self.vis.buffer,
                 &self.status.buffer,
             ],
-            Some(params),
+            Some(&params),
             grid(self.cfg.samples),
         )?;
         rec.dispatch(
             &self.pipes[1],
             &[&self.cost.buffer, &self.weights.buffer, &self.out.buffer],
-            Some(params),
+            Some(&params),
             [1, 1, 1],
         )?;
         rec.dispatch(
@@ -722,14 +647,18 @@ impl<'g> Mppi<'g> {
                 &self.out.buffer,
                 &self.status.buffer,
             ],
-            Some(params),
+            Some(&params),
             [self.cfg.horizon as u32, 1, 1],
-        )
-    }
-
-    // The read-back rollout counts: every sample must have run its whole horizon and at
-    // least one cost must be finite.
-    fn check_status(&self, x0: &[f32], status: &[u32]) -> Result<()> {
+        )?;
+        let h = rec.read(&self.out);
+        let hs = rec.read(&self.status);
+        // The shift above ran even if this step fails: the next one must not shift again.
+        self.fresh = true;
+        let done = rec.finish()?;
+        self.last_gpu_seconds = done.timing.gpu_seconds;
+        let out = done.get(&h)?;
+        let status = done.get(&hs)?;
+        self.call = self.call.wrapping_add(1);
         let k = self.cfg.samples;
         let (finished, finite) = (status[0] as usize, status[1] as usize);
         if finished != k {
@@ -753,6 +682,12 @@ impl<'g> Mppi<'g> {
                 self.problem.name
             )));
         }
-        Ok(())
+        self.fresh = false;
+        Ok(MppiStep {
+            control: out[..c].to_vec(),
+            min_cost: out[c],
+            eta: out[c + 1],
+            finite_samples: finite,
+        })
     }
 }
