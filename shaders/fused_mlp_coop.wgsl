@@ -1,11 +1,13 @@
 // Whole networks per workgroup on tensor cores: see common/fused_mlp.wgsl. RB = 16 rows (one
 // fragment row) per workgroup, NSG subgroups; subgroup sg owns output fragments J * NSG + sg
-// (FN of them, as many as the layer's padded width needs), multiplies the rows' f16 inputs
-// (workgroup memory, row-major) by 16x16 weight fragments loaded straight from `mats` (each
-// weight row K-contiguous, so a fragment is a column-major B), and hands its f32 sums to the
-// epilogue through `rs` in PH phases of FPP fragments, so that `rs` holds CW = FPP * NSG * 16
-// columns instead of the whole row. Inputs are rounded to f16 (ROUND_IN) as the layer-by-layer
-// tensor-core path rounds them. CPU mirror: src/reference/fused_mlp.rs.
+// (FN of them, as many as the layer's padded width needs) and multiplies the rows' f16 inputs
+// (workgroup memory, row-major) by the layer's weights, staged 16 K at a time in `bs`
+// ([column][16], so a fragment is a contiguous column-major B): every thread fetches its
+// 16-byte chunks of the next slice into registers while the subgroups multiply the current
+// one. (Fragments loaded straight from `mats` ran a step about 1.35 us per 16 K on the H200,
+// ten times this.) The f32 sums reach the epilogue through `rs` one fragment per subgroup at a
+// time (PH = FN phases of CW = NSG * 16 columns). Inputs are rounded to f16 (ROUND_IN) as the
+// layer-by-layer tensor-core path rounds them. CPU mirror: src/reference/fused_mlp.rs.
 
 enable f16;
 enable wgpu_cooperative_matrix;
@@ -17,8 +19,37 @@ enable wgpu_cooperative_matrix;
 
 alias XS = f16;
 
+// The weights as 16-byte chunks of 8 f16 (the same buffer as `mats`).
+@group(0) @binding(9) var<storage, read> mats4: array<vec4<u32>>;
+
+// Header: FN fragments per subgroup, BCH chunks per thread per slice (FN * NSG * 16 columns of
+// two chunks over WG threads).
+const BCOLS: u32 = FN * NSG * 16u;
 var<workgroup> xs: array<f16, RB * XLD>;
 var<workgroup> rs: array<f32, RB * RLD>;
+var<workgroup> bs: array<f16, BCOLS * 16u>;
+
+// Chunk c of the slice at k0: column c / 2 (clamped to the padded width), K k0 + 8 (c % 2).
+fn b_chunk(w0: u32, kz: u32, npad: u32, c: u32, k0: u32) -> vec4<u32> {
+    let n = min(c / 2u, npad - 1u);
+    return mats4[(w0 + n * kz + k0 + (c % 2u) * 8u) / 8u];
+}
+
+fn put_b(c: u32, v: vec4<u32>) {
+    let at = c * 8u;
+    let a = vec2<f16>(unpack2x16float(v.x));
+    let b = vec2<f16>(unpack2x16float(v.y));
+    let d = vec2<f16>(unpack2x16float(v.z));
+    let e = vec2<f16>(unpack2x16float(v.w));
+    bs[at] = a.x;
+    bs[at + 1u] = a.y;
+    bs[at + 2u] = b.x;
+    bs[at + 3u] = b.y;
+    bs[at + 4u] = d.x;
+    bs[at + 5u] = d.y;
+    bs[at + 6u] = e.x;
+    bs[at + 7u] = e.y;
+}
 // Values every invocation must agree on (loop bounds and branches around cooperative
 // operations), passed through workgroupUniformLoad so the uniformity analysis sees them so.
 var<workgroup> uni: vec4<u32>;
@@ -42,13 +73,28 @@ fn layer_products(li: u32, member: u32, tid: u32, sg: u32, vals: ptr<function, a
 #for J in 0..FN
     var acc_{J}: coop_mat16x16<f32, C>;
     // Subgroups past the padded width repeat the last fragment; their sums are not read.
-    let wc_{J} = w0 + min(({J}u * NSG + sg) * 16u, npad - 16u) * kz;
+    let bc_{J} = min(({J}u * NSG + sg) * 16u, npad - 16u) * 16u;
+#endfor
+#for R in 0..BCH
+    var rb_{R} = b_chunk(w0, kz, npad, tid + {R}u * WG, 0u);
 #endfor
     for (var k = 0u; k < kz; k += 16u) {
+        // The previous slice's products are done before its fragments are overwritten.
+        workgroupBarrier();
+#for R in 0..BCH
+        put_b(tid + {R}u * WG, rb_{R});
+#endfor
+        workgroupBarrier();
+        // The next slice's loads are in flight while this one is multiplied (the last slice
+        // fetches itself again, unused).
+        let kn = min(k + 16u, kz - 16u);
+#for R in 0..BCH
+        rb_{R} = b_chunk(w0, kz, npad, tid + {R}u * WG, kn);
+#endfor
         let a = coopLoadT<coop_mat16x16<f16, A>>(&xs[k], XLD);
 #for J in 0..FN
         if ({J}u < nf) {
-            let b = coopLoad<coop_mat16x16<f16, B>>(&mats[wc_{J} + k], kz);
+            let b = coopLoad<coop_mat16x16<f16, B>>(&bs[bc_{J}], 16u);
             acc_{J} = coopMultiplyAdd(a, b, acc_{J});
         }
 #endfor

@@ -450,14 +450,14 @@ fn fused_networks_every_shape_and_pack() {
         f16_h: f16,
         round_in: false,
     };
-    let coop = |sg: u32, frags: u32, ph: u32| FusedShape {
+    let coop = |sg: u32, frags: u32, _ph: u32| FusedShape {
         coop: true,
         sg,
         nsg: 8,
         rb: 16,
         wg: 8 * sg,
-        cw: frags / ph * 8 * 16,
-        ph,
+        cw: 8 * 16,
+        ph: frags,
         frags,
         f16_w: true,
         f16_h: false,

@@ -96,8 +96,10 @@ impl FusedShape {
             let wg = nsg * sg;
             let rb = 16;
             let frags = (wpad as u32).div_ceil(16 * nsg);
-            let ph = if frags.is_multiple_of(2) { 2 } else { 1 };
-            let cw = frags / ph * nsg * 16;
+            // One fragment per subgroup per phase: rs holds NSG * 16 columns, leaving room
+            // for the staged weight slice.
+            let ph = frags;
+            let cw = nsg * 16;
             FusedShape {
                 coop: true,
                 sg,
@@ -147,7 +149,8 @@ impl FusedShape {
                 shape.wg
             )));
         }
-        if shape.cw % (8 * shape.tpr()) != 0 || shape.wg % shape.rb != 0 {
+        let chunks_fit = !shape.coop || (shape.frags * shape.nsg * 32).is_multiple_of(shape.wg);
+        if shape.cw % (8 * shape.tpr()) != 0 || shape.wg % shape.rb != 0 || !chunks_fit {
             return Err(Error::Unsupported(format!(
                 "fused networks: no epilogue layout for {} threads of {} rows and {} columns",
                 shape.wg, shape.rb, shape.cw
@@ -187,19 +190,34 @@ impl FusedShape {
     /// Bytes of workgroup memory a workgroup uses.
     pub fn shared_bytes(&self) -> usize {
         let xs = self.rb * self.xld() * if self.coop { 2 } else { 4 };
-        (xs + self.rb * self.rld() * 4 + self.wg * 4) as usize
+        // The tensor cores' staged weight slice: 16 K of every column, f16.
+        let bs = if self.coop {
+            self.frags * self.nsg * 16 * 16 * 2
+        } else {
+            0
+        };
+        (xs + bs + self.rb * self.rld() * 4 + self.wg * 4) as usize
+    }
+
+    /// 16-byte weight chunks each thread fetches per staged slice (tensor cores).
+    fn chunks(&self) -> u32 {
+        (self.frags * self.nsg * 16 * 2).div_ceil(self.wg)
     }
 
     /// The kernel's entry point and bindings.
     pub fn spec(&self) -> KernelSpec {
-        KernelSpec {
-            shader: if self.coop {
-                "fused_mlp_coop"
-            } else {
-                "fused_mlp"
-            },
-            entry: "run",
-            bindings: &BINDINGS,
+        if self.coop {
+            KernelSpec {
+                shader: "fused_mlp_coop",
+                entry: "run",
+                bindings: &COOP_BINDINGS,
+            }
+        } else {
+            KernelSpec {
+                shader: "fused_mlp",
+                entry: "run",
+                bindings: &BINDINGS,
+            }
         }
     }
 
@@ -225,6 +243,7 @@ impl FusedShape {
                 ("NSG", self.nsg),
                 ("FN", self.frags),
                 ("FPP", self.frags / self.ph),
+                ("BCH", self.chunks()),
             ]);
         }
         Header(h)
@@ -248,6 +267,20 @@ const BINDINGS: [(u32, Binding); 9] = [
     (6, Binding::ReadWrite),
     (7, Binding::ReadWrite),
     (8, Binding::Uniform),
+];
+
+// The tensor-core kernel also reads the weights as 16-byte chunks (binding 9, same buffer).
+const COOP_BINDINGS: [(u32, Binding); 10] = [
+    (0, Binding::Read),
+    (1, Binding::Read),
+    (2, Binding::Read),
+    (3, Binding::Read),
+    (4, Binding::Read),
+    (5, Binding::Read),
+    (6, Binding::ReadWrite),
+    (7, Binding::ReadWrite),
+    (8, Binding::Uniform),
+    (9, Binding::Read),
 ];
 
 /// How a network's last layer is written.
@@ -339,19 +372,18 @@ pub fn record(
         )));
     }
     let pipe = gpu.pipeline(&shape.spec(), &shape.header(), overrides)?;
-    rec.dispatch(
-        &pipe,
-        &[
-            b.desc,
-            b.mats,
-            b.vecs,
-            &b.z.buffer,
-            &b.a.buffer,
-            &b.heads.buffer,
-            &b.out0.buffer,
-            &b.out1.buffer,
-        ],
-        Some(params),
-        [blocks as u32, nets as u32, 1],
-    )
+    let mut buffers = vec![
+        b.desc,
+        b.mats,
+        b.vecs,
+        &b.z.buffer,
+        &b.a.buffer,
+        &b.heads.buffer,
+        &b.out0.buffer,
+        &b.out1.buffer,
+    ];
+    if shape.coop {
+        buffers.push(b.mats);
+    }
+    rec.dispatch(&pipe, &buffers, Some(params), [blocks as u32, nets as u32, 1])
 }
