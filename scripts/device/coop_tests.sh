@@ -3,8 +3,7 @@
 # run: lavapipe and GL have no cooperative matrices, so there those tests only check that
 # tensor cores are refused and the f32 fallback runs. Run this whenever shaders/gemm_coop.wgsl,
 # shaders/linear_coop.wgsl, shaders/common/coop_gemm.wgsl, shaders/common/linear_io.wgsl,
-# shaders/cast.wgsl, shaders/fused_mlp_coop.wgsl, shaders/common/fused_mlp.wgsl or their Rust
-# sides (src/kernels/{gemm_coop,linear,cast,fused_mlp}.rs, src/model/fused.rs) change.
+# shaders/cast.wgsl or their Rust sides (src/kernels/{gemm_coop,linear,cast}.rs) change.
 #
 # Every test runs with checked and with trusted shader modules (tests/common::gpus() opens the
 # adapter both ways) and canary guards after every buffer. gemm_coop and precision must report
@@ -16,7 +15,7 @@
 #
 # Prepare here, from the repository root (test binaries are named by hash; strip and gzip keep
 # them under the 64 MiB that a call carries; gemm_coop and precision alone also fit unzipped):
-#   T="gemm_coop precision fused_mlp cast planner planner_fixture planner_extremes submits trainer"
+#   T="gemm_coop precision cast planner planner_fixture planner_extremes submits trainer"
 #   rm -rf /tmp/coop && mkdir -p /tmp/coop
 #   for t in $T; do
 #     b=$(cargo test --release --no-run --test $t 2>&1 | sed -n "s|.*Executable tests/$t.rs (\(.*\))|\1|p")
@@ -51,7 +50,7 @@ say "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1)"
 unset POMPC_PRECISION POMPC_SHADER_DIR
 
 fail=0
-for t in gemm_coop precision fused_mlp cast planner planner_fixture planner_extremes submits trainer; do
+for t in gemm_coop precision cast planner planner_fixture planner_extremes submits trainer; do
   [ -x "$bin/$t" ] || { say "== $t: not prepared, skipped"; continue; }
   say "== $t"
   # --nocapture: the tests print which path (tensor cores or fallback) they ran.
@@ -70,10 +69,6 @@ for mode in Checked Trusted; do
       fail=1
     fi
   done
-  if [ -x "$bin/fused_mlp" ] && ! grep -q "fused networks: TensorCore FusedShape { coop: true.*shaders=$mode" "$log"; then
-    say "MISSING: the fused networks did not run on tensor cores with $mode shaders"
-    fail=1
-  fi
 done
 [ -x "$bin/gemm_coop" ] && [ -x "$bin/precision" ] || { say "gemm_coop and precision must be prepared"; fail=1; }
 say "coop_tests: $([ $fail = 0 ] && echo PASSED || echo FAILED)"

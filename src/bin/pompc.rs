@@ -42,9 +42,6 @@ usage:
                                   supported), same weights, observations and seeds; print the
                                   max/mean |difference| of the planned mean, value and action
       --calls N                   consecutive plan calls compared (default 3)
-      --fused-rows R1,R2,...      whole networks per dispatch up to R rollout rows (samples
-                                  x environments; default 8192, 0: layer by layer), each
-                                  value timed in turn
       --profile                   instead of timing: every dispatch timed on its own, summed
                                   per kernel and launch shape over min(runs, 10) steps
                                   (timestamp queries)
@@ -548,7 +545,6 @@ fn bench_plan(args: &[String]) -> Result<(), String> {
     let (mut batches, mut acts, mut obs) = (vec![1, 16, 256], vec![6, 38], 24usize);
     let (mut runs, mut warmup, mut json) = (30usize, 5usize, false);
     let (mut precisions, mut compare, mut calls, mut profile) = (None, false, 3usize, false);
-    let mut fused = vec![pompc::planner::FUSED_MAX_ROWS];
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -557,7 +553,6 @@ fn bench_plan(args: &[String]) -> Result<(), String> {
             "--profile" => profile = true,
             "--calls" => calls = parse(it.next(), "--calls")?,
             "--batch" => batches = list(it.next(), "--batch")?,
-            "--fused-rows" => fused = list(it.next(), "--fused-rows")?,
             "--act" => acts = list(it.next(), "--act")?,
             "--obs" => obs = parse(it.next(), "--obs")?,
             "--runs" => runs = parse(it.next(), "--runs")?,
@@ -580,11 +575,10 @@ fn bench_plan(args: &[String]) -> Result<(), String> {
             "TD-MPC2 5M preset, obs {obs}; planner: TD-MPC2 defaults (512 samples, 64 elites, 24 policy trajectories, horizon 3)"
         );
         println!(
-            "{:>4} {:>5} {:>5} {:>6} {:>11} {:>11} {:>11} {:>13} {:>9} {:>9} {:>10}",
+            "{:>4} {:>5} {:>5} {:>11} {:>11} {:>11} {:>13} {:>9} {:>9} {:>10}",
             "A",
             "prec",
             "B",
-            "fused",
             "wall ms",
             "p90 ms",
             "GPU ms",
@@ -596,24 +590,17 @@ fn bench_plan(args: &[String]) -> Result<(), String> {
     }
     for &a in &acts {
         let spec = pompc::model::ModelSpec::tdmpc2(5, obs, a).map_err(|e| e.to_string())?;
-        let cases: Vec<(usize, Precision, usize)> = batches
+        for (&b, &precision) in batches
             .iter()
-            .flat_map(|&b| {
-                precisions
-                    .iter()
-                    .flat_map(|&p| fused.iter().map(move |&f| (b, p, f)))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        for (b, precision, fr) in cases {
-            let r = bench::bench_plan_with(&gpu, &spec, b, runs, warmup, precision, fr)
+            .flat_map(|b| precisions.iter().map(move |p| (b, p)))
+        {
+            let r = bench::bench_plan_at(&gpu, &spec, b, runs, warmup, precision)
                 .map_err(|e| e.to_string())?;
-            let on = fr >= b * pompc::planner::PlannerConfig::tdmpc2(a).num_samples;
             let gpu_ms = r.gpu.as_ref().map(|g| g.median * 1e3);
             let tflops = r.flops / r.wall.median * 1e-12;
             if json {
                 println!(
-                    "{{\"action_dim\":{a},\"batch\":{b},\"fused\":{on},\"precision\":\"{}\",\"wall_median_s\":{:e},\"wall_p90_s\":{:e},\
+                    "{{\"action_dim\":{a},\"batch\":{b},\"precision\":\"{}\",\"wall_median_s\":{:e},\"wall_p90_s\":{:e},\
                      \"gpu_median_s\":{},\"env_plans_per_s\":{:.1},\"gflop\":{:.2},\"tflops\":{:.3},\
                      \"dispatches\":{},\"backend\":\"{:?}\",\"adapter\":\"{}\"}}",
                     precision.name(),
@@ -631,11 +618,10 @@ fn bench_plan(args: &[String]) -> Result<(), String> {
                 );
             } else {
                 println!(
-                    "{:>4} {:>5} {:>5} {:>6} {:>11.3} {:>11.3} {:>11} {:>13.1} {:>9.2} {:>9.2} {:>10}",
+                    "{:>4} {:>5} {:>5} {:>11.3} {:>11.3} {:>11} {:>13.1} {:>9.2} {:>9.2} {:>10}",
                     a,
                     precision.name(),
                     b,
-                    if on { "yes" } else { "no" },
                     r.wall.median * 1e3,
                     r.wall.p90 * 1e3,
                     gpu_ms.map_or("-".into(), |g| format!("{g:.3}")),

@@ -53,10 +53,6 @@ shader_files!(
     "linear_coop",
     "cast",
     "common/bins",
-    "common/fused_mlp",
-    "fused_mlp",
-    "fused_mlp_coop",
-    "pack",
 );
 
 /// Look up an embedded file by name.

@@ -2,14 +2,12 @@
 //! [`crate::Recorder`].
 
 pub mod cast;
-pub mod fused_mlp;
 pub mod gemm;
 pub mod gemm_coop;
 pub mod linear;
 pub mod loss;
 pub mod norm_act;
 pub mod optim;
-pub mod pack;
 pub mod policy;
 pub mod policy_loss;
 pub mod rng_fill;

@@ -6,7 +6,6 @@
 //! [`Precision::TensorCore`] the large layers' products run on tensor cores. Every sum,
 //! LayerNorm and activation is f32.
 
-use super::fused::FusedModel;
 use super::spec::{LayerSpec, ModelSpec, Net};
 use super::weights::Weights;
 use crate::gpu::{Gpu, GpuBuffer, Precision, Recorder};
@@ -383,9 +382,6 @@ pub struct WorldModel {
     pub q: Mlp,
     /// Termination: latent -> logit, for episodic models.
     pub termination: Option<Mlp>,
-    /// The same networks packed for the fused kernels (a network per dispatch), where the
-    /// device's workgroup memory holds their rows; the planner uses them for small batches.
-    pub fused: Option<FusedModel>,
 }
 
 impl WorldModel {
@@ -404,14 +400,7 @@ impl WorldModel {
         weights.spec.validate()?;
         gpu.supports(precision)?;
         let net = |n| Mlp::new(gpu, weights, n, precision);
-        let fused = match FusedModel::new(gpu, weights, precision) {
-            Ok(f) => Some(f),
-            // Wider than the device's workgroup memory holds: layer by layer only.
-            Err(Error::Unsupported(_)) => None,
-            Err(e) => return Err(e),
-        };
         Ok(WorldModel {
-            fused,
             spec: weights.spec.clone(),
             encoder: net(Net::Encoder)?,
             dynamics: net(Net::Dynamics)?,
@@ -467,9 +456,6 @@ impl WorldModel {
                     copy(rec, format!("{p}.ln.bias"), b)?;
                 }
             }
-        }
-        if let Some(f) = &self.fused {
-            f.record_copy_from(rec, flat, &offset)?;
         }
         Ok(())
     }

@@ -231,6 +231,7 @@ const NORMALIZE: &[(u32, Binding)] = &[
     (5, Binding::ReadWrite),
     (6, Binding::ReadWrite),
     (8, Binding::Uniform),
+    (10, Binding::ReadWrite),
 ];
 const UPDATE: &[(u32, Binding)] = &[
     (1, Binding::ReadWrite),
@@ -238,7 +239,6 @@ const UPDATE: &[(u32, Binding)] = &[
     (5, Binding::ReadWrite),
     (6, Binding::ReadWrite),
     (8, Binding::Uniform),
-    (10, Binding::ReadWrite),
 ];
 const SHIFT: &[(u32, Binding)] = &[(1, Binding::ReadWrite), (8, Binding::Uniform)];
 const NOISE: &[(u32, Binding)] = &[(2, Binding::ReadWrite), (8, Binding::Uniform)];
@@ -427,10 +427,10 @@ impl<'g> Mppi<'g> {
             cost: f("mppi costs", k)?,
             bounds: GpuBuffer::from_slice(gpu, "mppi bounds", &bounds)?,
             weights: f("mppi weights", k)?,
-            out: f("mppi result", c + 2)?,
+            out: f("mppi result", c + 4)?,
             params: f("mppi user params", problem.param_len.max(1))?,
             vis: f("mppi rollouts", (h + 1) * s)?,
-            status: GpuBuffer::new(gpu, "mppi rollout status", 2)?,
+            status: GpuBuffer::new(gpu, "mppi rollout status", k)?,
             vis_rows: 0,
             gpu,
             problem,
@@ -609,7 +609,6 @@ impl<'g> Mppi<'g> {
                 [max as u32, groups.div_ceil(max) as u32, 1]
             }
         };
-        rec.clear(&self.status);
         let blocks = (self.cfg.horizon * self.cfg.samples * c).div_ceil(4);
         rec.dispatch(
             &self.pipes[4],
@@ -634,7 +633,12 @@ impl<'g> Mppi<'g> {
         )?;
         rec.dispatch(
             &self.pipes[1],
-            &[&self.cost.buffer, &self.weights.buffer, &self.out.buffer],
+            &[
+                &self.cost.buffer,
+                &self.weights.buffer,
+                &self.out.buffer,
+                &self.status.buffer,
+            ],
             Some(&params),
             [1, 1, 1],
         )?;
@@ -645,22 +649,20 @@ impl<'g> Mppi<'g> {
                 &self.eps.buffer,
                 &self.weights.buffer,
                 &self.out.buffer,
-                &self.status.buffer,
             ],
             Some(&params),
             [self.cfg.horizon as u32, 1, 1],
         )?;
+        // The rollouts' counts come back with the control (out[c + 2], out[c + 3]).
         let h = rec.read(&self.out);
-        let hs = rec.read(&self.status);
         // The shift above ran even if this step fails: the next one must not shift again.
         self.fresh = true;
         let done = rec.finish()?;
         self.last_gpu_seconds = done.timing.gpu_seconds;
         let out = done.get(&h)?;
-        let status = done.get(&hs)?;
         self.call = self.call.wrapping_add(1);
         let k = self.cfg.samples;
-        let (finished, finite) = (status[0] as usize, status[1] as usize);
+        let (finished, finite) = (out[c + 2] as usize, out[c + 3] as usize);
         if finished != k {
             return Err(Error::Internal {
                 context: format!("MPPI rollouts of problem {:?}", self.problem.name),

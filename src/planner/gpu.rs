@@ -9,7 +9,7 @@ use crate::gpu::{
 use crate::kernels::policy::{self, PolicyBuffers, PolicyConfig, PolicyOffsets};
 use crate::kernels::rng_fill::{self, Distribution};
 use crate::kernels::two_hot::{self, RowLayout, TwoHotConfig};
-use crate::model::{FusedNet, FusedOut, Member, Net, NetInput, PolicyOut, Workspace, WorldModel};
+use crate::model::{NetInput, Workspace, WorldModel};
 use crate::{Error, Result};
 
 /// The result of one [`Planner::plan`] call, per environment.
@@ -232,8 +232,6 @@ pub struct Planner<'m> {
     // `Planner::with_prepared_steps`).
     prepare: bool,
     next: Option<Prepared<'m>>,
-    // Whole networks per dispatch (the model's `fused` networks) up to this many rows.
-    fused_rows: usize,
 }
 
 /// How long the last [`Planner::plan`] call took.
@@ -284,20 +282,7 @@ impl<'m> Planner<'m> {
             binds: BindCache::new(),
             prepare: true,
             next: None,
-            fused_rows: FUSED_MAX_ROWS,
         })
-    }
-
-    /// Run each network as one dispatch (the model's [`crate::model::FusedModel`]) when a
-    /// plan step's rollouts have at most `rows` rows (samples times environments), layer by
-    /// layer above. The default ([`FUSED_MAX_ROWS`]) was measured on an H100 (BENCHMARKS.md);
-    /// 0 turns the fused networks off. Plans agree either way within the precision's
-    /// rounding. Models whose rows do not fit the device's workgroup memory always run layer
-    /// by layer.
-    pub fn with_fused_rows(mut self, rows: usize) -> Self {
-        self.fused_rows = rows;
-        self.next = None;
-        self
     }
 
     /// Dispatches in a plan step for `batch` environments, counted by recording one without
@@ -309,11 +294,6 @@ impl<'m> Planner<'m> {
         self.ensure_state(batch)?;
         self.next = None;
         Ok(self.record_step(self.call)?.cost.dispatches)
-    }
-
-    /// Whether a step for `batch` environments runs fused networks.
-    pub fn uses_fused(&self, batch: usize) -> bool {
-        self.model.fused.is_some() && self.cfg.num_samples * batch <= self.fused_rows
     }
 
     /// Measure GPU time with timestamp queries in every call (see [`Planner::last_timing`]).
@@ -607,20 +587,8 @@ impl<'m> Planner<'m> {
             rec = rec.with_profile();
         }
 
-        // Whole networks per dispatch where the rows are few (see `with_fused_rows`).
-        let fused = self.model.fused.as_ref().filter(|_| self.uses_fused(b));
-        match fused {
-            Some(f) => f.record(
-                &mut rec,
-                b,
-                NetInput::new(&st.obs, None),
-                &[fnet(Net::Encoder, FusedOut::raw(&st.z0, 0, l))],
-            )?,
-            None => {
-                m.encoder
-                    .record(&mut rec, b, NetInput::new(&st.obs, None), None, ws, &st.z0)?
-            }
-        }
+        m.encoder
+            .record(&mut rec, b, NetInput::new(&st.obs, None), None, ws, &st.z0)?;
         rec.dispatch(
             &pipe(&INIT)?,
             &[
@@ -640,9 +608,8 @@ impl<'m> Planner<'m> {
                 groups(rows * b * l / 4),
             )
         };
-        // Sampled policy actions for `rows` rows of `input` into `action` from element
-        // `at`, noise from Philox stream `stream`: the fused policy network samples them
-        // itself; layer by layer, the network, the noise and the sampling are three launches.
+        // Sampled policy actions for `rows` rows of `input` into `action` from element `at`:
+        // the network, its noise (Philox stream `stream`) and the squashed-Gaussian head.
         let sample_policy = |rec: &mut Recorder,
                              rows: usize,
                              input: NetInput,
@@ -651,20 +618,6 @@ impl<'m> Planner<'m> {
                              action: &GpuBuffer<f32>,
                              at: usize|
          -> Result<()> {
-            if let Some(f) = fused {
-                let pol = PolicyOut {
-                    stats: &st.stats,
-                    stats_offset: 0,
-                    seed: c.seed,
-                    stream,
-                };
-                return f.record(
-                    rec,
-                    rows,
-                    input,
-                    &[fnet(Net::Policy, FusedOut::policy(action, at, pol))],
-                );
-            }
             m.policy.record(rec, rows, input, None, ws, &st.h)?;
             rng_fill::record_fill(rec, eps, Distribution::Normal, c.seed, stream)?;
             let io = PolicyBuffers {
@@ -679,44 +632,24 @@ impl<'m> Planner<'m> {
             };
             policy::record_sample_at(rec, &pc, rows, io, at)
         };
-        // Policy trajectories, drawn once per call into rows n < P of every time step. The
-        // fused networks read step 0's rows straight from the latents (repeating them).
+        // Policy trajectories, drawn once per call into rows n < P of every time step.
         if p > 0 {
-            if fused.is_none() {
-                replicate(&mut rec, p, &st.z[0])?;
-            }
+            replicate(&mut rec, p, &st.z[0])?;
             for step in 0..t {
                 let cur = &st.z[step % 2];
-                let zin = if step == 0 && fused.is_some() {
-                    NetInput::new(&st.z0, None).repeating(b)
-                } else {
-                    NetInput::new(cur, None)
-                };
                 sample_policy(
                     &mut rec,
                     p * b,
-                    zin,
+                    NetInput::new(cur, None),
                     &st.eps_pi,
                     streams::pi_traj(call, step),
                     &st.actions,
                     step * nb * a,
                 )?;
                 if step + 1 < t {
-                    let next = &st.z[(step + 1) % 2];
-                    let input = NetInput {
-                        a: Some(&st.actions),
-                        a_offset: step * nb * a,
-                        ..zin
-                    };
-                    match fused {
-                        Some(f) => f.record(
-                            &mut rec,
-                            p * b,
-                            input,
-                            &[fnet(Net::Dynamics, FusedOut::raw(next, 0, l))],
-                        )?,
-                        None => m.dynamics.record(&mut rec, p * b, input, None, ws, next)?,
-                    }
+                    let input = NetInput::new(cur, Some(&st.actions)).at(0, step * nb * a);
+                    m.dynamics
+                        .record(&mut rec, p * b, input, None, ws, &st.z[(step + 1) % 2])?;
                 }
             }
         }
@@ -729,12 +662,11 @@ impl<'m> Planner<'m> {
         )?;
         for i in 0..c.iterations {
             // Step 0 starts every sample of an environment from its latent: with enough
-            // environments (or fused networks, which gather the rows themselves) the first
-            // layers read the B latents repeated; with few, the extra dispatches cost more
-            // than the products, and the samples' rows get copies of the latents. (H100,
-            // B = 1, f32: this and 8-row epilogue workgroups together took the step from 4.8
-            // to 6.2 ms GPU; they were not measured apart.)
-            let repeat = b >= REPEAT_MIN_ENVS || fused.is_some();
+            // environments the first layers multiply the B latents once; with few, the extra
+            // dispatches cost more than the products, and the samples' rows get copies of the
+            // latents. (H100, B = 1, f32: this and 8-row epilogue workgroups together took the
+            // step from 4.8 to 6.2 ms GPU; they were not measured apart.)
+            let repeat = b >= REPEAT_MIN_ENVS;
             if !repeat {
                 replicate(&mut rec, n, &st.z[0])?;
             }
@@ -745,48 +677,22 @@ impl<'m> Planner<'m> {
                 } else {
                     NetInput::new(cur, Some(&st.actions)).at(0, step * nb * a)
                 };
-                if let Some(f) = fused {
-                    // Reward (decoded) and dynamics read the same rows: one dispatch.
-                    f.record(
-                        &mut rec,
-                        nb,
-                        input,
-                        &[
-                            fnet(Net::Reward, FusedOut::two_hot(&st.rewards, step * nb, 1)),
-                            fnet(Net::Dynamics, FusedOut::raw(next, 0, l)),
-                        ],
-                    )?;
-                } else {
-                    m.reward
-                        .record(&mut rec, nb, input, None, ws, &st.r_logits)?;
-                    two_hot::record_decode_strided(
-                        &mut rec,
-                        &thc,
-                        nb,
-                        &st.r_logits,
-                        RowLayout::contiguous(s.num_bins),
-                        &st.rewards,
-                        RowLayout::at(step * nb, 1),
-                    )?;
-                    m.dynamics.record(&mut rec, nb, input, None, ws, next)?;
-                }
+                m.reward
+                    .record(&mut rec, nb, input, None, ws, &st.r_logits)?;
+                two_hot::record_decode_strided(
+                    &mut rec,
+                    &thc,
+                    nb,
+                    &st.r_logits,
+                    RowLayout::contiguous(s.num_bins),
+                    &st.rewards,
+                    RowLayout::at(step * nb, 1),
+                )?;
+                m.dynamics.record(&mut rec, nb, input, None, ws, next)?;
                 if let Some(term_net) = &m.termination {
                     let zin = NetInput::new(next, None);
-                    match fused {
-                        Some(f) => f.record(
-                            &mut rec,
-                            nb,
-                            zin,
-                            &[fnet(
-                                Net::Termination,
-                                FusedOut::raw(&st.term, step * nb, 1),
-                            )],
-                        )?,
-                        None => {
-                            term_net.record(&mut rec, nb, zin, None, ws, &st.term_logits)?;
-                            rec.copy_range(&st.term_logits, 0, &st.term, step * nb, nb)?;
-                        }
-                    }
+                    term_net.record(&mut rec, nb, zin, None, ws, &st.term_logits)?;
+                    rec.copy_range(&st.term_logits, 0, &st.term, step * nb, nb)?;
                 }
             }
             let z_t = &st.z[t % 2];
@@ -800,21 +706,8 @@ impl<'m> Planner<'m> {
                 0,
             )?;
             let q_in = NetInput::new(z_t, Some(&st.a_term));
-            if let Some(f) = fused {
-                // The two chosen heads, decoded into [2, nb] values, in one dispatch.
-                let head = |slot: usize| FusedNet {
-                    net: Net::Q,
-                    member: Member::Head {
-                        map: &st.heads[i],
-                        slot,
-                    },
-                    out: FusedOut::two_hot(&st.q_values, slot * nb, 1),
-                };
-                f.record(&mut rec, nb, q_in, &[head(0), head(1)])?;
-            } else {
-                m.q.record(&mut rec, nb, q_in, Some(&st.heads[i]), ws, &st.q_logits)?;
-                two_hot::record_decode(&mut rec, &thc, 2 * nb, &st.q_logits, &st.q_values)?;
-            }
+            m.q.record(&mut rec, nb, q_in, Some(&st.heads[i]), ws, &st.q_logits)?;
+            two_hot::record_decode(&mut rec, &thc, 2 * nb, &st.q_logits, &st.q_values)?;
             // Values, sort, refit and (but after the last iteration) the next samples.
             let next = i + 1 < c.iterations;
             let stream = if next {
@@ -977,19 +870,6 @@ impl PendingPlan<'_, '_> {
         Ok(plan)
     }
 }
-
-// One network of a fused launch, member 0.
-fn fnet(net: Net, out: FusedOut<'_>) -> FusedNet<'_> {
-    FusedNet {
-        net,
-        member: Member::Index(0),
-        out,
-    }
-}
-
-/// Rows (samples times environments) up to which a plan step runs whole networks per
-/// dispatch ([`Planner::with_fused_rows`]).
-pub const FUSED_MAX_ROWS: usize = 512 * 16;
 
 /// Environments from which a plan step's first rollout layers multiply each latent once
 /// ([`NetInput::repeating`]) instead of once per sample.

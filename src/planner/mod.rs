@@ -44,6 +44,4 @@ mod gpu;
 pub mod problems;
 
 pub use config::{PlanMode, PlannerConfig, PlannerMode};
-pub use gpu::{
-    FUSED_MAX_ROWS, KERNELS, PendingPlan, Plan, PlanTiming, Planner, pipeline_constants,
-};
+pub use gpu::{KERNELS, PendingPlan, Plan, PlanTiming, Planner, pipeline_constants};

@@ -3,7 +3,6 @@
 
 pub mod act;
 pub mod cast;
-pub mod fused_mlp;
 pub mod gemm;
 pub mod gemm_coop;
 pub mod linear;
@@ -12,7 +11,6 @@ pub mod model;
 pub mod mppi;
 pub mod norm_act;
 pub mod optim;
-pub mod pack;
 pub mod planner;
 pub mod policy;
 pub mod policy_loss;
