@@ -16,8 +16,11 @@ pub const MAX_ENC_LAYERS: usize = 64;
 pub const MAX_Q_HEADS: usize = 64;
 /// Most bins of the two-hot heads.
 pub const MAX_BINS: usize = 4096;
-/// Largest `|vmin|`, `|vmax|` (symlog space: `symexp(30)` is about 1e13).
-pub const MAX_SYMLOG: f32 = 30.0;
+/// Largest `|vmin|`, `|vmax|` (symlog space). Past about 88.7 the outer bins decode to
+/// infinite values in f32 (past 709 in f64 too); the planner is built for that (NaN values count
+/// as 0, as in TD-MPC2; tests/planner_extremes.rs runs bins over +-1000), so the bound only
+/// refuses metadata that cannot be meant.
+pub const MAX_SYMLOG: f32 = 1000.0;
 /// Largest `|log_std_min|`, `|log_std_max|`.
 pub const MAX_LOG_STD: f32 = 20.0;
 /// Most parameters, the target Q heads included (8 GiB of f32).
