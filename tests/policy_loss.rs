@@ -64,7 +64,10 @@ use rand::Rng;
 use std::cell::RefCell;
 
 const LOSS_TOL: f64 = 4e-6;
-const GRAD_TOL: f64 = 3e-5;
+/// Gradients against their terms' magnitude: 1e-4, since seed 2159079000178036220 (A = 38,
+/// scaled entropy, a row whose log-prob nears 0, where the scale's division amplifies f32
+/// rounding) gave 5.4e-5 with this session's shaders and with 47500cf's alike; 3e-5 before.
+const GRAD_TOL: f64 = 1e-4;
 const ACTION_TOL: f64 = 1e-5;
 const FD_TOL: f64 = 1e-6;
 const HAND_TOL: f64 = 2e-6;
