@@ -30,8 +30,10 @@
 //!
 //! # When a step fails
 //!
-//! The rollout kernel counts the samples that ran their whole horizon and, of those, the ones
-//! whose cost is finite; the counts come back in the step's one read-back. Samples with a NaN
+//! Each rollout that ran its whole horizon tags its status word with the step's noise stream
+//! (and whether its cost is finite); the weights kernel counts the tags of this step, so a
+//! sample stopped early keeps an older tag, and the counts come back in the step's one
+//! read-back. Samples with a NaN
 //! or infinite cost get no weight ([`MppiStep::finite_samples`] says how many counted), but a
 //! step where some sample did not finish (a driver that stops long loops, as lavapipe does,
 //! or dynamics that never return) or where no cost is finite is an error, and the control
