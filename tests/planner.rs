@@ -37,17 +37,6 @@ fn small_cfg(seed: u64, mode: PlannerMode, plan_mode: PlanMode) -> PlannerConfig
     }
 }
 
-fn close(what: &str, gpu: &[f32], cpu: &[f64]) {
-    assert_eq!(gpu.len(), cpu.len(), "{what}: length");
-    for (i, (g, c)) in gpu.iter().zip(cpu).enumerate() {
-        let d = (*g as f64 - c).abs();
-        assert!(
-            d <= TOL * c.abs().max(1.0),
-            "{what}[{i}]: gpu {g} mirror {c} (difference {d:e})"
-        );
-    }
-}
-
 fn parity(gpu: &Gpu, weights: &Weights, cfg: PlannerConfig, batch: usize, seed_obs: u64) {
     let model = WorldModel::new(gpu, weights).unwrap();
     let mut planner = Planner::new(gpu, &model, cfg.clone()).unwrap();
@@ -68,19 +57,7 @@ fn parity(gpu: &Gpu, weights: &Weights, cfg: PlannerConfig, batch: usize, seed_o
             "{:?} {:?} B={batch} call {call} seed {}",
             cfg.mode, cfg.plan_mode, cfg.seed
         );
-        let (kept, weights_g) = planner.last_kept().unwrap();
-        assert_eq!(kept, c.kept, "{tag}: kept samples");
-        close(&format!("{tag}: weights"), &weights_g, &c.weights);
-        assert_eq!(g.chosen, c.chosen, "{tag}: chosen samples");
-        close(&format!("{tag}: action"), &g.action, &c.action);
-        close(&format!("{tag}: mean"), &g.mean, &c.mean);
-        close(&format!("{tag}: std"), &g.std, &c.std);
-        close(&format!("{tag}: value"), &g.value, &c.value);
-        close(
-            &format!("{tag}: warm start"),
-            &planner.warm_start().unwrap(),
-            &c.full_mean,
-        );
+        common::assert_plan_matches(&tag, &planner, &g, &c, TOL);
     }
 }
 

@@ -179,17 +179,6 @@ fn extreme_weights(mu: f32) -> Weights {
     w
 }
 
-fn close(what: &str, gpu: &[f32], cpu: &[f64]) {
-    assert_eq!(gpu.len(), cpu.len(), "{what}: length");
-    for (i, (g, c)) in gpu.iter().zip(cpu).enumerate() {
-        let d = (f64::from(*g) - c).abs();
-        assert!(
-            d <= TOL * c.abs().max(1.0),
-            "{what}[{i}]: gpu {g} mirror {c} (difference {d:e})"
-        );
-    }
-}
-
 fn cfg(seed: u64) -> PlannerConfig {
     PlannerConfig {
         horizon: 3,
@@ -229,19 +218,7 @@ fn parity(gpu: &Gpu, w: &Weights, cfg: &PlannerConfig) -> Vec<(usize, f64)> {
         let nan = c.values.iter().filter(|&&v| v == 0.0).count();
         let top = c.values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         seen.push((nan, top));
-        let (kept, weights) = planner.last_kept().unwrap();
-        assert_eq!(kept, c.kept, "{tag}: elites");
-        assert_eq!(g.chosen, c.chosen, "{tag}: chosen samples");
-        close(&format!("{tag}: elite weights"), &weights, &c.weights);
-        close(&format!("{tag}: action"), &g.action, &c.action);
-        close(&format!("{tag}: mean"), &g.mean, &c.mean);
-        close(&format!("{tag}: std"), &g.std, &c.std);
-        close(&format!("{tag}: value"), &g.value, &c.value);
-        close(
-            &format!("{tag}: warm start"),
-            &planner.warm_start().unwrap(),
-            &c.full_mean,
-        );
+        common::assert_plan_matches(&tag, &planner, &g, &c, TOL);
     }
     seen
 }

@@ -7,20 +7,7 @@ mod common;
 
 use pompc::Error;
 use pompc::gpu::shader;
-use pompc::planner::custom::{Mppi, MppiConfig, Problem};
-
-fn problem() -> Problem {
-    Problem {
-        name: "point".into(),
-        state_dim: 1,
-        control_dim: 1,
-        param_len: 1,
-        wgsl: "fn dynamics(x: State, u: Control, t: u32) -> State { return State(x[0] + DT * u[0]); }\n\
-               fn running_cost(x: State, u: Control, t: u32) -> f32 { let d = x[0] - param(0u); return d * d; }\n\
-               fn terminal_cost(x: State) -> f32 { return 0.0; }"
-            .into(),
-    }
-}
+use pompc::planner::custom::{Mppi, MppiConfig};
 
 fn cfg() -> MppiConfig {
     MppiConfig {
@@ -32,7 +19,7 @@ fn cfg() -> MppiConfig {
 
 /// The error of building the problem, which must be a shader error at `file:line`.
 fn shader_error_at(gpu: &pompc::Gpu, at: &str) {
-    match Mppi::new(gpu, problem(), cfg()) {
+    match Mppi::new(gpu, common::point_problem(), cfg()) {
         Err(Error::Shader { message, .. }) => {
             assert!(message.contains(at), "expected an error at {at}: {message}")
         }
@@ -49,7 +36,7 @@ fn shader_dir_reaches_the_mppi_shader() {
     let mppi = shader::source("mppi").unwrap();
     let rng = shader::source("common/rng").unwrap();
     let step = |m: &mut Mppi| m.step(&[0.0]).unwrap();
-    let mut plain = Mppi::new(gpu, problem(), cfg()).unwrap();
+    let mut plain = Mppi::new(gpu, common::point_problem(), cfg()).unwrap();
     plain.set_params(&[1.0]).unwrap();
     let want = step(&mut plain);
 
@@ -71,12 +58,12 @@ fn shader_dir_reaches_the_mppi_shader() {
     shader_error_at(gpu, &format!("common/rng:{line}"));
     // Both as embedded: the same plans.
     std::fs::write(dir.join("common/rng.wgsl"), rng).unwrap();
-    let mut from_dir = Mppi::new(gpu, problem(), cfg()).unwrap();
+    let mut from_dir = Mppi::new(gpu, common::point_problem(), cfg()).unwrap();
     from_dir.set_params(&[1.0]).unwrap();
     assert_eq!(step(&mut from_dir), want);
 
     unsafe { std::env::remove_var("POMPC_SHADER_DIR") };
     std::fs::remove_dir_all(&dir).unwrap();
     // Without the variable the embedded shader is used again.
-    Mppi::new(gpu, problem(), cfg()).unwrap();
+    Mppi::new(gpu, common::point_problem(), cfg()).unwrap();
 }

@@ -7,7 +7,7 @@ mod common;
 
 use pompc::gpu::GpuCounters;
 use pompc::model::{Weights, WorldModel};
-use pompc::planner::custom::{Mppi, MppiConfig, Problem};
+use pompc::planner::custom::{Mppi, MppiConfig};
 use pompc::planner::{Planner, PlannerConfig};
 use pompc::{Gpu, GpuBuffer, GpuOptions, Recorder, ShaderChecks};
 
@@ -88,16 +88,7 @@ fn one_submit_and_one_readback_per_plan_and_mppi_step() {
             );
         }
 
-        let problem = Problem {
-            name: "point".into(),
-            state_dim: 1,
-            control_dim: 1,
-            param_len: 1,
-            wgsl: "fn dynamics(x: State, u: Control, t: u32) -> State { return State(x[0] + DT * u[0]); }\n\
-                   fn running_cost(x: State, u: Control, t: u32) -> f32 { let d = x[0] - param(0u); return d * d; }\n\
-                   fn terminal_cost(x: State) -> f32 { return 0.0; }"
-                .into(),
-        };
+        let problem = common::point_problem();
         let mcfg = MppiConfig {
             horizon: 7,
             samples: 33,

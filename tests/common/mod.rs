@@ -184,3 +184,53 @@ pub fn load_fixture(
         .collect();
     (weights, t)
 }
+
+/// Assert that a GPU plan step agrees with the mirror's: the kept samples and the chosen one
+/// exactly, the elite weights, action, mean, std, value and the next warm start within `tol`
+/// relative (absolute below 1).
+pub fn assert_plan_matches(
+    tag: &str,
+    planner: &pompc::planner::Planner,
+    gpu: &pompc::planner::Plan,
+    mirror: &pompc::reference::planner::MirrorPlan,
+    tol: f64,
+) {
+    let close = |what: &str, g: &[f32], c: &[f64]| {
+        assert_eq!(g.len(), c.len(), "{tag}: {what}: length");
+        for (i, (g, c)) in g.iter().zip(c).enumerate() {
+            let d = (f64::from(*g) - c).abs();
+            assert!(
+                d <= tol * c.abs().max(1.0),
+                "{tag}: {what}[{i}]: gpu {g} mirror {c} (difference {d:e})"
+            );
+        }
+    };
+    let (kept, weights) = planner.last_kept().unwrap();
+    assert_eq!(kept, mirror.kept, "{tag}: kept samples");
+    close("elite weights", &weights, &mirror.weights);
+    assert_eq!(gpu.chosen, mirror.chosen, "{tag}: chosen samples");
+    close("action", &gpu.action, &mirror.action);
+    close("mean", &gpu.mean, &mirror.mean);
+    close("std", &gpu.std, &mirror.std);
+    close("value", &gpu.value, &mirror.value);
+    close(
+        "warm start",
+        &planner.warm_start().unwrap(),
+        &mirror.full_mean,
+    );
+}
+
+/// A one-dimensional point driven to the parameter `param(0)`: the smallest classic-MPPI
+/// problem.
+pub fn point_problem() -> pompc::planner::custom::Problem {
+    pompc::planner::custom::Problem {
+        name: "point".into(),
+        state_dim: 1,
+        control_dim: 1,
+        param_len: 1,
+        wgsl: "fn dynamics(x: State, u: Control, t: u32) -> State { return State(x[0] + DT * u[0]); }\n\
+               fn running_cost(x: State, u: Control, t: u32) -> f32 { let d = x[0] - param(0u); return d * d; }\n\
+               fn terminal_cost(x: State) -> f32 { return 0.0; }"
+            .into(),
+    }
+}
