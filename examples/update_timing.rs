@@ -1,7 +1,9 @@
 //! Host-side cost of one world-model update: recording the dispatches, encoding them
-//! (bind groups, passes) and the submit-to-read-back wait, each timed separately.
+//! (bind groups, passes) and the submit-to-read-back wait, each timed separately; with
+//! `--profile`, where the GPU time of the world-model update and of the PO-MPC policy update
+//! (lambda 1) goes, each dispatch timed on its own and summed per kernel and launch shape.
 //!
-//! `cargo run --release --example update_timing -- [batch]`
+//! `cargo run --release --example update_timing -- [batch] [--profile]`
 
 use pompc::model::{ModelSpec, Weights};
 use pompc::train::{UpdateBatch, UpdateConfig, WorldModelTrainer};
@@ -9,13 +11,26 @@ use pompc::{Gpu, GpuOptions, Recorder};
 use std::time::Instant;
 
 fn main() -> pompc::Result<()> {
-    let batch: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(256);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let profile = args.iter().any(|a| a == "--profile");
+    let batch: usize = match args.iter().find(|a| !a.starts_with("--")) {
+        Some(s) => s
+            .parse()
+            .map_err(|_| pompc::Error::InvalidArgument(format!("batch {s:?}: a whole number")))?,
+        None => 256,
+    };
     let gpu = Gpu::new(GpuOptions::default())?;
     println!("adapter: {}", gpu.describe());
     let spec = ModelSpec::tdmpc2(5, 24, 6)?;
+    if profile {
+        let runs = 10;
+        let rows = pompc::bench::profile_update(&gpu, &spec, batch, runs, 5)?;
+        print_profile("world-model update, 5M", batch, &rows);
+        let cfg = pompc::train::PolicyUpdateConfig::pompc(spec.action_dim, 1.0);
+        let rows = pompc::bench::profile_policy(&gpu, &spec, cfg, batch, runs, 5)?;
+        print_profile("PO-MPC policy update (lambda 1), 5M", batch, &rows);
+        return Ok(());
+    }
     let cfg = UpdateConfig::tdmpc2();
     let t = cfg.horizon;
     let mut tr = WorldModelTrainer::new(&gpu, &Weights::init(&spec, 0)?, cfg, batch)?;
@@ -46,4 +61,28 @@ fn main() -> pompc::Result<()> {
         );
     }
     Ok(())
+}
+
+fn print_profile(what: &str, batch: usize, rows: &[pompc::bench::PlanProfileRow]) {
+    let total: f64 = rows.iter().map(|r| r.seconds).sum();
+    let count: usize = rows.iter().map(|r| r.count).sum();
+    println!(
+        "\n{what}, batch {batch}: {:.3} ms GPU in {count} dispatches (each timed alone)",
+        total * 1e3
+    );
+    println!(
+        "{:<34} {:>14} {:>6} {:>10} {:>9} {:>6}",
+        "kernel", "workgroups", "count", "ms/update", "us each", "share"
+    );
+    for r in rows {
+        println!(
+            "{:<34} {:>14} {:>6} {:>10.3} {:>9.1} {:>5.1}%",
+            r.kernel,
+            format!("{}x{}x{}", r.groups[0], r.groups[1], r.groups[2]),
+            r.count,
+            r.seconds * 1e3,
+            r.seconds / r.count.max(1) as f64 * 1e6,
+            100.0 * r.seconds / total
+        );
+    }
 }

@@ -480,12 +480,7 @@ pub fn profile_plan(
     warmup: usize,
     precision: Precision,
 ) -> Result<Vec<PlanProfileRow>> {
-    if !gpu.features().timestamps {
-        return Err(crate::Error::InvalidArgument(format!(
-            "{} has no timestamp queries: no per-dispatch profile",
-            gpu.info().name
-        )));
-    }
+    check_timestamps(gpu)?;
     with_warm_planner(
         gpu,
         spec,
@@ -498,32 +493,52 @@ pub fn profile_plan(
             let runs = runs.max(1);
             for _ in 0..runs {
                 planner.plan(obs, first)?;
-                for d in planner.last_profile() {
-                    match rows
-                        .iter_mut()
-                        .find(|r| r.kernel == d.kernel && r.groups == d.groups)
-                    {
-                        Some(r) => {
-                            r.count += 1;
-                            r.seconds += d.seconds;
-                        }
-                        None => rows.push(PlanProfileRow {
-                            kernel: d.kernel.clone(),
-                            groups: d.groups,
-                            count: 1,
-                            seconds: d.seconds,
-                        }),
-                    }
-                }
+                add_profile(&mut rows, planner.last_profile());
             }
-            for r in &mut rows {
-                r.count /= runs;
-                r.seconds /= runs as f64;
-            }
-            rows.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
-            Ok(rows)
+            Ok(finish_profile(rows, runs))
         },
     )
+}
+
+// Add one run's dispatch times to `rows` (per kernel and launch shape).
+fn add_profile(rows: &mut Vec<PlanProfileRow>, profile: &[crate::gpu::DispatchTime]) {
+    for d in profile {
+        match rows
+            .iter_mut()
+            .find(|r| r.kernel == d.kernel && r.groups == d.groups)
+        {
+            Some(r) => {
+                r.count += 1;
+                r.seconds += d.seconds;
+            }
+            None => rows.push(PlanProfileRow {
+                kernel: d.kernel.clone(),
+                groups: d.groups,
+                count: 1,
+                seconds: d.seconds,
+            }),
+        }
+    }
+}
+
+// Per-run means, largest first.
+fn finish_profile(mut rows: Vec<PlanProfileRow>, runs: usize) -> Vec<PlanProfileRow> {
+    for r in &mut rows {
+        r.count /= runs;
+        r.seconds /= runs as f64;
+    }
+    rows.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    rows
+}
+
+fn check_timestamps(gpu: &Gpu) -> Result<()> {
+    if gpu.features().timestamps {
+        return Ok(());
+    }
+    Err(crate::Error::InvalidArgument(format!(
+        "{} has no timestamp queries: no per-dispatch profile",
+        gpu.info().name
+    )))
 }
 
 /// Seconds of back-to-back work per timed run (`POMPC_BENCH_TARGET_S`, default 2 ms).
@@ -602,16 +617,86 @@ pub struct UpdateBench {
     pub dispatches: usize,
 }
 
-/// Time TD-MPC2's world-model update (forward, backward, clip, Adam, Polyak) of `spec` on a
-/// random batch of `batch` sub-trajectories of horizon 3: each run is one submit with the
-/// losses read back.
-pub fn bench_update(
+// How a benchmark run records: plainly, with the total's timestamps, or every dispatch timed
+// on its own.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RunMode {
+    Plain,
+    Timestamps,
+    Profile,
+}
+
+impl RunMode {
+    fn recorder(self, gpu: &Gpu) -> Recorder<'_> {
+        let rec = Recorder::new(gpu);
+        match self {
+            RunMode::Plain => rec,
+            RunMode::Timestamps => rec.with_timestamps(),
+            RunMode::Profile => rec.with_profile(),
+        }
+    }
+}
+
+// One run: GPU time, dispatches, per-dispatch times when profiled.
+struct Run {
+    gpu: Option<f64>,
+    dispatches: usize,
+    profile: Vec<crate::gpu::DispatchTime>,
+}
+
+// Warm up, then time `runs` plain runs (host wall clock of the whole run: recording, submit,
+// wait, read-back) and `runs` timestamped ones (GPU time).
+fn time_runs(
     gpu: &Gpu,
-    spec: &crate::model::ModelSpec,
-    batch: usize,
     runs: usize,
     warmup: usize,
-) -> Result<UpdateBench> {
+    mut run: impl FnMut(RunMode) -> Result<Run>,
+) -> Result<(Stats, Option<Stats>, usize)> {
+    warm_up(gpu, warmup, || run(RunMode::Plain).map(|_| ()))?;
+    let (mut wall, mut gpu_t, mut dispatches) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..runs.max(1) {
+        let t0 = std::time::Instant::now();
+        let r = run(RunMode::Plain)?;
+        wall.push(t0.elapsed().as_secs_f64());
+        dispatches = r.dispatches;
+    }
+    for _ in 0..runs.max(1) {
+        if let Some(g) = run(RunMode::Timestamps)?.gpu
+            && g > 0.0
+        {
+            gpu_t.push(g);
+        }
+    }
+    let gpu_stats = (!gpu_t.is_empty()).then(|| Stats::from_samples(gpu_t, Clock::Timestamps));
+    Ok((
+        Stats::from_samples(wall, Clock::Wall),
+        gpu_stats,
+        dispatches,
+    ))
+}
+
+// Warm up, then `runs` profiled runs summed per kernel and launch shape.
+fn profile_runs(
+    gpu: &Gpu,
+    runs: usize,
+    warmup: usize,
+    mut run: impl FnMut(RunMode) -> Result<Run>,
+) -> Result<Vec<PlanProfileRow>> {
+    check_timestamps(gpu)?;
+    warm_up(gpu, warmup, || run(RunMode::Plain).map(|_| ()))?;
+    let mut rows = Vec::new();
+    for _ in 0..runs.max(1) {
+        add_profile(&mut rows, &run(RunMode::Profile)?.profile);
+    }
+    Ok(finish_profile(rows, runs.max(1)))
+}
+
+// TD-MPC2's world-model update of `spec` on a random batch, ready to run.
+fn update_fixture<'g>(
+    gpu: &'g Gpu,
+    spec: &crate::model::ModelSpec,
+    batch: usize,
+) -> Result<crate::train::WorldModelTrainer<'g>> {
     use crate::model::Weights;
     use crate::train::{UpdateBatch, UpdateConfig, WorldModelTrainer};
     let mut weights = Weights::init(spec, 0)?;
@@ -636,63 +721,77 @@ pub fn bench_update(
         target_heads: None,
     };
     tr.upload(&data)?;
-    let mut run = |timestamps: bool| -> Result<(f64, Option<f64>, usize)> {
-        let heads = tr.upload_heads_only()?;
-        let mut rec = Recorder::new(gpu);
-        if timestamps {
-            rec = rec.with_timestamps();
-        }
-        tr.record_losses_and_grads(&mut rec, heads, true, None)?;
-        tr.record_optimizer(&mut rec)?;
-        let n = rec.dispatches();
-        let h = rec.read(tr.losses_buffer());
-        let t0 = std::time::Instant::now();
-        let out = rec.finish()?;
-        let wall = t0.elapsed().as_secs_f64();
-        let l = out.get(&h)?;
-        if !l.iter().all(|x| x.is_finite()) {
-            return Err(crate::Error::InvalidArgument(format!(
-                "update benchmark: non-finite losses {l:?}"
-            )));
-        }
-        Ok((wall, out.timing.gpu_seconds, n))
-    };
-    warm_up(gpu, warmup, || run(false).map(|_| ()))?;
-    let mut wall = Vec::with_capacity(runs);
-    let mut dispatches = 0;
-    for _ in 0..runs.max(1) {
-        let t0 = std::time::Instant::now();
-        let (_, _, n) = run(false)?;
-        wall.push(t0.elapsed().as_secs_f64());
-        dispatches = n;
+    Ok(tr)
+}
+
+// One world-model update: one submit, the losses read back and checked.
+fn run_update(gpu: &Gpu, tr: &mut crate::train::WorldModelTrainer, mode: RunMode) -> Result<Run> {
+    let heads = tr.upload_heads_only()?;
+    let mut rec = mode.recorder(gpu);
+    tr.record_losses_and_grads(&mut rec, heads, true, None)?;
+    tr.record_optimizer(&mut rec)?;
+    let dispatches = rec.dispatches();
+    let h = rec.read(tr.losses_buffer());
+    let out = rec.finish()?;
+    let l = out.get(&h)?;
+    if !l.iter().all(|x| x.is_finite()) {
+        return Err(crate::Error::InvalidArgument(format!(
+            "update benchmark: non-finite losses {l:?}"
+        )));
     }
-    let mut gpu_t = Vec::with_capacity(runs);
-    for _ in 0..runs.max(1) {
-        if let (_, Some(g), _) = run(true)?
-            && g > 0.0
-        {
-            gpu_t.push(g);
-        }
-    }
+    Ok(Run {
+        gpu: out.timing.gpu_seconds,
+        dispatches,
+        profile: out.profile,
+    })
+}
+
+/// Time TD-MPC2's world-model update (forward, backward, clip, Adam, Polyak) of `spec` on a
+/// random batch of `batch` sub-trajectories of horizon 3: each run is one submit with the
+/// losses read back.
+pub fn bench_update(
+    gpu: &Gpu,
+    spec: &crate::model::ModelSpec,
+    batch: usize,
+    runs: usize,
+    warmup: usize,
+) -> Result<UpdateBench> {
+    let mut tr = update_fixture(gpu, spec, batch)?;
+    let (wall, gpu_t, dispatches) = time_runs(gpu, runs, warmup, |m| run_update(gpu, &mut tr, m))?;
     Ok(UpdateBench {
         batch,
-        wall: Stats::from_samples(wall, Clock::Wall),
-        gpu: (!gpu_t.is_empty()).then(|| Stats::from_samples(gpu_t, Clock::Timestamps)),
+        wall,
+        gpu: gpu_t,
         flops: tr.flops(),
         dispatches,
     })
 }
 
-/// Time one PO-MPC-family policy update (`cfg`) of `spec` on random latents and planner
-/// Gaussians for `batch` sub-trajectories: each run is one submit with the losses read back.
-pub fn bench_policy(
+/// Where the world-model update's GPU time goes ([`bench_update`]'s update, each dispatch
+/// timed on its own; see [`profile_plan`]).
+pub fn profile_update(
     gpu: &Gpu,
     spec: &crate::model::ModelSpec,
-    cfg: crate::train::PolicyUpdateConfig,
     batch: usize,
     runs: usize,
     warmup: usize,
-) -> Result<UpdateBench> {
+) -> Result<Vec<PlanProfileRow>> {
+    let mut tr = update_fixture(gpu, spec, batch)?;
+    profile_runs(gpu, runs, warmup, |m| run_update(gpu, &mut tr, m))
+}
+
+// A PO-MPC-family policy update of `spec` on random latents and planner Gaussians, ready to
+// run: the trainer, the flattened parameters and the latents.
+fn policy_fixture<'g>(
+    gpu: &'g Gpu,
+    spec: &crate::model::ModelSpec,
+    cfg: crate::train::PolicyUpdateConfig,
+    batch: usize,
+) -> Result<(
+    crate::train::PolicyTrainer<'g>,
+    GpuBuffer<f32>,
+    GpuBuffer<f32>,
+)> {
     use crate::model::Weights;
     use crate::train::{ParamLayout, PolicyTrainer};
     let mut weights = Weights::init(spec, 0)?;
@@ -724,35 +823,44 @@ pub fn bench_policy(
         })
         .collect();
     t.set_planner(&planner)?;
-    let mut run = |timestamps: bool| -> Result<(f64, Option<f64>, usize)> {
-        let heads = t.draw_heads();
-        let mut rec = Recorder::new(gpu);
-        if timestamps {
-            rec = rec.with_timestamps();
-        }
-        let t0 = std::time::Instant::now();
-        t.record(&mut rec, &params, &zs, heads, true, true)?;
-        let n = rec.dispatches();
-        let out = rec.finish()?;
-        Ok((t0.elapsed().as_secs_f64(), out.timing.gpu_seconds, n))
-    };
-    warm_up(gpu, warmup, || run(false).map(|_| ()))?;
-    let (mut wall, mut gpu_t, mut dispatches) = (Vec::new(), Vec::new(), 0);
-    for _ in 0..runs.max(1) {
-        let (w, _, n) = run(false)?;
-        wall.push(w);
-        dispatches = n;
-    }
-    for _ in 0..runs.max(1) {
-        if let (_, Some(g), _) = run(true)?
-            && g > 0.0
-        {
-            gpu_t.push(g);
-        }
-    }
+    Ok((t, params, zs))
+}
+
+// One policy update: one submit.
+fn run_policy(
+    gpu: &Gpu,
+    (t, params, zs): &mut (crate::train::PolicyTrainer, GpuBuffer<f32>, GpuBuffer<f32>),
+    mode: RunMode,
+) -> Result<Run> {
+    let heads = t.draw_heads();
+    let mut rec = mode.recorder(gpu);
+    t.record(&mut rec, params, zs, heads, true, true)?;
+    let dispatches = rec.dispatches();
+    let out = rec.finish()?;
+    Ok(Run {
+        gpu: out.timing.gpu_seconds,
+        dispatches,
+        profile: out.profile,
+    })
+}
+
+/// Time one PO-MPC-family policy update (`cfg`) of `spec` on random latents and planner
+/// Gaussians for `batch` sub-trajectories: each run is one submit with the losses read back.
+pub fn bench_policy(
+    gpu: &Gpu,
+    spec: &crate::model::ModelSpec,
+    cfg: crate::train::PolicyUpdateConfig,
+    batch: usize,
+    runs: usize,
+    warmup: usize,
+) -> Result<UpdateBench> {
+    let mut fx = policy_fixture(gpu, spec, cfg, batch)?;
+    let (wall, gpu_t, dispatches) = time_runs(gpu, runs, warmup, |m| run_policy(gpu, &mut fx, m))?;
+    let t = &fx.0;
     // 2 per multiply-add of the linear layers: the policy forward and backward (dX, dW),
     // two Q heads forward and backward to the action (dX), the prior forward and backward.
     let rows = t.rows();
+    let (l, a) = (spec.latent_dim, spec.action_dim);
     let mac = |dims: &[(usize, usize)]| dims.iter().map(|(i, o)| i * o).sum::<usize>() as f64;
     let (h, bins) = (spec.mlp_dim, spec.num_bins);
     let pi = mac(&[(l, h), (h, h), (h, 2 * a)]);
@@ -764,11 +872,25 @@ pub fn bench_policy(
         3.0 * pi + if with_q { 2.0 * 2.0 * q } else { 0.0 } + if prior { 3.0 * pi } else { 0.0 };
     Ok(UpdateBench {
         batch,
-        wall: Stats::from_samples(wall, Clock::Wall),
-        gpu: (!gpu_t.is_empty()).then(|| Stats::from_samples(gpu_t, Clock::Timestamps)),
+        wall,
+        gpu: gpu_t,
         flops: 2.0 * per_row * rows as f64,
         dispatches,
     })
+}
+
+/// Where a PO-MPC-family policy update's GPU time goes ([`bench_policy`]'s update, each
+/// dispatch timed on its own; see [`profile_plan`]).
+pub fn profile_policy(
+    gpu: &Gpu,
+    spec: &crate::model::ModelSpec,
+    cfg: crate::train::PolicyUpdateConfig,
+    batch: usize,
+    runs: usize,
+    warmup: usize,
+) -> Result<Vec<PlanProfileRow>> {
+    let mut fx = policy_fixture(gpu, spec, cfg, batch)?;
+    profile_runs(gpu, runs, warmup, |m| run_policy(gpu, &mut fx, m))
 }
 
 /// Time one clipped Adam step over `len` parameters (norm partials, begin, update): each run
