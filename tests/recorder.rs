@@ -121,3 +121,59 @@ fn a_bind_cache_keeps_each_submissions_parameters() {
         check(&pending_b.wait().unwrap(), &hs_b, &keys_b);
     }
 }
+
+/// Read-back buffers and timestamp queries are pooled across submissions: reads of growing,
+/// shrinking and odd sizes (a pooled buffer bigger than the read, with stale data past it),
+/// with and without timestamps, sleeping and spinning waits, each bring back exactly what was
+/// uploaded.
+#[test]
+fn pooled_read_backs_return_exactly_each_submissions_data() {
+    let mut r = common::rng("recorder_pool");
+    for gpu in gpus() {
+        let spin = gpu.spin_wait();
+        for round in 0..12 {
+            gpu.set_spin_wait(if round % 2 == 0 {
+                std::time::Duration::ZERO
+            } else {
+                std::time::Duration::from_micros(200)
+            })
+            .unwrap();
+            let n = match round % 4 {
+                0 => r.random_range(1..8),
+                1 => r.random_range(5000..20000),
+                2 => r.random_range(100..300),
+                _ => r.random_range(1..64),
+            };
+            let a: Vec<f32> = common::uniform(&mut r, n, 10.0);
+            let b: Vec<f32> = common::uniform(&mut r, n / 2 + 1, 10.0);
+            let (xa, xb) = (
+                GpuBuffer::from_slice(gpu, "a", &a).unwrap(),
+                GpuBuffer::from_slice(gpu, "b", &b).unwrap(),
+            );
+            let draws = GpuBuffer::<u32>::new(gpu, "draws", n).unwrap();
+            let (seed, stream): (u64, u32) = (r.random(), r.random());
+            let mut rec = Recorder::new(gpu);
+            if round % 3 == 0 {
+                rec = rec.with_timestamps();
+            }
+            record_fill(&mut rec, &draws, Distribution::Bits, seed, stream).unwrap();
+            let (ha, hd, hb) = (rec.read(&xa), rec.read(&draws), rec.read(&xb));
+            let out = rec.finish().unwrap();
+            assert_eq!(
+                out.get(&hd).unwrap(),
+                reference::rng_fill::fill(Distribution::Bits, seed, stream, n)
+            );
+            assert_eq!(out.get(&ha).unwrap(), a, "round {round}, {n} values");
+            assert_eq!(out.get(&hb).unwrap(), b, "round {round}");
+            if round % 3 == 0 && gpu.features().timestamps {
+                let t = out.timing.gpu_seconds.expect("timestamps asked for");
+                assert!((0.0..1.0).contains(&t), "GPU time {t} s");
+            }
+        }
+        gpu.set_spin_wait(spin).unwrap();
+        assert!(
+            gpu.set_spin_wait(std::time::Duration::from_secs(2))
+                .is_err()
+        );
+    }
+}

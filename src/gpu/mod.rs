@@ -107,6 +107,15 @@ fn timeout_nanos(t: Duration) -> Result<u64> {
     Ok(t.as_nanos() as u64)
 }
 
+fn spin_nanos(t: Duration) -> Result<u64> {
+    if t > Duration::from_secs(1) {
+        return Err(Error::InvalidArgument(format!(
+            "GPU spin wait {t:?}: use at most 1 s (default {DEFAULT_SPIN_WAIT:?} on GPUs)"
+        )));
+    }
+    Ok(t.as_nanos() as u64)
+}
+
 /// Which limits to ask the device for.
 #[derive(Clone, Debug, Default)]
 pub enum LimitsRequest {
@@ -151,7 +160,17 @@ pub struct GpuOptions {
     /// returns [`Error::Timeout`] ([`DEFAULT_WAIT_TIMEOUT`], 60 s); changeable later with
     /// [`Gpu::set_wait_timeout`].
     pub wait_timeout: Duration,
+    /// How long a wait for a read-back polls the device in a busy loop before it sleeps in
+    /// the driver: short steps (classic MPPI, a small plan step) come back sooner, since waking a
+    /// sleeping thread costs tens of microseconds. `None`: `POMPC_SPIN_WAIT_US` if set, else,
+    /// as CUDA's default scheduling does, [`DEFAULT_SPIN_WAIT`] where the host has cores to
+    /// spare (four or more) and none on CPU adapters (lavapipe), whose compute threads need
+    /// the cores a spinning waiter would take.
+    pub spin_wait: Option<Duration>,
 }
+
+/// The busy-polling part of a wait on a GPU adapter (see [`GpuOptions::spin_wait`]).
+pub const DEFAULT_SPIN_WAIT: Duration = Duration::from_millis(20);
 
 impl Default for GpuOptions {
     fn default() -> Self {
@@ -165,6 +184,7 @@ impl Default for GpuOptions {
             precision: None,
             canary: 0,
             wait_timeout: DEFAULT_WAIT_TIMEOUT,
+            spin_wait: None,
         }
     }
 }
@@ -200,6 +220,38 @@ impl GpuOptions {
     pub fn with_wait_timeout(mut self, timeout: Duration) -> Self {
         self.wait_timeout = timeout;
         self
+    }
+
+    /// Same options with another busy-polling time (see [`GpuOptions::spin_wait`]);
+    /// `Duration::ZERO` always sleeps.
+    pub fn with_spin_wait(mut self, spin: Duration) -> Self {
+        self.spin_wait = Some(spin);
+        self
+    }
+
+    fn resolved_spin_wait(&self, device_type: wgpu::DeviceType) -> Result<Duration> {
+        if let Some(d) = self.spin_wait {
+            return Ok(d);
+        }
+        if let Ok(v) = std::env::var("POMPC_SPIN_WAIT_US") {
+            return v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|&us| us <= 1_000_000)
+                .map(Duration::from_micros)
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "POMPC_SPIN_WAIT_US={v:?}: expected whole microseconds, at most 1000000"
+                    ))
+                });
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(if device_type == wgpu::DeviceType::Cpu || cores < 4 {
+            Duration::ZERO
+        } else {
+            DEFAULT_SPIN_WAIT
+        })
     }
 
     /// Same options, asking for an adapter whose name contains `name`.
@@ -347,6 +399,11 @@ pub struct Gpu {
     readbacks: AtomicU64,
     // Nanoseconds; shared by every waiter, settable through `&self`.
     wait_timeout: AtomicU64,
+    spin_wait: AtomicU64,
+    // Read-back buffers and timestamp queries of finished submissions, for the next ones:
+    // creating them for every step cost host time on every read-back.
+    staging_pool: Mutex<Vec<wgpu::Buffer>>,
+    timestamp_pool: Mutex<Vec<(wgpu::QuerySet, wgpu::Buffer)>>,
 }
 
 /// Submissions and read-backs a [`Gpu`] has made ([`Gpu::counters`]): what a test checks to
@@ -414,6 +471,7 @@ impl Gpu {
     pub fn from_adapter(adapter: wgpu::Adapter, options: &GpuOptions) -> Result<Gpu> {
         let wait_timeout = timeout_nanos(options.wait_timeout)?;
         let info = adapter.get_info();
+        let spin_wait = spin_nanos(options.resolved_spin_wait(info.device_type)?)?;
         let wanted = if options.optional_features {
             optional_features() & adapter.features()
         } else {
@@ -509,7 +567,88 @@ impl Gpu {
             submits: AtomicU64::new(0),
             readbacks: AtomicU64::new(0),
             wait_timeout: AtomicU64::new(wait_timeout),
+            spin_wait: AtomicU64::new(spin_wait),
+            staging_pool: Mutex::new(Vec::new()),
+            timestamp_pool: Mutex::new(Vec::new()),
         })
+    }
+
+    /// A mappable read-back buffer of at least `size` bytes: a pooled one or a new one.
+    pub(crate) fn take_staging(&self, size: u64) -> wgpu::Buffer {
+        let mut pool = self.staging_pool.lock().unwrap_or_else(|e| e.into_inner());
+        // The smallest that fits, if not much bigger (its whole length is not mapped).
+        let best = pool
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.size() >= size && b.size() <= 4 * size.max(256))
+            .min_by_key(|(_, b)| b.size())
+            .map(|(i, _)| i);
+        if let Some(i) = best {
+            return pool.swap_remove(i);
+        }
+        drop(pool);
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("pompc readback"),
+            size: size.next_power_of_two().max(256),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Give back an unmapped read-back buffer whose submission has finished.
+    pub(crate) fn return_staging(&self, buffer: wgpu::Buffer) {
+        const MAX_POOLED: usize = 8;
+        const MAX_BYTES: u64 = 4 << 20;
+        let mut pool = self.staging_pool.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < MAX_POOLED && buffer.size() <= MAX_BYTES {
+            pool.push(buffer);
+        }
+    }
+
+    /// Two timestamp queries and their resolve buffer: pooled ones or new ones.
+    pub(crate) fn take_timestamps(&self, resolve_bytes: u64) -> (wgpu::QuerySet, wgpu::Buffer) {
+        let pooled = self
+            .timestamp_pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        pooled.unwrap_or_else(|| {
+            let set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("pompc timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            });
+            let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("pompc timestamp resolve"),
+                size: resolve_bytes,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            (set, resolve)
+        })
+    }
+
+    /// Give back timestamp queries whose submission has finished.
+    pub(crate) fn return_timestamps(&self, ts: (wgpu::QuerySet, wgpu::Buffer)) {
+        let mut pool = self
+            .timestamp_pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if pool.len() < 8 {
+            pool.push(ts);
+        }
+    }
+
+    /// How long a wait polls before it sleeps (see [`GpuOptions::spin_wait`]).
+    pub fn spin_wait(&self) -> Duration {
+        Duration::from_nanos(self.spin_wait.load(Ordering::Relaxed))
+    }
+
+    /// Set how long a wait polls the device before it sleeps in the driver: at most one
+    /// second; `Duration::ZERO` always sleeps.
+    pub fn set_spin_wait(&self, spin: Duration) -> Result<()> {
+        self.spin_wait.store(spin_nanos(spin)?, Ordering::Relaxed);
+        Ok(())
     }
 
     /// How long a wait for the GPU may take before it returns [`Error::Timeout`].
@@ -688,6 +827,27 @@ impl Gpu {
                     message: e.to_string(),
                 })
             }
+        }
+    }
+
+    /// Poll the device without sleeping until `done` holds (a map callback has run) or the
+    /// spin time has passed; whether it holds. Non-blocking polls name no submission: wgpu
+    /// 30 asserts (and panics) when a zero-timeout wait for a submission races with another
+    /// thread's poll emptying the queue.
+    pub(crate) fn spin_until(&self, mut done: impl FnMut() -> bool) -> bool {
+        let spin = self.spin_wait();
+        if spin.is_zero() {
+            return done();
+        }
+        let t0 = std::time::Instant::now();
+        loop {
+            if done() {
+                return true;
+            }
+            if t0.elapsed() >= spin || self.device.poll(wgpu::PollType::Poll).is_err() {
+                return done();
+            }
+            std::hint::spin_loop();
         }
     }
 

@@ -86,9 +86,10 @@ impl Readback {
 pub struct PendingReadback<'g> {
     gpu: &'g Gpu,
     staging: Option<wgpu::Buffer>,
+    staging_len: u64,
     mapped: Option<std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>>,
     ts_off: u64,
-    timestamps: bool,
+    timestamps: Option<(wgpu::QuerySet, wgpu::Buffer)>,
     profiled: Vec<(String, [u32; 3])>,
     t0: Instant,
     submission: wgpu::SubmissionIndex,
@@ -103,37 +104,60 @@ impl PendingReadback<'_> {
         let gpu = self.gpu;
         gpu.scoped("reading back", || {
             let mut data = Vec::new();
-            gpu.wait_for(self.submission.clone())?;
+            // The map callback runs once the submission has finished: a short step is seen
+            // done by polling, without the driver's sleep and wake-up.
+            let mut early = None;
+            if let Some(rx) = &self.mapped {
+                gpu.spin_until(|| {
+                    early = early.take().or_else(|| rx.try_recv().ok());
+                    early.is_some()
+                });
+            }
+            if early.is_none() {
+                gpu.wait_for(self.submission.clone())?;
+            }
             if let (Some(staging), Some(rx)) = (&self.staging, &self.mapped) {
                 // The wait above ran the map callback; the timeout only guards a driver that
                 // reports a finished submission without it.
-                let mapped = rx
-                    .recv_timeout(gpu.wait_timeout())
+                let mapped = early
+                    .map(Ok)
+                    .unwrap_or_else(|| rx.recv_timeout(gpu.wait_timeout()))
                     .map_err(|e| e.to_string())
                     .and_then(|r| r.map_err(|e| e.to_string()));
                 mapped.map_err(|message| Error::Map {
                     label: "pompc readback".into(),
                     message,
                 })?;
-                let view = staging.get_mapped_range(..).map_err(|e| Error::Map {
-                    label: "pompc readback".into(),
-                    message: e.to_string(),
-                })?;
+                let view =
+                    staging
+                        .get_mapped_range(..self.staging_len)
+                        .map_err(|e| Error::Map {
+                            label: "pompc readback".into(),
+                            message: e.to_string(),
+                        })?;
                 data.extend_from_slice(&view);
                 drop(view);
                 staging.unmap();
                 gpu.count_readback();
             }
+            // Finished and unmapped: the next submissions may reuse them.
+            if let Some(staging) = self.staging {
+                gpu.return_staging(staging);
+            }
+            let timestamps = self.timestamps.is_some();
+            if let Some(ts) = self.timestamps {
+                gpu.return_timestamps(ts);
+            }
             let wall_seconds = self.t0.elapsed().as_secs_f64();
             let ts_off = self.ts_off;
-            let gpu_seconds = self.timestamps.then(|| {
+            let gpu_seconds = timestamps.then(|| {
                 let t: [u64; 2] = bytemuck::pod_read_unaligned(
                     &data[ts_off as usize..(ts_off + TIMESTAMP_BYTES) as usize],
                 );
                 t[1].saturating_sub(t[0]) as f64 * gpu.queue.get_timestamp_period() as f64 * 1e-9
             });
             let period = gpu.queue.get_timestamp_period() as f64 * 1e-9;
-            let prof_off = (ts_off + if self.timestamps { TIMESTAMP_BYTES } else { 0 }) as usize;
+            let prof_off = (ts_off + if timestamps { TIMESTAMP_BYTES } else { 0 }) as usize;
             let profile = self
                 .profiled
                 .into_iter()
@@ -295,8 +319,10 @@ pub struct Encoded<'g> {
     // uniform buffer is shared by every recorder of its cache.
     params: Option<(wgpu::Buffer, Vec<u8>)>,
     staging: Option<wgpu::Buffer>,
+    staging_len: u64,
     ts_off: u64,
-    timestamps: bool,
+    // Pooled queries, given back once the submission has been waited for.
+    timestamps: Option<(wgpu::QuerySet, wgpu::Buffer)>,
     profiled: Vec<(String, [u32; 3])>,
 }
 
@@ -314,14 +340,17 @@ impl<'g> Encoded<'g> {
             gpu.count_submit();
             let mapped = self.staging.as_ref().map(|staging| {
                 let (tx, rx) = std::sync::mpsc::channel();
-                staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-                    let _ = tx.send(r);
-                });
+                staging
+                    .slice(..self.staging_len)
+                    .map_async(wgpu::MapMode::Read, move |r| {
+                        let _ = tx.send(r);
+                    });
                 rx
             });
             Ok(PendingReadback {
                 gpu,
                 staging: self.staging,
+                staging_len: self.staging_len,
                 mapped,
                 ts_off: self.ts_off,
                 timestamps: self.timestamps,
@@ -602,28 +631,10 @@ impl<'g> Recorder<'g> {
             let staging_size = ts_off
                 + if total { TIMESTAMP_BYTES } else { 0 }
                 + profiled.len() as u64 * TIMESTAMP_BYTES;
-            let staging = (staging_size > 0).then(|| {
-                gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("pompc readback"),
-                    size: staging_size,
-                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                })
-            });
-            let ts = total.then(|| {
-                let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
-                    label: Some("pompc timestamps"),
-                    ty: wgpu::QueryType::Timestamp,
-                    count: 2,
-                });
-                let resolve = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("pompc timestamp resolve"),
-                    size: TIMESTAMP_BYTES,
-                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-                    mapped_at_creation: false,
-                });
-                (set, resolve)
-            });
+            // Mapped ranges start and end on 8-byte boundaries.
+            let staging_len = staging_size.next_multiple_of(8);
+            let staging = (staging_size > 0).then(|| gpu.take_staging(staging_len));
+            let ts = total.then(|| gpu.take_timestamps(TIMESTAMP_BYTES));
             let prof = self.profile_sets(profiled.len());
             let params_buf = self.params_buffer();
             let cmd =
@@ -634,8 +645,9 @@ impl<'g> Recorder<'g> {
                 cmd,
                 params,
                 staging,
+                staging_len,
                 ts_off,
-                timestamps: ts.is_some(),
+                timestamps: ts,
                 profiled,
             })
         })
