@@ -8,6 +8,7 @@ use common::gpus;
 use pompc::planner::custom::{Mppi, MppiConfig, Problem};
 use pompc::reference::mppi::{self as mirror, RustProblem};
 use pompc::{Error, Gpu};
+use rand::Rng;
 
 /// A damped pendulum on a cart-free pivot, torque-controlled, pulled towards an angle given
 /// as parameter 0: nonlinear (sin), two states, one control.
@@ -227,5 +228,97 @@ fn errors_name_the_problem() {
     if 65536u64 * 1000 * 4 > max {
         let e = Mppi::new(gpu, pendulum(), huge).err().unwrap().to_string();
         assert!(e.contains("samples fit"), "{e}");
+    }
+}
+
+/// Each step encodes the next one ahead, assuming it follows unchanged; whatever happens in
+/// between (new parameters, a control sequence set by hand so the next step must not shift,
+/// a failed step, more or fewer kept rollouts, timestamps switched) must still give the
+/// mirror's step and the kept rollouts asked for.
+#[test]
+fn steps_encoded_ahead_follow_every_change_made_between_steps() {
+    let mut r = common::rng("mppi_prepared");
+    for gpu in gpus() {
+        let cfg = MppiConfig {
+            horizon: 9,
+            samples: 150,
+            lambda: 0.7,
+            sigma: vec![0.5],
+            u_min: vec![-0.9],
+            u_max: vec![1.0],
+            seed: r.random(),
+            ..MppiConfig::new(1)
+        };
+        let mut mppi = Mppi::new(gpu, pendulum(), cfg.clone()).unwrap();
+        let mut params = [r.random_range(-2.0f32..2.0)];
+        mppi.set_params(&params).unwrap();
+        let mut u = vec![0.0f64; cfg.horizon];
+        let mut shift = false;
+        let mut kept = 0;
+        let mut s = 0u32;
+        for _ in 0..14 {
+            match r.random_range(0..6) {
+                0 => {
+                    params = [r.random_range(-2.0f32..2.0)];
+                    mppi.set_params(&params).unwrap();
+                }
+                1 => {
+                    let set: Vec<f32> = (0..cfg.horizon)
+                        .map(|_| r.random_range(-0.9f32..1.0))
+                        .collect();
+                    mppi.set_controls(&set).unwrap();
+                    u = set.iter().map(|&v| v as f64).collect();
+                    shift = false;
+                }
+                2 => {
+                    kept = r.random_range(0..cfg.samples + 5).min(cfg.samples);
+                    mppi.keep_rollouts(kept).unwrap();
+                }
+                3 => mppi.set_timestamps(r.random()),
+                4 => {
+                    // Every cost overflows: the step fails after its shift, and consumes its
+                    // noise stream; the control sequence stays, and the next step must not
+                    // shift again.
+                    mppi.set_params(&[3e38]).unwrap();
+                    let x = [0.1f32, 0.0];
+                    assert!(mppi.step(&x).is_err(), "step with infinite costs");
+                    s += 1;
+                    mppi.set_params(&params).unwrap();
+                    if shift {
+                        mirror::shift(&mut u, 1);
+                    }
+                    shift = false;
+                }
+                _ => {}
+            }
+            if shift {
+                mirror::shift(&mut u, 1);
+            }
+            let x = [r.random_range(-1.0f32..1.0), r.random_range(-1.0f32..1.0)];
+            let g = mppi.step(&x).unwrap();
+            let c = mirror::step(&Pendulum, &cfg, &x, &u, &params, s);
+            let tag = format!("step {s}");
+            let (costs, _) = mppi.costs_and_weights().unwrap();
+            close(&format!("{tag}: costs"), &costs, &c.costs, 1e-4, 1.0);
+            let u_gpu = mppi.controls().unwrap();
+            close(&format!("{tag}: controls"), &u_gpu, &c.controls, 1e-4, 0.05);
+            assert!(
+                ((g.control[0] as f64) - c.controls[0]).abs() <= 1e-4,
+                "{tag}"
+            );
+            let ro = mppi.rollouts().unwrap();
+            assert_eq!(ro.n, kept, "{tag}: kept rollouts");
+            for k in 0..kept {
+                let start = &ro.states[k * (cfg.horizon + 1) * 2..][..2];
+                assert_eq!(
+                    start,
+                    &x[..],
+                    "{tag}: rollout {k} starts at this step's state"
+                );
+            }
+            u = c.controls;
+            shift = true;
+            s += 1;
+        }
     }
 }

@@ -41,7 +41,9 @@
 //! return end in the [`Gpu`]'s wait timeout ([`Error::Timeout`]).
 
 use crate::gpu::shader::{self, Header, Preprocessed};
-use crate::gpu::{BindCache, Binding, Gpu, GpuBuffer, Pipeline, Recorder, ShaderChecks};
+use crate::gpu::{
+    BindCache, Binding, Encoded, Gpu, GpuBuffer, Pipeline, ReadbackHandle, Recorder, ShaderChecks,
+};
 use crate::{Error, Result};
 use std::sync::Arc;
 
@@ -337,6 +339,25 @@ pub struct Mppi<'g> {
     last_gpu_seconds: Option<f64>,
     // Every step records the same dispatches on the same buffers.
     binds: BindCache,
+    // The next step, recorded and encoded while the GPU ran this one (it assumes this step
+    // succeeds; any other case records afresh).
+    next: Option<PreparedStep<'g>>,
+}
+
+// An MPPI step encoded ahead, with what it was recorded for.
+struct PreparedStep<'g> {
+    key: StepKey,
+    encoded: Encoded<'g>,
+    handle: ReadbackHandle<f32>,
+}
+
+// What a recorded step depends on besides buffer contents.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct StepKey {
+    call: u32,
+    shift: bool,
+    vis_rows: usize,
+    timestamps: bool,
 }
 
 impl<'g> Mppi<'g> {
@@ -443,6 +464,7 @@ impl<'g> Mppi<'g> {
             timestamps: false,
             last_gpu_seconds: None,
             binds: BindCache::new(),
+            next: None,
         })
     }
 
@@ -515,6 +537,7 @@ impl<'g> Mppi<'g> {
         }
         self.u.upload(self.gpu, u)?;
         self.fresh = true;
+        self.next = None;
         Ok(())
     }
 
@@ -537,6 +560,8 @@ impl<'g> Mppi<'g> {
         let n = n.min(self.cfg.samples);
         let len = (n.max(1)) * (self.cfg.horizon + 1) * self.problem.state_dim;
         if self.vis.len() < len {
+            // The step encoded ahead binds the old buffer.
+            self.next = None;
             self.vis = GpuBuffer::new(self.gpu, "mppi rollouts", len)?;
         }
         self.vis_rows = n;
@@ -570,36 +595,30 @@ impl<'g> Mppi<'g> {
         self.call
     }
 
-    /// One optimization step from state `x0`: one submit, one read-back of the first control
-    /// and the rollouts' status. A step in which some sample did not run its whole horizon,
-    /// or no sample's cost is finite, is an error (see the module's "When a step fails") and
-    /// leaves the control sequence unchanged.
-    pub fn step(&mut self, x0: &[f32]) -> Result<MppiStep> {
-        let (s, c) = (self.problem.state_dim, self.problem.control_dim);
-        if x0.len() != s {
-            return Err(Error::Shape(format!(
-                "state of {} values for a {s}-dimensional problem",
-                x0.len()
-            )));
+    fn key(&self, call: u32, shift: bool) -> StepKey {
+        StepKey {
+            call,
+            shift,
+            vis_rows: self.vis_rows,
+            timestamps: self.timestamps,
         }
-        if let Some(i) = x0.iter().position(|v| !v.is_finite()) {
-            return Err(Error::InvalidArgument(format!(
-                "state component {i} is {}",
-                x0[i]
-            )));
-        }
-        self.x0.upload(self.gpu, x0)?;
+    }
+
+    // Record and encode a step: shift (unless the sequence was just set), noise, rollouts,
+    // weights, update, and the read-back of the result.
+    fn record(&self, key: StepKey) -> Result<PreparedStep<'g>> {
+        let c = self.problem.control_dim;
         let params = Params {
             seed_lo: self.cfg.seed as u32,
             seed_hi: (self.cfg.seed >> 32) as u32,
-            stream: self.call,
-            vis_rows: self.vis_rows as u32,
+            stream: key.call,
+            vis_rows: key.vis_rows as u32,
         };
         let mut rec = Recorder::new(self.gpu).with_cache(&self.binds);
-        if self.timestamps {
+        if key.timestamps {
             rec = rec.with_timestamps();
         }
-        if !self.fresh {
+        if key.shift {
             rec.dispatch(&self.pipes[3], &[&self.u.buffer], Some(&params), [1, 1, 1])?;
         }
         let max = self.gpu.limits().max_compute_workgroups_per_dimension as usize;
@@ -656,10 +675,46 @@ impl<'g> Mppi<'g> {
             [self.cfg.horizon as u32, 1, 1],
         )?;
         // The rollouts' counts come back with the control (out[c + 2], out[c + 3]).
-        let h = rec.read(&self.out);
+        let handle = rec.read(&self.out);
+        Ok(PreparedStep {
+            key,
+            encoded: rec.encode()?,
+            handle,
+        })
+    }
+
+    /// One optimization step from state `x0`: one submit, one read-back of the first control
+    /// and the rollouts' status. A step in which some sample did not run its whole horizon,
+    /// or no sample's cost is finite, is an error (see the module's "When a step fails") and
+    /// leaves the control sequence unchanged.
+    pub fn step(&mut self, x0: &[f32]) -> Result<MppiStep> {
+        let (s, c) = (self.problem.state_dim, self.problem.control_dim);
+        if x0.len() != s {
+            return Err(Error::Shape(format!(
+                "state of {} values for a {s}-dimensional problem",
+                x0.len()
+            )));
+        }
+        if let Some(i) = x0.iter().position(|v| !v.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "state component {i} is {}",
+                x0[i]
+            )));
+        }
+        self.x0.upload(self.gpu, x0)?;
+        let key = self.key(self.call, !self.fresh);
+        let step = match self.next.take() {
+            Some(p) if p.key == key => p,
+            _ => self.record(key)?,
+        };
+        let pending = step.encoded.submit()?;
+        let h = step.handle;
+        // While the GPU runs this step, record the next one as it will be if this one succeeds
+        // (the x0 upload and any set_params come before its submit).
+        self.next = self.record(self.key(self.call.wrapping_add(1), true)).ok();
         // The shift above ran even if this step fails: the next one must not shift again.
         self.fresh = true;
-        let done = rec.finish()?;
+        let done = pending.wait()?;
         self.last_gpu_seconds = done.timing.gpu_seconds;
         let out = done.get(&h)?;
         self.call = self.call.wrapping_add(1);
