@@ -568,38 +568,61 @@ pub fn bench_gemm(
     tile: Option<crate::kernels::gemm::GemmTile>,
     runs: usize,
 ) -> Result<GemmBench> {
-    use crate::kernels::gemm::{self, GemmTile, Mat};
+    use crate::kernels::gemm::{self, GemmTile};
     let tile = tile.unwrap_or_else(|| GemmTile::choose_on(gpu, op.m, op.n, op.batch));
+    let [a, b, c] = gemm_operands(gpu, &op)?;
+    let time = time_submits(gpu, runs, target_seconds(), 0.2, |rec| {
+        gemm::record_with_tile(rec, &op, a.mat(), b.mat(), c.mat(), None, tile)
+    })?;
+    Ok(GemmBench { op, tile, time })
+}
+
+/// A GEMM operand on the GPU with its row length and matrix stride.
+struct Operand {
+    buf: GpuBuffer<f32>,
+    cols: usize,
+    stride: usize,
+}
+
+impl Operand {
+    fn mat(&self) -> crate::kernels::gemm::Mat<'_> {
+        crate::kernels::gemm::Mat::rows(&self.buf, self.cols).batched(self.stride)
+    }
+}
+
+/// Random A and B for `op` (contiguous, transposed as `op` says) and an output C, for the
+/// GEMM benchmarks.
+fn gemm_operands(gpu: &Gpu, op: &crate::kernels::gemm::Gemm) -> Result<[Operand; 3]> {
     let mut r = rand::rngs::StdRng::seed_from_u64(3);
-    let mut rand_buf = |label: &str, n: usize| {
-        let v: Vec<f32> = (0..n).map(|_| r.random_range(-1.0..1.0)).collect();
-        GpuBuffer::from_slice(gpu, label, &v)
+    let mut operand = |label: &str, (rows, cols): (usize, usize), random: bool| {
+        let n = op.batch * rows * cols;
+        let buf = if random {
+            let v: Vec<f32> = (0..n).map(|_| r.random_range(-1.0..1.0)).collect();
+            GpuBuffer::from_slice(gpu, label, &v)?
+        } else {
+            GpuBuffer::<f32>::new(gpu, label, n)?
+        };
+        Ok::<_, crate::Error>(Operand {
+            buf,
+            cols,
+            stride: rows * cols,
+        })
     };
-    let (ar, ac) = if op.trans_a {
+    let a = if op.trans_a {
         (op.k, op.m)
     } else {
         (op.m, op.k)
     };
-    let (br, bc) = if op.trans_b {
+    let b = if op.trans_b {
         (op.n, op.k)
     } else {
         (op.k, op.n)
     };
-    let a = rand_buf("gemm A", op.batch * ar * ac)?;
-    let b = rand_buf("gemm B", op.batch * br * bc)?;
-    let c = GpuBuffer::<f32>::new(gpu, "gemm C", op.batch * op.m * op.n)?;
-    let time = time_submits(gpu, runs, target_seconds(), 0.2, |rec| {
-        gemm::record_with_tile(
-            rec,
-            &op,
-            Mat::rows(&a, ac).batched(ar * ac),
-            Mat::rows(&b, bc).batched(br * bc),
-            Mat::rows(&c, op.n).batched(op.m * op.n),
-            None,
-            tile,
-        )
-    })?;
-    Ok(GemmBench { op, tile, time })
+    Ok([
+        operand("gemm A", a, true)?,
+        operand("gemm B", b, true)?,
+        operand("gemm C", (op.m, op.n), false)?,
+    ])
 }
 
 /// One benchmarked world-model update.
@@ -1093,39 +1116,13 @@ pub fn bench_gemm_coop(
     tile: Option<crate::kernels::gemm_coop::CoopTile>,
     runs: usize,
 ) -> Result<(crate::kernels::gemm_coop::CoopTile, Stats)> {
-    use crate::kernels::gemm::Mat;
     use crate::kernels::gemm_coop::{self, CoopTile};
     gpu.tensor_cores()?;
     let sg = gpu.tensor_cores()?;
     let tile = tile.unwrap_or_else(|| CoopTile::choose_on(gpu, sg, op.m, op.n, op.batch));
-    let mut r = rand::rngs::StdRng::seed_from_u64(3);
-    let mut rand_buf = |label: &str, n: usize| {
-        let v: Vec<f32> = (0..n).map(|_| r.random_range(-1.0..1.0)).collect();
-        GpuBuffer::from_slice(gpu, label, &v)
-    };
-    let (ar, ac) = if op.trans_a {
-        (op.k, op.m)
-    } else {
-        (op.m, op.k)
-    };
-    let (br, bc) = if op.trans_b {
-        (op.n, op.k)
-    } else {
-        (op.k, op.n)
-    };
-    let a = rand_buf("gemm A", op.batch * ar * ac)?;
-    let b = rand_buf("gemm B", op.batch * br * bc)?;
-    let c = GpuBuffer::<f32>::new(gpu, "gemm C", op.batch * op.m * op.n)?;
+    let [a, b, c] = gemm_operands(gpu, &op)?;
     let time = time_submits(gpu, runs, target_seconds(), 0.2, |rec| {
-        gemm_coop::record_with_tile(
-            rec,
-            &op,
-            Mat::rows(&a, ac).batched(ar * ac),
-            Mat::rows(&b, bc).batched(br * bc),
-            Mat::rows(&c, op.n).batched(op.m * op.n),
-            None,
-            tile,
-        )
+        gemm_coop::record_with_tile(rec, &op, a.mat(), b.mat(), c.mat(), None, tile)
     })?;
     Ok((tile, time))
 }

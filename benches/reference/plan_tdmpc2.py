@@ -59,7 +59,6 @@ Examples:
 
 import argparse
 import json
-import math
 import sys
 import time
 import warnings
@@ -67,6 +66,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
+from common import Runner as GraphRunner, chosen_heads, check_no_sync, new_layer, quantile, set_tf32, simnorm, symexp, time_runner
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,53 +107,6 @@ class Config:
 # --------------------------------------------------------------------------------------------
 
 
-class Layer:
-    """Linear (+ LayerNorm + activation). Weights [out, in] or, for the Q ensemble,
-    stacked [heads, out, in]."""
-
-    def __init__(self, w, b, ln, act):
-        self.w, self.b, self.act = w, b, act
-        out = w.shape[-2]
-        if ln:
-            self.g = torch.ones(w.shape[:-2] + (out,))
-            self.beta = torch.zeros(w.shape[:-2] + (out,))
-        else:
-            self.g = self.beta = None
-
-    def to(self, device, dtype):
-        for k in ("w", "b", "g", "beta"):
-            v = getattr(self, k)
-            if v is not None:
-                setattr(self, k, v.to(device=device, dtype=dtype).contiguous())
-        return self
-
-    @property
-    def in_dim(self):
-        return self.w.shape[-1]
-
-    @property
-    def out_dim(self):
-        return self.w.shape[-2]
-
-
-def _new_layer(lead, in_dim, out_dim, ln, act, std):
-    w = torch.empty(lead + (out_dim, in_dim))
-    if std > 0:
-        torch.nn.init.trunc_normal_(w, std=std)
-    else:
-        w.zero_()
-    return Layer(w, torch.zeros(lead + (out_dim,)), ln, act)
-
-
-def simnorm(x, group):
-    shp = x.shape
-    return torch.softmax(x.reshape(*shp[:-1], shp[-1] // group, group), dim=-1).reshape(shp)
-
-
-def symexp(x):
-    return torch.sign(x) * (torch.exp(torch.abs(x)) - 1)
-
-
 class WorldModel:
     def __init__(self, cfg, obs_dim, action_dim, device, dtype, seed):
         self.cfg, self.obs_dim, self.action_dim = cfg, obs_dim, action_dim
@@ -165,7 +118,7 @@ class WorldModel:
             layers = []
             for i in range(len(dims) - 1):
                 last = i == len(dims) - 2
-                layers.append(_new_layer(lead, dims[i], dims[i + 1],
+                layers.append(new_layer(lead, dims[i], dims[i + 1],
                                          last_ln if last else True,
                                          last_act if last else "mish",
                                          last_std if last else 0.02))
@@ -284,11 +237,6 @@ class Noise:
 def gumbel_from_uniform(u):
     # Gumbel(0, 1) = -log(Exp(1)), Exp(1) = -log(U); U in [0, 1) from torch.rand
     return -torch.log(-torch.log(u.clamp_min(1e-30)))
-
-
-def chosen_heads(u, k=2):
-    # a random k-subset of the heads (TD-MPC2: randperm(num_q)[:2]), graph-safe
-    return torch.argsort(u)[:k]
 
 
 # --------------------------------------------------------------------------------------------
@@ -501,12 +449,7 @@ def plan_flops(cfg, obs_dim, action_dim, batch, iterations):
 # --------------------------------------------------------------------------------------------
 
 
-def set_tf32(on):
-    torch.backends.cuda.matmul.allow_tf32 = on
-    torch.backends.cudnn.allow_tf32 = on
-
-
-class Runner:
+class Runner(GraphRunner):
     """Holds the static buffers of one (mode, A, B) configuration; step() runs one plan step
     whose outputs are in self.out afterwards."""
 
@@ -517,25 +460,7 @@ class Runner:
         self.first = torch.zeros(batch, dtype=torch.bool, device=device)  # warm-started steps
         self.prev_mean = torch.zeros(T, batch, A, device=device)
         self.noise = Noise(device, torch.float32)
-        self.out = None
-        self.graph = None
-        self.compiled = None
-        if base_mode == "eager":
-            self.step = self._eager
-        elif base_mode == "graph":
-            self._capture()
-            self.step = self.graph.replay
-        elif base_mode == "compile":
-            # a fresh dynamo cache per configuration: each (A, B, TF32) is its own static graph,
-            # and the default recompile limit (8) would otherwise send later rows to eager
-            torch._dynamo.reset()
-            for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit"):
-                if hasattr(torch._dynamo.config, name):
-                    setattr(torch._dynamo.config, name, max(256, getattr(torch._dynamo.config, name)))
-            self.compiled = torch.compile(plan_step, mode="reduce-overhead", dynamic=False)
-            self.step = self._compiled
-        else:
-            raise ValueError(base_mode)
+        self._start(base_mode)
 
     def _body(self):
         out = plan_step(self.model, self.cfg, self.iterations, self.obs, self.first,
@@ -543,21 +468,9 @@ class Runner:
         self.prev_mean.copy_(out[1])  # warm start kept on the device
         return out
 
-    def _eager(self):
-        self.out = self._body()
-
-    def _capture(self):
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                self._body()
-        torch.cuda.current_stream().wait_stream(side)
-        torch.cuda.synchronize()
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = self._body()  # static outputs, refreshed by every replay
-        torch.cuda.synchronize()
+    # Compiled: the plan step alone, the warm-start copy outside the compiled graph.
+    def _compile(self):
+        return torch.compile(plan_step, mode="reduce-overhead", dynamic=False)
 
     def _compiled(self):
         torch.compiler.cudagraph_mark_step_begin()
@@ -565,58 +478,6 @@ class Runner:
                             self.prev_mean, self.noise, self.train)
         self.prev_mean.copy_(out[1])
         self.out = out
-
-
-def quantile(sorted_xs, q):
-    if len(sorted_xs) == 1:
-        return sorted_xs[0]
-    pos = q * (len(sorted_xs) - 1)
-    lo = int(math.floor(pos))
-    hi = min(lo + 1, len(sorted_xs) - 1)
-    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
-
-
-def time_runner(runner, iters, warmup, cuda):
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        runner.step()
-    if cuda:
-        torch.cuda.synchronize()
-    warmup_s = time.perf_counter() - t0
-    dev_ms, host_ms = [], []
-    if cuda:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        if cuda:
-            start.record()
-        runner.step()
-        if cuda:
-            end.record()
-        runner.out[0].to("cpu")  # the actions to the host: what the env loop waits for
-        if cuda:
-            torch.cuda.synchronize()
-        host_ms.append((time.perf_counter() - t0) * 1e3)
-        if cuda:
-            dev_ms.append(start.elapsed_time(end))
-    if not cuda:
-        dev_ms = list(host_ms)
-    return sorted(dev_ms), sorted(host_ms), warmup_s
-
-
-def check_no_sync(runner):
-    """Run one eager step with torch's sync debug mode set to error."""
-    try:
-        with warnings.catch_warnings():  # "prototype feature" warning
-            warnings.simplefilter("ignore")
-            torch.cuda.set_sync_debug_mode("error")
-        try:
-            runner.step()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        return None
-    except RuntimeError as e:
-        return f"host synchronisation inside the step: {e}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -745,8 +606,8 @@ def main(argv=None):
                         t0 = time.perf_counter()
                         runner = Runner(base, model, cfg, iterations, B, device, train)
                         setup_s = time.perf_counter() - t0  # graph capture (incl. its warm-up)
-                        sync_problem = check_no_sync(runner) if (cuda and base == "eager") else None
-                        dev_ms, host_ms, warmup_s = time_runner(runner, args.iters, args.warmup, cuda)
+                        sync_problem = check_no_sync(runner, "step") if (cuda and base == "eager") else None
+                        dev_ms, host_ms, warmup_s = time_runner(runner, args.iters, args.warmup, cuda, fetch=lambda r: r.out[0].to("cpu"))
                         setup_s += warmup_s  # compile happens in the first warm-up calls
                         probs = invariant_problems(cfg, *[runner.out[k] for k in (0, 1, 2, 4)])
                 except Exception as e:  # compile may fail offline, a batch may not fit, ...

@@ -135,6 +135,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from common import Runner as GraphRunner, check_no_sync, chosen_heads, new_layer, quantile, rel_err, set_tf32, simnorm, symexp, time_runner
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,68 +216,11 @@ def states(cfg, preset):
 # --------------------------------------------------------------------------------------------
 
 
-class Layer:
-    """Linear (+ LayerNorm + Mish). Weights [out, in] or, for the Q ensemble, stacked
-    [heads, out, in]."""
-
-    def __init__(self, w, b, ln):
-        self.w, self.b = w, b
-        out = w.shape[-2]
-        if ln:
-            self.g = torch.ones(w.shape[:-2] + (out,))
-            self.beta = torch.zeros(w.shape[:-2] + (out,))
-        else:
-            self.g = self.beta = None
-
-    def tensors(self):
-        return [t for t in (self.w, self.b, self.g, self.beta) if t is not None]
-
-    def named(self):
-        out = [("weight", "w"), ("bias", "b")]
-        if self.g is not None:
-            out += [("ln.weight", "g"), ("ln.bias", "beta")]
-        return out
-
-    def to(self, device, dtype, requires_grad):
-        for k in ("w", "b", "g", "beta"):
-            v = getattr(self, k)
-            if v is not None:
-                setattr(self, k, v.to(device=device, dtype=dtype).contiguous().requires_grad_(requires_grad))
-        return self
-
-    @property
-    def out_dim(self):
-        return self.w.shape[-2]
-
-
-def _new_layer(lead, in_dim, out_dim, ln, std):
-    w = torch.empty(lead + (out_dim, in_dim))
-    if std > 0:
-        torch.nn.init.trunc_normal_(w, std=std)
-    else:
-        w.zero_()
-    return Layer(w, torch.zeros(lead + (out_dim,)), ln)
-
-
 def _mlp_layers(lead, dims, last_std=0.02):
     """Hidden layers with LayerNorm + Mish, a plain final Linear."""
     n = len(dims) - 1
-    return [_new_layer(lead, dims[i], dims[i + 1], i < n - 1, last_std if i == n - 1 else 0.02)
+    return [new_layer(lead, dims[i], dims[i + 1], i < n - 1, None, last_std if i == n - 1 else 0.02)
             for i in range(n)]
-
-
-def simnorm(x, group):
-    shp = x.shape
-    return torch.softmax(x.reshape(*shp[:-1], shp[-1] // group, group), dim=-1).reshape(shp)
-
-
-def symexp(x):
-    return torch.sign(x) * (torch.exp(torch.abs(x)) - 1)
-
-
-def chosen_heads(u, k=2):
-    # a random k-subset of the heads (TD-MPC2: randperm(num_q)[:2]), graph-safe
-    return torch.argsort(u)[:k]
 
 
 PREFIX = {"pi": "_pi", "q": "_Qs.params", "prior": "_prior"}
@@ -770,13 +714,6 @@ def ref_update(preset, P, opts, sc, cfg, zs, b_mu, b_sig, eps, heads, drop):
     return r
 
 
-def rel_err(x, y):
-    x, y = torch.as_tensor(x).double(), torch.as_tensor(y).double()
-    d = float((x - y.to(x.device)).abs().max()) if x.numel() else 0.0
-    s = float(y.abs().max()) if y.numel() else 0.0
-    return d / s if s > 0 else d
-
-
 def reference_check(cfg, preset, action_dim, device, seed, batch=6, steps=2, all_heads=False, tol=1e-9):
     """Batched update (update_step, noise passed in) vs the straightforward reference in
     float64 on the 5M preset with a small batch, `steps` consecutive updates. Returns (worst
@@ -896,11 +833,6 @@ def update_flops(cfg, preset, action_dim, batch, q_heads=2):
 # --------------------------------------------------------------------------------------------
 
 
-def set_tf32(on):
-    torch.backends.cuda.matmul.allow_tf32 = on
-    torch.backends.cudnn.allow_tf32 = on
-
-
 def make_inputs(cfg, action_dim, batch, device, dtype=torch.float32):
     T = cfg.horizon
     zs = simnorm(torch.randn(T + 1, batch, cfg.latent_dim, device=device, dtype=dtype), cfg.simnorm_dim)
@@ -909,7 +841,7 @@ def make_inputs(cfg, action_dim, batch, device, dtype=torch.float32):
     return zs, b_mu, b_sig
 
 
-class Runner:
+class Runner(GraphRunner):
     """Fresh networks, optimisers and scales with static input buffers for one (mode, B);
     step() runs one update whose output (OUT_NAMES) is in self.out."""
 
@@ -919,84 +851,15 @@ class Runner:
         self.scales = Scales(cfg, batch, device, torch.float32)
         self.all_heads = all_heads
         self.zs, self.b_mu, self.b_sig = make_inputs(cfg, action_dim, batch, device)
-        self.out = None
-        self.graph = None
-        self.compiled = None
-        if base_mode == "eager":
-            self.step = self._eager
-        elif base_mode == "graph":
-            self._capture()
-            self.step = self.graph.replay
-        elif base_mode == "compile":
-            torch._dynamo.reset()  # a fresh dynamo cache per configuration
-            for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit"):
-                if hasattr(torch._dynamo.config, name):
-                    setattr(torch._dynamo.config, name, max(256, getattr(torch._dynamo.config, name)))
-            self.compiled = torch.compile(self._body, mode="reduce-overhead")
-            self.step = self._compiled
-        else:
-            raise ValueError(base_mode)
+        self._start(base_mode)
 
     def _body(self):
         return update_step(self.model, self.opts, self.scales, self.zs, self.b_mu, self.b_sig,
                            all_heads=self.all_heads)
 
-    def _eager(self):
-        self.out = self._body()
-
-    def _capture(self):
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):  # also creates Adam's state before capture
-                self._body()
-        torch.cuda.current_stream().wait_stream(side)
-        torch.cuda.synchronize()
+    def _before_capture(self):
         for opt in self.opts.values():
             opt.zero_grad(set_to_none=True)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = self._body()  # static output, refreshed by every replay
-        torch.cuda.synchronize()
-
-    def _compiled(self):
-        torch.compiler.cudagraph_mark_step_begin()
-        self.out = self.compiled()
-
-
-def quantile(sorted_xs, q):
-    if len(sorted_xs) == 1:
-        return sorted_xs[0]
-    pos = q * (len(sorted_xs) - 1)
-    lo = int(math.floor(pos))
-    hi = min(lo + 1, len(sorted_xs) - 1)
-    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
-
-
-def time_runner(runner, iters, warmup, cuda):
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        runner.step()
-    if cuda:
-        torch.cuda.synchronize()
-    warmup_s = time.perf_counter() - t0
-    dev_ms, host_ms = [], []
-    if cuda:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        if cuda:
-            start.record()
-        runner.step()
-        if cuda:
-            end.record()
-            torch.cuda.synchronize()
-        host_ms.append((time.perf_counter() - t0) * 1e3)
-        if cuda:
-            dev_ms.append(start.elapsed_time(end))
-    if not cuda:
-        dev_ms = list(host_ms)
-    return sorted(dev_ms), sorted(host_ms), warmup_s
 
 
 def invariant_problems(runner):
@@ -1014,21 +877,6 @@ def invariant_problems(runner):
             probs.append(f"non-finite parameter {name}")
             break
     return probs
-
-
-def check_no_sync(runner):
-    """Run one eager update with torch's sync debug mode set to error."""
-    try:
-        with warnings.catch_warnings():  # "prototype feature" warning
-            warnings.simplefilter("ignore")
-            torch.cuda.set_sync_debug_mode("error")
-        try:
-            runner.step()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        return None
-    except RuntimeError as e:
-        return f"host synchronisation inside the update: {str(e).splitlines()[0]}"
 
 
 # --------------------------------------------------------------------------------------------

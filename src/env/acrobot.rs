@@ -29,7 +29,7 @@
 //! **Reset**: both angles uniform in `[-pi, pi)`, velocities 0, as in the DeepMind Control
 //! Suite.
 
-use super::{Clock, Env, ParamCheck, Sigmoid, SplitMix, Step, TwoLink, rk4, tolerance, wrap_angle};
+use super::{Clock, Env, ParamCheck, Sigmoid, SplitMix, Step, TwoLink, tolerance};
 use crate::Result;
 
 /// Physical constants of the acrobot.
@@ -180,15 +180,11 @@ impl Acrobot {
     }
 
     fn sim_step(&mut self, u: f64) -> f64 {
-        let links = self.links();
-        let tau = [0.0, self.params.max_torque * u];
-        let damping = [self.params.damping; 2];
-        let h = self.params.dt / self.params.substeps as f64;
-        for _ in 0..self.params.substeps {
-            self.state = rk4(&self.state, h, |s| links.deriv(s, tau, damping));
-        }
-        self.state[0] = wrap_angle(self.state[0]);
-        self.state[1] = wrap_angle(self.state[1]);
+        let p = &self.params;
+        let tau = [0.0, p.max_torque * u];
+        self.state = self
+            .links()
+            .advance(&self.state, tau, p.damping, p.dt, p.substeps);
         self.reward()
     }
 

@@ -34,7 +34,7 @@
 //! velocities `0.01 N(0,1)`; balance starts near upright, `theta` uniform in `[-0.1, 0.1]`,
 //! `x` uniform in `[-0.25, 0.25]`, velocities `0.01 N(0,1)`.
 
-use super::{Clock, Env, ParamCheck, Sigmoid, SplitMix, Step, rk4, tolerance, wrap_angle};
+use super::{Clock, Env, ParamCheck, Sigmoid, SplitMix, Step, integrate, tolerance, wrap_angle};
 use crate::Result;
 
 /// Which cart-pole task.
@@ -199,10 +199,8 @@ impl Cartpole {
     }
 
     fn sim_step(&mut self, u: f64) -> f64 {
-        let h = self.params.dt / self.params.substeps as f64;
-        for _ in 0..self.params.substeps {
-            self.state = rk4(&self.state, h, |s| self.deriv(s, u));
-        }
+        let p = &self.params;
+        self.state = integrate(&self.state, p.dt, p.substeps, |s| self.deriv(s, u));
         self.state[1] = wrap_angle(self.state[1]);
         self.reward(u)
     }

@@ -9,7 +9,7 @@
 //! - the reward of one simulator step lies in `[0, 1]` and is built from smooth [`tolerance`]
 //!   terms; [`Env::step`] returns the sum over the action repeat, so an agent step earns at most
 //!   2 and an episode at most 1000;
-//! - physics runs in `f64` with a fixed-step RK4 integrator ([`rk4`]), observations are `f32`.
+//! - physics runs in `f64` with a fixed-step RK4 integrator ([`integrate`], sub-steps of [`rk4`]), observations are `f32`.
 //!
 //! Tasks, each documented in its module: [`pendulum`] (`pendulum-swingup`), [`cartpole`]
 //! (`cartpole-swingup`, `cartpole-balance`), [`acrobot`] (`acrobot-swingup`) and [`reacher`]
@@ -214,6 +214,22 @@ pub fn rk4<const N: usize>(x: &[f64; N], dt: f64, f: impl Fn(&[f64; N]) -> [f64;
         out[i] += dt / 6.0 * (k1[i] + 2.0 * k2[i] + 2.0 * k3[i] + k4[i]);
     }
     out
+}
+
+/// A simulator step of `dt`: `substeps` [`rk4`] steps of `dt / substeps` each. Every built-in
+/// task integrates through here.
+pub fn integrate<const N: usize>(
+    x: &[f64; N],
+    dt: f64,
+    substeps: usize,
+    f: impl Fn(&[f64; N]) -> [f64; N],
+) -> [f64; N] {
+    let h = dt / substeps as f64;
+    let mut x = *x;
+    for _ in 0..substeps {
+        x = rk4(&x, h, &f);
+    }
+    x
 }
 
 /// Wrap an angle to `(-pi, pi]`.
@@ -448,6 +464,21 @@ impl TwoLink {
 
     /// Tip of the second link relative to the first joint: `x` along `sin`, `y` along `-cos`
     /// (so `q = 0` points down the `-y` axis).
+    /// A simulator step of `dt` in `substeps` RK4 steps, both angles wrapped after it.
+    pub(crate) fn advance(
+        &self,
+        s: &[f64; 4],
+        tau: [f64; 2],
+        damping: f64,
+        dt: f64,
+        substeps: usize,
+    ) -> [f64; 4] {
+        let mut s = integrate(s, dt, substeps, |s| self.deriv(s, tau, [damping; 2]));
+        s[0] = wrap_angle(s[0]);
+        s[1] = wrap_angle(s[1]);
+        s
+    }
+
     pub(crate) fn tip(&self, q1: f64, q2: f64) -> [f64; 2] {
         [
             self.l1 * q1.sin() + self.l2 * (q1 + q2).sin(),

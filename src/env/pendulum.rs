@@ -25,7 +25,7 @@
 //!
 //! **Reset**: `theta` uniform in `[-pi, pi)`, `omega = 0`, as in the DeepMind Control Suite.
 
-use super::{Clock, Env, ParamCheck, Sigmoid, SplitMix, Step, rk4, tolerance, wrap_angle};
+use super::{Clock, Env, ParamCheck, Sigmoid, SplitMix, Step, integrate, tolerance, wrap_angle};
 use crate::Result;
 
 /// Physical constants of the pendulum.
@@ -166,10 +166,8 @@ impl Pendulum {
     }
 
     fn sim_step(&mut self, u: f64) -> f64 {
-        let h = self.params.dt / self.params.substeps as f64;
-        for _ in 0..self.params.substeps {
-            self.state = rk4(&self.state, h, |x| self.deriv(x, u));
-        }
+        let p = &self.params;
+        self.state = integrate(&self.state, p.dt, p.substeps, |x| self.deriv(x, u));
         // Keep theta bounded so long runs do not lose precision in cos/sin.
         self.state[0] = wrap_angle(self.state[0]);
         self.reward()

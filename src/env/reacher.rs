@@ -30,7 +30,7 @@
 //! **Reset**: joint angles uniform in `[-pi, pi)`, velocities 0, target at an angle uniform in
 //! `[-pi, pi)` and a distance uniform in `[0.05, 0.20] m` from the shoulder.
 
-use super::{Clock, Env, ParamCheck, Sigmoid, SplitMix, Step, TwoLink, rk4, tolerance, wrap_angle};
+use super::{Clock, Env, ParamCheck, Sigmoid, SplitMix, Step, TwoLink, tolerance};
 use crate::Result;
 
 /// Physical constants of the reacher.
@@ -198,15 +198,11 @@ impl Reacher {
     }
 
     fn sim_step(&mut self, u: &[f64; 2]) -> f64 {
-        let links = self.links();
-        let tau = [self.params.max_torque * u[0], self.params.max_torque * u[1]];
-        let damping = [self.params.damping; 2];
-        let h = self.params.dt / self.params.substeps as f64;
-        for _ in 0..self.params.substeps {
-            self.state = rk4(&self.state, h, |s| links.deriv(s, tau, damping));
-        }
-        self.state[0] = wrap_angle(self.state[0]);
-        self.state[1] = wrap_angle(self.state[1]);
+        let p = &self.params;
+        let tau = [p.max_torque * u[0], p.max_torque * u[1]];
+        self.state = self
+            .links()
+            .advance(&self.state, tau, p.damping, p.dt, p.substeps);
         self.reward()
     }
 

@@ -1,0 +1,215 @@
+"""What the PyTorch reference scripts beside this file share: TD-MPC2's layer and activations,
+the head choice, and the timing harness (eager, CUDA graph or torch.compile, CUDA-event
+timing, the no-host-sync check).
+
+The scripts run as `python3 benches/reference/NAME.py`, so this folder is on their import
+path: copy the folder, not one script, to a GPU host.
+"""
+
+import math
+import time
+import warnings
+
+import torch
+
+
+class Layer:
+    """Linear (+ LayerNorm + activation `act`). Weights [out, in] or, for the Q ensemble,
+    stacked [heads, out, in]."""
+
+    def __init__(self, w, b, ln, act=None):
+        self.w, self.b, self.act = w, b, act
+        out = w.shape[-2]
+        if ln:
+            self.g = torch.ones(w.shape[:-2] + (out,))
+            self.beta = torch.zeros(w.shape[:-2] + (out,))
+        else:
+            self.g = self.beta = None
+
+    def tensors(self):
+        return [t for t in (self.w, self.b, self.g, self.beta) if t is not None]
+
+    def named(self):
+        """(name suffix as in TD-MPC2's state dict, attribute) pairs."""
+        out = [("weight", "w"), ("bias", "b")]
+        if self.g is not None:
+            out += [("ln.weight", "g"), ("ln.bias", "beta")]
+        return out
+
+    def to(self, device, dtype, requires_grad=False):
+        for k in ("w", "b", "g", "beta"):
+            v = getattr(self, k)
+            if v is not None:
+                setattr(self, k, v.to(device=device, dtype=dtype).contiguous().requires_grad_(requires_grad))
+        return self
+
+    def clone(self):
+        c = Layer.__new__(Layer)
+        c.act = self.act
+        for k in ("w", "b", "g", "beta"):
+            v = getattr(self, k)
+            setattr(c, k, None if v is None else v.detach().clone())
+        return c
+
+    @property
+    def in_dim(self):
+        return self.w.shape[-1]
+
+    @property
+    def out_dim(self):
+        return self.w.shape[-2]
+
+
+def new_layer(lead, in_dim, out_dim, ln, act, std):
+    """A layer with truncated-normal weights of `std` (zeros when `std` is 0) and zero bias, as
+    TD-MPC2 initializes them."""
+    w = torch.empty(lead + (out_dim, in_dim))
+    if std > 0:
+        torch.nn.init.trunc_normal_(w, std=std)
+    else:
+        w.zero_()
+    return Layer(w, torch.zeros(lead + (out_dim,)), ln, act)
+
+
+def simnorm(x, group):
+    shp = x.shape
+    return torch.softmax(x.reshape(*shp[:-1], shp[-1] // group, group), dim=-1).reshape(shp)
+
+
+def symlog(x):
+    return torch.sign(x) * torch.log(1 + torch.abs(x))
+
+
+def symexp(x):
+    return torch.sign(x) * (torch.exp(torch.abs(x)) - 1)
+
+
+def chosen_heads(u, k=2):
+    # a random k-subset of the heads (TD-MPC2: randperm(num_q)[:2]), graph-safe
+    return torch.argsort(u)[:k]
+
+
+def rel_err(x, y):
+    """Largest |x - y| relative to the largest |y| (absolute where y is all zero)."""
+    x, y = torch.as_tensor(x).double(), torch.as_tensor(y).double()
+    d = float((x - y.to(x.device)).abs().max()) if x.numel() else 0.0
+    s = float(y.abs().max()) if y.numel() else 0.0
+    return d / s if s > 0 else d
+
+
+def set_tf32(on):
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
+
+
+class Runner:
+    """One configuration's static buffers; step() runs one unit of work (`_body`) whose outputs
+    are in self.out afterwards: eagerly, replayed as a CUDA graph, or compiled with
+    torch.compile (reduce-overhead). Subclasses set their buffers, then call `_start`."""
+
+    def _start(self, base_mode):
+        self.out = None
+        self.graph = None
+        self.compiled = None
+        if base_mode == "eager":
+            self.step = self._eager
+        elif base_mode == "graph":
+            self._capture()
+            self.step = self.graph.replay
+        elif base_mode == "compile":
+            # a fresh dynamo cache per configuration: each one is its own static graph, and the
+            # default recompile limit (8) would otherwise send later rows to eager
+            torch._dynamo.reset()
+            for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit"):
+                if hasattr(torch._dynamo.config, name):
+                    setattr(torch._dynamo.config, name, max(256, getattr(torch._dynamo.config, name)))
+            self.compiled = self._compile()
+            self.step = self._compiled
+        else:
+            raise ValueError(base_mode)
+
+    def _body(self):
+        raise NotImplementedError
+
+    def _compile(self):
+        return torch.compile(self._body, mode="reduce-overhead")
+
+    def _compiled(self):
+        torch.compiler.cudagraph_mark_step_begin()
+        self.out = self.compiled()
+
+    def _eager(self):
+        self.out = self._body()
+
+    def _before_capture(self):
+        """After the warm-up runs, before capture (an optimiser drops its gradients here)."""
+
+    def _capture(self):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):  # also creates optimiser state before capture
+                self._body()
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        self._before_capture()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = self._body()  # static outputs, refreshed by every replay
+        torch.cuda.synchronize()
+
+
+def quantile(sorted_xs, q):
+    if len(sorted_xs) == 1:
+        return sorted_xs[0]
+    pos = q * (len(sorted_xs) - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(sorted_xs) - 1)
+    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
+
+
+def time_runner(runner, iters, warmup, cuda, fetch=None):
+    """Sorted device and host milliseconds of `iters` steps after `warmup` untimed ones, and
+    the warm-up's seconds. `fetch(runner)` runs after each step inside the timed span (e.g. the
+    read-back an environment loop waits for). Without CUDA the device times are the host's."""
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        runner.step()
+    if cuda:
+        torch.cuda.synchronize()
+    warmup_s = time.perf_counter() - t0
+    dev_ms, host_ms = [], []
+    if cuda:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        if cuda:
+            start.record()
+        runner.step()
+        if cuda:
+            end.record()
+        if fetch is not None:
+            fetch(runner)
+        if cuda:
+            torch.cuda.synchronize()
+        host_ms.append((time.perf_counter() - t0) * 1e3)
+        if cuda:
+            dev_ms.append(start.elapsed_time(end))
+    if not cuda:
+        dev_ms = list(host_ms)
+    return sorted(dev_ms), sorted(host_ms), warmup_s
+
+
+def check_no_sync(runner, what="update"):
+    """Run one eager `what` with torch's sync debug mode set to error: the problem, or None."""
+    try:
+        with warnings.catch_warnings():  # "prototype feature" warning
+            warnings.simplefilter("ignore")
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            runner.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return None
+    except RuntimeError as e:
+        return f"host synchronisation inside the {what}: {str(e).splitlines()[0]}"

@@ -1,0 +1,494 @@
+//! `pompc train`: options, the progress bars, and the CSV log of a run. The loop itself is
+//! `pompc::train::Trainer`'s.
+
+use crate::Result;
+use crate::bench::AutoPrec;
+use crate::output::say;
+use clap::{Args, ValueEnum};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use pompc::train::{Event, Method, ModelPreset, PolicyLosses, TrainConfig, Trainer};
+use pompc::{Gpu, GpuOptions};
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// A training method.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+#[value(rename_all = "kebab-case")]
+enum MethodArg {
+    /// TD-MPC2's maximum-entropy policy update
+    #[value(alias = "td-mpc2")]
+    Tdmpc2,
+    /// BMPC: imitation of the planner
+    Bmpc,
+    /// TD-M(PC)²: TD-MPC2's update with a behaviour-cloning term toward the planner
+    #[value(alias = "td-m(pc)2", alias = "td-m(pc)²")]
+    TdmpcSquare,
+    /// PO-MPC: Q against lambda times the KL to an adaptive prior (the default)
+    #[value(alias = "pompc")]
+    PoMpc,
+}
+
+/// Options of `pompc train`.
+#[derive(Args)]
+pub struct TrainArgs {
+    /// The task
+    #[arg(long = "env", value_name = "NAME", default_value = "pendulum-swingup",
+          value_parser = clap::builder::PossibleValuesParser::new(pompc::env::NAMES))]
+    env_name: String,
+    /// The policy update
+    #[arg(long, value_enum, default_value_t = MethodArg::PoMpc, ignore_case = true)]
+    method: MethodArg,
+    /// PO-MPC's lambda (default 1; finite, >= 0; po-mpc only)
+    #[arg(long, value_name = "L", allow_negative_numbers = true)]
+    lambda: Option<f32>,
+    /// Environment steps
+    #[arg(long, value_name = "N", default_value_t = 100_000, allow_negative_numbers = true, value_parser = steps)]
+    steps: usize,
+    /// Seeds; several run in parallel threads on one device, each with its own files
+    #[arg(
+        long = "seeds",
+        visible_alias = "seed",
+        value_name = "S1,S2,...",
+        value_delimiter = ',',
+        default_value = "0",
+        required = false,
+        num_args = 1
+    )]
+    seeds: Vec<u64>,
+    /// Model: tiny, small, or a TD-MPC2 size 1, 5, 19, 48, 317 (default 5)
+    #[arg(long, value_name = "M", value_parser = model_preset)]
+    model: Option<ModelPreset>,
+    /// The CPU-sized preset (tiny model, 64 samples, 3 iterations, batch 32)
+    #[arg(long)]
+    quick: bool,
+    /// Steps between evaluations (default 10000; 0: none)
+    #[arg(long, value_name = "N")]
+    eval_every: Option<usize>,
+    /// Random steps, then as many pre-training updates (default max(1000, 5 x episode
+    /// length); at least one episode)
+    #[arg(long, value_name = "N")]
+    seed_steps: Option<usize>,
+    /// Episodes per evaluation (default 1)
+    #[arg(long, value_name = "N")]
+    eval_episodes: Option<usize>,
+    /// Where the CSV, SVG and checkpoint go
+    #[arg(long, value_name = "DIR", default_value = "runs")]
+    out: PathBuf,
+    /// Steps between checkpoints (0: only at the end)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    checkpoint_every: usize,
+    /// Continue from DIR's checkpoint of this run
+    #[arg(long)]
+    resume: bool,
+    /// Stop (with a checkpoint) at the first episode end after S seconds
+    #[arg(long, value_name = "S", allow_negative_numbers = true, value_parser = seconds)]
+    time_limit: Option<f64>,
+    /// No progress bar (it is drawn only on a terminal anyway)
+    #[arg(long)]
+    quiet: bool,
+    /// The planner's model (weights rounded to f16 from the trainer's f32 parameters after
+    /// each update); default f32, auto: the device's
+    #[arg(long, value_enum)]
+    precision: Option<AutoPrec>,
+}
+
+fn model_preset(s: &str) -> std::result::Result<ModelPreset, String> {
+    ModelPreset::parse(s).map_err(|e| e.to_string())
+}
+
+fn steps(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("nothing to train; give at least 1 step".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("a whole number of steps: {e}")),
+    }
+}
+
+fn seconds(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
+        _ => Err("seconds, finite and >= 0".into()),
+    }
+}
+
+/// The columns of a run's CSV log, in order (`scripts/device/jobs.sh` reads them by position).
+pub const CSV_HEADER: [&str; 12] = [
+    "kind",
+    "step",
+    "episode",
+    "wall_s",
+    "return",
+    "consistency",
+    "reward_loss",
+    "value_loss",
+    "policy_loss",
+    "prior_fit",
+    "world_grad_norm",
+    "policy_grad_norm",
+];
+
+/// One line of the CSV log: a training episode, an evaluation or a loss read-back.
+#[derive(Serialize, Default)]
+pub struct LogRow {
+    kind: &'static str,
+    step: usize,
+    episode: Option<usize>,
+    wall_s: f64,
+    #[serde(rename = "return")]
+    ret: Option<f32>,
+    consistency: Option<f32>,
+    reward_loss: Option<f32>,
+    value_loss: Option<f32>,
+    policy_loss: Option<f32>,
+    prior_fit: Option<f32>,
+    world_grad_norm: Option<f32>,
+    policy_grad_norm: Option<f32>,
+}
+
+impl LogRow {
+    /// The row of `e` at `wall` seconds; `None` for events that are not logged.
+    pub fn of(e: &Event, wall: f64) -> Option<LogRow> {
+        // Centiseconds are plenty for a log and keep it short.
+        let wall_s = (wall * 100.0).round() / 100.0;
+        Some(match e {
+            Event::Episode { step, episode, ret } => LogRow {
+                kind: "train",
+                step: *step,
+                episode: Some(*episode),
+                wall_s,
+                ret: Some(*ret),
+                ..LogRow::default()
+            },
+            Event::Eval { step, mean, .. } => LogRow {
+                kind: "eval",
+                step: *step,
+                wall_s,
+                ret: Some(*mean),
+                ..LogRow::default()
+            },
+            Event::Losses {
+                step,
+                world: l,
+                policy,
+                ..
+            } => {
+                let p: Option<&PolicyLosses> = policy.as_ref();
+                // Rows of steps without a policy update keep their columns, as NaN.
+                let pf = |f: fn(&PolicyLosses) -> f32| Some(p.map_or(f32::NAN, f));
+                LogRow {
+                    kind: "loss",
+                    step: *step,
+                    wall_s,
+                    consistency: Some(l.consistency),
+                    reward_loss: Some(l.reward),
+                    value_loss: Some(l.value),
+                    policy_loss: pf(|p| p.total),
+                    prior_fit: pf(|p| p.prior_fit),
+                    world_grad_norm: Some(l.grad_norm),
+                    policy_grad_norm: pf(|p| p.grad_norm),
+                    ..LogRow::default()
+                }
+            }
+            Event::Pretrained { .. } => return None,
+        })
+    }
+}
+
+/// A CSV writer over `old` (a resumed run's log, header included) or a fresh log.
+pub fn log_writer(old: Option<Vec<u8>>) -> csv::Result<csv::Writer<Vec<u8>>> {
+    let fresh = old.is_none();
+    let mut w = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(old.unwrap_or_default());
+    if fresh {
+        w.write_record(CSV_HEADER)?;
+    }
+    Ok(w)
+}
+
+/// Sentinel error that stops a run at `--time-limit` (its checkpoint is written as usual).
+const TIME_LIMIT: &str = "time limit";
+
+/// Train as asked: one run, or one thread per seed on one device.
+pub fn run(a: TrainArgs) -> Result {
+    let method_name = a
+        .method
+        .to_possible_value()
+        .expect("methods have names")
+        .get_name()
+        .to_string();
+    let method = Method::parse(&method_name, a.lambda)?;
+    // Each seed writes its own files, named by the seed: a repeated seed would overwrite them.
+    let mut sorted = a.seeds.clone();
+    sorted.sort_unstable();
+    if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!(
+            "--seeds lists seed {} twice: each seed's run writes its own files",
+            w[0]
+        )
+        .into());
+    }
+    let gpu = Gpu::new(GpuOptions::default())?;
+    std::fs::create_dir_all(&a.out).map_err(|e| format!("--out {}: {e}", a.out.display()))?;
+    let bars = MultiProgress::new();
+    if a.quiet {
+        bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    if a.seeds.len() == 1 {
+        return one(&a, &gpu, method, a.seeds[0], &bars);
+    }
+    say(
+        &bars.add(ProgressBar::hidden()),
+        &format!("{} seeds in parallel on {}", a.seeds.len(), gpu.describe()),
+    );
+    std::thread::scope(|sc| {
+        let runs: Vec<_> = a
+            .seeds
+            .iter()
+            .map(|&sd| {
+                let (a, gpu, bars) = (&a, &gpu, &bars);
+                sc.spawn(move || one(a, gpu, method, sd, bars))
+            })
+            .collect();
+        runs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("a run panicked".into())))
+            .collect::<Result<Vec<()>>>()
+    })?;
+    Ok(())
+}
+
+/// The progress bar of one run: steps, steps/s, ETA and the last returns.
+fn bar(bars: &MultiProgress, steps: usize, seed: u64, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = bars.add(ProgressBar::new(steps as u64));
+    pb.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} ETA {eta:<4} {msg}")
+            .expect("valid template")
+            .progress_chars("#>-"),
+    );
+    pb.set_prefix(format!("seed {seed}"));
+    pb
+}
+
+/// One seed's run: train, log, checkpoint, chart.
+fn one(a: &TrainArgs, gpu: &Gpu, method: Method, seed: u64, bars: &MultiProgress) -> Result {
+    let env_name = a.env_name.as_str();
+    let env = pompc::env::make(env_name)?;
+    let steps = a.steps;
+    let mut cfg = if a.quick {
+        TrainConfig::quick(env.as_ref(), method, steps, seed)
+    } else {
+        TrainConfig::new(env.as_ref(), method, steps, seed)
+    }?;
+    if let Some(m) = a.model {
+        cfg.model = m;
+    }
+    if let Some(e) = a.eval_every {
+        cfg.eval_every = e;
+    }
+    if let Some(n) = a.seed_steps {
+        cfg.seed_steps = n;
+    }
+    if let Some(e) = a.eval_episodes {
+        cfg.eval_episodes = e;
+    }
+    if let Some(p) = a.precision {
+        cfg.planner_precision = p.on(gpu);
+    }
+    let stem = a.out.join(format!("{env_name}-{}-s{seed}", method.slug()));
+    let path = |ext: &str| format!("{}.{ext}", stem.display());
+    let ckpt = path("ckpt.safetensors");
+    let eval_env = pompc::env::make(env_name)?;
+    let mut trainer = if a.resume {
+        Trainer::resume(gpu, env, eval_env, cfg, &ckpt)
+    } else {
+        Trainer::new(gpu, env, eval_env, cfg)
+    }?;
+    let pb = bar(bars, steps, seed, a.quiet);
+    say(
+        &pb,
+        &format!(
+            "{} on {env_name}, {steps} steps, seed {seed}, from step {} | {}",
+            method.label(),
+            trainer.step(),
+            gpu.describe()
+        ),
+    );
+    // The log is kept in memory and written whole (atomically) with each checkpoint, so it
+    // always matches the checkpoint that a resumed run continues from.
+    let csv_path = path("csv");
+    let old = match std::fs::read(&csv_path) {
+        Ok(old) if a.resume => Some(old),
+        Err(e) if a.resume && e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(format!("{csv_path}: {e}").into());
+        }
+        _ => None,
+    };
+    let mut log = log_writer(old).map_err(|e| format!("{csv_path}: {e}"))?;
+    let mut saved = false;
+    let t0 = std::time::Instant::now();
+    let start = trainer.step();
+    pb.set_position(start as u64);
+    pb.reset_eta();
+    let (mut last_ret, mut last_eval) = (f32::NAN, f32::NAN);
+    // When and at which step the loop of one update per step began (after pre-training).
+    let mut loop_start: Option<(f64, usize)> = None;
+    let seed_steps = trainer.config().seed_steps;
+    let mut stop = false;
+    while trainer.step() < steps && !stop {
+        let chunk = match trainer.step().checked_div(a.checkpoint_every) {
+            Some(k) => ((k + 1) * a.checkpoint_every).min(steps),
+            None => steps,
+        };
+        let res = trainer.run(chunk, &mut |e: &Event| {
+            let w = t0.elapsed().as_secs_f64();
+            match e {
+                Event::Episode { ret, .. } => last_ret = *ret,
+                Event::Eval { mean, .. } => last_eval = *mean,
+                Event::Pretrained { updates, seconds } => {
+                    loop_start = Some((w, seed_steps));
+                    if !a.quiet {
+                        say(
+                            &pb,
+                            &format!(
+                                "seed {seed}: {updates} pre-training updates in {seconds:.1} s"
+                            ),
+                        );
+                    }
+                }
+                Event::Losses { .. } => {}
+            }
+            if let Some(row) = LogRow::of(e, w) {
+                log.serialize(row)
+                    .map_err(|err| pompc::Error::InvalidArgument(format!("{csv_path}: {err}")))?;
+            }
+            // The bar moves at episode ends and at each loss read-back (every `log_every`
+            // updates), so long episodes still show progress.
+            if let Event::Episode { step, .. } | Event::Losses { step, .. } = e {
+                pb.set_position(*step as u64);
+                let rate = (*step - start) as f64 / w.max(1e-9);
+                pb.set_message(format!(
+                    "{rate:.0} steps/s  return {last_ret:.1}  eval {last_eval:.1}"
+                ));
+            }
+            if matches!(e, Event::Episode { .. }) && a.time_limit.is_some_and(|l| w > l) {
+                return Err(pompc::Error::InvalidArgument(TIME_LIMIT.into()));
+            }
+            Ok(())
+        });
+        match res {
+            Ok(()) => {}
+            Err(pompc::Error::InvalidArgument(m)) if m == TIME_LIMIT => stop = true,
+            Err(e) => return Err(e.into()),
+        }
+        trainer.save(&ckpt)?;
+        log.flush().map_err(|e| format!("{csv_path}: {e}"))?;
+        pompc::fs::write_atomic(&csv_path, log.get_ref())?;
+        saved = true;
+    }
+    pb.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    let done = trainer.step() - start;
+    eprintln!(
+        "seed {seed}: {done} steps in {secs:.1} s ({:.1} steps/s); {}{}",
+        done as f64 / secs.max(1e-9),
+        if saved {
+            format!("checkpoint {ckpt}")
+        } else {
+            format!(
+                "no checkpoint written: the run was already at step {} of {steps}",
+                trainer.step()
+            )
+        },
+        if stop {
+            " (time limit: --resume continues)"
+        } else {
+            ""
+        }
+    );
+    if let Some((t, s0)) = loop_start
+        && trainer.step() > s0
+    {
+        eprintln!(
+            "seed {seed}: loop after pre-training: {} steps in {:.1} s ({:.1} steps/s, plan + \
+             update + simulation + evaluations)",
+            trainer.step() - s0,
+            secs - t,
+            (trainer.step() - s0) as f64 / (secs - t)
+        );
+    }
+    let svg = path("svg");
+    let chart = trainer.curve(&format!("{env_name}, {}, seed {seed}", method.label()));
+    crate::plot::warn_non_finite(&chart, &svg);
+    chart.save(&svg)?;
+    println!("log {csv_path}, curve {svg}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pompc::train::UpdateLosses;
+
+    fn text(w: csv::Writer<Vec<u8>>) -> String {
+        String::from_utf8(w.into_inner().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_header_names_the_rows_fields() {
+        // serde's header for a row is the one a fresh log starts with.
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.serialize(LogRow::default()).unwrap();
+        let serde_header = text(w).lines().next().unwrap().to_string();
+        assert_eq!(serde_header, CSV_HEADER.join(","));
+    }
+
+    #[test]
+    fn rows_keep_their_columns() {
+        let mut w = log_writer(None).unwrap();
+        let ep = Event::Episode {
+            step: 500,
+            episode: 1,
+            ret: 12.5,
+        };
+        let ev = Event::Eval {
+            step: 1000,
+            mean: f32::NAN,
+            returns: vec![f32::NAN],
+        };
+        let world = UpdateLosses {
+            consistency: 0.25,
+            reward: 1.5,
+            value: 2.0,
+            total: 3.75,
+            grad_norm: 4.0,
+        };
+        let loss = Event::Losses {
+            step: 1002,
+            updates: 3,
+            world,
+            policy: None,
+        };
+        for (e, t) in [(&ep, 1.234), (&ev, 2.0), (&loss, 3.456)] {
+            w.serialize(LogRow::of(e, t).unwrap()).unwrap();
+        }
+        let pre = Event::Pretrained {
+            updates: 1,
+            seconds: 0.5,
+        };
+        assert!(LogRow::of(&pre, 0.0).is_none());
+        let t = text(w);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[1], "train,500,1,1.23,12.5,,,,,,,");
+        assert_eq!(lines[2], "eval,1000,,2.0,NaN,,,,,,,");
+        assert_eq!(lines[3], "loss,1002,,3.46,,0.25,1.5,2.0,NaN,NaN,4.0,NaN");
+        // A resumed log goes on without a second header.
+        let mut w = log_writer(Some(t.clone().into_bytes())).unwrap();
+        w.serialize(LogRow::of(&ep, 9.0).unwrap()).unwrap();
+        let again = text(w);
+        assert_eq!(again.matches("kind,step").count(), 1);
+        assert!(again.ends_with("train,500,1,9.0,12.5,,,,,,,\n"), "{again}");
+    }
+}
