@@ -283,6 +283,10 @@ struct UpdateArgs {
     /// Sub-trajectories of horizon 3
     #[arg(long, value_delimiter = ',', default_value = "256")]
     batch: Vec<usize>,
+    /// Instead of timing: every dispatch timed on its own, summed per kernel and launch shape
+    /// over min(runs, 10) updates (timestamp queries)
+    #[arg(long)]
+    profile: bool,
     #[command(flatten)]
     dims: ModelDims<24, 6>,
     #[command(flatten)]
@@ -316,6 +320,10 @@ struct PolicyArgs {
     /// Sub-trajectories per update
     #[arg(long, default_value_t = 256)]
     batch: usize,
+    /// Instead of timing: every dispatch timed on its own, summed per kernel and launch shape
+    /// over min(runs, 10) updates (timestamp queries)
+    #[arg(long)]
+    profile: bool,
     #[command(flatten)]
     dims: ModelDims<24, 6>,
     #[command(flatten)]
@@ -708,33 +716,45 @@ fn profile_plan(
                 let rows = step(a.common.quiet, &what, || {
                     bench::profile_plan(gpu, &spec, b, runs.min(10), warmup, p)
                 })?;
-                let total: f64 = rows.iter().map(|r| r.seconds).sum();
-                let launches: usize = rows.iter().map(|r| r.count).sum();
-                println!(
-                    "\nplan step, A {act}, B {b}, {}: {:.3} ms GPU in {launches} dispatches \
-                     (each timed alone)",
-                    p.name(),
-                    total * 1e3
+                print_profile(
+                    &format!("plan step, A {act}, B {b}, {}", p.name()),
+                    "step",
+                    &rows,
                 );
-                println!(
-                    "{:<28} {:>22} {:>6} {:>10} {:>10} {:>6}",
-                    "kernel", "workgroups", "count", "ms/step", "us each", "share"
-                );
-                for r in &rows {
-                    println!(
-                        "{:<28} {:>22} {:>6} {:>10.3} {:>10.1} {:>5.1}%",
-                        r.kernel,
-                        format!("{}x{}x{}", r.groups[0], r.groups[1], r.groups[2]),
-                        r.count,
-                        r.seconds * 1e3,
-                        r.seconds / r.count.max(1) as f64 * 1e6,
-                        100.0 * r.seconds / total
-                    );
-                }
             }
         }
     }
     Ok(())
+}
+
+/// One profile table: kernels and launch shapes by GPU time per `unit` (step, update).
+fn print_profile(what: &str, unit: &str, rows: &[bench::PlanProfileRow]) {
+    let total: f64 = rows.iter().map(|r| r.seconds).sum();
+    let launches: usize = rows.iter().map(|r| r.count).sum();
+    println!(
+        "\n{what}: {:.3} ms GPU in {launches} dispatches (each timed alone)",
+        total * 1e3
+    );
+    println!(
+        "{:<28} {:>22} {:>6} {:>10} {:>10} {:>6}",
+        "kernel",
+        "workgroups",
+        "count",
+        format!("ms/{unit}"),
+        "us each",
+        "share"
+    );
+    for r in rows {
+        println!(
+            "{:<28} {:>22} {:>6} {:>10.3} {:>10.1} {:>5.1}%",
+            r.kernel,
+            format!("{}x{}x{}", r.groups[0], r.groups[1], r.groups[2]),
+            r.count,
+            r.seconds * 1e3,
+            r.seconds / r.count.max(1) as f64 * 1e6,
+            100.0 * r.seconds / total
+        );
+    }
 }
 
 #[derive(Serialize)]
@@ -1021,6 +1041,17 @@ fn update_header(first: String) -> String {
 fn update(gpu: &Gpu, a: &UpdateArgs) -> Result {
     let spec = a.dims.spec()?;
     let (runs, warmup) = (a.common.runs(20), a.warmup.warmup.unwrap_or(5));
+    if a.profile {
+        println!("adapter: {}", gpu.describe());
+        for &b in &a.batch {
+            let rows = step(a.common.quiet, &format!("profile update B {b}"), || {
+                bench::profile_update(gpu, &spec, b, runs.min(10), warmup)
+            })?;
+            let what = format!("world-model update, {}M, batch {b}", a.dims.size);
+            print_profile(&what, "update", &rows);
+        }
+        return Ok(());
+    }
     let out = Report::new(gpu, a.common.json);
     out.header(&[
         format!(
@@ -1054,13 +1085,17 @@ fn policy(gpu: &Gpu, a: &PolicyArgs) -> Result {
     let act = a.dims.act;
     let (runs, warmup) = (a.common.runs(20), a.warmup.warmup.unwrap_or(5));
     let out = Report::new(gpu, a.common.json);
-    out.header(&[
-        format!(
-            "TD-MPC2 {}M preset, action {act}, batch {}; one policy update per submit",
-            a.dims.size, a.batch
-        ),
-        update_header(format!("{:<14}", "preset")),
-    ]);
+    if a.profile {
+        println!("adapter: {}", gpu.describe());
+    } else {
+        out.header(&[
+            format!(
+                "TD-MPC2 {}M preset, action {act}, batch {}; one policy update per submit",
+                a.dims.size, a.batch
+            ),
+            update_header(format!("{:<14}", "preset")),
+        ]);
+    }
     for &p in &a.preset {
         let cfg = match p {
             Preset::Tdmpc2 => PolicyUpdateConfig::tdmpc2(act),
@@ -1073,6 +1108,14 @@ fn policy(gpu: &Gpu, a: &PolicyArgs) -> Result {
             .expect("presets have names")
             .get_name()
             .to_string();
+        if a.profile {
+            let rows = step(a.common.quiet, &format!("profile {name}"), || {
+                bench::profile_policy(gpu, &spec, cfg, a.batch, runs.min(10), warmup)
+            })?;
+            let what = format!("{name} policy update, {}M, batch {}", a.dims.size, a.batch);
+            print_profile(&what, "update", &rows);
+            continue;
+        }
         let r = step(a.common.quiet, &name, || {
             bench::bench_policy(gpu, &spec, cfg, a.batch, runs, warmup)
         })?;
