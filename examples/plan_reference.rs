@@ -117,6 +117,9 @@ fn main() -> Result<()> {
         path: args[4].clone(),
         source,
     })?;
-    eprintln!("{calls} plans for {batch} environments on {}", gpu.info().name);
+    eprintln!(
+        "{calls} plans for {batch} environments on {}",
+        gpu.info().name
+    );
     Ok(())
 }

@@ -48,7 +48,7 @@ class DMCEnv:
     ``DMCEnv(domain, task, action_repeat=2, seed=0)`` loads the suite task;
     ``DMCEnv(env=some_dm_env, action_repeat=2)`` wraps a loaded one (then ``deepcopy`` is
     not available: give the trainer an ``eval_env``). ``sim_steps`` is the episode's length
-    in simulator steps (the suite's time limit, 1000 for the standard tasks).
+    in simulator steps (default: the environment's time limit, 1000 for the standard tasks).
     """
 
     metadata: dict = {}
@@ -61,13 +61,11 @@ class DMCEnv:
         env: Any = None,
         action_repeat: int = 2,
         seed: int = 0,
-        sim_steps: int = 1000,
+        sim_steps: Optional[int] = None,
         loader: Optional[Callable[..., Any]] = None,
     ) -> None:
         if action_repeat < 1:
             raise ValueError(f"action_repeat {action_repeat} must be at least 1")
-        if sim_steps < 1:
-            raise ValueError(f"sim_steps {sim_steps} must be at least 1")
         if env is None:
             if domain is None or task is None:
                 raise TypeError("DMCEnv needs domain and task, or env=")
@@ -80,6 +78,13 @@ class DMCEnv:
         self._seed = seed
         self.env = env
         self.action_repeat = int(action_repeat)
+        if sim_steps is None:
+            # dm_control's control.Environment keeps its time limit in simulator steps here
+            # (1000 for the suite's standard tasks); infinite means no limit.
+            limit = float(getattr(env, "_step_limit", 1000))
+            sim_steps = int(limit) if math.isfinite(limit) else 1000
+        if sim_steps < 1:
+            raise ValueError(f"sim_steps {sim_steps} must be at least 1")
         self.sim_steps = int(sim_steps)
         # The suite's time limit counts simulator steps; the agent sees one step per repeat.
         self.episode_len = math.ceil(self.sim_steps / self.action_repeat)

@@ -113,6 +113,15 @@ pub fn lock<'a, T>(
     })
 }
 
+/// `e` with `what` before its message, of the same exception type (a bad keyword's
+/// `TypeError` or `OverflowError` names the keyword).
+pub fn named(what: &str, e: PyErr) -> PyErr {
+    Python::attach(|py| {
+        let msg = format!("{what}: {}", e.value(py));
+        PyErr::from_type(e.get_type(py), msg)
+    })
+}
+
 /// `TypeError` with a message.
 pub fn type_error(msg: impl Into<String>) -> PyErr {
     PyTypeError::new_err(msg.into())

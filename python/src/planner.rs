@@ -54,7 +54,7 @@ pub fn apply_planner_kwargs(
     let mut lambda: Option<f32> = None;
     for (k, v) in kwargs.iter() {
         let key: String = k.extract()?;
-        let bad = |e: PyErr| type_error(format!("planner setting {key}: {e}"));
+        let bad = |e: PyErr| crate::errors::named(&format!("planner setting {key}"), e);
         match key.as_str() {
             "horizon" => cfg.horizon = v.extract().map_err(bad)?,
             "num_samples" => cfg.num_samples = v.extract().map_err(bad)?,

@@ -42,7 +42,7 @@ fn apply_train_kwargs(cfg: &mut TrainConfig, kwargs: Option<&Bound<'_, PyDict>>)
     };
     for (k, v) in kwargs.iter() {
         let key: String = k.extract()?;
-        let bad = |e: PyErr| type_error(format!("training setting {key}: {e}"));
+        let bad = |e: PyErr| crate::errors::named(&format!("training setting {key}"), e);
         match key.as_str() {
             "seed_steps" => cfg.seed_steps = v.extract().map_err(bad)?,
             "batch" => cfg.batch = v.extract().map_err(bad)?,
