@@ -86,7 +86,7 @@ fn main() -> Result<()> {
             _ => return Err(bad(format!("mode {m}"))),
         };
     }
-    if batch == 0 || first.is_empty() || first.len() % batch != 0 {
+    if batch == 0 || first.is_empty() || !first.len().is_multiple_of(batch) {
         return Err(bad("FIRST must hold calls x BATCH bytes"));
     }
     let calls = first.len() / batch;
