@@ -780,6 +780,21 @@ impl<'m> Planner<'m> {
         Ok((out.get(&hk)?, out.get(&hw)?))
     }
 
+    /// The last call's final sampling distribution over the whole horizon: mean and std,
+    /// each `[B, T, A]` (the plan's `mean` and `std` are their first step). One extra submit
+    /// and read-back: for callers that want the whole planned sequence (the Python
+    /// bindings' `Plan.mean`), not for the control loop.
+    pub fn last_distribution(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let st = self
+            .state
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("no plan call yet".into()))?;
+        let mut rec = Recorder::new(self.gpu);
+        let (hm, hs) = (rec.read(&st.mean), rec.read(&st.std));
+        let out = rec.finish()?;
+        Ok((out.get(&hm)?, out.get(&hs)?))
+    }
+
     /// The warm-start mean for the next call `[B, T, A]` (tests and debugging).
     pub fn warm_start(&self) -> Result<Vec<f32>> {
         let st = self

@@ -186,8 +186,8 @@ pub fn load_fixture(
 }
 
 /// Assert that a GPU plan step agrees with the mirror's: the kept samples and the chosen one
-/// exactly, the elite weights, action, mean, std, value and the next warm start within `tol`
-/// relative (absolute below 1).
+/// exactly, the elite weights, action, mean, std, value, the next warm start and the final
+/// mean and std over the whole horizon within `tol` relative (absolute below 1).
 pub fn assert_plan_matches(
     tag: &str,
     planner: &pompc::planner::Planner,
@@ -218,6 +218,9 @@ pub fn assert_plan_matches(
         &planner.warm_start().unwrap(),
         &mirror.full_mean,
     );
+    let (full_mean, full_std) = planner.last_distribution().unwrap();
+    close("mean over the horizon", &full_mean, &mirror.full_mean);
+    close("std over the horizon", &full_std, &mirror.full_std);
 }
 
 /// A one-dimensional point driven to the parameter `param(0)`: the smallest classic-MPPI

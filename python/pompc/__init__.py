@@ -1,0 +1,47 @@
+"""pompc: hand-written WGSL kernels for MPPI planning and PO-MPC learning with TD-MPC2-style
+latent world models, from numpy.
+
+- ``Gpu``, ``adapters()``: the device (Vulkan, Metal, DX12, GL; lavapipe on the CPU).
+- ``WorldModel``: TD-MPC2's world model, loaded from safetensors or freshly initialized.
+- ``Planner``: TD-MPC2's MPPI planner over a world model, batched over environments.
+- ``Mppi``: classic MPPI over dynamics and costs written in WGSL.
+- ``Trainer``: the PO-MPC family (TD-MPC2, BMPC, TD-M(PC)^2, PO-MPC) training a world model
+  on a built-in task (``make_env``) or any Gymnasium-style environment;
+  ``pompc.dmc.DMCEnv`` adapts dm_control's suite.
+
+Arrays are numpy float32 in and out. Errors: ``ValueError`` for shapes and bad arguments,
+``TypeError`` for wrong types and dtypes, ``ShaderError`` (a ``ValueError``) for WGSL that
+does not compile, ``OSError`` for files, ``RuntimeError`` for the device.
+"""
+
+from ._pompc import (
+    Env,
+    Gpu,
+    Mppi,
+    Plan,
+    Planner,
+    ShaderError,
+    Trainer,
+    WorldModel,
+    __version__,
+    adapters,
+    builtin_problem,
+    env_names,
+    make_env,
+)
+
+__all__ = [
+    "Env",
+    "Gpu",
+    "Mppi",
+    "Plan",
+    "Planner",
+    "ShaderError",
+    "Trainer",
+    "WorldModel",
+    "__version__",
+    "adapters",
+    "builtin_problem",
+    "env_names",
+    "make_env",
+]

@@ -1,0 +1,146 @@
+//! pompc's `Error` kinds as Python exceptions, and the guard that keeps panics from crossing
+//! into Python.
+
+use pyo3::exceptions::{
+    PyFileNotFoundError, PyOSError, PyPermissionError, PyRuntimeError, PyTypeError, PyValueError,
+};
+use pyo3::prelude::*;
+use pyo3::types::PyList;
+
+pyo3::create_exception!(
+    pompc,
+    ShaderError,
+    PyValueError,
+    "WGSL that does not preprocess or compile. `lines` holds the line numbers of the user's \
+     own source that the message names (`user:LINE`), `shader` the problem's name."
+);
+
+/// The Python exception for a pompc error: `ValueError` for shapes and arguments (sizes over
+/// the device's limits included), `ShaderError` (a `ValueError`) for WGSL, `OSError` and its
+/// subclasses for files, `RuntimeError` for the device.
+pub fn to_py(e: pompc::Error) -> PyErr {
+    use pompc::Error as E;
+    let text = e.to_string();
+    match e {
+        E::Shape(_) | E::InvalidArgument(_) | E::Weights(_) | E::Limit(_) => {
+            PyValueError::new_err(text)
+        }
+        E::Shader { name, message } => shader_error(&name, &message, text),
+        E::Io { source, .. } => match source.kind() {
+            std::io::ErrorKind::NotFound => PyFileNotFoundError::new_err(text),
+            std::io::ErrorKind::PermissionDenied => PyPermissionError::new_err(text),
+            _ => PyOSError::new_err(text),
+        },
+        E::NoAdapter { .. }
+        | E::RequestDevice { .. }
+        | E::Validation { .. }
+        | E::OutOfMemory { .. }
+        | E::DeviceLost(_)
+        | E::Timeout { .. }
+        | E::Internal { .. }
+        | E::Map { .. }
+        | E::Unsupported(_) => PyRuntimeError::new_err(text),
+    }
+}
+
+/// The line numbers of the user's WGSL that a shader message names (`user:LINE`).
+pub fn user_lines(message: &str) -> Vec<usize> {
+    let mut lines = Vec::new();
+    for (i, _) in message.match_indices("user:") {
+        let digits: String = message[i + 5..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        if let Ok(n) = digits.parse::<usize>()
+            && !lines.contains(&n)
+        {
+            lines.push(n);
+        }
+    }
+    lines
+}
+
+fn shader_error(name: &str, message: &str, text: String) -> PyErr {
+    let err = ShaderError::new_err(text);
+    Python::attach(|py| {
+        let value = err.value(py);
+        // Attributes on a fresh exception object cannot fail short of memory exhaustion;
+        // the message carries the same facts if they do.
+        let lines = PyList::new(py, user_lines(message)).ok();
+        if let Some(lines) = lines {
+            let _ = value.setattr("lines", lines);
+        }
+        let _ = value.setattr("shader", name);
+    });
+    err
+}
+
+/// `to_py` for results.
+pub fn py_result<T>(r: pompc::Result<T>) -> PyResult<T> {
+    r.map_err(to_py)
+}
+
+/// Run `f`, turning a panic (a bug in pompc: the library returns errors for bad input) into a
+/// `RuntimeError` rather than letting it unwind into Python as a `PanicException`, which
+/// `except Exception` does not catch.
+pub fn guard<T>(f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(PyRuntimeError::new_err(format!(
+                "internal error in pompc (please report it): {what}"
+            )))
+        }
+    }
+}
+
+/// A lock on an object's Rust state; a poisoned lock (an earlier call panicked while holding
+/// it) is a `RuntimeError` that says to build a new object.
+pub fn lock<'a, T>(
+    m: &'a std::sync::Mutex<T>,
+    what: &str,
+) -> PyResult<std::sync::MutexGuard<'a, T>> {
+    m.lock().map_err(|_| {
+        PyRuntimeError::new_err(format!(
+            "this {what} was left in an unknown state by an earlier internal error; create a \
+             new one"
+        ))
+    })
+}
+
+/// `e` with `what` before its message, of the same exception type (a bad keyword's
+/// `TypeError` or `OverflowError` names the keyword).
+pub fn named(what: &str, e: PyErr) -> PyErr {
+    Python::attach(|py| {
+        let msg = format!("{what}: {}", e.value(py));
+        PyErr::from_type(e.get_type(py), msg)
+    })
+}
+
+/// `TypeError` with a message.
+pub fn type_error(msg: impl Into<String>) -> PyErr {
+    PyTypeError::new_err(msg.into())
+}
+
+/// `ValueError` with a message.
+pub fn value_error(msg: impl Into<String>) -> PyErr {
+    PyValueError::new_err(msg.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::user_lines;
+
+    #[test]
+    fn finds_user_lines_once_each() {
+        let m = "error at user:3:5: expected ';'\n  ┌─ user:3:5\nnote user:12";
+        assert_eq!(user_lines(m), vec![3, 12]);
+        assert!(user_lines("no lines here").is_empty());
+        assert!(user_lines("user:").is_empty());
+    }
+}
