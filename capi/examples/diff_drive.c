@@ -10,9 +10,7 @@
  * Exit status: 0 goal reached without collision, 3 goal not reached within max_steps,
  * 4 collision, 1 a pompc call failed, 2 bad arguments.
  *
- * Build (README, "C ABI"): cargo build --release -p pompc-capi, then
- *   cc -std=c99 -Wall -Icapi/include capi/examples/diff_drive.c -Ltarget/release -lpompc_c \
- *      -lm -Wl,-rpath,$PWD/target/release -o diff_drive */
+ * Build: see the README's "C ABI" section. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
