@@ -575,9 +575,11 @@ pub struct PompcGpu {
 ///
 /// The config's strings are NULL or NUL-terminated.
 unsafe fn gpu_options(c: &PompcGpuConfig) -> CResult<GpuOptions> {
-    let mut o = GpuOptions::default();
-    // SAFETY: the caller of pompc_gpu_create promised valid strings.
-    o.backends = backends(unsafe { opt_str(c.backend, "config.backend") }?)?;
+    let mut o = GpuOptions {
+        // SAFETY: the caller of pompc_gpu_create promised valid strings.
+        backends: backends(unsafe { opt_str(c.backend, "config.backend") }?)?,
+        ..GpuOptions::default()
+    };
     // SAFETY: as above.
     let name = unsafe { opt_str(c.adapter_name, "config.adapter_name") }?;
     o.adapter_name = name.filter(|s| !s.is_empty()).map(str::to_string);
