@@ -80,7 +80,7 @@ static const float DD_OBSTACLES[5][3] = {
 };
 
 /* The scene's parameter buffer: goal, then the obstacles, the rest absent (r = 0). */
-static void dd_params(float params[DD_PARAM_LEN]) {
+static inline void dd_params(float params[DD_PARAM_LEN]) {
     int i, j;
     for (i = 0; i < DD_PARAM_LEN; i++) params[i] = 0.0f;
     params[0] = DD_GOAL[0];
@@ -89,10 +89,10 @@ static void dd_params(float params[DD_PARAM_LEN]) {
         for (j = 0; j < 3; j++) params[2 + 3 * i + j] = DD_OBSTACLES[i][j];
 }
 
-static double dd_clamp(double u) { return u < -1.0 ? -1.0 : (u > 1.0 ? 1.0 : u); }
+static inline double dd_clamp(double u) { return u < -1.0 ? -1.0 : (u > 1.0 ? 1.0 : u); }
 
 /* The simulator: the WGSL's dynamics in double precision (forward Euler over dt). */
-static void dd_simulate(double x[DD_STATE_DIM], const float u[DD_CONTROL_DIM], double dt) {
+static inline void dd_simulate(double x[DD_STATE_DIM], const float u[DD_CONTROL_DIM], double dt) {
     double v = DD_MAX_SPEED * dd_clamp(u[0]);
     double w = DD_MAX_TURN_RATE * dd_clamp(u[1]);
     double heading = x[2];
@@ -101,12 +101,12 @@ static void dd_simulate(double x[DD_STATE_DIM], const float u[DD_CONTROL_DIM], d
     x[2] += dt * w;
 }
 
-static double dd_goal_distance(const double x[DD_STATE_DIM]) {
+static inline double dd_goal_distance(const double x[DD_STATE_DIM]) {
     return hypot(x[0] - DD_GOAL[0], x[1] - DD_GOAL[1]);
 }
 
 /* Distance from the robot's disc to the nearest obstacle (negative: collision). */
-static double dd_clearance(const double x[DD_STATE_DIM]) {
+static inline double dd_clearance(const double x[DD_STATE_DIM]) {
     double best = INFINITY;
     int i;
     for (i = 0; i < 5; i++) {

@@ -271,3 +271,24 @@ fn diff_drive_c_under_valgrind_has_no_leak_or_bad_access() {
         "the forgotten controller was not reported as definitely lost:\n{text}"
     );
 }
+
+#[test]
+fn mppi_bench_c_builds_and_times_steps() {
+    // The H100 measurement (scripts/device/capi_bench.sh) runs it in full; here a few steps.
+    let exe = build("mppi_bench.c", "gcc", &["-std=c99"]);
+    let (r, text) = run(Command::new(exe).args(["-r", "3", "-w", "0", "16"]));
+    assert!(r.status.success(), "{text}");
+    let out = String::from_utf8_lossy(&r.stdout);
+    let row: Vec<f64> = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("16 "))
+        .unwrap_or_else(|| panic!("no row for 16 samples:\n{text}"))
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    // samples, median, p90, min: ordered, positive.
+    assert!(
+        row.len() == 4 && row[3] > 0.0 && row[3] <= row[1] && row[1] <= row[2],
+        "{text}"
+    );
+}
