@@ -2,12 +2,12 @@
 //! loss with its gradient and divergence rows) and its outputs' checks, and the dispatch.
 
 use super::config::PolicyHead;
-use super::operands::{Rows, check_slots, operand, span, to_u32};
+use super::operands::{Rows, check_slots, operand};
 use super::pipelines::{PolicyLossKernel, pipeline_constants};
 use super::reduce::{finish_loss, zero_slots};
 use crate::Result;
 use crate::gpu::{GpuBuffer, Recorder};
-use crate::kernels::loss::{GradOut, LossOut, RowWeights};
+use crate::kernels::loss::{GradOut, LossOut, RowWeights, span, to_u32};
 use crate::kernels::norm_act::{Use, check_aliasing};
 use crate::kernels::policy::lanes;
 use crate::kernels::two_hot::{fit_rows, grid};
@@ -163,11 +163,7 @@ pub(super) fn record_pass<'a>(
         Pass::Divergence(d) => {
             (p.d_off, p.d_stride) = operand(what, "divergence", n, 1, d, true, &mut uses)?;
             check_aliasing(what, &uses)?;
-            let dbuf = &d.buf.buffer;
-            let bufs = [
-                reads[0], reads[1], reads[2], reads[3], reads[4], reads[5], reads[6], reads[7],
-                dbuf, dbuf, dbuf,
-            ];
+            let bufs = bindings(reads, [None, None], &d.buf.buffer);
             dispatch(rec, what, &kernel(Outputs::default()), &bufs, &p, groups)
         }
         Pass::Loss {
@@ -181,12 +177,7 @@ pub(super) fn record_pass<'a>(
             if let Some(g) = grad {
                 (p.out_off, p.out_stride) =
                     fit_rows(what, "gradient", g.buf.len(), n, 2 * a, g.at, true)?;
-                uses.push(Use {
-                    name: "gradient",
-                    buf: &g.buf.buffer,
-                    range: span(n, 2 * a, g.at),
-                    write: true,
-                });
+                uses.push(Use::write("gradient", g.buf, span(n, 2 * a, g.at)));
                 writes[0] = Some(&g.buf.buffer);
                 out.grad = true;
                 out.grad_add = g.accumulate;
@@ -202,6 +193,20 @@ pub(super) fn record_pass<'a>(
             )
         }
     }
+}
+
+/// The 11 bindings of the policy loss: the 8 reads, then the gradient, the divergence rows and
+/// the partial sums; an output not given binds `part` again (the kernel does not write it).
+pub(super) fn bindings<'b>(
+    reads: [&'b wgpu::Buffer; 8],
+    writes: [Option<&'b wgpu::Buffer>; 2],
+    part: &'b wgpu::Buffer,
+) -> [&'b wgpu::Buffer; 11] {
+    let mut all = [part; 11];
+    all[..8].copy_from_slice(&reads);
+    all[8] = writes[0].unwrap_or(part);
+    all[9] = writes[1].unwrap_or(part);
+    all
 }
 
 /// The prior-fit bindings in the kernel's order, from the 11 of the policy loss.

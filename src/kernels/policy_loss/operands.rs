@@ -2,7 +2,7 @@
 //! loss, and the checks that turn them into offsets and strides.
 
 use crate::gpu::{GpuBuffer, Recorder};
-use crate::kernels::loss::LossOut;
+use crate::kernels::loss::{LossOut, span, to_u32};
 use crate::kernels::norm_act::Use;
 use crate::kernels::two_hot::{RowLayout, fit_rows};
 use crate::{Error, Result};
@@ -101,18 +101,6 @@ pub struct PriorFitInputs<'a> {
     pub s_d: Option<Scalar<'a>>,
 }
 
-pub(super) fn to_u32(what: &str, name: &str, v: usize) -> Result<u32> {
-    u32::try_from(v).map_err(|_| Error::Limit(format!("{what}: {name} {v} over 2^32")))
-}
-
-/// Elements `offset..end` spanned by `rows` rows of `width`.
-pub(super) fn span(rows: usize, width: usize, at: RowLayout) -> (usize, usize) {
-    (
-        at.offset,
-        at.offset + rows.saturating_sub(1) * at.stride + width,
-    )
-}
-
 /// Checks rows of an operand; returns (offset, stride) and records its use.
 pub(super) fn operand<'a>(
     what: &str,
@@ -148,12 +136,7 @@ pub(super) fn scalar<'a>(
             s.buf.len()
         )));
     }
-    uses.push(Use {
-        name,
-        buf: &s.buf.buffer,
-        range: (s.index, s.index + 1),
-        write: false,
-    });
+    uses.push(Use::read(name, s.buf, (s.index, s.index + 1)));
     Ok((to_u32(what, name, s.index)?, 1))
 }
 

@@ -3,7 +3,7 @@
 
 use super::POLICY_TERMS;
 use super::config::{PolicyLossConfig, PriorFitConfig};
-use super::launch::{Params, dispatch, rows_per_group};
+use super::launch::{Params, bindings, dispatch, rows_per_group};
 use super::pipelines::{PolicyLossKernel, pipeline_constants};
 use crate::gpu::{GpuBuffer, Recorder};
 use crate::kernels::loss::LossOut;
@@ -50,33 +50,14 @@ pub(super) fn finish_loss<'a>(
     scratch: Option<&'a GpuBuffer<f32>>,
 ) -> Result<()> {
     let terms = p.terms as usize;
-    let slots = Use {
-        name: "loss slots",
-        buf: &loss.losses.buffer,
-        range: (loss.index, loss.index + terms),
-        write: true,
-    };
+    let slots = Use::write("loss slots", loss.losses, (loss.index, loss.index + terms));
     uses.push(slots);
     let gpu = rec.gpu();
     if groups <= 1 {
         check_aliasing(what, &uses)?;
         p.part_off = loss.index as u32;
-        let part = &loss.losses.buffer;
-        let bufs = [
-            reads[0],
-            reads[1],
-            reads[2],
-            reads[3],
-            reads[4],
-            reads[5],
-            reads[6],
-            reads[7],
-            writes[0].unwrap_or(part),
-            writes[1].unwrap_or(part),
-            part,
-        ];
-        let k = kernel(loss.accumulate);
-        return dispatch(rec, what, &k, &bufs[..], &p, groups);
+        let bufs = bindings(reads, writes, &loss.losses.buffer);
+        return dispatch(rec, what, &kernel(loss.accumulate), &bufs, &p, groups);
     }
     let need = terms * groups;
     let own;
@@ -95,42 +76,13 @@ pub(super) fn finish_loss<'a>(
         }
     };
     let mut all = uses.clone();
-    all.push(Use {
-        name: "scratch",
-        buf: &part.buffer,
-        range: (0, need),
-        write: true,
-    });
+    all.push(Use::write("scratch", part, (0, need)));
     check_aliasing(what, &all)?;
-    check_aliasing(
-        what,
-        &[
-            Use {
-                name: "scratch",
-                buf: &part.buffer,
-                range: (0, need),
-                write: false,
-            },
-            slots,
-        ],
-    )?;
+    check_aliasing(what, &[Use::read("scratch", part, (0, need)), slots])?;
     p.part_off = 0;
-    let pb = &part.buffer;
-    let bufs = [
-        reads[0],
-        reads[1],
-        reads[2],
-        reads[3],
-        reads[4],
-        reads[5],
-        reads[6],
-        reads[7],
-        writes[0].unwrap_or(pb),
-        writes[1].unwrap_or(pb),
-        pb,
-    ];
-    dispatch(rec, what, &kernel(false), &bufs[..], &p, groups)?;
-    record_reduce(rec, pb, 0, groups, terms, loss)
+    let bufs = bindings(reads, writes, &part.buffer);
+    dispatch(rec, what, &kernel(false), &bufs, &p, groups)?;
+    record_reduce(rec, &part.buffer, 0, groups, terms, loss)
 }
 
 /// No rows: zero sums in the slots (which keep their values when adding). `src` is any
