@@ -295,7 +295,12 @@ pub(crate) fn magnitudes(cfg: &PolicyLossConfig, d: &Data, g: Given) -> Vec<[f64
                                     + p.ls.abs()
                                     + prior_range
                                     + (0.5 + base) * z * z
-                                    + z.abs() * el.sig * el.e.abs() / p.sig
+                                    // z moves by the error of x over sig_p: a few ulps of
+                                    // |mu| + sig |eps| (1 + |log_std| + the range's end).
+                                    + z.abs()
+                                        * (el.hd.mu.abs()
+                                            + el.sig * el.e.abs() * (1.0 + el.hd.ls.abs() + range))
+                                        / p.sig
                             }
                         }
                     })
