@@ -422,6 +422,17 @@ def build_policy():
     return cfg, tensors
 
 
+def write_fixture(path: Path, cfg: Config, tensors: dict) -> str:
+    """Writes a fixture, reads it back through the safetensors library and compares; returns the
+    first 16 hex digits of its SHA-256."""
+    write_pompc(path, tensors, cfg.metadata())
+    cfg2, back, _ = read_pompc(path)
+    assert cfg2 == cfg
+    for k, v in tensors.items():
+        assert torch.equal(back[k], v), k
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out-dir", default=str(OUT_DIR))
@@ -434,13 +445,7 @@ def main():
     for name in list(PRESETS) + list(builders):
         cfg, tensors = builders[name]() if name in builders else build(name)
         path = out_dir / f"{name}.safetensors"
-        write_pompc(path, tensors, cfg.metadata())
-        # Read back through the safetensors library and compare.
-        cfg2, back, _ = read_pompc(path)
-        assert cfg2 == cfg
-        for k, v in tensors.items():
-            assert torch.equal(back[k], v), k
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        digest = write_fixture(path, cfg, tensors)
         print(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: "
               f"{path.stat().st_size} bytes, {len(tensors)} tensors, sha256 {digest}")
         if args.verbose:

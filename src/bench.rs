@@ -104,47 +104,38 @@ pub fn warm_up(gpu: &Gpu, count: usize, mut step: impl FnMut() -> Result<()>) ->
     Ok(())
 }
 
-/// The first row of `table` whose keys all occur in the adapter name (case-insensitive).
-fn by_adapter(adapter: &str, table: &[(&[&str], f64)]) -> Option<f64> {
+/// Datasheet ceilings of well-known cards in TFLOP/s: the name's keys (all must occur in the
+/// adapter name, case-insensitive; the first matching row counts), fp32, and dense f16 tensor
+/// cores (f16 products, f32 accumulation, without sparsity).
+const CARD_CEILINGS: &[(&[&str], f64, f64)] = &[
+    (&["h100", "pcie"], 51.2, 756.0),
+    (&["h100"], 66.9, 989.4),
+    (&["h200"], 66.9, 989.4),
+    (&["a100"], 19.5, 312.0),
+    (&["l40s"], 91.6, 362.1),
+    (&["rtx 4090"], 82.6, 165.2),
+    (&["rtx 3090"], 35.6, 71.0),
+];
+
+/// The first row of [`CARD_CEILINGS`] whose keys all occur in the adapter name.
+fn card_ceilings(adapter: &str) -> Option<(f64, f64)> {
     let a = adapter.to_lowercase();
-    table
+    CARD_CEILINGS
         .iter()
-        .find(|(keys, _)| keys.iter().all(|k| a.contains(k)))
-        .map(|(_, t)| *t)
+        .find(|(keys, _, _)| keys.iter().all(|k| a.contains(k)))
+        .map(|&(_, fp32, tensor)| (fp32, tensor))
 }
 
 /// The fp32 ceiling of well-known cards in TFLOP/s (datasheet), by adapter name.
 pub fn known_fp32_ceiling_tflops(adapter: &str) -> Option<f64> {
-    by_adapter(
-        adapter,
-        &[
-            (&["h100", "pcie"], 51.2),
-            (&["h100"], 66.9),
-            (&["h200"], 66.9),
-            (&["a100"], 19.5),
-            (&["l40s"], 91.6),
-            (&["rtx 4090"], 82.6),
-            (&["rtx 3090"], 35.6),
-        ],
-    )
+    card_ceilings(adapter).map(|c| c.0)
 }
 
 /// The dense f16 tensor-core ceiling (f16 products, f32 accumulation) of well-known cards in
 /// TFLOP/s (datasheet, without sparsity), by adapter name: the reference for
 /// [`Precision::TensorCore`] rows.
 pub fn known_tensor_ceiling_tflops(adapter: &str) -> Option<f64> {
-    by_adapter(
-        adapter,
-        &[
-            (&["h100", "pcie"], 756.0),
-            (&["h100"], 989.4),
-            (&["h200"], 989.4),
-            (&["a100"], 312.0),
-            (&["l40s"], 362.1),
-            (&["rtx 4090"], 165.2),
-            (&["rtx 3090"], 71.0),
-        ],
-    )
+    card_ceilings(adapter).map(|c| c.1)
 }
 
 /// One benchmarked linear layer.

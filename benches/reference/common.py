@@ -7,6 +7,7 @@ path: copy the folder, not one script, to a GPU host.
 """
 
 import math
+import sys
 import time
 import warnings
 
@@ -157,6 +158,25 @@ class Runner:
         with torch.cuda.graph(self.graph):
             self.out = self._body()  # static outputs, refreshed by every replay
         torch.cuda.synchronize()
+
+
+def parse_modes(names, cuda, note):
+    """The benchmark modes named ("eager", "graph" or "compile", each optionally "-tf32") as
+    (name, base, tf32) tuples; on the CPU the modes that need CUDA are skipped with a `note`.
+    None (after a message on stderr) when a name is not a mode."""
+    modes = []
+    for mode in names:
+        base, _, suffix = mode.partition("-")
+        if base not in ("eager", "graph", "compile") or suffix not in ("", "tf32"):
+            print(f"unknown mode {mode!r}", file=sys.stderr)
+            return None
+        if not cuda and (base != "eager" or suffix):
+            note(f"mode {mode} skipped: " + ("CUDA graphs (and torch.compile reduce-overhead) need a CUDA "
+                                             "device" if base != "eager" else "TF32 is a CUDA setting")
+                 + "; running on the CPU")
+            continue
+        modes.append((mode, base, suffix == "tf32"))
+    return modes
 
 
 def quantile(sorted_xs, q):

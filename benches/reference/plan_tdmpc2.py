@@ -66,7 +66,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, chosen_heads, check_no_sync, new_layer, quantile, set_tf32, simnorm, symexp, time_runner
+from common import Runner as GraphRunner, parse_modes, chosen_heads, check_no_sync, new_layer, quantile, set_tf32, simnorm, symexp, time_runner
 
 
 # --------------------------------------------------------------------------------------------
@@ -556,18 +556,9 @@ def main(argv=None):
                       "incl. action read-back" if cuda else "host wall clock (CPU)"),
     ]))
 
-    modes = []
-    for m in args.modes:
-        base, _, suffix = m.partition("-")
-        if base not in ("eager", "graph", "compile") or suffix not in ("", "tf32"):
-            print(f"unknown mode {m!r}", file=sys.stderr)
-            return 2
-        if not cuda and (base != "eager" or suffix):
-            note(f"mode {m} skipped: " + ("CUDA graphs (and torch.compile reduce-overhead) need a CUDA "
-                                          "device" if base != "eager" else "TF32 is a CUDA setting")
-                 + "; running on the CPU")
-            continue
-        modes.append((m, base, suffix == "tf32"))
+    modes = parse_modes(args.modes, cuda, note)
+    if modes is None:
+        return 2
 
     # correctness: batched step vs TD-MPC2's single-env plan (5 heads) with the same draws
     if not args.no_check:

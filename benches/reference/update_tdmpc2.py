@@ -105,7 +105,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, check_no_sync, chosen_heads, new_layer, quantile, rel_err, set_tf32, simnorm, symexp, symlog, time_runner
+from common import Runner as GraphRunner, parse_modes, check_no_sync, chosen_heads, new_layer, quantile, rel_err, set_tf32, simnorm, symexp, symlog, time_runner
 
 
 # --------------------------------------------------------------------------------------------
@@ -814,18 +814,9 @@ def main(argv=None):
                       "until the device is idle" if cuda else "host wall clock (CPU)"),
     ]))
 
-    modes = []
-    for mode in args.modes:
-        base, _, suffix = mode.partition("-")
-        if base not in ("eager", "graph", "compile") or suffix not in ("", "tf32"):
-            print(f"unknown mode {mode!r}", file=sys.stderr)
-            return 2
-        if not cuda and (base != "eager" or suffix):
-            note(f"mode {mode} skipped: " + ("CUDA graphs (and torch.compile reduce-overhead) need a CUDA "
-                                             "device" if base != "eager" else "TF32 is a CUDA setting")
-                 + "; running on the CPU")
-            continue
-        modes.append((mode, base, suffix == "tf32"))
+    modes = parse_modes(args.modes, cuda, note)
+    if modes is None:
+        return 2
 
     # correctness: batched update vs the line-by-line b.6, float64, same weights / data / noise
     if not args.no_check:

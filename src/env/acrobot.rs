@@ -127,28 +127,11 @@ impl Acrobot {
         self
     }
 
-    /// Same task with another action repeat (a divisor of 1000).
-    pub fn with_action_repeat(mut self, repeat: usize) -> Result<Self> {
-        self.clock = Clock::with_repeat(self.name(), repeat)?;
-        Ok(self)
-    }
-
-    /// The constants in use.
-    pub fn params(&self) -> &AcrobotParams {
-        &self.params
-    }
-
-    /// `[q1, q2, q1', q2']`, q1 from straight down, q2 relative to the first link.
-    pub fn state(&self) -> [f64; 4] {
-        self.state
-    }
-
-    /// Overwrite the state (for tests and controllers); every component must be finite.
-    pub fn set_state(&mut self, state: [f64; 4]) -> Result<()> {
-        ParamCheck::new("acrobot-swingup").state("state", &state)?;
-        self.state = state;
-        Ok(())
-    }
+    super::task_accessors!(
+        AcrobotParams,
+        4,
+        "`[q1, q2, q1', q2']`, q1 from straight down, q2 relative to the first link."
+    );
 
     fn links(&self) -> TwoLink {
         let p = &self.params;

@@ -136,28 +136,11 @@ impl Cartpole {
         self
     }
 
-    /// Same task with another action repeat (a divisor of 1000).
-    pub fn with_action_repeat(mut self, repeat: usize) -> Result<Self> {
-        self.clock = Clock::with_repeat(self.name(), repeat)?;
-        Ok(self)
-    }
-
-    /// The constants in use.
-    pub fn params(&self) -> &CartpoleParams {
-        &self.params
-    }
-
-    /// `[x, theta, x', theta']`, theta from upright.
-    pub fn state(&self) -> [f64; 4] {
-        self.state
-    }
-
-    /// Overwrite the state (for tests and controllers); every component must be finite.
-    pub fn set_state(&mut self, state: [f64; 4]) -> Result<()> {
-        ParamCheck::new(self.task_name()).state("state", &state)?;
-        self.state = state;
-        Ok(())
-    }
+    super::task_accessors!(
+        CartpoleParams,
+        4,
+        "`[x, theta, x', theta']`, theta from upright."
+    );
 
     /// Total mechanical energy (J), zero potential at the hinge height.
     pub fn energy(&self) -> f64 {

@@ -487,6 +487,39 @@ impl TwoLink {
     }
 }
 
+/// The methods every task has alike, for a task struct with `params: $params`,
+/// `state: [f64; $n]` and `clock: Clock` fields and an [`Env`] impl (its name labels errors);
+/// `$state` documents the state's components.
+macro_rules! task_accessors {
+    ($params:ty, $n:literal, $state:literal) => {
+        /// Same task with another action repeat (a divisor of 1000); the episode stays 1000
+        /// simulator steps.
+        pub fn with_action_repeat(mut self, repeat: usize) -> $crate::Result<Self> {
+            let name = $crate::env::Env::name(&self);
+            self.clock = $crate::env::Clock::with_repeat(name, repeat)?;
+            Ok(self)
+        }
+
+        /// The constants in use.
+        pub fn params(&self) -> &$params {
+            &self.params
+        }
+
+        #[doc = $state]
+        pub fn state(&self) -> [f64; $n] {
+            self.state
+        }
+
+        /// Overwrite the state (for tests and controllers); every component must be finite.
+        pub fn set_state(&mut self, state: [f64; $n]) -> $crate::Result<()> {
+            $crate::env::ParamCheck::new($crate::env::Env::name(self)).state("state", &state)?;
+            self.state = state;
+            Ok(())
+        }
+    };
+}
+pub(crate) use task_accessors;
+
 /// Episode bookkeeping shared by the built-in tasks.
 #[derive(Clone, Debug)]
 pub(crate) struct Clock {

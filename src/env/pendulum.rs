@@ -112,29 +112,7 @@ impl Pendulum {
         self
     }
 
-    /// Same task with another action repeat (a divisor of 1000); the episode stays 1000
-    /// simulator steps.
-    pub fn with_action_repeat(mut self, repeat: usize) -> Result<Self> {
-        self.clock = Clock::with_repeat(self.name(), repeat)?;
-        Ok(self)
-    }
-
-    /// The constants in use.
-    pub fn params(&self) -> &PendulumParams {
-        &self.params
-    }
-
-    /// `[theta, omega]`, theta from upright.
-    pub fn state(&self) -> [f64; 2] {
-        self.state
-    }
-
-    /// Overwrite the state (for tests and controllers); every component must be finite.
-    pub fn set_state(&mut self, state: [f64; 2]) -> Result<()> {
-        ParamCheck::new("pendulum-swingup").state("state", &state)?;
-        self.state = state;
-        Ok(())
-    }
+    super::task_accessors!(PendulumParams, 2, "`[theta, omega]`, theta from upright.");
 
     /// Total mechanical energy (J), zero potential at the pivot height.
     pub fn energy(&self) -> f64 {

@@ -127,28 +127,7 @@ impl Reacher {
         self
     }
 
-    /// Same task with another action repeat (a divisor of 1000).
-    pub fn with_action_repeat(mut self, repeat: usize) -> Result<Self> {
-        self.clock = Clock::with_repeat(self.name(), repeat)?;
-        Ok(self)
-    }
-
-    /// The constants in use.
-    pub fn params(&self) -> &ReacherParams {
-        &self.params
-    }
-
-    /// `[q1, q2, q1', q2']`.
-    pub fn state(&self) -> [f64; 4] {
-        self.state
-    }
-
-    /// Overwrite the state (for tests and controllers); every component must be finite.
-    pub fn set_state(&mut self, state: [f64; 4]) -> Result<()> {
-        ParamCheck::new("reacher-easy").state("state", &state)?;
-        self.state = state;
-        Ok(())
-    }
+    super::task_accessors!(ReacherParams, 4, "`[q1, q2, q1', q2']`.");
 
     /// Target position relative to the shoulder (m).
     pub fn target(&self) -> [f64; 2] {

@@ -261,12 +261,13 @@ pub fn mse_partials(cfg: &MseConfig, rows: usize) -> usize {
     (rows * cfg.members * cfg.n).div_ceil(MSE_GROUP)
 }
 
-fn to_u32(what: &str, name: &str, v: usize) -> Result<u32> {
+/// `v` as a u32, or an [`Error::Limit`] naming it.
+pub(crate) fn to_u32(what: &str, name: &str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::Limit(format!("{what}: {name} {v} over 2^32")))
 }
 
 /// Elements `offset..end` spanned by `rows` rows of `width` (for the aliasing checks).
-fn span(rows: usize, width: usize, at: RowLayout) -> (usize, usize) {
+pub(crate) fn span(rows: usize, width: usize, at: RowLayout) -> (usize, usize) {
     (
         at.offset,
         at.offset + rows.saturating_sub(1) * at.stride + width,
@@ -278,6 +279,43 @@ struct Plan<'a> {
     p: Params,
     grad: Option<GradOut<'a>>,
     uses: Vec<Use<'a>>,
+}
+
+/// An input of a loss: name, buffer, rows, row width, layout.
+type Operand<'a> = (&'static str, &'a GpuBuffer<f32>, usize, usize, RowLayout);
+
+impl<'a> Plan<'a> {
+    /// Both inputs checked (`src` holds `members * rows` rows, `tgt` the `rows` targets).
+    fn new(
+        what: &str,
+        rows: usize,
+        members: usize,
+        weights: &RowWeights,
+        src: Operand<'a>,
+        tgt: Operand<'a>,
+        grad: Option<GradOut<'a>>,
+    ) -> Result<Self> {
+        let mut uses = Vec::with_capacity(4);
+        let mut fit = |(name, buf, n, width, at): Operand<'a>| {
+            uses.push(Use::read(name, buf, span(n, width, at)));
+            fit_rows(what, name, buf.len(), n, width, at, false)
+        };
+        let (src_off, src_stride) = fit(src)?;
+        let (tgt_off, tgt_stride) = fit(tgt)?;
+        let p = Params {
+            rows: rows as u32,
+            members: members as u32,
+            src_off,
+            src_stride,
+            tgt_off,
+            tgt_stride,
+            rows_per_step: weights.rows_per_step as u32,
+            scale: weights.scale,
+            rho: weights.rho,
+            ..Default::default()
+        };
+        Ok(Plan { p, grad, uses })
+    }
 }
 
 /// Checks shared by both losses: the gradient rows, the slot, the scratch, the aliasing;
@@ -309,19 +347,14 @@ fn record_passes<'a>(
         let (off, stride) = fit_rows(what, "gradient", g.buf.len(), total_rows, width, g.at, true)?;
         plan.p.grad_off = off;
         plan.p.grad_stride = stride;
-        plan.uses.push(Use {
-            name: "gradient",
-            buf: &g.buf.buffer,
-            range: span(total_rows, width, g.at),
-            write: true,
-        });
+        plan.uses
+            .push(Use::write("gradient", g.buf, span(total_rows, width, g.at)));
     }
-    plan.uses.push(Use {
-        name: "loss slot",
-        buf: &loss.losses.buffer,
-        range: (loss.index, loss.index + 1),
-        write: true,
-    });
+    plan.uses.push(Use::write(
+        "loss slot",
+        loss.losses,
+        (loss.index, loss.index + 1),
+    ));
     let count = to_u32(what, "workgroups", groups)?;
     let gpu = rec.gpu();
     let flags = LossFlags {
@@ -360,29 +393,14 @@ fn record_passes<'a>(
         None => GpuBuffer::new(gpu, "pompc loss partials", groups)?,
     };
     let mut uses = plan.uses;
-    uses.push(Use {
-        name: "scratch",
-        buf: &part.buffer,
-        range: (0, groups),
-        write: true,
-    });
+    uses.push(Use::write("scratch", &part, (0, groups)));
     check_aliasing(what, &uses)?;
     // The second pass reads the scratch and writes the slot.
     check_aliasing(
         what,
         &[
-            Use {
-                name: "scratch",
-                buf: &part.buffer,
-                range: (0, groups),
-                write: false,
-            },
-            Use {
-                name: "loss slot",
-                buf: &loss.losses.buffer,
-                range: (loss.index, loss.index + 1),
-                write: true,
-            },
+            Use::read("scratch", &part, (0, groups)),
+            Use::write("loss slot", loss.losses, (loss.index, loss.index + 1)),
         ],
     )?;
     p.part_off = 0;
@@ -476,39 +494,15 @@ pub fn record_soft_ce(
         // No rows: a zero loss, and no gradient rows.
         return zero_loss(rec, what, loss);
     }
-    let (src_off, src_stride) =
-        fit_rows(what, "logits", logits.len(), total, bins, logits_at, false)?;
-    let (tgt_off, tgt_stride) =
-        fit_rows(what, "targets", targets.len(), rows, 1, targets_at, false)?;
-    let plan = Plan {
-        p: Params {
-            rows: rows as u32,
-            members: cfg.members as u32,
-            src_off,
-            src_stride,
-            tgt_off,
-            tgt_stride,
-            rows_per_step: cfg.weights.rows_per_step as u32,
-            scale: cfg.weights.scale,
-            rho: cfg.weights.rho,
-            ..Default::default()
-        },
+    let plan = Plan::new(
+        what,
+        rows,
+        cfg.members,
+        &cfg.weights,
+        ("logits", logits, total, bins, logits_at),
+        ("targets", targets, rows, 1, targets_at),
         grad,
-        uses: vec![
-            Use {
-                name: "logits",
-                buf: &logits.buffer,
-                range: span(total, bins, logits_at),
-                write: false,
-            },
-            Use {
-                name: "targets",
-                buf: &targets.buffer,
-                range: span(rows, 1, targets_at),
-                write: false,
-            },
-        ],
-    };
+    )?;
     let groups = soft_ce_partials(cfg, rows);
     let spec_of = |f: LossFlags| pipeline_constants(LossOp::SoftCe, &cfg.bins, 0, f);
     record_passes(
@@ -566,38 +560,15 @@ pub fn record_mse(
     if rows == 0 {
         return zero_loss(rec, what, loss);
     }
-    let (src_off, src_stride) = fit_rows(what, "z", z.len(), total, cfg.n, z_at, false)?;
-    let (tgt_off, tgt_stride) =
-        fit_rows(what, "target", target.len(), rows, cfg.n, target_at, false)?;
-    let plan = Plan {
-        p: Params {
-            rows: rows as u32,
-            members: cfg.members as u32,
-            src_off,
-            src_stride,
-            tgt_off,
-            tgt_stride,
-            rows_per_step: cfg.weights.rows_per_step as u32,
-            scale: cfg.weights.scale,
-            rho: cfg.weights.rho,
-            ..Default::default()
-        },
+    let plan = Plan::new(
+        what,
+        rows,
+        cfg.members,
+        &cfg.weights,
+        ("z", z, total, cfg.n, z_at),
+        ("target", target, rows, cfg.n, target_at),
         grad,
-        uses: vec![
-            Use {
-                name: "z",
-                buf: &z.buffer,
-                range: span(total, cfg.n, z_at),
-                write: false,
-            },
-            Use {
-                name: "target",
-                buf: &target.buffer,
-                range: span(rows, cfg.n, target_at),
-                write: false,
-            },
-        ],
-    };
+    )?;
     let groups = mse_partials(cfg, rows);
     let spec_of = |f: LossFlags| pipeline_constants(LossOp::Mse, &TwoHotConfig::TDMPC2, cfg.n, f);
     record_passes(

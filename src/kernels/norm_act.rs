@@ -362,6 +362,26 @@ pub(crate) struct Use<'a> {
     pub write: bool,
 }
 
+impl<'a> Use<'a> {
+    /// `range` of `buf` read.
+    pub(crate) fn read(name: &'a str, buf: &'a GpuBuffer<f32>, range: (usize, usize)) -> Self {
+        Use {
+            name,
+            buf: &buf.buffer,
+            range,
+            write: false,
+        }
+    }
+
+    /// `range` of `buf` written.
+    pub(crate) fn write(name: &'a str, buf: &'a GpuBuffer<f32>, range: (usize, usize)) -> Self {
+        Use {
+            write: true,
+            ..Use::read(name, buf, range)
+        }
+    }
+}
+
 /// wgpu cannot bind one buffer read-only and writable in the same dispatch, and two writable
 /// views of one buffer must not overlap (the results would depend on the order of threads).
 pub(crate) fn check_aliasing(what: &str, uses: &[Use]) -> Result<()> {
@@ -469,6 +489,23 @@ fn affine_params<'a>(
     }
 }
 
+/// Gamma and beta into a dispatch: their offsets into `p`, their reads into `uses`; returns
+/// the buffer to bind (`h` again without LayerNorm, which the kernel then does not read).
+fn bind_affine<'a>(
+    aff: &Option<CheckedAffine<'a>>,
+    h: &'a GpuBuffer<f32>,
+    p: &mut Params,
+    uses: &mut Vec<Use<'a>>,
+) -> &'a GpuBuffer<f32> {
+    let Some(a) = aff else { return h };
+    p.gamma_off = a.gamma;
+    p.beta_off = a.beta;
+    for (name, range) in [("gamma", a.ranges[0]), ("beta", a.ranges[1])] {
+        uses.push(Use::read(name, a.aff.buf, range));
+    }
+    a.aff.buf
+}
+
 /// `y = act(LN(h))` for `rows` rows of each member: `io.h` and `y` are `[members, rows, n]`.
 /// With LayerNorm, `io.affine` holds gamma and beta, and `io.stats`, if given, receives each
 /// row's `(mean, rstd)` for the backward. The math is `shaders/linear.wgsl`'s epilogue.
@@ -494,20 +531,7 @@ pub fn record_forward(
     let (total, elems) = total_rows(what, cfg, rows)?;
     let (h_off, hr) = fit(what, "h", io.h.0, io.h.1, elems)?;
     let (y_off, yr) = fit(what, "y", y.0, y.1, elems)?;
-    let mut uses = vec![
-        Use {
-            name: "h",
-            buf: &io.h.0.buffer,
-            range: hr,
-            write: false,
-        },
-        Use {
-            name: "y",
-            buf: &y.0.buffer,
-            range: yr,
-            write: true,
-        },
-    ];
+    let mut uses = vec![Use::read("h", io.h.0, hr), Use::write("y", y.0, yr)];
     let mut p = Params {
         rows: rows as u32,
         members: cfg.members as u32,
@@ -515,20 +539,7 @@ pub fn record_forward(
         out_off: y_off,
         ..Default::default()
     };
-    let mut prm = io.h.0;
-    if let Some(a) = &aff {
-        prm = a.aff.buf;
-        p.gamma_off = a.gamma;
-        p.beta_off = a.beta;
-        for (name, range) in [("gamma", a.ranges[0]), ("beta", a.ranges[1])] {
-            uses.push(Use {
-                name,
-                buf: &a.aff.buf.buffer,
-                range,
-                write: false,
-            });
-        }
-    }
+    let prm = bind_affine(&aff, io.h.0, &mut p, &mut uses);
     // Without stats the binding is y again (two writable views of one buffer are allowed;
     // the kernel does not touch it).
     let mut stats_buf = y.0;
@@ -536,12 +547,7 @@ pub fn record_forward(
         let (off, range) = fit(what, "stats", s.0, s.1, 2 * total as usize)?;
         p.stats_off = off;
         stats_buf = s.0;
-        uses.push(Use {
-            name: "stats",
-            buf: &s.0.buffer,
-            range,
-            write: true,
-        });
+        uses.push(Use::write("stats", s.0, range));
     }
     check_aliasing(what, &uses)?;
     let gpu = rec.gpu();
@@ -609,20 +615,7 @@ pub fn record_backward(
     let (h_off, hr) = fit(what, "h", io.h.0, io.h.1, elems)?;
     let (dy_off, dyr) = fit(what, "dy", dy.0, dy.1, elems)?;
     let (dh_off, dhr) = fit(what, "dh", dh.0, dh.1, elems)?;
-    let mut uses = vec![
-        Use {
-            name: "h",
-            buf: &io.h.0.buffer,
-            range: hr,
-            write: false,
-        },
-        Use {
-            name: "dy",
-            buf: &dy.0.buffer,
-            range: dyr,
-            write: false,
-        },
-    ];
+    let mut uses = vec![Use::read("h", io.h.0, hr), Use::read("dy", dy.0, dyr)];
     let mut p = Params {
         rows: rows as u32,
         members: cfg.members as u32,
@@ -631,70 +624,27 @@ pub fn record_backward(
         out_off: dh_off,
         ..Default::default()
     };
-    let mut prm = io.h.0;
-    if let Some(a) = &aff {
-        prm = a.aff.buf;
-        p.gamma_off = a.gamma;
-        p.beta_off = a.beta;
-        for (name, range) in [("gamma", a.ranges[0]), ("beta", a.ranges[1])] {
-            uses.push(Use {
-                name,
-                buf: &a.aff.buf.buffer,
-                range,
-                write: false,
-            });
-        }
-    }
+    let prm = bind_affine(&aff, io.h.0, &mut p, &mut uses);
     if let Some(s) = io.stats {
         let (off, range) = fit(what, "stats", s.0, s.1, 2 * total as usize)?;
         p.stats_off = off;
-        uses.push(Use {
-            name: "stats",
-            buf: &s.0.buffer,
-            range,
-            write: false,
-        });
+        uses.push(Use::read("stats", s.0, range));
     }
-    uses.push(Use {
-        name: "dh",
-        buf: &dh.0.buffer,
-        range: dhr,
-        write: true,
-    });
+    uses.push(Use::write("dh", dh.0, dhr));
     if let Some(g) = &dparams {
         for (name, range) in [("dgamma", g.ranges[0]), ("dbeta", g.ranges[1])] {
-            uses.push(Use {
-                name,
-                buf: &g.aff.buf.buffer,
-                range,
-                write: true,
-            });
+            uses.push(Use::write(name, g.aff.buf, range));
         }
     }
     if let Some(s) = scratch {
-        uses.push(Use {
-            name: "scratch",
-            buf: &s.buffer,
-            range: (0, s.len()),
-            write: true,
-        });
+        uses.push(Use::write("scratch", s, (0, s.len())));
         if let Some(g) = &dparams {
             // The second pass reads the scratch while it writes the gradients.
             check_aliasing(
                 what,
                 &[
-                    Use {
-                        name: "scratch",
-                        buf: &s.buffer,
-                        range: (0, s.len()),
-                        write: false,
-                    },
-                    Use {
-                        name: "gradients",
-                        buf: &g.aff.buf.buffer,
-                        range: g.ranges[0],
-                        write: true,
-                    },
+                    Use::read("scratch", s, (0, s.len())),
+                    Use::write("gradients", g.aff.buf, g.ranges[0]),
                 ],
             )?;
         }
@@ -941,20 +891,7 @@ pub fn record_column_sum(
     let (_, elems) = total_rows(what, &nc, rows)?;
     let (a_off, ar) = fit(what, "a", a.0, a.1, elems)?;
     let (out_off, outr) = fit(what, "out", out.0, out.1, cfg.members * cfg.n)?;
-    let mut uses = vec![
-        Use {
-            name: "a",
-            buf: &a.0.buffer,
-            range: ar,
-            write: false,
-        },
-        Use {
-            name: "out",
-            buf: &out.0.buffer,
-            range: outr,
-            write: true,
-        },
-    ];
+    let mut uses = vec![Use::read("a", a.0, ar), Use::write("out", out.0, outr)];
     let mut p = Params {
         rows: rows as u32,
         members: cfg.members as u32,
@@ -966,12 +903,7 @@ pub fn record_column_sum(
         let (off, range) = fit(what, "b", b.0, b.1, elems)?;
         p.dy_off = off;
         b_buf = b.0;
-        uses.push(Use {
-            name: "b",
-            buf: &b.0.buffer,
-            range,
-            write: false,
-        });
+        uses.push(Use::read("b", b.0, range));
     }
     let (chunks, chunk_rows) = column_chunks(rows);
     p.chunk_rows = chunk_rows as u32;
@@ -979,28 +911,13 @@ pub fn record_column_sum(
     let need = scratch_len(cfg.n, cfg.members, rows, 1);
     let part = if chunks > 1 {
         let sb = scratch_buffer(rec, what, scratch, need)?;
-        uses.push(Use {
-            name: "scratch",
-            buf: &sb.buffer,
-            range: (0, need),
-            write: true,
-        });
+        uses.push(Use::write("scratch", &sb, (0, need)));
         check_aliasing(what, &uses)?;
         check_aliasing(
             what,
             &[
-                Use {
-                    name: "scratch",
-                    buf: &sb.buffer,
-                    range: (0, need),
-                    write: false,
-                },
-                Use {
-                    name: "out",
-                    buf: &out.0.buffer,
-                    range: outr,
-                    write: true,
-                },
+                Use::read("scratch", &sb, (0, need)),
+                Use::write("out", out.0, outr),
             ],
         )?;
         p.out_member = (chunks * cfg.n) as u32;

@@ -28,6 +28,20 @@ pub struct TrainLayer {
     pub ln: Option<(usize, usize)>,
 }
 
+impl TrainLayer {
+    /// The LayerNorm gain and shift of weight sets `sel` in `buf` (the parameters or their
+    /// gradients, which share the layout).
+    fn layer_norm<'a>(&self, buf: &'a GpuBuffer<f32>, sel: Members) -> Affine<'a> {
+        let (gamma, beta) = self.ln.expect("normed layers have LayerNorm");
+        let out = self.spec.out;
+        Affine {
+            buf,
+            gamma: gamma + sel.first * out,
+            beta: beta + sel.first * out,
+        }
+    }
+}
+
 /// Which weight sets of an ensemble a pass runs: `count` consecutive ones from `first`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Members {
@@ -216,6 +230,36 @@ impl TrainNet {
         Ok(())
     }
 
+    /// Layer `i`'s input rows in pass `step`, with the stride between weight sets: the
+    /// caller's (shared by every weight set, stride 0) or the layer below's output.
+    fn layer_input<'a>(
+        &self,
+        i: usize,
+        input: NetInput<'a>,
+        tape: &'a Tape,
+        rows: usize,
+        step: usize,
+    ) -> ((&'a GpuBuffer<f32>, usize), usize) {
+        if i == 0 {
+            return (input.z, 0);
+        }
+        let below = &self.layers[i - 1].spec;
+        let lo = below.out;
+        let src = if below.normed {
+            &tape.y[i - 1]
+        } else {
+            &tape.h[i - 1]
+        };
+        ((src, step * tape.slots * tape.rows * lo), rows * lo)
+    }
+
+    /// The action input of a `[z, a]` network.
+    fn action_input<'a>(&self, input: NetInput<'a>) -> Result<(&'a GpuBuffer<f32>, usize)> {
+        input
+            .a
+            .ok_or_else(|| Error::InvalidArgument(format!("{:?} needs an action input", self.net)))
+    }
+
     /// Record a forward pass of `rows` rows through weight sets `sel`, keeping pass `step`
     /// of `tape`. The output is at [`Tape::output`].
     #[allow(clippy::too_many_arguments)]
@@ -236,18 +280,7 @@ impl TrainNet {
             let k = in1 + in2;
             let region = step * tape.slots * tape.rows * out;
             let h = Mat::rows(&tape.h[i], out).at(region).batched(rows * out);
-            // Input rows: the caller's (shared by every weight set) or the layer below's.
-            let (x, x_bs) = if i == 0 {
-                (input.z, 0)
-            } else {
-                let lo = self.layers[i - 1].spec.out;
-                let src = if self.layers[i - 1].spec.normed {
-                    &tape.y[i - 1]
-                } else {
-                    &tape.h[i - 1]
-                };
-                ((src, step * tape.slots * tape.rows * lo), rows * lo)
-            };
+            let (x, x_bs) = self.layer_input(i, input, tape, rows, step);
             let w = Mat::rows(params, k)
                 .at(l.w + sel.first * out * k)
                 .batched(out * k);
@@ -269,9 +302,7 @@ impl TrainNet {
                 }),
             )?;
             if in2 > 0 {
-                let a = input.a.ok_or_else(|| {
-                    Error::InvalidArgument(format!("{:?} needs an action input", self.net))
-                })?;
+                let a = self.action_input(input)?;
                 let op = Gemm {
                     trans_b: true,
                     batch: e,
@@ -288,14 +319,9 @@ impl TrainNet {
                 )?;
             }
             if l.spec.normed {
-                let (g, bt) = l.ln.expect("normed layers have LayerNorm");
                 let io = NormActBuffers {
                     h: (&tape.h[i], region),
-                    affine: Some(Affine {
-                        buf: params,
-                        gamma: g + sel.first * out,
-                        beta: bt + sel.first * out,
-                    }),
+                    affine: Some(l.layer_norm(params, sel)),
                     stats: Some((&tape.stats[i], step * tape.slots * tape.rows * 2)),
                 };
                 let cfg = NormActConfig::new(out, l.spec.act, true).with_members(e);
@@ -349,16 +375,12 @@ impl TrainNet {
             let region = step * tape.slots * tape.rows * out;
             // dh: through the activation and LayerNorm into scratch, or dy itself.
             let dh: (&GpuBuffer<f32>, usize) = if l.spec.normed {
-                let (gm, bt) = l.ln.expect("normed layers have LayerNorm");
-                // d[1] holds dh, d[0] the gradient passed down: a layer reads one, writes the other.
+                // d[1] holds dh, d[0] the gradient passed down: a layer reads one, writes the
+                // other.
                 let dst = &tape.d[1];
                 let io = NormActBuffers {
                     h: (&tape.h[i], region),
-                    affine: Some(Affine {
-                        buf: params,
-                        gamma: gm + sel.first * out,
-                        beta: bt + sel.first * out,
-                    }),
+                    affine: Some(l.layer_norm(params, sel)),
                     stats: Some((&tape.stats[i], step * tape.slots * tape.rows * 2)),
                 };
                 let cfg = NormActConfig::new(out, l.spec.act, true).with_members(e);
@@ -370,11 +392,7 @@ impl TrainNet {
                     g_out,
                     (dst, 0),
                     false,
-                    to.params.map(|grads| Affine {
-                        buf: grads,
-                        gamma: gm + sel.first * out,
-                        beta: bt + sel.first * out,
-                    }),
+                    to.params.map(|grads| l.layer_norm(grads, sel)),
                     Some(&tape.scratch),
                 )?;
                 (dst, 0)
@@ -398,17 +416,7 @@ impl TrainNet {
                     Some(&tape.scratch),
                 )?;
                 // dW += dh^T x, per column block of the input.
-                let (x, x_bs) = if i == 0 {
-                    (input.z, 0)
-                } else {
-                    let lo = self.layers[i - 1].spec.out;
-                    let src = if self.layers[i - 1].spec.normed {
-                        &tape.y[i - 1]
-                    } else {
-                        &tape.h[i - 1]
-                    };
-                    ((src, step * tape.slots * tape.rows * lo), rows * lo)
-                };
+                let (x, x_bs) = self.layer_input(i, input, tape, rows, step);
                 let dw = Mat::rows(grads, k)
                     .at(l.w + sel.first * out * k)
                     .batched(out * k);
@@ -427,9 +435,7 @@ impl TrainNet {
                     None,
                 )?;
                 if in2 > 0 {
-                    let a = input.a.ok_or_else(|| {
-                        Error::InvalidArgument(format!("{:?} needs an action input", self.net))
-                    })?;
+                    let a = self.action_input(input)?;
                     let op = Gemm {
                         trans_a: true,
                         accumulate: true,

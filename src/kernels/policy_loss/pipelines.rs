@@ -1,0 +1,339 @@
+//! The pipelines of `policy_loss.wgsl`: their flags, kernel specs and override constants, and
+//! every combination the launch code can build.
+
+use super::config::{EntropyForm, KlForm, Param};
+use crate::gpu::shader::Header;
+use crate::gpu::{Binding, KernelSpec};
+use crate::kernels::policy::lanes;
+
+/// The flags (pipeline constants) of one policy-loss pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PolicyFlags {
+    /// The parameterisation.
+    pub param: Param,
+    /// The entropy's form.
+    pub entropy: EntropyForm,
+    /// The KL's form, if there is a KL term.
+    pub kl: Option<KlForm>,
+    /// The prior rows are a network's raw output.
+    pub prior_net: bool,
+    /// There is a Q term.
+    pub q: bool,
+    /// There is an LL term.
+    pub ll: bool,
+    /// Only write the divergence rows.
+    pub div_only: bool,
+    /// Write the gradient.
+    pub grad: bool,
+    /// Add it instead.
+    pub grad_add: bool,
+    /// Write the divergence rows too.
+    pub write_d: bool,
+    /// Add the sums into their slots.
+    pub loss_add: bool,
+}
+
+/// The flags of one prior-fit pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PriorFlags {
+    /// The prior network's parameterisation.
+    pub param: Param,
+    /// [`KlForm::Reverse`] or [`KlForm::Forward`].
+    pub form: KlForm,
+    /// Only write the divergence rows.
+    pub div_only: bool,
+    /// Write the gradient.
+    pub grad: bool,
+    /// Add it instead.
+    pub grad_add: bool,
+    /// Write the divergence rows too.
+    pub write_d: bool,
+    /// Add the sum into its slot.
+    pub loss_add: bool,
+}
+
+/// One pipeline of `policy_loss.wgsl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PolicyLossKernel {
+    /// The action sample.
+    Sample {
+        /// `A`.
+        action_dim: usize,
+        /// The parameterisation.
+        param: Param,
+    },
+    /// The policy loss (or its divergence pass).
+    PolicyLoss {
+        /// `A`.
+        action_dim: usize,
+        /// The flags.
+        flags: PolicyFlags,
+    },
+    /// The prior fit (or its divergence pass).
+    PriorFit {
+        /// `A`.
+        action_dim: usize,
+        /// The flags.
+        flags: PriorFlags,
+    },
+    /// Partials summed into slots.
+    Reduce {
+        /// Add into the slots.
+        loss_add: bool,
+    },
+}
+
+const SAMPLE: KernelSpec = KernelSpec {
+    shader: "policy_loss",
+    entry: "sample",
+    bindings: &[
+        (0, Binding::Read),
+        (1, Binding::Read),
+        (8, Binding::ReadWrite),
+        (11, Binding::Uniform),
+    ],
+};
+const POLICY_LOSS: KernelSpec = KernelSpec {
+    shader: "policy_loss",
+    entry: "policy_loss",
+    bindings: &[
+        (0, Binding::Read),
+        (1, Binding::Read),
+        (2, Binding::Read),
+        (3, Binding::Read),
+        (4, Binding::Read),
+        (5, Binding::Read),
+        (6, Binding::Read),
+        (7, Binding::Read),
+        (8, Binding::ReadWrite),
+        (9, Binding::ReadWrite),
+        (10, Binding::ReadWrite),
+        (11, Binding::Uniform),
+    ],
+};
+const PRIOR_FIT: KernelSpec = KernelSpec {
+    shader: "policy_loss",
+    entry: "prior_fit",
+    bindings: &[
+        (0, Binding::Read),
+        (5, Binding::Read),
+        (7, Binding::Read),
+        (8, Binding::ReadWrite),
+        (9, Binding::ReadWrite),
+        (10, Binding::ReadWrite),
+        (11, Binding::Uniform),
+    ],
+};
+const REDUCE: KernelSpec = KernelSpec {
+    shader: "policy_loss",
+    entry: "reduce",
+    bindings: &[
+        (0, Binding::Read),
+        (10, Binding::ReadWrite),
+        (11, Binding::Uniform),
+    ],
+};
+
+fn param_id(p: Param) -> f64 {
+    match p {
+        Param::Squashed => 0.0,
+        Param::TanhMeanClamp => 1.0,
+    }
+}
+
+fn kl_id(k: Option<KlForm>) -> f64 {
+    match k {
+        None => 0.0,
+        Some(KlForm::Reverse) => 1.0,
+        Some(KlForm::Forward) => 2.0,
+        Some(KlForm::SingleSample) => 3.0,
+    }
+}
+
+fn b(v: bool) -> f64 {
+    v as u8 as f64
+}
+
+/// The header and override constants of one pipeline: exactly what the launch code builds
+/// (flags that a pass ignores are normalised so equal pipelines share one cache entry).
+pub fn pipeline_constants(
+    kernel: &PolicyLossKernel,
+) -> (KernelSpec, Header, Vec<(&'static str, f64)>) {
+    match *kernel {
+        PolicyLossKernel::Sample { action_dim, param } => (
+            SAMPLE,
+            Header::default(),
+            vec![("A", action_dim as f64), ("PARAM", param_id(param))],
+        ),
+        PolicyLossKernel::PolicyLoss { action_dim, flags } => {
+            let f = normalise_policy(flags);
+            (
+                POLICY_LOSS,
+                Header::default(),
+                vec![
+                    ("A", action_dim as f64),
+                    ("LANES", lanes(action_dim) as f64),
+                    ("PARAM", param_id(f.param)),
+                    (
+                        "ENTROPY",
+                        match f.entropy {
+                            EntropyForm::Scaled => 0.0,
+                            EntropyForm::Original => 1.0,
+                        },
+                    ),
+                    ("KL", kl_id(f.kl)),
+                    ("PRIOR_NET", b(f.prior_net)),
+                    ("Q_TERM", b(f.q)),
+                    ("LL_TERM", b(f.ll)),
+                    ("DIV_ONLY", b(f.div_only)),
+                    ("GRAD", b(f.grad)),
+                    ("GRAD_ADD", b(f.grad_add)),
+                    ("WRITE_D", b(f.write_d)),
+                    ("LOSS_ADD", b(f.loss_add)),
+                ],
+            )
+        }
+        PolicyLossKernel::PriorFit { action_dim, flags } => {
+            let f = normalise_prior(flags);
+            (
+                PRIOR_FIT,
+                Header::default(),
+                vec![
+                    ("A", action_dim as f64),
+                    ("LANES", lanes(action_dim) as f64),
+                    ("PARAM", param_id(f.param)),
+                    ("KL", kl_id(Some(f.form))),
+                    ("DIV_ONLY", b(f.div_only)),
+                    ("GRAD", b(f.grad)),
+                    ("GRAD_ADD", b(f.grad_add)),
+                    ("WRITE_D", b(f.write_d)),
+                    ("LOSS_ADD", b(f.loss_add)),
+                ],
+            )
+        }
+        PolicyLossKernel::Reduce { loss_add } => (
+            REDUCE,
+            Header::default(),
+            // A is unused by `reduce` but has no default.
+            vec![("A", 1.0), ("LOSS_ADD", b(loss_add))],
+        ),
+    }
+}
+
+fn normalise_policy(f: PolicyFlags) -> PolicyFlags {
+    let grad = f.grad && !f.div_only;
+    let base = PolicyFlags {
+        prior_net: f.prior_net && f.kl.is_some(),
+        grad,
+        grad_add: grad && f.grad_add,
+        ..f
+    };
+    if f.div_only {
+        // The divergence pass reads h, eps and the prior only.
+        PolicyFlags {
+            entropy: EntropyForm::Scaled,
+            q: false,
+            ll: false,
+            write_d: false,
+            loss_add: false,
+            ..base
+        }
+    } else {
+        base
+    }
+}
+
+fn normalise_prior(f: PriorFlags) -> PriorFlags {
+    let grad = f.grad && !f.div_only;
+    PriorFlags {
+        grad,
+        grad_add: grad && f.grad_add,
+        write_d: f.write_d && !f.div_only,
+        loss_add: f.loss_add && !f.div_only,
+        ..f
+    }
+}
+
+/// Every pipeline the launch code can build for `action_dim` (for the shader tests).
+pub fn all_kernels(action_dim: usize) -> Vec<PolicyLossKernel> {
+    let mut out = vec![
+        PolicyLossKernel::Reduce { loss_add: false },
+        PolicyLossKernel::Reduce { loss_add: true },
+    ];
+    let params = [Param::Squashed, Param::TanhMeanClamp];
+    // (div_only, grad, grad_add, write_d, loss_add) of the passes.
+    let mut passes = vec![(true, false, false, false, false)];
+    for g in 0..3 {
+        for write_d in [false, true] {
+            for loss_add in [false, true] {
+                passes.push((false, g > 0, g == 2, write_d, loss_add));
+            }
+        }
+    }
+    for param in params {
+        out.push(PolicyLossKernel::Sample { action_dim, param });
+        for form in [KlForm::Reverse, KlForm::Forward] {
+            for &(div_only, grad, grad_add, write_d, loss_add) in &passes {
+                let flags = PriorFlags {
+                    param,
+                    form,
+                    div_only,
+                    grad,
+                    grad_add,
+                    write_d,
+                    loss_add,
+                };
+                out.push(PolicyLossKernel::PriorFit { action_dim, flags });
+            }
+        }
+        let mut kls = vec![
+            (None, false),
+            (Some(KlForm::Reverse), false),
+            (Some(KlForm::Reverse), true),
+            (Some(KlForm::Forward), false),
+            (Some(KlForm::Forward), true),
+        ];
+        if param == Param::Squashed {
+            kls.push((Some(KlForm::SingleSample), false));
+            kls.push((Some(KlForm::SingleSample), true));
+        }
+        for &(kl, prior_net) in &kls {
+            for &(div_only, grad, grad_add, write_d, loss_add) in &passes {
+                if div_only && kl.is_none() {
+                    continue;
+                }
+                let terms: &[(EntropyForm, bool, bool)] = if div_only {
+                    &[(EntropyForm::Scaled, false, false)]
+                } else {
+                    &[
+                        (EntropyForm::Scaled, false, false),
+                        (EntropyForm::Scaled, true, false),
+                        (EntropyForm::Scaled, false, true),
+                        (EntropyForm::Scaled, true, true),
+                        (EntropyForm::Original, false, false),
+                        (EntropyForm::Original, true, false),
+                        (EntropyForm::Original, false, true),
+                        (EntropyForm::Original, true, true),
+                    ]
+                };
+                for &(entropy, q, ll) in terms {
+                    let flags = PolicyFlags {
+                        param,
+                        entropy,
+                        kl,
+                        prior_net,
+                        q,
+                        ll,
+                        div_only,
+                        grad,
+                        grad_add,
+                        write_d,
+                        loss_add,
+                    };
+                    out.push(PolicyLossKernel::PolicyLoss { action_dim, flags });
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,115 @@
+//! The adaptive prior's fitting pass and its divergence-only pass.
+
+use super::config::PriorFitConfig;
+use super::launch::{Outputs, Params, Pass, record_pass};
+use super::operands::{PriorFitInputs, Rows, operand, scalar};
+use super::pipelines::{PolicyLossKernel, PriorFlags};
+use crate::Result;
+use crate::gpu::{GpuBuffer, Recorder};
+use crate::kernels::loss::{GradOut, LossOut};
+
+/// Record the adaptive prior's fitting loss over `rows` rows: `sum_r w_r D_r / s_d` into
+/// `loss.losses[loss.index]` (written or added), `w_r d(D_r / s_d) / d out_r` into `grad` if
+/// given (rows of `2A` like the prior network's raw output, written or added), and `D_r`
+/// (before the division by `s_d`) into `divergence` if given (rows of 1). `D_r` is the closed
+/// form reverse `KL(pi_psi || b)` or forward `KL(b || pi_psi)`, mean or sum over dimensions,
+/// between the prior network's Gaussian and the planner's `(mean, std)` with the std floored.
+///
+/// `scratch` holds [`prior_fit_scratch_len`](super::prior_fit_scratch_len) partials when more
+/// than one workgroup runs (`None` allocates one per call). Written buffers must differ from
+/// the read ones and not overlap one another. With no rows the slot gets 0 (or keeps its value
+/// when adding).
+#[allow(clippy::too_many_arguments)]
+pub fn record_prior_fit<'a>(
+    rec: &mut Recorder,
+    cfg: &PriorFitConfig,
+    rows: usize,
+    inputs: &PriorFitInputs<'a>,
+    grad: Option<GradOut<'a>>,
+    divergence: Option<Rows<'a>>,
+    loss: LossOut<'a>,
+    scratch: Option<&'a GpuBuffer<f32>>,
+) -> Result<()> {
+    record_prior(
+        rec,
+        cfg,
+        rows,
+        inputs,
+        Pass::Loss {
+            grad,
+            divergence,
+            loss,
+            scratch,
+        },
+    )
+}
+
+/// Record only the prior fit's `D_r` into `divergence` (rows of 1), to update `s_d` from the
+/// `t = 0` rows before [`record_prior_fit`] reads it.
+pub fn record_prior_divergence<'a>(
+    rec: &mut Recorder,
+    cfg: &PriorFitConfig,
+    rows: usize,
+    inputs: &PriorFitInputs<'a>,
+    divergence: Rows<'a>,
+) -> Result<()> {
+    record_prior(rec, cfg, rows, inputs, Pass::Divergence(divergence))
+}
+
+fn record_prior<'a>(
+    rec: &mut Recorder,
+    cfg: &PriorFitConfig,
+    rows: usize,
+    x: &PriorFitInputs<'a>,
+    pass: Pass<'a>,
+) -> Result<()> {
+    let div_only = pass.divergence_only();
+    let what = if div_only {
+        "prior divergence"
+    } else {
+        "prior fit"
+    };
+    cfg.check()?;
+    let a = cfg.head.action_dim;
+    if !pass.start(rec, what, rows, 1, x.out.buf)? {
+        return Ok(());
+    }
+    let n = rows;
+    let mut uses = Vec::new();
+    let mut p = Params {
+        kl_dim: cfg.reduce.factor(a),
+        prior_floor: cfg.std_floor,
+        ..Params::rows(what, rows, &cfg.weights, &cfg.head, 1)?
+    };
+    (p.h_off, p.h_stride) = operand(what, "prior output", n, 2 * a, x.out, false, &mut uses)?;
+    (p.plan_off, p.plan_stride) = operand(what, "planner", n, 2 * a, x.planner, false, &mut uses)?;
+    // Slots of the 8 read bindings of the policy loss; prior_fit uses 0, 5 and 7.
+    let mut reads = [&x.out.buf.buffer; 8];
+    reads[5] = &x.planner.buf.buffer;
+    if !div_only {
+        (p.skl_index, p.has_skl) = scalar(what, "s_d", x.s_d, &mut uses)?;
+        if let Some(s) = &x.s_d {
+            reads[7] = &s.buf.buffer;
+        }
+    }
+    let flags = PriorFlags {
+        param: cfg.head.param,
+        form: cfg.form,
+        div_only,
+        grad: false,
+        grad_add: false,
+        write_d: false,
+        loss_add: false,
+    };
+    let kernel = |o: Outputs| PolicyLossKernel::PriorFit {
+        action_dim: a,
+        flags: PriorFlags {
+            grad: o.grad,
+            grad_add: o.grad_add,
+            write_d: o.write_d,
+            loss_add: o.loss_add,
+            ..flags
+        },
+    };
+    record_pass(rec, what, rows, a, pass, reads, uses, p, &kernel)
+}

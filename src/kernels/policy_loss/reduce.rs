@@ -1,0 +1,130 @@
+//! Partial sums: how many each loss pass writes, the scratch that holds them, and their
+//! reduction into the loss slots.
+
+use super::POLICY_TERMS;
+use super::config::{PolicyLossConfig, PriorFitConfig};
+use super::launch::{Params, bindings, dispatch, rows_per_group};
+use super::pipelines::{PolicyLossKernel, pipeline_constants};
+use crate::gpu::{GpuBuffer, Recorder};
+use crate::kernels::loss::LossOut;
+use crate::kernels::norm_act::{Use, check_aliasing};
+use crate::{Error, Result};
+
+/// Workgroups of [`record_policy_loss`](super::record_policy_loss) over `rows` rows.
+pub fn policy_loss_partials(cfg: &PolicyLossConfig, rows: usize) -> usize {
+    rows.div_ceil(rows_per_group(cfg.head.action_dim))
+}
+
+/// Elements of the scratch [`record_policy_loss`](super::record_policy_loss) needs for `rows`
+/// rows: 5 partial sums per workgroup, or 0 when one workgroup does (it writes the slots
+/// directly).
+pub fn policy_loss_scratch_len(cfg: &PolicyLossConfig, rows: usize) -> usize {
+    let g = policy_loss_partials(cfg, rows);
+    if g > 1 { POLICY_TERMS * g } else { 0 }
+}
+
+/// Workgroups of [`record_prior_fit`](super::record_prior_fit) over `rows` rows.
+pub fn prior_fit_partials(cfg: &PriorFitConfig, rows: usize) -> usize {
+    rows.div_ceil(rows_per_group(cfg.head.action_dim))
+}
+
+/// Elements of the scratch [`record_prior_fit`](super::record_prior_fit) needs: one partial
+/// per workgroup, or 0 when one workgroup does.
+pub fn prior_fit_scratch_len(cfg: &PriorFitConfig, rows: usize) -> usize {
+    let g = prior_fit_partials(cfg, rows);
+    if g > 1 { g } else { 0 }
+}
+
+/// The loss pass: the slots or the scratch, the aliasing checks, the dispatches.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn finish_loss<'a>(
+    rec: &mut Recorder,
+    what: &str,
+    kernel: &dyn Fn(bool) -> PolicyLossKernel,
+    reads: [&'a wgpu::Buffer; 8],
+    writes: [Option<&'a wgpu::Buffer>; 2],
+    mut uses: Vec<Use<'a>>,
+    mut p: Params,
+    groups: usize,
+    loss: LossOut<'a>,
+    scratch: Option<&'a GpuBuffer<f32>>,
+) -> Result<()> {
+    let terms = p.terms as usize;
+    let slots = Use::write("loss slots", loss.losses, (loss.index, loss.index + terms));
+    uses.push(slots);
+    let gpu = rec.gpu();
+    if groups <= 1 {
+        check_aliasing(what, &uses)?;
+        p.part_off = loss.index as u32;
+        let bufs = bindings(reads, writes, &loss.losses.buffer);
+        return dispatch(rec, what, &kernel(loss.accumulate), &bufs, &p, groups);
+    }
+    let need = terms * groups;
+    let own;
+    let part = match scratch {
+        Some(s) if s.len() >= need => s,
+        Some(s) => {
+            return Err(Error::Shape(format!(
+                "{what}: scratch ({:?}) holds {} elements, {need} partials needed",
+                s.label(),
+                s.len()
+            )));
+        }
+        None => {
+            own = GpuBuffer::new(gpu, "pompc policy-loss partials", need)?;
+            &own
+        }
+    };
+    let mut all = uses.clone();
+    all.push(Use::write("scratch", part, (0, need)));
+    check_aliasing(what, &all)?;
+    check_aliasing(what, &[Use::read("scratch", part, (0, need)), slots])?;
+    p.part_off = 0;
+    let bufs = bindings(reads, writes, &part.buffer);
+    dispatch(rec, what, &kernel(false), &bufs, &p, groups)?;
+    record_reduce(rec, &part.buffer, 0, groups, terms, loss)
+}
+
+/// No rows: zero sums in the slots (which keep their values when adding). `src` is any
+/// buffer other than the slots' (nothing is read from it).
+pub(super) fn zero_slots(
+    rec: &mut Recorder,
+    what: &str,
+    src: &GpuBuffer<f32>,
+    terms: usize,
+    loss: LossOut,
+) -> Result<()> {
+    if loss.accumulate {
+        return Ok(());
+    }
+    if src.buffer == loss.losses.buffer {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: the input rows and the loss slots are the same buffer"
+        )));
+    }
+    record_reduce(rec, &src.buffer, 0, 0, terms, loss)
+}
+
+/// Sum `count` partials per term (term `k` at `src[src_off + k * count ..]`) into
+/// `loss.losses[loss.index + k]` for `k < terms`.
+fn record_reduce(
+    rec: &mut Recorder,
+    src: &wgpu::Buffer,
+    src_off: usize,
+    count: usize,
+    terms: usize,
+    loss: LossOut,
+) -> Result<()> {
+    let p = Params {
+        h_off: src_off as u32,
+        count: count as u32,
+        part_off: loss.index as u32,
+        terms: terms as u32,
+        ..Default::default()
+    };
+    let (spec, header, ov) = pipeline_constants(&PolicyLossKernel::Reduce {
+        loss_add: loss.accumulate,
+    });
+    let pipe = rec.gpu().pipeline(&spec, &header, &ov)?;
+    rec.dispatch(&pipe, &[src, &loss.losses.buffer], Some(&p), [1, 1, 1])
+}
