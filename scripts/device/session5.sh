@@ -17,6 +17,6 @@ R=benches/reference
 timeout 60 python3 $R/plan_tdmpc2.py --batch 1 --action-dim 6 --modes eager graph --iters 5 --warmup 2 2>&1 | tail -6
 timeout 60 python3 $R/update_tdmpc2.py --batch 16 --modes eager graph --iters 5 --warmup 2 2>&1 | tail -6
 timeout 60 python3 $R/policy_update.py --batch 16 --modes eager graph --iters 5 --warmup 2 2>&1 | tail -6
-left=$(( 575 - ($(date +%s) - T0) ))
+left=$(( ${TOTAL:-575} - ($(date +%s) - T0) ))
 echo "== dm_control training for ${left} s"
 LIMIT=$(( left - 45 )) KEEP=1 MODEL=5 PRECISION=coop bash .gpu/run.sh bash scripts/device/py_dmc_train.sh 0,1,2 100000
