@@ -8,15 +8,19 @@ T0=$(date +%s)
 for f in .gpu/bin/*.gz; do gunzip -f "$f"; done
 chmod +x .gpu/bin/*
 python3 --version; ldd --version | head -1
-bash scripts/device/capi_bench.sh
-for pass in 1 2; do
+# PARTS (default "capi old refs dmc") picks what runs.
+PARTS=${PARTS:-capi old refs dmc}
+has() { [[ " $PARTS " == *" $1 "* ]]; }
+has capi && bash scripts/device/capi_bench.sh
+has old && for pass in 1 2; do
   echo "== pompc_old (3c780fb) bench mppi, pass $pass"
   bash .gpu/run.sh .gpu/bin/pompc_old bench mppi --samples 128,16384 --runs 300 --warmup 50
 done
 R=benches/reference
-timeout 60 python3 $R/plan_tdmpc2.py --batch 1 --action-dim 6 --modes eager graph --iters 5 --warmup 2 2>&1 | tail -6
-timeout 60 python3 $R/update_tdmpc2.py --batch 16 --modes eager graph --iters 5 --warmup 2 2>&1 | tail -6
-timeout 60 python3 $R/policy_update.py --batch 16 --modes eager graph --iters 5 --warmup 2 2>&1 | tail -6
+has refs && timeout 60 python3 $R/plan_tdmpc2.py --batch 1 --action-dim 6 --modes eager graph --iters 5 --warmup 2 2>&1 | tail -6
+has refs && timeout 60 python3 $R/update_tdmpc2.py --batch 16 --modes eager graph --iters 5 --warmup 2 2>&1 | tail -6
+has refs && timeout 60 python3 $R/policy_update.py --batch 16 --modes eager graph --iters 5 --warmup 2 2>&1 | tail -6
+has dmc || exit 0
 left=$(( ${TOTAL:-575} - ($(date +%s) - T0) ))
 echo "== dm_control training for ${left} s"
 LIMIT=$(( left - 45 )) KEEP=1 MODEL=5 PRECISION=coop bash .gpu/run.sh bash scripts/device/py_dmc_train.sh 0,1,2 100000
