@@ -122,10 +122,14 @@ pub fn tolerance(
     sigmoid: Sigmoid,
     value_at_margin: f64,
 ) -> f64 {
-    match try_tolerance(x, lower, upper, margin, sigmoid, value_at_margin) {
-        Ok(v) => v,
-        Err(e) => panic!("{e}"),
-    }
+    crate::error::or_panic(try_tolerance(
+        x,
+        lower,
+        upper,
+        margin,
+        sigmoid,
+        value_at_margin,
+    ))
 }
 
 /// [`tolerance`], with an [`Error::InvalidArgument`] instead of a panic for bounds, margin or
