@@ -110,6 +110,13 @@ pub enum Error {
 /// `Result` with pompc's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The value of `r`, or a panic with its error's message: the panicking forms of the `try_`
+/// functions.
+#[track_caller]
+pub(crate) fn or_panic<T>(r: Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
 impl Error {
     /// Convert a wgpu error captured in `context`.
     pub(crate) fn from_wgpu(context: impl Into<String>, e: wgpu::Error) -> Self {

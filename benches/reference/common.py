@@ -12,6 +12,7 @@ import time
 import warnings
 
 import torch
+import torch.nn.functional as F
 
 
 class Layer:
@@ -70,6 +71,120 @@ def new_layer(lead, in_dim, out_dim, ln, act, std):
     else:
         w.zero_()
     return Layer(w, torch.zeros(lead + (out_dim,)), ln, act)
+
+
+class WorldModelBase:
+    """TD-MPC2's networks (encoder, dynamics, reward, policy, Q heads) with weights drawn on
+    the CPU from `seed` (the same on every device; the global RNG is left as it was), left on
+    the CPU for the subclass to move, and the forward pieces that the plan and the update share."""
+
+    def __init__(self, cfg, obs_dim, action_dim, device, dtype, seed):
+        self.cfg, self.obs_dim, self.action_dim = cfg, obs_dim, action_dim
+        L, H, A = cfg.latent_dim, cfg.mlp_dim, action_dim
+        cpu_rng_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)  # init on the CPU: same weights on every device
+
+        def mlp(lead, dims, last_ln, last_act, last_std=0.02):
+            layers = []
+            for i in range(len(dims) - 1):
+                last = i == len(dims) - 2
+                layers.append(new_layer(lead, dims[i], dims[i + 1],
+                                         last_ln if last else True,
+                                         last_act if last else "mish",
+                                         last_std if last else 0.02))
+            return layers
+
+        self.enc = mlp((), [obs_dim, cfg.enc_dim, L], True, "simnorm")
+        self.dyn = mlp((), [L + A, H, H, L], True, "simnorm")
+        self.rew = mlp((), [L + A, H, H, cfg.num_bins], False, None, cfg.final_std)
+        self.pi = mlp((), [L, H, H, 2 * A], False, None)
+        self.q = mlp((cfg.num_q,), [L + A, H, H, cfg.num_bins], False, None, cfg.final_std)
+        torch.random.set_rng_state(cpu_rng_state)
+        self.bins = torch.linspace(cfg.vmin, cfg.vmax, cfg.num_bins, device=device, dtype=dtype)
+        self.device, self.dtype = device, dtype
+
+    def _act(self, x, act):
+        if act == "mish":
+            return F.mish(x)
+        if act == "simnorm":
+            return simnorm(x, self.cfg.simnorm_dim)
+        return x
+
+    def mlp(self, x, layers):
+        for l in layers:
+            x = F.linear(x, l.w, l.b)
+            if l.g is not None:
+                x = F.layer_norm(x, (l.out_dim,), l.g, l.beta, self.cfg.ln_eps)
+            x = self._act(x, l.act)
+        return x
+
+    def encode(self, obs):
+        return self.mlp(obs, self.enc)
+
+    def next(self, za):  # za = cat([z, a])
+        return self.mlp(za, self.dyn)
+
+    def reward_logits(self, za):
+        return self.mlp(za, self.rew)
+
+    def two_hot_inv(self, logits):
+        return symexp(torch.softmax(logits, dim=-1) @ self.bins)
+
+    def pi_sample(self, z, eps):
+        """Reparameterised squashed Gaussian sample tanh(mu + eps * sigma)."""
+        mu, raw = self.mlp(z, self.pi).chunk(2, dim=-1)
+        c = self.cfg
+        log_std = c.log_std_min + 0.5 * (c.log_std_max - c.log_std_min) * (torch.tanh(raw) + 1)
+        return torch.tanh(mu + eps * torch.exp(log_std))
+
+
+def prepare_card(cuda, tf32, device):
+    """Before a benchmark row: TF32 as the mode wants, cached blocks freed, peak memory reset."""
+    if cuda:
+        set_tf32(tf32)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def release_card(cuda):
+    """After a row (its runner dropped): back to plain FP32, cached blocks freed."""
+    if cuda:
+        set_tf32(False)
+        torch.cuda.empty_cache()
+
+
+def skip_reason(e):
+    """The one-line reason a row was skipped (compile may fail offline, a batch may not fit, ...)."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def row_stats(dev_ms, host_ms, cuda, device):
+    """Median and p90 device ms, median host ms, and the peak GPU memory (GiB; NaN on the CPU)."""
+    med, p90, host = quantile(dev_ms, 0.5), quantile(dev_ms, 0.9), quantile(host_ms, 0.5)
+    mem = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else float("nan")
+    return med, p90, host, mem
+
+
+def measure_update(make_runner, base, iters, warmup, cuda, invariants):
+    """Build an update runner (`make_runner()`), time it and check it (`invariants(runner)`,
+    plus no host sync in eager mode on CUDA): (runner, dev_ms, host_ms, setup_s, problems).
+    On an error the runner is dropped before it propagates, so the caller can free its memory."""
+    runner = None
+    try:
+        t0 = time.perf_counter()
+        runner = make_runner()
+        setup_s = time.perf_counter() - t0  # model, optimiser, graph capture (incl. its warm-up)
+        dev_ms, host_ms, warmup_s = time_runner(runner, iters, warmup, cuda)
+        setup_s += warmup_s  # compile happens in the first warm-up calls
+        probs = invariants(runner)
+        if cuda and base == "eager":
+            sync_problem = check_no_sync(runner)
+            if sync_problem:
+                probs.append(sync_problem)
+    except BaseException:
+        runner = None
+        raise
+    return runner, dev_ms, host_ms, setup_s, probs
 
 
 def simnorm(x, group):

@@ -66,7 +66,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, parse_modes, chosen_heads, check_no_sync, new_layer, quantile, set_tf32, simnorm, symexp, time_runner
+from common import Runner as GraphRunner, parse_modes, chosen_heads, check_no_sync, time_runner, WorldModelBase, prepare_card, release_card, row_stats, skip_reason
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,75 +107,17 @@ class Config:
 # --------------------------------------------------------------------------------------------
 
 
-class WorldModel:
+class WorldModel(WorldModelBase):
     def __init__(self, cfg, obs_dim, action_dim, device, dtype, seed):
-        self.cfg, self.obs_dim, self.action_dim = cfg, obs_dim, action_dim
-        L, H, A = cfg.latent_dim, cfg.mlp_dim, action_dim
-        cpu_rng_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)  # init on the CPU: same weights on every device
-
-        def mlp(lead, dims, last_ln, last_act, last_std=0.02):
-            layers = []
-            for i in range(len(dims) - 1):
-                last = i == len(dims) - 2
-                layers.append(new_layer(lead, dims[i], dims[i + 1],
-                                         last_ln if last else True,
-                                         last_act if last else "mish",
-                                         last_std if last else 0.02))
-            return layers
-
-        self.enc = mlp((), [obs_dim, cfg.enc_dim, L], True, "simnorm")
-        self.dyn = mlp((), [L + A, H, H, L], True, "simnorm")
-        self.rew = mlp((), [L + A, H, H, cfg.num_bins], False, None, cfg.final_std)
-        self.pi = mlp((), [L, H, H, 2 * A], False, None)
-        self.q = mlp((cfg.num_q,), [L + A, H, H, cfg.num_bins], False, None, cfg.final_std)
-        torch.random.set_rng_state(cpu_rng_state)
+        super().__init__(cfg, obs_dim, action_dim, device, dtype, seed)
         for layer in self.layers():
             layer.to(device, dtype)
-        self.bins = torch.linspace(cfg.vmin, cfg.vmax, cfg.num_bins, device=device, dtype=dtype)
-        self.device, self.dtype = device, dtype
 
     def layers(self):
         return self.enc + self.dyn + self.rew + self.pi + self.q
 
     def num_params(self):
         return sum(t.numel() for l in self.layers() for t in (l.w, l.b, l.g, l.beta) if t is not None)
-
-    # -- forward pieces ------------------------------------------------------------------
-
-    def _act(self, x, act):
-        if act == "mish":
-            return F.mish(x)
-        if act == "simnorm":
-            return simnorm(x, self.cfg.simnorm_dim)
-        return x
-
-    def mlp(self, x, layers):
-        for l in layers:
-            x = F.linear(x, l.w, l.b)
-            if l.g is not None:
-                x = F.layer_norm(x, (l.out_dim,), l.g, l.beta, self.cfg.ln_eps)
-            x = self._act(x, l.act)
-        return x
-
-    def encode(self, obs):
-        return self.mlp(obs, self.enc)
-
-    def next(self, za):  # za = cat([z, a])
-        return self.mlp(za, self.dyn)
-
-    def reward_logits(self, za):
-        return self.mlp(za, self.rew)
-
-    def two_hot_inv(self, logits):
-        return symexp(torch.softmax(logits, dim=-1) @ self.bins)
-
-    def pi_sample(self, z, eps):
-        """Reparameterised squashed Gaussian sample tanh(mu + eps * sigma)."""
-        mu, raw = self.mlp(z, self.pi).chunk(2, dim=-1)
-        c = self.cfg
-        log_std = c.log_std_min + 0.5 * (c.log_std_max - c.log_std_min) * (torch.tanh(raw) + 1)
-        return torch.tanh(mu + eps * torch.exp(log_std))
 
     def q_heads(self, za, heads):
         """Logits of the selected Q heads ([k] long tensor on the device): [k, R, bins].
@@ -587,10 +529,7 @@ def main(argv=None):
             iterations = cfg.iters_for(A)
             for B in args.batch:
                 flops = plan_flops(cfg, args.obs_dim, A, B, iterations)
-                if cuda:
-                    set_tf32(tf32)
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats(device)
+                prepare_card(cuda, tf32, device)
                 runner = None
                 try:
                     with torch.no_grad():
@@ -602,21 +541,18 @@ def main(argv=None):
                         setup_s += warmup_s  # compile happens in the first warm-up calls
                         probs = invariant_problems(cfg, *[runner.out[k] for k in (0, 1, 2, 4)])
                 except Exception as e:  # compile may fail offline, a batch may not fit, ...
-                    msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                    msg = skip_reason(e)
                     emit({"type": "skip", "mode": mode, "action_dim": A, "batch": B, "reason": msg},
                          f"{mode:<12} {A:>3} {args.obs_dim:>4} {B:>4} {iterations:>2}  skipped: {msg}")
                     if base != "compile":
                         exit_code |= 1
                     del runner
-                    if cuda:
-                        set_tf32(False)
-                        torch.cuda.empty_cache()
+                    release_card(cuda)
                     continue
                 if sync_problem:
                     probs.append(sync_problem)
                 exit_code |= 1 if probs else 0
-                med, p90, host = quantile(dev_ms, 0.5), quantile(dev_ms, 0.9), quantile(host_ms, 0.5)
-                mem = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else float("nan")
+                med, p90, host, mem = row_stats(dev_ms, host_ms, cuda, device)
                 row = {
                     "type": "result", "mode": mode, "tf32": tf32, "action_dim": A, "obs_dim": args.obs_dim,
                     "batch": B, "iterations": iterations, "median_ms": med, "p90_ms": p90,
@@ -629,9 +565,7 @@ def main(argv=None):
                           f"{host:>9.3f} {row['env_plans_per_s']:>12.1f} {flops / 1e9:>11.2f} "
                           f"{row['tflops']:>8.3f} {mem:>8.2f} {setup_s:>8.1f}  {'ok' if not probs else '; '.join(probs)}")
                 del runner
-                if cuda:
-                    set_tf32(False)
-                    torch.cuda.empty_cache()
+                release_card(cuda)
     if not args.json:
         print("GFLOP/step counts 2 x MACs of the linear layers evaluated: 2*B*(enc + P*(T*pi + (T-1)*dyn) "
               "+ I*N*(T*(rew+dyn) + pi + 2*q)); TFLOP/s = GFLOP / median; env-plans/s = B / median.")

@@ -135,7 +135,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, parse_modes, check_no_sync, chosen_heads, new_layer, quantile, rel_err, set_tf32, simnorm, symexp, time_runner
+from common import Runner as GraphRunner, parse_modes, chosen_heads, new_layer, rel_err, set_tf32, simnorm, symexp, measure_update, prepare_card, release_card, row_stats, skip_reason
 
 
 # --------------------------------------------------------------------------------------------
@@ -1027,37 +1027,22 @@ def main(argv=None):
         for B in args.batch:
             flops = update_flops(cfg, preset, A, B, 2)
             run_flops = update_flops(cfg, preset, A, B, q_heads)
-            if cuda:
-                set_tf32(tf32)
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(device)
-            runner = None
+            prepare_card(cuda, tf32, device)
             try:
-                t0 = time.perf_counter()
-                runner = Runner(base, cfg, preset, A, B, device, args.seed, args.all_heads)
-                setup_s = time.perf_counter() - t0
-                dev_ms, host_ms, warmup_s = time_runner(runner, args.iters, args.warmup, cuda)
-                setup_s += warmup_s  # compile happens in the first warm-up calls
-                probs = invariant_problems(runner)
-                if cuda and base == "eager":
-                    sync_problem = check_no_sync(runner)
-                    if sync_problem:
-                        probs.append(sync_problem)
+                runner, dev_ms, host_ms, setup_s, probs = measure_update(
+                    lambda: Runner(base, cfg, preset, A, B, device, args.seed, args.all_heads),
+                    base, args.iters, args.warmup, cuda, invariant_problems)
             except Exception as e:  # compile may fail offline, a batch may not fit, ...
-                msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                msg = skip_reason(e)
                 emit({"type": "skip", "mode": mode, "preset": args.preset, "action_dim": A, "batch": B,
                       "reason": msg},
                      f"{mode:<12} {args.preset:<12} {A:>3} {B:>4}  skipped: {msg}")
                 if base != "compile":
                     exit_code |= 1
-                del runner
-                if cuda:
-                    set_tf32(False)
-                    torch.cuda.empty_cache()
+                release_card(cuda)
                 continue
             exit_code |= 1 if probs else 0
-            med, p90, host = quantile(dev_ms, 0.5), quantile(dev_ms, 0.9), quantile(host_ms, 0.5)
-            mem = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else float("nan")
+            med, p90, host, mem = row_stats(dev_ms, host_ms, cuda, device)
             last = runner.out.detach().float().cpu().tolist()
             row = {
                 "type": "result", "mode": mode, "tf32": tf32, "preset": args.preset, "lambda": cfg.lam,
@@ -1073,9 +1058,7 @@ def main(argv=None):
                       f"{row['updates_per_s']:>10.1f} {flops / 1e9:>10.3f} {run_flops / 1e9:>7.3f} "
                       f"{row['tflops']:>8.3f} {mem:>8.2f} {setup_s:>8.1f}  {'ok' if not probs else '; '.join(probs)}")
             del runner
-            if cuda:
-                set_tf32(False)
-                torch.cuda.empty_cache()
+            release_card(cuda)
     if not args.json:
         print("GFLOP/upd = 2*(3*pi*R + 4*q*R [Q: 2 heads forward + action backward] + 3*pi*R [pompc prior]), "
               "R = T'*B, pi/q = MACs per row of the policy / one Q head; run GF counts the heads evaluated; "

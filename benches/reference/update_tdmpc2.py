@@ -105,7 +105,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, parse_modes, check_no_sync, chosen_heads, new_layer, quantile, rel_err, set_tf32, simnorm, symexp, symlog, time_runner
+from common import Runner as GraphRunner, parse_modes, chosen_heads, rel_err, set_tf32, simnorm, symexp, symlog, WorldModelBase, measure_update, prepare_card, release_card, row_stats, skip_reason
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,37 +154,15 @@ PREFIX = {"enc": "_encoder.state", "dyn": "_dynamics", "rew": "_reward", "pi": "
           "q": "_Qs.params", "q_target": "_target_Qs_params"}
 
 
-class WorldModel:
+class WorldModel(WorldModelBase):
     def __init__(self, cfg, obs_dim, action_dim, device, dtype, seed):
-        self.cfg, self.obs_dim, self.action_dim = cfg, obs_dim, action_dim
-        L, H, A = cfg.latent_dim, cfg.mlp_dim, action_dim
-        cpu_rng_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)  # init on the CPU: same weights on every device
-
-        def mlp(lead, dims, last_ln, last_act, last_std=0.02):
-            layers = []
-            for i in range(len(dims) - 1):
-                last = i == len(dims) - 2
-                layers.append(new_layer(lead, dims[i], dims[i + 1],
-                                         last_ln if last else True,
-                                         last_act if last else "mish",
-                                         last_std if last else 0.02))
-            return layers
-
-        self.enc = mlp((), [obs_dim, cfg.enc_dim, L], True, "simnorm")
-        self.dyn = mlp((), [L + A, H, H, L], True, "simnorm")
-        self.rew = mlp((), [L + A, H, H, cfg.num_bins], False, None, cfg.final_std)
-        self.pi = mlp((), [L, H, H, 2 * A], False, None)
-        self.q = mlp((cfg.num_q,), [L + A, H, H, cfg.num_bins], False, None, cfg.final_std)
+        super().__init__(cfg, obs_dim, action_dim, device, dtype, seed)
         self.q_target = [l.clone() for l in self.q]  # TD-MPC2: a clone of the online heads
-        torch.random.set_rng_state(cpu_rng_state)
         for layer in self.enc + self.dyn + self.rew + self.q:
             layer.to(device, dtype, True)
         for layer in self.pi + self.q_target:
             layer.to(device, dtype, False)
-        self.bins = torch.linspace(cfg.vmin, cfg.vmax, cfg.num_bins, device=device, dtype=dtype)
         self.rho_w = cfg.rho ** torch.arange(cfg.horizon, device=device, dtype=dtype)
-        self.device, self.dtype = device, dtype
 
     def nets(self):
         return {"enc": self.enc, "dyn": self.dyn, "rew": self.rew, "pi": self.pi,
@@ -214,42 +192,6 @@ class WorldModel:
                 for suffix, attr in l.named():
                     out[f"{PREFIX[key]}.{i}.{suffix}"] = getattr(l, attr)
         return out
-
-    # -- forward pieces ------------------------------------------------------------------
-
-    def _act(self, x, act):
-        if act == "mish":
-            return F.mish(x)
-        if act == "simnorm":
-            return simnorm(x, self.cfg.simnorm_dim)
-        return x
-
-    def mlp(self, x, layers):
-        for l in layers:
-            x = F.linear(x, l.w, l.b)
-            if l.g is not None:
-                x = F.layer_norm(x, (l.out_dim,), l.g, l.beta, self.cfg.ln_eps)
-            x = self._act(x, l.act)
-        return x
-
-    def encode(self, obs):
-        return self.mlp(obs, self.enc)
-
-    def next(self, za):  # za = cat([z, a])
-        return self.mlp(za, self.dyn)
-
-    def reward_logits(self, za):
-        return self.mlp(za, self.rew)
-
-    def two_hot_inv(self, logits):
-        return symexp(torch.softmax(logits, dim=-1) @ self.bins)
-
-    def pi_action(self, z, eps):
-        """Reparameterised squashed Gaussian sample tanh(mu + eps * sigma)."""
-        mu, raw = self.mlp(z, self.pi).chunk(2, dim=-1)
-        c = self.cfg
-        log_std = c.log_std_min + 0.5 * (c.log_std_max - c.log_std_min) * (torch.tanh(raw) + 1)
-        return torch.tanh(mu + eps * torch.exp(log_std))
 
     def q_heads(self, layers, za, heads=None, drop_mask=None, dropout=0.0):
         """Logits [k, R, bins] of the Q heads of `layers` (online or target) on the shared
@@ -320,7 +262,7 @@ def world_model_losses(model, obs, action, reward, noise, all_target_heads=False
 
     with torch.no_grad():
         next_z = model.encode(obs[1:])  # [T, B, L]
-        a_next = model.pi_action(next_z, pi_eps)
+        a_next = model.pi_sample(next_z, pi_eps)
         heads = chosen_heads(head_u)
         x = torch.cat([next_z, a_next], dim=-1).view(T * B, L + A)
         if all_target_heads:  # as TD-MPC2 codes it: all heads, then pick 2
@@ -855,36 +797,21 @@ def main(argv=None):
         for B in args.batch:
             flops = update_flops(cfg, O, A, B, 2)
             run_flops = update_flops(cfg, O, A, B, target_heads)
-            if cuda:
-                set_tf32(tf32)
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(device)
-            runner = None
+            prepare_card(cuda, tf32, device)
             try:
-                t0 = time.perf_counter()
-                runner = Runner(base, cfg, O, A, B, device, args.seed, args.all_target_heads)
-                setup_s = time.perf_counter() - t0  # model, optimiser, graph capture (incl. its warm-up)
-                dev_ms, host_ms, warmup_s = time_runner(runner, args.iters, args.warmup, cuda)
-                setup_s += warmup_s  # compile happens in the first warm-up calls
-                probs = invariant_problems(runner)
-                if cuda and base == "eager":
-                    sync_problem = check_no_sync(runner)
-                    if sync_problem:
-                        probs.append(sync_problem)
+                runner, dev_ms, host_ms, setup_s, probs = measure_update(
+                    lambda: Runner(base, cfg, O, A, B, device, args.seed, args.all_target_heads),
+                    base, args.iters, args.warmup, cuda, invariant_problems)
             except Exception as e:  # compile may fail offline, a batch may not fit, ...
-                msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                msg = skip_reason(e)
                 emit({"type": "skip", "mode": mode, "obs_dim": O, "action_dim": A, "batch": B, "reason": msg},
                      f"{mode:<12} {O:>4} {A:>3} {B:>4}  skipped: {msg}")
                 if base != "compile":
                     exit_code |= 1
-                del runner
-                if cuda:
-                    set_tf32(False)
-                    torch.cuda.empty_cache()
+                release_card(cuda)
                 continue
             exit_code |= 1 if probs else 0
-            med, p90, host = quantile(dev_ms, 0.5), quantile(dev_ms, 0.9), quantile(host_ms, 0.5)
-            mem = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else float("nan")
+            med, p90, host, mem = row_stats(dev_ms, host_ms, cuda, device)
             losses = runner.out.detach().float().cpu().tolist()
             row = {
                 "type": "result", "mode": mode, "tf32": tf32, "obs_dim": O, "action_dim": A, "batch": B,
@@ -899,9 +826,7 @@ def main(argv=None):
                       f"{row['updates_per_s']:>10.1f} {flops / 1e9:>10.2f} {run_flops / 1e9:>7.2f} "
                       f"{row['tflops']:>8.3f} {mem:>8.2f} {setup_s:>8.1f}  {'ok' if not probs else '; '.join(probs)}")
             del runner
-            if cuda:
-                set_tf32(False)
-                torch.cuda.empty_cache()
+            release_card(cuda)
     if not args.json:
         print("GFLOP/upd = 2*(fwd + bwd) of the linear layers: fwd = enc*(T+1)*B + pi*T*B + 2*q*T*B + "
               "(dyn+rew+5q)*T*B, bwd = 2*((dyn+rew+5q)*T*B + enc*B) (MACs per row); run GF counts the "

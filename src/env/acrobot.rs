@@ -29,8 +29,11 @@
 //! **Reset**: both angles uniform in `[-pi, pi)`, velocities 0, as in the DeepMind Control
 //! Suite.
 
-use super::{Clock, Env, ParamCheck, Sigmoid, SplitMix, Step, TwoLink, tolerance};
+use super::{Clock, ParamCheck, Sigmoid, SplitMix, TwoLink, started, tolerance};
 use crate::Result;
+
+/// The task's name.
+const NAME: &str = "acrobot-swingup";
 
 /// Physical constants of the acrobot.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -71,6 +74,18 @@ impl Default for AcrobotParams {
     }
 }
 
+impl AcrobotParams {
+    fn links(&self) -> TwoLink {
+        TwoLink {
+            m1: self.mass1,
+            m2: self.mass2,
+            l1: self.length1,
+            l2: self.length2,
+            gravity: self.gravity,
+        }
+    }
+}
+
 /// Distance from the target (m) within which the reward is 1.
 const TARGET_RADIUS: f64 = 0.2;
 
@@ -82,43 +97,25 @@ pub struct Acrobot {
     clock: Clock,
 }
 
-impl Default for Acrobot {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Acrobot {
-    /// The task with the default constants, reset with seed 0.
-    pub fn new() -> Self {
-        Self::build(AcrobotParams::default())
-    }
-
     /// The task with other constants, reset with seed 0. Masses and lengths must be finite and
     /// positive, damping and the actuator limit finite and non-negative, `dt` in (0,
     /// [`MAX_DT`](super::MAX_DT)] and `substeps` in 1..=[`MAX_SUBSTEPS`](super::MAX_SUBSTEPS);
     /// otherwise [`Error::InvalidArgument`](crate::Error::InvalidArgument) names the field.
     pub fn with_params(params: AcrobotParams) -> Result<Self> {
-        ParamCheck::new("acrobot-swingup")
-            .positive("mass1", params.mass1)?
-            .positive("mass2", params.mass2)?
-            .positive("length1", params.length1)?
-            .positive("length2", params.length2)?
-            .finite("gravity", params.gravity)?
-            .non_negative("damping", params.damping)?
-            .non_negative("max_torque", params.max_torque)?
+        params
+            .links()
+            .check(&ParamCheck::new(NAME), params.damping, params.max_torque)?
             .integrator(params.dt, params.substeps)?;
         Ok(Self::build(params))
     }
 
     fn build(params: AcrobotParams) -> Self {
-        let mut env = Self {
+        started(Self {
             params,
             state: [0.0; 4],
             clock: Clock::new(),
-        };
-        env.reset(0);
-        env
+        })
     }
 
     /// Same task without joint damping.
@@ -133,25 +130,14 @@ impl Acrobot {
         "`[q1, q2, q1', q2']`, q1 from straight down, q2 relative to the first link."
     );
 
-    fn links(&self) -> TwoLink {
-        let p = &self.params;
-        TwoLink {
-            m1: p.mass1,
-            m2: p.mass2,
-            l1: p.length1,
-            l2: p.length2,
-            gravity: p.gravity,
-        }
-    }
-
     /// Total mechanical energy (J), zero potential at the shoulder's height.
     pub fn energy(&self) -> f64 {
-        self.links().energy(&self.state)
+        self.params.links().energy(&self.state)
     }
 
     /// Tip position relative to the shoulder (m), `y` up.
     pub fn tip(&self) -> [f64; 2] {
-        self.links().tip(self.state[0], self.state[1])
+        self.params.links().tip(self.state[0], self.state[1])
     }
 
     /// Reward of the current state, in `[0, 1]`.
@@ -162,10 +148,14 @@ impl Acrobot {
         tolerance(dist, 0.0, TARGET_RADIUS, 1.0, Sigmoid::Gaussian, 0.1)
     }
 
-    fn sim_step(&mut self, u: f64) -> f64 {
+    fn draw_state(&mut self, rng: &mut SplitMix) {
+        self.state = TwoLink::random_pose(rng);
+    }
+
+    fn sim_step(&mut self, u: &[f64; 1]) -> f64 {
         let p = &self.params;
-        let tau = [0.0, p.max_torque * u];
-        self.state = self
+        let tau = [0.0, p.max_torque * u[0]];
+        self.state = p
             .links()
             .advance(&self.state, tau, p.damping, p.dt, p.substeps);
         self.reward()
@@ -180,35 +170,4 @@ impl Acrobot {
     }
 }
 
-impl Env for Acrobot {
-    fn name(&self) -> &str {
-        "acrobot-swingup"
-    }
-    fn obs_dim(&self) -> usize {
-        6
-    }
-    fn action_dim(&self) -> usize {
-        1
-    }
-    fn episode_len(&self) -> usize {
-        self.clock.episode_len()
-    }
-    fn action_repeat(&self) -> usize {
-        self.clock.repeat()
-    }
-
-    fn reset(&mut self, seed: u64) -> Vec<f32> {
-        let mut rng = SplitMix::new(seed);
-        let pi = std::f64::consts::PI;
-        self.state = [rng.uniform(-pi, pi), rng.uniform(-pi, pi), 0.0, 0.0];
-        self.clock.restart();
-        self.observe()
-    }
-
-    fn step(&mut self, action: &[f32]) -> Result<Step> {
-        let mut clock = self.clock.clone();
-        let (reward, done) = clock.step::<1>("acrobot-swingup", action, |a| self.sim_step(a[0]))?;
-        self.clock = clock;
-        super::checked_step("acrobot-swingup", self.observe(), reward, done)
-    }
-}
+super::task_with_defaults!(Acrobot(AcrobotParams), NAME, 6, 1);

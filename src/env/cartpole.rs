@@ -34,7 +34,7 @@
 //! velocities `0.01 N(0,1)`; balance starts near upright, `theta` uniform in `[-0.1, 0.1]`,
 //! `x` uniform in `[-0.25, 0.25]`, velocities `0.01 N(0,1)`.
 
-use super::{Clock, Env, ParamCheck, Sigmoid, SplitMix, Step, integrate, tolerance, wrap_angle};
+use super::{Clock, ParamCheck, Sigmoid, SplitMix, integrate, started, tolerance, wrap_angle};
 use crate::Result;
 
 /// Which cart-pole task.
@@ -119,14 +119,12 @@ impl Cartpole {
     }
 
     fn build(task: Task, params: CartpoleParams) -> Self {
-        let mut env = Self {
+        started(Self {
             task,
             params,
             state: [0.0; 4],
             clock: Clock::new(),
-        };
-        env.reset(0);
-        env
+        })
     }
 
     /// Same task without cart friction or hinge damping.
@@ -181,19 +179,30 @@ impl Cartpole {
         upright * centred * small_control * small_velocity
     }
 
-    fn sim_step(&mut self, u: f64) -> f64 {
+    fn sim_step(&mut self, u: &[f64; 1]) -> f64 {
+        let u = u[0];
         let p = &self.params;
         self.state = integrate(&self.state, p.dt, p.substeps, |s| self.deriv(s, u));
         self.state[1] = wrap_angle(self.state[1]);
         self.reward(u)
     }
 
-    // 'static so it can be held while the simulator is borrowed mutably in `step`.
     fn task_name(&self) -> &'static str {
         match self.task {
             Task::Swingup => "cartpole-swingup",
             Task::Balance => "cartpole-balance",
         }
+    }
+
+    fn draw_state(&mut self, rng: &mut SplitMix) {
+        let (x, th) = match self.task {
+            Task::Swingup => (
+                0.01 * rng.normal(),
+                std::f64::consts::PI + 0.01 * rng.normal(),
+            ),
+            Task::Balance => (rng.uniform(-0.25, 0.25), rng.uniform(-0.1, 0.1)),
+        };
+        self.state = [x, wrap_angle(th), 0.01 * rng.normal(), 0.01 * rng.normal()];
     }
 
     fn observe(&self) -> Vec<f32> {
@@ -205,42 +214,4 @@ impl Cartpole {
     }
 }
 
-impl Env for Cartpole {
-    fn name(&self) -> &str {
-        self.task_name()
-    }
-    fn obs_dim(&self) -> usize {
-        5
-    }
-    fn action_dim(&self) -> usize {
-        1
-    }
-    fn episode_len(&self) -> usize {
-        self.clock.episode_len()
-    }
-    fn action_repeat(&self) -> usize {
-        self.clock.repeat()
-    }
-
-    fn reset(&mut self, seed: u64) -> Vec<f32> {
-        let mut rng = SplitMix::new(seed);
-        let (x, th) = match self.task {
-            Task::Swingup => (
-                0.01 * rng.normal(),
-                std::f64::consts::PI + 0.01 * rng.normal(),
-            ),
-            Task::Balance => (rng.uniform(-0.25, 0.25), rng.uniform(-0.1, 0.1)),
-        };
-        self.state = [x, wrap_angle(th), 0.01 * rng.normal(), 0.01 * rng.normal()];
-        self.clock.restart();
-        self.observe()
-    }
-
-    fn step(&mut self, action: &[f32]) -> Result<Step> {
-        let name = self.task_name();
-        let mut clock = self.clock.clone();
-        let (reward, done) = clock.step::<1>(name, action, |a| self.sim_step(a[0]))?;
-        self.clock = clock;
-        super::checked_step(name, self.observe(), reward, done)
-    }
-}
+super::task_env!(Cartpole, 5, 1);

@@ -122,10 +122,14 @@ pub fn tolerance(
     sigmoid: Sigmoid,
     value_at_margin: f64,
 ) -> f64 {
-    match try_tolerance(x, lower, upper, margin, sigmoid, value_at_margin) {
-        Ok(v) => v,
-        Err(e) => panic!("{e}"),
-    }
+    crate::error::or_panic(try_tolerance(
+        x,
+        lower,
+        upper,
+        margin,
+        sigmoid,
+        value_at_margin,
+    ))
 }
 
 /// [`tolerance`], with an [`Error::InvalidArgument`] instead of a panic for bounds, margin or
@@ -157,29 +161,17 @@ pub fn try_tolerance(
             if open { "(0, 1)" } else { "[0, 1)" }
         ));
     }
-    Ok(tolerance_checked(x, lower, upper, margin, sigmoid, v))
-}
-
-fn tolerance_checked(
-    x: f64,
-    lower: f64,
-    upper: f64,
-    margin: f64,
-    sigmoid: Sigmoid,
-    value_at_margin: f64,
-) -> f64 {
     if x.is_nan() {
-        return f64::NAN;
+        return Ok(f64::NAN);
     }
     let inside = (lower..=upper).contains(&x);
     if inside {
-        return 1.0;
+        return Ok(1.0);
     }
     if margin == 0.0 {
-        return 0.0;
+        return Ok(0.0);
     }
     let d = if x < lower { lower - x } else { x - upper } / margin;
-    let v = value_at_margin;
     let y = match sigmoid {
         Sigmoid::Gaussian => {
             // Solve exp(-s^2/2) = v for the scale s.
@@ -193,7 +185,7 @@ fn tolerance_checked(
         Sigmoid::Linear => (1.0 - d * (1.0 - v)).max(0.0),
         Sigmoid::Quadratic => (1.0 - (d * (1.0 - v).sqrt()).powi(2)).max(0.0),
     };
-    y.clamp(0.0, 1.0)
+    Ok(y.clamp(0.0, 1.0))
 }
 
 /// One classical Runge-Kutta step of `dx/dt = f(x)` (the control is held constant over `dt`).
@@ -462,8 +454,30 @@ impl TwoLink {
         kinetic + potential
     }
 
-    /// Tip of the second link relative to the first joint: `x` along `sin`, `y` along `-cos`
-    /// (so `q = 0` points down the `-y` axis).
+    /// The arm's constants, named as the tasks' fields: masses and lengths finite and
+    /// positive, gravity finite, the joints' `damping` and `max_torque` finite and >= 0.
+    pub(crate) fn check<'c, 'a>(
+        &self,
+        check: &'c ParamCheck<'a>,
+        damping: f64,
+        max_torque: f64,
+    ) -> Result<&'c ParamCheck<'a>> {
+        check
+            .positive("mass1", self.m1)?
+            .positive("mass2", self.m2)?
+            .positive("length1", self.l1)?
+            .positive("length2", self.l2)?
+            .finite("gravity", self.gravity)?
+            .non_negative("damping", damping)?
+            .non_negative("max_torque", max_torque)
+    }
+
+    /// The DeepMind Control Suite's initial pose: both angles uniform in `[-pi, pi)`, at rest.
+    pub(crate) fn random_pose(rng: &mut SplitMix) -> [f64; 4] {
+        let pi = std::f64::consts::PI;
+        [rng.uniform(-pi, pi), rng.uniform(-pi, pi), 0.0, 0.0]
+    }
+
     /// A simulator step of `dt` in `substeps` RK4 steps, both angles wrapped after it.
     pub(crate) fn advance(
         &self,
@@ -479,6 +493,8 @@ impl TwoLink {
         s
     }
 
+    /// Tip of the second link relative to the first joint: `x` along `sin`, `y` along `-cos`
+    /// (so `q = 0` points down the `-y` axis).
     pub(crate) fn tip(&self, q1: f64, q2: f64) -> [f64; 2] {
         [
             self.l1 * q1.sin() + self.l2 * (q1 + q2).sin(),
@@ -519,6 +535,80 @@ macro_rules! task_accessors {
     };
 }
 pub(crate) use task_accessors;
+
+/// The [`Env`] impl of a built-in task with `$obs` observations and `$act` actions. The task
+/// has a `clock: Clock` field and the methods `task_name` (`&'static str`, so it can be held
+/// while the simulator is borrowed mutably), `draw_state` (the initial state from the reset's
+/// generator), `sim_step` (one simulator step with the clipped action, returning its reward)
+/// and `observe`.
+macro_rules! task_env {
+    ($task:ty, $obs:literal, $act:literal) => {
+        impl $crate::env::Env for $task {
+            fn name(&self) -> &str {
+                self.task_name()
+            }
+            fn obs_dim(&self) -> usize {
+                $obs
+            }
+            fn action_dim(&self) -> usize {
+                $act
+            }
+            fn episode_len(&self) -> usize {
+                self.clock.episode_len()
+            }
+            fn action_repeat(&self) -> usize {
+                self.clock.repeat()
+            }
+
+            fn reset(&mut self, seed: u64) -> Vec<f32> {
+                self.draw_state(&mut $crate::env::SplitMix::new(seed));
+                self.clock.restart();
+                self.observe()
+            }
+
+            fn step(&mut self, action: &[f32]) -> $crate::Result<$crate::env::Step> {
+                let name = self.task_name();
+                let mut clock = self.clock.clone();
+                let (reward, done) = clock.step::<$act>(name, action, |a| self.sim_step(a))?;
+                self.clock = clock;
+                $crate::env::checked_step(name, self.observe(), reward, done)
+            }
+        }
+    };
+}
+pub(crate) use task_env;
+
+/// [`task_env!`] for a task named `$name` and built from its constants alone
+/// (`build(params)`), plus `new` and `Default` with the default constants.
+macro_rules! task_with_defaults {
+    ($task:ident($params:ty), $name:expr, $obs:literal, $act:literal) => {
+        impl Default for $task {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl $task {
+            /// The task with the default constants, reset with seed 0.
+            pub fn new() -> Self {
+                Self::build(<$params>::default())
+            }
+
+            fn task_name(&self) -> &'static str {
+                $name
+            }
+        }
+
+        $crate::env::task_env!($task, $obs, $act);
+    };
+}
+pub(crate) use task_with_defaults;
+
+/// `env` after its first reset (seed 0): what every built-in task's constructor returns.
+pub(crate) fn started<E: Env>(mut env: E) -> E {
+    env.reset(0);
+    env
+}
 
 /// Episode bookkeeping shared by the built-in tasks.
 #[derive(Clone, Debug)]

@@ -25,8 +25,11 @@
 //!
 //! **Reset**: `theta` uniform in `[-pi, pi)`, `omega = 0`, as in the DeepMind Control Suite.
 
-use super::{Clock, Env, ParamCheck, Sigmoid, SplitMix, Step, integrate, tolerance, wrap_angle};
+use super::{Clock, ParamCheck, Sigmoid, SplitMix, integrate, started, tolerance, wrap_angle};
 use crate::Result;
+
+/// The task's name.
+const NAME: &str = "pendulum-swingup";
 
 /// Physical constants of the pendulum.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -69,24 +72,13 @@ pub struct Pendulum {
     clock: Clock,
 }
 
-impl Default for Pendulum {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Pendulum {
-    /// The task with the default constants, reset with seed 0.
-    pub fn new() -> Self {
-        Self::build(PendulumParams::default())
-    }
-
     /// The task with other constants, reset with seed 0. Masses and lengths must be finite and
     /// positive, damping and the actuator limit finite and non-negative, `dt` in (0,
     /// [`MAX_DT`](super::MAX_DT)] and `substeps` in 1..=[`MAX_SUBSTEPS`](super::MAX_SUBSTEPS);
     /// otherwise [`Error::InvalidArgument`](crate::Error::InvalidArgument) names the field.
     pub fn with_params(params: PendulumParams) -> Result<Self> {
-        ParamCheck::new("pendulum-swingup")
+        ParamCheck::new(NAME)
             .positive("mass", params.mass)?
             .positive("length", params.length)?
             .finite("gravity", params.gravity)?
@@ -97,13 +89,11 @@ impl Pendulum {
     }
 
     fn build(params: PendulumParams) -> Self {
-        let mut env = Self {
+        started(Self {
             params,
             state: [0.0; 2],
             clock: Clock::new(),
-        };
-        env.reset(0);
-        env
+        })
     }
 
     /// Same task without damping (energy is then conserved under zero torque).
@@ -143,9 +133,16 @@ impl Pendulum {
         )
     }
 
-    fn sim_step(&mut self, u: f64) -> f64 {
+    fn draw_state(&mut self, rng: &mut SplitMix) {
+        self.state = [
+            rng.uniform(-std::f64::consts::PI, std::f64::consts::PI),
+            0.0,
+        ];
+    }
+
+    fn sim_step(&mut self, u: &[f64; 1]) -> f64 {
         let p = &self.params;
-        self.state = integrate(&self.state, p.dt, p.substeps, |x| self.deriv(x, u));
+        self.state = integrate(&self.state, p.dt, p.substeps, |x| self.deriv(x, u[0]));
         // Keep theta bounded so long runs do not lose precision in cos/sin.
         self.state[0] = wrap_angle(self.state[0]);
         self.reward()
@@ -157,38 +154,4 @@ impl Pendulum {
     }
 }
 
-impl Env for Pendulum {
-    fn name(&self) -> &str {
-        "pendulum-swingup"
-    }
-    fn obs_dim(&self) -> usize {
-        3
-    }
-    fn action_dim(&self) -> usize {
-        1
-    }
-    fn episode_len(&self) -> usize {
-        self.clock.episode_len()
-    }
-    fn action_repeat(&self) -> usize {
-        self.clock.repeat()
-    }
-
-    fn reset(&mut self, seed: u64) -> Vec<f32> {
-        let mut rng = SplitMix::new(seed);
-        self.state = [
-            rng.uniform(-std::f64::consts::PI, std::f64::consts::PI),
-            0.0,
-        ];
-        self.clock.restart();
-        self.observe()
-    }
-
-    fn step(&mut self, action: &[f32]) -> Result<Step> {
-        let mut clock = self.clock.clone();
-        let (reward, done) =
-            clock.step::<1>("pendulum-swingup", action, |a| self.sim_step(a[0]))?;
-        self.clock = clock;
-        super::checked_step("pendulum-swingup", self.observe(), reward, done)
-    }
-}
+super::task_with_defaults!(Pendulum(PendulumParams), NAME, 3, 1);

@@ -30,8 +30,11 @@
 //! **Reset**: joint angles uniform in `[-pi, pi)`, velocities 0, target at an angle uniform in
 //! `[-pi, pi)` and a distance uniform in `[0.05, 0.20] m` from the shoulder.
 
-use super::{Clock, Env, ParamCheck, Sigmoid, SplitMix, Step, TwoLink, tolerance};
+use super::{Clock, ParamCheck, Sigmoid, SplitMix, TwoLink, started, tolerance};
 use crate::Result;
+
+/// The task's name.
+const NAME: &str = "reacher-easy";
 
 /// Physical constants of the reacher.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -72,6 +75,18 @@ impl Default for ReacherParams {
     }
 }
 
+impl ReacherParams {
+    fn links(&self) -> TwoLink {
+        TwoLink {
+            m1: self.mass1,
+            m2: self.mass2,
+            l1: self.length1,
+            l2: self.length2,
+            gravity: 0.0,
+        }
+    }
+}
+
 /// The reacher task with the easy (5 cm) target.
 #[derive(Clone, Debug)]
 pub struct Reacher {
@@ -81,44 +96,27 @@ pub struct Reacher {
     clock: Clock,
 }
 
-impl Default for Reacher {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Reacher {
-    /// The task with the default constants, reset with seed 0.
-    pub fn new() -> Self {
-        Self::build(ReacherParams::default())
-    }
-
     /// The task with other constants, reset with seed 0. Masses and lengths must be finite and
     /// positive, damping and the actuator limit finite and non-negative, `dt` in (0,
     /// [`MAX_DT`](super::MAX_DT)] and `substeps` in 1..=[`MAX_SUBSTEPS`](super::MAX_SUBSTEPS);
     /// otherwise [`Error::InvalidArgument`](crate::Error::InvalidArgument) names the field.
     pub fn with_params(params: ReacherParams) -> Result<Self> {
-        ParamCheck::new("reacher-easy")
-            .positive("mass1", params.mass1)?
-            .positive("mass2", params.mass2)?
-            .positive("length1", params.length1)?
-            .positive("length2", params.length2)?
-            .non_negative("damping", params.damping)?
-            .non_negative("max_torque", params.max_torque)?
+        params
+            .links()
+            .check(&ParamCheck::new(NAME), params.damping, params.max_torque)?
             .non_negative("target_radius", params.target_radius)?
             .integrator(params.dt, params.substeps)?;
         Ok(Self::build(params))
     }
 
     fn build(params: ReacherParams) -> Self {
-        let mut env = Self {
+        started(Self {
             params,
             state: [0.0; 4],
             target: [0.0; 2],
             clock: Clock::new(),
-        };
-        env.reset(0);
-        env
+        })
     }
 
     /// Same task without joint damping.
@@ -136,30 +134,19 @@ impl Reacher {
 
     /// Move the target (for tests and controllers); both coordinates must be finite.
     pub fn set_target(&mut self, target: [f64; 2]) -> Result<()> {
-        ParamCheck::new("reacher-easy").state("target", &target)?;
+        ParamCheck::new(NAME).state("target", &target)?;
         self.target = target;
         Ok(())
     }
 
-    fn links(&self) -> TwoLink {
-        let p = &self.params;
-        TwoLink {
-            m1: p.mass1,
-            m2: p.mass2,
-            l1: p.length1,
-            l2: p.length2,
-            gravity: 0.0,
-        }
-    }
-
     /// Kinetic energy (J); there is no potential energy in the horizontal plane.
     pub fn energy(&self) -> f64 {
-        self.links().energy(&self.state)
+        self.params.links().energy(&self.state)
     }
 
     /// Fingertip position relative to the shoulder (m).
     pub fn tip(&self) -> [f64; 2] {
-        self.links().tip(self.state[0], self.state[1])
+        self.params.links().tip(self.state[0], self.state[1])
     }
 
     /// Reward of the current state, in `[0, 1]`.
@@ -176,10 +163,18 @@ impl Reacher {
         )
     }
 
+    fn draw_state(&mut self, rng: &mut SplitMix) {
+        self.state = TwoLink::random_pose(rng);
+        let pi = std::f64::consts::PI;
+        let angle = rng.uniform(-pi, pi);
+        let radius = rng.uniform(0.05, 0.20);
+        self.target = [radius * angle.cos(), radius * angle.sin()];
+    }
+
     fn sim_step(&mut self, u: &[f64; 2]) -> f64 {
         let p = &self.params;
         let tau = [p.max_torque * u[0], p.max_torque * u[1]];
-        self.state = self
+        self.state = p
             .links()
             .advance(&self.state, tau, p.damping, p.dt, p.substeps);
         self.reward()
@@ -204,38 +199,4 @@ impl Reacher {
     }
 }
 
-impl Env for Reacher {
-    fn name(&self) -> &str {
-        "reacher-easy"
-    }
-    fn obs_dim(&self) -> usize {
-        8
-    }
-    fn action_dim(&self) -> usize {
-        2
-    }
-    fn episode_len(&self) -> usize {
-        self.clock.episode_len()
-    }
-    fn action_repeat(&self) -> usize {
-        self.clock.repeat()
-    }
-
-    fn reset(&mut self, seed: u64) -> Vec<f32> {
-        let mut rng = SplitMix::new(seed);
-        let pi = std::f64::consts::PI;
-        self.state = [rng.uniform(-pi, pi), rng.uniform(-pi, pi), 0.0, 0.0];
-        let angle = rng.uniform(-pi, pi);
-        let radius = rng.uniform(0.05, 0.20);
-        self.target = [radius * angle.cos(), radius * angle.sin()];
-        self.clock.restart();
-        self.observe()
-    }
-
-    fn step(&mut self, action: &[f32]) -> Result<Step> {
-        let mut clock = self.clock.clone();
-        let (reward, done) = clock.step::<2>("reacher-easy", action, |a| self.sim_step(a))?;
-        self.clock = clock;
-        super::checked_step("reacher-easy", self.observe(), reward, done)
-    }
-}
+super::task_with_defaults!(Reacher(ReacherParams), NAME, 8, 2);

@@ -73,37 +73,18 @@ impl Gpu {
         header: &Header,
         overrides: &[(&str, f64)],
     ) -> Result<Arc<Pipeline>> {
-        let key = Key {
-            source: SourceKey::Library(spec.shader, header.clone()),
-            entry: spec.entry.to_string(),
-            overrides: overrides
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_bits()))
-                .collect(),
-            bindings: spec.bindings.to_vec(),
-        };
-        if let Some(p) = self
-            .pipelines
-            .map
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&key).cloned())
-        {
-            return Ok(p);
-        }
-        let pre = shader::preprocess(spec.shader, header)?;
-        let p = self.build(
-            spec.shader,
-            &pre,
-            spec.entry,
-            spec.bindings,
-            overrides,
-            self.shader_checks(),
-        )?;
-        if let Ok(mut m) = self.pipelines.map.lock() {
-            m.insert(key, p.clone());
-        }
-        Ok(p)
+        let source = SourceKey::Library(spec.shader, header.clone());
+        self.cached(source, spec.entry, spec.bindings, overrides, || {
+            let pre = shader::preprocess(spec.shader, header)?;
+            self.build(
+                spec.shader,
+                &pre,
+                spec.entry,
+                spec.bindings,
+                overrides,
+                self.shader_checks(),
+            )
+        })
     }
 
     /// A pipeline from preprocessed source that is not in the library (user WGSL), cached by
@@ -137,8 +118,24 @@ impl Gpu {
         overrides: &[(&str, f64)],
         checks: ShaderChecks,
     ) -> Result<Arc<Pipeline>> {
+        let source = SourceKey::Text(format!("{checks:?}\n{}", pre.text));
+        self.cached(source, entry, bindings, overrides, || {
+            self.build(name, pre, entry, bindings, overrides, checks)
+        })
+    }
+
+    /// The cached pipeline for `source`, `entry`, `bindings` and `overrides`, or the one
+    /// `build` makes, then cached (a poisoned cache lock only costs the caching).
+    fn cached(
+        &self,
+        source: SourceKey,
+        entry: &str,
+        bindings: &[(u32, Binding)],
+        overrides: &[(&str, f64)],
+        build: impl FnOnce() -> Result<Arc<Pipeline>>,
+    ) -> Result<Arc<Pipeline>> {
         let key = Key {
-            source: SourceKey::Text(format!("{checks:?}\n{}", pre.text)),
+            source,
             entry: entry.to_string(),
             overrides: overrides
                 .iter()
@@ -155,7 +152,7 @@ impl Gpu {
         {
             return Ok(p);
         }
-        let p = self.build(name, pre, entry, bindings, overrides, checks)?;
+        let p = build()?;
         if let Ok(mut m) = self.pipelines.map.lock() {
             m.insert(key, p.clone());
         }

@@ -341,15 +341,7 @@ pub fn record_with_tile(
         return Ok(());
     };
     let gpu = rec.gpu();
-    let gx = op.n.div_ceil(tile.bn as usize);
-    let gy = op.m.div_ceil(tile.bm as usize);
-    let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
-    if gx > max || gy > max || op.batch > max {
-        return Err(Error::Limit(format!(
-            "gemm: {}x{} tiles x {} batches exceed {max} workgroups per dimension",
-            gy, gx, op.batch
-        )));
-    }
+    let groups = tile_grid(gpu, "gemm", op, tile.bm, tile.bn)?;
     let (spec, header, ov) =
         pipeline_constants(tile, op.trans_a, op.trans_b, op.accumulate, bias.is_some());
     let pipe = gpu.pipeline(&spec, &header, &ov)?;
@@ -359,8 +351,24 @@ pub fn record_with_tile(
         &pipe,
         &[&a.buf.buffer, &b.buf.buffer, &c.buf.buffer, bias_buf],
         Some(&p),
-        [gx as u32, gy as u32, op.batch as u32],
+        groups,
     )
+}
+
+/// The workgroups of `op` in `bm x bn` tiles (one per tile and batch), or an
+/// [`Error::Limit`] where a dimension exceeds the device's limit. Shared with the
+/// tensor-core GEMM.
+pub(crate) fn tile_grid(gpu: &Gpu, what: &str, op: &Gemm, bm: u32, bn: u32) -> Result<[u32; 3]> {
+    let gx = op.n.div_ceil(bn as usize);
+    let gy = op.m.div_ceil(bm as usize);
+    let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    if gx > max || gy > max || op.batch > max {
+        return Err(Error::Limit(format!(
+            "{what}: {gy}x{gx} tiles x {} batches exceed {max} workgroups per dimension",
+            op.batch
+        )));
+    }
+    Ok([gx as u32, gy as u32, op.batch as u32])
 }
 
 /// Check a multiply's operands against their buffers and pack its parameters; `None` when

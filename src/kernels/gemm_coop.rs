@@ -311,15 +311,7 @@ pub fn record_with_tile(
     let Some(p) = checked_params(op, &a, &b, &c, bias.as_ref())? else {
         return Ok(());
     };
-    let gx = op.n.div_ceil(tile.bn as usize);
-    let gy = op.m.div_ceil(tile.bm as usize);
-    let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
-    if gx > max || gy > max || op.batch > max {
-        return Err(Error::Limit(format!(
-            "gemm_coop: {gy}x{gx} tiles x {} batches exceed {max} workgroups per dimension",
-            op.batch
-        )));
-    }
+    let groups = gemm::tile_grid(gpu, "gemm_coop", op, tile.bm, tile.bn)?;
     let (spec, header, ov) = pipeline_constants(
         tile,
         sg,
@@ -342,7 +334,7 @@ pub fn record_with_tile(
             &b.buf.buffer,
         ],
         Some(&p),
-        [gx as u32, gy as u32, op.batch as u32],
+        groups,
     )
 }
 

@@ -274,66 +274,51 @@ pub(crate) fn span(rows: usize, width: usize, at: RowLayout) -> (usize, usize) {
     )
 }
 
-/// The operands of a first pass, checked, and the second pass if it needs one.
-struct Plan<'a> {
-    p: Params,
-    grad: Option<GradOut<'a>>,
-    uses: Vec<Use<'a>>,
-}
-
 /// An input of a loss: name, buffer, rows, row width, layout.
 type Operand<'a> = (&'static str, &'a GpuBuffer<f32>, usize, usize, RowLayout);
 
-impl<'a> Plan<'a> {
-    /// Both inputs checked (`src` holds `members * rows` rows, `tgt` the `rows` targets).
-    fn new(
-        what: &str,
-        rows: usize,
-        members: usize,
-        weights: &RowWeights,
-        src: Operand<'a>,
-        tgt: Operand<'a>,
-        grad: Option<GradOut<'a>>,
-    ) -> Result<Self> {
-        let mut uses = Vec::with_capacity(4);
-        let mut fit = |(name, buf, n, width, at): Operand<'a>| {
-            uses.push(Use::read(name, buf, span(n, width, at)));
-            fit_rows(what, name, buf.len(), n, width, at, false)
-        };
-        let (src_off, src_stride) = fit(src)?;
-        let (tgt_off, tgt_stride) = fit(tgt)?;
-        let p = Params {
-            rows: rows as u32,
-            members: members as u32,
-            src_off,
-            src_stride,
-            tgt_off,
-            tgt_stride,
-            rows_per_step: weights.rows_per_step as u32,
-            scale: weights.scale,
-            rho: weights.rho,
-            ..Default::default()
-        };
-        Ok(Plan { p, grad, uses })
-    }
-}
-
-/// Checks shared by both losses: the gradient rows, the slot, the scratch, the aliasing;
-/// then records both passes.
+/// What both losses do once their sizes are checked: with no rows, zero the slot; else check
+/// the inputs (`src` holds `members * rows` rows, `tgt` the `rows` targets), the gradient rows
+/// (shaped as `src`), the slot, the scratch and the aliasing, and record the pass over
+/// `groups` workgroups, plus the reduction of their partials where there is more than one.
 #[allow(clippy::too_many_arguments)]
-fn record_passes<'a>(
+fn record_rows<'a>(
     rec: &mut Recorder,
     what: &str,
     spec_of: &dyn Fn(LossFlags) -> (KernelSpec, Header, Vec<(&'static str, f64)>),
-    mut plan: Plan<'a>,
-    total_rows: usize,
-    width: usize,
+    (rows, members, weights): (usize, usize, &RowWeights),
+    src: Operand<'a>,
+    tgt: Operand<'a>,
+    grad: Option<GradOut<'a>>,
     groups: usize,
-    src: &GpuBuffer<f32>,
-    tgt: &GpuBuffer<f32>,
     loss: LossOut<'a>,
     scratch: Option<&GpuBuffer<f32>>,
 ) -> Result<()> {
+    if rows == 0 {
+        // No rows: a zero loss, and no gradient rows.
+        return zero_loss(rec, what, loss);
+    }
+    let (total_rows, width) = (src.2, src.3);
+    let (src_buf, tgt_buf) = (src.1, tgt.1);
+    let mut uses = Vec::with_capacity(5);
+    let mut fit = |(name, buf, n, width, at): Operand<'a>| {
+        uses.push(Use::read(name, buf, span(n, width, at)));
+        fit_rows(what, name, buf.len(), n, width, at, false)
+    };
+    let (src_off, src_stride) = fit(src)?;
+    let (tgt_off, tgt_stride) = fit(tgt)?;
+    let mut p = Params {
+        rows: rows as u32,
+        members: members as u32,
+        src_off,
+        src_stride,
+        tgt_off,
+        tgt_stride,
+        rows_per_step: weights.rows_per_step as u32,
+        scale: weights.scale,
+        rho: weights.rho,
+        ..Default::default()
+    };
     if loss.index >= loss.losses.len() {
         return Err(Error::Shape(format!(
             "{what}: loss slot {} is past the end of {:?} ({} elements)",
@@ -343,77 +328,66 @@ fn record_passes<'a>(
         )));
     }
     let slot = to_u32(what, "loss slot", loss.index)?;
-    if let Some(g) = plan.grad {
-        let (off, stride) = fit_rows(what, "gradient", g.buf.len(), total_rows, width, g.at, true)?;
-        plan.p.grad_off = off;
-        plan.p.grad_stride = stride;
-        plan.uses
-            .push(Use::write("gradient", g.buf, span(total_rows, width, g.at)));
+    if let Some(g) = grad {
+        (p.grad_off, p.grad_stride) =
+            fit_rows(what, "gradient", g.buf.len(), total_rows, width, g.at, true)?;
+        uses.push(Use::write("gradient", g.buf, span(total_rows, width, g.at)));
     }
-    plan.uses.push(Use::write(
+    uses.push(Use::write(
         "loss slot",
         loss.losses,
         (loss.index, loss.index + 1),
     ));
-    let count = to_u32(what, "workgroups", groups)?;
+    p.count = to_u32(what, "workgroups", groups)?;
     let gpu = rec.gpu();
-    let flags = LossFlags {
-        grad: plan.grad.is_some(),
-        grad_add: plan.grad.is_some_and(|g| g.accumulate),
-        loss_add: false,
-    };
-    let mut p = plan.p;
-    p.count = count;
-    if groups <= 1 {
-        // One workgroup: its sum is the loss.
-        check_aliasing(what, &plan.uses)?;
+    // One workgroup writes its sum into the slot; more write partials that a reduction sums.
+    let part = if groups <= 1 {
+        check_aliasing(what, &uses)?;
         p.part_off = slot;
-        let (spec, header, ov) = spec_of(LossFlags {
-            loss_add: loss.accumulate,
-            ..flags
-        });
-        let pipe = gpu.pipeline(&spec, &header, &ov)?;
-        let g = plan.grad.map_or(loss.losses, |g| g.buf);
-        return rec.dispatch(
-            &pipe,
-            &[&src.buffer, &tgt.buffer, &g.buffer, &loss.losses.buffer],
-            Some(&p),
-            grid(gpu, groups, what)?,
-        );
-    }
-    let part = match scratch {
-        Some(s) if s.len() >= groups => s.clone(),
-        Some(s) => {
-            return Err(Error::Shape(format!(
-                "{what}: scratch ({:?}) holds {} elements, {groups} partials needed",
-                s.label(),
-                s.len()
-            )));
-        }
-        None => GpuBuffer::new(gpu, "pompc loss partials", groups)?,
+        None
+    } else {
+        let part = match scratch {
+            Some(s) if s.len() >= groups => s.clone(),
+            Some(s) => {
+                return Err(Error::Shape(format!(
+                    "{what}: scratch ({:?}) holds {} elements, {groups} partials needed",
+                    s.label(),
+                    s.len()
+                )));
+            }
+            None => GpuBuffer::new(gpu, "pompc loss partials", groups)?,
+        };
+        uses.push(Use::write("scratch", &part, (0, groups)));
+        check_aliasing(what, &uses)?;
+        // The second pass reads the scratch and writes the slot.
+        check_aliasing(
+            what,
+            &[
+                Use::read("scratch", &part, (0, groups)),
+                Use::write("loss slot", loss.losses, (loss.index, loss.index + 1)),
+            ],
+        )?;
+        p.part_off = 0;
+        Some(part)
     };
-    let mut uses = plan.uses;
-    uses.push(Use::write("scratch", &part, (0, groups)));
-    check_aliasing(what, &uses)?;
-    // The second pass reads the scratch and writes the slot.
-    check_aliasing(
-        what,
-        &[
-            Use::read("scratch", &part, (0, groups)),
-            Use::write("loss slot", loss.losses, (loss.index, loss.index + 1)),
-        ],
-    )?;
-    p.part_off = 0;
-    let (spec, header, ov) = spec_of(flags);
+    let (spec, header, ov) = spec_of(LossFlags {
+        grad: grad.is_some(),
+        grad_add: grad.is_some_and(|g| g.accumulate),
+        loss_add: part.is_none() && loss.accumulate,
+    });
     let pipe = gpu.pipeline(&spec, &header, &ov)?;
-    let g = plan.grad.map_or(&part, |g| g.buf);
+    let dst = part.as_ref().unwrap_or(loss.losses);
+    let g = grad.map_or(dst, |g| g.buf);
     rec.dispatch(
         &pipe,
-        &[&src.buffer, &tgt.buffer, &g.buffer, &part.buffer],
+        &[&src_buf.buffer, &tgt_buf.buffer, &g.buffer, &dst.buffer],
         Some(&p),
         grid(gpu, groups, what)?,
     )?;
-    record_reduce(rec, &part, 0, groups, loss)
+    match part {
+        Some(part) => record_reduce(rec, &part, 0, groups, loss),
+        None => Ok(()),
+    }
 }
 
 /// Sum `count` values of `src` from `src_offset` into a loss slot.
@@ -490,23 +464,18 @@ pub fn record_soft_ce(
                 cfg.members
             ))
         })?;
-    if rows == 0 {
-        // No rows: a zero loss, and no gradient rows.
-        return zero_loss(rec, what, loss);
-    }
-    let plan = Plan::new(
+    let spec_of = |f: LossFlags| pipeline_constants(LossOp::SoftCe, &cfg.bins, 0, f);
+    record_rows(
+        rec,
         what,
-        rows,
-        cfg.members,
-        &cfg.weights,
+        &spec_of,
+        (rows, cfg.members, &cfg.weights),
         ("logits", logits, total, bins, logits_at),
         ("targets", targets, rows, 1, targets_at),
         grad,
-    )?;
-    let groups = soft_ce_partials(cfg, rows);
-    let spec_of = |f: LossFlags| pipeline_constants(LossOp::SoftCe, &cfg.bins, 0, f);
-    record_passes(
-        rec, what, &spec_of, plan, total, bins, groups, logits, targets, loss, scratch,
+        soft_ce_partials(cfg, rows),
+        loss,
+        scratch,
     )
 }
 
@@ -557,22 +526,18 @@ pub fn record_mse(
                 cfg.n
             ))
         })?;
-    if rows == 0 {
-        return zero_loss(rec, what, loss);
-    }
-    let plan = Plan::new(
+    let spec_of = |f: LossFlags| pipeline_constants(LossOp::Mse, &TwoHotConfig::TDMPC2, cfg.n, f);
+    record_rows(
+        rec,
         what,
-        rows,
-        cfg.members,
-        &cfg.weights,
+        &spec_of,
+        (rows, cfg.members, &cfg.weights),
         ("z", z, total, cfg.n, z_at),
         ("target", target, rows, cfg.n, target_at),
         grad,
-    )?;
-    let groups = mse_partials(cfg, rows);
-    let spec_of = |f: LossFlags| pipeline_constants(LossOp::Mse, &TwoHotConfig::TDMPC2, cfg.n, f);
-    record_passes(
-        rec, what, &spec_of, plan, total, cfg.n, groups, z, target, loss, scratch,
+        mse_partials(cfg, rows),
+        loss,
+        scratch,
     )
 }
 

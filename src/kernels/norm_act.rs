@@ -431,24 +431,16 @@ pub(crate) fn fit(
 
 /// Rows of all members as a 32-bit count, and the elements they span.
 fn total_rows(what: &str, cfg: &NormActConfig, rows: usize) -> Result<(u32, usize)> {
-    let total = rows
-        .checked_mul(cfg.members)
-        .filter(|&t| t <= u32::MAX as usize)
-        .ok_or_else(|| {
-            Error::Limit(format!(
-                "{what}: {rows} rows x {} members over 2^32",
-                cfg.members
-            ))
-        })?;
-    let elems = total
-        .checked_mul(cfg.n)
-        .filter(|&t| t <= u32::MAX as usize)
-        .ok_or_else(|| {
-            Error::Limit(format!(
-                "{what}: {total} rows of {} features over 2^32 elements",
-                cfg.n
-            ))
-        })?;
+    let under_u32 = |v: Option<usize>, m: &dyn Fn() -> String| {
+        v.filter(|&t| t <= u32::MAX as usize)
+            .ok_or_else(|| Error::Limit(format!("{what}: {}", m())))
+    };
+    let total = under_u32(rows.checked_mul(cfg.members), &|| {
+        format!("{rows} rows x {} members over 2^32", cfg.members)
+    })?;
+    let elems = under_u32(total.checked_mul(cfg.n), &|| {
+        format!("{total} rows of {} features over 2^32 elements", cfg.n)
+    })?;
     Ok((total as u32, elems))
 }
 
@@ -797,7 +789,7 @@ fn record_ln_grads(
     what: &str,
     cfg: &NormActConfig,
     rows: usize,
-    mut p: Params,
+    p: Params,
     h: &GpuBuffer<f32>,
     dy: &GpuBuffer<f32>,
     prm: &GpuBuffer<f32>,
@@ -807,58 +799,75 @@ fn record_ln_grads(
     b_off: u32,
     scratch: Option<&GpuBuffer<f32>>,
 ) -> Result<()> {
-    let (chunks, chunk_rows) = column_chunks(rows);
-    p.chunk_rows = chunk_rows as u32;
-    p.chunks = chunks as u32;
-    let part = if chunks > 1 {
+    let chunks = column_chunks(rows);
+    let part = if chunks.0 > 1 {
         let need = scratch_len(cfg.n, cfg.members, rows, 2);
-        let sb = scratch_buffer(rec, what, scratch, need)?;
-        p.out_off = 0;
-        p.out_off2 = (cfg.members * chunks * cfg.n) as u32;
-        p.out_member = (chunks * cfg.n) as u32;
-        p.out_chunk = cfg.n as u32;
-        Some(sb)
+        Some(scratch_buffer(rec, what, scratch, need)?)
     } else {
-        p.out_off = g_off;
-        p.out_off2 = b_off;
-        p.out_member = cfg.n as u32;
         None
     };
-    let groups = column_grid(rec, what, cfg.n, chunks, cfg.members)?;
+    let op = NormActOp::ParamGrads {
+        direct: part.is_none(),
+    };
+    let inputs = [&h.buffer, &dy.buffer, &prm.buffer, &stats.buffer];
+    let out = (grads, g_off, b_off);
+    record_columns(rec, what, cfg, op, p, chunks, 2, true, &inputs, part, out)
+}
+
+/// The column pass of `op` with `p` (the inputs' offsets set) over `(chunks, chunk_rows)`
+/// from [`column_chunks`], for `quantities` sums: straight into `out` (the buffer, then the
+/// offsets of the first and the second quantity) with one chunk; else into the partials
+/// `part` (given exactly then), and a second pass that sums them into `out` (adding when
+/// `add`).
+#[allow(clippy::too_many_arguments)]
+fn record_columns(
+    rec: &mut Recorder,
+    what: &str,
+    cfg: &NormActConfig,
+    op: NormActOp,
+    mut p: Params,
+    (chunks, chunk_rows): (usize, usize),
+    quantities: u32,
+    add: bool,
+    inputs: &[&wgpu::Buffer],
+    part: Option<GpuBuffer<f32>>,
+    (out, off, off2): (&GpuBuffer<f32>, u32, u32),
+) -> Result<()> {
+    let n = cfg.n;
+    p.chunk_rows = chunk_rows as u32;
+    p.chunks = chunks as u32;
+    if part.is_some() {
+        // Partials [quantities, members, chunks, n].
+        p.out_off = 0;
+        p.out_off2 = ((quantities as usize - 1) * cfg.members * chunks * n) as u32;
+        p.out_member = (chunks * n) as u32;
+        p.out_chunk = n as u32;
+    } else {
+        p.out_off = off;
+        p.out_off2 = off2;
+        p.out_member = n as u32;
+    }
+    let groups = column_grid(rec, what, n, chunks, cfg.members)?;
     let gpu = rec.gpu();
-    let (spec, header, ov) = pipeline_constants(
-        cfg,
-        NormActOp::ParamGrads {
-            direct: part.is_none(),
-        },
-    );
+    let (spec, header, ov) = pipeline_constants(cfg, op);
     let pipe = gpu.pipeline(&spec, &header, &ov)?;
-    let out = part.as_ref().unwrap_or(grads);
-    rec.dispatch(
-        &pipe,
-        &[
-            &h.buffer,
-            &dy.buffer,
-            &prm.buffer,
-            &stats.buffer,
-            &out.buffer,
-        ],
-        Some(&p),
-        groups,
-    )?;
+    let dst = part.as_ref().unwrap_or(out);
+    let mut bufs = inputs.to_vec();
+    bufs.push(&dst.buffer);
+    rec.dispatch(&pipe, &bufs, Some(&p), groups)?;
     if let Some(sb) = &part {
         record_finish(
             rec,
             what,
-            cfg.n,
+            n,
             cfg.members,
             chunks,
-            2,
-            true,
+            quantities,
+            add,
             sb,
-            grads,
-            g_off,
-            b_off,
+            out,
+            off,
+            off2,
         )?;
     }
     Ok(())
@@ -905,11 +914,9 @@ pub fn record_column_sum(
         b_buf = b.0;
         uses.push(Use::read("b", b.0, range));
     }
-    let (chunks, chunk_rows) = column_chunks(rows);
-    p.chunk_rows = chunk_rows as u32;
-    p.chunks = chunks as u32;
+    let chunks = column_chunks(rows);
     let need = scratch_len(cfg.n, cfg.members, rows, 1);
-    let part = if chunks > 1 {
+    let part = if chunks.0 > 1 {
         let sb = scratch_buffer(rec, what, scratch, need)?;
         uses.push(Use::write("scratch", &sb, (0, need)));
         check_aliasing(what, &uses)?;
@@ -920,46 +927,28 @@ pub fn record_column_sum(
                 Use::write("out", out.0, outr),
             ],
         )?;
-        p.out_member = (chunks * cfg.n) as u32;
-        p.out_chunk = cfg.n as u32;
         Some(sb)
     } else {
         check_aliasing(what, &uses)?;
-        p.out_off = out_off;
-        p.out_member = cfg.n as u32;
         None
     };
-    let groups = column_grid(rec, what, cfg.n, chunks, cfg.members)?;
-    let gpu = rec.gpu();
-    let (spec, header, ov) = pipeline_constants(
+    let op = NormActOp::ColumnSum {
+        product: b.is_some(),
+        add: part.is_none() && cfg.accumulate,
+    };
+    let inputs = [&a.0.buffer, &b_buf.buffer];
+    let out = (out.0, out_off, 0);
+    record_columns(
+        rec,
+        what,
         &nc,
-        NormActOp::ColumnSum {
-            product: b.is_some(),
-            add: part.is_none() && cfg.accumulate,
-        },
-    );
-    let pipe = gpu.pipeline(&spec, &header, &ov)?;
-    let dst = part.as_ref().unwrap_or(out.0);
-    rec.dispatch(
-        &pipe,
-        &[&a.0.buffer, &b_buf.buffer, &dst.buffer],
-        Some(&p),
-        groups,
-    )?;
-    if let Some(sb) = &part {
-        record_finish(
-            rec,
-            what,
-            cfg.n,
-            cfg.members,
-            chunks,
-            1,
-            cfg.accumulate,
-            sb,
-            out.0,
-            out_off,
-            0,
-        )?;
-    }
-    Ok(())
+        op,
+        p,
+        chunks,
+        1,
+        cfg.accumulate,
+        &inputs,
+        part,
+        out,
+    )
 }

@@ -44,39 +44,30 @@ impl DenseLayer {
         z_repeat: usize,
     ) -> Result<()> {
         let ln = self.ln.as_ref().map(|(g, b)| (g, b));
+        // The same inputs whatever the weights' element type (each arm's `w` has its own).
+        macro_rules! record_with {
+            ($w:expr) => {
+                self.linear.record(
+                    rec,
+                    m,
+                    LinearInputs {
+                        z,
+                        a,
+                        w: $w,
+                        b: &self.b,
+                        ln,
+                        y,
+                        heads,
+                        z_offset,
+                        a_offset,
+                        z_repeat,
+                    },
+                )
+            };
+        }
         match &self.w {
-            Matrix::F32(w) => self.linear.record(
-                rec,
-                m,
-                LinearInputs {
-                    z,
-                    a,
-                    w,
-                    b: &self.b,
-                    ln,
-                    y,
-                    heads,
-                    z_offset,
-                    a_offset,
-                    z_repeat,
-                },
-            ),
-            Matrix::F16(w) => self.linear.record(
-                rec,
-                m,
-                LinearInputs {
-                    z,
-                    a,
-                    w,
-                    b: &self.b,
-                    ln,
-                    y,
-                    heads,
-                    z_offset,
-                    a_offset,
-                    z_repeat,
-                },
-            ),
+            Matrix::F32(w) => record_with!(w),
+            Matrix::F16(w) => record_with!(w),
         }
     }
 }

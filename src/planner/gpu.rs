@@ -39,10 +39,7 @@ impl Plan {
     ///
     /// If `b` is not below [`Plan::batch`]; [`Plan::try_action`] returns an error instead.
     pub fn action(&self, b: usize) -> &[f32] {
-        match self.try_action(b) {
-            Ok(a) => a,
-            Err(e) => panic!("{e}"),
-        }
+        crate::error::or_panic(self.try_action(b))
     }
 
     /// The action of environment `b`, or [`Error::InvalidArgument`] if the plan has no

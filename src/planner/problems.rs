@@ -138,10 +138,7 @@ impl CartPole {
     ///
     /// If a field is not finite; [`CartPole::try_problem`] returns an error instead.
     pub fn problem(&self) -> Problem {
-        match self.try_problem() {
-            Ok(p) => p,
-            Err(e) => panic!("{e}"),
-        }
+        crate::error::or_panic(self.try_problem())
     }
 
     /// [`CartPole::problem`], or [`Error::InvalidArgument`] naming a field that is not finite
@@ -428,10 +425,7 @@ impl DiffDrive {
     ///
     /// If a field is not finite; [`DiffDrive::try_problem`] returns an error instead.
     pub fn problem(&self) -> Problem {
-        match self.try_problem() {
-            Ok(p) => p,
-            Err(e) => panic!("{e}"),
-        }
+        crate::error::or_panic(self.try_problem())
     }
 
     /// [`DiffDrive::problem`], or [`Error::InvalidArgument`] naming a field that is not

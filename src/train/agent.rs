@@ -631,20 +631,25 @@ impl<'g> Trainer<'g> {
             Some(_) => Some(Planner::new(gpu, &self.model, cfg.planner.clone())?),
             None => None,
         };
+        // Disjoint from the fields the loop borrows (progress, history).
+        let eval_env = &mut self.eval_env;
+        let mut eval =
+            |step, history: &mut Vec<HistoryRow>, on: &mut dyn FnMut(&Event) -> Result<()>| {
+                record_eval(
+                    eval_env.as_mut(),
+                    &mut eval_planner,
+                    &cfg,
+                    step,
+                    history,
+                    on,
+                )
+            };
         let p = &mut self.progress;
         let a = self.env.action_dim();
         let mut act_rng = rand::rngs::StdRng::seed_from_u64(mix(cfg.seed, SEED_ACT, p.step as u64));
         while p.step < until {
             if p.step >= p.next_eval && !p.in_episode {
-                let eval_env = self.eval_env.as_mut();
-                record_eval(
-                    eval_env,
-                    &mut eval_planner,
-                    &cfg,
-                    p.step,
-                    &mut self.history,
-                    on,
-                )?;
+                eval(p.step, &mut self.history, on)?;
                 p.next_eval = (p.step / cfg.eval_every + 1) * cfg.eval_every;
             }
             if !p.in_episode {
@@ -738,15 +743,7 @@ impl<'g> Trainer<'g> {
         }
         // A final evaluation when the run reaches its end on an evaluation boundary.
         if p.step >= p.next_eval && !p.in_episode && p.step == cfg.steps {
-            let eval_env = self.eval_env.as_mut();
-            record_eval(
-                eval_env,
-                &mut eval_planner,
-                &cfg,
-                p.step,
-                &mut self.history,
-                on,
-            )?;
+            eval(p.step, &mut self.history, on)?;
             p.next_eval = usize::MAX;
         }
         Ok(())

@@ -352,6 +352,16 @@ impl<'g> WorldModelTrainer<'g> {
         })
     }
 
+    /// The dynamics' input at rollout step `s`, the same rows in the forward and the
+    /// backward: the latents `z_s` and the actions `a_s` of the batch.
+    fn dynamics_input(&self, s: usize) -> NetInput<'_> {
+        let (b, l, a) = (self.batch, self.spec.latent_dim, self.spec.action_dim);
+        NetInput {
+            z: (&self.zs, s * b * l),
+            a: Some((&self.action, s * b * a)),
+        }
+    }
+
     /// The parameter layout.
     pub fn layout(&self) -> &ParamLayout {
         &self.layout
@@ -775,10 +785,7 @@ impl<'g> WorldModelTrainer<'g> {
                 p,
                 b,
                 Members::one(0),
-                NetInput {
-                    z: (&self.zs, s * b * l),
-                    a: Some((&self.action, s * b * a)),
-                },
+                self.dynamics_input(s),
                 &self.dyn_tape,
                 s,
             )?;
@@ -904,10 +911,7 @@ impl<'g> WorldModelTrainer<'g> {
                 p,
                 b,
                 Members::one(0),
-                NetInput {
-                    z: (&self.zs, s * b * l),
-                    a: Some((&self.action, s * b * a)),
-                },
+                self.dynamics_input(s),
                 &self.dyn_tape,
                 s,
                 (&self.dzs, (s + 1) * b * l),

@@ -104,9 +104,34 @@ pub(super) enum Pass<'a> {
     },
 }
 
-impl Pass<'_> {
+impl<'a> Pass<'a> {
+    pub(super) fn loss(
+        grad: Option<GradOut<'a>>,
+        divergence: Option<Rows<'a>>,
+        loss: LossOut<'a>,
+        scratch: Option<&'a GpuBuffer<f32>>,
+    ) -> Self {
+        Pass::Loss {
+            grad,
+            divergence,
+            loss,
+            scratch,
+        }
+    }
+
     pub(super) fn divergence_only(&self) -> bool {
         matches!(self, Pass::Divergence(_))
+    }
+
+    /// Whether this is the divergence-only pass, and the name its errors give: `divergence`
+    /// or `loss`.
+    pub(super) fn named(
+        &self,
+        divergence: &'static str,
+        loss: &'static str,
+    ) -> (bool, &'static str) {
+        let div_only = self.divergence_only();
+        (div_only, if div_only { divergence } else { loss })
     }
 
     /// Checks the `terms` loss slots; with no rows records their zeroing (`src` is any buffer

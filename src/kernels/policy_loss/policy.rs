@@ -35,18 +35,8 @@ pub fn record_policy_loss<'a>(
     loss: LossOut<'a>,
     scratch: Option<&'a GpuBuffer<f32>>,
 ) -> Result<()> {
-    record_policy(
-        rec,
-        cfg,
-        rows,
-        inputs,
-        Pass::Loss {
-            grad,
-            divergence,
-            loss,
-            scratch,
-        },
-    )
+    let pass = Pass::loss(grad, divergence, loss, scratch);
+    record_policy(rec, cfg, rows, inputs, pass)
 }
 
 /// Record only the policy KL's `D_r` (before the division by `s_kl`) into `divergence` (rows
@@ -69,12 +59,7 @@ fn record_policy<'a>(
     x: &PolicyInputs<'a>,
     pass: Pass<'a>,
 ) -> Result<()> {
-    let div_only = pass.divergence_only();
-    let what = if div_only {
-        "policy divergence"
-    } else {
-        "policy loss"
-    };
+    let (div_only, what) = pass.named("policy divergence", "policy loss");
     cfg.check()?;
     let a = cfg.head.action_dim;
     // Inputs against the config.

@@ -30,18 +30,8 @@ pub fn record_prior_fit<'a>(
     loss: LossOut<'a>,
     scratch: Option<&'a GpuBuffer<f32>>,
 ) -> Result<()> {
-    record_prior(
-        rec,
-        cfg,
-        rows,
-        inputs,
-        Pass::Loss {
-            grad,
-            divergence,
-            loss,
-            scratch,
-        },
-    )
+    let pass = Pass::loss(grad, divergence, loss, scratch);
+    record_prior(rec, cfg, rows, inputs, pass)
 }
 
 /// Record only the prior fit's `D_r` into `divergence` (rows of 1), to update `s_d` from the
@@ -63,12 +53,7 @@ fn record_prior<'a>(
     x: &PriorFitInputs<'a>,
     pass: Pass<'a>,
 ) -> Result<()> {
-    let div_only = pass.divergence_only();
-    let what = if div_only {
-        "prior divergence"
-    } else {
-        "prior fit"
-    };
+    let (div_only, what) = pass.named("prior divergence", "prior fit");
     cfg.check()?;
     let a = cfg.head.action_dim;
     if !pass.start(rec, what, rows, 1, x.out.buf)? {
