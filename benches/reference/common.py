@@ -13,6 +13,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from dataclasses import dataclass
 
 
 class Layer:
@@ -348,3 +349,37 @@ def check_no_sync(runner, what="update"):
         return None
     except RuntimeError as e:
         return f"host synchronisation inside the {what}: {str(e).splitlines()[0]}"
+
+
+# Multiply-adds per row of each TD-MPC2 network (linear layers only), for the FLOP counts.
+def macs_per_row(cfg, obs_dim, action_dim):
+    L, H, A, K = cfg.latent_dim, cfg.mlp_dim, action_dim, cfg.num_bins
+    return {
+        "enc": obs_dim * cfg.enc_dim + cfg.enc_dim * L,
+        "dyn": (L + A) * H + H * H + H * L,
+        "rew": (L + A) * H + H * H + H * K,
+        "pi": L * H + H * H + H * 2 * A,
+        "q": (L + A) * H + H * H + H * K,
+    }
+
+
+# The 5M preset's architecture (tdmpc2/config.yaml, model_size 5): what every script's Config
+# starts from.
+@dataclass(frozen=True)
+class ModelConfig:
+    latent_dim: int = 512
+    mlp_dim: int = 512
+    num_q: int = 5
+    num_bins: int = 101
+    vmin: float = -10.0
+    vmax: float = 10.0
+    simnorm_dim: int = 8
+    ln_eps: float = 1e-5
+
+
+# ... with the encoder and the policy's log-std range (the plan and world-model scripts).
+@dataclass(frozen=True)
+class WorldModelConfig(ModelConfig):
+    enc_dim: int = 256
+    log_std_min: float = -10.0
+    log_std_max: float = 2.0

@@ -135,7 +135,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, parse_modes, chosen_heads, new_layer, rel_err, set_tf32, simnorm, symexp, measure_update, prepare_card, release_card, row_stats, skip_reason
+from common import Runner as GraphRunner, ModelConfig, parse_modes, chosen_heads, new_layer, rel_err, set_tf32, simnorm, symexp, measure_update, prepare_card, release_card, row_stats, skip_reason
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,15 +147,7 @@ HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)  # TD-M(PC)^2's (and torch.distributi
 
 
 @dataclass(frozen=True)
-class Config:
-    latent_dim: int = 512
-    mlp_dim: int = 512
-    num_q: int = 5
-    num_bins: int = 101
-    vmin: float = -10.0
-    vmax: float = 10.0
-    simnorm_dim: int = 8
-    ln_eps: float = 1e-5
+class Config(ModelConfig):
     horizon: int = 3  # T
     rho: float = 0.5
     lr: float = 3e-4

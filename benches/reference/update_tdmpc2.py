@@ -105,7 +105,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, parse_modes, chosen_heads, rel_err, set_tf32, simnorm, symexp, symlog, WorldModelBase, measure_update, prepare_card, release_card, row_stats, skip_reason
+from common import Runner as GraphRunner, WorldModelConfig, parse_modes, macs_per_row, chosen_heads, rel_err, set_tf32, simnorm, symexp, symlog, WorldModelBase, measure_update, prepare_card, release_card, row_stats, skip_reason
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,18 +114,7 @@ from common import Runner as GraphRunner, parse_modes, chosen_heads, rel_err, se
 
 
 @dataclass(frozen=True)
-class Config:
-    latent_dim: int = 512
-    mlp_dim: int = 512
-    enc_dim: int = 256
-    num_q: int = 5
-    num_bins: int = 101
-    vmin: float = -10.0
-    vmax: float = 10.0
-    simnorm_dim: int = 8
-    ln_eps: float = 1e-5
-    log_std_min: float = -10.0
-    log_std_max: float = 2.0
+class Config(WorldModelConfig):
     horizon: int = 3  # T
     rho: float = 0.5
     discount: float = 0.99
@@ -604,17 +593,6 @@ def check_against_tdmpc2_arch(cfg, obs_dim, action_dim, device, seed, batch=6, t
 # --------------------------------------------------------------------------------------------
 # FLOPs
 # --------------------------------------------------------------------------------------------
-
-
-def macs_per_row(cfg, obs_dim, action_dim):
-    L, H, A, K = cfg.latent_dim, cfg.mlp_dim, action_dim, cfg.num_bins
-    return {
-        "enc": obs_dim * cfg.enc_dim + cfg.enc_dim * L,
-        "dyn": (L + A) * H + H * H + H * L,
-        "rew": (L + A) * H + H * H + H * K,
-        "pi": L * H + H * H + H * 2 * A,
-        "q": (L + A) * H + H * H + H * K,
-    }
 
 
 def update_flops(cfg, obs_dim, action_dim, batch, target_heads=2):
