@@ -456,6 +456,21 @@ def tdmpc2_arch_losses(P, cfg, obs_dim, action_dim, obs, action, reward, pi_eps,
     return torch.stack([consistency, reward_loss, value_loss, total]).detach(), td, grads
 
 
+
+def perturb(model, rnd):
+    """Perturb what is 0 or 1 at initialisation (biases, LayerNorm gains and shifts) and the
+    target Q heads, in one fixed order of draws from `rnd`, so that every term of the check
+    is exercised."""
+    with torch.no_grad():
+        for l in model.enc + model.dyn + model.rew + model.pi + model.q:
+            l.b.add_(0.05 * rnd(*l.b.shape))
+            if l.g is not None:
+                l.g.add_(0.1 * rnd(*l.g.shape))
+                l.beta.add_(0.05 * rnd(*l.beta.shape))
+        for l in model.q_target:
+            for t in l.tensors():
+                t.add_(0.02 * rnd(*t.shape))
+
 def reference_check(cfg, obs_dim, action_dim, device, seed, batch=6, steps=2, all_target_heads=False,
                     tol=1e-9):
     """Batched update (update_step, noise passed in) vs the line-by-line reference in float64
@@ -473,15 +488,7 @@ def reference_check(cfg, obs_dim, action_dim, device, seed, batch=6, steps=2, al
             x = lo + (hi - lo) * torch.rand(*shape, generator=gen, dtype=dt)
         return x.to(device)
 
-    with torch.no_grad():  # perturb what is 0 / 1 at init, and the target heads
-        for l in model.enc + model.dyn + model.rew + model.pi + model.q:
-            l.b.add_(0.05 * rnd(*l.b.shape))
-            if l.g is not None:
-                l.g.add_(0.1 * rnd(*l.g.shape))
-                l.beta.add_(0.05 * rnd(*l.beta.shape))
-        for l in model.q_target:
-            for t in l.tensors():
-                t.add_(0.02 * rnd(*t.shape))
+    perturb(model, rnd)
     P = {k: v.detach().clone().requires_grad_(trained_name(k)) for k, v in model.state_dict().items()}
     names = [k for k in P if trained_name(k)]
     sd = model.state_dict()
@@ -554,15 +561,7 @@ def check_against_tdmpc2_arch(cfg, obs_dim, action_dim, device, seed, batch=6, t
     model = WorldModel(cfg, obs_dim, action_dim, device, dt, seed)
     gen = torch.Generator().manual_seed(seed + 2)
     rnd = lambda *s: torch.randn(*s, generator=gen, dtype=dt).to(device)  # noqa: E731
-    with torch.no_grad():
-        for l in model.enc + model.dyn + model.rew + model.pi + model.q:
-            l.b.add_(0.05 * rnd(*l.b.shape))
-            if l.g is not None:
-                l.g.add_(0.1 * rnd(*l.g.shape))
-                l.beta.add_(0.05 * rnd(*l.beta.shape))
-        for l in model.q_target:
-            for t in l.tensors():
-                t.add_(0.02 * rnd(*t.shape))
+    perturb(model, rnd)
     P = {k: v.detach().clone() for k, v in model.state_dict().items()}
     obs = rnd(T + 1, batch, obs_dim)
     action = torch.tanh(rnd(T, batch, action_dim))
