@@ -383,3 +383,11 @@ class WorldModelConfig(ModelConfig):
     enc_dim: int = 256
     log_std_min: float = -10.0
     log_std_max: float = 2.0
+
+
+def timing_note(cuda, unit, host):
+    """The header line that says how a script times each `unit` (step, update)."""
+    if not cuda:
+        return "timing: host wall clock (CPU)"
+    return (f"timing: CUDA events around each {unit} (synchronised after each); host ms = wall "
+            f"clock {host}")

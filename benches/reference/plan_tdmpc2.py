@@ -66,7 +66,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, WorldModelConfig, parse_modes, macs_per_row, chosen_heads, check_no_sync, time_runner, WorldModelBase, prepare_card, release_card, row_stats, skip_reason
+from common import Runner as GraphRunner, timing_note, WorldModelConfig, parse_modes, macs_per_row, chosen_heads, check_no_sync, time_runner, WorldModelBase, prepare_card, release_card, row_stats, skip_reason
 
 
 # --------------------------------------------------------------------------------------------
@@ -472,8 +472,7 @@ def main(argv=None):
         "then picks 2; same results, 2.5x the Q cost)",
         f"obs dim {args.obs_dim}, action dims {args.action_dim}, batches {args.batch}, modes {args.modes}, "
         f"{args.iters} timed steps after {args.warmup} warm-up steps per row",
-        "timing: " + ("CUDA events around each step (synchronised after each); host ms = wall clock "
-                      "incl. action read-back" if cuda else "host wall clock (CPU)"),
+        timing_note(cuda, "step", "incl. action read-back"),
     ]))
 
     modes = parse_modes(args.modes, cuda, note)

@@ -135,7 +135,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, ModelConfig, parse_modes, chosen_heads, new_layer, rel_err, set_tf32, simnorm, symexp, measure_update, prepare_card, release_card, row_stats, skip_reason
+from common import Runner as GraphRunner, timing_note, ModelConfig, parse_modes, chosen_heads, new_layer, rel_err, set_tf32, simnorm, symexp, measure_update, prepare_card, release_card, row_stats, skip_reason
 
 
 # --------------------------------------------------------------------------------------------
@@ -979,8 +979,7 @@ def main(argv=None):
         f"{args.iters} timed updates after {args.warmup} warm-up updates per row",
         "FLOP per update: " + ", ".join(f"B={B}: {update_flops(cfg, preset, A, B) / 1e9:.3f} GFLOP"
                                         for B in args.batch),
-        "timing: " + ("CUDA events around each update (synchronised after each); host ms = wall clock "
-                      "until the device is idle" if cuda else "host wall clock (CPU)"),
+        timing_note(cuda, "update", "until the device is idle"),
     ]))
 
     modes = parse_modes(args.modes, cuda, note)

@@ -105,7 +105,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, WorldModelConfig, parse_modes, macs_per_row, chosen_heads, rel_err, set_tf32, simnorm, symexp, symlog, WorldModelBase, measure_update, prepare_card, release_card, row_stats, skip_reason
+from common import Runner as GraphRunner, timing_note, WorldModelConfig, parse_modes, macs_per_row, chosen_heads, rel_err, set_tf32, simnorm, symexp, symlog, WorldModelBase, measure_update, prepare_card, release_card, row_stats, skip_reason
 
 
 # --------------------------------------------------------------------------------------------
@@ -729,8 +729,7 @@ def main(argv=None):
            " (the 2 randomly chosen; TD-MPC2 evaluates 5 and picks 2: same result)"),
         f"obs dim {O}, action dim {A}, batches {args.batch}, modes {args.modes}, "
         f"{args.iters} timed updates after {args.warmup} warm-up updates per row",
-        "timing: " + ("CUDA events around each update (synchronised after each); host ms = wall clock "
-                      "until the device is idle" if cuda else "host wall clock (CPU)"),
+        timing_note(cuda, "update", "until the device is idle"),
     ]))
 
     modes = parse_modes(args.modes, cuda, note)
