@@ -6,6 +6,7 @@ The scripts run as `python3 benches/reference/NAME.py`, so this folder is on the
 path: copy the folder, not one script, to a GPU host.
 """
 
+import json
 import math
 import sys
 import time
@@ -391,3 +392,19 @@ def timing_note(cuda, unit, host):
         return "timing: host wall clock (CPU)"
     return (f"timing: CUDA events around each {unit} (synchronised after each); host ms = wall "
             f"clock {host}")
+
+
+def reporters(as_json):
+    """`emit(obj, text)`: one JSON object per line with `as_json`, else the text (if any);
+    `note(msg)`: a note either way."""
+
+    def emit(obj, text=None):
+        if as_json:
+            print(json.dumps(obj), flush=True)
+        elif text is not None:
+            print(text, flush=True)
+
+    def note(msg):
+        emit({"type": "note", "message": msg}, "note: " + msg)
+
+    return emit, note

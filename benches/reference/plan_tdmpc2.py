@@ -58,7 +58,6 @@ Examples:
 """
 
 import argparse
-import json
 import sys
 import time
 import warnings
@@ -66,7 +65,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, timing_note, WorldModelConfig, parse_modes, macs_per_row, chosen_heads, check_no_sync, time_runner, WorldModelBase, prepare_card, release_card, row_stats, skip_reason
+from common import Runner as GraphRunner, reporters, timing_note, WorldModelConfig, parse_modes, macs_per_row, chosen_heads, check_no_sync, time_runner, WorldModelBase, prepare_card, release_card, row_stats, skip_reason
 
 
 # --------------------------------------------------------------------------------------------
@@ -437,14 +436,7 @@ def main(argv=None):
     exit_code = 0
     warnings.filterwarnings("ignore", message=".*TensorFloat32 tensor cores.*")  # inductor's hint
 
-    def emit(obj, text=None):
-        if args.json:
-            print(json.dumps(obj), flush=True)
-        elif text is not None:
-            print(text, flush=True)
-
-    def note(msg):
-        emit({"type": "note", "message": msg}, "note: " + msg)
+    emit, note = reporters(args.json)
 
     dev_name = torch.cuda.get_device_name(device) if cuda else "CPU"
     meta = {

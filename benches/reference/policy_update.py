@@ -126,7 +126,6 @@ Examples (the H100, beside pompc's policy-update benchmark):
 """
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -135,7 +134,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, timing_note, ModelConfig, parse_modes, chosen_heads, new_layer, rel_err, set_tf32, simnorm, symexp, measure_update, prepare_card, release_card, row_stats, skip_reason
+from common import Runner as GraphRunner, reporters, timing_note, ModelConfig, parse_modes, chosen_heads, new_layer, rel_err, set_tf32, simnorm, symexp, measure_update, prepare_card, release_card, row_stats, skip_reason
 
 
 # --------------------------------------------------------------------------------------------
@@ -932,14 +931,7 @@ def main(argv=None):
     q_heads = cfg.num_q if args.all_heads else 2
     Tp = states(cfg, preset)
 
-    def emit(obj, text=None):
-        if args.json:
-            print(json.dumps(obj), flush=True)
-        elif text is not None:
-            print(text, flush=True)
-
-    def note(msg):
-        emit({"type": "note", "message": msg}, "note: " + msg)
+    emit, note = reporters(args.json)
 
     describe = {
         "tdmpc2": f"TD-MPC2 update_pi on z_0..z_{cfg.horizon}: -(alpha H + Q/S_Q), squashed head, log-std [-10, 2]",

@@ -96,7 +96,6 @@ Examples (the H100, beside `pompc bench update`):
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -105,7 +104,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, timing_note, WorldModelConfig, parse_modes, macs_per_row, chosen_heads, rel_err, set_tf32, simnorm, symexp, symlog, WorldModelBase, measure_update, prepare_card, release_card, row_stats, skip_reason
+from common import Runner as GraphRunner, reporters, timing_note, WorldModelConfig, parse_modes, macs_per_row, chosen_heads, rel_err, set_tf32, simnorm, symexp, symlog, WorldModelBase, measure_update, prepare_card, release_card, row_stats, skip_reason
 
 
 # --------------------------------------------------------------------------------------------
@@ -692,14 +691,7 @@ def main(argv=None):
     warnings.filterwarnings("ignore", message=".*allow_tf32.*")  # newer torch: fp32_precision API
     target_heads = cfg.num_q if args.all_target_heads else 2
 
-    def emit(obj, text=None):
-        if args.json:
-            print(json.dumps(obj), flush=True)
-        elif text is not None:
-            print(text, flush=True)
-
-    def note(msg):
-        emit({"type": "note", "message": msg}, "note: " + msg)
+    emit, note = reporters(args.json)
 
     dev_name = torch.cuda.get_device_name(device) if cuda else "CPU"
     m = macs_per_row(cfg, O, A)
