@@ -408,3 +408,48 @@ def reporters(as_json):
         emit({"type": "note", "message": msg}, "note: " + msg)
 
     return emit, note
+
+
+def update_rows(emit, modes, batches, keys, make_runner, flops_of, extra, ctx, gf_digits=3):
+    """Time an update script's rows: for each mode and batch, `measure_update` on
+    `make_runner(base, B)` and emit a result row (or a skip row); returns the exit-code bits.
+    `keys(B)` gives the row's key fields (dict, text columns), `flops_of(B)` the FLOPs per
+    update and per run, `extra(runner)` the result-only fields; `ctx` holds cuda, device,
+    dev_name, iters, warmup and invariants."""
+    exit_code = 0
+    cuda, device = ctx["cuda"], ctx["device"]
+    for mode, base, tf32 in modes:
+        for B in batches:
+            key, cols = keys(B)
+            flops, run_flops = flops_of(B)
+            prepare_card(cuda, tf32, device)
+            try:
+                runner, dev_ms, host_ms, setup_s, probs = measure_update(
+                    lambda: make_runner(base, B), base, ctx["iters"], ctx["warmup"], cuda,
+                    ctx["invariants"])
+            except Exception as e:  # compile may fail offline, a batch may not fit, ...
+                msg = skip_reason(e)
+                emit({"type": "skip", "mode": mode, **key, "reason": msg},
+                     f"{mode:<12} {cols}  skipped: {msg}")
+                if base != "compile":
+                    exit_code |= 1
+                release_card(cuda)
+                continue
+            exit_code |= 1 if probs else 0
+            med, p90, host, mem = row_stats(dev_ms, host_ms, cuda, device)
+            row = {
+                "type": "result", "mode": mode, "tf32": tf32, **key, **extra(runner),
+                "median_ms": med, "p90_ms": p90, "host_median_ms": host, "updates_per_s": 1e3 / med,
+                "gflop_per_update": flops / 1e9, "gflop_run": run_flops / 1e9,
+                "tflops": flops / (med / 1e3) / 1e12, "peak_mem_gib": mem, "setup_s": setup_s,
+                "ok": not probs, "problems": probs, "device": ctx["dev_name"],
+                "torch": torch.__version__,
+            }
+            g = gf_digits
+            emit(row, f"{mode:<12} {cols} {med:>10.3f} {p90:>9.3f} {host:>9.3f} "
+                      f"{row['updates_per_s']:>10.1f} {flops / 1e9:>10.{g}f} {run_flops / 1e9:>7.{g}f} "
+                      f"{row['tflops']:>8.3f} {mem:>8.2f} {setup_s:>8.1f}  "
+                      f"{'ok' if not probs else '; '.join(probs)}")
+            del runner
+            release_card(cuda)
+    return exit_code

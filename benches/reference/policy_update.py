@@ -134,7 +134,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, reporters, timing_note, ModelConfig, parse_modes, chosen_heads, new_layer, rel_err, set_tf32, simnorm, symexp, measure_update, prepare_card, release_card, row_stats, skip_reason
+from common import Runner as GraphRunner, update_rows, reporters, timing_note, ModelConfig, parse_modes, chosen_heads, new_layer, rel_err, set_tf32, simnorm, symexp
 
 
 # --------------------------------------------------------------------------------------------
@@ -1006,42 +1006,20 @@ def main(argv=None):
         print(header)
         print("-" * len(header), flush=True)
 
-    for mode, base, tf32 in modes:
-        for B in args.batch:
-            flops = update_flops(cfg, preset, A, B, 2)
-            run_flops = update_flops(cfg, preset, A, B, q_heads)
-            prepare_card(cuda, tf32, device)
-            try:
-                runner, dev_ms, host_ms, setup_s, probs = measure_update(
-                    lambda: Runner(base, cfg, preset, A, B, device, args.seed, args.all_heads),
-                    base, args.iters, args.warmup, cuda, invariant_problems)
-            except Exception as e:  # compile may fail offline, a batch may not fit, ...
-                msg = skip_reason(e)
-                emit({"type": "skip", "mode": mode, "preset": args.preset, "action_dim": A, "batch": B,
-                      "reason": msg},
-                     f"{mode:<12} {args.preset:<12} {A:>3} {B:>4}  skipped: {msg}")
-                if base != "compile":
-                    exit_code |= 1
-                release_card(cuda)
-                continue
-            exit_code |= 1 if probs else 0
-            med, p90, host, mem = row_stats(dev_ms, host_ms, cuda, device)
-            last = runner.out.detach().float().cpu().tolist()
-            row = {
-                "type": "result", "mode": mode, "tf32": tf32, "preset": args.preset, "lambda": cfg.lam,
-                "action_dim": A, "batch": B, "horizon": cfg.horizon, "states": Tp, "dropout": cfg.dropout,
-                "q_heads_evaluated": q_heads if preset.q else 0,
-                "median_ms": med, "p90_ms": p90, "host_median_ms": host, "updates_per_s": 1e3 / med,
-                "gflop_per_update": flops / 1e9, "gflop_run": run_flops / 1e9,
-                "tflops": flops / (med / 1e3) / 1e12, "peak_mem_gib": mem, "setup_s": setup_s,
-                "last_outputs": dict(zip(OUT_NAMES, last)),
-                "ok": not probs, "problems": probs, "device": dev_name, "torch": torch.__version__,
-            }
-            emit(row, f"{mode:<12} {args.preset:<12} {A:>3} {B:>4} {med:>10.3f} {p90:>9.3f} {host:>9.3f} "
-                      f"{row['updates_per_s']:>10.1f} {flops / 1e9:>10.3f} {run_flops / 1e9:>7.3f} "
-                      f"{row['tflops']:>8.3f} {mem:>8.2f} {setup_s:>8.1f}  {'ok' if not probs else '; '.join(probs)}")
-            del runner
-            release_card(cuda)
+    ctx = {"cuda": cuda, "device": device, "dev_name": dev_name, "iters": args.iters,
+           "warmup": args.warmup, "invariants": invariant_problems}
+    exit_code |= update_rows(
+        emit, modes, args.batch,
+        keys=lambda B: ({"preset": args.preset, "action_dim": A, "batch": B},
+                        f"{args.preset:<12} {A:>3} {B:>4}"),
+        make_runner=lambda base, B: Runner(base, cfg, preset, A, B, device, args.seed, args.all_heads),
+        flops_of=lambda B: (update_flops(cfg, preset, A, B, 2), update_flops(cfg, preset, A, B, q_heads)),
+        extra=lambda runner: {
+            "lambda": cfg.lam, "horizon": cfg.horizon, "states": Tp, "dropout": cfg.dropout,
+            "q_heads_evaluated": q_heads if preset.q else 0,
+            "last_outputs": dict(zip(OUT_NAMES, runner.out.detach().float().cpu().tolist())),
+        },
+        ctx=ctx)
     if not args.json:
         print("GFLOP/upd = 2*(3*pi*R + 4*q*R [Q: 2 heads forward + action backward] + 3*pi*R [pompc prior]), "
               "R = T'*B, pi/q = MACs per row of the policy / one Q head; run GF counts the heads evaluated; "

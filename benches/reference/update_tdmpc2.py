@@ -104,7 +104,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, reporters, timing_note, WorldModelConfig, parse_modes, macs_per_row, chosen_heads, rel_err, set_tf32, simnorm, symexp, symlog, WorldModelBase, measure_update, prepare_card, release_card, row_stats, skip_reason
+from common import Runner as GraphRunner, update_rows, reporters, timing_note, WorldModelConfig, parse_modes, macs_per_row, chosen_heads, rel_err, set_tf32, simnorm, symexp, symlog, WorldModelBase
 
 
 # --------------------------------------------------------------------------------------------
@@ -761,40 +761,19 @@ def main(argv=None):
         print(header)
         print("-" * len(header), flush=True)
 
-    for mode, base, tf32 in modes:
-        for B in args.batch:
-            flops = update_flops(cfg, O, A, B, 2)
-            run_flops = update_flops(cfg, O, A, B, target_heads)
-            prepare_card(cuda, tf32, device)
-            try:
-                runner, dev_ms, host_ms, setup_s, probs = measure_update(
-                    lambda: Runner(base, cfg, O, A, B, device, args.seed, args.all_target_heads),
-                    base, args.iters, args.warmup, cuda, invariant_problems)
-            except Exception as e:  # compile may fail offline, a batch may not fit, ...
-                msg = skip_reason(e)
-                emit({"type": "skip", "mode": mode, "obs_dim": O, "action_dim": A, "batch": B, "reason": msg},
-                     f"{mode:<12} {O:>4} {A:>3} {B:>4}  skipped: {msg}")
-                if base != "compile":
-                    exit_code |= 1
-                release_card(cuda)
-                continue
-            exit_code |= 1 if probs else 0
-            med, p90, host, mem = row_stats(dev_ms, host_ms, cuda, device)
-            losses = runner.out.detach().float().cpu().tolist()
-            row = {
-                "type": "result", "mode": mode, "tf32": tf32, "obs_dim": O, "action_dim": A, "batch": B,
-                "horizon": cfg.horizon, "dropout": cfg.dropout, "target_heads_evaluated": target_heads,
-                "median_ms": med, "p90_ms": p90, "host_median_ms": host, "updates_per_s": 1e3 / med,
-                "gflop_per_update": flops / 1e9, "gflop_run": run_flops / 1e9,
-                "tflops": flops / (med / 1e3) / 1e12, "peak_mem_gib": mem, "setup_s": setup_s,
-                "last_losses": dict(zip(("consistency", "reward", "value", "total", "grad_norm"), losses)),
-                "ok": not probs, "problems": probs, "device": dev_name, "torch": torch.__version__,
-            }
-            emit(row, f"{mode:<12} {O:>4} {A:>3} {B:>4} {med:>10.3f} {p90:>9.3f} {host:>9.3f} "
-                      f"{row['updates_per_s']:>10.1f} {flops / 1e9:>10.2f} {run_flops / 1e9:>7.2f} "
-                      f"{row['tflops']:>8.3f} {mem:>8.2f} {setup_s:>8.1f}  {'ok' if not probs else '; '.join(probs)}")
-            del runner
-            release_card(cuda)
+    ctx = {"cuda": cuda, "device": device, "dev_name": dev_name, "iters": args.iters,
+           "warmup": args.warmup, "invariants": invariant_problems}
+    losses = ("consistency", "reward", "value", "total", "grad_norm")
+    exit_code |= update_rows(
+        emit, modes, args.batch,
+        keys=lambda B: ({"obs_dim": O, "action_dim": A, "batch": B}, f"{O:>4} {A:>3} {B:>4}"),
+        make_runner=lambda base, B: Runner(base, cfg, O, A, B, device, args.seed, args.all_target_heads),
+        flops_of=lambda B: (update_flops(cfg, O, A, B, 2), update_flops(cfg, O, A, B, target_heads)),
+        extra=lambda runner: {
+            "horizon": cfg.horizon, "dropout": cfg.dropout, "target_heads_evaluated": target_heads,
+            "last_losses": dict(zip(losses, runner.out.detach().float().cpu().tolist())),
+        },
+        ctx=ctx, gf_digits=2)
     if not args.json:
         print("GFLOP/upd = 2*(fwd + bwd) of the linear layers: fwd = enc*(T+1)*B + pi*T*B + 2*q*T*B + "
               "(dyn+rew+5q)*T*B, bwd = 2*((dyn+rew+5q)*T*B + enc*B) (MACs per row); run GF counts the "
