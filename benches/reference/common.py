@@ -453,3 +453,14 @@ def update_rows(emit, modes, batches, keys, make_runner, flops_of, extra, ctx, g
             del runner
             release_card(cuda)
     return exit_code
+
+
+def add_run_args(p, units, modes):
+    """The options every script shares: modes, timed and warm-up `units`, device, JSON, seed."""
+    p.add_argument("--modes", nargs="+", default=modes,
+                   help="eager, graph, compile, each optionally with -tf32")
+    p.add_argument("--iters", type=int, default=50, help=f"timed {units} per configuration")
+    p.add_argument("--warmup", type=int, default=10, help=f"untimed {units} before timing")
+    p.add_argument("--device", default=None, help="cuda (default when available) or cpu")
+    p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    p.add_argument("--seed", type=int, default=0)

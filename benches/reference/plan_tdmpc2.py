@@ -65,7 +65,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, reporters, timing_note, WorldModelConfig, parse_modes, macs_per_row, chosen_heads, check_no_sync, time_runner, WorldModelBase, prepare_card, release_card, row_stats, skip_reason
+from common import Runner as GraphRunner, add_run_args, reporters, timing_note, WorldModelConfig, parse_modes, macs_per_row, chosen_heads, check_no_sync, time_runner, WorldModelBase, prepare_card, release_card, row_stats, skip_reason
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,13 +411,7 @@ def parse_args(argv):
                    help="environments planned at once (B)")
     p.add_argument("--action-dim", type=int, nargs="+", default=[6], help="A")
     p.add_argument("--obs-dim", type=int, default=24, help="O")
-    p.add_argument("--modes", nargs="+", default=["eager", "graph", "graph-tf32"],
-                   help="eager, graph, compile, each optionally with -tf32")
-    p.add_argument("--iters", type=int, default=50, help="timed plan steps per configuration")
-    p.add_argument("--warmup", type=int, default=10, help="untimed plan steps before timing")
-    p.add_argument("--device", default=None, help="cuda (default when available) or cpu")
-    p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
-    p.add_argument("--seed", type=int, default=0)
+    add_run_args(p, "plan steps", ["eager", "graph", "graph-tf32"])
     p.add_argument("--eval", action="store_true", help="eval mode: no exploration noise")
     p.add_argument("--final-std", type=float, default=Config.final_std,
                    help="init std of the final reward and Q layers (0 = TD-MPC2's zero init)")

@@ -134,7 +134,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, update_rows, reporters, timing_note, ModelConfig, parse_modes, chosen_heads, new_layer, rel_err, set_tf32, simnorm, symexp
+from common import Runner as GraphRunner, add_run_args, update_rows, reporters, timing_note, ModelConfig, parse_modes, chosen_heads, new_layer, rel_err, set_tf32, simnorm, symexp
 
 
 # --------------------------------------------------------------------------------------------
@@ -890,13 +890,7 @@ def parse_args(argv):
     p.add_argument("--batch", type=int, nargs="+", default=[256], help="sub-trajectories per update (B)")
     p.add_argument("--horizon", type=int, default=Config.horizon, help="T")
     p.add_argument("--action-dim", type=int, default=6, help="A")
-    p.add_argument("--modes", nargs="+", default=["eager", "eager-tf32", "graph", "graph-tf32"],
-                   help="eager, graph, compile, each optionally with -tf32")
-    p.add_argument("--iters", type=int, default=50, help="timed updates per configuration")
-    p.add_argument("--warmup", type=int, default=10, help="untimed updates before timing")
-    p.add_argument("--device", default=None, help="cuda (default when available) or cpu")
-    p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
-    p.add_argument("--seed", type=int, default=0)
+    add_run_args(p, "updates", ["eager", "eager-tf32", "graph", "graph-tf32"])
     p.add_argument("--dropout", type=float, default=Config.dropout,
                    help="dropout after the first Q layer (TD-MPC2: 0.01 in the policy update; default 0 as "
                         "pompc's GPU update)")
