@@ -464,3 +464,19 @@ def add_run_args(p, units, modes):
     p.add_argument("--device", default=None, help="cuda (default when available) or cpu")
     p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     p.add_argument("--seed", type=int, default=0)
+
+
+def layer_tensors(layers):
+    """Every tensor of `layers`, in order (weights, biases, LayerNorm gains and shifts)."""
+    return [t for l in layers for t in l.tensors()]
+
+
+def named_tensors(nets, prefix):
+    """{name: tensor} of `nets` ({key: layers}), named `{prefix[key]}.{layer}.{suffix}` as
+    TD-MPC2's state dicts (the tensors themselves, not copies)."""
+    out = {}
+    for key, layers in nets.items():
+        for i, l in enumerate(layers):
+            for suffix, attr in l.named():
+                out[f"{prefix[key]}.{i}.{suffix}"] = getattr(l, attr)
+    return out

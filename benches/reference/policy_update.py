@@ -134,7 +134,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, add_run_args, update_rows, reporters, timing_note, ModelConfig, parse_modes, chosen_heads, new_layer, rel_err, set_tf32, simnorm, symexp
+from common import Runner as GraphRunner, layer_tensors, named_tensors, add_run_args, update_rows, reporters, timing_note, ModelConfig, parse_modes, chosen_heads, new_layer, rel_err, set_tf32, simnorm, symexp
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,19 +243,14 @@ class PolicyModel:
         return out
 
     def pi_params(self):
-        return [t for l in self.pi for t in l.tensors()]
+        return layer_tensors(self.pi)
 
     def prior_params(self):
-        return [t for l in self.prior for t in l.tensors()]
+        return layer_tensors(self.prior)
 
     def state_dict(self):
         """{TD-MPC2-style tensor name: tensor} (the tensors themselves, not copies)."""
-        out = {}
-        for key, layers in self.nets().items():
-            for i, l in enumerate(layers):
-                for suffix, attr in l.named():
-                    out[f"{PREFIX[key]}.{i}.{suffix}"] = getattr(l, attr)
-        return out
+        return named_tensors(self.nets(), PREFIX)
 
     def mlp(self, x, layers):
         for l in layers:

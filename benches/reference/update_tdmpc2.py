@@ -104,7 +104,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, add_run_args, update_rows, reporters, timing_note, WorldModelConfig, parse_modes, macs_per_row, chosen_heads, rel_err, set_tf32, simnorm, symexp, symlog, WorldModelBase
+from common import Runner as GraphRunner, layer_tensors, named_tensors, add_run_args, update_rows, reporters, timing_note, WorldModelConfig, parse_modes, macs_per_row, chosen_heads, rel_err, set_tf32, simnorm, symexp, symlog, WorldModelBase
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,29 +157,24 @@ class WorldModel(WorldModelBase):
                 "q": self.q, "q_target": self.q_target}
 
     def enc_params(self):
-        return [t for l in self.enc for t in l.tensors()]
+        return layer_tensors(self.enc)
 
     def rest_params(self):
-        return [t for l in self.dyn + self.rew + self.q for t in l.tensors()]
+        return layer_tensors(self.dyn + self.rew + self.q)
 
     def trained_params(self):
         """The world-model parameters that the update trains, clips and steps."""
         return self.enc_params() + self.rest_params()
 
     def q_params(self):
-        return [t for l in self.q for t in l.tensors()]
+        return layer_tensors(self.q)
 
     def q_target_params(self):
-        return [t for l in self.q_target for t in l.tensors()]
+        return layer_tensors(self.q_target)
 
     def state_dict(self):
-        """{TD-MPC2 / pompc tensor name: tensor} (the tensors themselves, not copies)."""
-        out = {}
-        for key, layers in self.nets().items():
-            for i, l in enumerate(layers):
-                for suffix, attr in l.named():
-                    out[f"{PREFIX[key]}.{i}.{suffix}"] = getattr(l, attr)
-        return out
+        """{TD-MPC2-style tensor name: tensor} (the tensors themselves, not copies)."""
+        return named_tensors(self.nets(), PREFIX)
 
     def q_heads(self, layers, za, heads=None, drop_mask=None, dropout=0.0):
         """Logits [k, R, bins] of the Q heads of `layers` (online or target) on the shared
