@@ -480,3 +480,17 @@ def named_tensors(nets, prefix):
             for suffix, attr in l.named():
                 out[f"{prefix[key]}.{i}.{suffix}"] = getattr(l, attr)
     return out
+
+
+class Errors:
+    """Relative errors of a reference check: `errors(what, x, y)` records rel_err(x, y), the
+    worst so far in `worst`, and a problem when one exceeds `tol`."""
+
+    def __init__(self, tol):
+        self.tol, self.worst, self.problems = tol, 0.0, []
+
+    def __call__(self, what, x, y):
+        e = rel_err(x, y)
+        self.worst = max(self.worst, e)
+        if not e <= self.tol:
+            self.problems.append(f"{what}: relative error {e:.3g}")

@@ -134,7 +134,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, layer_tensors, named_tensors, add_run_args, update_rows, reporters, timing_note, ModelConfig, parse_modes, chosen_heads, new_layer, rel_err, set_tf32, simnorm, symexp
+from common import Runner as GraphRunner, Errors, layer_tensors, named_tensors, add_run_args, update_rows, reporters, timing_note, ModelConfig, parse_modes, chosen_heads, new_layer, set_tf32, simnorm, symexp
 
 
 # --------------------------------------------------------------------------------------------
@@ -743,14 +743,8 @@ def reference_check(cfg, preset, action_dim, device, seed, batch=6, steps=2, all
     b_mu = rnd(T, batch, A, lo=-1.0, hi=1.0)
     b_sig = rnd(T, batch, A, lo=0.01, hi=2.0)  # below 0.05 too: TD-M(PC)^2's floor matters
 
-    worst, problems, summary = 0.0, [], {}
-
-    def cmp(what, x, y):
-        nonlocal worst
-        e = rel_err(x, y)
-        worst = max(worst, e)
-        if not e <= tol:
-            problems.append(f"{what}: relative error {e:.3g}")
+    cmp, summary = Errors(tol), {}
+    problems = cmp.problems
 
     for step in range(steps):
         eps = rnd(Tp, batch, A)
@@ -788,7 +782,7 @@ def reference_check(cfg, preset, action_dim, device, seed, batch=6, steps=2, all
             **{k: float(v) for k, v in zip(OUT_NAMES, out)}, "heads": heads if preset.q else None,
             "min_abs_grad_tensor": min_g,
         }
-    return worst, problems, summary
+    return cmp.worst, problems, summary
 
 
 # --------------------------------------------------------------------------------------------

@@ -104,7 +104,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, layer_tensors, named_tensors, add_run_args, update_rows, reporters, timing_note, WorldModelConfig, parse_modes, macs_per_row, chosen_heads, rel_err, set_tf32, simnorm, symexp, symlog, WorldModelBase
+from common import Runner as GraphRunner, Errors, layer_tensors, named_tensors, add_run_args, update_rows, reporters, timing_note, WorldModelConfig, parse_modes, macs_per_row, chosen_heads, rel_err, set_tf32, simnorm, symexp, symlog, WorldModelBase
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,14 +498,8 @@ def reference_check(cfg, obs_dim, action_dim, device, seed, batch=6, steps=2, al
     action = rnd(T, batch, action_dim, lo=-1.0, hi=1.0)
     reward = rnd(T, batch, lo=-2.0, hi=3.0)  # wider than U(0, 1): symlog of negative values too
 
-    worst, problems, summary = 0.0, [], {}
-
-    def cmp(what, x, y):
-        nonlocal worst
-        e = rel_err(x, y)
-        worst = max(worst, e)
-        if not e <= tol:
-            problems.append(f"{what}: relative error {e:.3g}")
+    cmp, summary = Errors(tol), {}
+    problems = cmp.problems
 
     for step in range(steps):
         pi_eps = rnd(T, batch, action_dim)
@@ -544,7 +538,7 @@ def reference_check(cfg, obs_dim, action_dim, device, seed, batch=6, steps=2, al
         }
         if not min(float(g.abs().max()) for g in ref_grads) > 0:
             problems.append(f"update {step}: a parameter has an all-zero gradient")
-    return worst, problems, summary
+    return cmp.worst, problems, summary
 
 
 def check_against_tdmpc2_arch(cfg, obs_dim, action_dim, device, seed, batch=6, tol=1e-9):
