@@ -6,6 +6,7 @@ The scripts run as `python3 benches/reference/NAME.py`, so this folder is on the
 path: copy the folder, not one script, to a GPU host.
 """
 
+import argparse
 import json
 import math
 import sys
@@ -494,3 +495,17 @@ class Errors:
         self.worst = max(self.worst, e)
         if not e <= self.tol:
             self.problems.append(f"{what}: relative error {e:.3g}")
+
+
+def new_parser(doc):
+    """An argument parser described by the first paragraph of a script's docstring."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def nonfinite_parameters(model):
+    """["non-finite parameter NAME"] for the first of `model`'s tensors that is not finite."""
+    for name, t in model.state_dict().items():
+        if not bool(torch.isfinite(t).all()):
+            return [f"non-finite parameter {name}"]
+    return []

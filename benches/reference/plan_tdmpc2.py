@@ -57,7 +57,6 @@ Examples:
   python3 benches/reference/plan_tdmpc2.py --device cpu --batch 1 2 --iters 2 --warmup 1 --modes eager
 """
 
-import argparse
 import sys
 import time
 import warnings
@@ -65,7 +64,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, add_run_args, reporters, timing_note, WorldModelConfig, parse_modes, macs_per_row, chosen_heads, check_no_sync, time_runner, WorldModelBase, prepare_card, release_card, row_stats, skip_reason
+from common import Runner as GraphRunner, new_parser, nonfinite_parameters, add_run_args, reporters, timing_note, WorldModelConfig, parse_modes, macs_per_row, chosen_heads, check_no_sync, time_runner, WorldModelBase, prepare_card, release_card, row_stats, skip_reason
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,8 +404,7 @@ class Runner(GraphRunner):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser(__doc__)
     p.add_argument("--batch", type=int, nargs="+", default=[1, 16, 256],
                    help="environments planned at once (B)")
     p.add_argument("--action-dim", type=int, nargs="+", default=[6], help="A")

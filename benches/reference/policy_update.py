@@ -125,7 +125,6 @@ Examples (the H100, beside pompc's policy-update benchmark):
   python3 benches/reference/policy_update.py --device cpu --batch 8 --iters 2 --warmup 1 --modes eager --preset bmpc
 """
 
-import argparse
 import math
 import sys
 import time
@@ -134,7 +133,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, Errors, layer_tensors, named_tensors, add_run_args, update_rows, reporters, timing_note, ModelConfig, parse_modes, chosen_heads, new_layer, set_tf32, simnorm, symexp
+from common import Runner as GraphRunner, new_parser, nonfinite_parameters, Errors, layer_tensors, named_tensors, add_run_args, update_rows, reporters, timing_note, ModelConfig, parse_modes, chosen_heads, new_layer, set_tf32, simnorm, symexp
 
 
 # --------------------------------------------------------------------------------------------
@@ -852,10 +851,7 @@ def invariant_problems(runner):
         probs.append(f"pi grad norm {float(out[5])} is not positive")
     elif runner.model.prior and not float(out[7]) > 0:
         probs.append(f"prior grad norm {float(out[7])} is not positive")
-    for name, t in runner.model.state_dict().items():
-        if not bool(torch.isfinite(t).all()):
-            probs.append(f"non-finite parameter {name}")
-            break
+    probs += nonfinite_parameters(runner.model)
     return probs
 
 
@@ -865,8 +861,7 @@ def invariant_problems(runner):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser(__doc__)
     p.add_argument("--preset", choices=list(PRESETS), default="pompc", help="the policy update (default pompc)")
     p.add_argument("--lambda", dest="lam", type=float, default=Config.lam,
                    help="PO-MPC's KL coefficient lambda (pompc preset; default 1)")

@@ -95,7 +95,6 @@ Examples (the H100, beside `pompc bench update`):
   python3 benches/reference/update_tdmpc2.py --device cpu --batch 8 --iters 2 --warmup 1 --modes eager
 """
 
-import argparse
 import os
 import sys
 import time
@@ -104,7 +103,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, Errors, layer_tensors, named_tensors, add_run_args, update_rows, reporters, timing_note, WorldModelConfig, parse_modes, macs_per_row, chosen_heads, rel_err, set_tf32, simnorm, symexp, symlog, WorldModelBase
+from common import Runner as GraphRunner, new_parser, nonfinite_parameters, Errors, layer_tensors, named_tensors, add_run_args, update_rows, reporters, timing_note, WorldModelConfig, parse_modes, macs_per_row, chosen_heads, rel_err, set_tf32, simnorm, symexp, symlog, WorldModelBase
 
 
 # --------------------------------------------------------------------------------------------
@@ -628,11 +627,7 @@ def invariant_problems(runner):
         probs.append(f"non-finite losses / grad norm {out.tolist()}")
     elif not float(out[3]) > 0:
         probs.append(f"total loss {float(out[3])} is not positive")
-    m = runner.model
-    for name, t in m.state_dict().items():
-        if not bool(torch.isfinite(t).all()):
-            probs.append(f"non-finite parameter {name}")
-            break
+    probs += nonfinite_parameters(runner.model)
     return probs
 
 
@@ -642,8 +637,7 @@ def invariant_problems(runner):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser(__doc__)
     p.add_argument("--batch", type=int, nargs="+", default=[256], help="sub-trajectories per update (B)")
     p.add_argument("--horizon", type=int, default=Config.horizon, help="T")
     p.add_argument("--obs-dim", type=int, default=24, help="O")
