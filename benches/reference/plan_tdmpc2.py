@@ -64,7 +64,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, new_parser, nonfinite_parameters, add_run_args, reporters, timing_note, WorldModelConfig, parse_modes, macs_per_row, chosen_heads, check_no_sync, time_runner, WorldModelBase, prepare_card, release_card, row_stats, skip_reason
+from common import Runner as GraphRunner, new_parser, add_run_args, reporters, timing_note, WorldModelConfig, parse_modes, macs_per_row, chosen_heads, check_no_sync, time_runner, WorldModelBase, prepare_card, release_card, row_stats, skip_reason
 
 
 # --------------------------------------------------------------------------------------------
