@@ -509,3 +509,16 @@ def nonfinite_parameters(model):
         if not bool(torch.isfinite(t).all()):
             return [f"non-finite parameter {name}"]
     return []
+
+
+def add_update_args(p, cfg, dropout_help, final_layers):
+    """The update scripts' shared options (batch, horizon, action dimension, the run options,
+    dropout, the final layers' init std, the check's batch), defaults from `cfg`."""
+    p.add_argument("--batch", type=int, nargs="+", default=[256], help="sub-trajectories per update (B)")
+    p.add_argument("--horizon", type=int, default=cfg.horizon, help="T")
+    p.add_argument("--action-dim", type=int, default=6, help="A")
+    add_run_args(p, "updates", ["eager", "eager-tf32", "graph", "graph-tf32"])
+    p.add_argument("--dropout", type=float, default=cfg.dropout, help=dropout_help)
+    p.add_argument("--final-std", type=float, default=cfg.final_std,
+                   help=f"init std of {final_layers} (0 = TD-MPC2's zero init)")
+    p.add_argument("--check-batch", type=int, default=6, help="batch of the float64 check")

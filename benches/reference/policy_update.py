@@ -133,7 +133,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, new_parser, nonfinite_parameters, Errors, layer_tensors, named_tensors, add_run_args, update_rows, reporters, timing_note, ModelConfig, parse_modes, chosen_heads, new_layer, set_tf32, simnorm, symexp
+from common import Runner as GraphRunner, new_parser, nonfinite_parameters, Errors, layer_tensors, named_tensors, add_update_args, update_rows, reporters, timing_note, ModelConfig, parse_modes, chosen_heads, new_layer, set_tf32, simnorm, symexp
 
 
 # --------------------------------------------------------------------------------------------
@@ -871,18 +871,10 @@ def parse_args(argv):
     p.add_argument("--entropy", choices=["scaled", "original"], default=Config.entropy,
                    help="entropy term: TD-MPC2's current scaled entropy (default, all presets) or the "
                         "original -log pi of Oct 2023 that TD-M(PC)^2's code uses")
-    p.add_argument("--batch", type=int, nargs="+", default=[256], help="sub-trajectories per update (B)")
-    p.add_argument("--horizon", type=int, default=Config.horizon, help="T")
-    p.add_argument("--action-dim", type=int, default=6, help="A")
-    add_run_args(p, "updates", ["eager", "eager-tf32", "graph", "graph-tf32"])
-    p.add_argument("--dropout", type=float, default=Config.dropout,
-                   help="dropout after the first Q layer (TD-MPC2: 0.01 in the policy update; default 0 as "
-                        "pompc's GPU update)")
+    add_update_args(p, Config(), "dropout after the first Q layer (TD-MPC2: 0.01 in the policy update; "
+                                 "default 0 as pompc's GPU update)", "the final Q layer")
     p.add_argument("--all-heads", action="store_true",
                    help="evaluate all 5 Q heads, then pick 2 (as TD-MPC2 codes it)")
-    p.add_argument("--final-std", type=float, default=Config.final_std,
-                   help="init std of the final Q layer (0 = TD-MPC2's zero init)")
-    p.add_argument("--check-batch", type=int, default=6, help="batch of the float64 check")
     p.add_argument("--check-all", action="store_true", help="run the float64 check for all four presets")
     p.add_argument("--no-check", action="store_true",
                    help="skip the float64 batched-vs-reference check")

@@ -103,7 +103,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, new_parser, nonfinite_parameters, Errors, layer_tensors, named_tensors, add_run_args, update_rows, reporters, timing_note, WorldModelConfig, parse_modes, macs_per_row, chosen_heads, rel_err, set_tf32, simnorm, symexp, symlog, WorldModelBase
+from common import Runner as GraphRunner, new_parser, nonfinite_parameters, Errors, layer_tensors, named_tensors, add_update_args, update_rows, reporters, timing_note, WorldModelConfig, parse_modes, macs_per_row, chosen_heads, rel_err, set_tf32, simnorm, symexp, symlog, WorldModelBase
 
 
 # --------------------------------------------------------------------------------------------
@@ -638,19 +638,11 @@ def invariant_problems(runner):
 
 def parse_args(argv):
     p = new_parser(__doc__)
-    p.add_argument("--batch", type=int, nargs="+", default=[256], help="sub-trajectories per update (B)")
-    p.add_argument("--horizon", type=int, default=Config.horizon, help="T")
     p.add_argument("--obs-dim", type=int, default=24, help="O")
-    p.add_argument("--action-dim", type=int, default=6, help="A")
-    add_run_args(p, "updates", ["eager", "eager-tf32", "graph", "graph-tf32"])
-    p.add_argument("--dropout", type=float, default=Config.dropout,
-                   help="dropout after the first Q layer in the value predictions (TD-MPC2: 0.01; "
-                        "default 0 as pompc's GPU update)")
+    add_update_args(p, Config(), "dropout after the first Q layer in the value predictions (TD-MPC2: "
+                                 "0.01; default 0 as pompc's GPU update)", "the final reward and Q layers")
     p.add_argument("--all-target-heads", action="store_true",
                    help="evaluate all 5 target Q heads, then pick 2 (as TD-MPC2 codes it)")
-    p.add_argument("--final-std", type=float, default=Config.final_std,
-                   help="init std of the final reward and Q layers (0 = TD-MPC2's zero init)")
-    p.add_argument("--check-batch", type=int, default=6, help="batch of the float64 check")
     p.add_argument("--no-check", action="store_true",
                    help="skip the float64 batched-vs-line-by-line reference check")
     return p.parse_args(argv)
