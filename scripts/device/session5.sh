@@ -4,6 +4,17 @@
 # steps, the PyTorch reference scripts after their common.py (issue 24), then PO-MPC through
 # the Python bindings on dm_control's cartpole-swingup for what is left of the call (issue
 # 22), checkpoints returned. Binaries come gzipped in .gpu/bin; wheels in .gpu/wheels (cp312).
+# Prepare here (the carried tree must stay under 64 MiB):
+#   cargo build --release --workspace && mkdir -p /tmp/capi
+#   strip -o /tmp/capi/libpompc_c.so target/release/libpompc_c.so
+#   gcc -O2 -std=c99 -Icapi/include capi/examples/mppi_bench.c -L/tmp/capi -lpompc_c -lm \
+#     -Wl,-rpath,'$ORIGIN' -o /tmp/capi/mppi_bench
+#   strip -o /tmp/capi/pompc target/release/pompc; a build of 3c780fb, stripped, as pompc_old
+#   rm -rf .gpu/bin/* && ../shared/gpu/prepare.sh && bash scripts/device/py_wheels.sh
+#   rm -f .gpu/wheels/*cp310-cp310* .gpu/wheels/*cp311-cp311*   (the device runs Python 3.12)
+#   for f in libpompc_c.so pompc pompc_old; do gzip -9 -c /tmp/capi/$f > .gpu/bin/$f.gz; done
+#   cp /tmp/capi/mppi_bench .gpu/bin/
+# then the device with carry [".gpu"] and e.g. PARTS="capi old" bash scripts/device/session5.sh
 T0=$(date +%s)
 for f in .gpu/bin/*.gz; do gunzip -f "$f"; done
 chmod +x .gpu/bin/*
