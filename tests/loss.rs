@@ -33,7 +33,6 @@ mod common;
 
 use common::{POISON, gpus, rng, uniform};
 use pompc::gpu::LimitsRequest;
-use pompc::gpu::shader::{self, Header};
 use pompc::kernels::loss::{
     self, GradOut, LossFlags, LossOp, LossOut, MseConfig, RowWeights, SoftCeConfig,
 };
@@ -995,26 +994,6 @@ fn bad_requests_are_errors() {
     rec.submit().unwrap();
 }
 
-fn compile(name: &str, entry: &str, header: &Header, overrides: &[(&'static str, f64)]) {
-    let pre = shader::preprocess(name, header).unwrap();
-    let (module, info) = shader::validate(name, &pre).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let constants: naga::back::PipelineConstants =
-        overrides.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-    let (module, info) = naga::back::pipeline_constants::process_overrides(
-        &module,
-        &info,
-        Some((naga::ShaderStage::Compute, entry)),
-        &constants,
-    )
-    .unwrap_or_else(|e| panic!("{name}::{entry} {overrides:?}: {e}"));
-    let pipeline = naga::back::spv::PipelineOptions {
-        shader_stage: naga::ShaderStage::Compute,
-        entry_point: entry.to_string(),
-    };
-    naga::back::spv::write_vec(&module, &info, &Default::default(), Some(&pipeline))
-        .unwrap_or_else(|e| panic!("{name}::{entry} to SPIR-V {overrides:?}: {e}"));
-}
-
 #[test]
 fn every_pipeline_compiles_with_naga() {
     let mut count = 0;
@@ -1029,7 +1008,7 @@ fn every_pipeline_compiles_with_naga() {
                         loss_add: bits & 4 != 0,
                     };
                     let (spec, header, ov) = loss::pipeline_constants(op, &cfg, n, flags);
-                    compile(spec.shader, spec.entry, &header, &ov);
+                    common::compile_spirv(spec.shader, spec.entry, &header, &ov);
                     count += 1;
                 }
             }

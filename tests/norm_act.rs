@@ -37,7 +37,6 @@ mod common;
 
 use common::{POISON, gpus, rel_error, rng, uniform};
 use pompc::gpu::LimitsRequest;
-use pompc::gpu::shader::{self, Header};
 use pompc::kernels::norm_act::{
     self, Activation, Affine, ColumnSumConfig, NormActBuffers, NormActConfig, NormActOp,
 };
@@ -1070,26 +1069,6 @@ fn bad_requests_are_errors() {
     rec.submit().unwrap();
 }
 
-fn compile(name: &str, entry: &str, header: &Header, overrides: &[(&'static str, f64)]) {
-    let pre = shader::preprocess(name, header).unwrap();
-    let (module, info) = shader::validate(name, &pre).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let constants: naga::back::PipelineConstants =
-        overrides.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-    let (module, info) = naga::back::pipeline_constants::process_overrides(
-        &module,
-        &info,
-        Some((naga::ShaderStage::Compute, entry)),
-        &constants,
-    )
-    .unwrap_or_else(|e| panic!("{name}::{entry} {overrides:?}: {e}"));
-    let pipeline = naga::back::spv::PipelineOptions {
-        shader_stage: naga::ShaderStage::Compute,
-        entry_point: entry.to_string(),
-    };
-    naga::back::spv::write_vec(&module, &info, &Default::default(), Some(&pipeline))
-        .unwrap_or_else(|e| panic!("{name}::{entry} to SPIR-V {overrides:?}: {e}"));
-}
-
 #[test]
 fn every_pipeline_compiles_with_naga() {
     let mut count = 0;
@@ -1122,7 +1101,7 @@ fn every_pipeline_compiles_with_naga() {
                 }
                 for op in ops {
                     let (spec, header, ov) = norm_act::pipeline_constants(&cfg, op);
-                    compile(spec.shader, spec.entry, &header, &ov);
+                    common::compile_spirv(spec.shader, spec.entry, &header, &ov);
                     count += 1;
                 }
             }

@@ -1,32 +1,12 @@
 //! Every shader, in every combination of header and override constants that the code builds,
 //! parsed, validated and compiled to SPIR-V with naga. No GPU needed.
 
+mod common;
+
 use pompc::gpu::shader::{self, Header, SHADERS};
 use pompc::kernels::linear::{self, Activation, LinearConfig, LinearPlan, Tile};
 use pompc::kernels::rng_fill::{self, Distribution};
 use std::collections::{BTreeSet, HashMap};
-
-fn compile(name: &str, entry: &str, header: &Header, overrides: &[(&'static str, f64)]) {
-    let pre = shader::preprocess(name, header).unwrap();
-    let (module, info) =
-        shader::validate(name, &pre).unwrap_or_else(|e| panic!("{name} {header:?}: {e}"));
-    let constants: naga::back::PipelineConstants =
-        overrides.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-    let (module, info) = naga::back::pipeline_constants::process_overrides(
-        &module,
-        &info,
-        Some((naga::ShaderStage::Compute, entry)),
-        &constants,
-    )
-    .unwrap_or_else(|e| panic!("{name}::{entry} {overrides:?}: {e}"));
-    let opts = naga::back::spv::Options::default();
-    let pipeline = naga::back::spv::PipelineOptions {
-        shader_stage: naga::ShaderStage::Compute,
-        entry_point: entry.to_string(),
-    };
-    naga::back::spv::write_vec(&module, &info, &opts, Some(&pipeline))
-        .unwrap_or_else(|e| panic!("{name}::{entry} to SPIR-V {overrides:?}: {e}"));
-}
 
 #[test]
 fn the_shader_list_matches_the_shaders_directory() {
@@ -69,18 +49,23 @@ fn linear_every_tile_split_activation_and_norm() {
                             for head_map in [false, true] {
                                 let (spec, header, mut ov) =
                                     linear::pipeline_constants(&cfg, plan, epilogue, head_map);
-                                compile(spec.shader, spec.entry, &header, &ov);
+                                common::compile_spirv(spec.shader, spec.entry, &header, &ov);
                                 n += 1;
                                 if epilogue && split == 1 {
                                     // What Linear::record adds: the repeated-Z layer's K parts
                                     // and its epilogue.
                                     ov.push(("PRE", 1.0));
-                                    compile(spec.shader, spec.entry, &header, &ov);
+                                    common::compile_spirv(spec.shader, spec.entry, &header, &ov);
                                 } else if !epilogue && split == 1 {
                                     for kpart in [1.0, 2.0] {
                                         let mut ov = ov.clone();
                                         ov.push(("KPART", kpart));
-                                        compile(spec.shader, spec.entry, &header, &ov);
+                                        common::compile_spirv(
+                                            spec.shader,
+                                            spec.entry,
+                                            &header,
+                                            &ov,
+                                        );
                                     }
                                 }
                             }
@@ -97,7 +82,7 @@ fn linear_every_tile_split_activation_and_norm() {
 fn rng_fill_every_distribution() {
     for d in Distribution::ALL {
         let (spec, header, ov) = rng_fill::pipeline_constants(d);
-        compile(spec.shader, spec.entry, &header, &ov);
+        common::compile_spirv(spec.shader, spec.entry, &header, &ov);
     }
 }
 
@@ -153,7 +138,7 @@ fn two_hot_every_lane_count_and_op() {
             let cfg = TwoHotConfig::new(bins, vmin, vmax).unwrap();
             for op in [TwoHotOp::Decode, TwoHotOp::Encode] {
                 let (spec, header, ov) = two_hot::pipeline_constants(&cfg, op);
-                compile(spec.shader, spec.entry, &header, &ov);
+                common::compile_spirv(spec.shader, spec.entry, &header, &ov);
             }
             lanes.insert(two_hot::decode_lanes(bins));
         }
@@ -170,7 +155,7 @@ fn policy_every_lane_count() {
         for (lo, hi) in [(-10.0, 2.0), (-3.0, 1.0)] {
             let cfg = PolicyConfig::new(a).with_log_std_range(lo, hi);
             let (spec, header, ov) = policy::pipeline_constants(&cfg);
-            compile(spec.shader, spec.entry, &header, &ov);
+            common::compile_spirv(spec.shader, spec.entry, &header, &ov);
             lanes.insert(policy::lanes(a));
         }
     }
@@ -245,7 +230,7 @@ fn planner_every_mode() {
                     cfg.plan_mode = plan_mode;
                     let (header, ov) = pompc::planner::pipeline_constants(&cfg, a, episodic);
                     for k in pompc::planner::KERNELS {
-                        compile(k.shader, k.entry, &header, &ov);
+                        common::compile_spirv(k.shader, k.entry, &header, &ov);
                     }
                 }
             }
@@ -260,7 +245,7 @@ fn gemm_every_tile_and_flag() {
         for bits in 0..16u32 {
             let f = |i: u32| bits & (1 << i) != 0;
             let (spec, header, ov) = gemm::pipeline_constants(tile, f(0), f(1), f(2), f(3));
-            compile(spec.shader, spec.entry, &header, &ov);
+            common::compile_spirv(spec.shader, spec.entry, &header, &ov);
         }
     }
 }
@@ -270,15 +255,15 @@ fn optimizer_and_td_kernels() {
     use pompc::kernels::optim::{self, OptimKernel};
     for k in OptimKernel::all() {
         let (spec, header, ov) = optim::pipeline_constants(k);
-        compile(spec.shader, spec.entry, &header, &ov);
+        common::compile_spirv(spec.shader, spec.entry, &header, &ov);
     }
-    compile("td", "td_target", &Header::default(), &[]);
+    common::compile_spirv("td", "td_target", &Header::default(), &[]);
     for cfg in [
         pompc::kernels::two_hot::TwoHotConfig::TDMPC2,
         pompc::kernels::two_hot::TwoHotConfig::new(7, -2.0, 3.0).unwrap(),
     ] {
         let (spec, ov) = pompc::kernels::td::decode_grad_constants(&cfg);
-        compile(spec.shader, spec.entry, &Header::default(), &ov);
+        common::compile_spirv(spec.shader, spec.entry, &Header::default(), &ov);
     }
 }
 
@@ -288,7 +273,7 @@ fn policy_loss_every_variant() {
     for a in [1, 6, 38] {
         for k in policy_loss::all_kernels(a) {
             let (spec, header, ov) = policy_loss::pipeline_constants(&k);
-            compile(spec.shader, spec.entry, &header, &ov);
+            common::compile_spirv(spec.shader, spec.entry, &header, &ov);
         }
     }
 }
@@ -302,7 +287,7 @@ fn gemm_coop_every_tile_and_flag() {
                 let f = |i: u32| bits & (1 << i) != 0;
                 let (spec, header, ov) =
                     gemm_coop::pipeline_constants(tile, sg, f(0), f(1), f(2), f(3));
-                compile(spec.shader, spec.entry, &header, &ov);
+                common::compile_spirv(spec.shader, spec.entry, &header, &ov);
             }
         }
     }
@@ -339,7 +324,7 @@ fn linear_f16_storage_and_tensor_core_kernels() {
                                 let (spec, header, ov) = linear::pipeline_constants_for(
                                     &cfg, kernel, epilogue, head_map, storage, 32,
                                 );
-                                compile(spec.shader, spec.entry, &header, &ov);
+                                common::compile_spirv(spec.shader, spec.entry, &header, &ov);
                                 n += 1;
                             }
                         }
@@ -430,5 +415,5 @@ fn for_blocks_repeat_lines_with_the_counter_substituted() {
 #[test]
 fn cast_kernel() {
     let (spec, header, ov) = pompc::kernels::cast::pipeline_constants();
-    compile(spec.shader, spec.entry, &header, &ov);
+    common::compile_spirv(spec.shader, spec.entry, &header, &ov);
 }

@@ -237,3 +237,32 @@ pub fn point_problem() -> pompc::planner::custom::Problem {
             .into(),
     }
 }
+
+/// Preprocess, validate and compile `entry` of shader `name` with `header` and the override
+/// constants to SPIR-V with naga (no GPU needed), panicking with what failed.
+pub fn compile_spirv(
+    name: &str,
+    entry: &str,
+    header: &pompc::gpu::shader::Header,
+    overrides: &[(&'static str, f64)],
+) {
+    use pompc::gpu::shader;
+    let pre = shader::preprocess(name, header).unwrap();
+    let (module, info) =
+        shader::validate(name, &pre).unwrap_or_else(|e| panic!("{name} {header:?}: {e}"));
+    let constants: naga::back::PipelineConstants =
+        overrides.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let (module, info) = naga::back::pipeline_constants::process_overrides(
+        &module,
+        &info,
+        Some((naga::ShaderStage::Compute, entry)),
+        &constants,
+    )
+    .unwrap_or_else(|e| panic!("{name}::{entry} {overrides:?}: {e}"));
+    let pipeline = naga::back::spv::PipelineOptions {
+        shader_stage: naga::ShaderStage::Compute,
+        entry_point: entry.to_string(),
+    };
+    naga::back::spv::write_vec(&module, &info, &Default::default(), Some(&pipeline))
+        .unwrap_or_else(|e| panic!("{name}::{entry} to SPIR-V {overrides:?}: {e}"));
+}

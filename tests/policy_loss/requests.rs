@@ -5,7 +5,6 @@ use crate::harness::*;
 use crate::policy::check_policy;
 use crate::prior_fit::check_prior_fit;
 use pompc::gpu::LimitsRequest;
-use pompc::gpu::shader::{self, Header};
 use pompc::kernels::loss::{GradOut, LossOut, RowWeights};
 use pompc::kernels::policy_loss::{
     self as pl, EntropyForm, KlForm, KlTerm, PolicyHead, PolicyInputs, PolicyLossConfig,
@@ -379,26 +378,6 @@ fn bad_requests_are_errors() {
     rec.submit().unwrap();
 }
 
-fn compile(name: &str, entry: &str, header: &Header, overrides: &[(&'static str, f64)]) {
-    let pre = shader::preprocess(name, header).unwrap();
-    let (module, info) = shader::validate(name, &pre).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let constants: naga::back::PipelineConstants =
-        overrides.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-    let (module, info) = naga::back::pipeline_constants::process_overrides(
-        &module,
-        &info,
-        Some((naga::ShaderStage::Compute, entry)),
-        &constants,
-    )
-    .unwrap_or_else(|e| panic!("{name}::{entry} {overrides:?}: {e}"));
-    let pipeline = naga::back::spv::PipelineOptions {
-        shader_stage: naga::ShaderStage::Compute,
-        entry_point: entry.to_string(),
-    };
-    naga::back::spv::write_vec(&module, &info, &Default::default(), Some(&pipeline))
-        .unwrap_or_else(|e| panic!("{name}::{entry} to SPIR-V {overrides:?}: {e}"));
-}
-
 #[test]
 fn every_pipeline_compiles_with_naga() {
     let mut seen = std::collections::HashSet::new();
@@ -407,7 +386,7 @@ fn every_pipeline_compiles_with_naga() {
             let (spec, header, ov) = pl::pipeline_constants(&k);
             let key = format!("{} {:?}", spec.entry, ov);
             if seen.insert(key) {
-                compile(spec.shader, spec.entry, &header, &ov);
+                crate::common::compile_spirv(spec.shader, spec.entry, &header, &ov);
             }
         }
     }
