@@ -1,5 +1,5 @@
 //! The C and C++ examples, built with the system's compilers against the library that cargo
-//! built for this test (target/<profile>/libpompc_c.so) and run on whatever adapter is found
+//! built for this test (target/<profile>/deps/libpompc_c.so) and run on whatever adapter is found
 //! (lavapipe in CI): diff_drive.c must reach its goal, plan.cpp must print the actions that
 //! the Rust planner computes from the same weights and observations, and diff_drive.c must
 //! run under valgrind without leaks or invalid accesses (and a forgotten destroy must show
@@ -13,10 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-/// target/<profile>, where cargo put libpompc_c beside this test's deps/ folder.
+/// The folder holding the libpompc_c that cargo built for this test: target/<profile>/deps,
+/// beside this test's executable. Cargo copies the library up to target/<profile> only when
+/// it is built directly (`cargo build`), not as a dependency of a test, so on a fresh clone
+/// `cargo test` leaves it in deps/ alone, and a copy in target/<profile> may be stale.
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let dir = exe.parent().unwrap().to_path_buf();
     let lib = dir.join(format!(
         "{}pompc_c{}",
         std::env::consts::DLL_PREFIX,
