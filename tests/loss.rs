@@ -31,15 +31,14 @@
 
 mod common;
 
-use common::{POISON, gpus, rng, uniform};
-use pompc::gpu::LimitsRequest;
+use common::{POISON, gpus, rng, small_grid_gpus, uniform};
 use pompc::kernels::loss::{
     self, GradOut, LossFlags, LossOp, LossOut, MseConfig, RowWeights, SoftCeConfig,
 };
 use pompc::kernels::two_hot::{RowLayout, TwoHotConfig};
 use pompc::reference::loss as mirror;
 use pompc::reference::two_hot as th;
-use pompc::{Error, Gpu, GpuBuffer, GpuOptions, Recorder};
+use pompc::{Error, Gpu, GpuBuffer, Recorder};
 use rand::Rng;
 
 const FD_TOL: f64 = 1e-7;
@@ -683,24 +682,6 @@ fn compare_fd(
             grad[i]
         );
     }
-}
-
-/// A device whose dispatches may have at most `max` workgroups per dimension.
-fn small_grid_gpus(max: u32) -> Vec<Gpu> {
-    gpus()
-        .iter()
-        .map(|g| {
-            let mut limits = g.limits().clone();
-            limits.max_compute_workgroups_per_dimension = max;
-            let opts = GpuOptions {
-                limits: LimitsRequest::Custom(Box::new(limits)),
-                ..GpuOptions::default()
-                    .with_checks(g.shader_checks())
-                    .with_canary(common::CANARY_WORDS)
-            };
-            Gpu::new(opts).unwrap()
-        })
-        .collect()
 }
 
 #[test]

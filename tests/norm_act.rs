@@ -35,14 +35,13 @@
 
 mod common;
 
-use common::{POISON, gpus, rel_error, rng, uniform};
-use pompc::gpu::LimitsRequest;
+use common::{POISON, gpus, rel_error, rng, small_grid_gpus, uniform};
 use pompc::kernels::norm_act::{
     self, Activation, Affine, ColumnSumConfig, NormActBuffers, NormActConfig, NormActOp,
 };
 use pompc::reference::act as act_mirror;
 use pompc::reference::norm_act as mirror;
-use pompc::{Error, Gpu, GpuBuffer, GpuOptions, Recorder};
+use pompc::{Error, Gpu, GpuBuffer, Recorder};
 use rand::Rng;
 
 const TOL: f64 = 1e-5;
@@ -780,24 +779,6 @@ fn gpu_backward_matches_finite_differences_of_the_gpu_forward() {
             }
         }
     }
-}
-
-/// A device whose dispatches may have at most `max` workgroups per dimension.
-fn small_grid_gpus(max: u32) -> Vec<Gpu> {
-    gpus()
-        .iter()
-        .map(|g| {
-            let mut limits = g.limits().clone();
-            limits.max_compute_workgroups_per_dimension = max;
-            let opts = GpuOptions {
-                limits: LimitsRequest::Custom(Box::new(limits)),
-                ..GpuOptions::default()
-                    .with_checks(g.shader_checks())
-                    .with_canary(common::CANARY_WORDS)
-            };
-            Gpu::new(opts).unwrap()
-        })
-        .collect()
 }
 
 #[test]

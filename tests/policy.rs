@@ -16,11 +16,10 @@
 
 mod common;
 
-use common::{POISON, gpus, rng, uniform};
-use pompc::gpu::LimitsRequest;
+use common::{POISON, gpus, rng, small_grid_gpus, uniform};
 use pompc::kernels::policy::{self, PolicyBuffers, PolicyConfig, PolicyOffsets};
 use pompc::reference::policy as mirror;
-use pompc::{Error, Gpu, GpuBuffer, GpuOptions, Recorder};
+use pompc::{Error, Gpu, GpuBuffer, Recorder};
 use rand::Rng;
 
 const TOL: f64 = 1e-5;
@@ -315,25 +314,6 @@ fn offsets_into_larger_buffers() {
             "offsets",
         );
     }
-}
-
-/// A device whose dispatches may have at most `max` workgroups per dimension, so that a few
-/// hundred rows take the 2-D path that 65536 * rows-per-workgroup rows take on a real device.
-fn small_grid_gpus(max: u32) -> Vec<Gpu> {
-    gpus()
-        .iter()
-        .map(|g| {
-            let mut limits = g.limits().clone();
-            limits.max_compute_workgroups_per_dimension = max;
-            let opts = GpuOptions {
-                limits: LimitsRequest::Custom(Box::new(limits)),
-                ..GpuOptions::default()
-                    .with_checks(g.shader_checks())
-                    .with_canary(common::CANARY_WORDS)
-            };
-            Gpu::new(opts).unwrap()
-        })
-        .collect()
 }
 
 #[test]

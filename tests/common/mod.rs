@@ -266,3 +266,23 @@ pub fn compile_spirv(
     naga::back::spv::write_vec(&module, &info, &Default::default(), Some(&pipeline))
         .unwrap_or_else(|e| panic!("{name}::{entry} to SPIR-V {overrides:?}: {e}"));
 }
+
+/// Each test device again, but allowing at most `max` workgroups per dimension, so that a few
+/// hundred rows take the two-dimensional grid that 65536 x rows-per-workgroup rows take on a
+/// real device.
+pub fn small_grid_gpus(max: u32) -> Vec<Gpu> {
+    gpus()
+        .iter()
+        .map(|g| {
+            let mut limits = g.limits().clone();
+            limits.max_compute_workgroups_per_dimension = max;
+            let opts = GpuOptions {
+                limits: pompc::gpu::LimitsRequest::Custom(Box::new(limits)),
+                ..GpuOptions::default()
+                    .with_checks(g.shader_checks())
+                    .with_canary(CANARY_WORDS)
+            };
+            Gpu::new(opts).unwrap()
+        })
+        .collect()
+}

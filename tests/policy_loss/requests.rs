@@ -1,10 +1,9 @@
 //! The 2-D grid, zero rows, bad requests and every pipeline through naga.
 
-use crate::common::{gpus, rng};
+use crate::common::{gpus, rng, small_grid_gpus};
 use crate::harness::*;
 use crate::policy::check_policy;
 use crate::prior_fit::check_prior_fit;
-use pompc::gpu::LimitsRequest;
 use pompc::kernels::loss::{GradOut, LossOut, RowWeights};
 use pompc::kernels::policy_loss::{
     self as pl, EntropyForm, KlForm, KlTerm, PolicyHead, PolicyInputs, PolicyLossConfig,
@@ -12,24 +11,7 @@ use pompc::kernels::policy_loss::{
 };
 use pompc::kernels::two_hot::RowLayout;
 use pompc::reference::policy_loss as mirror;
-use pompc::{Error, Gpu, GpuBuffer, GpuOptions, Recorder};
-
-fn small_grid_gpus(max: u32) -> Vec<Gpu> {
-    gpus()
-        .iter()
-        .map(|g| {
-            let mut limits = g.limits().clone();
-            limits.max_compute_workgroups_per_dimension = max;
-            let opts = GpuOptions {
-                limits: LimitsRequest::Custom(Box::new(limits)),
-                ..GpuOptions::default()
-                    .with_checks(g.shader_checks())
-                    .with_canary(crate::common::CANARY_WORDS)
-            };
-            Gpu::new(opts).unwrap()
-        })
-        .collect()
-}
+use pompc::{Error, GpuBuffer, Recorder};
 
 #[test]
 fn the_two_dimensional_grid() {
