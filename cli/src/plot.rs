@@ -1,4 +1,6 @@
-//! `pompc plot`: learning curves of several runs in one SVG, seeds of one method pooled.
+//! `pompc plot`: learning curves of several runs in one SVG, seeds of one setting pooled (mean
+//! and a 95% bootstrap confidence band), and with `--summary` the table that results are
+//! reported with: per setting, the mean and interval at chosen steps and over the whole run.
 
 use crate::Result;
 use clap::Args;
@@ -19,11 +21,43 @@ pub struct PlotArgs {
     /// Training returns (mean of each 5 episodes) instead of evaluations
     #[arg(long)]
     train: bool,
-    /// Logs of `pompc train`, named ENV-METHOD-sSEED.csv: seeds of one method are pooled
-    /// (mean line, min-max band)
+    /// The band drawn around a setting's mean over seeds
+    #[arg(long, value_enum, default_value_t = Band::Ci95)]
+    band: Band,
+    /// Also print a Markdown table: per setting, the mean and 95% bootstrap interval of the
+    /// return at each `--at` step and over the whole run (area under the curve / steps)
+    #[arg(long)]
+    summary: bool,
+    /// The steps the summary reports (each run's last point at or before the step; a run
+    /// that stops earlier is left out of that column)
+    #[arg(
+        long,
+        value_name = "S1,S2,...",
+        value_delimiter = ',',
+        default_value = "25000,50000,100000"
+    )]
+    at: Vec<usize>,
+    /// Logs of `pompc train`, named ENV-METHOD-sSEED.csv: seeds of one setting are pooled
     #[arg(value_name = "CSV", required = true)]
     files: Vec<PathBuf>,
 }
+
+/// What the band around a pooled curve shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Band {
+    /// A 95% percentile-bootstrap confidence interval of the mean over seeds
+    #[value(name = "ci95")]
+    Ci95,
+    /// The lowest and highest seed
+    #[value(name = "minmax")]
+    MinMax,
+    /// No band
+    None,
+}
+
+/// Bootstrap resamples per interval, and their seed (so a plot is reproducible).
+const RESAMPLES: usize = 10_000;
+const BOOTSTRAP_SEED: u64 = 0;
 
 /// The columns of a log that a curve needs (the others are left alone).
 #[derive(Deserialize)]
@@ -76,30 +110,80 @@ fn group_of(file: &Path) -> String {
     }
 }
 
-/// Mean line and min-max band over the runs of one group, step by step.
-fn pool(label: &str, runs: &[Vec<(usize, f64)>]) -> Series {
+/// Mean line and band over the runs of one group, step by step.
+fn pool(label: &str, runs: &[Vec<(usize, f64)>], band: Band) -> Series {
     let mut by_step: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     for &(s, v) in runs.iter().flatten() {
         by_step.entry(s).or_default().push(v);
     }
     let mean = by_step
         .iter()
-        .map(|(s, v)| (*s as f64, v.iter().sum::<f64>() / v.len() as f64))
+        .map(|(s, v)| (*s as f64, pompc::plot::mean(v)))
         .collect();
-    let band = by_step
-        .iter()
-        .map(|(s, v)| {
-            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            (*s as f64, lo, hi)
-        })
-        .collect();
+    let rows = by_step.iter().filter_map(|(s, v)| {
+        let (lo, hi) = match band {
+            Band::Ci95 => pompc::plot::bootstrap_ci(v, 0.95, RESAMPLES, BOOTSTRAP_SEED)?,
+            Band::MinMax => (
+                v.iter().copied().fold(f64::INFINITY, f64::min),
+                v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            ),
+            Band::None => return None,
+        };
+        Some((*s as f64, lo, hi))
+    });
     let line = Series::line(label, mean);
     if runs.len() > 1 {
-        line.with_band(band)
+        line.with_band(rows.collect())
     } else {
         line
     }
+}
+
+/// One cell of the summary: mean and interval over the seeds' values, and how many there are.
+fn cell(values: &[f64]) -> String {
+    match pompc::plot::bootstrap_ci(values, 0.95, RESAMPLES, BOOTSTRAP_SEED) {
+        Some((lo, hi)) if values.len() > 1 => format!(
+            "{:.1} [{lo:.1}, {hi:.1}] (n={})",
+            pompc::plot::mean(values),
+            values.len()
+        ),
+        Some(_) => format!("{:.1} (n=1)", values[0]),
+        None if values.is_empty() => "-".into(),
+        None => "non-finite".into(),
+    }
+}
+
+/// The summary table (Markdown) of the groups: per setting, the return at each step of `at`
+/// (each run's last point at or before it, runs that stop earlier left out) and the mean over
+/// the run ([`pompc::plot::mean_over_run`]).
+fn summary(groups: &BTreeMap<String, Vec<Vec<(usize, f64)>>>, at: &[usize]) -> String {
+    let mut t = String::from("| setting | seeds |");
+    for s in at {
+        t += &format!(" return at {s} |");
+    }
+    t += " mean over the run (AUC / steps) |\n|---|---|";
+    t += &"---|".repeat(at.len() + 1);
+    t.push('\n');
+    for (name, runs) in groups {
+        t += &format!("| {name} | {} |", runs.len());
+        for &s in at {
+            let values: Vec<f64> = runs
+                .iter()
+                .filter(|r| r.last().is_some_and(|p| p.0 >= s))
+                .filter_map(|r| r.iter().rev().find(|p| p.0 <= s).map(|p| p.1))
+                .collect();
+            t += &format!(" {} |", cell(&values));
+        }
+        let points = |r: &Vec<(usize, f64)>| -> Vec<(f64, f64)> {
+            r.iter().map(|&(s, v)| (s as f64, v)).collect()
+        };
+        let auc: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| pompc::plot::mean_over_run(&points(r)))
+            .collect();
+        t += &format!(" {} |\n", cell(&auc));
+    }
+    t
 }
 
 /// Draw the curves of the logs named.
@@ -130,7 +214,7 @@ pub fn run(a: &PlotArgs) -> Result {
             1 => method.to_string(),
             n => format!("{method} ({n} seeds)"),
         };
-        chart.add(pool(&label, runs));
+        chart.add(pool(&label, runs, a.band));
     }
     // Returns of the built-in tasks lie in [0, 1000]: a fixed axis makes plots comparable.
     if chart
@@ -149,6 +233,9 @@ pub fn run(a: &PlotArgs) -> Result {
         groups.len(),
         a.files.len()
     );
+    if a.summary {
+        print!("{}", summary(&groups, &a.at));
+    }
     Ok(())
 }
 
@@ -180,11 +267,52 @@ mod tests {
 
     #[test]
     fn pooled_runs_give_mean_and_band() {
-        let s = pool("m", &[vec![(0, 1.0), (10, 3.0)], vec![(0, 3.0), (10, 5.0)]]);
+        let runs = [vec![(0, 1.0), (10, 3.0)], vec![(0, 3.0), (10, 5.0)]];
+        let s = pool("m", &runs, Band::MinMax);
         assert_eq!(s.points, vec![(0.0, 2.0), (10.0, 4.0)]);
         assert_eq!(s.band, vec![(0.0, 1.0, 3.0), (10.0, 3.0, 5.0)]);
-        let one = pool("m", &[vec![(0, 1.0)]]);
+        // Two seeds: the bootstrap's means are the two values and their mean, so its 95%
+        // interval spans both values.
+        let ci = pool("m", &runs, Band::Ci95);
+        assert_eq!(ci.points, s.points);
+        assert_eq!(ci.band, s.band);
+        assert!(pool("m", &runs, Band::None).band.is_empty());
+        let one = pool("m", &[vec![(0, 1.0)]], Band::Ci95);
         assert!(one.band.is_empty());
+    }
+
+    #[test]
+    fn summary_reports_each_step_and_the_whole_run() {
+        let mut g = BTreeMap::new();
+        // The third run stops at step 10: it is left out of the later columns only.
+        g.insert(
+            "pendulum-swingup-po-mpc-l1".to_string(),
+            vec![
+                vec![(0, 0.0), (10, 100.0), (20, 300.0)],
+                vec![(0, 0.0), (10, 200.0), (20, 500.0)],
+                vec![(0, 0.0), (10, 300.0)],
+            ],
+        );
+        let t = summary(&g, &[10, 15, 20, 30]);
+        let rows: Vec<&str> = t.lines().collect();
+        assert_eq!(rows.len(), 3, "{t}");
+        assert!(
+            rows[0].starts_with("| setting | seeds | return at 10 |"),
+            "{t}"
+        );
+        let cells: Vec<&str> = rows[2].split('|').map(str::trim).collect();
+        assert_eq!(cells[1], "pendulum-swingup-po-mpc-l1");
+        assert_eq!(cells[2], "3");
+        assert!(cells[3].starts_with("200.0 [100.0, 300.0] (n=3)"), "{t}");
+        // Step 15: the first two runs' points at 10.
+        assert!(cells[4].starts_with("150.0 ["), "{t}");
+        assert!(cells[4].ends_with("(n=2)"), "{t}");
+        assert!(cells[5].starts_with("400.0 [300.0, 500.0] (n=2)"), "{t}");
+        assert_eq!(cells[6], "-");
+        // Over the run: (10 * 50 + 10 * 200) / 20 = 125, (10 * 100 + 10 * 350) / 20 = 225
+        // and 10 * 150 / 10 = 150.
+        assert!(cells[7].starts_with("166.7 ["), "{t}");
+        assert!(cells[7].ends_with("(n=3)"), "{t}");
     }
 
     #[test]
