@@ -10,6 +10,7 @@ use pompc::train::{Event, Method, ModelPreset, PolicyLosses, TrainConfig, Traine
 use pompc::{Gpu, GpuOptions};
 use serde::Serialize;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 /// A training method.
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -35,16 +36,28 @@ pub struct TrainArgs {
     #[arg(long = "env", value_name = "NAME", default_value = "pendulum-swingup",
           value_parser = clap::builder::PossibleValuesParser::new(pompc::env::NAMES))]
     env_name: String,
-    /// The policy update
-    #[arg(long, value_enum, default_value_t = MethodArg::PoMpc, ignore_case = true)]
-    method: MethodArg,
-    /// PO-MPC's lambda (default 1; finite, >= 0; po-mpc only)
-    #[arg(long, value_name = "L", allow_negative_numbers = true)]
-    lambda: Option<f32>,
+    /// The policy updates; with several methods, lambdas or seeds every combination runs
+    #[arg(
+        long,
+        value_enum,
+        value_name = "M1,M2,...",
+        value_delimiter = ',',
+        default_value = "po-mpc",
+        ignore_case = true
+    )]
+    method: Vec<MethodArg>,
+    /// PO-MPC's lambdas (default 1; finite, >= 0; po-mpc only)
+    #[arg(
+        long,
+        value_name = "L1,L2,...",
+        value_delimiter = ',',
+        allow_negative_numbers = true
+    )]
+    lambda: Vec<f32>,
     /// Environment steps
     #[arg(long, value_name = "N", default_value_t = 100_000, allow_negative_numbers = true, value_parser = steps)]
     steps: usize,
-    /// Seeds; several run in parallel threads on one device, each with its own files
+    /// Seeds; several runs go in parallel threads on one device, each with its own files
     #[arg(
         long = "seeds",
         visible_alias = "seed",
@@ -209,15 +222,44 @@ pub fn log_writer(old: Option<Vec<u8>>) -> csv::Result<csv::Writer<Vec<u8>>> {
 /// Sentinel error that stops a run at `--time-limit` (its checkpoint is written as usual).
 const TIME_LIMIT: &str = "time limit";
 
-/// Train as asked: one run, or one thread per seed on one device.
+/// The methods asked for: each of `--method`, PO-MPC once per `--lambda`; an error for a
+/// lambda given without PO-MPC, a bad lambda, or a setting named twice.
+fn methods(a: &TrainArgs) -> Result<Vec<Method>> {
+    let mut out: Vec<Method> = Vec::new();
+    let lambdas: Vec<Option<f32>> = if a.lambda.is_empty() {
+        vec![None]
+    } else {
+        a.lambda.iter().copied().map(Some).collect()
+    };
+    let any_pompc = a.method.iter().any(|m| matches!(m, MethodArg::PoMpc));
+    for m in &a.method {
+        let name = m.to_possible_value().expect("methods have names");
+        let name = name.get_name();
+        // Without PO-MPC among the methods, a lambda is refused by the method it is given to.
+        let per_method = if matches!(m, MethodArg::PoMpc) || !any_pompc {
+            lambdas.clone()
+        } else {
+            vec![None]
+        };
+        for l in per_method {
+            let method = Method::parse(name, l)?;
+            if out.contains(&method) {
+                return Err(format!(
+                    "{} is asked for twice: each setting's runs write their own files",
+                    method.label()
+                )
+                .into());
+            }
+            out.push(method);
+        }
+    }
+    Ok(out)
+}
+
+/// Train as asked: one run, or one thread per run (the methods' and seeds' combinations) on
+/// one device, with one progress line for them all.
 pub fn run(a: TrainArgs) -> Result {
-    let method_name = a
-        .method
-        .to_possible_value()
-        .expect("methods have names")
-        .get_name()
-        .to_string();
-    let method = Method::parse(&method_name, a.lambda)?;
+    let methods = methods(&a)?;
     // Each seed writes its own files, named by the seed: a repeated seed would overwrite them.
     let mut sorted = a.seeds.clone();
     sorted.sort_unstable();
@@ -228,37 +270,45 @@ pub fn run(a: TrainArgs) -> Result {
         )
         .into());
     }
+    let runs: Vec<(Method, u64)> = methods
+        .iter()
+        .flat_map(|&m| a.seeds.iter().map(move |&s| (m, s)))
+        .collect();
     let gpu = Gpu::new(GpuOptions::default())?;
     std::fs::create_dir_all(&a.out).map_err(|e| format!("--out {}: {e}", a.out.display()))?;
-    let bars = MultiProgress::new();
-    if a.quiet {
-        bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    if let [(method, seed)] = runs[..] {
+        let bars = MultiProgress::new();
+        let pb = bar(&bars, a.steps, a.quiet);
+        pb.set_prefix(format!("seed {seed}"));
+        return one(&a, &gpu, method, seed, &Progress::One(pb));
     }
-    if a.seeds.len() == 1 {
-        return one(&a, &gpu, method, a.seeds[0], &bars);
-    }
+    let population = Population::new(&runs, a.steps, a.quiet);
     say(
-        &bars.add(ProgressBar::hidden()),
-        &format!("{} seeds in parallel on {}", a.seeds.len(), gpu.describe()),
+        &population.bar,
+        &format!("{} runs in parallel on {}", runs.len(), gpu.describe()),
     );
     std::thread::scope(|sc| {
-        let runs: Vec<_> = a
-            .seeds
+        let handles: Vec<_> = runs
             .iter()
-            .map(|&sd| {
-                let (a, gpu, bars) = (&a, &gpu, &bars);
-                sc.spawn(move || one(a, gpu, method, sd, bars))
+            .enumerate()
+            .map(|(i, &(method, seed))| {
+                let (a, gpu, population) = (&a, &gpu, &population);
+                sc.spawn(move || one(a, gpu, method, seed, &Progress::Member(population, i)))
             })
             .collect();
-        runs.into_iter()
+        handles
+            .into_iter()
             .map(|h| h.join().unwrap_or_else(|_| Err("a run panicked".into())))
             .collect::<Result<Vec<()>>>()
     })?;
+    population.bar.finish_and_clear();
+    eprintln!("{}", population.line());
     Ok(())
 }
 
-/// The progress bar of one run: steps, steps/s, ETA and the last returns.
-fn bar(bars: &MultiProgress, steps: usize, seed: u64, quiet: bool) -> ProgressBar {
+/// A progress bar of `steps` steps: position, ETA and a message; hidden with `--quiet` (and
+/// by indicatif when stderr is not a terminal).
+fn bar(bars: &MultiProgress, steps: usize, quiet: bool) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
     }
@@ -268,12 +318,125 @@ fn bar(bars: &MultiProgress, steps: usize, seed: u64, quiet: bool) -> ProgressBa
             .expect("valid template")
             .progress_chars("#>-"),
     );
-    pb.set_prefix(format!("seed {seed}"));
     pb
 }
 
-/// One seed's run: train, log, checkpoint, chart.
-fn one(a: &TrainArgs, gpu: &Gpu, method: Method, seed: u64, bars: &MultiProgress) -> Result {
+/// Where a run is, for the population's line.
+#[derive(Clone, Copy)]
+struct RunState {
+    start: usize,
+    step: usize,
+    last_ret: f32,
+    last_eval: f32,
+}
+
+/// Several runs at once: one line with the steps of all, their aggregate rate and the spread
+/// of their last returns.
+struct Population {
+    bar: ProgressBar,
+    runs: Mutex<Vec<RunState>>,
+    steps: usize,
+    t0: std::time::Instant,
+}
+
+impl Population {
+    fn new(runs: &[(Method, u64)], steps: usize, quiet: bool) -> Population {
+        let bar = bar(&MultiProgress::new(), steps * runs.len(), quiet);
+        bar.set_prefix(format!("{} runs", runs.len()));
+        let state = RunState {
+            start: 0,
+            step: 0,
+            last_ret: f32::NAN,
+            last_eval: f32::NAN,
+        };
+        Population {
+            bar,
+            runs: Mutex::new(vec![state; runs.len()]),
+            steps,
+            t0: std::time::Instant::now(),
+        }
+    }
+
+    /// Record where run `i` is and redraw the line.
+    fn update(&self, i: usize, f: impl FnOnce(&mut RunState)) {
+        let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut runs[i]);
+        let done: usize = runs.iter().map(|r| r.step).sum();
+        drop(runs);
+        self.bar.set_position(done as u64);
+        self.bar.set_message(self.line());
+    }
+
+    /// Aggregate steps/s since the start, and min/mean/max of the runs' last returns and
+    /// evaluations (over the runs that have one).
+    fn line(&self) -> String {
+        let runs = self.runs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let new: usize = runs.iter().map(|r| r.step - r.start).sum();
+        let rate = new as f64 / self.t0.elapsed().as_secs_f64().max(1e-9);
+        let spread = |v: Vec<f32>| {
+            let v: Vec<f32> = v.into_iter().filter(|x| x.is_finite()).collect();
+            if v.is_empty() {
+                return "-".to_string();
+            }
+            let lo = v.iter().copied().fold(f32::INFINITY, f32::min);
+            let hi = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mean = v.iter().sum::<f32>() / v.len() as f32;
+            format!("{lo:.1}/{mean:.1}/{hi:.1}")
+        };
+        let finished = runs.iter().filter(|r| r.step >= self.steps).count();
+        format!(
+            "{rate:.0} steps/s in all, {finished}/{} done, return min/mean/max {}, eval {}",
+            runs.len(),
+            spread(runs.iter().map(|r| r.last_ret).collect()),
+            spread(runs.iter().map(|r| r.last_eval).collect()),
+        )
+    }
+}
+
+/// How a run shows its progress: its own bar, or its part of a population's line.
+enum Progress<'p> {
+    One(ProgressBar),
+    Member(&'p Population, usize),
+}
+
+impl Progress<'_> {
+    /// Print a line above the bar.
+    fn say(&self, line: &str) {
+        match self {
+            Progress::One(pb) => say(pb, line),
+            Progress::Member(p, _) => say(&p.bar, line),
+        }
+    }
+
+    /// Where the run is now.
+    fn at(&self, start: usize, step: usize, rate: f64, last_ret: f32, last_eval: f32) {
+        match self {
+            Progress::One(pb) => {
+                pb.set_position(step as u64);
+                pb.set_message(format!(
+                    "{rate:.0} steps/s  return {last_ret:.1}  eval {last_eval:.1}"
+                ));
+            }
+            Progress::Member(p, i) => p.update(*i, |r| {
+                *r = RunState {
+                    start,
+                    step,
+                    last_ret,
+                    last_eval,
+                }
+            }),
+        }
+    }
+
+    fn finish(&self) {
+        if let Progress::One(pb) = self {
+            pb.finish_and_clear();
+        }
+    }
+}
+
+/// One run: train, log, checkpoint, chart.
+fn one(a: &TrainArgs, gpu: &Gpu, method: Method, seed: u64, progress: &Progress) -> Result {
     let env_name = a.env_name.as_str();
     let env = pompc::env::make(env_name)?;
     let steps = a.steps;
@@ -297,6 +460,8 @@ fn one(a: &TrainArgs, gpu: &Gpu, method: Method, seed: u64, bars: &MultiProgress
     if let Some(p) = a.precision {
         cfg.planner_precision = p.on(gpu);
     }
+    // Names the run in its messages (several may print between the same lines).
+    let run = format!("{}, seed {seed}", method.label());
     let stem = a.out.join(format!("{env_name}-{}-s{seed}", method.slug()));
     let path = |ext: &str| format!("{}.{ext}", stem.display());
     let ckpt = path("ckpt.safetensors");
@@ -306,16 +471,12 @@ fn one(a: &TrainArgs, gpu: &Gpu, method: Method, seed: u64, bars: &MultiProgress
     } else {
         Trainer::new(gpu, env, eval_env, cfg)
     }?;
-    let pb = bar(bars, steps, seed, a.quiet);
-    say(
-        &pb,
-        &format!(
-            "{} on {env_name}, {steps} steps, seed {seed}, from step {} | {}",
-            method.label(),
-            trainer.step(),
-            gpu.describe()
-        ),
-    );
+    progress.say(&format!(
+        "{} on {env_name}, {steps} steps, seed {seed}, from step {} | {}",
+        method.label(),
+        trainer.step(),
+        gpu.describe()
+    ));
     // The log is kept in memory and written whole (atomically) with each checkpoint, so it
     // always matches the checkpoint that a resumed run continues from.
     let csv_path = path("csv");
@@ -330,8 +491,10 @@ fn one(a: &TrainArgs, gpu: &Gpu, method: Method, seed: u64, bars: &MultiProgress
     let mut saved = false;
     let t0 = std::time::Instant::now();
     let start = trainer.step();
-    pb.set_position(start as u64);
-    pb.reset_eta();
+    progress.at(start, start, 0.0, f32::NAN, f32::NAN);
+    if let Progress::One(pb) = progress {
+        pb.reset_eta();
+    }
     let (mut last_ret, mut last_eval) = (f32::NAN, f32::NAN);
     // When and at which step the loop of one update per step began (after pre-training).
     let mut loop_start: Option<(f64, usize)> = None;
@@ -350,12 +513,9 @@ fn one(a: &TrainArgs, gpu: &Gpu, method: Method, seed: u64, bars: &MultiProgress
                 Event::Pretrained { updates, seconds } => {
                     loop_start = Some((w, seed_steps));
                     if !a.quiet {
-                        say(
-                            &pb,
-                            &format!(
-                                "seed {seed}: {updates} pre-training updates in {seconds:.1} s"
-                            ),
-                        );
+                        progress.say(&format!(
+                            "{run}: {updates} pre-training updates in {seconds:.1} s"
+                        ));
                     }
                 }
                 Event::Losses { .. } => {}
@@ -367,11 +527,8 @@ fn one(a: &TrainArgs, gpu: &Gpu, method: Method, seed: u64, bars: &MultiProgress
             // The bar moves at episode ends and at each loss read-back (every `log_every`
             // updates), so long episodes still show progress.
             if let Event::Episode { step, .. } | Event::Losses { step, .. } = e {
-                pb.set_position(*step as u64);
                 let rate = (*step - start) as f64 / w.max(1e-9);
-                pb.set_message(format!(
-                    "{rate:.0} steps/s  return {last_ret:.1}  eval {last_eval:.1}"
-                ));
+                progress.at(start, *step, rate, last_ret, last_eval);
             }
             if matches!(e, Event::Episode { .. }) && a.time_limit.is_some_and(|l| w > l) {
                 return Err(pompc::Error::InvalidArgument(TIME_LIMIT.into()));
@@ -388,11 +545,13 @@ fn one(a: &TrainArgs, gpu: &Gpu, method: Method, seed: u64, bars: &MultiProgress
         pompc::fs::write_atomic(&csv_path, log.get_ref())?;
         saved = true;
     }
-    pb.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
+    let rate = (trainer.step() - start) as f64 / secs.max(1e-9);
+    progress.at(start, trainer.step(), rate, last_ret, last_eval);
+    progress.finish();
     let done = trainer.step() - start;
     eprintln!(
-        "seed {seed}: {done} steps in {secs:.1} s ({:.1} steps/s); {}{}",
+        "{run}: {done} steps in {secs:.1} s ({:.1} steps/s); {}{}",
         done as f64 / secs.max(1e-9),
         if saved {
             format!("checkpoint {ckpt}")
@@ -412,7 +571,7 @@ fn one(a: &TrainArgs, gpu: &Gpu, method: Method, seed: u64, bars: &MultiProgress
         && trainer.step() > s0
     {
         eprintln!(
-            "seed {seed}: loop after pre-training: {} steps in {:.1} s ({:.1} steps/s, plan + \
+            "{run}: loop after pre-training: {} steps in {:.1} s ({:.1} steps/s, plan + \
              update + simulation + evaluations)",
             trainer.step() - s0,
             secs - t,

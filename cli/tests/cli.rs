@@ -212,6 +212,8 @@ fn bad_values_get_clap_errors_naming_the_option() {
         (&["train", "--frobnicate"], "--frobnicate"),
         (&["plot"], "--out"),
         (&["plot", "--out", "x.svg"], "CSV"),
+        (&["plot", "--out", "x.svg", "--band", "sd", "a.csv"], "sd"),
+        (&["plot", "--out", "x.svg", "--at", "1,x", "a.csv"], "--at"),
     ] {
         let o = fails(args, &[needle]);
         assert_eq!(o.code, Some(2), "{args:?}: {}", o.stderr);
@@ -227,6 +229,16 @@ fn train_refuses_bad_runs_before_writing() {
         (&["train", "--method", "bmpc", "--lambda", "2"], "lambda"),
         (&["train", "--seeds", "0,0"], "twice"),
         (&["train", "--seeds", "3,1,3"], "seed 3"),
+        (&["train", "--lambda", "1,2,1"], "twice"),
+        (
+            &["train", "--method", "bmpc,tdmpc2", "--lambda", "2"],
+            "lambda",
+        ),
+        (
+            &["train", "--method", "po-mpc", "--lambda", "1,nan"],
+            "lambda",
+        ),
+        (&["train", "--method", "tdmpc2,tdmpc2"], "twice"),
     ] {
         let d = scratch("refuse");
         let out = d.join("runs");
@@ -288,6 +300,42 @@ fn plot_errors_name_the_file_and_leave_nothing() {
         ],
         &["pendulum-swingup-tdmpc2-s0.csv"],
     );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn plot_pools_seeds_with_an_interval_and_summarizes_them() {
+    let d = scratch("plot-seeds");
+    let mut files = Vec::new();
+    for (seed, last) in [(0, 300), (1, 500), (2, 400)] {
+        let csv = d.join(format!("cartpole-swingup-po-mpc-l1-s{seed}.csv"));
+        std::fs::write(
+            &csv,
+            format!("kind,step,episode,wall_s,return\neval,0,,0,0\neval,100,,0,{last}\n"),
+        )
+        .unwrap();
+        files.push(csv.to_str().unwrap().to_string());
+    }
+    let svg = d.join("curves.svg");
+    let args: Vec<&str> = ["plot", "--summary", "--at", "100", "--out"]
+        .into_iter()
+        .chain([svg.to_str().unwrap()])
+        .chain(files.iter().map(String::as_str))
+        .collect();
+    let o = pompc(&args, 60);
+    assert!(o.ok, "{}", o.stderr);
+    assert!(o.stdout.contains("1 curves from 3 files"), "{}", o.stdout);
+    let row = o
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("| cartpole-swingup-po-mpc-l1 |"))
+        .unwrap_or_else(|| panic!("no summary row: {}", o.stdout));
+    // At step 100: mean 400 of three seeds, its interval within the seeds' range; over the
+    // run (a linear climb) half of that.
+    assert!(row.contains("| 3 | 400.0 ["), "{row}");
+    assert!(row.contains("| 200.0 ["), "{row}");
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert!(chart.contains("(3 seeds)"), "no pooled legend");
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -356,6 +404,45 @@ fn bench_json_rows_parse_with_typed_fields() {
     }
     // No progress output where stderr is not a terminal.
     assert!(!o.stderr.contains('\r'), "{:?}", o.stderr);
+}
+
+#[test]
+fn train_runs_every_combination_of_methods_lambdas_and_seeds() {
+    let d = scratch("population");
+    // Ten random steps per run (inside the seed phase, no evaluation): the runs' files and
+    // the population's closing line, not learning.
+    let o = pompc(
+        &[
+            "train",
+            "--quick",
+            "--method",
+            "tdmpc2,po-mpc",
+            "--lambda",
+            "0.5,2",
+            "--seeds",
+            "0,1",
+            "--steps",
+            "10",
+            "--eval-every",
+            "0",
+            "--out",
+            d.to_str().unwrap(),
+        ],
+        600,
+    );
+    assert!(o.ok, "{}", o.stderr);
+    assert!(o.stderr.contains("6 runs in parallel"), "{}", o.stderr);
+    assert!(o.stderr.contains("6/6 done"), "{}", o.stderr);
+    for setting in ["tdmpc2", "po-mpc-l0.5", "po-mpc-l2"] {
+        for seed in [0, 1] {
+            for ext in ["csv", "svg", "ckpt.safetensors"] {
+                let f = d.join(format!("pendulum-swingup-{setting}-s{seed}.{ext}"));
+                assert!(f.exists(), "{f:?} missing: {:?}", files_in(&d));
+            }
+        }
+    }
+    assert_eq!(files_in(&d).len(), 18, "{:?}", files_in(&d));
+    std::fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
