@@ -261,3 +261,94 @@ fn bmpc_reanalysis_rewrites_the_buffer() {
     };
     assert!(Trainer::new(gpu, reach(), reach(), bad).is_err());
 }
+
+/// The events that must repeat exactly: everything but wall-clock times.
+fn replayable(e: &Event) -> Option<Event> {
+    match e {
+        Event::Pretrained { updates, .. } => Some(Event::Pretrained {
+            updates: *updates,
+            seconds: 0.0,
+        }),
+        e => Some(e.clone()),
+    }
+}
+
+/// An agent trained inside a population gives what it gives alone with the same seed: the
+/// same events (losses, returns), history and weights, bit for bit. And the population's
+/// checkpoints resume every agent where it stood.
+#[test]
+fn an_agent_in_a_population_trains_as_it_does_alone() {
+    use pompc::train::{AgentSetup, Population};
+    use std::sync::Mutex;
+    let gpu = &common::gpus()[1];
+    let steps = 3 * LEN + 5;
+    let settings = [
+        (Method::Pompc { lambda: 0.5 }, 3),
+        (Method::Pompc { lambda: 4.0 }, 8),
+    ];
+    let setups = || {
+        settings
+            .iter()
+            .map(|&(m, seed)| AgentSetup {
+                env: reach(),
+                eval_env: reach(),
+                cfg: {
+                    let mut c = config(m, 6 * LEN, seed);
+                    // Losses read back every few updates: more to compare.
+                    c.log_every = 10;
+                    c
+                },
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut population = Population::create(gpu, setups()).unwrap();
+    let events = Mutex::new(vec![Vec::new(); settings.len()]);
+    population
+        .run(steps, &|i, e| {
+            events.lock().unwrap()[i].extend(replayable(e));
+            Ok(())
+        })
+        .unwrap();
+    let events = events.into_inner().unwrap();
+    assert_eq!(population.steps(), 2 * steps);
+    for (i, setup) in setups().into_iter().enumerate() {
+        let mut alone = Trainer::new(gpu, setup.env, setup.eval_env, setup.cfg).unwrap();
+        let mut own = Vec::new();
+        alone
+            .run(steps, &mut |e| {
+                own.extend(replayable(e));
+                Ok(())
+            })
+            .unwrap();
+        assert!(
+            own.iter().any(|e| matches!(e, Event::Losses { .. })),
+            "no update ran"
+        );
+        assert_eq!(own, events[i], "agent {i}'s events");
+        let agent = population.agent(i).unwrap();
+        assert_eq!(alone.history(), agent.history(), "agent {i}'s history");
+        let (a, b) = (alone.weights().unwrap(), agent.weights().unwrap());
+        assert_eq!(a.tensors, b.tensors, "agent {i}'s weights");
+    }
+    // The two settings really differ.
+    assert_ne!(events[0], events[1]);
+    let dir = std::env::temp_dir().join(format!("pompc-population-{}", std::process::id()));
+    population.save(&dir).unwrap();
+    let mut back = Population::resume(gpu, &dir, setups()).unwrap();
+    for (x, y) in back.agents().iter().zip(population.agents()) {
+        assert_eq!((x.step(), x.updates()), (y.step(), y.updates()));
+        assert_eq!(x.history(), y.history());
+    }
+    back.run(steps + 5, &|_, _| Ok(())).unwrap();
+    assert_eq!(back.steps(), 2 * (steps + 5));
+    // A population of other settings refuses the checkpoints, naming the agent.
+    let mut wrong = setups();
+    wrong[1].cfg = config(Method::Tdmpc2, 6 * LEN, 8);
+    let e = Population::resume(gpu, &dir, wrong)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("agent 1"), "{e}");
+    assert!(Population::new(Vec::new()).is_err());
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -557,6 +557,11 @@ impl<'g> Trainer<'g> {
         })
     }
 
+    /// The device it trains on.
+    pub fn gpu(&self) -> &'g Gpu {
+        self.gpu
+    }
+
     /// The configuration.
     pub fn config(&self) -> &TrainConfig {
         &self.cfg
