@@ -380,20 +380,21 @@ pub fn bench_plan(
 /// TD-MPC2-initialized weights for `spec` with random (non-zero) reward and Q heads, so
 /// that values differ and the elite sort has work: the benchmarks' model.
 pub fn bench_weights(spec: &crate::model::ModelSpec) -> Result<crate::model::Weights> {
-    let mut weights = crate::model::Weights::init(spec, 0)?;
-    let mut r = rand::rngs::StdRng::seed_from_u64(5);
-    randomize(
-        &mut weights,
-        &["_reward.2.weight", "_Qs.params.2.weight"],
-        &mut r,
-    );
-    Ok(weights)
+    let heads = ["_reward.2.weight", "_Qs.params.2.weight"];
+    Ok(randomized_weights(spec, 5, &heads)?.0)
 }
 
-/// Draw the tensors `names` of `weights` (those it has) uniformly in `[-0.05, 0.05)` from `r`:
-/// TD-MPC2 starts its reward, Q and policy output layers at zero, and the benchmarks want
-/// non-zero values and gradients.
-fn randomize(weights: &mut crate::model::Weights, names: &[&str], r: &mut rand::rngs::StdRng) {
+/// TD-MPC2-initialized weights for `spec` with the tensors `names` (those it has) drawn
+/// uniformly in `[-0.05, 0.05)` from a generator seeded with `seed`, and that generator for
+/// the caller's further draws: TD-MPC2 starts its reward, Q and policy output layers at zero,
+/// and the benchmarks want non-zero values and gradients.
+fn randomized_weights(
+    spec: &crate::model::ModelSpec,
+    seed: u64,
+    names: &[&str],
+) -> Result<(crate::model::Weights, rand::rngs::StdRng)> {
+    let mut weights = crate::model::Weights::init(spec, 0)?;
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
     for name in names {
         if let Some(t) = weights.tensors.get_mut(*name) {
             t.data
@@ -401,6 +402,7 @@ fn randomize(weights: &mut crate::model::Weights, names: &[&str], r: &mut rand::
                 .for_each(|v| *v = r.random_range(-0.05..0.05));
         }
     }
+    Ok((weights, r))
 }
 
 /// [`bench_plan`] with the world model at `precision`.
@@ -741,16 +743,10 @@ fn update_fixture<'g>(
     spec: &crate::model::ModelSpec,
     batch: usize,
 ) -> Result<crate::train::WorldModelTrainer<'g>> {
-    use crate::model::Weights;
     use crate::train::{UpdateBatch, UpdateConfig, WorldModelTrainer};
-    let mut weights = Weights::init(spec, 0)?;
-    let mut r = rand::rngs::StdRng::seed_from_u64(6);
     // Non-zero reward and Q heads (TD-MPC2 starts them at zero), so every gradient is non-zero.
-    randomize(
-        &mut weights,
-        &["_reward.2.weight", "_Qs.params.2.weight"],
-        &mut r,
-    );
+    let heads = ["_reward.2.weight", "_Qs.params.2.weight"];
+    let (weights, mut r) = randomized_weights(spec, 6, &heads)?;
     let cfg = UpdateConfig::tdmpc2();
     let t = cfg.horizon;
     let mut tr = WorldModelTrainer::new(gpu, &weights, cfg, batch)?;
@@ -834,15 +830,9 @@ fn policy_fixture<'g>(
     GpuBuffer<f32>,
     GpuBuffer<f32>,
 )> {
-    use crate::model::Weights;
     use crate::train::{ParamLayout, PolicyTrainer};
-    let mut weights = Weights::init(spec, 0)?;
-    let mut r = rand::rngs::StdRng::seed_from_u64(7);
-    randomize(
-        &mut weights,
-        &["_Qs.params.2.weight", "_pi.2.weight"],
-        &mut r,
-    );
+    let heads = ["_Qs.params.2.weight", "_pi.2.weight"];
+    let (weights, mut r) = randomized_weights(spec, 7, &heads)?;
     let layout = ParamLayout::new(spec);
     let params = GpuBuffer::from_slice(gpu, "parameters", &layout.flatten(&weights)?)?;
     let (l, a) = (spec.latent_dim, spec.action_dim);
