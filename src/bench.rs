@@ -193,46 +193,27 @@ pub fn bench_linear_with(
     runs: usize,
     precision: Precision,
 ) -> Result<LinearBench> {
-    use half::f16;
     let mut r = rand::rngs::StdRng::seed_from_u64(7);
     let mut rand_vec =
         |n: usize| -> Vec<f32> { (0..n).map(|_| r.random_range(-1.0..1.0)).collect() };
     let e = cfg.members;
     let ins = if cfg.shared_input { 1 } else { e };
-    let zv = rand_vec(ins * m * cfg.k1);
-    let a = GpuBuffer::from_slice(gpu, "a", &rand_vec(ins * m * (cfg.k - cfg.k1).max(1)))?;
-    let wv = rand_vec(e * cfg.n * cfg.k);
-    let b = GpuBuffer::from_slice(gpu, "b", &rand_vec(e * cfg.n))?;
-    let g = GpuBuffer::from_slice(gpu, "gamma", &rand_vec(e * cfg.n))?;
-    let be = GpuBuffer::from_slice(gpu, "beta", &rand_vec(e * cfg.n))?;
+    let ops = LinearOperands {
+        z: rand_vec(ins * m * cfg.k1),
+        a: GpuBuffer::from_slice(gpu, "a", &rand_vec(ins * m * (cfg.k - cfg.k1).max(1)))?,
+        w: rand_vec(e * cfg.n * cfg.k),
+        b: GpuBuffer::from_slice(gpu, "b", &rand_vec(e * cfg.n))?,
+        gamma: GpuBuffer::from_slice(gpu, "gamma", &rand_vec(e * cfg.n))?,
+        beta: GpuBuffer::from_slice(gpu, "beta", &rand_vec(e * cfg.n))?,
+    };
     let layer = Linear::new(gpu, cfg)?
         .with_precision(gpu, precision)?
         .with_plan(plan)
         .with_coop_plan(coop);
-    let target = target_seconds();
-    let a_in = (cfg.k1 < cfg.k).then_some(&a);
-    let ln = cfg.layer_norm.then_some((&g, &be));
     let stats = if precision.f16_storage() {
-        let h = |v: &[f32]| v.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>();
-        let z = GpuBuffer::from_slice(gpu, "z", &h(&zv))?;
-        let w = GpuBuffer::from_slice(gpu, "w", &h(&wv))?;
-        let y = GpuBuffer::<f16>::new(gpu, "y", e * m * cfg.n)?;
-        let io = LinearInputs {
-            ln,
-            a: a_in,
-            ..LinearInputs::new(&z, &w, &b, &y)
-        };
-        time_submits(gpu, runs, target, 0.2, |rec| layer.record(rec, m, io))?
+        time_linear(gpu, &layer, (cfg, m, runs), &ops, half::f16::from_f32)?
     } else {
-        let z = GpuBuffer::from_slice(gpu, "z", &zv)?;
-        let w = GpuBuffer::from_slice(gpu, "w", &wv)?;
-        let y = GpuBuffer::<f32>::new(gpu, "y", e * m * cfg.n)?;
-        let io = LinearInputs {
-            ln,
-            a: a_in,
-            ..LinearInputs::new(&z, &w, &b, &y)
-        };
-        time_submits(gpu, runs, target, 0.2, |rec| layer.record(rec, m, io))?
+        time_linear(gpu, &layer, (cfg, m, runs), &ops, |x| x)?
     };
     Ok(LinearBench {
         cfg,
@@ -242,6 +223,42 @@ pub fn bench_linear_with(
         precision,
         gflops: cfg.flops(m) / stats.median * 1e-9,
         stats,
+    })
+}
+
+/// A linear layer's random benchmark operands: Z and W on the host (uploaded at the precision
+/// timed), the f32 ones on the GPU.
+struct LinearOperands {
+    z: Vec<f32>,
+    a: GpuBuffer<f32>,
+    w: Vec<f32>,
+    b: GpuBuffer<f32>,
+    gamma: GpuBuffer<f32>,
+    beta: GpuBuffer<f32>,
+}
+
+/// Time `layer` (of `cfg`) on `m` rows of `ops`, `runs` times, with Z, W and Y stored as `T`
+/// (`to` converts the host values): f32, or f16 as the world model's hidden layers keep them.
+fn time_linear<T: crate::kernels::linear::Element>(
+    gpu: &Gpu,
+    layer: &Linear,
+    (cfg, m, runs): (LinearConfig, usize, usize),
+    ops: &LinearOperands,
+    to: impl Fn(f32) -> T,
+) -> Result<Stats> {
+    let upload = |label: &str, v: &[f32]| {
+        GpuBuffer::from_slice(gpu, label, &v.iter().map(|&x| to(x)).collect::<Vec<T>>())
+    };
+    let z = upload("z", &ops.z)?;
+    let w = upload("w", &ops.w)?;
+    let y = GpuBuffer::<T>::new(gpu, "y", cfg.members * m * cfg.n)?;
+    let io = LinearInputs {
+        ln: cfg.layer_norm.then_some((&ops.gamma, &ops.beta)),
+        a: (cfg.k1 < cfg.k).then_some(&ops.a),
+        ..LinearInputs::new(&z, &w, &ops.b, &y)
+    };
+    time_submits(gpu, runs, target_seconds(), 0.2, |rec| {
+        layer.record(rec, m, io)
     })
 }
 
@@ -363,16 +380,29 @@ pub fn bench_plan(
 /// TD-MPC2-initialized weights for `spec` with random (non-zero) reward and Q heads, so
 /// that values differ and the elite sort has work: the benchmarks' model.
 pub fn bench_weights(spec: &crate::model::ModelSpec) -> Result<crate::model::Weights> {
+    let heads = ["_reward.2.weight", "_Qs.params.2.weight"];
+    Ok(randomized_weights(spec, 5, &heads)?.0)
+}
+
+/// TD-MPC2-initialized weights for `spec` with the tensors `names` (those it has) drawn
+/// uniformly in `[-0.05, 0.05)` from a generator seeded with `seed`, and that generator for
+/// the caller's further draws: TD-MPC2 starts its reward, Q and policy output layers at zero,
+/// and the benchmarks want non-zero values and gradients.
+fn randomized_weights(
+    spec: &crate::model::ModelSpec,
+    seed: u64,
+    names: &[&str],
+) -> Result<(crate::model::Weights, rand::rngs::StdRng)> {
     let mut weights = crate::model::Weights::init(spec, 0)?;
-    let mut r = rand::rngs::StdRng::seed_from_u64(5);
-    for name in ["_reward.2.weight", "_Qs.params.2.weight"] {
-        if let Some(t) = weights.tensors.get_mut(name) {
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    for name in names {
+        if let Some(t) = weights.tensors.get_mut(*name) {
             t.data
                 .iter_mut()
                 .for_each(|v| *v = r.random_range(-0.05..0.05));
         }
     }
-    Ok(weights)
+    Ok((weights, r))
 }
 
 /// [`bench_plan`] with the world model at `precision`.
@@ -384,13 +414,12 @@ pub fn bench_plan_at(
     warmup: usize,
     precision: Precision,
 ) -> Result<PlanBench> {
+    let setting = (batch, warmup, precision);
     with_warm_planner(
         gpu,
         spec,
-        batch,
-        warmup,
-        precision,
-        |p| p.with_timestamps(true),
+        setting,
+        RunMode::Timestamps,
         |planner, obs, first| {
             let mut wall = Vec::with_capacity(runs);
             let mut gpu_t = Vec::with_capacity(runs);
@@ -416,16 +445,15 @@ pub fn bench_plan_at(
     )
 }
 
-/// A TD-MPC2 planner over the benchmark weights at `precision`, `configure`d, after `warmup`
-/// calls on random observations (seed 6), handed to `body` with those observations and the
-/// first-step flags (all false after the first call).
+/// A TD-MPC2 planner for `batch` environments over the benchmark weights at `precision`,
+/// timing its calls as `mode` says, after `warmup` calls on random observations (seed 6),
+/// handed to `body` with those observations and the first-step flags (all false after the
+/// first call).
 fn with_warm_planner<R>(
     gpu: &Gpu,
     spec: &crate::model::ModelSpec,
-    batch: usize,
-    warmup: usize,
-    precision: Precision,
-    configure: impl FnOnce(crate::planner::Planner) -> crate::planner::Planner,
+    (batch, warmup, precision): (usize, usize, Precision),
+    mode: RunMode,
     body: impl FnOnce(&mut crate::planner::Planner, &[f32], &[bool]) -> Result<R>,
 ) -> Result<R> {
     use crate::model::WorldModel;
@@ -434,7 +462,12 @@ fn with_warm_planner<R>(
     let mut r = rand::rngs::StdRng::seed_from_u64(6);
     let model = WorldModel::with_precision(gpu, &weights, precision)?;
     let cfg = PlannerConfig::tdmpc2(spec.action_dim);
-    let mut planner = configure(Planner::new(gpu, &model, cfg)?);
+    let planner = Planner::new(gpu, &model, cfg)?;
+    let mut planner = match mode {
+        RunMode::Plain => planner,
+        RunMode::Timestamps => planner.with_timestamps(true),
+        RunMode::Profile => planner.with_profile(true),
+    };
     let obs: Vec<f32> = (0..batch * spec.obs_dim)
         .map(|_| r.random_range(-1.0..1.0))
         .collect();
@@ -472,13 +505,12 @@ pub fn profile_plan(
     precision: Precision,
 ) -> Result<Vec<PlanProfileRow>> {
     check_timestamps(gpu)?;
+    let setting = (batch, warmup, precision);
     with_warm_planner(
         gpu,
         spec,
-        batch,
-        warmup,
-        precision,
-        |p| p.with_profile(true),
+        setting,
+        RunMode::Profile,
         |planner, obs, first| {
             let mut rows: Vec<PlanProfileRow> = Vec::new();
             let runs = runs.max(1);
@@ -711,18 +743,10 @@ fn update_fixture<'g>(
     spec: &crate::model::ModelSpec,
     batch: usize,
 ) -> Result<crate::train::WorldModelTrainer<'g>> {
-    use crate::model::Weights;
     use crate::train::{UpdateBatch, UpdateConfig, WorldModelTrainer};
-    let mut weights = Weights::init(spec, 0)?;
-    let mut r = rand::rngs::StdRng::seed_from_u64(6);
     // Non-zero reward and Q heads (TD-MPC2 starts them at zero), so every gradient is non-zero.
-    for name in ["_reward.2.weight", "_Qs.params.2.weight"] {
-        if let Some(t) = weights.tensors.get_mut(name) {
-            t.data
-                .iter_mut()
-                .for_each(|v| *v = r.random_range(-0.05..0.05));
-        }
-    }
+    let heads = ["_reward.2.weight", "_Qs.params.2.weight"];
+    let (weights, mut r) = randomized_weights(spec, 6, &heads)?;
     let cfg = UpdateConfig::tdmpc2();
     let t = cfg.horizon;
     let mut tr = WorldModelTrainer::new(gpu, &weights, cfg, batch)?;
@@ -806,17 +830,9 @@ fn policy_fixture<'g>(
     GpuBuffer<f32>,
     GpuBuffer<f32>,
 )> {
-    use crate::model::Weights;
     use crate::train::{ParamLayout, PolicyTrainer};
-    let mut weights = Weights::init(spec, 0)?;
-    let mut r = rand::rngs::StdRng::seed_from_u64(7);
-    for name in ["_Qs.params.2.weight", "_pi.2.weight"] {
-        if let Some(t) = weights.tensors.get_mut(name) {
-            t.data
-                .iter_mut()
-                .for_each(|v| *v = r.random_range(-0.05..0.05));
-        }
-    }
+    let heads = ["_Qs.params.2.weight", "_pi.2.weight"];
+    let (weights, mut r) = randomized_weights(spec, 7, &heads)?;
     let layout = ParamLayout::new(spec);
     let params = GpuBuffer::from_slice(gpu, "parameters", &layout.flatten(&weights)?)?;
     let (l, a) = (spec.latent_dim, spec.action_dim);

@@ -128,6 +128,25 @@ pub fn seed_words(seed: u64) -> [u32; 2] {
     [seed as u32, (seed >> 32) as u32]
 }
 
+/// A kernel's Philox key and stream as its uniform block starts them (`seed_lo`, `seed_hi`,
+/// `stream`): the head the fill and custom-MPPI kernels' parameter blocks share.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct SeedStream {
+    seed: [u32; 2],
+    stream: u32,
+}
+
+impl SeedStream {
+    /// The key of `seed` ([`seed_words`]) and `stream`.
+    pub(crate) fn new(seed: u64, stream: u32) -> Self {
+        Self {
+            seed: seed_words(seed),
+            stream,
+        }
+    }
+}
+
 /// One 128-bit random block for `(seed, stream, counter)`.
 ///
 /// Key = `[seed_lo, seed_hi]`, counter = `[counter_lo, counter_hi, stream_lo,

@@ -456,6 +456,96 @@ def update_rows(emit, modes, batches, keys, make_runner, flops_of, extra, ctx, g
     return exit_code
 
 
+def start_run(args, fp32_precision_hint=True):
+    """A script's run: the device (`--device`, else CUDA when available) and whether it is
+    CUDA, with torch seeded by `--seed` and inductor's TF32 hint silenced (also newer torch's
+    fp32_precision one when `fp32_precision_hint`)."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(args.seed)
+    warnings.filterwarnings("ignore", message=".*TensorFloat32 tensor cores.*")  # inductor's hint
+    if fp32_precision_hint:
+        warnings.filterwarnings("ignore", message=".*allow_tf32.*")  # newer torch: fp32_precision API
+    return device, device.type == "cuda"
+
+
+def device_meta(device, cuda):
+    """The device's name, the meta record's leading fields (device, torch, CUDA, Python) and
+    the header's device line."""
+    dev_name = torch.cuda.get_device_name(device) if cuda else "CPU"
+    fields = {
+        "type": "meta", "device": dev_name, "device_type": device.type,
+        "torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.version.split()[0],
+    }
+    line = (f"device: {dev_name} ({device.type}), torch {torch.__version__}, CUDA {torch.version.cuda}, "
+            f"python {fields['python']}")
+    return dev_name, fields, line
+
+
+def emit_header(emit, note, meta, lines, args, cuda, unit, host):
+    """Emit the run's `meta` record, its text the header `lines` and the timing note (each
+    `unit` timed, the host clock `host`); returns `args.modes` parsed (None: one is unusable,
+    noted)."""
+    emit(meta, "\n".join(lines + [timing_note(cuda, unit, host)]))
+    return parse_modes(args.modes, cuda, note)
+
+
+def runs_line(args, units):
+    """The header's words on the batches, modes, and timed and warm-up `units` per row."""
+    return (f"batches {args.batch}, modes {args.modes}, "
+            f"{args.iters} timed {units} after {args.warmup} warm-up {units} per row")
+
+
+def print_table_header(as_json, header):
+    """The results table's header and rule (none with --json)."""
+    if not as_json:
+        print(header)
+        print("-" * len(header), flush=True)
+
+
+def update_ctx(args, cuda, device, dev_name, invariants):
+    """The `ctx` of `update_rows` for a script's arguments and device."""
+    return {"cuda": cuda, "device": device, "dev_name": dev_name, "iters": args.iters,
+            "warmup": args.warmup, "invariants": invariants}
+
+
+def check_draws(seed, dtype, device):
+    """`rnd(*shape, lo=None, hi=None)` for a reference check's data: standard normal, or
+    uniform in [lo, hi), drawn in `dtype` on the CPU from a generator seeded with `seed`, then
+    moved to `device` (so the data does not depend on the device)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, lo=None, hi=None):
+        if lo is None:
+            x = torch.randn(*shape, generator=gen, dtype=dtype)
+        else:
+            x = lo + (hi - lo) * torch.rand(*shape, generator=gen, dtype=dtype)
+        return x.to(device)
+
+    return rnd
+
+
+def ref_mlp(P, prefix, n, x, last_act, cfg, head=None, drop=None):
+    """One plain MLP from the named tensors P (one head `head` of a stacked ensemble), written
+    out for the reference checks: Linear -> (dropout mask `drop` after layer 0) -> LayerNorm ->
+    Mish on the hidden layers; the last layer plain (`last_act` None) or with LayerNorm and
+    `last_act` ("simnorm", else Mish)."""
+    for i in range(n):
+        w, b = P[f"{prefix}.{i}.weight"], P[f"{prefix}.{i}.bias"]
+        if head is not None:
+            w, b = w[head], b[head]
+        x = F.linear(x, w, b)
+        if i == 0 and drop is not None:
+            x = x * drop
+        last = i == n - 1
+        if not last or last_act is not None:
+            g, beta = P[f"{prefix}.{i}.ln.weight"], P[f"{prefix}.{i}.ln.bias"]
+            if head is not None:
+                g, beta = g[head], beta[head]
+            x = F.layer_norm(x, (x.shape[-1],), g, beta, cfg.ln_eps)
+            x = simnorm(x, cfg.simnorm_dim) if (last and last_act == "simnorm") else F.mish(x)
+    return x
+
+
 def add_run_args(p, units, modes):
     """The options every script shares: modes, timed and warm-up `units`, device, JSON, seed."""
     p.add_argument("--modes", nargs="+", default=modes,
@@ -501,6 +591,14 @@ def new_parser(doc):
     """An argument parser described by the first paragraph of a script's docstring."""
     return argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def parse_with_check(p, argv, against):
+    """`argv` parsed by `p` with the scripts' last option, --no-check, which skips the float64
+    check of the batched code against the `against` reference (words ending in a space)."""
+    p.add_argument("--no-check", action="store_true",
+                   help=f"skip the float64 batched-vs-{against}reference check")
+    return p.parse_args(argv)
 
 
 def nonfinite_parameters(model):

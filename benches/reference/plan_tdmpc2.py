@@ -59,12 +59,11 @@ Examples:
 
 import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, new_parser, add_run_args, reporters, timing_note, WorldModelConfig, parse_modes, macs_per_row, chosen_heads, check_no_sync, time_runner, WorldModelBase, prepare_card, release_card, row_stats, skip_reason
+from common import Runner as GraphRunner, parse_with_check, start_run, device_meta, emit_header, runs_line, print_table_header, new_parser, add_run_args, reporters, WorldModelConfig, macs_per_row, chosen_heads, check_no_sync, time_runner, WorldModelBase, prepare_card, release_card, row_stats, skip_reason
 
 
 # --------------------------------------------------------------------------------------------
@@ -413,27 +412,21 @@ def parse_args(argv):
     p.add_argument("--eval", action="store_true", help="eval mode: no exploration noise")
     p.add_argument("--final-std", type=float, default=Config.final_std,
                    help="init std of the final reward and Q layers (0 = TD-MPC2's zero init)")
-    p.add_argument("--no-check", action="store_true",
-                   help="skip the float64 batched-vs-single-env reference check")
-    return p.parse_args(argv)
+    return parse_with_check(p, argv, "single-env ")
 
 
 def main(argv=None):
     args = parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cuda = device.type == "cuda"
+    device, cuda = start_run(args, fp32_precision_hint=False)
     cfg = Config(final_std=args.final_std)
     train = not args.eval
-    torch.manual_seed(args.seed)
     exit_code = 0
-    warnings.filterwarnings("ignore", message=".*TensorFloat32 tensor cores.*")  # inductor's hint
 
     emit, note = reporters(args.json)
 
-    dev_name = torch.cuda.get_device_name(device) if cuda else "CPU"
+    dev_name, device_fields, device_line = device_meta(device, cuda)
     meta = {
-        "type": "meta", "device": dev_name, "device_type": device.type,
-        "torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.version.split()[0],
+        **device_fields,
         "obs_dim": args.obs_dim, "action_dims": args.action_dim, "batches": args.batch,
         "modes": args.modes, "iters": args.iters, "warmup": args.warmup, "train_mode": train,
         "dtype": "float32", "settings": asdict(cfg),
@@ -441,9 +434,8 @@ def main(argv=None):
         "flop_formula": "2*B*(enc + P*(T*pi + (T-1)*dyn) + I*N*(T*(rew+dyn) + pi + 2*q)), "
                         "MACs of linear-layer weights per row",
     }
-    emit(meta, "\n".join([
-        f"device: {dev_name} ({device.type}), torch {torch.__version__}, CUDA {torch.version.cuda}, "
-        f"python {meta['python']}",
+    modes = emit_header(emit, note, meta, [
+        device_line,
         f"model: TD-MPC2 5M preset, latent {cfg.latent_dim}, mlp {cfg.mlp_dim}, enc {cfg.enc_dim} "
         f"(2 encoder layers), {cfg.num_q} Q heads, {cfg.num_bins} bins over [{cfg.vmin:g}, {cfg.vmax:g}], "
         f"SimNorm {cfg.simnorm_dim}, Mish, LayerNorm eps {cfg.ln_eps:g}, fp32; init trunc-normal 0.02, "
@@ -454,12 +446,8 @@ def main(argv=None):
         f"{'train mode (exploration noise)' if train else 'eval mode'}",
         "terminal value: only the 2 randomly chosen Q heads are evaluated (TD-MPC2 computes all 5, "
         "then picks 2; same results, 2.5x the Q cost)",
-        f"obs dim {args.obs_dim}, action dims {args.action_dim}, batches {args.batch}, modes {args.modes}, "
-        f"{args.iters} timed steps after {args.warmup} warm-up steps per row",
-        timing_note(cuda, "step", "incl. action read-back"),
-    ]))
-
-    modes = parse_modes(args.modes, cuda, note)
+        f"obs dim {args.obs_dim}, action dims {args.action_dim}, " + runs_line(args, "steps"),
+    ], args, cuda, "step", "incl. action read-back")
     if modes is None:
         return 2
 
@@ -477,9 +465,7 @@ def main(argv=None):
 
     header = (f"{'mode':<12} {'A':>3} {'O':>4} {'B':>4} {'I':>2} {'median ms':>10} {'p90 ms':>9} "
               f"{'host ms':>9} {'env-plans/s':>12} {'GFLOP/step':>11} {'TFLOP/s':>8} {'mem GiB':>8} {'setup s':>8}  check")
-    if not args.json:
-        print(header)
-        print("-" * len(header), flush=True)
+    print_table_header(args.json, header)
 
     models = {}
     for mode, base, tf32 in modes:

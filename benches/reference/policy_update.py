@@ -128,12 +128,11 @@ Examples (the H100, beside pompc's policy-update benchmark):
 import math
 import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, new_parser, nonfinite_parameters, Errors, layer_tensors, named_tensors, add_update_args, update_rows, reporters, timing_note, ModelConfig, parse_modes, chosen_heads, new_layer, set_tf32, simnorm, symexp
+from common import Runner as GraphRunner, parse_with_check, start_run, device_meta, emit_header, runs_line, print_table_header, update_ctx, check_draws, ref_mlp, new_parser, nonfinite_parameters, Errors, layer_tensors, named_tensors, add_update_args, update_rows, reporters, ModelConfig, chosen_heads, new_layer, set_tf32, simnorm, symexp
 
 
 # --------------------------------------------------------------------------------------------
@@ -431,6 +430,20 @@ def make_optimizers(model):
     return opts
 
 
+def clipped_step(opt, losses, params, clip, probe, probe_key):
+    """One optimizer step as the prior fit and the policy update each take it: zero the
+    gradients, `losses()` -> (loss, extra), backward, the gradients into `probe[probe_key]`
+    before clipping (check only), clip to norm `clip`, step. Returns (loss, extra, norm)."""
+    opt.zero_grad(set_to_none=True)
+    loss, extra = losses()
+    loss.backward()
+    if probe is not None:
+        probe[probe_key] = [t.grad.detach().clone() for t in params]
+    norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+    return loss, extra, norm
+
+
 def update_step(model, opts, scales, zs, b_mu, b_sig, noise=None, all_heads=False, probe=None):
     """One policy update of the preset (PO-MPC: prior fit first). Returns the 11 outputs
     (OUT_NAMES) as a device tensor. `noise` None draws fresh noise; `probe` (a dict, check
@@ -441,24 +454,14 @@ def update_step(model, opts, scales, zs, b_mu, b_sig, noise=None, all_heads=Fals
     fit = prior_norm = model.zero
     prior_h = None
     if model.prior:
-        opts["prior"].zero_grad(set_to_none=True)
-        fit, prior_h = prior_fit(model, scales, zs, b_mu, b_sig)
-        fit.backward()
-        params = model.prior_params()
-        if probe is not None:
-            probe["prior_grads"] = [t.grad.detach().clone() for t in params]
-        prior_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm)
-        opts["prior"].step()
+        fit, prior_h, prior_norm = clipped_step(
+            opts["prior"], lambda: prior_fit(model, scales, zs, b_mu, b_sig), model.prior_params(),
+            cfg.grad_clip_norm, probe, "prior_grads")
         prior_h = prior_h.detach()  # pi_psi before its Adam step, no gradient
         fit = fit.detach()
-    opts["pi"].zero_grad(set_to_none=True)
-    total, terms = policy_losses(model, scales, zs, b_mu, b_sig, noise, prior_h, all_heads)
-    total.backward()
-    params = model.pi_params()
-    if probe is not None:
-        probe["grads"] = [t.grad.detach().clone() for t in params]
-    norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm)
-    opts["pi"].step()
+    total, terms, norm = clipped_step(
+        opts["pi"], lambda: policy_losses(model, scales, zs, b_mu, b_sig, noise, prior_h, all_heads),
+        model.pi_params(), cfg.grad_clip_norm, probe, "grads")
     dt = terms.dtype
     return torch.cat([terms, total.detach().reshape(1), norm.detach().reshape(1).to(dt),
                       fit.reshape(1), prior_norm.detach().reshape(1).to(dt),
@@ -468,23 +471,6 @@ def update_step(model, opts, scales, zs, b_mu, b_sig, noise=None, all_heads=Fals
 # --------------------------------------------------------------------------------------------
 # Straightforward per-preset references (after the original code) for the check
 # --------------------------------------------------------------------------------------------
-
-
-def ref_mlp(P, prefix, n, x, cfg, head=None, drop=None):
-    """One plain MLP from the named tensors P (one head `head` of a stacked ensemble)."""
-    for i in range(n):
-        w, b = P[f"{prefix}.{i}.weight"], P[f"{prefix}.{i}.bias"]
-        if head is not None:
-            w, b = w[head], b[head]
-        x = F.linear(x, w, b)
-        if i == 0 and drop is not None:
-            x = x * drop
-        if i < n - 1:
-            g, beta = P[f"{prefix}.{i}.ln.weight"], P[f"{prefix}.{i}.ln.bias"]
-            if head is not None:
-                g, beta = g[head], beta[head]
-            x = F.mish(F.layer_norm(x, (x.shape[-1],), g, beta, cfg.ln_eps))
-    return x
 
 
 def ref_log_std(x, low, dif):  # math.log_std
@@ -516,7 +502,7 @@ def ref_squash(mu, pi, log_pi):  # math.squash
 def ref_pi(P, prefix, z, eps, preset, cfg):
     """world_model.pi of TD-MPC2 (bmpc = False) or BMPC (bmpc = True) with the noise given;
     info also holds the pre-squash mean and TD-M(PC)^2's log pi (its original form)."""
-    mean, log_std = ref_mlp(P, prefix, 3, z, cfg).chunk(2, dim=-1)
+    mean, log_std = ref_mlp(P, prefix, 3, z, None, cfg).chunk(2, dim=-1)
     log_std = ref_log_std(log_std, preset.log_std_min, preset.log_std_max - preset.log_std_min)
     log_prob = ref_gaussian_logprob(eps, log_std)
     size = eps.shape[-1]
@@ -553,7 +539,7 @@ def ref_q_avg(P, z, a, cfg, heads, drop):
     outs = []
     for h in range(cfg.num_q):
         dh = None if drop is None else drop.view(Tp, B, cfg.num_q, -1)[:, :, h]
-        outs.append(ref_mlp(P, "_Qs.params", 3, za, cfg, head=h, drop=dh))
+        outs.append(ref_mlp(P, "_Qs.params", 3, za, None, cfg, head=h, drop=dh))
     out = torch.stack(outs)
     Q = ref_two_hot_inv(out[heads], cfg)
     return Q.sum(0) / 2
@@ -653,7 +639,7 @@ def ref_update(preset, P, opts, sc, cfg, zs, b_mu, b_sig, eps, heads, drop):
 
     elif preset.name == "pompc":  # a.3.1 then a.3.2 with pi_p = pi_psi
         opts["prior"].zero_grad(set_to_none=True)
-        out_p = ref_mlp(P, "_prior", 3, zs[:-1], cfg)
+        out_p = ref_mlp(P, "_prior", 3, zs[:-1], None, cfg)
         mean_p, log_std_p = out_p.chunk(2, dim=-1)
         log_std_p = ref_log_std(log_std_p, preset.log_std_min, preset.log_std_max - preset.log_std_min)
         fit = torch.distributions.kl_divergence(
@@ -707,14 +693,7 @@ def reference_check(cfg, preset, action_dim, device, seed, batch=6, steps=2, all
     T, A, L, H = cfg.horizon, action_dim, cfg.latent_dim, cfg.mlp_dim
     Tp = states(cfg, preset)
     model = PolicyModel(cfg, preset, A, device, dt, seed)
-    gen = torch.Generator().manual_seed(seed + 1)  # check data on the CPU, then moved
-
-    def rnd(*shape, lo=None, hi=None):
-        if lo is None:
-            x = torch.randn(*shape, generator=gen, dtype=dt)
-        else:
-            x = lo + (hi - lo) * torch.rand(*shape, generator=gen, dtype=dt)
-        return x.to(device)
+    rnd = check_draws(seed + 1, dt, device)  # check data on the CPU, then moved
 
     with torch.no_grad():  # perturb what is 0 / 1 at init
         for l in model.pi + model.prior + model.q:
@@ -876,9 +855,7 @@ def parse_args(argv):
     p.add_argument("--all-heads", action="store_true",
                    help="evaluate all 5 Q heads, then pick 2 (as TD-MPC2 codes it)")
     p.add_argument("--check-all", action="store_true", help="run the float64 check for all four presets")
-    p.add_argument("--no-check", action="store_true",
-                   help="skip the float64 batched-vs-reference check")
-    return p.parse_args(argv)
+    return parse_with_check(p, argv, "")
 
 
 def make_config(args, preset_name):
@@ -889,15 +866,11 @@ def make_config(args, preset_name):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cuda = device.type == "cuda"
+    device, cuda = start_run(args)
     preset = PRESETS[args.preset]
     cfg = make_config(args, args.preset)
     A = args.action_dim
-    torch.manual_seed(args.seed)
     exit_code = 0
-    warnings.filterwarnings("ignore", message=".*TensorFloat32 tensor cores.*")  # inductor's hint
-    warnings.filterwarnings("ignore", message=".*allow_tf32.*")  # newer torch: fp32_precision API
     q_heads = cfg.num_q if args.all_heads else 2
     Tp = states(cfg, preset)
 
@@ -913,11 +886,10 @@ def main(argv=None):
                  "(reverse, mean over dims; own clip and Adam), then -Q/S_Q - alpha H + lambda D/S_KL with "
                  "D = log pi(a) - log pi_psi(a) (single sample, squashed densities)",
     }[args.preset]
-    dev_name = torch.cuda.get_device_name(device) if cuda else "CPU"
+    dev_name, device_fields, device_line = device_meta(device, cuda)
     m = macs_per_row(cfg, A)
     meta = {
-        "type": "meta", "device": dev_name, "device_type": device.type,
-        "torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.version.split()[0],
+        **device_fields,
         "preset": args.preset, "description": describe, "action_dim": A, "batches": args.batch,
         "horizon": cfg.horizon, "states": Tp, "modes": args.modes, "iters": args.iters, "warmup": args.warmup,
         "dtype": "float32", "settings": asdict(cfg), "q_heads_evaluated": q_heads if preset.q else 0,
@@ -925,9 +897,8 @@ def main(argv=None):
         "gflop_per_update": {str(B): update_flops(cfg, preset, A, B) / 1e9 for B in args.batch},
         "flop_formula": "2*(3*pi*R + [Q] 4*q*R + [prior] 3*pi*R), R = T'*B; MACs of linear-layer weights per row",
     }
-    emit(meta, "\n".join([
-        f"device: {dev_name} ({device.type}), torch {torch.__version__}, CUDA {torch.version.cuda}, "
-        f"python {meta['python']}",
+    modes = emit_header(emit, note, meta, [
+        device_line,
         f"preset {args.preset}: {describe}",
         f"model: TD-MPC2 5M preset, latent {cfg.latent_dim}, policy{' and prior' if preset.prior else ''} "
         f"{cfg.latent_dim}->{cfg.mlp_dim}->{cfg.mlp_dim}->{2 * A}"
@@ -937,14 +908,10 @@ def main(argv=None):
         f"update: T' = {Tp} states x B rows, rho {cfg.rho:g}, alpha {cfg.entropy_coef:g} ({cfg.entropy} entropy), "
         f"clip {cfg.grad_clip_norm:g}, Adam lr {cfg.lr:g} eps {cfg.adam_eps:g}{' capturable' if cuda else ''}, "
         f"running scales tau {cfg.scale_tau:g}",
-        f"action dim {A}, batches {args.batch}, modes {args.modes}, "
-        f"{args.iters} timed updates after {args.warmup} warm-up updates per row",
+        f"action dim {A}, " + runs_line(args, "updates"),
         "FLOP per update: " + ", ".join(f"B={B}: {update_flops(cfg, preset, A, B) / 1e9:.3f} GFLOP"
                                         for B in args.batch),
-        timing_note(cuda, "update", "until the device is idle"),
-    ]))
-
-    modes = parse_modes(args.modes, cuda, note)
+    ], args, cuda, "update", "until the device is idle")
     if modes is None:
         return 2
 
@@ -972,12 +939,9 @@ def main(argv=None):
 
     header = (f"{'mode':<12} {'preset':<12} {'A':>3} {'B':>4} {'median ms':>10} {'p90 ms':>9} {'host ms':>9} "
               f"{'updates/s':>10} {'GFLOP/upd':>10} {'run GF':>7} {'TFLOP/s':>8} {'mem GiB':>8} {'setup s':>8}  check")
-    if not args.json:
-        print(header)
-        print("-" * len(header), flush=True)
+    print_table_header(args.json, header)
 
-    ctx = {"cuda": cuda, "device": device, "dev_name": dev_name, "iters": args.iters,
-           "warmup": args.warmup, "invariants": invariant_problems}
+    ctx = update_ctx(args, cuda, device, dev_name, invariant_problems)
     exit_code |= update_rows(
         emit, modes, args.batch,
         keys=lambda B: ({"preset": args.preset, "action_dim": A, "batch": B},

@@ -98,12 +98,11 @@ Examples (the H100, beside `pompc bench update`):
 import os
 import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from common import Runner as GraphRunner, new_parser, nonfinite_parameters, Errors, layer_tensors, named_tensors, add_update_args, update_rows, reporters, timing_note, WorldModelConfig, parse_modes, macs_per_row, chosen_heads, rel_err, set_tf32, simnorm, symexp, symlog, WorldModelBase
+from common import Runner as GraphRunner, parse_with_check, start_run, device_meta, emit_header, runs_line, print_table_header, update_ctx, check_draws, ref_mlp, new_parser, nonfinite_parameters, Errors, layer_tensors, named_tensors, add_update_args, update_rows, reporters, WorldModelConfig, macs_per_row, chosen_heads, rel_err, set_tf32, symexp, symlog, WorldModelBase
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,25 +312,6 @@ def update_step(model, opt, obs, action, reward, noise=None, all_target_heads=Fa
 # --------------------------------------------------------------------------------------------
 
 
-def ref_mlp(P, prefix, n, x, last_act, cfg, head=None, drop=None):
-    """One plain MLP from the named tensors P (one head `head` of a stacked ensemble)."""
-    for i in range(n):
-        w, b = P[f"{prefix}.{i}.weight"], P[f"{prefix}.{i}.bias"]
-        if head is not None:
-            w, b = w[head], b[head]
-        x = F.linear(x, w, b)
-        if i == 0 and drop is not None:
-            x = x * drop
-        last = i == n - 1
-        if not last or last_act is not None:
-            g, beta = P[f"{prefix}.{i}.ln.weight"], P[f"{prefix}.{i}.ln.bias"]
-            if head is not None:
-                g, beta = g[head], beta[head]
-            x = F.layer_norm(x, (x.shape[-1],), g, beta, cfg.ln_eps)
-            x = simnorm(x, cfg.simnorm_dim) if (last and last_act == "simnorm") else F.mish(x)
-    return x
-
-
 def ref_two_hot(x, cfg):
     """TD-MPC2's math.two_hot: [R] -> [R, K] with two scatters."""
     x = torch.clamp(symlog(x), cfg.vmin, cfg.vmax)
@@ -472,14 +452,7 @@ def reference_check(cfg, obs_dim, action_dim, device, seed, batch=6, steps=2, al
     dt = torch.float64
     T = cfg.horizon
     model = WorldModel(cfg, obs_dim, action_dim, device, dt, seed)
-    gen = torch.Generator().manual_seed(seed + 1)  # check data on the CPU, then moved
-
-    def rnd(*shape, lo=None, hi=None):
-        if lo is None:
-            x = torch.randn(*shape, generator=gen, dtype=dt)
-        else:
-            x = lo + (hi - lo) * torch.rand(*shape, generator=gen, dtype=dt)
-        return x.to(device)
+    rnd = check_draws(seed + 1, dt, device)  # check data on the CPU, then moved
 
     perturb(model, rnd)
     P = {k: v.detach().clone().requires_grad_(trained_name(k)) for k, v in model.state_dict().items()}
@@ -643,30 +616,23 @@ def parse_args(argv):
                                  "0.01; default 0 as pompc's GPU update)", "the final reward and Q layers")
     p.add_argument("--all-target-heads", action="store_true",
                    help="evaluate all 5 target Q heads, then pick 2 (as TD-MPC2 codes it)")
-    p.add_argument("--no-check", action="store_true",
-                   help="skip the float64 batched-vs-line-by-line reference check")
-    return p.parse_args(argv)
+    return parse_with_check(p, argv, "line-by-line ")
 
 
 def main(argv=None):
     args = parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cuda = device.type == "cuda"
+    device, cuda = start_run(args)
     cfg = Config(horizon=args.horizon, dropout=args.dropout, final_std=args.final_std)
     O, A = args.obs_dim, args.action_dim
-    torch.manual_seed(args.seed)
     exit_code = 0
-    warnings.filterwarnings("ignore", message=".*TensorFloat32 tensor cores.*")  # inductor's hint
-    warnings.filterwarnings("ignore", message=".*allow_tf32.*")  # newer torch: fp32_precision API
     target_heads = cfg.num_q if args.all_target_heads else 2
 
     emit, note = reporters(args.json)
 
-    dev_name = torch.cuda.get_device_name(device) if cuda else "CPU"
+    dev_name, device_fields, device_line = device_meta(device, cuda)
     m = macs_per_row(cfg, O, A)
     meta = {
-        "type": "meta", "device": dev_name, "device_type": device.type,
-        "torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.version.split()[0],
+        **device_fields,
         "obs_dim": O, "action_dim": A, "batches": args.batch, "horizon": cfg.horizon,
         "modes": args.modes, "iters": args.iters, "warmup": args.warmup, "dtype": "float32",
         "settings": asdict(cfg), "target_heads_evaluated": target_heads,
@@ -674,9 +640,8 @@ def main(argv=None):
         "flop_formula": "2*(fwd + bwd), fwd = enc*(T+1)*B + pi*T*B + 2*q*T*B + (dyn+rew+5q)*T*B, "
                         "bwd = 2*((dyn+rew+5q)*T*B + enc*B); MACs of linear-layer weights per row",
     }
-    emit(meta, "\n".join([
-        f"device: {dev_name} ({device.type}), torch {torch.__version__}, CUDA {torch.version.cuda}, "
-        f"python {meta['python']}",
+    modes = emit_header(emit, note, meta, [
+        device_line,
         f"model: TD-MPC2 5M preset, latent {cfg.latent_dim}, mlp {cfg.mlp_dim}, enc {cfg.enc_dim} "
         f"(2 encoder layers), {cfg.num_q} Q heads (stacked, batched), {cfg.num_bins} bins over "
         f"[{cfg.vmin:g}, {cfg.vmax:g}], SimNorm {cfg.simnorm_dim}, Mish, LayerNorm eps {cfg.ln_eps:g}, fp32; "
@@ -688,12 +653,8 @@ def main(argv=None):
         f"TD target: {target_heads} target Q heads evaluated"
         + (" (all, then 2 picked, as TD-MPC2)" if args.all_target_heads else
            " (the 2 randomly chosen; TD-MPC2 evaluates 5 and picks 2: same result)"),
-        f"obs dim {O}, action dim {A}, batches {args.batch}, modes {args.modes}, "
-        f"{args.iters} timed updates after {args.warmup} warm-up updates per row",
-        timing_note(cuda, "update", "until the device is idle"),
-    ]))
-
-    modes = parse_modes(args.modes, cuda, note)
+        f"obs dim {O}, action dim {A}, " + runs_line(args, "updates"),
+    ], args, cuda, "update", "until the device is idle")
     if modes is None:
         return 2
 
@@ -726,12 +687,9 @@ def main(argv=None):
 
     header = (f"{'mode':<12} {'O':>4} {'A':>3} {'B':>4} {'median ms':>10} {'p90 ms':>9} {'host ms':>9} "
               f"{'updates/s':>10} {'GFLOP/upd':>10} {'run GF':>7} {'TFLOP/s':>8} {'mem GiB':>8} {'setup s':>8}  check")
-    if not args.json:
-        print(header)
-        print("-" * len(header), flush=True)
+    print_table_header(args.json, header)
 
-    ctx = {"cuda": cuda, "device": device, "dev_name": dev_name, "iters": args.iters,
-           "warmup": args.warmup, "invariants": invariant_problems}
+    ctx = update_ctx(args, cuda, device, dev_name, invariant_problems)
     losses = ("consistency", "reward", "value", "total", "grad_norm")
     exit_code |= update_rows(
         emit, modes, args.batch,

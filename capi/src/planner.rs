@@ -39,12 +39,30 @@ pub struct PompcModelInfo {
     pub precision: u32,
 }
 
-fn model_handle(gpu: &PompcGpu, weights: &Weights) -> CResult<*mut PompcModel> {
-    let model = WorldModel::new(&gpu.gpu, weights)?;
-    Ok(Box::into_raw(Box::new(PompcModel {
-        model: Arc::new(model),
-        gpu: gpu.gpu.clone(),
-    })))
+/// A model on `gpu` from the weights `weights` makes, handed out through `out` (NULL on
+/// failure): what the model constructors share.
+///
+/// # Safety
+///
+/// `gpu` is NULL or a live handle; `out` is valid for a write.
+unsafe fn model_out(
+    gpu: *const PompcGpu,
+    out: *mut *mut PompcModel,
+    weights: impl FnOnce() -> CResult<Weights>,
+) -> PompcStatus {
+    guard(|| {
+        // SAFETY: the caller's promises, for each pointer.
+        unsafe { out_handle(out, "out") }?;
+        let g = unsafe { handle(gpu, "gpu") }?;
+        let model = WorldModel::new(&g.gpu, &weights()?)?;
+        let h = Box::into_raw(Box::new(PompcModel {
+            model: Arc::new(model),
+            gpu: g.gpu.clone(),
+        }));
+        // SAFETY: checked by out_handle.
+        unsafe { out.write(h) };
+        Ok(())
+    })
 }
 
 /// Load a weights file (safetensors in pompc's layout, e.g. from `scripts/export_tdmpc2.py`)
@@ -62,17 +80,13 @@ pub unsafe extern "C" fn pompc_model_load(
     path: *const c_char,
     out: *mut *mut PompcModel,
 ) -> PompcStatus {
-    guard(|| {
-        // SAFETY: the caller's promises, for each pointer.
-        unsafe { out_handle(out, "out") }?;
-        let g = unsafe { handle(gpu, "gpu") }?;
-        let path = unsafe { req_str(path, "path") }?;
-        let weights = Weights::load(path)?;
-        let h = model_handle(g, &weights)?;
-        // SAFETY: checked by out_handle.
-        unsafe { out.write(h) };
-        Ok(())
-    })
+    // SAFETY: the caller's promises, for each pointer.
+    unsafe {
+        model_out(gpu, out, || {
+            let path = req_str(path, "path")?;
+            Ok(Weights::load(path)?)
+        })
+    }
 }
 
 /// A model with TD-MPC2's initialization (no file): `size` is a TD-MPC2 preset in millions
@@ -92,16 +106,15 @@ pub unsafe extern "C" fn pompc_model_init_tdmpc2(
     seed: u64,
     out: *mut *mut PompcModel,
 ) -> PompcStatus {
-    guard(|| {
-        // SAFETY: the caller's promises.
-        unsafe { out_handle(out, "out") }?;
-        let g = unsafe { handle(gpu, "gpu") }?;
-        let weights = Weights::init(&ModelSpec::tdmpc2(size, obs_dim, action_dim)?, seed)?;
-        let h = model_handle(g, &weights)?;
-        // SAFETY: checked by out_handle.
-        unsafe { out.write(h) };
-        Ok(())
-    })
+    // SAFETY: the caller's promises.
+    unsafe {
+        model_out(gpu, out, || {
+            Ok(Weights::init(
+                &ModelSpec::tdmpc2(size, obs_dim, action_dim)?,
+                seed,
+            )?)
+        })
+    }
 }
 
 /// A model's sizes.
@@ -189,6 +202,26 @@ pub struct PompcPlannerConfig {
     pub seed: u64,
 }
 
+/// `$ty { .. }` with the fields the C and the Rust planner configs share (same names, same
+/// meaning) copied from `$c`, then the `$rest` of the fields: the two conversions below.
+macro_rules! shared_config_fields {
+    ($ty:ident, $c:expr, { $($rest:tt)* }) => {
+        $ty {
+            horizon: $c.horizon,
+            num_samples: $c.num_samples,
+            num_elites: $c.num_elites,
+            num_pi_trajs: $c.num_pi_trajs,
+            iterations: $c.iterations,
+            min_std: $c.min_std,
+            max_std: $c.max_std,
+            temperature: $c.temperature,
+            discount: $c.discount,
+            seed: $c.seed,
+            $($rest)*
+        }
+    };
+}
+
 fn planner_config(c: &PompcPlannerConfig) -> CResult<PlannerConfig> {
     let mode = match c.mode {
         POMPC_PLANNER_ELITE_MPPI => PlannerMode::EliteMppi,
@@ -201,24 +234,12 @@ fn planner_config(c: &PompcPlannerConfig) -> CResult<PlannerConfig> {
             ));
         }
     };
-    let cfg = PlannerConfig {
-        horizon: c.horizon,
-        num_samples: c.num_samples,
-        num_elites: c.num_elites,
-        num_pi_trajs: c.num_pi_trajs,
-        iterations: c.iterations,
-        min_std: c.min_std,
-        max_std: c.max_std,
-        temperature: c.temperature,
-        discount: c.discount,
-        mode,
-        plan_mode: if c.eval != 0 {
-            PlanMode::Eval
-        } else {
-            PlanMode::Train
-        },
-        seed: c.seed,
+    let plan_mode = if c.eval != 0 {
+        PlanMode::Eval
+    } else {
+        PlanMode::Train
     };
+    let cfg = shared_config_fields!(PlannerConfig, c, { mode, plan_mode });
     cfg.validate()?;
     Ok(cfg)
 }
@@ -230,21 +251,8 @@ fn planner_config_default(action_dim: usize) -> PompcPlannerConfig {
         PlannerMode::Mppi { lambda } => (POMPC_PLANNER_MPPI, lambda),
         PlannerMode::Cem => (POMPC_PLANNER_CEM, 1.0),
     };
-    PompcPlannerConfig {
-        horizon: c.horizon,
-        num_samples: c.num_samples,
-        num_elites: c.num_elites,
-        num_pi_trajs: c.num_pi_trajs,
-        iterations: c.iterations,
-        min_std: c.min_std,
-        max_std: c.max_std,
-        temperature: c.temperature,
-        discount: c.discount,
-        mode,
-        lambda,
-        eval: (c.plan_mode == PlanMode::Eval) as u32,
-        seed: c.seed,
-    }
+    let eval = (c.plan_mode == PlanMode::Eval) as u32;
+    shared_config_fields!(PompcPlannerConfig, c, { mode, lambda, eval })
 }
 
 /// Fill `*out` with TD-MPC2's planner for `action_dim` actions: horizon 3, 512 samples, 64

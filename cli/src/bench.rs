@@ -278,11 +278,10 @@ struct GemmArgs {
     ceiling: Ceiling,
 }
 
+/// The options `bench update` and `bench policy` share: the model, timing or profiling, runs
+/// and warm-up.
 #[derive(Args)]
-struct UpdateArgs {
-    /// Sub-trajectories of horizon 3
-    #[arg(long, value_delimiter = ',', default_value = "256")]
-    batch: Vec<usize>,
+struct UpdateRun {
     /// Instead of timing: every dispatch timed on its own, summed per kernel and launch shape
     /// over min(runs, 10) updates (timestamp queries)
     #[arg(long)]
@@ -293,6 +292,23 @@ struct UpdateArgs {
     common: Common,
     #[command(flatten)]
     warmup: Warmup,
+}
+
+impl UpdateRun {
+    /// The model, timed runs (default 20) and warm-up calls (default 5).
+    fn spec_runs_warmup(&self) -> Result<(ModelSpec, usize, usize)> {
+        let (runs, warmup) = (self.common.runs(20), self.warmup.warmup.unwrap_or(5));
+        Ok((self.dims.spec()?, runs, warmup))
+    }
+}
+
+#[derive(Args)]
+struct UpdateArgs {
+    /// Sub-trajectories of horizon 3
+    #[arg(long, value_delimiter = ',', default_value = "256")]
+    batch: Vec<usize>,
+    #[command(flatten)]
+    run: UpdateRun,
 }
 
 /// A policy-update preset.
@@ -320,16 +336,8 @@ struct PolicyArgs {
     /// Sub-trajectories per update
     #[arg(long, default_value_t = 256)]
     batch: usize,
-    /// Instead of timing: every dispatch timed on its own, summed per kernel and launch shape
-    /// over min(runs, 10) updates (timestamp queries)
-    #[arg(long)]
-    profile: bool,
     #[command(flatten)]
-    dims: ModelDims<24, 6>,
-    #[command(flatten)]
-    common: Common,
-    #[command(flatten)]
-    warmup: Warmup,
+    run: UpdateRun,
 }
 
 #[derive(Args)]
@@ -660,39 +668,58 @@ fn plan(gpu: &Gpu, a: &PlanArgs) -> Result {
             "dispatches"
         ),
     ]);
+    plan_cases(
+        a,
+        &precisions,
+        "plan",
+        |spec, b, precision| bench::bench_plan_at(gpu, spec, b, runs, warmup, precision),
+        |act, b, precision, r| {
+            let row = PlanRow {
+                action_dim: act,
+                batch: b,
+                precision: precision.name(),
+                times: StepTimes::new(&r.wall, &r.gpu),
+                env_plans_per_s: r.env_plans_per_second(),
+                gflop: r.flops * 1e-9,
+                tflops: r.flops / r.wall.median * 1e-12,
+                dispatches: r.dispatches,
+            };
+            out.row(&row, || {
+                format!(
+                    "{:>4} {:>5} {:>5} {:>11.3} {:>11.3} {:>11} {:>13.1} {:>9.2} {:>9.2} {:>10}",
+                    act,
+                    row.precision,
+                    b,
+                    r.wall.median * 1e3,
+                    r.wall.p90 * 1e3,
+                    ms(row.times.gpu_median_s),
+                    row.env_plans_per_s,
+                    row.gflop,
+                    row.tflops,
+                    r.dispatches
+                )
+            });
+        },
+    )
+}
+
+/// Every case of `a` (action dimension, batch) at each of `precisions`, over TD-MPC2's 5M
+/// preset for that action dimension: `bench` as a progress step named `{verb} A .. B ..
+/// {precision}`, then `report` with its result.
+fn plan_cases<R>(
+    a: &PlanArgs,
+    precisions: &[Precision],
+    verb: &str,
+    mut bench: impl FnMut(&ModelSpec, usize, Precision) -> pompc::Result<R>,
+    mut report: impl FnMut(usize, usize, Precision, R),
+) -> Result {
     for &act in &a.act {
         let spec = ModelSpec::tdmpc2(5, a.obs, act)?;
         for &b in &a.batch {
-            for &precision in &precisions {
-                let what = format!("plan A {act} B {b} {}", precision.name());
-                let r = step(a.common.quiet, &what, || {
-                    bench::bench_plan_at(gpu, &spec, b, runs, warmup, precision)
-                })?;
-                let row = PlanRow {
-                    action_dim: act,
-                    batch: b,
-                    precision: precision.name(),
-                    times: StepTimes::new(&r.wall, &r.gpu),
-                    env_plans_per_s: r.env_plans_per_second(),
-                    gflop: r.flops * 1e-9,
-                    tflops: r.flops / r.wall.median * 1e-12,
-                    dispatches: r.dispatches,
-                };
-                out.row(&row, || {
-                    format!(
-                        "{:>4} {:>5} {:>5} {:>11.3} {:>11.3} {:>11} {:>13.1} {:>9.2} {:>9.2} {:>10}",
-                        act,
-                        row.precision,
-                        b,
-                        r.wall.median * 1e3,
-                        r.wall.p90 * 1e3,
-                        ms(row.times.gpu_median_s),
-                        row.env_plans_per_s,
-                        row.gflop,
-                        row.tflops,
-                        r.dispatches
-                    )
-                });
+            for &p in precisions {
+                let what = format!("{verb} A {act} B {b} {}", p.name());
+                let r = step(a.common.quiet, &what, || bench(&spec, b, p))?;
+                report(act, b, p, r);
             }
         }
     }
@@ -708,23 +735,16 @@ fn profile_plan(
     warmup: usize,
 ) -> Result {
     println!("adapter: {}", gpu.describe());
-    for &act in &a.act {
-        let spec = ModelSpec::tdmpc2(5, a.obs, act)?;
-        for &b in &a.batch {
-            for &p in precisions {
-                let what = format!("profile A {act} B {b} {}", p.name());
-                let rows = step(a.common.quiet, &what, || {
-                    bench::profile_plan(gpu, &spec, b, runs.min(10), warmup, p)
-                })?;
-                print_profile(
-                    &format!("plan step, A {act}, B {b}, {}", p.name()),
-                    "step",
-                    &rows,
-                );
-            }
-        }
-    }
-    Ok(())
+    plan_cases(
+        a,
+        precisions,
+        "profile",
+        |spec, b, p| bench::profile_plan(gpu, spec, b, runs.min(10), warmup, p),
+        |act, b, p, rows| {
+            let what = format!("plan step, A {act}, B {b}, {}", p.name());
+            print_profile(&what, "step", &rows);
+        },
+    )
 }
 
 /// One profile table: kernels and launch shapes by GPU time per `unit` (step, update).
@@ -812,49 +832,45 @@ fn compare_precision(gpu: &Gpu, a: &PlanArgs, precisions: Option<Vec<Precision>>
             "same n"
         ),
     ]);
-    for &act in &a.act {
-        let spec = ModelSpec::tdmpc2(5, a.obs, act)?;
-        for &b in &a.batch {
-            for &p in &list {
-                let what = format!("compare A {act} B {b} {}", p.name());
-                let d = step(a.common.quiet, &what, || {
-                    bench::compare_precision(gpu, &spec, b, a.calls, p)
-                })?;
-                let row = CompareRow {
-                    precision: p.name(),
-                    action_dim: act,
-                    batch: b,
-                    calls: d.calls,
-                    mean_max: d.mean_max,
-                    mean_avg: d.mean_avg,
-                    value_max: d.value_max,
-                    value_avg: d.value_avg,
-                    value_scale: d.value_scale,
-                    action_max: d.action_max,
-                    action_avg: d.action_avg,
-                    same_choice: d.same_choice,
-                };
-                out.row(&row, || {
-                    format!(
-                        "{:>5} {:>4} {:>5} {:>10.2e} / {:>8.2e} {:>10.2e} / {:>8.2e} {:>10.2e} / \
-                         {:>8.2e} {:>9.3} {:>6.1}%",
-                        row.precision,
-                        act,
-                        b,
-                        d.mean_max,
-                        d.mean_avg,
-                        d.value_max,
-                        d.value_avg,
-                        d.action_max,
-                        d.action_avg,
-                        d.value_scale,
-                        100.0 * d.same_choice
-                    )
-                });
-            }
-        }
-    }
-    Ok(())
+    plan_cases(
+        a,
+        &list,
+        "compare",
+        |spec, b, p| bench::compare_precision(gpu, spec, b, a.calls, p),
+        |act, b, p, d| {
+            let row = CompareRow {
+                precision: p.name(),
+                action_dim: act,
+                batch: b,
+                calls: d.calls,
+                mean_max: d.mean_max,
+                mean_avg: d.mean_avg,
+                value_max: d.value_max,
+                value_avg: d.value_avg,
+                value_scale: d.value_scale,
+                action_max: d.action_max,
+                action_avg: d.action_avg,
+                same_choice: d.same_choice,
+            };
+            out.row(&row, || {
+                format!(
+                    "{:>5} {:>4} {:>5} {:>10.2e} / {:>8.2e} {:>10.2e} / {:>8.2e} {:>10.2e} / \
+                     {:>8.2e} {:>9.3} {:>6.1}%",
+                    row.precision,
+                    act,
+                    b,
+                    d.mean_max,
+                    d.mean_avg,
+                    d.value_max,
+                    d.value_avg,
+                    d.action_max,
+                    d.action_avg,
+                    d.value_scale,
+                    100.0 * d.same_choice
+                )
+            });
+        },
+    )
 }
 
 #[derive(Serialize)]
@@ -1005,6 +1021,26 @@ struct UpdateRow<'a> {
     dispatches: usize,
 }
 
+impl<'a> UpdateRow<'a> {
+    fn new<const O: usize, const A: usize>(
+        preset: Option<&'a str>,
+        batch: usize,
+        dims: &ModelDims<O, A>,
+        r: &bench::UpdateBench,
+    ) -> Self {
+        UpdateRow {
+            preset,
+            batch,
+            size: dims.size,
+            obs: dims.obs,
+            act: dims.act,
+            times: StepTimes::new(&r.wall, &r.gpu),
+            flops: r.flops,
+            dispatches: r.dispatches,
+        }
+    }
+}
+
 /// The table line of an update: first column, wall, p90, GPU ms, updates/s, GFLOP, TFLOP/s,
 /// dispatches.
 fn update_line(first: String, r: &bench::UpdateBench) -> String {
@@ -1039,59 +1075,50 @@ fn update_header(first: String) -> String {
 }
 
 fn update(gpu: &Gpu, a: &UpdateArgs) -> Result {
-    let spec = a.dims.spec()?;
-    let (runs, warmup) = (a.common.runs(20), a.warmup.warmup.unwrap_or(5));
-    if a.profile {
+    let (spec, runs, warmup) = a.run.spec_runs_warmup()?;
+    let dims = a.run.dims;
+    if a.run.profile {
         println!("adapter: {}", gpu.describe());
         for &b in &a.batch {
-            let rows = step(a.common.quiet, &format!("profile update B {b}"), || {
+            let rows = step(a.run.common.quiet, &format!("profile update B {b}"), || {
                 bench::profile_update(gpu, &spec, b, runs.min(10), warmup)
             })?;
-            let what = format!("world-model update, {}M, batch {b}", a.dims.size);
+            let what = format!("world-model update, {}M, batch {b}", dims.size);
             print_profile(&what, "update", &rows);
         }
         return Ok(());
     }
-    let out = Report::new(gpu, a.common.json);
+    let out = Report::new(gpu, a.run.common.json);
     out.header(&[
         format!(
             "TD-MPC2 {}M preset, obs {}, action {}; world-model update, horizon 3 (TD targets, \
              rollout, losses, backward, clip 20, Adam, Polyak), one submit",
-            a.dims.size, a.dims.obs, a.dims.act
+            dims.size, dims.obs, dims.act
         ),
         update_header(format!("{:>5}", "B")),
     ]);
     for &b in &a.batch {
-        let r = step(a.common.quiet, &format!("update B {b}"), || {
+        let r = step(a.run.common.quiet, &format!("update B {b}"), || {
             bench::bench_update(gpu, &spec, b, runs, warmup)
         })?;
-        let row = UpdateRow {
-            preset: None,
-            batch: b,
-            size: a.dims.size,
-            obs: a.dims.obs,
-            act: a.dims.act,
-            times: StepTimes::new(&r.wall, &r.gpu),
-            flops: r.flops,
-            dispatches: r.dispatches,
-        };
+        let row = UpdateRow::new(None, b, &dims, &r);
         out.row(&row, || update_line(format!("{b:>5}"), &r));
     }
     Ok(())
 }
 
 fn policy(gpu: &Gpu, a: &PolicyArgs) -> Result {
-    let spec = a.dims.spec()?;
-    let act = a.dims.act;
-    let (runs, warmup) = (a.common.runs(20), a.warmup.warmup.unwrap_or(5));
-    let out = Report::new(gpu, a.common.json);
-    if a.profile {
+    let (spec, runs, warmup) = a.run.spec_runs_warmup()?;
+    let dims = a.run.dims;
+    let act = dims.act;
+    let out = Report::new(gpu, a.run.common.json);
+    if a.run.profile {
         println!("adapter: {}", gpu.describe());
     } else {
         out.header(&[
             format!(
                 "TD-MPC2 {}M preset, action {act}, batch {}; one policy update per submit",
-                a.dims.size, a.batch
+                dims.size, a.batch
             ),
             update_header(format!("{:<14}", "preset")),
         ]);
@@ -1108,27 +1135,18 @@ fn policy(gpu: &Gpu, a: &PolicyArgs) -> Result {
             .expect("presets have names")
             .get_name()
             .to_string();
-        if a.profile {
-            let rows = step(a.common.quiet, &format!("profile {name}"), || {
+        if a.run.profile {
+            let rows = step(a.run.common.quiet, &format!("profile {name}"), || {
                 bench::profile_policy(gpu, &spec, cfg, a.batch, runs.min(10), warmup)
             })?;
-            let what = format!("{name} policy update, {}M, batch {}", a.dims.size, a.batch);
+            let what = format!("{name} policy update, {}M, batch {}", dims.size, a.batch);
             print_profile(&what, "update", &rows);
             continue;
         }
-        let r = step(a.common.quiet, &name, || {
+        let r = step(a.run.common.quiet, &name, || {
             bench::bench_policy(gpu, &spec, cfg, a.batch, runs, warmup)
         })?;
-        let row = UpdateRow {
-            preset: Some(&name),
-            batch: a.batch,
-            size: a.dims.size,
-            obs: a.dims.obs,
-            act,
-            times: StepTimes::new(&r.wall, &r.gpu),
-            flops: r.flops,
-            dispatches: r.dispatches,
-        };
+        let row = UpdateRow::new(Some(&name), a.batch, &dims, &r);
         out.row(&row, || update_line(format!("{name:<14}"), &r));
     }
     Ok(())

@@ -76,13 +76,8 @@ impl Default for AcrobotParams {
 
 impl AcrobotParams {
     fn links(&self) -> TwoLink {
-        TwoLink {
-            m1: self.mass1,
-            m2: self.mass2,
-            l1: self.length1,
-            l2: self.length2,
-            gravity: self.gravity,
-        }
+        let (masses, lengths) = ([self.mass1, self.mass2], [self.length1, self.length2]);
+        TwoLink::rods(masses, lengths, self.gravity)
     }
 }
 
@@ -118,27 +113,16 @@ impl Acrobot {
         })
     }
 
-    /// Same task without joint damping.
-    pub fn frictionless(mut self) -> Self {
-        self.params.damping = 0.0;
-        self
-    }
-
     super::task_accessors!(
         AcrobotParams,
         4,
         "`[q1, q2, q1', q2']`, q1 from straight down, q2 relative to the first link."
     );
 
-    /// Total mechanical energy (J), zero potential at the shoulder's height.
-    pub fn energy(&self) -> f64 {
-        self.params.links().energy(&self.state)
-    }
-
-    /// Tip position relative to the shoulder (m), `y` up.
-    pub fn tip(&self) -> [f64; 2] {
-        self.params.links().tip(self.state[0], self.state[1])
-    }
+    super::two_link_methods!(
+        "Total mechanical energy (J), zero potential at the shoulder's height.",
+        "Tip position relative to the shoulder (m), `y` up."
+    );
 
     /// Reward of the current state, in `[0, 1]`.
     pub fn reward(&self) -> f64 {
@@ -153,12 +137,7 @@ impl Acrobot {
     }
 
     fn sim_step(&mut self, u: &[f64; 1]) -> f64 {
-        let p = &self.params;
-        let tau = [0.0, p.max_torque * u[0]];
-        self.state = p
-            .links()
-            .advance(&self.state, tau, p.damping, p.dt, p.substeps);
-        self.reward()
+        self.drive([0.0, self.params.max_torque * u[0]])
     }
 
     fn observe(&self) -> Vec<f32> {

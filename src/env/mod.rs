@@ -412,6 +412,18 @@ pub(crate) struct TwoLink {
 }
 
 impl TwoLink {
+    /// Rods of masses `[m1, m2]` and lengths `[l1, l2]` under `gravity`.
+    pub(crate) fn rods(masses: [f64; 2], lengths: [f64; 2], gravity: f64) -> Self {
+        let ([m1, m2], [l1, l2]) = (masses, lengths);
+        TwoLink {
+            m1,
+            m2,
+            l1,
+            l2,
+            gravity,
+        }
+    }
+
     fn mass_matrix(&self, q2: f64) -> [f64; 3] {
         let (c1, c2) = (self.l1 / 2.0, self.l2 / 2.0);
         let i1 = self.m1 * self.l1 * self.l1 / 12.0;
@@ -535,6 +547,40 @@ macro_rules! task_accessors {
     };
 }
 pub(crate) use task_accessors;
+
+/// The methods the two-link tasks ([`acrobot`], [`reacher`]) have alike, for a task struct
+/// with `params` (whose `links()` is the arm, with `damping`, `dt` and `substeps` fields),
+/// `state: [f64; 4]` and a `reward()` method: `frictionless`, `energy` and `tip` (documented
+/// by `$energy` and `$tip`), and `drive`, one simulator step under joint torques.
+macro_rules! two_link_methods {
+    ($energy:literal, $tip:literal) => {
+        /// Same task without joint damping.
+        pub fn frictionless(mut self) -> Self {
+            self.params.damping = 0.0;
+            self
+        }
+
+        #[doc = $energy]
+        pub fn energy(&self) -> f64 {
+            self.params.links().energy(&self.state)
+        }
+
+        #[doc = $tip]
+        pub fn tip(&self) -> [f64; 2] {
+            self.params.links().tip(self.state[0], self.state[1])
+        }
+
+        /// One simulator step under joint torques `tau` (N m); returns its reward.
+        fn drive(&mut self, tau: [f64; 2]) -> f64 {
+            let p = &self.params;
+            self.state = p
+                .links()
+                .advance(&self.state, tau, p.damping, p.dt, p.substeps);
+            self.reward()
+        }
+    };
+}
+pub(crate) use two_link_methods;
 
 /// The [`Env`] impl of a built-in task with `$obs` observations and `$act` actions. The task
 /// has a `clock: Clock` field and the methods `task_name` (`&'static str`, so it can be held

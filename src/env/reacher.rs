@@ -77,13 +77,8 @@ impl Default for ReacherParams {
 
 impl ReacherParams {
     fn links(&self) -> TwoLink {
-        TwoLink {
-            m1: self.mass1,
-            m2: self.mass2,
-            l1: self.length1,
-            l2: self.length2,
-            gravity: 0.0,
-        }
+        let (masses, lengths) = ([self.mass1, self.mass2], [self.length1, self.length2]);
+        TwoLink::rods(masses, lengths, 0.0)
     }
 }
 
@@ -119,12 +114,6 @@ impl Reacher {
         })
     }
 
-    /// Same task without joint damping.
-    pub fn frictionless(mut self) -> Self {
-        self.params.damping = 0.0;
-        self
-    }
-
     super::task_accessors!(ReacherParams, 4, "`[q1, q2, q1', q2']`.");
 
     /// Target position relative to the shoulder (m).
@@ -139,15 +128,10 @@ impl Reacher {
         Ok(())
     }
 
-    /// Kinetic energy (J); there is no potential energy in the horizontal plane.
-    pub fn energy(&self) -> f64 {
-        self.params.links().energy(&self.state)
-    }
-
-    /// Fingertip position relative to the shoulder (m).
-    pub fn tip(&self) -> [f64; 2] {
-        self.params.links().tip(self.state[0], self.state[1])
-    }
+    super::two_link_methods!(
+        "Kinetic energy (J); there is no potential energy in the horizontal plane.",
+        "Fingertip position relative to the shoulder (m)."
+    );
 
     /// Reward of the current state, in `[0, 1]`.
     pub fn reward(&self) -> f64 {
@@ -172,12 +156,7 @@ impl Reacher {
     }
 
     fn sim_step(&mut self, u: &[f64; 2]) -> f64 {
-        let p = &self.params;
-        let tau = [p.max_torque * u[0], p.max_torque * u[1]];
-        self.state = p
-            .links()
-            .advance(&self.state, tau, p.damping, p.dt, p.substeps);
-        self.reward()
+        self.drive([self.params.max_torque * u[0], self.params.max_torque * u[1]])
     }
 
     fn observe(&self) -> Vec<f32> {

@@ -53,6 +53,17 @@ struct Key {
     bindings: Vec<(u32, Binding)>,
 }
 
+/// A pipeline's entry point, bindings, override constants and check mode: what the library
+/// and user-source paths pass alike to the cache and the build.
+struct EntryPoint<'a> {
+    /// Shader name for labels and errors.
+    name: &'a str,
+    entry: &'a str,
+    bindings: &'a [(u32, Binding)],
+    overrides: &'a [(&'a str, f64)],
+    checks: ShaderChecks,
+}
+
 #[derive(Default)]
 pub(crate) struct PipelineCache {
     map: Mutex<HashMap<Key, Arc<Pipeline>>>,
@@ -74,16 +85,15 @@ impl Gpu {
         overrides: &[(&str, f64)],
     ) -> Result<Arc<Pipeline>> {
         let source = SourceKey::Library(spec.shader, header.clone());
-        self.cached(source, spec.entry, spec.bindings, overrides, || {
-            let pre = shader::preprocess(spec.shader, header)?;
-            self.build(
-                spec.shader,
-                &pre,
-                spec.entry,
-                spec.bindings,
-                overrides,
-                self.shader_checks(),
-            )
+        let e = EntryPoint {
+            name: spec.shader,
+            entry: spec.entry,
+            bindings: spec.bindings,
+            overrides,
+            checks: self.shader_checks(),
+        };
+        self.cached(source, &e, || {
+            self.build(&e, &shader::preprocess(spec.shader, header)?)
         })
     }
 
@@ -119,29 +129,33 @@ impl Gpu {
         checks: ShaderChecks,
     ) -> Result<Arc<Pipeline>> {
         let source = SourceKey::Text(format!("{checks:?}\n{}", pre.text));
-        self.cached(source, entry, bindings, overrides, || {
-            self.build(name, pre, entry, bindings, overrides, checks)
-        })
+        let e = EntryPoint {
+            name,
+            entry,
+            bindings,
+            overrides,
+            checks,
+        };
+        self.cached(source, &e, || self.build(&e, pre))
     }
 
-    /// The cached pipeline for `source`, `entry`, `bindings` and `overrides`, or the one
-    /// `build` makes, then cached (a poisoned cache lock only costs the caching).
+    /// The cached pipeline for `source` and `e` (its entry point, bindings and overrides), or
+    /// the one `build` makes, then cached (a poisoned cache lock only costs the caching).
     fn cached(
         &self,
         source: SourceKey,
-        entry: &str,
-        bindings: &[(u32, Binding)],
-        overrides: &[(&str, f64)],
+        e: &EntryPoint,
         build: impl FnOnce() -> Result<Arc<Pipeline>>,
     ) -> Result<Arc<Pipeline>> {
         let key = Key {
             source,
-            entry: entry.to_string(),
-            overrides: overrides
+            entry: e.entry.to_string(),
+            overrides: e
+                .overrides
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_bits()))
                 .collect(),
-            bindings: bindings.to_vec(),
+            bindings: e.bindings.to_vec(),
         };
         if let Some(p) = self
             .pipelines
@@ -164,15 +178,14 @@ impl Gpu {
         self.pipelines.len()
     }
 
-    fn build(
-        &self,
-        name: &str,
-        pre: &Preprocessed,
-        entry: &str,
-        bindings: &[(u32, Binding)],
-        overrides: &[(&str, f64)],
-        checks: ShaderChecks,
-    ) -> Result<Arc<Pipeline>> {
+    fn build(&self, e: &EntryPoint, pre: &Preprocessed) -> Result<Arc<Pipeline>> {
+        let EntryPoint {
+            name,
+            entry,
+            bindings,
+            overrides,
+            checks,
+        } = *e;
         // naga first: its errors name the file and line as written.
         shader::validate(name, pre)?;
         let label = format!("{name}::{entry}");

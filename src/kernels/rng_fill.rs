@@ -3,6 +3,7 @@
 
 use crate::gpu::shader::Header;
 use crate::gpu::{Binding, GpuBuffer, KernelSpec, Recorder};
+use crate::rng::SeedStream;
 use crate::{Error, Result};
 
 /// What to draw.
@@ -40,9 +41,7 @@ impl Distribution {
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
-    seed_lo: u32,
-    seed_hi: u32,
-    stream: u32,
+    key: SeedStream,
     n: u32,
 }
 
@@ -79,9 +78,7 @@ pub fn record_fill<T: bytemuck::Pod>(
     let pipe = rec.gpu().pipeline(&spec, &header, &ov)?;
     let groups = super::two_hot::grid(rec.gpu(), n.div_ceil(4).div_ceil(64), "Philox fill")?;
     let p = Params {
-        seed_lo: seed as u32,
-        seed_hi: (seed >> 32) as u32,
-        stream,
+        key: SeedStream::new(seed, stream),
         n: n as u32,
     };
     rec.dispatch(&pipe, &[&out.buffer], Some(&p), groups)

@@ -250,9 +250,7 @@ const NOISE: &[(u32, Binding)] = &[(2, Binding::ReadWrite), (8, Binding::Uniform
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
-    seed_lo: u32,
-    seed_hi: u32,
-    stream: u32,
+    key: crate::rng::SeedStream,
     vis_rows: u32,
 }
 
@@ -609,9 +607,7 @@ impl<'g> Mppi<'g> {
     fn record(&self, key: StepKey) -> Result<PreparedStep<'g>> {
         let c = self.problem.control_dim;
         let params = Params {
-            seed_lo: self.cfg.seed as u32,
-            seed_hi: (self.cfg.seed >> 32) as u32,
-            stream: key.call,
+            key: crate::rng::SeedStream::new(self.cfg.seed, key.call),
             vis_rows: key.vis_rows as u32,
         };
         let mut rec = Recorder::new(self.gpu).with_cache(&self.binds);

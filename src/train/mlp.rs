@@ -40,6 +40,15 @@ impl TrainLayer {
             beta: beta + sel.first * out,
         }
     }
+
+    /// The weight `[out, in1 + in2]` of weight sets `sel` in `buf` (the parameters or their
+    /// gradients), batched over the sets.
+    fn weights<'a>(&self, buf: &'a GpuBuffer<f32>, sel: Members) -> Mat<'a> {
+        let (out, k) = (self.spec.out, self.spec.in1 + self.spec.in2);
+        Mat::rows(buf, k)
+            .at(self.w + sel.first * out * k)
+            .batched(out * k)
+    }
 }
 
 /// Which weight sets of an ensemble a pass runs: `count` consecutive ones from `first`.
@@ -86,6 +95,11 @@ pub struct Tape {
 }
 
 impl Tape {
+    /// Element offset of pass `step` in a tape buffer of `width` values per row and slot.
+    fn pass(&self, step: usize, width: usize) -> usize {
+        step * self.slots * self.rows * width
+    }
+
     /// Room for `steps` passes of `rows` rows through `net` with `slots` weight sets at once.
     pub fn new(gpu: &Gpu, net: &TrainNet, rows: usize, slots: usize, steps: usize) -> Result<Tape> {
         let mut h = Vec::new();
@@ -135,7 +149,7 @@ impl Tape {
     pub fn output<'t>(&'t self, net: &TrainNet, step: usize) -> (&'t GpuBuffer<f32>, usize) {
         let i = net.layers.len() - 1;
         let l = &net.layers[i];
-        let off = step * self.slots * self.rows * l.spec.out;
+        let off = self.pass(step, l.spec.out);
         if l.spec.normed {
             (&self.y[i], off)
         } else {
@@ -250,7 +264,48 @@ impl TrainNet {
         } else {
             &tape.h[i - 1]
         };
-        ((src, step * tape.slots * tape.rows * lo), rows * lo)
+        ((src, tape.pass(step, lo)), rows * lo)
+    }
+
+    /// Layer `i`'s input column blocks in pass `step`, each with its width and first weight
+    /// column: the rows below (`in1` columns at column 0) and, for a `[z, a]` layer, the
+    /// action (`in2` columns at column `in1`). The forward and backward GEMMs run per block.
+    fn input_blocks<'a>(
+        &self,
+        i: usize,
+        input: NetInput<'a>,
+        tape: &'a Tape,
+        rows: usize,
+        step: usize,
+    ) -> Result<Vec<(Mat<'a>, usize, usize)>> {
+        let (in1, in2) = (self.layers[i].spec.in1, self.layers[i].spec.in2);
+        let (x, x_bs) = self.layer_input(i, input, tape, rows, step);
+        let mut blocks = vec![(Mat::rows(x.0, in1).at(x.1).batched(x_bs), in1, 0)];
+        if in2 > 0 {
+            let a = self.action_input(input)?;
+            blocks.push((Mat::rows(a.0, in2).at(a.1), in2, in1));
+        }
+        Ok(blocks)
+    }
+
+    /// Layer `i`'s activation (and LayerNorm) in pass `step` over weight sets `sel`: its
+    /// config, and its `h`, LayerNorm parameters and statistics on the tape.
+    fn norm_act<'a>(
+        &self,
+        i: usize,
+        params: &'a GpuBuffer<f32>,
+        sel: Members,
+        tape: &'a Tape,
+        step: usize,
+    ) -> (NormActConfig, NormActBuffers<'a>) {
+        let l = &self.layers[i];
+        let io = NormActBuffers {
+            h: (&tape.h[i], tape.pass(step, l.spec.out)),
+            affine: Some(l.layer_norm(params, sel)),
+            stats: Some((&tape.stats[i], tape.pass(step, 2))),
+        };
+        let cfg = NormActConfig::new(l.spec.out, l.spec.act, true).with_members(sel.count);
+        (cfg, io)
     }
 
     /// The action input of a `[z, a]` network.
@@ -276,55 +331,27 @@ impl TrainNet {
         self.check(tape, rows, sel, step)?;
         let e = sel.count;
         for (i, l) in self.layers.iter().enumerate() {
-            let (in1, in2, out) = (l.spec.in1, l.spec.in2, l.spec.out);
-            let k = in1 + in2;
-            let region = step * tape.slots * tape.rows * out;
+            let out = l.spec.out;
+            let region = tape.pass(step, out);
             let h = Mat::rows(&tape.h[i], out).at(region).batched(rows * out);
-            let (x, x_bs) = self.layer_input(i, input, tape, rows, step);
-            let w = Mat::rows(params, k)
-                .at(l.w + sel.first * out * k)
-                .batched(out * k);
-            let op = Gemm {
-                trans_b: true,
-                batch: e,
-                ..Gemm::new(rows, out, in1)
-            };
-            gemm::record(
-                rec,
-                &op,
-                Mat::rows(x.0, in1).at(x.1).batched(x_bs),
-                w,
-                h,
-                Some(Bias {
-                    buf: params,
-                    offset: l.b + sel.first * out,
-                    batch_stride: out,
-                }),
-            )?;
-            if in2 > 0 {
-                let a = self.action_input(input)?;
+            let w = l.weights(params, sel);
+            // h = x W^T + b, the action block's product added to the first's.
+            for (x, width, col) in self.input_blocks(i, input, tape, rows, step)? {
                 let op = Gemm {
                     trans_b: true,
                     batch: e,
-                    accumulate: true,
-                    ..Gemm::new(rows, out, in2)
+                    accumulate: col > 0,
+                    ..Gemm::new(rows, out, width)
                 };
-                gemm::record(
-                    rec,
-                    &op,
-                    Mat::rows(a.0, in2).at(a.1),
-                    w.at(l.w + sel.first * out * k + in1),
-                    h,
-                    None,
-                )?;
+                let bias = (col == 0).then_some(Bias {
+                    buf: params,
+                    offset: l.b + sel.first * out,
+                    batch_stride: out,
+                });
+                gemm::record(rec, &op, x, w.at(w.offset + col), h, bias)?;
             }
             if l.spec.normed {
-                let io = NormActBuffers {
-                    h: (&tape.h[i], region),
-                    affine: Some(l.layer_norm(params, sel)),
-                    stats: Some((&tape.stats[i], step * tape.slots * tape.rows * 2)),
-                };
-                let cfg = NormActConfig::new(out, l.spec.act, true).with_members(e);
+                let (cfg, io) = self.norm_act(i, params, sel, tape, step);
                 norm_act::record_forward(rec, &cfg, rows, &io, (&tape.y[i], region))?;
             }
         }
@@ -372,18 +399,12 @@ impl TrainNet {
             let l = &self.layers[i];
             let (in1, in2, out) = (l.spec.in1, l.spec.in2, l.spec.out);
             let k = in1 + in2;
-            let region = step * tape.slots * tape.rows * out;
             // dh: through the activation and LayerNorm into scratch, or dy itself.
             let dh: (&GpuBuffer<f32>, usize) = if l.spec.normed {
                 // d[1] holds dh, d[0] the gradient passed down: a layer reads one, writes the
                 // other.
                 let dst = &tape.d[1];
-                let io = NormActBuffers {
-                    h: (&tape.h[i], region),
-                    affine: Some(l.layer_norm(params, sel)),
-                    stats: Some((&tape.stats[i], step * tape.slots * tape.rows * 2)),
-                };
-                let cfg = NormActConfig::new(out, l.spec.act, true).with_members(e);
+                let (cfg, io) = self.norm_act(i, params, sel, tape, step);
                 norm_act::record_backward(
                     rec,
                     &cfg,
@@ -416,46 +437,19 @@ impl TrainNet {
                     Some(&tape.scratch),
                 )?;
                 // dW += dh^T x, per column block of the input.
-                let (x, x_bs) = self.layer_input(i, input, tape, rows, step);
-                let dw = Mat::rows(grads, k)
-                    .at(l.w + sel.first * out * k)
-                    .batched(out * k);
-                let op = Gemm {
-                    trans_a: true,
-                    accumulate: true,
-                    batch: e,
-                    ..Gemm::new(out, in1, rows)
-                };
-                gemm::record(
-                    rec,
-                    &op,
-                    dh_mat,
-                    Mat::rows(x.0, in1).at(x.1).batched(x_bs),
-                    dw,
-                    None,
-                )?;
-                if in2 > 0 {
-                    let a = self.action_input(input)?;
+                let dw = l.weights(grads, sel);
+                for (x, width, col) in self.input_blocks(i, input, tape, rows, step)? {
                     let op = Gemm {
                         trans_a: true,
                         accumulate: true,
                         batch: e,
-                        ..Gemm::new(out, in2, rows)
+                        ..Gemm::new(out, width, rows)
                     };
-                    gemm::record(
-                        rec,
-                        &op,
-                        dh_mat,
-                        Mat::rows(a.0, in2).at(a.1),
-                        dw.at(l.w + sel.first * out * k + in1),
-                        None,
-                    )?;
+                    gemm::record(rec, &op, dh_mat, x, dw.at(dw.offset + col), None)?;
                 }
             }
             // dx = dh W[:, :in1], into the scratch the layer below reads, or the caller's dz.
-            let w = Mat::rows(params, k)
-                .at(l.w + sel.first * out * k)
-                .batched(out * k);
+            let w = l.weights(params, sel);
             if i > 0 {
                 let dst = &tape.d[0];
                 let op = Gemm {
