@@ -146,24 +146,54 @@ enum Act {
 }
 
 /// TD-MPC2's world-model size and dimensions.
-#[derive(Args, Clone, Copy)]
-struct ModelDims<const OBS: usize, const ACT: usize> {
-    /// TD-MPC2 preset in millions of parameters
-    #[arg(long, default_value_t = 5, value_parser = model_size)]
+#[derive(Clone, Copy)]
+struct Dims {
     size: u32,
-    /// Observation dimension
-    #[arg(long, default_value_t = OBS)]
     obs: usize,
-    /// Action dimension
-    #[arg(long, default_value_t = ACT)]
     act: usize,
 }
 
-impl<const O: usize, const A: usize> ModelDims<O, A> {
+impl Dims {
     fn spec(&self) -> Result<ModelSpec> {
         Ok(ModelSpec::tdmpc2(self.size, self.obs, self.act)?)
     }
 }
+
+/// The `--size`, `--obs` and `--act` options with a bench's default dimensions. A macro per
+/// set of defaults rather than one struct generic over them: clap keeps a `default_value_t`'s
+/// text in a static, which all instances of a generic struct share, so every bench showed
+/// and used the defaults of whichever was built first.
+macro_rules! model_dims {
+    ($name:ident, $obs:literal, $act:literal) => {
+        /// TD-MPC2's world-model size and dimensions.
+        #[derive(Args, Clone, Copy)]
+        struct $name {
+            /// TD-MPC2 preset in millions of parameters
+            #[arg(long, default_value_t = 5, value_parser = model_size)]
+            size: u32,
+            /// Observation dimension
+            #[arg(long, default_value_t = $obs)]
+            obs: usize,
+            /// Action dimension
+            #[arg(long, default_value_t = $act)]
+            act: usize,
+        }
+
+        impl $name {
+            fn dims(&self) -> Dims {
+                Dims {
+                    size: self.size,
+                    obs: self.obs,
+                    act: self.act,
+                }
+            }
+        }
+    };
+}
+// The layer bench's defaults: a humanoid-sized encoder input.
+model_dims!(LayerDims, 223, 38);
+// The updates': pendulum-sized, as the trainer's tasks.
+model_dims!(UpdateDims, 24, 6);
 
 /// A TD-MPC2 preset size: 1, 5, 19, 48 or 317.
 fn model_size(s: &str) -> std::result::Result<u32, String> {
@@ -222,7 +252,7 @@ struct LinearArgs {
 #[derive(Args)]
 struct ModelArgs {
     #[command(flatten)]
-    dims: ModelDims<223, 38>,
+    dims: LayerDims,
     /// Rows per pass (default: the planner's 512 samples)
     #[arg(long, default_value_t = 512)]
     rows: usize,
@@ -287,7 +317,7 @@ struct UpdateRun {
     #[arg(long)]
     profile: bool,
     #[command(flatten)]
-    dims: ModelDims<24, 6>,
+    dims: UpdateDims,
     #[command(flatten)]
     common: Common,
     #[command(flatten)]
@@ -298,7 +328,7 @@ impl UpdateRun {
     /// The model, timed runs (default 20) and warm-up calls (default 5).
     fn spec_runs_warmup(&self) -> Result<(ModelSpec, usize, usize)> {
         let (runs, warmup) = (self.common.runs(20), self.warmup.warmup.unwrap_or(5));
-        Ok((self.dims.spec()?, runs, warmup))
+        Ok((self.dims.dims().spec()?, runs, warmup))
     }
 }
 
@@ -554,7 +584,7 @@ struct NetRow<'a> {
 }
 
 fn model(gpu: &Gpu, a: &ModelArgs) -> Result {
-    let spec = a.dims.spec()?;
+    let spec = a.dims.dims().spec()?;
     let out = Report::new(gpu, a.common.json);
     let ceiling = a.ceiling.fp32(gpu);
     let res = step(a.common.quiet, "networks", || {
@@ -1022,12 +1052,7 @@ struct UpdateRow<'a> {
 }
 
 impl<'a> UpdateRow<'a> {
-    fn new<const O: usize, const A: usize>(
-        preset: Option<&'a str>,
-        batch: usize,
-        dims: &ModelDims<O, A>,
-        r: &bench::UpdateBench,
-    ) -> Self {
+    fn new(preset: Option<&'a str>, batch: usize, dims: Dims, r: &bench::UpdateBench) -> Self {
         UpdateRow {
             preset,
             batch,
@@ -1076,7 +1101,7 @@ fn update_header(first: String) -> String {
 
 fn update(gpu: &Gpu, a: &UpdateArgs) -> Result {
     let (spec, runs, warmup) = a.run.spec_runs_warmup()?;
-    let dims = a.run.dims;
+    let dims = a.run.dims.dims();
     if a.run.profile {
         println!("adapter: {}", gpu.describe());
         for &b in &a.batch {
@@ -1101,7 +1126,7 @@ fn update(gpu: &Gpu, a: &UpdateArgs) -> Result {
         let r = step(a.run.common.quiet, &format!("update B {b}"), || {
             bench::bench_update(gpu, &spec, b, runs, warmup)
         })?;
-        let row = UpdateRow::new(None, b, &dims, &r);
+        let row = UpdateRow::new(None, b, dims, &r);
         out.row(&row, || update_line(format!("{b:>5}"), &r));
     }
     Ok(())
@@ -1109,7 +1134,7 @@ fn update(gpu: &Gpu, a: &UpdateArgs) -> Result {
 
 fn policy(gpu: &Gpu, a: &PolicyArgs) -> Result {
     let (spec, runs, warmup) = a.run.spec_runs_warmup()?;
-    let dims = a.run.dims;
+    let dims = a.run.dims.dims();
     let act = dims.act;
     let out = Report::new(gpu, a.run.common.json);
     if a.run.profile {
@@ -1146,7 +1171,7 @@ fn policy(gpu: &Gpu, a: &PolicyArgs) -> Result {
         let r = step(a.run.common.quiet, &name, || {
             bench::bench_policy(gpu, &spec, cfg, a.batch, runs, warmup)
         })?;
-        let row = UpdateRow::new(Some(&name), a.batch, &dims, &r);
+        let row = UpdateRow::new(Some(&name), a.batch, dims, &r);
         out.row(&row, || update_line(format!("{name:<14}"), &r));
     }
     Ok(())

@@ -106,6 +106,31 @@ const SUBCOMMANDS: [&[&str]; 12] = [
     &["plot"],
 ];
 
+/// Each bench shows and uses its own default model dimensions (a generic options struct once
+/// gave every bench the first one's).
+#[test]
+fn benches_keep_their_own_default_dimensions() {
+    for (sub, obs, act) in [("model", 223, 38), ("update", 24, 6), ("policy", 24, 6)] {
+        let o = pompc(&["bench", sub, "--help"], 30);
+        assert!(o.ok, "{}", o.stderr);
+        let line = |opt: &str| {
+            o.stdout
+                .lines()
+                .find(|l| l.trim_start().starts_with(opt))
+                .unwrap_or_else(|| panic!("bench {sub} --help lacks {opt}: {}", o.stdout))
+                .to_string()
+        };
+        assert!(
+            line("--obs").contains(&format!("[default: {obs}]")),
+            "bench {sub}"
+        );
+        assert!(
+            line("--act").contains(&format!("[default: {act}]")),
+            "bench {sub}"
+        );
+    }
+}
+
 #[test]
 fn every_subcommand_has_help_and_help_lists_them_all() {
     for sub in SUBCOMMANDS {
