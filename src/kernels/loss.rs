@@ -48,6 +48,7 @@
 //! # Ok(()) }
 //! ```
 
+use super::launch::{count_within, record_pipeline, scratch_or_new};
 use crate::gpu::shader::Header;
 use crate::gpu::{Binding, GpuBuffer, KernelSpec, Recorder};
 use crate::kernels::norm_act::{Use, check_aliasing};
@@ -319,14 +320,7 @@ fn record_rows<'a>(
         rho: weights.rho,
         ..Default::default()
     };
-    if loss.index >= loss.losses.len() {
-        return Err(Error::Shape(format!(
-            "{what}: loss slot {} is past the end of {:?} ({} elements)",
-            loss.index,
-            loss.losses.label(),
-            loss.losses.len()
-        )));
-    }
+    check_slot(what, &loss)?;
     let slot = to_u32(what, "loss slot", loss.index)?;
     if let Some(g) = grad {
         (p.grad_off, p.grad_stride) =
@@ -339,24 +333,20 @@ fn record_rows<'a>(
         (loss.index, loss.index + 1),
     ));
     p.count = to_u32(what, "workgroups", groups)?;
-    let gpu = rec.gpu();
     // One workgroup writes its sum into the slot; more write partials that a reduction sums.
     let part = if groups <= 1 {
         check_aliasing(what, &uses)?;
         p.part_off = slot;
         None
     } else {
-        let part = match scratch {
-            Some(s) if s.len() >= groups => s.clone(),
-            Some(s) => {
-                return Err(Error::Shape(format!(
-                    "{what}: scratch ({:?}) holds {} elements, {groups} partials needed",
-                    s.label(),
-                    s.len()
-                )));
-            }
-            None => GpuBuffer::new(gpu, "pompc loss partials", groups)?,
-        };
+        let part = scratch_or_new(
+            rec,
+            what,
+            scratch,
+            groups,
+            "partials needed",
+            "pompc loss partials",
+        )?;
         uses.push(Use::write("scratch", &part, (0, groups)));
         check_aliasing(what, &uses)?;
         // The second pass reads the scratch and writes the slot.
@@ -370,19 +360,20 @@ fn record_rows<'a>(
         p.part_off = 0;
         Some(part)
     };
-    let (spec, header, ov) = spec_of(LossFlags {
+    let constants = spec_of(LossFlags {
         grad: grad.is_some(),
         grad_add: grad.is_some_and(|g| g.accumulate),
         loss_add: part.is_none() && loss.accumulate,
     });
-    let pipe = gpu.pipeline(&spec, &header, &ov)?;
     let dst = part.as_ref().unwrap_or(loss.losses);
     let g = grad.map_or(dst, |g| g.buf);
-    rec.dispatch(
-        &pipe,
+    let workgroups = grid(rec.gpu(), groups, what)?;
+    record_pipeline(
+        rec,
+        constants,
         &[&src_buf.buffer, &tgt_buf.buffer, &g.buffer, &dst.buffer],
-        Some(&p),
-        grid(gpu, groups, what)?,
+        &p,
+        workgroups,
     )?;
     match part {
         Some(part) => record_reduce(rec, &part, 0, groups, loss),
@@ -404,20 +395,15 @@ fn record_reduce(
         part_off: loss.index as u32,
         ..Default::default()
     };
-    let (spec, header, ov) = pipeline_constants(
-        LossOp::Reduce,
-        &TwoHotConfig::TDMPC2,
-        1,
-        LossFlags {
-            loss_add: loss.accumulate,
-            ..Default::default()
-        },
-    );
-    let pipe = rec.gpu().pipeline(&spec, &header, &ov)?;
-    rec.dispatch(
-        &pipe,
+    let flags = LossFlags {
+        loss_add: loss.accumulate,
+        ..Default::default()
+    };
+    record_pipeline(
+        rec,
+        pipeline_constants(LossOp::Reduce, &TwoHotConfig::TDMPC2, 1, flags),
         &[&src.buffer, &loss.losses.buffer],
-        Some(&p),
+        &p,
         [1, 1, 1],
     )
 }
@@ -455,15 +441,12 @@ pub fn record_soft_ce(
         )));
     }
     let bins = cfg.bins.bins;
-    let total = rows
-        .checked_mul(cfg.members)
-        .filter(|&t| t <= u32::MAX as usize - (1 << 22))
-        .ok_or_else(|| {
-            Error::Limit(format!(
-                "{what}: {rows} rows x {} members over 2^32",
-                cfg.members
-            ))
-        })?;
+    let total = count_within(
+        what,
+        rows.checked_mul(cfg.members),
+        u32::MAX as usize - (1 << 22),
+        || format!("{rows} rows x {} members over 2^32", cfg.members),
+    )?;
     let spec_of = |f: LossFlags| pipeline_constants(LossOp::SoftCe, &cfg.bins, 0, f);
     record_rows(
         rec,
@@ -510,22 +493,16 @@ pub fn record_mse(
             cfg.members, cfg.n
         )));
     }
-    let total = rows.checked_mul(cfg.members).ok_or_else(|| {
-        Error::Limit(format!(
-            "{what}: {rows} rows x {} members overflow",
-            cfg.members
-        ))
+    let total = count_within(what, rows.checked_mul(cfg.members), usize::MAX, || {
+        format!("{rows} rows x {} members overflow", cfg.members)
     })?;
     // One thread per element, numbered in u32 (with room for the last workgroups).
-    total
-        .checked_mul(cfg.n)
-        .filter(|&e| e <= u32::MAX as usize - (1 << 26))
-        .ok_or_else(|| {
-            Error::Limit(format!(
-                "{what}: {total} rows of {} over 2^32 elements",
-                cfg.n
-            ))
-        })?;
+    count_within(
+        what,
+        total.checked_mul(cfg.n),
+        u32::MAX as usize - (1 << 26),
+        || format!("{total} rows of {} over 2^32 elements", cfg.n),
+    )?;
     let spec_of = |f: LossFlags| pipeline_constants(LossOp::Mse, &TwoHotConfig::TDMPC2, cfg.n, f);
     record_rows(
         rec,
@@ -543,6 +520,17 @@ pub fn record_mse(
 
 /// No rows: the slot gets 0 (or keeps its value when adding).
 fn zero_loss(rec: &mut Recorder, what: &str, loss: LossOut) -> Result<()> {
+    check_slot(what, &loss)?;
+    if loss.accumulate {
+        return Ok(());
+    }
+    // Nothing is read, but the binding must be another buffer than the slot's.
+    let src = GpuBuffer::new(rec.gpu(), "pompc empty partials", 1)?;
+    record_reduce(rec, &src, 0, 0, loss)
+}
+
+/// `Err` unless the loss slot is within its buffer.
+fn check_slot(what: &str, loss: &LossOut) -> Result<()> {
     if loss.index >= loss.losses.len() {
         return Err(Error::Shape(format!(
             "{what}: loss slot {} is past the end of {:?} ({} elements)",
@@ -551,10 +539,5 @@ fn zero_loss(rec: &mut Recorder, what: &str, loss: LossOut) -> Result<()> {
             loss.losses.len()
         )));
     }
-    if loss.accumulate {
-        return Ok(());
-    }
-    // Nothing is read, but the binding must be another buffer than the slot's.
-    let src = GpuBuffer::new(rec.gpu(), "pompc empty partials", 1)?;
-    record_reduce(rec, &src, 0, 0, loss)
+    Ok(())
 }

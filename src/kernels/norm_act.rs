@@ -44,6 +44,7 @@
 
 pub use crate::kernels::linear::Activation;
 
+use super::launch::{check_scratch, count_within, record_pipeline, scratch_or_new};
 use crate::gpu::shader::Header;
 use crate::gpu::{Binding, GpuBuffer, KernelSpec, Recorder};
 use crate::kernels::two_hot::grid;
@@ -431,14 +432,11 @@ pub(crate) fn fit(
 
 /// Rows of all members as a 32-bit count, and the elements they span.
 fn total_rows(what: &str, cfg: &NormActConfig, rows: usize) -> Result<(u32, usize)> {
-    let under_u32 = |v: Option<usize>, m: &dyn Fn() -> String| {
-        v.filter(|&t| t <= u32::MAX as usize)
-            .ok_or_else(|| Error::Limit(format!("{what}: {}", m())))
-    };
-    let total = under_u32(rows.checked_mul(cfg.members), &|| {
+    let max = u32::MAX as usize;
+    let total = count_within(what, rows.checked_mul(cfg.members), max, || {
         format!("{rows} rows x {} members over 2^32", cfg.members)
     })?;
-    let elems = under_u32(total.checked_mul(cfg.n), &|| {
+    let elems = count_within(what, total.checked_mul(cfg.n), max, || {
         format!("{total} rows of {} features over 2^32 elements", cfg.n)
     })?;
     Ok((total as u32, elems))
@@ -542,21 +540,15 @@ pub fn record_forward(
         uses.push(Use::write("stats", s.0, range));
     }
     check_aliasing(what, &uses)?;
-    let gpu = rec.gpu();
-    let per_group = 64 / lanes(cfg.n) as usize;
-    let groups = grid(gpu, (total as usize).div_ceil(per_group), what)?;
-    let (spec, header, ov) = pipeline_constants(
-        cfg,
-        NormActOp::Forward {
-            stats: io.stats.is_some(),
-        },
-    );
-    let pipe = gpu.pipeline(&spec, &header, &ov)?;
-    rec.dispatch(
-        &pipe,
+    let op = NormActOp::Forward {
+        stats: io.stats.is_some(),
+    };
+    record_pipeline(
+        rec,
+        pipeline_constants(cfg, op),
         &[&io.h.0.buffer, &prm.buffer, &y.0.buffer, &stats_buf.buffer],
-        Some(&p),
-        groups,
+        &p,
+        row_grid(rec, what, cfg, total)?,
     )
 }
 
@@ -650,12 +642,8 @@ pub fn record_backward(
         let (chunks, _) = column_chunks(rows);
         column_grid(rec, what, cfg.n, chunks, cfg.members)?;
         let need = scratch_len(cfg.n, cfg.members, rows, 2);
-        if let Some(s) = scratch.filter(|s| s.len() < need) {
-            return Err(Error::Shape(format!(
-                "{what}: scratch ({:?}) holds {} elements, {need} needed (see scratch_len)",
-                s.label(),
-                s.len()
-            )));
+        if let Some(s) = scratch {
+            check_scratch(what, s, need, SCRATCH_NEEDED)?;
         }
     }
     let gpu = rec.gpu();
@@ -675,19 +663,15 @@ pub fn record_backward(
     // Unused bindings repeat a buffer bound the same way.
     let stats_in = io.stats.map_or(io.h.0, |s| s.0);
     let stats_out = temp_stats.as_ref().unwrap_or(dh.0);
-    let per_group = 64 / lanes(cfg.n) as usize;
-    let groups = grid(gpu, (total as usize).div_ceil(per_group), what)?;
-    let (spec, header, ov) = pipeline_constants(
-        cfg,
-        NormActOp::Backward {
-            accumulate,
-            recompute,
-            store,
-        },
-    );
-    let pipe = gpu.pipeline(&spec, &header, &ov)?;
-    rec.dispatch(
-        &pipe,
+    let groups = row_grid(rec, what, cfg, total)?;
+    let op = NormActOp::Backward {
+        accumulate,
+        recompute,
+        store,
+    };
+    record_pipeline(
+        rec,
+        pipeline_constants(cfg, op),
         &[
             &io.h.0.buffer,
             &dy.0.buffer,
@@ -696,7 +680,7 @@ pub fn record_backward(
             &dh.0.buffer,
             &stats_out.buffer,
         ],
-        Some(&p),
+        &p,
         groups,
     )?;
     if let Some(g) = dparams {
@@ -711,6 +695,10 @@ pub fn record_backward(
     Ok(())
 }
 
+/// What a too-short scratch of the column sums is told: the elements needed, and where to
+/// find how many.
+const SCRATCH_NEEDED: &str = "needed (see scratch_len)";
+
 /// The scratch buffer of a two-pass column sum: the caller's, checked, or a new one that the
 /// recorder keeps alive until it is done.
 fn scratch_buffer(
@@ -719,15 +707,14 @@ fn scratch_buffer(
     scratch: Option<&GpuBuffer<f32>>,
     need: usize,
 ) -> Result<GpuBuffer<f32>> {
-    match scratch {
-        Some(s) if s.len() >= need => Ok(s.clone()),
-        Some(s) => Err(Error::Shape(format!(
-            "{what}: scratch ({:?}) holds {} elements, {need} needed (see scratch_len)",
-            s.label(),
-            s.len()
-        ))),
-        None => GpuBuffer::new(rec.gpu(), "pompc column-sum partials", need),
-    }
+    let label = "pompc column-sum partials";
+    scratch_or_new(rec, what, scratch, need, SCRATCH_NEEDED, label)
+}
+
+/// Grid of a row kernel over `total` rows (of all members), [`lanes`] threads a row.
+fn row_grid(rec: &Recorder, what: &str, cfg: &NormActConfig, total: u32) -> Result<[u32; 3]> {
+    let per_group = 64 / lanes(cfg.n) as usize;
+    grid(rec.gpu(), (total as usize).div_ceil(per_group), what)
 }
 
 /// Column grid of a column kernel: (column tiles, chunks, members).
@@ -774,11 +761,18 @@ fn record_finish(
         ..Default::default()
     };
     let cfg = NormActConfig::new(n, Activation::Identity, false);
-    let gpu = rec.gpu();
-    let groups = grid(gpu, (quantities as usize * members * n).div_ceil(64), what)?;
-    let (spec, header, ov) = pipeline_constants(&cfg, NormActOp::Finish { quantities, add });
-    let pipe = gpu.pipeline(&spec, &header, &ov)?;
-    rec.dispatch(&pipe, &[&scratch.buffer, &out.buffer], Some(&p), groups)
+    let groups = grid(
+        rec.gpu(),
+        (quantities as usize * members * n).div_ceil(64),
+        what,
+    )?;
+    record_pipeline(
+        rec,
+        pipeline_constants(&cfg, NormActOp::Finish { quantities, add }),
+        &[&scratch.buffer, &out.buffer],
+        &p,
+        groups,
+    )
 }
 
 /// dgamma and dbeta added into `grads` at `g_off`, `b_off`: one column pass, or two through
@@ -848,13 +842,10 @@ fn record_columns(
         p.out_member = n as u32;
     }
     let groups = column_grid(rec, what, n, chunks, cfg.members)?;
-    let gpu = rec.gpu();
-    let (spec, header, ov) = pipeline_constants(cfg, op);
-    let pipe = gpu.pipeline(&spec, &header, &ov)?;
     let dst = part.as_ref().unwrap_or(out);
     let mut bufs = inputs.to_vec();
     bufs.push(&dst.buffer);
-    rec.dispatch(&pipe, &bufs, Some(&p), groups)?;
+    record_pipeline(rec, pipeline_constants(cfg, op), &bufs, &p, groups)?;
     if let Some(sb) = &part {
         record_finish(
             rec,

@@ -7,6 +7,7 @@ use super::pipelines::{PolicyLossKernel, pipeline_constants};
 use super::reduce::{finish_loss, zero_slots};
 use crate::Result;
 use crate::gpu::{GpuBuffer, Recorder};
+use crate::kernels::launch::record_pipeline;
 use crate::kernels::loss::{GradOut, LossOut, RowWeights, span, to_u32};
 use crate::kernels::norm_act::{Use, check_aliasing};
 use crate::kernels::policy::lanes;
@@ -247,12 +248,10 @@ pub(super) fn dispatch(
     p: &Params,
     groups: usize,
 ) -> Result<()> {
-    let gpu = rec.gpu();
-    let (spec, header, ov) = pipeline_constants(kernel);
-    let pipe = gpu.pipeline(&spec, &header, &ov)?;
     let bufs = match kernel {
         PolicyLossKernel::PriorFit { .. } => prior_fit_bindings(bufs),
         _ => bufs.to_vec(),
     };
-    rec.dispatch(&pipe, &bufs, Some(p), grid(gpu, groups, what)?)
+    let groups = grid(rec.gpu(), groups, what)?;
+    record_pipeline(rec, pipeline_constants(kernel), &bufs, p, groups)
 }
