@@ -2,7 +2,7 @@
 //! its constants, and the caller's scratch buffer (or a new one) for partial sums.
 
 use crate::gpu::shader::Header;
-use crate::gpu::{GpuBuffer, KernelSpec, Recorder};
+use crate::gpu::{Binding, GpuBuffer, KernelSpec, Recorder};
 use crate::{Error, Result};
 
 /// Record one dispatch of the pipeline that `constants` (a `pipeline_constants` result:
@@ -68,3 +68,37 @@ pub(crate) fn count_within(
         .ok_or_else(|| Error::Limit(format!("{what}: {}", say())))
 }
 
+/// The bindings `first` followed by `more`, for a kernel whose bindings extend another's
+/// (`N`, the total, is checked when the constant is evaluated).
+pub(crate) const fn extend_bindings<const A: usize, const N: usize>(
+    first: &[(u32, Binding); A],
+    more: &[(u32, Binding)],
+) -> [(u32, Binding); N] {
+    assert!(A + more.len() == N, "N must be the number of bindings");
+    let mut all = [(0, Binding::Read); N];
+    let mut i = 0;
+    while i < N {
+        all[i] = if i < A { first[i] } else { more[i - A] };
+        i += 1;
+    }
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extended_bindings_follow_the_first() {
+        const FIRST: [(u32, Binding); 2] = [(0, Binding::Read), (1, Binding::Uniform)];
+        const ALL: [(u32, Binding); 3] = extend_bindings(&FIRST, &[(5, Binding::ReadWrite)]);
+        assert_eq!(
+            ALL,
+            [
+                (0, Binding::Read),
+                (1, Binding::Uniform),
+                (5, Binding::ReadWrite)
+            ]
+        );
+    }
+}

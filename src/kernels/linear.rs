@@ -16,6 +16,7 @@
 //! arithmetic is f32 except the tensor-core products.
 
 use super::gemm_coop::CoopTile;
+use super::launch::extend_bindings;
 use crate::gpu::shader::Header;
 use crate::gpu::{Binding, Gpu, GpuBuffer, KernelSpec, Pipeline, Precision, Recorder};
 use crate::{Error, Result};
@@ -444,7 +445,7 @@ struct Params {
     pre_rows: u32,
 }
 
-const BINDINGS: &[(u32, Binding)] = &[
+const BINDINGS: [(u32, Binding); 7] = [
     (0, Binding::Read),
     (1, Binding::Read),
     (2, Binding::Read),
@@ -456,24 +457,21 @@ const BINDINGS: &[(u32, Binding)] = &[
 const GEMM: KernelSpec = KernelSpec {
     shader: "linear",
     entry: "gemm",
-    bindings: BINDINGS,
+    bindings: &BINDINGS,
 };
 const COOP: KernelSpec = KernelSpec {
     shader: "linear_coop",
     entry: "gemm",
-    // 10 and 11 view Z and W as vec4, 12 W as vec2 (vector loads of whole chunks).
-    bindings: &[
-        (0, Binding::Read),
-        (1, Binding::Read),
-        (2, Binding::Read),
-        (3, Binding::Read),
-        (4, Binding::ReadWrite),
-        (5, Binding::Uniform),
-        (9, Binding::Read),
-        (10, Binding::Read),
-        (11, Binding::Read),
-        (12, Binding::Read),
-    ],
+    // The ALU kernel's, then 10 and 11 view Z and W as vec4, 12 W as vec2 (vector loads of
+    // whole chunks).
+    bindings: &extend_bindings::<7, 10>(
+        &BINDINGS,
+        &[
+            (10, Binding::Read),
+            (11, Binding::Read),
+            (12, Binding::Read),
+        ],
+    ),
 };
 const EPILOGUE: KernelSpec = KernelSpec {
     shader: "linear",
