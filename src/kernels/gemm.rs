@@ -24,9 +24,10 @@
 //! # Ok(()) }
 //! ```
 
-use super::launch::record_pipeline;
+use super::launch::{kernel, record_pipeline};
+use crate::gpu::Binding::{self, Read, ReadWrite, Uniform};
 use crate::gpu::shader::Header;
-use crate::gpu::{Binding, Gpu, GpuBuffer, KernelSpec, Recorder};
+use crate::gpu::{Gpu, GpuBuffer, KernelSpec, Recorder};
 use crate::{Error, Result};
 
 /// One multiply: `op(A)` is `[m, k]`, `op(B)` is `[k, n]`, `C` is `[m, n]`, `batch` times.
@@ -236,17 +237,13 @@ pub(crate) struct Params {
 
 /// A, B, C, the bias and the uniforms; the tensor-core GEMM binds more after them.
 pub(crate) const BINDINGS: [(u32, Binding); 5] = [
-    (0, Binding::Read),
-    (1, Binding::Read),
-    (2, Binding::ReadWrite),
-    (3, Binding::Read),
-    (4, Binding::Uniform),
+    (0, Read),
+    (1, Read),
+    (2, ReadWrite),
+    (3, Read),
+    (4, Uniform),
 ];
-const SPEC: KernelSpec = KernelSpec {
-    shader: "gemm",
-    entry: "gemm",
-    bindings: &BINDINGS,
-};
+const SPEC: KernelSpec = kernel("gemm", "gemm", &BINDINGS);
 
 /// The header and override constants of one pipeline (also used by the shader test).
 pub fn pipeline_constants(

@@ -24,9 +24,10 @@
 //! K (relative error ~1e-3 of `sum |a_ik b_kj|` in the worst case, ~`2^-11 sqrt(K)` typical).
 
 use super::gemm::{self, Bias, Gemm, Mat, Tiled};
-use super::launch::extend_bindings;
+use super::launch::{extend_bindings, kernel};
+use crate::gpu::Binding::Read;
 use crate::gpu::shader::Header;
-use crate::gpu::{Binding, Gpu, KernelSpec, Recorder};
+use crate::gpu::{Gpu, KernelSpec, Recorder};
 use crate::{Error, Result};
 
 /// A tensor-core tile: `bm x bn` outputs per workgroup, `bk` deep per step, `wm x wn` per
@@ -246,12 +247,12 @@ pub enum GemmPath {
     F32,
 }
 
-const SPEC: KernelSpec = KernelSpec {
-    shader: "gemm_coop",
-    entry: "gemm",
-    // The f32 GEMM's, then vec4 views of A and B (16-byte loads).
-    bindings: &extend_bindings::<5, 7>(&gemm::BINDINGS, &[(5, Binding::Read), (6, Binding::Read)]),
-};
+/// The f32 GEMM's bindings, then vec4 views of A and B (16-byte loads).
+const SPEC: KernelSpec = kernel(
+    "gemm_coop",
+    "gemm",
+    &extend_bindings::<5, 7>(&gemm::BINDINGS, &[(5, Read), (6, Read)]),
+);
 
 /// The header and override constants of one pipeline (also used by the shader test), for
 /// subgroups of `sg` invocations.

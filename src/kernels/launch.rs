@@ -68,6 +68,27 @@ pub(crate) fn count_within(
         .ok_or_else(|| Error::Limit(format!("{what}: {}", say())))
 }
 
+/// The bindings of a kernel with one input and one output: read, read-write, uniforms.
+pub(crate) const IN_OUT: &[(u32, Binding)] = &[
+    (0, Binding::Read),
+    (1, Binding::ReadWrite),
+    (2, Binding::Uniform),
+];
+
+/// The kernel `entry` of the library shader `shader`, binding `bindings` in the order that
+/// the launch code passes buffers: one line a kernel in the modules' tables.
+pub(crate) const fn kernel(
+    shader: &'static str,
+    entry: &'static str,
+    bindings: &'static [(u32, Binding)],
+) -> KernelSpec {
+    KernelSpec {
+        shader,
+        entry,
+        bindings,
+    }
+}
+
 /// The bindings `first` followed by `more`, for a kernel whose bindings extend another's
 /// (`N`, the total, is checked when the constant is evaluated).
 pub(crate) const fn extend_bindings<const A: usize, const N: usize>(

@@ -48,9 +48,10 @@
 //! # Ok(()) }
 //! ```
 
-use super::launch::{count_within, record_pipeline, scratch_or_new};
+use super::launch::{count_within, kernel, record_pipeline, scratch_or_new};
+use crate::gpu::Binding::{self, Read, ReadWrite, Uniform};
 use crate::gpu::shader::Header;
-use crate::gpu::{Binding, GpuBuffer, KernelSpec, Recorder};
+use crate::gpu::{GpuBuffer, KernelSpec, Recorder};
 use crate::kernels::norm_act::{Use, check_aliasing};
 use crate::kernels::two_hot::{RowLayout, TwoHotConfig, decode_lanes, fit_rows, grid};
 use crate::{Error, Result};
@@ -187,32 +188,17 @@ struct Params {
     _pad1: [u32; 2],
 }
 
-const ROW_BINDINGS: &[(u32, Binding)] = &[
-    (0, Binding::Read),
-    (1, Binding::Read),
-    (2, Binding::ReadWrite),
-    (3, Binding::ReadWrite),
-    (4, Binding::Uniform),
+/// Source and target rows, the gradient, the slot or partials, the uniforms.
+const ROWS: &[(u32, Binding)] = &[
+    (0, Read),
+    (1, Read),
+    (2, ReadWrite),
+    (3, ReadWrite),
+    (4, Uniform),
 ];
-const SOFT_CE: KernelSpec = KernelSpec {
-    shader: "loss",
-    entry: "soft_ce",
-    bindings: ROW_BINDINGS,
-};
-const MSE: KernelSpec = KernelSpec {
-    shader: "loss",
-    entry: "mse",
-    bindings: ROW_BINDINGS,
-};
-const REDUCE: KernelSpec = KernelSpec {
-    shader: "loss",
-    entry: "reduce",
-    bindings: &[
-        (0, Binding::Read),
-        (3, Binding::ReadWrite),
-        (4, Binding::Uniform),
-    ],
-};
+const SOFT_CE: KernelSpec = kernel("loss", "soft_ce", ROWS);
+const MSE: KernelSpec = kernel("loss", "mse", ROWS);
+const REDUCE: KernelSpec = kernel("loss", "reduce", &[(0, Read), (3, ReadWrite), (4, Uniform)]);
 
 /// Elements each `mse` workgroup handles (256 threads, 4 each).
 const MSE_GROUP: usize = 1024;

@@ -44,9 +44,12 @@
 
 pub use crate::kernels::linear::Activation;
 
-use super::launch::{check_scratch, count_within, record_pipeline, scratch_or_new};
+use super::launch::{
+    check_scratch, count_within, extend_bindings, kernel, record_pipeline, scratch_or_new,
+};
+use crate::gpu::Binding::{self, Read, ReadWrite, Uniform};
 use crate::gpu::shader::Header;
-use crate::gpu::{Binding, GpuBuffer, KernelSpec, Recorder};
+use crate::gpu::{GpuBuffer, KernelSpec, Recorder};
 use crate::kernels::two_hot::grid;
 use crate::{Error, Result};
 
@@ -203,61 +206,42 @@ struct Params {
     _pad: [u32; 3],
 }
 
-const FORWARD: KernelSpec = KernelSpec {
-    shader: "norm_act",
-    entry: "forward",
-    bindings: &[
-        (0, Binding::Read),
-        (2, Binding::Read),
-        (4, Binding::ReadWrite),
-        (5, Binding::ReadWrite),
-        (6, Binding::Uniform),
+/// What the backward and the parameter gradients read: h, dy, gamma and beta, the statistics.
+const BACKWARD_READS: [(u32, Binding); 4] = [(0, Read), (1, Read), (2, Read), (3, Read)];
+const FORWARD: KernelSpec = kernel(
+    "norm_act",
+    "forward",
+    &[
+        (0, Read),
+        (2, Read),
+        (4, ReadWrite),
+        (5, ReadWrite),
+        (6, Uniform),
     ],
-};
-const BACKWARD: KernelSpec = KernelSpec {
-    shader: "norm_act",
-    entry: "backward",
-    bindings: &[
-        (0, Binding::Read),
-        (1, Binding::Read),
-        (2, Binding::Read),
-        (3, Binding::Read),
-        (4, Binding::ReadWrite),
-        (5, Binding::ReadWrite),
-        (6, Binding::Uniform),
-    ],
-};
-const LN_GRADS: KernelSpec = KernelSpec {
-    shader: "norm_act",
-    entry: "ln_grads",
-    bindings: &[
-        (0, Binding::Read),
-        (1, Binding::Read),
-        (2, Binding::Read),
-        (3, Binding::Read),
-        (4, Binding::ReadWrite),
-        (6, Binding::Uniform),
-    ],
-};
-const COLSUM: KernelSpec = KernelSpec {
-    shader: "norm_act",
-    entry: "colsum",
-    bindings: &[
-        (0, Binding::Read),
-        (1, Binding::Read),
-        (4, Binding::ReadWrite),
-        (6, Binding::Uniform),
-    ],
-};
-const FINISH: KernelSpec = KernelSpec {
-    shader: "norm_act",
-    entry: "finish",
-    bindings: &[
-        (0, Binding::Read),
-        (4, Binding::ReadWrite),
-        (6, Binding::Uniform),
-    ],
-};
+);
+const BACKWARD: KernelSpec = kernel(
+    "norm_act",
+    "backward",
+    &extend_bindings::<4, 7>(
+        &BACKWARD_READS,
+        &[(4, ReadWrite), (5, ReadWrite), (6, Uniform)],
+    ),
+);
+const LN_GRADS: KernelSpec = kernel(
+    "norm_act",
+    "ln_grads",
+    &extend_bindings::<4, 6>(&BACKWARD_READS, &[(4, ReadWrite), (6, Uniform)]),
+);
+const COLSUM: KernelSpec = kernel(
+    "norm_act",
+    "colsum",
+    &[(0, Read), (1, Read), (4, ReadWrite), (6, Uniform)],
+);
+const FINISH: KernelSpec = kernel(
+    "norm_act",
+    "finish",
+    &[(0, Read), (4, ReadWrite), (6, Uniform)],
+);
 
 /// Threads per row in the row kernels: the power of two that gives each about 8 features,
 /// at most 64 (so rows of 512 and up use the linear epilogue's 64-thread summation order).

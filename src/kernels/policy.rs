@@ -19,10 +19,11 @@
 //! # Ok(()) }
 //! ```
 
-use super::launch::{count_within, record_pipeline};
+use super::launch::{count_within, kernel, record_pipeline};
 use super::two_hot::{RowLayout, fit_rows, grid};
+use crate::gpu::Binding::{Read, ReadWrite, Uniform};
 use crate::gpu::shader::Header;
-use crate::gpu::{Binding, GpuBuffer, KernelSpec, Recorder};
+use crate::gpu::{GpuBuffer, KernelSpec, Recorder};
 use crate::{Error, Result};
 
 /// The policy head's shape and log-std range.
@@ -149,17 +150,17 @@ struct Params {
     _pad: [u32; 3],
 }
 
-const SAMPLE: KernelSpec = KernelSpec {
-    shader: "policy",
-    entry: "sample",
-    bindings: &[
-        (0, Binding::Read),
-        (1, Binding::Read),
-        (2, Binding::ReadWrite),
-        (3, Binding::ReadWrite),
-        (4, Binding::Uniform),
+const SAMPLE: KernelSpec = kernel(
+    "policy",
+    "sample",
+    &[
+        (0, Read),
+        (1, Read),
+        (2, ReadWrite),
+        (3, ReadWrite),
+        (4, Uniform),
     ],
-};
+);
 
 /// Threads that share one row: the power of two that gives each at most 4 action dimensions
 /// (16 for dog's A = 38), at most 64.

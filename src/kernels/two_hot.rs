@@ -15,9 +15,9 @@
 //! # Ok(()) }
 //! ```
 
-use super::launch::{count_within, record_pipeline};
+use super::launch::{IN_OUT, count_within, kernel, record_pipeline};
 use crate::gpu::shader::Header;
-use crate::gpu::{Binding, Gpu, GpuBuffer, KernelSpec, Recorder};
+use crate::gpu::{Gpu, GpuBuffer, KernelSpec, Recorder};
 use crate::{Error, Result};
 
 /// The bins of a discrete regression head.
@@ -121,21 +121,8 @@ struct Params {
     _pad: [u32; 3],
 }
 
-const BINDINGS: &[(u32, Binding)] = &[
-    (0, Binding::Read),
-    (1, Binding::ReadWrite),
-    (2, Binding::Uniform),
-];
-const DECODE: KernelSpec = KernelSpec {
-    shader: "two_hot",
-    entry: "decode",
-    bindings: BINDINGS,
-};
-const ENCODE: KernelSpec = KernelSpec {
-    shader: "two_hot",
-    entry: "encode",
-    bindings: BINDINGS,
-};
+const DECODE: KernelSpec = kernel("two_hot", "decode", IN_OUT);
+const ENCODE: KernelSpec = kernel("two_hot", "encode", IN_OUT);
 
 /// Threads that share one row in `decode`: the power of two that gives each at most 16 bins
 /// (8 for TD-MPC2's 101 bins, so 8 rows per workgroup of 64), at most 64.

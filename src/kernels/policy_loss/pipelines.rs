@@ -2,8 +2,10 @@
 //! every combination the launch code can build.
 
 use super::config::{EntropyForm, KlForm, Param};
+use crate::gpu::Binding::{self, Read, ReadWrite, Uniform};
+use crate::gpu::KernelSpec;
 use crate::gpu::shader::Header;
-use crate::gpu::{Binding, KernelSpec};
+use crate::kernels::launch::{extend_bindings, kernel};
 use crate::kernels::policy::lanes;
 
 /// The flags (pipeline constants) of one policy-loss pipeline.
@@ -83,56 +85,46 @@ pub enum PolicyLossKernel {
     },
 }
 
-const SAMPLE: KernelSpec = KernelSpec {
-    shader: "policy_loss",
-    entry: "sample",
-    bindings: &[
-        (0, Binding::Read),
-        (1, Binding::Read),
-        (8, Binding::ReadWrite),
-        (11, Binding::Uniform),
-    ],
-};
-const POLICY_LOSS: KernelSpec = KernelSpec {
-    shader: "policy_loss",
-    entry: "policy_loss",
-    bindings: &[
-        (0, Binding::Read),
-        (1, Binding::Read),
-        (2, Binding::Read),
-        (3, Binding::Read),
-        (4, Binding::Read),
-        (5, Binding::Read),
-        (6, Binding::Read),
-        (7, Binding::Read),
-        (8, Binding::ReadWrite),
-        (9, Binding::ReadWrite),
-        (10, Binding::ReadWrite),
-        (11, Binding::Uniform),
-    ],
-};
-const PRIOR_FIT: KernelSpec = KernelSpec {
-    shader: "policy_loss",
-    entry: "prior_fit",
-    bindings: &[
-        (0, Binding::Read),
-        (5, Binding::Read),
-        (7, Binding::Read),
-        (8, Binding::ReadWrite),
-        (9, Binding::ReadWrite),
-        (10, Binding::ReadWrite),
-        (11, Binding::Uniform),
-    ],
-};
-const REDUCE: KernelSpec = KernelSpec {
-    shader: "policy_loss",
-    entry: "reduce",
-    bindings: &[
-        (0, Binding::Read),
-        (10, Binding::ReadWrite),
-        (11, Binding::Uniform),
-    ],
-};
+/// The written bindings and the uniforms of the loss passes: gradient rows, divergence rows,
+/// slots or partials.
+const LOSS_OUTPUTS: [(u32, Binding); 4] = [
+    (8, ReadWrite),
+    (9, ReadWrite),
+    (10, ReadWrite),
+    (11, Uniform),
+];
+const SAMPLE: KernelSpec = kernel(
+    "policy_loss",
+    "sample",
+    &[(0, Read), (1, Read), (8, ReadWrite), (11, Uniform)],
+);
+const POLICY_LOSS: KernelSpec = kernel(
+    "policy_loss",
+    "policy_loss",
+    &extend_bindings::<8, 12>(
+        &[
+            (0, Read),
+            (1, Read),
+            (2, Read),
+            (3, Read),
+            (4, Read),
+            (5, Read),
+            (6, Read),
+            (7, Read),
+        ],
+        &LOSS_OUTPUTS,
+    ),
+);
+const PRIOR_FIT: KernelSpec = kernel(
+    "policy_loss",
+    "prior_fit",
+    &extend_bindings::<3, 7>(&[(0, Read), (5, Read), (7, Read)], &LOSS_OUTPUTS),
+);
+const REDUCE: KernelSpec = kernel(
+    "policy_loss",
+    "reduce",
+    &[(0, Read), (10, ReadWrite), (11, Uniform)],
+);
 
 fn param_id(p: Param) -> f64 {
     match p {
