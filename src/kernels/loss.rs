@@ -362,21 +362,19 @@ fn record_rows<'a>(
         workgroups,
     )?;
     match part {
-        Some(part) => record_reduce(rec, &part, 0, groups, loss),
+        Some(part) => record_reduce(rec, &part, groups, loss),
         None => Ok(()),
     }
 }
 
-/// Sum `count` values of `src` from `src_offset` into a loss slot.
+/// Sum the first `count` values of `src` into a loss slot.
 fn record_reduce(
     rec: &mut Recorder,
     src: &GpuBuffer<f32>,
-    src_offset: usize,
     count: usize,
     loss: LossOut,
 ) -> Result<()> {
     let p = Params {
-        src_off: src_offset as u32,
         count: count as u32,
         part_off: loss.index as u32,
         ..Default::default()
@@ -512,7 +510,7 @@ fn zero_loss(rec: &mut Recorder, what: &str, loss: LossOut) -> Result<()> {
     }
     // Nothing is read, but the binding must be another buffer than the slot's.
     let src = GpuBuffer::new(rec.gpu(), "pompc empty partials", 1)?;
-    record_reduce(rec, &src, 0, 0, loss)
+    record_reduce(rec, &src, 0, loss)
 }
 
 /// `Err` unless the loss slot is within its buffer.

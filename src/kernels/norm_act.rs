@@ -426,6 +426,36 @@ fn total_rows(what: &str, cfg: &NormActConfig, rows: usize) -> Result<(u32, usiz
     Ok((total as u32, elems))
 }
 
+/// The rows of the forward or the backward: their count over all members and `h` checked;
+/// returns that count, the elements it spans, the read of `h` and the uniforms with the rows
+/// and `h`'s offset set.
+fn row_pass<'a>(
+    what: &str,
+    cfg: &NormActConfig,
+    rows: usize,
+    h: At<'a>,
+) -> Result<(u32, usize, Use<'a>, Params)> {
+    let (total, elems) = total_rows(what, cfg, rows)?;
+    let (h_off, hr) = fit(what, "h", h.0, h.1, elems)?;
+    let p = Params {
+        rows: rows as u32,
+        members: cfg.members as u32,
+        x_off: h_off,
+        ..Default::default()
+    };
+    Ok((total, elems, Use::read("h", h.0, hr), p))
+}
+
+/// `Err` where row statistics are given without LayerNorm.
+fn check_stats(what: &str, cfg: &NormActConfig, io: &NormActBuffers) -> Result<()> {
+    if io.stats.is_some() && !cfg.layer_norm {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: row statistics exist only with LayerNorm (stats: None)"
+        )));
+    }
+    Ok(())
+}
+
 /// Gamma and beta, checked: shader offsets and element ranges.
 struct CheckedAffine<'a> {
     aff: Affine<'a>,
@@ -494,25 +524,14 @@ pub fn record_forward(
     let what = "norm-act forward";
     cfg.check()?;
     let aff = affine_params(what, cfg, io.affine, "LayerNorm")?;
-    if io.stats.is_some() && !cfg.layer_norm {
-        return Err(Error::InvalidArgument(format!(
-            "{what}: row statistics exist only with LayerNorm (stats: None)"
-        )));
-    }
+    check_stats(what, cfg, io)?;
     if rows == 0 {
         return Ok(());
     }
-    let (total, elems) = total_rows(what, cfg, rows)?;
-    let (h_off, hr) = fit(what, "h", io.h.0, io.h.1, elems)?;
+    let (total, elems, h, mut p) = row_pass(what, cfg, rows, io.h)?;
     let (y_off, yr) = fit(what, "y", y.0, y.1, elems)?;
-    let mut uses = vec![Use::read("h", io.h.0, hr), Use::write("y", y.0, yr)];
-    let mut p = Params {
-        rows: rows as u32,
-        members: cfg.members as u32,
-        x_off: h_off,
-        out_off: y_off,
-        ..Default::default()
-    };
+    p.out_off = y_off;
+    let mut uses = vec![h, Use::write("y", y.0, yr)];
     let prm = bind_affine(&aff, io.h.0, &mut p, &mut uses);
     // Without stats the binding is y again (two writable views of one buffer are allowed;
     // the kernel does not touch it).
@@ -574,24 +593,12 @@ pub fn record_backward(
             )));
         }
     };
-    if io.stats.is_some() && !cfg.layer_norm {
-        return Err(Error::InvalidArgument(format!(
-            "{what}: row statistics exist only with LayerNorm (stats: None)"
-        )));
-    }
-    let (total, elems) = total_rows(what, cfg, rows)?;
-    let (h_off, hr) = fit(what, "h", io.h.0, io.h.1, elems)?;
+    check_stats(what, cfg, io)?;
+    let (total, elems, h, mut p) = row_pass(what, cfg, rows, io.h)?;
     let (dy_off, dyr) = fit(what, "dy", dy.0, dy.1, elems)?;
     let (dh_off, dhr) = fit(what, "dh", dh.0, dh.1, elems)?;
-    let mut uses = vec![Use::read("h", io.h.0, hr), Use::read("dy", dy.0, dyr)];
-    let mut p = Params {
-        rows: rows as u32,
-        members: cfg.members as u32,
-        x_off: h_off,
-        dy_off,
-        out_off: dh_off,
-        ..Default::default()
-    };
+    (p.dy_off, p.out_off) = (dy_off, dh_off);
+    let mut uses = vec![h, Use::read("dy", dy.0, dyr)];
     let prm = bind_affine(&aff, io.h.0, &mut p, &mut uses);
     if let Some(s) = io.stats {
         let (off, range) = fit(what, "stats", s.0, s.1, 2 * total as usize)?;

@@ -69,7 +69,7 @@ pub(super) fn finish_loss<'a>(
     p.part_off = 0;
     let bufs = bindings(reads, writes, &part.buffer);
     dispatch(rec, what, &kernel(false), &bufs, &p, groups)?;
-    record_reduce(rec, &part.buffer, 0, groups, terms, loss)
+    record_reduce(rec, &part.buffer, groups, terms, loss)
 }
 
 /// No rows: zero sums in the slots (which keep their values when adding). `src` is any
@@ -89,21 +89,19 @@ pub(super) fn zero_slots(
             "{what}: the input rows and the loss slots are the same buffer"
         )));
     }
-    record_reduce(rec, &src.buffer, 0, 0, terms, loss)
+    record_reduce(rec, &src.buffer, 0, terms, loss)
 }
 
-/// Sum `count` partials per term (term `k` at `src[src_off + k * count ..]`) into
+/// Sum `count` partials per term (term `k` at `src[k * count ..]`) into
 /// `loss.losses[loss.index + k]` for `k < terms`.
 fn record_reduce(
     rec: &mut Recorder,
     src: &wgpu::Buffer,
-    src_off: usize,
     count: usize,
     terms: usize,
     loss: LossOut,
 ) -> Result<()> {
     let p = Params {
-        h_off: src_off as u32,
         count: count as u32,
         part_off: loss.index as u32,
         terms: terms as u32,
