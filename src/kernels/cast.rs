@@ -7,8 +7,9 @@
 //! even); lavapipe matches the mirror exactly, ties included. Magnitudes above 65504 are out
 //! of f16's range (weights are far inside it).
 
+use super::launch::{IN_OUT, kernel};
 use crate::gpu::shader::Header;
-use crate::gpu::{Binding, GpuBuffer, KernelSpec, Recorder};
+use crate::gpu::{GpuBuffer, KernelSpec, Recorder};
 use crate::{Error, Result};
 
 #[repr(C)]
@@ -20,15 +21,7 @@ struct Params {
     pad: u32,
 }
 
-const TO_F16: KernelSpec = KernelSpec {
-    shader: "cast",
-    entry: "to_f16",
-    bindings: &[
-        (0, Binding::Read),
-        (1, Binding::ReadWrite),
-        (2, Binding::Uniform),
-    ],
-};
+const TO_F16: KernelSpec = kernel("cast", "to_f16", IN_OUT);
 
 /// Header and overrides of the conversion pipeline (for the shader test).
 pub fn pipeline_constants() -> (KernelSpec, Header, Vec<(&'static str, f64)>) {

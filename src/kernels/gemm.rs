@@ -24,8 +24,10 @@
 //! # Ok(()) }
 //! ```
 
+use super::launch::{kernel, record_pipeline};
+use crate::gpu::Binding::{self, Read, ReadWrite, Uniform};
 use crate::gpu::shader::Header;
-use crate::gpu::{Binding, Gpu, GpuBuffer, KernelSpec, Recorder};
+use crate::gpu::{Gpu, GpuBuffer, KernelSpec, Recorder};
 use crate::{Error, Result};
 
 /// One multiply: `op(A)` is `[m, k]`, `op(B)` is `[k, n]`, `C` is `[m, n]`, `batch` times.
@@ -233,17 +235,15 @@ pub(crate) struct Params {
     _pad: u32,
 }
 
-const SPEC: KernelSpec = KernelSpec {
-    shader: "gemm",
-    entry: "gemm",
-    bindings: &[
-        (0, Binding::Read),
-        (1, Binding::Read),
-        (2, Binding::ReadWrite),
-        (3, Binding::Read),
-        (4, Binding::Uniform),
-    ],
-};
+/// A, B, C, the bias and the uniforms; the tensor-core GEMM binds more after them.
+pub(crate) const BINDINGS: [(u32, Binding); 5] = [
+    (0, Read),
+    (1, Read),
+    (2, ReadWrite),
+    (3, Read),
+    (4, Uniform),
+];
+const SPEC: KernelSpec = kernel("gemm", "gemm", &BINDINGS);
 
 /// The header and override constants of one pipeline (also used by the shader test).
 pub fn pipeline_constants(
@@ -337,22 +337,44 @@ pub fn record_with_tile(
     bias: Option<Bias>,
     tile: GemmTile,
 ) -> Result<()> {
+    let constants = pipeline_constants(tile, op.trans_a, op.trans_b, op.accumulate, bias.is_some());
+    let tiled = Tiled {
+        what: "gemm",
+        bm: tile.bm,
+        bn: tile.bn,
+        vec4_views: false,
+    };
+    record_tiled(rec, op, (a, b, c, bias), tiled, constants)
+}
+
+/// How a GEMM kernel covers C: its name for errors, its `bm x bn` tile, and whether it also
+/// binds vec4 views of A and B (the tensor-core kernel's bindings 5 and 6).
+pub(crate) struct Tiled {
+    pub(crate) what: &'static str,
+    pub(crate) bm: u32,
+    pub(crate) bn: u32,
+    pub(crate) vec4_views: bool,
+}
+
+/// What both GEMM kernels do once their tile is chosen and checked: check the operands, then
+/// record the pipeline of `constants` over the tiles of C.
+pub(crate) fn record_tiled(
+    rec: &mut Recorder,
+    op: &Gemm,
+    (a, b, c, bias): (Mat, Mat, Mat, Option<Bias>),
+    tiled: Tiled,
+    constants: (KernelSpec, Header, Vec<(&'static str, f64)>),
+) -> Result<()> {
     let Some(p) = checked_params(op, &a, &b, &c, bias.as_ref())? else {
         return Ok(());
     };
-    let gpu = rec.gpu();
-    let groups = tile_grid(gpu, "gemm", op, tile.bm, tile.bn)?;
-    let (spec, header, ov) =
-        pipeline_constants(tile, op.trans_a, op.trans_b, op.accumulate, bias.is_some());
-    let pipe = gpu.pipeline(&spec, &header, &ov)?;
+    let groups = tile_grid(rec.gpu(), tiled.what, op, tiled.bm, tiled.bn)?;
     // The bias binding needs some buffer even when unused.
     let bias_buf = bias.map_or(&a.buf.buffer, |b| &b.buf.buffer);
-    rec.dispatch(
-        &pipe,
-        &[&a.buf.buffer, &b.buf.buffer, &c.buf.buffer, bias_buf],
-        Some(&p),
-        groups,
-    )
+    let (a, b) = (&a.buf.buffer, &b.buf.buffer);
+    let bufs = [a, b, &c.buf.buffer, bias_buf, a, b];
+    let bound = if tiled.vec4_views { 6 } else { 4 };
+    record_pipeline(rec, constants, &bufs[..bound], &p, groups)
 }
 
 /// The workgroups of `op` in `bm x bn` tiles (one per tile and batch), or an

@@ -23,9 +23,11 @@
 //! the exact f32 product is that of rounding the operands: about `2^-11 (|a| |b|)` summed over
 //! K (relative error ~1e-3 of `sum |a_ik b_kj|` in the worst case, ~`2^-11 sqrt(K)` typical).
 
-use super::gemm::{self, Bias, Gemm, Mat, checked_params};
+use super::gemm::{self, Bias, Gemm, Mat, Tiled};
+use super::launch::{extend_bindings, kernel};
+use crate::gpu::Binding::Read;
 use crate::gpu::shader::Header;
-use crate::gpu::{Binding, Gpu, KernelSpec, Recorder};
+use crate::gpu::{Gpu, KernelSpec, Recorder};
 use crate::{Error, Result};
 
 /// A tensor-core tile: `bm x bn` outputs per workgroup, `bk` deep per step, `wm x wn` per
@@ -245,19 +247,12 @@ pub enum GemmPath {
     F32,
 }
 
-const SPEC: KernelSpec = KernelSpec {
-    shader: "gemm_coop",
-    entry: "gemm",
-    bindings: &[
-        (0, Binding::Read),
-        (1, Binding::Read),
-        (2, Binding::ReadWrite),
-        (3, Binding::Read),
-        (4, Binding::Uniform),
-        (5, Binding::Read),
-        (6, Binding::Read),
-    ],
-};
+/// The f32 GEMM's bindings, then vec4 views of A and B (16-byte loads).
+const SPEC: KernelSpec = kernel(
+    "gemm_coop",
+    "gemm",
+    &extend_bindings::<5, 7>(&gemm::BINDINGS, &[(5, Read), (6, Read)]),
+);
 
 /// The header and override constants of one pipeline (also used by the shader test), for
 /// subgroups of `sg` invocations.
@@ -308,11 +303,7 @@ pub fn record_with_tile(
     let gpu = rec.gpu();
     let sg = gpu.tensor_cores()?;
     tile.check(gpu, sg)?;
-    let Some(p) = checked_params(op, &a, &b, &c, bias.as_ref())? else {
-        return Ok(());
-    };
-    let groups = gemm::tile_grid(gpu, "gemm_coop", op, tile.bm, tile.bn)?;
-    let (spec, header, ov) = pipeline_constants(
+    let constants = pipeline_constants(
         tile,
         sg,
         op.trans_a,
@@ -320,22 +311,13 @@ pub fn record_with_tile(
         op.accumulate,
         bias.is_some(),
     );
-    let pipe = gpu.pipeline(&spec, &header, &ov)?;
-    let bias_buf = bias.map_or(&a.buf.buffer, |b| &b.buf.buffer);
-    rec.dispatch(
-        &pipe,
-        // Bindings 5 and 6 view A and B as vec4 (16-byte loads).
-        &[
-            &a.buf.buffer,
-            &b.buf.buffer,
-            &c.buf.buffer,
-            bias_buf,
-            &a.buf.buffer,
-            &b.buf.buffer,
-        ],
-        Some(&p),
-        groups,
-    )
+    let tiled = Tiled {
+        what: "gemm_coop",
+        bm: tile.bm,
+        bn: tile.bn,
+        vec4_views: true,
+    };
+    gemm::record_tiled(rec, op, (a, b, c, bias), tiled, constants)
 }
 
 /// [`record`] where the device has tensor cores, else the f32 [`gemm::record`]; returns

@@ -16,8 +16,10 @@
 //! arithmetic is f32 except the tensor-core products.
 
 use super::gemm_coop::CoopTile;
+use super::launch::{extend_bindings, kernel};
+use crate::gpu::Binding::{self, Read, ReadWrite, Uniform};
 use crate::gpu::shader::Header;
-use crate::gpu::{Binding, Gpu, GpuBuffer, KernelSpec, Pipeline, Precision, Recorder};
+use crate::gpu::{Gpu, GpuBuffer, KernelSpec, Pipeline, Precision, Recorder};
 use crate::{Error, Result};
 use std::sync::{Arc, Mutex};
 
@@ -444,51 +446,37 @@ struct Params {
     pre_rows: u32,
 }
 
-const BINDINGS: &[(u32, Binding)] = &[
-    (0, Binding::Read),
-    (1, Binding::Read),
-    (2, Binding::Read),
-    (3, Binding::Read),
-    (4, Binding::ReadWrite),
-    (5, Binding::Uniform),
-    (9, Binding::Read),
+const BINDINGS: [(u32, Binding); 7] = [
+    (0, Read),
+    (1, Read),
+    (2, Read),
+    (3, Read),
+    (4, ReadWrite),
+    (5, Uniform),
+    (9, Read),
 ];
-const GEMM: KernelSpec = KernelSpec {
-    shader: "linear",
-    entry: "gemm",
-    bindings: BINDINGS,
-};
-const COOP: KernelSpec = KernelSpec {
-    shader: "linear_coop",
-    entry: "gemm",
-    // 10 and 11 view Z and W as vec4, 12 W as vec2 (vector loads of whole chunks).
-    bindings: &[
-        (0, Binding::Read),
-        (1, Binding::Read),
-        (2, Binding::Read),
-        (3, Binding::Read),
-        (4, Binding::ReadWrite),
-        (5, Binding::Uniform),
-        (9, Binding::Read),
-        (10, Binding::Read),
-        (11, Binding::Read),
-        (12, Binding::Read),
+const GEMM: KernelSpec = kernel("linear", "gemm", &BINDINGS);
+/// The ALU kernel's bindings, then 10 and 11 view Z and W as vec4, 12 W as vec2 (vector
+/// loads of whole chunks).
+const COOP: KernelSpec = kernel(
+    "linear_coop",
+    "gemm",
+    &extend_bindings::<7, 10>(&BINDINGS, &[(10, Read), (11, Read), (12, Read)]),
+);
+const EPILOGUE: KernelSpec = kernel(
+    "linear",
+    "epilogue",
+    &[
+        (3, Read),
+        (4, ReadWrite),
+        (5, Uniform),
+        (6, Read),
+        (7, Read),
+        (8, Read),
+        (9, Read),
+        (13, Read),
     ],
-};
-const EPILOGUE: KernelSpec = KernelSpec {
-    shader: "linear",
-    entry: "epilogue",
-    bindings: &[
-        (3, Binding::Read),
-        (4, Binding::ReadWrite),
-        (5, Binding::Uniform),
-        (6, Binding::Read),
-        (7, Binding::Read),
-        (8, Binding::Read),
-        (9, Binding::Read),
-        (13, Binding::Read),
-    ],
-};
+);
 
 /// How a call is carried out: the tile and the number of K-splits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -48,8 +48,10 @@
 //! # Ok(()) }
 //! ```
 
+use super::launch::{count_within, kernel, record_pipeline, scratch_or_new};
+use crate::gpu::Binding::{self, Read, ReadWrite, Uniform};
 use crate::gpu::shader::Header;
-use crate::gpu::{Binding, GpuBuffer, KernelSpec, Recorder};
+use crate::gpu::{GpuBuffer, KernelSpec, Recorder};
 use crate::kernels::norm_act::{Use, check_aliasing};
 use crate::kernels::two_hot::{RowLayout, TwoHotConfig, decode_lanes, fit_rows, grid};
 use crate::{Error, Result};
@@ -186,32 +188,17 @@ struct Params {
     _pad1: [u32; 2],
 }
 
-const ROW_BINDINGS: &[(u32, Binding)] = &[
-    (0, Binding::Read),
-    (1, Binding::Read),
-    (2, Binding::ReadWrite),
-    (3, Binding::ReadWrite),
-    (4, Binding::Uniform),
+/// Source and target rows, the gradient, the slot or partials, the uniforms.
+const ROWS: &[(u32, Binding)] = &[
+    (0, Read),
+    (1, Read),
+    (2, ReadWrite),
+    (3, ReadWrite),
+    (4, Uniform),
 ];
-const SOFT_CE: KernelSpec = KernelSpec {
-    shader: "loss",
-    entry: "soft_ce",
-    bindings: ROW_BINDINGS,
-};
-const MSE: KernelSpec = KernelSpec {
-    shader: "loss",
-    entry: "mse",
-    bindings: ROW_BINDINGS,
-};
-const REDUCE: KernelSpec = KernelSpec {
-    shader: "loss",
-    entry: "reduce",
-    bindings: &[
-        (0, Binding::Read),
-        (3, Binding::ReadWrite),
-        (4, Binding::Uniform),
-    ],
-};
+const SOFT_CE: KernelSpec = kernel("loss", "soft_ce", ROWS);
+const MSE: KernelSpec = kernel("loss", "mse", ROWS);
+const REDUCE: KernelSpec = kernel("loss", "reduce", &[(0, Read), (3, ReadWrite), (4, Uniform)]);
 
 /// Elements each `mse` workgroup handles (256 threads, 4 each).
 const MSE_GROUP: usize = 1024;
@@ -319,14 +306,7 @@ fn record_rows<'a>(
         rho: weights.rho,
         ..Default::default()
     };
-    if loss.index >= loss.losses.len() {
-        return Err(Error::Shape(format!(
-            "{what}: loss slot {} is past the end of {:?} ({} elements)",
-            loss.index,
-            loss.losses.label(),
-            loss.losses.len()
-        )));
-    }
+    check_slot(what, &loss)?;
     let slot = to_u32(what, "loss slot", loss.index)?;
     if let Some(g) = grad {
         (p.grad_off, p.grad_stride) =
@@ -339,24 +319,20 @@ fn record_rows<'a>(
         (loss.index, loss.index + 1),
     ));
     p.count = to_u32(what, "workgroups", groups)?;
-    let gpu = rec.gpu();
     // One workgroup writes its sum into the slot; more write partials that a reduction sums.
     let part = if groups <= 1 {
         check_aliasing(what, &uses)?;
         p.part_off = slot;
         None
     } else {
-        let part = match scratch {
-            Some(s) if s.len() >= groups => s.clone(),
-            Some(s) => {
-                return Err(Error::Shape(format!(
-                    "{what}: scratch ({:?}) holds {} elements, {groups} partials needed",
-                    s.label(),
-                    s.len()
-                )));
-            }
-            None => GpuBuffer::new(gpu, "pompc loss partials", groups)?,
-        };
+        let part = scratch_or_new(
+            rec,
+            what,
+            scratch,
+            groups,
+            "partials needed",
+            "pompc loss partials",
+        )?;
         uses.push(Use::write("scratch", &part, (0, groups)));
         check_aliasing(what, &uses)?;
         // The second pass reads the scratch and writes the slot.
@@ -370,54 +346,48 @@ fn record_rows<'a>(
         p.part_off = 0;
         Some(part)
     };
-    let (spec, header, ov) = spec_of(LossFlags {
+    let constants = spec_of(LossFlags {
         grad: grad.is_some(),
         grad_add: grad.is_some_and(|g| g.accumulate),
         loss_add: part.is_none() && loss.accumulate,
     });
-    let pipe = gpu.pipeline(&spec, &header, &ov)?;
     let dst = part.as_ref().unwrap_or(loss.losses);
     let g = grad.map_or(dst, |g| g.buf);
-    rec.dispatch(
-        &pipe,
+    let workgroups = grid(rec.gpu(), groups, what)?;
+    record_pipeline(
+        rec,
+        constants,
         &[&src_buf.buffer, &tgt_buf.buffer, &g.buffer, &dst.buffer],
-        Some(&p),
-        grid(gpu, groups, what)?,
+        &p,
+        workgroups,
     )?;
     match part {
-        Some(part) => record_reduce(rec, &part, 0, groups, loss),
+        Some(part) => record_reduce(rec, &part, groups, loss),
         None => Ok(()),
     }
 }
 
-/// Sum `count` values of `src` from `src_offset` into a loss slot.
+/// Sum the first `count` values of `src` into a loss slot.
 fn record_reduce(
     rec: &mut Recorder,
     src: &GpuBuffer<f32>,
-    src_offset: usize,
     count: usize,
     loss: LossOut,
 ) -> Result<()> {
     let p = Params {
-        src_off: src_offset as u32,
         count: count as u32,
         part_off: loss.index as u32,
         ..Default::default()
     };
-    let (spec, header, ov) = pipeline_constants(
-        LossOp::Reduce,
-        &TwoHotConfig::TDMPC2,
-        1,
-        LossFlags {
-            loss_add: loss.accumulate,
-            ..Default::default()
-        },
-    );
-    let pipe = rec.gpu().pipeline(&spec, &header, &ov)?;
-    rec.dispatch(
-        &pipe,
+    let flags = LossFlags {
+        loss_add: loss.accumulate,
+        ..Default::default()
+    };
+    record_pipeline(
+        rec,
+        pipeline_constants(LossOp::Reduce, &TwoHotConfig::TDMPC2, 1, flags),
         &[&src.buffer, &loss.losses.buffer],
-        Some(&p),
+        &p,
         [1, 1, 1],
     )
 }
@@ -455,15 +425,12 @@ pub fn record_soft_ce(
         )));
     }
     let bins = cfg.bins.bins;
-    let total = rows
-        .checked_mul(cfg.members)
-        .filter(|&t| t <= u32::MAX as usize - (1 << 22))
-        .ok_or_else(|| {
-            Error::Limit(format!(
-                "{what}: {rows} rows x {} members over 2^32",
-                cfg.members
-            ))
-        })?;
+    let total = count_within(
+        what,
+        rows.checked_mul(cfg.members),
+        u32::MAX as usize - (1 << 22),
+        || format!("{rows} rows x {} members over 2^32", cfg.members),
+    )?;
     let spec_of = |f: LossFlags| pipeline_constants(LossOp::SoftCe, &cfg.bins, 0, f);
     record_rows(
         rec,
@@ -510,22 +477,16 @@ pub fn record_mse(
             cfg.members, cfg.n
         )));
     }
-    let total = rows.checked_mul(cfg.members).ok_or_else(|| {
-        Error::Limit(format!(
-            "{what}: {rows} rows x {} members overflow",
-            cfg.members
-        ))
+    let total = count_within(what, rows.checked_mul(cfg.members), usize::MAX, || {
+        format!("{rows} rows x {} members overflow", cfg.members)
     })?;
     // One thread per element, numbered in u32 (with room for the last workgroups).
-    total
-        .checked_mul(cfg.n)
-        .filter(|&e| e <= u32::MAX as usize - (1 << 26))
-        .ok_or_else(|| {
-            Error::Limit(format!(
-                "{what}: {total} rows of {} over 2^32 elements",
-                cfg.n
-            ))
-        })?;
+    count_within(
+        what,
+        total.checked_mul(cfg.n),
+        u32::MAX as usize - (1 << 26),
+        || format!("{total} rows of {} over 2^32 elements", cfg.n),
+    )?;
     let spec_of = |f: LossFlags| pipeline_constants(LossOp::Mse, &TwoHotConfig::TDMPC2, cfg.n, f);
     record_rows(
         rec,
@@ -543,6 +504,17 @@ pub fn record_mse(
 
 /// No rows: the slot gets 0 (or keeps its value when adding).
 fn zero_loss(rec: &mut Recorder, what: &str, loss: LossOut) -> Result<()> {
+    check_slot(what, &loss)?;
+    if loss.accumulate {
+        return Ok(());
+    }
+    // Nothing is read, but the binding must be another buffer than the slot's.
+    let src = GpuBuffer::new(rec.gpu(), "pompc empty partials", 1)?;
+    record_reduce(rec, &src, 0, loss)
+}
+
+/// `Err` unless the loss slot is within its buffer.
+fn check_slot(what: &str, loss: &LossOut) -> Result<()> {
     if loss.index >= loss.losses.len() {
         return Err(Error::Shape(format!(
             "{what}: loss slot {} is past the end of {:?} ({} elements)",
@@ -551,10 +523,5 @@ fn zero_loss(rec: &mut Recorder, what: &str, loss: LossOut) -> Result<()> {
             loss.losses.len()
         )));
     }
-    if loss.accumulate {
-        return Ok(());
-    }
-    // Nothing is read, but the binding must be another buffer than the slot's.
-    let src = GpuBuffer::new(rec.gpu(), "pompc empty partials", 1)?;
-    record_reduce(rec, &src, 0, 0, loss)
+    Ok(())
 }

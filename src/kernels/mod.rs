@@ -4,6 +4,7 @@
 pub mod cast;
 pub mod gemm;
 pub mod gemm_coop;
+mod launch;
 pub mod linear;
 pub mod loss;
 pub mod norm_act;

@@ -44,8 +44,12 @@
 
 pub use crate::kernels::linear::Activation;
 
+use super::launch::{
+    check_scratch, count_within, extend_bindings, kernel, record_pipeline, scratch_or_new,
+};
+use crate::gpu::Binding::{self, Read, ReadWrite, Uniform};
 use crate::gpu::shader::Header;
-use crate::gpu::{Binding, GpuBuffer, KernelSpec, Recorder};
+use crate::gpu::{GpuBuffer, KernelSpec, Recorder};
 use crate::kernels::two_hot::grid;
 use crate::{Error, Result};
 
@@ -202,61 +206,42 @@ struct Params {
     _pad: [u32; 3],
 }
 
-const FORWARD: KernelSpec = KernelSpec {
-    shader: "norm_act",
-    entry: "forward",
-    bindings: &[
-        (0, Binding::Read),
-        (2, Binding::Read),
-        (4, Binding::ReadWrite),
-        (5, Binding::ReadWrite),
-        (6, Binding::Uniform),
+/// What the backward and the parameter gradients read: h, dy, gamma and beta, the statistics.
+const BACKWARD_READS: [(u32, Binding); 4] = [(0, Read), (1, Read), (2, Read), (3, Read)];
+const FORWARD: KernelSpec = kernel(
+    "norm_act",
+    "forward",
+    &[
+        (0, Read),
+        (2, Read),
+        (4, ReadWrite),
+        (5, ReadWrite),
+        (6, Uniform),
     ],
-};
-const BACKWARD: KernelSpec = KernelSpec {
-    shader: "norm_act",
-    entry: "backward",
-    bindings: &[
-        (0, Binding::Read),
-        (1, Binding::Read),
-        (2, Binding::Read),
-        (3, Binding::Read),
-        (4, Binding::ReadWrite),
-        (5, Binding::ReadWrite),
-        (6, Binding::Uniform),
-    ],
-};
-const LN_GRADS: KernelSpec = KernelSpec {
-    shader: "norm_act",
-    entry: "ln_grads",
-    bindings: &[
-        (0, Binding::Read),
-        (1, Binding::Read),
-        (2, Binding::Read),
-        (3, Binding::Read),
-        (4, Binding::ReadWrite),
-        (6, Binding::Uniform),
-    ],
-};
-const COLSUM: KernelSpec = KernelSpec {
-    shader: "norm_act",
-    entry: "colsum",
-    bindings: &[
-        (0, Binding::Read),
-        (1, Binding::Read),
-        (4, Binding::ReadWrite),
-        (6, Binding::Uniform),
-    ],
-};
-const FINISH: KernelSpec = KernelSpec {
-    shader: "norm_act",
-    entry: "finish",
-    bindings: &[
-        (0, Binding::Read),
-        (4, Binding::ReadWrite),
-        (6, Binding::Uniform),
-    ],
-};
+);
+const BACKWARD: KernelSpec = kernel(
+    "norm_act",
+    "backward",
+    &extend_bindings::<4, 7>(
+        &BACKWARD_READS,
+        &[(4, ReadWrite), (5, ReadWrite), (6, Uniform)],
+    ),
+);
+const LN_GRADS: KernelSpec = kernel(
+    "norm_act",
+    "ln_grads",
+    &extend_bindings::<4, 6>(&BACKWARD_READS, &[(4, ReadWrite), (6, Uniform)]),
+);
+const COLSUM: KernelSpec = kernel(
+    "norm_act",
+    "colsum",
+    &[(0, Read), (1, Read), (4, ReadWrite), (6, Uniform)],
+);
+const FINISH: KernelSpec = kernel(
+    "norm_act",
+    "finish",
+    &[(0, Read), (4, ReadWrite), (6, Uniform)],
+);
 
 /// Threads per row in the row kernels: the power of two that gives each about 8 features,
 /// at most 64 (so rows of 512 and up use the linear epilogue's 64-thread summation order).
@@ -431,17 +416,44 @@ pub(crate) fn fit(
 
 /// Rows of all members as a 32-bit count, and the elements they span.
 fn total_rows(what: &str, cfg: &NormActConfig, rows: usize) -> Result<(u32, usize)> {
-    let under_u32 = |v: Option<usize>, m: &dyn Fn() -> String| {
-        v.filter(|&t| t <= u32::MAX as usize)
-            .ok_or_else(|| Error::Limit(format!("{what}: {}", m())))
-    };
-    let total = under_u32(rows.checked_mul(cfg.members), &|| {
+    let max = u32::MAX as usize;
+    let total = count_within(what, rows.checked_mul(cfg.members), max, || {
         format!("{rows} rows x {} members over 2^32", cfg.members)
     })?;
-    let elems = under_u32(total.checked_mul(cfg.n), &|| {
+    let elems = count_within(what, total.checked_mul(cfg.n), max, || {
         format!("{total} rows of {} features over 2^32 elements", cfg.n)
     })?;
     Ok((total as u32, elems))
+}
+
+/// The rows of the forward or the backward: their count over all members and `h` checked;
+/// returns that count, the elements it spans, the read of `h` and the uniforms with the rows
+/// and `h`'s offset set.
+fn row_pass<'a>(
+    what: &str,
+    cfg: &NormActConfig,
+    rows: usize,
+    h: At<'a>,
+) -> Result<(u32, usize, Use<'a>, Params)> {
+    let (total, elems) = total_rows(what, cfg, rows)?;
+    let (h_off, hr) = fit(what, "h", h.0, h.1, elems)?;
+    let p = Params {
+        rows: rows as u32,
+        members: cfg.members as u32,
+        x_off: h_off,
+        ..Default::default()
+    };
+    Ok((total, elems, Use::read("h", h.0, hr), p))
+}
+
+/// `Err` where row statistics are given without LayerNorm.
+fn check_stats(what: &str, cfg: &NormActConfig, io: &NormActBuffers) -> Result<()> {
+    if io.stats.is_some() && !cfg.layer_norm {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: row statistics exist only with LayerNorm (stats: None)"
+        )));
+    }
+    Ok(())
 }
 
 /// Gamma and beta, checked: shader offsets and element ranges.
@@ -512,25 +524,14 @@ pub fn record_forward(
     let what = "norm-act forward";
     cfg.check()?;
     let aff = affine_params(what, cfg, io.affine, "LayerNorm")?;
-    if io.stats.is_some() && !cfg.layer_norm {
-        return Err(Error::InvalidArgument(format!(
-            "{what}: row statistics exist only with LayerNorm (stats: None)"
-        )));
-    }
+    check_stats(what, cfg, io)?;
     if rows == 0 {
         return Ok(());
     }
-    let (total, elems) = total_rows(what, cfg, rows)?;
-    let (h_off, hr) = fit(what, "h", io.h.0, io.h.1, elems)?;
+    let (total, elems, h, mut p) = row_pass(what, cfg, rows, io.h)?;
     let (y_off, yr) = fit(what, "y", y.0, y.1, elems)?;
-    let mut uses = vec![Use::read("h", io.h.0, hr), Use::write("y", y.0, yr)];
-    let mut p = Params {
-        rows: rows as u32,
-        members: cfg.members as u32,
-        x_off: h_off,
-        out_off: y_off,
-        ..Default::default()
-    };
+    p.out_off = y_off;
+    let mut uses = vec![h, Use::write("y", y.0, yr)];
     let prm = bind_affine(&aff, io.h.0, &mut p, &mut uses);
     // Without stats the binding is y again (two writable views of one buffer are allowed;
     // the kernel does not touch it).
@@ -542,21 +543,15 @@ pub fn record_forward(
         uses.push(Use::write("stats", s.0, range));
     }
     check_aliasing(what, &uses)?;
-    let gpu = rec.gpu();
-    let per_group = 64 / lanes(cfg.n) as usize;
-    let groups = grid(gpu, (total as usize).div_ceil(per_group), what)?;
-    let (spec, header, ov) = pipeline_constants(
-        cfg,
-        NormActOp::Forward {
-            stats: io.stats.is_some(),
-        },
-    );
-    let pipe = gpu.pipeline(&spec, &header, &ov)?;
-    rec.dispatch(
-        &pipe,
+    let op = NormActOp::Forward {
+        stats: io.stats.is_some(),
+    };
+    record_pipeline(
+        rec,
+        pipeline_constants(cfg, op),
         &[&io.h.0.buffer, &prm.buffer, &y.0.buffer, &stats_buf.buffer],
-        Some(&p),
-        groups,
+        &p,
+        row_grid(rec, what, cfg, total)?,
     )
 }
 
@@ -598,24 +593,12 @@ pub fn record_backward(
             )));
         }
     };
-    if io.stats.is_some() && !cfg.layer_norm {
-        return Err(Error::InvalidArgument(format!(
-            "{what}: row statistics exist only with LayerNorm (stats: None)"
-        )));
-    }
-    let (total, elems) = total_rows(what, cfg, rows)?;
-    let (h_off, hr) = fit(what, "h", io.h.0, io.h.1, elems)?;
+    check_stats(what, cfg, io)?;
+    let (total, elems, h, mut p) = row_pass(what, cfg, rows, io.h)?;
     let (dy_off, dyr) = fit(what, "dy", dy.0, dy.1, elems)?;
     let (dh_off, dhr) = fit(what, "dh", dh.0, dh.1, elems)?;
-    let mut uses = vec![Use::read("h", io.h.0, hr), Use::read("dy", dy.0, dyr)];
-    let mut p = Params {
-        rows: rows as u32,
-        members: cfg.members as u32,
-        x_off: h_off,
-        dy_off,
-        out_off: dh_off,
-        ..Default::default()
-    };
+    (p.dy_off, p.out_off) = (dy_off, dh_off);
+    let mut uses = vec![h, Use::read("dy", dy.0, dyr)];
     let prm = bind_affine(&aff, io.h.0, &mut p, &mut uses);
     if let Some(s) = io.stats {
         let (off, range) = fit(what, "stats", s.0, s.1, 2 * total as usize)?;
@@ -650,12 +633,8 @@ pub fn record_backward(
         let (chunks, _) = column_chunks(rows);
         column_grid(rec, what, cfg.n, chunks, cfg.members)?;
         let need = scratch_len(cfg.n, cfg.members, rows, 2);
-        if let Some(s) = scratch.filter(|s| s.len() < need) {
-            return Err(Error::Shape(format!(
-                "{what}: scratch ({:?}) holds {} elements, {need} needed (see scratch_len)",
-                s.label(),
-                s.len()
-            )));
+        if let Some(s) = scratch {
+            check_scratch(what, s, need, SCRATCH_NEEDED)?;
         }
     }
     let gpu = rec.gpu();
@@ -675,19 +654,15 @@ pub fn record_backward(
     // Unused bindings repeat a buffer bound the same way.
     let stats_in = io.stats.map_or(io.h.0, |s| s.0);
     let stats_out = temp_stats.as_ref().unwrap_or(dh.0);
-    let per_group = 64 / lanes(cfg.n) as usize;
-    let groups = grid(gpu, (total as usize).div_ceil(per_group), what)?;
-    let (spec, header, ov) = pipeline_constants(
-        cfg,
-        NormActOp::Backward {
-            accumulate,
-            recompute,
-            store,
-        },
-    );
-    let pipe = gpu.pipeline(&spec, &header, &ov)?;
-    rec.dispatch(
-        &pipe,
+    let groups = row_grid(rec, what, cfg, total)?;
+    let op = NormActOp::Backward {
+        accumulate,
+        recompute,
+        store,
+    };
+    record_pipeline(
+        rec,
+        pipeline_constants(cfg, op),
         &[
             &io.h.0.buffer,
             &dy.0.buffer,
@@ -696,7 +671,7 @@ pub fn record_backward(
             &dh.0.buffer,
             &stats_out.buffer,
         ],
-        Some(&p),
+        &p,
         groups,
     )?;
     if let Some(g) = dparams {
@@ -711,6 +686,10 @@ pub fn record_backward(
     Ok(())
 }
 
+/// What a too-short scratch of the column sums is told: the elements needed, and where to
+/// find how many.
+const SCRATCH_NEEDED: &str = "needed (see scratch_len)";
+
 /// The scratch buffer of a two-pass column sum: the caller's, checked, or a new one that the
 /// recorder keeps alive until it is done.
 fn scratch_buffer(
@@ -719,15 +698,14 @@ fn scratch_buffer(
     scratch: Option<&GpuBuffer<f32>>,
     need: usize,
 ) -> Result<GpuBuffer<f32>> {
-    match scratch {
-        Some(s) if s.len() >= need => Ok(s.clone()),
-        Some(s) => Err(Error::Shape(format!(
-            "{what}: scratch ({:?}) holds {} elements, {need} needed (see scratch_len)",
-            s.label(),
-            s.len()
-        ))),
-        None => GpuBuffer::new(rec.gpu(), "pompc column-sum partials", need),
-    }
+    let label = "pompc column-sum partials";
+    scratch_or_new(rec, what, scratch, need, SCRATCH_NEEDED, label)
+}
+
+/// Grid of a row kernel over `total` rows (of all members), [`lanes`] threads a row.
+fn row_grid(rec: &Recorder, what: &str, cfg: &NormActConfig, total: u32) -> Result<[u32; 3]> {
+    let per_group = 64 / lanes(cfg.n) as usize;
+    grid(rec.gpu(), (total as usize).div_ceil(per_group), what)
 }
 
 /// Column grid of a column kernel: (column tiles, chunks, members).
@@ -774,11 +752,18 @@ fn record_finish(
         ..Default::default()
     };
     let cfg = NormActConfig::new(n, Activation::Identity, false);
-    let gpu = rec.gpu();
-    let groups = grid(gpu, (quantities as usize * members * n).div_ceil(64), what)?;
-    let (spec, header, ov) = pipeline_constants(&cfg, NormActOp::Finish { quantities, add });
-    let pipe = gpu.pipeline(&spec, &header, &ov)?;
-    rec.dispatch(&pipe, &[&scratch.buffer, &out.buffer], Some(&p), groups)
+    let groups = grid(
+        rec.gpu(),
+        (quantities as usize * members * n).div_ceil(64),
+        what,
+    )?;
+    record_pipeline(
+        rec,
+        pipeline_constants(&cfg, NormActOp::Finish { quantities, add }),
+        &[&scratch.buffer, &out.buffer],
+        &p,
+        groups,
+    )
 }
 
 /// dgamma and dbeta added into `grads` at `g_off`, `b_off`: one column pass, or two through
@@ -848,13 +833,10 @@ fn record_columns(
         p.out_member = n as u32;
     }
     let groups = column_grid(rec, what, n, chunks, cfg.members)?;
-    let gpu = rec.gpu();
-    let (spec, header, ov) = pipeline_constants(cfg, op);
-    let pipe = gpu.pipeline(&spec, &header, &ov)?;
     let dst = part.as_ref().unwrap_or(out);
     let mut bufs = inputs.to_vec();
     bufs.push(&dst.buffer);
-    rec.dispatch(&pipe, &bufs, Some(&p), groups)?;
+    record_pipeline(rec, pipeline_constants(cfg, op), &bufs, &p, groups)?;
     if let Some(sb) = &part {
         record_finish(
             rec,

@@ -19,9 +19,11 @@
 //! # Ok(()) }
 //! ```
 
+use super::launch::{count_within, kernel, record_pipeline};
 use super::two_hot::{RowLayout, fit_rows, grid};
+use crate::gpu::Binding::{Read, ReadWrite, Uniform};
 use crate::gpu::shader::Header;
-use crate::gpu::{Binding, GpuBuffer, KernelSpec, Recorder};
+use crate::gpu::{GpuBuffer, KernelSpec, Recorder};
 use crate::{Error, Result};
 
 /// The policy head's shape and log-std range.
@@ -148,17 +150,17 @@ struct Params {
     _pad: [u32; 3],
 }
 
-const SAMPLE: KernelSpec = KernelSpec {
-    shader: "policy",
-    entry: "sample",
-    bindings: &[
-        (0, Binding::Read),
-        (1, Binding::Read),
-        (2, Binding::ReadWrite),
-        (3, Binding::ReadWrite),
-        (4, Binding::Uniform),
+const SAMPLE: KernelSpec = kernel(
+    "policy",
+    "sample",
+    &[
+        (0, Read),
+        (1, Read),
+        (2, ReadWrite),
+        (3, ReadWrite),
+        (4, Uniform),
     ],
-};
+);
 
 /// Threads that share one row: the power of two that gives each at most 4 action dimensions
 /// (16 for dog's A = 38), at most 64.
@@ -211,50 +213,20 @@ pub fn record_sample_at(
     }
     let what = "policy sample";
     let a = cfg.action_dim;
-    let (h_offset, _) = fit_rows(
-        what,
-        "h",
-        io.h.len(),
-        rows,
-        2 * a,
-        RowLayout::at(at.h, 2 * a),
-        false,
-    )?;
-    let (eps_offset, _) = fit_rows(
-        what,
-        "eps",
-        io.eps.len(),
-        rows,
-        a,
-        RowLayout::at(at.eps, a),
-        false,
-    )?;
-    let (action_offset, _) = fit_rows(
-        what,
-        "action",
-        io.action.len(),
-        rows,
-        a,
-        RowLayout::at(at.action, a),
-        true,
-    )?;
-    let w = cfg.stats_width();
-    let (stats_offset, _) = fit_rows(
-        what,
-        "stats",
-        io.stats.len(),
-        rows,
-        w,
-        RowLayout::at(at.stats, w),
-        true,
-    )?;
-    let rows32 =
-        u32::try_from(rows).map_err(|_| Error::Limit(format!("{what}: {rows} rows over 2^32")))?;
+    // Rows of `width` back to back from `offset` in `buf`: the offset as a shader parameter.
+    let fit = |name, buf: &GpuBuffer<f32>, offset, width, written| {
+        let at = RowLayout::at(offset, width);
+        fit_rows(what, name, buf.len(), rows, width, at, written).map(|(o, _)| o)
+    };
+    let h_offset = fit("h", io.h, at.h, 2 * a, false)?;
+    let eps_offset = fit("eps", io.eps, at.eps, a, false)?;
+    let action_offset = fit("action", io.action, at.action, a, true)?;
+    let stats_offset = fit("stats", io.stats, at.stats, cfg.stats_width(), true)?;
+    let rows32 = count_within(what, Some(rows), u32::MAX as usize, || {
+        format!("{rows} rows over 2^32")
+    })? as u32;
     let per_group = 64 / lanes(a) as usize;
-    let gpu = rec.gpu();
-    let groups = grid(gpu, rows.div_ceil(per_group), what)?;
-    let (spec, header, ov) = pipeline_constants(cfg);
-    let pipe = gpu.pipeline(&spec, &header, &ov)?;
+    let groups = grid(rec.gpu(), rows.div_ceil(per_group), what)?;
     let p = Params {
         rows: rows32,
         h_offset,
@@ -263,15 +235,16 @@ pub fn record_sample_at(
         stats_offset,
         _pad: [0; 3],
     };
-    rec.dispatch(
-        &pipe,
+    record_pipeline(
+        rec,
+        pipeline_constants(cfg),
         &[
             &io.h.buffer,
             &io.eps.buffer,
             &io.action.buffer,
             &io.stats.buffer,
         ],
-        Some(&p),
+        &p,
         groups,
     )
 }

@@ -2,8 +2,10 @@
 //! two target heads, and the gradient of a decoded two-hot value with respect to its logits
 //! (the policy update backpropagates Q through it to the action).
 
+use super::launch::kernel;
 use super::two_hot::{TwoHotConfig, grid};
-use crate::gpu::{Binding, GpuBuffer, KernelSpec, Recorder};
+use crate::gpu::Binding::{self, Read, ReadWrite, Uniform};
+use crate::gpu::{GpuBuffer, KernelSpec, Recorder};
 use crate::{Error, Result};
 
 #[repr(C)]
@@ -18,22 +20,9 @@ struct Params {
     _pad: [u32; 2],
 }
 
-const BINDINGS: &[(u32, Binding)] = &[
-    (0, Binding::Read),
-    (1, Binding::Read),
-    (2, Binding::ReadWrite),
-    (3, Binding::Uniform),
-];
-const TD: KernelSpec = KernelSpec {
-    shader: "td",
-    entry: "td_target",
-    bindings: BINDINGS,
-};
-const DECODE_GRAD: KernelSpec = KernelSpec {
-    shader: "td",
-    entry: "decode_grad",
-    bindings: BINDINGS,
-};
+const BINDINGS: &[(u32, Binding)] = &[(0, Read), (1, Read), (2, ReadWrite), (3, Uniform)];
+const TD: KernelSpec = kernel("td", "td_target", BINDINGS);
+const DECODE_GRAD: KernelSpec = kernel("td", "decode_grad", BINDINGS);
 
 /// The override constants of `decode_grad` for `cfg` (also used by the shader test).
 pub fn decode_grad_constants(cfg: &TwoHotConfig) -> (KernelSpec, Vec<(&'static str, f64)>) {

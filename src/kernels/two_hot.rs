@@ -15,8 +15,9 @@
 //! # Ok(()) }
 //! ```
 
+use super::launch::{IN_OUT, count_within, kernel, record_pipeline};
 use crate::gpu::shader::Header;
-use crate::gpu::{Binding, Gpu, GpuBuffer, KernelSpec, Recorder};
+use crate::gpu::{Gpu, GpuBuffer, KernelSpec, Recorder};
 use crate::{Error, Result};
 
 /// The bins of a discrete regression head.
@@ -120,21 +121,8 @@ struct Params {
     _pad: [u32; 3],
 }
 
-const BINDINGS: &[(u32, Binding)] = &[
-    (0, Binding::Read),
-    (1, Binding::ReadWrite),
-    (2, Binding::Uniform),
-];
-const DECODE: KernelSpec = KernelSpec {
-    shader: "two_hot",
-    entry: "decode",
-    bindings: BINDINGS,
-};
-const ENCODE: KernelSpec = KernelSpec {
-    shader: "two_hot",
-    entry: "encode",
-    bindings: BINDINGS,
-};
+const DECODE: KernelSpec = kernel("two_hot", "decode", IN_OUT);
+const ENCODE: KernelSpec = kernel("two_hot", "encode", IN_OUT);
 
 /// Threads that share one row in `decode`: the power of two that gives each at most 16 bins
 /// (8 for TD-MPC2's 101 bins, so 8 rows per workgroup of 64), at most 64.
@@ -254,38 +242,21 @@ pub fn record_decode_strided(
     values: &GpuBuffer<f32>,
     values_at: RowLayout,
 ) -> Result<()> {
-    cfg.check()?;
-    if rows == 0 {
-        return Ok(());
-    }
-    let what = "two-hot decode";
-    let (in_offset, in_stride) = fit_rows(
-        what,
-        "logits",
-        logits.len(),
-        rows,
-        cfg.bins,
-        logits_at,
-        false,
-    )?;
-    let (out_offset, out_stride) =
-        fit_rows(what, "values", values.len(), rows, 1, values_at, true)?;
-    let rows32 =
-        u32::try_from(rows).map_err(|_| Error::Limit(format!("{what}: {rows} rows over 2^32")))?;
     let per_group = 64 / decode_lanes(cfg.bins) as usize;
-    let gpu = rec.gpu();
-    let groups = grid(gpu, rows.div_ceil(per_group), what)?;
-    let (spec, header, ov) = pipeline_constants(cfg, TwoHotOp::Decode);
-    let pipe = gpu.pipeline(&spec, &header, &ov)?;
-    let p = Params {
-        rows: rows32,
-        in_offset,
-        in_stride,
-        out_offset,
-        out_stride,
-        _pad: [0; 3],
-    };
-    rec.dispatch(&pipe, &[&logits.buffer, &values.buffer], Some(&p), groups)
+    record_op(
+        rec,
+        cfg,
+        TwoHotOp::Decode,
+        rows,
+        ("logits", logits, logits_at, cfg.bins),
+        ("values", values, values_at, 1),
+        &|what| {
+            let rows = count_within(what, Some(rows), u32::MAX as usize, || {
+                format!("{rows} rows over 2^32")
+            })?;
+            Ok(rows.div_ceil(per_group))
+        },
+    )
 }
 
 /// Encode `rows` targets (`[rows]`) as two-hot rows stored back to back in `two_hot`
@@ -320,36 +291,54 @@ pub fn record_encode_strided(
     two_hot: &GpuBuffer<f32>,
     two_hot_at: RowLayout,
 ) -> Result<()> {
+    record_op(
+        rec,
+        cfg,
+        TwoHotOp::Encode,
+        rows,
+        ("targets", targets, targets_at, 1),
+        ("two-hot rows", two_hot, two_hot_at, cfg.bins),
+        &|what| {
+            // One thread per output element, numbered in u32 by the shader.
+            let elements = count_within(
+                what,
+                rows.checked_mul(cfg.bins),
+                u32::MAX as usize - 64,
+                || format!("{rows} rows of {} bins over 2^32 elements", cfg.bins),
+            )?;
+            Ok(elements.div_ceil(64))
+        },
+    )
+}
+
+/// One operand of [`record_op`]: name, buffer, layout, row width.
+type Operand<'a> = (&'static str, &'a GpuBuffer<f32>, RowLayout, usize);
+
+/// What decode and encode share: with rows, check `src` (read) and `dst` (written), then
+/// record `op` over the workgroups that `groups` counts (after its own checks; it gets the
+/// name errors give).
+fn record_op(
+    rec: &mut Recorder,
+    cfg: &TwoHotConfig,
+    op: TwoHotOp,
+    rows: usize,
+    (src_name, src, src_at, src_width): Operand,
+    (dst_name, dst, dst_at, dst_width): Operand,
+    groups: &dyn Fn(&str) -> Result<usize>,
+) -> Result<()> {
     cfg.check()?;
     if rows == 0 {
         return Ok(());
     }
-    let what = "two-hot encode";
+    let what = match op {
+        TwoHotOp::Decode => "two-hot decode",
+        TwoHotOp::Encode => "two-hot encode",
+    };
     let (in_offset, in_stride) =
-        fit_rows(what, "targets", targets.len(), rows, 1, targets_at, false)?;
-    let (out_offset, out_stride) = fit_rows(
-        what,
-        "two-hot rows",
-        two_hot.len(),
-        rows,
-        cfg.bins,
-        two_hot_at,
-        true,
-    )?;
-    // One thread per output element, numbered in u32 by the shader.
-    let elements = rows
-        .checked_mul(cfg.bins)
-        .filter(|&n| n <= u32::MAX as usize - 64)
-        .ok_or_else(|| {
-            Error::Limit(format!(
-                "{what}: {rows} rows of {} bins over 2^32 elements",
-                cfg.bins
-            ))
-        })?;
-    let gpu = rec.gpu();
-    let groups = grid(gpu, elements.div_ceil(64), what)?;
-    let (spec, header, ov) = pipeline_constants(cfg, TwoHotOp::Encode);
-    let pipe = gpu.pipeline(&spec, &header, &ov)?;
+        fit_rows(what, src_name, src.len(), rows, src_width, src_at, false)?;
+    let (out_offset, out_stride) =
+        fit_rows(what, dst_name, dst.len(), rows, dst_width, dst_at, true)?;
+    let groups = grid(rec.gpu(), groups(what)?, what)?;
     let p = Params {
         rows: rows as u32,
         in_offset,
@@ -358,5 +347,11 @@ pub fn record_encode_strided(
         out_stride,
         _pad: [0; 3],
     };
-    rec.dispatch(&pipe, &[&targets.buffer, &two_hot.buffer], Some(&p), groups)
+    record_pipeline(
+        rec,
+        pipeline_constants(cfg, op),
+        &[&src.buffer, &dst.buffer],
+        &p,
+        groups,
+    )
 }

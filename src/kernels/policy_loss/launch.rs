@@ -3,10 +3,11 @@
 
 use super::config::PolicyHead;
 use super::operands::{Rows, check_slots, operand};
-use super::pipelines::{PolicyLossKernel, pipeline_constants};
+use super::pipelines::{PassFlags, PolicyLossKernel, pipeline_constants};
 use super::reduce::{finish_loss, zero_slots};
 use crate::Result;
 use crate::gpu::{GpuBuffer, Recorder};
+use crate::kernels::launch::record_pipeline;
 use crate::kernels::loss::{GradOut, LossOut, RowWeights, span, to_u32};
 use crate::kernels::norm_act::{Use, check_aliasing};
 use crate::kernels::policy::lanes;
@@ -155,16 +156,6 @@ impl<'a> Pass<'a> {
     }
 }
 
-/// The pipeline flags that say what a pass writes (the rest of a kernel's flags is the
-/// caller's).
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct Outputs {
-    pub(super) grad: bool,
-    pub(super) grad_add: bool,
-    pub(super) write_d: bool,
-    pub(super) loss_add: bool,
-}
-
 /// Records `pass` over `rows` rows of `a` actions once its inputs are checked (`reads` in the
 /// policy loss's 8 read bindings, their `uses`, the uniforms `p`): checks the outputs and
 /// dispatches the kernel, then reduces the partial sums where more than one workgroup ran.
@@ -179,7 +170,7 @@ pub(super) fn record_pass<'a>(
     reads: [&'a wgpu::Buffer; 8],
     mut uses: Vec<Use<'a>>,
     mut p: Params,
-    kernel: &dyn Fn(Outputs) -> PolicyLossKernel,
+    kernel: &dyn Fn(PassFlags) -> PolicyLossKernel,
 ) -> Result<()> {
     let n = rows;
     let groups = rows.div_ceil(rows_per_group(a));
@@ -189,7 +180,11 @@ pub(super) fn record_pass<'a>(
             (p.d_off, p.d_stride) = operand(what, "divergence", n, 1, d, true, &mut uses)?;
             check_aliasing(what, &uses)?;
             let bufs = bindings(reads, [None, None], &d.buf.buffer);
-            dispatch(rec, what, &kernel(Outputs::default()), &bufs, &p, groups)
+            let out = PassFlags {
+                div_only: true,
+                ..Default::default()
+            };
+            dispatch(rec, what, &kernel(out), &bufs, &p, groups)
         }
         Pass::Loss {
             grad,
@@ -197,7 +192,7 @@ pub(super) fn record_pass<'a>(
             loss,
             scratch,
         } => {
-            let mut out = Outputs::default();
+            let mut out = PassFlags::default();
             let mut writes: [Option<&wgpu::Buffer>; 2] = [None, None];
             if let Some(g) = grad {
                 (p.out_off, p.out_stride) =
@@ -212,7 +207,7 @@ pub(super) fn record_pass<'a>(
                 writes[1] = Some(&d.buf.buffer);
                 out.write_d = true;
             }
-            let kernel = |loss_add| kernel(Outputs { loss_add, ..out });
+            let kernel = |loss_add| kernel(PassFlags { loss_add, ..out });
             finish_loss(
                 rec, what, &kernel, reads, writes, uses, p, groups, loss, scratch,
             )
@@ -247,12 +242,10 @@ pub(super) fn dispatch(
     p: &Params,
     groups: usize,
 ) -> Result<()> {
-    let gpu = rec.gpu();
-    let (spec, header, ov) = pipeline_constants(kernel);
-    let pipe = gpu.pipeline(&spec, &header, &ov)?;
     let bufs = match kernel {
         PolicyLossKernel::PriorFit { .. } => prior_fit_bindings(bufs),
         _ => bufs.to_vec(),
     };
-    rec.dispatch(&pipe, &bufs, Some(p), grid(gpu, groups, what)?)
+    let groups = grid(rec.gpu(), groups, what)?;
+    record_pipeline(rec, pipeline_constants(kernel), &bufs, p, groups)
 }

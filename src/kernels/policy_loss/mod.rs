@@ -106,7 +106,9 @@ pub use config::{
     PriorFitConfig, PriorInput,
 };
 pub use operands::{PolicyInputs, PriorFitInputs, QInput, Rows, Scalar};
-pub use pipelines::{PolicyFlags, PolicyLossKernel, PriorFlags, all_kernels, pipeline_constants};
+pub use pipelines::{
+    PassFlags, PolicyFlags, PolicyLossKernel, PriorFlags, all_kernels, pipeline_constants,
+};
 pub use policy::{record_policy_divergence, record_policy_loss};
 pub use prior::{record_prior_divergence, record_prior_fit};
 pub use reduce::{

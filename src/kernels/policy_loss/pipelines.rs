@@ -2,8 +2,10 @@
 //! every combination the launch code can build.
 
 use super::config::{EntropyForm, KlForm, Param};
+use crate::gpu::Binding::{self, Read, ReadWrite, Uniform};
+use crate::gpu::KernelSpec;
 use crate::gpu::shader::Header;
-use crate::gpu::{Binding, KernelSpec};
+use crate::kernels::launch::{extend_bindings, kernel};
 use crate::kernels::policy::lanes;
 
 /// The flags (pipeline constants) of one policy-loss pipeline.
@@ -21,6 +23,24 @@ pub struct PolicyFlags {
     pub q: bool,
     /// There is an LL term.
     pub ll: bool,
+    /// What the pass writes.
+    pub pass: PassFlags,
+}
+
+/// The flags of one prior-fit pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PriorFlags {
+    /// The prior network's parameterisation.
+    pub param: Param,
+    /// [`KlForm::Reverse`] or [`KlForm::Forward`].
+    pub form: KlForm,
+    /// What the pass writes.
+    pub pass: PassFlags,
+}
+
+/// What a pass of the policy loss or the prior fit writes (the flags both kernels share).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PassFlags {
     /// Only write the divergence rows.
     pub div_only: bool,
     /// Write the gradient.
@@ -33,23 +53,57 @@ pub struct PolicyFlags {
     pub loss_add: bool,
 }
 
-/// The flags of one prior-fit pipeline.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PriorFlags {
-    /// The prior network's parameterisation.
-    pub param: Param,
-    /// [`KlForm::Reverse`] or [`KlForm::Forward`].
-    pub form: KlForm,
-    /// Only write the divergence rows.
-    pub div_only: bool,
-    /// Write the gradient.
-    pub grad: bool,
-    /// Add it instead.
-    pub grad_add: bool,
-    /// Write the divergence rows too.
-    pub write_d: bool,
-    /// Add the sum into its slot.
-    pub loss_add: bool,
+impl PassFlags {
+    /// Every combination the launch code builds: the divergence pass, then the loss pass
+    /// with no gradient, a written or an added one, writing the divergence rows or not,
+    /// writing or adding the sums.
+    fn all() -> Vec<PassFlags> {
+        let mut passes = vec![PassFlags {
+            div_only: true,
+            ..Default::default()
+        }];
+        for g in 0..3 {
+            for write_d in [false, true] {
+                for loss_add in [false, true] {
+                    passes.push(PassFlags {
+                        div_only: false,
+                        grad: g > 0,
+                        grad_add: g == 2,
+                        write_d,
+                        loss_add,
+                    });
+                }
+            }
+        }
+        passes
+    }
+
+    /// The flags the kernel reads: the divergence pass writes nothing else, and only a
+    /// written gradient can be added.
+    fn normalised(self) -> PassFlags {
+        if self.div_only {
+            PassFlags {
+                div_only: true,
+                ..Default::default()
+            }
+        } else {
+            PassFlags {
+                grad_add: self.grad && self.grad_add,
+                ..self
+            }
+        }
+    }
+
+    /// Their override constants.
+    fn constants(self) -> [(&'static str, f64); 5] {
+        [
+            ("DIV_ONLY", b(self.div_only)),
+            ("GRAD", b(self.grad)),
+            ("GRAD_ADD", b(self.grad_add)),
+            ("WRITE_D", b(self.write_d)),
+            ("LOSS_ADD", b(self.loss_add)),
+        ]
+    }
 }
 
 /// One pipeline of `policy_loss.wgsl`.
@@ -83,56 +137,46 @@ pub enum PolicyLossKernel {
     },
 }
 
-const SAMPLE: KernelSpec = KernelSpec {
-    shader: "policy_loss",
-    entry: "sample",
-    bindings: &[
-        (0, Binding::Read),
-        (1, Binding::Read),
-        (8, Binding::ReadWrite),
-        (11, Binding::Uniform),
-    ],
-};
-const POLICY_LOSS: KernelSpec = KernelSpec {
-    shader: "policy_loss",
-    entry: "policy_loss",
-    bindings: &[
-        (0, Binding::Read),
-        (1, Binding::Read),
-        (2, Binding::Read),
-        (3, Binding::Read),
-        (4, Binding::Read),
-        (5, Binding::Read),
-        (6, Binding::Read),
-        (7, Binding::Read),
-        (8, Binding::ReadWrite),
-        (9, Binding::ReadWrite),
-        (10, Binding::ReadWrite),
-        (11, Binding::Uniform),
-    ],
-};
-const PRIOR_FIT: KernelSpec = KernelSpec {
-    shader: "policy_loss",
-    entry: "prior_fit",
-    bindings: &[
-        (0, Binding::Read),
-        (5, Binding::Read),
-        (7, Binding::Read),
-        (8, Binding::ReadWrite),
-        (9, Binding::ReadWrite),
-        (10, Binding::ReadWrite),
-        (11, Binding::Uniform),
-    ],
-};
-const REDUCE: KernelSpec = KernelSpec {
-    shader: "policy_loss",
-    entry: "reduce",
-    bindings: &[
-        (0, Binding::Read),
-        (10, Binding::ReadWrite),
-        (11, Binding::Uniform),
-    ],
-};
+/// The written bindings and the uniforms of the loss passes: gradient rows, divergence rows,
+/// slots or partials.
+const LOSS_OUTPUTS: [(u32, Binding); 4] = [
+    (8, ReadWrite),
+    (9, ReadWrite),
+    (10, ReadWrite),
+    (11, Uniform),
+];
+const SAMPLE: KernelSpec = kernel(
+    "policy_loss",
+    "sample",
+    &[(0, Read), (1, Read), (8, ReadWrite), (11, Uniform)],
+);
+const POLICY_LOSS: KernelSpec = kernel(
+    "policy_loss",
+    "policy_loss",
+    &extend_bindings::<8, 12>(
+        &[
+            (0, Read),
+            (1, Read),
+            (2, Read),
+            (3, Read),
+            (4, Read),
+            (5, Read),
+            (6, Read),
+            (7, Read),
+        ],
+        &LOSS_OUTPUTS,
+    ),
+);
+const PRIOR_FIT: KernelSpec = kernel(
+    "policy_loss",
+    "prior_fit",
+    &extend_bindings::<3, 7>(&[(0, Read), (5, Read), (7, Read)], &LOSS_OUTPUTS),
+);
+const REDUCE: KernelSpec = kernel(
+    "policy_loss",
+    "reduce",
+    &[(0, Read), (10, ReadWrite), (11, Uniform)],
+);
 
 fn param_id(p: Param) -> f64 {
     match p {
@@ -167,49 +211,35 @@ pub fn pipeline_constants(
         ),
         PolicyLossKernel::PolicyLoss { action_dim, flags } => {
             let f = normalise_policy(flags);
-            (
-                POLICY_LOSS,
-                Header::default(),
-                vec![
-                    ("A", action_dim as f64),
-                    ("LANES", lanes(action_dim) as f64),
-                    ("PARAM", param_id(f.param)),
-                    (
-                        "ENTROPY",
-                        match f.entropy {
-                            EntropyForm::Scaled => 0.0,
-                            EntropyForm::Original => 1.0,
-                        },
-                    ),
-                    ("KL", kl_id(f.kl)),
-                    ("PRIOR_NET", b(f.prior_net)),
-                    ("Q_TERM", b(f.q)),
-                    ("LL_TERM", b(f.ll)),
-                    ("DIV_ONLY", b(f.div_only)),
-                    ("GRAD", b(f.grad)),
-                    ("GRAD_ADD", b(f.grad_add)),
-                    ("WRITE_D", b(f.write_d)),
-                    ("LOSS_ADD", b(f.loss_add)),
-                ],
-            )
+            let mut ov = vec![
+                ("A", action_dim as f64),
+                ("LANES", lanes(action_dim) as f64),
+                ("PARAM", param_id(f.param)),
+                (
+                    "ENTROPY",
+                    match f.entropy {
+                        EntropyForm::Scaled => 0.0,
+                        EntropyForm::Original => 1.0,
+                    },
+                ),
+                ("KL", kl_id(f.kl)),
+                ("PRIOR_NET", b(f.prior_net)),
+                ("Q_TERM", b(f.q)),
+                ("LL_TERM", b(f.ll)),
+            ];
+            ov.extend(f.pass.constants());
+            (POLICY_LOSS, Header::default(), ov)
         }
         PolicyLossKernel::PriorFit { action_dim, flags } => {
-            let f = normalise_prior(flags);
-            (
-                PRIOR_FIT,
-                Header::default(),
-                vec![
-                    ("A", action_dim as f64),
-                    ("LANES", lanes(action_dim) as f64),
-                    ("PARAM", param_id(f.param)),
-                    ("KL", kl_id(Some(f.form))),
-                    ("DIV_ONLY", b(f.div_only)),
-                    ("GRAD", b(f.grad)),
-                    ("GRAD_ADD", b(f.grad_add)),
-                    ("WRITE_D", b(f.write_d)),
-                    ("LOSS_ADD", b(f.loss_add)),
-                ],
-            )
+            let pass = flags.pass.normalised();
+            let mut ov = vec![
+                ("A", action_dim as f64),
+                ("LANES", lanes(action_dim) as f64),
+                ("PARAM", param_id(flags.param)),
+                ("KL", kl_id(Some(flags.form))),
+            ];
+            ov.extend(pass.constants());
+            (PRIOR_FIT, Header::default(), ov)
         }
         PolicyLossKernel::Reduce { loss_add } => (
             REDUCE,
@@ -221,36 +251,21 @@ pub fn pipeline_constants(
 }
 
 fn normalise_policy(f: PolicyFlags) -> PolicyFlags {
-    let grad = f.grad && !f.div_only;
     let base = PolicyFlags {
         prior_net: f.prior_net && f.kl.is_some(),
-        grad,
-        grad_add: grad && f.grad_add,
+        pass: f.pass.normalised(),
         ..f
     };
-    if f.div_only {
+    if f.pass.div_only {
         // The divergence pass reads h, eps and the prior only.
         PolicyFlags {
             entropy: EntropyForm::Scaled,
             q: false,
             ll: false,
-            write_d: false,
-            loss_add: false,
             ..base
         }
     } else {
         base
-    }
-}
-
-fn normalise_prior(f: PriorFlags) -> PriorFlags {
-    let grad = f.grad && !f.div_only;
-    PriorFlags {
-        grad,
-        grad_add: grad && f.grad_add,
-        write_d: f.write_d && !f.div_only,
-        loss_add: f.loss_add && !f.div_only,
-        ..f
     }
 }
 
@@ -261,28 +276,12 @@ pub fn all_kernels(action_dim: usize) -> Vec<PolicyLossKernel> {
         PolicyLossKernel::Reduce { loss_add: true },
     ];
     let params = [Param::Squashed, Param::TanhMeanClamp];
-    // (div_only, grad, grad_add, write_d, loss_add) of the passes.
-    let mut passes = vec![(true, false, false, false, false)];
-    for g in 0..3 {
-        for write_d in [false, true] {
-            for loss_add in [false, true] {
-                passes.push((false, g > 0, g == 2, write_d, loss_add));
-            }
-        }
-    }
+    let passes = PassFlags::all();
     for param in params {
         out.push(PolicyLossKernel::Sample { action_dim, param });
         for form in [KlForm::Reverse, KlForm::Forward] {
-            for &(div_only, grad, grad_add, write_d, loss_add) in &passes {
-                let flags = PriorFlags {
-                    param,
-                    form,
-                    div_only,
-                    grad,
-                    grad_add,
-                    write_d,
-                    loss_add,
-                };
+            for &pass in &passes {
+                let flags = PriorFlags { param, form, pass };
                 out.push(PolicyLossKernel::PriorFit { action_dim, flags });
             }
         }
@@ -298,11 +297,11 @@ pub fn all_kernels(action_dim: usize) -> Vec<PolicyLossKernel> {
             kls.push((Some(KlForm::SingleSample), true));
         }
         for &(kl, prior_net) in &kls {
-            for &(div_only, grad, grad_add, write_d, loss_add) in &passes {
-                if div_only && kl.is_none() {
+            for &pass in &passes {
+                if pass.div_only && kl.is_none() {
                     continue;
                 }
-                let terms: &[(EntropyForm, bool, bool)] = if div_only {
+                let terms: &[(EntropyForm, bool, bool)] = if pass.div_only {
                     &[(EntropyForm::Scaled, false, false)]
                 } else {
                     &[
@@ -324,11 +323,7 @@ pub fn all_kernels(action_dim: usize) -> Vec<PolicyLossKernel> {
                         prior_net,
                         q,
                         ll,
-                        div_only,
-                        grad,
-                        grad_add,
-                        write_d,
-                        loss_add,
+                        pass,
                     };
                     out.push(PolicyLossKernel::PolicyLoss { action_dim, flags });
                 }

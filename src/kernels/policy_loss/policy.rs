@@ -2,7 +2,7 @@
 
 use super::POLICY_TERMS;
 use super::config::{PolicyLossConfig, PriorInput};
-use super::launch::{Outputs, Params, Pass, record_pass};
+use super::launch::{Params, Pass, record_pass};
 use super::operands::{PolicyInputs, Rows, check_storage, operand, scalar};
 use super::pipelines::{PolicyFlags, PolicyLossKernel};
 use crate::gpu::{GpuBuffer, Recorder};
@@ -148,28 +148,17 @@ fn record_policy<'a>(
             reads[7] = &s.buf.buffer;
         }
     }
-    let flags = PolicyFlags {
-        param: cfg.head.param,
-        entropy: cfg.entropy,
-        kl: cfg.kl.map(|k| k.form),
-        prior_net: matches!(cfg.kl.map(|k| k.prior), Some(PriorInput::Network { .. })),
-        q: q_on,
-        ll: ll_on,
-        div_only,
-        grad: false,
-        grad_add: false,
-        write_d: false,
-        loss_add: false,
-    };
     check_storage(rec, what, POLICY_STORAGE)?;
-    let kernel = |o: Outputs| PolicyLossKernel::PolicyLoss {
+    let kernel = |pass| PolicyLossKernel::PolicyLoss {
         action_dim: a,
         flags: PolicyFlags {
-            grad: o.grad,
-            grad_add: o.grad_add,
-            write_d: o.write_d,
-            loss_add: o.loss_add,
-            ..flags
+            param: cfg.head.param,
+            entropy: cfg.entropy,
+            kl: cfg.kl.map(|k| k.form),
+            prior_net: matches!(cfg.kl.map(|k| k.prior), Some(PriorInput::Network { .. })),
+            q: q_on,
+            ll: ll_on,
+            pass,
         },
     };
     record_pass(rec, what, rows, a, pass, reads, uses, p, &kernel)

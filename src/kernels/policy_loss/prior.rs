@@ -1,7 +1,7 @@
 //! The adaptive prior's fitting pass and its divergence-only pass.
 
 use super::config::PriorFitConfig;
-use super::launch::{Outputs, Params, Pass, record_pass};
+use super::launch::{Params, Pass, record_pass};
 use super::operands::{PriorFitInputs, Rows, operand, scalar};
 use super::pipelines::{PolicyLossKernel, PriorFlags};
 use crate::Result;
@@ -77,23 +77,12 @@ fn record_prior<'a>(
             reads[7] = &s.buf.buffer;
         }
     }
-    let flags = PriorFlags {
-        param: cfg.head.param,
-        form: cfg.form,
-        div_only,
-        grad: false,
-        grad_add: false,
-        write_d: false,
-        loss_add: false,
-    };
-    let kernel = |o: Outputs| PolicyLossKernel::PriorFit {
+    let kernel = |pass| PolicyLossKernel::PriorFit {
         action_dim: a,
         flags: PriorFlags {
-            grad: o.grad,
-            grad_add: o.grad_add,
-            write_d: o.write_d,
-            loss_add: o.loss_add,
-            ..flags
+            param: cfg.head.param,
+            form: cfg.form,
+            pass,
         },
     };
     record_pass(rec, what, rows, a, pass, reads, uses, p, &kernel)

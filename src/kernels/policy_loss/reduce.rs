@@ -6,6 +6,7 @@ use super::config::{PolicyLossConfig, PriorFitConfig};
 use super::launch::{Params, bindings, dispatch, rows_per_group};
 use super::pipelines::{PolicyLossKernel, pipeline_constants};
 use crate::gpu::{GpuBuffer, Recorder};
+use crate::kernels::launch::{record_pipeline, scratch_or_new};
 use crate::kernels::loss::LossOut;
 use crate::kernels::norm_act::{Use, check_aliasing};
 use crate::{Error, Result};
@@ -52,7 +53,6 @@ pub(super) fn finish_loss<'a>(
     let terms = p.terms as usize;
     let slots = Use::write("loss slots", loss.losses, (loss.index, loss.index + terms));
     uses.push(slots);
-    let gpu = rec.gpu();
     if groups <= 1 {
         check_aliasing(what, &uses)?;
         p.part_off = loss.index as u32;
@@ -60,21 +60,8 @@ pub(super) fn finish_loss<'a>(
         return dispatch(rec, what, &kernel(loss.accumulate), &bufs, &p, groups);
     }
     let need = terms * groups;
-    let own;
-    let part = match scratch {
-        Some(s) if s.len() >= need => s,
-        Some(s) => {
-            return Err(Error::Shape(format!(
-                "{what}: scratch ({:?}) holds {} elements, {need} partials needed",
-                s.label(),
-                s.len()
-            )));
-        }
-        None => {
-            own = GpuBuffer::new(gpu, "pompc policy-loss partials", need)?;
-            &own
-        }
-    };
+    let label = "pompc policy-loss partials";
+    let part = &scratch_or_new(rec, what, scratch, need, "partials needed", label)?;
     let mut all = uses.clone();
     all.push(Use::write("scratch", part, (0, need)));
     check_aliasing(what, &all)?;
@@ -82,7 +69,7 @@ pub(super) fn finish_loss<'a>(
     p.part_off = 0;
     let bufs = bindings(reads, writes, &part.buffer);
     dispatch(rec, what, &kernel(false), &bufs, &p, groups)?;
-    record_reduce(rec, &part.buffer, 0, groups, terms, loss)
+    record_reduce(rec, &part.buffer, groups, terms, loss)
 }
 
 /// No rows: zero sums in the slots (which keep their values when adding). `src` is any
@@ -102,29 +89,27 @@ pub(super) fn zero_slots(
             "{what}: the input rows and the loss slots are the same buffer"
         )));
     }
-    record_reduce(rec, &src.buffer, 0, 0, terms, loss)
+    record_reduce(rec, &src.buffer, 0, terms, loss)
 }
 
-/// Sum `count` partials per term (term `k` at `src[src_off + k * count ..]`) into
+/// Sum `count` partials per term (term `k` at `src[k * count ..]`) into
 /// `loss.losses[loss.index + k]` for `k < terms`.
 fn record_reduce(
     rec: &mut Recorder,
     src: &wgpu::Buffer,
-    src_off: usize,
     count: usize,
     terms: usize,
     loss: LossOut,
 ) -> Result<()> {
     let p = Params {
-        h_off: src_off as u32,
         count: count as u32,
         part_off: loss.index as u32,
         terms: terms as u32,
         ..Default::default()
     };
-    let (spec, header, ov) = pipeline_constants(&PolicyLossKernel::Reduce {
+    let kernel = PolicyLossKernel::Reduce {
         loss_add: loss.accumulate,
-    });
-    let pipe = rec.gpu().pipeline(&spec, &header, &ov)?;
-    rec.dispatch(&pipe, &[src, &loss.losses.buffer], Some(&p), [1, 1, 1])
+    };
+    let bufs = [src, &loss.losses.buffer];
+    record_pipeline(rec, pipeline_constants(&kernel), &bufs, &p, [1, 1, 1])
 }

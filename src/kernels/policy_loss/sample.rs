@@ -4,10 +4,11 @@ use super::config::PolicyHead;
 use super::launch::{Params, WG};
 use super::operands::{Rows, operand};
 use super::pipelines::{PolicyLossKernel, pipeline_constants};
+use crate::Result;
 use crate::gpu::Recorder;
+use crate::kernels::launch::{count_within, record_pipeline};
 use crate::kernels::norm_act::check_aliasing;
 use crate::kernels::two_hot::grid;
-use crate::{Error, Result};
 
 /// Record `action[r] = a(h_r, eps_r)` for `rows` rows: `tanh(m + sig eps)`
 /// ([`Param::Squashed`](super::Param::Squashed), TD-MPC2's sample) or
@@ -34,17 +35,14 @@ pub fn record_sample(
     let (eps_off, eps_stride) = operand(what, "eps", rows, a, eps, false, &mut uses)?;
     let (out_off, out_stride) = operand(what, "action", rows, a, action, true, &mut uses)?;
     check_aliasing(what, &uses)?;
-    let elems = rows
-        .checked_mul(a)
-        .filter(|&e| e <= u32::MAX as usize - WG)
-        .ok_or_else(|| Error::Limit(format!("{what}: {rows} rows of {a} over 2^32 elements")))?;
-    let gpu = rec.gpu();
-    let groups = grid(gpu, elems.div_ceil(WG), what)?;
-    let (spec, header, ov) = pipeline_constants(&PolicyLossKernel::Sample {
+    let elems = count_within(what, rows.checked_mul(a), u32::MAX as usize - WG, || {
+        format!("{rows} rows of {a} over 2^32 elements")
+    })?;
+    let groups = grid(rec.gpu(), elems.div_ceil(WG), what)?;
+    let kernel = PolicyLossKernel::Sample {
         action_dim: a,
         param: head.param,
-    });
-    let pipe = gpu.pipeline(&spec, &header, &ov)?;
+    };
     let p = Params {
         rows: rows as u32,
         h_off,
@@ -57,10 +55,11 @@ pub fn record_sample(
         hi: head.log_std_max,
         ..Default::default()
     };
-    rec.dispatch(
-        &pipe,
+    record_pipeline(
+        rec,
+        pipeline_constants(&kernel),
         &[&h.buf.buffer, &eps.buf.buffer, &action.buf.buffer],
-        Some(&p),
+        &p,
         groups,
     )
 }
