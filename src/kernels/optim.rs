@@ -233,27 +233,17 @@ pub fn sort_cap(n: usize) -> u32 {
     n.next_power_of_two().max(32) as u32
 }
 
-const R_RW_U: &[(u32, Binding)] = &[
-    (0, Binding::Read),
-    (1, Binding::ReadWrite),
-    (2, Binding::Uniform),
-];
-
 fn spec(entry: &'static str, bindings: &'static [(u32, Binding)]) -> KernelSpec {
-    KernelSpec {
-        shader: "optim",
-        entry,
-        bindings,
-    }
+    super::launch::kernel("optim", entry, bindings)
 }
 
 /// The header and override constants of one pipeline: exactly what the launch code builds, so
 /// the shader test can validate every combination.
 pub fn pipeline_constants(kernel: OptimKernel) -> (KernelSpec, Header, Vec<(&'static str, f64)>) {
     let (s, ov) = match kernel {
-        OptimKernel::NormPartials => (spec("norm_partials", R_RW_U), vec![]),
-        OptimKernel::NormFinish => (spec("norm_finish", R_RW_U), vec![]),
-        OptimKernel::AdamBegin => (spec("adam_begin", R_RW_U), vec![]),
+        OptimKernel::NormPartials => (spec("norm_partials", super::launch::IN_OUT), vec![]),
+        OptimKernel::NormFinish => (spec("norm_finish", super::launch::IN_OUT), vec![]),
+        OptimKernel::AdamBegin => (spec("adam_begin", super::launch::IN_OUT), vec![]),
         OptimKernel::AdamUpdate => (
             spec(
                 "adam_update",
@@ -268,7 +258,7 @@ pub fn pipeline_constants(kernel: OptimKernel) -> (KernelSpec, Header, Vec<(&'st
             ),
             vec![],
         ),
-        OptimKernel::Polyak => (spec("polyak", R_RW_U), vec![]),
+        OptimKernel::Polyak => (spec("polyak", super::launch::IN_OUT), vec![]),
         OptimKernel::PolyakInPlace => (
             spec(
                 "polyak_inplace",
@@ -277,10 +267,10 @@ pub fn pipeline_constants(kernel: OptimKernel) -> (KernelSpec, Header, Vec<(&'st
             vec![],
         ),
         OptimKernel::ScaleUpdate { sort_cap } => (
-            spec("scale_update", R_RW_U),
+            spec("scale_update", super::launch::IN_OUT),
             vec![("SORT_CAP", sort_cap as f64)],
         ),
-        OptimKernel::ScaleDivide => (spec("scale_divide", R_RW_U), vec![]),
+        OptimKernel::ScaleDivide => (spec("scale_divide", super::launch::IN_OUT), vec![]),
     };
     (s, Header::default(), ov)
 }
