@@ -38,7 +38,22 @@ fn small_cfg(seed: u64, mode: PlannerMode, plan_mode: PlanMode) -> PlannerConfig
 }
 
 fn parity(gpu: &Gpu, weights: &Weights, cfg: PlannerConfig, batch: usize, seed_obs: u64) {
-    let model = WorldModel::new(gpu, weights).unwrap();
+    parity_of(gpu, weights, cfg, batch, seed_obs, false);
+}
+
+/// [`parity`], with the rollout's dynamics and reward layers paired or not.
+fn parity_of(
+    gpu: &Gpu,
+    weights: &Weights,
+    cfg: PlannerConfig,
+    batch: usize,
+    seed_obs: u64,
+    grouped: bool,
+) {
+    let model = WorldModel::new(gpu, weights)
+        .unwrap()
+        .with_grouped_rollout(grouped);
+    assert_eq!(model.grouped_rollout(), grouped);
     let mut planner = Planner::new(gpu, &model, cfg.clone()).unwrap();
     let mut mirror = MirrorPlanner::new(weights, &cfg, batch).unwrap();
     let mut r = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed_obs);
@@ -54,7 +69,7 @@ fn parity(gpu: &Gpu, weights: &Weights, cfg: PlannerConfig, batch: usize, seed_o
         let g = planner.plan(&obs, first).unwrap();
         let c = mirror.plan(&obs, first).unwrap();
         let tag = format!(
-            "{:?} {:?} B={batch} call {call} seed {}",
+            "{:?} {:?} B={batch} call {call} seed {} grouped {grouped}",
             cfg.mode, cfg.plan_mode, cfg.seed
         );
         common::assert_plan_matches(&tag, &planner, &g, &c, TOL);
@@ -70,6 +85,95 @@ fn gpu_and_mirror_agree_elite_mppi() {
             let cfg = small_cfg(seed, PlannerMode::EliteMppi, PlanMode::Train);
             parity(gpu, &w, cfg, batch, seed + 100);
         }
+    }
+}
+
+/// The rollout with the dynamics and reward layers paired (one launch for both) plans as the
+/// mirror does, checked and trusted, cold and warm, with and without policy trajectories, for
+/// an episodic model, and at 64 environments (whose repeated first-step latents take the two
+/// networks apart again).
+#[test]
+fn gpu_and_mirror_agree_with_the_grouped_rollout() {
+    let w = fixture_weights();
+    for gpu in gpus() {
+        for (seed, batch) in [(3, 1), (8, 3), (9, 64)] {
+            let cfg = small_cfg(seed, PlannerMode::EliteMppi, PlanMode::Train);
+            parity_of(gpu, &w, cfg, batch, seed + 200, true);
+        }
+    }
+    let gpu = &gpus()[1];
+    let cfg = PlannerConfig {
+        num_pi_trajs: 0,
+        ..small_cfg(4, PlannerMode::Mppi { lambda: 0.5 }, PlanMode::Eval)
+    };
+    parity_of(gpu, &w, cfg, 2, 11, true);
+    let episodic = episodic_weights();
+    let cfg = PlannerConfig {
+        seed: 13,
+        ..episodic_cfg(&episodic)
+    };
+    parity_of(gpu, &episodic, cfg, 2, 78, true);
+}
+
+/// Pairing saves one network's launches of every paired layer at every rollout step: 4 per
+/// step for TD-MPC2's networks (two LayerNorm layers, each a product and an epilogue).
+#[test]
+fn the_grouped_rollout_launches_fewer_dispatches() {
+    let gpu = &gpus()[1];
+    let spec = pompc::model::ModelSpec::tdmpc2(5, 24, 6).unwrap();
+    let weights = Weights::init(&spec, 0).unwrap();
+    let cfg = PlannerConfig::tdmpc2(6);
+    let count = |grouped: bool| {
+        let model = WorldModel::new(gpu, &weights)
+            .unwrap()
+            .with_grouped_rollout(grouped);
+        let mut planner = Planner::new(gpu, &model, cfg.clone()).unwrap();
+        planner.step_dispatches(1).unwrap()
+    };
+    let (apart, paired) = (count(false), count(true));
+    eprintln!("B = 1 plan step: {apart} dispatches apart, {paired} paired");
+    assert_eq!(apart - paired, 4 * cfg.iterations * cfg.horizon);
+}
+
+/// A grouped model's paired layers take the trainer's parameters like its own networks do:
+/// after `record_copy_from` it plans exactly as a model uploaded with those weights.
+#[test]
+fn a_grouped_model_copies_new_parameters_into_its_paired_layers() {
+    let old = fixture_weights();
+    let spec = old.spec.clone();
+    let new = Weights::init(&spec, 21).unwrap();
+    let layout = pompc::train::ParamLayout::new(&spec);
+    let cfg = small_cfg(6, PlannerMode::EliteMppi, PlanMode::Eval);
+    let obs: Vec<f32> = (0..2 * spec.obs_dim)
+        .map(|i| (i as f32 * 0.37).sin())
+        .collect();
+    for gpu in gpus() {
+        let flat =
+            pompc::GpuBuffer::from_slice(gpu, "flat", &layout.flatten(&new).unwrap()).unwrap();
+        let copied = WorldModel::new(gpu, &old)
+            .unwrap()
+            .with_grouped_rollout(true);
+        let mut rec = pompc::Recorder::new(gpu);
+        copied
+            .record_copy_from(&mut rec, &flat, |n| layout.offset(n))
+            .unwrap();
+        rec.submit().unwrap();
+        let direct = WorldModel::new(gpu, &new)
+            .unwrap()
+            .with_grouped_rollout(true);
+        let stale = WorldModel::new(gpu, &old)
+            .unwrap()
+            .with_grouped_rollout(true);
+        let plan = |m: &WorldModel| {
+            Planner::new(gpu, m, cfg.clone())
+                .unwrap()
+                .plan(&obs, &[true, true])
+                .unwrap()
+        };
+        let want = plan(&direct);
+        assert_eq!(plan(&copied), want);
+        // The old weights plan otherwise: the comparison can tell a missing copy.
+        assert_ne!(plan(&stale).mean, want.mean);
     }
 }
 
@@ -194,21 +298,23 @@ fn gpu_planning_converges_to_the_best_first_action() {
 
 /// The small fixture is episodic: its termination head masks returns, on the GPU as in the
 /// mirror.
-#[test]
-fn episodic_model_parity() {
-    let w = Weights::load(format!(
+/// The small fixture (episodic), with termination logits shifted up so that rollouts end
+/// early (the fixture's are -1.2..-0.1).
+fn episodic_weights() -> Weights {
+    let mut w = Weights::load(format!(
         "{}/tests/fixtures/small.safetensors",
         env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap();
-    let mut w = w;
     assert!(w.spec.episodic);
-    // Shift the termination logits up so that rollouts end early (the fixture's are -1.2..-0.1).
     for b in &mut w.tensors.get_mut("_termination.2.bias").unwrap().data {
         *b += 0.8;
     }
-    let gpu = &gpus()[1];
-    let cfg = PlannerConfig {
+    w
+}
+
+fn episodic_cfg(w: &Weights) -> PlannerConfig {
+    PlannerConfig {
         horizon: 3,
         num_samples: 40,
         num_elites: 8,
@@ -216,7 +322,14 @@ fn episodic_model_parity() {
         iterations: 3,
         seed: 12,
         ..PlannerConfig::tdmpc2(w.spec.action_dim)
-    };
+    }
+}
+
+#[test]
+fn episodic_model_parity() {
+    let w = episodic_weights();
+    let gpu = &gpus()[1];
+    let cfg = episodic_cfg(&w);
     parity(gpu, &w, cfg.clone(), 2, 77);
     // The mask matters: without it the mirror's values differ.
     let obs = vec![0.3f32; 2 * w.spec.obs_dim];

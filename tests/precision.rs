@@ -363,6 +363,95 @@ fn world_model_at_f16_and_tensor_cores_against_f32() {
     }
 }
 
+/// A rollout step with the dynamics and reward layers paired (two-member launches) gives what
+/// the two networks give apart, at every precision the device has (f16 hidden activations and
+/// tensor-core products included): each member's products are the same products.
+#[test]
+fn paired_rollout_layers_at_every_precision() {
+    let mut r = rng("paired rollout");
+    let spec = ModelSpec::tiny(7, 3);
+    let weights = Weights::init(&spec, 4).unwrap();
+    let rows = 150;
+    let (l, a) = (spec.latent_dim, spec.action_dim);
+    let z = uniform(&mut r, rows * l, 1.0);
+    let act = uniform(&mut r, rows * a, 1.0);
+    for gpu in gpus() {
+        for p in [Precision::F32, Precision::F16, Precision::TensorCore] {
+            if gpu.supports(p).is_err() {
+                eprintln!("paired rollout at {}: NOT RUN (unsupported)", p.name());
+                continue;
+            }
+            let step = |grouped: bool| -> Vec<f32> {
+                let model = WorldModel::with_precision(gpu, &weights, p)
+                    .unwrap()
+                    .with_grouped_rollout(grouped);
+                assert_eq!(model.grouped_rollout(), grouped);
+                let ws = Workspace::with_slots(gpu, &spec, rows, 2).unwrap();
+                let zb = GpuBuffer::from_slice(gpu, "z", &z).unwrap();
+                let ab = GpuBuffer::from_slice(gpu, "a", &act).unwrap();
+                let next = GpuBuffer::from_slice(gpu, "next", &vec![f32::NAN; rows * l]).unwrap();
+                let rew =
+                    GpuBuffer::from_slice(gpu, "r", &vec![f32::NAN; rows * spec.num_bins]).unwrap();
+                let mut rec = Recorder::new(gpu);
+                model
+                    .record_reward_and_dynamics(
+                        &mut rec,
+                        rows,
+                        NetInput::new(&zb, Some(&ab)),
+                        &ws,
+                        &rew,
+                        &next,
+                    )
+                    .unwrap();
+                let (h1, h2) = (rec.read(&rew), rec.read(&next));
+                let res = rec.finish().unwrap();
+                let mut v = res.get(&h1).unwrap();
+                v.extend(res.get(&h2).unwrap());
+                v
+            };
+            let apart: Vec<f64> = step(false).iter().map(|&v| v as f64).collect();
+            let paired = step(true);
+            assert!(
+                paired.iter().all(|v| v.is_finite()),
+                "{p:?}: unwritten rows"
+            );
+            let err = rel_error(&paired, &apart);
+            eprintln!(
+                "paired rollout at {}: within {err:.2e} of the networks apart ({:?} checks)",
+                p.name(),
+                gpu.shader_checks()
+            );
+            // Exact where the two launches split K as the one does (lavapipe); a GPU may split
+            // the paired launch's K otherwise (twice the workgroups), which reorders sums.
+            let tol = if p == Precision::TensorCore {
+                2e-3
+            } else {
+                1e-5
+            };
+            assert!(err <= tol, "{p:?}: {err:e}");
+        }
+    }
+    // A workspace of one slot has no room for the pair: an error, not a clobbered row.
+    let gpu = &gpus()[1];
+    let model = WorldModel::new(gpu, &weights)
+        .unwrap()
+        .with_grouped_rollout(true);
+    let ws = Workspace::with_slots(gpu, &spec, rows, 1).unwrap();
+    let zb = GpuBuffer::<f32>::new(gpu, "z", rows * l).unwrap();
+    let ab = GpuBuffer::<f32>::new(gpu, "a", rows * a).unwrap();
+    let out = GpuBuffer::<f32>::new(gpu, "out", rows * spec.num_bins.max(l)).unwrap();
+    let mut rec = Recorder::new(gpu);
+    let e = model.record_reward_and_dynamics(
+        &mut rec,
+        rows,
+        NetInput::new(&zb, Some(&ab)),
+        &ws,
+        &out,
+        &out,
+    );
+    assert!(matches!(e, Err(Error::Limit(_))), "{e:?}");
+}
+
 /// The planner's first step: a layer whose Z rows repeat every `g` rows (`z_repeat`), at f16
 /// storage and on every tensor-core tile the device holds, f32 latents in and f16 or f32 out,
 /// against the mirror on the explicitly repeated rows, with the operands of each part (the

@@ -20,6 +20,8 @@ Environment:
   POMPC_PRECISION       auto, f32, f16, coop: the world model's default precision
   POMPC_LIMITS          downlevel: ask for wgpu's downlevel limits instead of the adapter's
   POMPC_BENCH_TARGET_S  seconds of back-to-back work per timed run (default 0.002)
+  POMPC_GROUPED_ROLLOUT 1: each rollout step launches the dynamics and reward layers (but
+                        their last) once for both networks
   POMPC_SHADER_DIR      read shaders/NAME.wgsl from DIR/NAME.wgsl where that file exists
                         (kernel work on a machine without a Rust toolchain)";
 

@@ -3,7 +3,9 @@
 # (issue 23) with the build before the session (pompc_old: 3c780fb) for the prepared MPPI
 # steps, the PyTorch reference scripts after their common.py (issue 24), then PO-MPC through
 # the Python bindings on dm_control's cartpole-swingup for what is left of the call (issue
-# 22), checkpoints returned. Binaries come gzipped in .gpu/bin; wheels in .gpu/wheels (cp312).
+# 22), checkpoints returned. Part `grouped` (issue 19): the plan step with the rollout's
+# dynamics and reward layers paired (POMPC_GROUPED_ROLLOUT=1) against apart, alternating, in
+# the same call. Binaries come gzipped in .gpu/bin; wheels in .gpu/wheels (cp312).
 # Prepare here (the carried tree must stay under 64 MiB):
 #   cargo build --release --workspace && mkdir -p /tmp/capi
 #   strip -o /tmp/capi/libpompc_c.so target/release/libpompc_c.so
@@ -19,9 +21,16 @@ T0=$(date +%s)
 for f in .gpu/bin/*.gz; do gunzip -f "$f"; done
 chmod +x .gpu/bin/*
 python3 --version; ldd --version | head -1
-# PARTS (default "capi old refs dmc") picks what runs.
-PARTS=${PARTS:-capi old refs dmc}
+# PARTS (default "grouped capi old refs dmc") picks what runs.
+PARTS=${PARTS:-grouped capi old refs dmc}
 has() { [[ " $PARTS " == *" $1 "* ]]; }
+has grouped && for pass in 1 2; do
+  for g in 0 1; do
+    echo "== pompc bench plan, POMPC_GROUPED_ROLLOUT=$g, pass $pass"
+    POMPC_GROUPED_ROLLOUT=$g timeout 120 bash .gpu/run.sh .gpu/bin/pompc bench plan \
+      --precision coop,f32 --batch 1,16 --act 6 --runs 40 --warmup 10
+  done
+done
 has capi && bash scripts/device/capi_bench.sh
 has old && for pass in 1 2; do
   echo "== pompc_old (3c780fb) bench mppi, pass $pass"

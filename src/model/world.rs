@@ -201,6 +201,90 @@ impl<'a> NetInput<'a> {
     }
 }
 
+impl DenseLayer {
+    /// Upload one layer of `members` stacked weight sets: `w` `[members, out, in]`, `b`, and
+    /// the LayerNorm's gain and shift `[members, out]` (f16 weights unless `precision` is
+    /// f32).
+    #[allow(clippy::too_many_arguments)]
+    fn upload(
+        gpu: &Gpu,
+        spec: LayerSpec,
+        members: usize,
+        shared_input: bool,
+        precision: Precision,
+        w: &[f32],
+        b: &[f32],
+        ln: Option<(&[f32], &[f32])>,
+    ) -> Result<DenseLayer> {
+        let up = |name: &str, data: &[f32]| {
+            GpuBuffer::from_slice(gpu, &format!("{}.{name}", spec.prefix), data)
+        };
+        let ln = match ln {
+            Some((g, b)) => Some((up("ln.weight", g)?, up("ln.bias", b)?)),
+            None => None,
+        };
+        let w = if precision.f16_storage() {
+            let h: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+            Matrix::F16(GpuBuffer::from_slice(
+                gpu,
+                &format!("{}.weight (f16)", spec.prefix),
+                &h,
+            )?)
+        } else {
+            Matrix::F32(up("weight", w)?)
+        };
+        Ok(DenseLayer {
+            linear: Linear::new(gpu, spec.linear(members, shared_input))?
+                .with_precision(gpu, precision)?,
+            w,
+            b: up("bias", b)?,
+            ln,
+            spec,
+        })
+    }
+
+    /// Record copies of this layer's parameters from `flat`, member `i` from the tensors named
+    /// `{prefixes[i]}.weight` (and `.bias`, `.ln.weight`, `.ln.bias`) at `offset(name)`; f16
+    /// weights are rounded on the way.
+    fn record_copy_from(
+        &self,
+        rec: &mut Recorder,
+        flat: &GpuBuffer<f32>,
+        offset: &impl Fn(&str) -> Result<usize>,
+        prefixes: &[&String],
+    ) -> Result<()> {
+        let parts = prefixes.len();
+        for (i, p) in prefixes.iter().enumerate() {
+            // Member i's share of a stacked buffer.
+            let copy = |rec: &mut Recorder, name: String, dst: &GpuBuffer<f32>| {
+                let len = dst.len() / parts;
+                rec.copy_range(flat, offset(&name)?, dst, i * len, len)
+            };
+            match &self.w {
+                Matrix::F32(w) => copy(rec, format!("{p}.weight"), w)?,
+                // Rounded to f16 on the way (an f16 or tensor-core planner).
+                Matrix::F16(w) => {
+                    let len = w.len() / parts;
+                    crate::kernels::cast::record_to_f16(
+                        rec,
+                        flat,
+                        offset(&format!("{p}.weight"))?,
+                        w,
+                        i * len,
+                        len,
+                    )?
+                }
+            }
+            copy(rec, format!("{p}.bias"), &self.b)?;
+            if let Some((g, b)) = &self.ln {
+                copy(rec, format!("{p}.ln.weight"), g)?;
+                copy(rec, format!("{p}.ln.bias"), b)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Mlp {
     fn new(gpu: &Gpu, weights: &Weights, net: Net, precision: Precision) -> Result<Mlp> {
         let spec = &weights.spec;
@@ -208,32 +292,18 @@ impl Mlp {
         let mut layers = Vec::new();
         for (i, ls) in spec.layers(net).into_iter().enumerate() {
             let t = weights.layer(&ls.prefix, ls.normed)?;
-            let up = |name: &str, data: &[f32]| {
-                GpuBuffer::from_slice(gpu, &format!("{}.{name}", ls.prefix), data)
-            };
-            let ln = match t.ln {
-                Some((g, b)) => Some((up("ln.weight", &g.data)?, up("ln.bias", &b.data)?)),
-                None => None,
-            };
+            let ln = t.ln.map(|(g, b)| (&g.data[..], &b.data[..]));
             // The first layer of an ensemble reads the same rows for every member.
-            let cfg = ls.linear(members, i == 0);
-            let w = if precision.f16_storage() {
-                let h: Vec<f16> = t.w.data.iter().map(|&v| f16::from_f32(v)).collect();
-                Matrix::F16(GpuBuffer::from_slice(
-                    gpu,
-                    &format!("{}.weight (f16)", ls.prefix),
-                    &h,
-                )?)
-            } else {
-                Matrix::F32(up("weight", &t.w.data)?)
-            };
-            layers.push(DenseLayer {
-                linear: Linear::new(gpu, cfg)?.with_precision(gpu, precision)?,
-                w,
-                b: up("bias", &t.b.data)?,
+            layers.push(DenseLayer::upload(
+                gpu,
+                ls,
+                members,
+                i == 0,
+                precision,
+                &t.w.data,
+                &t.b.data,
                 ln,
-                spec: ls,
-            });
+            )?);
         }
         Ok(Mlp {
             net,
@@ -256,6 +326,10 @@ impl Mlp {
     /// The layers.
     pub fn layers(&self) -> &[DenseLayer] {
         &self.layers
+    }
+
+    fn last_layer(&self) -> &DenseLayer {
+        self.layers.last().expect("a network has layers")
     }
 
     /// Floating-point operations of a forward pass of `m` rows for `slots` weight sets.
@@ -341,6 +415,90 @@ impl Mlp {
     }
 }
 
+/// The dynamics and reward networks' layers but the last, as two-member ensembles (member 0
+/// the dynamics', member 1 the reward's). Both networks read the same `[z, a]` rows at every
+/// rollout step, so each of these layers is one launch for the two instead of two, with twice
+/// the workgroups (a B = 1 plan step's layers leave most of a large GPU idle). Built when the
+/// two networks have the same depth and the same layer shapes but for the last (TD-MPC2's do).
+struct RolloutPair {
+    layers: Vec<DenseLayer>,
+}
+
+impl RolloutPair {
+    fn new(gpu: &Gpu, weights: &Weights, precision: Precision) -> Result<Option<RolloutPair>> {
+        let spec = &weights.spec;
+        let (d, r) = (spec.layers(Net::Dynamics), spec.layers(Net::Reward));
+        let shape = |l: &LayerSpec| (l.in1, l.in2, l.out, l.normed, l.act);
+        let paired = d.len().saturating_sub(1);
+        if d.len() != r.len()
+            || paired == 0
+            || d.iter()
+                .zip(&r)
+                .take(paired)
+                .any(|(x, y)| shape(x) != shape(y))
+        {
+            return Ok(None);
+        }
+        let mut layers = Vec::with_capacity(paired);
+        for (i, (dl, rl)) in d.iter().zip(&r).take(paired).enumerate() {
+            let (td, tr) = (
+                weights.layer(&dl.prefix, dl.normed)?,
+                weights.layer(&rl.prefix, rl.normed)?,
+            );
+            let cat = |x: &[f32], y: &[f32]| [x, y].concat();
+            let ln = match (td.ln, tr.ln) {
+                (Some((g0, b0)), Some((g1, b1))) => {
+                    Some((cat(&g0.data, &g1.data), cat(&b0.data, &b1.data)))
+                }
+                _ => None,
+            };
+            let spec = LayerSpec {
+                prefix: format!("{}+{}", dl.prefix, rl.prefix),
+                ..dl.clone()
+            };
+            layers.push(DenseLayer::upload(
+                gpu,
+                spec,
+                2,
+                i == 0,
+                precision,
+                &cat(&td.w.data, &tr.w.data),
+                &cat(&td.b.data, &tr.b.data),
+                ln.as_ref().map(|(g, b)| (&g[..], &b[..])),
+            )?);
+        }
+        Ok(Some(RolloutPair { layers }))
+    }
+
+    /// The paired layers through `hidden` (ping-pong, `[2, m, out]` each), then each network's
+    /// last layer from its member's rows: `tails` are the dynamics' and the reward's last
+    /// layers with their outputs.
+    fn record<H: Element>(
+        &self,
+        rec: &mut Recorder,
+        m: usize,
+        input: NetInput,
+        hidden: &[GpuBuffer<H>; 2],
+        tails: [(&DenseLayer, &GpuBuffer<f32>); 2],
+    ) -> Result<()> {
+        let n = self.layers.len();
+        for (i, layer) in self.layers.iter().enumerate() {
+            if i == 0 {
+                let a = (input.a, input.a_offset);
+                layer.record(rec, m, (input.z, input.z_offset), a, &hidden[0], None, 0)?;
+            } else {
+                let z = (&hidden[(i - 1) % 2], 0);
+                layer.record(rec, m, z, (None, 0), &hidden[i % 2], None, 0)?;
+            }
+        }
+        let (h, width) = (&hidden[(n - 1) % 2], self.layers[n - 1].spec.out);
+        for (member, (layer, out)) in tails.into_iter().enumerate() {
+            layer.record(rec, m, (h, member * m * width), (None, 0), out, None, 0)?;
+        }
+        Ok(())
+    }
+}
+
 /// A TD-MPC2 world model on the GPU: encoder, dynamics, reward, policy, Q ensemble and the
 /// optional termination head.
 ///
@@ -373,6 +531,16 @@ pub struct WorldModel {
     pub q: Mlp,
     /// Termination: latent -> logit, for episodic models.
     pub termination: Option<Mlp>,
+    /// The dynamics and reward layers paired for [`WorldModel::record_reward_and_dynamics`].
+    pair: Option<RolloutPair>,
+    /// Whether [`WorldModel::record_reward_and_dynamics`] uses `pair`.
+    grouped: bool,
+}
+
+/// Whether models pair the dynamics and reward layers by default: `POMPC_GROUPED_ROLLOUT=1`
+/// (off otherwise, until the H100 says it wins; see [`WorldModel::with_grouped_rollout`]).
+fn grouped_by_default() -> bool {
+    std::env::var("POMPC_GROUPED_ROLLOUT").is_ok_and(|v| v == "1")
 }
 
 impl WorldModel {
@@ -403,7 +571,62 @@ impl WorldModel {
             } else {
                 None
             },
+            pair: RolloutPair::new(gpu, weights, precision)?,
+            grouped: grouped_by_default(),
         })
+    }
+
+    /// The same model with the rollout's dynamics and reward layers paired (`on`) or not:
+    /// [`WorldModel::record_reward_and_dynamics`] then launches each of their layers but the
+    /// last once for both networks. Off by default (`POMPC_GROUPED_ROLLOUT=1` turns it on for
+    /// every model); without effect where the two networks' shapes differ.
+    pub fn with_grouped_rollout(mut self, on: bool) -> Self {
+        self.grouped = on;
+        self
+    }
+
+    /// Whether [`WorldModel::record_reward_and_dynamics`] pairs the two networks' layers.
+    pub fn grouped_rollout(&self) -> bool {
+        self.grouped && self.pair.is_some()
+    }
+
+    /// Record the reward network into `reward_out` (`[m, num_bins]` logits) and the dynamics
+    /// into `latent_out` (`[m, latent]`) for the same `m` rows of `input` (`[z, a]`): a rollout
+    /// step. With [`WorldModel::with_grouped_rollout`] their layers but the last run as
+    /// two-member ensembles (needs `ws` with 2 slots; repeated inputs,
+    /// [`NetInput::repeating`], take the two networks apart).
+    pub fn record_reward_and_dynamics(
+        &self,
+        rec: &mut Recorder,
+        m: usize,
+        input: NetInput,
+        ws: &Workspace,
+        reward_out: &GpuBuffer<f32>,
+        latent_out: &GpuBuffer<f32>,
+    ) -> Result<()> {
+        let pair = match &self.pair {
+            Some(p) if self.grouped && input.z_repeat == 0 => p,
+            _ => {
+                self.reward.record(rec, m, input, None, ws, reward_out)?;
+                return self.dynamics.record(rec, m, input, None, ws, latent_out);
+            }
+        };
+        if m > ws.max_rows || ws.slots < 2 {
+            return Err(Error::Limit(format!(
+                "paired dynamics and reward forward of {m} rows needs a workspace of 2 slots; \
+                 this one has {} rows x {} slots",
+                ws.max_rows, ws.slots
+            )));
+        }
+        let tails = [
+            (self.dynamics.last_layer(), latent_out),
+            (self.reward.last_layer(), reward_out),
+        ];
+        if self.precision().f16_storage() {
+            pair.record(rec, m, input, &ws.hidden16(rec.gpu())?, tails)
+        } else {
+            pair.record(rec, m, input, &ws.hidden, tails)
+        }
     }
 
     /// Record copies of every parameter from a flat buffer in which the tensor named `name`
@@ -426,26 +649,13 @@ impl WorldModel {
         for mlp in nets.into_iter().chain(self.termination.as_ref()) {
             for layer in &mlp.layers {
                 let p = &layer.spec.prefix;
-                let copy = |rec: &mut Recorder, name: String, dst: &GpuBuffer<f32>| {
-                    rec.copy_range(flat, offset(&name)?, dst, 0, dst.len())
-                };
-                match &layer.w {
-                    Matrix::F32(w) => copy(rec, format!("{p}.weight"), w)?,
-                    // Rounded to f16 on the way (an f16 or tensor-core planner).
-                    Matrix::F16(w) => crate::kernels::cast::record_to_f16(
-                        rec,
-                        flat,
-                        offset(&format!("{p}.weight"))?,
-                        w,
-                        0,
-                        w.len(),
-                    )?,
-                }
-                copy(rec, format!("{p}.bias"), &layer.b)?;
-                if let Some((g, b)) = &layer.ln {
-                    copy(rec, format!("{p}.ln.weight"), g)?;
-                    copy(rec, format!("{p}.ln.bias"), b)?;
-                }
+                layer.record_copy_from(rec, flat, &offset, &[p])?;
+            }
+        }
+        if let Some(pair) = &self.pair {
+            let (d, r) = (self.dynamics.layers.iter(), self.reward.layers.iter());
+            for (layer, (dl, rl)) in pair.layers.iter().zip(d.zip(r)) {
+                layer.record_copy_from(rec, flat, &offset, &[&dl.spec.prefix, &rl.spec.prefix])?;
             }
         }
         Ok(())

@@ -674,8 +674,9 @@ impl<'m> Planner<'m> {
                 } else {
                     NetInput::new(cur, Some(&st.actions)).at(0, step * nb * a)
                 };
-                m.reward
-                    .record(&mut rec, nb, input, None, ws, &st.r_logits)?;
+                // Reward logits and the next latents; one launch per layer for the two
+                // networks where the model pairs them.
+                m.record_reward_and_dynamics(&mut rec, nb, input, ws, &st.r_logits, next)?;
                 two_hot::record_decode_strided(
                     &mut rec,
                     &thc,
@@ -685,7 +686,6 @@ impl<'m> Planner<'m> {
                     &st.rewards,
                     RowLayout::at(step * nb, 1),
                 )?;
-                m.dynamics.record(&mut rec, nb, input, None, ws, next)?;
                 if let Some(term_net) = &m.termination {
                     let zin = NetInput::new(next, None);
                     term_net.record(&mut rec, nb, zin, None, ws, &st.term_logits)?;
