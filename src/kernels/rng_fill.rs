@@ -45,11 +45,11 @@ struct Params {
     n: u32,
 }
 
-const FILL: KernelSpec = KernelSpec {
-    shader: "rng_fill",
-    entry: "fill",
-    bindings: &[(0, Binding::ReadWrite), (1, Binding::Uniform)],
-};
+const FILL: KernelSpec = super::launch::kernel(
+    "rng_fill",
+    "fill",
+    &[(0, Binding::ReadWrite), (1, Binding::Uniform)],
+);
 
 /// Header and overrides of the fill pipeline for `dist` (for the shader test).
 pub fn pipeline_constants(dist: Distribution) -> (KernelSpec, Header, Vec<(&'static str, f64)>) {
