@@ -318,6 +318,10 @@ pub fn mean(values: &[f64]) -> f64 {
 /// interval. `None` when `values` is empty or holds a non-finite value; with one value the
 /// interval is that value.
 ///
+/// # Panics
+///
+/// If `level` is not inside `(0, 1)` or `resamples` is 0 (a caller's constant, not data).
+///
 /// ```
 /// let (lo, hi) = pompc::plot::bootstrap_ci(&[700.0, 800.0, 900.0], 0.95, 2000, 0).unwrap();
 /// assert!(700.0 <= lo && lo < 800.0 && 800.0 < hi && hi <= 900.0);
