@@ -248,6 +248,38 @@ fn misaligned(what: &str) -> CError {
     )
 }
 
+/// Check a caller's array of `len` values of `T` before it is used: a byte size that no
+/// allocation can have is `POMPC_STATUS_LIMIT`, NULL (unless `len` is 0)
+/// `POMPC_STATUS_NULL_ARGUMENT`, a pointer misaligned for `T` `POMPC_STATUS_INVALID_ARGUMENT`.
+fn check_array<T>(p: *const T, len: usize, what: &str) -> CResult<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    if len
+        .checked_mul(size_of::<T>())
+        .is_none_or(|bytes| bytes > isize::MAX as usize)
+    {
+        return Err(CError::new(
+            PompcStatus::Limit,
+            format!("{what} has length {len}: more bytes than any array can hold"),
+        ));
+    }
+    if p.is_null() {
+        return Err(CError::null(what));
+    }
+    if !p.is_aligned() {
+        return Err(misaligned(what));
+    }
+    Ok(())
+}
+
+fn wrong_length(what: &str, len: usize, expected: usize) -> CError {
+    CError::new(
+        PompcStatus::Shape,
+        format!("{what} has length {len}, expected {expected}"),
+    )
+}
+
 /// A caller's input array of `len` values, which must be `expected` long.
 ///
 /// # Safety
@@ -260,51 +292,82 @@ pub(crate) unsafe fn input<'a, T>(
     what: &str,
 ) -> CResult<&'a [T]> {
     if len != expected {
-        return Err(CError::new(
-            PompcStatus::Shape,
-            format!("{what} has length {len}, expected {expected}"),
-        ));
+        return Err(wrong_length(what, len, expected));
     }
+    check_array(p, len, what)?;
     if len == 0 {
         return Ok(&[]);
     }
-    if p.is_null() {
-        return Err(CError::null(what));
-    }
-    if !p.is_aligned() {
-        return Err(misaligned(what));
-    }
-    // SAFETY: non-null, aligned, and the caller promised `len` readable values; `len` equals
-    // a size pompc allocated, so the byte size fits isize.
+    // SAFETY: non-null, aligned, at most isize::MAX bytes (check_array), and the caller
+    // promised `len` readable values.
     Ok(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
-/// Copy `data` into a caller's output array of `len` values, which must be `data.len()` long.
-/// No reference to the caller's (possibly uninitialized) memory is made.
-///
-/// # Safety
-///
-/// `p` is NULL or valid for writes of `len` values of `T`.
-pub(crate) unsafe fn output<T: Copy>(p: *mut T, len: usize, data: &[T], what: &str) -> CResult<()> {
-    if len != data.len() {
-        return Err(CError::new(
-            PompcStatus::Shape,
-            format!("{what} has length {len}, expected {}", data.len()),
-        ));
+/// A caller's output array, checked when the call starts, before it does anything: a call
+/// whose output is NULL, misaligned or of the wrong length then fails without effect (no
+/// step taken, no plan made) instead of failing after its work.
+pub(crate) struct Out<T> {
+    p: *mut T,
+    len: usize,
+    what: &'static str,
+}
+
+impl<T: Copy> Out<T> {
+    /// An output of `len` values, which must be `expected` long.
+    ///
+    /// # Safety
+    ///
+    /// `p` is NULL or valid for writes of `len` values of `T` until [`Out::write`].
+    pub(crate) unsafe fn new(
+        p: *mut T,
+        len: usize,
+        expected: usize,
+        what: &'static str,
+    ) -> CResult<Self> {
+        if len != expected {
+            return Err(wrong_length(what, len, expected));
+        }
+        check_array(p, len, what)?;
+        Ok(Out { p, len, what })
     }
-    if len == 0 {
-        return Ok(());
+
+    /// An output that the caller may skip with length 0 (`None`), else as [`Out::new`].
+    ///
+    /// # Safety
+    ///
+    /// As [`Out::new`].
+    pub(crate) unsafe fn optional(
+        p: *mut T,
+        len: usize,
+        expected: usize,
+        what: &'static str,
+    ) -> CResult<Option<Self>> {
+        if len == 0 {
+            return Ok(None);
+        }
+        if len != expected {
+            return Err(CError::new(
+                PompcStatus::Shape,
+                format!("{what} has length {len}, expected {expected} (or 0 to skip it)"),
+            ));
+        }
+        // SAFETY: passed on.
+        unsafe { Self::new(p, len, expected, what) }.map(Some)
     }
-    if p.is_null() {
-        return Err(CError::null(what));
+
+    /// Copy `data` out. No reference to the caller's (possibly uninitialized) memory is
+    /// made.
+    pub(crate) fn write(self, data: &[T]) -> CResult<()> {
+        if data.len() != self.len {
+            return Err(wrong_length(self.what, self.len, data.len()));
+        }
+        if self.len > 0 {
+            // SAFETY: checked by Out::new (non-null, aligned, `len` writable values
+            // promised); `data` is ours, so the two cannot overlap.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.p, self.len) };
+        }
+        Ok(())
     }
-    if !p.is_aligned() {
-        return Err(misaligned(what));
-    }
-    // SAFETY: non-null, aligned, `len` writable values promised; `data` is ours, so the two
-    // cannot overlap.
-    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, len) };
-    Ok(())
 }
 
 /// A NUL-terminated UTF-8 string, or `None` for NULL.
@@ -490,16 +553,14 @@ pub unsafe extern "C" fn pompc_adapters(
         }
         // SAFETY: the caller's promise.
         let b = backends(unsafe { opt_str(backend, "backend") }?)?;
-        if capacity > 0 && out.is_null() {
-            return Err(CError::null("out (with a capacity above 0)"));
-        }
+        check_array(out, capacity, "out (with a capacity above 0)")?;
         let infos: Vec<PompcAdapterInfo> = pompc::gpu::enumerate_adapters(b)
             .iter()
             .map(|a| adapter_info(&a.get_info()))
             .collect();
         let n = infos.len().min(capacity);
-        // SAFETY: `out` holds `capacity` >= n values (checked non-null when capacity > 0).
-        unsafe { output(out, n, &infos[..n], "out") }?;
+        // SAFETY: `out` holds `capacity` >= n values (checked by check_array).
+        unsafe { Out::new(out, n, n, "out") }?.write(&infos[..n])?;
         // SAFETY: the caller's promise.
         unsafe { write(count, infos.len(), "count") }
     })

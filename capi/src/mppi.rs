@@ -1,8 +1,8 @@
 //! Classic MPPI over dynamics and costs written in WGSL.
 
 use crate::{
-    CError, CResult, PompcGpu, PompcStatus, destroy, guard, handle, input, lock, opt_str,
-    out_handle, output, req_str, write,
+    CError, CResult, Out, PompcGpu, PompcStatus, destroy, guard, handle, input, lock, opt_str,
+    out_handle, req_str, write,
 };
 use pompc::Gpu;
 use pompc::planner::custom::{Mppi, MppiConfig, Problem};
@@ -314,32 +314,29 @@ pub unsafe extern "C" fn pompc_mppi_step(
         let mut st = lock(&m.inner, "mppi")?;
         // SAFETY: as above, lengths checked.
         let x = unsafe { input(x0, x0_len, st.state_dim, "x0 (state_dim)") }?;
-        if control_len != st.control_dim {
-            return Err(CError::new(
-                PompcStatus::Shape,
-                format!(
-                    "control has length {control_len}, expected control_dim = {}",
-                    st.control_dim
-                ),
-            ));
-        }
-        if !info.is_null() && !info.is_aligned() {
-            return Err(CError::new(
-                PompcStatus::InvalidArgument,
-                "info is not aligned for its type",
-            ));
-        }
-        let step = st.mppi.step(x)?;
+        // The outputs are checked before the step, which a failure after it would lose.
         // SAFETY: the caller's promises.
-        unsafe { output(control, control_len, &step.control, "control") }?;
-        if !info.is_null() {
-            let i = PompcMppiStepInfo {
+        let out = unsafe {
+            Out::new(
+                control,
+                control_len,
+                st.control_dim,
+                "control (control_dim)",
+            )
+        }?;
+        let info_out = match info.is_null() {
+            true => None,
+            // SAFETY: as above.
+            false => Some(unsafe { Out::new(info, 1, 1, "info") }?),
+        };
+        let step = st.mppi.step(x)?;
+        out.write(&step.control)?;
+        if let Some(o) = info_out {
+            o.write(&[PompcMppiStepInfo {
                 min_cost: step.min_cost,
                 eta: step.eta,
                 finite_samples: step.finite_samples,
-            };
-            // SAFETY: non-null, checked aligned above.
-            unsafe { info.write(i) };
+            }])?;
         }
         Ok(())
     })
@@ -365,14 +362,9 @@ pub unsafe extern "C" fn pompc_mppi_costs(
         let m = unsafe { handle(mppi, "mppi") }?;
         let st = lock(&m.inner, "mppi")?;
         let k = st.mppi.config().samples;
-        for (len, what) in [(costs_len, "costs"), (weights_len, "weights")] {
-            if len != 0 && len != k {
-                return Err(CError::new(
-                    PompcStatus::Shape,
-                    format!("{what} has length {len}, expected samples = {k} (or 0 to skip)"),
-                ));
-            }
-        }
+        // SAFETY: the caller's promises.
+        let c_out = unsafe { Out::optional(costs, costs_len, k, "costs (samples)") }?;
+        let w_out = unsafe { Out::optional(weights, weights_len, k, "weights (samples)") }?;
         if st.mppi.calls() == 0 {
             return Err(CError::new(
                 PompcStatus::InvalidArgument,
@@ -380,13 +372,9 @@ pub unsafe extern "C" fn pompc_mppi_costs(
             ));
         }
         let (c, w) = st.mppi.costs_and_weights()?;
-        for (ptr, len, data, what) in [
-            (costs, costs_len, &c, "costs"),
-            (weights, weights_len, &w, "weights"),
-        ] {
-            if len > 0 {
-                // SAFETY: the caller's promise.
-                unsafe { output(ptr, len, data, what) }?;
+        for (out, data) in [(c_out, &c), (w_out, &w)] {
+            if let Some(o) = out {
+                o.write(data)?;
             }
         }
         Ok(())
@@ -410,15 +398,9 @@ pub unsafe extern "C" fn pompc_mppi_controls(
         let m = unsafe { handle(mppi, "mppi") }?;
         let st = lock(&m.inner, "mppi")?;
         let n = st.mppi.config().horizon * st.control_dim;
-        if len != n {
-            return Err(CError::new(
-                PompcStatus::Shape,
-                format!("u has length {len}, expected horizon x control_dim = {n}"),
-            ));
-        }
-        let seq = st.mppi.controls()?;
         // SAFETY: the caller's promise.
-        unsafe { output(u, len, &seq, "u") }
+        let out = unsafe { Out::new(u, len, n, "u (horizon x control_dim)") }?;
+        out.write(&st.mppi.controls()?)
     })
 }
 

@@ -1,8 +1,8 @@
 //! World models and TD-MPC2's planner.
 
 use crate::{
-    CError, CResult, PompcGpu, PompcStatus, destroy, guard, handle, input, lock, out_handle,
-    output, req_str, write,
+    CError, CResult, Out, PompcGpu, PompcStatus, destroy, guard, handle, input, lock, out_handle,
+    req_str, write,
 };
 use pompc::model::{ModelSpec, Weights, WorldModel};
 use pompc::planner::{Plan, PlanMode, Planner, PlannerConfig, PlannerMode};
@@ -361,22 +361,26 @@ pub unsafe extern "C" fn pompc_planner_plan(
                 "batch is 0: plan for at least one environment",
             ));
         }
-        let too_big = || CError::new(PompcStatus::Limit, format!("batch {batch} is too large"));
-        let n_obs = batch.checked_mul(st.spec.obs_dim).ok_or_else(too_big)?;
-        let n_act = batch.checked_mul(st.spec.action_dim).ok_or_else(too_big)?;
-        // SAFETY: the caller's promises, lengths checked by input.
-        let obs = unsafe { input(obs, obs_len, n_obs, "obs (batch x obs_dim)") }?;
-        let first = unsafe { input(first_step, batch, batch, "first_step") }?;
-        if action_len != n_act {
+        // Checked before anything is allocated for the batch.
+        let max = st.planner.max_batch();
+        if batch > max {
             return Err(CError::new(
-                PompcStatus::Shape,
-                format!("action has length {action_len}, expected batch x action_dim = {n_act}"),
+                PompcStatus::Limit,
+                format!(
+                    "batch {batch} is too large: at most {max} environments fit this planner's \
+                     buffers on this device"
+                ),
             ));
         }
+        let (n_obs, n_act) = (batch * st.spec.obs_dim, batch * st.spec.action_dim);
+        // SAFETY: the caller's promises, lengths checked by input and Out::new.
+        let obs = unsafe { input(obs, obs_len, n_obs, "obs (batch x obs_dim)") }?;
+        let first = unsafe { input(first_step, batch, batch, "first_step") }?;
+        // Checked before the plan, which a failure after it would lose.
+        let out = unsafe { Out::new(action, action_len, n_act, "action (batch x action_dim)") }?;
         let first: Vec<bool> = first.iter().map(|f| *f != 0).collect();
         let plan = st.planner.plan(obs, &first)?;
-        // SAFETY: the caller's promise.
-        unsafe { output(action, action_len, &plan.action, "action") }?;
+        out.write(&plan.action)?;
         st.last = Some(plan);
         Ok(())
     })
@@ -410,14 +414,27 @@ pub unsafe extern "C" fn pompc_planner_last_plan(
                 "no plan yet: call pompc_planner_plan first",
             ));
         };
-        for (ptr, len, data, what) in [
-            (mean, mean_len, &plan.mean, "mean"),
-            (std, std_len, &plan.std, "std"),
-            (value, value_len, &plan.value, "value"),
-        ] {
-            if len > 0 {
-                // SAFETY: the caller's promise.
-                unsafe { output(ptr, len, data, what) }?;
+        let (b, a) = (plan.value.len(), st.spec.action_dim);
+        // SAFETY: the caller's promises.
+        let outs = unsafe {
+            [
+                (
+                    Out::optional(mean, mean_len, b * a, "mean (batch x action_dim)")?,
+                    &plan.mean,
+                ),
+                (
+                    Out::optional(std, std_len, b * a, "std (batch x action_dim)")?,
+                    &plan.std,
+                ),
+                (
+                    Out::optional(value, value_len, b, "value (batch)")?,
+                    &plan.value,
+                ),
+            ]
+        };
+        for (out, data) in outs {
+            if let Some(o) = out {
+                o.write(data)?;
             }
         }
         Ok(())

@@ -624,3 +624,84 @@ fn shared_device_and_model_across_threads() {
     }
     std::fs::remove_file(&path).unwrap();
 }
+
+/// A call whose output array is NULL, misaligned or of the wrong length fails before it does
+/// its work: the MPPI step is not taken (the step count stays, the warm start does not
+/// shift) and the plan is not made (the planner's random streams do not advance).
+#[test]
+fn a_bad_output_fails_the_call_before_it_has_an_effect() {
+    // SAFETY: valid pointers and live handles throughout.
+    unsafe {
+        let g = gpu();
+        let mut h = null_mut();
+        ok(pompc_mppi_create(g, &point_problem(POINT), &small_config(), &mut h));
+        ok(pompc_mppi_set_params(h, [1.0f32].as_ptr(), 1));
+        let x0 = [0.0f32, 0.0];
+        let mut u = [0f32; 2];
+        let misaligned = (u.as_mut_ptr() as *mut u8).wrapping_add(1) as *mut f32;
+        let mut si = PompcMppiStepInfo::default();
+        let bad_info = (&mut si as *mut PompcMppiStepInfo as *mut u8).wrapping_add(1)
+            as *mut PompcMppiStepInfo;
+        for (control, len, info, status, needle) in [
+            (null_mut(), 1, null_mut(), NULL, "control"),
+            (misaligned, 1, null_mut(), INVALID, "control"),
+            (u.as_mut_ptr(), 2, null_mut(), SHAPE, "control"),
+            (u.as_mut_ptr(), 1, bad_info, INVALID, "info"),
+        ] {
+            fails(
+                pompc_mppi_step(h, x0.as_ptr(), 2, control, len, info),
+                status,
+                needle,
+            );
+            let mut mi = PompcMppiInfo::default();
+            ok(pompc_mppi_get_info(h, &mut mi));
+            assert_eq!(mi.steps, 0, "a failed step ran ({needle})");
+        }
+        ok(pompc_mppi_destroy(h));
+
+        let path = tiny_model_file(3);
+        let path_c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        let mut m = null_mut();
+        ok(pompc_model_load(g, path_c.as_ptr(), &mut m));
+        let mut pc = std::mem::zeroed::<PompcPlannerConfig>();
+        ok(pompc_planner_config_default(2, &mut pc));
+        (pc.num_samples, pc.num_elites, pc.num_pi_trajs, pc.iterations) = (16, 4, 4, 1);
+        let (mut p, mut fresh) = (null_mut(), null_mut());
+        ok(pompc_planner_create(m, &pc, &mut p));
+        ok(pompc_planner_create(m, &pc, &mut fresh));
+        let obs = [0.25f32; 5];
+        let mut a = [0f32; 2];
+        let misaligned = (a.as_mut_ptr() as *mut u8).wrapping_add(1) as *mut f32;
+        for (action, len, status) in [
+            (null_mut(), 2, NULL),
+            (misaligned, 2, INVALID),
+            (a.as_mut_ptr(), 1, SHAPE),
+        ] {
+            fails(
+                pompc_planner_plan(p, obs.as_ptr(), 5, [1u8].as_ptr(), 1, action, len),
+                status,
+                "action",
+            );
+        }
+        // Training mode: the action's noise comes from the call's stream, so a plan made by
+        // a failed call would show as a different action here.
+        let (mut a1, mut a2) = ([0f32; 2], [0f32; 2]);
+        for (planner, out) in [(p, &mut a1), (fresh, &mut a2)] {
+            ok(pompc_planner_plan(
+                planner,
+                obs.as_ptr(),
+                5,
+                [1u8].as_ptr(),
+                1,
+                out.as_mut_ptr(),
+                2,
+            ));
+        }
+        assert_eq!(a1, a2, "a failed plan advanced the planner");
+        ok(pompc_planner_destroy(p));
+        ok(pompc_planner_destroy(fresh));
+        ok(pompc_model_destroy(m));
+        ok(pompc_gpu_destroy(g));
+        std::fs::remove_file(&path).unwrap();
+    }
+}
