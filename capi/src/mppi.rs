@@ -180,8 +180,6 @@ pub unsafe extern "C" fn pompc_mppi_create(
         let c = unsafe { config.as_ref() }
             .copied()
             .unwrap_or_else(mppi_config_default);
-        // SAFETY: the caller's promise for the per-control arrays.
-        let cfg = unsafe { mppi_config(&c, p.control_dim) }?;
         let problem = Problem {
             name: name.to_string(),
             state_dim: p.state_dim,
@@ -189,6 +187,10 @@ pub unsafe extern "C" fn pompc_mppi_create(
             param_len: p.param_len,
             wgsl: wgsl.to_string(),
         };
+        // Before mppi_config sizes its arrays by control_dim.
+        problem.check_dims()?;
+        // SAFETY: the caller's promise for the per-control arrays.
+        let cfg = unsafe { mppi_config(&c, p.control_dim) }?;
         let gpu = g.gpu.clone();
         // SAFETY: the reference points into the Arc's allocation, which never moves and
         // stays alive while the clone in MppiState does; MppiState drops the controller (its

@@ -634,7 +634,12 @@ fn a_bad_output_fails_the_call_before_it_has_an_effect() {
     unsafe {
         let g = gpu();
         let mut h = null_mut();
-        ok(pompc_mppi_create(g, &point_problem(POINT), &small_config(), &mut h));
+        ok(pompc_mppi_create(
+            g,
+            &point_problem(POINT),
+            &small_config(),
+            &mut h,
+        ));
         ok(pompc_mppi_set_params(h, [1.0f32].as_ptr(), 1));
         let x0 = [0.0f32, 0.0];
         let mut u = [0f32; 2];
@@ -665,7 +670,12 @@ fn a_bad_output_fails_the_call_before_it_has_an_effect() {
         ok(pompc_model_load(g, path_c.as_ptr(), &mut m));
         let mut pc = std::mem::zeroed::<PompcPlannerConfig>();
         ok(pompc_planner_config_default(2, &mut pc));
-        (pc.num_samples, pc.num_elites, pc.num_pi_trajs, pc.iterations) = (16, 4, 4, 1);
+        (
+            pc.num_samples,
+            pc.num_elites,
+            pc.num_pi_trajs,
+            pc.iterations,
+        ) = (16, 4, 4, 1);
         let (mut p, mut fresh) = (null_mut(), null_mut());
         ok(pompc_planner_create(m, &pc, &mut p));
         ok(pompc_planner_create(m, &pc, &mut fresh));
@@ -703,5 +713,42 @@ fn a_bad_output_fails_the_call_before_it_has_an_effect() {
         ok(pompc_model_destroy(m));
         ok(pompc_gpu_destroy(g));
         std::fs::remove_file(&path).unwrap();
+    }
+}
+
+/// Problem sizes no controller can have are refused before anything is sized by them: a
+/// control dimension of 2^40 (4 TiB of per-control settings) or usize::MAX, with or without
+/// per-control arrays, is POMPC_STATUS_LIMIT, not an abort or a panic.
+#[test]
+fn absurd_problem_sizes_are_a_limit_before_any_allocation() {
+    // SAFETY: valid pointers and live handles; the per-control array is never read (its
+    // claimed length is refused first).
+    unsafe {
+        let g = gpu();
+        let one = [0.5f32];
+        for (state_dim, control_dim, param_len, needle) in [
+            (2, 1 << 40, 1, "control_dim"),
+            (2, usize::MAX, 1, "control_dim"),
+            (usize::MAX, 1, 1, "state_dim"),
+            (2, 1, usize::MAX, "param_len"),
+        ] {
+            let mut p = point_problem(POINT);
+            (p.state_dim, p.control_dim, p.param_len) = (state_dim, control_dim, param_len);
+            for per_control in [false, true] {
+                let mut c = small_config();
+                if per_control {
+                    c.sigma_per_control = one.as_ptr();
+                    c.per_control_len = control_dim;
+                }
+                let mut h: *mut PompcMppi = std::ptr::dangling_mut();
+                fails(
+                    pompc_mppi_create(g, &p, &c, &mut h),
+                    PompcStatus::Limit,
+                    needle,
+                );
+                assert!(h.is_null());
+            }
+        }
+        ok(pompc_gpu_destroy(g));
     }
 }
