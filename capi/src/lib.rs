@@ -173,17 +173,31 @@ pub(crate) unsafe fn handle<'a, T>(p: *const T, what: &str) -> CResult<&'a T> {
 pub(crate) fn lock<'a, T>(m: &'a Mutex<T>, what: &str) -> CResult<MutexGuard<'a, T>> {
     match m.try_lock() {
         Ok(g) => Ok(g),
-        Err(TryLockError::WouldBlock) => Err(CError::new(
-            PompcStatus::Busy,
-            format!(
-                "this {what} is in use by another thread: calls on one {what} must not overlap \
-                 (give each thread its own, or serialize the calls)"
-            ),
-        )),
+        Err(TryLockError::WouldBlock) => Err(busy(what)),
         Err(TryLockError::Poisoned(_)) => Err(CError::new(
             PompcStatus::Panic,
             format!("an earlier call on this {what} panicked; destroy it and create a new one"),
         )),
+    }
+}
+
+fn busy(what: &str) -> CError {
+    CError::new(
+        PompcStatus::Busy,
+        format!(
+            "this {what} is in use by another thread: calls on one {what} must not overlap \
+             (give each thread its own, or serialize the calls)"
+        ),
+    )
+}
+
+/// Whether a mutable handle may be destroyed: not while another thread holds its lock
+/// (`POMPC_STATUS_BUSY`), but after a call on it panicked (a poisoned lock), since destroying
+/// it is then the only thing left to do with it.
+pub(crate) fn idle<T>(m: &Mutex<T>, what: &str) -> CResult<()> {
+    match m.try_lock() {
+        Ok(_) | Err(TryLockError::Poisoned(_)) => Ok(()),
+        Err(TryLockError::WouldBlock) => Err(busy(what)),
     }
 }
 
@@ -780,6 +794,100 @@ mod tests {
             .join()
         });
         assert_eq!(lock(&m, "planner").unwrap_err().status, PompcStatus::Panic);
+    }
+
+    /// Poison a handle's lock the way a panic inside a call on it does.
+    fn poison<T: Send>(m: &Mutex<T>) {
+        let _ = std::thread::scope(|s| {
+            s.spawn(|| {
+                let _g = m.lock().unwrap();
+                panic!("deliberate panic while holding the lock");
+            })
+            .join()
+        });
+        assert!(m.is_poisoned());
+    }
+
+    /// After a call panicked (a poisoned lock) a controller or planner refuses further calls
+    /// with POMPC_STATUS_PANIC, and can still be destroyed, as that message says.
+    #[test]
+    fn a_handle_whose_call_panicked_refuses_calls_and_can_be_destroyed() {
+        use pompc::model::{ModelSpec, Weights, WorldModel};
+        // SAFETY: valid pointers and live handles throughout.
+        unsafe {
+            let mut g = std::ptr::null_mut();
+            assert_eq!(pompc_gpu_create(std::ptr::null(), &mut g), PompcStatus::Ok);
+            let problem = PompcMppiProblem {
+                name: std::ptr::null(),
+                wgsl: c"fn dynamics(x: State, u: Control, t: u32) -> State { return x; }
+                        fn running_cost(x: State, u: Control, t: u32) -> f32 { return 0.0; }
+                        fn terminal_cost(x: State) -> f32 { return 0.0; }"
+                    .as_ptr(),
+                state_dim: 1,
+                control_dim: 1,
+                param_len: 0,
+            };
+            let mut c = std::mem::zeroed::<PompcMppiConfig>();
+            assert_eq!(pompc_mppi_config_default(&mut c), PompcStatus::Ok);
+            (c.horizon, c.samples) = (4, 8);
+            let mut h = std::ptr::null_mut();
+            assert_eq!(
+                pompc_mppi_create(g, &problem, &c, &mut h),
+                PompcStatus::Ok,
+                "{}",
+                last()
+            );
+            poison(&(*h).inner);
+            let mut u = [0f32];
+            let s = pompc_mppi_step(
+                h,
+                [0f32].as_ptr(),
+                1,
+                u.as_mut_ptr(),
+                1,
+                std::ptr::null_mut(),
+            );
+            assert_eq!(s, PompcStatus::Panic);
+            assert!(last().contains("panicked"), "{}", last());
+            assert_eq!(pompc_mppi_destroy(h), PompcStatus::Ok, "{}", last());
+
+            let gpu = (*g).gpu.clone();
+            let w = Weights::init(&ModelSpec::tiny(3, 1), 1).unwrap();
+            let m = Box::into_raw(Box::new(PompcModel {
+                model: Arc::new(WorldModel::new(&gpu, &w).unwrap()),
+                gpu,
+            }));
+            let mut pc = std::mem::zeroed::<PompcPlannerConfig>();
+            assert_eq!(pompc_planner_config_default(1, &mut pc), PompcStatus::Ok);
+            (
+                pc.num_samples,
+                pc.num_elites,
+                pc.num_pi_trajs,
+                pc.iterations,
+            ) = (8, 2, 2, 1);
+            let mut p = std::ptr::null_mut();
+            assert_eq!(
+                pompc_planner_create(m, &pc, &mut p),
+                PompcStatus::Ok,
+                "{}",
+                last()
+            );
+            poison(&(*p).inner);
+            let mut a = [0f32];
+            let s = pompc_planner_plan(
+                p,
+                [0f32; 3].as_ptr(),
+                3,
+                [1u8].as_ptr(),
+                1,
+                a.as_mut_ptr(),
+                1,
+            );
+            assert_eq!(s, PompcStatus::Panic);
+            assert_eq!(pompc_planner_destroy(p), PompcStatus::Ok, "{}", last());
+            assert_eq!(pompc_model_destroy(m), PompcStatus::Ok);
+            assert_eq!(pompc_gpu_destroy(g), PompcStatus::Ok);
+        }
     }
 
     #[test]

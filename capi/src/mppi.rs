@@ -1,8 +1,8 @@
 //! Classic MPPI over dynamics and costs written in WGSL.
 
 use crate::{
-    CError, CResult, Out, PompcGpu, PompcStatus, destroy, guard, handle, input, lock, opt_str,
-    out_handle, req_str, write,
+    CError, CResult, Out, PompcGpu, PompcStatus, destroy, guard, handle, idle, input, lock,
+    opt_str, out_handle, req_str, write,
 };
 use pompc::Gpu;
 use pompc::planner::custom::{Mppi, MppiConfig, Problem};
@@ -142,10 +142,10 @@ unsafe fn mppi_config(c: &PompcMppiConfig, control_dim: usize) -> CResult<MppiCo
 /// Classic MPPI over a WGSL problem. Calls on one controller must not overlap
 /// (`POMPC_STATUS_BUSY` otherwise); give each thread its own.
 pub struct PompcMppi {
-    inner: Mutex<MppiState>,
+    pub(crate) inner: Mutex<MppiState>,
 }
 
-struct MppiState {
+pub(crate) struct MppiState {
     // Declared first, so dropped first: it borrows the device held below.
     mppi: Mppi<'static>,
     state_dim: usize,
@@ -454,5 +454,5 @@ pub unsafe extern "C" fn pompc_mppi_reset(mppi: *mut PompcMppi) -> PompcStatus {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pompc_mppi_destroy(mppi: *mut PompcMppi) -> PompcStatus {
     // SAFETY: the caller's promise.
-    unsafe { destroy(mppi, |m| lock(&m.inner, "mppi").map(drop)) }
+    unsafe { destroy(mppi, |m| idle(&m.inner, "mppi")) }
 }

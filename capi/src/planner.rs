@@ -1,8 +1,8 @@
 //! World models and TD-MPC2's planner.
 
 use crate::{
-    CError, CResult, Out, PompcGpu, PompcStatus, destroy, guard, handle, input, lock, out_handle,
-    req_str, write,
+    CError, CResult, Out, PompcGpu, PompcStatus, destroy, guard, handle, idle, input, lock,
+    out_handle, req_str, write,
 };
 use pompc::model::{ModelSpec, Weights, WorldModel};
 use pompc::planner::{Plan, PlanMode, Planner, PlannerConfig, PlannerMode};
@@ -274,10 +274,10 @@ pub unsafe extern "C" fn pompc_planner_config_default(
 /// TD-MPC2's planner over a model, for any number of environments. Calls on one planner
 /// must not overlap (`POMPC_STATUS_BUSY` otherwise); give each thread its own.
 pub struct PompcPlanner {
-    inner: Mutex<PlannerState>,
+    pub(crate) inner: Mutex<PlannerState>,
 }
 
-struct PlannerState {
+pub(crate) struct PlannerState {
     // Declared first, so dropped first: it borrows the model and the device held below.
     planner: Planner<'static>,
     last: Option<Plan>,
@@ -450,5 +450,5 @@ pub unsafe extern "C" fn pompc_planner_last_plan(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pompc_planner_destroy(planner: *mut PompcPlanner) -> PompcStatus {
     // SAFETY: the caller's promise.
-    unsafe { destroy(planner, |p| lock(&p.inner, "planner").map(drop)) }
+    unsafe { destroy(planner, |p| idle(&p.inner, "planner")) }
 }
