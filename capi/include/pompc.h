@@ -69,7 +69,7 @@ enum pompc_status
   // The GPU or its driver failed (device refused or lost, validation or internal error, a
   // read-back that failed, MPPI rollouts cut short by the driver).
   POMPC_STATUS_GPU = 5,
-  // The GPU ran out of memory.
+  // The GPU ran out of memory (or the host, for a weights file's bytes).
   POMPC_STATUS_OUT_OF_MEMORY = 6,
   // The GPU did not finish within the device's wait timeout.
   POMPC_STATUS_TIMEOUT = 7,
@@ -421,9 +421,9 @@ pompc_status pompc_mppi_reset(struct pompc_mppi *mppi);
 pompc_status pompc_mppi_destroy(struct pompc_mppi *mppi);
 
 // Load a weights file (safetensors in pompc's layout, e.g. from `scripts/export_tdmpc2.py`)
-// onto a device, at the device's precision. A missing or unreadable file is
-// `POMPC_STATUS_IO`, one that does not describe a model `POMPC_STATUS_WEIGHTS`. On
-// failure `*out` is NULL.
+// onto a device, at the device's precision. A missing or unreadable file, or a path that is
+// not a regular file (a directory, device or pipe), is `POMPC_STATUS_IO`, one that does not
+// describe a model `POMPC_STATUS_WEIGHTS`. On failure `*out` is NULL.
 //
 // # Safety
 //

@@ -58,7 +58,7 @@ pub enum PompcStatus {
     /// The GPU or its driver failed (device refused or lost, validation or internal error, a
     /// read-back that failed, MPPI rollouts cut short by the driver).
     Gpu = 5,
-    /// The GPU ran out of memory.
+    /// The GPU ran out of memory (or the host, for a weights file's bytes).
     OutOfMemory = 6,
     /// The GPU did not finish within the device's wait timeout.
     Timeout = 7,

@@ -6,7 +6,7 @@ use crate::{
 };
 use pompc::model::{ModelSpec, Weights, WorldModel};
 use pompc::planner::{Plan, PlanMode, Planner, PlannerConfig, PlannerMode};
-use pompc::{Gpu, Precision};
+use pompc::{Error, Gpu, Precision};
 use std::ffi::c_char;
 use std::sync::{Arc, Mutex};
 
@@ -65,10 +65,54 @@ unsafe fn model_out(
     })
 }
 
+/// Weights from a file, read whole: a regular file only (a device such as `/dev/zero` would
+/// be read until memory runs out, and opening a pipe would wait for a writer), no more than
+/// its size when it was checked, into memory reserved without aborting.
+fn read_weights(path: &str) -> CResult<Weights> {
+    use std::io::Read;
+    let io = |source| Error::Io {
+        path: path.to_string(),
+        source,
+    };
+    // stat, not open: it neither blocks on a pipe nor reads anything.
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a weights file is read whole: directories, devices and \
+             pipes are refused)",
+        ))
+        .into());
+    }
+    let len = usize::try_from(meta.len()).map_err(|_| {
+        CError::new(
+            PompcStatus::Limit,
+            format!("{path}: {} bytes do not fit this process", meta.len()),
+        )
+    })?;
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(len).map_err(|_| {
+        CError::new(
+            PompcStatus::OutOfMemory,
+            format!("{path}: no host memory for its {len} bytes"),
+        )
+    })?;
+    std::fs::File::open(path)
+        .and_then(|f| f.take(len as u64).read_to_end(&mut bytes))
+        .map_err(io)?;
+    Weights::from_bytes(&bytes).map_err(|e| {
+        match e {
+            Error::Weights(m) => Error::Weights(format!("{path}: {m}")),
+            e => e,
+        }
+        .into()
+    })
+}
+
 /// Load a weights file (safetensors in pompc's layout, e.g. from `scripts/export_tdmpc2.py`)
-/// onto a device, at the device's precision. A missing or unreadable file is
-/// `POMPC_STATUS_IO`, one that does not describe a model `POMPC_STATUS_WEIGHTS`. On
-/// failure `*out` is NULL.
+/// onto a device, at the device's precision. A missing or unreadable file, or a path that is
+/// not a regular file (a directory, device or pipe), is `POMPC_STATUS_IO`, one that does not
+/// describe a model `POMPC_STATUS_WEIGHTS`. On failure `*out` is NULL.
 ///
 /// # Safety
 ///
@@ -84,7 +128,7 @@ pub unsafe extern "C" fn pompc_model_load(
     unsafe {
         model_out(gpu, out, || {
             let path = req_str(path, "path")?;
-            Ok(Weights::load(path)?)
+            read_weights(path)
         })
     }
 }

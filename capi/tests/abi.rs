@@ -752,3 +752,36 @@ fn absurd_problem_sizes_are_a_limit_before_any_allocation() {
         ok(pompc_gpu_destroy(g));
     }
 }
+
+/// A weights path that is not a regular file fails at once: a device is not read until
+/// memory runs out (/dev/zero), a pipe does not wait for a writer, a directory is an error.
+#[test]
+fn a_weights_path_that_is_not_a_regular_file_fails_without_reading() {
+    let fifo = std::env::temp_dir().join(format!("pompc_capi_fifo_{}", std::process::id()));
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success());
+    let fifo_c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: valid pointers and a live handle.
+    unsafe {
+        let g = gpu();
+        let mut paths = vec![c"/dev/zero", c"/tmp"];
+        if made {
+            paths.push(&fifo_c);
+        }
+        for path in paths {
+            let mut m: *mut PompcModel = std::ptr::dangling_mut();
+            let t = std::time::Instant::now();
+            fails(
+                pompc_model_load(g, path.as_ptr(), &mut m),
+                PompcStatus::Io,
+                path.to_str().unwrap(),
+            );
+            assert!(m.is_null());
+            assert!(t.elapsed().as_secs() < 5, "{path:?} took {:?}", t.elapsed());
+        }
+        ok(pompc_gpu_destroy(g));
+    }
+    let _ = std::fs::remove_file(&fifo);
+}
