@@ -14,6 +14,16 @@
 // program that loads the library at run time compares `pompc_abi_version()` with this.
 #define POMPC_ABI_VERSION 1
 
+// Longest name accepted (a backend list, an adapter or problem name), in bytes before the
+// NUL.
+#define POMPC_MAX_NAME_BYTES 4096
+
+// Longest file path accepted, in bytes before the NUL.
+#define POMPC_MAX_PATH_BYTES 65536
+
+// Longest WGSL source accepted, in bytes before the NUL.
+#define POMPC_MAX_WGSL_BYTES (16 << 20)
+
 // Bytes of `name` and `driver`, the terminating NUL
 // included; longer names are cut at a character boundary.
 #define POMPC_NAME_LEN 256
@@ -131,10 +141,10 @@ typedef struct pompc_adapter_info {
 // How to choose and open a device; `pompc_gpu_config_default()` fills in the defaults.
 typedef struct pompc_gpu_config {
   // Backends to consider, a comma list of `"vulkan"`, `"metal"`, `"dx12"`, `"gl"`; NULL
-  // or `""`: `WGPU_BACKEND` if set, else all.
+  // or `""`: `WGPU_BACKEND` if set, else all. At most `POMPC_MAX_NAME_BYTES`.
   const char *backend;
   // Take the first adapter whose name contains this (case-insensitive); NULL or `""`:
-  // `WGPU_ADAPTER_NAME` if set, else the best adapter.
+  // `WGPU_ADAPTER_NAME` if set, else the best adapter. At most `POMPC_MAX_NAME_BYTES`.
   const char *adapter_name;
   // Nonzero: prefer integrated (low-power) GPUs over discrete ones.
   uint32_t low_power;
@@ -184,9 +194,10 @@ typedef struct pompc_mppi_config {
 // `terminal_cost` (the contract is in pompc's `planner::custom` documentation and the
 // README's "MPPI over your own dynamics").
 typedef struct pompc_mppi_problem {
-  // Name for error messages (NUL-terminated; NULL: `"problem"`).
+  // Name for error messages (NUL-terminated, at most `POMPC_MAX_NAME_BYTES`; NULL:
+  // `"problem"`).
   const char *name;
-  // The WGSL source, NUL-terminated UTF-8.
+  // The WGSL source, NUL-terminated UTF-8, at most `POMPC_MAX_WGSL_BYTES`.
   const char *wgsl;
   // State dimension.
   size_t state_dim;
@@ -427,8 +438,8 @@ pompc_status pompc_mppi_destroy(struct pompc_mppi *mppi);
 //
 // # Safety
 //
-// `gpu` is NULL or a live handle; `path` is NULL or a NUL-terminated UTF-8 path; `out` is
-// valid for a write.
+// `gpu` is NULL or a live handle; `path` is NULL or a NUL-terminated UTF-8 path (at most
+// `POMPC_MAX_PATH_BYTES`); `out` is valid for a write.
 pompc_status pompc_model_load(const struct pompc_gpu *gpu, const char *path, struct pompc_model **out);
 
 // A model with TD-MPC2's initialization (no file): `size` is a TD-MPC2 preset in millions

@@ -16,6 +16,9 @@
 //! - NULL handles and pointers are `POMPC_STATUS_NULL_ARGUMENT`; an array whose length is
 //!   not the one required is `POMPC_STATUS_SHAPE`. An array of length 0 may be NULL.
 //! - Arrays are caller-owned and are only read or written during the call.
+//! - Strings are NUL-terminated UTF-8, at most `POMPC_MAX_NAME_BYTES` (names),
+//!   `POMPC_MAX_PATH_BYTES` (paths) or `POMPC_MAX_WGSL_BYTES` (WGSL) long; the search for
+//!   the NUL stops there (`POMPC_STATUS_INVALID_ARGUMENT`).
 //! - A handle keeps what it was made from alive (a planner its model, a model and an MPPI
 //!   controller their device), so handles can be destroyed in any order.
 //! - Calls on one `pompc_planner` or `pompc_mppi` must not overlap: one that finds the
@@ -384,18 +387,47 @@ impl<T: Copy> Out<T> {
     }
 }
 
-/// A NUL-terminated UTF-8 string, or `None` for NULL.
+/// Longest name accepted (a backend list, an adapter or problem name), in bytes before the
+/// NUL.
+pub const POMPC_MAX_NAME_BYTES: usize = 4096;
+/// Longest file path accepted, in bytes before the NUL.
+pub const POMPC_MAX_PATH_BYTES: usize = 65536;
+/// Longest WGSL source accepted, in bytes before the NUL.
+pub const POMPC_MAX_WGSL_BYTES: usize = 16 << 20;
+
+/// A NUL-terminated UTF-8 string of at most `max` bytes, or `None` for NULL. The scan for
+/// the NUL stops after `max` bytes, so a string that lacks its NUL is refused there instead
+/// of being read on through whatever memory follows it.
 ///
 /// # Safety
 ///
-/// `p` is NULL or points to a NUL-terminated string.
-pub(crate) unsafe fn opt_str<'a>(p: *const c_char, what: &str) -> CResult<Option<&'a str>> {
+/// `p` is NULL or points to a NUL-terminated string, or to at least `max` readable bytes.
+pub(crate) unsafe fn opt_str<'a>(
+    p: *const c_char,
+    max: usize,
+    what: &str,
+) -> CResult<Option<&'a str>> {
     if p.is_null() {
         return Ok(None);
     }
-    // SAFETY: the caller's promise.
-    let s = unsafe { CStr::from_ptr(p) };
-    s.to_str().map(Some).map_err(|e| {
+    let mut n = 0;
+    // SAFETY: the caller's promise: every byte up to the NUL, or the first `max`, is
+    // readable.
+    while unsafe { *p.add(n) } != 0 {
+        n += 1;
+        if n == max {
+            return Err(CError::new(
+                PompcStatus::InvalidArgument,
+                format!(
+                    "{what} has no NUL within {max} bytes: not a NUL-terminated string, or \
+                     longer than the {max} bytes allowed"
+                ),
+            ));
+        }
+    }
+    // SAFETY: the n bytes before the NUL were read above.
+    let bytes = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), n) };
+    std::str::from_utf8(bytes).map(Some).map_err(|e| {
         CError::new(
             PompcStatus::InvalidArgument,
             format!("{what} is not UTF-8: {e}"),
@@ -408,9 +440,9 @@ pub(crate) unsafe fn opt_str<'a>(p: *const c_char, what: &str) -> CResult<Option
 /// # Safety
 ///
 /// As [`opt_str`].
-pub(crate) unsafe fn req_str<'a>(p: *const c_char, what: &str) -> CResult<&'a str> {
+pub(crate) unsafe fn req_str<'a>(p: *const c_char, max: usize, what: &str) -> CResult<&'a str> {
     // SAFETY: passed on.
-    unsafe { opt_str(p, what) }?.ok_or_else(|| CError::null(what))
+    unsafe { opt_str(p, max, what) }?.ok_or_else(|| CError::null(what))
 }
 
 /// The library's version (`"0.1.0"`), a static NUL-terminated string.
@@ -566,7 +598,7 @@ pub unsafe extern "C" fn pompc_adapters(
             return Err(CError::null("count"));
         }
         // SAFETY: the caller's promise.
-        let b = backends(unsafe { opt_str(backend, "backend") }?)?;
+        let b = backends(unsafe { opt_str(backend, POMPC_MAX_NAME_BYTES, "backend") }?)?;
         check_array(out, capacity, "out (with a capacity above 0)")?;
         let infos: Vec<PompcAdapterInfo> = pompc::gpu::enumerate_adapters(b)
             .iter()
@@ -602,10 +634,10 @@ pub const POMPC_PRECISION_COOP: u32 = 3;
 #[derive(Clone, Copy)]
 pub struct PompcGpuConfig {
     /// Backends to consider, a comma list of `"vulkan"`, `"metal"`, `"dx12"`, `"gl"`; NULL
-    /// or `""`: `WGPU_BACKEND` if set, else all.
+    /// or `""`: `WGPU_BACKEND` if set, else all. At most `POMPC_MAX_NAME_BYTES`.
     pub backend: *const c_char,
     /// Take the first adapter whose name contains this (case-insensitive); NULL or `""`:
-    /// `WGPU_ADAPTER_NAME` if set, else the best adapter.
+    /// `WGPU_ADAPTER_NAME` if set, else the best adapter. At most `POMPC_MAX_NAME_BYTES`.
     pub adapter_name: *const c_char,
     /// Nonzero: prefer integrated (low-power) GPUs over discrete ones.
     pub low_power: u32,
@@ -652,11 +684,11 @@ pub struct PompcGpu {
 unsafe fn gpu_options(c: &PompcGpuConfig) -> CResult<GpuOptions> {
     let mut o = GpuOptions {
         // SAFETY: the caller of pompc_gpu_create promised valid strings.
-        backends: backends(unsafe { opt_str(c.backend, "config.backend") }?)?,
+        backends: backends(unsafe { opt_str(c.backend, POMPC_MAX_NAME_BYTES, "config.backend") }?)?,
         ..GpuOptions::default()
     };
     // SAFETY: as above.
-    let name = unsafe { opt_str(c.adapter_name, "config.adapter_name") }?;
+    let name = unsafe { opt_str(c.adapter_name, POMPC_MAX_NAME_BYTES, "config.adapter_name") }?;
     o.adapter_name = name.filter(|s| !s.is_empty()).map(str::to_string);
     if c.low_power != 0 {
         o.power_preference = wgpu::PowerPreference::LowPower;

@@ -1,8 +1,8 @@
 //! Classic MPPI over dynamics and costs written in WGSL.
 
 use crate::{
-    CError, CResult, Out, PompcGpu, PompcStatus, destroy, guard, handle, idle, input, lock,
-    opt_str, out_handle, req_str, write,
+    CError, CResult, Out, POMPC_MAX_NAME_BYTES, POMPC_MAX_WGSL_BYTES, PompcGpu, PompcStatus,
+    destroy, guard, handle, idle, input, lock, opt_str, out_handle, req_str, write,
 };
 use pompc::Gpu;
 use pompc::planner::custom::{Mppi, MppiConfig, Problem};
@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex};
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct PompcMppiProblem {
-    /// Name for error messages (NUL-terminated; NULL: `"problem"`).
+    /// Name for error messages (NUL-terminated, at most `POMPC_MAX_NAME_BYTES`; NULL:
+    /// `"problem"`).
     pub name: *const c_char,
-    /// The WGSL source, NUL-terminated UTF-8.
+    /// The WGSL source, NUL-terminated UTF-8, at most `POMPC_MAX_WGSL_BYTES`.
     pub wgsl: *const c_char,
     /// State dimension.
     pub state_dim: usize,
@@ -175,8 +176,9 @@ pub unsafe extern "C" fn pompc_mppi_create(
         unsafe { out_handle(out, "out") }?;
         let g = unsafe { handle(gpu, "gpu") }?;
         let p = unsafe { handle(problem, "problem") }?;
-        let name = unsafe { opt_str(p.name, "problem.name") }?.unwrap_or("problem");
-        let wgsl = unsafe { req_str(p.wgsl, "problem.wgsl") }?;
+        let name =
+            unsafe { opt_str(p.name, POMPC_MAX_NAME_BYTES, "problem.name") }?.unwrap_or("problem");
+        let wgsl = unsafe { req_str(p.wgsl, POMPC_MAX_WGSL_BYTES, "problem.wgsl") }?;
         let c = unsafe { config.as_ref() }
             .copied()
             .unwrap_or_else(mppi_config_default);

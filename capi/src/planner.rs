@@ -116,8 +116,8 @@ fn read_weights(path: &str) -> CResult<Weights> {
 ///
 /// # Safety
 ///
-/// `gpu` is NULL or a live handle; `path` is NULL or a NUL-terminated UTF-8 path; `out` is
-/// valid for a write.
+/// `gpu` is NULL or a live handle; `path` is NULL or a NUL-terminated UTF-8 path (at most
+/// `POMPC_MAX_PATH_BYTES`); `out` is valid for a write.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pompc_model_load(
     gpu: *const PompcGpu,
@@ -127,7 +127,7 @@ pub unsafe extern "C" fn pompc_model_load(
     // SAFETY: the caller's promises, for each pointer.
     unsafe {
         model_out(gpu, out, || {
-            let path = req_str(path, "path")?;
+            let path = req_str(path, crate::POMPC_MAX_PATH_BYTES, "path")?;
             read_weights(path)
         })
     }

@@ -785,3 +785,73 @@ fn a_weights_path_that_is_not_a_regular_file_fails_without_reading() {
     }
     let _ = std::fs::remove_file(&fifo);
 }
+
+/// A string that lacks its NUL within the documented maximum is refused there, not read
+/// on: names past POMPC_MAX_NAME_BYTES, paths past POMPC_MAX_PATH_BYTES, WGSL past
+/// POMPC_MAX_WGSL_BYTES (each given here with a NUL further on, so that the old unbounded
+/// scan stayed inside the buffer).
+#[test]
+fn strings_without_a_nul_within_their_maximum_are_refused() {
+    let long = |n: usize| {
+        let mut v = vec![b'a' as c_char; n + 16];
+        *v.last_mut().unwrap() = 0;
+        v
+    };
+    let name = long(POMPC_MAX_NAME_BYTES);
+    let path = long(POMPC_MAX_PATH_BYTES);
+    let mut wgsl = long(POMPC_MAX_WGSL_BYTES);
+    wgsl.iter_mut()
+        .rev()
+        .skip(1)
+        .for_each(|c| *c = b' ' as c_char);
+    // SAFETY: valid pointers and live handles; every string has a NUL at its end.
+    unsafe {
+        let mut count = 0;
+        fails(
+            pompc_adapters(name.as_ptr(), null_mut(), 0, &mut count),
+            INVALID,
+            "backend has no NUL within 4096 bytes",
+        );
+        let mut cfg = std::mem::zeroed::<PompcGpuConfig>();
+        ok(pompc_gpu_config_default(&mut cfg));
+        cfg.adapter_name = name.as_ptr();
+        let mut g: *mut PompcGpu = std::ptr::dangling_mut();
+        fails(
+            pompc_gpu_create(&cfg, &mut g),
+            INVALID,
+            "config.adapter_name has no NUL",
+        );
+        assert!(g.is_null());
+        let g = gpu();
+        let mut m: *mut PompcModel = std::ptr::dangling_mut();
+        fails(
+            pompc_model_load(g, path.as_ptr(), &mut m),
+            INVALID,
+            "path has no NUL",
+        );
+        let mut p = point_problem(POINT);
+        p.name = name.as_ptr();
+        let mut h: *mut PompcMppi = std::ptr::dangling_mut();
+        fails(
+            pompc_mppi_create(g, &p, &small_config(), &mut h),
+            INVALID,
+            "problem.name has no NUL",
+        );
+        p = point_problem(POINT);
+        p.wgsl = wgsl.as_ptr();
+        fails(
+            pompc_mppi_create(g, &p, &small_config(), &mut h),
+            INVALID,
+            "problem.wgsl has no NUL",
+        );
+        assert!(h.is_null());
+        // Exactly at the maximum (the NUL at index max - 1) is accepted.
+        let mut fits = long(POMPC_MAX_NAME_BYTES);
+        fits[POMPC_MAX_NAME_BYTES - 1] = 0;
+        p = point_problem(POINT);
+        p.name = fits.as_ptr();
+        ok(pompc_mppi_create(g, &p, &small_config(), &mut h));
+        ok(pompc_mppi_destroy(h));
+        ok(pompc_gpu_destroy(g));
+    }
+}
