@@ -922,6 +922,150 @@ mod tests {
         }
     }
 
+    /// While another thread holds a controller's or planner's lock (is inside a call on it),
+    /// every function on that handle, destroy included, returns POMPC_STATUS_BUSY and does
+    /// nothing; once the lock is free the handle works and is destroyed.
+    #[test]
+    fn every_call_on_a_busy_handle_is_busy() {
+        use pompc::model::{ModelSpec, Weights, WorldModel};
+        use std::ptr::{null, null_mut};
+        let busy = |s: PompcStatus| {
+            assert_eq!(s, PompcStatus::Busy, "{}", last());
+            assert!(last().contains("in use by another thread"), "{}", last());
+        };
+        // SAFETY: valid pointers and live handles throughout.
+        unsafe {
+            let mut g = null_mut();
+            assert_eq!(pompc_gpu_create(null(), &mut g), PompcStatus::Ok);
+            let problem = PompcMppiProblem {
+                name: null(),
+                wgsl: c"fn dynamics(x: State, u: Control, t: u32) -> State { return x; }
+                        fn running_cost(x: State, u: Control, t: u32) -> f32 { return 0.0; }
+                        fn terminal_cost(x: State) -> f32 { return 0.0; }"
+                    .as_ptr(),
+                state_dim: 1,
+                control_dim: 1,
+                param_len: 1,
+            };
+            let mut c = std::mem::zeroed::<PompcMppiConfig>();
+            assert_eq!(pompc_mppi_config_default(&mut c), PompcStatus::Ok);
+            (c.horizon, c.samples) = (2, 4);
+            let mut h = null_mut();
+            assert_eq!(pompc_mppi_create(g, &problem, &c, &mut h), PompcStatus::Ok);
+            let (mut u, mut seq, mut costs) = ([0f32], [0f32; 2], [0f32; 4]);
+            let x = [0f32];
+            assert_eq!(
+                pompc_mppi_step(h, x.as_ptr(), 1, u.as_mut_ptr(), 1, null_mut()),
+                PompcStatus::Ok
+            );
+            std::thread::scope(|s| {
+                let hp = h as usize;
+                let held = (*h).inner.lock().unwrap();
+                s.spawn(move || {
+                    let h = hp as *mut PompcMppi;
+                    let mut info = PompcMppiInfo::default();
+                    busy(pompc_mppi_get_info(h, &mut info));
+                    busy(pompc_mppi_set_params(h, x.as_ptr(), 1));
+                    busy(pompc_mppi_step(
+                        h,
+                        x.as_ptr(),
+                        1,
+                        u.as_mut_ptr(),
+                        1,
+                        null_mut(),
+                    ));
+                    busy(pompc_mppi_costs(h, costs.as_mut_ptr(), 4, null_mut(), 0));
+                    busy(pompc_mppi_controls(h, seq.as_mut_ptr(), 2));
+                    busy(pompc_mppi_set_controls(h, seq.as_ptr(), 2));
+                    busy(pompc_mppi_reset(h));
+                    busy(pompc_mppi_destroy(h));
+                })
+                .join()
+                .unwrap();
+                drop(held);
+            });
+            assert_eq!(pompc_mppi_reset(h), PompcStatus::Ok);
+            assert_eq!(pompc_mppi_destroy(h), PompcStatus::Ok);
+
+            let gpu = (*g).gpu.clone();
+            let w = Weights::init(&ModelSpec::tiny(3, 1), 1).unwrap();
+            let m = Box::into_raw(Box::new(PompcModel {
+                model: Arc::new(WorldModel::new(&gpu, &w).unwrap()),
+                gpu,
+            }));
+            let mut pc = std::mem::zeroed::<PompcPlannerConfig>();
+            assert_eq!(pompc_planner_config_default(1, &mut pc), PompcStatus::Ok);
+            (
+                pc.num_samples,
+                pc.num_elites,
+                pc.num_pi_trajs,
+                pc.iterations,
+            ) = (8, 2, 2, 1);
+            let mut p = null_mut();
+            assert_eq!(pompc_planner_create(m, &pc, &mut p), PompcStatus::Ok);
+            let (obs, first, mut a) = ([0f32; 3], [1u8], [0f32]);
+            std::thread::scope(|s| {
+                let pp = p as usize;
+                let held = (*p).inner.lock().unwrap();
+                s.spawn(move || {
+                    let p = pp as *mut PompcPlanner;
+                    let plan = pompc_planner_plan(
+                        p,
+                        obs.as_ptr(),
+                        3,
+                        first.as_ptr(),
+                        1,
+                        a.as_mut_ptr(),
+                        1,
+                    );
+                    busy(plan);
+                    let mut v = [0f32];
+                    let last_plan =
+                        pompc_planner_last_plan(p, null_mut(), 0, null_mut(), 0, v.as_mut_ptr(), 1);
+                    busy(last_plan);
+                    busy(pompc_planner_destroy(p));
+                })
+                .join()
+                .unwrap();
+                drop(held);
+            });
+            let plan = pompc_planner_plan(p, obs.as_ptr(), 3, first.as_ptr(), 1, a.as_mut_ptr(), 1);
+            assert_eq!(plan, PompcStatus::Ok, "{}", last());
+            assert_eq!(pompc_planner_destroy(p), PompcStatus::Ok);
+            assert_eq!(pompc_model_destroy(m), PompcStatus::Ok);
+            assert_eq!(pompc_gpu_destroy(g), PompcStatus::Ok);
+        }
+    }
+
+    /// pompc_last_error is per thread: another thread's failures and successes leave this
+    /// thread's message, and the pointer to it, as they were.
+    #[test]
+    fn the_last_error_is_per_thread() {
+        // SAFETY: NULL is refused; the pointer is read while valid (no pompc call between).
+        unsafe {
+            assert_eq!(pompc_gpu_destroy(std::ptr::null_mut()), PompcStatus::Ok);
+            assert_eq!(
+                pompc_gpu_config_default(std::ptr::null_mut()),
+                PompcStatus::NullArgument
+            );
+            let before = pompc_last_error();
+            let text = CStr::from_ptr(before).to_owned();
+            std::thread::spawn(|| {
+                let s = pompc_mppi_config_default(std::ptr::null_mut());
+                assert_eq!(s, PompcStatus::NullArgument);
+                assert_eq!(pompc_gpu_destroy(std::ptr::null_mut()), PompcStatus::Ok);
+                assert_eq!(last(), "");
+            })
+            .join()
+            .unwrap();
+            assert_eq!(pompc_last_error(), before);
+            assert_eq!(CStr::from_ptr(before), text.as_c_str());
+            // The calls that cannot fail leave it too.
+            let _ = (pompc_version(), pompc_abi_version(), pompc_status_name(3));
+            assert_eq!(CStr::from_ptr(pompc_last_error()), text.as_c_str());
+        }
+    }
+
     #[test]
     fn fill_cuts_at_a_character_boundary() {
         let mut b = [1 as c_char; 4];
