@@ -275,7 +275,8 @@ typedef struct pompc_planner_config {
   float discount;
   // `POMPC_PLANNER_ELITE_MPPI`, `_MPPI` or `_CEM`.
   uint32_t mode;
-  // Temperature of `POMPC_PLANNER_MPPI` (ignored by the other modes).
+  // Temperature of `POMPC_PLANNER_MPPI`, in [1e-6, 1e6]; the other modes ignore it, but
+  // it must be in range in every mode (the default's 1 is).
   float lambda;
   // Nonzero: no exploration noise on the chosen action (evaluation); 0: TD-MPC2's
   // training noise.

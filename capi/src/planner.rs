@@ -237,7 +237,8 @@ pub struct PompcPlannerConfig {
     pub discount: f32,
     /// `POMPC_PLANNER_ELITE_MPPI`, `_MPPI` or `_CEM`.
     pub mode: u32,
-    /// Temperature of `POMPC_PLANNER_MPPI` (ignored by the other modes).
+    /// Temperature of `POMPC_PLANNER_MPPI`, in [1e-6, 1e6]; the other modes ignore it, but
+    /// it must be in range in every mode (the default's 1 is).
     pub lambda: f32,
     /// Nonzero: no exploration noise on the chosen action (evaluation); 0: TD-MPC2's
     /// training noise.
@@ -285,6 +286,19 @@ fn planner_config(c: &PompcPlannerConfig) -> CResult<PlannerConfig> {
     };
     let cfg = shared_config_fields!(PlannerConfig, c, { mode, plan_mode });
     cfg.validate()?;
+    // Checked in every mode, like every other field: a NaN or a zero here is a config
+    // filled in wrong, whatever mode it then asks for.
+    let (lo, hi) = pompc::planner::config::LAMBDA_RANGE;
+    if !(lo..=hi).contains(&c.lambda) {
+        return Err(CError::new(
+            PompcStatus::InvalidArgument,
+            format!(
+                "config.lambda = {}: outside [{lo:e}, {hi:e}] (used by POMPC_PLANNER_MPPI only, \
+                 but checked in every mode; the default is 1)",
+                c.lambda
+            ),
+        ));
+    }
     Ok(cfg)
 }
 

@@ -208,6 +208,18 @@ fn null_and_bad_arguments_everywhere() {
         bad.mode = POMPC_PLANNER_MPPI;
         bad.lambda = f32::NAN;
         fails(pompc_planner_create(m, &bad, &mut p), INVALID, "lambda");
+        // Every field is checked, the one that only another mode reads too.
+        for mode in [POMPC_PLANNER_ELITE_MPPI, POMPC_PLANNER_CEM] {
+            for lambda in [f32::NAN, f32::INFINITY, 0.0, -1.0] {
+                bad = pc;
+                (bad.mode, bad.lambda) = (mode, lambda);
+                fails(
+                    pompc_planner_create(m, &bad, &mut p),
+                    INVALID,
+                    "config.lambda",
+                );
+            }
+        }
         assert!(p.is_null());
         pc.num_samples = 16;
         pc.num_elites = 4;
