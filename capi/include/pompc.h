@@ -296,7 +296,10 @@ const char *pompc_version(void);
 uint32_t pompc_abi_version(void);
 
 // The message of this thread's last failed call, or `""` after a successful one. UTF-8,
-// NUL-terminated, owned by the library: valid until this thread's next pompc call.
+// NUL-terminated, owned by the library: valid until this thread's next call of a function
+// that returns a `pompc_status` (which clears or replaces it) or the thread's end.
+// `pompc_version()`, `pompc_abi_version()`, `pompc_last_error()` and `pompc_status_name()`
+// leave it; other threads' calls never touch it.
 const char *pompc_last_error(void);
 
 // The name of a status (`"POMPC_STATUS_SHAPE"`), a static NUL-terminated string;
@@ -424,12 +427,15 @@ pompc_status pompc_mppi_set_controls(struct pompc_mppi *mppi, const float *u, si
 // `mppi` is NULL or a live handle.
 pompc_status pompc_mppi_reset(struct pompc_mppi *mppi);
 
-// Release a controller (NULL: nothing); `POMPC_STATUS_BUSY` (and nothing released) while
-// another thread is inside a call on it.
+// Release a controller (NULL: nothing). One found in use by a call in another thread is left
+// alone (`POMPC_STATUS_BUSY`), a best-effort check: destroying a handle that another thread
+// may be using is still undefined behaviour. One whose call panicked (every later call
+// `POMPC_STATUS_PANIC`) is released.
 //
 // # Safety
 //
-// `mppi` is NULL or a live handle, destroyed once.
+// `mppi` is NULL or a live handle, destroyed once (a second destroy, or a use after it, is
+// undefined behaviour and cannot be detected).
 pompc_status pompc_mppi_destroy(struct pompc_mppi *mppi);
 
 // Load a weights file (safetensors in pompc's layout, e.g. from `scripts/export_tdmpc2.py`)
@@ -508,12 +514,15 @@ pompc_status pompc_planner_plan(struct pompc_planner *planner, const float *obs,
 // `planner` is NULL or a live handle; each array is NULL or valid for its length.
 pompc_status pompc_planner_last_plan(const struct pompc_planner *planner, float *mean, size_t mean_len, float *std, size_t std_len, float *value, size_t value_len);
 
-// Release a planner (NULL: nothing); `POMPC_STATUS_BUSY` (and nothing released) while
-// another thread is inside a call on it.
+// Release a planner (NULL: nothing). One found in use by a call in another thread is left
+// alone (`POMPC_STATUS_BUSY`), a best-effort check: destroying a handle that another thread
+// may be using is still undefined behaviour. One whose call panicked (every later call
+// `POMPC_STATUS_PANIC`) is released.
 //
 // # Safety
 //
-// `planner` is NULL or a live handle, destroyed once.
+// `planner` is NULL or a live handle, destroyed once (a second destroy, or a use after it, is
+// undefined behaviour and cannot be detected).
 pompc_status pompc_planner_destroy(struct pompc_planner *planner);
 
 #ifdef __cplusplus

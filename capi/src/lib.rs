@@ -24,7 +24,11 @@
 //! - Calls on one `pompc_planner` or `pompc_mppi` must not overlap: one that finds the
 //!   handle busy in another thread returns `POMPC_STATUS_BUSY`. `pompc_gpu` and
 //!   `pompc_model` may be shared between threads freely. Destroying a handle while another
-//!   thread is inside a call on it is undefined behaviour.
+//!   thread is inside a call on it is undefined behaviour (destroy's `POMPC_STATUS_BUSY` is
+//!   a best-effort check), as are destroying a handle twice and using it after destroy.
+//! - A call refused for its arguments has no effect: outputs are checked before any work,
+//!   so a bad output array does not cost a step or a plan. After a `POMPC_STATUS_PANIC` a planner or MPPI
+//!   controller refuses further calls (`POMPC_STATUS_PANIC`) but can be destroyed.
 
 use pompc::{Error, Gpu, GpuOptions, Precision, ShaderChecks};
 use std::cell::RefCell;
@@ -458,7 +462,10 @@ pub extern "C" fn pompc_abi_version() -> u32 {
 }
 
 /// The message of this thread's last failed call, or `""` after a successful one. UTF-8,
-/// NUL-terminated, owned by the library: valid until this thread's next pompc call.
+/// NUL-terminated, owned by the library: valid until this thread's next call of a function
+/// that returns a `pompc_status` (which clears or replaces it) or the thread's end.
+/// `pompc_version()`, `pompc_abi_version()`, `pompc_last_error()` and `pompc_status_name()`
+/// leave it; other threads' calls never touch it.
 #[unsafe(no_mangle)]
 pub extern "C" fn pompc_last_error() -> *const c_char {
     LAST_ERROR

@@ -447,12 +447,15 @@ pub unsafe extern "C" fn pompc_mppi_reset(mppi: *mut PompcMppi) -> PompcStatus {
     })
 }
 
-/// Release a controller (NULL: nothing); `POMPC_STATUS_BUSY` (and nothing released) while
-/// another thread is inside a call on it.
+/// Release a controller (NULL: nothing). One found in use by a call in another thread is left
+/// alone (`POMPC_STATUS_BUSY`), a best-effort check: destroying a handle that another thread
+/// may be using is still undefined behaviour. One whose call panicked (every later call
+/// `POMPC_STATUS_PANIC`) is released.
 ///
 /// # Safety
 ///
-/// `mppi` is NULL or a live handle, destroyed once.
+/// `mppi` is NULL or a live handle, destroyed once (a second destroy, or a use after it, is
+/// undefined behaviour and cannot be detected).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pompc_mppi_destroy(mppi: *mut PompcMppi) -> PompcStatus {
     // SAFETY: the caller's promise.
