@@ -14,6 +14,16 @@
 // program that loads the library at run time compares `pompc_abi_version()` with this.
 #define POMPC_ABI_VERSION 1
 
+// Longest name accepted (a backend list, an adapter or problem name), in bytes before the
+// NUL.
+#define POMPC_MAX_NAME_BYTES 4096
+
+// Longest file path accepted, in bytes before the NUL.
+#define POMPC_MAX_PATH_BYTES 65536
+
+// Longest WGSL source accepted, in bytes before the NUL.
+#define POMPC_MAX_WGSL_BYTES (16 << 20)
+
 // Bytes of `name` and `driver`, the terminating NUL
 // included; longer names are cut at a character boundary.
 #define POMPC_NAME_LEN 256
@@ -69,7 +79,7 @@ enum pompc_status
   // The GPU or its driver failed (device refused or lost, validation or internal error, a
   // read-back that failed, MPPI rollouts cut short by the driver).
   POMPC_STATUS_GPU = 5,
-  // The GPU ran out of memory.
+  // The GPU ran out of memory (or the host, for a weights file's bytes).
   POMPC_STATUS_OUT_OF_MEMORY = 6,
   // The GPU did not finish within the device's wait timeout.
   POMPC_STATUS_TIMEOUT = 7,
@@ -131,10 +141,10 @@ typedef struct pompc_adapter_info {
 // How to choose and open a device; `pompc_gpu_config_default()` fills in the defaults.
 typedef struct pompc_gpu_config {
   // Backends to consider, a comma list of `"vulkan"`, `"metal"`, `"dx12"`, `"gl"`; NULL
-  // or `""`: `WGPU_BACKEND` if set, else all.
+  // or `""`: `WGPU_BACKEND` if set, else all. At most `POMPC_MAX_NAME_BYTES`.
   const char *backend;
   // Take the first adapter whose name contains this (case-insensitive); NULL or `""`:
-  // `WGPU_ADAPTER_NAME` if set, else the best adapter.
+  // `WGPU_ADAPTER_NAME` if set, else the best adapter. At most `POMPC_MAX_NAME_BYTES`.
   const char *adapter_name;
   // Nonzero: prefer integrated (low-power) GPUs over discrete ones.
   uint32_t low_power;
@@ -184,9 +194,10 @@ typedef struct pompc_mppi_config {
 // `terminal_cost` (the contract is in pompc's `planner::custom` documentation and the
 // README's "MPPI over your own dynamics").
 typedef struct pompc_mppi_problem {
-  // Name for error messages (NUL-terminated; NULL: `"problem"`).
+  // Name for error messages (NUL-terminated, at most `POMPC_MAX_NAME_BYTES`; NULL:
+  // `"problem"`).
   const char *name;
-  // The WGSL source, NUL-terminated UTF-8.
+  // The WGSL source, NUL-terminated UTF-8, at most `POMPC_MAX_WGSL_BYTES`.
   const char *wgsl;
   // State dimension.
   size_t state_dim;
@@ -264,7 +275,8 @@ typedef struct pompc_planner_config {
   float discount;
   // `POMPC_PLANNER_ELITE_MPPI`, `_MPPI` or `_CEM`.
   uint32_t mode;
-  // Temperature of `POMPC_PLANNER_MPPI` (ignored by the other modes).
+  // Temperature of `POMPC_PLANNER_MPPI`, in [1e-6, 1e6]; the other modes ignore it, but
+  // it must be in range in every mode (the default's 1 is).
   float lambda;
   // Nonzero: no exploration noise on the chosen action (evaluation); 0: TD-MPC2's
   // training noise.
@@ -284,7 +296,10 @@ const char *pompc_version(void);
 uint32_t pompc_abi_version(void);
 
 // The message of this thread's last failed call, or `""` after a successful one. UTF-8,
-// NUL-terminated, owned by the library: valid until this thread's next pompc call.
+// NUL-terminated, owned by the library: valid until this thread's next call of a function
+// that returns a `pompc_status` (which clears or replaces it) or the thread's end.
+// `pompc_version()`, `pompc_abi_version()`, `pompc_last_error()` and `pompc_status_name()`
+// leave it; other threads' calls never touch it.
 const char *pompc_last_error(void);
 
 // The name of a status (`"POMPC_STATUS_SHAPE"`), a static NUL-terminated string;
@@ -412,23 +427,26 @@ pompc_status pompc_mppi_set_controls(struct pompc_mppi *mppi, const float *u, si
 // `mppi` is NULL or a live handle.
 pompc_status pompc_mppi_reset(struct pompc_mppi *mppi);
 
-// Release a controller (NULL: nothing); `POMPC_STATUS_BUSY` (and nothing released) while
-// another thread is inside a call on it.
+// Release a controller (NULL: nothing). One found in use by a call in another thread is left
+// alone (`POMPC_STATUS_BUSY`), a best-effort check: destroying a handle that another thread
+// may be using is still undefined behaviour. One whose call panicked (every later call
+// `POMPC_STATUS_PANIC`) is released.
 //
 // # Safety
 //
-// `mppi` is NULL or a live handle, destroyed once.
+// `mppi` is NULL or a live handle, destroyed once (a second destroy, or a use after it, is
+// undefined behaviour and cannot be detected).
 pompc_status pompc_mppi_destroy(struct pompc_mppi *mppi);
 
 // Load a weights file (safetensors in pompc's layout, e.g. from `scripts/export_tdmpc2.py`)
-// onto a device, at the device's precision. A missing or unreadable file is
-// `POMPC_STATUS_IO`, one that does not describe a model `POMPC_STATUS_WEIGHTS`. On
-// failure `*out` is NULL.
+// onto a device, at the device's precision. A missing or unreadable file, or a path that is
+// not a regular file (a directory, device or pipe), is `POMPC_STATUS_IO`, one that does not
+// describe a model `POMPC_STATUS_WEIGHTS`. On failure `*out` is NULL.
 //
 // # Safety
 //
-// `gpu` is NULL or a live handle; `path` is NULL or a NUL-terminated UTF-8 path; `out` is
-// valid for a write.
+// `gpu` is NULL or a live handle; `path` is NULL or a NUL-terminated UTF-8 path (at most
+// `POMPC_MAX_PATH_BYTES`); `out` is valid for a write.
 pompc_status pompc_model_load(const struct pompc_gpu *gpu, const char *path, struct pompc_model **out);
 
 // A model with TD-MPC2's initialization (no file): `size` is a TD-MPC2 preset in millions
@@ -496,12 +514,15 @@ pompc_status pompc_planner_plan(struct pompc_planner *planner, const float *obs,
 // `planner` is NULL or a live handle; each array is NULL or valid for its length.
 pompc_status pompc_planner_last_plan(const struct pompc_planner *planner, float *mean, size_t mean_len, float *std, size_t std_len, float *value, size_t value_len);
 
-// Release a planner (NULL: nothing); `POMPC_STATUS_BUSY` (and nothing released) while
-// another thread is inside a call on it.
+// Release a planner (NULL: nothing). One found in use by a call in another thread is left
+// alone (`POMPC_STATUS_BUSY`), a best-effort check: destroying a handle that another thread
+// may be using is still undefined behaviour. One whose call panicked (every later call
+// `POMPC_STATUS_PANIC`) is released.
 //
 // # Safety
 //
-// `planner` is NULL or a live handle, destroyed once.
+// `planner` is NULL or a live handle, destroyed once (a second destroy, or a use after it, is
+// undefined behaviour and cannot be detected).
 pompc_status pompc_planner_destroy(struct pompc_planner *planner);
 
 #ifdef __cplusplus

@@ -67,6 +67,9 @@ class Gpu {
 class Model {
  public:
   static Model load(const Gpu& gpu, const std::string& path) {
+    // c_str() would cut the path at the NUL and load another file.
+    if (path.find('\0') != std::string::npos)
+      throw Error(POMPC_STATUS_INVALID_ARGUMENT, "path contains a NUL byte");
     pompc_model* p = nullptr;
     check(pompc_model_load(gpu.get(), path.c_str(), &p));
     return Model(p);

@@ -16,12 +16,19 @@
 //! - NULL handles and pointers are `POMPC_STATUS_NULL_ARGUMENT`; an array whose length is
 //!   not the one required is `POMPC_STATUS_SHAPE`. An array of length 0 may be NULL.
 //! - Arrays are caller-owned and are only read or written during the call.
+//! - Strings are NUL-terminated UTF-8, at most `POMPC_MAX_NAME_BYTES` (names),
+//!   `POMPC_MAX_PATH_BYTES` (paths) or `POMPC_MAX_WGSL_BYTES` (WGSL) long; the search for
+//!   the NUL stops there (`POMPC_STATUS_INVALID_ARGUMENT`).
 //! - A handle keeps what it was made from alive (a planner its model, a model and an MPPI
 //!   controller their device), so handles can be destroyed in any order.
 //! - Calls on one `pompc_planner` or `pompc_mppi` must not overlap: one that finds the
 //!   handle busy in another thread returns `POMPC_STATUS_BUSY`. `pompc_gpu` and
 //!   `pompc_model` may be shared between threads freely. Destroying a handle while another
-//!   thread is inside a call on it is undefined behaviour.
+//!   thread is inside a call on it is undefined behaviour (destroy's `POMPC_STATUS_BUSY` is
+//!   a best-effort check), as are destroying a handle twice and using it after destroy.
+//! - A call refused for its arguments has no effect: outputs are checked before any work,
+//!   so a bad output array does not cost a step or a plan. After a `POMPC_STATUS_PANIC` a planner or MPPI
+//!   controller refuses further calls (`POMPC_STATUS_PANIC`) but can be destroyed.
 
 use pompc::{Error, Gpu, GpuOptions, Precision, ShaderChecks};
 use std::cell::RefCell;
@@ -58,7 +65,7 @@ pub enum PompcStatus {
     /// The GPU or its driver failed (device refused or lost, validation or internal error, a
     /// read-back that failed, MPPI rollouts cut short by the driver).
     Gpu = 5,
-    /// The GPU ran out of memory.
+    /// The GPU ran out of memory (or the host, for a weights file's bytes).
     OutOfMemory = 6,
     /// The GPU did not finish within the device's wait timeout.
     Timeout = 7,
@@ -173,17 +180,31 @@ pub(crate) unsafe fn handle<'a, T>(p: *const T, what: &str) -> CResult<&'a T> {
 pub(crate) fn lock<'a, T>(m: &'a Mutex<T>, what: &str) -> CResult<MutexGuard<'a, T>> {
     match m.try_lock() {
         Ok(g) => Ok(g),
-        Err(TryLockError::WouldBlock) => Err(CError::new(
-            PompcStatus::Busy,
-            format!(
-                "this {what} is in use by another thread: calls on one {what} must not overlap \
-                 (give each thread its own, or serialize the calls)"
-            ),
-        )),
+        Err(TryLockError::WouldBlock) => Err(busy(what)),
         Err(TryLockError::Poisoned(_)) => Err(CError::new(
             PompcStatus::Panic,
             format!("an earlier call on this {what} panicked; destroy it and create a new one"),
         )),
+    }
+}
+
+fn busy(what: &str) -> CError {
+    CError::new(
+        PompcStatus::Busy,
+        format!(
+            "this {what} is in use by another thread: calls on one {what} must not overlap \
+             (give each thread its own, or serialize the calls)"
+        ),
+    )
+}
+
+/// Whether a mutable handle may be destroyed: not while another thread holds its lock
+/// (`POMPC_STATUS_BUSY`), but after a call on it panicked (a poisoned lock), since destroying
+/// it is then the only thing left to do with it.
+pub(crate) fn idle<T>(m: &Mutex<T>, what: &str) -> CResult<()> {
+    match m.try_lock() {
+        Ok(_) | Err(TryLockError::Poisoned(_)) => Ok(()),
+        Err(TryLockError::WouldBlock) => Err(busy(what)),
     }
 }
 
@@ -248,6 +269,38 @@ fn misaligned(what: &str) -> CError {
     )
 }
 
+/// Check a caller's array of `len` values of `T` before it is used: a byte size that no
+/// allocation can have is `POMPC_STATUS_LIMIT`, NULL (unless `len` is 0)
+/// `POMPC_STATUS_NULL_ARGUMENT`, a pointer misaligned for `T` `POMPC_STATUS_INVALID_ARGUMENT`.
+fn check_array<T>(p: *const T, len: usize, what: &str) -> CResult<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    if len
+        .checked_mul(size_of::<T>())
+        .is_none_or(|bytes| bytes > isize::MAX as usize)
+    {
+        return Err(CError::new(
+            PompcStatus::Limit,
+            format!("{what} has length {len}: more bytes than any array can hold"),
+        ));
+    }
+    if p.is_null() {
+        return Err(CError::null(what));
+    }
+    if !p.is_aligned() {
+        return Err(misaligned(what));
+    }
+    Ok(())
+}
+
+fn wrong_length(what: &str, len: usize, expected: usize) -> CError {
+    CError::new(
+        PompcStatus::Shape,
+        format!("{what} has length {len}, expected {expected}"),
+    )
+}
+
 /// A caller's input array of `len` values, which must be `expected` long.
 ///
 /// # Safety
@@ -260,65 +313,125 @@ pub(crate) unsafe fn input<'a, T>(
     what: &str,
 ) -> CResult<&'a [T]> {
     if len != expected {
-        return Err(CError::new(
-            PompcStatus::Shape,
-            format!("{what} has length {len}, expected {expected}"),
-        ));
+        return Err(wrong_length(what, len, expected));
     }
+    check_array(p, len, what)?;
     if len == 0 {
         return Ok(&[]);
     }
-    if p.is_null() {
-        return Err(CError::null(what));
-    }
-    if !p.is_aligned() {
-        return Err(misaligned(what));
-    }
-    // SAFETY: non-null, aligned, and the caller promised `len` readable values; `len` equals
-    // a size pompc allocated, so the byte size fits isize.
+    // SAFETY: non-null, aligned, at most isize::MAX bytes (check_array), and the caller
+    // promised `len` readable values.
     Ok(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
-/// Copy `data` into a caller's output array of `len` values, which must be `data.len()` long.
-/// No reference to the caller's (possibly uninitialized) memory is made.
-///
-/// # Safety
-///
-/// `p` is NULL or valid for writes of `len` values of `T`.
-pub(crate) unsafe fn output<T: Copy>(p: *mut T, len: usize, data: &[T], what: &str) -> CResult<()> {
-    if len != data.len() {
-        return Err(CError::new(
-            PompcStatus::Shape,
-            format!("{what} has length {len}, expected {}", data.len()),
-        ));
-    }
-    if len == 0 {
-        return Ok(());
-    }
-    if p.is_null() {
-        return Err(CError::null(what));
-    }
-    if !p.is_aligned() {
-        return Err(misaligned(what));
-    }
-    // SAFETY: non-null, aligned, `len` writable values promised; `data` is ours, so the two
-    // cannot overlap.
-    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, len) };
-    Ok(())
+/// A caller's output array, checked when the call starts, before it does anything: a call
+/// whose output is NULL, misaligned or of the wrong length then fails without effect (no
+/// step taken, no plan made) instead of failing after its work.
+pub(crate) struct Out<T> {
+    p: *mut T,
+    len: usize,
+    what: &'static str,
 }
 
-/// A NUL-terminated UTF-8 string, or `None` for NULL.
+impl<T: Copy> Out<T> {
+    /// An output of `len` values, which must be `expected` long.
+    ///
+    /// # Safety
+    ///
+    /// `p` is NULL or valid for writes of `len` values of `T` until [`Out::write`].
+    pub(crate) unsafe fn new(
+        p: *mut T,
+        len: usize,
+        expected: usize,
+        what: &'static str,
+    ) -> CResult<Self> {
+        if len != expected {
+            return Err(wrong_length(what, len, expected));
+        }
+        check_array(p, len, what)?;
+        Ok(Out { p, len, what })
+    }
+
+    /// An output that the caller may skip with length 0 (`None`), else as [`Out::new`].
+    ///
+    /// # Safety
+    ///
+    /// As [`Out::new`].
+    pub(crate) unsafe fn optional(
+        p: *mut T,
+        len: usize,
+        expected: usize,
+        what: &'static str,
+    ) -> CResult<Option<Self>> {
+        if len == 0 {
+            return Ok(None);
+        }
+        if len != expected {
+            return Err(CError::new(
+                PompcStatus::Shape,
+                format!("{what} has length {len}, expected {expected} (or 0 to skip it)"),
+            ));
+        }
+        // SAFETY: passed on.
+        unsafe { Self::new(p, len, expected, what) }.map(Some)
+    }
+
+    /// Copy `data` out. No reference to the caller's (possibly uninitialized) memory is
+    /// made.
+    pub(crate) fn write(self, data: &[T]) -> CResult<()> {
+        if data.len() != self.len {
+            return Err(wrong_length(self.what, self.len, data.len()));
+        }
+        if self.len > 0 {
+            // SAFETY: checked by Out::new (non-null, aligned, `len` writable values
+            // promised); `data` is ours, so the two cannot overlap.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.p, self.len) };
+        }
+        Ok(())
+    }
+}
+
+/// Longest name accepted (a backend list, an adapter or problem name), in bytes before the
+/// NUL.
+pub const POMPC_MAX_NAME_BYTES: usize = 4096;
+/// Longest file path accepted, in bytes before the NUL.
+pub const POMPC_MAX_PATH_BYTES: usize = 65536;
+/// Longest WGSL source accepted, in bytes before the NUL.
+pub const POMPC_MAX_WGSL_BYTES: usize = 16 << 20;
+
+/// A NUL-terminated UTF-8 string of at most `max` bytes, or `None` for NULL. The scan for
+/// the NUL stops after `max` bytes, so a string that lacks its NUL is refused there instead
+/// of being read on through whatever memory follows it.
 ///
 /// # Safety
 ///
-/// `p` is NULL or points to a NUL-terminated string.
-pub(crate) unsafe fn opt_str<'a>(p: *const c_char, what: &str) -> CResult<Option<&'a str>> {
+/// `p` is NULL or points to a NUL-terminated string, or to at least `max` readable bytes.
+pub(crate) unsafe fn opt_str<'a>(
+    p: *const c_char,
+    max: usize,
+    what: &str,
+) -> CResult<Option<&'a str>> {
     if p.is_null() {
         return Ok(None);
     }
-    // SAFETY: the caller's promise.
-    let s = unsafe { CStr::from_ptr(p) };
-    s.to_str().map(Some).map_err(|e| {
+    let mut n = 0;
+    // SAFETY: the caller's promise: every byte up to the NUL, or the first `max`, is
+    // readable.
+    while unsafe { *p.add(n) } != 0 {
+        n += 1;
+        if n == max {
+            return Err(CError::new(
+                PompcStatus::InvalidArgument,
+                format!(
+                    "{what} has no NUL within {max} bytes: not a NUL-terminated string, or \
+                     longer than the {max} bytes allowed"
+                ),
+            ));
+        }
+    }
+    // SAFETY: the n bytes before the NUL were read above.
+    let bytes = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), n) };
+    std::str::from_utf8(bytes).map(Some).map_err(|e| {
         CError::new(
             PompcStatus::InvalidArgument,
             format!("{what} is not UTF-8: {e}"),
@@ -331,9 +444,9 @@ pub(crate) unsafe fn opt_str<'a>(p: *const c_char, what: &str) -> CResult<Option
 /// # Safety
 ///
 /// As [`opt_str`].
-pub(crate) unsafe fn req_str<'a>(p: *const c_char, what: &str) -> CResult<&'a str> {
+pub(crate) unsafe fn req_str<'a>(p: *const c_char, max: usize, what: &str) -> CResult<&'a str> {
     // SAFETY: passed on.
-    unsafe { opt_str(p, what) }?.ok_or_else(|| CError::null(what))
+    unsafe { opt_str(p, max, what) }?.ok_or_else(|| CError::null(what))
 }
 
 /// The library's version (`"0.1.0"`), a static NUL-terminated string.
@@ -349,7 +462,10 @@ pub extern "C" fn pompc_abi_version() -> u32 {
 }
 
 /// The message of this thread's last failed call, or `""` after a successful one. UTF-8,
-/// NUL-terminated, owned by the library: valid until this thread's next pompc call.
+/// NUL-terminated, owned by the library: valid until this thread's next call of a function
+/// that returns a `pompc_status` (which clears or replaces it) or the thread's end.
+/// `pompc_version()`, `pompc_abi_version()`, `pompc_last_error()` and `pompc_status_name()`
+/// leave it; other threads' calls never touch it.
 #[unsafe(no_mangle)]
 pub extern "C" fn pompc_last_error() -> *const c_char {
     LAST_ERROR
@@ -489,17 +605,15 @@ pub unsafe extern "C" fn pompc_adapters(
             return Err(CError::null("count"));
         }
         // SAFETY: the caller's promise.
-        let b = backends(unsafe { opt_str(backend, "backend") }?)?;
-        if capacity > 0 && out.is_null() {
-            return Err(CError::null("out (with a capacity above 0)"));
-        }
+        let b = backends(unsafe { opt_str(backend, POMPC_MAX_NAME_BYTES, "backend") }?)?;
+        check_array(out, capacity, "out (with a capacity above 0)")?;
         let infos: Vec<PompcAdapterInfo> = pompc::gpu::enumerate_adapters(b)
             .iter()
             .map(|a| adapter_info(&a.get_info()))
             .collect();
         let n = infos.len().min(capacity);
-        // SAFETY: `out` holds `capacity` >= n values (checked non-null when capacity > 0).
-        unsafe { output(out, n, &infos[..n], "out") }?;
+        // SAFETY: `out` holds `capacity` >= n values (checked by check_array).
+        unsafe { Out::new(out, n, n, "out") }?.write(&infos[..n])?;
         // SAFETY: the caller's promise.
         unsafe { write(count, infos.len(), "count") }
     })
@@ -527,10 +641,10 @@ pub const POMPC_PRECISION_COOP: u32 = 3;
 #[derive(Clone, Copy)]
 pub struct PompcGpuConfig {
     /// Backends to consider, a comma list of `"vulkan"`, `"metal"`, `"dx12"`, `"gl"`; NULL
-    /// or `""`: `WGPU_BACKEND` if set, else all.
+    /// or `""`: `WGPU_BACKEND` if set, else all. At most `POMPC_MAX_NAME_BYTES`.
     pub backend: *const c_char,
     /// Take the first adapter whose name contains this (case-insensitive); NULL or `""`:
-    /// `WGPU_ADAPTER_NAME` if set, else the best adapter.
+    /// `WGPU_ADAPTER_NAME` if set, else the best adapter. At most `POMPC_MAX_NAME_BYTES`.
     pub adapter_name: *const c_char,
     /// Nonzero: prefer integrated (low-power) GPUs over discrete ones.
     pub low_power: u32,
@@ -577,11 +691,11 @@ pub struct PompcGpu {
 unsafe fn gpu_options(c: &PompcGpuConfig) -> CResult<GpuOptions> {
     let mut o = GpuOptions {
         // SAFETY: the caller of pompc_gpu_create promised valid strings.
-        backends: backends(unsafe { opt_str(c.backend, "config.backend") }?)?,
+        backends: backends(unsafe { opt_str(c.backend, POMPC_MAX_NAME_BYTES, "config.backend") }?)?,
         ..GpuOptions::default()
     };
     // SAFETY: as above.
-    let name = unsafe { opt_str(c.adapter_name, "config.adapter_name") }?;
+    let name = unsafe { opt_str(c.adapter_name, POMPC_MAX_NAME_BYTES, "config.adapter_name") }?;
     o.adapter_name = name.filter(|s| !s.is_empty()).map(str::to_string);
     if c.low_power != 0 {
         o.power_preference = wgpu::PowerPreference::LowPower;
@@ -719,6 +833,244 @@ mod tests {
             .join()
         });
         assert_eq!(lock(&m, "planner").unwrap_err().status, PompcStatus::Panic);
+    }
+
+    /// Poison a handle's lock the way a panic inside a call on it does.
+    fn poison<T: Send>(m: &Mutex<T>) {
+        let _ = std::thread::scope(|s| {
+            s.spawn(|| {
+                let _g = m.lock().unwrap();
+                panic!("deliberate panic while holding the lock");
+            })
+            .join()
+        });
+        assert!(m.is_poisoned());
+    }
+
+    /// After a call panicked (a poisoned lock) a controller or planner refuses further calls
+    /// with POMPC_STATUS_PANIC, and can still be destroyed, as that message says.
+    #[test]
+    fn a_handle_whose_call_panicked_refuses_calls_and_can_be_destroyed() {
+        use pompc::model::{ModelSpec, Weights, WorldModel};
+        // SAFETY: valid pointers and live handles throughout.
+        unsafe {
+            let mut g = std::ptr::null_mut();
+            assert_eq!(pompc_gpu_create(std::ptr::null(), &mut g), PompcStatus::Ok);
+            let problem = PompcMppiProblem {
+                name: std::ptr::null(),
+                wgsl: c"fn dynamics(x: State, u: Control, t: u32) -> State { return x; }
+                        fn running_cost(x: State, u: Control, t: u32) -> f32 { return 0.0; }
+                        fn terminal_cost(x: State) -> f32 { return 0.0; }"
+                    .as_ptr(),
+                state_dim: 1,
+                control_dim: 1,
+                param_len: 0,
+            };
+            let mut c = std::mem::zeroed::<PompcMppiConfig>();
+            assert_eq!(pompc_mppi_config_default(&mut c), PompcStatus::Ok);
+            (c.horizon, c.samples) = (4, 8);
+            let mut h = std::ptr::null_mut();
+            assert_eq!(
+                pompc_mppi_create(g, &problem, &c, &mut h),
+                PompcStatus::Ok,
+                "{}",
+                last()
+            );
+            poison(&(*h).inner);
+            let mut u = [0f32];
+            let s = pompc_mppi_step(
+                h,
+                [0f32].as_ptr(),
+                1,
+                u.as_mut_ptr(),
+                1,
+                std::ptr::null_mut(),
+            );
+            assert_eq!(s, PompcStatus::Panic);
+            assert!(last().contains("panicked"), "{}", last());
+            assert_eq!(pompc_mppi_destroy(h), PompcStatus::Ok, "{}", last());
+
+            let gpu = (*g).gpu.clone();
+            let w = Weights::init(&ModelSpec::tiny(3, 1), 1).unwrap();
+            let m = Box::into_raw(Box::new(PompcModel {
+                model: Arc::new(WorldModel::new(&gpu, &w).unwrap()),
+                gpu,
+            }));
+            let mut pc = std::mem::zeroed::<PompcPlannerConfig>();
+            assert_eq!(pompc_planner_config_default(1, &mut pc), PompcStatus::Ok);
+            (
+                pc.num_samples,
+                pc.num_elites,
+                pc.num_pi_trajs,
+                pc.iterations,
+            ) = (8, 2, 2, 1);
+            let mut p = std::ptr::null_mut();
+            assert_eq!(
+                pompc_planner_create(m, &pc, &mut p),
+                PompcStatus::Ok,
+                "{}",
+                last()
+            );
+            poison(&(*p).inner);
+            let mut a = [0f32];
+            let s = pompc_planner_plan(
+                p,
+                [0f32; 3].as_ptr(),
+                3,
+                [1u8].as_ptr(),
+                1,
+                a.as_mut_ptr(),
+                1,
+            );
+            assert_eq!(s, PompcStatus::Panic);
+            assert_eq!(pompc_planner_destroy(p), PompcStatus::Ok, "{}", last());
+            assert_eq!(pompc_model_destroy(m), PompcStatus::Ok);
+            assert_eq!(pompc_gpu_destroy(g), PompcStatus::Ok);
+        }
+    }
+
+    /// While another thread holds a controller's or planner's lock (is inside a call on it),
+    /// every function on that handle, destroy included, returns POMPC_STATUS_BUSY and does
+    /// nothing; once the lock is free the handle works and is destroyed.
+    #[test]
+    fn every_call_on_a_busy_handle_is_busy() {
+        use pompc::model::{ModelSpec, Weights, WorldModel};
+        use std::ptr::{null, null_mut};
+        let busy = |s: PompcStatus| {
+            assert_eq!(s, PompcStatus::Busy, "{}", last());
+            assert!(last().contains("in use by another thread"), "{}", last());
+        };
+        // SAFETY: valid pointers and live handles throughout.
+        unsafe {
+            let mut g = null_mut();
+            assert_eq!(pompc_gpu_create(null(), &mut g), PompcStatus::Ok);
+            let problem = PompcMppiProblem {
+                name: null(),
+                wgsl: c"fn dynamics(x: State, u: Control, t: u32) -> State { return x; }
+                        fn running_cost(x: State, u: Control, t: u32) -> f32 { return 0.0; }
+                        fn terminal_cost(x: State) -> f32 { return 0.0; }"
+                    .as_ptr(),
+                state_dim: 1,
+                control_dim: 1,
+                param_len: 1,
+            };
+            let mut c = std::mem::zeroed::<PompcMppiConfig>();
+            assert_eq!(pompc_mppi_config_default(&mut c), PompcStatus::Ok);
+            (c.horizon, c.samples) = (2, 4);
+            let mut h = null_mut();
+            assert_eq!(pompc_mppi_create(g, &problem, &c, &mut h), PompcStatus::Ok);
+            let (mut u, mut seq, mut costs) = ([0f32], [0f32; 2], [0f32; 4]);
+            let x = [0f32];
+            assert_eq!(
+                pompc_mppi_step(h, x.as_ptr(), 1, u.as_mut_ptr(), 1, null_mut()),
+                PompcStatus::Ok
+            );
+            std::thread::scope(|s| {
+                let hp = h as usize;
+                let held = (*h).inner.lock().unwrap();
+                s.spawn(move || {
+                    let h = hp as *mut PompcMppi;
+                    let mut info = PompcMppiInfo::default();
+                    busy(pompc_mppi_get_info(h, &mut info));
+                    busy(pompc_mppi_set_params(h, x.as_ptr(), 1));
+                    busy(pompc_mppi_step(
+                        h,
+                        x.as_ptr(),
+                        1,
+                        u.as_mut_ptr(),
+                        1,
+                        null_mut(),
+                    ));
+                    busy(pompc_mppi_costs(h, costs.as_mut_ptr(), 4, null_mut(), 0));
+                    busy(pompc_mppi_controls(h, seq.as_mut_ptr(), 2));
+                    busy(pompc_mppi_set_controls(h, seq.as_ptr(), 2));
+                    busy(pompc_mppi_reset(h));
+                    busy(pompc_mppi_destroy(h));
+                })
+                .join()
+                .unwrap();
+                drop(held);
+            });
+            assert_eq!(pompc_mppi_reset(h), PompcStatus::Ok);
+            assert_eq!(pompc_mppi_destroy(h), PompcStatus::Ok);
+
+            let gpu = (*g).gpu.clone();
+            let w = Weights::init(&ModelSpec::tiny(3, 1), 1).unwrap();
+            let m = Box::into_raw(Box::new(PompcModel {
+                model: Arc::new(WorldModel::new(&gpu, &w).unwrap()),
+                gpu,
+            }));
+            let mut pc = std::mem::zeroed::<PompcPlannerConfig>();
+            assert_eq!(pompc_planner_config_default(1, &mut pc), PompcStatus::Ok);
+            (
+                pc.num_samples,
+                pc.num_elites,
+                pc.num_pi_trajs,
+                pc.iterations,
+            ) = (8, 2, 2, 1);
+            let mut p = null_mut();
+            assert_eq!(pompc_planner_create(m, &pc, &mut p), PompcStatus::Ok);
+            let (obs, first, mut a) = ([0f32; 3], [1u8], [0f32]);
+            std::thread::scope(|s| {
+                let pp = p as usize;
+                let held = (*p).inner.lock().unwrap();
+                s.spawn(move || {
+                    let p = pp as *mut PompcPlanner;
+                    let plan = pompc_planner_plan(
+                        p,
+                        obs.as_ptr(),
+                        3,
+                        first.as_ptr(),
+                        1,
+                        a.as_mut_ptr(),
+                        1,
+                    );
+                    busy(plan);
+                    let mut v = [0f32];
+                    let last_plan =
+                        pompc_planner_last_plan(p, null_mut(), 0, null_mut(), 0, v.as_mut_ptr(), 1);
+                    busy(last_plan);
+                    busy(pompc_planner_destroy(p));
+                })
+                .join()
+                .unwrap();
+                drop(held);
+            });
+            let plan = pompc_planner_plan(p, obs.as_ptr(), 3, first.as_ptr(), 1, a.as_mut_ptr(), 1);
+            assert_eq!(plan, PompcStatus::Ok, "{}", last());
+            assert_eq!(pompc_planner_destroy(p), PompcStatus::Ok);
+            assert_eq!(pompc_model_destroy(m), PompcStatus::Ok);
+            assert_eq!(pompc_gpu_destroy(g), PompcStatus::Ok);
+        }
+    }
+
+    /// pompc_last_error is per thread: another thread's failures and successes leave this
+    /// thread's message, and the pointer to it, as they were.
+    #[test]
+    fn the_last_error_is_per_thread() {
+        // SAFETY: NULL is refused; the pointer is read while valid (no pompc call between).
+        unsafe {
+            assert_eq!(pompc_gpu_destroy(std::ptr::null_mut()), PompcStatus::Ok);
+            assert_eq!(
+                pompc_gpu_config_default(std::ptr::null_mut()),
+                PompcStatus::NullArgument
+            );
+            let before = pompc_last_error();
+            let text = CStr::from_ptr(before).to_owned();
+            std::thread::spawn(|| {
+                let s = pompc_mppi_config_default(std::ptr::null_mut());
+                assert_eq!(s, PompcStatus::NullArgument);
+                assert_eq!(pompc_gpu_destroy(std::ptr::null_mut()), PompcStatus::Ok);
+                assert_eq!(last(), "");
+            })
+            .join()
+            .unwrap();
+            assert_eq!(pompc_last_error(), before);
+            assert_eq!(CStr::from_ptr(before), text.as_c_str());
+            // The calls that cannot fail leave it too.
+            let _ = (pompc_version(), pompc_abi_version(), pompc_status_name(3));
+            assert_eq!(CStr::from_ptr(pompc_last_error()), text.as_c_str());
+        }
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Classic MPPI over dynamics and costs written in WGSL.
 
 use crate::{
-    CError, CResult, PompcGpu, PompcStatus, destroy, guard, handle, input, lock, opt_str,
-    out_handle, output, req_str, write,
+    CError, CResult, Out, POMPC_MAX_NAME_BYTES, POMPC_MAX_WGSL_BYTES, PompcGpu, PompcStatus,
+    destroy, guard, handle, idle, input, lock, opt_str, out_handle, req_str, write,
 };
 use pompc::Gpu;
 use pompc::planner::custom::{Mppi, MppiConfig, Problem};
@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex};
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct PompcMppiProblem {
-    /// Name for error messages (NUL-terminated; NULL: `"problem"`).
+    /// Name for error messages (NUL-terminated, at most `POMPC_MAX_NAME_BYTES`; NULL:
+    /// `"problem"`).
     pub name: *const c_char,
-    /// The WGSL source, NUL-terminated UTF-8.
+    /// The WGSL source, NUL-terminated UTF-8, at most `POMPC_MAX_WGSL_BYTES`.
     pub wgsl: *const c_char,
     /// State dimension.
     pub state_dim: usize,
@@ -142,10 +143,10 @@ unsafe fn mppi_config(c: &PompcMppiConfig, control_dim: usize) -> CResult<MppiCo
 /// Classic MPPI over a WGSL problem. Calls on one controller must not overlap
 /// (`POMPC_STATUS_BUSY` otherwise); give each thread its own.
 pub struct PompcMppi {
-    inner: Mutex<MppiState>,
+    pub(crate) inner: Mutex<MppiState>,
 }
 
-struct MppiState {
+pub(crate) struct MppiState {
     // Declared first, so dropped first: it borrows the device held below.
     mppi: Mppi<'static>,
     state_dim: usize,
@@ -175,13 +176,12 @@ pub unsafe extern "C" fn pompc_mppi_create(
         unsafe { out_handle(out, "out") }?;
         let g = unsafe { handle(gpu, "gpu") }?;
         let p = unsafe { handle(problem, "problem") }?;
-        let name = unsafe { opt_str(p.name, "problem.name") }?.unwrap_or("problem");
-        let wgsl = unsafe { req_str(p.wgsl, "problem.wgsl") }?;
+        let name =
+            unsafe { opt_str(p.name, POMPC_MAX_NAME_BYTES, "problem.name") }?.unwrap_or("problem");
+        let wgsl = unsafe { req_str(p.wgsl, POMPC_MAX_WGSL_BYTES, "problem.wgsl") }?;
         let c = unsafe { config.as_ref() }
             .copied()
             .unwrap_or_else(mppi_config_default);
-        // SAFETY: the caller's promise for the per-control arrays.
-        let cfg = unsafe { mppi_config(&c, p.control_dim) }?;
         let problem = Problem {
             name: name.to_string(),
             state_dim: p.state_dim,
@@ -189,6 +189,10 @@ pub unsafe extern "C" fn pompc_mppi_create(
             param_len: p.param_len,
             wgsl: wgsl.to_string(),
         };
+        // Before mppi_config sizes its arrays by control_dim.
+        problem.check_dims()?;
+        // SAFETY: the caller's promise for the per-control arrays.
+        let cfg = unsafe { mppi_config(&c, p.control_dim) }?;
         let gpu = g.gpu.clone();
         // SAFETY: the reference points into the Arc's allocation, which never moves and
         // stays alive while the clone in MppiState does; MppiState drops the controller (its
@@ -314,32 +318,29 @@ pub unsafe extern "C" fn pompc_mppi_step(
         let mut st = lock(&m.inner, "mppi")?;
         // SAFETY: as above, lengths checked.
         let x = unsafe { input(x0, x0_len, st.state_dim, "x0 (state_dim)") }?;
-        if control_len != st.control_dim {
-            return Err(CError::new(
-                PompcStatus::Shape,
-                format!(
-                    "control has length {control_len}, expected control_dim = {}",
-                    st.control_dim
-                ),
-            ));
-        }
-        if !info.is_null() && !info.is_aligned() {
-            return Err(CError::new(
-                PompcStatus::InvalidArgument,
-                "info is not aligned for its type",
-            ));
-        }
-        let step = st.mppi.step(x)?;
+        // The outputs are checked before the step, which a failure after it would lose.
         // SAFETY: the caller's promises.
-        unsafe { output(control, control_len, &step.control, "control") }?;
-        if !info.is_null() {
-            let i = PompcMppiStepInfo {
+        let out = unsafe {
+            Out::new(
+                control,
+                control_len,
+                st.control_dim,
+                "control (control_dim)",
+            )
+        }?;
+        let info_out = match info.is_null() {
+            true => None,
+            // SAFETY: as above.
+            false => Some(unsafe { Out::new(info, 1, 1, "info") }?),
+        };
+        let step = st.mppi.step(x)?;
+        out.write(&step.control)?;
+        if let Some(o) = info_out {
+            o.write(&[PompcMppiStepInfo {
                 min_cost: step.min_cost,
                 eta: step.eta,
                 finite_samples: step.finite_samples,
-            };
-            // SAFETY: non-null, checked aligned above.
-            unsafe { info.write(i) };
+            }])?;
         }
         Ok(())
     })
@@ -365,14 +366,9 @@ pub unsafe extern "C" fn pompc_mppi_costs(
         let m = unsafe { handle(mppi, "mppi") }?;
         let st = lock(&m.inner, "mppi")?;
         let k = st.mppi.config().samples;
-        for (len, what) in [(costs_len, "costs"), (weights_len, "weights")] {
-            if len != 0 && len != k {
-                return Err(CError::new(
-                    PompcStatus::Shape,
-                    format!("{what} has length {len}, expected samples = {k} (or 0 to skip)"),
-                ));
-            }
-        }
+        // SAFETY: the caller's promises.
+        let c_out = unsafe { Out::optional(costs, costs_len, k, "costs (samples)") }?;
+        let w_out = unsafe { Out::optional(weights, weights_len, k, "weights (samples)") }?;
         if st.mppi.calls() == 0 {
             return Err(CError::new(
                 PompcStatus::InvalidArgument,
@@ -380,13 +376,9 @@ pub unsafe extern "C" fn pompc_mppi_costs(
             ));
         }
         let (c, w) = st.mppi.costs_and_weights()?;
-        for (ptr, len, data, what) in [
-            (costs, costs_len, &c, "costs"),
-            (weights, weights_len, &w, "weights"),
-        ] {
-            if len > 0 {
-                // SAFETY: the caller's promise.
-                unsafe { output(ptr, len, data, what) }?;
+        for (out, data) in [(c_out, &c), (w_out, &w)] {
+            if let Some(o) = out {
+                o.write(data)?;
             }
         }
         Ok(())
@@ -410,15 +402,9 @@ pub unsafe extern "C" fn pompc_mppi_controls(
         let m = unsafe { handle(mppi, "mppi") }?;
         let st = lock(&m.inner, "mppi")?;
         let n = st.mppi.config().horizon * st.control_dim;
-        if len != n {
-            return Err(CError::new(
-                PompcStatus::Shape,
-                format!("u has length {len}, expected horizon x control_dim = {n}"),
-            ));
-        }
-        let seq = st.mppi.controls()?;
         // SAFETY: the caller's promise.
-        unsafe { output(u, len, &seq, "u") }
+        let out = unsafe { Out::new(u, len, n, "u (horizon x control_dim)") }?;
+        out.write(&st.mppi.controls()?)
     })
 }
 
@@ -461,14 +447,17 @@ pub unsafe extern "C" fn pompc_mppi_reset(mppi: *mut PompcMppi) -> PompcStatus {
     })
 }
 
-/// Release a controller (NULL: nothing); `POMPC_STATUS_BUSY` (and nothing released) while
-/// another thread is inside a call on it.
+/// Release a controller (NULL: nothing). One found in use by a call in another thread is left
+/// alone (`POMPC_STATUS_BUSY`), a best-effort check: destroying a handle that another thread
+/// may be using is still undefined behaviour. One whose call panicked (every later call
+/// `POMPC_STATUS_PANIC`) is released.
 ///
 /// # Safety
 ///
-/// `mppi` is NULL or a live handle, destroyed once.
+/// `mppi` is NULL or a live handle, destroyed once (a second destroy, or a use after it, is
+/// undefined behaviour and cannot be detected).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pompc_mppi_destroy(mppi: *mut PompcMppi) -> PompcStatus {
     // SAFETY: the caller's promise.
-    unsafe { destroy(mppi, |m| lock(&m.inner, "mppi").map(drop)) }
+    unsafe { destroy(mppi, |m| idle(&m.inner, "mppi")) }
 }

@@ -1,12 +1,12 @@
 //! World models and TD-MPC2's planner.
 
 use crate::{
-    CError, CResult, PompcGpu, PompcStatus, destroy, guard, handle, input, lock, out_handle,
-    output, req_str, write,
+    CError, CResult, Out, PompcGpu, PompcStatus, destroy, guard, handle, idle, input, lock,
+    out_handle, req_str, write,
 };
 use pompc::model::{ModelSpec, Weights, WorldModel};
 use pompc::planner::{Plan, PlanMode, Planner, PlannerConfig, PlannerMode};
-use pompc::{Gpu, Precision};
+use pompc::{Error, Gpu, Precision};
 use std::ffi::c_char;
 use std::sync::{Arc, Mutex};
 
@@ -65,15 +65,59 @@ unsafe fn model_out(
     })
 }
 
+/// Weights from a file, read whole: a regular file only (a device such as `/dev/zero` would
+/// be read until memory runs out, and opening a pipe would wait for a writer), no more than
+/// its size when it was checked, into memory reserved without aborting.
+fn read_weights(path: &str) -> CResult<Weights> {
+    use std::io::Read;
+    let io = |source| Error::Io {
+        path: path.to_string(),
+        source,
+    };
+    // stat, not open: it neither blocks on a pipe nor reads anything.
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a weights file is read whole: directories, devices and \
+             pipes are refused)",
+        ))
+        .into());
+    }
+    let len = usize::try_from(meta.len()).map_err(|_| {
+        CError::new(
+            PompcStatus::Limit,
+            format!("{path}: {} bytes do not fit this process", meta.len()),
+        )
+    })?;
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(len).map_err(|_| {
+        CError::new(
+            PompcStatus::OutOfMemory,
+            format!("{path}: no host memory for its {len} bytes"),
+        )
+    })?;
+    std::fs::File::open(path)
+        .and_then(|f| f.take(len as u64).read_to_end(&mut bytes))
+        .map_err(io)?;
+    Weights::from_bytes(&bytes).map_err(|e| {
+        match e {
+            Error::Weights(m) => Error::Weights(format!("{path}: {m}")),
+            e => e,
+        }
+        .into()
+    })
+}
+
 /// Load a weights file (safetensors in pompc's layout, e.g. from `scripts/export_tdmpc2.py`)
-/// onto a device, at the device's precision. A missing or unreadable file is
-/// `POMPC_STATUS_IO`, one that does not describe a model `POMPC_STATUS_WEIGHTS`. On
-/// failure `*out` is NULL.
+/// onto a device, at the device's precision. A missing or unreadable file, or a path that is
+/// not a regular file (a directory, device or pipe), is `POMPC_STATUS_IO`, one that does not
+/// describe a model `POMPC_STATUS_WEIGHTS`. On failure `*out` is NULL.
 ///
 /// # Safety
 ///
-/// `gpu` is NULL or a live handle; `path` is NULL or a NUL-terminated UTF-8 path; `out` is
-/// valid for a write.
+/// `gpu` is NULL or a live handle; `path` is NULL or a NUL-terminated UTF-8 path (at most
+/// `POMPC_MAX_PATH_BYTES`); `out` is valid for a write.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pompc_model_load(
     gpu: *const PompcGpu,
@@ -83,8 +127,8 @@ pub unsafe extern "C" fn pompc_model_load(
     // SAFETY: the caller's promises, for each pointer.
     unsafe {
         model_out(gpu, out, || {
-            let path = req_str(path, "path")?;
-            Ok(Weights::load(path)?)
+            let path = req_str(path, crate::POMPC_MAX_PATH_BYTES, "path")?;
+            read_weights(path)
         })
     }
 }
@@ -193,7 +237,8 @@ pub struct PompcPlannerConfig {
     pub discount: f32,
     /// `POMPC_PLANNER_ELITE_MPPI`, `_MPPI` or `_CEM`.
     pub mode: u32,
-    /// Temperature of `POMPC_PLANNER_MPPI` (ignored by the other modes).
+    /// Temperature of `POMPC_PLANNER_MPPI`, in [1e-6, 1e6]; the other modes ignore it, but
+    /// it must be in range in every mode (the default's 1 is).
     pub lambda: f32,
     /// Nonzero: no exploration noise on the chosen action (evaluation); 0: TD-MPC2's
     /// training noise.
@@ -241,6 +286,19 @@ fn planner_config(c: &PompcPlannerConfig) -> CResult<PlannerConfig> {
     };
     let cfg = shared_config_fields!(PlannerConfig, c, { mode, plan_mode });
     cfg.validate()?;
+    // Checked in every mode, like every other field: a NaN or a zero here is a config
+    // filled in wrong, whatever mode it then asks for.
+    let (lo, hi) = pompc::planner::config::LAMBDA_RANGE;
+    if !(lo..=hi).contains(&c.lambda) {
+        return Err(CError::new(
+            PompcStatus::InvalidArgument,
+            format!(
+                "config.lambda = {}: outside [{lo:e}, {hi:e}] (used by POMPC_PLANNER_MPPI only, \
+                 but checked in every mode; the default is 1)",
+                c.lambda
+            ),
+        ));
+    }
     Ok(cfg)
 }
 
@@ -274,10 +332,10 @@ pub unsafe extern "C" fn pompc_planner_config_default(
 /// TD-MPC2's planner over a model, for any number of environments. Calls on one planner
 /// must not overlap (`POMPC_STATUS_BUSY` otherwise); give each thread its own.
 pub struct PompcPlanner {
-    inner: Mutex<PlannerState>,
+    pub(crate) inner: Mutex<PlannerState>,
 }
 
-struct PlannerState {
+pub(crate) struct PlannerState {
     // Declared first, so dropped first: it borrows the model and the device held below.
     planner: Planner<'static>,
     last: Option<Plan>,
@@ -361,22 +419,26 @@ pub unsafe extern "C" fn pompc_planner_plan(
                 "batch is 0: plan for at least one environment",
             ));
         }
-        let too_big = || CError::new(PompcStatus::Limit, format!("batch {batch} is too large"));
-        let n_obs = batch.checked_mul(st.spec.obs_dim).ok_or_else(too_big)?;
-        let n_act = batch.checked_mul(st.spec.action_dim).ok_or_else(too_big)?;
-        // SAFETY: the caller's promises, lengths checked by input.
-        let obs = unsafe { input(obs, obs_len, n_obs, "obs (batch x obs_dim)") }?;
-        let first = unsafe { input(first_step, batch, batch, "first_step") }?;
-        if action_len != n_act {
+        // Checked before anything is allocated for the batch.
+        let max = st.planner.max_batch();
+        if batch > max {
             return Err(CError::new(
-                PompcStatus::Shape,
-                format!("action has length {action_len}, expected batch x action_dim = {n_act}"),
+                PompcStatus::Limit,
+                format!(
+                    "batch {batch} is too large: at most {max} environments fit this planner's \
+                     buffers on this device"
+                ),
             ));
         }
+        let (n_obs, n_act) = (batch * st.spec.obs_dim, batch * st.spec.action_dim);
+        // SAFETY: the caller's promises, lengths checked by input and Out::new.
+        let obs = unsafe { input(obs, obs_len, n_obs, "obs (batch x obs_dim)") }?;
+        let first = unsafe { input(first_step, batch, batch, "first_step") }?;
+        // Checked before the plan, which a failure after it would lose.
+        let out = unsafe { Out::new(action, action_len, n_act, "action (batch x action_dim)") }?;
         let first: Vec<bool> = first.iter().map(|f| *f != 0).collect();
         let plan = st.planner.plan(obs, &first)?;
-        // SAFETY: the caller's promise.
-        unsafe { output(action, action_len, &plan.action, "action") }?;
+        out.write(&plan.action)?;
         st.last = Some(plan);
         Ok(())
     })
@@ -410,28 +472,44 @@ pub unsafe extern "C" fn pompc_planner_last_plan(
                 "no plan yet: call pompc_planner_plan first",
             ));
         };
-        for (ptr, len, data, what) in [
-            (mean, mean_len, &plan.mean, "mean"),
-            (std, std_len, &plan.std, "std"),
-            (value, value_len, &plan.value, "value"),
-        ] {
-            if len > 0 {
-                // SAFETY: the caller's promise.
-                unsafe { output(ptr, len, data, what) }?;
+        let (b, a) = (plan.value.len(), st.spec.action_dim);
+        // SAFETY: the caller's promises.
+        let outs = unsafe {
+            [
+                (
+                    Out::optional(mean, mean_len, b * a, "mean (batch x action_dim)")?,
+                    &plan.mean,
+                ),
+                (
+                    Out::optional(std, std_len, b * a, "std (batch x action_dim)")?,
+                    &plan.std,
+                ),
+                (
+                    Out::optional(value, value_len, b, "value (batch)")?,
+                    &plan.value,
+                ),
+            ]
+        };
+        for (out, data) in outs {
+            if let Some(o) = out {
+                o.write(data)?;
             }
         }
         Ok(())
     })
 }
 
-/// Release a planner (NULL: nothing); `POMPC_STATUS_BUSY` (and nothing released) while
-/// another thread is inside a call on it.
+/// Release a planner (NULL: nothing). One found in use by a call in another thread is left
+/// alone (`POMPC_STATUS_BUSY`), a best-effort check: destroying a handle that another thread
+/// may be using is still undefined behaviour. One whose call panicked (every later call
+/// `POMPC_STATUS_PANIC`) is released.
 ///
 /// # Safety
 ///
-/// `planner` is NULL or a live handle, destroyed once.
+/// `planner` is NULL or a live handle, destroyed once (a second destroy, or a use after it, is
+/// undefined behaviour and cannot be detected).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pompc_planner_destroy(planner: *mut PompcPlanner) -> PompcStatus {
     // SAFETY: the caller's promise.
-    unsafe { destroy(planner, |p| lock(&p.inner, "planner").map(drop)) }
+    unsafe { destroy(planner, |p| idle(&p.inner, "planner")) }
 }

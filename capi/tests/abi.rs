@@ -208,6 +208,18 @@ fn null_and_bad_arguments_everywhere() {
         bad.mode = POMPC_PLANNER_MPPI;
         bad.lambda = f32::NAN;
         fails(pompc_planner_create(m, &bad, &mut p), INVALID, "lambda");
+        // Every field is checked, the one that only another mode reads too.
+        for mode in [POMPC_PLANNER_ELITE_MPPI, POMPC_PLANNER_CEM] {
+            for lambda in [f32::NAN, f32::INFINITY, 0.0, -1.0] {
+                bad = pc;
+                (bad.mode, bad.lambda) = (mode, lambda);
+                fails(
+                    pompc_planner_create(m, &bad, &mut p),
+                    INVALID,
+                    "config.lambda",
+                );
+            }
+        }
         assert!(p.is_null());
         pc.num_samples = 16;
         pc.num_elites = 4;
@@ -623,4 +635,235 @@ fn shared_device_and_model_across_threads() {
         ok(pompc_gpu_destroy(g.0));
     }
     std::fs::remove_file(&path).unwrap();
+}
+
+/// A call whose output array is NULL, misaligned or of the wrong length fails before it does
+/// its work: the MPPI step is not taken (the step count stays, the warm start does not
+/// shift) and the plan is not made (the planner's random streams do not advance).
+#[test]
+fn a_bad_output_fails_the_call_before_it_has_an_effect() {
+    // SAFETY: valid pointers and live handles throughout.
+    unsafe {
+        let g = gpu();
+        let mut h = null_mut();
+        ok(pompc_mppi_create(
+            g,
+            &point_problem(POINT),
+            &small_config(),
+            &mut h,
+        ));
+        ok(pompc_mppi_set_params(h, [1.0f32].as_ptr(), 1));
+        let x0 = [0.0f32, 0.0];
+        let mut u = [0f32; 2];
+        let misaligned = (u.as_mut_ptr() as *mut u8).wrapping_add(1) as *mut f32;
+        let mut si = PompcMppiStepInfo::default();
+        let bad_info = (&mut si as *mut PompcMppiStepInfo as *mut u8).wrapping_add(1)
+            as *mut PompcMppiStepInfo;
+        for (control, len, info, status, needle) in [
+            (null_mut(), 1, null_mut(), NULL, "control"),
+            (misaligned, 1, null_mut(), INVALID, "control"),
+            (u.as_mut_ptr(), 2, null_mut(), SHAPE, "control"),
+            (u.as_mut_ptr(), 1, bad_info, INVALID, "info"),
+        ] {
+            fails(
+                pompc_mppi_step(h, x0.as_ptr(), 2, control, len, info),
+                status,
+                needle,
+            );
+            let mut mi = PompcMppiInfo::default();
+            ok(pompc_mppi_get_info(h, &mut mi));
+            assert_eq!(mi.steps, 0, "a failed step ran ({needle})");
+        }
+        ok(pompc_mppi_destroy(h));
+
+        let path = tiny_model_file(3);
+        let path_c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        let mut m = null_mut();
+        ok(pompc_model_load(g, path_c.as_ptr(), &mut m));
+        let mut pc = std::mem::zeroed::<PompcPlannerConfig>();
+        ok(pompc_planner_config_default(2, &mut pc));
+        (
+            pc.num_samples,
+            pc.num_elites,
+            pc.num_pi_trajs,
+            pc.iterations,
+        ) = (16, 4, 4, 1);
+        let (mut p, mut fresh) = (null_mut(), null_mut());
+        ok(pompc_planner_create(m, &pc, &mut p));
+        ok(pompc_planner_create(m, &pc, &mut fresh));
+        let obs = [0.25f32; 5];
+        let mut a = [0f32; 2];
+        let misaligned = (a.as_mut_ptr() as *mut u8).wrapping_add(1) as *mut f32;
+        for (action, len, status) in [
+            (null_mut(), 2, NULL),
+            (misaligned, 2, INVALID),
+            (a.as_mut_ptr(), 1, SHAPE),
+        ] {
+            fails(
+                pompc_planner_plan(p, obs.as_ptr(), 5, [1u8].as_ptr(), 1, action, len),
+                status,
+                "action",
+            );
+        }
+        // Training mode: the action's noise comes from the call's stream, so a plan made by
+        // a failed call would show as a different action here.
+        let (mut a1, mut a2) = ([0f32; 2], [0f32; 2]);
+        for (planner, out) in [(p, &mut a1), (fresh, &mut a2)] {
+            ok(pompc_planner_plan(
+                planner,
+                obs.as_ptr(),
+                5,
+                [1u8].as_ptr(),
+                1,
+                out.as_mut_ptr(),
+                2,
+            ));
+        }
+        assert_eq!(a1, a2, "a failed plan advanced the planner");
+        ok(pompc_planner_destroy(p));
+        ok(pompc_planner_destroy(fresh));
+        ok(pompc_model_destroy(m));
+        ok(pompc_gpu_destroy(g));
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+/// Problem sizes no controller can have are refused before anything is sized by them: a
+/// control dimension of 2^40 (4 TiB of per-control settings) or usize::MAX, with or without
+/// per-control arrays, is POMPC_STATUS_LIMIT, not an abort or a panic.
+#[test]
+fn absurd_problem_sizes_are_a_limit_before_any_allocation() {
+    // SAFETY: valid pointers and live handles; the per-control array is never read (its
+    // claimed length is refused first).
+    unsafe {
+        let g = gpu();
+        let one = [0.5f32];
+        for (state_dim, control_dim, param_len, needle) in [
+            (2, 1 << 40, 1, "control_dim"),
+            (2, usize::MAX, 1, "control_dim"),
+            (usize::MAX, 1, 1, "state_dim"),
+            (2, 1, usize::MAX, "param_len"),
+        ] {
+            let mut p = point_problem(POINT);
+            (p.state_dim, p.control_dim, p.param_len) = (state_dim, control_dim, param_len);
+            for per_control in [false, true] {
+                let mut c = small_config();
+                if per_control {
+                    c.sigma_per_control = one.as_ptr();
+                    c.per_control_len = control_dim;
+                }
+                let mut h: *mut PompcMppi = std::ptr::dangling_mut();
+                fails(
+                    pompc_mppi_create(g, &p, &c, &mut h),
+                    PompcStatus::Limit,
+                    needle,
+                );
+                assert!(h.is_null());
+            }
+        }
+        ok(pompc_gpu_destroy(g));
+    }
+}
+
+/// A weights path that is not a regular file fails at once: a device is not read until
+/// memory runs out (/dev/zero), a pipe does not wait for a writer, a directory is an error.
+#[test]
+fn a_weights_path_that_is_not_a_regular_file_fails_without_reading() {
+    let fifo = std::env::temp_dir().join(format!("pompc_capi_fifo_{}", std::process::id()));
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success());
+    let fifo_c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: valid pointers and a live handle.
+    unsafe {
+        let g = gpu();
+        let mut paths = vec![c"/dev/zero", c"/tmp"];
+        if made {
+            paths.push(&fifo_c);
+        }
+        for path in paths {
+            let mut m: *mut PompcModel = std::ptr::dangling_mut();
+            let t = std::time::Instant::now();
+            fails(
+                pompc_model_load(g, path.as_ptr(), &mut m),
+                PompcStatus::Io,
+                path.to_str().unwrap(),
+            );
+            assert!(m.is_null());
+            assert!(t.elapsed().as_secs() < 5, "{path:?} took {:?}", t.elapsed());
+        }
+        ok(pompc_gpu_destroy(g));
+    }
+    let _ = std::fs::remove_file(&fifo);
+}
+
+/// A string that lacks its NUL within the documented maximum is refused there, not read
+/// on: names past POMPC_MAX_NAME_BYTES, paths past POMPC_MAX_PATH_BYTES, WGSL past
+/// POMPC_MAX_WGSL_BYTES (each given here with a NUL further on, so that the old unbounded
+/// scan stayed inside the buffer).
+#[test]
+fn strings_without_a_nul_within_their_maximum_are_refused() {
+    let long = |n: usize| {
+        let mut v = vec![b'a' as c_char; n + 16];
+        *v.last_mut().unwrap() = 0;
+        v
+    };
+    let name = long(POMPC_MAX_NAME_BYTES);
+    let path = long(POMPC_MAX_PATH_BYTES);
+    let mut wgsl = long(POMPC_MAX_WGSL_BYTES);
+    wgsl.iter_mut()
+        .rev()
+        .skip(1)
+        .for_each(|c| *c = b' ' as c_char);
+    // SAFETY: valid pointers and live handles; every string has a NUL at its end.
+    unsafe {
+        let mut count = 0;
+        fails(
+            pompc_adapters(name.as_ptr(), null_mut(), 0, &mut count),
+            INVALID,
+            "backend has no NUL within 4096 bytes",
+        );
+        let mut cfg = std::mem::zeroed::<PompcGpuConfig>();
+        ok(pompc_gpu_config_default(&mut cfg));
+        cfg.adapter_name = name.as_ptr();
+        let mut g: *mut PompcGpu = std::ptr::dangling_mut();
+        fails(
+            pompc_gpu_create(&cfg, &mut g),
+            INVALID,
+            "config.adapter_name has no NUL",
+        );
+        assert!(g.is_null());
+        let g = gpu();
+        let mut m: *mut PompcModel = std::ptr::dangling_mut();
+        fails(
+            pompc_model_load(g, path.as_ptr(), &mut m),
+            INVALID,
+            "path has no NUL",
+        );
+        let mut p = point_problem(POINT);
+        p.name = name.as_ptr();
+        let mut h: *mut PompcMppi = std::ptr::dangling_mut();
+        fails(
+            pompc_mppi_create(g, &p, &small_config(), &mut h),
+            INVALID,
+            "problem.name has no NUL",
+        );
+        p = point_problem(POINT);
+        p.wgsl = wgsl.as_ptr();
+        fails(
+            pompc_mppi_create(g, &p, &small_config(), &mut h),
+            INVALID,
+            "problem.wgsl has no NUL",
+        );
+        assert!(h.is_null());
+        // Exactly at the maximum (the NUL at index max - 1) is accepted.
+        let mut fits = long(POMPC_MAX_NAME_BYTES);
+        fits[POMPC_MAX_NAME_BYTES - 1] = 0;
+        p = point_problem(POINT);
+        p.name = fits.as_ptr();
+        ok(pompc_mppi_create(g, &p, &small_config(), &mut h));
+        ok(pompc_mppi_destroy(h));
+        ok(pompc_gpu_destroy(g));
+    }
 }

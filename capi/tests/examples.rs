@@ -39,13 +39,19 @@ fn capi_dir() -> &'static Path {
 
 /// Compile one example (once per test binary) and return the executable.
 fn build(source: &str, compiler: &str, flags: &[&str]) -> PathBuf {
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(source.replace('.', "_"));
+    build_from(&capi_dir().join("examples").join(source), compiler, flags)
+}
+
+/// Compile a C or C++ source against the library.
+fn build_from(source: &Path, compiler: &str, flags: &[&str]) -> PathBuf {
+    let name = source.file_name().unwrap().to_str().unwrap();
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name.replace('.', "_"));
     let lib = lib_dir();
     let mut cmd = Command::new(compiler);
     cmd.args(flags)
         .args(["-Wall", "-Wextra", "-Werror", "-pedantic", "-I"])
         .arg(capi_dir().join("include"))
-        .arg(capi_dir().join("examples").join(source))
+        .arg(source)
         .arg("-L")
         .arg(&lib)
         .args(["-lpompc_c", "-lm"])
@@ -57,7 +63,7 @@ fn build(source: &str, compiler: &str, flags: &[&str]) -> PathBuf {
         .unwrap_or_else(|e| panic!("{compiler} could not run ({e}): install gcc and g++"));
     assert!(
         r.status.success(),
-        "{compiler} failed on {source}:\n{}",
+        "{compiler} failed on {name}:\n{}",
         String::from_utf8_lossy(&r.stderr)
     );
     out
@@ -294,4 +300,23 @@ fn mppi_bench_c_builds_and_times_steps() {
         row.len() == 4 && row[3] > 0.0 && row[3] <= row[1] && row[1] <= row[2],
         "{text}"
     );
+}
+
+/// pompc.hpp: exceptions carry the status and message, each handle is destroyed exactly once
+/// through moves (construction, assignment, self-assignment, a reallocating vector), and a
+/// moved-from object throws instead of crashing (tests/wrappers.cpp, the destroy functions
+/// counted through -Wl,--wrap).
+#[test]
+fn cpp_wrappers_free_each_handle_once_and_throw_the_message() {
+    let exe = build_from(
+        &capi_dir().join("tests").join("wrappers.cpp"),
+        "g++",
+        &[
+            "-std=c++17",
+            "-Wl,--wrap=pompc_gpu_destroy,--wrap=pompc_mppi_destroy",
+        ],
+    );
+    let (r, text) = run(&mut Command::new(exe));
+    assert_eq!(r.status.code(), Some(0), "{text}");
+    assert!(String::from_utf8_lossy(&r.stdout).contains("ok"), "{text}");
 }

@@ -62,6 +62,34 @@ pub struct Problem {
     pub wgsl: String,
 }
 
+impl Problem {
+    /// Check the dimensions: positive (an [`Error::Shape`]) and within [`MAX_STATE_DIM`],
+    /// [`MAX_CONTROL_DIM`] and [`MAX_PARAM_LEN`] (an [`Error::Limit`]). [`Mppi::new`] checks
+    /// them first; a caller that sizes host arrays from them checks them before that.
+    pub fn check_dims(&self) -> Result<()> {
+        let (s, c) = (self.state_dim, self.control_dim);
+        if s == 0 || c == 0 {
+            return Err(Error::Shape(format!(
+                "problem {:?}: state and control dimensions must be positive, got {s} and {c}",
+                self.name
+            )));
+        }
+        for (what, v, max) in [
+            ("state_dim", s, MAX_STATE_DIM),
+            ("control_dim", c, MAX_CONTROL_DIM),
+            ("param_len", self.param_len, MAX_PARAM_LEN),
+        ] {
+            if v > max {
+                return Err(Error::Limit(format!(
+                    "problem {:?}: {what} = {v}, at most {max}",
+                    self.name
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// MPPI settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MppiConfig {
@@ -364,25 +392,8 @@ impl<'g> Mppi<'g> {
     /// over [`MAX_STATE_DIM`], [`MAX_CONTROL_DIM`] or [`MAX_PARAM_LEN`] are an
     /// [`Error::Limit`] before anything is compiled.
     pub fn new(gpu: &'g Gpu, problem: Problem, cfg: MppiConfig) -> Result<Self> {
+        problem.check_dims()?;
         let (s, c) = (problem.state_dim, problem.control_dim);
-        if s == 0 || c == 0 {
-            return Err(Error::Shape(format!(
-                "problem {:?}: state and control dimensions must be positive, got {s} and {c}",
-                problem.name
-            )));
-        }
-        for (what, v, max) in [
-            ("state_dim", s, MAX_STATE_DIM),
-            ("control_dim", c, MAX_CONTROL_DIM),
-            ("param_len", problem.param_len, MAX_PARAM_LEN),
-        ] {
-            if v > max {
-                return Err(Error::Limit(format!(
-                    "problem {:?}: {what} = {v}, at most {max}",
-                    problem.name
-                )));
-            }
-        }
         cfg.validate(c)?;
         // The user's code alone first: its errors then point at its own lines.
         let check = preprocess(&problem, "mppi-contract", &prelude())?;
