@@ -184,6 +184,21 @@ fn errors_name_the_problem() {
     let e = Mppi::new(gpu, bad, MppiConfig::new(1)).err().unwrap();
     assert!(matches!(e, Error::Shader { .. }), "{e:?}");
     assert!(e.to_string().contains("user:4:"), "{e}");
+    // Source that ends mid-declaration: the parser stops at the end of the user's code,
+    // which the message names (not a line past the joined module).
+    for (wgsl, line) in [
+        ("fn dynamics(", "user:1"),
+        ("\n\nfn dynamics(x: State", "user:3"),
+    ] {
+        let cut = Problem {
+            wgsl: wgsl.into(),
+            ..pendulum()
+        };
+        let e = Mppi::new(gpu, cut, MppiConfig::new(1)).err().unwrap();
+        assert!(matches!(e, Error::Shader { .. }), "{e:?}");
+        let e = e.to_string();
+        assert!(e.contains(line) && !e.contains("<end>"), "{wgsl:?}: {e}");
+    }
     // A missing function.
     let missing = Problem {
         wgsl: "fn dynamics(x: State, u: Control, t: u32) -> State { return x; }\n".into(),

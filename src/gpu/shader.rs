@@ -92,9 +92,15 @@ pub struct Preprocessed {
 }
 
 impl Preprocessed {
-    /// Where line `line` (1-based) of the joined text came from, as `file:line`.
+    /// Where line `line` (1-based) of the joined text came from, as `file:line`. A line past
+    /// the text (a parser that ran out of input) is the last line's origin, where the
+    /// unfinished code is.
     pub fn origin(&self, line: u32) -> String {
-        match self.origins.get(line.saturating_sub(1) as usize) {
+        let last = self.origins.len().saturating_sub(1);
+        match self
+            .origins
+            .get((line.saturating_sub(1) as usize).min(last))
+        {
             Some((f, l)) => format!("{f}:{l}"),
             None => format!("<end>:{line}"),
         }
@@ -417,15 +423,20 @@ fn describe(
 ) -> String {
     match loc {
         Some(l) => {
+            let lines = pre.text.lines().count();
             let src_line = pre
                 .text
                 .lines()
                 .nth(l.line_number as usize - 1)
                 .unwrap_or("");
+            // Past the last line, the column means nothing: say where the text ended instead.
+            let at = if l.line_number as usize > lines {
+                format!("{} (at the end of the text)", pre.origin(l.line_number))
+            } else {
+                format!("{}:{}", pre.origin(l.line_number), l.line_position)
+            };
             format!(
-                "{}:{}: {msg}\n    {}\n(naga's report on the preprocessed text follows)\n{full}",
-                pre.origin(l.line_number),
-                l.line_position,
+                "{at}: {msg}\n    {}\n(naga's report on the preprocessed text follows)\n{full}",
                 src_line.trim()
             )
         }
