@@ -1,0 +1,49 @@
+"""Adversarial inputs: every one is a clear Python exception of the right kind (or works),
+never garbage, a hang or a crash. Integers out of range, dtypes, files that are not regular
+files, re-entrant and concurrent calls, callbacks that are not callable, the dm_control
+adapter's arguments."""
+
+import os
+import pathlib
+import stat
+import threading
+
+import numpy as np
+import pytest
+
+import pompc
+from pompc.dmc import Box, DMCEnv
+
+from fake_dmc import loader
+
+SMALL = dict(num_samples=16, num_elites=4, num_pi_trajs=2, iterations=1)
+WGSL = """
+fn dynamics(x: State, u: Control, t: u32) -> State { return State(x[0] + DT * u[0]); }
+fn running_cost(x: State, u: Control, t: u32) -> f32 { return x[0] * x[0]; }
+fn terminal_cost(x: State) -> f32 { return 0.0; }
+"""
+
+
+def small(**kw):
+    return dict(quick=True, eval_every=0, batch=16, planner=dict(num_samples=16, num_elites=4,
+                num_pi_trajs=2, iterations=2), **kw)
+
+
+def point():
+    return DMCEnv("point", "reach", loader=loader)
+
+
+def test_dmc_adapter_wants_integer_counts():
+    """action_repeat=2.5 and sim_steps=2.5 were truncated silently; strings gave "'<' not
+    supported", NaN and inf numpy's conversion errors."""
+    for bad in [2.5, "2", None, float("nan"), float("inf")]:
+        with pytest.raises(TypeError, match="action_repeat"):
+            DMCEnv("point", "reach", loader=loader, action_repeat=bad)
+        with pytest.raises(TypeError, match="sim_steps"):
+            DMCEnv("point", "reach", loader=loader, sim_steps=bad if bad is not None else 1.0)
+    env = DMCEnv("point", "reach", loader=loader, action_repeat=np.int64(3), sim_steps=9)
+    assert env.action_repeat == 3 and env.episode_len == 3
+    with pytest.raises(TypeError, match="seed"):
+        env.reset(seed=1.5)
+    a = env.reset(seed=np.int64(2))[0]
+    np.testing.assert_array_equal(a, env.reset(seed=2)[0])
