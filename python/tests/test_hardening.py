@@ -33,6 +33,31 @@ def point():
     return DMCEnv("point", "reach", loader=loader)
 
 
+def test_saving_over_a_special_file_leaves_it_alone(gpu, tmp_path):
+    """Saves rename a temporary file over the target: as root, save("/dev/null") replaced
+    /dev/null with a regular file. A FIFO stands in for the device here."""
+    model = pompc.WorldModel.init(gpu, "tiny", 4, 2, seed=0)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="not a regular file"):
+        model.save(fifo)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    tr = pompc.Trainer("pendulum-swingup", gpu=gpu, steps=10, **small())
+    with pytest.raises(OSError, match="not a regular file"):
+        tr.save(fifo)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    # A symbolic link: its target gets the weights, the link stays.
+    target = tmp_path / "weights.safetensors"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(target)
+    model.save(link)
+    assert link.is_symlink() and target.stat().st_size > 3
+    assert pompc.WorldModel.load(gpu, target).obs_dim == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "link.safetensors", "pipe", "weights.safetensors"]
+
+
 def test_dmc_adapter_wants_integer_counts():
     """action_repeat=2.5 and sim_steps=2.5 were truncated silently; strings gave "'<' not
     supported", NaN and inf numpy's conversion errors."""
