@@ -143,7 +143,15 @@ fn shape_len(space: &Bound<'_, PyAny>, what: &str) -> PyResult<usize> {
         .getattr("shape")
         .and_then(|s| s.extract())
         .map_err(|_| type_error(format!("the environment's {what} has no integer shape")))?;
-    Ok(shape.iter().product())
+    // A product that wraps around would pass for a small (or zero) size.
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| {
+            value_error(format!(
+                "the environment's {what} shape {shape:?} is too large"
+            ))
+        })
 }
 
 fn flat_f64(obj: &Bound<'_, PyAny>) -> PyResult<Vec<f64>> {

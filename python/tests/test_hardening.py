@@ -58,6 +58,28 @@ def test_saving_over_a_special_file_leaves_it_alone(gpu, tmp_path):
         "link.safetensors", "pipe", "weights.safetensors"]
 
 
+class Shaped:
+    """A Gymnasium-style environment with the given space shapes."""
+
+    def __init__(self, obs_shape):
+        self.action_space = Box(np.full(1, -1.0), np.full(1, 1.0))
+        self.observation_space = type("Space", (), {"shape": obs_shape})()
+        self.episode_len = 10
+
+    def reset(self, seed=None):
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(2, np.float32), 0.0, False, False, {}
+
+
+def test_space_sizes_that_overflow_are_refused(gpu):
+    # 2**32 * 2**32 wrapped to 0 ("0 observations"); 2**32 * (2**32 + 1) to 2**32.
+    for shape in [(2**32, 2**32), (2**32 + 1, 2**32)]:
+        with pytest.raises(ValueError, match="too large"):
+            pompc.Trainer(Shaped(shape), gpu=gpu, eval_env=Shaped(shape), **small())
+
+
 def test_dmc_adapter_wants_integer_counts():
     """action_repeat=2.5 and sim_steps=2.5 were truncated silently; strings gave "'<' not
     supported", NaN and inf numpy's conversion errors."""
