@@ -92,7 +92,7 @@ impl Env {
     fn reset<'py>(
         &self,
         py: Python<'py>,
-        seed: Option<u64>,
+        #[pyo3(from_py_with = crate::errors::opt_uint_u64)] seed: Option<u64>,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyDict>)> {
         let seed = seed.unwrap_or_else(|| self.next_seed.fetch_add(1, Ordering::Relaxed));
         let obs = lock(&self.inner, "Env")?.reset(seed);

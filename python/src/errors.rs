@@ -113,8 +113,73 @@ pub fn lock<'a, T>(
     })
 }
 
+/// Largest values of the unsigned types that `uint` reads.
+pub trait UMax: TryFrom<i128> {
+    /// `Self::MAX`.
+    const MAX: u128;
+}
+impl UMax for u32 {
+    const MAX: u128 = u32::MAX as u128;
+}
+impl UMax for u64 {
+    const MAX: u128 = u64::MAX as u128;
+}
+impl UMax for usize {
+    const MAX: u128 = usize::MAX as u128;
+}
+
+/// An unsigned integer from Python: a negative or too large int is a `ValueError` (what
+/// Python answers for a bad count or size) rather than PyO3's `OverflowError`; anything that
+/// is not an int (a float, a str) stays a `TypeError`. numpy integers and bools are ints.
+pub fn uint<T: UMax>(obj: &Bound<'_, PyAny>) -> PyResult<T> {
+    let py = obj.py();
+    let v: i128 = match obj.extract::<i128>() {
+        Ok(v) => v,
+        Err(e) if e.is_instance_of::<pyo3::exceptions::PyOverflowError>(py) => {
+            return Err(value_error(format!(
+                "{} is too large (at most {})",
+                obj.repr().map(|r| r.to_string()).unwrap_or_default(),
+                T::MAX
+            )));
+        }
+        Err(e) => return Err(e),
+    };
+    if v < 0 {
+        return Err(value_error(format!(
+            "expected a non-negative integer, got {v}"
+        )));
+    }
+    T::try_from(v).map_err(|_| value_error(format!("{v} is too large (at most {})", T::MAX)))
+}
+
+/// `uint` for `#[pyo3(from_py_with = ...)]` arguments (PyO3 notes the argument's name).
+pub fn uint_usize(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
+    uint(obj)
+}
+
+/// `uint` for `u64` arguments (seeds).
+pub fn uint_u64(obj: &Bound<'_, PyAny>) -> PyResult<u64> {
+    uint(obj)
+}
+
+/// `uint` for optional arguments: None stays None.
+pub fn opt_uint_usize(obj: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
+    if obj.is_none() {
+        return Ok(None);
+    }
+    uint(obj).map(Some)
+}
+
+/// `uint` for optional seeds.
+pub fn opt_uint_u64(obj: &Bound<'_, PyAny>) -> PyResult<Option<u64>> {
+    if obj.is_none() {
+        return Ok(None);
+    }
+    uint(obj).map(Some)
+}
+
 /// `e` with `what` before its message, of the same exception type (a bad keyword's
-/// `TypeError` or `OverflowError` names the keyword).
+/// `TypeError` or `ValueError` names the keyword).
 pub fn named(what: &str, e: PyErr) -> PyErr {
     Python::attach(|py| {
         let msg = format!("{what}: {}", e.value(py));

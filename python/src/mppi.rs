@@ -85,20 +85,20 @@ impl Mppi {
     fn new(
         py: Python<'_>,
         dynamics_wgsl: String,
-        state_dim: usize,
-        control_dim: usize,
-        horizon: usize,
-        samples: usize,
-        param_len: usize,
+        #[pyo3(from_py_with = crate::errors::uint_usize)] state_dim: usize,
+        #[pyo3(from_py_with = crate::errors::uint_usize)] control_dim: usize,
+        #[pyo3(from_py_with = crate::errors::uint_usize)] horizon: usize,
+        #[pyo3(from_py_with = crate::errors::uint_usize)] samples: usize,
+        #[pyo3(from_py_with = crate::errors::uint_usize)] param_len: usize,
         lambda_: f32,
         gamma: Option<f32>,
         sigma: Option<&Bound<'_, PyAny>>,
         u_min: Option<&Bound<'_, PyAny>>,
         u_max: Option<&Bound<'_, PyAny>>,
         dt: f32,
-        seed: u64,
+        #[pyo3(from_py_with = crate::errors::uint_u64)] seed: u64,
         trusted: bool,
-        keep_rollouts: usize,
+        #[pyo3(from_py_with = crate::errors::uint_usize)] keep_rollouts: usize,
         name: String,
         gpu: Option<Py<Gpu>>,
     ) -> PyResult<Self> {
@@ -181,7 +181,11 @@ impl Mppi {
     }
 
     /// Keep the states of the first ``n`` samples of each step for ``rollouts()``.
-    fn keep_rollouts(&self, py: Python<'_>, n: usize) -> PyResult<()> {
+    fn keep_rollouts(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = crate::errors::uint_usize)] n: usize,
+    ) -> PyResult<()> {
         self.with(py, |m| py_result(m.keep_rollouts(n)))
     }
 

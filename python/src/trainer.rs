@@ -2,7 +2,7 @@
 //! family's policy update on the GPU) over a built-in task or a Python environment.
 
 use crate::env::{Env, ErrorSlot, PyEnv};
-use crate::errors::{guard, lock, py_result, to_py, type_error, value_error};
+use crate::errors::{guard, lock, py_result, to_py, type_error, uint, value_error};
 use crate::gpu::{Gpu, WorldModel, parse_size};
 use crate::planner::{apply_planner_kwargs, planner_config_dict};
 use pompc::env::Env as RsEnv;
@@ -44,12 +44,12 @@ fn apply_train_kwargs(cfg: &mut TrainConfig, kwargs: Option<&Bound<'_, PyDict>>)
         let key: String = k.extract()?;
         let bad = |e: PyErr| crate::errors::named(&format!("training setting {key}"), e);
         match key.as_str() {
-            "seed_steps" => cfg.seed_steps = v.extract().map_err(bad)?,
-            "batch" => cfg.batch = v.extract().map_err(bad)?,
-            "buffer_capacity" => cfg.buffer_capacity = v.extract().map_err(bad)?,
-            "eval_every" => cfg.eval_every = v.extract().map_err(bad)?,
-            "eval_episodes" => cfg.eval_episodes = v.extract().map_err(bad)?,
-            "log_every" => cfg.log_every = v.extract().map_err(bad)?,
+            "seed_steps" => cfg.seed_steps = uint(&v).map_err(bad)?,
+            "batch" => cfg.batch = uint(&v).map_err(bad)?,
+            "buffer_capacity" => cfg.buffer_capacity = uint(&v).map_err(bad)?,
+            "eval_every" => cfg.eval_every = uint(&v).map_err(bad)?,
+            "eval_episodes" => cfg.eval_episodes = uint(&v).map_err(bad)?,
+            "log_every" => cfg.log_every = uint(&v).map_err(bad)?,
             "pretrain_policy" => cfg.pretrain_policy = v.extract().map_err(bad)?,
             "planner_precision" => {
                 let p: String = v.extract().map_err(bad)?;
@@ -299,12 +299,12 @@ impl Trainer {
         method: &str,
         lam: Option<f32>,
         model: Option<&Bound<'py, PyAny>>,
-        seed: u64,
-        steps: usize,
+        #[pyo3(from_py_with = crate::errors::uint_u64)] seed: u64,
+        #[pyo3(from_py_with = crate::errors::uint_usize)] steps: usize,
         quick: bool,
         gpu: Option<Py<Gpu>>,
         eval_env: Option<&Bound<'py, PyAny>>,
-        episode_len: Option<usize>,
+        #[pyo3(from_py_with = crate::errors::opt_uint_usize)] episode_len: Option<usize>,
         name: Option<String>,
         planner: Option<&Bound<'py, PyDict>>,
         config: Option<&Bound<'py, PyDict>>,
@@ -342,12 +342,12 @@ impl Trainer {
         method: &str,
         lam: Option<f32>,
         model: Option<&Bound<'py, PyAny>>,
-        seed: u64,
-        steps: usize,
+        #[pyo3(from_py_with = crate::errors::uint_u64)] seed: u64,
+        #[pyo3(from_py_with = crate::errors::uint_usize)] steps: usize,
         quick: bool,
         gpu: Option<Py<Gpu>>,
         eval_env: Option<&Bound<'py, PyAny>>,
-        episode_len: Option<usize>,
+        #[pyo3(from_py_with = crate::errors::opt_uint_usize)] episode_len: Option<usize>,
         name: Option<String>,
         planner: Option<&Bound<'py, PyDict>>,
         config: Option<&Bound<'py, PyDict>>,
@@ -377,7 +377,12 @@ impl Trainer {
     /// "pretrained" (updates, seconds); returning ``False`` stops the run after that event,
     /// an exception stops it and is re-raised.
     #[pyo3(signature = (steps, callback=None))]
-    fn run(&self, py: Python<'_>, steps: usize, callback: Option<Py<PyAny>>) -> PyResult<usize> {
+    fn run(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = crate::errors::uint_usize)] steps: usize,
+        callback: Option<Py<PyAny>>,
+    ) -> PyResult<usize> {
         let errors = self.errors.clone();
         let stopped = AtomicBool::new(false);
         self.with(py, |t| {
@@ -421,7 +426,12 @@ impl Trainer {
     /// Returns of ``episodes`` evaluation episodes (planner in eval mode, no exploration
     /// noise) on the evaluation environment, episode seeds drawn from ``seed``.
     #[pyo3(signature = (episodes=10, seed=0))]
-    fn evaluate(&self, py: Python<'_>, episodes: usize, seed: u64) -> PyResult<Vec<f32>> {
+    fn evaluate(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = crate::errors::uint_usize)] episodes: usize,
+        #[pyo3(from_py_with = crate::errors::uint_u64)] seed: u64,
+    ) -> PyResult<Vec<f32>> {
         self.with(py, |t| py_result(t.evaluate(episodes, seed)))
     }
 

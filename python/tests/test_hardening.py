@@ -33,6 +33,55 @@ def point():
     return DMCEnv("point", "reach", loader=loader)
 
 
+def test_negative_and_huge_integers_are_value_errors(gpu):
+    """Counts, sizes and seeds below 0 or beyond their type were PyO3's OverflowError, which
+    `except ValueError` misses; now a ValueError that names the value (and the setting)."""
+    model = pompc.WorldModel.init(gpu, "tiny", 4, 2, seed=0)
+    neg = "expected a non-negative integer, got -1"
+    for kw in [dict(horizon=-1), dict(num_samples=-1), dict(num_elites=-1), dict(seed=-1)]:
+        with pytest.raises(ValueError, match=f"planner setting {next(iter(kw))}: {neg}"):
+            pompc.Planner(model, **kw)
+    with pytest.raises(ValueError, match="too large"):
+        pompc.Planner(model, seed=2**64)
+    with pytest.raises(ValueError, match="too large"):
+        pompc.Planner(model, horizon=2**200)
+    with pytest.raises(TypeError):  # not an integer at all: still a TypeError
+        pompc.Planner(model, horizon=3.0)
+    for args, kw in [((-1, 1), {}), ((1, -1), {}), ((1, 1), dict(samples=-8)),
+                     ((1, 1), dict(seed=-1)), ((1, 1), dict(param_len=-1)),
+                     ((1, 1), dict(keep_rollouts=-1)), ((2**64, 1), {})]:
+        with pytest.raises(ValueError):
+            pompc.Mppi(WGSL, *args, gpu=gpu, **kw)
+    with pytest.raises(ValueError, match=neg):
+        pompc.WorldModel.init(gpu, "tiny", -1, 2)
+    with pytest.raises(ValueError, match=neg):
+        pompc.WorldModel.init(gpu, "tiny", 4, 2, seed=-1)
+    with pytest.raises(ValueError, match="model size"):
+        pompc.WorldModel.init(gpu, -1, 4, 2)  # was a TypeError saying ints are fine
+    with pytest.raises(ValueError, match="model size"):
+        pompc.WorldModel.init(gpu, 2**70, 4, 2)
+    env = pompc.make_env("pendulum-swingup")
+    with pytest.raises(ValueError, match=neg):
+        env.reset(seed=-1)
+    assert env.reset(seed=None)[0].shape == (3,)
+    with pytest.raises(ValueError, match=neg):
+        pompc.Trainer(point(), gpu=gpu, steps=-1, **small())
+    with pytest.raises(ValueError, match=neg):
+        pompc.Trainer(point(), gpu=gpu, episode_len=-1, **small())
+    with pytest.raises(ValueError, match=f"training setting batch: {neg}"):
+        pompc.Trainer(point(), gpu=gpu, **dict(small(), batch=-1))
+    tr = pompc.Trainer("pendulum-swingup", gpu=gpu, steps=10, **small())
+    with pytest.raises(ValueError, match=neg):
+        tr.run(-1)
+    with pytest.raises(ValueError, match=neg):
+        tr.evaluate(-1)
+    with pytest.raises(ValueError, match=neg):
+        tr.evaluate(1, seed=-1)
+    m = pompc.Mppi(WGSL, 1, 1, horizon=5, samples=8, gpu=gpu)
+    with pytest.raises(ValueError, match=neg):
+        m.keep_rollouts(-1)
+
+
 def test_saving_over_a_special_file_leaves_it_alone(gpu, tmp_path):
     """Saves rename a temporary file over the target: as root, save("/dev/null") replaced
     /dev/null with a regular file. A FIFO stands in for the device here."""
