@@ -178,6 +178,43 @@ pub fn opt_uint_u64(obj: &Bound<'_, PyAny>) -> PyResult<Option<u64>> {
     uint(obj).map(Some)
 }
 
+static DTYPE_ERROR: pyo3::sync::PyOnceLock<Py<pyo3::types::PyType>> = pyo3::sync::PyOnceLock::new();
+
+/// `pompc.DTypeError`: an array of the wrong dtype. Both a `ValueError` (the array is the
+/// right kind of object with a wrong property, like a wrong shape) and a `TypeError` (what
+/// pompc raised before, and what numpy's casting errors are), as numpy's `AxisError` is
+/// both a `ValueError` and an `IndexError`.
+pub fn dtype_error_type(py: Python<'_>) -> PyResult<&Bound<'_, pyo3::types::PyType>> {
+    DTYPE_ERROR
+        .get_or_try_init(py, || -> PyResult<_> {
+            let bases = pyo3::types::PyTuple::new(
+                py,
+                [py.get_type::<PyValueError>(), py.get_type::<PyTypeError>()],
+            )?;
+            let ns = pyo3::types::PyDict::new(py);
+            ns.set_item("__module__", "pompc")?;
+            ns.set_item(
+                "__doc__",
+                "An array of the wrong dtype (pompc takes float32): both a ValueError and a \
+                 TypeError.",
+            )?;
+            let t = py
+                .get_type::<pyo3::types::PyType>()
+                .call1(("DTypeError", bases, ns))?
+                .cast_into::<pyo3::types::PyType>()?;
+            Ok(t.unbind())
+        })
+        .map(|t| t.bind(py))
+}
+
+/// A `pompc.DTypeError` with a message.
+pub fn dtype_error(py: Python<'_>, msg: impl Into<String>) -> PyErr {
+    match dtype_error_type(py) {
+        Ok(t) => PyErr::from_type(t.clone(), msg.into()),
+        Err(e) => e,
+    }
+}
+
 /// `e` with `what` before its message, of the same exception type (a bad keyword's
 /// `TypeError` or `ValueError` names the keyword).
 pub fn named(what: &str, e: PyErr) -> PyErr {

@@ -82,6 +82,25 @@ def test_negative_and_huge_integers_are_value_errors(gpu):
         m.keep_rollouts(-1)
 
 
+def test_wrong_dtypes_are_value_errors_and_type_errors(gpu):
+    """The rule: a wrong dtype is a ValueError. It was a TypeError only; DTypeError is both,
+    so code written for either keeps working."""
+    assert issubclass(pompc.DTypeError, ValueError) and issubclass(pompc.DTypeError, TypeError)
+    planner = pompc.Planner(pompc.WorldModel.init(gpu, "tiny", 4, 2, seed=0), **SMALL)
+    m = pompc.Mppi(WGSL, 1, 1, horizon=5, samples=8, gpu=gpu)
+    for dtype in [np.float64, np.int32, np.bool_, object, np.float16, ">f4"]:
+        with pytest.raises(pompc.DTypeError, match="float32"):
+            planner.plan(np.zeros((2, 4), dtype), True)
+        with pytest.raises(ValueError, match="float32"):
+            m.step(np.zeros(1, dtype))
+        with pytest.raises(ValueError, match="float32"):
+            pompc.make_env("pendulum-swingup").step(np.zeros(1, dtype))
+    # Not an array at all stays a plain TypeError.
+    with pytest.raises(TypeError, match="numpy float32 array") as e:
+        m.step([0.0])
+    assert not isinstance(e.value, ValueError)
+
+
 def test_saving_over_a_special_file_leaves_it_alone(gpu, tmp_path):
     """Saves rename a temporary file over the target: as root, save("/dev/null") replaced
     /dev/null with a regular file. A FIFO stands in for the device here."""
