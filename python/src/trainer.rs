@@ -8,7 +8,7 @@ use crate::planner::{apply_planner_kwargs, planner_config_dict};
 use pompc::env::Env as RsEnv;
 use pompc::train::{Event, Method, TrainConfig};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict};
+use pyo3::types::PyDict;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -383,6 +383,15 @@ impl Trainer {
         #[pyo3(from_py_with = crate::errors::uint_usize)] steps: usize,
         callback: Option<Py<PyAny>>,
     ) -> PyResult<usize> {
+        // Not at the first event, after some training already ran.
+        if let Some(cb) = &callback
+            && !cb.bind(py).is_callable()
+        {
+            return Err(type_error(format!(
+                "callback must be callable (a function of the event dict) or None, got {}",
+                crate::arrays::type_name(cb.bind(py))
+            )));
+        }
         let errors = self.errors.clone();
         let stopped = AtomicBool::new(false);
         self.with(py, |t| {
@@ -393,8 +402,8 @@ impl Trainer {
                         Some(cb) => {
                             let d = event_dict(py, e)?;
                             let out = cb.call1(py, (d,))?;
-                            let out = out.bind(py);
-                            Ok(out.cast::<PyBool>().is_ok_and(|b| !b.is_true()))
+                            // False stops, numpy's False too; anything else continues.
+                            Ok(out.bind(py).extract::<bool>().is_ok_and(|b| !b))
                         }
                         None => Ok(false),
                     });

@@ -126,6 +126,16 @@ def test_saving_over_a_special_file_leaves_it_alone(gpu, tmp_path):
         "link.safetensors", "pipe", "weights.safetensors"]
 
 
+def test_callbacks_are_checked_and_numpy_false_stops(gpu):
+    tr = pompc.Trainer(point(), seed=1, steps=100, gpu=gpu, **small())
+    # Was accepted, then raised "not callable" at the first event, after training had run.
+    with pytest.raises(TypeError, match="callable"):
+        tr.run(15, 3)
+    assert tr.step == 0
+    # numpy's False (a comparison of numpy values) stops the run as False does.
+    assert tr.run(30, lambda e: np.float32(1.0) < 0.0 if e["kind"] == "episode" else None) == 10
+
+
 class Shaped:
     """A Gymnasium-style environment with the given space shapes."""
 
