@@ -105,12 +105,95 @@ pub fn lock<'a, T>(
     m: &'a std::sync::Mutex<T>,
     what: &str,
 ) -> PyResult<std::sync::MutexGuard<'a, T>> {
-    m.lock().map_err(|_| {
-        PyRuntimeError::new_err(format!(
-            "this {what} was left in an unknown state by an earlier internal error; create a \
-             new one"
-        ))
-    })
+    m.lock().map_err(|_| poisoned(what))
+}
+
+fn poisoned(what: &str) -> PyErr {
+    PyRuntimeError::new_err(format!(
+        "this {what} was left in an unknown state by an earlier internal error; create a new \
+         one"
+    ))
+}
+
+/// A number that tells the threads apart (the address of a thread-local), never 0.
+fn thread_token() -> usize {
+    thread_local!(static TOKEN: u8 = const { 0 });
+    TOKEN.with(|t| t as *const u8 as usize)
+}
+
+/// An object's Rust state behind a lock that other threads wait for, but that the thread
+/// holding it cannot take again: a call that re-enters the object from a Python callback or
+/// environment running inside one of its own calls (a `Trainer` callback calling the
+/// trainer) is a `RuntimeError` instead of a deadlock.
+pub struct Exclusive<T> {
+    m: std::sync::Mutex<T>,
+    // The `thread_token` of the thread holding `m`, 0 when free.
+    owner: std::sync::atomic::AtomicUsize,
+    what: &'static str,
+}
+
+/// `Exclusive::lock`'s guard.
+pub struct ExclusiveGuard<'a, T> {
+    guard: std::sync::MutexGuard<'a, T>,
+    owner: &'a std::sync::atomic::AtomicUsize,
+}
+
+impl<T> Drop for ExclusiveGuard<'_, T> {
+    fn drop(&mut self) {
+        // Before the mutex itself is released (the field drops after this).
+        self.owner.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl<T> std::ops::Deref for ExclusiveGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+
+impl<T> std::ops::DerefMut for ExclusiveGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.guard
+    }
+}
+
+impl<T> Exclusive<T> {
+    /// `value` behind the lock; `what` names the Python class in messages.
+    pub fn new(value: T, what: &'static str) -> Self {
+        Exclusive {
+            m: std::sync::Mutex::new(value),
+            owner: std::sync::atomic::AtomicUsize::new(0),
+            what,
+        }
+    }
+
+    /// A `RuntimeError` if this thread holds the lock already (only this thread can have
+    /// stored its own token, so the answer is exact).
+    pub fn check(&self) -> PyResult<()> {
+        if self.owner.load(std::sync::atomic::Ordering::SeqCst) == thread_token() {
+            return Err(PyRuntimeError::new_err(format!(
+                "this {w} is busy: it was called from inside one of its own calls (a \
+                 callback or a Python environment calling the {w} that runs it); use it \
+                 after that call returns",
+                w = self.what
+            )));
+        }
+        Ok(())
+    }
+
+    /// Take the lock, waiting for other threads (call it with the GIL released); re-entry
+    /// from this thread and a poisoned lock are `RuntimeError`s.
+    pub fn lock(&self) -> PyResult<ExclusiveGuard<'_, T>> {
+        self.check()?;
+        let guard = self.m.lock().map_err(|_| poisoned(self.what))?;
+        self.owner
+            .store(thread_token(), std::sync::atomic::Ordering::SeqCst);
+        Ok(ExclusiveGuard {
+            guard,
+            owner: &self.owner,
+        })
+    }
 }
 
 /// Largest values of the unsigned types that `uint` reads.

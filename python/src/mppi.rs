@@ -1,7 +1,7 @@
 //! `pompc.Mppi`: classic MPPI over dynamics and costs written in WGSL.
 
 use crate::arrays::{f32_input, f32_output, f32_vec};
-use crate::errors::{guard, lock, py_result, type_error};
+use crate::errors::{Exclusive, guard, lock, py_result, type_error};
 use crate::gpu::Gpu;
 use pompc::planner::custom::{MppiConfig, MppiStep, Problem};
 use pyo3::prelude::*;
@@ -50,7 +50,7 @@ fn per_control(obj: &Bound<'_, PyAny>, what: &str, c: usize) -> PyResult<Vec<f32
 /// ``rollouts()``. ``gpu`` defaults to a new ``Gpu()``.
 #[pyclass(frozen, module = "pompc")]
 pub struct Mppi {
-    cell: Mutex<MppiCell>,
+    cell: Exclusive<MppiCell>,
     gpu: Py<Gpu>,
     state_dim: usize,
     control_dim: usize,
@@ -68,7 +68,7 @@ impl Mppi {
     ) -> PyResult<T> {
         py.detach(|| {
             guard(|| {
-                let mut cell = lock(&self.cell, "Mppi")?;
+                let mut cell = self.cell.lock()?;
                 cell.with_dependent_mut(|_, m| f(m))
             })
         })
@@ -144,7 +144,7 @@ impl Mppi {
             })
         })?;
         Ok(Mppi {
-            cell: Mutex::new(cell),
+            cell: Exclusive::new(cell, "Mppi"),
             gpu,
             state_dim,
             control_dim,

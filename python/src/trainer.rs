@@ -2,7 +2,7 @@
 //! family's policy update on the GPU) over a built-in task or a Python environment.
 
 use crate::env::{Env, ErrorSlot, PyEnv};
-use crate::errors::{guard, lock, py_result, to_py, type_error, uint, value_error};
+use crate::errors::{Exclusive, guard, py_result, to_py, type_error, uint, value_error};
 use crate::gpu::{Gpu, WorldModel, parse_size};
 use crate::planner::{apply_planner_kwargs, planner_config_dict};
 use pompc::env::Env as RsEnv;
@@ -10,8 +10,8 @@ use pompc::train::{Event, Method, TrainConfig};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 type RsTrainer<'a> = pompc::train::Trainer<'a>;
 
@@ -198,7 +198,7 @@ fn event_dict<'py>(py: Python<'py>, e: &Event) -> PyResult<Bound<'py, PyDict>> {
 /// ``step``, and its exceptions (and Ctrl-C) stop the run and are re-raised.
 #[pyclass(frozen, module = "pompc")]
 pub struct Trainer {
-    cell: Mutex<TrainerCell>,
+    cell: Exclusive<TrainerCell>,
     gpu: Py<Gpu>,
     errors: ErrorSlot,
     cfg: TrainConfig,
@@ -258,7 +258,7 @@ impl Trainer {
             return Err(e);
         }
         Ok(Trainer {
-            cell: Mutex::new(cell?),
+            cell: Exclusive::new(cell?, "Trainer"),
             gpu,
             errors,
             cfg,
@@ -266,23 +266,28 @@ impl Trainer {
         })
     }
 
-    // As `Planner::with`: the lock is taken with the GIL released.
+    // As `Planner::with`: the lock is taken with the GIL released. A call from inside one of
+    // this trainer's own calls (its callback, its Python environment) is refused before it
+    // touches the error slot, and the slot is read while the lock is held, so a call from
+    // another thread cannot take (or clear) the error of the call that owns the lock.
     fn with<T: Send>(
         &self,
         py: Python<'_>,
         f: impl for<'a> FnOnce(&mut RsTrainer<'a>) -> PyResult<T> + Send,
     ) -> PyResult<T> {
-        self.errors.take();
-        let r = py.detach(|| {
+        self.cell.check()?;
+        py.detach(|| {
             guard(|| {
-                let mut cell = lock(&self.cell, "Trainer")?;
-                cell.with_dependent_mut(|_, t| f(t))
+                let mut cell = self.cell.lock()?;
+                // Left over from an earlier call that failed before reading it.
+                drop(self.errors.take());
+                let r = cell.with_dependent_mut(|_, t| f(t));
+                match self.errors.take() {
+                    Some(e) => Err(e),
+                    None => r,
+                }
             })
-        });
-        match self.errors.take() {
-            Some(e) => Err(e),
-            None => r,
-        }
+        })
     }
 }
 

@@ -126,6 +126,51 @@ def test_saving_over_a_special_file_leaves_it_alone(gpu, tmp_path):
         "link.safetensors", "pipe", "weights.safetensors"]
 
 
+def finishes(f, seconds=120):
+    """Run f in a daemon thread; True if it returned (a deadlock would hang the suite)."""
+    out = {}
+
+    def body():
+        try:
+            out["value"] = f()
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            out["error"] = e
+
+    t = threading.Thread(target=body, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), "deadlocked"
+    return out
+
+
+def test_reentrant_calls_raise_instead_of_deadlocking(gpu):
+    """A Trainer callback (or Python environment) calling its own trainer took the lock its
+    caller held: a deadlock. Now a RuntimeError, and the trainer stays usable."""
+    tr = pompc.Trainer(point(), seed=1, steps=100, gpu=gpu, **small())
+    out = finishes(lambda: tr.run(12, lambda e: tr.step))
+    assert isinstance(out.get("error"), RuntimeError), out
+    assert "busy" in str(out["error"])
+    out = finishes(lambda: tr.run(12, lambda e: tr.run(1)))
+    assert isinstance(out.get("error"), RuntimeError), out
+    before = tr.step
+    assert tr.run(2) == before + 2  # still usable
+
+    class CallsBack(DMCEnv):
+        def step(self, action):
+            holder[0].updates
+            return super().step(action)
+
+        def __deepcopy__(self, memo):
+            return point()
+
+    holder = []
+    holder.append(pompc.Trainer(CallsBack("point", "reach", loader=loader), seed=1,
+                                steps=100, gpu=gpu, **small()))
+    out = finishes(lambda: holder[0].run(3))
+    assert isinstance(out.get("error"), RuntimeError), out
+    assert holder[0].step == 0
+
+
 def test_callbacks_are_checked_and_numpy_false_stops(gpu):
     tr = pompc.Trainer(point(), seed=1, steps=100, gpu=gpu, **small())
     # Was accepted, then raised "not callable" at the first event, after training had run.
@@ -134,6 +179,37 @@ def test_callbacks_are_checked_and_numpy_false_stops(gpu):
     assert tr.step == 0
     # numpy's False (a comparison of numpy values) stops the run as False does.
     assert tr.run(30, lambda e: np.float32(1.0) < 0.0 if e["kind"] == "episode" else None) == 10
+
+
+def test_threads_share_planners_mppi_and_trainers(gpu):
+    """Calls from several threads at once (the GIL is released around GPU work) run one at a
+    time per object and all complete."""
+    model = pompc.WorldModel.init(gpu, "tiny", 4, 2, seed=0)
+    planner = pompc.Planner(model, **SMALL)
+    m = pompc.Mppi(WGSL, 1, 1, horizon=5, samples=8, gpu=gpu)
+    tr = pompc.Trainer(point(), seed=1, steps=100, gpu=gpu, **small())
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(3):
+                assert planner.plan(np.zeros((2, 4), np.float32), True).action.shape == (2, 2)
+                assert m.step(np.zeros(1, np.float32)).shape == (1,)
+            if i == 0:
+                tr.run(10)
+            else:
+                tr.step, tr.history
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "deadlocked"
+    assert errors == []
+    assert planner.calls == 12 and m.calls == 12 and tr.step == 10
 
 
 class Shaped:
