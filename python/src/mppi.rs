@@ -80,7 +80,7 @@ impl Mppi {
     #[new]
     #[pyo3(signature = (dynamics_wgsl, state_dim, control_dim, horizon=100, samples=1024, *,
         param_len=0, lambda_=1.0, gamma=None, sigma=None, u_min=None, u_max=None, dt=0.02,
-        seed=1, trusted=false, keep_rollouts=0, name="user".to_string(), gpu=None))]
+        seed=1, trusted=false, keep_rollouts=0, name="user", gpu=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -99,7 +99,7 @@ impl Mppi {
         #[pyo3(from_py_with = crate::errors::uint_u64)] seed: u64,
         trusted: bool,
         #[pyo3(from_py_with = crate::errors::uint_usize)] keep_rollouts: usize,
-        name: String,
+        name: &str,
         gpu: Option<Py<Gpu>>,
     ) -> PyResult<Self> {
         let c = control_dim;
@@ -121,7 +121,7 @@ impl Mppi {
         cfg.seed = seed;
         cfg.trusted = trusted;
         let problem = Problem {
-            name,
+            name: name.to_string(),
             state_dim,
             control_dim,
             param_len,
