@@ -3,7 +3,7 @@
 //! the Rust trainer drives a Python simulator.
 
 use crate::arrays::{f32_input, f32_vec, type_name};
-use crate::errors::{lock, py_result, type_error, value_error};
+use crate::errors::{lock, missing_attr, py_result, type_error, value_error};
 use pompc::env::{Env as RsEnv, Step};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -139,10 +139,12 @@ pub struct PyEnv {
 }
 
 fn shape_len(space: &Bound<'_, PyAny>, what: &str) -> PyResult<usize> {
+    let no_shape = || type_error(format!("the environment's {what} has no integer shape"));
     let shape: Vec<usize> = space
         .getattr("shape")
-        .and_then(|s| s.extract())
-        .map_err(|_| type_error(format!("the environment's {what} has no integer shape")))?;
+        .map_err(|e| missing_attr(space.py(), e, no_shape()))?
+        .extract()
+        .map_err(|_| no_shape())?;
     // A product that wraps around would pass for a small (or zero) size.
     shape
         .iter()
@@ -181,13 +183,16 @@ impl PyEnv {
                 )));
             }
         }
-        let action_space = obj.getattr("action_space").map_err(|_| {
-            type_error("the environment has no action_space (Gymnasium's Box of actions)")
+        let py = obj.py();
+        let action_space = obj.getattr("action_space").map_err(|e| {
+            let no = type_error("the environment has no action_space (Gymnasium's Box of actions)");
+            missing_attr(py, e, no)
         })?;
         let action_dim = shape_len(&action_space, "action_space")?;
-        let obs_space = obj
-            .getattr("observation_space")
-            .map_err(|_| type_error("the environment has no observation_space (with a shape)"))?;
+        let obs_space = obj.getattr("observation_space").map_err(|e| {
+            let no = type_error("the environment has no observation_space (with a shape)");
+            missing_attr(py, e, no)
+        })?;
         let obs_dim = shape_len(&obs_space, "observation_space")?;
         if action_dim == 0 || obs_dim == 0 {
             return Err(value_error(format!(

@@ -299,12 +299,42 @@ pub fn dtype_error(py: Python<'_>, msg: impl Into<String>) -> PyErr {
 }
 
 /// `e` with `what` before its message, of the same exception type (a bad keyword's
-/// `TypeError` or `ValueError` names the keyword).
+/// `TypeError` or `ValueError` names the keyword). Only the built-in `TypeError`,
+/// `ValueError` and `OverflowError` are rebuilt that way; any other exception (one raised
+/// by the value's own `__index__` or `__float__`, whose class may take other arguments,
+/// or `KeyboardInterrupt`) comes back unchanged, with `what` as a note.
 pub fn named(what: &str, e: PyErr) -> PyErr {
     Python::attach(|py| {
-        let msg = format!("{what}: {}", e.value(py));
-        PyErr::from_type(e.get_type(py), msg)
+        let t = e.get_type(py);
+        let plain = [
+            py.get_type::<PyTypeError>(),
+            py.get_type::<PyValueError>(),
+            py.get_type::<pyo3::exceptions::PyOverflowError>(),
+        ]
+        .iter()
+        .any(|b| t.is(b));
+        if plain {
+            let msg = format!("{what}: {}", e.value(py));
+            PyErr::from_type(t, msg)
+        } else {
+            let _ = e
+                .value(py)
+                .call_method1("add_note", (format!("while reading {what}"),));
+            e
+        }
     })
+}
+
+/// The exception for an attribute `getattr` could not read: an `AttributeError` (it is
+/// missing) becomes `missing` with the original as its cause; anything else the attribute
+/// raised (a property that fails) comes back unchanged.
+pub fn missing_attr(py: Python<'_>, e: PyErr, missing: PyErr) -> PyErr {
+    if e.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) {
+        missing.set_cause(py, Some(e));
+        missing
+    } else {
+        e
+    }
 }
 
 /// `TypeError` with a message.

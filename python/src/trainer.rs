@@ -105,9 +105,15 @@ fn make_envs(
             .import("copy")?
             .call_method1("deepcopy", (env,))
             .map_err(|e| {
-                value_error(format!(
+                // KeyboardInterrupt and other non-Exceptions are not a copying problem.
+                if !e.is_instance_of::<pyo3::exceptions::PyException>(py) {
+                    return e;
+                }
+                let err = value_error(format!(
                     "could not copy the environment for evaluation ({e}); pass eval_env=..."
-                ))
+                ));
+                err.set_cause(py, Some(e));
+                err
             })?,
     };
     let eval = PyEnv::new(&eval_obj, episode_len, name, errors.clone())?;

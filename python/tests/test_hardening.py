@@ -248,3 +248,62 @@ def test_dmc_adapter_wants_integer_counts():
         env.reset(seed=1.5)
     a = env.reset(seed=np.int64(2))[0]
     np.testing.assert_array_equal(a, env.reset(seed=2)[0])
+
+
+class Picky(Exception):
+    """An exception whose constructor takes two arguments."""
+
+    def __init__(self, a, b):
+        super().__init__(a, b)
+
+
+class RaisesOnConversion:
+    def __index__(self):
+        raise Picky(1, 2)
+
+    def __float__(self):
+        raise Picky(1, 2)
+
+
+class SpaceRaises(DMCEnv):
+    @property
+    def action_space(self):
+        raise Picky(3, 4)
+
+    @action_space.setter
+    def action_space(self, value):
+        pass
+
+
+class CopyRaises(DMCEnv):
+    def __init__(self, error):
+        super().__init__("point", "reach", loader=loader)
+        self.error = error
+
+    def __deepcopy__(self, memo):
+        raise self.error
+
+
+def test_exceptions_from_user_objects_come_back_unchanged(gpu):
+    """A setting whose __index__ or __float__ raised an exception class with another
+    constructor came back as "TypeError: __init__() missing 1 required positional
+    argument"; a property of the environment that raised was reported as missing; a
+    KeyboardInterrupt while copying the environment became a ValueError."""
+    model = pompc.WorldModel.init(gpu, "tiny", 4, 2, seed=0)
+    with pytest.raises(Picky) as e:
+        pompc.Planner(model, min_std=RaisesOnConversion())
+    assert "while reading planner setting min_std" in e.value.__notes__
+    with pytest.raises(Picky):
+        pompc.Planner(model, horizon=RaisesOnConversion())
+    with pytest.raises(Picky):
+        pompc.Trainer(point(), gpu=gpu, **dict(small(), batch=RaisesOnConversion()))
+    with pytest.raises(Picky, match="3, 4"):
+        pompc.Trainer(SpaceRaises("point", "reach", loader=loader), gpu=gpu, **small())
+    with pytest.raises(KeyboardInterrupt):
+        pompc.Trainer(CopyRaises(KeyboardInterrupt()), gpu=gpu, **small())
+    with pytest.raises(ValueError, match="eval_env") as e:
+        pompc.Trainer(CopyRaises(Picky(5, 6)), gpu=gpu, **small())
+    assert isinstance(e.value.__cause__, Picky)
+    # Missing attributes are still named as such.
+    with pytest.raises(TypeError, match="no action_space"):
+        pompc.Trainer(type("NoSpaces", (), {"reset": None, "step": None})(), gpu=gpu)
