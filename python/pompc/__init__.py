@@ -9,9 +9,11 @@ latent world models, from numpy.
   on a built-in task (``make_env``) or any Gymnasium-style environment;
   ``pompc.dmc.DMCEnv`` adapts dm_control's suite.
 
-Arrays are numpy float32 in and out. Errors: ``ValueError`` for shapes and bad arguments,
-``TypeError`` for wrong types and dtypes, ``ShaderError`` (a ``ValueError``) for WGSL that
-does not compile, ``OSError`` for files, ``RuntimeError`` for the device.
+Arrays are numpy float32 in and out. Errors: ``ValueError`` for shapes and bad arguments
+(negative or too large integers included), ``DTypeError`` (a ``ValueError`` and a
+``TypeError``) for arrays of another dtype, ``TypeError`` for wrong types, ``ShaderError`` (a
+``ValueError``) for WGSL that does not compile, ``OSError`` for files, ``RuntimeError`` for
+the device and for a call into a ``Trainer`` from inside its own callback or environment.
 """
 
 from ._pompc import (
@@ -20,6 +22,7 @@ from ._pompc import (
     Mppi,
     Plan,
     Planner,
+    DTypeError,
     ShaderError,
     Trainer,
     WorldModel,
@@ -36,6 +39,7 @@ __all__ = [
     "Mppi",
     "Plan",
     "Planner",
+    "DTypeError",
     "ShaderError",
     "Trainer",
     "WorldModel",

@@ -1,15 +1,34 @@
 """Type stubs of the extension module pompc._pompc (see the docstrings at run time)."""
 
 from os import PathLike
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union, final
 
 import numpy as np
 import numpy.typing as npt
 
+__all__ = [
+    "DTypeError",
+    "Env",
+    "Gpu",
+    "Mppi",
+    "Plan",
+    "Planner",
+    "ShaderError",
+    "Trainer",
+    "WorldModel",
+    "__version__",
+    "adapters",
+    "builtin_problem",
+    "env_names",
+    "make_env",
+]
 __version__: str
 
-F32 = npt.NDArray[np.float32]
+_F32 = npt.NDArray[np.float32]
 _Path = Union[str, PathLike[str]]
+
+class DTypeError(ValueError, TypeError):
+    """An array of the wrong dtype (pompc takes float32): both a ValueError and a TypeError."""
 
 class ShaderError(ValueError):
     """WGSL that does not compile; ``lines`` are the user's own line numbers it names."""
@@ -29,19 +48,21 @@ def env_names() -> list[str]:
 def builtin_problem(name: str) -> dict[str, Any]:
     """WGSL and sizes of a ready-made MPPI problem: "cartpole" or "diff-drive"."""
 
+@final
 class Gpu:
     """A GPU device; ``backend`` vulkan/metal/dx12/gl, ``adapter`` a name substring,
     ``precision`` f32/f16/coop."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         backend: Optional[str] = None,
         adapter: Optional[str] = None,
         precision: Optional[str] = None,
-    ) -> None: ...
+    ) -> Gpu: ...
     @property
     def info(self) -> dict[str, Any]: ...
 
+@final
 class WorldModel:
     """TD-MPC2's world model on a Gpu."""
 
@@ -63,20 +84,22 @@ class WorldModel:
     @property
     def param_count(self) -> int: ...
 
+@final
 class Plan:
     """action [B, A], mean and std [B, H, A], value [B], chosen [B]."""
 
-    action: F32
-    mean: F32
-    std: F32
-    value: Union[F32, float]
+    action: _F32
+    mean: _F32
+    std: _F32
+    value: Union[_F32, float]
     chosen: Union[npt.NDArray[np.uint32], int]
 
+@final
 class Planner:
     """TD-MPC2's MPPI planner over a WorldModel; every PlannerConfig field a keyword."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         model: WorldModel,
         full_distribution: bool = True,
         *,
@@ -93,8 +116,8 @@ class Planner:
         mppi_lambda: float = ...,
         plan_mode: str = ...,
         seed: int = ...,
-    ) -> None: ...
-    def plan(self, obs: F32, first_step: Union[bool, Sequence[bool], npt.NDArray[np.bool_]]) -> Plan: ...
+    ) -> Planner: ...
+    def plan(self, obs: _F32, first_step: Union[bool, Sequence[bool], npt.NDArray[np.bool_]]) -> Plan: ...
     @property
     def calls(self) -> int: ...
     @property
@@ -104,11 +127,12 @@ class Planner:
     @property
     def model(self) -> WorldModel: ...
 
+@final
 class Mppi:
     """Classic MPPI over WGSL dynamics and costs."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         dynamics_wgsl: str,
         state_dim: int,
         control_dim: int,
@@ -127,13 +151,13 @@ class Mppi:
         keep_rollouts: int = 0,
         name: str = "user",
         gpu: Optional[Gpu] = None,
-    ) -> None: ...
-    def step(self, state: F32) -> F32: ...
-    def set_params(self, params: F32) -> None: ...
-    def rollouts(self) -> tuple[F32, F32]: ...
+    ) -> Mppi: ...
+    def step(self, state: _F32) -> _F32: ...
+    def set_params(self, params: _F32) -> None: ...
+    def rollouts(self) -> tuple[_F32, _F32]: ...
     def keep_rollouts(self, n: int) -> None: ...
-    def controls(self) -> F32: ...
-    def set_controls(self, controls: F32) -> None: ...
+    def controls(self) -> _F32: ...
+    def set_controls(self, controls: _F32) -> None: ...
     def reset(self) -> None: ...
     @property
     def last_step(self) -> Optional[dict[str, Any]]: ...
@@ -142,6 +166,7 @@ class Mppi:
     @property
     def gpu(self) -> Gpu: ...
 
+@final
 class Env:
     """A built-in Rust task with Gymnasium's reset/step."""
 
@@ -150,14 +175,15 @@ class Env:
     action_dim: int
     episode_len: int
     action_repeat: int
-    def reset(self, seed: Optional[int] = None) -> tuple[F32, dict[str, Any]]: ...
-    def step(self, action: F32) -> tuple[F32, float, bool, bool, dict[str, Any]]: ...
+    def reset(self, seed: Optional[int] = None) -> tuple[_F32, dict[str, Any]]: ...
+    def step(self, action: _F32) -> tuple[_F32, float, bool, bool, dict[str, Any]]: ...
 
+@final
 class Trainer:
     """PO-MPC-family training over a built-in task or a Gymnasium-style environment."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         env: Any,
         method: str = "po-mpc",
         lam: Optional[float] = None,
@@ -172,7 +198,7 @@ class Trainer:
         name: Optional[str] = None,
         planner: Optional[dict[str, Any]] = None,
         **config: Any,
-    ) -> None: ...
+    ) -> Trainer: ...
     @staticmethod
     def resume(
         path: _Path,

@@ -14,9 +14,22 @@ wrapped instead.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any, Callable, Optional
 
 import numpy as np
+
+
+def _count(name: str, value: Any) -> int:
+    """``value`` as a positive int: an int (numpy's too) or a TypeError, at least 1 or a
+    ValueError (a float such as 2.5 is refused rather than truncated)."""
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    if n < 1:
+        raise ValueError(f"{name} {n} must be at least 1")
+    return n
 
 
 class Box:
@@ -64,8 +77,7 @@ class DMCEnv:
         sim_steps: Optional[int] = None,
         loader: Optional[Callable[..., Any]] = None,
     ) -> None:
-        if action_repeat < 1:
-            raise ValueError(f"action_repeat {action_repeat} must be at least 1")
+        action_repeat = _count("action_repeat", action_repeat)
         if env is None:
             if domain is None or task is None:
                 raise TypeError("DMCEnv needs domain and task, or env=")
@@ -77,15 +89,13 @@ class DMCEnv:
         self._domain, self._task, self._loader = domain, task, loader
         self._seed = seed
         self.env = env
-        self.action_repeat = int(action_repeat)
+        self.action_repeat = action_repeat
         if sim_steps is None:
             # dm_control's control.Environment keeps its time limit in simulator steps here
             # (1000 for the suite's standard tasks); infinite means no limit.
             limit = float(getattr(env, "_step_limit", 1000))
             sim_steps = int(limit) if math.isfinite(limit) else 1000
-        if sim_steps < 1:
-            raise ValueError(f"sim_steps {sim_steps} must be at least 1")
-        self.sim_steps = int(sim_steps)
+        self.sim_steps = _count("sim_steps", sim_steps)
         # The suite's time limit counts simulator steps; the agent sees one step per repeat.
         self.episode_len = math.ceil(self.sim_steps / self.action_repeat)
         self.name = f"{domain}-{task}" if domain and task else type(env).__name__
@@ -105,10 +115,14 @@ class DMCEnv:
     def reset(self, *, seed: Optional[int] = None, options: Any = None) -> tuple[np.ndarray, dict]:
         """Start an episode; with ``seed``, the task's random state is reseeded first."""
         if seed is not None:
+            try:
+                seed = operator.index(seed)
+            except TypeError:
+                raise TypeError(f"seed must be an integer or None, got {seed!r}") from None
             random = getattr(getattr(self.env, "task", None), "random", None)
             if random is None:
                 raise TypeError("this dm_control environment has no task.random to seed")
-            random.seed(int(seed) % (2**32))
+            random.seed(seed % (2**32))
         self._t = 0
         ts = self.env.reset()
         return flatten_observation(ts.observation, self._keys), {}

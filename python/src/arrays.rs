@@ -1,7 +1,7 @@
 //! numpy arrays in and out: inputs are checked (type, dtype, rank, sizes, layout) before any
 //! GPU work, outputs are fresh float32 arrays.
 
-use crate::errors::{type_error, value_error};
+use crate::errors::{dtype_error, type_error, value_error};
 use numpy::{
     PyArray1, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray,
     PyUntypedArrayMethods,
@@ -11,8 +11,8 @@ use pyo3::prelude::*;
 /// The values of `obj`, which must be a C-contiguous float32 numpy array whose shape matches
 /// `shape` (`None`: any size on that axis). Returns the values and the actual shape.
 ///
-/// Wrong type or dtype is a `TypeError`, wrong rank, size or layout a `ValueError`; the
-/// messages say how to fix it. Values are not checked here: the library rejects NaN where it
+/// A wrong type is a `TypeError`, a wrong dtype a `pompc.DTypeError` (a `ValueError` and a
+/// `TypeError`), wrong rank, size or layout a `ValueError`; the messages say how to fix it. Values are not checked here: the library rejects NaN where it
 /// matters, with the index of the bad value.
 pub fn f32_input(
     obj: &Bound<'_, PyAny>,
@@ -27,10 +27,14 @@ pub fn f32_input(
         ))
     })?;
     if !arr.dtype().is_equiv_to(&numpy::dtype::<f32>(py)) {
-        return Err(type_error(format!(
-            "{what} must have dtype float32, got {} (convert with arr.astype(numpy.float32))",
-            arr.dtype()
-        )));
+        return Err(dtype_error(
+            py,
+            format!(
+                "{what} must have dtype float32, got {} (convert with \
+                 arr.astype(numpy.float32))",
+                arr.dtype()
+            ),
+        ));
     }
     let got: Vec<usize> = arr.shape().to_vec();
     let want = shape

@@ -3,7 +3,7 @@
 //! the Rust trainer drives a Python simulator.
 
 use crate::arrays::{f32_input, f32_vec, type_name};
-use crate::errors::{lock, py_result, type_error, value_error};
+use crate::errors::{lock, missing_attr, py_result, type_error, value_error};
 use pompc::env::{Env as RsEnv, Step};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -92,7 +92,7 @@ impl Env {
     fn reset<'py>(
         &self,
         py: Python<'py>,
-        seed: Option<u64>,
+        #[pyo3(from_py_with = crate::errors::opt_uint_u64)] seed: Option<u64>,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyDict>)> {
         let seed = seed.unwrap_or_else(|| self.next_seed.fetch_add(1, Ordering::Relaxed));
         let obs = lock(&self.inner, "Env")?.reset(seed);
@@ -139,11 +139,21 @@ pub struct PyEnv {
 }
 
 fn shape_len(space: &Bound<'_, PyAny>, what: &str) -> PyResult<usize> {
+    let no_shape = || type_error(format!("the environment's {what} has no integer shape"));
     let shape: Vec<usize> = space
         .getattr("shape")
-        .and_then(|s| s.extract())
-        .map_err(|_| type_error(format!("the environment's {what} has no integer shape")))?;
-    Ok(shape.iter().product())
+        .map_err(|e| missing_attr(space.py(), e, no_shape()))?
+        .extract()
+        .map_err(|_| no_shape())?;
+    // A product that wraps around would pass for a small (or zero) size.
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| {
+            value_error(format!(
+                "the environment's {what} shape {shape:?} is too large"
+            ))
+        })
 }
 
 fn flat_f64(obj: &Bound<'_, PyAny>) -> PyResult<Vec<f64>> {
@@ -173,13 +183,16 @@ impl PyEnv {
                 )));
             }
         }
-        let action_space = obj.getattr("action_space").map_err(|_| {
-            type_error("the environment has no action_space (Gymnasium's Box of actions)")
+        let py = obj.py();
+        let action_space = obj.getattr("action_space").map_err(|e| {
+            let no = type_error("the environment has no action_space (Gymnasium's Box of actions)");
+            missing_attr(py, e, no)
         })?;
         let action_dim = shape_len(&action_space, "action_space")?;
-        let obs_space = obj
-            .getattr("observation_space")
-            .map_err(|_| type_error("the environment has no observation_space (with a shape)"))?;
+        let obs_space = obj.getattr("observation_space").map_err(|e| {
+            let no = type_error("the environment has no observation_space (with a shape)");
+            missing_attr(py, e, no)
+        })?;
         let obs_dim = shape_len(&obs_space, "observation_space")?;
         if action_dim == 0 || obs_dim == 0 {
             return Err(value_error(format!(

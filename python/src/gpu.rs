@@ -1,6 +1,6 @@
 //! `pompc.Gpu`, `pompc.adapters()` and `pompc.WorldModel`.
 
-use crate::errors::{guard, py_result, to_py, value_error};
+use crate::errors::{guard, py_result, to_py, uint, value_error};
 use pompc::model::{ModelSpec, Weights};
 use pompc::train::ModelPreset;
 use pyo3::prelude::*;
@@ -161,7 +161,8 @@ impl WorldModel {
 
 /// A model size: "tiny", "small" or a TD-MPC2 size in millions (1, 5, 19, 48, 317).
 pub fn parse_size(size: &Bound<'_, PyAny>) -> PyResult<ModelPreset> {
-    if let Ok(n) = size.extract::<u32>() {
+    if size.is_instance_of::<pyo3::types::PyInt>() {
+        let n: u32 = uint(size).map_err(|e| crate::errors::named("model size", e))?;
         return py_result(ModelPreset::parse(&n.to_string()));
     }
     let s: String = size.extract().map_err(|_| {
@@ -191,9 +192,9 @@ impl WorldModel {
         py: Python<'_>,
         gpu: Py<Gpu>,
         size: &Bound<'_, PyAny>,
-        obs_dim: usize,
-        action_dim: usize,
-        seed: u64,
+        #[pyo3(from_py_with = crate::errors::uint_usize)] obs_dim: usize,
+        #[pyo3(from_py_with = crate::errors::uint_usize)] action_dim: usize,
+        #[pyo3(from_py_with = crate::errors::uint_u64)] seed: u64,
     ) -> PyResult<Self> {
         let preset = parse_size(size)?;
         let spec: ModelSpec = py_result(preset.spec(obs_dim, action_dim))?;

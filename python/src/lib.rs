@@ -45,6 +45,7 @@ fn _pompc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("ShaderError", py.get_type::<errors::ShaderError>())?;
+    m.add("DTypeError", errors::dtype_error_type(py)?)?;
     m.add_function(wrap_pyfunction!(gpu::adapters, m)?)?;
     m.add_function(wrap_pyfunction!(env::make_env, m)?)?;
     m.add_function(wrap_pyfunction!(env::env_names, m)?)?;

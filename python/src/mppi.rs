@@ -1,7 +1,7 @@
 //! `pompc.Mppi`: classic MPPI over dynamics and costs written in WGSL.
 
 use crate::arrays::{f32_input, f32_output, f32_vec};
-use crate::errors::{guard, lock, py_result, type_error};
+use crate::errors::{Exclusive, guard, lock, py_result, type_error};
 use crate::gpu::Gpu;
 use pompc::planner::custom::{MppiConfig, MppiStep, Problem};
 use pyo3::prelude::*;
@@ -50,7 +50,7 @@ fn per_control(obj: &Bound<'_, PyAny>, what: &str, c: usize) -> PyResult<Vec<f32
 /// ``rollouts()``. ``gpu`` defaults to a new ``Gpu()``.
 #[pyclass(frozen, module = "pompc")]
 pub struct Mppi {
-    cell: Mutex<MppiCell>,
+    cell: Exclusive<MppiCell>,
     gpu: Py<Gpu>,
     state_dim: usize,
     control_dim: usize,
@@ -68,7 +68,7 @@ impl Mppi {
     ) -> PyResult<T> {
         py.detach(|| {
             guard(|| {
-                let mut cell = lock(&self.cell, "Mppi")?;
+                let mut cell = self.cell.lock()?;
                 cell.with_dependent_mut(|_, m| f(m))
             })
         })
@@ -80,26 +80,26 @@ impl Mppi {
     #[new]
     #[pyo3(signature = (dynamics_wgsl, state_dim, control_dim, horizon=100, samples=1024, *,
         param_len=0, lambda_=1.0, gamma=None, sigma=None, u_min=None, u_max=None, dt=0.02,
-        seed=1, trusted=false, keep_rollouts=0, name="user".to_string(), gpu=None))]
+        seed=1, trusted=false, keep_rollouts=0, name="user", gpu=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         dynamics_wgsl: String,
-        state_dim: usize,
-        control_dim: usize,
-        horizon: usize,
-        samples: usize,
-        param_len: usize,
+        #[pyo3(from_py_with = crate::errors::uint_usize)] state_dim: usize,
+        #[pyo3(from_py_with = crate::errors::uint_usize)] control_dim: usize,
+        #[pyo3(from_py_with = crate::errors::uint_usize)] horizon: usize,
+        #[pyo3(from_py_with = crate::errors::uint_usize)] samples: usize,
+        #[pyo3(from_py_with = crate::errors::uint_usize)] param_len: usize,
         lambda_: f32,
         gamma: Option<f32>,
         sigma: Option<&Bound<'_, PyAny>>,
         u_min: Option<&Bound<'_, PyAny>>,
         u_max: Option<&Bound<'_, PyAny>>,
         dt: f32,
-        seed: u64,
+        #[pyo3(from_py_with = crate::errors::uint_u64)] seed: u64,
         trusted: bool,
-        keep_rollouts: usize,
-        name: String,
+        #[pyo3(from_py_with = crate::errors::uint_usize)] keep_rollouts: usize,
+        name: &str,
         gpu: Option<Py<Gpu>>,
     ) -> PyResult<Self> {
         let c = control_dim;
@@ -121,7 +121,7 @@ impl Mppi {
         cfg.seed = seed;
         cfg.trusted = trusted;
         let problem = Problem {
-            name,
+            name: name.to_string(),
             state_dim,
             control_dim,
             param_len,
@@ -144,7 +144,7 @@ impl Mppi {
             })
         })?;
         Ok(Mppi {
-            cell: Mutex::new(cell),
+            cell: Exclusive::new(cell, "Mppi"),
             gpu,
             state_dim,
             control_dim,
@@ -181,7 +181,11 @@ impl Mppi {
     }
 
     /// Keep the states of the first ``n`` samples of each step for ``rollouts()``.
-    fn keep_rollouts(&self, py: Python<'_>, n: usize) -> PyResult<()> {
+    fn keep_rollouts(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = crate::errors::uint_usize)] n: usize,
+    ) -> PyResult<()> {
         self.with(py, |m| py_result(m.keep_rollouts(n)))
     }
 

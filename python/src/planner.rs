@@ -1,12 +1,12 @@
 //! `pompc.Planner` and `pompc.Plan`: TD-MPC2's MPPI planner over a `WorldModel`.
 
 use crate::arrays::{bool_flags, f32_input, f32_output, f32_vec};
-use crate::errors::{guard, lock, py_result, type_error, value_error};
+use crate::errors::{Exclusive, guard, py_result, type_error, uint, value_error};
 use crate::gpu::WorldModel;
 use pompc::planner::{PlanMode, PlannerConfig, PlannerMode};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyDictMethods};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// What a planner borrows: the device and the model, kept alive here.
 pub struct PlannerOwner {
@@ -56,16 +56,16 @@ pub fn apply_planner_kwargs(
         let key: String = k.extract()?;
         let bad = |e: PyErr| crate::errors::named(&format!("planner setting {key}"), e);
         match key.as_str() {
-            "horizon" => cfg.horizon = v.extract().map_err(bad)?,
-            "num_samples" => cfg.num_samples = v.extract().map_err(bad)?,
-            "num_elites" => cfg.num_elites = v.extract().map_err(bad)?,
-            "num_pi_trajs" => cfg.num_pi_trajs = v.extract().map_err(bad)?,
-            "iterations" => cfg.iterations = v.extract().map_err(bad)?,
+            "horizon" => cfg.horizon = uint(&v).map_err(bad)?,
+            "num_samples" => cfg.num_samples = uint(&v).map_err(bad)?,
+            "num_elites" => cfg.num_elites = uint(&v).map_err(bad)?,
+            "num_pi_trajs" => cfg.num_pi_trajs = uint(&v).map_err(bad)?,
+            "iterations" => cfg.iterations = uint(&v).map_err(bad)?,
             "min_std" => cfg.min_std = v.extract().map_err(bad)?,
             "max_std" => cfg.max_std = v.extract().map_err(bad)?,
             "temperature" => cfg.temperature = v.extract().map_err(bad)?,
             "discount" => cfg.discount = v.extract().map_err(bad)?,
-            "seed" => cfg.seed = v.extract().map_err(bad)?,
+            "seed" => cfg.seed = uint(&v).map_err(bad)?,
             "mode" => mode = Some(v.extract().map_err(bad)?),
             "mppi_lambda" => lambda = Some(v.extract().map_err(bad)?),
             "plan_mode" => {
@@ -196,7 +196,7 @@ impl Plan {
 /// The GIL is released while the GPU plans; calls on one planner run one at a time.
 #[pyclass(frozen, module = "pompc")]
 pub struct Planner {
-    cell: Mutex<PlannerCell>,
+    cell: Exclusive<PlannerCell>,
     model: Py<WorldModel>,
     cfg: PlannerConfig,
     full: bool,
@@ -213,7 +213,7 @@ impl Planner {
     ) -> PyResult<T> {
         py.detach(|| {
             guard(|| {
-                let mut cell = lock(&self.cell, "Planner")?;
+                let mut cell = self.cell.lock()?;
                 cell.with_dependent_mut(|_, p| f(p))
             })
         })
@@ -246,7 +246,7 @@ impl Planner {
             })
         })?;
         Ok(Planner {
-            cell: Mutex::new(cell),
+            cell: Exclusive::new(cell, "Planner"),
             model,
             cfg,
             full: full_distribution,

@@ -2,16 +2,16 @@
 //! family's policy update on the GPU) over a built-in task or a Python environment.
 
 use crate::env::{Env, ErrorSlot, PyEnv};
-use crate::errors::{guard, lock, py_result, to_py, type_error, value_error};
+use crate::errors::{Exclusive, guard, py_result, to_py, type_error, uint, value_error};
 use crate::gpu::{Gpu, WorldModel, parse_size};
 use crate::planner::{apply_planner_kwargs, planner_config_dict};
 use pompc::env::Env as RsEnv;
 use pompc::train::{Event, Method, TrainConfig};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict};
+use pyo3::types::PyDict;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 type RsTrainer<'a> = pompc::train::Trainer<'a>;
 
@@ -44,12 +44,12 @@ fn apply_train_kwargs(cfg: &mut TrainConfig, kwargs: Option<&Bound<'_, PyDict>>)
         let key: String = k.extract()?;
         let bad = |e: PyErr| crate::errors::named(&format!("training setting {key}"), e);
         match key.as_str() {
-            "seed_steps" => cfg.seed_steps = v.extract().map_err(bad)?,
-            "batch" => cfg.batch = v.extract().map_err(bad)?,
-            "buffer_capacity" => cfg.buffer_capacity = v.extract().map_err(bad)?,
-            "eval_every" => cfg.eval_every = v.extract().map_err(bad)?,
-            "eval_episodes" => cfg.eval_episodes = v.extract().map_err(bad)?,
-            "log_every" => cfg.log_every = v.extract().map_err(bad)?,
+            "seed_steps" => cfg.seed_steps = uint(&v).map_err(bad)?,
+            "batch" => cfg.batch = uint(&v).map_err(bad)?,
+            "buffer_capacity" => cfg.buffer_capacity = uint(&v).map_err(bad)?,
+            "eval_every" => cfg.eval_every = uint(&v).map_err(bad)?,
+            "eval_episodes" => cfg.eval_episodes = uint(&v).map_err(bad)?,
+            "log_every" => cfg.log_every = uint(&v).map_err(bad)?,
             "pretrain_policy" => cfg.pretrain_policy = v.extract().map_err(bad)?,
             "planner_precision" => {
                 let p: String = v.extract().map_err(bad)?;
@@ -105,9 +105,15 @@ fn make_envs(
             .import("copy")?
             .call_method1("deepcopy", (env,))
             .map_err(|e| {
-                value_error(format!(
+                // KeyboardInterrupt and other non-Exceptions are not a copying problem.
+                if !e.is_instance_of::<pyo3::exceptions::PyException>(py) {
+                    return e;
+                }
+                let err = value_error(format!(
                     "could not copy the environment for evaluation ({e}); pass eval_env=..."
-                ))
+                ));
+                err.set_cause(py, Some(e));
+                err
             })?,
     };
     let eval = PyEnv::new(&eval_obj, episode_len, name, errors.clone())?;
@@ -198,7 +204,7 @@ fn event_dict<'py>(py: Python<'py>, e: &Event) -> PyResult<Bound<'py, PyDict>> {
 /// ``step``, and its exceptions (and Ctrl-C) stop the run and are re-raised.
 #[pyclass(frozen, module = "pompc")]
 pub struct Trainer {
-    cell: Mutex<TrainerCell>,
+    cell: Exclusive<TrainerCell>,
     gpu: Py<Gpu>,
     errors: ErrorSlot,
     cfg: TrainConfig,
@@ -258,7 +264,7 @@ impl Trainer {
             return Err(e);
         }
         Ok(Trainer {
-            cell: Mutex::new(cell?),
+            cell: Exclusive::new(cell?, "Trainer"),
             gpu,
             errors,
             cfg,
@@ -266,23 +272,28 @@ impl Trainer {
         })
     }
 
-    // As `Planner::with`: the lock is taken with the GIL released.
+    // As `Planner::with`: the lock is taken with the GIL released. A call from inside one of
+    // this trainer's own calls (its callback, its Python environment) is refused before it
+    // touches the error slot, and the slot is read while the lock is held, so a call from
+    // another thread cannot take (or clear) the error of the call that owns the lock.
     fn with<T: Send>(
         &self,
         py: Python<'_>,
         f: impl for<'a> FnOnce(&mut RsTrainer<'a>) -> PyResult<T> + Send,
     ) -> PyResult<T> {
-        self.errors.take();
-        let r = py.detach(|| {
+        self.cell.check()?;
+        py.detach(|| {
             guard(|| {
-                let mut cell = lock(&self.cell, "Trainer")?;
-                cell.with_dependent_mut(|_, t| f(t))
+                let mut cell = self.cell.lock()?;
+                // Left over from an earlier call that failed before reading it.
+                drop(self.errors.take());
+                let r = cell.with_dependent_mut(|_, t| f(t));
+                match self.errors.take() {
+                    Some(e) => Err(e),
+                    None => r,
+                }
             })
-        });
-        match self.errors.take() {
-            Some(e) => Err(e),
-            None => r,
-        }
+        })
     }
 }
 
@@ -299,12 +310,12 @@ impl Trainer {
         method: &str,
         lam: Option<f32>,
         model: Option<&Bound<'py, PyAny>>,
-        seed: u64,
-        steps: usize,
+        #[pyo3(from_py_with = crate::errors::uint_u64)] seed: u64,
+        #[pyo3(from_py_with = crate::errors::uint_usize)] steps: usize,
         quick: bool,
         gpu: Option<Py<Gpu>>,
         eval_env: Option<&Bound<'py, PyAny>>,
-        episode_len: Option<usize>,
+        #[pyo3(from_py_with = crate::errors::opt_uint_usize)] episode_len: Option<usize>,
         name: Option<String>,
         planner: Option<&Bound<'py, PyDict>>,
         config: Option<&Bound<'py, PyDict>>,
@@ -342,12 +353,12 @@ impl Trainer {
         method: &str,
         lam: Option<f32>,
         model: Option<&Bound<'py, PyAny>>,
-        seed: u64,
-        steps: usize,
+        #[pyo3(from_py_with = crate::errors::uint_u64)] seed: u64,
+        #[pyo3(from_py_with = crate::errors::uint_usize)] steps: usize,
         quick: bool,
         gpu: Option<Py<Gpu>>,
         eval_env: Option<&Bound<'py, PyAny>>,
-        episode_len: Option<usize>,
+        #[pyo3(from_py_with = crate::errors::opt_uint_usize)] episode_len: Option<usize>,
         name: Option<String>,
         planner: Option<&Bound<'py, PyDict>>,
         config: Option<&Bound<'py, PyDict>>,
@@ -377,7 +388,21 @@ impl Trainer {
     /// "pretrained" (updates, seconds); returning ``False`` stops the run after that event,
     /// an exception stops it and is re-raised.
     #[pyo3(signature = (steps, callback=None))]
-    fn run(&self, py: Python<'_>, steps: usize, callback: Option<Py<PyAny>>) -> PyResult<usize> {
+    fn run(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = crate::errors::uint_usize)] steps: usize,
+        callback: Option<Py<PyAny>>,
+    ) -> PyResult<usize> {
+        // Not at the first event, after some training already ran.
+        if let Some(cb) = &callback
+            && !cb.bind(py).is_callable()
+        {
+            return Err(type_error(format!(
+                "callback must be callable (a function of the event dict) or None, got {}",
+                crate::arrays::type_name(cb.bind(py))
+            )));
+        }
         let errors = self.errors.clone();
         let stopped = AtomicBool::new(false);
         self.with(py, |t| {
@@ -388,8 +413,8 @@ impl Trainer {
                         Some(cb) => {
                             let d = event_dict(py, e)?;
                             let out = cb.call1(py, (d,))?;
-                            let out = out.bind(py);
-                            Ok(out.cast::<PyBool>().is_ok_and(|b| !b.is_true()))
+                            // False stops, numpy's False too; anything else continues.
+                            Ok(out.bind(py).extract::<bool>().is_ok_and(|b| !b))
                         }
                         None => Ok(false),
                     });
@@ -421,7 +446,12 @@ impl Trainer {
     /// Returns of ``episodes`` evaluation episodes (planner in eval mode, no exploration
     /// noise) on the evaluation environment, episode seeds drawn from ``seed``.
     #[pyo3(signature = (episodes=10, seed=0))]
-    fn evaluate(&self, py: Python<'_>, episodes: usize, seed: u64) -> PyResult<Vec<f32>> {
+    fn evaluate(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = crate::errors::uint_usize)] episodes: usize,
+        #[pyo3(from_py_with = crate::errors::uint_u64)] seed: u64,
+    ) -> PyResult<Vec<f32>> {
         self.with(py, |t| py_result(t.evaluate(episodes, seed)))
     }
 

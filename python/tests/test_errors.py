@@ -63,7 +63,7 @@ def test_planner_settings_are_checked(gpu):
         pompc.Planner(model, mode="mppi", mppi_lambda=float("nan"))
     with pytest.raises(TypeError, match="horizon"):
         pompc.Planner(model, horizon="three")
-    with pytest.raises(OverflowError, match="planner setting horizon"):
+    with pytest.raises(ValueError, match="planner setting horizon: expected a non-negative"):
         pompc.Planner(model, horizon=-1)
 
 

@@ -1,0 +1,21 @@
+"""The type stubs (pompc/_pompc.pyi) match the extension's real signatures: mypy's stubtest,
+where mypy is installed (pip install mypy)."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import pompc
+
+
+def test_stubs_match_the_extension():
+    pytest.importorskip("mypy.stubtest")
+    package = pathlib.Path(pompc.__file__).resolve().parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(package.parent), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-m", "mypy.stubtest", "pompc._pompc"],
+                       capture_output=True, text=True, env=env, cwd=package.parent, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
