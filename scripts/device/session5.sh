@@ -6,7 +6,8 @@
 # 22), checkpoints returned. Part `grouped` (issue 19): the plan step with the rollout's
 # dynamics and reward layers paired (POMPC_GROUPED_ROLLOUT=1) against apart, alternating, in
 # the same call. Binaries come gzipped in .gpu/bin; wheels in .gpu/wheels (cp312).
-# Prepare here (the carried tree must stay under 64 MiB):
+# scripts/device/prepare_next.sh does the preparation below (and checks the size). By hand,
+# here (the carried tree must stay under 64 MiB):
 #   cargo build --release --workspace && mkdir -p /tmp/capi
 #   strip -o /tmp/capi/libpompc_c.so target/release/libpompc_c.so
 #   gcc -O2 -std=c99 -Icapi/include capi/examples/mppi_bench.c -L/tmp/capi -lpompc_c -lm \
