@@ -6,6 +6,12 @@
 //! work of another); an agent's results are the same as when it trains alone. Sharing the
 //! dispatches themselves (the agents' weights as one more batch dimension of every kernel) is
 //! what will make a population fill the card; the interface stays this one.
+//!
+//! Which agents may share a population: today any (other tasks, model sizes, methods,
+//! lambdas, seeds), since each keeps its own dispatches. Agents whose dispatches are shared
+//! will need the same model size, task dimensions and planner shape (samples, horizon,
+//! iterations), and the same update batch and horizon; the seed and the PO-MPC family's
+//! scalar coefficients (lambda, the loss weights) will stay free per agent.
 
 use super::agent::{Event, TrainConfig, Trainer};
 use crate::env::Env;
