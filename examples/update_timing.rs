@@ -25,10 +25,24 @@ fn main() -> pompc::Result<()> {
     if profile {
         let runs = 10;
         let rows = pompc::bench::profile_update(&gpu, &spec, batch, runs, 5)?;
-        print_profile("world-model update, 5M", batch, &rows);
+        print!(
+            "\n{}",
+            pompc::bench::profile_table(
+                &format!("world-model update, 5M, batch {batch}"),
+                "update",
+                &rows
+            )
+        );
         let cfg = pompc::train::PolicyUpdateConfig::pompc(spec.action_dim, 1.0);
         let rows = pompc::bench::profile_policy(&gpu, &spec, cfg, batch, runs, 5)?;
-        print_profile("PO-MPC policy update (lambda 1), 5M", batch, &rows);
+        print!(
+            "\n{}",
+            pompc::bench::profile_table(
+                &format!("PO-MPC policy update (lambda 1), 5M, batch {batch}"),
+                "update",
+                &rows
+            )
+        );
         return Ok(());
     }
     let cfg = UpdateConfig::tdmpc2();
@@ -61,28 +75,4 @@ fn main() -> pompc::Result<()> {
         );
     }
     Ok(())
-}
-
-fn print_profile(what: &str, batch: usize, rows: &[pompc::bench::PlanProfileRow]) {
-    let total: f64 = rows.iter().map(|r| r.seconds).sum();
-    let count: usize = rows.iter().map(|r| r.count).sum();
-    println!(
-        "\n{what}, batch {batch}: {:.3} ms GPU in {count} dispatches (each timed alone)",
-        total * 1e3
-    );
-    println!(
-        "{:<34} {:>14} {:>6} {:>10} {:>9} {:>6}",
-        "kernel", "workgroups", "count", "ms/update", "us each", "share"
-    );
-    for r in rows {
-        println!(
-            "{:<34} {:>14} {:>6} {:>10.3} {:>9.1} {:>5.1}%",
-            r.kernel,
-            format!("{}x{}x{}", r.groups[0], r.groups[1], r.groups[2]),
-            r.count,
-            r.seconds * 1e3,
-            r.seconds / r.count.max(1) as f64 * 1e6,
-            100.0 * r.seconds / total
-        );
-    }
 }

@@ -493,6 +493,42 @@ pub struct PlanProfileRow {
     pub seconds: f64,
 }
 
+/// A profile as a text table, headed by `what`: kernels and launch shapes by GPU time per
+/// `unit` (step, update), with launches, microseconds each and share of the total (what
+/// `pompc bench ... --profile` and `examples/update_timing --profile` print).
+pub fn profile_table(what: &str, unit: &str, rows: &[PlanProfileRow]) -> String {
+    use std::fmt::Write;
+    let total: f64 = rows.iter().map(|r| r.seconds).sum();
+    let launches: usize = rows.iter().map(|r| r.count).sum();
+    let mut t = format!(
+        "{what}: {:.3} ms GPU in {launches} dispatches (each timed alone)\n",
+        total * 1e3
+    );
+    let _ = writeln!(
+        t,
+        "{:<28} {:>22} {:>6} {:>10} {:>10} {:>6}",
+        "kernel",
+        "workgroups",
+        "count",
+        format!("ms/{unit}"),
+        "us each",
+        "share"
+    );
+    for r in rows {
+        let _ = writeln!(
+            t,
+            "{:<28} {:>22} {:>6} {:>10.3} {:>10.1} {:>5.1}%",
+            r.kernel,
+            format!("{}x{}x{}", r.groups[0], r.groups[1], r.groups[2]),
+            r.count,
+            r.seconds * 1e3,
+            r.seconds / r.count.max(1) as f64 * 1e6,
+            100.0 * r.seconds / total.max(f64::MIN_POSITIVE)
+        );
+    }
+    t
+}
+
 /// Where a plan step's GPU time goes: `runs` steps (after `warmup`) with every dispatch timed
 /// on its own, summed per kernel and launch shape, largest first. Timing each dispatch in its
 /// own pass adds a little to each; compare the total with [`bench_plan_at`]'s GPU time.
@@ -1136,6 +1172,35 @@ pub fn bench_gemm_coop(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn profile_table_gives_each_shape_its_time_and_share() {
+        let row = |kernel: &str, count, seconds| PlanProfileRow {
+            kernel: kernel.into(),
+            groups: [4, 2, 1],
+            count,
+            seconds,
+        };
+        let t = profile_table(
+            "plan step",
+            "step",
+            &[row("linear::gemm", 4, 3e-3), row("planner::refit", 2, 1e-3)],
+        );
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "plan step: 4.000 ms GPU in 6 dispatches (each timed alone)"
+        );
+        assert!(lines[1].contains("ms/step"), "{t}");
+        // 3 ms over 4 launches: 750 us each, 75% of the total.
+        let gemm: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(
+            gemm,
+            ["linear::gemm", "4x2x1", "4", "3.000", "750.0", "75.0%"]
+        );
+        assert!(lines[3].ends_with("25.0%"), "{t}");
+    }
+
     use super::*;
 
     #[test]

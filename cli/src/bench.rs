@@ -779,32 +779,7 @@ fn profile_plan(
 
 /// One profile table: kernels and launch shapes by GPU time per `unit` (step, update).
 fn print_profile(what: &str, unit: &str, rows: &[bench::PlanProfileRow]) {
-    let total: f64 = rows.iter().map(|r| r.seconds).sum();
-    let launches: usize = rows.iter().map(|r| r.count).sum();
-    println!(
-        "\n{what}: {:.3} ms GPU in {launches} dispatches (each timed alone)",
-        total * 1e3
-    );
-    println!(
-        "{:<28} {:>22} {:>6} {:>10} {:>10} {:>6}",
-        "kernel",
-        "workgroups",
-        "count",
-        format!("ms/{unit}"),
-        "us each",
-        "share"
-    );
-    for r in rows {
-        println!(
-            "{:<28} {:>22} {:>6} {:>10.3} {:>10.1} {:>5.1}%",
-            r.kernel,
-            format!("{}x{}x{}", r.groups[0], r.groups[1], r.groups[2]),
-            r.count,
-            r.seconds * 1e3,
-            r.seconds / r.count.max(1) as f64 * 1e6,
-            100.0 * r.seconds / total
-        );
-    }
+    print!("\n{}", bench::profile_table(what, unit, rows));
 }
 
 #[derive(Serialize)]

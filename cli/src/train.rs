@@ -282,7 +282,7 @@ pub fn run(a: TrainArgs) -> Result {
         pb.set_prefix(format!("seed {seed}"));
         return one(&a, &gpu, method, seed, &Progress::One(pb));
     }
-    let population = Population::new(&runs, a.steps, a.quiet);
+    let population = PopulationLine::new(&runs, a.steps, a.quiet);
     say(
         &population.bar,
         &format!("{} runs in parallel on {}", runs.len(), gpu.describe()),
@@ -332,15 +332,15 @@ struct RunState {
 
 /// Several runs at once: one line with the steps of all, their aggregate rate and the spread
 /// of their last returns.
-struct Population {
+struct PopulationLine {
     bar: ProgressBar,
     runs: Mutex<Vec<RunState>>,
     steps: usize,
     t0: std::time::Instant,
 }
 
-impl Population {
-    fn new(runs: &[(Method, u64)], steps: usize, quiet: bool) -> Population {
+impl PopulationLine {
+    fn new(runs: &[(Method, u64)], steps: usize, quiet: bool) -> PopulationLine {
         let bar = bar(&MultiProgress::new(), steps * runs.len(), quiet);
         bar.set_prefix(format!("{} runs", runs.len()));
         let state = RunState {
@@ -349,7 +349,7 @@ impl Population {
             last_ret: f32::NAN,
             last_eval: f32::NAN,
         };
-        Population {
+        PopulationLine {
             bar,
             runs: Mutex::new(vec![state; runs.len()]),
             steps,
@@ -396,7 +396,7 @@ impl Population {
 /// How a run shows its progress: its own bar, or its part of a population's line.
 enum Progress<'p> {
     One(ProgressBar),
-    Member(&'p Population, usize),
+    Member(&'p PopulationLine, usize),
 }
 
 impl Progress<'_> {
