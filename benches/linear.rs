@@ -54,6 +54,8 @@ fn bench(c: &mut Criterion) {
             z_offset: 0,
             a_offset: 0,
             z_repeat: 0,
+            input_groups: 1,
+            input_strides: None,
         };
         group.throughput(Throughput::Elements(cfg.flops(m) as u64));
         group.bench_function(format!("{name} {m}x{}x{}", cfg.n, cfg.k), |bch| {

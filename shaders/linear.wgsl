@@ -59,10 +59,10 @@ const B_LOADS: u32 = BN * BK / WG;
 var<workgroup> As: array<vec4<f32>, BK * AS / 4u>;
 var<workgroup> Bs: array<vec4<f32>, BK * BS / 4u>;
 
-fn load_x(e: u32, row: u32, k: u32, k_end: u32) -> f32 {
+fn load_x(blk: u32, row: u32, k: u32, k_end: u32) -> f32 {
     var v = 0.0;
     if (row < p.m && k < k_end) {
-        v = x_at(e, row, k);
+        v = x_at(blk, row, k);
     }
     return v;
 }
@@ -79,7 +79,7 @@ fn load_w(we: u32, col: u32, k: u32, k_end: u32) -> f32 {
 // tile, with i = tid + r * WG: consecutive threads read consecutive k (coalesced), and each
 // thread's four values form one vec4 of the transposed tile. Likewise for W.
 fn load_tiles(
-    e: u32,
+    blk: u32,
     we: u32,
     row0: u32,
     col0: u32,
@@ -94,10 +94,10 @@ fn load_tiles(
         let row = row0 + (i / BK) * 4u;
         let k = k0 + i % BK;
         (*ra)[r] = vec4<f32>(
-            load_x(e, row, k, k_end),
-            load_x(e, row + 1u, k, k_end),
-            load_x(e, row + 2u, k, k_end),
-            load_x(e, row + 3u, k, k_end),
+            load_x(blk, row, k, k_end),
+            load_x(blk, row + 1u, k, k_end),
+            load_x(blk, row + 2u, k, k_end),
+            load_x(blk, row + 3u, k, k_end),
         );
     }
     for (var r = 0u; r < B_LOADS / 4u; r++) {
@@ -121,6 +121,7 @@ fn gemm(
 ) {
     let e = wid.z / SPLIT;
     let we = weight_set(e);
+    let blk = input_block(e);
     let s = wid.z % SPLIT;
     let row0 = wid.y * BM;
     let col0 = wid.x * BN;
@@ -132,7 +133,7 @@ fn gemm(
     var acc: array<vec4<f32>, TM * RN>;
     var ra: array<vec4<f32>, A_LOADS / 4u>;
     var rb: array<vec4<f32>, B_LOADS / 4u>;
-    load_tiles(e, we, row0, col0, k_begin, k_end, tid, &ra, &rb);
+    load_tiles(blk, we, row0, col0, k_begin, k_end, tid, &ra, &rb);
 
     for (var kt = k_begin; kt < k_end; kt += BK) {
         workgroupBarrier();
@@ -148,7 +149,7 @@ fn gemm(
         workgroupBarrier();
         let next = kt + BK;
         if (next < k_end) {
-            load_tiles(e, we, row0, col0, next, k_end, tid, &ra, &rb);
+            load_tiles(blk, we, row0, col0, next, k_end, tid, &ra, &rb);
         }
         for (var kk = 0u; kk < BK; kk++) {
             var av: array<vec4<f32>, RM>;

@@ -37,7 +37,7 @@ fn slot_of(bt: u32) -> u32 {
 // 512 + action dimension), by element otherwise. Rows and columns past the matrix are
 // clamped (their results are dropped).
 fn coop_fast_end(bt: u32, k_begin: u32, k_end: u32) -> u32 {
-    let x0 = p.xz_offset + slot_of(bt) * p.xz_stride;
+    let x0 = p.xz_offset + input_block(slot_of(bt)) * p.xz_stride;
     if (((x0 | K1) & 3u) != 0u || k_begin >= min(k_end, K1)) {
         return k_begin;
     }
@@ -45,7 +45,7 @@ fn coop_fast_end(bt: u32, k_begin: u32, k_end: u32) -> u32 {
 }
 
 fn coop_a8_fast(bt: u32, row: u32, k: u32) -> H8 {
-    let at = (p.xz_offset + slot_of(bt) * p.xz_stride + min(row, p.m - 1u) * K1 + k) / 4u;
+    let at = (p.xz_offset + input_block(slot_of(bt)) * p.xz_stride + min(row, p.m - 1u) * K1 + k) / 4u;
     return H8(vec4<f16>(xz4[at]), vec4<f16>(xz4[at + 1u]));
 }
 
@@ -71,8 +71,8 @@ fn coop_a8(bt: u32, row: u32, k: u32, k_end: u32) -> H8 {
     if (row >= p.m) {
         return H8();
     }
-    let e = slot_of(bt);
-    let at = p.xz_offset + e * p.xz_stride + row * K1 + k;
+    let blk = input_block(slot_of(bt));
+    let at = p.xz_offset + blk * p.xz_stride + row * K1 + k;
     // Whole chunks of Z that are 16-byte aligned (as f32; 8 bytes as f16): two vector loads.
     if (k + 8u <= min(k_end, K1) && (at & 3u) == 0u) {
         return H8(vec4<f16>(xz4[at / 4u]), vec4<f16>(xz4[at / 4u + 1u]));
@@ -80,7 +80,7 @@ fn coop_a8(bt: u32, row: u32, k: u32, k_end: u32) -> H8 {
     var v: array<f32, 8>;
     for (var j = 0u; j < 8u; j++) {
         if (k + j < k_end) {
-            v[j] = x_at(e, row, k + j);
+            v[j] = x_at(blk, row, k + j);
         }
     }
     return h8_from(v, k, k_end);

@@ -76,6 +76,8 @@ fn bad_linear_shapes_and_inputs() {
         z_offset: 0,
         a_offset: 0,
         z_repeat: 0,
+        input_groups: 1,
+        input_strides: None,
     };
     let layer = Linear::new(gpu, LinearConfig::new(8, 8)).unwrap();
     let mut rec = Recorder::new(gpu);

@@ -66,6 +66,8 @@ fn run_heads(
                 z_offset: 0,
                 a_offset: 0,
                 z_repeat: 0,
+                input_groups: 1,
+                input_strides: None,
             },
         )
         .unwrap();
@@ -202,6 +204,160 @@ fn a_chosen_subset_of_ensemble_members() {
     }
 }
 
+/// A population: `agents` agents' weight sets stacked agent by agent (`members` each), one
+/// launch for all, every agent reading its own input block; blocks `gap` elements apart
+/// beyond their rows, the gaps NaN, so a read outside an agent's block shows.
+#[allow(clippy::too_many_arguments)]
+fn run_population(
+    gpu: &Gpu,
+    r: &mut impl Rng,
+    cfg: LinearConfig,
+    m: usize,
+    agents: usize,
+    heads: Option<&[u32]>,
+    gap: usize,
+    plan: Option<LinearPlan>,
+) {
+    let slots = heads.map_or(cfg.members, |h| h.len());
+    let blocks_n = if cfg.shared_input { agents } else { slots };
+    let k2 = cfg.k - cfg.k1;
+    let mut blocks = reference::linear::InputBlocks::packed_for(&cfg, m, agents, Some(slots));
+    blocks.z_stride += gap;
+    blocks.a_stride += gap;
+    let fill = |r: &mut _, stride: usize, rows: usize| {
+        let mut v = vec![f32::NAN; blocks_n * stride];
+        for blk in 0..blocks_n {
+            let data = uniform(r, rows, 1.0);
+            v[blk * stride..blk * stride + rows].copy_from_slice(&data);
+        }
+        v
+    };
+    let z = fill(r, blocks.z_stride, m * cfg.k1);
+    let a = fill(r, blocks.a_stride.max(1), m * k2);
+    let e = cfg.members;
+    let w = uniform(r, e * cfg.n * cfg.k, 1.0 / (cfg.k as f32).sqrt());
+    let b = uniform(r, e * cfg.n, 1.0);
+    let g = uniform(r, e * cfg.n, 2.0);
+    let be = uniform(r, e * cfg.n, 1.0);
+    let ln = cfg.layer_norm.then_some((g.as_slice(), be.as_slice()));
+    let want = reference::linear::linear_blocks(&cfg, m, blocks, &z, &a, &w, &b, ln, heads);
+
+    let up = |name, v: &[f32]| GpuBuffer::from_slice(gpu, name, v).unwrap();
+    let (zb, ab, wb, bb, gb, beb) = (
+        up("z", &z),
+        up("a", &a),
+        up("w", &w),
+        up("b", &b),
+        up("gamma", &g),
+        up("beta", &be),
+    );
+    let y = GpuBuffer::<f32>::new(gpu, "y", slots * m * cfg.n).unwrap();
+    let hb = heads.map(|h| GpuBuffer::from_slice(gpu, "heads", h).unwrap());
+    y.fill_u32(gpu, POISON).unwrap();
+    let layer = Linear::new(gpu, cfg).unwrap().with_plan(plan);
+    let mut rec = Recorder::new(gpu);
+    let strides = (gap > 0).then_some((blocks.z_stride, blocks.a_stride));
+    layer
+        .record(
+            &mut rec,
+            m,
+            LinearInputs {
+                a: (k2 > 0).then_some(&ab),
+                ln: cfg.layer_norm.then_some((&gb, &beb)),
+                heads: hb.as_ref(),
+                input_groups: agents,
+                input_strides: strides,
+                ..LinearInputs::new(&zb, &wb, &bb, &y)
+            },
+        )
+        .unwrap();
+    let h = rec.read(&y);
+    let got = rec.finish().unwrap().get(&h).unwrap();
+    let err = rel_error(&got, &want);
+    assert!(
+        err <= TOL,
+        "{cfg:?} m={m} agents={agents} heads={heads:?} gap={gap} checks={:?}: relative error \
+         {err:e} > {TOL:e}",
+        gpu.shader_checks()
+    );
+}
+
+/// A population's layers in one launch: each agent's networks (one weight set, or a Q
+/// ensemble of five whose first layer the agent's members share) read the agent's rows.
+#[test]
+fn a_population_of_agents_reads_each_agents_rows() {
+    let mut r = rng("population");
+    for gpu in gpus() {
+        for agents in [2, 3] {
+            let k1 = r.random_range(1..70);
+            let k = k1 + r.random_range(1..9);
+            let n = r.random_range(LN_MIN_WIDTH..100);
+            let m = r.random_range(1..90);
+            let gap = [0, 7][agents % 2];
+            // One network per agent: every slot its own block.
+            let cfg = LinearConfig::new(k, n)
+                .with_concat(k1)
+                .with_members(agents, false)
+                .with_ln()
+                .with_act(Activation::Mish);
+            run_population(gpu, &mut r, cfg, m, agents, None, gap, None);
+            // Q ensembles of five per agent, first layer shared within an agent: all heads,
+            // then two chosen heads per agent (a planner's), then a split-K plan.
+            let cfg = LinearConfig::new(k, n)
+                .with_concat(k1)
+                .with_members(5 * agents, true)
+                .with_ln()
+                .with_act(Activation::Mish);
+            run_population(gpu, &mut r, cfg, m, agents, None, gap, None);
+            let heads: Vec<u32> = (0..agents as u32)
+                .flat_map(|i| [5 * i + r.random_range(0..5), 5 * i + r.random_range(0..5)])
+                .collect();
+            run_population(gpu, &mut r, cfg, m, agents, Some(&heads), gap, None);
+            let plan = Some(LinearPlan {
+                tile: Tile::SMALL,
+                split: 2,
+            });
+            run_population(gpu, &mut r, cfg, m, agents, Some(&heads), gap, plan);
+        }
+    }
+}
+
+/// Slots that do not split into the input groups, and blocks past the buffer's end, are
+/// errors before anything is recorded.
+#[test]
+fn bad_input_groups_are_errors() {
+    let gpu = &gpus()[0];
+    let cfg = LinearConfig::new(8, 16).with_members(6, true);
+    let layer = Linear::new(gpu, cfg).unwrap();
+    let buf = |n| GpuBuffer::<f32>::new(gpu, "buf", n).unwrap();
+    let (z, w, b, y) = (
+        buf(4 * 3 * 8),
+        buf(6 * 16 * 8),
+        buf(6 * 16),
+        buf(6 * 4 * 16),
+    );
+    let mut rec = Recorder::new(gpu);
+    for (groups, strides) in [(4, None), (0, None), (6, None), (2, Some((100, 0)))] {
+        let io = LinearInputs {
+            input_groups: groups,
+            input_strides: strides,
+            ..LinearInputs::new(&z, &w, &b, &y)
+        };
+        let e = layer.record(&mut rec, 4, io).unwrap_err();
+        assert!(
+            matches!(e, pompc::Error::InvalidArgument(_) | pompc::Error::Shape(_)),
+            "groups {groups}, strides {strides:?}: {e}"
+        );
+    }
+    // Three groups of two slots, each block 4 rows of 8: exactly the buffer.
+    let io = LinearInputs {
+        input_groups: 3,
+        ..LinearInputs::new(&z, &w, &b, &y)
+    };
+    layer.record(&mut rec, 4, io).unwrap();
+    assert!(rec.dispatches() >= 1);
+}
+
 #[test]
 fn repeated_calls_reuse_pipelines() {
     // A device of its own: the shared ones gain pipelines from tests running alongside.
@@ -269,6 +425,8 @@ fn repeated_z_rows_match_the_mirror_on_the_repeated_input() {
                 a: Some(&ab),
                 ln: ln.then_some((&gb, &beb)),
                 z_repeat: g,
+                input_groups: 1,
+                input_strides: None,
                 ..LinearInputs::new(&zb, &wb, &bb, &y)
             };
             layer.record(&mut rec, m, io).unwrap();
@@ -285,6 +443,8 @@ fn repeated_z_rows_match_the_mirror_on_the_repeated_input() {
             let plain = Linear::new(gpu, LinearConfig::new(k1, n)).unwrap();
             let io = LinearInputs {
                 z_repeat: g,
+                input_groups: 1,
+                input_strides: None,
                 ..LinearInputs::new(&zb, &wb, &bb, &y)
             };
             assert!(plain.record(&mut Recorder::new(gpu), m, io).is_err());

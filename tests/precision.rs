@@ -120,6 +120,8 @@ fn run<X: Store, W: Store, Y: Store>(
                 z_offset: 0,
                 a_offset: 0,
                 z_repeat: 0,
+                input_groups: 1,
+                input_strides: None,
             },
         )
         .unwrap();
@@ -529,6 +531,8 @@ fn repeated_z_rows_at_f16_and_on_tensor_cores() {
                 a: Some(&ab),
                 ln: Some((&gb, &beb)),
                 z_repeat: g,
+                input_groups: 1,
+                input_strides: None,
                 ..LinearInputs::new(&zb, &wb, &bb, &y16)
             };
             layer.record(&mut rec, m, io).unwrap();
@@ -536,6 +540,8 @@ fn repeated_z_rows_at_f16_and_on_tensor_cores() {
                 a: Some(&ab),
                 ln: Some((&gb, &beb)),
                 z_repeat: g,
+                input_groups: 1,
+                input_strides: None,
                 ..LinearInputs::new(&zb, &wb, &bb, &y32)
             };
             layer.record(&mut rec, m, io).unwrap();

@@ -21,7 +21,7 @@ alias YT = f32;
 
 struct Params {
     m: u32,
-    // Elements between ensemble members in xz and xa; 0 shares the input.
+    // Elements between input blocks in xz and xa (slot e reads block e / in_group).
     xz_stride: u32,
     xa_stride: u32,
     // Output slots (ensemble members evaluated).
@@ -33,6 +33,13 @@ struct Params {
     xa_offset: u32,
     // The epilogue with PRE: rows of `pre` (row r adds pre row r % pre_rows).
     pre_rows: u32,
+    // Output slots per input block: all of them where every member reads the same rows (a Q
+    // ensemble's first layer), the slots of one agent in a population, 1 where each slot
+    // reads its own.
+    in_group: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> xz: array<XT>;
@@ -61,12 +68,18 @@ fn k_range(k_begin: u32, k_end: u32) -> vec2<u32> {
     return vec2<u32>(k_begin, k_end);
 }
 
-// Element k of row `row` of the concatenated input [Z | A] of output slot e.
-fn x_at(e: u32, row: u32, k: u32) -> f32 {
+// The input block that output slot e reads.
+fn input_block(e: u32) -> u32 {
+    return e / p.in_group;
+}
+
+// Element k of row `row` of the concatenated input [Z | A] of input block `blk`
+// (`input_block` of the slot; callers hoist it out of their loops).
+fn x_at(blk: u32, row: u32, k: u32) -> f32 {
     if (k < K1) {
-        return f32(xz[p.xz_offset + e * p.xz_stride + row * K1 + k]);
+        return f32(xz[p.xz_offset + blk * p.xz_stride + row * K1 + k]);
     }
-    return xa[p.xa_offset + e * p.xa_stride + row * (K - K1) + (k - K1)];
+    return xa[p.xa_offset + blk * p.xa_stride + row * (K - K1) + (k - K1)];
 }
 
 fn weight_set(e: u32) -> u32 {

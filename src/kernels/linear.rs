@@ -298,7 +298,9 @@ pub struct LinearConfig {
     pub k1: usize,
     /// Independent weight sets run in one dispatch.
     pub members: usize,
-    /// Whether all members read the same input rows (the first layer of a Q ensemble).
+    /// Whether the members read the same input rows (the first layer of a Q ensemble): all
+    /// of them, or those of one agent where [`LinearInputs::input_groups`] splits the weight
+    /// sets into a population's agents.
     pub shared_input: bool,
     /// LayerNorm (affine, eps 1e-5) before the activation.
     pub layer_norm: bool,
@@ -375,9 +377,10 @@ impl LinearConfig {
 /// The buffers of one call. Z, W and Y are f32 unless given as f16 buffers ([`Element`]).
 #[derive(Debug)]
 pub struct LinearInputs<'a, X: Element = f32, W: Element = f32, Y: Element = f32> {
-    /// Z: `[members or 1, m, k1]`.
+    /// Z: `[blocks, m, k1]`: a block per output slot, or per input group where the layer
+    /// shares its input (see [`LinearInputs::input_groups`]).
     pub z: &'a GpuBuffer<X>,
-    /// A: `[members or 1, m, k - k1]`; needed when `k1 < k`.
+    /// A: `[blocks, m, k - k1]`; needed when `k1 < k`.
     pub a: Option<&'a GpuBuffer<f32>>,
     /// Weights `[members, n, k]` (row-major, as torch's `nn.Linear.weight`).
     pub w: &'a GpuBuffer<W>,
@@ -400,6 +403,17 @@ pub struct LinearInputs<'a, X: Element = f32, W: Element = f32, Y: Element = f32
     /// The layer then sums `Z W^T` once per distinct row and `A W^T` per row. Needs a
     /// concatenated input and one weight set.
     pub z_repeat: usize,
+    /// Input blocks of a layer that shares its input among members
+    /// ([`LinearConfig::shared_input`]): the output slots split into this many consecutive
+    /// groups (the agents of a population, each evaluating its own members or chosen heads)
+    /// and group `i` reads block `i` of Z and A. 1 (all slots read block 0) unless a
+    /// population's weight sets are stacked agent by agent. Without a shared input every slot
+    /// reads its own block and this is ignored.
+    pub input_groups: usize,
+    /// Elements between consecutive input blocks of Z and of A; `None`: blocks back to back
+    /// (`m * k1` and `m * (k - k1)`). A population's rows of one time step, stored
+    /// `[T, agents, rows, A]` or as a prefix of each agent's rows, need explicit strides.
+    pub input_strides: Option<(usize, usize)>,
 }
 
 impl<X: Element, W: Element, Y: Element> Clone for LinearInputs<'_, X, W, Y> {
@@ -429,6 +443,8 @@ impl<'a, X: Element, W: Element, Y: Element> LinearInputs<'a, X, W, Y> {
             z_offset: 0,
             a_offset: 0,
             z_repeat: 0,
+            input_groups: 1,
+            input_strides: None,
         }
     }
 }
@@ -444,6 +460,8 @@ struct Params {
     xz_offset: u32,
     xa_offset: u32,
     pre_rows: u32,
+    in_group: u32,
+    _pad: [u32; 3],
 }
 
 const BINDINGS: [(u32, Binding); 7] = [
@@ -597,7 +615,7 @@ fn needs_epilogue(cfg: &LinearConfig, split: u32) -> bool {
 /// let (g, beta) = (b.clone(), b.clone());
 /// let y = pompc::GpuBuffer::<f32>::new(&gpu, "y", m * 512)?;
 /// let mut rec = pompc::Recorder::new(&gpu);
-/// layer.record(&mut rec, m, LinearInputs { z: &x, a: None, w: &w, b: &b, ln: Some((&g, &beta)), y: &y, heads: None, z_offset: 0, a_offset: 0, z_repeat: 0 })?;
+/// layer.record(&mut rec, m, LinearInputs { z: &x, a: None, w: &w, b: &b, ln: Some((&g, &beta)), y: &y, heads: None, z_offset: 0, a_offset: 0, z_repeat: 0, input_groups: 1, input_strides: None })?;
 /// rec.submit()?;
 /// # Ok(()) }
 /// ```
@@ -760,7 +778,19 @@ impl Linear {
         if e == 0 {
             return Err(Error::Shape("an empty head map evaluates nothing".into()));
         }
-        let in_rows = if cfg.shared_input { 1 } else { e };
+        // Input blocks, and output slots per block.
+        let (blocks, in_group) = if cfg.shared_input {
+            let g = io.input_groups;
+            if g == 0 || !e.is_multiple_of(g) {
+                return Err(Error::InvalidArgument(format!(
+                    "linear {}x{}: {e} output slots do not split into {g} input groups",
+                    cfg.k, cfg.n
+                )));
+            }
+            (g, e / g)
+        } else {
+            (e, 1)
+        };
         let k2 = cfg.k - cfg.k1;
         let expect = |name: &str, got: usize, want: usize| {
             if got < want {
@@ -792,11 +822,27 @@ impl Linear {
             )));
         }
         let z_rows = if repeat > 0 { repeat.min(m) } else { m };
-        expect("Z", io.z.len(), io.z_offset + in_rows * z_rows * cfg.k1)?;
+        let (z_stride, a_stride) = match io.input_strides {
+            _ if blocks == 1 => (0, 0),
+            Some(s) => s,
+            None => (z_rows * cfg.k1, m * k2),
+        };
+        // The last block's end: where the buffers must reach.
+        let block_end = |stride: usize, len: usize| {
+            (blocks - 1)
+                .checked_mul(stride)
+                .and_then(|v| v.checked_add(len))
+                .ok_or_else(|| Error::Limit(format!("{blocks} input blocks overflow")))
+        };
+        expect(
+            "Z",
+            io.z.len(),
+            io.z_offset + block_end(z_stride, z_rows * cfg.k1)?,
+        )?;
         let a = match (k2, io.a) {
             (0, _) => &io.z.buffer,
             (_, Some(a)) => {
-                expect("A", a.len(), io.a_offset + in_rows * m * k2)?;
+                expect("A", a.len(), io.a_offset + block_end(a_stride, m * k2)?)?;
                 &a.buffer
             }
             (_, None) => {
@@ -863,17 +909,15 @@ impl Linear {
         let (bm, bn, sg) = tile_of(kernel)?;
         let params = Params {
             m: m as u32,
-            xz_stride: if cfg.shared_input {
-                0
-            } else {
-                (m * cfg.k1) as u32
-            },
-            xa_stride: if cfg.shared_input { 0 } else { (m * k2) as u32 },
+            xz_stride: z_stride as u32,
+            xa_stride: a_stride as u32,
             members: e as u32,
             sets: sets as u32,
             xz_offset: io.z_offset as u32,
             xa_offset: io.a_offset as u32,
             pre_rows: repeat as u32,
+            in_group: in_group as u32,
+            _pad: [0; 3],
         };
         // Without a head map the binding gets any buffer; the kernel never reads it.
         let heads = io.heads.map_or(&io.b.buffer, |h| &h.buffer);

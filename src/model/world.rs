@@ -61,6 +61,8 @@ impl DenseLayer {
                         z_offset,
                         a_offset,
                         z_repeat,
+                        input_groups: 1,
+                        input_strides: None,
                     },
                 )
             };

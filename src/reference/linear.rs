@@ -7,7 +7,9 @@ use crate::kernels::linear::{Activation, LinearConfig};
 /// `Y[e, m, :] = act(LN([Z | A][e, m, :] W[h]^T + b[h]))` for `m` rows, in f64, with
 /// `h = heads[e]` (clamped to the weight sets) or `h = e` without a head map.
 ///
-/// Buffers are laid out as in [`crate::kernels::linear::LinearInputs`].
+/// Buffers are laid out as in [`crate::kernels::linear::LinearInputs`], inputs back to back
+/// and, where the layer shares its input, one block for all slots ([`linear_blocks`] for
+/// other layouts).
 #[allow(clippy::too_many_arguments)]
 pub fn linear(
     cfg: &LinearConfig,
@@ -19,20 +21,82 @@ pub fn linear(
     ln: Option<(&[f32], &[f32])>,
     heads: Option<&[u32]>,
 ) -> Vec<f64> {
+    let blocks = InputBlocks::packed(cfg, m, 1);
+    linear_blocks(cfg, m, blocks, z, a, w, b, ln, heads)
+}
+
+/// Where each output slot's input rows sit: slot `e` reads block `e / group` of Z and A, at
+/// element `block * z_stride` and `block * a_stride` (the kernel's `input_groups` and
+/// `input_strides`, resolved).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InputBlocks {
+    /// Output slots per block.
+    pub group: usize,
+    /// Elements between blocks of Z.
+    pub z_stride: usize,
+    /// Elements between blocks of A.
+    pub a_stride: usize,
+}
+
+impl InputBlocks {
+    /// Blocks back to back: `groups` blocks shared by consecutive slots where `cfg` shares
+    /// its input (one per agent of a population; 1 otherwise), else one block per slot.
+    /// `slots` output slots; panics if they do not split into `groups`.
+    pub fn packed(cfg: &LinearConfig, m: usize, groups: usize) -> InputBlocks {
+        Self::packed_for(cfg, m, groups, None)
+    }
+
+    /// [`InputBlocks::packed`] for `slots` output slots when a head map chooses them.
+    pub fn packed_for(
+        cfg: &LinearConfig,
+        m: usize,
+        groups: usize,
+        slots: Option<usize>,
+    ) -> InputBlocks {
+        let slots = slots.unwrap_or(cfg.members);
+        let group = if cfg.shared_input {
+            assert!(
+                slots.is_multiple_of(groups),
+                "{slots} slots in {groups} groups"
+            );
+            slots / groups
+        } else {
+            1
+        };
+        InputBlocks {
+            group,
+            z_stride: m * cfg.k1,
+            a_stride: m * (cfg.k - cfg.k1),
+        }
+    }
+}
+
+/// [`linear`] with the input blocks laid out by `blocks`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_blocks(
+    cfg: &LinearConfig,
+    m: usize,
+    blocks: InputBlocks,
+    z: &[f32],
+    a: &[f32],
+    w: &[f32],
+    b: &[f32],
+    ln: Option<(&[f32], &[f32])>,
+    heads: Option<&[u32]>,
+) -> Vec<f64> {
     let (n, k, k1) = (cfg.n, cfg.k, cfg.k1);
-    let k2 = k - k1;
     let slots = heads.map_or(cfg.members, |h| h.len());
     let mut y = vec![0.0f64; slots * m * n];
     for slot in 0..slots {
-        let ie = if cfg.shared_input { 0 } else { slot };
+        let blk = slot / blocks.group;
         let e = heads.map_or(slot, |h| (h[slot] as usize).min(cfg.members - 1));
         for row in 0..m {
             let x: Vec<f64> = (0..k)
                 .map(|kk| {
                     if kk < k1 {
-                        z[(ie * m + row) * k1 + kk] as f64
+                        z[blk * blocks.z_stride + row * k1 + kk] as f64
                     } else {
-                        a[(ie * m + row) * k2 + kk - k1] as f64
+                        a[blk * blocks.a_stride + row * (k - k1) + kk - k1] as f64
                     }
                 })
                 .collect();
