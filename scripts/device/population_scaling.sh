@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs ON THE DEVICE: aggregate env-steps/s of `pompc train` populations against the number of
+# agents (issue 21's scaling table), pendulum-swingup, PO-MPC lambda 1, one thread per agent
+# on one device (what `Population` does today; dispatches are not shared yet). Each agent runs
+# one seed episode (500 steps), as many pre-training updates, then LOOP steps of the loop;
+# the figure is the sum over agents of each one's loop rate (all agents' loops overlap, as they
+# start together), and the population's wall time.
+# Needs .gpu/bin/pompc (or pompc.gz). Usage: bash scripts/device/population_scaling.sh
+# AGENTS ("1 4 16 32"), MODELS ("small 5"), LOOP (300), PRECISION (coop).
+set -uo pipefail
+[ -f .gpu/bin/pompc.gz ] && gunzip -f .gpu/bin/pompc.gz
+chmod +x .gpu/bin/pompc
+AGENTS=${AGENTS:-1 4 16 32}
+MODELS=${MODELS:-small 5}
+LOOP=${LOOP:-300}
+for model in $MODELS; do
+  for n in $AGENTS; do
+    seeds=$(seq -s, 0 $((n - 1)))
+    out=/tmp/scaling/$model-$n
+    rm -rf "$out"
+    t0=$(date +%s.%N)
+    timeout 300 bash .gpu/run.sh .gpu/bin/pompc train --env pendulum-swingup --method po-mpc \
+      --model "$model" --precision "${PRECISION:-coop}" --seeds "$seeds" \
+      --steps $((500 + LOOP)) --seed-steps 500 --eval-every 0 --out "$out" \
+      >"$out.log" 2>&1
+    rc=$?
+    t1=$(date +%s.%N)
+    sum=$(sed -n 's/.*loop after pre-training: .* (\([0-9.]*\) steps\/s.*/\1/p' "$out.log" |
+      awk '{s += $1; n++} END {printf "%.1f over %d agents", s, n}')
+    echo "model $model agents $n rc $rc: loop rates summed $sum; wall $(echo "$t1 - $t0" | bc) s"
+    [ $rc -eq 0 ] || tail -5 "$out.log"
+  done
+done
