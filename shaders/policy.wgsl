@@ -41,9 +41,11 @@ struct Params {
     eps_offset: u32,
     action_offset: u32,
     stats_offset: u32,
+    // Action rows come in blocks of `action_block` rows, `action_stride` elements apart (a
+    // population's policy trajectories: each agent's rows a prefix of its sample rows).
+    action_block: u32,
+    action_stride: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> h: array<f32>;
@@ -67,6 +69,7 @@ fn sample(
     let valid = row < p.rows;
     let hb = p.h_offset + row * 2u * A;
     let sb = p.stats_offset + row * (2u * A + 3u);
+    let ab = p.action_offset + (row / p.action_block) * p.action_stride + (row % p.action_block) * A;
 
     // g: Gaussian log-prob terms; q: squash terms log(1 - a^2 + 1e-6).
     var g = 0.0;
@@ -79,7 +82,7 @@ fn sample(
             let log_std = LOG_STD_MIN + (LOG_STD_MAX - LOG_STD_MIN) / (1.0 + exp(-2.0 * ls_raw));
             let u = fma(exp(log_std), e, mean_raw);
             let a = tanh_sech2(u);
-            action[p.action_offset + row * A + i] = a.x;
+            action[ab + i] = a.x;
             stats[sb + i] = tanh_sech2(mean_raw).x;
             stats[sb + A + i] = log_std;
             g += -0.5 * e * e - log_std - HALF_LOG_2PI;

@@ -39,3 +39,42 @@ fn fill(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         }
     }
 }
+
+// A population's fill: agent i's `per` elements, from out[i * per], hold the draws of its own
+// seed (seeds[2i], seeds[2i + 1]) and stream `stream`, counters 0, 1, ... as `fill` lays them
+// out for that agent alone. One thread per block of 4 of an agent's elements.
+struct AgentParams {
+    stream: u32,
+    per: u32,
+    agents: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(2) var<storage, read> seeds: array<u32>;
+@group(0) @binding(3) var<uniform> ap: AgentParams;
+
+@compute @workgroup_size(64)
+fn fill_agents(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = gid.x + gid.y * nwg.x * 64u;
+    let blocks = (ap.per + 3u) / 4u;
+    if (t >= blocks * ap.agents) {
+        return;
+    }
+    let agent = t / blocks;
+    let block = t % blocks;
+    let bits = philox(vec2<u32>(seeds[2u * agent], seeds[2u * agent + 1u]), ap.stream, block);
+    var v = bits;
+    if (KIND == 1u) {
+        v = bitcast<vec4<u32>>(vec4<f32>(u01(bits.x), u01(bits.y), u01(bits.z), u01(bits.w)));
+    } else if (KIND == 2u) {
+        v = bitcast<vec4<u32>>(normal4(bits));
+    } else if (KIND == 3u) {
+        v = bitcast<vec4<u32>>(gumbel4(bits));
+    }
+    for (var c = 0u; c < 4u; c++) {
+        let j = block * 4u + c;
+        if (j < ap.per) {
+            out[agent * ap.per + j] = v[c];
+        }
+    }
+}

@@ -254,66 +254,110 @@ fn other_log_std_ranges() {
     }
 }
 
+/// Rows at offsets into larger buffers, and action rows in blocks with gaps between them (a
+/// population's policy trajectories): nothing outside the rows is written.
 #[test]
 fn offsets_into_larger_buffers() {
     let mut r = rng("policy_offsets");
     let cfg = PolicyConfig::new(7);
     let (a, w, rows) = (7, cfg.stats_width(), 37);
-    let at = PolicyOffsets {
-        h: 5,
-        eps: 3 * a,
-        action: 2 * rows * a + 1,
-        stats: 9,
-    };
-    let h = uniform(&mut r, at.h + rows * 2 * a + 4, 3.0);
-    let eps = normals(&mut r, at.eps + rows * a + 2);
-    let want = mirror::sample(
-        &cfg,
-        rows,
-        &h[at.h..at.h + rows * 2 * a],
-        &eps[at.eps..at.eps + rows * a],
-    );
-    for gpu in gpus() {
-        let hb = GpuBuffer::from_slice(gpu, "h", &h).unwrap();
-        let eb = GpuBuffer::from_slice(gpu, "eps", &eps).unwrap();
-        let ab = GpuBuffer::<f32>::new(gpu, "action", at.action + rows * a + 6).unwrap();
-        let sb = GpuBuffer::<f32>::new(gpu, "stats", at.stats + rows * w + 3).unwrap();
-        ab.fill_u32(gpu, POISON).unwrap();
-        sb.fill_u32(gpu, POISON).unwrap();
-        let mut rec = Recorder::new(gpu);
-        let io = PolicyBuffers {
-            h: &hb,
-            eps: &eb,
-            action: &ab,
-            stats: &sb,
+    for action_blocks in [None, Some((10, 10 * a + 5)), Some((37, 37 * a))] {
+        let at = PolicyOffsets {
+            h: 5,
+            eps: 3 * a,
+            action: 2 * rows * a + 1,
+            stats: 9,
+            action_blocks,
         };
-        policy::record_sample_at(&mut rec, &cfg, rows, io, at).unwrap();
-        let (ha, hs) = (rec.read(&ab), rec.read(&sb));
-        let out = rec.finish().unwrap();
-        let (action, stats) = (out.get(&ha).unwrap(), out.get(&hs).unwrap());
-        for (buf, off, len) in [(&action, at.action, rows * a), (&stats, at.stats, rows * w)] {
-            for (i, v) in buf.iter().enumerate() {
-                if i < off || i >= off + len {
+        // Where row i's actions go.
+        let (block, stride) = action_blocks.unwrap_or((rows, rows * a));
+        let row_at = |i: usize| at.action + (i / block) * stride + (i % block) * a;
+        let h = uniform(&mut r, at.h + rows * 2 * a + 4, 3.0);
+        let eps = normals(&mut r, at.eps + rows * a + 2);
+        let want = mirror::sample(
+            &cfg,
+            rows,
+            &h[at.h..at.h + rows * 2 * a],
+            &eps[at.eps..at.eps + rows * a],
+        );
+        for gpu in gpus() {
+            let hb = GpuBuffer::from_slice(gpu, "h", &h).unwrap();
+            let eb = GpuBuffer::from_slice(gpu, "eps", &eps).unwrap();
+            let ab = GpuBuffer::<f32>::new(gpu, "action", row_at(rows - 1) + a + 6).unwrap();
+            let sb = GpuBuffer::<f32>::new(gpu, "stats", at.stats + rows * w + 3).unwrap();
+            ab.fill_u32(gpu, POISON).unwrap();
+            sb.fill_u32(gpu, POISON).unwrap();
+            let mut rec = Recorder::new(gpu);
+            let io = PolicyBuffers {
+                h: &hb,
+                eps: &eb,
+                action: &ab,
+                stats: &sb,
+            };
+            policy::record_sample_at(&mut rec, &cfg, rows, io, at).unwrap();
+            let (ha, hs) = (rec.read(&ab), rec.read(&sb));
+            let out = rec.finish().unwrap();
+            let (action, stats) = (out.get(&ha).unwrap(), out.get(&hs).unwrap());
+            let in_rows =
+                |i: usize| (0..rows).any(|row| (row_at(row)..row_at(row) + a).contains(&i));
+            for (i, v) in action.iter().enumerate() {
+                if !in_rows(i) {
                     assert_eq!(
                         v.to_bits(),
                         POISON,
-                        "element {i} outside the rows was written"
+                        "action element {i} outside the rows was written"
                     );
                 }
             }
+            for (i, v) in stats.iter().enumerate() {
+                if i < at.stats || i >= at.stats + rows * w {
+                    assert_eq!(
+                        v.to_bits(),
+                        POISON,
+                        "stats element {i} outside the rows was written"
+                    );
+                }
+            }
+            let got = Outputs {
+                action: (0..rows)
+                    .flat_map(|row| action[row_at(row)..row_at(row) + a].to_vec())
+                    .collect(),
+                stats: stats[at.stats..at.stats + rows * w].to_vec(),
+            };
+            compare(
+                &cfg,
+                &got,
+                &want,
+                &eps[at.eps..at.eps + rows * a],
+                &format!("offsets, action blocks {action_blocks:?}"),
+            );
         }
-        let got = Outputs {
-            action: action[at.action..at.action + rows * a].to_vec(),
-            stats: stats[at.stats..at.stats + rows * w].to_vec(),
-        };
-        compare(
-            &cfg,
-            &got,
-            &want,
-            &eps[at.eps..at.eps + rows * a],
-            "offsets",
-        );
     }
+    // Overlapping or empty blocks are refused.
+    let gpu = &gpus()[0];
+    let buf = |n| GpuBuffer::<f32>::new(gpu, "buf", n).unwrap();
+    let (hb, eb, ab, sb) = (
+        buf(rows * 2 * a),
+        buf(rows * a),
+        buf(10 * rows * a),
+        buf(rows * w),
+    );
+    let io = PolicyBuffers {
+        h: &hb,
+        eps: &eb,
+        action: &ab,
+        stats: &sb,
+    };
+    let mut rec = Recorder::new(gpu);
+    for blocks in [(0, 100), (10, 10 * a - 1), (10, 100 * rows * a)] {
+        let at = PolicyOffsets {
+            action_blocks: Some(blocks),
+            ..Default::default()
+        };
+        let e = policy::record_sample_at(&mut rec, &cfg, rows, io, at).unwrap_err();
+        assert!(matches!(e, Error::Shape(_)), "{blocks:?}: {e:?}");
+    }
+    assert_eq!(rec.dispatches(), 0);
 }
 
 #[test]

@@ -8,7 +8,7 @@ mod common;
 use common::{PHILOX4X32_10_KAT, POISON, gpus};
 use pompc::gpu::shader::{self, Header};
 use pompc::gpu::{Binding, KernelSpec};
-use pompc::kernels::rng_fill::{Distribution, record_fill};
+use pompc::kernels::rng_fill::{Distribution, record_fill, record_fill_agents};
 use pompc::{Gpu, GpuBuffer, Recorder, reference, rng};
 use rand::Rng;
 
@@ -19,6 +19,65 @@ fn gpu_fill(gpu: &Gpu, dist: Distribution, seed: u64, stream: u32, n: usize) -> 
     record_fill(&mut rec, &out, dist, seed, stream).unwrap();
     let h = rec.read(&out);
     rec.finish().unwrap().get(&h).unwrap()
+}
+
+/// Whether two fills agree: bit for bit where the draw is integer arithmetic, within 1e-6
+/// where it goes through transcendental functions.
+fn assert_draws_match(dist: Distribution, got: &[u32], want: &[u32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    match dist {
+        Distribution::Bits | Distribution::Uniform => assert_eq!(got, want, "{dist:?} {what}"),
+        Distribution::Normal | Distribution::Gumbel => {
+            for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                let (g, w) = (f32::from_bits(*g), f32::from_bits(*w));
+                assert!(
+                    (g - w).abs() <= 1e-6 * w.abs().max(1.0),
+                    "{dist:?} element {i}: gpu {g} rust {w} ({what})"
+                );
+            }
+        }
+    }
+}
+
+/// A population's fill: each agent's run is what that agent draws alone, whatever the run's
+/// length (runs that end inside a Philox block included).
+#[test]
+fn population_fills_draw_each_agents_own_stream() {
+    let mut r = common::rng("rng_agents");
+    for gpu in gpus() {
+        for (agents, per) in [
+            (1, 13),
+            (3, 4 * r.random_range(1..40)),
+            (4, r.random_range(1..200)),
+        ] {
+            let seeds: Vec<u64> = (0..agents).map(|_| r.random()).collect();
+            let words: Vec<u32> = seeds.iter().flat_map(|&s| rng::seed_words(s)).collect();
+            let sb = GpuBuffer::from_slice(gpu, "seeds", &words).unwrap();
+            let stream: u32 = r.random();
+            for dist in Distribution::ALL {
+                let out = GpuBuffer::<u32>::new(gpu, "draws", agents * per).unwrap();
+                out.fill_u32(gpu, POISON).unwrap();
+                let mut rec = Recorder::new(gpu);
+                record_fill_agents(&mut rec, &out, dist, &sb, per, stream).unwrap();
+                let h = rec.read(&out);
+                let got = rec.finish().unwrap().get(&h).unwrap();
+                let want = reference::rng_fill::fill_agents(dist, &seeds, stream, per);
+                assert_draws_match(dist, &got, &want, &format!("{agents} agents of {per}"));
+                // Agent 0's run is the single fill of its seed.
+                let alone = gpu_fill(gpu, dist, seeds[0], stream, per);
+                assert_draws_match(dist, &got[..per], &alone, "agent 0 alone");
+            }
+            // Runs that do not divide the buffer, or too few seeds, are errors.
+            let out = GpuBuffer::<u32>::new(gpu, "draws", agents * per + 1).unwrap();
+            let mut rec = Recorder::new(gpu);
+            let e = record_fill_agents(&mut rec, &out, Distribution::Bits, &sb, per, 0);
+            assert!(matches!(e, Err(pompc::Error::Shape(_))), "{e:?}");
+            let out = GpuBuffer::<u32>::new(gpu, "draws", (agents + 1) * per).unwrap();
+            let e = record_fill_agents(&mut rec, &out, Distribution::Bits, &sb, per, 0);
+            assert!(matches!(e, Err(pompc::Error::Shape(_))), "{e:?}");
+            assert_eq!(rec.dispatches(), 0);
+        }
+    }
 }
 
 #[test]
@@ -34,20 +93,7 @@ fn gpu_draws_match_rust() {
             for dist in Distribution::ALL {
                 let got = gpu_fill(gpu, dist, seed, stream, n);
                 let want = reference::rng_fill::fill(dist, seed, stream, n);
-                match dist {
-                    Distribution::Bits | Distribution::Uniform => {
-                        assert_eq!(got, want, "{dist:?} seed {seed} stream {stream}")
-                    }
-                    Distribution::Normal | Distribution::Gumbel => {
-                        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                            let (g, w) = (f32::from_bits(*g), f32::from_bits(*w));
-                            assert!(
-                                (g - w).abs() <= 1e-6 * w.abs().max(1.0),
-                                "{dist:?} element {i}: gpu {g} rust {w} (seed {seed})"
-                            );
-                        }
-                    }
-                }
+                assert_draws_match(dist, &got, &want, &format!("seed {seed} stream {stream}"));
             }
         }
     }

@@ -81,8 +81,10 @@ fn linear_every_tile_split_activation_and_norm() {
 #[test]
 fn rng_fill_every_distribution() {
     for d in Distribution::ALL {
-        let (spec, header, ov) = rng_fill::pipeline_constants(d);
-        common::compile_spirv(spec.shader, spec.entry, &header, &ov);
+        for agents in [false, true] {
+            let (spec, header, ov) = rng_fill::pipeline_constants(d, agents);
+            common::compile_spirv(spec.shader, spec.entry, &header, &ov);
+        }
     }
 }
 

@@ -137,6 +137,10 @@ pub struct PolicyOffsets {
     pub action: usize,
     /// Offset into `stats`.
     pub stats: usize,
+    /// `Some((rows, stride))`: the action rows come in blocks of `rows` rows, block `i` at
+    /// `action + i * stride` (a population's policy trajectories, each agent's rows a prefix
+    /// of its block of sample rows); `None`: back to back.
+    pub action_blocks: Option<(usize, usize)>,
 }
 
 #[repr(C)]
@@ -147,7 +151,9 @@ struct Params {
     eps_offset: u32,
     action_offset: u32,
     stats_offset: u32,
-    _pad: [u32; 3],
+    action_block: u32,
+    action_stride: u32,
+    _pad: u32,
 }
 
 const SAMPLE: KernelSpec = kernel(
@@ -220,7 +226,35 @@ pub fn record_sample_at(
     };
     let h_offset = fit("h", io.h, at.h, 2 * a, false)?;
     let eps_offset = fit("eps", io.eps, at.eps, a, false)?;
-    let action_offset = fit("action", io.action, at.action, a, true)?;
+    let (action_block, action_stride) = at.action_blocks.unwrap_or((rows, rows * a));
+    if action_block == 0 || action_stride < action_block * a {
+        return Err(Error::Shape(format!(
+            "{what}: action blocks of {action_block} rows {action_stride} elements apart \
+             overlap or are empty ({a} actions a row)"
+        )));
+    }
+    // The last block's end, as if its rows were all there were.
+    let blocks = rows.div_ceil(action_block);
+    let action_end = (blocks - 1)
+        .checked_mul(action_stride)
+        .and_then(|v| v.checked_add(at.action))
+        .ok_or_else(|| Error::Limit(format!("{what}: action blocks overflow")))?;
+    let last_rows = rows - (blocks - 1) * action_block;
+    fit_rows(
+        what,
+        "action",
+        io.action.len(),
+        last_rows,
+        a,
+        RowLayout::at(action_end, a),
+        true,
+    )?;
+    let action_offset = count_within(what, Some(at.action), u32::MAX as usize, || {
+        "action offset over 2^32".into()
+    })? as u32;
+    let action_stride32 = count_within(what, Some(action_stride), u32::MAX as usize, || {
+        "action stride over 2^32".into()
+    })? as u32;
     let stats_offset = fit("stats", io.stats, at.stats, cfg.stats_width(), true)?;
     let rows32 = count_within(what, Some(rows), u32::MAX as usize, || {
         format!("{rows} rows over 2^32")
@@ -233,7 +267,9 @@ pub fn record_sample_at(
         eps_offset,
         action_offset,
         stats_offset,
-        _pad: [0; 3],
+        action_block: action_block as u32,
+        action_stride: action_stride32,
+        _pad: 0,
     };
     record_pipeline(
         rec,

@@ -13,6 +13,15 @@ pub fn fill(dist: Distribution, seed: u64, stream: u32, n: usize) -> Vec<u32> {
     }
 }
 
+/// The population fill: `per` elements for each seed in turn, each run drawn as [`fill`]
+/// draws it for that seed alone.
+pub fn fill_agents(dist: Distribution, seeds: &[u64], stream: u32, per: usize) -> Vec<u32> {
+    seeds
+        .iter()
+        .flat_map(|&s| fill(dist, s, stream, per))
+        .collect()
+}
+
 fn bits(v: Vec<f32>) -> Vec<u32> {
     v.into_iter().map(f32::to_bits).collect()
 }
