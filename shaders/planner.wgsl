@@ -4,10 +4,15 @@
 // final choice. The algorithm and its random streams are specified in src/planner/mod.rs;
 // CPU mirror: src/reference/planner.rs.
 //
-// Layouts: B environments, N samples (the first P are policy trajectories), horizon T,
-// action dimension A. Sample rows r = n * B + b; actions [T, N, B, A]; mean, std and
-// prev_mean [B, T, A]; kept indices and weights [B, KEPT]; result [B, 3A + 2] = (action,
-// mean of step 0, std of step 0, value, chosen sample index).
+// Layouts: G agents (a population planning in the same launches; 1 for one planner), B
+// environments per agent, N samples (the first P are policy trajectories), horizon T, action
+// dimension A. An agent's sample rows r = n * B + b, the agents' rows of one time step one
+// after the other: actions [T, G, N, B, A], rewards and termination logits [T, G * N * B],
+// Q values [G, 2, N * B], values [G, N * B]; per environment g * B + b: mean, std and
+// prev_mean [G * B, T, A], kept indices and weights [G * B, KEPT], result [G * B, 3A + 2] =
+// (action, mean of step 0, std of step 0, value, chosen sample index). Every draw of agent g
+// comes from its own seed (seeds[2g], seeds[2g + 1]) at the index it has for that agent
+// alone, so an agent plans in a population exactly as it would alone.
 // Header constants: SORT_N (N rounded up to a power of two) and KEPT.
 
 #import common/rng
@@ -28,15 +33,16 @@ override TRAIN: bool = true;
 override EPISODIC: bool = false;
 
 struct Params {
+    // Environments per agent.
     b: u32,
     stream: u32,
-    seed_lo: u32,
-    seed_hi: u32,
     // replicate: rows per environment and row width.
     count: u32,
     width: u32,
+    agents: u32,
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read_write> prev_mean: array<f32>;
@@ -54,20 +60,22 @@ struct Params {
 @group(0) @binding(11) var<storage, read_write> weights: array<f32>;
 @group(0) @binding(12) var<storage, read_write> result: array<f32>;
 @group(0) @binding(13) var<uniform> p: Params;
-// Termination logits [T, N * B] of the latents after each step (episodic models).
+// Termination logits [T, G * N * B] of the latents after each step (episodic models).
 @group(0) @binding(14) var<storage, read> term: array<f32>;
+// The agents' Philox seeds: low and high word of each.
+@group(0) @binding(15) var<storage, read> seeds: array<u32>;
 
-fn seed() -> vec2<u32> {
-    return vec2<u32>(p.seed_lo, p.seed_hi);
+fn seed_of(g: u32) -> vec2<u32> {
+    return vec2<u32>(seeds[2u * g], seeds[2u * g + 1u]);
 }
 
-// Element j of the current stream, as rng_fill lays it out: lane j % 4 of counter j / 4.
-fn normal_at(j: u32) -> f32 {
-    return normal4(philox(seed(), p.stream, j / 4u))[j % 4u];
+// Element j of agent g's current stream, as rng_fill lays it out: lane j % 4 of counter j / 4.
+fn normal_at(g: u32, j: u32) -> f32 {
+    return normal4(philox(seed_of(g), p.stream, j / 4u))[j % 4u];
 }
 
-fn gumbel_at(j: u32) -> f32 {
-    return gumbel4(philox(seed(), p.stream, j / 4u))[j % 4u];
+fn gumbel_at(g: u32, j: u32) -> f32 {
+    return gumbel4(philox(seed_of(g), p.stream, j / 4u))[j % 4u];
 }
 
 fn linear_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
@@ -82,7 +90,7 @@ fn neg_inf() -> f32 {
 @compute @workgroup_size(64)
 fn init_mean(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let j = linear_id(gid, nwg);
-    if (j >= p.b * T * A) {
+    if (j >= p.agents * p.b * T * A) {
         return;
     }
     let b = j / (T * A);
@@ -95,46 +103,53 @@ fn init_mean(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     stdv[j] = MAX_STD;
 }
 
-// dst[(n * B + b) * W + k] = src[b * W + k] for n < count, four k at a time (W % 4 == 0).
+// dst[((g * count + n) * B + b) * W + k] = src[(g * B + b) * W + k] for n < count, four k at
+// a time (W % 4 == 0).
 @compute @workgroup_size(64)
 fn replicate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let j = linear_id(gid, nwg);
     let w = p.width / 4u;
-    if (j >= p.count * p.b * w) {
+    if (j >= p.agents * p.count * p.b * w) {
         return;
     }
     let row = j / w;
-    dst[j] = src[(row % p.b) * w + j - row * w];
+    let g = row / (p.count * p.b);
+    dst[j] = src[(g * p.b + row % p.b) * w + j - row * w];
 }
 
-// actions[t, n, b, a] = clamp(mean + std * eps, -1, 1) for the sampled rows n >= P.
+// actions[t, g, n, b, a] = clamp(mean + std * eps, -1, 1) for the sampled rows n >= P.
 @compute @workgroup_size(64)
 fn sample(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_id(gid, nwg);
-    let per_t = (N - P) * p.b * A;
+    let per_g = (N - P) * p.b * A;
+    let per_t = p.agents * per_g;
     if (i >= T * per_t) {
         return;
     }
     let t = i / per_t;
-    sample_at(t * N * p.b * A + P * p.b * A + i % per_t);
+    let g = (i % per_t) / per_g;
+    sample_at((t * p.agents + g) * N * p.b * A + P * p.b * A + i % per_g);
 }
 
 // value = sum_t discount^t alive_t reward_t + discount^T alive_T (Q_h0 + Q_h1) / 2, NaN -> 0,
 // where alive drops to 0 for good after a predicted termination (episodic models; TD-MPC2's
-// running termination flag), and stays 1 otherwise. Row r of N * B.
-fn value_of(r: u32) -> f32 {
+// running termination flag), and stays 1 otherwise. Row r of agent `ag`'s N * B.
+fn value_of(ag: u32, r: u32) -> f32 {
     let rows = N * p.b;
+    let all = p.agents * rows;
+    let at = ag * rows + r;
     var g = 0.0;
     var disc = 1.0;
     var alive = 1.0;
     for (var t = 0u; t < T; t++) {
-        g += disc * alive * rew[t * rows + r];
+        g += disc * alive * rew[t * all + at];
         disc *= DISCOUNT;
-        if (EPISODIC && term[t * rows + r] > 0.0) {
+        if (EPISODIC && term[t * all + at] > 0.0) {
             alive = 0.0;
         }
     }
-    var v = g + disc * alive * 0.5 * (qv[r] + qv[rows + r]);
+    let q = ag * 2u * rows + r;
+    var v = g + disc * alive * 0.5 * (qv[q] + qv[rows + q]);
     // WGSL lets a compiler assume no NaN, so `v != v` may fold to false (lavapipe's does): test
     // the bits. NaN: exponent all ones, mantissa not zero.
     if ((bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u) {
@@ -143,14 +158,16 @@ fn value_of(r: u32) -> f32 {
     return v;
 }
 
-// actions[j] for the sampled rows n >= P: clamp(mean + std * eps, -1, 1), eps element j of
-// stream p.stream (as rng_fill lays it out).
+// actions[j] for the sampled rows n >= P: clamp(mean + std * eps, -1, 1), eps the element of
+// agent g's stream p.stream (as rng_fill lays it out) at j's index in g's actions alone.
 fn sample_at(j: u32) {
+    let per_g = N * p.b * A;
     let a = j % A;
     let b = (j / A) % p.b;
-    let t = j / (N * p.b * A);
-    let mi = (b * T + t) * A + a;
-    actions[j] = clamp(mean[mi] + stdv[mi] * normal_at(j), -1.0, 1.0);
+    let g = (j / per_g) % p.agents;
+    let t = j / (per_g * p.agents);
+    let mi = ((g * p.b + b) * T + t) * A + a;
+    actions[j] = clamp(mean[mi] + stdv[mi] * normal_at(g, t * per_g + j % per_g), -1.0, 1.0);
 }
 
 const RW: u32 = 256u;
@@ -203,10 +220,16 @@ fn refit(
     @builtin(workgroup_id) wid: vec3<u32>,
 ) {
     let b = wid.x;
+    let ag = wid.y;
+    // This environment's index among all agents' (mean, std, kept, weights).
+    let env = ag * p.b + b;
+    // Agent ag's actions of time step t start at t * stride_t + ag_base.
+    let stride_t = p.agents * N * p.b * A;
+    let ag_base = ag * N * p.b * A;
     for (var i = tid; i < SORT_N; i += RW) {
         if (i < N) {
-            let v = value_of(i * p.b + b);
-            value[i * p.b + b] = v;
+            let v = value_of(ag, i * p.b + b);
+            value[ag * N * p.b + i * p.b + b] = v;
             sk[i] = v;
         } else {
             sk[i] = neg_inf();
@@ -257,14 +280,14 @@ fn refit(
         let s = sw[e] / total;
         sw[e] = s;
         norm_sum += s;
-        kept[b * KEPT + e] = si[e];
-        weights[b * KEPT + e] = s;
+        kept[env * KEPT + e] = si[e];
+        weights[env * KEPT + e] = s;
     }
     let denom = reduce_sum(tid, norm_sum) + 1e-9;
     for (var j = tid; j < T * A; j += RW) {
         let t = j / A;
         let a = j % A;
-        let base = t * N * p.b * A + b * A + a;
+        let base = t * stride_t + ag_base + b * A + a;
         var m = 0.0;
         for (var e = 0u; e < KEPT; e++) {
             m += sw[e] * actions[base + si[e] * p.b * A];
@@ -275,7 +298,7 @@ fn refit(
             let d = actions[base + si[e] * p.b * A] - m;
             v += sw[e] * d * d;
         }
-        let o = (b * T + t) * A + a;
+        let o = (env * T + t) * A + a;
         mean[o] = m;
         stdv[o] = clamp(sqrt(v / denom), MIN_STD, MAX_STD);
     }
@@ -288,7 +311,7 @@ fn refit(
     for (var i = tid; i < T * per_t; i += RW) {
         let t = i / per_t;
         let n = P + (i % per_t) / A;
-        sample_at(((t * N + n) * p.b + b) * A + i % A);
+        sample_at(t * stride_t + ag_base + (n * p.b + b) * A + i % A);
     }
 }
 
@@ -300,13 +323,15 @@ fn finalize(
     @builtin(workgroup_id) wid: vec3<u32>,
 ) {
     let b = wid.x;
+    let ag = wid.y;
+    let env = ag * p.b + b;
     var best = neg_inf();
     var best_e = 0xffffffffu;
     for (var e = tid; e < KEPT; e += RW) {
-        let w = weights[b * KEPT + e];
+        let w = weights[env * KEPT + e];
         var sc = neg_inf();
         if (w > 0.0) {
-            sc = log(w) + gumbel_at(b * KEPT + e);
+            sc = log(w) + gumbel_at(ag, b * KEPT + e);
         }
         if (best_e == 0xffffffffu || sc > best) {
             best = sc;
@@ -330,26 +355,26 @@ fn finalize(
         workgroupBarrier();
     }
     let e = red_i[0];
-    let n = kept[b * KEPT + e];
+    let n = kept[env * KEPT + e];
     let w = 3u * A + 2u;
     for (var a = tid; a < A; a += RW) {
-        let m0 = mean[b * T * A + a];
-        let s0 = stdv[b * T * A + a];
-        var act = actions[(n * p.b + b) * A + a];
+        let m0 = mean[env * T * A + a];
+        let s0 = stdv[env * T * A + a];
+        var act = actions[(ag * N + n) * p.b * A + b * A + a];
         if (TRAIN) {
             // The explore stream is element b * A + a; sampling used p.stream for Gumbel,
             // so the explore draws come from the next stream (see Rust: streams::explore).
-            act += s0 * normal4(philox(seed(), p.stream + 1u, (b * A + a) / 4u))[(b * A + a) % 4u];
+            act += s0 * normal4(philox(seed_of(ag), p.stream + 1u, (b * A + a) / 4u))[(b * A + a) % 4u];
         }
-        result[b * w + a] = clamp(act, -1.0, 1.0);
-        result[b * w + A + a] = m0;
-        result[b * w + 2u * A + a] = s0;
+        result[env * w + a] = clamp(act, -1.0, 1.0);
+        result[env * w + A + a] = m0;
+        result[env * w + 2u * A + a] = s0;
     }
     if (tid == 0u) {
-        result[b * w + 3u * A] = value[n * p.b + b];
-        result[b * w + 3u * A + 1u] = f32(n);
+        result[env * w + 3u * A] = value[ag * N * p.b + n * p.b + b];
+        result[env * w + 3u * A + 1u] = f32(n);
     }
     for (var j = tid; j < T * A; j += RW) {
-        prev_mean[b * T * A + j] = mean[b * T * A + j];
+        prev_mean[env * T * A + j] = mean[env * T * A + j];
     }
 }

@@ -41,7 +41,7 @@ impl DenseLayer {
         (a, a_offset): (Option<&GpuBuffer<f32>>, usize),
         y: &GpuBuffer<Y>,
         heads: Option<&GpuBuffer<u32>>,
-        z_repeat: usize,
+        (z_repeat, input_groups, input_strides): (usize, usize, Option<(usize, usize)>),
     ) -> Result<()> {
         let ln = self.ln.as_ref().map(|(g, b)| (g, b));
         // The same inputs whatever the weights' element type (each arm's `w` has its own).
@@ -61,8 +61,8 @@ impl DenseLayer {
                         z_offset,
                         a_offset,
                         z_repeat,
-                        input_groups: 1,
-                        input_strides: None,
+                        input_groups,
+                        input_strides,
                     },
                 )
             };
@@ -79,8 +79,10 @@ impl DenseLayer {
 pub struct Mlp {
     /// Which network.
     pub net: Net,
-    /// Weight sets.
+    /// Weight sets, all agents' together (an agent's members one after the other).
     pub members: usize,
+    /// Agents whose weights are stacked ([`WorldModel::population`]; 1 otherwise).
+    pub agents: usize,
     layers: Vec<DenseLayer>,
     precision: Precision,
 }
@@ -172,6 +174,9 @@ pub struct NetInput<'a> {
     /// 0, or `g`: `z` holds `g` rows and row `r` reads `z` row `r % g` (see
     /// [`NetInput::repeating`]).
     pub z_repeat: usize,
+    /// In a population ([`WorldModel::population`]): elements between consecutive agents'
+    /// rows in `z` and in `a`; `None`: back to back (see [`NetInput::strided`]).
+    pub strides: Option<(usize, usize)>,
 }
 
 impl<'a> NetInput<'a> {
@@ -183,6 +188,7 @@ impl<'a> NetInput<'a> {
             z_offset: 0,
             a_offset: 0,
             z_repeat: 0,
+            strides: None,
         }
     }
 
@@ -199,6 +205,14 @@ impl<'a> NetInput<'a> {
     pub fn at(mut self, z_offset: usize, a_offset: usize) -> Self {
         self.z_offset = z_offset;
         self.a_offset = a_offset;
+        self
+    }
+
+    /// In a population, agent `i`'s rows start `i * z_stride` elements after `z_offset` in `z`
+    /// and `i * a_stride` after `a_offset` in `a` (the planner's policy trajectories: a prefix
+    /// of each agent's sample rows). Without it the agents' rows are back to back.
+    pub fn strided(mut self, z_stride: usize, a_stride: usize) -> Self {
+        self.strides = Some((z_stride, a_stride));
         self
     }
 }
@@ -248,19 +262,23 @@ impl DenseLayer {
     /// Record copies of this layer's parameters from `flat`, member `i` from the tensors named
     /// `{prefixes[i]}.weight` (and `.bias`, `.ln.weight`, `.ln.bias`) at `offset(name)`; f16
     /// weights are rounded on the way.
+    /// In a population of `agents`, the copies go to agent `agent`'s share of each buffer.
+    #[allow(clippy::too_many_arguments)]
     fn record_copy_from(
         &self,
         rec: &mut Recorder,
         flat: &GpuBuffer<f32>,
         offset: &impl Fn(&str) -> Result<usize>,
         prefixes: &[&String],
+        (agent, agents): (usize, usize),
     ) -> Result<()> {
-        let parts = prefixes.len();
+        let parts = prefixes.len() * agents;
         for (i, p) in prefixes.iter().enumerate() {
-            // Member i's share of a stacked buffer.
+            // Member i's share of the agent's share of a stacked buffer.
+            let part = agent * prefixes.len() + i;
             let copy = |rec: &mut Recorder, name: String, dst: &GpuBuffer<f32>| {
                 let len = dst.len() / parts;
-                rec.copy_range(flat, offset(&name)?, dst, i * len, len)
+                rec.copy_range(flat, offset(&name)?, dst, part * len, len)
             };
             match &self.w {
                 Matrix::F32(w) => copy(rec, format!("{p}.weight"), w)?,
@@ -272,7 +290,7 @@ impl DenseLayer {
                         flat,
                         offset(&format!("{p}.weight"))?,
                         w,
-                        i * len,
+                        part * len,
                         len,
                     )?
                 }
@@ -288,28 +306,42 @@ impl DenseLayer {
 }
 
 impl Mlp {
-    fn new(gpu: &Gpu, weights: &Weights, net: Net, precision: Precision) -> Result<Mlp> {
-        let spec = &weights.spec;
-        let members = spec.members(net);
+    /// The network of every agent in `weights` (one for a single model), stacked agent by
+    /// agent.
+    fn new(gpu: &Gpu, weights: &[&Weights], net: Net, precision: Precision) -> Result<Mlp> {
+        let spec = &weights[0].spec;
+        let agents = weights.len();
+        let members = spec.members(net) * agents;
         let mut layers = Vec::new();
         for (i, ls) in spec.layers(net).into_iter().enumerate() {
-            let t = weights.layer(&ls.prefix, ls.normed)?;
-            let ln = t.ln.map(|(g, b)| (&g.data[..], &b.data[..]));
-            // The first layer of an ensemble reads the same rows for every member.
+            let mut cat = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+            for w in weights {
+                let t = w.layer(&ls.prefix, ls.normed)?;
+                cat[0].extend_from_slice(&t.w.data);
+                cat[1].extend_from_slice(&t.b.data);
+                if let Some((g, b)) = t.ln {
+                    cat[2].extend_from_slice(&g.data);
+                    cat[3].extend_from_slice(&b.data);
+                }
+            }
+            let [w, b, g, be] = &cat;
+            let ln = ls.normed.then_some((&g[..], &be[..]));
+            // The first layer of an ensemble reads the same rows for every member of an agent.
             layers.push(DenseLayer::upload(
                 gpu,
                 ls,
                 members,
                 i == 0,
                 precision,
-                &t.w.data,
-                &t.b.data,
+                w,
+                b,
                 ln,
             )?);
         }
         Ok(Mlp {
             net,
             members,
+            agents,
             layers,
             precision,
         })
@@ -354,6 +386,12 @@ impl Mlp {
         out: &GpuBuffer<f32>,
     ) -> Result<()> {
         let slots = heads.map_or(self.members, |h| h.len());
+        if !slots.is_multiple_of(self.agents) {
+            return Err(Error::InvalidArgument(format!(
+                "{:?} of {} agents: {slots} heads are not the same number per agent",
+                self.net, self.agents
+            )));
+        }
         if m > ws.max_rows || slots > ws.slots {
             return Err(Error::Limit(format!(
                 "{:?} forward of {m} rows x {slots} heads exceeds the workspace ({} rows x {} \
@@ -369,6 +407,10 @@ impl Mlp {
         }
         let n = self.layers.len();
         let input_a = (input.a, input.a_offset);
+        // The first layer reads each agent's rows of the input (shared by the agent's members);
+        // the others each slot's own rows of the hidden activations.
+        let first = (input.z_repeat, self.agents, input.strides);
+        let hidden = (0, 1, None);
         if !self.precision.f16_storage() {
             for (i, layer) in self.layers.iter().enumerate() {
                 let (z, a) = if i == 0 {
@@ -377,8 +419,8 @@ impl Mlp {
                     ((&ws.hidden[(i - 1) % 2], 0), (None, 0))
                 };
                 let y = if i + 1 == n { out } else { &ws.hidden[i % 2] };
-                let repeat = if i == 0 { input.z_repeat } else { 0 };
-                layer.record(rec, m, z, a, y, heads, repeat)?;
+                let how = if i == 0 { first } else { hidden };
+                layer.record(rec, m, z, a, y, heads, how)?;
             }
             return Ok(());
         }
@@ -394,7 +436,7 @@ impl Mlp {
                     input_a,
                     out,
                     heads,
-                    input.z_repeat,
+                    first,
                 )?,
                 (true, false) => layer.record(
                     rec,
@@ -403,14 +445,20 @@ impl Mlp {
                     input_a,
                     &h[0],
                     heads,
-                    input.z_repeat,
+                    first,
                 )?,
                 (false, true) => {
-                    layer.record(rec, m, (&h[(i - 1) % 2], 0), (None, 0), out, heads, 0)?
+                    layer.record(rec, m, (&h[(i - 1) % 2], 0), (None, 0), out, heads, hidden)?
                 }
-                (false, false) => {
-                    layer.record(rec, m, (&h[(i - 1) % 2], 0), (None, 0), &h[i % 2], heads, 0)?
-                }
+                (false, false) => layer.record(
+                    rec,
+                    m,
+                    (&h[(i - 1) % 2], 0),
+                    (None, 0),
+                    &h[i % 2],
+                    heads,
+                    hidden,
+                )?,
             }
         }
         Ok(())
@@ -487,15 +535,17 @@ impl RolloutPair {
         for (i, layer) in self.layers.iter().enumerate() {
             if i == 0 {
                 let a = (input.a, input.a_offset);
-                layer.record(rec, m, (input.z, input.z_offset), a, &hidden[0], None, 0)?;
+                let how = (0, 1, None);
+                layer.record(rec, m, (input.z, input.z_offset), a, &hidden[0], None, how)?;
             } else {
                 let z = (&hidden[(i - 1) % 2], 0);
-                layer.record(rec, m, z, (None, 0), &hidden[i % 2], None, 0)?;
+                layer.record(rec, m, z, (None, 0), &hidden[i % 2], None, (0, 1, None))?;
             }
         }
         let (h, width) = (&hidden[(n - 1) % 2], self.layers[n - 1].spec.out);
         for (member, (layer, out)) in tails.into_iter().enumerate() {
-            layer.record(rec, m, (h, member * m * width), (None, 0), out, None, 0)?;
+            let z = (h, member * m * width);
+            layer.record(rec, m, z, (None, 0), out, None, (0, 1, None))?;
         }
         Ok(())
     }
@@ -537,6 +587,8 @@ pub struct WorldModel {
     pair: Option<RolloutPair>,
     /// Whether [`WorldModel::record_reward_and_dynamics`] uses `pair`.
     grouped: bool,
+    /// Agents whose networks are stacked ([`WorldModel::population`]).
+    agents: usize,
 }
 
 /// Whether models pair the dynamics and reward layers by default: `POMPC_GROUPED_ROLLOUT=1`
@@ -558,9 +610,46 @@ impl WorldModel {
         weights: &Weights,
         precision: Precision,
     ) -> Result<WorldModel> {
+        Self::stacked(gpu, &[weights], precision)
+    }
+
+    /// The world models of a population of agents (the same [`ModelSpec`], each its own
+    /// weights), stacked so that one launch per layer runs a network for every agent: each
+    /// weight buffer gains a leading agent dimension (the Q ensemble's members of agent `i`
+    /// are sets `i * num_q ..`). A [`crate::planner::Planner`] over it plans for every
+    /// agent's environments in one step, each agent as it would alone; inputs and outputs
+    /// hold the agents' rows one after the other.
+    ///
+    /// ```no_run
+    /// # fn main() -> pompc::Result<()> {
+    /// use pompc::model::{ModelSpec, Weights, WorldModel};
+    /// use pompc::planner::{Planner, PlannerConfig};
+    /// let gpu = pompc::Gpu::new(Default::default())?;
+    /// let spec = ModelSpec::tdmpc2(1, 5, 1)?;
+    /// let agents = [Weights::init(&spec, 0)?, Weights::init(&spec, 1)?];
+    /// let model = WorldModel::population(&gpu, &agents, pompc::Precision::F32)?;
+    /// let mut planner = Planner::new(&gpu, &model, PlannerConfig::tdmpc2(1))?.with_seeds(&[7, 8])?;
+    /// let plan = planner.plan(&[0.0; 2 * 5], &[true, true])?; // one environment per agent
+    /// println!("agent 1 does {:?}", plan.action(1));
+    /// # Ok(()) }
+    /// ```
+    pub fn population(gpu: &Gpu, agents: &[Weights], precision: Precision) -> Result<WorldModel> {
+        let refs: Vec<&Weights> = agents.iter().collect();
+        Self::stacked(gpu, &refs, precision)
+    }
+
+    fn stacked(gpu: &Gpu, agents: &[&Weights], precision: Precision) -> Result<WorldModel> {
+        let weights = *agents.first().ok_or_else(|| {
+            Error::InvalidArgument("a population of world models needs an agent".into())
+        })?;
         weights.spec.validate()?;
+        if let Some(i) = agents.iter().position(|w| w.spec != weights.spec) {
+            return Err(Error::InvalidArgument(format!(
+                "agent {i}'s model differs from agent 0's: a population shares one model spec"
+            )));
+        }
         gpu.supports(precision)?;
-        let net = |n| Mlp::new(gpu, weights, n, precision);
+        let net = |n| Mlp::new(gpu, agents, n, precision);
         Ok(WorldModel {
             spec: weights.spec.clone(),
             encoder: net(Net::Encoder)?,
@@ -573,9 +662,20 @@ impl WorldModel {
             } else {
                 None
             },
-            pair: RolloutPair::new(gpu, weights, precision)?,
+            // Pairing is for one agent's small launches; a population's are wide already.
+            pair: if agents.len() == 1 {
+                RolloutPair::new(gpu, weights, precision)?
+            } else {
+                None
+            },
             grouped: grouped_by_default(),
+            agents: agents.len(),
         })
+    }
+
+    /// Agents stacked in this model (1 unless made by [`WorldModel::population`]).
+    pub fn agents(&self) -> usize {
+        self.agents
     }
 
     /// The same model with the rollout's dynamics and reward layers paired (`on`) or not:
@@ -641,6 +741,24 @@ impl WorldModel {
         flat: &GpuBuffer<f32>,
         offset: impl Fn(&str) -> Result<usize>,
     ) -> Result<()> {
+        self.record_agent_copy_from(rec, 0, flat, offset)
+    }
+
+    /// [`WorldModel::record_copy_from`] into agent `agent`'s share of a population's weights.
+    pub fn record_agent_copy_from(
+        &self,
+        rec: &mut Recorder,
+        agent: usize,
+        flat: &GpuBuffer<f32>,
+        offset: impl Fn(&str) -> Result<usize>,
+    ) -> Result<()> {
+        if agent >= self.agents {
+            return Err(Error::InvalidArgument(format!(
+                "agent {agent} of a population of {}",
+                self.agents
+            )));
+        }
+        let who = (agent, self.agents);
         let nets = [
             &self.encoder,
             &self.dynamics,
@@ -651,13 +769,14 @@ impl WorldModel {
         for mlp in nets.into_iter().chain(self.termination.as_ref()) {
             for layer in &mlp.layers {
                 let p = &layer.spec.prefix;
-                layer.record_copy_from(rec, flat, &offset, &[p])?;
+                layer.record_copy_from(rec, flat, &offset, &[p], who)?;
             }
         }
         if let Some(pair) = &self.pair {
             let (d, r) = (self.dynamics.layers.iter(), self.reward.layers.iter());
             for (layer, (dl, rl)) in pair.layers.iter().zip(d.zip(r)) {
-                layer.record_copy_from(rec, flat, &offset, &[&dl.spec.prefix, &rl.spec.prefix])?;
+                let prefixes = [&dl.spec.prefix, &rl.spec.prefix];
+                layer.record_copy_from(rec, flat, &offset, &prefixes, who)?;
             }
         }
         Ok(())

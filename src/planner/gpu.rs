@@ -63,11 +63,10 @@ impl Plan {
 struct Params {
     b: u32,
     stream: u32,
-    seed_lo: u32,
-    seed_hi: u32,
     count: u32,
     width: u32,
-    _pad: [u32; 2],
+    agents: u32,
+    _pad: [u32; 3],
 }
 
 const U: (u32, Binding) = (13, Binding::Uniform);
@@ -87,6 +86,8 @@ const REPLICATE: KernelSpec = KernelSpec {
     entry: "replicate",
     bindings: &[(4, Binding::Read), (5, Binding::ReadWrite), U],
 };
+/// The agents' seeds.
+const SEEDS: (u32, Binding) = (15, Binding::Read);
 const SAMPLE: KernelSpec = KernelSpec {
     shader: "planner",
     entry: "sample",
@@ -95,6 +96,7 @@ const SAMPLE: KernelSpec = KernelSpec {
         (3, Binding::ReadWrite),
         (6, Binding::ReadWrite),
         U,
+        SEEDS,
     ],
 };
 const REFIT: KernelSpec = KernelSpec {
@@ -111,6 +113,7 @@ const REFIT: KernelSpec = KernelSpec {
         (11, Binding::ReadWrite),
         U,
         (14, Binding::Read),
+        SEEDS,
     ],
 };
 const FINALIZE: KernelSpec = KernelSpec {
@@ -126,6 +129,7 @@ const FINALIZE: KernelSpec = KernelSpec {
         (11, Binding::ReadWrite),
         (12, Binding::ReadWrite),
         U,
+        SEEDS,
     ],
 };
 
@@ -167,6 +171,7 @@ pub fn pipeline_constants(
 
 struct State {
     b: usize,
+    seeds: GpuBuffer<u32>,
     obs: GpuBuffer<f32>,
     first: GpuBuffer<u32>,
     z0: GpuBuffer<f32>,
@@ -229,6 +234,8 @@ pub struct Planner<'m> {
     // `Planner::with_prepared_steps`).
     prepare: bool,
     next: Option<Prepared<'m>>,
+    // Each agent's seed (a population model; one otherwise).
+    seeds: Vec<u64>,
 }
 
 /// How long the last [`Planner::plan`] call took.
@@ -266,6 +273,9 @@ impl<'m> Planner<'m> {
         for k in KERNELS {
             gpu.pipeline(&k, &header, &ov)?;
         }
+        let seeds = (0..model.agents() as u64)
+            .map(|i| cfg.seed.wrapping_add(i))
+            .collect();
         Ok(Planner {
             gpu,
             model,
@@ -279,7 +289,32 @@ impl<'m> Planner<'m> {
             binds: BindCache::new(),
             prepare: true,
             next: None,
+            seeds,
         })
+    }
+
+    /// Each agent's seed, for a population model ([`WorldModel::population`]): agent `i`
+    /// draws everything from `seeds[i]` (its sampling noise, Q-head choices and exploration)
+    /// exactly as a planner of its own with [`PlannerConfig::seed`] `seeds[i]` would, so a
+    /// population plans for each agent what the agent would plan alone. By default agent `i`
+    /// gets the config's seed plus `i`.
+    pub fn with_seeds(mut self, seeds: &[u64]) -> Result<Self> {
+        if seeds.len() != self.model.agents() {
+            return Err(Error::InvalidArgument(format!(
+                "{} seeds for a population of {} agents",
+                seeds.len(),
+                self.model.agents()
+            )));
+        }
+        self.seeds = seeds.to_vec();
+        self.state = None;
+        self.next = None;
+        Ok(self)
+    }
+
+    /// The agents' seeds (see [`Planner::with_seeds`]).
+    pub fn seeds(&self) -> &[u64] {
+        &self.seeds
     }
 
     /// Dispatches in a plan step for `batch` environments, counted by recording one without
@@ -415,10 +450,22 @@ impl<'m> Planner<'m> {
                  largest batch that fits is {max}"
             )));
         }
+        let agents = self.model.agents();
+        if !b.is_multiple_of(agents) {
+            return Err(Error::InvalidArgument(format!(
+                "a population of {agents} agents plans for the same number of environments \
+                 each: {b} environments do not split evenly"
+            )));
+        }
         self.state = None;
         let g = self.gpu;
         let s = &self.model.spec;
         let c = &self.cfg;
+        let words: Vec<u32> = self
+            .seeds
+            .iter()
+            .flat_map(|&v| crate::rng::seed_words(v))
+            .collect();
         let (n, t, a, l, k) = (
             c.num_samples,
             c.horizon,
@@ -430,6 +477,7 @@ impl<'m> Planner<'m> {
         let f = |label: &str, len: usize| GpuBuffer::<f32>::new(g, label, len);
         let state = State {
             b,
+            seeds: GpuBuffer::from_slice(g, "planner seeds", &words)?,
             obs: f("planner obs", b * s.obs_dim)?,
             first: GpuBuffer::new(g, "planner first_step", b)?,
             z0: f("planner z0", b * l)?,
@@ -460,9 +508,10 @@ impl<'m> Planner<'m> {
             weights: f("planner weights", b * c.kept())?,
             result: f("planner result", b * (3 * a + 2))?,
             heads: (0..c.iterations)
-                .map(|i| GpuBuffer::new(g, &format!("planner heads {i}"), 2))
+                .map(|i| GpuBuffer::new(g, &format!("planner heads {i}"), 2 * agents))
                 .collect::<Result<_>>()?,
-            ws: Workspace::with_slots(g, s, nb, 2)?,
+            // Rows per agent, 2 Q heads each.
+            ws: Workspace::with_slots(g, s, nb / agents, 2 * agents)?,
         };
         self.state = Some(state);
         Ok(())
@@ -532,12 +581,19 @@ impl<'m> Planner<'m> {
         first_step: &[bool],
     ) -> Result<Submitted<'m>> {
         let st = self.state.as_ref().expect("ensure_state ran");
-        let (g, c, s) = (self.gpu, &self.cfg, &self.model.spec);
+        let (g, s) = (self.gpu, &self.model.spec);
         st.obs.upload(g, obs)?;
         let first: Vec<u32> = first_step.iter().map(|f| *f as u32).collect();
         st.first.upload(g, &first)?;
         for (i, hb) in st.heads.iter().enumerate() {
-            hb.upload(g, &config::chosen_heads(c.seed, step.call, i, s.num_q))?;
+            // Agent j's heads are its own draw, among its own weight sets.
+            let heads: Vec<u32> = (self.seeds.iter().enumerate())
+                .flat_map(|(j, &seed)| {
+                    let base = (j * s.num_q) as u32;
+                    config::chosen_heads(seed, step.call, i, s.num_q).map(|h| base + h)
+                })
+                .collect();
+            hb.upload(g, &heads)?;
         }
         Ok(Submitted {
             pending: step.encoded.submit()?,
@@ -553,6 +609,9 @@ impl<'m> Planner<'m> {
         let st = self.state.as_ref().expect("ensure_state ran");
         let (g, m, c, s) = (self.gpu, self.model, &self.cfg, &self.model.spec);
         let b = st.b;
+        // A population: `agents` agents of `ba` environments each (rows per agent: `n * ba`).
+        let agents = m.agents();
+        let ba = b / agents;
         let (n, p, t, a, l) = (
             c.num_samples,
             c.num_pi_trajs,
@@ -561,16 +620,16 @@ impl<'m> Planner<'m> {
             s.latent_dim,
         );
         let nb = n * b;
+        let nba = n * ba;
         let (header, ov) = pipeline_constants(c, a, s.episodic);
         let pipe = |k: &KernelSpec| g.pipeline(k, &header, &ov);
         let params = |stream: u32, count: usize, width: usize| Params {
-            b: b as u32,
+            b: ba as u32,
             stream,
-            seed_lo: c.seed as u32,
-            seed_hi: (c.seed >> 32) as u32,
             count: count as u32,
             width: width as u32,
-            _pad: [0; 2],
+            agents: agents as u32,
+            _pad: [0; 3],
         };
         let groups = |threads: usize| grid(g, threads.div_ceil(64));
         let thc = TwoHotConfig::new(s.num_bins, s.vmin, s.vmax)?;
@@ -585,7 +644,7 @@ impl<'m> Planner<'m> {
         }
 
         m.encoder
-            .record(&mut rec, b, NetInput::new(&st.obs, None), None, ws, &st.z0)?;
+            .record(&mut rec, ba, NetInput::new(&st.obs, None), None, ws, &st.z0)?;
         rec.dispatch(
             &pipe(&INIT)?,
             &[
@@ -605,18 +664,26 @@ impl<'m> Planner<'m> {
                 groups(rows * b * l / 4),
             )
         };
-        // Sampled policy actions for `rows` rows of `input` into `action` from element `at`:
-        // the network, its noise (Philox stream `stream`) and the squashed-Gaussian head.
+        // Sampled policy actions for `rows` rows of each agent's `input` into `action` from
+        // element `at` (each agent's rows `stride` apart, or back to back): the network, its
+        // noise (Philox stream `stream`, each agent's own) and the squashed-Gaussian head.
         let sample_policy = |rec: &mut Recorder,
                              rows: usize,
                              input: NetInput,
                              eps: &GpuBuffer<f32>,
                              stream: u32,
                              action: &GpuBuffer<f32>,
-                             at: usize|
+                             (at, stride): (usize, Option<usize>)|
          -> Result<()> {
             m.policy.record(rec, rows, input, None, ws, &st.h)?;
-            rng_fill::record_fill(rec, eps, Distribution::Normal, c.seed, stream)?;
+            rng_fill::record_fill_agents(
+                rec,
+                eps,
+                Distribution::Normal,
+                &st.seeds,
+                rows * a,
+                stream,
+            )?;
             let io = PolicyBuffers {
                 h: &st.h,
                 eps,
@@ -625,35 +692,44 @@ impl<'m> Planner<'m> {
             };
             let at = PolicyOffsets {
                 action: at,
+                action_blocks: stride.map(|s| (rows, s)),
                 ..Default::default()
             };
-            policy::record_sample_at(rec, &pc, rows, io, at)
+            policy::record_sample_at(rec, &pc, rows * agents, io, at)
         };
         // Policy trajectories, drawn once per call into rows n < P of every time step.
         if p > 0 {
             replicate(&mut rec, p, &st.z[0])?;
             for step in 0..t {
                 let cur = &st.z[step % 2];
+                // Each agent's P * ba rows lead its N * ba sample rows of the time step.
                 sample_policy(
                     &mut rec,
-                    p * b,
+                    p * ba,
                     NetInput::new(cur, None),
                     &st.eps_pi,
                     streams::pi_traj(call, step),
                     &st.actions,
-                    step * nb * a,
+                    (step * nb * a, Some(nba * a)),
                 )?;
                 if step + 1 < t {
-                    let input = NetInput::new(cur, Some(&st.actions)).at(0, step * nb * a);
+                    let input = NetInput::new(cur, Some(&st.actions))
+                        .at(0, step * nb * a)
+                        .strided(p * ba * l, nba * a);
                     m.dynamics
-                        .record(&mut rec, p * b, input, None, ws, &st.z[(step + 1) % 2])?;
+                        .record(&mut rec, p * ba, input, None, ws, &st.z[(step + 1) % 2])?;
                 }
             }
         }
         // The first iteration's samples; each refit draws the next iteration's.
         rec.dispatch(
             &pipe(&SAMPLE)?,
-            &[&st.mean.buffer, &st.std.buffer, &st.actions.buffer],
+            &[
+                &st.mean.buffer,
+                &st.std.buffer,
+                &st.actions.buffer,
+                &st.seeds.buffer,
+            ],
             Some(&params(streams::sampling(call, 0), 0, 0)),
             groups(t * (n - p) * b * a),
         )?;
@@ -663,7 +739,7 @@ impl<'m> Planner<'m> {
             // dispatches cost more than the products, and the samples' rows get copies of the
             // latents. (H100, B = 1, f32: this and 8-row epilogue workgroups together took the
             // step from 4.8 to 6.2 ms GPU; they were not measured apart.)
-            let repeat = b >= REPEAT_MIN_ENVS;
+            let repeat = agents == 1 && b >= REPEAT_MIN_ENVS;
             if !repeat {
                 replicate(&mut rec, n, &st.z[0])?;
             }
@@ -676,7 +752,7 @@ impl<'m> Planner<'m> {
                 };
                 // Reward logits and the next latents; one launch per layer for the two
                 // networks where the model pairs them.
-                m.record_reward_and_dynamics(&mut rec, nb, input, ws, &st.r_logits, next)?;
+                m.record_reward_and_dynamics(&mut rec, nba, input, ws, &st.r_logits, next)?;
                 two_hot::record_decode_strided(
                     &mut rec,
                     &thc,
@@ -688,22 +764,22 @@ impl<'m> Planner<'m> {
                 )?;
                 if let Some(term_net) = &m.termination {
                     let zin = NetInput::new(next, None);
-                    term_net.record(&mut rec, nb, zin, None, ws, &st.term_logits)?;
+                    term_net.record(&mut rec, nba, zin, None, ws, &st.term_logits)?;
                     rec.copy_range(&st.term_logits, 0, &st.term, step * nb, nb)?;
                 }
             }
             let z_t = &st.z[t % 2];
             sample_policy(
                 &mut rec,
-                nb,
+                nba,
                 NetInput::new(z_t, None),
                 &st.eps_term,
                 streams::terminal(call, i),
                 &st.a_term,
-                0,
+                (0, None),
             )?;
             let q_in = NetInput::new(z_t, Some(&st.a_term));
-            m.q.record(&mut rec, nb, q_in, Some(&st.heads[i]), ws, &st.q_logits)?;
+            m.q.record(&mut rec, nba, q_in, Some(&st.heads[i]), ws, &st.q_logits)?;
             two_hot::record_decode(&mut rec, &thc, 2 * nb, &st.q_logits, &st.q_values)?;
             // Values, sort, refit and (but after the last iteration) the next samples.
             let next = i + 1 < c.iterations;
@@ -724,9 +800,10 @@ impl<'m> Planner<'m> {
                     &st.kept.buffer,
                     &st.weights.buffer,
                     &st.term.buffer,
+                    &st.seeds.buffer,
                 ],
                 Some(&params(stream, next as usize, 0)),
-                [b as u32, 1, 1],
+                [ba as u32, agents as u32, 1],
             )?;
         }
         rec.dispatch(
@@ -740,9 +817,10 @@ impl<'m> Planner<'m> {
                 &st.kept.buffer,
                 &st.weights.buffer,
                 &st.result.buffer,
+                &st.seeds.buffer,
             ],
             Some(&params(streams::gumbel(call), 0, 0)),
-            [b as u32, 1, 1],
+            [ba as u32, agents as u32, 1],
         )?;
         let handle = rec.read(&st.result);
         let dispatches = rec.dispatches();
