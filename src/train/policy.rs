@@ -28,8 +28,8 @@ use crate::kernels::gemm::{self, Gemm, Mat};
 use crate::kernels::loss::{GradOut, LossOut, RowWeights};
 use crate::kernels::optim::{Adam, AdamConfig, AdamState, ParamGroup, RunningScale};
 use crate::kernels::policy_loss::{
-    self as pl, KlForm, PolicyHead, PolicyInputs, PolicyLossConfig, PriorFitConfig, PriorFitInputs,
-    QInput, Rows, Scalar,
+    self as pl, KlForm, Pass, PolicyHead, PolicyInputs, PolicyLossConfig, PriorFitConfig,
+    PriorFitInputs, QInput, Rows, Scalar,
 };
 use crate::kernels::rng_fill::{Distribution, record_fill};
 use crate::kernels::td::record_decode_grad;
@@ -684,31 +684,28 @@ impl<'g> PolicyTrainer<'g> {
                 planner: planner_rows,
                 s_d: Some(Scalar::new(self.s_d.value_buffer())),
             };
-            pl::record_prior_divergence(
-                rec,
-                &cfg.prior_fit,
-                rows,
-                &inputs,
-                Rows::new(&self.div, 1),
-            )?;
+            let div = Pass::Divergence(Rows::new(&self.div, 1));
+            pl::record_prior_fit(rec, &cfg.prior_fit, rows, &inputs, div)?;
             self.s_d.record_update(rec, &self.div, 0, b)?;
             pl::record_prior_fit(
                 rec,
                 &cfg.prior_fit,
                 rows,
                 &inputs,
-                Some(GradOut {
-                    buf: &self.dprior,
-                    at: RowLayout::contiguous(2 * a),
-                    accumulate: false,
-                }),
-                None,
-                LossOut {
-                    losses: &self.losses,
-                    index: SLOT_PRIOR,
-                    accumulate: false,
+                Pass::Loss {
+                    grad: Some(GradOut {
+                        buf: &self.dprior,
+                        at: RowLayout::contiguous(2 * a),
+                        accumulate: false,
+                    }),
+                    divergence: None,
+                    loss: LossOut {
+                        losses: &self.losses,
+                        index: SLOT_PRIOR,
+                        accumulate: false,
+                    },
+                    scratch: Some(&self.scratch),
                 },
-                Some(&self.scratch),
             )?;
             self.pi.backward(
                 rec,
@@ -747,7 +744,8 @@ impl<'g> PolicyTrainer<'g> {
             });
             inputs.s_kl = Some(Scalar::new(self.s_kl.value_buffer()));
             // BMPC's order: the KL scale moves with this batch's t = 0 rows first.
-            pl::record_policy_divergence(rec, &cfg.loss, rows, &inputs, Rows::new(&self.div, 1))?;
+            let div = Pass::Divergence(Rows::new(&self.div, 1));
+            pl::record_policy_loss(rec, &cfg.loss, rows, &inputs, div)?;
             self.s_kl.record_update(rec, &self.div, 0, b)?;
         }
         pl::record_policy_loss(
@@ -755,18 +753,20 @@ impl<'g> PolicyTrainer<'g> {
             &cfg.loss,
             rows,
             &inputs,
-            Some(GradOut {
-                buf: &self.dh,
-                at: RowLayout::contiguous(2 * a),
-                accumulate: false,
-            }),
-            None,
-            LossOut {
-                losses: &self.losses,
-                index: SLOT_POLICY,
-                accumulate: false,
+            Pass::Loss {
+                grad: Some(GradOut {
+                    buf: &self.dh,
+                    at: RowLayout::contiguous(2 * a),
+                    accumulate: false,
+                }),
+                divergence: None,
+                loss: LossOut {
+                    losses: &self.losses,
+                    index: SLOT_POLICY,
+                    accumulate: false,
+                },
+                scratch: Some(&self.scratch),
             },
-            Some(&self.scratch),
         )?;
         self.pi.backward(
             rec,

@@ -763,7 +763,8 @@ impl<'g> WorldModelTrainer<'g> {
             };
             let mut inputs = pl::PolicyInputs::new(h_rows, pl::Rows::new(&self.eps, a));
             inputs.prior = Some(prior_rows);
-            pl::record_policy_divergence(rec, &kcfg, tb, &inputs, pl::Rows::new(&self.kl_div, 1))?;
+            let div = pl::Pass::Divergence(pl::Rows::new(&self.kl_div, 1));
+            pl::record_policy_loss(rec, &kcfg, tb, &inputs, div)?;
             gemm::record(
                 rec,
                 &Gemm {
