@@ -18,7 +18,7 @@ use pompc::kernels::optim::{Adam, AdamConfig, ParamGroup};
 use pompc::model::{ModelSpec, Weights, Workspace, WorldModel};
 use pompc::planner::config::chosen_heads;
 use pompc::planner::custom::{Mppi, MppiConfig, Problem};
-use pompc::planner::problems::{CartPole, DiffDrive, try_simulate_step};
+use pompc::planner::problems::{CartPole, DiffDrive, simulate_step};
 use pompc::planner::{Plan, Planner, PlannerConfig, PlannerMode};
 use pompc::train::{
     Method, PolicyTrainer, PolicyUpdateConfig, ReplayBuffer, TrainConfig, Trainer, UpdateConfig,
@@ -1846,7 +1846,7 @@ fn cases() -> Vec<Case> {
                 cart_mass: f64::NAN,
                 ..Default::default()
             }
-            .try_problem(),
+            .problem(),
             &["cart_mass"],
         )
     });
@@ -1856,7 +1856,7 @@ fn cases() -> Vec<Case> {
                 margin: 0.0,
                 ..Default::default()
             }
-            .try_problem(),
+            .problem(),
             &["margin"],
         )
     });
@@ -1865,7 +1865,7 @@ fn cases() -> Vec<Case> {
     });
     case!(5, "simulate a step with a short state", {
         expect_err(
-            try_simulate_step(
+            simulate_step(
                 &DiffDrive::default(),
                 &[0.0],
                 &[0.0, 0.0],
