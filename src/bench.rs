@@ -627,11 +627,11 @@ pub fn bench_gemm(
     tile: Option<crate::kernels::gemm::GemmTile>,
     runs: usize,
 ) -> Result<GemmBench> {
-    use crate::kernels::gemm::{self, GemmTile};
+    use crate::kernels::gemm::{self, GemmTile, Operands};
     let tile = tile.unwrap_or_else(|| GemmTile::choose_on(gpu, op.m, op.n, op.batch));
     let [a, b, c] = gemm_operands(gpu, &op)?;
     let time = time_submits(gpu, runs, target_seconds(), 0.2, |rec| {
-        gemm::record_with_tile(rec, &op, a.mat(), b.mat(), c.mat(), None, tile)
+        gemm::record_with_tile(rec, &op, Operands::new(a.mat(), b.mat(), c.mat()), tile)
     })?;
     Ok(GemmBench { op, tile, time })
 }
@@ -1159,13 +1159,14 @@ pub fn bench_gemm_coop(
     tile: Option<crate::kernels::gemm_coop::CoopTile>,
     runs: usize,
 ) -> Result<(crate::kernels::gemm_coop::CoopTile, Stats)> {
+    use crate::kernels::gemm::Operands;
     use crate::kernels::gemm_coop::{self, CoopTile};
     gpu.tensor_cores()?;
     let sg = gpu.tensor_cores()?;
     let tile = tile.unwrap_or_else(|| CoopTile::choose_on(gpu, sg, op.m, op.n, op.batch));
     let [a, b, c] = gemm_operands(gpu, &op)?;
     let time = time_submits(gpu, runs, target_seconds(), 0.2, |rec| {
-        gemm_coop::record_with_tile(rec, &op, a.mat(), b.mat(), c.mat(), None, tile)
+        gemm_coop::record_with_tile(rec, &op, Operands::new(a.mat(), b.mat(), c.mat()), tile)
     })?;
     Ok((tile, time))
 }

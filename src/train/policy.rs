@@ -24,7 +24,7 @@
 use super::mlp::{Grads, Members, NetInput, Tape, TrainNet};
 use super::params::ParamLayout;
 use crate::gpu::{Gpu, GpuBuffer, Recorder};
-use crate::kernels::gemm::{self, Gemm, Mat};
+use crate::kernels::gemm::{self, Gemm, Mat, Operands};
 use crate::kernels::loss::{GradOut, LossOut, RowWeights};
 use crate::kernels::optim::{Adam, AdamConfig, AdamState, ParamGroup, RunningScale};
 use crate::kernels::policy_loss::{
@@ -657,10 +657,11 @@ impl<'g> PolicyTrainer<'g> {
             gemm::record(
                 rec,
                 &Gemm::new(1, rows, 2),
-                Mat::rows(&self.half, 2),
-                Mat::rows(&self.q_vals, rows),
-                Mat::rows(&self.q_avg, rows),
-                None,
+                Operands::new(
+                    Mat::rows(&self.half, 2),
+                    Mat::rows(&self.q_vals, rows),
+                    Mat::rows(&self.q_avg, rows),
+                ),
             )?;
             // TD-MPC2 updates the Q scale with the t = 0 values, then divides by it.
             self.s_q.record_update(rec, &self.q_avg, 0, b)?;
