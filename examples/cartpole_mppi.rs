@@ -59,7 +59,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         cp.cart_mass, cp.pole_mass, cp.pole_length, cp.max_force
     );
     let params = CartPole::params(0.0);
-    let mut mppi = Mppi::new(&gpu, cp.problem(), cfg.clone())?;
+    let mut mppi = Mppi::new(&gpu, cp.problem()?, cfg.clone())?;
     mppi.set_params(&params)?;
 
     let max_steps = 500;

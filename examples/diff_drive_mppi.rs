@@ -65,7 +65,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         scene.obstacles.len()
     );
     let params = scene.params()?;
-    let mut mppi = Mppi::new(&gpu, dd.problem(), cfg.clone())?;
+    let mut mppi = Mppi::new(&gpu, dd.problem()?, cfg.clone())?;
     mppi.set_params(&params)?;
 
     let max_steps = 1000;

@@ -5,6 +5,7 @@
 //!
 //! `cargo run --release --example update_timing -- [batch] [--profile]`
 
+use pompc::bench::Workload;
 use pompc::model::{ModelSpec, Weights};
 use pompc::train::{UpdateBatch, UpdateConfig, WorldModelTrainer};
 use pompc::{Gpu, GpuOptions, Recorder};
@@ -23,8 +24,13 @@ fn main() -> pompc::Result<()> {
     println!("adapter: {}", gpu.describe());
     let spec = ModelSpec::tdmpc2(5, 24, 6)?;
     if profile {
-        let runs = 10;
-        let rows = pompc::bench::profile_update(&gpu, &spec, batch, runs, 5)?;
+        let work = Workload {
+            spec: &spec,
+            batch,
+            runs: 10,
+            warmup: 5,
+        };
+        let rows = pompc::bench::profile_update(&gpu, work)?;
         print!(
             "\n{}",
             pompc::bench::profile_table(
@@ -34,7 +40,7 @@ fn main() -> pompc::Result<()> {
             )
         );
         let cfg = pompc::train::PolicyUpdateConfig::pompc(spec.action_dim, 1.0);
-        let rows = pompc::bench::profile_policy(&gpu, &spec, cfg, batch, runs, 5)?;
+        let rows = pompc::bench::profile_policy(&gpu, work, cfg)?;
         print!(
             "\n{}",
             pompc::bench::profile_table(

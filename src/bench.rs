@@ -157,34 +157,11 @@ pub struct LinearBench {
     pub gflops: f64,
 }
 
-/// Benchmark one linear layer on random inputs, at f32.
-pub fn bench_linear(
-    gpu: &Gpu,
-    cfg: LinearConfig,
-    m: usize,
-    plan: Option<LinearPlan>,
-    runs: usize,
-) -> Result<LinearBench> {
-    bench_linear_at(gpu, cfg, m, plan, runs, Precision::F32)
-}
-
 /// Benchmark one linear layer on random inputs at `precision`: at f16 and on tensor cores Z,
 /// W and Y are f16 buffers, as in the world model's hidden layers. `plan` forces the ALU
-/// kernel's tile (ignored where tensor cores run).
-pub fn bench_linear_at(
-    gpu: &Gpu,
-    cfg: LinearConfig,
-    m: usize,
-    plan: Option<LinearPlan>,
-    runs: usize,
-    precision: Precision,
-) -> Result<LinearBench> {
-    bench_linear_with(gpu, cfg, m, plan, None, runs, precision)
-}
-
-/// [`bench_linear_at`] with the tensor-core tile and split forced too (`coop`; used at
-/// [`Precision::TensorCore`] only).
-pub fn bench_linear_with(
+/// kernel's tile (ignored where tensor cores run), `coop` the tensor-core tile and split (used
+/// at [`Precision::TensorCore`] only).
+pub fn bench_linear(
     gpu: &Gpu,
     cfg: LinearConfig,
     m: usize,
@@ -364,17 +341,18 @@ impl PlanBench {
     }
 }
 
-/// Time `runs` plan calls of TD-MPC2's planner (`PlannerConfig::tdmpc2`) over a
-/// TD-MPC2-initialized model with random reward and Q heads, for `batch` environments, after
-/// `warmup` calls.
-pub fn bench_plan(
-    gpu: &Gpu,
-    spec: &crate::model::ModelSpec,
-    batch: usize,
-    runs: usize,
-    warmup: usize,
-) -> Result<PlanBench> {
-    bench_plan_at(gpu, spec, batch, runs, warmup, gpu.precision())
+/// What a model-level benchmark times: `runs` calls after `warmup` untimed ones, on `spec`
+/// with `batch` environments (plans) or sub-trajectories (updates).
+#[derive(Clone, Copy, Debug)]
+pub struct Workload<'a> {
+    /// The model.
+    pub spec: &'a crate::model::ModelSpec,
+    /// Environments or sub-trajectories per call.
+    pub batch: usize,
+    /// Timed calls.
+    pub runs: usize,
+    /// Untimed calls first.
+    pub warmup: usize,
 }
 
 /// TD-MPC2-initialized weights for `spec` with random (non-zero) reward and Q heads, so
@@ -405,26 +383,21 @@ fn randomized_weights(
     Ok((weights, r))
 }
 
-/// [`bench_plan`] with the world model at `precision`.
-pub fn bench_plan_at(
-    gpu: &Gpu,
-    spec: &crate::model::ModelSpec,
-    batch: usize,
-    runs: usize,
-    warmup: usize,
-    precision: Precision,
-) -> Result<PlanBench> {
-    let setting = (batch, warmup, precision);
+/// Time `runs` plan calls of TD-MPC2's planner (`PlannerConfig::tdmpc2`) over a
+/// TD-MPC2-initialized model with random reward and Q heads at `precision`, for `batch`
+/// environments, after `warmup` calls.
+pub fn bench_plan(gpu: &Gpu, w: Workload, precision: Precision) -> Result<PlanBench> {
+    let setting = (w.batch, w.warmup, precision);
     with_warm_planner(
         gpu,
-        spec,
+        w.spec,
         setting,
         RunMode::Timestamps,
         |planner, obs, first| {
-            let mut wall = Vec::with_capacity(runs);
-            let mut gpu_t = Vec::with_capacity(runs);
+            let mut wall = Vec::with_capacity(w.runs);
+            let mut gpu_t = Vec::with_capacity(w.runs);
             let mut dispatches = 0;
-            for _ in 0..runs.max(1) {
+            for _ in 0..w.runs.max(1) {
                 planner.plan(obs, first)?;
                 let t = planner.last_timing().unwrap_or_default();
                 wall.push(t.wall_seconds);
@@ -434,11 +407,11 @@ pub fn bench_plan_at(
                 dispatches = t.dispatches;
             }
             Ok(PlanBench {
-                batch,
-                action_dim: spec.action_dim,
+                batch: w.batch,
+                action_dim: w.spec.action_dim,
                 wall: Stats::from_samples(wall, Clock::Wall),
                 gpu: (!gpu_t.is_empty()).then(|| Stats::from_samples(gpu_t, Clock::Timestamps)),
-                flops: planner.flops(batch),
+                flops: planner.flops(w.batch),
                 dispatches,
             })
         },
@@ -531,25 +504,18 @@ pub fn profile_table(what: &str, unit: &str, rows: &[PlanProfileRow]) -> String 
 
 /// Where a plan step's GPU time goes: `runs` steps (after `warmup`) with every dispatch timed
 /// on its own, summed per kernel and launch shape, largest first. Timing each dispatch in its
-/// own pass adds a little to each; compare the total with [`bench_plan_at`]'s GPU time.
-pub fn profile_plan(
-    gpu: &Gpu,
-    spec: &crate::model::ModelSpec,
-    batch: usize,
-    runs: usize,
-    warmup: usize,
-    precision: Precision,
-) -> Result<Vec<PlanProfileRow>> {
+/// own pass adds a little to each; compare the total with [`bench_plan`]'s GPU time.
+pub fn profile_plan(gpu: &Gpu, w: Workload, precision: Precision) -> Result<Vec<PlanProfileRow>> {
     check_timestamps(gpu)?;
-    let setting = (batch, warmup, precision);
+    let setting = (w.batch, w.warmup, precision);
     with_warm_planner(
         gpu,
-        spec,
+        w.spec,
         setting,
         RunMode::Profile,
         |planner, obs, first| {
             let mut rows: Vec<PlanProfileRow> = Vec::new();
-            let runs = runs.max(1);
+            let runs = w.runs.max(1);
             for _ in 0..runs {
                 planner.plan(obs, first)?;
                 add_profile(&mut rows, planner.last_profile());
@@ -627,11 +593,11 @@ pub fn bench_gemm(
     tile: Option<crate::kernels::gemm::GemmTile>,
     runs: usize,
 ) -> Result<GemmBench> {
-    use crate::kernels::gemm::{self, GemmTile};
+    use crate::kernels::gemm::{self, GemmTile, Operands};
     let tile = tile.unwrap_or_else(|| GemmTile::choose_on(gpu, op.m, op.n, op.batch));
     let [a, b, c] = gemm_operands(gpu, &op)?;
     let time = time_submits(gpu, runs, target_seconds(), 0.2, |rec| {
-        gemm::record_with_tile(rec, &op, a.mat(), b.mat(), c.mat(), None, tile)
+        gemm::record_with_tile(rec, &op, Operands::new(a.mat(), b.mat(), c.mat()), tile)
     })?;
     Ok(GemmBench { op, tile, time })
 }
@@ -823,14 +789,9 @@ fn run_update(gpu: &Gpu, tr: &mut crate::train::WorldModelTrainer, mode: RunMode
 /// Time TD-MPC2's world-model update (forward, backward, clip, Adam, Polyak) of `spec` on a
 /// random batch of `batch` sub-trajectories of horizon 3: each run is one submit with the
 /// losses read back.
-pub fn bench_update(
-    gpu: &Gpu,
-    spec: &crate::model::ModelSpec,
-    batch: usize,
-    runs: usize,
-    warmup: usize,
-) -> Result<UpdateBench> {
-    let mut tr = update_fixture(gpu, spec, batch)?;
+pub fn bench_update(gpu: &Gpu, w: Workload) -> Result<UpdateBench> {
+    let (batch, runs, warmup) = (w.batch, w.runs, w.warmup);
+    let mut tr = update_fixture(gpu, w.spec, batch)?;
     let (wall, gpu_t, dispatches) = time_runs(gpu, runs, warmup, |m| run_update(gpu, &mut tr, m))?;
     Ok(UpdateBench {
         batch,
@@ -843,15 +804,9 @@ pub fn bench_update(
 
 /// Where the world-model update's GPU time goes ([`bench_update`]'s update, each dispatch
 /// timed on its own; see [`profile_plan`]).
-pub fn profile_update(
-    gpu: &Gpu,
-    spec: &crate::model::ModelSpec,
-    batch: usize,
-    runs: usize,
-    warmup: usize,
-) -> Result<Vec<PlanProfileRow>> {
-    let mut tr = update_fixture(gpu, spec, batch)?;
-    profile_runs(gpu, runs, warmup, |m| run_update(gpu, &mut tr, m))
+pub fn profile_update(gpu: &Gpu, w: Workload) -> Result<Vec<PlanProfileRow>> {
+    let mut tr = update_fixture(gpu, w.spec, w.batch)?;
+    profile_runs(gpu, w.runs, w.warmup, |m| run_update(gpu, &mut tr, m))
 }
 
 // A PO-MPC-family policy update of `spec` on random latents and planner Gaussians, ready to
@@ -914,14 +869,13 @@ fn run_policy(
 /// Gaussians for `batch` sub-trajectories: each run is one submit with the losses read back.
 pub fn bench_policy(
     gpu: &Gpu,
-    spec: &crate::model::ModelSpec,
+    w: Workload,
     cfg: crate::train::PolicyUpdateConfig,
-    batch: usize,
-    runs: usize,
-    warmup: usize,
 ) -> Result<UpdateBench> {
+    let (spec, batch) = (w.spec, w.batch);
     let mut fx = policy_fixture(gpu, spec, cfg, batch)?;
-    let (wall, gpu_t, dispatches) = time_runs(gpu, runs, warmup, |m| run_policy(gpu, &mut fx, m))?;
+    let (wall, gpu_t, dispatches) =
+        time_runs(gpu, w.runs, w.warmup, |m| run_policy(gpu, &mut fx, m))?;
     let t = &fx.0;
     // 2 per multiply-add of the linear layers: the policy forward and backward (dX, dW),
     // two Q heads forward and backward to the action (dX), the prior forward and backward.
@@ -949,14 +903,11 @@ pub fn bench_policy(
 /// dispatch timed on its own; see [`profile_plan`]).
 pub fn profile_policy(
     gpu: &Gpu,
-    spec: &crate::model::ModelSpec,
+    w: Workload,
     cfg: crate::train::PolicyUpdateConfig,
-    batch: usize,
-    runs: usize,
-    warmup: usize,
 ) -> Result<Vec<PlanProfileRow>> {
-    let mut fx = policy_fixture(gpu, spec, cfg, batch)?;
-    profile_runs(gpu, runs, warmup, |m| run_policy(gpu, &mut fx, m))
+    let mut fx = policy_fixture(gpu, w.spec, cfg, w.batch)?;
+    profile_runs(gpu, w.runs, w.warmup, |m| run_policy(gpu, &mut fx, m))
 }
 
 /// Time one clipped Adam step over `len` parameters (norm partials, begin, update): each run
@@ -1159,13 +1110,14 @@ pub fn bench_gemm_coop(
     tile: Option<crate::kernels::gemm_coop::CoopTile>,
     runs: usize,
 ) -> Result<(crate::kernels::gemm_coop::CoopTile, Stats)> {
+    use crate::kernels::gemm::Operands;
     use crate::kernels::gemm_coop::{self, CoopTile};
     gpu.tensor_cores()?;
     let sg = gpu.tensor_cores()?;
     let tile = tile.unwrap_or_else(|| CoopTile::choose_on(gpu, sg, op.m, op.n, op.batch));
     let [a, b, c] = gemm_operands(gpu, &op)?;
     let time = time_submits(gpu, runs, target_seconds(), 0.2, |rec| {
-        gemm_coop::record_with_tile(rec, &op, a.mat(), b.mat(), c.mat(), None, tile)
+        gemm_coop::record_with_tile(rec, &op, Operands::new(a.mat(), b.mat(), c.mat()), tile)
     })?;
     Ok((tile, time))
 }

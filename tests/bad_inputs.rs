@@ -11,14 +11,14 @@ use pompc::env::acrobot::{Acrobot, AcrobotParams};
 use pompc::env::cartpole::{Cartpole, CartpoleParams, Task};
 use pompc::env::pendulum::{Pendulum, PendulumParams};
 use pompc::env::reacher::{Reacher, ReacherParams};
-use pompc::env::{Env, Sigmoid, try_tolerance};
+use pompc::env::{Env, Sigmoid, Tolerance};
 use pompc::gpu::shader::{Header, preprocess_with};
 use pompc::kernels::linear::{Linear, LinearConfig, LinearInputs};
 use pompc::kernels::optim::{Adam, AdamConfig, ParamGroup};
 use pompc::model::{ModelSpec, Weights, Workspace, WorldModel};
 use pompc::planner::config::chosen_heads;
 use pompc::planner::custom::{Mppi, MppiConfig, Problem};
-use pompc::planner::problems::{CartPole, DiffDrive, try_simulate_step};
+use pompc::planner::problems::{CartPole, DiffDrive, simulate_step};
 use pompc::planner::{Plan, Planner, PlannerConfig, PlannerMode};
 use pompc::train::{
     Method, PolicyTrainer, PolicyUpdateConfig, ReplayBuffer, TrainConfig, Trainer, UpdateConfig,
@@ -1822,21 +1822,27 @@ fn cases() -> Vec<Case> {
             &["Q heads"],
         )
     });
-    case!(5, "try_tolerance with lower above upper", {
+    case!(5, "Tolerance with lower above upper", {
         expect_err(
-            try_tolerance(0.0, 1.0, 0.0, 1.0, Sigmoid::Gaussian, 0.1),
+            Tolerance::bounds(1.0, 0.0).margin(1.0).try_reward(0.0),
             &["lower"],
         )
     });
-    case!(5, "try_tolerance with a negative margin", {
+    case!(5, "Tolerance with a negative margin", {
         expect_err(
-            try_tolerance(0.0, 0.0, 1.0, -1.0, Sigmoid::Linear, 0.1),
+            Tolerance::bounds(0.0, 1.0)
+                .margin(-1.0)
+                .sigmoid(Sigmoid::Linear, 0.1)
+                .try_reward(0.0),
             &["margin"],
         )
     });
-    case!(5, "try_tolerance with value_at_margin 1", {
+    case!(5, "Tolerance with value_at_margin 1", {
         expect_err(
-            try_tolerance(0.0, 0.0, 1.0, 1.0, Sigmoid::LongTail, 1.0),
+            Tolerance::bounds(0.0, 1.0)
+                .margin(1.0)
+                .sigmoid(Sigmoid::LongTail, 1.0)
+                .try_reward(0.0),
             &["value_at_margin"],
         )
     });
@@ -1846,7 +1852,7 @@ fn cases() -> Vec<Case> {
                 cart_mass: f64::NAN,
                 ..Default::default()
             }
-            .try_problem(),
+            .problem(),
             &["cart_mass"],
         )
     });
@@ -1856,7 +1862,7 @@ fn cases() -> Vec<Case> {
                 margin: 0.0,
                 ..Default::default()
             }
-            .try_problem(),
+            .problem(),
             &["margin"],
         )
     });
@@ -1865,7 +1871,7 @@ fn cases() -> Vec<Case> {
     });
     case!(5, "simulate a step with a short state", {
         expect_err(
-            try_simulate_step(
+            simulate_step(
                 &DiffDrive::default(),
                 &[0.0],
                 &[0.0, 0.0],

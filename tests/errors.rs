@@ -116,7 +116,7 @@ fn broken_wgsl_names_its_line() {
     let pre =
         pompc::gpu::shader::preprocess_with("user", src, &Header::default(), &|_| None).unwrap();
     let err = gpu
-        .pipeline_from_source("user", &pre, "main", &[(0, Binding::ReadWrite)], &[])
+        .pipeline_from_source("user", &pre, "main", &[(0, Binding::ReadWrite)], &[], None)
         .unwrap_err();
     assert!(matches!(err, Error::Shader { .. }), "{err:?}");
     assert!(err.to_string().contains("user:4:"), "{err}");

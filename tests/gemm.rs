@@ -10,7 +10,7 @@
 mod common;
 
 use common::{POISON, gpus, rel_error, rng, uniform};
-use pompc::kernels::gemm::{self, Bias, Gemm, GemmTile, Mat};
+use pompc::kernels::gemm::{self, Bias, Gemm, GemmTile, Mat, Operands};
 use pompc::reference::gemm::{self as mirror, Layout};
 use pompc::{Error, GpuBuffer, Recorder};
 use rand::Rng;
@@ -115,10 +115,15 @@ fn run(case: Case, tile: Option<GemmTile>, r: &mut impl Rng) {
             batch_stride: n,
         });
         let mut rec = Recorder::new(gpu);
-        let (am, bm, cm) = (mat(&ab, la), mat(&bb, lb), mat(&cb, lc));
+        let x = Operands {
+            a: mat(&ab, la),
+            b: mat(&bb, lb),
+            c: mat(&cb, lc),
+            bias: bias_arg,
+        };
         match tile {
-            Some(t) => gemm::record_with_tile(&mut rec, &op, am, bm, cm, bias_arg, t),
-            None => gemm::record(&mut rec, &op, am, bm, cm, bias_arg),
+            Some(t) => gemm::record_with_tile(&mut rec, &op, x, t),
+            None => gemm::record(&mut rec, &op, x),
         }
         .unwrap();
         let h = rec.read(&cb);
@@ -200,10 +205,7 @@ fn bad_requests_are_errors() {
     let e = gemm::record(
         &mut rec,
         &Gemm::new(4, 4, 4),
-        Mat::rows(&a, 4),
-        Mat::rows(&a, 4),
-        Mat::rows(&c, 4),
-        None,
+        Operands::new(Mat::rows(&a, 4), Mat::rows(&a, 4), Mat::rows(&c, 4)),
     )
     .unwrap_err();
     assert!(
@@ -214,10 +216,7 @@ fn bad_requests_are_errors() {
     let e = gemm::record(
         &mut rec,
         &Gemm::new(2, 2, 2),
-        Mat::rows(&c, 2),
-        Mat::rows(&a, 2),
-        Mat::rows(&c, 2),
-        None,
+        Operands::new(Mat::rows(&c, 2), Mat::rows(&a, 2), Mat::rows(&c, 2)),
     )
     .unwrap_err();
     assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
@@ -229,10 +228,11 @@ fn bad_requests_are_errors() {
     let e = gemm::record(
         &mut rec,
         &op,
-        Mat::rows(&a, 2),
-        Mat::rows(&a, 2),
-        Mat::rows(&c, 2).batched(2),
-        None,
+        Operands::new(
+            Mat::rows(&a, 2),
+            Mat::rows(&a, 2),
+            Mat::rows(&c, 2).batched(2),
+        ),
     )
     .unwrap_err();
     assert!(e.to_string().contains("overlap"), "{e}");

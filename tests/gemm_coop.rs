@@ -17,7 +17,7 @@
 mod common;
 
 use common::{POISON, gpus, rel_error, rng, uniform};
-use pompc::kernels::gemm::{Bias, Gemm, Mat};
+use pompc::kernels::gemm::{Bias, Gemm, Mat, Operands};
 use pompc::kernels::gemm_coop::{self, CoopTile, GemmPath};
 use pompc::reference::gemm::{self as f32_mirror, Layout};
 use pompc::reference::gemm_coop as mirror;
@@ -161,17 +161,22 @@ fn run(gpu: &Gpu, case: Case, kernel: Kernel, r: &mut impl Rng) -> (f64, f64, Ge
         batch_stride: n,
     });
     let mut rec = Recorder::new(gpu);
-    let (am, bm, cm) = (mat(&ab, la), mat(&bb, lb), mat(&cb, lc));
+    let x = Operands {
+        a: mat(&ab, la),
+        b: mat(&bb, lb),
+        c: mat(&cb, lc),
+        bias: bias_arg,
+    };
     let path = match kernel {
         Kernel::Coop(Some(t)) => {
-            gemm_coop::record_with_tile(&mut rec, &op, am, bm, cm, bias_arg, t).unwrap();
+            gemm_coop::record_with_tile(&mut rec, &op, x, t).unwrap();
             GemmPath::TensorCore
         }
         Kernel::Coop(None) => {
-            gemm_coop::record(&mut rec, &op, am, bm, cm, bias_arg).unwrap();
+            gemm_coop::record(&mut rec, &op, x).unwrap();
             GemmPath::TensorCore
         }
-        Kernel::OrF32 => gemm_coop::record_or_f32(&mut rec, &op, am, bm, cm, bias_arg).unwrap(),
+        Kernel::OrF32 => gemm_coop::record_or_f32(&mut rec, &op, x).unwrap(),
     };
     let h = rec.read(&cb);
     let got = rec.finish().unwrap().get(&h).unwrap();
@@ -266,10 +271,7 @@ fn tensor_core_gemm_matches_the_f16_mirror_or_falls_back_to_f32() {
                 let e = gemm_coop::record(
                     &mut rec,
                     &Gemm::new(4, 4, 4),
-                    Mat::rows(&ab, 4),
-                    Mat::rows(&ab, 4),
-                    Mat::rows(&cb, 4),
-                    None,
+                    Operands::new(Mat::rows(&ab, 4), Mat::rows(&ab, 4), Mat::rows(&cb, 4)),
                 )
                 .unwrap_err();
                 assert!(

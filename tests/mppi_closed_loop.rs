@@ -35,7 +35,7 @@ fn cartpole_swings_up_and_stays_upright() {
     };
     let cp = CartPole::default();
     let params = CartPole::params(0.0);
-    let mut mppi = Mppi::new(gpu, cp.problem(), cfg).unwrap();
+    let mut mppi = Mppi::new(gpu, cp.problem().unwrap(), cfg).unwrap();
     mppi.set_params(&params).unwrap();
     let hold = 50;
     let mut reached = None;
@@ -94,7 +94,7 @@ fn robot_reaches_its_goal_without_collision() {
     let dd = DiffDrive::default();
     let scene = DiffDriveScene::benchmark();
     let params = scene.params().unwrap();
-    let mut mppi = Mppi::new(gpu, dd.problem(), cfg).unwrap();
+    let mut mppi = Mppi::new(gpu, dd.problem().unwrap(), cfg).unwrap();
     mppi.set_params(&params).unwrap();
     let start = Instant::now();
     let run = simulate_closed_loop(&mut mppi, &dd, &scene.start, &params, 700, None, |_, x| {
@@ -309,5 +309,5 @@ fn diff_drive_gpu_step_matches_the_mirror() {
         let c = dd.clearance(&x, &params);
         assert!(c > 0.05 && c < dd.margin, "clearance {c}");
     }
-    parity(dd.problem(), &dd, cfg, &params, &u0, &states);
+    parity(dd.problem().unwrap(), &dd, cfg, &params, &u0, &states);
 }

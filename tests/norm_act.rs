@@ -326,7 +326,8 @@ fn run_layer(gpu: &Gpu, r: &mut impl Rng, c: Case) {
     let st64 = f64s(st_got);
     let check_backward =
         |dh_all: &[f32], dhp: &Placed, gr_all: &[f32], gp: &ParamBuf, st: &[f64], what: &str| {
-            let dh_ref = mirror::backward(&cfg, c.rows, &dy64, &h64, &g64, &b64, st);
+            let mirrored = mirror::backward(&cfg, c.rows, &dy64, &h64, &g64, &b64, st);
+            let dh_ref = &mirrored.dh;
             let want: Vec<f64> = if c.accumulate {
                 dh_ref
                     .iter()
@@ -356,8 +357,7 @@ fn run_layer(gpu: &Gpu, r: &mut impl Rng, c: Case) {
                 "{what} {tag}: dh error {err:e} (allowed {:e})",
                 TOL + amp
             );
-            if c.ln {
-                let (dg, db) = mirror::param_grads(&cfg, c.rows, &dy64, &h64, &g64, &b64, st);
+            if let Some((dg, db)) = &mirrored.ln {
                 // Sums of magnitudes per column, from the same per-row terms.
                 let mut mag_g: Vec<f64> = gi.iter().map(|v| v.abs() as f64).collect();
                 let mut mag_b: Vec<f64> = bi.iter().map(|v| v.abs() as f64).collect();
@@ -592,28 +592,28 @@ fn mirror_backward_is_the_gradient_of_the_mirror_forward() {
         let g: Vec<f64> = u(members * n, 0.5).iter().map(|v| 1.0 + v).collect();
         let b = u(members * n, 0.5);
         let (_, st) = mirror::forward(&cfg, rows, &h, &g, &b);
-        let dh = mirror::backward(&cfg, rows, &dy, &h, &g, &b, &st);
+        let grads = mirror::backward(&cfg, rows, &dy, &h, &g, &b, &st);
+        let dh = &grads.dh;
         let what = format!("{cfg:?}");
-        fd_check(&format!("dh {what}"), &dh, &mut |i, e| {
+        fd_check(&format!("dh {what}"), dh, &mut |i, e| {
             let mut hp = h.clone();
             hp[i] += e;
             mirror_loss(&cfg, rows, &hp, &g, &b, &dy)
         });
-        if ln {
-            let (dg, db) = mirror::param_grads(&cfg, rows, &dy, &h, &g, &b, &st);
-            fd_check(&format!("dgamma {what}"), &dg, &mut |i, e| {
+        if let Some((dg, db)) = &grads.ln {
+            fd_check(&format!("dgamma {what}"), dg, &mut |i, e| {
                 let mut gp = g.clone();
                 gp[i] += e;
                 mirror_loss(&cfg, rows, &h, &gp, &b, &dy)
             });
-            fd_check(&format!("dbeta {what}"), &db, &mut |i, e| {
+            fd_check(&format!("dbeta {what}"), db, &mut |i, e| {
                 let mut bp = b.clone();
                 bp[i] += e;
                 mirror_loss(&cfg, rows, &h, &g, &bp, &dy)
             });
         }
         // The bias of the layer's GEMM (h = x W^T + bias): its gradient is the column sum of dh.
-        let db = mirror::column_sum(n, members, rows, &dh, None);
+        let db = mirror::column_sum(n, members, rows, dh, None);
         fd_check(&format!("bias {what}"), &db, &mut |i, e| {
             let (m, j) = (i / n, i % n);
             let mut hp = h.clone();

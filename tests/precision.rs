@@ -27,7 +27,7 @@ use pompc::kernels::linear::{
     Tile,
 };
 use pompc::model::{ModelSpec, NetInput, Weights, Workspace, WorldModel};
-use pompc::reference::linear::{linear as mirror, linear_coop, round_f16};
+use pompc::reference::linear::{linear as mirror, round_f16};
 use pompc::{Error, Gpu, GpuBuffer, GpuOptions, Precision, Recorder};
 use rand::Rng;
 
@@ -88,11 +88,17 @@ fn run<X: Store, W: Store, Y: Store>(
         w = round_f16(&w);
     }
     let ln = cfg.layer_norm.then_some((g.as_slice(), be.as_slice()));
-    let want = if coop {
-        linear_coop(&cfg, m, &z, &a, &w, &b, ln, heads)
-    } else {
-        mirror(&cfg, m, &z, &a, &w, &b, ln, heads)
-    };
+    let staged = |v: &[f32]| if coop { round_f16(v) } else { v.to_vec() };
+    let want = mirror(
+        &cfg,
+        m,
+        &staged(&z),
+        &staged(&a),
+        &staged(&w),
+        &b,
+        ln,
+        heads,
+    );
 
     let zb = GpuBuffer::from_slice(gpu, "z", &store::<X>(&z)).unwrap();
     let ab = GpuBuffer::from_slice(gpu, "a", &a).unwrap();

@@ -175,6 +175,7 @@ fn random123_known_answers_on_the_gpu() {
                 spec.entry,
                 spec.bindings,
                 &[("CASES", cases as f64)],
+                None,
             )
             .unwrap();
         let inb = GpuBuffer::from_slice(gpu, "kat input", &input).unwrap();

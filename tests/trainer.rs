@@ -4,7 +4,7 @@
 
 mod common;
 
-use pompc::env::{Env, Sigmoid, Step, tolerance};
+use pompc::env::{Env, Step, Tolerance};
 use pompc::train::{Event, Method, Reanalyze, TrainConfig, Trainer};
 use pompc::{Error, Precision, Result};
 use rand::{Rng, SeedableRng};
@@ -50,7 +50,9 @@ impl Env for Reach {
         self.v = 0.8 * self.v + 0.1 * u;
         self.x = (self.x + self.v).clamp(-1.5, 1.5);
         self.t += 1;
-        let reward = tolerance(self.x - 0.6, -0.05, 0.05, 0.5, Sigmoid::Gaussian, 0.1) as f32;
+        let reward = Tolerance::bounds(-0.05, 0.05)
+            .margin(0.5)
+            .reward(self.x - 0.6) as f32;
         Ok(Step {
             obs: vec![self.x as f32, self.v as f32],
             reward,

@@ -4,7 +4,7 @@
 use crate::Result;
 use crate::output::{Report, gflops, ms, percent, step};
 use clap::{Args, Subcommand, ValueEnum};
-use pompc::bench::{self, Clock, LinearBench, Stats};
+use pompc::bench::{self, Clock, LinearBench, Stats, Workload};
 use pompc::kernels::gemm::{Gemm, GemmTile};
 use pompc::kernels::gemm_coop::CoopTile;
 use pompc::kernels::linear::{Activation, CoopPlan, LinearConfig, LinearKernel, LinearPlan, Tile};
@@ -536,7 +536,7 @@ fn linear(gpu: &Gpu, a: &LinearArgs) -> Result {
             for plan in &plans {
                 let what = format!("{name} {m} {}", precision.name());
                 let r = step(a.common.quiet, &what, || {
-                    bench::bench_linear_at(gpu, cfg, m, *plan, runs, precision)
+                    bench::bench_linear(gpu, cfg, m, *plan, None, runs, precision)
                 })?;
                 let label = match plan {
                     None => format!("{name} {} [auto]", precision.name()),
@@ -558,7 +558,7 @@ fn linear(gpu: &Gpu, a: &LinearArgs) -> Result {
                         for split in [1, 2] {
                             let coop = Some(CoopPlan { tile: *tile, split });
                             let r = step(a.common.quiet, &what, || {
-                                bench::bench_linear_with(gpu, cfg, m, None, coop, runs, precision)
+                                bench::bench_linear(gpu, cfg, m, None, coop, runs, precision)
                             })?;
                             print(&label, &r);
                         }
@@ -702,7 +702,18 @@ fn plan(gpu: &Gpu, a: &PlanArgs) -> Result {
         a,
         &precisions,
         "plan",
-        |spec, b, precision| bench::bench_plan_at(gpu, spec, b, runs, warmup, precision),
+        |spec, b, precision| {
+            bench::bench_plan(
+                gpu,
+                Workload {
+                    spec,
+                    batch: b,
+                    runs,
+                    warmup,
+                },
+                precision,
+            )
+        },
         |act, b, precision, r| {
             let row = PlanRow {
                 action_dim: act,
@@ -769,7 +780,18 @@ fn profile_plan(
         a,
         precisions,
         "profile",
-        |spec, b, p| bench::profile_plan(gpu, spec, b, runs.min(10), warmup, p),
+        |spec, b, p| {
+            bench::profile_plan(
+                gpu,
+                Workload {
+                    spec,
+                    batch: b,
+                    runs: runs.min(10),
+                    warmup,
+                },
+                p,
+            )
+        },
         |act, b, p, rows| {
             let what = format!("plan step, A {act}, B {b}, {}", p.name());
             print_profile(&what, "step", &rows);
@@ -1081,7 +1103,15 @@ fn update(gpu: &Gpu, a: &UpdateArgs) -> Result {
         println!("adapter: {}", gpu.describe());
         for &b in &a.batch {
             let rows = step(a.run.common.quiet, &format!("profile update B {b}"), || {
-                bench::profile_update(gpu, &spec, b, runs.min(10), warmup)
+                bench::profile_update(
+                    gpu,
+                    Workload {
+                        spec: &spec,
+                        batch: b,
+                        runs: runs.min(10),
+                        warmup,
+                    },
+                )
             })?;
             let what = format!("world-model update, {}M, batch {b}", dims.size);
             print_profile(&what, "update", &rows);
@@ -1099,7 +1129,15 @@ fn update(gpu: &Gpu, a: &UpdateArgs) -> Result {
     ]);
     for &b in &a.batch {
         let r = step(a.run.common.quiet, &format!("update B {b}"), || {
-            bench::bench_update(gpu, &spec, b, runs, warmup)
+            bench::bench_update(
+                gpu,
+                Workload {
+                    spec: &spec,
+                    batch: b,
+                    runs,
+                    warmup,
+                },
+            )
         })?;
         let row = UpdateRow::new(None, b, dims, &r);
         out.row(&row, || update_line(format!("{b:>5}"), &r));
@@ -1137,14 +1175,32 @@ fn policy(gpu: &Gpu, a: &PolicyArgs) -> Result {
             .to_string();
         if a.run.profile {
             let rows = step(a.run.common.quiet, &format!("profile {name}"), || {
-                bench::profile_policy(gpu, &spec, cfg, a.batch, runs.min(10), warmup)
+                bench::profile_policy(
+                    gpu,
+                    Workload {
+                        spec: &spec,
+                        batch: a.batch,
+                        runs: runs.min(10),
+                        warmup,
+                    },
+                    cfg,
+                )
             })?;
             let what = format!("{name} policy update, {}M, batch {}", dims.size, a.batch);
             print_profile(&what, "update", &rows);
             continue;
         }
         let r = step(a.run.common.quiet, &name, || {
-            bench::bench_policy(gpu, &spec, cfg, a.batch, runs, warmup)
+            bench::bench_policy(
+                gpu,
+                Workload {
+                    spec: &spec,
+                    batch: a.batch,
+                    runs,
+                    warmup,
+                },
+                cfg,
+            )
         })?;
         let row = UpdateRow::new(Some(&name), a.batch, dims, &r);
         out.row(&row, || update_line(format!("{name:<14}"), &r));
@@ -1285,7 +1341,9 @@ fn all(gpu: &Gpu, a: &AllArgs) -> Result {
         .with_ln()
         .with_act(Activation::Mish);
     let m = if cpu { 128 } else { 512 };
-    let r = step(q, "linear", || bench::bench_linear(gpu, lin, m, None, runs))?;
+    let r = step(q, "linear", || {
+        bench::bench_linear(gpu, lin, m, None, None, runs, Precision::F32)
+    })?;
     rows.push(AllRow::flops(
         "linear (LayerNorm, Mish)".into(),
         format!("{m}x550->512"),
@@ -1356,7 +1414,16 @@ fn all(gpu: &Gpu, a: &AllArgs) -> Result {
     };
     for b in if cpu { vec![1, 4] } else { vec![1, 16, 256] } {
         let r = step(q, &format!("plan B {b}"), || {
-            bench::bench_plan(gpu, &spec, b, runs_e2e, warm)
+            bench::bench_plan(
+                gpu,
+                Workload {
+                    spec: &spec,
+                    batch: b,
+                    runs: runs_e2e,
+                    warmup: warm,
+                },
+                gpu.precision(),
+            )
         })?;
         let g = r.gpu.clone().unwrap_or_else(|| r.wall.clone());
         let case = format!("plan step ({tag})");
@@ -1375,7 +1442,15 @@ fn all(gpu: &Gpu, a: &AllArgs) -> Result {
     }
     let ub = if cpu { 16 } else { 256 };
     let r = step(q, "world-model update", || {
-        bench::bench_update(gpu, &spec, ub, runs_e2e, warm)
+        bench::bench_update(
+            gpu,
+            Workload {
+                spec: &spec,
+                batch: ub,
+                runs: runs_e2e,
+                warmup: warm,
+            },
+        )
     })?;
     both(
         &mut rows,
@@ -1385,7 +1460,16 @@ fn all(gpu: &Gpu, a: &AllArgs) -> Result {
     );
     let cfg = PolicyUpdateConfig::pompc(spec.action_dim, 1.0);
     let r = step(q, "policy update", || {
-        bench::bench_policy(gpu, &spec, cfg, ub, runs_e2e, warm)
+        bench::bench_policy(
+            gpu,
+            Workload {
+                spec: &spec,
+                batch: ub,
+                runs: runs_e2e,
+                warmup: warm,
+            },
+            cfg,
+        )
     })?;
     both(
         &mut rows,

@@ -62,7 +62,7 @@ pub fn run(args: &InfoArgs) -> Result {
 /// features, and run a small GEMM against the CPU on each device that opens.
 fn probe_adapter(adapter: &wgpu::Adapter) {
     use pompc::gpu::LimitsRequest;
-    use pompc::kernels::gemm::{self, Gemm, Mat};
+    use pompc::kernels::gemm::{self, Gemm, Mat, Operands};
     for (lname, limits) in [
         ("adapter limits", LimitsRequest::Adapter),
         ("downlevel limits", LimitsRequest::Downlevel),
@@ -88,10 +88,7 @@ fn probe_adapter(adapter: &wgpu::Adapter) {
                 gemm::record(
                     &mut rec,
                     &Gemm::new(m, n, k),
-                    Mat::rows(&ab, k),
-                    Mat::rows(&bb, n),
-                    Mat::rows(&cb, n),
-                    None,
+                    Operands::new(Mat::rows(&ab, k), Mat::rows(&bb, n), Mat::rows(&cb, n)),
                 )?;
                 let h = rec.read(&cb);
                 let c = rec.finish()?.get(&h)?;

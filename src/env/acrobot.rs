@@ -29,7 +29,7 @@
 //! **Reset**: both angles uniform in `[-pi, pi)`, velocities 0, as in the DeepMind Control
 //! Suite.
 
-use super::{Clock, ParamCheck, Sigmoid, SplitMix, TwoLink, started, tolerance};
+use super::{Clock, ParamCheck, SplitMix, Tolerance, TwoLink, started};
 use crate::Result;
 
 /// The task's name.
@@ -129,7 +129,9 @@ impl Acrobot {
         let [x, y] = self.tip();
         let target = self.params.length1 + self.params.length2;
         let dist = x.hypot(y - target);
-        tolerance(dist, 0.0, TARGET_RADIUS, 1.0, Sigmoid::Gaussian, 0.1)
+        Tolerance::bounds(0.0, TARGET_RADIUS)
+            .margin(1.0)
+            .reward(dist)
     }
 
     fn draw_state(&mut self, rng: &mut SplitMix) {

@@ -34,7 +34,7 @@
 //! velocities `0.01 N(0,1)`; balance starts near upright, `theta` uniform in `[-0.1, 0.1]`,
 //! `x` uniform in `[-0.25, 0.25]`, velocities `0.01 N(0,1)`.
 
-use super::{Clock, ParamCheck, Sigmoid, SplitMix, integrate, started, tolerance, wrap_angle};
+use super::{Clock, ParamCheck, Sigmoid, SplitMix, Tolerance, integrate, started, wrap_angle};
 use crate::Result;
 
 /// Which cart-pole task.
@@ -173,9 +173,11 @@ impl Cartpole {
     pub fn reward(&self, u: f64) -> f64 {
         let [x, th, _, thd] = self.state;
         let upright = (th.cos() + 1.0) / 2.0;
-        let centred = (1.0 + tolerance(x, 0.0, 0.0, 2.0, Sigmoid::Gaussian, 0.1)) / 2.0;
-        let small_control = (4.0 + tolerance(u, 0.0, 0.0, 1.0, Sigmoid::Quadratic, 0.0)) / 5.0;
-        let small_velocity = (1.0 + tolerance(thd, 0.0, 0.0, 5.0, Sigmoid::Gaussian, 0.1)) / 2.0;
+        let zero = Tolerance::bounds(0.0, 0.0);
+        let centred = (1.0 + zero.margin(2.0).reward(x)) / 2.0;
+        let quadratic = zero.margin(1.0).sigmoid(Sigmoid::Quadratic, 0.0);
+        let small_control = (4.0 + quadratic.reward(u)) / 5.0;
+        let small_velocity = (1.0 + zero.margin(5.0).reward(thd)) / 2.0;
         upright * centred * small_control * small_velocity
     }
 

@@ -6,7 +6,7 @@
 //!   lengths are errors;
 //! - an episode is [`SIM_STEPS`] (1000) simulator steps; each agent step holds its action for
 //!   [`ACTION_REPEAT`] (2) simulator steps, so [`Env::episode_len`] is 500 agent steps;
-//! - the reward of one simulator step lies in `[0, 1]` and is built from smooth [`tolerance`]
+//! - the reward of one simulator step lies in `[0, 1]` and is built from smooth [`Tolerance`]
 //!   terms; [`Env::step`] returns the sum over the action repeat, so an agent step earns at most
 //!   2 and an episode at most 1000;
 //! - physics runs in `f64` with a fixed-step RK4 integrator ([`integrate`], sub-steps of [`rk4`]), observations are `f32`.
@@ -90,7 +90,7 @@ pub fn make(name: &str) -> Result<Box<dyn Env>> {
     })
 }
 
-/// Shape of the margin of [`tolerance`]: how the reward falls off outside the bounds.
+/// Shape of the margin of a [`Tolerance`]: how the reward falls off outside the bounds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sigmoid {
     /// `exp(-(d s)^2 / 2)`: fast fall-off, nearly zero a few margins away.
@@ -103,89 +103,120 @@ pub enum Sigmoid {
     Quadratic,
 }
 
-/// Smooth "is `x` within `[lower, upper]`" reward in `[0, 1]`.
+/// Smooth "is `x` within `[lower, upper]`" reward in `[0, 1]`, dm_control's `tolerance`:
+/// [`Tolerance::bounds`] with its defaults (margin 0, gaussian, 0.1), changed by the other
+/// methods, then [`Tolerance::reward`] of `x`.
 ///
 /// 1 inside the bounds. Outside, the distance to the nearest bound in units of `margin`,
 /// `d = dist / margin`, goes through `sigmoid`, scaled so that `d = 1` gives `value_at_margin`.
 /// With `margin == 0` the result is the indicator of the bounds.
-///
-/// # Panics
-///
-/// If `lower > upper`, `margin < 0` or `value_at_margin` is outside `[0, 1)` (`(0, 1)` for
-/// the gaussian and long-tail shapes), or one of them is NaN: those are programming errors in
-/// a task. [`try_tolerance`] returns an error instead.
-pub fn tolerance(
-    x: f64,
-    lower: f64,
-    upper: f64,
-    margin: f64,
-    sigmoid: Sigmoid,
-    value_at_margin: f64,
-) -> f64 {
-    crate::error::or_panic(try_tolerance(
-        x,
-        lower,
-        upper,
-        margin,
-        sigmoid,
-        value_at_margin,
-    ))
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tolerance {
+    /// Lower bound.
+    pub lower: f64,
+    /// Upper bound, at least `lower`.
+    pub upper: f64,
+    /// Width of the fall-off outside the bounds, `>= 0`.
+    pub margin: f64,
+    /// Shape of the fall-off.
+    pub sigmoid: Sigmoid,
+    /// The reward at `margin` outside the bounds: in `[0, 1)` (`(0, 1)` for the gaussian and
+    /// long-tail shapes).
+    pub value_at_margin: f64,
 }
 
-/// [`tolerance`], with an [`Error::InvalidArgument`] instead of a panic for bounds, margin or
-/// `value_at_margin` out of range. A NaN `x` gives NaN.
-pub fn try_tolerance(
-    x: f64,
-    lower: f64,
-    upper: f64,
-    margin: f64,
-    sigmoid: Sigmoid,
-    value_at_margin: f64,
-) -> Result<f64> {
-    let bad = |m: String| Err(Error::InvalidArgument(format!("tolerance: {m}")));
-    if lower.is_nan() || upper.is_nan() || lower > upper {
-        return bad(format!("lower {lower} > upper {upper} (or NaN)"));
-    }
-    if margin.is_nan() || margin < 0.0 {
-        return bad(format!("margin {margin} must be >= 0"));
-    }
-    let v = value_at_margin;
-    let open = matches!(sigmoid, Sigmoid::Gaussian | Sigmoid::LongTail);
-    if !(if open {
-        v > 0.0 && v < 1.0
-    } else {
-        (0.0..1.0).contains(&v)
-    }) {
-        return bad(format!(
-            "{sigmoid:?} value_at_margin {v} outside {}",
-            if open { "(0, 1)" } else { "[0, 1)" }
-        ));
-    }
-    if x.is_nan() {
-        return Ok(f64::NAN);
-    }
-    let inside = (lower..=upper).contains(&x);
-    if inside {
-        return Ok(1.0);
-    }
-    if margin == 0.0 {
-        return Ok(0.0);
-    }
-    let d = if x < lower { lower - x } else { x - upper } / margin;
-    let y = match sigmoid {
-        Sigmoid::Gaussian => {
-            // Solve exp(-s^2/2) = v for the scale s.
-            let s = (-2.0 * v.ln()).sqrt();
-            (-0.5 * (d * s).powi(2)).exp()
+impl Tolerance {
+    /// `[lower, upper]` with dm_control's defaults: margin 0, gaussian, value at margin 0.1.
+    pub const fn bounds(lower: f64, upper: f64) -> Self {
+        Tolerance {
+            lower,
+            upper,
+            margin: 0.0,
+            sigmoid: Sigmoid::Gaussian,
+            value_at_margin: 0.1,
         }
-        Sigmoid::LongTail => {
-            let s = (1.0 / v - 1.0).sqrt();
-            1.0 / (1.0 + (d * s).powi(2))
+    }
+
+    /// With a margin.
+    pub const fn margin(self, margin: f64) -> Self {
+        Tolerance { margin, ..self }
+    }
+
+    /// With a shape of the fall-off and the reward at the margin.
+    pub const fn sigmoid(self, sigmoid: Sigmoid, value_at_margin: f64) -> Self {
+        Tolerance {
+            sigmoid,
+            value_at_margin,
+            ..self
         }
-        Sigmoid::Linear => (1.0 - d * (1.0 - v)).max(0.0),
-        Sigmoid::Quadratic => (1.0 - (d * (1.0 - v).sqrt()).powi(2)).max(0.0),
-    };
-    Ok(y.clamp(0.0, 1.0))
+    }
+
+    /// The reward of `x`.
+    ///
+    /// # Panics
+    ///
+    /// If `lower > upper`, `margin < 0` or `value_at_margin` is out of its range, or one of
+    /// them is NaN: those are programming errors in a task. [`Tolerance::try_reward`] returns
+    /// an error instead.
+    pub fn reward(&self, x: f64) -> f64 {
+        crate::error::or_panic(self.try_reward(x))
+    }
+
+    /// [`Tolerance::reward`], with an [`Error::InvalidArgument`] instead of a panic for bounds,
+    /// margin or `value_at_margin` out of range. A NaN `x` gives NaN.
+    pub fn try_reward(&self, x: f64) -> Result<f64> {
+        let Tolerance {
+            lower,
+            upper,
+            margin,
+            sigmoid,
+            value_at_margin,
+        } = *self;
+        let bad = |m: String| Err(Error::InvalidArgument(format!("tolerance: {m}")));
+        if lower.is_nan() || upper.is_nan() || lower > upper {
+            return bad(format!("lower {lower} > upper {upper} (or NaN)"));
+        }
+        if margin.is_nan() || margin < 0.0 {
+            return bad(format!("margin {margin} must be >= 0"));
+        }
+        let v = value_at_margin;
+        let open = matches!(sigmoid, Sigmoid::Gaussian | Sigmoid::LongTail);
+        if !(if open {
+            v > 0.0 && v < 1.0
+        } else {
+            (0.0..1.0).contains(&v)
+        }) {
+            return bad(format!(
+                "{sigmoid:?} value_at_margin {v} outside {}",
+                if open { "(0, 1)" } else { "[0, 1)" }
+            ));
+        }
+        if x.is_nan() {
+            return Ok(f64::NAN);
+        }
+        let inside = (lower..=upper).contains(&x);
+        if inside {
+            return Ok(1.0);
+        }
+        if margin == 0.0 {
+            return Ok(0.0);
+        }
+        let d = if x < lower { lower - x } else { x - upper } / margin;
+        let y = match sigmoid {
+            Sigmoid::Gaussian => {
+                // Solve exp(-s^2/2) = v for the scale s.
+                let s = (-2.0 * v.ln()).sqrt();
+                (-0.5 * (d * s).powi(2)).exp()
+            }
+            Sigmoid::LongTail => {
+                let s = (1.0 / v - 1.0).sqrt();
+                1.0 / (1.0 + (d * s).powi(2))
+            }
+            Sigmoid::Linear => (1.0 - d * (1.0 - v)).max(0.0),
+            Sigmoid::Quadratic => (1.0 - (d * (1.0 - v).sqrt()).powi(2)).max(0.0),
+        };
+        Ok(y.clamp(0.0, 1.0))
+    }
 }
 
 /// One classical Runge-Kutta step of `dx/dt = f(x)` (the control is held constant over `dt`).
@@ -727,13 +758,14 @@ mod tests {
             Sigmoid::Linear,
             Sigmoid::Quadratic,
         ] {
-            assert_eq!(tolerance(0.5, 0.0, 1.0, 1.0, s, 0.1), 1.0);
-            let y = tolerance(3.0, 0.0, 1.0, 2.0, s, 0.1);
+            let t = Tolerance::bounds(0.0, 1.0).sigmoid(s, 0.1);
+            assert_eq!(t.margin(1.0).reward(0.5), 1.0);
+            let y = t.margin(2.0).reward(3.0);
             assert!((y - 0.1).abs() < 1e-12, "{s:?}: {y}");
-            let y = tolerance(-2.0, 0.0, 1.0, 2.0, s, 0.1);
+            let y = t.margin(2.0).reward(-2.0);
             assert!((y - 0.1).abs() < 1e-12, "{s:?}: {y}");
         }
-        assert_eq!(tolerance(1.5, 0.0, 1.0, 0.0, Sigmoid::Gaussian, 0.1), 0.0);
+        assert_eq!(Tolerance::bounds(0.0, 1.0).reward(1.5), 0.0);
     }
 
     #[test]

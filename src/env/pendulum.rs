@@ -25,7 +25,7 @@
 //!
 //! **Reset**: `theta` uniform in `[-pi, pi)`, `omega = 0`, as in the DeepMind Control Suite.
 
-use super::{Clock, ParamCheck, Sigmoid, SplitMix, integrate, started, tolerance, wrap_angle};
+use super::{Clock, ParamCheck, SplitMix, Tolerance, integrate, started, wrap_angle};
 use crate::Result;
 
 /// The task's name.
@@ -123,14 +123,9 @@ impl Pendulum {
     /// Reward of the current state, in `[0, 1]`.
     pub fn reward(&self) -> f64 {
         let upright_cos = 30f64.to_radians().cos();
-        tolerance(
-            self.state[0].cos(),
-            upright_cos,
-            1.0,
-            1.0,
-            Sigmoid::Gaussian,
-            0.1,
-        )
+        Tolerance::bounds(upright_cos, 1.0)
+            .margin(1.0)
+            .reward(self.state[0].cos())
     }
 
     fn draw_state(&mut self, rng: &mut SplitMix) {

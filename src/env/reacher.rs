@@ -30,7 +30,7 @@
 //! **Reset**: joint angles uniform in `[-pi, pi)`, velocities 0, target at an angle uniform in
 //! `[-pi, pi)` and a distance uniform in `[0.05, 0.20] m` from the shoulder.
 
-use super::{Clock, ParamCheck, Sigmoid, SplitMix, TwoLink, started, tolerance};
+use super::{Clock, ParamCheck, SplitMix, Tolerance, TwoLink, started};
 use crate::Result;
 
 /// The task's name.
@@ -137,14 +137,7 @@ impl Reacher {
     pub fn reward(&self) -> f64 {
         let [x, y] = self.tip();
         let dist = (self.target[0] - x).hypot(self.target[1] - y);
-        tolerance(
-            dist,
-            0.0,
-            self.params.target_radius,
-            0.0,
-            Sigmoid::Gaussian,
-            0.1,
-        )
+        Tolerance::bounds(0.0, self.params.target_radius).reward(dist)
     }
 
     fn draw_state(&mut self, rng: &mut SplitMix) {

@@ -98,7 +98,8 @@ impl Gpu {
     }
 
     /// A pipeline from preprocessed source that is not in the library (user WGSL), cached by
-    /// its text, with this device's shader-check mode.
+    /// its text, built with `checks` (`None`: this device's shader-check mode; user code keeps
+    /// bounds checks unless its owner vouches for it).
     pub fn pipeline_from_source(
         &self,
         name: &str,
@@ -106,28 +107,9 @@ impl Gpu {
         entry: &str,
         bindings: &[(u32, Binding)],
         overrides: &[(&str, f64)],
+        checks: Option<ShaderChecks>,
     ) -> Result<Arc<Pipeline>> {
-        self.pipeline_from_source_with_checks(
-            name,
-            pre,
-            entry,
-            bindings,
-            overrides,
-            self.shader_checks(),
-        )
-    }
-
-    /// [`Gpu::pipeline_from_source`] with an explicit check mode: user code is built with
-    /// bounds checks unless its owner vouches for it.
-    pub fn pipeline_from_source_with_checks(
-        &self,
-        name: &str,
-        pre: &Preprocessed,
-        entry: &str,
-        bindings: &[(u32, Binding)],
-        overrides: &[(&str, f64)],
-        checks: ShaderChecks,
-    ) -> Result<Arc<Pipeline>> {
+        let checks = checks.unwrap_or_else(|| self.shader_checks());
         let source = SourceKey::Text(format!("{checks:?}\n{}", pre.text));
         let e = EntryPoint {
             name,

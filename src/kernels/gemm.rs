@@ -6,7 +6,7 @@
 //!
 //! ```no_run
 //! # fn main() -> pompc::Result<()> {
-//! use pompc::kernels::gemm::{self, Gemm, Mat};
+//! use pompc::kernels::gemm::{self, Gemm, Mat, Operands};
 //! let gpu = pompc::Gpu::new(Default::default())?;
 //! let (m, n, k) = (256, 512, 512);
 //! let x = pompc::GpuBuffer::<f32>::new(&gpu, "x", m * k)?;
@@ -16,10 +16,11 @@
 //! let dw = pompc::GpuBuffer::<f32>::new(&gpu, "dW", n * k)?;
 //! let mut rec = pompc::Recorder::new(&gpu);
 //! // dx = dy W
-//! gemm::record(&mut rec, &Gemm::new(m, k, n), Mat::rows(&dy, n), Mat::rows(&w, k), Mat::rows(&dx, k), None)?;
+//! let x = Operands::new(Mat::rows(&dy, n), Mat::rows(&w, k), Mat::rows(&dx, k));
+//! gemm::record(&mut rec, &Gemm::new(m, k, n), x)?;
 //! // dW += dy^T x
 //! let op = Gemm { trans_a: true, accumulate: true, ..Gemm::new(n, k, m) };
-//! gemm::record(&mut rec, &op, Mat::rows(&dy, n), Mat::rows(&x, k), Mat::rows(&dw, k), None)?;
+//! gemm::record(&mut rec, &op, Operands::new(Mat::rows(&dy, n), Mat::rows(&x, k), Mat::rows(&dw, k)))?;
 //! rec.submit()?;
 //! # Ok(()) }
 //! ```
@@ -120,6 +121,32 @@ pub struct Bias<'a> {
     pub offset: usize,
     /// Elements from one batch's bias to the next.
     pub batch_stride: usize,
+}
+
+/// The matrices of one multiply `C = alpha op(A) op(B) (+ bias) (+ C)`, one value for every
+/// GEMM entry point (f32 or tensor cores, chosen tile or not).
+#[derive(Clone, Copy, Debug)]
+pub struct Operands<'a> {
+    /// `A`, `[m, k]` (`[k, m]` when transposed).
+    pub a: Mat<'a>,
+    /// `B`, `[k, n]` (`[n, k]` when transposed).
+    pub b: Mat<'a>,
+    /// `C`, `[m, n]`, written (or added to); on a buffer none of the others is on.
+    pub c: Mat<'a>,
+    /// Added to every row of `C` where given.
+    pub bias: Option<Bias<'a>>,
+}
+
+impl<'a> Operands<'a> {
+    /// `A`, `B` and `C`, no bias.
+    pub fn new(a: Mat<'a>, b: Mat<'a>, c: Mat<'a>) -> Self {
+        Operands {
+            a,
+            b,
+            c,
+            bias: None,
+        }
+    }
 }
 
 /// A tile shape: `bm x bn` outputs per workgroup, `tm x tn` per thread (multiples of 4),
@@ -308,72 +335,41 @@ fn fit(name: &str, m: &Mat, rows: usize, cols: usize, batch: usize, written: boo
 
 /// Record `C = alpha op(A) op(B) (+ bias) (+ C)`. `C` must not share a buffer with `A`, `B`
 /// or the bias (a dispatch cannot read and write one buffer through two bindings).
-pub fn record(
-    rec: &mut Recorder,
-    op: &Gemm,
-    a: Mat,
-    b: Mat,
-    c: Mat,
-    bias: Option<Bias>,
-) -> Result<()> {
-    record_with_tile(
-        rec,
-        op,
-        a,
-        b,
-        c,
-        bias,
-        GemmTile::choose_on(rec.gpu(), op.m, op.n, op.batch),
-    )
+pub fn record(rec: &mut Recorder, op: &Gemm, x: Operands) -> Result<()> {
+    let tile = GemmTile::choose_on(rec.gpu(), op.m, op.n, op.batch);
+    record_with_tile(rec, op, x, tile)
 }
 
 /// [`record`] with a chosen tile.
-pub fn record_with_tile(
-    rec: &mut Recorder,
-    op: &Gemm,
-    a: Mat,
-    b: Mat,
-    c: Mat,
-    bias: Option<Bias>,
-    tile: GemmTile,
-) -> Result<()> {
-    let constants = pipeline_constants(tile, op.trans_a, op.trans_b, op.accumulate, bias.is_some());
-    let tiled = Tiled {
-        what: "gemm",
-        bm: tile.bm,
-        bn: tile.bn,
-        vec4_views: false,
-    };
-    record_tiled(rec, op, (a, b, c, bias), tiled, constants)
-}
-
-/// How a GEMM kernel covers C: its name for errors, its `bm x bn` tile, and whether it also
-/// binds vec4 views of A and B (the tensor-core kernel's bindings 5 and 6).
-pub(crate) struct Tiled {
-    pub(crate) what: &'static str,
-    pub(crate) bm: u32,
-    pub(crate) bn: u32,
-    pub(crate) vec4_views: bool,
+pub fn record_with_tile(rec: &mut Recorder, op: &Gemm, x: Operands, tile: GemmTile) -> Result<()> {
+    let bias = x.bias.is_some();
+    let constants = pipeline_constants(tile, op.trans_a, op.trans_b, op.accumulate, bias);
+    record_tiled(rec, op, x, [tile.bm, tile.bn], constants)
 }
 
 /// What both GEMM kernels do once their tile is chosen and checked: check the operands, then
-/// record the pipeline of `constants` over the tiles of C.
+/// record the pipeline of `constants` over the `[bm, bn]` tiles of C. The spec's shader names
+/// the kernel in errors; its storage bindings are A, B, C and the bias, then (the
+/// tensor-core kernel's) vec4 views of A and B.
 pub(crate) fn record_tiled(
     rec: &mut Recorder,
     op: &Gemm,
-    (a, b, c, bias): (Mat, Mat, Mat, Option<Bias>),
-    tiled: Tiled,
+    x: Operands,
+    [bm, bn]: [u32; 2],
     constants: (KernelSpec, Header, Vec<(&'static str, f64)>),
 ) -> Result<()> {
-    let Some(p) = checked_params(op, &a, &b, &c, bias.as_ref())? else {
+    let Some(p) = checked_params(op, &x)? else {
         return Ok(());
     };
-    let groups = tile_grid(rec.gpu(), tiled.what, op, tiled.bm, tiled.bn)?;
+    let Operands { a, b, c, bias } = x;
+    let spec = &constants.0;
+    let groups = tile_grid(rec.gpu(), spec.shader, op, bm, bn)?;
     // The bias binding needs some buffer even when unused.
     let bias_buf = bias.map_or(&a.buf.buffer, |b| &b.buf.buffer);
     let (a, b) = (&a.buf.buffer, &b.buf.buffer);
     let bufs = [a, b, &c.buf.buffer, bias_buf, a, b];
-    let bound = if tiled.vec4_views { 6 } else { 4 };
+    // Every binding but the uniform one.
+    let bound = spec.bindings.len() - 1;
     record_pipeline(rec, constants, &bufs[..bound], &p, groups)
 }
 
@@ -395,13 +391,8 @@ pub(crate) fn tile_grid(gpu: &Gpu, what: &str, op: &Gemm, bm: u32, bn: u32) -> R
 
 /// Check a multiply's operands against their buffers and pack its parameters; `None` when
 /// there is nothing to do. Shared with the tensor-core GEMM, which takes the same calls.
-pub(crate) fn checked_params(
-    op: &Gemm,
-    a: &Mat,
-    b: &Mat,
-    c: &Mat,
-    bias: Option<&Bias>,
-) -> Result<Option<Params>> {
+pub(crate) fn checked_params(op: &Gemm, x: &Operands) -> Result<Option<Params>> {
+    let Operands { a, b, c, bias } = x;
     if op.m == 0 || op.n == 0 || op.batch == 0 {
         return Ok(None);
     }

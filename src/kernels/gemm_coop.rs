@@ -23,7 +23,7 @@
 //! the exact f32 product is that of rounding the operands: about `2^-11 (|a| |b|)` summed over
 //! K (relative error ~1e-3 of `sum |a_ik b_kj|` in the worst case, ~`2^-11 sqrt(K)` typical).
 
-use super::gemm::{self, Bias, Gemm, Mat, Tiled};
+use super::gemm::{self, Gemm, Operands};
 use super::launch::{extend_bindings, kernel};
 use crate::gpu::Binding::Read;
 use crate::gpu::shader::Header;
@@ -277,29 +277,14 @@ pub fn pipeline_constants(
 
 /// Record `C = alpha op(A) op(B) (+ bias) (+ C)` on tensor cores, with the tile of
 /// [`CoopTile::choose_on`]. [`Error::Unsupported`] without cooperative matrices.
-pub fn record(
-    rec: &mut Recorder,
-    op: &Gemm,
-    a: Mat,
-    b: Mat,
-    c: Mat,
-    bias: Option<Bias>,
-) -> Result<()> {
+pub fn record(rec: &mut Recorder, op: &Gemm, x: Operands) -> Result<()> {
     let sg = rec.gpu().tensor_cores()?;
     let tile = CoopTile::choose_on(rec.gpu(), sg, op.m, op.n, op.batch);
-    record_with_tile(rec, op, a, b, c, bias, tile)
+    record_with_tile(rec, op, x, tile)
 }
 
 /// [`record`] with a chosen tile.
-pub fn record_with_tile(
-    rec: &mut Recorder,
-    op: &Gemm,
-    a: Mat,
-    b: Mat,
-    c: Mat,
-    bias: Option<Bias>,
-    tile: CoopTile,
-) -> Result<()> {
+pub fn record_with_tile(rec: &mut Recorder, op: &Gemm, x: Operands, tile: CoopTile) -> Result<()> {
     let gpu = rec.gpu();
     let sg = gpu.tensor_cores()?;
     tile.check(gpu, sg)?;
@@ -309,32 +294,19 @@ pub fn record_with_tile(
         op.trans_a,
         op.trans_b,
         op.accumulate,
-        bias.is_some(),
+        x.bias.is_some(),
     );
-    let tiled = Tiled {
-        what: "gemm_coop",
-        bm: tile.bm,
-        bn: tile.bn,
-        vec4_views: true,
-    };
-    gemm::record_tiled(rec, op, (a, b, c, bias), tiled, constants)
+    gemm::record_tiled(rec, op, x, [tile.bm, tile.bn], constants)
 }
 
 /// [`record`] where the device has tensor cores, else the f32 [`gemm::record`]; returns
 /// which one was recorded.
-pub fn record_or_f32(
-    rec: &mut Recorder,
-    op: &Gemm,
-    a: Mat,
-    b: Mat,
-    c: Mat,
-    bias: Option<Bias>,
-) -> Result<GemmPath> {
+pub fn record_or_f32(rec: &mut Recorder, op: &Gemm, x: Operands) -> Result<GemmPath> {
     if rec.gpu().tensor_cores().is_ok() {
-        record(rec, op, a, b, c, bias)?;
+        record(rec, op, x)?;
         Ok(GemmPath::TensorCore)
     } else {
-        gemm::record(rec, op, a, b, c, bias)?;
+        gemm::record(rec, op, x)?;
         Ok(GemmPath::F32)
     }
 }

@@ -439,7 +439,7 @@ impl<'g> Mppi<'g> {
             ShaderChecks::Checked
         };
         let mk = |entry: &str, b: &[(u32, Binding)]| {
-            gpu.pipeline_from_source_with_checks(&problem.name, &pre, entry, b, &ov, checks)
+            gpu.pipeline_from_source(&problem.name, &pre, entry, b, &ov, Some(checks))
         };
         let pipes = [
             mk("mppi_rollout", ROLLOUT)?,

@@ -36,6 +36,41 @@ fn check_fields(what: &str, fields: &[(&str, f64)], positive: &[&str]) -> Result
     Ok(())
 }
 
+/// A ready-made problem's WGSL from its parts, so that each constant is named once: the
+/// `//` lines of `about`, then each constant `(field, WGSL name, value)` checked by
+/// [`check_fields`] (the `positive` ones > 0) and declared as an f32, then `code` (the
+/// dynamics and costs that use them).
+struct Builtin<'a> {
+    what: &'a str,
+    name: &'a str,
+    /// State and control dimensions, parameter length.
+    dims: [usize; 3],
+    about: &'a str,
+    constants: &'a [(&'a str, &'a str, f64)],
+    positive: &'a [&'a str],
+    code: &'a str,
+}
+
+impl Builtin<'_> {
+    fn problem(self) -> Result<Problem> {
+        let fields: Vec<_> = self.constants.iter().map(|(f, _, v)| (*f, *v)).collect();
+        check_fields(self.what, &fields, self.positive)?;
+        let mut wgsl = self.about.to_string();
+        for (_, name, v) in self.constants {
+            wgsl += &format!("const {name}: f32 = {};\n", lit(*v));
+        }
+        wgsl += self.code;
+        let [state_dim, control_dim, param_len] = self.dims;
+        Ok(Problem {
+            name: self.name.into(),
+            state_dim,
+            control_dim,
+            param_len,
+            wgsl,
+        })
+    }
+}
+
 /// Clamp a control into [-1, 1] the same way on both sides.
 fn unit(u: f64) -> f64 {
     u.clamp(-1.0, 1.0)
@@ -121,7 +156,7 @@ impl Default for CartPole {
 /// The default [`CartPole`] as a WGSL problem (4 states, 1 control, 1 parameter: the target
 /// cart position).
 pub fn cartpole() -> Problem {
-    CartPole::default().problem()
+    crate::error::or_panic(CartPole::default().problem())
 }
 
 impl CartPole {
@@ -132,53 +167,34 @@ impl CartPole {
     /// Parameters: the target cart position.
     pub const PARAM_LEN: usize = 1;
 
-    /// This cart-pole as a WGSL problem with its constants pasted in.
-    ///
-    /// # Panics
-    ///
-    /// If a field is not finite; [`CartPole::try_problem`] returns an error instead.
-    pub fn problem(&self) -> Problem {
-        crate::error::or_panic(self.try_problem())
-    }
-
-    /// [`CartPole::problem`], or [`Error::InvalidArgument`] naming a field that is not finite
-    /// (or a mass or length that is not positive: the dynamics divide by them).
-    pub fn try_problem(&self) -> Result<Problem> {
-        let fields = [
-            ("cart_mass", self.cart_mass),
-            ("pole_mass", self.pole_mass),
-            ("pole_length", self.pole_length),
-            ("gravity", self.gravity),
-            ("max_force", self.max_force),
-            ("w_angle", self.w_angle),
-            ("w_position", self.w_position),
-            ("w_velocity", self.w_velocity),
-            ("w_angular_velocity", self.w_angular_velocity),
-            ("w_control", self.w_control),
-            ("w_terminal", self.w_terminal),
-        ];
-        check_fields(
-            "CartPole",
-            &fields,
-            &["cart_mass", "pole_mass", "pole_length"],
-        )?;
-        let wgsl = format!(
-            "// Cart-pole swing-up (pompc::planner::problems::CartPole).
+    /// This cart-pole as a WGSL problem with its constants pasted in, or
+    /// [`Error::InvalidArgument`] naming a field that is not finite (or a mass or length that
+    /// is not positive: the dynamics divide by them).
+    pub fn problem(&self) -> Result<Problem> {
+        Builtin {
+            what: "CartPole",
+            name: "cartpole",
+            dims: [Self::STATE_DIM, Self::CONTROL_DIM, Self::PARAM_LEN],
+            about: "// Cart-pole swing-up (pompc::planner::problems::CartPole).
 // x = [cart position, cart velocity, pole angle (0 upright, pi down), angular velocity]
 // u = [force / max force] in [-1, 1]; param(0) = target cart position.
-const CP_MC: f32 = {mc};
-const CP_MP: f32 = {mp};
-const CP_L: f32 = {l};
-const CP_G: f32 = {g};
-const CP_FMAX: f32 = {fmax};
-const CP_W_ANGLE: f32 = {wa};
-const CP_W_POS: f32 = {wp};
-const CP_W_VEL: f32 = {wv};
-const CP_W_RATE: f32 = {ww};
-const CP_W_U: f32 = {wu};
-const CP_W_TERM: f32 = {wt};
-
-fn dynamics(x: State, u: Control, t: u32) -> State {{
+",
+            constants: &[
+                ("cart_mass", "CP_MC", self.cart_mass),
+                ("pole_mass", "CP_MP", self.pole_mass),
+                ("pole_length", "CP_L", self.pole_length),
+                ("gravity", "CP_G", self.gravity),
+                ("max_force", "CP_FMAX", self.max_force),
+                ("w_angle", "CP_W_ANGLE", self.w_angle),
+                ("w_position", "CP_W_POS", self.w_position),
+                ("w_velocity", "CP_W_VEL", self.w_velocity),
+                ("w_angular_velocity", "CP_W_RATE", self.w_angular_velocity),
+                ("w_control", "CP_W_U", self.w_control),
+                ("w_terminal", "CP_W_TERM", self.w_terminal),
+            ],
+            positive: &["cart_mass", "pole_mass", "pole_length"],
+            code: "
+fn dynamics(x: State, u: Control, t: u32) -> State {
     let f = CP_FMAX * clamp(u[0], -1.0, 1.0);
     let s = sin(x[2]);
     let c = cos(x[2]);
@@ -188,41 +204,24 @@ fn dynamics(x: State, u: Control, t: u32) -> State {{
     let v = x[1] + DT * x_acc;
     let w = x[3] + DT * th_acc;
     return State(x[0] + DT * v, v, x[2] + DT * w, w);
-}}
+}
 
-fn cp_state_cost(x: State) -> f32 {{
+fn cp_state_cost(x: State) -> f32 {
     let dx = x[0] - param(0u);
     return CP_W_ANGLE * (1.0 - cos(x[2])) + CP_W_POS * dx * dx + CP_W_VEL * x[1] * x[1]
         + CP_W_RATE * x[3] * x[3];
-}}
+}
 
-fn running_cost(x: State, u: Control, t: u32) -> f32 {{
+fn running_cost(x: State, u: Control, t: u32) -> f32 {
     return cp_state_cost(x) + CP_W_U * u[0] * u[0];
-}}
+}
 
-fn terminal_cost(x: State) -> f32 {{
+fn terminal_cost(x: State) -> f32 {
     return CP_W_TERM * cp_state_cost(x);
-}}
+}
 ",
-            mc = lit(self.cart_mass),
-            mp = lit(self.pole_mass),
-            l = lit(self.pole_length),
-            g = lit(self.gravity),
-            fmax = lit(self.max_force),
-            wa = lit(self.w_angle),
-            wp = lit(self.w_position),
-            wv = lit(self.w_velocity),
-            ww = lit(self.w_angular_velocity),
-            wu = lit(self.w_control),
-            wt = lit(self.w_terminal),
-        );
-        Ok(Problem {
-            name: "cartpole".into(),
-            state_dim: Self::STATE_DIM,
-            control_dim: Self::CONTROL_DIM,
-            param_len: Self::PARAM_LEN,
-            wgsl,
-        })
+        }
+        .problem()
     }
 
     /// The parameter buffer: the target cart position.
@@ -408,7 +407,7 @@ impl DiffDriveScene {
 /// The default [`DiffDrive`] as a WGSL problem (3 states, 2 controls, goal and obstacles as
 /// parameters).
 pub fn diff_drive() -> Problem {
-    DiffDrive::default().problem()
+    crate::error::or_panic(DiffDrive::default().problem())
 }
 
 impl DiffDrive {
@@ -419,44 +418,18 @@ impl DiffDrive {
     /// Parameters: goal (2) and [`MAX_OBSTACLES`] obstacles of 3.
     pub const PARAM_LEN: usize = 2 + 3 * MAX_OBSTACLES;
 
-    /// This robot as a WGSL problem with its constants pasted in.
-    ///
-    /// # Panics
-    ///
-    /// If a field is not finite; [`DiffDrive::try_problem`] returns an error instead.
-    pub fn problem(&self) -> Problem {
-        crate::error::or_panic(self.try_problem())
-    }
-
-    /// [`DiffDrive::problem`], or [`Error::InvalidArgument`] naming a field that is not
-    /// finite (or a margin that is not positive: the cost divides by it).
-    pub fn try_problem(&self) -> Result<Problem> {
-        let fields = [
-            ("max_speed", self.max_speed),
-            ("max_turn_rate", self.max_turn_rate),
-            ("robot_radius", self.robot_radius),
-            ("w_goal", self.w_goal),
-            ("w_control", self.w_control),
-            ("collision_cost", self.collision_cost),
-            ("margin", self.margin),
-            ("w_margin", self.w_margin),
-            ("w_terminal", self.w_terminal),
-        ];
-        check_fields("DiffDrive", &fields, &["margin"])?;
-        let wgsl = format!(
+    /// This robot as a WGSL problem with its constants pasted in, or
+    /// [`Error::InvalidArgument`] naming a field that is not finite (or a margin that is not
+    /// positive: the cost divides by it).
+    pub fn problem(&self) -> Result<Problem> {
+        let about = format!(
             "// Differential drive among circular obstacles (pompc::planner::problems::DiffDrive).
 // x = [x, y, heading]; u = [speed / max speed, turn rate / max turn rate] in [-1, 1]^2.
-// param(0), param(1): goal; then {n} obstacles (x, y, r), r <= 0 absent.
-const DD_VMAX: f32 = {vmax};
-const DD_WMAX: f32 = {wmax};
-const DD_RADIUS: f32 = {rad};
-const DD_W_GOAL: f32 = {wg};
-const DD_W_U: f32 = {wu};
-const DD_COLLISION: f32 = {col};
-const DD_MARGIN: f32 = {margin};
-const DD_W_MARGIN: f32 = {wm};
-const DD_W_TERM: f32 = {wt};
-const DD_OBSTACLES: u32 = {n}u;
+// param(0), param(1): goal; then {MAX_OBSTACLES} obstacles (x, y, r), r <= 0 absent.
+"
+        );
+        let code = format!(
+            "const DD_OBSTACLES: u32 = {MAX_OBSTACLES}u;
 
 fn dynamics(x: State, u: Control, t: u32) -> State {{
     let v = DD_VMAX * clamp(u[0], -1.0, 1.0);
@@ -493,25 +466,28 @@ fn running_cost(x: State, u: Control, t: u32) -> f32 {{
 fn terminal_cost(x: State) -> f32 {{
     return DD_W_TERM * dd_goal_distance(x);
 }}
-",
-            n = MAX_OBSTACLES,
-            vmax = lit(self.max_speed),
-            wmax = lit(self.max_turn_rate),
-            rad = lit(self.robot_radius),
-            wg = lit(self.w_goal),
-            wu = lit(self.w_control),
-            col = lit(self.collision_cost),
-            margin = lit(self.margin),
-            wm = lit(self.w_margin),
-            wt = lit(self.w_terminal),
+"
         );
-        Ok(Problem {
-            name: "diff_drive".into(),
-            state_dim: Self::STATE_DIM,
-            control_dim: Self::CONTROL_DIM,
-            param_len: Self::PARAM_LEN,
-            wgsl,
-        })
+        Builtin {
+            what: "DiffDrive",
+            name: "diff_drive",
+            dims: [Self::STATE_DIM, Self::CONTROL_DIM, Self::PARAM_LEN],
+            about: &about,
+            constants: &[
+                ("max_speed", "DD_VMAX", self.max_speed),
+                ("max_turn_rate", "DD_WMAX", self.max_turn_rate),
+                ("robot_radius", "DD_RADIUS", self.robot_radius),
+                ("w_goal", "DD_W_GOAL", self.w_goal),
+                ("w_control", "DD_W_U", self.w_control),
+                ("collision_cost", "DD_COLLISION", self.collision_cost),
+                ("margin", "DD_MARGIN", self.margin),
+                ("w_margin", "DD_W_MARGIN", self.w_margin),
+                ("w_terminal", "DD_W_TERM", self.w_terminal),
+            ],
+            positive: &["margin"],
+            code: &code,
+        }
+        .problem()
     }
 
     /// The parameter buffer for a goal and up to [`MAX_OBSTACLES`] obstacles `[x, y, r]`
@@ -625,26 +601,9 @@ impl RustProblem for DiffDrive {
 }
 
 /// One closed-loop step of a simulator: `problem`'s own dynamics (in f64) applied to the
-/// control the planner returned.
-///
-/// # Panics
-///
-/// If `x` or `u` is shorter than the problem's state or control dimension (the built-in
-/// problems index them); [`try_simulate_step`] checks the lengths instead.
+/// control the planner returned, or [`Error::Shape`] when the lengths of `x` and `u` are not
+/// the problem's state and control dimensions.
 pub fn simulate_step(
-    problem: &dyn RustProblem,
-    x: &[f64],
-    u: &[f32],
-    t: usize,
-    dt: f64,
-    params: &[f32],
-) -> Vec<f64> {
-    let u: Vec<f64> = u.iter().map(|v| *v as f64).collect();
-    problem.dynamics(x, &u, t, dt, params)
-}
-
-/// [`simulate_step`] with the lengths of `x` and `u` checked ([`Error::Shape`]).
-pub fn try_simulate_step(
     problem: &dyn RustProblem,
     x: &[f64],
     u: &[f32],
@@ -661,7 +620,8 @@ pub fn try_simulate_step(
             problem.control_dim()
         )));
     }
-    Ok(simulate_step(problem, x, u, t, dt, params))
+    let u: Vec<f64> = u.iter().map(|v| *v as f64).collect();
+    Ok(problem.dynamics(x, &u, t, dt, params))
 }
 
 /// What [`simulate_closed_loop`] recorded.
@@ -711,7 +671,7 @@ pub fn simulate_closed_loop(
             out.rollouts = Some((step, mppi.rollouts()?));
             mppi.keep_rollouts(0)?;
         }
-        x = try_simulate_step(sim, &x, &plan.control, step, dt, params)?;
+        x = simulate_step(sim, &x, &plan.control, step, dt, params)?;
         out.states.push(x.clone());
         out.controls.push(plan.control);
         if done(step, &x) {

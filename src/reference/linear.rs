@@ -1,5 +1,8 @@
-//! Mirrors of `shaders/linear.wgsl` (the fused linear layer, [`linear`]) and of
-//! `shaders/linear_coop.wgsl` with the f32 epilogue after it ([`linear_coop`]), in f64.
+//! Mirror of `shaders/linear.wgsl` (the fused linear layer, [`linear`]) in f64, and of
+//! `shaders/linear_coop.wgsl` with the f32 epilogue after it: the tensor-core path stages Z,
+//! A and W as f16, multiplies them exactly and sums wide (f32 on the GPU, f64 here), then adds
+//! the bias and applies LayerNorm and the activation in f32, so its mirror is [`linear`] of Z,
+//! A and W passed through [`round_f16`].
 
 use super::act;
 use crate::kernels::linear::{Activation, LinearConfig};
@@ -117,24 +120,6 @@ pub fn linear_blocks(
         }
     }
     y
-}
-
-/// Mirror of `shaders/linear_coop.wgsl` and the epilogue that follows it: the tensor-core
-/// path stages Z, A and W as f16, multiplies them exactly and sums wide (f32 on the GPU, f64
-/// here), then adds the bias and applies LayerNorm and the activation in f32 as [`linear`].
-#[allow(clippy::too_many_arguments)]
-pub fn linear_coop(
-    cfg: &LinearConfig,
-    m: usize,
-    z: &[f32],
-    a: &[f32],
-    w: &[f32],
-    b: &[f32],
-    ln: Option<(&[f32], &[f32])>,
-    heads: Option<&[u32]>,
-) -> Vec<f64> {
-    let (z, a, w) = (round_f16(z), round_f16(a), round_f16(w));
-    linear(cfg, m, &z, &a, &w, b, ln, heads)
 }
 
 /// `v` rounded to the nearest f16, as f32: what the f16 storage and the tensor-core staging

@@ -144,9 +144,20 @@ fn row_ln<'a>(
     member_ln(cfg, gamma, beta, i / rows).map(|(g, b)| (g, b, stats[2 * i], stats[2 * i + 1]))
 }
 
-/// The gradient at `h` from the gradient `dy` at `y`, with the row statistics `stats` (as
-/// the forward stored them; ignored without LayerNorm): `du` through the activation, then
-/// with `g = gamma du`, `dh = rstd (g - mean(g) - xhat mean(g xhat))`.
+/// What [`backward`] computes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Grads {
+    /// The gradient at `h`, `[members, rows, n]`.
+    pub dh: Vec<f64>,
+    /// With LayerNorm, its parameter gradients `(dgamma, dbeta)`, each `[members, n]`.
+    pub ln: Option<(Vec<f64>, Vec<f64>)>,
+}
+
+/// The gradients from the gradient `dy` at `y`, with the row statistics `stats` (as the
+/// forward stored them; ignored without LayerNorm). At `h`: `du` through the activation, then
+/// with `g = gamma du`, `dh = rstd (g - mean(g) - xhat mean(g xhat))`. With LayerNorm, its
+/// parameters': column sums over rows of `du xhat` and `du`, with `du` and `xhat` from
+/// [`row_terms`].
 pub fn backward(
     cfg: &NormActConfig,
     rows: usize,
@@ -155,11 +166,13 @@ pub fn backward(
     gamma: &[f64],
     beta: &[f64],
     stats: &[f64],
-) -> Vec<f64> {
+) -> Grads {
     let n = cfg.n;
     assert_eq!(h.len(), cfg.members * rows * n, "h is [members, rows, n]");
     assert_eq!(dy.len(), h.len(), "dy is [members, rows, n]");
     let mut dh = vec![0.0; h.len()];
+    let mut dg = vec![0.0; cfg.members * n];
+    let mut db = vec![0.0; cfg.members * n];
     for (i, ((hr, dyr), out)) in h
         .chunks(n)
         .zip(dy.chunks(n))
@@ -177,36 +190,16 @@ pub fn backward(
                 for (j, o) in out.iter_mut().enumerate() {
                     *o = rstd * (gj[j] - c1 - xhat[j] * c2);
                 }
+                let e = i / rows;
+                for j in 0..n {
+                    dg[e * n + j] += du[j] * xhat[j];
+                    db[e * n + j] += du[j];
+                }
             }
         }
     }
-    dh
-}
-
-/// The LayerNorm parameter gradients `(dgamma, dbeta)`, each `[members, n]`: column sums over
-/// rows of `du xhat` and `du`, with `du` and `xhat` from [`row_terms`]. Needs LayerNorm.
-pub fn param_grads(
-    cfg: &NormActConfig,
-    rows: usize,
-    dy: &[f64],
-    h: &[f64],
-    gamma: &[f64],
-    beta: &[f64],
-    stats: &[f64],
-) -> (Vec<f64>, Vec<f64>) {
-    assert!(cfg.layer_norm, "parameter gradients need LayerNorm");
-    let n = cfg.n;
-    let mut dg = vec![0.0; cfg.members * n];
-    let mut db = vec![0.0; cfg.members * n];
-    for (i, (hr, dyr)) in h.chunks(n).zip(dy.chunks(n)).enumerate() {
-        let e = i / rows;
-        let (xhat, du) = row_terms(cfg, hr, dyr, row_ln(cfg, gamma, beta, stats, rows, i));
-        for j in 0..n {
-            dg[e * n + j] += du[j] * xhat[j];
-            db[e * n + j] += du[j];
-        }
-    }
-    (dg, db)
+    let ln = cfg.layer_norm.then_some((dg, db));
+    Grads { dh, ln }
 }
 
 /// `out[e, j] = sum_r a[e, r, j]` (times `b[e, r, j]` when given) over `[members, rows, n]`.

@@ -10,7 +10,7 @@
 
 use super::params::ParamLayout;
 use crate::gpu::{Gpu, GpuBuffer, Recorder};
-use crate::kernels::gemm::{self, Bias, Gemm, Mat};
+use crate::kernels::gemm::{self, Bias, Gemm, Mat, Operands};
 use crate::kernels::norm_act::{self, Affine, ColumnSumConfig, NormActBuffers, NormActConfig};
 use crate::model::{LayerSpec, ModelSpec, Net};
 use crate::{Error, Result};
@@ -348,7 +348,16 @@ impl TrainNet {
                     offset: l.b + sel.first * out,
                     batch_stride: out,
                 });
-                gemm::record(rec, &op, x, w.at(w.offset + col), h, bias)?;
+                gemm::record(
+                    rec,
+                    &op,
+                    Operands {
+                        a: x,
+                        b: w.at(w.offset + col),
+                        c: h,
+                        bias,
+                    },
+                )?;
             }
             if l.spec.normed {
                 let (cfg, io) = self.norm_act(i, params, sel, tape, step);
@@ -445,7 +454,7 @@ impl TrainNet {
                         batch: e,
                         ..Gemm::new(out, width, rows)
                     };
-                    gemm::record(rec, &op, dh_mat, x, dw.at(dw.offset + col), None)?;
+                    gemm::record(rec, &op, Operands::new(dh_mat, x, dw.at(dw.offset + col)))?;
                 }
             }
             // dx = dh W[:, :in1], into the scratch the layer below reads, or the caller's dz.
@@ -459,10 +468,7 @@ impl TrainNet {
                 gemm::record(
                     rec,
                     &op,
-                    dh_mat,
-                    w,
-                    Mat::rows(dst, in1).batched(rows * in1),
-                    None,
+                    Operands::new(dh_mat, w, Mat::rows(dst, in1).batched(rows * in1)),
                 )?;
                 g_out = (dst, 0);
             } else {
@@ -481,10 +487,11 @@ impl TrainNet {
                         gemm::record(
                             rec,
                             &op,
-                            dh_mat.at(dh.1 + m * rows * out),
-                            w.at(l.w + (sel.first + m) * out * k + col),
-                            Mat::rows(buf, width).at(off),
-                            None,
+                            Operands::new(
+                                dh_mat.at(dh.1 + m * rows * out),
+                                w.at(l.w + (sel.first + m) * out * k + col),
+                                Mat::rows(buf, width).at(off),
+                            ),
                         )?;
                     }
                 }

@@ -24,12 +24,12 @@
 use super::mlp::{Grads, Members, NetInput, Tape, TrainNet};
 use super::params::ParamLayout;
 use crate::gpu::{Gpu, GpuBuffer, Recorder};
-use crate::kernels::gemm::{self, Gemm, Mat};
+use crate::kernels::gemm::{self, Gemm, Mat, Operands};
 use crate::kernels::loss::{GradOut, LossOut, RowWeights};
 use crate::kernels::optim::{Adam, AdamConfig, AdamState, ParamGroup, RunningScale};
 use crate::kernels::policy_loss::{
-    self as pl, KlForm, PolicyHead, PolicyInputs, PolicyLossConfig, PriorFitConfig, PriorFitInputs,
-    QInput, Rows, Scalar,
+    self as pl, KlForm, Pass, PolicyHead, PolicyInputs, PolicyLossConfig, PriorFitConfig,
+    PriorFitInputs, QInput, Rows, Scalar,
 };
 use crate::kernels::rng_fill::{Distribution, record_fill};
 use crate::kernels::td::record_decode_grad;
@@ -657,10 +657,11 @@ impl<'g> PolicyTrainer<'g> {
             gemm::record(
                 rec,
                 &Gemm::new(1, rows, 2),
-                Mat::rows(&self.half, 2),
-                Mat::rows(&self.q_vals, rows),
-                Mat::rows(&self.q_avg, rows),
-                None,
+                Operands::new(
+                    Mat::rows(&self.half, 2),
+                    Mat::rows(&self.q_vals, rows),
+                    Mat::rows(&self.q_avg, rows),
+                ),
             )?;
             // TD-MPC2 updates the Q scale with the t = 0 values, then divides by it.
             self.s_q.record_update(rec, &self.q_avg, 0, b)?;
@@ -684,31 +685,28 @@ impl<'g> PolicyTrainer<'g> {
                 planner: planner_rows,
                 s_d: Some(Scalar::new(self.s_d.value_buffer())),
             };
-            pl::record_prior_divergence(
-                rec,
-                &cfg.prior_fit,
-                rows,
-                &inputs,
-                Rows::new(&self.div, 1),
-            )?;
+            let div = Pass::Divergence(Rows::new(&self.div, 1));
+            pl::record_prior_fit(rec, &cfg.prior_fit, rows, &inputs, div)?;
             self.s_d.record_update(rec, &self.div, 0, b)?;
             pl::record_prior_fit(
                 rec,
                 &cfg.prior_fit,
                 rows,
                 &inputs,
-                Some(GradOut {
-                    buf: &self.dprior,
-                    at: RowLayout::contiguous(2 * a),
-                    accumulate: false,
-                }),
-                None,
-                LossOut {
-                    losses: &self.losses,
-                    index: SLOT_PRIOR,
-                    accumulate: false,
+                Pass::Loss {
+                    grad: Some(GradOut {
+                        buf: &self.dprior,
+                        at: RowLayout::contiguous(2 * a),
+                        accumulate: false,
+                    }),
+                    divergence: None,
+                    loss: LossOut {
+                        losses: &self.losses,
+                        index: SLOT_PRIOR,
+                        accumulate: false,
+                    },
+                    scratch: Some(&self.scratch),
                 },
-                Some(&self.scratch),
             )?;
             self.pi.backward(
                 rec,
@@ -747,7 +745,8 @@ impl<'g> PolicyTrainer<'g> {
             });
             inputs.s_kl = Some(Scalar::new(self.s_kl.value_buffer()));
             // BMPC's order: the KL scale moves with this batch's t = 0 rows first.
-            pl::record_policy_divergence(rec, &cfg.loss, rows, &inputs, Rows::new(&self.div, 1))?;
+            let div = Pass::Divergence(Rows::new(&self.div, 1));
+            pl::record_policy_loss(rec, &cfg.loss, rows, &inputs, div)?;
             self.s_kl.record_update(rec, &self.div, 0, b)?;
         }
         pl::record_policy_loss(
@@ -755,18 +754,20 @@ impl<'g> PolicyTrainer<'g> {
             &cfg.loss,
             rows,
             &inputs,
-            Some(GradOut {
-                buf: &self.dh,
-                at: RowLayout::contiguous(2 * a),
-                accumulate: false,
-            }),
-            None,
-            LossOut {
-                losses: &self.losses,
-                index: SLOT_POLICY,
-                accumulate: false,
+            Pass::Loss {
+                grad: Some(GradOut {
+                    buf: &self.dh,
+                    at: RowLayout::contiguous(2 * a),
+                    accumulate: false,
+                }),
+                divergence: None,
+                loss: LossOut {
+                    losses: &self.losses,
+                    index: SLOT_POLICY,
+                    accumulate: false,
+                },
+                scratch: Some(&self.scratch),
             },
-            Some(&self.scratch),
         )?;
         self.pi.backward(
             rec,

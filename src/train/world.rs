@@ -30,7 +30,7 @@
 use super::mlp::{Grads, Members, NetInput, Tape, TrainNet};
 use super::params::ParamLayout;
 use crate::gpu::{Gpu, GpuBuffer, Recorder};
-use crate::kernels::gemm::{self, Gemm, Mat};
+use crate::kernels::gemm::{self, Gemm, Mat, Operands};
 use crate::kernels::loss::{self, GradOut, LossOut, MseConfig, RowWeights, SoftCeConfig};
 use crate::kernels::optim::{Adam, AdamConfig, AdamState, ParamGroup, record_polyak};
 use crate::kernels::policy::{self, PolicyBuffers, PolicyConfig, PolicyOffsets};
@@ -763,7 +763,8 @@ impl<'g> WorldModelTrainer<'g> {
             };
             let mut inputs = pl::PolicyInputs::new(h_rows, pl::Rows::new(&self.eps, a));
             inputs.prior = Some(prior_rows);
-            pl::record_policy_divergence(rec, &kcfg, tb, &inputs, pl::Rows::new(&self.kl_div, 1))?;
+            let div = pl::Pass::Divergence(pl::Rows::new(&self.kl_div, 1));
+            pl::record_policy_loss(rec, &kcfg, tb, &inputs, div)?;
             gemm::record(
                 rec,
                 &Gemm {
@@ -771,10 +772,11 @@ impl<'g> WorldModelTrainer<'g> {
                     accumulate: true,
                     ..Gemm::new(1, tb, 1)
                 },
-                Mat::rows(&self.one, 1),
-                Mat::rows(&self.kl_div, tb),
-                Mat::rows(&self.td, tb),
-                None,
+                Operands::new(
+                    Mat::rows(&self.one, 1),
+                    Mat::rows(&self.kl_div, tb),
+                    Mat::rows(&self.td, tb),
+                ),
             )?;
         }
         // Latent rollout z_{t+1} = d(z_t, a_t) and the consistency loss against h(s_{t+1}).

@@ -123,7 +123,14 @@ fn closed_form_kl_known_values_and_quadrature() {
                 accumulate: false,
             };
             let div = Some(Rows::new(&db, 1));
-            pl::record_prior_fit(&mut rec, &cfg, 2, &inputs, None, div, lo, None).unwrap();
+            pl::record_prior_fit(
+                &mut rec,
+                &cfg,
+                2,
+                &inputs,
+                pl::Pass::loss(None, div, lo, None),
+            )
+            .unwrap();
             let hd = rec.read(&db);
             let got = rec.finish().unwrap().get(&hd).unwrap();
             // Two dimensions summed; f32 inputs (0.5 is not exact after the map) cost ~1e-6.

@@ -254,8 +254,14 @@ fn gpu_gradients_match_finite_differences_of_the_gpu_loss() {
                     index: 5 * k,
                     accumulate: false,
                 };
-                pl::record_policy_loss(&mut rec, cfg, rows, &inputs, grad, None, out, None)
-                    .unwrap();
+                pl::record_policy_loss(
+                    &mut rec,
+                    cfg,
+                    rows,
+                    &inputs,
+                    pl::Pass::loss(grad, None, out, None),
+                )
+                .unwrap();
             }
             let (hl, hg) = (rec.read(&losses), rec.read(&gb));
             let res = rec.finish().unwrap();

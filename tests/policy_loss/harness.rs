@@ -456,7 +456,14 @@ pub(crate) fn gpu_terms_and_grad(
         index: 0,
         accumulate: false,
     };
-    pl::record_policy_loss(&mut rec, cfg, d.rows, &inputs, Some(grad), None, out, None).unwrap();
+    pl::record_policy_loss(
+        &mut rec,
+        cfg,
+        d.rows,
+        &inputs,
+        pl::Pass::loss(Some(grad), None, out, None),
+    )
+    .unwrap();
     let (hl, hg) = (rec.read(&losses), rec.read(&gb));
     let res = rec.finish().unwrap();
     (res.get(&hl).unwrap(), res.get(&hg).unwrap())

@@ -105,10 +105,7 @@ pub(crate) fn check_policy(gpu: &Gpu, r: &mut impl Rng, cfg: &PolicyLossConfig, 
         cfg,
         rows,
         &inputs,
-        grad,
-        div,
-        out,
-        scratch.as_ref(),
+        pl::Pass::loss(grad, div, out, scratch.as_ref()),
     )
     .unwrap();
     let (hl, hg, hd) = (rec.read(&losses), rec.read(&gb), rec.read(&db));
@@ -367,12 +364,12 @@ fn divergence_passes_match_the_mirror() {
                 // Planner, Q and scales are not needed by this pass.
                 let cfg_div = PolicyLossConfig { ll: None, ..cfg };
                 let mut rec = Recorder::new(gpu);
-                pl::record_policy_divergence(
+                pl::record_policy_loss(
                     &mut rec,
                     &cfg_div,
                     rows,
                     &inputs,
-                    Rows::at(&db, d_at),
+                    pl::Pass::Divergence(Rows::at(&db, d_at)),
                 )
                 .unwrap();
                 let hd = rec.read(&db);

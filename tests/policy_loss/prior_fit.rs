@@ -78,10 +78,7 @@ pub(crate) fn check_prior_fit(
         cfg,
         rows,
         &inputs,
-        grad,
-        div,
-        lo,
-        scratch.as_ref(),
+        pl::Pass::loss(grad, div, lo, scratch.as_ref()),
     )
     .unwrap();
     let (hl, hg, hd) = (rec.read(&losses), rec.read(&gb), rec.read(&db));
@@ -240,7 +237,14 @@ fn prior_fit_against_the_mirror() {
             s_d: None,
         };
         let mut rec = Recorder::new(gpu);
-        pl::record_prior_divergence(&mut rec, &cfg, rows, &inputs, Rows::new(&db, 1)).unwrap();
+        pl::record_prior_fit(
+            &mut rec,
+            &cfg,
+            rows,
+            &inputs,
+            pl::Pass::Divergence(Rows::new(&db, 1)),
+        )
+        .unwrap();
         let hd = rec.read(&db);
         let got = rec.finish().unwrap().get(&hd).unwrap();
         let want = mirror::prior_fit(&cfg, rows, &f64s(&out), &f64s(&planner), 1.0);

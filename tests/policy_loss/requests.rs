@@ -90,7 +90,14 @@ fn zero_rows_write_zero_losses() {
         index: 1,
         accumulate: false,
     };
-    pl::record_policy_loss(&mut rec, &cfg, 0, &inputs, None, None, out, None).unwrap();
+    pl::record_policy_loss(
+        &mut rec,
+        &cfg,
+        0,
+        &inputs,
+        pl::Pass::loss(None, None, out, None),
+    )
+    .unwrap();
     let pcfg = PriorFitConfig::new(PolicyHead::bmpc(a), RowWeights::uniform(1.0));
     let pin = PriorFitInputs {
         out: Rows::new(&x, 2 * a),
@@ -102,7 +109,14 @@ fn zero_rows_write_zero_losses() {
         index: 6,
         accumulate: false,
     };
-    pl::record_prior_fit(&mut rec, &pcfg, 0, &pin, None, None, out, None).unwrap();
+    pl::record_prior_fit(
+        &mut rec,
+        &pcfg,
+        0,
+        &pin,
+        pl::Pass::loss(None, None, out, None),
+    )
+    .unwrap();
     let h = rec.read(&losses);
     assert_eq!(
         rec.finish().unwrap().get(&h).unwrap(),
@@ -146,7 +160,16 @@ fn bad_requests_are_errors() {
     };
     let mut rec = Recorder::new(gpu);
     let mut run = |cfg: &PolicyLossConfig, x: &PolicyInputs, g: Option<GradOut>, index| {
-        kind(pl::record_policy_loss(&mut rec, cfg, rows, x, g, None, out(index), None).unwrap_err())
+        kind(
+            pl::record_policy_loss(
+                &mut rec,
+                cfg,
+                rows,
+                x,
+                pl::Pass::loss(g, None, out(index), None),
+            )
+            .unwrap_err(),
+        )
     };
     let good = PolicyLossConfig::tdmpc2(a, w);
     // Configurations.
@@ -269,10 +292,7 @@ fn bad_requests_are_errors() {
                 &good,
                 rows,
                 &base,
-                g(&both, RowLayout::contiguous(2 * a)),
-                None,
-                slot_in,
-                None
+                pl::Pass::loss(g(&both, RowLayout::contiguous(2 * a)), None, slot_in, None)
             )
             .unwrap_err()
         ),
@@ -300,10 +320,7 @@ fn bad_requests_are_errors() {
                 &good,
                 many,
                 &big,
-                None,
-                None,
-                out(0),
-                Some(&small)
+                pl::Pass::loss(None, None, out(0), Some(&small))
             )
             .unwrap_err()
         ),
@@ -313,8 +330,14 @@ fn bad_requests_are_errors() {
     let d = buf("d", rows);
     assert_eq!(
         kind(
-            pl::record_policy_divergence(&mut rec, &good, rows, &base, Rows::new(&d, 1))
-                .unwrap_err()
+            pl::record_policy_loss(
+                &mut rec,
+                &good,
+                rows,
+                &base,
+                pl::Pass::Divergence(Rows::new(&d, 1))
+            )
+            .unwrap_err()
         ),
         "arg"
     );
@@ -335,8 +358,14 @@ fn bad_requests_are_errors() {
     ] {
         assert_eq!(
             kind(
-                pl::record_prior_fit(&mut rec, &cfg, rows, &pin, None, None, out(0), None)
-                    .unwrap_err()
+                pl::record_prior_fit(
+                    &mut rec,
+                    &cfg,
+                    rows,
+                    &pin,
+                    pl::Pass::loss(None, None, out(0), None)
+                )
+                .unwrap_err()
             ),
             "arg"
         );

@@ -92,21 +92,29 @@ pub(super) fn rows_per_group(action_dim: usize) -> usize {
     WG / lanes(action_dim) as usize
 }
 
-/// Which pass of a loss (the policy loss and the prior fit have the same two).
-pub(super) enum Pass<'a> {
-    /// Only the divergence rows.
+/// Which pass of a loss to record and what it writes (the policy loss and the prior fit have
+/// the same two).
+pub enum Pass<'a> {
+    /// Only the divergence rows `D_r` (before the division by the running scale), rows of 1:
+    /// run it before the loss pass to update the scale from the `t = 0` rows first, as BMPC
+    /// does. Reads only what `D_r` needs.
     Divergence(Rows<'a>),
     /// The loss slots, and the gradient and divergence rows where given.
     Loss {
+        /// `w_r d loss_r / d h_r`, rows of `2A` (written or added).
         grad: Option<GradOut<'a>>,
+        /// `D_r` before the division by the running scale, rows of 1.
         divergence: Option<Rows<'a>>,
+        /// The weighted sums (written or added).
         loss: LossOut<'a>,
+        /// The partial sums when more than one workgroup runs (`None` allocates one per call).
         scratch: Option<&'a GpuBuffer<f32>>,
     },
 }
 
 impl<'a> Pass<'a> {
-    pub(super) fn loss(
+    /// [`Pass::Loss`] from its parts in order.
+    pub fn loss(
         grad: Option<GradOut<'a>>,
         divergence: Option<Rows<'a>>,
         loss: LossOut<'a>,

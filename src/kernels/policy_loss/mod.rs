@@ -36,7 +36,7 @@
 //!
 //! The losses buffer gets five consecutive slots from [`LossOut::index`]: the weighted sums of
 //! the Q, entropy, KL and LL terms, and their total ([`Q_SLOT`] ... [`TOTAL_SLOT`]).
-//! [`record_policy_divergence`] writes only `D_r` (before the division by `s_kl`) so that
+//! The [`Pass::Divergence`] pass writes only `D_r` (before the division by `s_kl`) so that
 //! `s_kl` can be updated from the `t = 0` rows before the loss pass reads it, as BMPC orders it.
 //!
 //! **Prior fit** ([`record_prior_fit`], PO-MPC's a.3.1): `sum_r w_r D_r / s_d` with `D_r` the
@@ -75,7 +75,7 @@
 //! };
 //! let grad = GradOut { buf: &dh, at: RowLayout::contiguous(2 * a), accumulate: false };
 //! let out = LossOut { losses: &losses, index: 0, accumulate: false };
-//! pl::record_policy_loss(&mut rec, &cfg, rows, &inputs, Some(grad), None, out, Some(&scratch))?;
+//! pl::record_policy_loss(&mut rec, &cfg, rows, &inputs, pl::Pass::loss(Some(grad), None, out, Some(&scratch)))?;
 //! let hl = rec.read(&losses);
 //! let total = rec.finish()?.get(&hl)?[pl::TOTAL_SLOT];
 //! # let _ = total;
@@ -105,12 +105,13 @@ pub use config::{
     DimReduce, EntropyForm, KlForm, KlTerm, LlTerm, Param, PolicyHead, PolicyLossConfig,
     PriorFitConfig, PriorInput,
 };
+pub use launch::Pass;
 pub use operands::{PolicyInputs, PriorFitInputs, QInput, Rows, Scalar};
 pub use pipelines::{
     PassFlags, PolicyFlags, PolicyLossKernel, PriorFlags, all_kernels, pipeline_constants,
 };
-pub use policy::{record_policy_divergence, record_policy_loss};
-pub use prior::{record_prior_divergence, record_prior_fit};
+pub use policy::record_policy_loss;
+pub use prior::record_prior_fit;
 pub use reduce::{
     policy_loss_partials, policy_loss_scratch_len, prior_fit_partials, prior_fit_scratch_len,
 };

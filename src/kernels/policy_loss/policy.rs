@@ -1,58 +1,32 @@
-//! The policy-loss pass and its divergence-only pass.
+//! The policy-loss passes: the loss, or its divergence rows alone.
 
 use super::POLICY_TERMS;
 use super::config::{PolicyLossConfig, PriorInput};
 use super::launch::{Params, Pass, record_pass};
-use super::operands::{PolicyInputs, Rows, check_storage, operand, scalar};
+use super::operands::{PolicyInputs, check_storage, operand, scalar};
 use super::pipelines::{PolicyFlags, PolicyLossKernel};
-use crate::gpu::{GpuBuffer, Recorder};
-use crate::kernels::loss::{GradOut, LossOut};
+use crate::gpu::Recorder;
 use crate::{Error, Result};
 
 /// Storage buffers the policy-loss kernel binds.
 const POLICY_STORAGE: u32 = 11;
 
-/// Record the sampling-policy loss (see the module docs) over `rows` rows `[T', B]`:
-/// `w_r d loss_r / d h_r` into `grad` if given (rows of `2A`, written or added), `D_r` (before
-/// the division by `s_kl`) into `divergence` if given (rows of 1), and the five weighted sums
-/// (Q, entropy, KL, LL, total) into `loss.losses[loss.index..loss.index + 5]` (written or
-/// added).
+/// Record a pass of the sampling-policy loss (see the module docs) over `rows` rows `[T', B]`.
+/// [`Pass::Loss`] writes `w_r d loss_r / d h_r` into `grad` if given (rows of `2A`, written or
+/// added), `D_r` (before the division by `s_kl`) into `divergence` if given (rows of 1), and
+/// the five weighted sums (Q, entropy, KL, LL, total) into
+/// `loss.losses[loss.index..loss.index + 5]` (written or added). [`Pass::Divergence`] writes
+/// only the KL's `D_r`, from `h`, `eps` and the prior (the other inputs are not read), and
+/// needs a KL term.
 ///
 /// `scratch` holds [`policy_loss_scratch_len`](super::policy_loss_scratch_len) partials when
 /// more than one workgroup runs (`None` allocates one per call). Written buffers must differ
 /// from the read ones and not overlap one another. Inputs must match the config: `q` when
-/// `c_q != 0`, `prior` exactly when there is a KL term, `planner` exactly when there is an LL
-/// term. With no rows the slots get 0 (or keep their values when adding). The kernel binds 11
-/// storage buffers (the adapter's limit is used; WebGPU's default of 8 is too few).
-#[allow(clippy::too_many_arguments)]
+/// `c_q != 0` (loss pass), `prior` exactly when there is a KL term, `planner` exactly when
+/// there is an LL term (loss pass). With no rows the slots get 0 (or keep their values when
+/// adding). The kernel binds 11 storage buffers (the adapter's limit is used; WebGPU's default
+/// of 8 is too few).
 pub fn record_policy_loss<'a>(
-    rec: &mut Recorder,
-    cfg: &PolicyLossConfig,
-    rows: usize,
-    inputs: &PolicyInputs<'a>,
-    grad: Option<GradOut<'a>>,
-    divergence: Option<Rows<'a>>,
-    loss: LossOut<'a>,
-    scratch: Option<&'a GpuBuffer<f32>>,
-) -> Result<()> {
-    let pass = Pass::loss(grad, divergence, loss, scratch);
-    record_policy(rec, cfg, rows, inputs, pass)
-}
-
-/// Record only the policy KL's `D_r` (before the division by `s_kl`) into `divergence` (rows
-/// of 1), from `h`, `eps` and the prior (the other inputs are not read): run it before the
-/// loss pass to update `s_kl` from the `t = 0` rows first, as BMPC does. Needs a KL term.
-pub fn record_policy_divergence<'a>(
-    rec: &mut Recorder,
-    cfg: &PolicyLossConfig,
-    rows: usize,
-    inputs: &PolicyInputs<'a>,
-    divergence: Rows<'a>,
-) -> Result<()> {
-    record_policy(rec, cfg, rows, inputs, Pass::Divergence(divergence))
-}
-
-fn record_policy<'a>(
     rec: &mut Recorder,
     cfg: &PolicyLossConfig,
     rows: usize,

@@ -1,52 +1,26 @@
-//! The adaptive prior's fitting pass and its divergence-only pass.
+//! The adaptive prior's fitting passes: the loss, or its divergence rows alone.
 
 use super::config::PriorFitConfig;
 use super::launch::{Params, Pass, record_pass};
-use super::operands::{PriorFitInputs, Rows, operand, scalar};
+use super::operands::{PriorFitInputs, operand, scalar};
 use super::pipelines::{PolicyLossKernel, PriorFlags};
 use crate::Result;
-use crate::gpu::{GpuBuffer, Recorder};
-use crate::kernels::loss::{GradOut, LossOut};
+use crate::gpu::Recorder;
 
-/// Record the adaptive prior's fitting loss over `rows` rows: `sum_r w_r D_r / s_d` into
-/// `loss.losses[loss.index]` (written or added), `w_r d(D_r / s_d) / d out_r` into `grad` if
-/// given (rows of `2A` like the prior network's raw output, written or added), and `D_r`
-/// (before the division by `s_d`) into `divergence` if given (rows of 1). `D_r` is the closed
-/// form reverse `KL(pi_psi || b)` or forward `KL(b || pi_psi)`, mean or sum over dimensions,
-/// between the prior network's Gaussian and the planner's `(mean, std)` with the std floored.
+/// Record a pass of the adaptive prior's fitting loss over `rows` rows. [`Pass::Loss`] writes
+/// `sum_r w_r D_r / s_d` into `loss.losses[loss.index]` (written or added),
+/// `w_r d(D_r / s_d) / d out_r` into `grad` if given (rows of `2A` like the prior network's raw
+/// output, written or added), and `D_r` (before the division by `s_d`) into `divergence` if
+/// given (rows of 1); [`Pass::Divergence`] writes only `D_r`, to update `s_d` from the `t = 0`
+/// rows before the loss pass reads it. `D_r` is the closed form reverse `KL(pi_psi || b)` or
+/// forward `KL(b || pi_psi)`, mean or sum over dimensions, between the prior network's Gaussian
+/// and the planner's `(mean, std)` with the std floored.
 ///
 /// `scratch` holds [`prior_fit_scratch_len`](super::prior_fit_scratch_len) partials when more
 /// than one workgroup runs (`None` allocates one per call). Written buffers must differ from
 /// the read ones and not overlap one another. With no rows the slot gets 0 (or keeps its value
 /// when adding).
-#[allow(clippy::too_many_arguments)]
 pub fn record_prior_fit<'a>(
-    rec: &mut Recorder,
-    cfg: &PriorFitConfig,
-    rows: usize,
-    inputs: &PriorFitInputs<'a>,
-    grad: Option<GradOut<'a>>,
-    divergence: Option<Rows<'a>>,
-    loss: LossOut<'a>,
-    scratch: Option<&'a GpuBuffer<f32>>,
-) -> Result<()> {
-    let pass = Pass::loss(grad, divergence, loss, scratch);
-    record_prior(rec, cfg, rows, inputs, pass)
-}
-
-/// Record only the prior fit's `D_r` into `divergence` (rows of 1), to update `s_d` from the
-/// `t = 0` rows before [`record_prior_fit`] reads it.
-pub fn record_prior_divergence<'a>(
-    rec: &mut Recorder,
-    cfg: &PriorFitConfig,
-    rows: usize,
-    inputs: &PriorFitInputs<'a>,
-    divergence: Rows<'a>,
-) -> Result<()> {
-    record_prior(rec, cfg, rows, inputs, Pass::Divergence(divergence))
-}
-
-fn record_prior<'a>(
     rec: &mut Recorder,
     cfg: &PriorFitConfig,
     rows: usize,
