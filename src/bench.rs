@@ -387,7 +387,20 @@ fn randomized_weights(
 /// TD-MPC2-initialized model with random reward and Q heads at `precision`, for `batch`
 /// environments, after `warmup` calls.
 pub fn bench_plan(gpu: &Gpu, w: Workload, precision: Precision) -> Result<PlanBench> {
-    let setting = (w.batch, w.warmup, precision);
+    bench_population_plan(gpu, w, precision, 1)
+}
+
+/// [`bench_plan`] for a population of `agents` agents ([`crate::model::WorldModel::population`])
+/// of `w.batch` environments each, planned in one step: the row's batch is all agents'
+/// environments, so its rate is the population's env-plans/s (issue 21's scaling table).
+pub fn bench_population_plan(
+    gpu: &Gpu,
+    w: Workload,
+    precision: Precision,
+    agents: usize,
+) -> Result<PlanBench> {
+    let setting = (w.batch, w.warmup, precision, agents);
+    let batch = w.batch * agents;
     with_warm_planner(
         gpu,
         w.spec,
@@ -407,25 +420,25 @@ pub fn bench_plan(gpu: &Gpu, w: Workload, precision: Precision) -> Result<PlanBe
                 dispatches = t.dispatches;
             }
             Ok(PlanBench {
-                batch: w.batch,
+                batch,
                 action_dim: w.spec.action_dim,
                 wall: Stats::from_samples(wall, Clock::Wall),
                 gpu: (!gpu_t.is_empty()).then(|| Stats::from_samples(gpu_t, Clock::Timestamps)),
-                flops: planner.flops(w.batch),
+                flops: planner.flops(batch),
                 dispatches,
             })
         },
     )
 }
 
-/// A TD-MPC2 planner for `batch` environments over the benchmark weights at `precision`,
-/// timing its calls as `mode` says, after `warmup` calls on random observations (seed 6),
-/// handed to `body` with those observations and the first-step flags (all false after the
-/// first call).
+/// A TD-MPC2 planner for `batch` environments of each of `agents` agents (a population of
+/// copies of the benchmark weights; 1: a plain model) at `precision`, timing its calls as
+/// `mode` says, after `warmup` calls on random observations (seed 6), handed to `body` with
+/// those observations and the first-step flags (all false after the first call).
 fn with_warm_planner<R>(
     gpu: &Gpu,
     spec: &crate::model::ModelSpec,
-    (batch, warmup, precision): (usize, usize, Precision),
+    (batch, warmup, precision, agents): (usize, usize, Precision, usize),
     mode: RunMode,
     body: impl FnOnce(&mut crate::planner::Planner, &[f32], &[bool]) -> Result<R>,
 ) -> Result<R> {
@@ -433,7 +446,12 @@ fn with_warm_planner<R>(
     use crate::planner::{Planner, PlannerConfig};
     let weights = bench_weights(spec)?;
     let mut r = rand::rngs::StdRng::seed_from_u64(6);
-    let model = WorldModel::with_precision(gpu, &weights, precision)?;
+    let model = if agents == 1 {
+        WorldModel::with_precision(gpu, &weights, precision)?
+    } else {
+        WorldModel::population(gpu, &vec![weights; agents], precision)?
+    };
+    let batch = batch * agents;
     let cfg = PlannerConfig::tdmpc2(spec.action_dim);
     let planner = Planner::new(gpu, &model, cfg)?;
     let mut planner = match mode {
@@ -507,7 +525,7 @@ pub fn profile_table(what: &str, unit: &str, rows: &[PlanProfileRow]) -> String 
 /// own pass adds a little to each; compare the total with [`bench_plan`]'s GPU time.
 pub fn profile_plan(gpu: &Gpu, w: Workload, precision: Precision) -> Result<Vec<PlanProfileRow>> {
     check_timestamps(gpu)?;
-    let setting = (w.batch, w.warmup, precision);
+    let setting = (w.batch, w.warmup, precision, 1);
     with_warm_planner(
         gpu,
         w.spec,

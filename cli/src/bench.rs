@@ -273,20 +273,24 @@ struct PlanArgs {
     /// Observation dimension
     #[arg(long, default_value_t = 24)]
     obs: usize,
+    /// A population of this many agents (each its own weights), each with --batch
+    /// environments, planned in one step; B then counts all agents' environments
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    agents: u32,
     /// World-model precisions (default: the device's, i.e. POMPC_PRECISION or automatic)
     #[arg(long, value_enum, value_delimiter = ',')]
     precision: Option<Vec<AutoPrec>>,
     /// Instead of timing: plan with the model at f32 and at each other precision of
     /// --precision (default f16 and coop where supported), same weights, observations and
     /// seeds, and print the max/mean |difference| of the planned mean, value and action
-    #[arg(long, conflicts_with = "profile")]
+    #[arg(long, conflicts_with_all = ["profile", "agents"])]
     compare_precision: bool,
     /// Consecutive plan calls compared
     #[arg(long, default_value_t = 3, requires = "compare_precision")]
     calls: usize,
     /// Instead of timing: every dispatch timed on its own, summed per kernel and launch shape
     /// over min(runs, 10) steps (timestamp queries)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "agents")]
     profile: bool,
     #[command(flatten)]
     common: Common,
@@ -681,8 +685,17 @@ fn plan(gpu: &Gpu, a: &PlanArgs) -> Result {
     out.header(&[
         format!(
             "TD-MPC2 5M preset, obs {}; planner: TD-MPC2 defaults (512 samples, 64 elites, 24 \
-             policy trajectories, horizon 3)",
-            a.obs
+             policy trajectories, horizon 3){}",
+            a.obs,
+            if a.agents > 1 {
+                format!(
+                    "; a population of {} agents planned in one step (B: all their \
+                     environments)",
+                    a.agents
+                )
+            } else {
+                String::new()
+            }
         ),
         format!(
             "{:>4} {:>5} {:>5} {:>11} {:>11} {:>11} {:>13} {:>9} {:>9} {:>10}",
@@ -703,18 +716,17 @@ fn plan(gpu: &Gpu, a: &PlanArgs) -> Result {
         &precisions,
         "plan",
         |spec, b, precision| {
-            bench::bench_plan(
-                gpu,
-                Workload {
-                    spec,
-                    batch: b,
-                    runs,
-                    warmup,
-                },
-                precision,
-            )
+            let w = Workload {
+                spec,
+                batch: b,
+                runs,
+                warmup,
+            };
+            bench::bench_population_plan(gpu, w, precision, a.agents as usize)
         },
-        |act, b, precision, r| {
+        |act, _, precision, r| {
+            // All agents' environments.
+            let b = r.batch;
             let row = PlanRow {
                 action_dim: act,
                 batch: b,

@@ -214,6 +214,8 @@ fn bad_values_get_clap_errors_naming_the_option() {
         (&["bench", "plan", "--batch", "1,x"], "--batch"),
         (&["bench", "plan", "--precision", "f64"], "f64"),
         (&["bench", "plan", "--calls", "2"], "--compare-precision"),
+        (&["bench", "plan", "--agents", "0"], "--agents"),
+        (&["bench", "plan", "--agents", "2", "--profile"], "--agents"),
         (&["bench", "gemm", "--runs", "many"], "--runs"),
         (&["bench", "update", "--batch", ""], "--batch"),
         (&["bench", "policy", "--preset", "sac"], "sac"),
