@@ -15,7 +15,7 @@
 #
 # Prepare here, from the repository root (test binaries are named by hash; strip and gzip keep
 # them under the 64 MiB that a call carries; gemm_coop and precision alone also fit unzipped):
-#   T="gemm_coop precision cast planner planner_fixture planner_extremes submits trainer"
+#   T="gemm_coop precision cast planner planner_fixture planner_extremes planner_population linear submits trainer"
 #   rm -rf /tmp/coop && mkdir -p /tmp/coop
 #   for t in $T; do
 #     b=$(cargo test --release --no-run --test $t 2>&1 | sed -n "s|.*Executable tests/$t.rs (\(.*\))|\1|p")
@@ -50,7 +50,7 @@ say "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1)"
 unset POMPC_PRECISION POMPC_SHADER_DIR
 
 fail=0
-for t in gemm_coop precision cast planner planner_fixture planner_extremes submits trainer; do
+for t in gemm_coop precision cast planner planner_fixture planner_extremes planner_population linear submits trainer; do
   [ -x "$bin/$t" ] || { say "== $t: not prepared, skipped"; continue; }
   say "== $t"
   # --nocapture: the tests print which path (tensor cores or fallback) they ran.

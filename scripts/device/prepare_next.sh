@@ -35,7 +35,7 @@ case "$what" in
     gcc -O2 -std=c99 -Icapi/include capi/examples/mppi_bench.c -L"$tmp" -lpompc_c -lm \
       -Wl,-rpath,'$ORIGIN' -o "$tmp/mppi_bench"
     gzip -9 -f "$tmp/libpompc_c.so"
-    for t in gemm_coop precision cast planner planner_fixture planner_extremes submits trainer; do
+    for t in gemm_coop precision cast planner planner_fixture planner_extremes planner_population linear submits trainer; do
       b=$(cargo test --release --no-run --test "$t" 2>&1 |
         sed -n "s|.*Executable tests/$t.rs (\(.*\))|\1|p")
       [ -n "$b" ] || { echo "no test binary for $t" >&2; exit 1; }
