@@ -296,14 +296,19 @@ fn an_agent_in_a_population_trains_as_it_does_alone() {
                 eval_env: reach(),
                 cfg: {
                     let mut c = config(m, 6 * LEN, seed);
-                    // Losses read back every few updates: more to compare.
+                    // Losses read back every few updates: more to compare; evaluations,
+                    // whose model a shared population refreshes before them.
                     c.log_every = 10;
+                    c.eval_every = 2 * LEN;
+                    c.eval_episodes = 1;
                     c
                 },
             })
             .collect::<Vec<_>>()
     };
     let mut population = Population::create(gpu, setups()).unwrap();
+    // The two agents plan in shared plan steps (a population model of both).
+    assert_eq!(population.shares_plan_steps(), Ok(()));
     let events = Mutex::new(vec![Vec::new(); settings.len()]);
     population
         .run(steps, &|i, e| {
@@ -334,6 +339,15 @@ fn an_agent_in_a_population_trains_as_it_does_alone() {
     }
     // The two settings really differ.
     assert_ne!(events[0], events[1]);
+    // Agents with other planners cannot share plan steps: they run on threads, each still as
+    // alone.
+    let mut other = setups();
+    other[1].cfg.planner.num_samples += 8;
+    let mut apart = Population::create(gpu, other).unwrap();
+    let why = apart.shares_plan_steps().unwrap_err();
+    assert!(why.contains("agent 1") && why.contains("planner"), "{why}");
+    apart.run(LEN + 3, &|_, _| Ok(())).unwrap();
+    assert_eq!(apart.steps(), 2 * (LEN + 3));
     let dir = std::env::temp_dir().join(format!("pompc-population-{}", std::process::id()));
     population.save(&dir).unwrap();
     let mut back = Population::resume(gpu, &dir, setups()).unwrap();

@@ -620,138 +620,33 @@ impl<'g> Trainer<'g> {
     /// Run until `until` environment steps (at most [`TrainConfig::steps`]), reporting to
     /// `on` (whose error stops the run).
     pub fn run(&mut self, until: usize, on: &mut dyn FnMut(&Event) -> Result<()>) -> Result<()> {
-        let until = until.min(self.cfg.steps);
-        let gpu = self.gpu;
-        let cfg = self.cfg.clone();
-        let mut planner = Planner::new(gpu, &self.model, cfg.planner.clone())?;
-        let mut eval_planner = Planner::new(
-            gpu,
-            &self.model,
-            PlannerConfig {
-                plan_mode: PlanMode::Eval,
-                ..cfg.planner.clone()
-            },
-        )?;
-        let mut re_planner = match cfg.reanalyze {
-            Some(_) => Some(Planner::new(gpu, &self.model, cfg.planner.clone())?),
-            None => None,
-        };
-        // Disjoint from the fields the loop borrows (progress, history).
-        let eval_env = &mut self.eval_env;
-        let mut eval =
-            |step, history: &mut Vec<HistoryRow>, on: &mut dyn FnMut(&Event) -> Result<()>| {
-                record_eval(
-                    eval_env.as_mut(),
-                    &mut eval_planner,
-                    &cfg,
-                    step,
-                    history,
-                    on,
-                )
+        let mut run = AgentRun::new(self, until)?;
+        let mut planner = Planner::new(run.gpu, run.model, run.cfg.planner.clone())?;
+        loop {
+            let Some(plans) = run.begin_step(on)? else {
+                break;
             };
-        let p = &mut self.progress;
-        let a = self.env.action_dim();
-        let mut act_rng = rand::rngs::StdRng::seed_from_u64(mix(cfg.seed, SEED_ACT, p.step as u64));
-        while p.step < until {
-            if p.step >= p.next_eval && !p.in_episode {
-                eval(p.step, &mut self.history, on)?;
-                p.next_eval = (p.step / cfg.eval_every + 1) * cfg.eval_every;
+            if !plans {
+                let action = run.random_action();
+                run.finish_step(action, None, None, on)?;
+                continue;
             }
-            if !p.in_episode {
-                p.obs = self.env.reset(mix(cfg.seed, SEED_ENV, p.episodes as u64));
-                self.learner.buffer.start(&p.obs)?;
-                p.in_episode = true;
-                p.first = true;
-                p.ret = 0.0;
-            }
-            let mut losses = None;
-            let (action, gaussian) = if p.step < cfg.seed_steps {
-                let r: Vec<f32> = (0..a).map(|_| act_rng.random_range(-1.0..=1.0)).collect();
-                (r, None)
-            } else {
-                // Every planning step is followed by one update. It is recorded while the GPU
-                // plans and submitted behind the plan before the plan is read, so the GPU
-                // goes from one to the other while the host reads the plan and steps the
-                // environment; its batch comes from the finished episodes, which this step's
-                // transition does not change.
-                let pending = planner.plan_submit(&p.obs, &[p.first])?;
-                let log = cfg.log_every > 0 && p.updates.is_multiple_of(cfg.log_every);
-                let update = self.learner.prepare(
-                    &self.model,
-                    &cfg,
-                    p.updates,
-                    true,
-                    log,
-                    re_planner.as_mut(),
-                )?;
-                let update = self.learner.submit(update)?;
-                let plan = pending.wait()?;
-                losses = self.learner.finish(update)?;
-                p.updates += 1;
-                let mut g = plan.mean.clone();
-                g.extend_from_slice(&plan.std);
-                (plan.action, Some(g))
-            };
-            let s = self.env.step(&action)?;
-            self.learner
-                .buffer
-                .push(&action, s.reward, &s.obs, gaussian.as_deref())?;
-            p.obs = s.obs;
-            p.ret += s.reward;
-            p.first = false;
-            p.step += 1;
-            if s.done {
-                self.learner.buffer.finish()?;
-                p.in_episode = false;
-                p.episodes += 1;
-                self.history.push(HistoryRow {
-                    step: p.step,
-                    eval: false,
-                    ret: p.ret,
-                });
-            }
-            if let Some((world, policy)) = losses {
-                on(&Event::Losses {
-                    step: p.step,
-                    updates: p.updates,
-                    world,
-                    policy: Some(policy),
-                })?;
-            }
-            if p.step == cfg.seed_steps {
-                let t0 = std::time::Instant::now();
-                for _ in 0..cfg.seed_steps {
-                    let update = self.learner.prepare(
-                        &self.model,
-                        &cfg,
-                        p.updates,
-                        cfg.pretrain_policy,
-                        false,
-                        re_planner.as_mut(),
-                    )?;
-                    self.learner.complete(update)?;
-                    p.updates += 1;
-                }
-                on(&Event::Pretrained {
-                    updates: cfg.seed_steps,
-                    seconds: t0.elapsed().as_secs_f64(),
-                })?;
-            }
-            // Reported after the step's update, so that a caller stopping here loses nothing.
-            if s.done {
-                on(&Event::Episode {
-                    step: p.step,
-                    episode: p.episodes,
-                    ret: p.ret,
-                })?;
-            }
+            // Every planning step is followed by one update. It is recorded while the GPU
+            // plans and submitted behind the plan before the plan is read, so the GPU goes
+            // from one to the other while the host reads the plan and steps the environment;
+            // its batch comes from the finished episodes, which this step's transition does
+            // not change.
+            let pending = planner.plan_submit(&run.p.obs, &[run.p.first])?;
+            let update = run.prepare_update(None)?;
+            let update = run.learner.submit(update)?;
+            let plan = pending.wait()?;
+            let losses = run.learner.finish(update)?;
+            run.p.updates += 1;
+            let mut g = plan.mean.clone();
+            g.extend_from_slice(&plan.std);
+            run.finish_step(plan.action, Some(g), losses, on)?;
         }
-        // A final evaluation when the run reaches its end on an evaluation boundary.
-        if p.step >= p.next_eval && !p.in_episode && p.step == cfg.steps {
-            eval(p.step, &mut self.history, on)?;
-            p.next_eval = usize::MAX;
-        }
-        Ok(())
+        run.end(on)
     }
 
     /// Mean return of `episodes` evaluation episodes (planner in eval mode) on the evaluation
@@ -1008,6 +903,347 @@ impl<'g> Trainer<'g> {
     }
 }
 
+/// Where an update's new parameters go: the agent's own model, or its share of a
+/// population's ([`WorldModel::population`], agent index) that plans for every agent.
+type CopyTarget<'a> = Option<(&'a WorldModel, usize)>;
+
+/// One [`Trainer::run`] in progress: the trainer's parts borrowed apart (the planners borrow
+/// its model while the learner, environment and counters change) and what the run keeps
+/// between steps. A population that shares its plan steps drives several of these in lock
+/// step; a trainer alone drives one.
+struct AgentRun<'a, 'g> {
+    gpu: &'g Gpu,
+    cfg: TrainConfig,
+    until: usize,
+    env: &'a mut dyn Env,
+    model: &'a WorldModel,
+    learner: &'a mut Learner<'g>,
+    p: &'a mut Progress,
+    history: &'a mut Vec<HistoryRow>,
+    act_rng: rand::rngs::StdRng,
+    eval_env: &'a mut dyn Env,
+    eval_planner: Planner<'a>,
+    re_planner: Option<Planner<'a>>,
+    // The updates went to a population's model since the own model was last refreshed: it
+    // gets the parameters before it evaluates or reanalyses.
+    stale: bool,
+}
+
+impl<'a, 'g> AgentRun<'a, 'g> {
+    fn new(t: &'a mut Trainer<'g>, until: usize) -> Result<Self> {
+        let gpu = t.gpu;
+        let cfg = t.cfg.clone();
+        let model = &t.model;
+        let eval_planner = Planner::new(
+            gpu,
+            model,
+            PlannerConfig {
+                plan_mode: PlanMode::Eval,
+                ..cfg.planner.clone()
+            },
+        )?;
+        let re_planner = match cfg.reanalyze {
+            Some(_) => Some(Planner::new(gpu, model, cfg.planner.clone())?),
+            None => None,
+        };
+        let act_rng =
+            rand::rngs::StdRng::seed_from_u64(mix(cfg.seed, SEED_ACT, t.progress.step as u64));
+        Ok(AgentRun {
+            gpu,
+            until: until.min(cfg.steps),
+            cfg,
+            env: t.env.as_mut(),
+            model,
+            learner: &mut t.learner,
+            p: &mut t.progress,
+            history: &mut t.history,
+            act_rng,
+            eval_env: t.eval_env.as_mut(),
+            eval_planner,
+            re_planner,
+            stale: false,
+        })
+    }
+
+    /// Start a step: evaluate when due, start an episode when none runs. `None` when the run
+    /// is done; else whether this step plans (after the seed phase) or acts at random.
+    fn begin_step(&mut self, on: &mut dyn FnMut(&Event) -> Result<()>) -> Result<Option<bool>> {
+        if self.p.step >= self.until {
+            return Ok(None);
+        }
+        if self.p.step >= self.p.next_eval && !self.p.in_episode {
+            self.evaluate(on)?;
+            let every = self.cfg.eval_every;
+            self.p.next_eval = (self.p.step / every + 1) * every;
+        }
+        let cfg = &self.cfg;
+        let p = &mut *self.p;
+        if !p.in_episode {
+            p.obs = self.env.reset(mix(cfg.seed, SEED_ENV, p.episodes as u64));
+            self.learner.buffer.start(&p.obs)?;
+            p.in_episode = true;
+            p.first = true;
+            p.ret = 0.0;
+        }
+        Ok(Some(p.step >= cfg.seed_steps))
+    }
+
+    fn evaluate(&mut self, on: &mut dyn FnMut(&Event) -> Result<()>) -> Result<()> {
+        self.refresh_model()?;
+        record_eval(
+            self.eval_env,
+            &mut self.eval_planner,
+            &self.cfg,
+            self.p.step,
+            self.history,
+            on,
+        )
+    }
+
+    /// The own model gets the current parameters, if updates went elsewhere since.
+    fn refresh_model(&mut self) -> Result<()> {
+        if self.stale {
+            let mut rec = Recorder::new(self.gpu);
+            let layout = &self.learner.layout;
+            let params = self.learner.world.params();
+            self.model
+                .record_copy_from(&mut rec, params, |n| layout.offset(n))?;
+            rec.submit()?;
+            self.stale = false;
+        }
+        Ok(())
+    }
+
+    /// A seed-phase action, uniform in [-1, 1].
+    fn random_action(&mut self) -> Vec<f32> {
+        let a = self.env.action_dim();
+        (0..a)
+            .map(|_| self.act_rng.random_range(-1.0..=1.0))
+            .collect()
+    }
+
+    /// The step's update, recorded (reading its losses every `log_every` updates), its new
+    /// parameters copied to `target` (the own model when `None`).
+    fn prepare_update(&mut self, target: CopyTarget) -> Result<PreparedUpdate<'g>> {
+        let log = self.cfg.log_every > 0 && self.p.updates.is_multiple_of(self.cfg.log_every);
+        self.prepare(true, log, target)
+    }
+
+    fn prepare(
+        &mut self,
+        with_policy: bool,
+        read: bool,
+        target: CopyTarget,
+    ) -> Result<PreparedUpdate<'g>> {
+        let reanalyses =
+            (self.cfg.reanalyze).is_some_and(|re| self.p.updates.is_multiple_of(re.interval));
+        if reanalyses {
+            self.refresh_model()?;
+        }
+        self.stale |= target.is_some();
+        self.learner.prepare(
+            target.unwrap_or((self.model, 0)),
+            &self.cfg,
+            self.p.updates,
+            with_policy,
+            read,
+            self.re_planner.as_mut(),
+        )
+    }
+
+    /// Finish a step: act, store the transition, end the episode when done, pre-train at the
+    /// end of the seed phase, report.
+    fn finish_step(
+        &mut self,
+        action: Vec<f32>,
+        gaussian: Option<Vec<f32>>,
+        losses: Option<(UpdateLosses, PolicyLosses)>,
+        on: &mut dyn FnMut(&Event) -> Result<()>,
+    ) -> Result<()> {
+        self.finish_step_to(action, gaussian, losses, None, on)
+    }
+
+    /// [`AgentRun::finish_step`], the pre-training updates' parameters copied to `target`.
+    fn finish_step_to(
+        &mut self,
+        action: Vec<f32>,
+        gaussian: Option<Vec<f32>>,
+        losses: Option<(UpdateLosses, PolicyLosses)>,
+        target: CopyTarget,
+        on: &mut dyn FnMut(&Event) -> Result<()>,
+    ) -> Result<()> {
+        let s = self.env.step(&action)?;
+        self.learner
+            .buffer
+            .push(&action, s.reward, &s.obs, gaussian.as_deref())?;
+        let p = &mut *self.p;
+        p.obs = s.obs;
+        p.ret += s.reward;
+        p.first = false;
+        p.step += 1;
+        if s.done {
+            self.learner.buffer.finish()?;
+            p.in_episode = false;
+            p.episodes += 1;
+            self.history.push(HistoryRow {
+                step: p.step,
+                eval: false,
+                ret: p.ret,
+            });
+        }
+        if let Some((world, policy)) = losses {
+            on(&Event::Losses {
+                step: p.step,
+                updates: p.updates,
+                world,
+                policy: Some(policy),
+            })?;
+        }
+        if self.p.step == self.cfg.seed_steps {
+            let t0 = std::time::Instant::now();
+            for _ in 0..self.cfg.seed_steps {
+                let update = self.prepare(self.cfg.pretrain_policy, false, target)?;
+                self.learner.complete(update)?;
+                self.p.updates += 1;
+            }
+            on(&Event::Pretrained {
+                updates: self.cfg.seed_steps,
+                seconds: t0.elapsed().as_secs_f64(),
+            })?;
+        }
+        // Reported after the step's update, so that a caller stopping here loses nothing.
+        if s.done {
+            on(&Event::Episode {
+                step: self.p.step,
+                episode: self.p.episodes,
+                ret: self.p.ret,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// A final evaluation when the run reaches its end on an evaluation boundary; the own
+    /// model left current.
+    fn end(&mut self, on: &mut dyn FnMut(&Event) -> Result<()>) -> Result<()> {
+        let p = &*self.p;
+        if p.step >= p.next_eval && !p.in_episode && p.step == self.cfg.steps {
+            self.evaluate(on)?;
+            self.p.next_eval = usize::MAX;
+        }
+        self.refresh_model()
+    }
+}
+
+/// Why `trainers` cannot share their plan steps ([`run_shared`]), or `None` if they can: the
+/// same model and planner (but for the seed), the same planner precision, at the same step
+/// with the same seed phase and length, no reanalysis.
+pub(crate) fn cannot_share(trainers: &[Trainer]) -> Option<String> {
+    let first = trainers.first()?;
+    let c0 = &first.cfg;
+    let unseeded = |c: &TrainConfig| PlannerConfig {
+        seed: 0,
+        ..c.planner.clone()
+    };
+    for (i, t) in trainers.iter().enumerate() {
+        let c = &t.cfg;
+        let why = if t.model.spec != first.model.spec {
+            "another model"
+        } else if unseeded(c) != unseeded(c0) {
+            "another planner"
+        } else if c.planner_precision != c0.planner_precision {
+            "another planner precision"
+        } else if c.seed_steps != c0.seed_steps || c.steps != c0.steps {
+            "another seed phase or length"
+        } else if t.progress.step != first.progress.step {
+            "another step"
+        } else if c.reanalyze.is_some() {
+            "BMPC's reanalysis"
+        } else {
+            continue;
+        };
+        return Some(format!("agent {i} has {why}"));
+    }
+    None
+}
+
+/// Run every trainer until `until` steps in lock step, each step's plans for all of them in
+/// one plan step over a population model ([`WorldModel::population`]) that every agent's
+/// update refreshes with its own parameters; each agent's results are those it gets alone.
+/// `trainers` must pass [`cannot_share`].
+pub(crate) fn run_shared(
+    trainers: &mut [Trainer],
+    until: usize,
+    on: &super::population::PopulationHandler,
+) -> Result<()> {
+    if let Some(why) = cannot_share(trainers) {
+        return Err(Error::InvalidArgument(format!(
+            "cannot share plan steps: {why}"
+        )));
+    }
+    let gpu = trainers[0].gpu;
+    let cfg0 = trainers[0].cfg.clone();
+    let weights = trainers
+        .iter()
+        .map(Trainer::weights)
+        .collect::<Result<Vec<_>>>()?;
+    let shared = WorldModel::population(gpu, &weights, cfg0.planner_precision)?;
+    let seeds: Vec<u64> = trainers.iter().map(|t| t.cfg.planner.seed).collect();
+    let mut planner = Planner::new(gpu, &shared, cfg0.planner.clone())?.with_seeds(&seeds)?;
+    let mut runs = trainers
+        .iter_mut()
+        .map(|t| AgentRun::new(t, until))
+        .collect::<Result<Vec<_>>>()?;
+    let mut handlers: Vec<_> = (0..runs.len()).map(|i| move |e: &Event| on(i, e)).collect();
+    let a = shared.spec.action_dim;
+    let mut obs = Vec::new();
+    let mut first = Vec::with_capacity(runs.len());
+    loop {
+        let mut plans = None;
+        for (run, h) in runs.iter_mut().zip(&mut handlers) {
+            // Lock step: every agent is at the same step, so all plan or none.
+            let step = run.begin_step(h)?;
+            plans = plans.or(Some(step)).filter(|p| *p == step);
+        }
+        let Some(Some(plans)) = plans else {
+            break;
+        };
+        if !plans {
+            for (i, (run, h)) in runs.iter_mut().zip(&mut handlers).enumerate() {
+                let action = run.random_action();
+                run.finish_step_to(action, None, None, Some((&shared, i)), h)?;
+            }
+            continue;
+        }
+        obs.clear();
+        first.clear();
+        for run in &runs {
+            obs.extend_from_slice(&run.p.obs);
+            first.push(run.p.first);
+        }
+        let pending = planner.plan_submit(&obs, &first)?;
+        let mut updates = Vec::with_capacity(runs.len());
+        for (i, run) in runs.iter_mut().enumerate() {
+            let update = run.prepare_update(Some((&shared, i)))?;
+            updates.push(run.learner.submit(update)?);
+        }
+        let plan = pending.wait()?;
+        let all = runs.iter_mut().zip(&mut handlers).zip(updates);
+        for (i, ((run, h), update)) in all.enumerate() {
+            let losses = run.learner.finish(update)?;
+            run.p.updates += 1;
+            let rows = i * a..(i + 1) * a;
+            let mut g = plan.mean[rows.clone()].to_vec();
+            g.extend_from_slice(&plan.std[rows.clone()]);
+            let action = plan.action[rows].to_vec();
+            run.finish_step_to(action, Some(g), losses, Some((&shared, i)), h)?;
+        }
+    }
+    for (run, h) in runs.iter_mut().zip(&mut handlers) {
+        run.end(h)?;
+    }
+    Ok(())
+}
+
 /// Evaluate at `step`, append the mean to `history` and report it.
 fn record_eval(
     env: &mut dyn Env,
@@ -1066,7 +1302,7 @@ impl<'g> Learner<'g> {
     #[allow(clippy::too_many_arguments)]
     fn prepare(
         &mut self,
-        model: &WorldModel,
+        (model, agent): (&WorldModel, usize),
         cfg: &TrainConfig,
         updates: usize,
         with_policy: bool,
@@ -1115,7 +1351,7 @@ impl<'g> Learner<'g> {
             self.policy.record(&mut rec, params, zs, h, true, true)?;
         }
         let layout = &self.layout;
-        model.record_copy_from(&mut rec, self.world.params(), |n| layout.offset(n))?;
+        model.record_agent_copy_from(&mut rec, agent, self.world.params(), |n| layout.offset(n))?;
         let reads = read.then(|| LossReads {
             world: rec.read(self.world.losses_buffer()),
             world_adam: rec.read(self.world.adam().state_buffer()),

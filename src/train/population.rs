@@ -1,17 +1,22 @@
 //! Several agents trained side by side on one device: seeds and settings of an experiment in
 //! one process ([`Population`]).
 //!
-//! Today each agent records and submits its own dispatches from its own thread, so the device
-//! runs the agents' steps one after another (with the host work of one overlapping the GPU
-//! work of another); an agent's results are the same as when it trains alone. Sharing the
-//! dispatches themselves (the agents' weights as one more batch dimension of every kernel) is
-//! what will make a population fill the card; the interface stays this one.
+//! Agents that can share their plan steps (see below) train in lock step on one thread: each
+//! environment step plans for every agent in one plan step over a population model
+//! ([`crate::model::WorldModel::population`]: the agents' weights as one more batch dimension
+//! of every layer, so each layer is one launch for all), and each agent's update then copies
+//! its new parameters into its share of that model. The updates themselves are still each
+//! agent's own dispatches (one submit per agent and step). Other populations run each agent
+//! on a thread of its own, recording and submitting its own dispatches. Either way an agent's
+//! results are the ones it gets alone (exactly where the GEMMs split their sums alike; to f32
+//! round-off otherwise).
 //!
-//! Which agents may share a population: today any (other tasks, model sizes, methods,
-//! lambdas, seeds), since each keeps its own dispatches. Agents whose dispatches are shared
-//! will need the same model size, task dimensions and planner shape (samples, horizon,
-//! iterations), and the same update batch and horizon; the seed and the PO-MPC family's
-//! scalar coefficients (lambda, the loss weights) will stay free per agent.
+//! Which agents share their plan steps ([`Population::shares_plan_steps`]): the same model
+//! (size and task dimensions), the same planner but for its seed (samples, horizon,
+//! iterations, temperature, precision), the same seed phase and run length, all at the same
+//! step, and no BMPC reanalysis (which re-plans with the agent's own model). The seed, the
+//! method and PO-MPC's lambda are free per agent; any population is allowed, those that
+//! cannot share run on threads.
 
 use super::agent::{Event, TrainConfig, Trainer};
 use crate::env::Env;
@@ -95,16 +100,32 @@ impl<'g> Population<'g> {
         self.agents
     }
 
+    /// Whether [`Population::run`] plans for all agents in shared plan steps: `Ok`, or why
+    /// not (the agents then run on threads of their own).
+    pub fn shares_plan_steps(&self) -> std::result::Result<(), String> {
+        if self.agents.len() < 2 {
+            return Err("a single agent plans alone".into());
+        }
+        match super::agent::cannot_share(&self.agents) {
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
+    }
+
     /// Environment steps of all agents together.
     pub fn steps(&self) -> usize {
         self.agents.iter().map(Trainer::step).sum()
     }
 
     /// Run every agent until `until` environment steps (each at most its own
-    /// [`crate::train::TrainConfig::steps`]), reporting to `on` with the agent's index. The
-    /// agents run on threads of their own; when one fails the others still finish, and the
-    /// first error (by agent index) is returned, naming its agent.
+    /// [`crate::train::TrainConfig::steps`]), reporting to `on` with the agent's index. Agents
+    /// that share their plan steps ([`Population::shares_plan_steps`]) run in lock step and
+    /// an error stops them all; others run on threads of their own, and when one fails the
+    /// others still finish and the first error (by agent index) is returned, naming its agent.
     pub fn run(&mut self, until: usize, on: &PopulationHandler) -> Result<()> {
+        if self.shares_plan_steps().is_ok() {
+            return super::agent::run_shared(&mut self.agents, until, on);
+        }
         let results: Vec<Result<()>> = std::thread::scope(|sc| {
             let handles: Vec<_> = self
                 .agents
