@@ -622,10 +622,7 @@ impl<'g> Trainer<'g> {
     pub fn run(&mut self, until: usize, on: &mut dyn FnMut(&Event) -> Result<()>) -> Result<()> {
         let mut run = AgentRun::new(self, until)?;
         let mut planner = Planner::new(run.gpu, run.model, run.cfg.planner.clone())?;
-        loop {
-            let Some(plans) = run.begin_step(on)? else {
-                break;
-            };
+        while let Some(plans) = run.begin_step(on)? {
             if !plans {
                 let action = run.random_action();
                 run.finish_step(action, None, None, on)?;
