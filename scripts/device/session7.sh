@@ -22,6 +22,12 @@ for n in 1 16; do
     --warmup 5 2>&1 | tail -1
 done | tee -a "$out/population_plan.log"
 
+echo "== training populations (shared plan steps): small model, pendulum-swingup"
+AGENTS="1 4 16" MODELS=small LOOP=200 timeout 200 bash scripts/device/population_scaling.sh \
+  2>&1 | tee "$out/population_train.log"
+
+timeout 100 bash scripts/device/capi_bench.sh 2>&1 | tee "$out/capi.log" | tail -30
+
 for pass in 1 2; do
   for g in 0 1; do
     echo "== pompc bench plan, POMPC_GROUPED_ROLLOUT=$g, pass $pass"
@@ -30,7 +36,6 @@ for pass in 1 2; do
   done
 done | tee "$out/grouped.log"
 
-timeout 120 bash scripts/device/capi_bench.sh 2>&1 | tee "$out/capi.log" | tail -30
 
 R=benches/reference
 for s in "plan_tdmpc2.py --batch 1 --action-dim 6" "update_tdmpc2.py --batch 16" \
