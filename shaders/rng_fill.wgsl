@@ -17,21 +17,25 @@ struct Params {
 @group(0) @binding(0) var<storage, read_write> out: array<u32>;
 @group(0) @binding(1) var<uniform> p: Params;
 
+// One Philox block as four draws of KIND, as u32 words.
+fn draw(bits: vec4<u32>) -> vec4<u32> {
+    if (KIND == 1u) {
+        return bitcast<vec4<u32>>(vec4<f32>(u01(bits.x), u01(bits.y), u01(bits.z), u01(bits.w)));
+    } else if (KIND == 2u) {
+        return bitcast<vec4<u32>>(normal4(bits));
+    } else if (KIND == 3u) {
+        return bitcast<vec4<u32>>(gumbel4(bits));
+    }
+    return bits;
+}
+
 @compute @workgroup_size(64)
 fn fill(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let block = gid.x + gid.y * nwg.x * 64u;
     if (block * 4u >= p.n) {
         return;
     }
-    let bits = philox(vec2<u32>(p.seed_lo, p.seed_hi), p.stream, block);
-    var v = bits;
-    if (KIND == 1u) {
-        v = bitcast<vec4<u32>>(vec4<f32>(u01(bits.x), u01(bits.y), u01(bits.z), u01(bits.w)));
-    } else if (KIND == 2u) {
-        v = bitcast<vec4<u32>>(normal4(bits));
-    } else if (KIND == 3u) {
-        v = bitcast<vec4<u32>>(gumbel4(bits));
-    }
+    let v = draw(philox(vec2<u32>(p.seed_lo, p.seed_hi), p.stream, block));
     for (var c = 0u; c < 4u; c++) {
         let j = block * 4u + c;
         if (j < p.n) {
@@ -62,15 +66,7 @@ fn fill_agents(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     }
     let agent = t / blocks;
     let block = t % blocks;
-    let bits = philox(vec2<u32>(seeds[2u * agent], seeds[2u * agent + 1u]), ap.stream, block);
-    var v = bits;
-    if (KIND == 1u) {
-        v = bitcast<vec4<u32>>(vec4<f32>(u01(bits.x), u01(bits.y), u01(bits.z), u01(bits.w)));
-    } else if (KIND == 2u) {
-        v = bitcast<vec4<u32>>(normal4(bits));
-    } else if (KIND == 3u) {
-        v = bitcast<vec4<u32>>(gumbel4(bits));
-    }
+    let v = draw(philox(vec2<u32>(seeds[2u * agent], seeds[2u * agent + 1u]), ap.stream, block));
     for (var c = 0u; c < 4u; c++) {
         let j = block * 4u + c;
         if (j < ap.per) {

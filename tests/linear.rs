@@ -19,6 +19,7 @@ fn run_case(gpu: &Gpu, r: &mut impl Rng, cfg: LinearConfig, m: usize, plan: Opti
     run_heads(gpu, r, cfg, m, plan, None)
 }
 
+/// One layer (an ensemble with a head map when `heads`) against the mirror.
 fn run_heads(
     gpu: &Gpu,
     r: &mut impl Rng,
@@ -27,59 +28,7 @@ fn run_heads(
     plan: Option<LinearPlan>,
     heads: Option<&[u32]>,
 ) {
-    let e = cfg.members;
-    let slots = heads.map_or(e, |h| h.len());
-    let ins = if cfg.shared_input { 1 } else { slots };
-    let k2 = cfg.k - cfg.k1;
-    let z = uniform(r, ins * m * cfg.k1, 1.0);
-    let a = uniform(r, ins * m * k2, 1.0);
-    let w = uniform(r, e * cfg.n * cfg.k, 1.0 / (cfg.k as f32).sqrt());
-    let b = uniform(r, e * cfg.n, 1.0);
-    let g = uniform(r, e * cfg.n, 2.0);
-    let be = uniform(r, e * cfg.n, 1.0);
-    let ln = cfg.layer_norm.then_some((g.as_slice(), be.as_slice()));
-    let want = reference::linear::linear(&cfg, m, &z, &a, &w, &b, ln, heads);
-
-    let zb = GpuBuffer::from_slice(gpu, "z", &z).unwrap();
-    let ab = GpuBuffer::from_slice(gpu, "a", &a).unwrap();
-    let wb = GpuBuffer::from_slice(gpu, "w", &w).unwrap();
-    let bb = GpuBuffer::from_slice(gpu, "b", &b).unwrap();
-    let gb = GpuBuffer::from_slice(gpu, "gamma", &g).unwrap();
-    let beb = GpuBuffer::from_slice(gpu, "beta", &be).unwrap();
-    let y = GpuBuffer::<f32>::new(gpu, "y", slots * m * cfg.n).unwrap();
-    let hb = heads.map(|h| GpuBuffer::from_slice(gpu, "heads", h).unwrap());
-    y.fill_u32(gpu, POISON).unwrap();
-    let layer = Linear::new(gpu, cfg).unwrap().with_plan(plan);
-    let mut rec = Recorder::new(gpu);
-    layer
-        .record(
-            &mut rec,
-            m,
-            LinearInputs {
-                z: &zb,
-                a: (k2 > 0).then_some(&ab),
-                w: &wb,
-                b: &bb,
-                ln: cfg.layer_norm.then_some((&gb, &beb)),
-                y: &y,
-                heads: hb.as_ref(),
-                z_offset: 0,
-                a_offset: 0,
-                z_repeat: 0,
-                input_groups: 1,
-                input_strides: None,
-            },
-        )
-        .unwrap();
-    let h = rec.read(&y);
-    let got = rec.finish().unwrap().get(&h).unwrap();
-    let err = rel_error(&got, &want);
-    assert!(
-        err <= TOL,
-        "{cfg:?} m={m} plan={:?} checks={:?}: relative error {err:e} > {TOL:e}",
-        layer.plan_on(gpu, m),
-        gpu.shader_checks()
-    );
+    run_population(gpu, r, cfg, m, 1, heads, 0, plan)
 }
 
 #[test]
@@ -221,7 +170,7 @@ fn run_population(
     let slots = heads.map_or(cfg.members, |h| h.len());
     let blocks_n = if cfg.shared_input { agents } else { slots };
     let k2 = cfg.k - cfg.k1;
-    let mut blocks = reference::linear::InputBlocks::packed_for(&cfg, m, agents, Some(slots));
+    let mut blocks = reference::linear::InputBlocks::packed(&cfg, m, agents, Some(slots));
     blocks.z_stride += gap;
     blocks.a_stride += gap;
     let fill = |r: &mut _, stride: usize, rows: usize| {
@@ -240,7 +189,7 @@ fn run_population(
     let g = uniform(r, e * cfg.n, 2.0);
     let be = uniform(r, e * cfg.n, 1.0);
     let ln = cfg.layer_norm.then_some((g.as_slice(), be.as_slice()));
-    let want = reference::linear::linear_blocks(&cfg, m, blocks, &z, &a, &w, &b, ln, heads);
+    let want = reference::linear::linear(&cfg, m, blocks, &z, &a, &w, &b, ln, heads);
 
     let up = |name, v: &[f32]| GpuBuffer::from_slice(gpu, name, v).unwrap();
     let (zb, ab, wb, bb, gb, beb) = (
@@ -276,8 +225,9 @@ fn run_population(
     let err = rel_error(&got, &want);
     assert!(
         err <= TOL,
-        "{cfg:?} m={m} agents={agents} heads={heads:?} gap={gap} checks={:?}: relative error \
-         {err:e} > {TOL:e}",
+        "{cfg:?} m={m} agents={agents} heads={heads:?} gap={gap} plan={:?} checks={:?}: \
+         relative error {err:e} > {TOL:e}",
+        layer.plan_on(gpu, m),
         gpu.shader_checks()
     );
 }
@@ -406,7 +356,8 @@ fn repeated_z_rows_match_the_mirror_on_the_repeated_input() {
                 .flat_map(|row| z[(row % g) * k1..(row % g + 1) * k1].to_vec())
                 .collect();
             let lnp = ln.then_some((gam.as_slice(), be.as_slice()));
-            let want = reference::linear::linear(&cfg, m, &z_full, &a, &w, &b, lnp, None);
+            let blocks = reference::linear::InputBlocks::packed(&cfg, m, 1, None);
+            let want = reference::linear::linear(&cfg, m, blocks, &z_full, &a, &w, &b, lnp, None);
             let zb = GpuBuffer::from_slice(gpu, "z", &z).unwrap();
             let ab = GpuBuffer::from_slice(gpu, "a", &a).unwrap();
             let wb = GpuBuffer::from_slice(gpu, "w", &w).unwrap();

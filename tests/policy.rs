@@ -42,10 +42,24 @@ struct Outputs {
 
 fn gpu_sample(gpu: &Gpu, cfg: &PolicyConfig, rows: usize, h: &[f32], eps: &[f32]) -> Outputs {
     let a = cfg.action_dim;
+    let lens = (rows * a, rows * cfg.stats_width());
+    gpu_sample_at(gpu, cfg, rows, (h, eps), PolicyOffsets::default(), lens)
+}
+
+/// The sample at offsets `at` into buffers of `lens` (action, stats) elements, poisoned
+/// first: the whole buffers back.
+fn gpu_sample_at(
+    gpu: &Gpu,
+    cfg: &PolicyConfig,
+    rows: usize,
+    (h, eps): (&[f32], &[f32]),
+    at: PolicyOffsets,
+    (action_len, stats_len): (usize, usize),
+) -> Outputs {
     let hb = GpuBuffer::from_slice(gpu, "h", h).unwrap();
     let eb = GpuBuffer::from_slice(gpu, "eps", eps).unwrap();
-    let ab = GpuBuffer::<f32>::new(gpu, "action", rows * a).unwrap();
-    let sb = GpuBuffer::<f32>::new(gpu, "stats", rows * cfg.stats_width()).unwrap();
+    let ab = GpuBuffer::<f32>::new(gpu, "action", action_len).unwrap();
+    let sb = GpuBuffer::<f32>::new(gpu, "stats", stats_len).unwrap();
     ab.fill_u32(gpu, POISON).unwrap();
     sb.fill_u32(gpu, POISON).unwrap();
     let mut rec = Recorder::new(gpu);
@@ -55,7 +69,7 @@ fn gpu_sample(gpu: &Gpu, cfg: &PolicyConfig, rows: usize, h: &[f32], eps: &[f32]
         action: &ab,
         stats: &sb,
     };
-    policy::record_sample(&mut rec, cfg, rows, io).unwrap();
+    policy::record_sample_at(&mut rec, cfg, rows, io, at).unwrap();
     let (ha, hs) = (rec.read(&ab), rec.read(&sb));
     let out = rec.finish().unwrap();
     Outputs {
@@ -281,23 +295,8 @@ fn offsets_into_larger_buffers() {
             &eps[at.eps..at.eps + rows * a],
         );
         for gpu in gpus() {
-            let hb = GpuBuffer::from_slice(gpu, "h", &h).unwrap();
-            let eb = GpuBuffer::from_slice(gpu, "eps", &eps).unwrap();
-            let ab = GpuBuffer::<f32>::new(gpu, "action", row_at(rows - 1) + a + 6).unwrap();
-            let sb = GpuBuffer::<f32>::new(gpu, "stats", at.stats + rows * w + 3).unwrap();
-            ab.fill_u32(gpu, POISON).unwrap();
-            sb.fill_u32(gpu, POISON).unwrap();
-            let mut rec = Recorder::new(gpu);
-            let io = PolicyBuffers {
-                h: &hb,
-                eps: &eb,
-                action: &ab,
-                stats: &sb,
-            };
-            policy::record_sample_at(&mut rec, &cfg, rows, io, at).unwrap();
-            let (ha, hs) = (rec.read(&ab), rec.read(&sb));
-            let out = rec.finish().unwrap();
-            let (action, stats) = (out.get(&ha).unwrap(), out.get(&hs).unwrap());
+            let lens = (row_at(rows - 1) + a + 6, at.stats + rows * w + 3);
+            let Outputs { action, stats } = gpu_sample_at(gpu, &cfg, rows, (&h, &eps), at, lens);
             let in_rows =
                 |i: usize| (0..rows).any(|row| (row_at(row)..row_at(row) + a).contains(&i));
             for (i, v) in action.iter().enumerate() {

@@ -27,7 +27,7 @@ use pompc::kernels::linear::{
     Tile,
 };
 use pompc::model::{ModelSpec, NetInput, Weights, Workspace, WorldModel};
-use pompc::reference::linear::{linear as mirror, round_f16};
+use pompc::reference::linear::{InputBlocks, linear as mirror, round_f16};
 use pompc::{Error, Gpu, GpuBuffer, GpuOptions, Precision, Recorder};
 use rand::Rng;
 
@@ -92,6 +92,7 @@ fn run<X: Store, W: Store, Y: Store>(
     let want = mirror(
         &cfg,
         m,
+        InputBlocks::packed(&cfg, m, 1, heads.map(<[u32]>::len)),
         &staged(&z),
         &staged(&a),
         &staged(&w),
@@ -521,7 +522,8 @@ fn repeated_z_rows_at_f16_and_on_tensor_cores() {
             let z_seen = if tc(g) { round_f16(&z_full) } else { z_full };
             let a_seen = if tc(m) { round_f16(&a) } else { a.clone() };
             let ln = Some((gam.as_slice(), be.as_slice()));
-            let want = mirror(&cfg, m, &z_seen, &a_seen, &w, &b, ln, None);
+            let blocks = InputBlocks::packed(&cfg, m, 1, None);
+            let want = mirror(&cfg, m, blocks, &z_seen, &a_seen, &w, &b, ln, None);
             let zb = GpuBuffer::from_slice(gpu, "z", &z).unwrap();
             let ab = GpuBuffer::from_slice(gpu, "a", &a).unwrap();
             let wb = GpuBuffer::from_slice(gpu, "w", &store::<f16>(&w)).unwrap();

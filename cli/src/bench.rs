@@ -1453,17 +1453,14 @@ fn all(gpu: &Gpu, a: &AllArgs) -> Result {
         ));
     }
     let ub = if cpu { 16 } else { 256 };
-    let r = step(q, "world-model update", || {
-        bench::bench_update(
-            gpu,
-            Workload {
-                spec: &spec,
-                batch: ub,
-                runs: runs_e2e,
-                warmup: warm,
-            },
-        )
-    })?;
+    // Both updates' workload.
+    let update = Workload {
+        spec: &spec,
+        batch: ub,
+        runs: runs_e2e,
+        warmup: warm,
+    };
+    let r = step(q, "world-model update", || bench::bench_update(gpu, update))?;
     both(
         &mut rows,
         &format!("world-model update ({tag})"),
@@ -1471,18 +1468,7 @@ fn all(gpu: &Gpu, a: &AllArgs) -> Result {
         &r,
     );
     let cfg = PolicyUpdateConfig::pompc(spec.action_dim, 1.0);
-    let r = step(q, "policy update", || {
-        bench::bench_policy(
-            gpu,
-            Workload {
-                spec: &spec,
-                batch: ub,
-                runs: runs_e2e,
-                warmup: warm,
-            },
-            cfg,
-        )
-    })?;
+    let r = step(q, "policy update", || bench::bench_policy(gpu, update, cfg))?;
     both(
         &mut rows,
         &format!("PO-MPC policy update ({tag})"),

@@ -80,15 +80,8 @@ pub fn pipeline_constants(
     (spec, Header::default(), vec![("KIND", dist.code() as f64)])
 }
 
-/// Record a fill of `out` (4-byte elements: `u32` for [`Distribution::Bits`], `f32` bits
-/// otherwise) with draws of (`seed`, `stream`), counters 0, 1, 2, ...
-pub fn record_fill<T: bytemuck::Pod>(
-    rec: &mut Recorder,
-    out: &GpuBuffer<T>,
-    dist: Distribution,
-    seed: u64,
-    stream: u32,
-) -> Result<()> {
+/// The elements of a buffer a fill may write: 4-byte ones, fewer than 2^32.
+fn fill_len<T: bytemuck::Pod>(out: &GpuBuffer<T>) -> Result<usize> {
     if std::mem::size_of::<T>() != 4 {
         return Err(Error::InvalidArgument(
             "Philox fills need 4-byte elements (u32 or f32)".into(),
@@ -98,6 +91,19 @@ pub fn record_fill<T: bytemuck::Pod>(
     if n > u32::MAX as usize - 3 {
         return Err(Error::Limit(format!("fill of {n} elements over 2^32")));
     }
+    Ok(n)
+}
+
+/// Record a fill of `out` (4-byte elements: `u32` for [`Distribution::Bits`], `f32` bits
+/// otherwise) with draws of (`seed`, `stream`), counters 0, 1, 2, ...
+pub fn record_fill<T: bytemuck::Pod>(
+    rec: &mut Recorder,
+    out: &GpuBuffer<T>,
+    dist: Distribution,
+    seed: u64,
+    stream: u32,
+) -> Result<()> {
+    let n = fill_len(out)?;
     let (spec, header, ov) = pipeline_constants(dist, false);
     let pipe = rec.gpu().pipeline(&spec, &header, &ov)?;
     let groups = super::two_hot::grid(rec.gpu(), n.div_ceil(4).div_ceil(64), "Philox fill")?;
@@ -120,12 +126,7 @@ pub fn record_fill_agents<T: bytemuck::Pod>(
     per: usize,
     stream: u32,
 ) -> Result<()> {
-    if std::mem::size_of::<T>() != 4 {
-        return Err(Error::InvalidArgument(
-            "Philox fills need 4-byte elements (u32 or f32)".into(),
-        ));
-    }
-    let n = out.len();
+    let n = fill_len(out)?;
     if per == 0 || !n.is_multiple_of(per) {
         return Err(Error::Shape(format!(
             "population fill: {n} elements are not whole runs of {per}"
@@ -143,7 +144,7 @@ pub fn record_fill_agents<T: bytemuck::Pod>(
         .div_ceil(4)
         .checked_mul(agents)
         .filter(|&t| t <= u32::MAX as usize);
-    if n > u32::MAX as usize - 3 || threads.is_none() {
+    if threads.is_none() {
         return Err(Error::Limit(format!("fill of {n} elements over 2^32")));
     }
     let (spec, header, ov) = pipeline_constants(dist, true);

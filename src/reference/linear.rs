@@ -7,27 +7,6 @@
 use super::act;
 use crate::kernels::linear::{Activation, LinearConfig};
 
-/// `Y[e, m, :] = act(LN([Z | A][e, m, :] W[h]^T + b[h]))` for `m` rows, in f64, with
-/// `h = heads[e]` (clamped to the weight sets) or `h = e` without a head map.
-///
-/// Buffers are laid out as in [`crate::kernels::linear::LinearInputs`], inputs back to back
-/// and, where the layer shares its input, one block for all slots ([`linear_blocks`] for
-/// other layouts).
-#[allow(clippy::too_many_arguments)]
-pub fn linear(
-    cfg: &LinearConfig,
-    m: usize,
-    z: &[f32],
-    a: &[f32],
-    w: &[f32],
-    b: &[f32],
-    ln: Option<(&[f32], &[f32])>,
-    heads: Option<&[u32]>,
-) -> Vec<f64> {
-    let blocks = InputBlocks::packed(cfg, m, 1);
-    linear_blocks(cfg, m, blocks, z, a, w, b, ln, heads)
-}
-
 /// Where each output slot's input rows sit: slot `e` reads block `e / group` of Z and A, at
 /// element `block * z_stride` and `block * a_stride` (the kernel's `input_groups` and
 /// `input_strides`, resolved).
@@ -43,14 +22,10 @@ pub struct InputBlocks {
 
 impl InputBlocks {
     /// Blocks back to back: `groups` blocks shared by consecutive slots where `cfg` shares
-    /// its input (one per agent of a population; 1 otherwise), else one block per slot.
-    /// `slots` output slots; panics if they do not split into `groups`.
-    pub fn packed(cfg: &LinearConfig, m: usize, groups: usize) -> InputBlocks {
-        Self::packed_for(cfg, m, groups, None)
-    }
-
-    /// [`InputBlocks::packed`] for `slots` output slots when a head map chooses them.
-    pub fn packed_for(
+    /// its input (one per agent of a population; 1 otherwise), else one block per slot, for
+    /// `slots` output slots (`None`: every weight set; a head map's length otherwise). Panics
+    /// if the slots do not split into `groups`.
+    pub fn packed(
         cfg: &LinearConfig,
         m: usize,
         groups: usize,
@@ -74,9 +49,12 @@ impl InputBlocks {
     }
 }
 
-/// [`linear`] with the input blocks laid out by `blocks`.
+/// `Y[e, m, :] = act(LN([Z | A][e, m, :] W[h]^T + b[h]))` for `m` rows, in f64, with
+/// `h = heads[e]` (clamped to the weight sets) or `h = e` without a head map, and slot `e`'s
+/// rows of Z and A in the input block `blocks` gives it ([`InputBlocks::packed`] for the
+/// layouts of [`crate::kernels::linear::LinearInputs`] without explicit strides).
 #[allow(clippy::too_many_arguments)]
-pub fn linear_blocks(
+pub fn linear(
     cfg: &LinearConfig,
     m: usize,
     blocks: InputBlocks,
