@@ -16,11 +16,12 @@
 //! let dw = pompc::GpuBuffer::<f32>::new(&gpu, "dW", n * k)?;
 //! let mut rec = pompc::Recorder::new(&gpu);
 //! // dx = dy W
-//! let x = Operands::new(Mat::rows(&dy, n), Mat::rows(&w, k), Mat::rows(&dx, k));
-//! gemm::record(&mut rec, &Gemm::new(m, k, n), x)?;
+//! let dx_of = Operands::new(Mat::rows(&dy, n), Mat::rows(&w, k), Mat::rows(&dx, k));
+//! gemm::record(&mut rec, &Gemm::new(m, k, n), dx_of)?;
 //! // dW += dy^T x
 //! let op = Gemm { trans_a: true, accumulate: true, ..Gemm::new(n, k, m) };
-//! gemm::record(&mut rec, &op, Operands::new(Mat::rows(&dy, n), Mat::rows(&x, k), Mat::rows(&dw, k)))?;
+//! let dw_of = Operands::new(Mat::rows(&dy, n), Mat::rows(&x, k), Mat::rows(&dw, k));
+//! gemm::record(&mut rec, &op, dw_of)?;
 //! rec.submit()?;
 //! # Ok(()) }
 //! ```
