@@ -36,6 +36,16 @@ struct Params {
     c_bs: u32,
     bias_bs: u32,
     _pad: u32,
+    // Populations: batch bt is member bt % per_agent of agent bt / per_agent; each operand
+    // steps by its batch stride per member and its agent stride per agent.
+    per_agent: u32,
+    a_as: u32,
+    b_as: u32,
+    c_as: u32,
+    bias_as: u32,
+    _pad1: u32,
+    _pad2: u32,
+    _pad3: u32,
 }
 
 @group(0) @binding(0) var<storage, read> ga: array<f32>;
@@ -59,12 +69,17 @@ const B_V4: u32 = BN * BK / (4u * WG);
 var<workgroup> As: array<vec4<f32>, BK * SA>;
 var<workgroup> Bs: array<vec4<f32>, BK * SB>;
 
+// Element offset of batch bt's matrix, for batch stride bs and agent stride as.
+fn batch_off(bt: u32, bs: u32, as_: u32) -> u32 {
+    return (bt % p.per_agent) * bs + (bt / p.per_agent) * as_;
+}
+
 // op(A)[i, kk] of batch bt, 0 outside the matrix.
 fn load_a(bt: u32, i: u32, kk: u32) -> f32 {
     if (i >= p.m || kk >= p.k) {
         return 0.0;
     }
-    let base = p.a_off + bt * p.a_bs;
+    let base = p.a_off + batch_off(bt, p.a_bs, p.a_as);
     if (TA) {
         return ga[base + kk * p.lda + i];
     }
@@ -76,7 +91,7 @@ fn load_b(bt: u32, kk: u32, j: u32) -> f32 {
     if (kk >= p.k || j >= p.n) {
         return 0.0;
     }
-    let base = p.b_off + bt * p.b_bs;
+    let base = p.b_off + batch_off(bt, p.b_bs, p.b_as);
     if (TB) {
         return gb[base + j * p.ldb + kk];
     }
@@ -192,9 +207,9 @@ fn gemm(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: v
                     }
                     var v = p.alpha * v4[c];
                     if (BIAS) {
-                        v += gbias[p.bias_off + bt * p.bias_bs + col];
+                        v += gbias[p.bias_off + batch_off(bt, p.bias_bs, p.bias_as) + col];
                     }
-                    let at = p.c_off + bt * p.c_bs + row * p.ldc + col;
+                    let at = p.c_off + batch_off(bt, p.c_bs, p.c_as) + row * p.ldc + col;
                     if (ACC) {
                         v += gc[at];
                     }

@@ -1,7 +1,8 @@
 //! The strided batched GEMM against its f64 mirror on fresh random inputs with poisoned
 //! outputs: every transposition, both tiles, edge sizes that leave partial tiles (1, 17, 33,
-//! 70), batches with and without shared operands, offsets and padded leading dimensions,
-//! accumulation, bias and alpha, and bad requests.
+//! 70), batches with and without shared operands, batches split into agents (agent-major
+//! weights, per-agent inputs shared by the members, an output with agents inside members),
+//! offsets and padded leading dimensions, accumulation, bias and alpha, and bad requests.
 //!
 //! Tolerance: 1e-5 of max(|reference|, rms(reference)) per element. Inputs are uniform in
 //! [-1, 1] and K <= 150, so each output is a sum of at most 150 products; f32 accumulation
@@ -28,8 +29,10 @@ struct Case {
     alpha: f32,
     /// Padding added to each leading dimension and offset of each operand.
     pad: usize,
-    /// Whether B is shared by every batch (stride 0).
+    /// Whether B is shared by every batch of an agent (batch stride 0).
     shared_b: bool,
+    /// Agents the batch splits into (a divisor of `batch`).
+    agents: usize,
 }
 
 fn run(case: Case, tile: Option<GemmTile>, r: &mut impl Rng) {
@@ -45,20 +48,51 @@ fn run(case: Case, tile: Option<GemmTile>, r: &mut impl Rng) {
         alpha,
         pad,
         shared_b,
+        agents,
     } = case;
+    let per = batch / agents;
     let (ar, ac) = if ta { (k, m) } else { (m, k) };
     let (br, bc) = if tb { (n, k) } else { (k, n) };
-    let lay = |rows: usize, cols: usize, shared: bool| Layout {
-        offset: pad * 3,
-        ld: cols + pad,
-        batch_stride: if shared { 0 } else { rows * (cols + pad) + pad },
+    // Agent-major (agents after their members, a gap between agents); a shared B steps per
+    // agent only.
+    let lay = |rows: usize, cols: usize, shared: bool| {
+        let block = rows * (cols + pad) + pad;
+        let bs = if shared { 0 } else { block };
+        Layout {
+            offset: pad * 3,
+            ld: cols + pad,
+            batch_stride: bs,
+            agent_stride: if agents > 1 {
+                bs * per + block + pad
+            } else {
+                0
+            },
+        }
     };
-    let (la, lb, lc) = (lay(ar, ac, false), lay(br, bc, shared_b), lay(m, n, false));
-    let len = |l: &Layout, rows: usize| l.offset + (batch - 1) * l.batch_stride + rows * l.ld;
+    let (la, lb) = (lay(ar, ac, false), lay(br, bc, shared_b));
+    // C interleaves the other way round: agents inside members.
+    let lc = {
+        let block = m * (n + pad) + pad;
+        Layout {
+            offset: pad * 3,
+            ld: n + pad,
+            batch_stride: block * agents,
+            agent_stride: block,
+        }
+    };
+    let len = |l: &Layout, rows: usize| {
+        l.offset + (agents - 1) * l.agent_stride + (per - 1) * l.batch_stride + rows * l.ld
+    };
     let a = uniform(r, len(&la, ar), 1.0);
     let b = uniform(r, len(&lb, br), 1.0);
     let c0 = uniform(r, len(&lc, m), 1.0);
-    let bias_v = uniform(r, pad + batch * n, 1.0);
+    let lbias = Layout {
+        offset: pad,
+        ld: n,
+        batch_stride: n,
+        agent_stride: per * n + pad,
+    };
+    let bias_v = uniform(r, pad + agents * (per * n + pad), 1.0);
     let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
     let mut want = f(&c0);
     let bias64 = f(&bias_v);
@@ -66,14 +100,14 @@ fn run(case: Case, tile: Option<GemmTile>, r: &mut impl Rng) {
         m,
         n,
         k,
-        batch,
+        (batch, agents),
         (ta, tb),
         alpha as f64,
         acc,
         (&f(&a), la),
         (&f(&b), lb),
         (&mut want, lc),
-        bias.then_some((&bias64[..], pad, n)),
+        bias.then_some((&bias64[..], lbias)),
     );
     for gpu in gpus() {
         let ab = GpuBuffer::from_slice(gpu, "a", &a).unwrap();
@@ -84,10 +118,10 @@ fn run(case: Case, tile: Option<GemmTile>, r: &mut impl Rng) {
             // Elements outside C's rows keep c0; those inside are overwritten: poison them.
             let mut init = c0.clone();
             for bt in 0..batch {
+                let c_at = lc.offset + (bt / per) * lc.agent_stride + (bt % per) * lc.batch_stride;
                 for i in 0..m {
                     for j in 0..n {
-                        init[lc.offset + bt * lc.batch_stride + i * lc.ld + j] =
-                            f32::from_bits(POISON);
+                        init[c_at + i * lc.ld + j] = f32::from_bits(POISON);
                     }
                 }
             }
@@ -98,6 +132,7 @@ fn run(case: Case, tile: Option<GemmTile>, r: &mut impl Rng) {
             offset: l.offset,
             ld: l.ld,
             batch_stride: l.batch_stride,
+            agent_stride: l.agent_stride,
         };
         let op = Gemm {
             m,
@@ -108,11 +143,13 @@ fn run(case: Case, tile: Option<GemmTile>, r: &mut impl Rng) {
             alpha,
             accumulate: acc,
             batch,
+            agents,
         };
         let bias_arg = bias.then_some(Bias {
             buf: &biasb,
-            offset: pad,
-            batch_stride: n,
+            offset: lbias.offset,
+            batch_stride: lbias.batch_stride,
+            agent_stride: lbias.agent_stride,
         });
         let mut rec = Recorder::new(gpu);
         let x = Operands {
@@ -159,6 +196,7 @@ fn every_transposition_and_tile_matches_the_mirror() {
                 alpha: 1.0,
                 pad: 0,
                 shared_b: false,
+                agents: 1,
             };
             run(case, Some(tile), &mut r);
         }
@@ -190,8 +228,35 @@ fn batches_offsets_accumulation_bias_and_alpha() {
             alpha: [1.0, -0.5, 2.0][i % 3],
             pad: [0, 3, 5][i % 3],
             shared_b: i == 3,
+            agents: 1,
         };
         run(case, None, &mut r);
+    }
+}
+
+#[test]
+fn batches_split_into_agents() {
+    let mut r = rng("gemm agents");
+    // (batch, agents): members per agent 1 (a population of plain layers), 2 and 3 (of an
+    // ensemble), and every transposition with a per-agent shared B (the ensemble's input).
+    for (i, &(batch, agents)) in [(3, 3), (4, 2), (6, 2), (6, 3)].iter().enumerate() {
+        let case = Case {
+            m: r.random_range(1..40),
+            n: r.random_range(1..40),
+            k: r.random_range(1..70),
+            batch,
+            ta: i % 2 == 1,
+            tb: i / 2 == 1,
+            acc: i % 2 == 0,
+            bias: i != 1,
+            alpha: [1.0, -0.5][i % 2],
+            pad: [0, 3][i % 2],
+            shared_b: i >= 2,
+            agents,
+        };
+        for tile in [None, Some(GemmTile::SMALL)] {
+            run(case, tile, &mut r);
+        }
     }
 }
 
@@ -236,4 +301,34 @@ fn bad_requests_are_errors() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("overlap"), "{e}");
+    // Agents' outputs that overlap, and a batch that does not split into the agents.
+    let op = Gemm {
+        batch: 4,
+        agents: 2,
+        ..Gemm::new(1, 2, 2)
+    };
+    let c_big = GpuBuffer::<f32>::new(gpu, "c", 64).unwrap();
+    let e = gemm::record(
+        &mut rec,
+        &op,
+        Operands::new(
+            Mat::rows(&a, 2),
+            Mat::rows(&a, 2),
+            Mat::rows(&c_big, 2).batched(4).per_agent(1),
+        ),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("overlap"), "{e}");
+    let op = Gemm { agents: 3, ..op };
+    let e = gemm::record(
+        &mut rec,
+        &op,
+        Operands::new(
+            Mat::rows(&a, 2),
+            Mat::rows(&a, 2),
+            Mat::rows(&c_big, 2).batched(2),
+        ),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
 }

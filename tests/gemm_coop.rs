@@ -86,6 +86,7 @@ fn run(gpu: &Gpu, case: Case, kernel: Kernel, r: &mut impl Rng) -> (f64, f64, Ge
         offset: pad * 3,
         ld: cols + pad,
         batch_stride: if shared { 0 } else { rows * (cols + pad) + pad },
+        agent_stride: 0,
     };
     let (la, lb, lc) = (lay(ar, ac, false), lay(br, bc, shared_b), lay(m, n, false));
     let len = |l: &Layout, rows: usize| l.offset + (batch - 1) * l.batch_stride + rows * l.ld;
@@ -96,7 +97,13 @@ fn run(gpu: &Gpu, case: Case, kernel: Kernel, r: &mut impl Rng) -> (f64, f64, Ge
     let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
     let bias64 = f(&bias_v);
     let (a64, b64) = (f(&a), f(&b));
-    let bias_arg64 = bias.then_some((&bias64[..], pad, n));
+    let bias_lay = Layout {
+        offset: pad,
+        ld: n,
+        batch_stride: n,
+        agent_stride: 0,
+    };
+    let bias_arg64 = bias.then_some((&bias64[..], bias_lay));
     let mut want16 = f(&c0);
     mirror::gemm_coop(
         m,
@@ -116,7 +123,7 @@ fn run(gpu: &Gpu, case: Case, kernel: Kernel, r: &mut impl Rng) -> (f64, f64, Ge
         m,
         n,
         k,
-        batch,
+        (batch, 1),
         (ta, tb),
         alpha as f64,
         acc,
@@ -144,6 +151,7 @@ fn run(gpu: &Gpu, case: Case, kernel: Kernel, r: &mut impl Rng) -> (f64, f64, Ge
         offset: l.offset,
         ld: l.ld,
         batch_stride: l.batch_stride,
+        agent_stride: 0,
     };
     let op = Gemm {
         m,
@@ -154,11 +162,13 @@ fn run(gpu: &Gpu, case: Case, kernel: Kernel, r: &mut impl Rng) -> (f64, f64, Ge
         alpha,
         accumulate: acc,
         batch,
+        agents: 1,
     };
     let bias_arg = bias.then_some(Bias {
         buf: &biasb,
         offset: pad,
         batch_stride: n,
+        agent_stride: 0,
     });
     let mut rec = Recorder::new(gpu);
     let x = Operands {

@@ -51,6 +51,12 @@ pub struct Gemm {
     pub accumulate: bool,
     /// Independent multiplies (ensemble members), along the operands' batch strides.
     pub batch: usize,
+    /// Agents the batch is split into (1, or a divisor of `batch`): multiply `i` is member
+    /// `i % (batch / agents)` of agent `i / (batch / agents)`, and each operand steps by its
+    /// batch stride per member and by its agent stride per agent. A population's weights
+    /// (agent-major) and its per-agent inputs shared by an ensemble's members (batch stride
+    /// 0) are both one call.
+    pub agents: usize,
 }
 
 impl Gemm {
@@ -65,7 +71,13 @@ impl Gemm {
             alpha: 1.0,
             accumulate: false,
             batch: 1,
+            agents: 1,
         }
+    }
+
+    /// Multiplies per agent.
+    pub fn per_agent(&self) -> usize {
+        self.batch / self.agents.max(1)
     }
 
     /// Multiply-adds of the whole call.
@@ -74,8 +86,10 @@ impl Gemm {
     }
 }
 
-/// Where a matrix sits in a buffer: element `(r, c)` of batch `b` is at
-/// `offset + b * batch_stride + r * ld + c`.
+/// Where a matrix sits in a buffer: element `(r, c)` of member `m` of agent `g` (batch
+/// `b = g * per_agent + m`, see [`Gemm::agents`]) is at
+/// `offset + g * agent_stride + m * batch_stride + r * ld + c`; with one agent, batch `b` is at
+/// `offset + b * batch_stride`.
 #[derive(Clone, Copy, Debug)]
 pub struct Mat<'a> {
     /// The buffer.
@@ -86,6 +100,8 @@ pub struct Mat<'a> {
     pub ld: usize,
     /// Elements from one batch to the next (0 shares one matrix across the batch).
     pub batch_stride: usize,
+    /// Elements from one agent's first batch to the next agent's (see [`Gemm::agents`]).
+    pub agent_stride: usize,
 }
 
 impl<'a> Mat<'a> {
@@ -96,6 +112,7 @@ impl<'a> Mat<'a> {
             offset: 0,
             ld,
             batch_stride: 0,
+            agent_stride: 0,
         }
     }
 
@@ -110,10 +127,22 @@ impl<'a> Mat<'a> {
         self.batch_stride = batch_stride;
         self
     }
+
+    /// With an agent stride (see [`Gemm::agents`]).
+    pub fn per_agent(mut self, agent_stride: usize) -> Self {
+        self.agent_stride = agent_stride;
+        self
+    }
+
+    /// Element offset of `(0, 0)` of the last of `op`'s multiplies.
+    fn last(&self, op: &Gemm) -> usize {
+        let per = op.per_agent();
+        self.offset + (op.agents - 1) * self.agent_stride + (per - 1) * self.batch_stride
+    }
 }
 
-/// A bias row added to every row of `C`: element `j` of batch `b` at
-/// `offset + b * batch_stride + j`.
+/// A bias row added to every row of `C`: element `j` of member `m` of agent `g` at
+/// `offset + g * agent_stride + m * batch_stride + j` (see [`Gemm::agents`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Bias<'a> {
     /// The buffer.
@@ -122,6 +151,8 @@ pub struct Bias<'a> {
     pub offset: usize,
     /// Elements from one batch's bias to the next.
     pub batch_stride: usize,
+    /// Elements from one agent's bias to the next's.
+    pub agent_stride: usize,
 }
 
 /// The matrices of one multiply `C = alpha op(A) op(B) (+ bias) (+ C)`, one value for every
@@ -261,6 +292,14 @@ pub(crate) struct Params {
     c_bs: u32,
     bias_bs: u32,
     _pad: u32,
+    // Appended, so that the tensor-core kernel's shorter uniform block (one agent) reads the
+    // same words.
+    per_agent: u32,
+    a_as: u32,
+    b_as: u32,
+    c_as: u32,
+    bias_as: u32,
+    _pad1: [u32; 3],
 }
 
 /// A, B, C, the bias and the uniforms; the tensor-core GEMM binds more after them.
@@ -302,8 +341,9 @@ fn u32_of(what: &str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::Limit(format!("gemm: {what} = {v} over 2^32")))
 }
 
-/// Check that a `rows x cols` stored matrix fits its buffer over `batch` batches.
-fn fit(name: &str, m: &Mat, rows: usize, cols: usize, batch: usize, written: bool) -> Result<()> {
+/// Check that a `rows x cols` stored matrix fits its buffer over `op`'s multiplies and, when
+/// `written`, that no two of them overlap.
+fn fit(name: &str, m: &Mat, rows: usize, cols: usize, op: &Gemm, written: bool) -> Result<()> {
     if m.ld < cols && rows > 1 {
         return Err(Error::Shape(format!(
             "gemm: {name} ({:?}) rows of {cols} elements with leading dimension {}",
@@ -311,24 +351,35 @@ fn fit(name: &str, m: &Mat, rows: usize, cols: usize, batch: usize, written: boo
             m.ld
         )));
     }
-    if written && batch > 1 && m.batch_stride < rows * m.ld.max(cols) {
-        return Err(Error::Shape(format!(
-            "gemm: written {name} ({:?}) batches of {rows} x {cols} with batch stride {} would \
-             overlap",
-            m.buf.label(),
-            m.batch_stride
-        )));
+    if written && op.batch > 1 {
+        let per = op.per_agent();
+        let mut starts: Vec<usize> = (0..op.batch)
+            .map(|i| (i / per) * m.agent_stride + (i % per) * m.batch_stride)
+            .collect();
+        starts.sort_unstable();
+        let extent = rows * m.ld.max(cols);
+        if starts.windows(2).any(|w| w[1] - w[0] < extent) {
+            return Err(Error::Shape(format!(
+                "gemm: written {name} ({:?}) batches of {rows} x {cols} with batch stride {} \
+                 and agent stride {} would overlap",
+                m.buf.label(),
+                m.batch_stride,
+                m.agent_stride
+            )));
+        }
     }
-    let need = m.offset + (batch - 1) * m.batch_stride + (rows - 1) * m.ld + cols;
+    let need = m.last(op) + (rows - 1) * m.ld + cols;
     if need > m.buf.len() {
         return Err(Error::Shape(format!(
-            "gemm: {name} ({:?}) holds {} elements; {batch} x [{rows}, {cols}] at offset {} \
-             (leading dimension {}, batch stride {}) needs {need}",
+            "gemm: {name} ({:?}) holds {} elements; {} x [{rows}, {cols}] at offset {} \
+             (leading dimension {}, batch stride {}, agent stride {}) needs {need}",
             m.buf.label(),
             m.buf.len(),
+            op.batch,
             m.offset,
             m.ld,
-            m.batch_stride
+            m.batch_stride,
+            m.agent_stride
         )));
     }
     Ok(())
@@ -394,6 +445,12 @@ pub(crate) fn tile_grid(gpu: &Gpu, what: &str, op: &Gemm, bm: u32, bn: u32) -> R
 /// there is nothing to do. Shared with the tensor-core GEMM, which takes the same calls.
 pub(crate) fn checked_params(op: &Gemm, x: &Operands) -> Result<Option<Params>> {
     let Operands { a, b, c, bias } = x;
+    if op.agents == 0 || !op.batch.is_multiple_of(op.agents) {
+        return Err(Error::InvalidArgument(format!(
+            "gemm: {} multiplies do not split into {} agents",
+            op.batch, op.agents
+        )));
+    }
     if op.m == 0 || op.n == 0 || op.batch == 0 {
         return Ok(None);
     }
@@ -408,10 +465,10 @@ pub(crate) fn checked_params(op: &Gemm, x: &Operands) -> Result<Option<Params>> 
         (op.k, op.n)
     };
     if op.k > 0 {
-        fit("A", a, ar, ac, op.batch, false)?;
-        fit("B", b, br, bc, op.batch, false)?;
+        fit("A", a, ar, ac, op, false)?;
+        fit("B", b, br, bc, op, false)?;
     }
-    fit("C", c, op.m, op.n, op.batch, true)?;
+    fit("C", c, op.m, op.n, op, true)?;
     let same = |x: &GpuBuffer<f32>| x.buffer == c.buf.buffer;
     if same(a.buf) || same(b.buf) || bias.is_some_and(|bi| same(bi.buf)) {
         return Err(Error::InvalidArgument(format!(
@@ -420,17 +477,20 @@ pub(crate) fn checked_params(op: &Gemm, x: &Operands) -> Result<Option<Params>> 
         )));
     }
     if let Some(bi) = &bias {
-        let need = bi.offset + (op.batch - 1) * bi.batch_stride + op.n;
+        let per = op.per_agent();
+        let need =
+            bi.offset + (op.agents - 1) * bi.agent_stride + (per - 1) * bi.batch_stride + op.n;
         if need > bi.buf.len() {
             return Err(Error::Shape(format!(
-                "gemm: bias ({:?}) holds {} elements, {} x {} at offset {} (batch stride {}) \
-                 need {need}",
+                "gemm: bias ({:?}) holds {} elements, {} x {} at offset {} (batch stride {}, \
+                 agent stride {}) need {need}",
                 bi.buf.label(),
                 bi.buf.len(),
                 op.batch,
                 op.n,
                 bi.offset,
-                bi.batch_stride
+                bi.batch_stride,
+                bi.agent_stride
             )));
         }
     }
@@ -457,5 +517,11 @@ pub(crate) fn checked_params(op: &Gemm, x: &Operands) -> Result<Option<Params>> 
         c_bs: u32_of("C batch stride", c.batch_stride)?,
         bias_bs: u32_of("bias batch stride", bias.map_or(0, |b| b.batch_stride))?,
         _pad: 0,
+        per_agent: u32_of("multiplies per agent", op.per_agent())?,
+        a_as: u32_of("A agent stride", a.agent_stride)?,
+        b_as: u32_of("B agent stride", b.agent_stride)?,
+        c_as: u32_of("C agent stride", c.agent_stride)?,
+        bias_as: u32_of("bias agent stride", bias.map_or(0, |b| b.agent_stride))?,
+        _pad1: [0; 3],
     }))
 }

@@ -285,6 +285,13 @@ pub fn record(rec: &mut Recorder, op: &Gemm, x: Operands) -> Result<()> {
 
 /// [`record`] with a chosen tile.
 pub fn record_with_tile(rec: &mut Recorder, op: &Gemm, x: Operands, tile: CoopTile) -> Result<()> {
+    if op.agents != 1 {
+        // The tensor-core kernel has no agent strides (populations train at f32).
+        return Err(Error::Unsupported(format!(
+            "gemm_coop: {} agents in one call; the tensor-core GEMM takes one (use gemm::record)",
+            op.agents
+        )));
+    }
     let gpu = rec.gpu();
     let sg = gpu.tensor_cores()?;
     tile.check(gpu, sg)?;

@@ -22,14 +22,14 @@ pub fn gemm_coop(
     (a, la): (&[f64], Layout),
     (b, lb): (&[f64], Layout),
     c: (&mut [f64], Layout),
-    bias: Option<(&[f64], usize, usize)>,
+    bias: Option<(&[f64], Layout)>,
 ) {
     let (a16, b16) = (round_f16(a), round_f16(b));
     gemm(
         m,
         n,
         k,
-        batch,
+        (batch, 1),
         trans,
         alpha,
         accumulate,

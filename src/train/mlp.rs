@@ -347,6 +347,7 @@ impl TrainNet {
                     buf: params,
                     offset: l.b + sel.first * out,
                     batch_stride: out,
+                    agent_stride: 0,
                 });
                 gemm::record(
                     rec,
