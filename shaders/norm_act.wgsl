@@ -2,7 +2,8 @@
 // its backward, and column sums over rows (LayerNorm and bias gradients).
 //
 // Activations are [members, rows, N], rows back to back from an element offset (the member
-// stride is rows * N); member e's gamma and beta sit at gamma_off + e * N, beta_off + e * N.
+// stride is rows * N); member e's gamma and beta sit at gamma_off + e * N, beta_off + e * N
+// (in populations, agent by agent: see param_at).
 // The math is linear.wgsl's epilogue: mean, then the biased variance of (h - mean) in a second
 // pass, rstd = inverseSqrt(var + 1e-5), u = (h - mean) * rstd * gamma + beta; Mish from
 // common/act; SimNorm a softmax over consecutive groups of 8.
@@ -73,6 +74,13 @@ struct Params {
     // Rows per chunk and chunks (column kernels).
     chunk_rows: u32,
     chunks: u32,
+    // Populations: member e is member e % per_agent of agent e / per_agent; gamma and beta
+    // step by param_as per agent. Column-sum outputs split the members by out_per (the
+    // agents' members, or all of them for partials) and step by out_as per agent.
+    per_agent: u32,
+    param_as: u32,
+    out_per: u32,
+    out_as: u32,
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -129,6 +137,16 @@ fn row_sum(tid: u32, lane: u32, v: vec2<f32>) -> vec2<f32> {
     return total;
 }
 
+// Offset of member e's gamma (beta) from gamma_off (beta_off).
+fn param_at(e: u32) -> u32 {
+    return (e % p.per_agent) * N + (e / p.per_agent) * p.param_as;
+}
+
+// Offset of member e's column-sum output from out_off (out_off2).
+fn out_at(e: u32) -> u32 {
+    return (e % p.out_per) * p.out_member + (e / p.out_per) * p.out_as;
+}
+
 // Pre-activations u of unit k of global row `row` (member e), and xhat under LayerNorm.
 fn load_unit(
     row: u32,
@@ -146,7 +164,7 @@ fn load_unit(
         if (LN) {
             v = (v - mean) * rstd;
             (*xh)[c] = v;
-            v = v * prm[p.gamma_off + e * N + j] + prm[p.beta_off + e * N + j];
+            v = v * prm[p.gamma_off + param_at(e) + j] + prm[p.beta_off + param_at(e) + j];
         }
         (*u)[c] = v;
     }
@@ -292,7 +310,7 @@ fn backward(
                 load_dy(row, k, &g);
                 act_grad_unit(&u, &g);
                 for (var i = 0u; i < U; i++) {
-                    let gj = g[i] * prm[p.gamma_off + e * N + k * U + i];
+                    let gj = g[i] * prm[p.gamma_off + param_at(e) + k * U + i];
                     acc += vec2<f32>(gj, gj * xh[i]);
                 }
             }
@@ -311,7 +329,7 @@ fn backward(
             let j = k * U + i;
             var d = g[i];
             if (LN) {
-                d = st.y * (d * prm[p.gamma_off + e * N + j] - c.x - xh[i] * c.y);
+                d = st.y * (d * prm[p.gamma_off + param_at(e) + j] - c.x - xh[i] * c.y);
             }
             store(p.out_off + row * N + j, d);
         }
@@ -360,8 +378,8 @@ fn ln_grads(
     }
     let total = merge_lanes(lid, acc);
     if (lid.y == 0u && j < N) {
-        store(p.out_off + e * p.out_member + chunk * p.out_chunk + j, total.x);
-        store(p.out_off2 + e * p.out_member + chunk * p.out_chunk + j, total.y);
+        store(p.out_off + out_at(e) + chunk * p.out_chunk + j, total.x);
+        store(p.out_off2 + out_at(e) + chunk * p.out_chunk + j, total.y);
     }
 }
 
@@ -387,7 +405,7 @@ fn colsum(
     }
     let total = merge_lanes(lid, vec2<f32>(acc, 0.0));
     if (lid.y == 0u && j < N) {
-        store(p.out_off + e * p.out_member + chunk * p.out_chunk + j, total.x);
+        store(p.out_off + out_at(e) + chunk * p.out_chunk + j, total.x);
     }
 }
 
@@ -411,5 +429,5 @@ fn finish(
     for (var c = 0u; c < p.chunks; c++) {
         s += x[base + c * N];
     }
-    store(select(p.out_off, p.out_off2, q == 1u) + e * p.out_member + j, s);
+    store(select(p.out_off, p.out_off2, q == 1u) + out_at(e) + j, s);
 }

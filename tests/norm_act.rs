@@ -115,12 +115,15 @@ impl Placed {
     }
 }
 
-/// Params (or gradients) with gamma, beta and a bias vector at random offsets.
+/// Params (or gradients) with gamma, beta and a bias vector at random offsets; with agents,
+/// each vector agent by agent (`per_len` values) at an agent stride with gaps between.
 struct ParamBuf {
     buf: GpuBuffer<f32>,
     gamma: usize,
     beta: usize,
     bias: usize,
+    per_len: usize,
+    stride: usize,
     init: Vec<f32>,
 }
 
@@ -129,24 +132,53 @@ impl ParamBuf {
         gpu: &Gpu,
         r: &mut impl Rng,
         label: &str,
-        len: usize,
+        agents: usize,
         gamma: &[f32],
         beta: &[f32],
     ) -> Self {
+        let len = gamma.len();
+        let per_len = len / agents;
+        let stride = per_len + if agents > 1 { r.random_range(1..5) } else { 0 };
+        let extent = (agents - 1) * stride + per_len;
         let g = r.random_range(0..9);
-        let b = g + len + r.random_range(0..5);
-        let bias = b + len + r.random_range(0..5);
-        let total = bias + len + r.random_range(0..5);
-        let mut init: Vec<f32> = (0..total).map(|_| r.random_range(-1.0f32..1.0)).collect();
-        init[g..g + len].copy_from_slice(gamma);
-        init[b..b + len].copy_from_slice(beta);
-        ParamBuf {
+        let b = g + extent + r.random_range(0..5);
+        let bias = b + extent + r.random_range(0..5);
+        let total = bias + extent + r.random_range(0..5);
+        let init: Vec<f32> = (0..total).map(|_| r.random_range(-1.0f32..1.0)).collect();
+        let mut pb = ParamBuf {
             buf: GpuBuffer::from_slice(gpu, label, &init).unwrap(),
             gamma: g,
             beta: b,
             bias,
+            per_len,
+            stride,
             init,
+        };
+        for (base, v) in [(g, gamma), (b, beta)] {
+            for (j, x) in v.iter().enumerate() {
+                let at = pb.pos(base, j);
+                pb.init[at] = *x;
+            }
         }
+        pb.buf.upload(gpu, &pb.init).unwrap();
+        pb
+    }
+
+    /// Where logical element `j` of the vector at `base` is.
+    fn pos(&self, base: usize, j: usize) -> usize {
+        base + (j / self.per_len) * self.stride + j % self.per_len
+    }
+
+    /// The logical vector of `len` elements at `base` of a read-back.
+    fn gather(&self, all: &[f32], base: usize, len: usize) -> Vec<f32> {
+        (0..len).map(|j| all[self.pos(base, j)]).collect()
+    }
+
+    /// Whether element `i` holds a value of the `len`-element vector at `base`.
+    fn holds(&self, base: usize, len: usize, i: usize) -> bool {
+        i >= base
+            && (i - base) % self.stride.max(1) < self.per_len
+            && i < self.pos(base, len - 1) + 1
     }
 
     fn affine(&self) -> Affine<'_> {
@@ -154,6 +186,7 @@ impl ParamBuf {
             buf: &self.buf,
             gamma: self.gamma,
             beta: self.beta,
+            agent_stride: self.stride,
         }
     }
 }
@@ -179,6 +212,15 @@ struct Case {
     members: usize,
     rows: usize,
     accumulate: bool,
+    /// Agents the members split into.
+    agents: usize,
+}
+
+impl Case {
+    fn agents(mut self, agents: usize) -> Self {
+        self.agents = agents;
+        self
+    }
 }
 
 fn case(
@@ -196,6 +238,7 @@ fn case(
         members,
         rows,
         accumulate,
+        agents: 1,
     }
 }
 
@@ -213,7 +256,9 @@ fn random_h(r: &mut impl Rng, rows: usize, n: usize) -> Vec<f32> {
 /// Forward (stats stored), backward with the stored stats and with recomputed ones, the
 /// LayerNorm parameter gradients and the bias gradient, against the mirror.
 fn run_layer(gpu: &Gpu, r: &mut impl Rng, c: Case) {
-    let cfg = NormActConfig::new(c.n, c.act, c.ln).with_members(c.members);
+    let cfg = NormActConfig::new(c.n, c.act, c.ln)
+        .with_members(c.members)
+        .with_agents(c.agents);
     let (n, total) = (c.n, c.members * c.rows);
     let len = c.members * n;
     let h = random_h(r, total, n);
@@ -227,11 +272,11 @@ fn run_layer(gpu: &Gpu, r: &mut impl Rng, c: Case) {
 
     let hp = Placed::new(gpu, r, "h", &h, false);
     let dyp = Placed::new(gpu, r, "dy", &dy, false);
-    let params = ParamBuf::new(gpu, r, "params", len, &gamma, &beta);
+    let params = ParamBuf::new(gpu, r, "params", c.agents, &gamma, &beta);
     let gi = uniform(r, len, 1.0);
     let bi = uniform(r, len, 1.0);
-    let grads = ParamBuf::new(gpu, r, "grads", len, &gi, &bi);
-    let grads2 = ParamBuf::new(gpu, r, "grads 2", len, &gi, &bi);
+    let grads = ParamBuf::new(gpu, r, "grads", c.agents, &gi, &bi);
+    let grads2 = ParamBuf::new(gpu, r, "grads 2", c.agents, &gi, &bi);
     let y = Placed::output(gpu, r, "y", total * n, None);
     let stats = Placed::output(gpu, r, "stats", 2 * total, None);
     let init = c.accumulate.then_some(dh_init.as_slice());
@@ -246,9 +291,9 @@ fn run_layer(gpu: &Gpu, r: &mut impl Rng, c: Case) {
     };
     let dgrads = c.ln.then(|| grads.affine());
     let bias = ColumnSumConfig {
-        n,
-        members: c.members,
-        accumulate: true,
+        agents: c.agents,
+        agent_stride: grads.stride,
+        ..ColumnSumConfig::new(n, c.members, true)
     };
     let mut rec = Recorder::new(gpu);
     norm_act::record_forward(&mut rec, &cfg, c.rows, &io, y.at()).unwrap();
@@ -382,8 +427,8 @@ fn run_layer(gpu: &Gpu, r: &mut impl Rng, c: Case) {
                 }
                 let wg: Vec<f64> = dg.iter().zip(&gi).map(|(d, i)| d + *i as f64).collect();
                 let wb: Vec<f64> = db.iter().zip(&bi).map(|(d, i)| d + *i as f64).collect();
-                let eg = sum_error(&gr_all[gp.gamma..gp.gamma + len], &wg, &mag_g);
-                let eb = sum_error(&gr_all[gp.beta..gp.beta + len], &wb, &mag_b);
+                let eg = sum_error(&gp.gather(gr_all, gp.gamma, len), &wg, &mag_g);
+                let eb = sum_error(&gp.gather(gr_all, gp.beta, len), &wb, &mag_b);
                 assert!(
                     eg <= SUM_TOL && eb <= SUM_TOL,
                     "{what} {tag}: dgamma error {eg:e}, dbeta {eb:e}"
@@ -391,10 +436,8 @@ fn run_layer(gpu: &Gpu, r: &mut impl Rng, c: Case) {
             }
             // Nothing else in the gradient buffer moved (the bias part is checked by the caller).
             for (i, (g, w)) in gr_all.iter().zip(&gp.init).enumerate() {
-                let in_ln = c.ln
-                    && ((i >= gp.gamma && i < gp.gamma + len)
-                        || (i >= gp.beta && i < gp.beta + len));
-                let in_bias = i >= gp.bias && i < gp.bias + len;
+                let in_ln = c.ln && (gp.holds(gp.gamma, len, i) || gp.holds(gp.beta, len, i));
+                let in_bias = gp.holds(gp.bias, len, i);
                 let bias_written = in_bias && what == "stored stats";
                 if !(in_ln || bias_written) {
                     assert_eq!(
@@ -421,7 +464,7 @@ fn run_layer(gpu: &Gpu, r: &mut impl Rng, c: Case) {
     let sums = mirror::column_sum(n, c.members, c.rows, &d64, None);
     let abs: Vec<f64> = d64.iter().map(|v| v.abs()).collect();
     let mut mag = mirror::column_sum(n, c.members, c.rows, &abs, None);
-    let init_bias = &grads.init[grads.bias..grads.bias + len];
+    let init_bias = &grads.gather(&grads.init, grads.bias, len);
     let want: Vec<f64> = sums
         .iter()
         .zip(init_bias)
@@ -430,7 +473,7 @@ fn run_layer(gpu: &Gpu, r: &mut impl Rng, c: Case) {
     mag.iter_mut()
         .zip(init_bias)
         .for_each(|(m, i)| *m += i.abs() as f64);
-    let err = sum_error(&gr_all[grads.bias..grads.bias + len], &want, &mag);
+    let err = sum_error(&grads.gather(&gr_all, grads.bias, len), &want, &mag);
     assert!(err <= SUM_TOL, "bias gradient {tag}: error {err:e}");
 }
 
@@ -450,6 +493,12 @@ fn layers_against_the_mirror() {
         case(1, Mish, true, 1, 5, true),
         case(1, Identity, false, 1, 1, false),
         case(2048, Mish, true, 1, 3, false),
+        // Populations: agents' parameters at an agent stride (one member each, an ensemble's
+        // two and five), row counts on both sides of the two-pass column sums.
+        case(64, Mish, true, 3, 17, false).agents(3),
+        case(40, SimNorm, true, 4, 300, true).agents(2),
+        case(33, Identity, false, 10, 9, false).agents(2),
+        case(24, Mish, true, 6, 260, false).agents(6),
     ];
     for gpu in gpus() {
         for c in cases {
@@ -480,11 +529,7 @@ fn column_sums_against_the_mirror() {
                 let ap = Placed::new(gpu, &mut r, "a", &a, false);
                 let bp = Placed::new(gpu, &mut r, "b", &b, false);
                 let out = Placed::output(gpu, &mut r, "out", members * n, Some(&init));
-                let cfg = ColumnSumConfig {
-                    n,
-                    members,
-                    accumulate,
-                };
+                let cfg = ColumnSumConfig::new(n, members, accumulate);
                 // Half the two-pass runs bring their own scratch.
                 let need = norm_act::scratch_len(n, members, rows, 1);
                 let scratch = (need > 0 && r.random::<bool>())
@@ -665,8 +710,8 @@ fn gpu_backward_matches_finite_differences_of_the_gpu_forward() {
             let b0 = uniform(&mut r, n, 0.5);
             let coords: Vec<usize> = (0..8).map(|_| r.random_range(0..n)).collect();
             // Analytic: one row.
-            let params = ParamBuf::new(gpu, &mut r, "params", n, &g0, &b0);
-            let grads = ParamBuf::new(gpu, &mut r, "grads", n, &vec![0.0; n], &vec![0.0; n]);
+            let params = ParamBuf::new(gpu, &mut r, "params", 1, &g0, &b0);
+            let grads = ParamBuf::new(gpu, &mut r, "grads", 1, &vec![0.0; n], &vec![0.0; n]);
             let hb = GpuBuffer::from_slice(gpu, "h", &h0).unwrap();
             let dyb = GpuBuffer::from_slice(gpu, "dy", &dy).unwrap();
             let dhb = GpuBuffer::<f32>::new(gpu, "dh", n).unwrap();
@@ -701,7 +746,7 @@ fn gpu_backward_matches_finite_differences_of_the_gpu_forward() {
                     bs.extend(b);
                 }
             }
-            let pm = ParamBuf::new(gpu, &mut r, "params perturbed", members * n, &gs, &bs);
+            let pm = ParamBuf::new(gpu, &mut r, "params perturbed", 1, &gs, &bs);
             let hm: Vec<f32> = (0..members).flat_map(|_| h0.clone()).collect();
             let hmb = GpuBuffer::from_slice(gpu, "h members", &hm).unwrap();
             let ymb = GpuBuffer::<f32>::new(gpu, "y members", hm.len()).unwrap();
@@ -803,11 +848,7 @@ fn two_dimensional_dispatch_past_the_workgroup_limit() {
         let e = norm_act::record_forward(&mut rec, &cfg, 50, &io, (&y, 0)).unwrap_err();
         assert!(matches!(e, Error::Limit(_)), "{e:?}");
         // 8 column tiles of 64 in one dimension.
-        let col = ColumnSumConfig {
-            n: 512,
-            members: 1,
-            accumulate: true,
-        };
+        let col = ColumnSumConfig::new(512, 1, true);
         let out = GpuBuffer::<f32>::new(&gpu, "out", 512).unwrap();
         let e = norm_act::record_column_sum(&mut rec, &col, 50, (&h, 0), None, (&out, 0), None)
             .unwrap_err();
@@ -829,11 +870,7 @@ fn bad_requests_are_errors() {
     let params = buf("params", 2 * n);
     let grads = buf("grads", 2 * n);
     let stats = buf("stats", 2 * rows);
-    let aff = |b| Affine {
-        buf: b,
-        gamma: 0,
-        beta: n,
-    };
+    let aff = |b| Affine::new(b, 0, n);
     let ln = NormActConfig::new(n, Mish, true);
     let plain = NormActConfig::new(n, Mish, false);
     let io = NormActBuffers {
@@ -896,11 +933,7 @@ fn bad_requests_are_errors() {
         ),
         (
             NormActBuffers {
-                affine: Some(Affine {
-                    buf: &params,
-                    gamma: 0,
-                    beta: n + 1,
-                }),
+                affine: Some(Affine::new(&params, 0, n + 1)),
                 ..io
             },
             (&y, 0),
@@ -931,11 +964,7 @@ fn bad_requests_are_errors() {
         (&dy, 0),
         (&dh, 0),
         false,
-        Some(Affine {
-            buf: &grads,
-            gamma: n + 1,
-            beta: 0,
-        }),
+        Some(Affine::new(&grads, n + 1, 0)),
         None,
     )
     .unwrap_err();
@@ -977,11 +1006,7 @@ fn bad_requests_are_errors() {
     let e = norm_act::record_forward(&mut rec, &ln, rows, &io_overlap, (&big, 0)).unwrap_err();
     assert_eq!(kind(e), "arg");
     // Column sums: short output, scratch too small or shared with the output.
-    let col = ColumnSumConfig {
-        n,
-        members: 1,
-        accumulate: true,
-    };
+    let col = ColumnSumConfig::new(n, 1, true);
     let many = 300;
     let a = buf("a", many * n);
     let e = norm_act::record_column_sum(&mut rec, &col, many, (&a, 0), None, (&grads, n + 1), None)

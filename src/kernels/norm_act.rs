@@ -26,17 +26,17 @@
 //! let cfg = NormActConfig::new(n, Activation::Mish, true);
 //! let io = NormActBuffers {
 //!     h: (&h, 0),
-//!     affine: Some(Affine { buf: &params, gamma: n, beta: 2 * n }),
+//!     affine: Some(Affine::new(&params, n, 2 * n)),
 //!     stats: Some((&stats, 0)),
 //! };
 //! let mut rec = Recorder::new(&gpu);
 //! norm_act::record_forward(&mut rec, &cfg, rows, &io, (&y, 0))?;
 //! // ... the loss and the next layer's backward write dy ...
-//! let dparams = Affine { buf: &grads, gamma: n, beta: 2 * n };
+//! let dparams = Affine::new(&grads, n, 2 * n);
 //! norm_act::record_backward(&mut rec, &cfg, rows, &io, (&dy, 0), (&dh, 0), false,
 //!     Some(dparams), None)?;
 //! // The bias gradient: db += sum_rows dh.
-//! let bias = ColumnSumConfig { n, members: 1, accumulate: true };
+//! let bias = ColumnSumConfig::new(n, 1, true);
 //! norm_act::record_column_sum(&mut rec, &bias, rows, (&dh, 0), None, (&grads, 0), None)?;
 //! rec.submit()?;
 //! # Ok(()) }
@@ -57,7 +57,8 @@ use crate::{Error, Result};
 pub type At<'a> = (&'a GpuBuffer<f32>, usize);
 
 /// LayerNorm affine parameters (or their gradients) in one flat buffer: member `e`'s gamma at
-/// `gamma + e * n`, its beta at `beta + e * n`.
+/// `gamma + e * n`, its beta at `beta + e * n`; with agents ([`NormActConfig::agents`]),
+/// member `m` of agent `g` at `gamma + g * agent_stride + m * n`.
 #[derive(Clone, Copy, Debug)]
 pub struct Affine<'a> {
     /// The flat parameter (or gradient) buffer.
@@ -66,6 +67,20 @@ pub struct Affine<'a> {
     pub gamma: usize,
     /// Element offset of member 0's beta.
     pub beta: usize,
+    /// Elements from one agent's gamma (beta) to the next agent's; unused with one agent.
+    pub agent_stride: usize,
+}
+
+impl<'a> Affine<'a> {
+    /// Gamma at `gamma`, beta at `beta`, one agent.
+    pub fn new(buf: &'a GpuBuffer<f32>, gamma: usize, beta: usize) -> Self {
+        Affine {
+            buf,
+            gamma,
+            beta,
+            agent_stride: 0,
+        }
+    }
 }
 
 /// The shape of one norm-act step.
@@ -73,8 +88,11 @@ pub struct Affine<'a> {
 pub struct NormActConfig {
     /// Features per row, at least 1 (a multiple of 8 for SimNorm).
     pub n: usize,
-    /// Ensemble members, each with its own gamma and beta, at least 1.
+    /// Ensemble members, each with its own gamma and beta, at least 1 (all agents' together).
     pub members: usize,
+    /// Agents the members split into (a divisor of `members`): a population's networks, each
+    /// agent's parameters at its [`Affine::agent_stride`].
+    pub agents: usize,
     /// LayerNorm (eps 1e-5, biased variance, affine) before the activation.
     pub layer_norm: bool,
     /// The activation after the (optional) LayerNorm.
@@ -87,9 +105,21 @@ impl NormActConfig {
         NormActConfig {
             n,
             members: 1,
+            agents: 1,
             layer_norm,
             act,
         }
+    }
+
+    /// Split the members into `agents` agents.
+    pub fn with_agents(mut self, agents: usize) -> Self {
+        self.agents = agents;
+        self
+    }
+
+    /// Members per agent.
+    pub fn per_agent(&self) -> usize {
+        self.members / self.agents.max(1)
     }
 
     /// Same step over `members` ensemble members.
@@ -104,6 +134,12 @@ impl NormActConfig {
             return Err(Error::InvalidArgument(format!(
                 "norm-act needs at least one feature and one member, got n = {} and {} members",
                 self.n, self.members
+            )));
+        }
+        if self.agents == 0 || !self.members.is_multiple_of(self.agents) {
+            return Err(Error::InvalidArgument(format!(
+                "norm-act: {} members do not split into {} agents",
+                self.members, self.agents
             )));
         }
         if self.act == Activation::SimNorm && !self.n.is_multiple_of(8) {
@@ -146,6 +182,24 @@ pub struct ColumnSumConfig {
     pub members: usize,
     /// Add into `out` (gradients) instead of writing it.
     pub accumulate: bool,
+    /// Agents the members split into (a divisor of `members`; 1 without a population).
+    pub agents: usize,
+    /// Elements of `out` from one agent's sums to the next agent's (member `m` of agent `g`
+    /// at `g * agent_stride + m * n`); unused with one agent.
+    pub agent_stride: usize,
+}
+
+impl ColumnSumConfig {
+    /// `n` columns of `members` matrices, one agent.
+    pub fn new(n: usize, members: usize, accumulate: bool) -> Self {
+        ColumnSumConfig {
+            n,
+            members,
+            accumulate,
+            agents: 1,
+            agent_stride: 0,
+        }
+    }
 }
 
 /// Which entry point of the shader, with the flags that make its pipeline.
@@ -188,7 +242,7 @@ pub enum NormActOp {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
     rows: u32,
     members: u32,
@@ -203,7 +257,47 @@ struct Params {
     out_chunk: u32,
     chunk_rows: u32,
     chunks: u32,
+    per_agent: u32,
+    param_as: u32,
+    out_per: u32,
+    out_as: u32,
     _pad: [u32; 3],
+}
+
+impl Default for Params {
+    /// Everything 0 but the agent splits: members per agent "all of them" (no division by 0,
+    /// and one agent).
+    fn default() -> Self {
+        Params {
+            rows: 0,
+            members: 0,
+            x_off: 0,
+            dy_off: 0,
+            gamma_off: 0,
+            beta_off: 0,
+            stats_off: 0,
+            out_off: 0,
+            out_off2: 0,
+            out_member: 0,
+            out_chunk: 0,
+            chunk_rows: 0,
+            chunks: 0,
+            per_agent: u32::MAX,
+            param_as: 0,
+            out_per: u32::MAX,
+            out_as: 0,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// The extent of `members` vectors of `n` split into `agents` at `agent_stride`.
+fn agent_extent(n: usize, members: usize, agents: usize, agent_stride: usize) -> usize {
+    if agents <= 1 {
+        members * n
+    } else {
+        (agents - 1) * agent_stride + (members / agents) * n
+    }
 }
 
 /// What the backward and the parameter gradients read: h, dy, gamma and beta, the statistics.
@@ -441,6 +535,7 @@ fn row_pass<'a>(
         rows: rows as u32,
         members: cfg.members as u32,
         x_off: h_off,
+        per_agent: cfg.per_agent() as u32,
         ..Default::default()
     };
     Ok((total, elems, Use::read("h", h.0, hr), p))
@@ -474,7 +569,18 @@ fn affine_params<'a>(
     match (cfg.layer_norm, affine) {
         (false, None) => Ok(None),
         (true, Some(a)) => {
-            let len = cfg.members * cfg.n;
+            if cfg.agents > 1
+                && (a.agent_stride < cfg.per_agent() * cfg.n
+                    || u32::try_from(a.agent_stride).is_err())
+            {
+                return Err(Error::Shape(format!(
+                    "{what}: {name} agent stride {} under the {} x {} values of an agent",
+                    a.agent_stride,
+                    cfg.per_agent(),
+                    cfg.n
+                )));
+            }
+            let len = agent_extent(cfg.n, cfg.members, cfg.agents, a.agent_stride);
             let (g, gr) = fit(what, &format!("{name} gamma"), a.buf, a.gamma, len)?;
             let (b, br) = fit(what, &format!("{name} beta"), a.buf, a.beta, len)?;
             Ok(Some(CheckedAffine {
@@ -504,6 +610,7 @@ fn bind_affine<'a>(
     let Some(a) = aff else { return h };
     p.gamma_off = a.gamma;
     p.beta_off = a.beta;
+    p.param_as = a.aff.agent_stride as u32;
     for (name, range) in [("gamma", a.ranges[0]), ("beta", a.ranges[1])] {
         uses.push(Use::read(name, a.aff.buf, range));
     }
@@ -680,7 +787,14 @@ pub fn record_backward(
             p.stats_off = 0;
         }
         record_ln_grads(
-            rec, what, cfg, rows, p, io.h.0, dy.0, prm, stats, g.aff.buf, g.gamma, g.beta, scratch,
+            rec,
+            what,
+            cfg,
+            rows,
+            p,
+            [io.h.0, dy.0, prm, stats],
+            (g.aff.buf, g.gamma, g.beta, g.aff.agent_stride as u32),
+            scratch,
         )?;
     }
     Ok(())
@@ -733,24 +847,25 @@ fn column_grid(
 fn record_finish(
     rec: &mut Recorder,
     what: &str,
-    n: usize,
-    members: usize,
+    cfg: &NormActConfig,
     chunks: usize,
     quantities: u32,
     add: bool,
     scratch: &GpuBuffer<f32>,
-    out: &GpuBuffer<f32>,
-    off: u32,
-    off2: u32,
+    out: Out,
 ) -> Result<()> {
+    let (n, members) = (cfg.n, cfg.members);
     let p = Params {
         members: members as u32,
-        out_off: off,
-        out_off2: off2,
+        out_off: out.1,
+        out_off2: out.2,
         out_member: n as u32,
         chunks: chunks as u32,
+        out_per: cfg.per_agent() as u32,
+        out_as: out.3,
         ..Default::default()
     };
+    let out = out.0;
     let cfg = NormActConfig::new(n, Activation::Identity, false);
     let groups = grid(
         rec.gpu(),
@@ -766,8 +881,12 @@ fn record_finish(
     )
 }
 
-/// dgamma and dbeta added into `grads` at `g_off`, `b_off`: one column pass, or two through
-/// the scratch. `p` carries the offsets of h, dy, gamma, beta and the statistics.
+/// Where a column pass's sums go: the buffer, the offsets of the first and the second
+/// quantity, and the elements between agents.
+type Out<'a> = (&'a GpuBuffer<f32>, u32, u32, u32);
+
+/// dgamma and dbeta added into the gradients `out`: one column pass, or two through the
+/// scratch. `p` carries the offsets of `inputs` (h, dy, gamma and beta, the statistics).
 #[allow(clippy::too_many_arguments)]
 fn record_ln_grads(
     rec: &mut Recorder,
@@ -775,13 +894,8 @@ fn record_ln_grads(
     cfg: &NormActConfig,
     rows: usize,
     p: Params,
-    h: &GpuBuffer<f32>,
-    dy: &GpuBuffer<f32>,
-    prm: &GpuBuffer<f32>,
-    stats: &GpuBuffer<f32>,
-    grads: &GpuBuffer<f32>,
-    g_off: u32,
-    b_off: u32,
+    [h, dy, prm, stats]: [&GpuBuffer<f32>; 4],
+    out: Out,
     scratch: Option<&GpuBuffer<f32>>,
 ) -> Result<()> {
     let chunks = column_chunks(rows);
@@ -795,7 +909,6 @@ fn record_ln_grads(
         direct: part.is_none(),
     };
     let inputs = [&h.buffer, &dy.buffer, &prm.buffer, &stats.buffer];
-    let out = (grads, g_off, b_off);
     record_columns(rec, what, cfg, op, p, chunks, 2, true, &inputs, part, out)
 }
 
@@ -816,41 +929,30 @@ fn record_columns(
     add: bool,
     inputs: &[&wgpu::Buffer],
     part: Option<GpuBuffer<f32>>,
-    (out, off, off2): (&GpuBuffer<f32>, u32, u32),
+    out: Out,
 ) -> Result<()> {
     let n = cfg.n;
     p.chunk_rows = chunk_rows as u32;
     p.chunks = chunks as u32;
     if part.is_some() {
-        // Partials [quantities, members, chunks, n].
+        // Partials [quantities, members, chunks, n], all members in a row.
         p.out_off = 0;
         p.out_off2 = ((quantities as usize - 1) * cfg.members * chunks * n) as u32;
         p.out_member = (chunks * n) as u32;
         p.out_chunk = n as u32;
+        (p.out_per, p.out_as) = (u32::MAX, 0);
     } else {
-        p.out_off = off;
-        p.out_off2 = off2;
+        (p.out_off, p.out_off2, p.out_as) = (out.1, out.2, out.3);
         p.out_member = n as u32;
+        p.out_per = cfg.per_agent() as u32;
     }
     let groups = column_grid(rec, what, n, chunks, cfg.members)?;
-    let dst = part.as_ref().unwrap_or(out);
+    let dst = part.as_ref().unwrap_or(out.0);
     let mut bufs = inputs.to_vec();
     bufs.push(&dst.buffer);
     record_pipeline(rec, pipeline_constants(cfg, op), &bufs, &p, groups)?;
     if let Some(sb) = &part {
-        record_finish(
-            rec,
-            what,
-            n,
-            cfg.members,
-            chunks,
-            quantities,
-            add,
-            sb,
-            out,
-            off,
-            off2,
-        )?;
+        record_finish(rec, what, cfg, chunks, quantities, add, sb, out)?;
     }
     Ok(())
 }
@@ -874,14 +976,27 @@ pub fn record_column_sum(
     scratch: Option<&GpuBuffer<f32>>,
 ) -> Result<()> {
     let what = "column sum";
-    let nc = NormActConfig::new(cfg.n, Activation::Identity, false).with_members(cfg.members);
+    let nc = NormActConfig::new(cfg.n, Activation::Identity, false)
+        .with_members(cfg.members)
+        .with_agents(cfg.agents);
     nc.check()?;
+    if cfg.agents > 1
+        && (cfg.agent_stride < nc.per_agent() * cfg.n || u32::try_from(cfg.agent_stride).is_err())
+    {
+        return Err(Error::Shape(format!(
+            "{what}: output agent stride {} under the {} x {} sums of an agent",
+            cfg.agent_stride,
+            nc.per_agent(),
+            cfg.n
+        )));
+    }
     if rows == 0 && cfg.accumulate {
         return Ok(());
     }
     let (_, elems) = total_rows(what, &nc, rows)?;
     let (a_off, ar) = fit(what, "a", a.0, a.1, elems)?;
-    let (out_off, outr) = fit(what, "out", out.0, out.1, cfg.members * cfg.n)?;
+    let out_len = agent_extent(cfg.n, cfg.members, cfg.agents, cfg.agent_stride);
+    let (out_off, outr) = fit(what, "out", out.0, out.1, out_len)?;
     let mut uses = vec![Use::read("a", a.0, ar), Use::write("out", out.0, outr)];
     let mut p = Params {
         rows: rows as u32,
@@ -919,7 +1034,7 @@ pub fn record_column_sum(
         add: part.is_none() && cfg.accumulate,
     };
     let inputs = [&a.0.buffer, &b_buf.buffer];
-    let out = (out.0, out_off, 0);
+    let out = (out.0, out_off, 0, cfg.agent_stride as u32);
     record_columns(
         rec,
         what,

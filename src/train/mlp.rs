@@ -34,11 +34,7 @@ impl TrainLayer {
     fn layer_norm<'a>(&self, buf: &'a GpuBuffer<f32>, sel: Members) -> Affine<'a> {
         let (gamma, beta) = self.ln.expect("normed layers have LayerNorm");
         let out = self.spec.out;
-        Affine {
-            buf,
-            gamma: gamma + sel.first * out,
-            beta: beta + sel.first * out,
-        }
+        Affine::new(buf, gamma + sel.first * out, beta + sel.first * out)
     }
 
     /// The weight `[out, in1 + in2]` of weight sets `sel` in `buf` (the parameters or their
@@ -432,11 +428,7 @@ impl TrainNet {
             };
             let dh_mat = Mat::rows(dh.0, out).at(dh.1).batched(rows * out);
             if let Some(grads) = to.params {
-                let cs = ColumnSumConfig {
-                    n: out,
-                    members: e,
-                    accumulate: true,
-                };
+                let cs = ColumnSumConfig::new(out, e, true);
                 norm_act::record_column_sum(
                     rec,
                     &cs,
