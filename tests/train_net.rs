@@ -163,6 +163,7 @@ fn run_gpu(
     let input = NetInput {
         z: (&xb[0], 0),
         a: xb.get(1).map(|b| (b, 0)),
+        agent_strides: (0, 0),
     };
     let step = 1;
     let mut g = Vec::new();
@@ -249,7 +250,7 @@ fn backward_matches_finite_differences() {
         (Net::Encoder, Members::one(0)),
         (Net::Dynamics, Members::one(0)),
         (Net::Reward, Members::one(0)),
-        (Net::Q, Members { first: 0, count: 3 }),
+        (Net::Q, Members::range(0, 3)),
         (Net::Q, Members::one(1)),
     ];
     let (mut worst_param, mut worst_input, mut worst_sum) = (0.0f64, 0.0f64, 0.0f64);
@@ -479,6 +480,7 @@ fn fits_a_random_target_network() {
         let input = NetInput {
             z: (&zb, 0),
             a: Some((&ab, 0)),
+            agent_strides: (0, 0),
         };
         let sel = Members::one(0);
         let (y, y_off) = tape.output(&tn, 0);
@@ -568,5 +570,174 @@ fn fits_a_random_target_network() {
              ({first_want:e}) and {FIT_OF_CONSTANT} of the best constant prediction's \
              ({constant_loss:e})"
         );
+    }
+}
+
+/// One agent's (or a population's) forward and backward through `tn`: the output, the
+/// parameter gradients (from zero) and the input gradients (written).
+struct PassOut {
+    y: Vec<f32>,
+    g: Vec<f32>,
+    dx: Vec<Vec<f32>>,
+}
+
+/// Forward and backward of `agents` agents at once: `flat` their parameters back to back,
+/// `x` each input with the agents' rows `strides` apart, `c` the output gradient `[agents *
+/// sel.count, m, out]`.
+#[allow(clippy::too_many_arguments)]
+fn run_agents(
+    gpu: &Gpu,
+    tn: &TrainNet,
+    flat: &[f32],
+    sel: Members,
+    m: usize,
+    x: &[Vec<f32>],
+    strides: &[usize],
+    c: &[f32],
+) -> PassOut {
+    let params = GpuBuffer::from_slice(gpu, "population params", flat).unwrap();
+    let grads = GpuBuffer::<f32>::new(gpu, "population grads", flat.len()).unwrap();
+    let xb: Vec<_> = x
+        .iter()
+        .map(|v| GpuBuffer::from_slice(gpu, "input", v).unwrap())
+        .collect();
+    let dxb: Vec<_> = x
+        .iter()
+        .map(|v| {
+            let b = GpuBuffer::<f32>::new(gpu, "input gradient", v.len()).unwrap();
+            b.fill_u32(gpu, POISON).unwrap();
+            b
+        })
+        .collect();
+    let dy = GpuBuffer::from_slice(gpu, "dy", c).unwrap();
+    let tape = Tape::new(gpu, tn, m, sel.slots(), 1).unwrap();
+    let mut input = NetInput::z(&xb[0], 0);
+    input.a = xb.get(1).map(|b| (b, 0));
+    let input = input.per_agent(strides[0], strides.get(1).copied().unwrap_or(0));
+    let mut rec = Recorder::new(gpu);
+    tn.forward(&mut rec, &params, m, sel, input, &tape, 0)
+        .unwrap();
+    let dest = Grads {
+        params: Some(&grads),
+        dz: Some((&dxb[0], 0, false)),
+        da: dxb.get(1).map(|b| (b, 0, false)),
+    };
+    tn.backward(&mut rec, &params, m, sel, input, &tape, 0, (&dy, 0), dest)
+        .unwrap();
+    let (yb, yoff) = tape.output(tn, 0);
+    let hy = rec.read(yb);
+    let hg = rec.read(&grads);
+    let hx: Vec<_> = dxb.iter().map(|b| rec.read(b)).collect();
+    let out = rec.finish().unwrap();
+    let n = sel.slots() * m * tn.out_dim();
+    PassOut {
+        y: out.get(&hy).unwrap()[yoff..yoff + n].to_vec(),
+        g: out.get(&hg).unwrap(),
+        dx: hx.iter().map(|h| out.get(h).unwrap()).collect(),
+    }
+}
+
+/// Largest |got - want| over the largest |want|, NaN-aware.
+fn max_rel(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let scale = want
+        .iter()
+        .fold(0.0f64, |a, v| a.max(v.abs() as f64))
+        .max(1e-30);
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| {
+            let d = (*g as f64 - *w as f64).abs() / scale;
+            if d.is_nan() { f64::INFINITY } else { d }
+        })
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn a_population_pass_is_each_agent_alone() {
+    // Three agents with their own weights, inputs and output gradients through one pass of
+    // each network (and the Q ensemble, and one Q head of it): outputs, parameter gradients
+    // and input gradients as each agent gives alone, and nothing written between the agents'
+    // input-gradient rows (the inputs sit `rows * width + gap` apart).
+    let mut r = rng("population pass");
+    let spec = ModelSpec {
+        num_bins: 11,
+        num_q: 3,
+        ..ModelSpec::tiny(5, 3)
+    };
+    let layout = ParamLayout::new(&spec);
+    let (m, agents, gap) = (6, 3, 5);
+    let cases = [
+        (Net::Encoder, Members::one(0)),
+        (Net::Dynamics, Members::one(0)),
+        (Net::Reward, Members::one(0)),
+        (Net::Q, Members::range(0, 3)),
+        (Net::Q, Members::range(1, 2)),
+    ];
+    for gpu in gpus() {
+        for (net, sel) in cases {
+            let tn = TrainNet::new(&spec, &layout, net).unwrap();
+            let first = &tn.layers[0].spec;
+            let widths: Vec<usize> = [first.in1, first.in2]
+                .into_iter()
+                .filter(|&k| k > 0)
+                .collect();
+            let out = tn.out_dim();
+            let flats: Vec<Vec<f32>> = (0..agents)
+                .map(|_| layout.flatten(&perturbed(&spec, &mut r)).unwrap())
+                .collect();
+            let xs: Vec<Vec<Vec<f32>>> = (0..agents)
+                .map(|_| widths.iter().map(|k| uniform(&mut r, m * k, 1.0)).collect())
+                .collect();
+            let cs: Vec<Vec<f32>> = (0..agents)
+                .map(|_| uniform(&mut r, sel.count * m * out, 1.0))
+                .collect();
+            let alone: Vec<PassOut> = (0..agents)
+                .map(|g| run_agents(gpu, &tn, &flats[g], sel, m, &xs[g], &[0, 0], &cs[g]))
+                .collect();
+            // The population: inputs `gap` apart, poison in the gaps.
+            let strides: Vec<usize> = widths.iter().map(|k| m * k + gap).collect();
+            let x_pop: Vec<Vec<f32>> = (0..widths.len())
+                .map(|i| {
+                    let mut v = vec![f32::from_bits(POISON); agents * strides[i]];
+                    for g in 0..agents {
+                        v[g * strides[i]..g * strides[i] + m * widths[i]]
+                            .copy_from_slice(&xs[g][i]);
+                    }
+                    v
+                })
+                .collect();
+            let pop = run_agents(
+                gpu,
+                &tn,
+                &flats.concat(),
+                sel.of_agents(agents),
+                m,
+                &x_pop,
+                &strides,
+                &cs.concat(),
+            );
+            let tag = format!("{net:?} {sel:?} ({})", gpu.describe());
+            let per_y = sel.count * m * out;
+            let p = layout.len();
+            for (g, a) in alone.iter().enumerate() {
+                let ey = max_rel(&pop.y[g * per_y..(g + 1) * per_y], &a.y);
+                let eg = max_rel(&pop.g[g * p..(g + 1) * p], &a.g);
+                assert!(
+                    ey <= 1e-6 && eg <= 1e-6,
+                    "{tag} agent {g}: y {ey:e}, grads {eg:e}"
+                );
+                for (i, k) in widths.iter().enumerate() {
+                    let got = &pop.dx[i][g * strides[i]..g * strides[i] + m * k];
+                    let ex = max_rel(got, &a.dx[i]);
+                    assert!(ex <= 1e-6, "{tag} agent {g} input {i}: {ex:e}");
+                    let gap_vals = &pop.dx[i][g * strides[i] + m * k..(g + 1) * strides[i]];
+                    assert!(
+                        gap_vals.iter().all(|v| v.to_bits() == POISON),
+                        "{tag}: written between agents' input gradients"
+                    );
+                }
+            }
+        }
     }
 }

@@ -556,7 +556,16 @@ struct CheckedAffine<'a> {
     aff: Affine<'a>,
     gamma: u32,
     beta: u32,
-    ranges: [(usize, usize); 2],
+    /// Per agent, the element ranges of its gamma and its beta.
+    ranges: Vec<[(usize, usize); 2]>,
+}
+
+/// The element ranges of `agents` agents' blocks of `len` values from `offset`, `stride`
+/// apart (one block without agents).
+fn agent_ranges(offset: usize, len: usize, agents: usize, stride: usize) -> Vec<(usize, usize)> {
+    (0..agents.max(1))
+        .map(|g| (offset + g * stride, offset + g * stride + len))
+        .collect()
 }
 
 /// Gamma and beta, checked against the config.
@@ -581,13 +590,16 @@ fn affine_params<'a>(
                 )));
             }
             let len = agent_extent(cfg.n, cfg.members, cfg.agents, a.agent_stride);
-            let (g, gr) = fit(what, &format!("{name} gamma"), a.buf, a.gamma, len)?;
-            let (b, br) = fit(what, &format!("{name} beta"), a.buf, a.beta, len)?;
+            let (g, _) = fit(what, &format!("{name} gamma"), a.buf, a.gamma, len)?;
+            let (b, _) = fit(what, &format!("{name} beta"), a.buf, a.beta, len)?;
+            let per = cfg.per_agent() * cfg.n;
+            let gr = agent_ranges(a.gamma, per, cfg.agents, a.agent_stride);
+            let br = agent_ranges(a.beta, per, cfg.agents, a.agent_stride);
             Ok(Some(CheckedAffine {
                 aff: a,
                 gamma: g,
                 beta: b,
-                ranges: [gr, br],
+                ranges: gr.into_iter().zip(br).map(|(g, b)| [g, b]).collect(),
             }))
         }
         (true, None) => Err(Error::InvalidArgument(format!(
@@ -611,8 +623,9 @@ fn bind_affine<'a>(
     p.gamma_off = a.gamma;
     p.beta_off = a.beta;
     p.param_as = a.aff.agent_stride as u32;
-    for (name, range) in [("gamma", a.ranges[0]), ("beta", a.ranges[1])] {
-        uses.push(Use::read(name, a.aff.buf, range));
+    for [g, b] in &a.ranges {
+        uses.push(Use::read("gamma", a.aff.buf, *g));
+        uses.push(Use::read("beta", a.aff.buf, *b));
     }
     a.aff.buf
 }
@@ -714,21 +727,21 @@ pub fn record_backward(
     }
     uses.push(Use::write("dh", dh.0, dhr));
     if let Some(g) = &dparams {
-        for (name, range) in [("dgamma", g.ranges[0]), ("dbeta", g.ranges[1])] {
-            uses.push(Use::write(name, g.aff.buf, range));
+        for [gr, br] in &g.ranges {
+            uses.push(Use::write("dgamma", g.aff.buf, *gr));
+            uses.push(Use::write("dbeta", g.aff.buf, *br));
         }
     }
     if let Some(s) = scratch {
         uses.push(Use::write("scratch", s, (0, s.len())));
         if let Some(g) = &dparams {
             // The second pass reads the scratch while it writes the gradients.
-            check_aliasing(
-                what,
-                &[
-                    Use::read("scratch", s, (0, s.len())),
-                    Use::write("gradients", g.aff.buf, g.ranges[0]),
-                ],
-            )?;
+            let mut second = vec![Use::read("scratch", s, (0, s.len()))];
+            for [gr, br] in &g.ranges {
+                second.push(Use::write("dgamma", g.aff.buf, *gr));
+                second.push(Use::write("dbeta", g.aff.buf, *br));
+            }
+            check_aliasing(what, &second)?;
         }
     }
     check_aliasing(what, &uses)?;
@@ -996,8 +1009,11 @@ pub fn record_column_sum(
     let (_, elems) = total_rows(what, &nc, rows)?;
     let (a_off, ar) = fit(what, "a", a.0, a.1, elems)?;
     let out_len = agent_extent(cfg.n, cfg.members, cfg.agents, cfg.agent_stride);
-    let (out_off, outr) = fit(what, "out", out.0, out.1, out_len)?;
-    let mut uses = vec![Use::read("a", a.0, ar), Use::write("out", out.0, outr)];
+    let (out_off, _) = fit(what, "out", out.0, out.1, out_len)?;
+    let outs = agent_ranges(out.1, nc.per_agent() * cfg.n, cfg.agents, cfg.agent_stride);
+    let out_uses = || outs.iter().map(|r| Use::write("out", out.0, *r));
+    let mut uses = vec![Use::read("a", a.0, ar)];
+    uses.extend(out_uses());
     let mut p = Params {
         rows: rows as u32,
         members: cfg.members as u32,
@@ -1019,10 +1035,9 @@ pub fn record_column_sum(
         check_aliasing(what, &uses)?;
         check_aliasing(
             what,
-            &[
-                Use::read("scratch", &sb, (0, need)),
-                Use::write("out", out.0, outr),
-            ],
+            &std::iter::once(Use::read("scratch", &sb, (0, need)))
+                .chain(out_uses())
+                .collect::<Vec<_>>(),
         )?;
         Some(sb)
     } else {

@@ -30,47 +30,110 @@ pub struct TrainLayer {
 
 impl TrainLayer {
     /// The LayerNorm gain and shift of weight sets `sel` in `buf` (the parameters or their
-    /// gradients, which share the layout).
-    fn layer_norm<'a>(&self, buf: &'a GpuBuffer<f32>, sel: Members) -> Affine<'a> {
+    /// gradients, which share the layout), agents `param_len` apart.
+    fn layer_norm<'a>(
+        &self,
+        buf: &'a GpuBuffer<f32>,
+        sel: Members,
+        param_len: usize,
+    ) -> Affine<'a> {
         let (gamma, beta) = self.ln.expect("normed layers have LayerNorm");
         let out = self.spec.out;
-        Affine::new(buf, gamma + sel.first * out, beta + sel.first * out)
+        Affine {
+            agent_stride: param_len,
+            ..Affine::new(buf, gamma + sel.first * out, beta + sel.first * out)
+        }
     }
 
     /// The weight `[out, in1 + in2]` of weight sets `sel` in `buf` (the parameters or their
-    /// gradients), batched over the sets.
-    fn weights<'a>(&self, buf: &'a GpuBuffer<f32>, sel: Members) -> Mat<'a> {
+    /// gradients), batched over the sets and the agents (`param_len` apart).
+    fn weights<'a>(&self, buf: &'a GpuBuffer<f32>, sel: Members, param_len: usize) -> Mat<'a> {
         let (out, k) = (self.spec.out, self.spec.in1 + self.spec.in2);
         Mat::rows(buf, k)
             .at(self.w + sel.first * out * k)
             .batched(out * k)
+            .per_agent(param_len)
     }
 }
 
-/// Which weight sets of an ensemble a pass runs: `count` consecutive ones from `first`.
+/// Which weight sets of an ensemble a pass runs: `count` consecutive ones from `first`, in
+/// each of `agents` agents. A population's parameters (and gradients) are its agents' flat
+/// buffers back to back (agent `g`'s at `g * ParamLayout::len()`); its tapes hold
+/// `agents * count` slots, agent by agent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Members {
     /// First weight set.
     pub first: usize,
     /// Weight sets run side by side.
     pub count: usize,
+    /// Agents run side by side (1 without a population).
+    pub agents: usize,
 }
 
 impl Members {
     /// A network with one weight set, or weight set `i` of an ensemble.
     pub fn one(i: usize) -> Self {
-        Members { first: i, count: 1 }
+        Members::range(i, 1)
+    }
+
+    /// `count` weight sets from `first`, one agent.
+    pub fn range(first: usize, count: usize) -> Self {
+        Members {
+            first,
+            count,
+            agents: 1,
+        }
+    }
+
+    /// The same weight sets in each of `agents` agents.
+    pub fn of_agents(mut self, agents: usize) -> Self {
+        self.agents = agents;
+        self
+    }
+
+    /// Slots of a pass: weight sets times agents.
+    pub fn slots(&self) -> usize {
+        self.count * self.agents
     }
 }
 
 /// Where a network's input rows are: `z` `[rows, in1]` and, for `[z, a]` networks, `a`
-/// `[rows, in2]`, each at an element offset. The same rows feed every weight set.
+/// `[rows, in2]`, each at an element offset. The same rows feed every weight set; in a
+/// population each agent has its own rows, `agent_strides` elements apart (for `z`, `a`).
 #[derive(Clone, Copy, Debug)]
 pub struct NetInput<'a> {
     /// First input and the element offset of its row 0.
     pub z: (&'a GpuBuffer<f32>, usize),
     /// Second input (actions) and its offset.
     pub a: Option<(&'a GpuBuffer<f32>, usize)>,
+    /// Elements between one agent's input rows and the next agent's, for `z` and `a`.
+    pub agent_strides: (usize, usize),
+}
+
+impl<'a> NetInput<'a> {
+    /// `z` rows at an offset, no second input, one agent.
+    pub fn z(buf: &'a GpuBuffer<f32>, offset: usize) -> Self {
+        NetInput {
+            z: (buf, offset),
+            a: None,
+            agent_strides: (0, 0),
+        }
+    }
+
+    /// `[z, a]` rows at their offsets, one agent.
+    pub fn za(z: (&'a GpuBuffer<f32>, usize), a: (&'a GpuBuffer<f32>, usize)) -> Self {
+        NetInput {
+            z,
+            a: Some(a),
+            agent_strides: (0, 0),
+        }
+    }
+
+    /// With the agents' rows `z_stride` and `a_stride` elements apart.
+    pub fn per_agent(mut self, z_stride: usize, a_stride: usize) -> Self {
+        self.agent_strides = (z_stride, a_stride);
+        self
+    }
 }
 
 /// What a forward pass keeps for its backward pass: per layer, `h` (before LayerNorm) and
@@ -176,6 +239,9 @@ pub struct TrainNet {
     pub members: usize,
     /// Layers in order.
     pub layers: Vec<TrainLayer>,
+    /// Elements of one agent's flat parameters (the layout's length): the agent stride of a
+    /// population's parameters and gradients.
+    pub param_len: usize,
 }
 
 impl TrainNet {
@@ -204,6 +270,7 @@ impl TrainNet {
             net,
             members: spec.members(net),
             layers,
+            param_len: layout.len(),
         })
     }
 
@@ -230,28 +297,63 @@ impl TrainNet {
                 self.members
             )));
         }
-        if rows > tape.rows || sel.count > tape.slots || step >= tape.steps {
+        if sel.agents == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "{:?}: a pass of 0 agents",
+                self.net
+            )));
+        }
+        if rows > tape.rows || sel.slots() > tape.slots || step >= tape.steps {
             return Err(Error::Limit(format!(
-                "{:?}: pass {step} of {rows} rows x {} weight sets; the tape holds {} passes of \
-                 {} rows x {}",
-                self.net, sel.count, tape.steps, tape.rows, tape.slots
+                "{:?}: pass {step} of {rows} rows x {} weight sets x {} agents; the tape holds \
+                 {} passes of {} rows x {} slots",
+                self.net, sel.count, sel.agents, tape.steps, tape.rows, tape.slots
             )));
         }
         Ok(())
     }
 
-    /// Layer `i`'s input rows in pass `step`, with the stride between weight sets: the
-    /// caller's (shared by every weight set, stride 0) or the layer below's output.
+    /// `Err` unless the parameters (and the gradients, when given) hold `sel.agents` agents'
+    /// flat buffers.
+    fn check_params(
+        &self,
+        params: &GpuBuffer<f32>,
+        grads: Option<&GpuBuffer<f32>>,
+        sel: Members,
+    ) -> Result<()> {
+        let want = sel.agents * self.param_len;
+        for (what, b) in [("parameters", Some(params)), ("gradients", grads)] {
+            if let Some(b) = b
+                && b.len() != want
+            {
+                return Err(Error::Shape(format!(
+                    "{:?}: {what} {:?} hold {} values; {} agents of {} need {want}",
+                    self.net,
+                    b.label(),
+                    b.len(),
+                    sel.agents,
+                    self.param_len
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Layer `i`'s input rows in pass `step` as a batched matrix: the caller's (shared by
+    /// every weight set of an agent, batch stride 0) or the layer below's output.
     fn layer_input<'a>(
         &self,
         i: usize,
         input: NetInput<'a>,
         tape: &'a Tape,
-        rows: usize,
+        (rows, sel): (usize, Members),
         step: usize,
-    ) -> ((&'a GpuBuffer<f32>, usize), usize) {
+    ) -> Mat<'a> {
+        let in1 = self.layers[i].spec.in1;
         if i == 0 {
-            return (input.z, 0);
+            return Mat::rows(input.z.0, in1)
+                .at(input.z.1)
+                .per_agent(input.agent_strides.0);
         }
         let below = &self.layers[i - 1].spec;
         let lo = below.out;
@@ -260,7 +362,7 @@ impl TrainNet {
         } else {
             &tape.h[i - 1]
         };
-        ((src, tape.pass(step, lo)), rows * lo)
+        tape_rows(src, tape.pass(step, lo), lo, rows, sel)
     }
 
     /// Layer `i`'s input column blocks in pass `step`, each with its width and first weight
@@ -271,15 +373,16 @@ impl TrainNet {
         i: usize,
         input: NetInput<'a>,
         tape: &'a Tape,
-        rows: usize,
+        rows: (usize, Members),
         step: usize,
     ) -> Result<Vec<(Mat<'a>, usize, usize)>> {
         let (in1, in2) = (self.layers[i].spec.in1, self.layers[i].spec.in2);
-        let (x, x_bs) = self.layer_input(i, input, tape, rows, step);
-        let mut blocks = vec![(Mat::rows(x.0, in1).at(x.1).batched(x_bs), in1, 0)];
+        let x = self.layer_input(i, input, tape, rows, step);
+        let mut blocks = vec![(x, in1, 0)];
         if in2 > 0 {
             let a = self.action_input(input)?;
-            blocks.push((Mat::rows(a.0, in2).at(a.1), in2, in1));
+            let a = Mat::rows(a.0, in2).at(a.1).per_agent(input.agent_strides.1);
+            blocks.push((a, in2, in1));
         }
         Ok(blocks)
     }
@@ -297,10 +400,12 @@ impl TrainNet {
         let l = &self.layers[i];
         let io = NormActBuffers {
             h: (&tape.h[i], tape.pass(step, l.spec.out)),
-            affine: Some(l.layer_norm(params, sel)),
+            affine: Some(l.layer_norm(params, sel, self.param_len)),
             stats: Some((&tape.stats[i], tape.pass(step, 2))),
         };
-        let cfg = NormActConfig::new(l.spec.out, l.spec.act, true).with_members(sel.count);
+        let cfg = NormActConfig::new(l.spec.out, l.spec.act, true)
+            .with_members(sel.slots())
+            .with_agents(sel.agents);
         (cfg, io)
     }
 
@@ -325,17 +430,18 @@ impl TrainNet {
         step: usize,
     ) -> Result<()> {
         self.check(tape, rows, sel, step)?;
-        let e = sel.count;
+        self.check_params(params, None, sel)?;
         for (i, l) in self.layers.iter().enumerate() {
             let out = l.spec.out;
             let region = tape.pass(step, out);
-            let h = Mat::rows(&tape.h[i], out).at(region).batched(rows * out);
-            let w = l.weights(params, sel);
+            let h = tape_rows(&tape.h[i], region, out, rows, sel);
+            let w = l.weights(params, sel, self.param_len);
             // h = x W^T + b, the action block's product added to the first's.
-            for (x, width, col) in self.input_blocks(i, input, tape, rows, step)? {
+            for (x, width, col) in self.input_blocks(i, input, tape, (rows, sel), step)? {
                 let op = Gemm {
                     trans_b: true,
-                    batch: e,
+                    batch: sel.slots(),
+                    agents: sel.agents,
                     accumulate: col > 0,
                     ..Gemm::new(rows, out, width)
                 };
@@ -343,7 +449,7 @@ impl TrainNet {
                     buf: params,
                     offset: l.b + sel.first * out,
                     batch_stride: out,
-                    agent_stride: 0,
+                    agent_stride: self.param_len,
                 });
                 gemm::record(
                     rec,
@@ -381,16 +487,7 @@ impl TrainNet {
         to: Grads,
     ) -> Result<()> {
         self.check(tape, rows, sel, step)?;
-        if let Some(grads) = to.params
-            && params.len() != grads.len()
-        {
-            return Err(Error::Shape(format!(
-                "{:?} backward: {} parameters and {} gradients",
-                self.net,
-                params.len(),
-                grads.len()
-            )));
-        }
+        self.check_params(params, to.params, sel)?;
         if to.da.is_some() && (input.a.is_none() || self.layers[0].spec.in2 == 0) {
             return Err(Error::InvalidArgument(format!(
                 "{:?} backward: an action gradient asked of a network without an action input",
@@ -398,6 +495,7 @@ impl TrainNet {
             )));
         }
         let e = sel.count;
+        let pl = self.param_len;
         let n = self.layers.len();
         // The gradient arriving at the current layer's output.
         let mut g_out: (&GpuBuffer<f32>, usize) = dy;
@@ -419,16 +517,20 @@ impl TrainNet {
                     g_out,
                     (dst, 0),
                     false,
-                    to.params.map(|grads| l.layer_norm(grads, sel)),
+                    to.params.map(|grads| l.layer_norm(grads, sel, pl)),
                     Some(&tape.scratch),
                 )?;
                 (dst, 0)
             } else {
                 g_out
             };
-            let dh_mat = Mat::rows(dh.0, out).at(dh.1).batched(rows * out);
+            let dh_mat = tape_rows(dh.0, dh.1, out, rows, sel);
             if let Some(grads) = to.params {
-                let cs = ColumnSumConfig::new(out, e, true);
+                let cs = ColumnSumConfig {
+                    agents: sel.agents,
+                    agent_stride: pl,
+                    ..ColumnSumConfig::new(out, sel.slots(), true)
+                };
                 norm_act::record_column_sum(
                     rec,
                     &cs,
@@ -439,42 +541,45 @@ impl TrainNet {
                     Some(&tape.scratch),
                 )?;
                 // dW += dh^T x, per column block of the input.
-                let dw = l.weights(grads, sel);
-                for (x, width, col) in self.input_blocks(i, input, tape, rows, step)? {
+                let dw = l.weights(grads, sel, pl);
+                for (x, width, col) in self.input_blocks(i, input, tape, (rows, sel), step)? {
                     let op = Gemm {
                         trans_a: true,
                         accumulate: true,
-                        batch: e,
+                        batch: sel.slots(),
+                        agents: sel.agents,
                         ..Gemm::new(out, width, rows)
                     };
                     gemm::record(rec, &op, Operands::new(dh_mat, x, dw.at(dw.offset + col)))?;
                 }
             }
             // dx = dh W[:, :in1], into the scratch the layer below reads, or the caller's dz.
-            let w = l.weights(params, sel);
+            let w = l.weights(params, sel, pl);
             if i > 0 {
                 let dst = &tape.d[0];
                 let op = Gemm {
-                    batch: e,
+                    batch: sel.slots(),
+                    agents: sel.agents,
                     ..Gemm::new(rows, in1, out)
                 };
-                gemm::record(
-                    rec,
-                    &op,
-                    Operands::new(dh_mat, w, Mat::rows(dst, in1).batched(rows * in1)),
-                )?;
+                let dx = tape_rows(dst, 0, in1, rows, sel);
+                gemm::record(rec, &op, Operands::new(dh_mat, w, dx))?;
                 g_out = (dst, 0);
             } else {
-                // The input is shared by the weight sets: their gradients add up. dz takes
-                // W's first in1 columns, da the last in2.
-                let blocks = [(to.dz, 0, in1), (to.da, in1, in2)];
-                for (target, col, width) in blocks {
+                // The input is shared by an agent's weight sets: their gradients add up. dz
+                // takes W's first in1 columns, da the last in2; each lands in the agent's own
+                // rows, laid out as the input.
+                let (zs, as_) = input.agent_strides;
+                let blocks = [(to.dz, 0, in1, zs), (to.da, in1, in2, as_)];
+                for (target, col, width, stride) in blocks {
                     let Some((buf, off, acc)) = target else {
                         continue;
                     };
                     for m in 0..e {
                         let op = Gemm {
                             accumulate: acc || m > 0,
+                            batch: sel.agents,
+                            agents: sel.agents,
                             ..Gemm::new(rows, width, out)
                         };
                         gemm::record(
@@ -483,7 +588,7 @@ impl TrainNet {
                             Operands::new(
                                 dh_mat.at(dh.1 + m * rows * out),
                                 w.at(l.w + (sel.first + m) * out * k + col),
-                                Mat::rows(buf, width).at(off),
+                                Mat::rows(buf, width).at(off).per_agent(stride),
                             ),
                         )?;
                     }
@@ -492,4 +597,19 @@ impl TrainNet {
         }
         Ok(())
     }
+}
+
+/// `width`-wide rows of a tape buffer from `offset` as a batched matrix over `sel`'s slots,
+/// agent by agent.
+fn tape_rows(
+    buf: &GpuBuffer<f32>,
+    offset: usize,
+    width: usize,
+    rows: usize,
+    sel: Members,
+) -> Mat<'_> {
+    Mat::rows(buf, width)
+        .at(offset)
+        .batched(rows * width)
+        .per_agent(sel.count * rows * width)
 }

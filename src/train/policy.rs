@@ -589,6 +589,7 @@ impl<'g> PolicyTrainer<'g> {
         let z_in = NetInput {
             z: (zs, 0),
             a: None,
+            agent_strides: (0, 0),
         };
         // The policy's raw output and its sample.
         self.pi
@@ -616,6 +617,7 @@ impl<'g> PolicyTrainer<'g> {
                 let inp = NetInput {
                     z: (zs, 0),
                     a: Some((&self.action, 0)),
+                    agent_strides: (0, 0),
                 };
                 self.q
                     .forward(rec, params, rows, Members::one(hd), inp, &self.q_tape, s)?;

@@ -359,6 +359,7 @@ impl<'g> WorldModelTrainer<'g> {
         NetInput {
             z: (&self.zs, s * b * l),
             a: Some((&self.action, s * b * a)),
+            agent_strides: (0, 0),
         }
     }
 
@@ -623,6 +624,7 @@ impl<'g> WorldModelTrainer<'g> {
             NetInput {
                 z: (&self.obs, 0),
                 a: None,
+                agent_strides: (0, 0),
             },
             &self.enc_tape,
             0,
@@ -636,7 +638,11 @@ impl<'g> WorldModelTrainer<'g> {
             p,
             tb,
             Members::one(0),
-            NetInput { z: next_z, a: None },
+            NetInput {
+                z: next_z,
+                a: None,
+                agent_strides: (0, 0),
+            },
             &self.pi_tape,
             0,
         )?;
@@ -672,6 +678,7 @@ impl<'g> WorldModelTrainer<'g> {
                 NetInput {
                     z: next_z,
                     a: Some((&self.pi_action, 0)),
+                    agent_strides: (0, 0),
                 },
                 &self.tq_tape,
                 s,
@@ -753,7 +760,11 @@ impl<'g> WorldModelTrainer<'g> {
                         pp,
                         tb,
                         Members::one(0),
-                        NetInput { z: next_z, a: None },
+                        NetInput {
+                            z: next_z,
+                            a: None,
+                            agent_strides: (0, 0),
+                        },
                         tape,
                         0,
                     )?;
@@ -822,6 +833,7 @@ impl<'g> WorldModelTrainer<'g> {
         let inp = NetInput {
             z: (&self.zs, 0),
             a: Some((&self.action, 0)),
+            agent_strides: (0, 0),
         };
         self.reward
             .forward(rec, p, tb, Members::one(0), inp, &self.rew_tape, 0)?;
@@ -850,7 +862,7 @@ impl<'g> WorldModelTrainer<'g> {
             },
             Some(&self.loss_scratch),
         )?;
-        let all_q = Members { first: 0, count: e };
+        let all_q = Members::range(0, e);
         self.q.forward(rec, p, tb, all_q, inp, &self.q_tape, 0)?;
         let (q_out, q_off) = self.q_tape.output(&self.q, 0);
         loss::record_soft_ce(
@@ -928,6 +940,7 @@ impl<'g> WorldModelTrainer<'g> {
             NetInput {
                 z: (&self.obs, 0),
                 a: None,
+                agent_strides: (0, 0),
             },
             &self.enc_tape,
             0,
