@@ -64,7 +64,9 @@ struct NormParams {
     n_ranges: u32,
     // Workgroups of this dispatch: the grid stride is groups * WG.
     groups: u32,
-    _pad0: u32,
+    // Populations (grid z = agent): elements between agents' buffers; agent a's partials at
+    // a * groups.
+    agent_stride: u32,
     _pad1: u32,
     // (offset, len, -, -) per range.
     ranges: array<vec4<u32>, MAX_RANGES>,
@@ -83,23 +85,25 @@ fn norm_partials(
     // Two accumulators halve the dependent-add chain per thread.
     var acc0 = 0.0;
     var acc1 = 0.0;
+    let agent = wid.z * n_p.agent_stride;
     for (var r = 0u; r < n_p.n_ranges; r++) {
         let rg = n_p.ranges[r];
+        let at = agent + rg.x;
         var i = wid.x * WG + tid;
         for (; i + stride < rg.y; i += 2u * stride) {
-            let a = n_grads[rg.x + i];
-            let b = n_grads[rg.x + i + stride];
+            let a = n_grads[at + i];
+            let b = n_grads[at + i + stride];
             acc0 = fma(a, a, acc0);
             acc1 = fma(b, b, acc1);
         }
         if (i < rg.y) {
-            let a = n_grads[rg.x + i];
+            let a = n_grads[at + i];
             acc0 = fma(a, a, acc0);
         }
     }
     let s = workgroup_sum(tid, acc0 + acc1);
     if (tid == 0u) {
-        n_partials[wid.x] = s;
+        n_partials[wid.z * n_p.groups + wid.x] = s;
     }
 }
 
@@ -130,7 +134,9 @@ fn norm_finish(@builtin(local_invocation_index) tid: u32) {
 // Adam
 
 // State words (u32; floats as bits): 0 step t, 1 gradient norm, 2 clip coefficient,
-// 3 bias correction 1 - beta1^t, 4 sqrt(1 - beta2^t), 5 whether the norm was computed.
+// 3 bias correction 1 - beta1^t, 4 sqrt(1 - beta2^t), 5 whether the norm was computed;
+// STATE words per agent (grid z = agent in a population, each with its own norm and step).
+const STATE: u32 = 8u;
 struct BeginParams {
     // Partials to sum (0 without clipping).
     count: u32,
@@ -150,14 +156,19 @@ struct BeginParams {
 @group(0) @binding(2) var<uniform> b_p: BeginParams;
 
 @compute @workgroup_size(WG)
-fn adam_begin(@builtin(local_invocation_index) tid: u32) {
+fn adam_begin(
+    @builtin(local_invocation_index) tid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
     var acc = 0.0;
+    let first = wid.z * b_p.count;
     for (var i = tid; i < b_p.count; i += WG) {
-        acc += b_partials[i];
+        acc += b_partials[first + i];
     }
     let s = workgroup_sum(tid, acc);
+    let o = wid.z * STATE;
     if (tid == 0u) {
-        let t = b_state[0] + 1u;
+        let t = b_state[o] + 1u;
         var norm = 0.0;
         var coef = 1.0;
         if (b_p.clip != 0u) {
@@ -166,12 +177,12 @@ fn adam_begin(@builtin(local_invocation_index) tid: u32) {
             coef = min(b_p.max_norm / (norm + 1e-6), 1.0);
         }
         let tf = f32(t);
-        b_state[0] = t;
-        b_state[1] = bitcast<u32>(norm);
-        b_state[2] = bitcast<u32>(coef);
-        b_state[3] = bitcast<u32>(-expm1(tf * b_p.ln_b1));
-        b_state[4] = bitcast<u32>(sqrt(-expm1(tf * b_p.ln_b2)));
-        b_state[5] = b_p.clip;
+        b_state[o] = t;
+        b_state[o + 1u] = bitcast<u32>(norm);
+        b_state[o + 2u] = bitcast<u32>(coef);
+        b_state[o + 3u] = bitcast<u32>(-expm1(tf * b_p.ln_b1));
+        b_state[o + 4u] = bitcast<u32>(sqrt(-expm1(tf * b_p.ln_b2)));
+        b_state[o + 5u] = b_p.clip;
     }
 }
 
@@ -182,7 +193,8 @@ struct AdamParams {
     eps: f32,
     n_ranges: u32,
     chunks: u32,
-    _pad0: u32,
+    // Elements between agents' buffers (grid z = agent).
+    agent_stride: u32,
     _pad1: u32,
     // (offset, len, first chunk, lr of the group as f32 bits) per group.
     ranges: array<vec4<u32>, MAX_RANGES>,
@@ -216,15 +228,17 @@ fn adam_update(
         }
     }
     let rg = u_p.ranges[r];
-    let coef = bitcast<f32>(u_state[2]);
-    let bc1 = bitcast<f32>(u_state[3]);
-    let sbc2 = bitcast<f32>(u_state[4]);
+    let o = wid.z * STATE;
+    let coef = bitcast<f32>(u_state[o + 2u]);
+    let bc1 = bitcast<f32>(u_state[o + 3u]);
+    let sbc2 = bitcast<f32>(u_state[o + 4u]);
     let step_size = bitcast<f32>(rg.w) / bc1;
     let base = (w - rg.z) * CHUNK + tid;
+    let at = wid.z * u_p.agent_stride + rg.x;
     for (var k = 0u; k < PER_THREAD; k++) {
         let j = base + k * WG;
         if (j < rg.y) {
-            let i = rg.x + j;
+            let i = at + j;
             let g = u_grads[i] * coef;
             let m = lerp_torch(u_m[i], g, u_p.one_minus_b1);
             let v = u_v[i] * u_p.b2 + u_p.one_minus_b2 * (g * g);
@@ -243,7 +257,8 @@ struct PolyakParams {
     tau: f32,
     n_ranges: u32,
     chunks: u32,
-    _pad0: u32,
+    // Elements between agents' buffers (grid z = agent), source and target alike.
+    agent_stride: u32,
     // (target offset, len, first chunk, source offset) per span.
     ranges: array<vec4<u32>, MAX_RANGES>,
 }
@@ -271,11 +286,12 @@ fn polyak(
     }
     let rg = y_p.ranges[r];
     let base = (w - rg.z) * CHUNK + tid;
+    let agent = wid.z * y_p.agent_stride;
     for (var k = 0u; k < PER_THREAD; k++) {
         let j = base + k * WG;
         if (j < rg.y) {
-            let i = rg.x + j;
-            y_dst[i] = lerp_torch(y_dst[i], y_src[rg.w + j], y_p.tau);
+            let i = agent + rg.x + j;
+            y_dst[i] = lerp_torch(y_dst[i], y_src[agent + rg.w + j], y_p.tau);
         }
     }
 }
@@ -302,11 +318,12 @@ fn polyak_inplace(
     }
     let rg = z_p.ranges[r];
     let base = (w - rg.z) * CHUNK + tid;
+    let agent = wid.z * z_p.agent_stride;
     for (var k = 0u; k < PER_THREAD; k++) {
         let j = base + k * WG;
         if (j < rg.y) {
-            let i = rg.x + j;
-            z_buf[i] = lerp_torch(z_buf[i], z_buf[rg.w + j], z_p.tau);
+            let i = agent + rg.x + j;
+            z_buf[i] = lerp_torch(z_buf[i], z_buf[agent + rg.w + j], z_p.tau);
         }
     }
 }

@@ -874,3 +874,108 @@ fn every_pipeline_compiles_to_spirv() {
     assert_eq!(optim::sort_cap(257), 512);
     assert_eq!(optim::sort_cap(4096), 4096);
 }
+
+#[test]
+fn a_population_steps_each_agent_as_alone() {
+    // Three agents' Adam (two groups, a gap, clipping that binds for some agents and not
+    // others) and Polyak, side by side in one set of dispatches, against each agent's own
+    // optimizer on its own buffers: parameters, moments, targets and every agent's state
+    // (step, gradient norm, clip coefficient) equal, over three steps with new gradients.
+    let mut r = rng("population adam");
+    let (len, agents) = (2600, 3);
+    let groups = [
+        ParamGroup::new(0..900, 0.3),
+        ParamGroup::new(1100..len, 1.0),
+    ];
+    let cfg = AdamConfig {
+        lr: 1e-2,
+        clip: Some(20.0),
+        ..AdamConfig::TDMPC2
+    };
+    let polyak = [optim::PolyakSpan {
+        source: 1500,
+        target: 1500,
+        len: 700,
+    }];
+    for gpu in gpus() {
+        let p0: Vec<Vec<f32>> = (0..agents).map(|_| uniform(&mut r, len, 0.1)).collect();
+        let t0: Vec<Vec<f32>> = (0..agents).map(|_| uniform(&mut r, len, 0.1)).collect();
+        let pop_p = GpuBuffer::from_slice(gpu, "params", &p0.concat()).unwrap();
+        let pop_t = GpuBuffer::from_slice(gpu, "target", &t0.concat()).unwrap();
+        let pop_g = GpuBuffer::<f32>::new(gpu, "grads", agents * len).unwrap();
+        let mut pop = Adam::population(gpu, len, &groups, cfg, agents).unwrap();
+        let alone_p: Vec<_> = p0
+            .iter()
+            .map(|p| GpuBuffer::from_slice(gpu, "params", p).unwrap())
+            .collect();
+        let alone_t: Vec<_> = t0
+            .iter()
+            .map(|t| GpuBuffer::from_slice(gpu, "target", t).unwrap())
+            .collect();
+        let alone_g: Vec<_> = (0..agents)
+            .map(|_| GpuBuffer::<f32>::new(gpu, "grads", len).unwrap())
+            .collect();
+        let mut alone: Vec<Adam> = (0..agents)
+            .map(|_| Adam::new(gpu, len, &groups, cfg).unwrap())
+            .collect();
+        for step in 0..3 {
+            // Agent a's gradient norm about 5 * (a + 1) * (step + 1): clipped at 20 or not.
+            let g: Vec<Vec<f32>> = (0..agents)
+                .map(|a| {
+                    let s = 0.2 * (a + 1) as f32 * (step + 1) as f32;
+                    uniform(&mut r, len, s)
+                })
+                .collect();
+            pop_g.upload(gpu, &g.concat()).unwrap();
+            let mut rec = Recorder::new(gpu);
+            pop.record_step(&mut rec, &pop_p, &pop_g).unwrap();
+            optim::record_polyak_agents(&mut rec, &pop_p, &pop_t, &polyak, 0.01, agents).unwrap();
+            for a in 0..agents {
+                alone_g[a].upload(gpu, &g[a]).unwrap();
+                alone[a]
+                    .record_step(&mut rec, &alone_p[a], &alone_g[a])
+                    .unwrap();
+                optim::record_polyak_spans(&mut rec, &alone_p[a], &alone_t[a], &polyak, 0.01)
+                    .unwrap();
+            }
+            rec.submit().unwrap();
+        }
+        let tag = gpu.describe();
+        let states = pop.read_states(gpu).unwrap();
+        assert_eq!(states.len(), agents);
+        let (pp, pt, pm, pv) = (
+            pop_p.download(gpu).unwrap(),
+            pop_t.download(gpu).unwrap(),
+            pop.m().download(gpu).unwrap(),
+            pop.v().download(gpu).unwrap(),
+        );
+        let mut clipped = [false, false];
+        for a in 0..agents {
+            let s = alone[a].read_state(gpu).unwrap();
+            assert_eq!(states[a], s, "agent {a} state ({tag})");
+            clipped[(s.clip_coef < 1.0) as usize] = true;
+            let range = a * len..(a + 1) * len;
+            for (what, got, want) in [
+                (
+                    "params",
+                    &pp[range.clone()],
+                    alone_p[a].download(gpu).unwrap(),
+                ),
+                (
+                    "target",
+                    &pt[range.clone()],
+                    alone_t[a].download(gpu).unwrap(),
+                ),
+                ("m", &pm[range.clone()], alone[a].m().download(gpu).unwrap()),
+                ("v", &pv[range.clone()], alone[a].v().download(gpu).unwrap()),
+            ] {
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "agent {a} {what} differs from alone ({tag})");
+            }
+        }
+        assert_eq!(clipped, [true, true], "some agents clipped, some not");
+    }
+}

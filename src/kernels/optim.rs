@@ -288,7 +288,8 @@ fn pipeline(gpu: &Gpu, kernel: OptimKernel) -> Result<Arc<Pipeline>> {
 struct NormParams {
     n_ranges: u32,
     groups: u32,
-    _pad: [u32; 2],
+    agent_stride: u32,
+    _pad: u32,
     ranges: [[u32; 4]; MAX_RANGES],
 }
 
@@ -320,7 +321,8 @@ struct AdamParams {
     eps: f32,
     n_ranges: u32,
     chunks: u32,
-    _pad: [u32; 2],
+    agent_stride: u32,
+    _pad: u32,
     ranges: [[u32; 4]; MAX_RANGES],
 }
 
@@ -330,7 +332,7 @@ struct PolyakParams {
     tau: f32,
     n_ranges: u32,
     chunks: u32,
-    _pad: u32,
+    agent_stride: u32,
     ranges: [[u32; 4]; MAX_RANGES],
 }
 
@@ -506,15 +508,16 @@ fn norm_groups(total: usize) -> usize {
     total.div_ceil(CHUNK).clamp(1, NORM_PARTIALS)
 }
 
-/// Record the first stage of the norm over the table's ranges; returns the number of partial
-/// sums written (0 for no ranges: nothing recorded).
+/// Record the first stage of the norm over the table's ranges, for each of `agents` agents
+/// `agent_stride` elements apart (agent `a`'s partials after agent `a - 1`'s); returns the
+/// number of partial sums written per agent (0 for no ranges: nothing recorded).
 fn record_norm_partials(
     rec: &mut Recorder,
     what: &str,
     pipe: &Arc<Pipeline>,
-    grads: &GpuBuffer<f32>,
-    t: &Table,
+    (grads, t): (&GpuBuffer<f32>, &Table),
     partials: &GpuBuffer<f32>,
+    (agents, agent_stride): (usize, usize),
 ) -> Result<usize> {
     if t.count == 0 {
         return Ok(0);
@@ -524,27 +527,41 @@ fn record_norm_partials(
         .map(|r| r[1] as usize)
         .sum();
     let groups = norm_groups(total);
-    if partials.len() < groups {
+    if partials.len() < groups * agents {
         return Err(Error::Shape(format!(
-            "{what}: partial-sum buffer {:?} holds {} elements, needs {groups} (at most \
-             {NORM_PARTIALS})",
+            "{what}: partial-sum buffer {:?} holds {} elements, needs {} (at most \
+             {NORM_PARTIALS} per agent)",
             partials.label(),
-            partials.len()
+            partials.len(),
+            groups * agents
         )));
     }
     let p = NormParams {
         n_ranges: t.count,
         groups: groups as u32,
-        _pad: [0; 2],
+        agent_stride: agent_stride as u32,
+        _pad: 0,
         ranges: t.ranges,
     };
+    let z = agents_in_grid(rec.gpu(), what, agents)?;
     rec.dispatch(
         pipe,
         &[&grads.buffer, &partials.buffer],
         Some(&p),
-        [groups as u32, 1, 1],
+        [groups as u32, 1, z],
     )?;
     Ok(groups)
+}
+
+/// `agents` as the third grid dimension, or an [`Error::Limit`] past the device's limit.
+fn agents_in_grid(gpu: &Gpu, what: &str, agents: usize) -> Result<u32> {
+    let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    if agents == 0 || agents > max {
+        return Err(Error::Limit(format!(
+            "{what}: {agents} agents; 1 to {max} fit a dispatch"
+        )));
+    }
+    Ok(agents as u32)
 }
 
 /// Record the global gradient norm `sqrt(sum g^2)` over `ranges` of `grads` into
@@ -583,7 +600,7 @@ pub fn record_grad_norm(
         )));
     }
     let pipe = pipeline(rec.gpu(), OptimKernel::NormPartials)?;
-    let count = record_norm_partials(rec, what, &pipe, grads, &t, partials)?;
+    let count = record_norm_partials(rec, what, &pipe, (grads, &t), partials, (1, 0))?;
     let p = FinishParams {
         count: count as u32,
         out_index: out_index as u32,
@@ -685,6 +702,7 @@ pub struct Adam {
     cfg: AdamConfig,
     groups: Vec<ParamGroup>,
     len: usize,
+    agents: usize,
     m: GpuBuffer<f32>,
     v: GpuBuffer<f32>,
     state: GpuBuffer<u32>,
@@ -696,8 +714,31 @@ impl Adam {
     /// [`MAX_RANGES`], disjoint, inside `len`, learning-rate scales finite and >= 0): zero
     /// moments, step 0, pipelines built (later steps find them in the device's cache).
     pub fn new(gpu: &Gpu, len: usize, groups: &[ParamGroup], cfg: AdamConfig) -> Result<Adam> {
+        Adam::population(gpu, len, groups, cfg, 1)
+    }
+
+    /// The optimizers of `agents` agents side by side: buffers of `agents * len` elements,
+    /// agent `a`'s from `a * len`, each agent with the same groups and hyperparameters but its
+    /// own moments, gradient norm, clip coefficient and step counter; one step of all of them
+    /// is the same three dispatches as one agent's.
+    pub fn population(
+        gpu: &Gpu,
+        len: usize,
+        groups: &[ParamGroup],
+        cfg: AdamConfig,
+        agents: usize,
+    ) -> Result<Adam> {
         cfg.check()?;
         let what = "Adam";
+        agents_in_grid(gpu, what, agents)?;
+        let total = len
+            .checked_mul(agents)
+            .filter(|&t| u32::try_from(t).is_ok());
+        let Some(total) = total else {
+            return Err(Error::Limit(format!(
+                "{what}: {agents} agents of {len} elements exceed 2^32"
+            )));
+        };
         for (i, g) in groups.iter().enumerate() {
             if !(g.lr_scale.is_finite() && g.lr_scale >= 0.0) {
                 return Err(Error::InvalidArgument(format!(
@@ -725,10 +766,11 @@ impl Adam {
             cfg,
             groups: groups.to_vec(),
             len,
-            m: GpuBuffer::new(gpu, "adam m", len)?,
-            v: GpuBuffer::new(gpu, "adam v", len)?,
-            state: GpuBuffer::new(gpu, "adam state", STATE_WORDS)?,
-            partials: GpuBuffer::new(gpu, "adam norm partials", NORM_PARTIALS)?,
+            agents,
+            m: GpuBuffer::new(gpu, "adam m", total)?,
+            v: GpuBuffer::new(gpu, "adam v", total)?,
+            state: GpuBuffer::new(gpu, "adam state", agents * STATE_WORDS)?,
+            partials: GpuBuffer::new(gpu, "adam norm partials", agents * NORM_PARTIALS)?,
         })
     }
 
@@ -742,9 +784,15 @@ impl Adam {
         &self.groups
     }
 
-    /// Length of the flat buffers this optimizer steps.
+    /// Length of one agent's flat buffers (the buffers stepped hold [`Adam::agents`] times
+    /// this many).
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Agents stepped side by side (1 unless made by [`Adam::population`]).
+    pub fn agents(&self) -> usize {
+        self.agents
     }
 
     /// Whether the flat buffers are empty.
@@ -777,8 +825,8 @@ impl Adam {
         &self.v
     }
 
-    /// The [`STATE_WORDS`]-word state buffer; decode a read-back with
-    /// [`AdamState::from_words`].
+    /// The [`STATE_WORDS`]-word state buffer (one per agent, back to back); decode a
+    /// read-back with [`AdamState::from_words`] (of each agent's words).
     pub fn state_buffer(&self) -> &GpuBuffer<u32> {
         &self.state
     }
@@ -789,9 +837,18 @@ impl Adam {
         rec.read(&self.state)
     }
 
-    /// Download and decode the state (one submit and one map).
+    /// Download and decode the state (agent 0's in a population; one submit and one map).
     pub fn read_state(&self, gpu: &Gpu) -> Result<AdamState> {
         AdamState::from_words(&self.state.download(gpu)?)
+    }
+
+    /// Download and decode every agent's state.
+    pub fn read_states(&self, gpu: &Gpu) -> Result<Vec<AdamState>> {
+        let words = self.state.download(gpu)?;
+        words
+            .chunks(STATE_WORDS)
+            .map(AdamState::from_words)
+            .collect()
     }
 
     /// Steps taken so far (a download).
@@ -822,12 +879,15 @@ impl Adam {
         grads: &GpuBuffer<f32>,
     ) -> Result<()> {
         let what = "Adam step";
+        let total = self.len * self.agents;
         for (name, b) in [("params", params), ("grads", grads)] {
-            if b.len() != self.len {
+            if b.len() != total {
                 return Err(Error::Shape(format!(
-                    "{what}: {name} {:?} holds {} elements, the optimizer {}",
+                    "{what}: {name} {:?} holds {} elements, the optimizer {total} ({} agents of \
+                     {})",
                     b.label(),
                     b.len(),
+                    self.agents,
                     self.len
                 )));
             }
@@ -846,10 +906,13 @@ impl Adam {
             false,
         )?;
         let gpu = rec.gpu();
-        let groups = grid(gpu, t.chunks, what)?;
+        let z = agents_in_grid(gpu, what, self.agents)?;
+        let mut groups = grid(gpu, t.chunks, what)?;
+        groups[2] = z;
+        let agents = (self.agents, self.len);
         let count = if self.cfg.clip.is_some() {
             let pipe = pipeline(gpu, OptimKernel::NormPartials)?;
-            record_norm_partials(rec, what, &pipe, grads, &t, &self.partials)?
+            record_norm_partials(rec, what, &pipe, (grads, &t), &self.partials, agents)?
         } else {
             0
         };
@@ -866,7 +929,7 @@ impl Adam {
             &pipeline(gpu, OptimKernel::AdamBegin)?,
             &[&self.partials.buffer, &self.state.buffer],
             Some(&begin),
-            [1, 1, 1],
+            [1, 1, z],
         )?;
         let p = AdamParams {
             one_minus_b1: (1.0 - b1) as f32,
@@ -875,7 +938,8 @@ impl Adam {
             eps: self.cfg.eps,
             n_ranges: t.count,
             chunks: t.chunks as u32,
-            _pad: [0; 2],
+            agent_stride: self.len as u32,
+            _pad: 0,
             ranges: t.ranges,
         };
         rec.dispatch(
@@ -949,7 +1013,35 @@ pub fn record_polyak_spans(
     spans: &[PolyakSpan],
     tau: f32,
 ) -> Result<()> {
+    record_polyak_agents(rec, params, target, spans, tau, 1)
+}
+
+/// [`record_polyak_spans`] for `agents` agents side by side: `params` and `target` hold the
+/// agents' buffers back to back (each `len / agents` elements), and every span moves each
+/// agent's target towards its own parameters, in one dispatch.
+pub fn record_polyak_agents(
+    rec: &mut Recorder,
+    params: &GpuBuffer<f32>,
+    target: &GpuBuffer<f32>,
+    spans: &[PolyakSpan],
+    tau: f32,
+    agents: usize,
+) -> Result<()> {
     let what = "Polyak update";
+    let z = agents_in_grid(rec.gpu(), what, agents)?;
+    if !(params.len().is_multiple_of(agents) && target.len().is_multiple_of(agents)) {
+        return Err(Error::Shape(format!(
+            "{what}: params ({}) and target ({}) do not split into {agents} agents",
+            params.len(),
+            target.len()
+        )));
+    }
+    let (p_len, t_len) = (params.len() / agents, target.len() / agents);
+    if agents > 1 && p_len != t_len {
+        return Err(Error::Shape(format!(
+            "{what}: agents of {p_len} parameters and {t_len} target elements"
+        )));
+    }
     if !tau.is_finite() {
         return Err(Error::InvalidArgument(format!(
             "{what}: tau must be finite, got {tau}"
@@ -970,16 +1062,17 @@ pub fn record_polyak_spans(
         what,
         "span",
         &sp,
-        ("target", target.len()),
-        Some(("params", params.len())),
+        ("target", t_len),
+        Some(("params", p_len)),
         in_place,
     )?;
-    let groups = grid(rec.gpu(), t.chunks, what)?;
+    let mut groups = grid(rec.gpu(), t.chunks, what)?;
+    groups[2] = z;
     let p = PolyakParams {
         tau,
         n_ranges: t.count,
         chunks: t.chunks as u32,
-        _pad: 0,
+        agent_stride: p_len as u32,
         ranges: t.ranges,
     };
     if in_place {
