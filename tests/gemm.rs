@@ -285,50 +285,32 @@ fn bad_requests_are_errors() {
     )
     .unwrap_err();
     assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
-    // Overlapping written batches.
-    let op = Gemm {
+    // Overlapping written batches, agents' outputs that overlap, and a batch that does not
+    // split into the agents.
+    let c_big = GpuBuffer::<f32>::new(gpu, "c", 64).unwrap();
+    let mut err = |op: Gemm, c: Mat| {
+        let x = Operands::new(Mat::rows(&a, 2), Mat::rows(&a, 2), c);
+        gemm::record(&mut rec, &op, x).unwrap_err()
+    };
+    let two = Gemm {
         batch: 2,
         ..Gemm::new(2, 2, 2)
     };
-    let e = gemm::record(
-        &mut rec,
-        &op,
-        Operands::new(
-            Mat::rows(&a, 2),
-            Mat::rows(&a, 2),
-            Mat::rows(&c, 2).batched(2),
-        ),
-    )
-    .unwrap_err();
+    let e = err(two, Mat::rows(&c, 2).batched(2));
     assert!(e.to_string().contains("overlap"), "{e}");
-    // Agents' outputs that overlap, and a batch that does not split into the agents.
-    let op = Gemm {
+    let agents = Gemm {
         batch: 4,
         agents: 2,
         ..Gemm::new(1, 2, 2)
     };
-    let c_big = GpuBuffer::<f32>::new(gpu, "c", 64).unwrap();
-    let e = gemm::record(
-        &mut rec,
-        &op,
-        Operands::new(
-            Mat::rows(&a, 2),
-            Mat::rows(&a, 2),
-            Mat::rows(&c_big, 2).batched(4).per_agent(1),
-        ),
-    )
-    .unwrap_err();
+    let e = err(agents, Mat::rows(&c_big, 2).batched(4).per_agent(1));
     assert!(e.to_string().contains("overlap"), "{e}");
-    let op = Gemm { agents: 3, ..op };
-    let e = gemm::record(
-        &mut rec,
-        &op,
-        Operands::new(
-            Mat::rows(&a, 2),
-            Mat::rows(&a, 2),
-            Mat::rows(&c_big, 2).batched(2),
-        ),
-    )
-    .unwrap_err();
+    let e = err(
+        Gemm {
+            agents: 3,
+            ..agents
+        },
+        Mat::rows(&c_big, 2).batched(2),
+    );
     assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
 }

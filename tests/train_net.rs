@@ -132,6 +132,31 @@ struct GpuGrads {
     dx: Vec<[Vec<f32>; 3]>,
 }
 
+/// A pass's buffers: parameters, zeroed gradients, the inputs, their gradients and `dy`.
+struct PassBuffers {
+    params: GpuBuffer<f32>,
+    grads: GpuBuffer<f32>,
+    xb: Vec<GpuBuffer<f32>>,
+    dxb: Vec<GpuBuffer<f32>>,
+    dy: GpuBuffer<f32>,
+}
+
+impl PassBuffers {
+    fn new(gpu: &Gpu, flat: &[f32], x: &[Vec<f32>], c: &[f32]) -> Self {
+        let upload = |label, v: &[f32]| GpuBuffer::from_slice(gpu, label, v).unwrap();
+        PassBuffers {
+            params: upload("params", flat),
+            grads: GpuBuffer::new(gpu, "grads", flat.len()).unwrap(),
+            xb: x.iter().map(|v| upload("input", v)).collect(),
+            dxb: x
+                .iter()
+                .map(|v| GpuBuffer::new(gpu, "input gradient", v.len()).unwrap())
+                .collect(),
+            dy: upload("dy", c),
+        }
+    }
+}
+
 /// Forward through weight sets `sel` of `tn`, keeping pass 1 of a tape with room to spare
 /// (more rows, weight sets and passes than used, so that offsets matter), then three backward
 /// passes with `dy = c`: (1) into zeroed parameter gradients, writing the input gradients
@@ -148,17 +173,13 @@ fn run_gpu(
     c: &[f32],
     d0: &[Vec<f32>],
 ) -> GpuGrads {
-    let params = GpuBuffer::from_slice(gpu, "params", flat).unwrap();
-    let grads = GpuBuffer::<f32>::new(gpu, "grads", flat.len()).unwrap();
-    let xb: Vec<_> = x
-        .iter()
-        .map(|v| GpuBuffer::from_slice(gpu, "input", v).unwrap())
-        .collect();
-    let dxb: Vec<_> = x
-        .iter()
-        .map(|v| GpuBuffer::<f32>::new(gpu, "input gradient", v.len()).unwrap())
-        .collect();
-    let dy = GpuBuffer::from_slice(gpu, "dy", c).unwrap();
+    let PassBuffers {
+        params,
+        grads,
+        xb,
+        dxb,
+        dy,
+    } = PassBuffers::new(gpu, flat, x, c);
     let tape = Tape::new(gpu, tn, m + 3, sel.count + 1, 2).unwrap();
     let input = NetInput {
         z: (&xb[0], 0),
@@ -236,14 +257,19 @@ fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
-#[test]
-fn backward_matches_finite_differences() {
-    let mut r = rng("backward_matches_finite_differences");
-    let spec = ModelSpec {
+/// The tiny model of the pass tests: latent 16, hidden 24, encoder 20, 11 bins, 3 Q heads.
+fn tiny_spec() -> ModelSpec {
+    ModelSpec {
         num_bins: 11,
         num_q: 3,
         ..ModelSpec::tiny(5, 3)
-    };
+    }
+}
+
+#[test]
+fn backward_matches_finite_differences() {
+    let mut r = rng("backward_matches_finite_differences");
+    let spec = tiny_spec();
     let layout = ParamLayout::new(&spec);
     let m = 5;
     let cases = [
@@ -595,21 +621,14 @@ fn run_agents(
     strides: &[usize],
     c: &[f32],
 ) -> PassOut {
-    let params = GpuBuffer::from_slice(gpu, "population params", flat).unwrap();
-    let grads = GpuBuffer::<f32>::new(gpu, "population grads", flat.len()).unwrap();
-    let xb: Vec<_> = x
-        .iter()
-        .map(|v| GpuBuffer::from_slice(gpu, "input", v).unwrap())
-        .collect();
-    let dxb: Vec<_> = x
-        .iter()
-        .map(|v| {
-            let b = GpuBuffer::<f32>::new(gpu, "input gradient", v.len()).unwrap();
-            b.fill_u32(gpu, POISON).unwrap();
-            b
-        })
-        .collect();
-    let dy = GpuBuffer::from_slice(gpu, "dy", c).unwrap();
+    let PassBuffers {
+        params,
+        grads,
+        xb,
+        dxb,
+        dy,
+    } = PassBuffers::new(gpu, flat, x, c);
+    dxb.iter().for_each(|b| b.fill_u32(gpu, POISON).unwrap());
     let tape = Tape::new(gpu, tn, m, sel.slots(), 1).unwrap();
     let mut input = NetInput::z(&xb[0], 0);
     input.a = xb.get(1).map(|b| (b, 0));
@@ -660,11 +679,7 @@ fn a_population_pass_is_each_agent_alone() {
     // and input gradients as each agent gives alone, and nothing written between the agents'
     // input-gradient rows (the inputs sit `rows * width + gap` apart).
     let mut r = rng("population pass");
-    let spec = ModelSpec {
-        num_bins: 11,
-        num_q: 3,
-        ..ModelSpec::tiny(5, 3)
-    };
+    let spec = tiny_spec();
     let layout = ParamLayout::new(&spec);
     let (m, agents, gap) = (6, 3, 5);
     let cases = [
