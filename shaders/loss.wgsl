@@ -50,9 +50,15 @@ struct Params {
     // Workgroups of the first pass (partials), or partials that `reduce` sums.
     count: u32,
     rows_per_step: u32,
-    _pad0: u32,
+    // Populations (grid z = agent): elements between agents' sources, targets and gradient
+    // rows, and between their sums (partials, or loss slots).
+    src_as: u32,
     scale: f32,
     rho: f32,
+    tgt_as: u32,
+    grad_as: u32,
+    part_as: u32,
+    _pad0: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -161,7 +167,7 @@ fn soft_ce(
     // Workgroups past `count` (the 2-D grid's last line) do nothing.
     let valid = group < p.count && row < p.rows * p.members;
     let r = row % p.rows;
-    let base = p.src_off + row * p.src_stride;
+    let base = p.src_off + wid.z * p.src_as + row * p.src_stride;
 
     // An empty lane's max is the lowest f32, so its sum gets weight exp(-huge) = 0.
     var m = -3.40282347e38;
@@ -194,7 +200,7 @@ fn soft_ce(
     var wl = 0.0;
     if (valid) {
         let lse = mr + log(sr);
-        let th = two_hot(tgt[p.tgt_off + r * p.tgt_stride]);
+        let th = two_hot(tgt[p.tgt_off + wid.z * p.tgt_as + r * p.tgt_stride]);
         let w = row_weight(r);
         if (lane == 0u) {
             let lk = src[base + th.k];
@@ -210,7 +216,8 @@ fn soft_ce(
                 if (j == th.k + 1u) {
                     q = th.f;
                 }
-                store_grad(p.grad_off + row * p.grad_stride + j, w * (exp(src[base + j] - mr) / sr - q));
+                let at = p.grad_off + wid.z * p.grad_as + row * p.grad_stride + j;
+                store_grad(at, w * (exp(src[base + j] - mr) / sr - q));
             }
         }
     }
@@ -223,7 +230,7 @@ fn soft_ce(
         for (var i = 0u; i < WG / LANES; i++) {
             total += red_l[i];
         }
-        store_part(p.part_off + group, total);
+        store_part(p.part_off + wid.z * p.part_as + group, total);
     }
 }
 
@@ -242,29 +249,34 @@ fn mse(
             let row = i / N;
             let j = i % N;
             let r = row % p.rows;
-            let d = src[p.src_off + row * p.src_stride + j] - tgt[p.tgt_off + r * p.tgt_stride + j];
+            let z = src[p.src_off + wid.z * p.src_as + row * p.src_stride + j];
+            let d = z - tgt[p.tgt_off + wid.z * p.tgt_as + r * p.tgt_stride + j];
             let w = row_weight(r);
             acc += w * d * d;
             if (GRAD) {
-                store_grad(p.grad_off + row * p.grad_stride + j, 2.0 * w * d);
+                store_grad(p.grad_off + wid.z * p.grad_as + row * p.grad_stride + j, 2.0 * w * d);
             }
         }
     }
     let sum = block_sum(tid, acc);
     if (tid == 0u && group < p.count) {
-        store_part(p.part_off + group, sum);
+        store_part(p.part_off + wid.z * p.part_as + group, sum);
     }
 }
 
-// The `count` partials from src_off, summed into part[part_off].
+// The `count` partials from src_off (agent z's src_as later), summed into part[part_off]
+// (agent z's part_as later).
 @compute @workgroup_size(RW)
-fn reduce(@builtin(local_invocation_index) tid: u32) {
+fn reduce(
+    @builtin(local_invocation_index) tid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
     var s = 0.0;
     for (var i = tid; i < p.count; i += RW) {
-        s += src[p.src_off + i];
+        s += src[p.src_off + wid.z * p.src_as + i];
     }
     let total = block_sum(tid, s);
     if (tid == 0u) {
-        store_part(p.part_off, total);
+        store_part(p.part_off + wid.z * p.part_as, total);
     }
 }

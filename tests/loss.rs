@@ -33,7 +33,7 @@ mod common;
 
 use common::{POISON, gpus, rng, small_grid_gpus, uniform};
 use pompc::kernels::loss::{
-    self, GradOut, LossFlags, LossOp, LossOut, MseConfig, RowWeights, SoftCeConfig,
+    self, Agents, GradOut, LossFlags, LossOp, LossOut, MseConfig, RowWeights, SoftCeConfig,
 };
 use pompc::kernels::two_hot::{RowLayout, TwoHotConfig};
 use pompc::reference::loss as mirror;
@@ -158,6 +158,7 @@ fn run_ce(gpu: &Gpu, r: &mut impl Rng, c: CeCase) {
         bins: c.bins,
         members: c.members,
         weights: c.weights,
+        agents: Agents::ONE,
     };
     let partials = loss::soft_ce_partials(&cfg, c.rows);
     let scratch = (partials > 1 && r.random::<bool>())
@@ -330,6 +331,7 @@ fn run_mse(gpu: &Gpu, r: &mut impl Rng, c: MseCase) {
         n: c.n,
         members: c.members,
         weights: c.weights,
+        agents: Agents::ONE,
     };
     let partials = loss::mse_partials(&cfg, c.rows);
     let scratch = (partials > 1 && r.random::<bool>())
@@ -466,6 +468,7 @@ fn mirror_gradients_are_the_gradients_of_the_mirror_losses() {
         bins,
         members,
         weights: RowWeights::new(0.7, 0.5, 2),
+        agents: Agents::ONE,
     };
     let logits: Vec<f64> = (0..members * rows * bins.bins)
         .map(|_| r.random_range(-3.0..3.0))
@@ -481,6 +484,7 @@ fn mirror_gradients_are_the_gradients_of_the_mirror_losses() {
         n: 5,
         members,
         weights: RowWeights::new(0.3, 0.5, 2),
+        agents: Agents::ONE,
     };
     let z: Vec<f64> = (0..members * rows * 5)
         .map(|_| r.random_range(-1.0..1.0))
@@ -522,6 +526,7 @@ fn the_mirror_is_tdmpc2s_formula() {
         n: 2,
         members: 1,
         weights: RowWeights::new(1.0 / 4.0, 0.5, 1),
+        agents: Agents::ONE,
     };
     let (l, _) = mirror::mse(&cfg, 2, &[1.0, 2.0, 0.0, 0.0], &[0.0, 0.0, 2.0, 0.0]);
     let want = 0.5 * ((1.0 + 4.0) / 2.0 + 0.5 * (4.0 + 0.0) / 2.0);
@@ -545,6 +550,7 @@ fn gpu_gradients_match_finite_differences_of_the_gpu_losses() {
             bins,
             members,
             weights: RowWeights::new(0.2, 0.5, 1),
+            agents: Agents::ONE,
         };
         let base = uniform(&mut r, size, 3.0);
         let targets = random_targets(&mut r, &bins, rows);
@@ -590,6 +596,7 @@ fn gpu_gradients_match_finite_differences_of_the_gpu_losses() {
             n,
             members: 2,
             weights: RowWeights::new(0.5, 0.5, 1),
+            agents: Agents::ONE,
         };
         let base = uniform(&mut r, size, 1.0);
         let coords: Vec<usize> = (0..probes).map(|_| r.random_range(0..size)).collect();
@@ -736,6 +743,7 @@ fn many_partials_and_the_two_dimensional_grid() {
             n: 1024,
             members: 1,
             weights: RowWeights::uniform(1.0),
+            agents: Agents::ONE,
         };
         let z = GpuBuffer::<f32>::new(&gpu, "z", 50 * 1024).unwrap();
         let t = GpuBuffer::<f32>::new(&gpu, "t", 50 * 1024).unwrap();
@@ -797,11 +805,13 @@ fn zero_rows_write_a_zero_loss() {
         bins: TwoHotConfig::TDMPC2,
         members: 2,
         weights: RowWeights::uniform(1.0),
+        agents: Agents::ONE,
     };
     let mcfg = MseConfig {
         n: 3,
         members: 1,
         weights: RowWeights::uniform(1.0),
+        agents: Agents::ONE,
     };
     let mut rec = Recorder::new(gpu);
     let slot = |index, accumulate| LossOut {
@@ -853,6 +863,7 @@ fn bad_requests_are_errors() {
         bins: TwoHotConfig::TDMPC2,
         members: 1,
         weights: RowWeights::uniform(1.0),
+        agents: Agents::ONE,
     };
     let lay = RowLayout::contiguous(k);
     let one = RowLayout::contiguous(1);
@@ -961,6 +972,7 @@ fn bad_requests_are_errors() {
         n: k,
         members: 1,
         weights: RowWeights::uniform(1.0),
+        agents: Agents::ONE,
     };
     let mut ms = |c: &MseConfig, t, gr| {
         kind(
@@ -996,4 +1008,148 @@ fn every_pipeline_compiles_with_naga() {
         }
     }
     assert!(count > 400);
+}
+
+/// One loss call of either kind over `agents` agents: `src` and `tgt` each agent's rows back
+/// to back with `gap` poisoned elements between agents, the gradient written likewise; returns
+/// the gradient buffer and the losses (slot `1 + 2 g` for agent `g`).
+#[allow(clippy::too_many_arguments)]
+fn run_loss_agents(
+    gpu: &Gpu,
+    mse_n: Option<usize>,
+    rows: usize,
+    members: usize,
+    weights: RowWeights,
+    src: &[Vec<f32>],
+    tgt: &[Vec<f32>],
+    gap: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let agents = src.len();
+    let pack = |v: &[Vec<f32>]| -> (Vec<f32>, usize) {
+        let stride = v[0].len() + gap;
+        let mut out = vec![poison(); agents * stride];
+        for (g, x) in v.iter().enumerate() {
+            out[g * stride..g * stride + x.len()].copy_from_slice(x);
+        }
+        (out, stride)
+    };
+    let (s, s_as) = pack(src);
+    let (t, t_as) = pack(tgt);
+    let sb = GpuBuffer::from_slice(gpu, "src", &s).unwrap();
+    let tb = GpuBuffer::from_slice(gpu, "tgt", &t).unwrap();
+    let gb = GpuBuffer::from_slice(gpu, "grad", &vec![poison(); s.len()]).unwrap();
+    let losses = GpuBuffer::from_slice(gpu, "losses", &vec![poison(); 2 * agents + 1]).unwrap();
+    let ag = Agents {
+        count: agents,
+        src_stride: s_as,
+        tgt_stride: t_as,
+        grad_stride: s_as,
+        slot_stride: 2,
+    };
+    let grad = Some(GradOut {
+        buf: &gb,
+        at: RowLayout::contiguous(mse_n.unwrap_or(TwoHotConfig::TDMPC2.bins)),
+        accumulate: false,
+    });
+    let out = LossOut {
+        losses: &losses,
+        index: 1,
+        accumulate: false,
+    };
+    let mut rec = Recorder::new(gpu);
+    match mse_n {
+        Some(n) => {
+            let cfg = MseConfig {
+                n,
+                members,
+                weights,
+                agents: ag,
+            };
+            let at = RowLayout::contiguous(n);
+            loss::record_mse(&mut rec, &cfg, rows, &sb, at, &tb, at, grad, out, None)
+        }
+        None => {
+            let cfg = SoftCeConfig {
+                bins: TwoHotConfig::TDMPC2,
+                members,
+                weights,
+                agents: ag,
+            };
+            let (bins, one) = (
+                RowLayout::contiguous(TwoHotConfig::TDMPC2.bins),
+                RowLayout::contiguous(1),
+            );
+            loss::record_soft_ce(&mut rec, &cfg, rows, &sb, bins, &tb, one, grad, out, None)
+        }
+    }
+    .unwrap();
+    let (hg, hl) = (rec.read(&gb), rec.read(&losses));
+    let done = rec.finish().unwrap();
+    (done.get(&hg).unwrap(), done.get(&hl).unwrap())
+}
+
+#[test]
+fn a_population_loss_is_each_agent_alone() {
+    // Three agents' soft cross-entropy (one and three heads) and squared error, over row
+    // counts of one workgroup and of several (partials and a reduction per agent), against
+    // each agent's call alone: losses and gradients bit for bit, each agent's own slot, and
+    // nothing written between agents or into the slots between theirs.
+    let mut r = rng("population losses");
+    let bins = TwoHotConfig::TDMPC2;
+    for gpu in gpus() {
+        for (mse_n, rows, members) in [
+            (None, 6usize, 1usize),
+            (None, 300, 3),
+            (Some(16), 5, 1),
+            (Some(24), 200, 2),
+        ] {
+            let agents = 3;
+            let weights = RowWeights::new(0.3, 0.5, rows.div_ceil(3));
+            let width = mse_n.unwrap_or(bins.bins);
+            let src: Vec<Vec<f32>> = (0..agents)
+                .map(|_| uniform(&mut r, members * rows * width, 2.0))
+                .collect();
+            let tgt: Vec<Vec<f32>> = (0..agents)
+                .map(|_| match mse_n {
+                    Some(n) => uniform(&mut r, rows * n, 2.0),
+                    None => random_targets(&mut r, &bins, rows),
+                })
+                .collect();
+            let (pg, pl) = run_loss_agents(gpu, mse_n, rows, members, weights, &src, &tgt, 7);
+            let tag = format!(
+                "mse {mse_n:?} rows {rows} members {members} ({})",
+                gpu.describe()
+            );
+            let stride = src[0].len() + 7;
+            for g in 0..agents {
+                let (ag, al) = run_loss_agents(
+                    gpu,
+                    mse_n,
+                    rows,
+                    members,
+                    weights,
+                    &src[g..g + 1],
+                    &tgt[g..g + 1],
+                    0,
+                );
+                assert_eq!(
+                    pl[1 + 2 * g].to_bits(),
+                    al[1].to_bits(),
+                    "{tag}: agent {g} loss"
+                );
+                let got = &pg[g * stride..g * stride + src[0].len()];
+                let same = got.iter().zip(&ag).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{tag}: agent {g} gradient");
+                assert!(
+                    pg[g * stride + src[0].len()..(g + 1) * stride]
+                        .iter()
+                        .all(|v| v.to_bits() == POISON),
+                    "{tag}: written between agents"
+                );
+            }
+            for i in (0..2 * agents + 1).step_by(2) {
+                assert_eq!(pl[i].to_bits(), POISON, "{tag}: slot {i} written");
+            }
+        }
+    }
 }

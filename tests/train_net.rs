@@ -51,7 +51,7 @@
 mod common;
 
 use common::{POISON, gpus, rng, uniform};
-use pompc::kernels::loss::{self, GradOut, LossOut, MseConfig, RowWeights};
+use pompc::kernels::loss::{self, Agents, GradOut, LossOut, MseConfig, RowWeights};
 use pompc::kernels::optim::{Adam, AdamConfig, ParamGroup};
 use pompc::kernels::two_hot::RowLayout;
 use pompc::model::{ModelSpec, Net, Weights};
@@ -467,6 +467,7 @@ fn fits_a_random_target_network() {
         n: out,
         members: 1,
         weights: RowWeights::uniform(1.0 / (rows * out) as f32),
+        agents: Agents::ONE,
     };
     // The student starts with a zero final layer: its first loss is the mean square target.
     let first_want = target.iter().map(|&t| (t as f64).powi(2)).sum::<f64>() / target.len() as f64;

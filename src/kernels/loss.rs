@@ -15,7 +15,7 @@
 //!
 //! ```no_run
 //! # fn main() -> pompc::Result<()> {
-//! use pompc::kernels::loss::{self, GradOut, LossOut, RowWeights, SoftCeConfig};
+//! use pompc::kernels::loss::{self, Agents, GradOut, LossOut, RowWeights, SoftCeConfig};
 //! use pompc::kernels::two_hot::{RowLayout, TwoHotConfig};
 //! use pompc::{GpuBuffer, Recorder};
 //! let gpu = pompc::Gpu::new(Default::default())?;
@@ -28,6 +28,7 @@
 //!     bins: TwoHotConfig::TDMPC2,
 //!     members: 1,
 //!     weights: RowWeights::new(0.1 / (t * b) as f32, 0.5, b),
+//!     agents: Agents::ONE,
 //! };
 //! let mut rec = Recorder::new(&gpu);
 //! loss::record_soft_ce(
@@ -101,6 +102,35 @@ impl RowWeights {
     }
 }
 
+/// A loss over a population: `count` agents side by side in one dispatch, each with its own
+/// rows (the same number), row weights counted from its first row, and its own loss slot.
+/// Agent `g`'s rows of each operand start `g *` that operand's stride after agent 0's (in
+/// elements), its loss goes to slot `index + g * slot_stride`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Agents {
+    /// Agents (at least 1).
+    pub count: usize,
+    /// Elements between agents' logits (or predictions `z`).
+    pub src_stride: usize,
+    /// Elements between agents' targets.
+    pub tgt_stride: usize,
+    /// Elements between agents' gradient rows.
+    pub grad_stride: usize,
+    /// Slots between agents' losses.
+    pub slot_stride: usize,
+}
+
+impl Agents {
+    /// One agent (no population).
+    pub const ONE: Agents = Agents {
+        count: 1,
+        src_stride: 0,
+        tgt_stride: 0,
+        grad_stride: 0,
+        slot_stride: 0,
+    };
+}
+
 /// The soft cross-entropy of `members` heads of logits against shared two-hot targets.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SoftCeConfig {
@@ -110,6 +140,8 @@ pub struct SoftCeConfig {
     pub members: usize,
     /// Row weights (the same for every head).
     pub weights: RowWeights,
+    /// Agents side by side ([`Agents::ONE`] without a population).
+    pub agents: Agents,
 }
 
 /// The weighted squared error of `members` predictions against one shared target.
@@ -121,6 +153,8 @@ pub struct MseConfig {
     pub members: usize,
     /// Row weights.
     pub weights: RowWeights,
+    /// Agents side by side ([`Agents::ONE`] without a population).
+    pub agents: Agents,
 }
 
 /// Where a loss goes: element `index` of `losses`, written or added into.
@@ -182,10 +216,13 @@ struct Params {
     part_off: u32,
     count: u32,
     rows_per_step: u32,
-    _pad0: u32,
+    src_as: u32,
     scale: f32,
     rho: f32,
-    _pad1: [u32; 2],
+    tgt_as: u32,
+    grad_as: u32,
+    part_as: u32,
+    _pad: [u32; 3],
 }
 
 /// Source and target rows, the gradient, the slot or partials, the uniforms.
@@ -235,15 +272,21 @@ pub fn pipeline_constants(
     (spec, Header::default(), ov)
 }
 
-/// Workgroups of the first pass of [`record_soft_ce`] over `rows` rows: the partials its
-/// scratch holds (none needed when 1).
+/// Workgroups of the first pass of [`record_soft_ce`] over `rows` rows, per agent: the
+/// partials its scratch holds (none needed when 1; see [`scratch_len`] for populations).
 pub fn soft_ce_partials(cfg: &SoftCeConfig, rows: usize) -> usize {
     let per = 64 / decode_lanes(cfg.bins.bins) as usize;
     (rows * cfg.members).div_ceil(per)
 }
 
-/// Workgroups of the first pass of [`record_mse`] over `rows` rows: the partials its scratch
-/// holds (none needed when 1).
+/// Elements the scratch of [`record_soft_ce`] or [`record_mse`] needs for `partials` per agent
+/// (from [`soft_ce_partials`] or [`mse_partials`]) and `agents`.
+pub fn scratch_len(partials: usize, agents: &Agents) -> usize {
+    partials * agents.count
+}
+
+/// Workgroups of the first pass of [`record_mse`] over `rows` rows, per agent: the partials
+/// its scratch holds (none needed when 1; see [`scratch_len`] for populations).
 pub fn mse_partials(cfg: &MseConfig, rows: usize) -> usize {
     (rows * cfg.members * cfg.n).div_ceil(MSE_GROUP)
 }
@@ -264,16 +307,17 @@ pub(crate) fn span(rows: usize, width: usize, at: RowLayout) -> (usize, usize) {
 /// An input of a loss: name, buffer, rows, row width, layout.
 type Operand<'a> = (&'static str, &'a GpuBuffer<f32>, usize, usize, RowLayout);
 
-/// What both losses do once their sizes are checked: with no rows, zero the slot; else check
-/// the inputs (`src` holds `members * rows` rows, `tgt` the `rows` targets), the gradient rows
-/// (shaped as `src`), the slot, the scratch and the aliasing, and record the pass over
-/// `groups` workgroups, plus the reduction of their partials where there is more than one.
+/// What both losses do once their sizes are checked: with no rows, zero the slots; else check
+/// the inputs (`src` holds `members * rows` rows, `tgt` the `rows` targets, per agent), the
+/// gradient rows (shaped as `src`), the slots, the scratch and the aliasing, and record the
+/// pass over `groups` workgroups per agent, plus the reduction of their partials where there
+/// is more than one.
 #[allow(clippy::too_many_arguments)]
 fn record_rows<'a>(
     rec: &mut Recorder,
     what: &str,
     spec_of: &dyn Fn(LossFlags) -> (KernelSpec, Header, Vec<(&'static str, f64)>),
-    (rows, members, weights): (usize, usize, &RowWeights),
+    (rows, members, weights, agents): (usize, usize, &RowWeights, Agents),
     src: Operand<'a>,
     tgt: Operand<'a>,
     grad: Option<GradOut<'a>>,
@@ -281,19 +325,27 @@ fn record_rows<'a>(
     loss: LossOut<'a>,
     scratch: Option<&GpuBuffer<f32>>,
 ) -> Result<()> {
+    let n_agents = check_agents(rec, what, &agents)?;
     if rows == 0 {
         // No rows: a zero loss, and no gradient rows.
-        return zero_loss(rec, what, loss);
+        return zero_loss(rec, what, loss, agents);
     }
     let (total_rows, width) = (src.2, src.3);
     let (src_buf, tgt_buf) = (src.1, tgt.1);
-    let mut uses = Vec::with_capacity(5);
-    let mut fit = |(name, buf, n, width, at): Operand<'a>| {
-        uses.push(Use::read(name, buf, span(n, width, at)));
+    let mut uses = Vec::with_capacity(5 * n_agents as usize);
+    // Every agent's rows in their buffer (the last agent's bound the rest) and in the
+    // aliasing checks.
+    let mut fit = |(name, buf, n, width, at): Operand<'a>, stride: usize| {
+        for g in 0..agents.count {
+            let at_g = RowLayout::at(at.offset + g * stride, at.stride);
+            uses.push(Use::read(name, buf, span(n, width, at_g)));
+        }
+        let last = RowLayout::at(at.offset + (agents.count - 1) * stride, at.stride);
+        fit_rows(what, name, buf.len(), n, width, last, false)?;
         fit_rows(what, name, buf.len(), n, width, at, false)
     };
-    let (src_off, src_stride) = fit(src)?;
-    let (tgt_off, tgt_stride) = fit(tgt)?;
+    let (src_off, src_stride) = fit(src, agents.src_stride)?;
+    let (tgt_off, tgt_stride) = fit(tgt, agents.tgt_stride)?;
     let mut p = Params {
         rows: rows as u32,
         members: members as u32,
@@ -304,46 +356,59 @@ fn record_rows<'a>(
         rows_per_step: weights.rows_per_step as u32,
         scale: weights.scale,
         rho: weights.rho,
+        src_as: to_u32(what, "agent stride", agents.src_stride)?,
+        tgt_as: to_u32(what, "agent stride", agents.tgt_stride)?,
+        grad_as: to_u32(what, "agent stride", agents.grad_stride)?,
         ..Default::default()
     };
-    check_slot(what, &loss)?;
+    let slots = check_slots(what, &loss, &agents)?;
     let slot = to_u32(what, "loss slot", loss.index)?;
     if let Some(g) = grad {
+        let last = RowLayout::at(
+            g.at.offset + (agents.count - 1) * agents.grad_stride,
+            g.at.stride,
+        );
+        fit_rows(what, "gradient", g.buf.len(), total_rows, width, last, true)?;
         (p.grad_off, p.grad_stride) =
             fit_rows(what, "gradient", g.buf.len(), total_rows, width, g.at, true)?;
-        uses.push(Use::write("gradient", g.buf, span(total_rows, width, g.at)));
+        for a in 0..agents.count {
+            let at = RowLayout::at(g.at.offset + a * agents.grad_stride, g.at.stride);
+            uses.push(Use::write("gradient", g.buf, span(total_rows, width, at)));
+        }
     }
-    uses.push(Use::write(
-        "loss slot",
-        loss.losses,
-        (loss.index, loss.index + 1),
-    ));
+    let slot_uses = || {
+        slots
+            .iter()
+            .map(|&i| Use::write("loss slot", loss.losses, (i, i + 1)))
+    };
+    uses.extend(slot_uses());
     p.count = to_u32(what, "workgroups", groups)?;
-    // One workgroup writes its sum into the slot; more write partials that a reduction sums.
+    // One workgroup per agent writes its sum into the slot; more write partials that a
+    // reduction sums.
     let part = if groups <= 1 {
         check_aliasing(what, &uses)?;
         p.part_off = slot;
+        p.part_as = agents.slot_stride as u32;
         None
     } else {
+        let need = groups * agents.count;
         let part = scratch_or_new(
             rec,
             what,
             scratch,
-            groups,
+            need,
             "partials needed",
             "pompc loss partials",
         )?;
-        uses.push(Use::write("scratch", &part, (0, groups)));
+        uses.push(Use::write("scratch", &part, (0, need)));
         check_aliasing(what, &uses)?;
-        // The second pass reads the scratch and writes the slot.
-        check_aliasing(
-            what,
-            &[
-                Use::read("scratch", &part, (0, groups)),
-                Use::write("loss slot", loss.losses, (loss.index, loss.index + 1)),
-            ],
-        )?;
+        // The second pass reads the scratch and writes the slots.
+        let second: Vec<Use> = std::iter::once(Use::read("scratch", &part, (0, need)))
+            .chain(slot_uses())
+            .collect();
+        check_aliasing(what, &second)?;
         p.part_off = 0;
+        p.part_as = p.count;
         Some(part)
     };
     let constants = spec_of(LossFlags {
@@ -353,7 +418,8 @@ fn record_rows<'a>(
     });
     let dst = part.as_ref().unwrap_or(loss.losses);
     let g = grad.map_or(dst, |g| g.buf);
-    let workgroups = grid(rec.gpu(), groups, what)?;
+    let mut workgroups = grid(rec.gpu(), groups, what)?;
+    workgroups[2] = n_agents;
     record_pipeline(
         rec,
         constants,
@@ -362,21 +428,37 @@ fn record_rows<'a>(
         workgroups,
     )?;
     match part {
-        Some(part) => record_reduce(rec, &part, groups, loss),
+        Some(part) => record_reduce(rec, &part, groups, loss, agents),
         None => Ok(()),
     }
 }
 
-/// Sum the first `count` values of `src` into a loss slot.
+/// `Err` unless there is at least one agent and the grid holds them all; the count as a
+/// grid dimension.
+fn check_agents(rec: &Recorder, what: &str, agents: &Agents) -> Result<u32> {
+    let max = rec.gpu().limits().max_compute_workgroups_per_dimension as usize;
+    if agents.count == 0 || agents.count > max {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: {} agents; 1 to {max} fit a dispatch",
+            agents.count
+        )));
+    }
+    Ok(agents.count as u32)
+}
+
+/// Sum each agent's first `count` values of `src` (agents `count` apart) into its loss slot.
 fn record_reduce(
     rec: &mut Recorder,
     src: &GpuBuffer<f32>,
     count: usize,
     loss: LossOut,
+    agents: Agents,
 ) -> Result<()> {
     let p = Params {
         count: count as u32,
         part_off: loss.index as u32,
+        src_as: count as u32,
+        part_as: agents.slot_stride as u32,
         ..Default::default()
     };
     let flags = LossFlags {
@@ -388,7 +470,7 @@ fn record_reduce(
         pipeline_constants(LossOp::Reduce, &TwoHotConfig::TDMPC2, 1, flags),
         &[&src.buffer, &loss.losses.buffer],
         &p,
-        [1, 1, 1],
+        [1, 1, agents.count as u32],
     )
 }
 
@@ -436,7 +518,7 @@ pub fn record_soft_ce(
         rec,
         what,
         &spec_of,
-        (rows, cfg.members, &cfg.weights),
+        (rows, cfg.members, &cfg.weights, cfg.agents),
         ("logits", logits, total, bins, logits_at),
         ("targets", targets, rows, 1, targets_at),
         grad,
@@ -492,7 +574,7 @@ pub fn record_mse(
         rec,
         what,
         &spec_of,
-        (rows, cfg.members, &cfg.weights),
+        (rows, cfg.members, &cfg.weights, cfg.agents),
         ("z", z, total, cfg.n, z_at),
         ("target", target, rows, cfg.n, target_at),
         grad,
@@ -502,26 +584,36 @@ pub fn record_mse(
     )
 }
 
-/// No rows: the slot gets 0 (or keeps its value when adding).
-fn zero_loss(rec: &mut Recorder, what: &str, loss: LossOut) -> Result<()> {
-    check_slot(what, &loss)?;
+/// No rows: the slots get 0 (or keep their values when adding).
+fn zero_loss(rec: &mut Recorder, what: &str, loss: LossOut, agents: Agents) -> Result<()> {
+    check_slots(what, &loss, &agents)?;
     if loss.accumulate {
         return Ok(());
     }
-    // Nothing is read, but the binding must be another buffer than the slot's.
+    // Nothing is read, but the binding must be another buffer than the slots'.
     let src = GpuBuffer::new(rec.gpu(), "pompc empty partials", 1)?;
-    record_reduce(rec, &src, 0, loss)
+    record_reduce(rec, &src, 0, loss, agents)
 }
 
-/// `Err` unless the loss slot is within its buffer.
-fn check_slot(what: &str, loss: &LossOut) -> Result<()> {
-    if loss.index >= loss.losses.len() {
+/// The agents' loss slots, or an `Err` unless every one is within its buffer and they are
+/// distinct.
+fn check_slots(what: &str, loss: &LossOut, agents: &Agents) -> Result<Vec<usize>> {
+    if agents.count > 1 && agents.slot_stride == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: {} agents need distinct loss slots (slot stride 0)",
+            agents.count
+        )));
+    }
+    let slots: Vec<usize> = (0..agents.count)
+        .map(|g| loss.index + g * agents.slot_stride)
+        .collect();
+    let last = *slots.last().expect("at least one agent");
+    if last >= loss.losses.len() || u32::try_from(last).is_err() {
         return Err(Error::Shape(format!(
-            "{what}: loss slot {} is past the end of {:?} ({} elements)",
-            loss.index,
+            "{what}: loss slot {last} is past the end of {:?} ({} elements)",
             loss.losses.label(),
             loss.losses.len()
         )));
     }
-    Ok(())
+    Ok(slots)
 }

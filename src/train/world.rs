@@ -31,7 +31,7 @@ use super::mlp::{Grads, Members, NetInput, Tape, TrainNet};
 use super::params::ParamLayout;
 use crate::gpu::{Gpu, GpuBuffer, Recorder};
 use crate::kernels::gemm::{self, Gemm, Mat, Operands};
-use crate::kernels::loss::{self, GradOut, LossOut, MseConfig, RowWeights, SoftCeConfig};
+use crate::kernels::loss::{self, Agents, GradOut, LossOut, MseConfig, RowWeights, SoftCeConfig};
 use crate::kernels::optim::{Adam, AdamConfig, AdamState, ParamGroup, record_polyak};
 use crate::kernels::policy::{self, PolicyBuffers, PolicyConfig, PolicyOffsets};
 use crate::kernels::policy_loss as pl;
@@ -326,11 +326,13 @@ impl<'g> WorldModelTrainer<'g> {
                     bins: tcfg,
                     members: m,
                     weights: RowWeights::uniform(1.0),
+                    agents: Agents::ONE,
                 };
                 let mse = MseConfig {
                     n: l,
                     members: 1,
                     weights: RowWeights::uniform(1.0),
+                    agents: Agents::ONE,
                 };
                 loss::soft_ce_partials(&ce(e), t * b)
                     .max(loss::soft_ce_partials(&ce(1), t * b))
@@ -811,6 +813,7 @@ impl<'g> WorldModelTrainer<'g> {
                 n: l,
                 members: 1,
                 weights: w_cons,
+                agents: Agents::ONE,
             },
             tb,
             &self.zs,
@@ -844,6 +847,7 @@ impl<'g> WorldModelTrainer<'g> {
                 bins: tcfg,
                 members: 1,
                 weights: RowWeights::new(c.reward_coef / tb as f32, c.rho, b),
+                agents: Agents::ONE,
             },
             tb,
             r_out,
@@ -871,6 +875,7 @@ impl<'g> WorldModelTrainer<'g> {
                 bins: tcfg,
                 members: e,
                 weights: RowWeights::new(c.value_coef / (tb * e) as f32, c.rho, b),
+                agents: Agents::ONE,
             },
             tb,
             q_out,
