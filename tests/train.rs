@@ -173,3 +173,79 @@ fn kl_regularized_td_targets() {
         );
     }
 }
+
+#[test]
+fn a_population_update_is_each_agent_alone() {
+    // Three agents (own weights, seeds, batches; the first update with given noise and heads,
+    // the rest drawn on the GPU and from each agent's RNG) through three updates in the same
+    // dispatches, against each agent's own trainer: losses, gradient norms, parameters and
+    // target heads as alone, within f32 round-off (bit for bit on lavapipe).
+    use common::{rng, uniform};
+    use pompc::model::ModelSpec;
+    // Five Q heads, so that agents draw different target pairs.
+    let spec = ModelSpec {
+        num_q: 5,
+        ..ModelSpec::tiny(5, 3)
+    };
+    let (agents, batch) = (3, 6);
+    let mut r = rng("world population");
+    let weights: Vec<Weights> = (0..agents)
+        .map(|i| Weights::init(&spec, 10 + i as u64).unwrap())
+        .collect();
+    let cfgs: Vec<UpdateConfig> = (0..agents)
+        .map(|i| UpdateConfig {
+            seed: 100 + i as u64,
+            ..UpdateConfig::tdmpc2()
+        })
+        .collect();
+    let t = cfgs[0].horizon;
+    let batches: Vec<Vec<UpdateBatch>> = (0..3)
+        .map(|u| {
+            (0..agents)
+                .map(|i| UpdateBatch {
+                    obs: uniform(&mut r, (t + 1) * batch * spec.obs_dim, 1.0),
+                    action: uniform(&mut r, t * batch * spec.action_dim, 1.0),
+                    reward: uniform(&mut r, t * batch, 2.0),
+                    pi_noise: (u == 0).then(|| uniform(&mut r, t * batch * spec.action_dim, 1.0)),
+                    target_heads: (u == 0).then_some([i % 2, 2 + i % 3]),
+                })
+                .collect()
+        })
+        .collect();
+    for gpu in gpus() {
+        let mut pop = WorldModelTrainer::population(gpu, &weights, &cfgs, batch).unwrap();
+        let mut alone: Vec<WorldModelTrainer> = (0..agents)
+            .map(|i| WorldModelTrainer::new(gpu, &weights[i], cfgs[i].clone(), batch).unwrap())
+            .collect();
+        let tag = gpu.describe();
+        for (u, bs) in batches.iter().enumerate() {
+            let got = pop.update_agents(bs).unwrap();
+            for i in 0..agents {
+                let want = alone[i].update(&bs[i]).unwrap();
+                let g = got[i];
+                for (what, x, y) in [
+                    ("consistency", g.consistency, want.consistency),
+                    ("reward", g.reward, want.reward),
+                    ("value", g.value, want.value),
+                    ("grad norm", g.grad_norm, want.grad_norm),
+                ] {
+                    assert!(
+                        (x - y).abs() <= 1e-6 * y.abs().max(1e-6),
+                        "update {u} agent {i} {what}: {x} in the population, {y} alone ({tag})"
+                    );
+                }
+            }
+        }
+        for (i, a) in alone.iter().enumerate() {
+            let (p, w) = (pop.agent_weights(i).unwrap(), a.weights().unwrap());
+            for (name, t) in w.tensors.iter().chain(&w.extra) {
+                let q = p.tensors.get(name).or(p.extra.get(name)).unwrap();
+                let e = rel_error(
+                    &q.data,
+                    &t.data.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+                );
+                assert!(e <= 1e-6, "agent {i} {name}: error {e:e} ({tag})");
+            }
+        }
+    }
+}

@@ -341,6 +341,29 @@ fn u32_of(what: &str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::Limit(format!("gemm: {what} = {v} over 2^32")))
 }
 
+/// Whether any two of the `rows x cols` matrices (leading dimension `ld`) starting at the
+/// sorted `starts` share an element. Matrices may interleave (each agent's columns of shared
+/// rows); two overlap exactly when some row of one meets some row of the other.
+fn overlapping(starts: &[usize], rows: usize, cols: usize, ld: usize) -> bool {
+    let extent = (rows - 1) * ld + cols;
+    if starts.windows(2).all(|w| w[1] - w[0] >= extent) {
+        return false;
+    }
+    let ld = ld.max(1) as i64;
+    let (rows, cols) = (rows as i64, cols as i64);
+    starts.iter().enumerate().any(|(i, &a)| {
+        starts[i + 1..].iter().any(|&b| {
+            // Row r1 of the first at a + r1 ld, row r2 of the second at b + r2 ld: they meet
+            // when |d - k ld| < cols for k = r1 - r2 in -(rows - 1)..=rows - 1.
+            let d = (b - a) as i64;
+            let k = d.div_euclid(ld);
+            [k, k + 1]
+                .iter()
+                .any(|&k| k.abs() < rows && (d - k * ld).abs() < cols)
+        })
+    })
+}
+
 /// Check that a `rows x cols` stored matrix fits its buffer over `op`'s multiplies and, when
 /// `written`, that no two of them overlap.
 fn fit(name: &str, m: &Mat, rows: usize, cols: usize, op: &Gemm, written: bool) -> Result<()> {
@@ -357,8 +380,7 @@ fn fit(name: &str, m: &Mat, rows: usize, cols: usize, op: &Gemm, written: bool) 
             .map(|i| (i / per) * m.agent_stride + (i % per) * m.batch_stride)
             .collect();
         starts.sort_unstable();
-        let extent = rows * m.ld.max(cols);
-        if starts.windows(2).any(|w| w[1] - w[0] < extent) {
+        if overlapping(&starts, rows, cols, m.ld) {
             return Err(Error::Shape(format!(
                 "gemm: written {name} ({:?}) batches of {rows} x {cols} with batch stride {} \
                  and agent stride {} would overlap",

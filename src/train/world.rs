@@ -32,10 +32,12 @@ use super::params::ParamLayout;
 use crate::gpu::{Gpu, GpuBuffer, Recorder};
 use crate::kernels::gemm::{self, Gemm, Mat, Operands};
 use crate::kernels::loss::{self, Agents, GradOut, LossOut, MseConfig, RowWeights, SoftCeConfig};
-use crate::kernels::optim::{Adam, AdamConfig, AdamState, ParamGroup, record_polyak};
+use crate::kernels::optim::{
+    Adam, AdamConfig, AdamState, ParamGroup, PolyakSpan, STATE_WORDS, record_polyak_agents,
+};
 use crate::kernels::policy::{self, PolicyBuffers, PolicyConfig, PolicyOffsets};
 use crate::kernels::policy_loss as pl;
-use crate::kernels::rng_fill::{Distribution, record_fill};
+use crate::kernels::rng_fill::{Distribution, record_fill, record_fill_agents};
 use crate::kernels::td::record_td_target;
 use crate::kernels::two_hot::{self, RowLayout, TwoHotConfig};
 use crate::model::{ModelSpec, Net, Weights};
@@ -169,7 +171,8 @@ pub struct UpdateLosses {
     pub grad_norm: f32,
 }
 
-// Slots of the losses buffer (weighted by the coefficients, as differentiated).
+// Slots of the losses buffer (weighted by the coefficients, as differentiated), per agent.
+const LOSS_SLOTS: usize = 8;
 const L_CONSISTENCY: usize = 0;
 const L_REWARD: usize = 1;
 const L_VALUE: usize = 2;
@@ -216,16 +219,74 @@ pub struct WorldModelTrainer<'g> {
     next_planner_set: bool,
     adam: Adam,
     updates: u64,
-    rng: rand::rngs::StdRng,
+    /// Agents trained side by side (1 unless made by [`WorldModelTrainer::population`]).
+    agents: usize,
+    /// Each agent's draws of the target heads.
+    rngs: Vec<rand::rngs::StdRng>,
+    /// Each agent's seed words for the TD policy noise `[agents, 2]`.
+    seeds: GpuBuffer<u32>,
+    /// With several agents: every target head's decoded values `[agents, heads, T B]`, and
+    /// each agent's choice of two `[agents, 2, heads]` (one-hot rows).
+    tq_all: GpuBuffer<f32>,
+    head_sel: GpuBuffer<f32>,
+    /// With several agents: one rollout step's latent gradients `[agents, B, L]`.
+    dy_steps: GpuBuffer<f32>,
 }
 
 impl<'g> WorldModelTrainer<'g> {
     /// A trainer of `weights` (target Q heads start as a copy of the Q heads, or from
     /// `weights.extra` when the checkpoint carries them) for batches of `batch`.
     pub fn new(gpu: &'g Gpu, weights: &Weights, cfg: UpdateConfig, batch: usize) -> Result<Self> {
+        Self::population(gpu, std::slice::from_ref(weights), &[cfg], batch)
+    }
+
+    /// The world-model updates of several agents recorded together: every network of every
+    /// agent in the same dispatches (their parameters, gradients, targets and Adam states back
+    /// to back), each agent's losses, gradient norm and draws its own, so that each agent's
+    /// update is the one it would make alone. The agents share the model's shape, the batch
+    /// size and every coefficient of the update but the seed (`cfgs[i]` is agent `i`'s);
+    /// the KL-regularized critic target (`lambda_q > 0`) takes one agent.
+    pub fn population(
+        gpu: &'g Gpu,
+        weights: &[Weights],
+        cfgs: &[UpdateConfig],
+        batch: usize,
+    ) -> Result<Self> {
+        let agents = weights.len();
+        if agents == 0 || cfgs.len() != agents {
+            return Err(Error::InvalidArgument(format!(
+                "world-model population: {agents} agents' weights and {} configurations",
+                cfgs.len()
+            )));
+        }
+        let cfg = cfgs[0].clone();
         cfg.check()?;
-        weights.check()?;
-        let spec = weights.spec.clone();
+        for (i, (w, c)) in weights.iter().zip(cfgs).enumerate() {
+            w.check()?;
+            if w.spec != weights[0].spec {
+                return Err(Error::InvalidArgument(format!(
+                    "world-model population: agent {i}'s model differs from agent 0's"
+                )));
+            }
+            if (UpdateConfig {
+                seed: cfg.seed,
+                ..c.clone()
+            }) != cfg
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "world-model population: agent {i}'s update differs from agent 0's in more \
+                     than the seed"
+                )));
+            }
+        }
+        if agents > 1 && cfg.lambda_q != 0.0 {
+            return Err(Error::InvalidArgument(
+                "world-model population: the KL-regularized critic target (lambda_q > 0) \
+                 trains one agent at a time"
+                    .into(),
+            ));
+        }
+        let spec = weights[0].spec.clone();
         if spec.episodic {
             return Err(Error::InvalidArgument(
                 "training episodic models (termination head) is not supported yet".into(),
@@ -239,18 +300,24 @@ impl<'g> WorldModelTrainer<'g> {
             )));
         }
         let layout = ParamLayout::new(&spec);
-        let flat = layout.flatten(weights)?;
-        let mut target_flat = flat.clone();
-        let q_range = layout.net(Net::Q);
-        for (name, t) in &weights.extra {
-            // `_target_Qs_params.<i>.<tensor>` mirrors `_Qs.params.<i>.<tensor>`.
-            if let Some(rest) = name.strip_prefix("_target_Qs_params.") {
-                let own = format!("_Qs.params.{rest}");
-                if let Ok(off) = layout.offset(&own) {
-                    target_flat[off..off + t.data.len()].copy_from_slice(&t.data);
+        let mut flat = Vec::with_capacity(agents * layout.len());
+        let mut target_flat = Vec::with_capacity(agents * layout.len());
+        for w in weights {
+            let own = layout.flatten(w)?;
+            let mut target = own.clone();
+            for (name, t) in &w.extra {
+                // `_target_Qs_params.<i>.<tensor>` mirrors `_Qs.params.<i>.<tensor>`.
+                if let Some(rest) = name.strip_prefix("_target_Qs_params.") {
+                    let own = format!("_Qs.params.{rest}");
+                    if let Ok(off) = layout.offset(&own) {
+                        target[off..off + t.data.len()].copy_from_slice(&t.data);
+                    }
                 }
             }
+            flat.extend(own);
+            target_flat.extend(target);
         }
+        let q_range = layout.net(Net::Q);
         let (t, b) = (cfg.horizon, batch);
         let (o, a, l, bins, e) = (
             spec.obs_dim,
@@ -275,7 +342,7 @@ impl<'g> WorldModelTrainer<'g> {
             ),
             ParamGroup::new(q_range.clone(), 1.0),
         ];
-        let adam = Adam::new(
+        let adam = Adam::population(
             gpu,
             layout.len(),
             &groups,
@@ -284,33 +351,48 @@ impl<'g> WorldModelTrainer<'g> {
                 clip: Some(cfg.grad_clip_norm),
                 ..AdamConfig::TDMPC2
             },
+            agents,
         )?;
+        let g = agents;
+        let seed_words: Vec<u32> = cfgs
+            .iter()
+            .flat_map(|c| crate::rng::seed_words(c.seed))
+            .collect();
         Ok(WorldModelTrainer {
             params: GpuBuffer::from_slice(gpu, "parameters", &flat)?,
-            grads: f("gradients", layout.len())?,
+            grads: f("gradients", g * layout.len())?,
             target: GpuBuffer::from_slice(gpu, "target parameters", &target_flat)?,
-            enc_tape: Tape::new(gpu, &enc, (t + 1) * b, 1, 1)?,
-            dyn_tape: Tape::new(gpu, &dynamics, b, 1, t)?,
-            rew_tape: Tape::new(gpu, &reward, t * b, 1, 1)?,
-            q_tape: Tape::new(gpu, &q, t * b, e, 1)?,
-            pi_tape: Tape::new(gpu, &pi, t * b, 1, 1)?,
-            tq_tape: Tape::new(gpu, &q, t * b, 1, 2)?,
-            obs: f("obs", (t + 1) * b * o)?,
-            action: f("actions", t * b * a)?,
-            reward_in: f("rewards", t * b)?,
-            zs: f("zs", (t + 1) * b * l)?,
-            dzs: f("dzs", (t + 1) * b * l)?,
-            eps: f("TD policy noise", t * b * a)?,
-            pi_action: f("TD policy actions", t * b * a)?,
+            enc_tape: if g == 1 {
+                Tape::new(gpu, &enc, (t + 1) * b, 1, 1)?
+            } else {
+                Tape::new(gpu, &enc, t * b, g, 2)?
+            },
+            dyn_tape: Tape::new(gpu, &dynamics, b, g, t)?,
+            rew_tape: Tape::new(gpu, &reward, t * b, g, 1)?,
+            q_tape: Tape::new(gpu, &q, t * b, g * e, 1)?,
+            pi_tape: Tape::new(gpu, &pi, t * b, g, 1)?,
+            // One agent runs its two target heads; several run every head and pick two.
+            tq_tape: if g == 1 {
+                Tape::new(gpu, &q, t * b, 1, 2)?
+            } else {
+                Tape::new(gpu, &q, t * b, g * e, 1)?
+            },
+            obs: f("obs", g * (t + 1) * b * o)?,
+            action: f("actions", g * t * b * a)?,
+            reward_in: f("rewards", g * t * b)?,
+            zs: f("zs", g * (t + 1) * b * l)?,
+            dzs: f("dzs", g * (t + 1) * b * l)?,
+            eps: f("TD policy noise", g * t * b * a)?,
+            pi_action: f("TD policy actions", g * t * b * a)?,
             pi_stats: f(
                 "TD policy stats",
-                t * b * PolicyConfig::new(a).stats_width(),
+                g * t * b * PolicyConfig::new(a).stats_width(),
             )?,
-            tq_values: f("target Q values", 2 * t * b)?,
-            td: f("TD targets", t * b)?,
-            dlogits_r: f("reward logit gradients", t * b * bins)?,
-            dlogits_q: f("Q logit gradients", e * t * b * bins)?,
-            losses: f("losses", 8)?,
+            tq_values: f("target Q values", 2 * g * t * b)?,
+            td: f("TD targets", g * t * b)?,
+            dlogits_r: f("reward logit gradients", g * t * b * bins)?,
+            dlogits_q: f("Q logit gradients", g * e * t * b * bins)?,
+            losses: f("losses", 8 * g)?,
             next_planner: f("next-state planner Gaussians", t * b * 2 * a)?,
             kl_div: f("TD target KL rows", t * b)?,
             next_planner_set: false,
@@ -334,13 +416,25 @@ impl<'g> WorldModelTrainer<'g> {
                     weights: RowWeights::uniform(1.0),
                     agents: Agents::ONE,
                 };
-                loss::soft_ce_partials(&ce(e), t * b)
+                let per = loss::soft_ce_partials(&ce(e), t * b)
                     .max(loss::soft_ce_partials(&ce(1), t * b))
-                    .max(loss::mse_partials(&mse, t * b))
+                    .max(loss::mse_partials(&mse, t * b));
+                per * g
             })?,
             adam,
             updates: 0,
-            rng: rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x7464_6d70_6332),
+            agents,
+            rngs: cfgs
+                .iter()
+                .map(|c| rand::rngs::StdRng::seed_from_u64(c.seed ^ 0x7464_6d70_6332))
+                .collect(),
+            seeds: GpuBuffer::from_slice(gpu, "TD noise seeds", &seed_words)?,
+            tq_all: f(
+                "every target head's values",
+                if g > 1 { g * e * t * b } else { 1 },
+            )?,
+            head_sel: f("target head choice", if g > 1 { g * 2 * e } else { 1 })?,
+            dy_steps: f("rollout step gradients", if g > 1 { g * b * l } else { 1 })?,
             enc,
             dynamics,
             reward,
@@ -355,14 +449,17 @@ impl<'g> WorldModelTrainer<'g> {
     }
 
     /// The dynamics' input at rollout step `s`, the same rows in the forward and the
-    /// backward: the latents `z_s` and the actions `a_s` of the batch.
+    /// backward: the latents `z_s` and the actions `a_s` of each agent's batch.
     fn dynamics_input(&self, s: usize) -> NetInput<'_> {
         let (b, l, a) = (self.batch, self.spec.latent_dim, self.spec.action_dim);
-        NetInput {
-            z: (&self.zs, s * b * l),
-            a: Some((&self.action, s * b * a)),
-            agent_strides: (0, 0),
-        }
+        let t = self.cfg.horizon;
+        NetInput::za((&self.zs, s * b * l), (&self.action, s * b * a))
+            .per_agent((t + 1) * b * l, t * b * a)
+    }
+
+    /// Agents trained side by side.
+    pub fn agents(&self) -> usize {
+        self.agents
     }
 
     /// The parameter layout.
@@ -421,12 +518,26 @@ impl<'g> WorldModelTrainer<'g> {
         forward + 2.0 * (trained + self.enc.flops(b, 1))
     }
 
-    /// Download the parameters into `weights` (and the target Q heads into `weights.extra`).
+    /// Download the parameters into `weights` (and the target Q heads into `weights.extra`);
+    /// agent 0's in a population.
     pub fn weights(&self) -> Result<Weights> {
+        self.agent_weights(0)
+    }
+
+    /// Agent `agent`'s parameters and target Q heads (as [`WorldModelTrainer::weights`]).
+    pub fn agent_weights(&self, agent: usize) -> Result<Weights> {
+        if agent >= self.agents {
+            return Err(Error::InvalidArgument(format!(
+                "agent {agent} of a population of {}",
+                self.agents
+            )));
+        }
+        let p = self.layout.len();
+        let own = agent * p..(agent + 1) * p;
         let mut w = Weights::init(&self.spec, 0)?;
         self.layout
-            .unflatten(&self.params.download(self.gpu)?, &mut w)?;
-        let target = self.target.download(self.gpu)?;
+            .unflatten(&self.params.download(self.gpu)?[own.clone()], &mut w)?;
+        let target = &self.target.download(self.gpu)?[own];
         for (name, shape, off) in self.layout.tensors() {
             if let Some(rest) = name.strip_prefix("_Qs.params.") {
                 let n: usize = shape.iter().product();
@@ -442,10 +553,31 @@ impl<'g> WorldModelTrainer<'g> {
         Ok(w)
     }
 
-    /// Upload a batch (checked) and choose the random inputs of its update.
+    /// Upload a batch (checked) and choose the random inputs of its update (one agent).
     pub fn upload(&mut self, batch: &UpdateBatch) -> Result<[usize; 2]> {
+        Ok(self.upload_agents(std::slice::from_ref(batch))?[0])
+    }
+
+    /// Upload each agent's batch (checked; all with their own policy noise or none) and
+    /// choose each agent's target heads.
+    pub fn upload_agents(&mut self, batches: &[UpdateBatch]) -> Result<Vec<[usize; 2]>> {
         let (t, b) = (self.cfg.horizon, self.batch);
         let (o, a) = (self.spec.obs_dim, self.spec.action_dim);
+        if batches.len() != self.agents {
+            return Err(Error::InvalidArgument(format!(
+                "{} batches for a population of {} agents",
+                batches.len(),
+                self.agents
+            )));
+        }
+        if batches
+            .iter()
+            .any(|x| x.pi_noise.is_some() != batches[0].pi_noise.is_some())
+        {
+            return Err(Error::InvalidArgument(
+                "policy noise given for some agents' batches and not others".into(),
+            ));
+        }
         let check = |name: &str, v: &[f32], n: usize| -> Result<()> {
             if v.len() != n {
                 return Err(Error::Shape(format!(
@@ -461,42 +593,58 @@ impl<'g> WorldModelTrainer<'g> {
             }
             Ok(())
         };
-        check("obs", &batch.obs, (t + 1) * b * o)?;
-        check("action", &batch.action, t * b * a)?;
-        check("reward", &batch.reward, t * b)?;
-        self.obs.upload(self.gpu, &batch.obs)?;
-        self.action.upload(self.gpu, &batch.action)?;
-        self.reward_in.upload(self.gpu, &batch.reward)?;
-        if let Some(noise) = &batch.pi_noise {
-            check("pi_noise", noise, t * b * a)?;
-            self.eps.upload(self.gpu, noise)?;
-        }
-        let heads = match batch.target_heads {
-            Some(h) => {
-                if h[0] == h[1] || h.iter().any(|&i| i >= self.spec.num_q) {
-                    return Err(Error::InvalidArgument(format!(
-                        "target heads {h:?}: two different heads of {}",
-                        self.spec.num_q
-                    )));
-                }
-                h
+        for batch in batches {
+            check("obs", &batch.obs, (t + 1) * b * o)?;
+            check("action", &batch.action, t * b * a)?;
+            check("reward", &batch.reward, t * b)?;
+            if let Some(noise) = &batch.pi_noise {
+                check("pi_noise", noise, t * b * a)?;
             }
-            None => self.upload_heads_only()?,
-        };
+            if let Some(h) = batch.target_heads
+                && (h[0] == h[1] || h.iter().any(|&i| i >= self.spec.num_q))
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "target heads {h:?}: two different heads of {}",
+                    self.spec.num_q
+                )));
+            }
+        }
+        let mut heads = Vec::with_capacity(self.agents);
+        for (i, batch) in batches.iter().enumerate() {
+            self.obs
+                .upload_at(self.gpu, i * (t + 1) * b * o, &batch.obs)?;
+            self.action
+                .upload_at(self.gpu, i * t * b * a, &batch.action)?;
+            self.reward_in
+                .upload_at(self.gpu, i * t * b, &batch.reward)?;
+            if let Some(noise) = &batch.pi_noise {
+                self.eps.upload_at(self.gpu, i * t * b * a, noise)?;
+            }
+            heads.push(match batch.target_heads {
+                Some(h) => h,
+                None => self.draw_heads(i)?,
+            });
+        }
         Ok(heads)
     }
 
     /// Draw the target heads of the next update without uploading data (benchmarks reuse
-    /// one uploaded batch).
+    /// one uploaded batch); agent 0's.
     pub fn upload_heads_only(&mut self) -> Result<[usize; 2]> {
+        self.draw_heads(0)
+    }
+
+    /// Agent `agent`'s two different target heads of the next update.
+    fn draw_heads(&mut self, agent: usize) -> Result<[usize; 2]> {
         let n = self.spec.num_q;
         if n < 2 {
             return Err(Error::InvalidArgument(format!(
                 "TD targets need 2 Q heads, the model has {n}"
             )));
         }
-        let first = self.rng.random_range(0..n);
-        let second = (first + self.rng.random_range(1..n)) % n;
+        let rng = &mut self.rngs[agent];
+        let first = rng.random_range(0..n);
+        let second = (first + rng.random_range(1..n)) % n;
         Ok([first, second])
     }
 
@@ -574,6 +722,28 @@ impl<'g> WorldModelTrainer<'g> {
         Ok(self.losses_from(&l, f32::NAN))
     }
 
+    /// Upload each agent's batch, run every agent's update in one submit, and read back each
+    /// agent's losses (and gradient norm).
+    pub fn update_agents(&mut self, batches: &[UpdateBatch]) -> Result<Vec<UpdateLosses>> {
+        let heads = self.upload_agents(batches)?;
+        let mut rec = Recorder::new(self.gpu);
+        let draw = batches[0].pi_noise.is_none();
+        self.record_agents(&mut rec, &heads, draw, None)?;
+        self.record_optimizer(&mut rec)?;
+        let hl = rec.read(&self.losses);
+        let hs = rec.read(self.adam.state_buffer());
+        let out = rec.finish()?;
+        let l = out.get(&hl)?;
+        let words = out.get(&hs)?;
+        (0..self.agents)
+            .map(|i| {
+                let state = AdamState::from_words(&words[i * STATE_WORDS..])?;
+                let grad_norm = state.grad_norm.unwrap_or(f32::NAN);
+                Ok(self.losses_from(&l[i * LOSS_SLOTS..], grad_norm))
+            })
+            .collect()
+    }
+
     /// Decode a read-back of [`WorldModelTrainer::losses_buffer`] with the gradient norm
     /// read elsewhere (NaN if unknown).
     pub fn decode_losses(&self, l: &[f32], grad_norm: f32) -> UpdateLosses {
@@ -595,7 +765,7 @@ impl<'g> WorldModelTrainer<'g> {
     /// Record the forward passes, losses and backward passes of one update on the uploaded
     /// batch, with target heads `heads`; `draw_noise` draws the TD policy noise on the GPU;
     /// `prior` is the adaptive prior's flat parameters when the critic target is
-    /// KL-regularized against it.
+    /// KL-regularized against it (one agent).
     pub fn record_losses_and_grads(
         &mut self,
         rec: &mut Recorder,
@@ -603,6 +773,25 @@ impl<'g> WorldModelTrainer<'g> {
         draw_noise: bool,
         prior: Option<&GpuBuffer<f32>>,
     ) -> Result<()> {
+        self.record_agents(rec, &[heads], draw_noise, prior)
+    }
+
+    /// [`WorldModelTrainer::record_losses_and_grads`] for every agent, agent `i` with target
+    /// heads `heads[i]`.
+    pub fn record_agents(
+        &mut self,
+        rec: &mut Recorder,
+        heads: &[[usize; 2]],
+        draw_noise: bool,
+        prior: Option<&GpuBuffer<f32>>,
+    ) -> Result<()> {
+        let g = self.agents;
+        if heads.len() != g {
+            return Err(Error::InvalidArgument(format!(
+                "{} agents' target heads for a population of {g}",
+                heads.len()
+            )));
+        }
         let (t, b) = (self.cfg.horizon, self.batch);
         let (a, l, bins, e) = (
             self.spec.action_dim,
@@ -613,44 +802,66 @@ impl<'g> WorldModelTrainer<'g> {
         let tb = t * b;
         let c = self.cfg.clone();
         let p = &self.params;
+        let o = self.spec.obs_dim;
+        // Element strides between agents: each agent's rollout (T + 1 steps of latents),
+        // actions, and T B rows of anything per row.
+        let (z_as, a_as) = ((t + 1) * b * l, tb * a);
+        let agent = |i: usize| Members::one(i).of_agents(g);
+        let rows_of = |count: usize, src: usize, tgt: usize, grad: usize| Agents {
+            count,
+            src_stride: src,
+            tgt_stride: tgt,
+            grad_stride: grad,
+            slot_stride: LOSS_SLOTS,
+        };
         rec.clear(&self.grads);
         rec.clear(&self.losses);
         rec.clear(&self.dzs);
         // Encoder over all T + 1 steps: step 0 starts the rollout, steps 1..=T are the
-        // consistency targets (no gradient flows into them).
-        self.enc.forward(
-            rec,
-            p,
-            (t + 1) * b,
-            Members::one(0),
-            NetInput {
-                z: (&self.obs, 0),
-                a: None,
-                agent_strides: (0, 0),
-            },
-            &self.enc_tape,
-            0,
-        )?;
-        let (enc_out, enc_off) = self.enc_tape.output(&self.enc, 0);
-        rec.copy_range(enc_out, enc_off, &self.zs, 0, b * l)?;
+        // consistency targets (no gradient flows into them). One agent encodes them in one
+        // pass; a population in two (step 0, then steps 1..=T), so that each pass's rows are
+        // what its backward reads per agent.
+        let obs_as = (t + 1) * b * o;
+        let (enc0, next) = if g == 1 {
+            let all = NetInput::z(&self.obs, 0);
+            self.enc
+                .forward(rec, p, (t + 1) * b, agent(0), all, &self.enc_tape, 0)?;
+            let (out, off) = self.enc_tape.output(&self.enc, 0);
+            ((out, off), (out, off + b * l, 0))
+        } else {
+            let first = NetInput::z(&self.obs, 0).per_agent(obs_as, 0);
+            self.enc
+                .forward(rec, p, b, agent(0), first, &self.enc_tape, 0)?;
+            let rest = NetInput::z(&self.obs, b * o).per_agent(obs_as, 0);
+            self.enc
+                .forward(rec, p, tb, agent(0), rest, &self.enc_tape, 1)?;
+            let (out, off) = self.enc_tape.output(&self.enc, 1);
+            (self.enc_tape.output(&self.enc, 0), (out, off, tb * l))
+        };
+        for i in 0..g {
+            rec.copy_range(enc0.0, enc0.1 + i * b * l, &self.zs, i * z_as, b * l)?;
+        }
         // TD targets: a' ~ pi(z'), y = r + gamma min(two target heads)(z', a').
-        let next_z = (enc_out, enc_off + b * l);
-        self.pi.forward(
-            rec,
-            p,
-            tb,
-            Members::one(0),
-            NetInput {
-                z: next_z,
-                a: None,
-                agent_strides: (0, 0),
-            },
-            &self.pi_tape,
-            0,
-        )?;
+        let (next_buf, next_off, next_as) = next;
+        let next_z = (next_buf, next_off);
+        let next_in = NetInput::z(next_buf, next_off).per_agent(next_as, 0);
+        self.pi
+            .forward(rec, p, tb, agent(0), next_in, &self.pi_tape, 0)?;
         if draw_noise {
             let stream = (self.updates as u32).wrapping_mul(2);
-            record_fill(rec, &self.eps, Distribution::Normal, c.seed, stream)?;
+            if g == 1 {
+                record_fill(rec, &self.eps, Distribution::Normal, c.seed, stream)?;
+            } else {
+                let per = tb * a;
+                record_fill_agents(
+                    rec,
+                    &self.eps,
+                    Distribution::Normal,
+                    &self.seeds,
+                    per,
+                    stream,
+                )?;
+            }
         }
         let (pi_out, pi_off) = self.pi_tape.output(&self.pi, 0);
         let pcfg =
@@ -658,7 +869,7 @@ impl<'g> WorldModelTrainer<'g> {
         policy::record_sample_at(
             rec,
             &pcfg,
-            tb,
+            g * tb,
             PolicyBuffers {
                 h: pi_out,
                 eps: &self.eps,
@@ -671,38 +882,69 @@ impl<'g> WorldModelTrainer<'g> {
             },
         )?;
         let tcfg = TwoHotConfig::new(self.spec.num_bins, self.spec.vmin, self.spec.vmax)?;
-        for (s, &h) in heads.iter().enumerate() {
-            self.q.forward(
-                rec,
-                &self.target,
-                tb,
-                Members::one(h),
-                NetInput {
-                    z: next_z,
-                    a: Some((&self.pi_action, 0)),
-                    agent_strides: (0, 0),
-                },
-                &self.tq_tape,
-                s,
-            )?;
-            let (qo, qoff) = self.tq_tape.output(&self.q, s);
+        let target_in = NetInput::za(next_z, (&self.pi_action, 0)).per_agent(next_as, a_as);
+        if g == 1 {
+            for (s, &h) in heads[0].iter().enumerate() {
+                let one = Members::one(h);
+                self.q
+                    .forward(rec, &self.target, tb, one, target_in, &self.tq_tape, s)?;
+                let (qo, qoff) = self.tq_tape.output(&self.q, s);
+                two_hot::record_decode_strided(
+                    rec,
+                    &tcfg,
+                    tb,
+                    qo,
+                    RowLayout::at(qoff, bins),
+                    &self.tq_values,
+                    RowLayout::at(s * tb, 1),
+                )?;
+            }
+        } else {
+            // Agents choose different heads: every head runs, and a one-hot product per
+            // agent picks its two values (exactly: products by 1 and 0), into [2, agents, T B].
+            let all = Members::range(0, e).of_agents(g);
+            self.q
+                .forward(rec, &self.target, tb, all, target_in, &self.tq_tape, 0)?;
+            let (qo, qoff) = self.tq_tape.output(&self.q, 0);
             two_hot::record_decode_strided(
                 rec,
                 &tcfg,
-                tb,
+                g * e * tb,
                 qo,
                 RowLayout::at(qoff, bins),
-                &self.tq_values,
-                RowLayout::at(s * tb, 1),
+                &self.tq_all,
+                RowLayout::at(0, 1),
+            )?;
+            let mut sel = vec![0.0f32; g * 2 * e];
+            for (i, h) in heads.iter().enumerate() {
+                for (s, &hd) in h.iter().enumerate() {
+                    sel[(i * 2 + s) * e + hd] = 1.0;
+                }
+            }
+            // Written at the next submit, before its commands: record and submit one update
+            // before recording the next.
+            self.head_sel.upload(self.gpu, &sel)?;
+            gemm::record(
+                rec,
+                &Gemm {
+                    batch: g,
+                    agents: g,
+                    ..Gemm::new(2, tb, e)
+                },
+                Operands::new(
+                    Mat::rows(&self.head_sel, e).per_agent(2 * e),
+                    Mat::rows(&self.tq_all, tb).per_agent(e * tb),
+                    Mat::rows(&self.tq_values, g * tb).per_agent(tb),
+                ),
             )?;
         }
         record_td_target(
             rec,
-            tb,
+            g * tb,
             c.discount,
             &self.reward_in,
             &self.tq_values,
-            tb,
+            g * tb,
             &self.td,
         )?;
         if c.lambda_q > 0.0 {
@@ -795,17 +1037,14 @@ impl<'g> WorldModelTrainer<'g> {
         // Latent rollout z_{t+1} = d(z_t, a_t) and the consistency loss against h(s_{t+1}).
         let w_cons = RowWeights::new(c.consistency_coef / (t * b * l) as f32, c.rho, b);
         for s in 0..t {
-            self.dynamics.forward(
-                rec,
-                p,
-                b,
-                Members::one(0),
-                self.dynamics_input(s),
-                &self.dyn_tape,
-                s,
-            )?;
+            let input = self.dynamics_input(s);
+            self.dynamics
+                .forward(rec, p, b, agent(0), input, &self.dyn_tape, s)?;
             let (d_out, d_off) = self.dyn_tape.output(&self.dynamics, s);
-            rec.copy_range(d_out, d_off, &self.zs, (s + 1) * b * l, b * l)?;
+            for i in 0..g {
+                let dst = i * z_as + (s + 1) * b * l;
+                rec.copy_range(d_out, d_off + i * b * l, &self.zs, dst, b * l)?;
+            }
         }
         loss::record_mse(
             rec,
@@ -813,13 +1052,13 @@ impl<'g> WorldModelTrainer<'g> {
                 n: l,
                 members: 1,
                 weights: w_cons,
-                agents: Agents::ONE,
+                agents: rows_of(g, z_as, next_as, z_as),
             },
             tb,
             &self.zs,
             RowLayout::at(b * l, l),
-            enc_out,
-            RowLayout::at(enc_off + b * l, l),
+            next_buf,
+            RowLayout::at(next_off, l),
             Some(GradOut {
                 buf: &self.dzs,
                 at: RowLayout::at(b * l, l),
@@ -833,13 +1072,9 @@ impl<'g> WorldModelTrainer<'g> {
             Some(&self.loss_scratch),
         )?;
         // Reward and value predictions from the rollout latents z_0..z_{T-1} and the actions.
-        let inp = NetInput {
-            z: (&self.zs, 0),
-            a: Some((&self.action, 0)),
-            agent_strides: (0, 0),
-        };
+        let inp = NetInput::za((&self.zs, 0), (&self.action, 0)).per_agent(z_as, a_as);
         self.reward
-            .forward(rec, p, tb, Members::one(0), inp, &self.rew_tape, 0)?;
+            .forward(rec, p, tb, agent(0), inp, &self.rew_tape, 0)?;
         let (r_out, r_off) = self.rew_tape.output(&self.reward, 0);
         loss::record_soft_ce(
             rec,
@@ -847,7 +1082,7 @@ impl<'g> WorldModelTrainer<'g> {
                 bins: tcfg,
                 members: 1,
                 weights: RowWeights::new(c.reward_coef / tb as f32, c.rho, b),
-                agents: Agents::ONE,
+                agents: rows_of(g, tb * bins, tb, tb * bins),
             },
             tb,
             r_out,
@@ -866,7 +1101,7 @@ impl<'g> WorldModelTrainer<'g> {
             },
             Some(&self.loss_scratch),
         )?;
-        let all_q = Members::range(0, e);
+        let all_q = Members::range(0, e).of_agents(g);
         self.q.forward(rec, p, tb, all_q, inp, &self.q_tape, 0)?;
         let (q_out, q_off) = self.q_tape.output(&self.q, 0);
         loss::record_soft_ce(
@@ -875,7 +1110,7 @@ impl<'g> WorldModelTrainer<'g> {
                 bins: tcfg,
                 members: e,
                 weights: RowWeights::new(c.value_coef / (tb * e) as f32, c.rho, b),
-                agents: Agents::ONE,
+                agents: rows_of(g, e * tb * bins, tb, e * tb * bins),
             },
             tb,
             q_out,
@@ -896,9 +1131,9 @@ impl<'g> WorldModelTrainer<'g> {
         )?;
         // Backward: heads into dzs[0..T], then the dynamics from the last step down, each
         // adding its input gradient into the step before, then the encoder on step 0.
-        let g = &self.grads;
+        let g_buf = &self.grads;
         let into_dzs = |off: usize| Grads {
-            params: Some(g),
+            params: Some(g_buf),
             dz: Some((&self.dzs, off, true)),
             da: None,
         };
@@ -906,7 +1141,7 @@ impl<'g> WorldModelTrainer<'g> {
             rec,
             p,
             tb,
-            Members::one(0),
+            agent(0),
             inp,
             &self.rew_tape,
             0,
@@ -925,33 +1160,50 @@ impl<'g> WorldModelTrainer<'g> {
             into_dzs(0),
         )?;
         for s in (0..t).rev() {
+            // The gradient at z_{s+1}, [agents, B, L] as the backward reads it: in place for
+            // one agent, gathered from each agent's rollout for several.
+            let dy = if g == 1 {
+                (&self.dzs, (s + 1) * b * l)
+            } else {
+                for i in 0..g {
+                    let src = i * z_as + (s + 1) * b * l;
+                    rec.copy_range(&self.dzs, src, &self.dy_steps, i * b * l, b * l)?;
+                }
+                (&self.dy_steps, 0)
+            };
             self.dynamics.backward(
                 rec,
                 p,
                 b,
-                Members::one(0),
+                agent(0),
                 self.dynamics_input(s),
                 &self.dyn_tape,
                 s,
-                (&self.dzs, (s + 1) * b * l),
+                dy,
                 into_dzs(s * b * l),
             )?;
         }
+        if g > 1 {
+            for i in 0..g {
+                rec.copy_range(&self.dzs, i * z_as, &self.dy_steps, i * b * l, b * l)?;
+            }
+        }
+        let enc_dy = if g == 1 {
+            (&self.dzs, 0)
+        } else {
+            (&self.dy_steps, 0)
+        };
         self.enc.backward(
             rec,
             p,
             b,
-            Members::one(0),
-            NetInput {
-                z: (&self.obs, 0),
-                a: None,
-                agent_strides: (0, 0),
-            },
+            agent(0),
+            NetInput::z(&self.obs, 0).per_agent(obs_as, 0),
             &self.enc_tape,
             0,
-            (&self.dzs, 0),
+            enc_dy,
             Grads {
-                params: Some(g),
+                params: Some(g_buf),
                 dz: None,
                 da: None,
             },
@@ -965,6 +1217,18 @@ impl<'g> WorldModelTrainer<'g> {
     pub fn record_optimizer(&mut self, rec: &mut Recorder) -> Result<()> {
         self.adam.record_step(rec, &self.params, &self.grads)?;
         let q = self.layout.net(Net::Q);
-        record_polyak(rec, &self.params, &self.target, &[q], self.cfg.tau)
+        let span = PolyakSpan {
+            source: q.start,
+            target: q.start,
+            len: q.end - q.start,
+        };
+        record_polyak_agents(
+            rec,
+            &self.params,
+            &self.target,
+            &[span],
+            self.cfg.tau,
+            self.agents,
+        )
     }
 }
