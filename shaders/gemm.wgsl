@@ -74,24 +74,22 @@ fn batch_off(bt: u32, bs: u32, as_: u32) -> u32 {
     return (bt % p.per_agent) * bs + (bt / p.per_agent) * as_;
 }
 
-// op(A)[i, kk] of batch bt, 0 outside the matrix.
-fn load_a(bt: u32, i: u32, kk: u32) -> f32 {
+// op(A)[i, kk] of the batch whose A starts at `base`, 0 outside the matrix.
+fn load_a(base: u32, i: u32, kk: u32) -> f32 {
     if (i >= p.m || kk >= p.k) {
         return 0.0;
     }
-    let base = p.a_off + batch_off(bt, p.a_bs, p.a_as);
     if (TA) {
         return ga[base + kk * p.lda + i];
     }
     return ga[base + i * p.lda + kk];
 }
 
-// op(B)[kk, j] of batch bt, 0 outside the matrix.
-fn load_b(bt: u32, kk: u32, j: u32) -> f32 {
+// op(B)[kk, j] of the batch whose B starts at `base`, 0 outside the matrix.
+fn load_b(base: u32, kk: u32, j: u32) -> f32 {
     if (kk >= p.k || j >= p.n) {
         return 0.0;
     }
-    let base = p.b_off + batch_off(bt, p.b_bs, p.b_as);
     if (TB) {
         return gb[base + j * p.ldb + kk];
     }
@@ -115,7 +113,7 @@ fn b_slot(i: u32) -> vec2<u32> {
 }
 
 fn load_tiles(
-    bt: u32,
+    ab: vec2<u32>,
     row0: u32,
     col0: u32,
     k0: u32,
@@ -128,10 +126,10 @@ fn load_tiles(
         let row = row0 + s.y * 4u;
         let k = k0 + s.x;
         (*ra)[r] = vec4<f32>(
-            load_a(bt, row, k),
-            load_a(bt, row + 1u, k),
-            load_a(bt, row + 2u, k),
-            load_a(bt, row + 3u, k),
+            load_a(ab.x, row, k),
+            load_a(ab.x, row + 1u, k),
+            load_a(ab.x, row + 2u, k),
+            load_a(ab.x, row + 3u, k),
         );
     }
     for (var r = 0u; r < B_V4; r++) {
@@ -139,10 +137,10 @@ fn load_tiles(
         let col = col0 + s.y * 4u;
         let k = k0 + s.x;
         (*rb)[r] = vec4<f32>(
-            load_b(bt, k, col),
-            load_b(bt, k, col + 1u),
-            load_b(bt, k, col + 2u),
-            load_b(bt, k, col + 3u),
+            load_b(ab.y, k, col),
+            load_b(ab.y, k, col + 1u),
+            load_b(ab.y, k, col + 2u),
+            load_b(ab.y, k, col + 3u),
         );
     }
 }
@@ -157,7 +155,14 @@ fn gemm(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: v
     var acc: array<vec4<f32>, TM * RN>;
     var ra: array<vec4<f32>, A_V4>;
     var rb: array<vec4<f32>, B_V4>;
-    load_tiles(bt, row0, col0, 0u, tid, &ra, &rb);
+    // Where this batch's A and B start (computed once: the agent split divides).
+    let ab = vec2<u32>(
+        p.a_off + batch_off(bt, p.a_bs, p.a_as),
+        p.b_off + batch_off(bt, p.b_bs, p.b_as),
+    );
+    let c_base = p.c_off + batch_off(bt, p.c_bs, p.c_as);
+    let bias_base = p.bias_off + batch_off(bt, p.bias_bs, p.bias_as);
+    load_tiles(ab, row0, col0, 0u, tid, &ra, &rb);
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
         workgroupBarrier();
         for (var r = 0u; r < A_V4; r++) {
@@ -170,7 +175,7 @@ fn gemm(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: v
         }
         workgroupBarrier();
         if (k0 + BK < p.k) {
-            load_tiles(bt, row0, col0, k0 + BK, tid, &ra, &rb);
+            load_tiles(ab, row0, col0, k0 + BK, tid, &ra, &rb);
         }
         for (var kk = 0u; kk < BK; kk++) {
             var av: array<vec4<f32>, RM>;
@@ -207,9 +212,9 @@ fn gemm(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: v
                     }
                     var v = p.alpha * v4[c];
                     if (BIAS) {
-                        v += gbias[p.bias_off + batch_off(bt, p.bias_bs, p.bias_as) + col];
+                        v += gbias[bias_base + col];
                     }
-                    let at = p.c_off + batch_off(bt, p.c_bs, p.c_as) + row * p.ldc + col;
+                    let at = c_base + row * p.ldc + col;
                     if (ACC) {
                         v += gc[at];
                     }

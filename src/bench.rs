@@ -757,36 +757,45 @@ fn profile_runs(
     Ok(finish_profile(rows, runs.max(1)))
 }
 
-// TD-MPC2's world-model update of `spec` on a random batch, ready to run.
+// TD-MPC2's world-model update of `spec` on a random batch for each of `agents` agents (one
+// trainer: a population when several), ready to run.
 fn update_fixture<'g>(
     gpu: &'g Gpu,
     spec: &crate::model::ModelSpec,
     batch: usize,
+    agents: usize,
 ) -> Result<crate::train::WorldModelTrainer<'g>> {
     use crate::train::{UpdateBatch, UpdateConfig, WorldModelTrainer};
     // Non-zero reward and Q heads (TD-MPC2 starts them at zero), so every gradient is non-zero.
     let heads = ["_reward.2.weight", "_Qs.params.2.weight"];
     let (weights, mut r) = randomized_weights(spec, 6, &heads)?;
-    let cfg = UpdateConfig::tdmpc2();
-    let t = cfg.horizon;
-    let mut tr = WorldModelTrainer::new(gpu, &weights, cfg, batch)?;
+    let cfgs: Vec<UpdateConfig> = (0..agents)
+        .map(|i| UpdateConfig {
+            seed: i as u64,
+            ..UpdateConfig::tdmpc2()
+        })
+        .collect();
+    let t = cfgs[0].horizon;
+    let mut tr = WorldModelTrainer::population(gpu, &vec![weights; agents], &cfgs, batch)?;
     let mut v = |n: usize, lo: f32, hi: f32| (0..n).map(|_| r.random_range(lo..hi)).collect();
-    let data = UpdateBatch {
-        obs: v((t + 1) * batch * spec.obs_dim, -1.0, 1.0),
-        action: v(t * batch * spec.action_dim, -1.0, 1.0),
-        reward: v(t * batch, 0.0, 1.0),
-        pi_noise: None,
-        target_heads: None,
-    };
-    tr.upload(&data)?;
+    let data: Vec<UpdateBatch> = (0..agents)
+        .map(|_| UpdateBatch {
+            obs: v((t + 1) * batch * spec.obs_dim, -1.0, 1.0),
+            action: v(t * batch * spec.action_dim, -1.0, 1.0),
+            reward: v(t * batch, 0.0, 1.0),
+            pi_noise: None,
+            target_heads: None,
+        })
+        .collect();
+    tr.upload_agents(&data)?;
     Ok(tr)
 }
 
-// One world-model update: one submit, the losses read back and checked.
+// One world-model update of every agent: one submit, the losses read back and checked.
 fn run_update(gpu: &Gpu, tr: &mut crate::train::WorldModelTrainer, mode: RunMode) -> Result<Run> {
-    let heads = tr.upload_heads_only()?;
+    let heads = tr.draw_agent_heads()?;
     let mut rec = mode.recorder(gpu);
-    tr.record_losses_and_grads(&mut rec, heads, true, None)?;
+    tr.record_agents(&mut rec, &heads, true, None)?;
     tr.record_optimizer(&mut rec)?;
     let dispatches = rec.dispatches();
     let h = rec.read(tr.losses_buffer());
@@ -808,14 +817,20 @@ fn run_update(gpu: &Gpu, tr: &mut crate::train::WorldModelTrainer, mode: RunMode
 /// random batch of `batch` sub-trajectories of horizon 3: each run is one submit with the
 /// losses read back.
 pub fn bench_update(gpu: &Gpu, w: Workload) -> Result<UpdateBench> {
+    bench_population_update(gpu, w, 1)
+}
+
+/// [`bench_update`] of `agents` agents' updates recorded together
+/// ([`crate::train::WorldModelTrainer::population`]); the flops are all agents'.
+pub fn bench_population_update(gpu: &Gpu, w: Workload, agents: usize) -> Result<UpdateBench> {
     let (batch, runs, warmup) = (w.batch, w.runs, w.warmup);
-    let mut tr = update_fixture(gpu, w.spec, batch)?;
+    let mut tr = update_fixture(gpu, w.spec, batch, agents)?;
     let (wall, gpu_t, dispatches) = time_runs(gpu, runs, warmup, |m| run_update(gpu, &mut tr, m))?;
     Ok(UpdateBench {
         batch,
         wall,
         gpu: gpu_t,
-        flops: tr.flops(),
+        flops: tr.flops() * agents as f64,
         dispatches,
     })
 }
@@ -823,7 +838,7 @@ pub fn bench_update(gpu: &Gpu, w: Workload) -> Result<UpdateBench> {
 /// Where the world-model update's GPU time goes ([`bench_update`]'s update, each dispatch
 /// timed on its own; see [`profile_plan`]).
 pub fn profile_update(gpu: &Gpu, w: Workload) -> Result<Vec<PlanProfileRow>> {
-    let mut tr = update_fixture(gpu, w.spec, w.batch)?;
+    let mut tr = update_fixture(gpu, w.spec, w.batch, 1)?;
     profile_runs(gpu, w.runs, w.warmup, |m| run_update(gpu, &mut tr, m))
 }
 

@@ -341,6 +341,11 @@ struct UpdateArgs {
     /// Sub-trajectories of horizon 3
     #[arg(long, value_delimiter = ',', default_value = "256")]
     batch: Vec<usize>,
+    /// A population of this many agents (each with --batch sub-trajectories), all their
+    /// updates in one submit; updates/s then counts submits
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096),
+          conflicts_with = "profile")]
+    agents: u32,
     #[command(flatten)]
     run: UpdateRun,
 }
@@ -1050,6 +1055,9 @@ fn gemm(gpu: &Gpu, a: &GemmArgs) -> Result {
 struct UpdateRow<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     preset: Option<&'a str>,
+    /// Agents whose updates one submit ran (absent for one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agents: Option<usize>,
     batch: usize,
     size: u32,
     obs: usize,
@@ -1064,6 +1072,7 @@ impl<'a> UpdateRow<'a> {
     fn new(preset: Option<&'a str>, batch: usize, dims: Dims, r: &bench::UpdateBench) -> Self {
         UpdateRow {
             preset,
+            agents: None,
             batch,
             size: dims.size,
             obs: dims.obs,
@@ -1134,24 +1143,32 @@ fn update(gpu: &Gpu, a: &UpdateArgs) -> Result {
     out.header(&[
         format!(
             "TD-MPC2 {}M preset, obs {}, action {}; world-model update, horizon 3 (TD targets, \
-             rollout, losses, backward, clip 20, Adam, Polyak), one submit",
-            dims.size, dims.obs, dims.act
+             rollout, losses, backward, clip 20, Adam, Polyak), one submit{}",
+            dims.size,
+            dims.obs,
+            dims.act,
+            if a.agents > 1 {
+                format!(" for all of {} agents", a.agents)
+            } else {
+                String::new()
+            }
         ),
         update_header(format!("{:>5}", "B")),
     ]);
     for &b in &a.batch {
         let r = step(a.run.common.quiet, &format!("update B {b}"), || {
-            bench::bench_update(
-                gpu,
-                Workload {
-                    spec: &spec,
-                    batch: b,
-                    runs,
-                    warmup,
-                },
-            )
+            let w = Workload {
+                spec: &spec,
+                batch: b,
+                runs,
+                warmup,
+            };
+            bench::bench_population_update(gpu, w, a.agents as usize)
         })?;
-        let row = UpdateRow::new(None, b, dims, &r);
+        let row = UpdateRow {
+            agents: (a.agents > 1).then_some(a.agents as usize),
+            ..UpdateRow::new(None, b, dims, &r)
+        };
         out.row(&row, || update_line(format!("{b:>5}"), &r));
     }
     Ok(())

@@ -634,6 +634,11 @@ impl<'g> WorldModelTrainer<'g> {
         self.draw_heads(0)
     }
 
+    /// Every agent's target heads of the next update, drawn without uploading data.
+    pub fn draw_agent_heads(&mut self) -> Result<Vec<[usize; 2]>> {
+        (0..self.agents).map(|i| self.draw_heads(i)).collect()
+    }
+
     /// Agent `agent`'s two different target heads of the next update.
     fn draw_heads(&mut self, agent: usize) -> Result<[usize; 2]> {
         let n = self.spec.num_q;
