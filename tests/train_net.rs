@@ -622,32 +622,29 @@ fn run_agents(
     strides: &[usize],
     c: &[f32],
 ) -> PassOut {
-    let PassBuffers {
-        params,
-        grads,
-        xb,
-        dxb,
-        dy,
-    } = PassBuffers::new(gpu, flat, x, c);
-    dxb.iter().for_each(|b| b.fill_u32(gpu, POISON).unwrap());
+    let bufs = PassBuffers::new(gpu, flat, x, c);
+    bufs.dxb
+        .iter()
+        .for_each(|b| b.fill_u32(gpu, POISON).unwrap());
     let tape = Tape::new(gpu, tn, m, sel.slots(), 1).unwrap();
-    let mut input = NetInput::z(&xb[0], 0);
-    input.a = xb.get(1).map(|b| (b, 0));
+    let mut input = NetInput::z(&bufs.xb[0], 0);
+    input.a = bufs.xb.get(1).map(|b| (b, 0));
     let input = input.per_agent(strides[0], strides.get(1).copied().unwrap_or(0));
     let mut rec = Recorder::new(gpu);
-    tn.forward(&mut rec, &params, m, sel, input, &tape, 0)
+    tn.forward(&mut rec, &bufs.params, m, sel, input, &tape, 0)
         .unwrap();
     let dest = Grads {
-        params: Some(&grads),
-        dz: Some((&dxb[0], 0, false)),
-        da: dxb.get(1).map(|b| (b, 0, false)),
+        params: Some(&bufs.grads),
+        dz: Some((&bufs.dxb[0], 0, false)),
+        da: bufs.dxb.get(1).map(|b| (b, 0, false)),
     };
-    tn.backward(&mut rec, &params, m, sel, input, &tape, 0, (&dy, 0), dest)
+    let dy = (&bufs.dy, 0);
+    tn.backward(&mut rec, &bufs.params, m, sel, input, &tape, 0, dy, dest)
         .unwrap();
     let (yb, yoff) = tape.output(tn, 0);
     let hy = rec.read(yb);
-    let hg = rec.read(&grads);
-    let hx: Vec<_> = dxb.iter().map(|b| rec.read(b)).collect();
+    let hg = rec.read(&bufs.grads);
+    let hx: Vec<_> = bufs.dxb.iter().map(|b| rec.read(b)).collect();
     let out = rec.finish().unwrap();
     let n = sel.slots() * m * tn.out_dim();
     PassOut {

@@ -219,7 +219,10 @@ fn bad_values_get_clap_errors_naming_the_option() {
         (&["bench", "gemm", "--runs", "many"], "--runs"),
         (&["bench", "update", "--batch", ""], "--batch"),
         (&["bench", "update", "--agents", "0"], "--agents"),
-        (&["bench", "update", "--agents", "2", "--profile"], "--agents"),
+        (
+            &["bench", "update", "--agents", "2", "--profile"],
+            "--agents",
+        ),
         (&["bench", "policy", "--preset", "sac"], "sac"),
         (&["bench", "mppi", "--horizon", "-1"], "-1"),
         (&["bench", "frobnicate"], "frobnicate"),
