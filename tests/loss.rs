@@ -911,6 +911,34 @@ fn bad_requests_are_errors() {
     }
     let c0 = SoftCeConfig { members: 0, ..cfg };
     assert_eq!(ce(&c0, &logits, lay, None, out(0), None), "arg");
+    // Populations: no agents; two agents in one slot; a second agent's logits past the
+    // buffer; a second agent's slot past the losses.
+    let agents = |count, src_stride, slot_stride| SoftCeConfig {
+        agents: Agents {
+            count,
+            src_stride,
+            tgt_stride: 0,
+            grad_stride: 0,
+            slot_stride,
+        },
+        ..cfg
+    };
+    assert_eq!(
+        ce(&agents(0, 0, 1), &logits, lay, None, out(0), None),
+        "arg"
+    );
+    assert_eq!(
+        ce(&agents(2, 0, 0), &logits, lay, None, out(0), None),
+        "arg"
+    );
+    assert_eq!(
+        ce(&agents(2, 1, 1), &logits, lay, None, out(0), None),
+        "shape"
+    );
+    assert_eq!(
+        ce(&agents(2, 0, 2), &logits, lay, None, out(0), None),
+        "shape"
+    );
     // Shapes: short logits, an offset, a second member, overlapping gradient rows, the slot.
     assert_eq!(ce(&cfg, &short, lay, None, out(0), None), "shape");
     assert_eq!(

@@ -883,6 +883,33 @@ fn bad_requests_are_errors() {
         affine: None,
         stats: None,
     };
+    // Populations: members that do not split into the agents, agents' LayerNorm parameters
+    // closer than an agent's members, and column sums whose agents' outputs would overlap.
+    let mut rec = Recorder::new(gpu);
+    let split = ln.with_members(2).with_agents(3);
+    let e = norm_act::record_forward(&mut rec, &split, 5, &io, (&y, 0)).unwrap_err();
+    assert!(e.to_string().contains("agents"), "{e}");
+    let two = ln.with_members(2).with_agents(2);
+    let big = buf("big params", 8 * n);
+    let close = NormActBuffers {
+        affine: Some(Affine {
+            agent_stride: n - 1,
+            ..Affine::new(&big, 0, 4 * n)
+        }),
+        stats: None,
+        ..io
+    };
+    let e = norm_act::record_forward(&mut rec, &two, 5, &close, (&y, 0)).unwrap_err();
+    assert!(e.to_string().contains("agent stride"), "{e}");
+    let col = ColumnSumConfig {
+        agents: 2,
+        agent_stride: n - 1,
+        ..ColumnSumConfig::new(n, 2, true)
+    };
+    let e =
+        norm_act::record_column_sum(&mut rec, &col, 5, (&h, 0), None, (&big, 0), None).unwrap_err();
+    assert!(e.to_string().contains("agent stride"), "{e}");
+    drop(rec);
     let mut rec = Recorder::new(gpu);
     let kind = |e: Error| -> &'static str {
         match e {

@@ -687,6 +687,26 @@ fn bad_requests_are_errors() {
         is(adam_err(&[g(0, 10)], bad), invalid, &format!("{bad:?}"));
     }
 
+    // Populations: no agents, and one agent's buffers for two agents' optimizer.
+    let groups = [g(0, 10)];
+    assert!(Adam::population(gpu, len, &groups, cfg, 0).is_err());
+    let mut two = Adam::population(gpu, len, &groups, cfg, 2).unwrap();
+    let one_agent = GpuBuffer::<f32>::new(gpu, "one agent", len).unwrap();
+    let both = GpuBuffer::<f32>::new(gpu, "both agents", 2 * len).unwrap();
+    let mut rec = Recorder::new(gpu);
+    let e = two.record_step(&mut rec, &one_agent, &both).unwrap_err();
+    assert!(e.to_string().contains("2 agents"), "{e}");
+    let span = optim::PolyakSpan {
+        source: 0,
+        target: 0,
+        len: 10,
+    };
+    let odd = GpuBuffer::<f32>::new(gpu, "odd", 2 * len + 1).unwrap();
+    let e = optim::record_polyak_agents(&mut rec, &both, &odd, &[span], 0.01, 2).unwrap_err();
+    assert!(e.to_string().contains("agents"), "{e}");
+    assert!(optim::record_polyak_agents(&mut rec, &both, &both, &[span], 0.01, 0).is_err());
+    drop(rec);
+
     let mut adam = Adam::new(gpu, len, &[g(0, 500), g(600, 1000)], cfg).unwrap();
     assert!(adam.set_lr(f32::NAN).is_err());
     let params = GpuBuffer::<f32>::new(gpu, "params", len).unwrap();

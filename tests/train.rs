@@ -249,3 +249,65 @@ fn a_population_update_is_each_agent_alone() {
         }
     }
 }
+
+#[test]
+fn population_requests_that_cannot_share_are_errors() {
+    // Agents that differ in more than the seed, the KL-regularized critic target over several
+    // agents, and batches that do not match the population: clear errors, nothing recorded.
+    use pompc::Error;
+    use pompc::model::ModelSpec;
+    let gpu = &gpus()[0];
+    let spec = ModelSpec::tiny(5, 3);
+    let w = Weights::init(&spec, 1).unwrap();
+    let cfg = UpdateConfig::tdmpc2();
+    let err = |weights: &[Weights], cfgs: &[UpdateConfig]| {
+        WorldModelTrainer::population(gpu, weights, cfgs, 4)
+            .err()
+            .unwrap()
+    };
+    let two = [w.clone(), w.clone()];
+    let other_rho = UpdateConfig {
+        rho: 0.7,
+        ..cfg.clone()
+    };
+    let e = err(&two, &[cfg.clone(), other_rho]);
+    assert!(
+        matches!(e, Error::InvalidArgument(_)) && e.to_string().contains("seed"),
+        "{e}"
+    );
+    let other_model = Weights::init(&ModelSpec::tiny(6, 3), 1).unwrap();
+    let e = err(&[w.clone(), other_model], &[cfg.clone(), cfg.clone()]);
+    assert!(e.to_string().contains("model"), "{e}");
+    let kl = UpdateConfig {
+        lambda_q: 0.5,
+        ..cfg.clone()
+    };
+    let e = err(&two, &[kl.clone(), kl]);
+    assert!(e.to_string().contains("lambda_q"), "{e}");
+    let e = err(&two, std::slice::from_ref(&cfg));
+    assert!(e.to_string().contains("configurations"), "{e}");
+    let e = err(&[], &[]);
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+
+    let mut pop = WorldModelTrainer::population(gpu, &two, &[cfg.clone(), cfg.clone()], 4).unwrap();
+    let t = cfg.horizon;
+    let batch = |noise: bool| UpdateBatch {
+        obs: vec![0.1; (t + 1) * 4 * spec.obs_dim],
+        action: vec![0.0; t * 4 * spec.action_dim],
+        reward: vec![0.5; t * 4],
+        pi_noise: noise.then(|| vec![0.0; t * 4 * spec.action_dim]),
+        target_heads: None,
+    };
+    let e = pop.update_agents(&[batch(false)]).unwrap_err();
+    assert!(e.to_string().contains("2 agents"), "{e}");
+    let e = pop.update_agents(&[batch(false), batch(true)]).unwrap_err();
+    assert!(e.to_string().contains("noise"), "{e}");
+    let mut bad = batch(false);
+    bad.reward[3] = f32::NAN;
+    let e = pop.update_agents(&[batch(false), bad]).unwrap_err();
+    assert!(e.to_string().contains("not finite"), "{e}");
+    assert!(pop.agent_weights(2).is_err());
+    // Still usable after the refusals.
+    let l = pop.update_agents(&[batch(false), batch(false)]).unwrap();
+    assert!(l.iter().all(|l| l.total.is_finite()));
+}
