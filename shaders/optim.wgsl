@@ -335,7 +335,9 @@ struct ScaleParams {
     n: u32,
     offset: u32,
     tau: f32,
-    _pad0: u32,
+    // Populations (grid z = agent): elements between agents' values; agent z's scale is
+    // element z.
+    agent_stride: u32,
     // Percentile positions from the host, computed in f32 exactly as TD-MPC2's tensors do:
     // (floor index, ceil index, floor weight, ceil weight) for the 5th and the 95th.
     lo_idx: vec2<u32>,
@@ -374,11 +376,15 @@ fn key_value(k: u32) -> f32 {
 // One workgroup: bitonic sort of the n values (padded to SORT_CAP) in workgroup memory, the
 // 5th and 95th percentiles by linear interpolation, value = lerp(value, max(p95 - p5, 1), tau).
 @compute @workgroup_size(WG)
-fn scale_update(@builtin(local_invocation_index) tid: u32) {
+fn scale_update(
+    @builtin(local_invocation_index) tid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    let first = s_p.offset + wid.z * s_p.agent_stride;
     for (var i = tid; i < SORT_CAP; i += WG) {
         var k = 0xffffffffu;
         if (i < s_p.n) {
-            k = sort_key(s_values[s_p.offset + i]);
+            k = sort_key(s_values[first + i]);
         }
         keys[i] = k;
     }
@@ -405,7 +411,7 @@ fn scale_update(@builtin(local_invocation_index) tid: u32) {
         let p5 = key_value(keys[s_p.lo_idx.x]) * s_p.lo_w.x + key_value(keys[s_p.lo_idx.y]) * s_p.lo_w.y;
         let p95 = key_value(keys[s_p.hi_idx.x]) * s_p.hi_w.x + key_value(keys[s_p.hi_idx.y]) * s_p.hi_w.y;
         let target_value = max(p95 - p5, 1.0);
-        s_value[0] = lerp_torch(s_value[0], target_value, s_p.tau);
+        s_value[wid.z] = lerp_torch(s_value[wid.z], target_value, s_p.tau);
     }
 }
 

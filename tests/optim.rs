@@ -999,3 +999,61 @@ fn a_population_steps_each_agent_as_alone() {
         assert_eq!(clipped, [true, true], "some agents clipped, some not");
     }
 }
+
+#[test]
+fn population_running_scales_move_as_each_alone() {
+    // Three agents' scales (values with ties, negatives, a NaN; more than one sort size)
+    // updated together over three steps, against each agent's own scale: equal bit for bit,
+    // and the one-agent calls refuse a population.
+    let mut r = rng("population scales");
+    let (agents, n, stride) = (3, 300, 311);
+    for gpu in gpus() {
+        let pop = RunningScale::population(gpu, 0.01, agents).unwrap();
+        let alone: Vec<RunningScale> = (0..agents)
+            .map(|_| RunningScale::new(gpu, 0.01).unwrap())
+            .collect();
+        for step in 0..3 {
+            let mut all = vec![0.0f32; 5 + agents * stride];
+            let per: Vec<Vec<f32>> = (0..agents)
+                .map(|a| scale_values(&mut r, n, 5.0 * (a + step + 1) as f32))
+                .collect();
+            for (a, v) in per.iter().enumerate() {
+                all[5 + a * stride..5 + a * stride + n].copy_from_slice(v);
+            }
+            all[5 + stride + 7] = f32::NAN;
+            let buf = GpuBuffer::from_slice(gpu, "values", &all).unwrap();
+            let mut rec = Recorder::new(gpu);
+            pop.record_update_agents(&mut rec, &buf, 5, n, stride)
+                .unwrap();
+            for (a, s) in alone.iter().enumerate() {
+                s.record_update(&mut rec, &buf, 5 + a * stride, n).unwrap();
+            }
+            rec.submit().unwrap();
+        }
+        let got = pop.read_values(gpu).unwrap();
+        for (a, s) in alone.iter().enumerate() {
+            let want = s.read_value(gpu).unwrap();
+            assert_eq!(
+                got[a].to_bits(),
+                want.to_bits(),
+                "agent {a}: {} vs {want}",
+                got[a]
+            );
+        }
+        assert!(got[0] != got[2], "the agents' scales differ");
+        let buf = GpuBuffer::<f32>::new(gpu, "values", 5 + (agents - 1) * stride + n).unwrap();
+        let mut rec = Recorder::new(gpu);
+        assert!(
+            pop.record_update_agents(&mut rec, &buf, 5, n, stride)
+                .is_ok()
+        );
+        assert!(pop.record_update(&mut rec, &buf, 0, n).is_err());
+        assert!(pop.record_divide(&mut rec, &buf, 0, n).is_err());
+        // The last agent's values past the buffer.
+        assert!(
+            pop.record_update_agents(&mut rec, &buf, 6, n, stride)
+                .is_err()
+        );
+        assert!(RunningScale::population(gpu, 0.01, 0).is_err());
+    }
+}

@@ -342,7 +342,7 @@ struct ScaleParams {
     n: u32,
     offset: u32,
     tau: f32,
-    _pad: u32,
+    agent_stride: u32,
     lo_idx: [u32; 2],
     lo_w: [f32; 2],
     hi_idx: [u32; 2],
@@ -1113,15 +1113,27 @@ pub struct RunningScale {
 impl RunningScale {
     /// A scale of 1 with update rate `tau` (TD-MPC2: 0.01), finite.
     pub fn new(gpu: &Gpu, tau: f32) -> Result<Self> {
+        RunningScale::population(gpu, tau, 1)
+    }
+
+    /// The scales of `agents` agents side by side, each 1 to start, agent `i`'s at element `i`
+    /// of [`RunningScale::value_buffer`]; one [`RunningScale::record_update_agents`] moves all.
+    pub fn population(gpu: &Gpu, tau: f32, agents: usize) -> Result<Self> {
         if !tau.is_finite() {
             return Err(Error::InvalidArgument(format!(
                 "RunningScale: tau must be finite, got {tau}"
             )));
         }
+        agents_in_grid(gpu, "RunningScale", agents)?;
         Ok(RunningScale {
-            value: GpuBuffer::from_slice(gpu, "running scale", &[1.0])?,
+            value: GpuBuffer::from_slice(gpu, "running scale", &vec![1.0; agents])?,
             tau,
         })
+    }
+
+    /// Agents whose scales this holds.
+    pub fn agents(&self) -> usize {
+        self.value.len()
     }
 
     /// The update rate.
@@ -1134,25 +1146,30 @@ impl RunningScale {
         &self.value
     }
 
-    /// Download the scale (one submit and one map).
+    /// Download the scale (agent 0's in a population; one submit and one map).
     pub fn read_value(&self, gpu: &Gpu) -> Result<f32> {
         Ok(self.value.download(gpu)?[0])
     }
 
-    /// Set the scale (a queue write, e.g. restoring a checkpoint; 1 to reset). Kernels divide
-    /// by it: it must be finite and positive.
+    /// Download every agent's scale.
+    pub fn read_values(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        self.value.download(gpu)
+    }
+
+    /// Set the scale (a queue write, e.g. restoring a checkpoint; 1 to reset; every agent's
+    /// in a population). Kernels divide by it: it must be finite and positive.
     pub fn set_value(&self, gpu: &Gpu, value: f32) -> Result<()> {
         if !(value.is_finite() && value > 0.0) {
             return Err(Error::InvalidArgument(format!(
                 "RunningScale: value {value} must be finite and > 0 (kernels divide by it)"
             )));
         }
-        self.value.upload(gpu, &[value])
+        self.value.upload(gpu, &vec![value; self.agents()])
     }
 
     /// Record one update from `values[offset..offset + n]` (1 <= n <= [`MAX_SCALE_VALUES`]):
     /// one workgroup sorts them, takes the 5th and 95th percentiles and moves the scale.
-    /// NaN values sort last, as in torch.
+    /// NaN values sort last, as in torch. One agent.
     pub fn record_update(
         &self,
         rec: &mut Recorder,
@@ -1160,7 +1177,27 @@ impl RunningScale {
         offset: usize,
         n: usize,
     ) -> Result<()> {
+        if self.agents() != 1 {
+            return Err(Error::InvalidArgument(format!(
+                "RunningScale update: {} agents' scales need record_update_agents",
+                self.agents()
+            )));
+        }
+        self.record_update_agents(rec, values, offset, n, 0)
+    }
+
+    /// [`RunningScale::record_update`] of every agent in one dispatch: agent `i`'s `n` values
+    /// start at `offset + i * agent_stride`.
+    pub fn record_update_agents(
+        &self,
+        rec: &mut Recorder,
+        values: &GpuBuffer<f32>,
+        offset: usize,
+        n: usize,
+        agent_stride: usize,
+    ) -> Result<()> {
         let what = "RunningScale update";
+        let agents = self.agents();
         if n == 0 {
             return Err(Error::InvalidArgument(format!(
                 "{what}: percentiles of no values"
@@ -1172,7 +1209,17 @@ impl RunningScale {
                  pass a subset"
             )));
         }
+        let last = (agents - 1)
+            .checked_mul(agent_stride)
+            .and_then(|l| l.checked_add(offset))
+            .ok_or_else(|| Error::Limit(format!("{what}: agent offsets overflow")))?;
+        check_slice(what, "values", values, last, n)?;
         check_slice(what, "values", values, offset, n)?;
+        if u32::try_from(agent_stride).is_err() {
+            return Err(Error::Limit(format!(
+                "{what}: agent stride {agent_stride} over 2^32"
+            )));
+        }
         if same(&values.buffer, &self.value.buffer) {
             return Err(Error::InvalidArgument(format!(
                 "{what}: the values cannot be the scale's own buffer"
@@ -1194,7 +1241,7 @@ impl RunningScale {
             n: n as u32,
             offset: offset as u32,
             tau: self.tau,
-            _pad: 0,
+            agent_stride: agent_stride as u32,
             lo_idx: [lo.0, lo.1],
             lo_w: [lo.2, lo.3],
             hi_idx: [hi.0, hi.1],
@@ -1205,7 +1252,7 @@ impl RunningScale {
             &pipe,
             &[&values.buffer, &self.value.buffer],
             Some(&p),
-            [1, 1, 1],
+            [1, 1, agents as u32],
         )
     }
 
@@ -1218,6 +1265,12 @@ impl RunningScale {
         n: usize,
     ) -> Result<()> {
         let what = "RunningScale divide";
+        if self.agents() != 1 {
+            return Err(Error::InvalidArgument(format!(
+                "{what}: one agent's scale divides; this holds {}",
+                self.agents()
+            )));
+        }
         check_slice(what, "buffer", buf, offset, n)?;
         if same(&buf.buffer, &self.value.buffer) {
             return Err(Error::InvalidArgument(format!(
