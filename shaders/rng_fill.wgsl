@@ -29,19 +29,23 @@ fn draw(bits: vec4<u32>) -> vec4<u32> {
     return bits;
 }
 
+// The first `n - block * 4` (at most 4) draws of `block` into out[first + block * 4 ..].
+fn store_block(first: u32, block: u32, v: vec4<u32>, n: u32) {
+    for (var c = 0u; c < 4u; c++) {
+        let j = block * 4u + c;
+        if (j < n) {
+            out[first + j] = v[c];
+        }
+    }
+}
+
 @compute @workgroup_size(64)
 fn fill(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let block = gid.x + gid.y * nwg.x * 64u;
     if (block * 4u >= p.n) {
         return;
     }
-    let v = draw(philox(vec2<u32>(p.seed_lo, p.seed_hi), p.stream, block));
-    for (var c = 0u; c < 4u; c++) {
-        let j = block * 4u + c;
-        if (j < p.n) {
-            out[j] = v[c];
-        }
-    }
+    store_block(0u, block, draw(philox(vec2<u32>(p.seed_lo, p.seed_hi), p.stream, block)), p.n);
 }
 
 // A population's fill: agent i's `per` elements, from out[i * per], hold the draws of its own
@@ -67,10 +71,5 @@ fn fill_agents(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     let agent = t / blocks;
     let block = t % blocks;
     let v = draw(philox(vec2<u32>(seeds[2u * agent], seeds[2u * agent + 1u]), ap.stream, block));
-    for (var c = 0u; c < 4u; c++) {
-        let j = block * 4u + c;
-        if (j < ap.per) {
-            out[agent * ap.per + j] = v[c];
-        }
-    }
+    store_block(agent * ap.per, block, v, ap.per);
 }
