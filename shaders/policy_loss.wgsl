@@ -45,6 +45,11 @@
 // pass. Each workgroup sums its rows' weighted terms in a fixed order into
 // part[part_off + k * count + group]; with one workgroup that is the losses buffer itself,
 // otherwise `reduce` sums the partials of each term into its slot: deterministic, no atomics.
+//
+// Populations: workgroup row z is the agent. Every operand holds the agents' rows back to back
+// (agent g's row r is row g * rows + r); row weights use r, the running scales are read at
+// their index + g, the partials and slots of agent g start part_stride (reduce: slot_stride)
+// after agent 0's, and the policy loss may read each agent's (c_q, alpha, c_kl, c_ll).
 // CPU mirror: src/reference/policy_loss.rs.
 
 #import common/act
@@ -96,9 +101,12 @@ struct Params {
     has_skl: u32,
     // Terms that `reduce` sums.
     terms: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    // Population: elements between one agent's partials (or slots) and the next's where the
+    // row kernels write them; `reduce` writes agent g's sums `slot_stride` apart.
+    part_stride: u32,
+    slot_stride: u32,
+    // Per-agent (c_q, alpha, c_kl, c_ll) in `coef` instead of the uniforms.
+    has_coef: u32,
     scale: f32,
     rho: f32,
     c_q: f32,
@@ -132,6 +140,8 @@ struct Params {
 @group(0) @binding(9) var<storage, read_write> drows: array<f32>;
 @group(0) @binding(10) var<storage, read_write> part: array<f32>;
 @group(0) @binding(11) var<uniform> p: Params;
+// Per-agent coefficients, 4 a row (`policy_loss` with has_coef).
+@group(0) @binding(12) var<storage, read> coef: array<f32>;
 
 var<workgroup> red4: array<vec4<f32>, WG>;
 var<workgroup> red_terms: array<vec4<f32>, WG>;
@@ -287,18 +297,27 @@ fn ll_dim(row: u32, i: u32, a: f32) -> vec2<f32> {
     return vec2<f32>(-0.5 * z * z - g.ls, z / g.sig);
 }
 
-fn scale_q() -> f32 {
+fn scale_q(agent: u32) -> f32 {
     if (p.has_sq != 0u) {
-        return s_q[p.sq_index];
+        return s_q[p.sq_index + agent];
     }
     return 1.0;
 }
 
-fn scale_kl() -> f32 {
+fn scale_kl(agent: u32) -> f32 {
     if (p.has_skl != 0u) {
-        return s_kl[p.skl_index];
+        return s_kl[p.skl_index + agent];
     }
     return 1.0;
+}
+
+// (c_q, alpha, c_kl, c_ll) of an agent.
+fn coefs(agent: u32) -> vec4<f32> {
+    if (p.has_coef != 0u) {
+        let b = 4u * agent;
+        return vec4<f32>(coef[b], coef[b + 1u], coef[b + 2u], coef[b + 3u]);
+    }
+    return vec4<f32>(p.c_q, p.alpha, p.c_kl, p.c_ll);
 }
 
 @compute @workgroup_size(WG)
@@ -323,10 +342,14 @@ fn policy_loss(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let group = wid.x + wid.y * nwg.x;
+    let agent = wid.z;
     let lane = tid % LANES;
     let slot = tid / LANES;
-    let row = group * (WG / LANES) + slot;
-    let valid = group < p.count && row < p.rows;
+    // The agent's row (for its weight) and the operands' row.
+    let local = group * (WG / LANES) + slot;
+    let row = agent * p.rows + local;
+    let valid = group < p.count && local < p.rows;
+    let cf = coefs(agent);
 
     // Row sums: (sum s_i, sum sq_i, sum d_i, sum ll_i).
     var acc = vec4<f32>(0.0);
@@ -362,8 +385,8 @@ fn policy_loss(
     }
 
     let af = f32(A);
-    let sqv = scale_q();
-    let w = row_weight(row);
+    let sqv = scale_q(agent);
+    let w = row_weight(local);
     let lp = tot.x - af * HALF_LOG_2PI;
     let big_l = lp - tot.y;
     // H and its derivatives: d H / d x_i = hx k_i, d H / d log_std_i (x fixed) = hls.
@@ -384,18 +407,18 @@ fn policy_loss(
     }
     var t_q = 0.0;
     if (Q_TERM && valid) {
-        t_q = -p.c_q * qv[p.q_off + row * p.q_stride] / sqv;
+        t_q = -cf.x * qv[p.q_off + row * p.q_stride] / sqv;
     }
-    let kc = p.c_kl * p.kl_dim / scale_kl();
+    let kc = cf.z * p.kl_dim / scale_kl(agent);
     // The LL term's coefficient on ell: on once s_q passes the threshold.
     var cll = 0.0;
     if (LL_TERM && sqv > p.ll_threshold) {
-        cll = p.c_ll / sqv;
+        cll = cf.w / sqv;
     }
-    let t_h = -p.alpha * ent;
+    let t_h = -cf.y * ent;
     var t_k = 0.0;
     if (KL != 0u) {
-        t_k = p.c_kl * d_row / scale_kl();
+        t_k = cf.z * d_row / scale_kl(agent);
     }
     let t_l = -cll * af * (tot.w - HALF_LOG_2PI);
 
@@ -405,14 +428,14 @@ fn policy_loss(
             // d loss / d a, then d / d x, d / d mu and d / d log_std (x fixed).
             var ga = 0.0;
             if (Q_TERM) {
-                ga -= p.c_q * dq[p.dq_off + row * p.dq_stride + i] / sqv;
+                ga -= cf.x * dq[p.dq_off + row * p.dq_stride + i] / sqv;
             }
             if (LL_TERM) {
                 ga += cll * af * ll_dim(row, i, el.a).y;
             }
-            var gx = ga * el.fp - p.alpha * hx * el.k;
+            var gx = ga * el.fp - cf.y * hx * el.k;
             var gmu = 0.0;
-            var gls = -p.alpha * hls;
+            var gls = -cf.y * hls;
             if (KL != 0u) {
                 let kd = kl_policy(row, i, el);
                 if (KL == 3u) {
@@ -444,11 +467,12 @@ fn policy_loss(
             sum += red_terms[j];
             total += red_total[j];
         }
-        store_part(p.part_off + group, sum.x);
-        store_part(p.part_off + p.count + group, sum.y);
-        store_part(p.part_off + 2u * p.count + group, sum.z);
-        store_part(p.part_off + 3u * p.count + group, sum.w);
-        store_part(p.part_off + 4u * p.count + group, total);
+        let base = p.part_off + agent * p.part_stride;
+        store_part(base + group, sum.x);
+        store_part(base + p.count + group, sum.y);
+        store_part(base + 2u * p.count + group, sum.z);
+        store_part(base + 3u * p.count + group, sum.w);
+        store_part(base + 4u * p.count + group, total);
     }
 }
 
@@ -459,10 +483,12 @@ fn prior_fit(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let group = wid.x + wid.y * nwg.x;
+    let agent = wid.z;
     let lane = tid % LANES;
     let slot = tid / LANES;
-    let row = group * (WG / LANES) + slot;
-    let valid = group < p.count && row < p.rows;
+    let local = group * (WG / LANES) + slot;
+    let row = agent * p.rows + local;
+    let valid = group < p.count && local < p.rows;
     let hb = p.h_off + row * p.h_stride;
 
     var acc = 0.0;
@@ -488,8 +514,8 @@ fn prior_fit(
     if (DIV_ONLY) {
         return;
     }
-    let sd = scale_kl();
-    let w = row_weight(row);
+    let sd = scale_kl(agent);
+    let w = row_weight(local);
     if (GRAD && valid) {
         let kc = w * p.kl_dim / sd;
         let ob = p.out_off + row * p.out_stride;
@@ -513,7 +539,7 @@ fn prior_fit(
         for (var j = 0u; j < WG / LANES; j++) {
             total += red_total[j];
         }
-        store_part(p.part_off + group, total);
+        store_part(p.part_off + agent * p.part_stride + group, total);
     }
 }
 
@@ -530,17 +556,19 @@ fn block_sum(tid: u32, v: f32) -> f32 {
 }
 
 // For each of `terms` terms k: the `count` partials at h[h_off + k * count ..] summed into
-// part[part_off + k].
+// part[part_off + k]; workgroup z is the agent (partials part_stride apart, sums slot_stride).
 @compute @workgroup_size(RW)
-fn reduce(@builtin(local_invocation_index) tid: u32) {
+fn reduce(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let src = p.h_off + wid.z * p.part_stride;
+    let dst = p.part_off + wid.z * p.slot_stride;
     for (var k = 0u; k < p.terms; k++) {
         var s = 0.0;
         for (var i = tid; i < p.count; i += RW) {
-            s += h[p.h_off + k * p.count + i];
+            s += h[src + k * p.count + i];
         }
         let total = block_sum(tid, s);
         if (tid == 0u) {
-            store_part(p.part_off + k, total);
+            store_part(dst + k, total);
         }
         // The next term's block_sum overwrites red_r.
         workgroupBarrier();

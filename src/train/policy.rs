@@ -682,11 +682,11 @@ impl<'g> PolicyTrainer<'g> {
                 .forward(rec, pp, rows, Members::one(0), z_in, tape, 0)?;
             let (po, poff) = tape.output(&self.pi, 0);
             let out_rows = Rows::at(po, RowLayout::at(poff, 2 * a));
-            let inputs = PriorFitInputs {
-                out: out_rows,
-                planner: planner_rows,
-                s_d: Some(Scalar::new(self.s_d.value_buffer())),
-            };
+            let inputs = PriorFitInputs::new(
+                out_rows,
+                planner_rows,
+                Some(Scalar::new(self.s_d.value_buffer())),
+            );
             let div = Pass::Divergence(Rows::new(&self.div, 1));
             pl::record_prior_fit(rec, &cfg.prior_fit, rows, &inputs, div)?;
             self.s_d.record_update(rec, &self.div, 0, b)?;

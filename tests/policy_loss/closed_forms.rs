@@ -115,6 +115,7 @@ fn closed_form_kl_known_values_and_quadrature() {
                 out: Rows::new(&ob, 4),
                 planner: Rows::new(&bb, 4),
                 s_d: None,
+                agents: pl::Agents::ONE,
             };
             let mut rec = Recorder::new(gpu);
             let lo = LossOut {

@@ -243,6 +243,7 @@ fn gpu_gradients_match_finite_differences_of_the_gpu_loss() {
                     planner: cfg.ll.is_some().then_some(Rows::new(&bb, 2 * a)),
                     s_q: Some(Scalar::new(&sqb)),
                     s_kl: Some(Scalar::new(&sklb)),
+                    agents: pl::Agents::ONE,
                 };
                 let grad = (k == 0).then_some(GradOut {
                     buf: &gb,

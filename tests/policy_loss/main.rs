@@ -60,6 +60,7 @@ mod harness;
 mod closed_forms;
 mod gradients;
 mod policy;
+mod population;
 mod prior_fit;
 mod requests;
 mod sample;

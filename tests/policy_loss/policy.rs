@@ -87,6 +87,7 @@ pub(crate) fn check_policy(gpu: &Gpu, r: &mut impl Rng, cfg: &PolicyLossConfig, 
             buf: &sklb,
             index: skl_idx,
         }),
+        agents: pl::Agents::ONE,
     };
     let grad = (o.grad != GradMode::Skip).then_some(GradOut {
         buf: &gb,

@@ -60,6 +60,7 @@ pub(crate) fn check_prior_fit(
         out: Rows::at(&ob, o_at),
         planner: Rows::at(&bb, b_at),
         s_d: o.given.s_kl.then_some(Scalar::new(&sdb)),
+        agents: pl::Agents::ONE,
     };
     let grad = (o.grad != GradMode::Skip).then_some(GradOut {
         buf: &gb,
@@ -235,6 +236,7 @@ fn prior_fit_against_the_mirror() {
             out: Rows::new(&ob, 12),
             planner: Rows::new(&bb, 12),
             s_d: None,
+            agents: pl::Agents::ONE,
         };
         let mut rec = Recorder::new(gpu);
         pl::record_prior_fit(

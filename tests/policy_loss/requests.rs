@@ -103,6 +103,7 @@ fn zero_rows_write_zero_losses() {
         out: Rows::new(&x, 2 * a),
         planner: Rows::new(&x, 2 * a),
         s_d: None,
+        agents: pl::Agents::ONE,
     };
     let out = LossOut {
         losses: &losses,
@@ -345,6 +346,7 @@ fn bad_requests_are_errors() {
         out: Rows::new(&h, 2 * a),
         planner: Rows::new(&prior, 2 * a),
         s_d: None,
+        agents: pl::Agents::ONE,
     };
     for cfg in [
         PriorFitConfig {

@@ -2,7 +2,7 @@
 //! loss with its gradient and divergence rows) and its outputs' checks, and the dispatch.
 
 use super::config::PolicyHead;
-use super::operands::{Rows, check_slots, operand};
+use super::operands::{Agents, Rows, check_slots, operand};
 use super::pipelines::{PassFlags, PolicyLossKernel, pipeline_constants};
 use super::reduce::{finish_loss, zero_slots};
 use crate::Result;
@@ -45,7 +45,9 @@ pub(super) struct Params {
     pub(super) has_sq: u32,
     pub(super) has_skl: u32,
     pub(super) terms: u32,
-    pub(super) _pad: [u32; 3],
+    pub(super) part_stride: u32,
+    pub(super) slot_stride: u32,
+    pub(super) has_coef: u32,
     pub(super) scale: f32,
     pub(super) rho: f32,
     pub(super) c_q: f32,
@@ -143,8 +145,8 @@ impl<'a> Pass<'a> {
         (div_only, if div_only { divergence } else { loss })
     }
 
-    /// Checks the `terms` loss slots; with no rows records their zeroing (`src` is any buffer
-    /// other than the slots') and returns false, as there is nothing else to do.
+    /// Checks the `terms` loss slots of each agent; with no rows records their zeroing (`src`
+    /// is any buffer other than the slots') and returns false, as there is nothing else to do.
     pub(super) fn start(
         &self,
         rec: &mut Recorder,
@@ -152,35 +154,37 @@ impl<'a> Pass<'a> {
         rows: usize,
         terms: usize,
         src: &GpuBuffer<f32>,
+        agents: &Agents,
     ) -> Result<bool> {
         let Pass::Loss { loss, .. } = self else {
             return Ok(rows > 0);
         };
-        check_slots(what, loss, terms)?;
+        check_slots(what, loss, terms, agents)?;
         if rows == 0 {
-            zero_slots(rec, what, src, terms, *loss)?;
+            zero_slots(rec, what, src, terms, *loss, agents)?;
         }
         Ok(rows > 0)
     }
 }
 
-/// Records `pass` over `rows` rows of `a` actions once its inputs are checked (`reads` in the
-/// policy loss's 8 read bindings, their `uses`, the uniforms `p`): checks the outputs and
-/// dispatches the kernel, then reduces the partial sums where more than one workgroup ran.
-/// `kernel` gives the pipeline for what the pass writes.
+/// Records `pass` over `rows` rows of `a` actions per agent once its inputs are checked
+/// (`reads` in the policy loss's 9 read bindings, their `uses`, the uniforms `p`): checks the
+/// outputs and dispatches the kernel (workgroup row z per agent), then reduces the partial
+/// sums where more than one workgroup per agent ran. `kernel` gives the pipeline for what the
+/// pass writes.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn record_pass<'a>(
     rec: &mut Recorder,
     what: &str,
-    rows: usize,
+    (rows, agents): (usize, &Agents),
     a: usize,
     pass: Pass<'a>,
-    reads: [&'a wgpu::Buffer; 8],
+    reads: [&'a wgpu::Buffer; 9],
     mut uses: Vec<Use<'a>>,
     mut p: Params,
     kernel: &dyn Fn(PassFlags) -> PolicyLossKernel,
 ) -> Result<()> {
-    let n = rows;
+    let n = rows * agents.count;
     let groups = rows.div_ceil(rows_per_group(a));
     p.count = to_u32(what, "workgroups", groups)?;
     match pass {
@@ -192,7 +196,7 @@ pub(super) fn record_pass<'a>(
                 div_only: true,
                 ..Default::default()
             };
-            dispatch(rec, what, &kernel(out), &bufs, &p, groups)
+            dispatch(rec, what, &kernel(out), &bufs, &p, (groups, agents.count))
         }
         Pass::Loss {
             grad,
@@ -217,43 +221,56 @@ pub(super) fn record_pass<'a>(
             }
             let kernel = |loss_add| kernel(PassFlags { loss_add, ..out });
             finish_loss(
-                rec, what, &kernel, reads, writes, uses, p, groups, loss, scratch,
+                rec,
+                what,
+                &kernel,
+                reads,
+                writes,
+                uses,
+                p,
+                (groups, agents),
+                loss,
+                scratch,
             )
         }
     }
 }
 
-/// The 11 bindings of the policy loss: the 8 reads, then the gradient, the divergence rows and
-/// the partial sums; an output not given binds `part` again (the kernel does not write it).
+/// The 12 storage bindings of the policy loss in the kernel spec's order: the first 8 reads,
+/// the gradient, the divergence rows, the partial sums, then the coefficients (the 9th read);
+/// an output not given binds `part` again (the kernel does not write it).
 pub(super) fn bindings<'b>(
-    reads: [&'b wgpu::Buffer; 8],
+    reads: [&'b wgpu::Buffer; 9],
     writes: [Option<&'b wgpu::Buffer>; 2],
     part: &'b wgpu::Buffer,
-) -> [&'b wgpu::Buffer; 11] {
-    let mut all = [part; 11];
-    all[..8].copy_from_slice(&reads);
+) -> [&'b wgpu::Buffer; 12] {
+    let mut all = [part; 12];
+    all[..8].copy_from_slice(&reads[..8]);
     all[8] = writes[0].unwrap_or(part);
     all[9] = writes[1].unwrap_or(part);
+    all[11] = reads[8];
     all
 }
 
-/// The prior-fit bindings in the kernel's order, from the 11 of the policy loss.
+/// The prior-fit bindings in the kernel's order, from the 12 of the policy loss.
 fn prior_fit_bindings<'b>(all: &[&'b wgpu::Buffer]) -> Vec<&'b wgpu::Buffer> {
     vec![all[0], all[5], all[7], all[8], all[9], all[10]]
 }
 
+/// One dispatch of `groups` workgroups per agent (workgroup row z is the agent).
 pub(super) fn dispatch(
     rec: &mut Recorder,
     what: &str,
     kernel: &PolicyLossKernel,
     bufs: &[&wgpu::Buffer],
     p: &Params,
-    groups: usize,
+    (groups, agents): (usize, usize),
 ) -> Result<()> {
     let bufs = match kernel {
         PolicyLossKernel::PriorFit { .. } => prior_fit_bindings(bufs),
         _ => bufs.to_vec(),
     };
-    let groups = grid(rec.gpu(), groups, what)?;
+    let mut groups = grid(rec.gpu(), groups, what)?;
+    groups[2] = agents as u32;
     record_pipeline(rec, pipeline_constants(kernel), &bufs, p, groups)
 }

@@ -106,7 +106,7 @@ pub use config::{
     PriorFitConfig, PriorInput,
 };
 pub use launch::Pass;
-pub use operands::{PolicyInputs, PriorFitInputs, QInput, Rows, Scalar};
+pub use operands::{Agents, PolicyInputs, PriorFitInputs, QInput, Rows, Scalar};
 pub use pipelines::{
     PassFlags, PolicyFlags, PolicyLossKernel, PriorFlags, all_kernels, pipeline_constants,
 };

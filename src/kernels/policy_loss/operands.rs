@@ -47,6 +47,104 @@ impl<'a> Scalar<'a> {
     }
 }
 
+/// The agents of a population's loss pass: every operand holds their rows back to back (agent
+/// `g`'s row `r` is row `g * rows + r` of each [`Rows`]), row weights restart at each agent's
+/// row 0, each [`Scalar`] is read at `index + g`, agent `g`'s loss slots start `slot_stride`
+/// after agent 0's, and the policy loss may take each agent's coefficients from a buffer.
+/// One dispatch serves them all.
+#[derive(Clone, Copy, Debug)]
+pub struct Agents<'a> {
+    /// Agents (1 without a population).
+    pub count: usize,
+    /// Elements between one agent's loss slots and the next agent's (at least the pass's
+    /// number of slots when `count > 1`).
+    pub slot_stride: usize,
+    /// Policy loss only: `(c_q, alpha, c_kl, c_ll)` per agent, 4 values an agent, in place of
+    /// the config's. The config still decides which terms exist: a term it leaves out stays
+    /// out whatever its coefficient here (PO-MPC agents of different lambda share a pass;
+    /// TD-MPC2 and PO-MPC agents do not).
+    pub coefs: Option<&'a GpuBuffer<f32>>,
+}
+
+impl Agents<'static> {
+    /// One agent, the config's coefficients.
+    pub const ONE: Agents<'static> = Agents {
+        count: 1,
+        slot_stride: 0,
+        coefs: None,
+    };
+}
+
+impl<'a> Agents<'a> {
+    /// `count` agents with their loss slots `slot_stride` apart.
+    pub fn new(count: usize, slot_stride: usize) -> Self {
+        Agents {
+            count,
+            slot_stride,
+            coefs: None,
+        }
+    }
+
+    /// With each agent's `(c_q, alpha, c_kl, c_ll)` from `coefs`.
+    pub fn with_coefs(mut self, coefs: &'a GpuBuffer<f32>) -> Self {
+        self.coefs = Some(coefs);
+        self
+    }
+
+    /// Checks the population against a pass of `rows` rows per agent with `terms` slots;
+    /// returns the rows of all agents.
+    pub(super) fn check(
+        &self,
+        rec: &Recorder,
+        what: &str,
+        rows: usize,
+        terms: usize,
+    ) -> Result<usize> {
+        if self.count == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "{what}: a population of 0 agents"
+            )));
+        }
+        let max = rec.gpu().limits().max_compute_workgroups_per_dimension as usize;
+        if self.count > max {
+            return Err(Error::Limit(format!(
+                "{what}: {} agents, the device runs at most {max} in one dispatch",
+                self.count
+            )));
+        }
+        if self.count > 1 && self.slot_stride < terms {
+            return Err(Error::InvalidArgument(format!(
+                "{what}: the agents' loss slots are {} apart, each agent has {terms}",
+                self.slot_stride
+            )));
+        }
+        if let Some(c) = self.coefs
+            && c.len() < 4 * self.count
+        {
+            return Err(Error::Shape(format!(
+                "{what}: coefficients {:?} hold {} values, {} agents need {}",
+                c.label(),
+                c.len(),
+                self.count,
+                4 * self.count
+            )));
+        }
+        let n = rows
+            .checked_mul(self.count)
+            .ok_or_else(|| Error::Limit(format!("{what}: {rows} rows x {} agents", self.count)))?;
+        to_u32(what, "rows", n)?;
+        Ok(n)
+    }
+
+    /// The span of the agents' loss slots: `[index, index + (count - 1) slot_stride + terms)`.
+    pub(super) fn slot_span(&self, index: usize, terms: usize) -> Option<usize> {
+        (self.count - 1)
+            .checked_mul(self.slot_stride)?
+            .checked_add(index)?
+            .checked_add(terms)
+    }
+}
+
 /// The Q heads' values at the samples and their action gradients.
 #[derive(Clone, Copy, Debug)]
 pub struct QInput<'a> {
@@ -73,6 +171,8 @@ pub struct PolicyInputs<'a> {
     pub s_q: Option<Scalar<'a>>,
     /// `s_kl` (1 if `None`).
     pub s_kl: Option<Scalar<'a>>,
+    /// The agents ([`Agents::ONE`] without a population).
+    pub agents: Agents<'a>,
 }
 
 impl<'a> PolicyInputs<'a> {
@@ -86,6 +186,7 @@ impl<'a> PolicyInputs<'a> {
             planner: None,
             s_q: None,
             s_kl: None,
+            agents: Agents::ONE,
         }
     }
 }
@@ -99,6 +200,20 @@ pub struct PriorFitInputs<'a> {
     pub planner: Rows<'a>,
     /// `s_d` (1 if `None`).
     pub s_d: Option<Scalar<'a>>,
+    /// The agents ([`Agents::ONE`] without a population; no coefficients).
+    pub agents: Agents<'a>,
+}
+
+impl<'a> PriorFitInputs<'a> {
+    /// One agent's inputs.
+    pub fn new(out: Rows<'a>, planner: Rows<'a>, s_d: Option<Scalar<'a>>) -> Self {
+        PriorFitInputs {
+            out,
+            planner,
+            s_d,
+            agents: Agents::ONE,
+        }
+    }
 }
 
 /// Checks rows of an operand; returns (offset, stride) and records its use.
@@ -121,41 +236,46 @@ pub(super) fn operand<'a>(
     Ok((o, s))
 }
 
+/// Checks a single value (one per agent, from its index); returns (index, 1) and records its
+/// use, or (0, 0) without one.
 pub(super) fn scalar<'a>(
     what: &str,
     name: &'a str,
     s: Option<Scalar<'a>>,
+    agents: usize,
     uses: &mut Vec<Use<'a>>,
 ) -> Result<(u32, u32)> {
     let Some(s) = s else { return Ok((0, 0)) };
-    if s.index >= s.buf.len() {
+    let end = s.index.checked_add(agents).filter(|&e| e <= s.buf.len());
+    let Some(end) = end else {
         return Err(Error::Shape(format!(
-            "{what}: {name} index {} is past the end of {:?} ({} elements)",
+            "{what}: {name} index {} ({agents} agents) is past the end of {:?} ({} elements)",
             s.index,
             s.buf.label(),
             s.buf.len()
         )));
-    }
-    uses.push(Use::read(name, s.buf, (s.index, s.index + 1)));
+    };
+    uses.push(Use::read(name, s.buf, (s.index, end)));
     Ok((to_u32(what, name, s.index)?, 1))
 }
 
-pub(super) fn check_slots(what: &str, loss: &LossOut, n: usize) -> Result<()> {
-    if loss
-        .index
-        .checked_add(n)
-        .is_none_or(|e| e > loss.losses.len())
-    {
+/// Checks the `n` loss slots of each agent; returns the end of the last agent's.
+pub(super) fn check_slots(what: &str, loss: &LossOut, n: usize, agents: &Agents) -> Result<usize> {
+    let end = agents.slot_span(loss.index, n);
+    let Some(end) = end.filter(|&e| e <= loss.losses.len()) else {
         return Err(Error::Shape(format!(
-            "{what}: loss slots {}..{} are past the end of {:?} ({} elements)",
+            "{what}: loss slots {}..{} ({} agents, {} apart) are past the end of {:?} ({} \
+             elements)",
             loss.index,
             loss.index.saturating_add(n),
+            agents.count,
+            agents.slot_stride,
             loss.losses.label(),
             loss.losses.len()
         )));
-    }
-    to_u32(what, "loss slot", loss.index + n)?;
-    Ok(())
+    };
+    to_u32(what, "loss slot", end)?;
+    Ok(end)
 }
 
 pub(super) fn check_storage(rec: &Recorder, what: &str, need: u32) -> Result<()> {

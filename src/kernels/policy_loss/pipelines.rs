@@ -153,18 +153,22 @@ const SAMPLE: KernelSpec = kernel(
 const POLICY_LOSS: KernelSpec = kernel(
     "policy_loss",
     "policy_loss",
-    &extend_bindings::<8, 12>(
-        &[
-            (0, Read),
-            (1, Read),
-            (2, Read),
-            (3, Read),
-            (4, Read),
-            (5, Read),
-            (6, Read),
-            (7, Read),
-        ],
-        &LOSS_OUTPUTS,
+    &extend_bindings::<12, 13>(
+        &extend_bindings::<8, 12>(
+            &[
+                (0, Read),
+                (1, Read),
+                (2, Read),
+                (3, Read),
+                (4, Read),
+                (5, Read),
+                (6, Read),
+                (7, Read),
+            ],
+            &LOSS_OUTPUTS,
+        ),
+        // The agents' coefficients.
+        &[(12, Read)],
     ),
 );
 const PRIOR_FIT: KernelSpec = kernel(

@@ -6,10 +6,11 @@ use super::launch::{Params, Pass, record_pass};
 use super::operands::{PolicyInputs, check_storage, operand, scalar};
 use super::pipelines::{PolicyFlags, PolicyLossKernel};
 use crate::gpu::Recorder;
+use crate::kernels::norm_act::Use;
 use crate::{Error, Result};
 
 /// Storage buffers the policy-loss kernel binds.
-const POLICY_STORAGE: u32 = 11;
+const POLICY_STORAGE: u32 = 12;
 
 /// Record a pass of the sampling-policy loss (see the module docs) over `rows` rows `[T', B]`.
 /// [`Pass::Loss`] writes `w_r d loss_r / d h_r` into `grad` if given (rows of `2A`, written or
@@ -17,7 +18,8 @@ const POLICY_STORAGE: u32 = 11;
 /// the five weighted sums (Q, entropy, KL, LL, total) into
 /// `loss.losses[loss.index..loss.index + 5]` (written or added). [`Pass::Divergence`] writes
 /// only the KL's `D_r`, from `h`, `eps` and the prior (the other inputs are not read), and
-/// needs a KL term.
+/// needs a KL term. With `x.agents` ([`Agents`](super::Agents)) one dispatch runs a
+/// population: `rows` rows per agent, every operand holding the agents' rows back to back.
 ///
 /// `scratch` holds [`policy_loss_scratch_len`](super::policy_loss_scratch_len) partials when
 /// more than one workgroup runs (`None` allocates one per call). Written buffers must differ
@@ -66,10 +68,11 @@ pub fn record_policy_loss<'a>(
     }
     let q_on = !div_only && x.q.is_some();
     let ll_on = !div_only && cfg.ll.is_some();
-    if !pass.start(rec, what, rows, POLICY_TERMS, x.h.buf)? {
+    let ag = x.agents;
+    let n = ag.check(rec, what, rows, POLICY_TERMS)?;
+    if !pass.start(rec, what, rows, POLICY_TERMS, x.h.buf, &ag)? {
         return Ok(());
     }
-    let n = rows;
     let mut uses = Vec::new();
     let mut p = Params {
         c_q: cfg.c_q,
@@ -78,8 +81,13 @@ pub fn record_policy_loss<'a>(
     };
     (p.h_off, p.h_stride) = operand(what, "h", n, 2 * a, x.h, false, &mut uses)?;
     (p.eps_off, p.eps_stride) = operand(what, "eps", n, a, x.eps, false, &mut uses)?;
-    let mut reads = [&x.h.buf.buffer; 8];
+    let mut reads = [&x.h.buf.buffer; 9];
     reads[1] = &x.eps.buf.buffer;
+    if let Some(c) = ag.coefs {
+        uses.push(Use::read("coefficients", c, (0, 4 * ag.count)));
+        reads[8] = &c.buffer;
+        p.has_coef = 1;
+    }
     if q_on && let Some(q) = &x.q {
         (p.q_off, p.q_stride) = operand(what, "q", n, 1, q.values, false, &mut uses)?;
         (p.dq_off, p.dq_stride) = operand(what, "dq", n, a, q.grad, false, &mut uses)?;
@@ -113,8 +121,8 @@ pub fn record_policy_loss<'a>(
         p.ll_threshold = l.threshold;
     }
     if !div_only {
-        (p.sq_index, p.has_sq) = scalar(what, "s_q", x.s_q, &mut uses)?;
-        (p.skl_index, p.has_skl) = scalar(what, "s_kl", x.s_kl, &mut uses)?;
+        (p.sq_index, p.has_sq) = scalar(what, "s_q", x.s_q, ag.count, &mut uses)?;
+        (p.skl_index, p.has_skl) = scalar(what, "s_kl", x.s_kl, ag.count, &mut uses)?;
         if let Some(s) = &x.s_q {
             reads[6] = &s.buf.buffer;
         }
@@ -135,5 +143,5 @@ pub fn record_policy_loss<'a>(
             pass,
         },
     };
-    record_pass(rec, what, rows, a, pass, reads, uses, p, &kernel)
+    record_pass(rec, what, (rows, &ag), a, pass, reads, uses, p, &kernel)
 }

@@ -4,8 +4,8 @@ use super::config::PriorFitConfig;
 use super::launch::{Params, Pass, record_pass};
 use super::operands::{PriorFitInputs, operand, scalar};
 use super::pipelines::{PolicyLossKernel, PriorFlags};
-use crate::Result;
 use crate::gpu::Recorder;
+use crate::{Error, Result};
 
 /// Record a pass of the adaptive prior's fitting loss over `rows` rows. [`Pass::Loss`] writes
 /// `sum_r w_r D_r / s_d` into `loss.losses[loss.index]` (written or added),
@@ -19,7 +19,8 @@ use crate::gpu::Recorder;
 /// `scratch` holds [`prior_fit_scratch_len`](super::prior_fit_scratch_len) partials when more
 /// than one workgroup runs (`None` allocates one per call). Written buffers must differ from
 /// the read ones and not overlap one another. With no rows the slot gets 0 (or keeps its value
-/// when adding).
+/// when adding). `x.agents` runs a population as in
+/// [`record_policy_loss`](super::record_policy_loss) (without coefficients).
 pub fn record_prior_fit<'a>(
     rec: &mut Recorder,
     cfg: &PriorFitConfig,
@@ -30,10 +31,16 @@ pub fn record_prior_fit<'a>(
     let (div_only, what) = pass.named("prior divergence", "prior fit");
     cfg.check()?;
     let a = cfg.head.action_dim;
-    if !pass.start(rec, what, rows, 1, x.out.buf)? {
+    let ag = x.agents;
+    if ag.coefs.is_some() {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: per-agent coefficients are the policy loss's; the prior fit has none"
+        )));
+    }
+    let n = ag.check(rec, what, rows, 1)?;
+    if !pass.start(rec, what, rows, 1, x.out.buf, &ag)? {
         return Ok(());
     }
-    let n = rows;
     let mut uses = Vec::new();
     let mut p = Params {
         kl_dim: cfg.reduce.factor(a),
@@ -43,10 +50,10 @@ pub fn record_prior_fit<'a>(
     (p.h_off, p.h_stride) = operand(what, "prior output", n, 2 * a, x.out, false, &mut uses)?;
     (p.plan_off, p.plan_stride) = operand(what, "planner", n, 2 * a, x.planner, false, &mut uses)?;
     // Slots of the 8 read bindings of the policy loss; prior_fit uses 0, 5 and 7.
-    let mut reads = [&x.out.buf.buffer; 8];
+    let mut reads = [&x.out.buf.buffer; 9];
     reads[5] = &x.planner.buf.buffer;
     if !div_only {
-        (p.skl_index, p.has_skl) = scalar(what, "s_d", x.s_d, &mut uses)?;
+        (p.skl_index, p.has_skl) = scalar(what, "s_d", x.s_d, ag.count, &mut uses)?;
         if let Some(s) = &x.s_d {
             reads[7] = &s.buf.buffer;
         }
@@ -59,5 +66,5 @@ pub fn record_prior_fit<'a>(
             pass,
         },
     };
-    record_pass(rec, what, rows, a, pass, reads, uses, p, &kernel)
+    record_pass(rec, what, (rows, &ag), a, pass, reads, uses, p, &kernel)
 }

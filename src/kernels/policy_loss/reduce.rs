@@ -4,6 +4,7 @@
 use super::POLICY_TERMS;
 use super::config::{PolicyLossConfig, PriorFitConfig};
 use super::launch::{Params, bindings, dispatch, rows_per_group};
+use super::operands::Agents;
 use super::pipelines::{PolicyLossKernel, pipeline_constants};
 use crate::gpu::{GpuBuffer, Recorder};
 use crate::kernels::launch::{record_pipeline, scratch_or_new};
@@ -42,24 +43,36 @@ pub(super) fn finish_loss<'a>(
     rec: &mut Recorder,
     what: &str,
     kernel: &dyn Fn(bool) -> PolicyLossKernel,
-    reads: [&'a wgpu::Buffer; 8],
+    reads: [&'a wgpu::Buffer; 9],
     writes: [Option<&'a wgpu::Buffer>; 2],
     mut uses: Vec<Use<'a>>,
     mut p: Params,
-    groups: usize,
+    (groups, agents): (usize, &Agents),
     loss: LossOut<'a>,
     scratch: Option<&'a GpuBuffer<f32>>,
 ) -> Result<()> {
     let terms = p.terms as usize;
-    let slots = Use::write("loss slots", loss.losses, (loss.index, loss.index + terms));
+    // Checked by `Pass::start`.
+    let end = agents.slot_span(loss.index, terms).unwrap_or(usize::MAX);
+    let slots = Use::write("loss slots", loss.losses, (loss.index, end));
     uses.push(slots);
+    let count = agents.count;
     if groups <= 1 {
         check_aliasing(what, &uses)?;
         p.part_off = loss.index as u32;
+        p.part_stride = agents.slot_stride as u32;
         let bufs = bindings(reads, writes, &loss.losses.buffer);
-        return dispatch(rec, what, &kernel(loss.accumulate), &bufs, &p, groups);
+        return dispatch(
+            rec,
+            what,
+            &kernel(loss.accumulate),
+            &bufs,
+            &p,
+            (groups, count),
+        );
     }
-    let need = terms * groups;
+    let per = terms * groups;
+    let need = per * count;
     let label = "pompc policy-loss partials";
     let part = &scratch_or_new(rec, what, scratch, need, "partials needed", label)?;
     let mut all = uses.clone();
@@ -67,9 +80,10 @@ pub(super) fn finish_loss<'a>(
     check_aliasing(what, &all)?;
     check_aliasing(what, &[Use::read("scratch", part, (0, need)), slots])?;
     p.part_off = 0;
+    p.part_stride = per as u32;
     let bufs = bindings(reads, writes, &part.buffer);
-    dispatch(rec, what, &kernel(false), &bufs, &p, groups)?;
-    record_reduce(rec, &part.buffer, groups, terms, loss)
+    dispatch(rec, what, &kernel(false), &bufs, &p, (groups, count))?;
+    record_reduce(rec, &part.buffer, groups, terms, loss, agents)
 }
 
 /// No rows: zero sums in the slots (which keep their values when adding). `src` is any
@@ -80,6 +94,7 @@ pub(super) fn zero_slots(
     src: &GpuBuffer<f32>,
     terms: usize,
     loss: LossOut,
+    agents: &Agents,
 ) -> Result<()> {
     if loss.accumulate {
         return Ok(());
@@ -89,27 +104,31 @@ pub(super) fn zero_slots(
             "{what}: the input rows and the loss slots are the same buffer"
         )));
     }
-    record_reduce(rec, &src.buffer, 0, terms, loss)
+    record_reduce(rec, &src.buffer, 0, terms, loss, agents)
 }
 
-/// Sum `count` partials per term (term `k` at `src[k * count ..]`) into
-/// `loss.losses[loss.index + k]` for `k < terms`.
+/// Sum `count` partials per term (term `k` of agent `g` at `src[(g * terms + k) * count ..]`)
+/// into `loss.losses[loss.index + g * slot_stride + k]` for `k < terms`.
 fn record_reduce(
     rec: &mut Recorder,
     src: &wgpu::Buffer,
     count: usize,
     terms: usize,
     loss: LossOut,
+    agents: &Agents,
 ) -> Result<()> {
     let p = Params {
         count: count as u32,
         part_off: loss.index as u32,
         terms: terms as u32,
+        part_stride: (terms * count) as u32,
+        slot_stride: agents.slot_stride as u32,
         ..Default::default()
     };
     let kernel = PolicyLossKernel::Reduce {
         loss_add: loss.accumulate,
     };
     let bufs = [src, &loss.losses.buffer];
-    record_pipeline(rec, pipeline_constants(&kernel), &bufs, &p, [1, 1, 1])
+    let groups = [1, 1, agents.count as u32];
+    record_pipeline(rec, pipeline_constants(&kernel), &bufs, &p, groups)
 }
