@@ -3,7 +3,9 @@
 // `td_target`: TD-MPC2's target from two target Q heads, y[r] = reward[r] + discount *
 // min(q0[r], q1[r]), the heads' decoded values stored [2, rows] (q1 at q_stride).
 // `decode_grad`: the gradient of a decoded value v = symexp(y), y = sum_j softmax(l)_j bin_j,
-// with respect to its logits, times `scale`: dv/dl_j = exp(|y|) softmax(l)_j (bin_j - y).
+// with respect to its logits, times `scale`: dv/dl_j = exp(|y|) softmax(l)_j (bin_j - y); with
+// rows_per_weight > 0 also times weight[r / rows_per_weight] (read from `reward`): a population's
+// Q ensemble weighs each (agent, head) block's rows, 0 for the heads an agent did not draw.
 // One thread per row (101 bins: three short passes over the row).
 
 override BINS: u32 = 101u;
@@ -18,7 +20,7 @@ struct Params {
     in_offset: u32,
     out_offset: u32,
     scale: f32,
-    _pad0: u32,
+    rows_per_weight: u32,
     _pad1: u32,
 }
 
@@ -40,7 +42,7 @@ fn bin_value(j: u32) -> f32 {
     return VMIN + f32(j) * ((VMAX - VMIN) / f32(BINS - 1u));
 }
 
-// Bindings: q = logits, y = gradient (reward unused).
+// Bindings: q = logits, y = gradient, reward = the block weights (unread without them).
 @compute @workgroup_size(64)
 fn decode_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let r = gid.x + gid.y * nwg.x * 64u;
@@ -60,7 +62,11 @@ fn decode_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
         w = fma(e, bin_value(j), w);
     }
     let mean = w / s;
-    let c = p.scale * exp(abs(mean)) / s;
+    var scale = p.scale;
+    if (p.rows_per_weight != 0u) {
+        scale *= reward[r / p.rows_per_weight];
+    }
+    let c = scale * exp(abs(mean)) / s;
     let out = p.out_offset + r * BINS;
     for (var j = 0u; j < BINS; j++) {
         y[out + j] = c * exp(q[base + j] - m) * (bin_value(j) - mean);

@@ -1,6 +1,6 @@
 //! The value-head helpers (`shaders/td.wgsl`) against their f64 mirror on fresh random inputs
 //! with poisoned outputs, and the decode gradient against central finite differences of the
-//! decoded value.
+//! decoded value; its per-block weights against the mirror with each block's scale.
 //!
 //! Tolerances: TD targets 1e-6 relative (one fma and a min). Decode gradient: 1e-4 of the
 //! row's largest gradient entry: f32 softmax and exp(|y|) with |y| up to 4 carry relative
@@ -80,24 +80,47 @@ fn decode_gradient_matches_the_mirror_and_finite_differences() {
                 );
             }
         }
+        // Blocks of 5 rows weighted 0, 1 or at random (the last block short).
+        let per = 5;
+        let weights: Vec<f32> = (0..rows.div_ceil(per))
+            .map(|i| [0.0, 1.0, r.random_range(-2.0f32..2.0)][i % 3])
+            .collect();
+        let weighted: Vec<f64> = l64
+            .chunks(per * bins)
+            .zip(&weights)
+            .flat_map(|(block, &w)| {
+                let s = scale * w as f64;
+                mirror::decode_grad(block, bins, cfg.vmin as f64, cfg.vmax as f64, s)
+            })
+            .collect();
         for gpu in gpus() {
-            let lb = GpuBuffer::from_slice(gpu, "logits", &logits).unwrap();
-            let gb = GpuBuffer::<f32>::new(gpu, "grad", rows * bins + 3).unwrap();
-            gb.fill_u32(gpu, POISON).unwrap();
-            let mut rec = Recorder::new(gpu);
-            td::record_decode_grad(&mut rec, &cfg, rows, (&lb, 0), scale as f32, (&gb, 3)).unwrap();
-            let h = rec.read(&gb);
-            let got = rec.finish().unwrap().get(&h).unwrap();
-            for row in 0..rows {
-                let w = &want[row * bins..(row + 1) * bins];
-                let g = &got[3 + row * bins..3 + (row + 1) * bins];
-                let big = w.iter().fold(0.0f64, |a, v| a.max(v.abs()));
-                for (a, b) in g.iter().zip(w) {
-                    assert!(
-                        (*a as f64 - b).abs() <= 1e-4 * big,
-                        "row {row}: gpu {a} mirror {b} ({})",
-                        gpu.describe()
-                    );
+            for weighted_run in [false, true] {
+                let lb = GpuBuffer::from_slice(gpu, "logits", &logits).unwrap();
+                let wb = GpuBuffer::from_slice(gpu, "weights", &weights).unwrap();
+                let gb = GpuBuffer::<f32>::new(gpu, "grad", rows * bins + 3).unwrap();
+                gb.fill_u32(gpu, POISON).unwrap();
+                let mut rec = Recorder::new(gpu);
+                let (w_in, want) = if weighted_run {
+                    (Some((&wb, per)), &weighted)
+                } else {
+                    (None, &want)
+                };
+                let s = scale as f32;
+                td::record_decode_grad_weighted(&mut rec, &cfg, rows, (&lb, 0), s, w_in, (&gb, 3))
+                    .unwrap();
+                let h = rec.read(&gb);
+                let got = rec.finish().unwrap().get(&h).unwrap();
+                for row in 0..rows {
+                    let w = &want[row * bins..(row + 1) * bins];
+                    let g = &got[3 + row * bins..3 + (row + 1) * bins];
+                    let big = w.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+                    for (a, b) in g.iter().zip(w) {
+                        assert!(
+                            (*a as f64 - b).abs() <= 1e-4 * big,
+                            "row {row}: gpu {a} mirror {b} ({})",
+                            gpu.describe()
+                        );
+                    }
                 }
             }
         }

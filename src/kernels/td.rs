@@ -17,7 +17,8 @@ struct Params {
     in_offset: u32,
     out_offset: u32,
     scale: f32,
-    _pad: [u32; 2],
+    rows_per_weight: u32,
+    _pad: u32,
 }
 
 const BINDINGS: &[(u32, Binding)] = &[(0, Read), (1, Read), (2, ReadWrite), (3, Uniform)];
@@ -87,7 +88,43 @@ pub fn record_decode_grad(
     scale: f32,
     grad: (&GpuBuffer<f32>, usize),
 ) -> Result<()> {
+    record_decode_grad_weighted(rec, cfg, rows, logits, scale, None, grad)
+}
+
+/// [`record_decode_grad`] with row `r`'s scale multiplied by `weights.0[r / weights.1]`: each
+/// block of `weights.1` rows has its own weight (a population's Q heads, 0 for the heads an
+/// agent did not draw and 1 for those it did, so that a backward pass through every head
+/// gives each agent the gradient of its own two).
+pub fn record_decode_grad_weighted(
+    rec: &mut Recorder,
+    cfg: &TwoHotConfig,
+    rows: usize,
+    logits: (&GpuBuffer<f32>, usize),
+    scale: f32,
+    weights: Option<(&GpuBuffer<f32>, usize)>,
+    grad: (&GpuBuffer<f32>, usize),
+) -> Result<()> {
     cfg.check()?;
+    if let Some((w, per)) = weights {
+        if per == 0 || u32::try_from(per).is_err() {
+            return Err(Error::InvalidArgument(format!(
+                "value gradient: blocks of {per} rows per weight"
+            )));
+        }
+        if w.len() < rows.div_ceil(per) {
+            return Err(Error::Shape(format!(
+                "value gradient: {rows} rows in blocks of {per} need {} weights, {:?} holds {}",
+                rows.div_ceil(per),
+                w.label(),
+                w.len()
+            )));
+        }
+        if w.buffer == grad.0.buffer {
+            return Err(Error::InvalidArgument(
+                "value gradient: the gradient would overwrite the weights' buffer".into(),
+            ));
+        }
+    }
     let n = rows * cfg.bins;
     if logits.1 + n > logits.0.len() || grad.1 + n > grad.0.len() {
         return Err(Error::Shape(format!(
@@ -122,13 +159,15 @@ pub fn record_decode_grad(
         in_offset: u32::try_from(logits.1).map_err(|_| Error::Limit("offset".into()))?,
         out_offset: u32::try_from(grad.1).map_err(|_| Error::Limit("offset".into()))?,
         scale,
+        rows_per_weight: weights.map_or(0, |w| w.1 as u32),
         ..Default::default()
     };
     let groups = grid(rec.gpu(), rows.div_ceil(64), "value gradient")?;
-    // `reward` is unused by this entry point; bind the logits there too.
+    // `reward` holds the weights, or (unread) the logits again.
+    let w = weights.map_or(&logits.0.buffer, |w| &w.0.buffer);
     rec.dispatch(
         &pipe,
-        &[&logits.0.buffer, &logits.0.buffer, &grad.0.buffer],
+        &[w, &logits.0.buffer, &grad.0.buffer],
         Some(&p),
         groups,
     )
