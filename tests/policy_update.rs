@@ -314,3 +314,227 @@ fn every_preset_matches_pytorch() {
         }
     }
 }
+
+/// Random weights for agent `i`: its own init with Q heads and policy outputs perturbed.
+fn agent_model(spec: &ModelSpec, i: u64, r: &mut impl Rng) -> Vec<f32> {
+    let mut w = Weights::init(spec, 10 + i).unwrap();
+    for (name, t) in w.tensors.iter_mut() {
+        if name.starts_with("_Qs.params.2") || name.starts_with("_pi.2") {
+            t.data
+                .iter_mut()
+                .for_each(|v| *v += r.random_range(-0.3f32..0.3));
+        }
+    }
+    ParamLayout::new(spec).flatten(&w).unwrap()
+}
+
+/// Planner Gaussians `[rows, 2A]` with means in +-0.8 and stds in [0.1, 1).
+fn random_planner(r: &mut impl Rng, rows: usize, a: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(rows * 2 * a);
+    for _ in 0..rows {
+        v.extend((0..a).map(|_| r.random_range(-0.8f32..0.8)));
+        v.extend((0..a).map(|_| r.random_range(0.1f32..1.0)));
+    }
+    v
+}
+
+#[test]
+fn a_population_policy_update_is_each_agent_alone() {
+    // Three agents per family (own parameters, latents, planner Gaussians, seeds and loss
+    // coefficients: PO-MPC at lambda 0.1, 1 and 9 convex or not; TD-M(PC)² and TD-MPC2 with
+    // other entropy weights) through three updates in the same dispatches, against each
+    // agent's own trainer: losses, gradient norms, the policy's and the prior's parameters
+    // and the running scales as alone, within f32 round-off.
+    let spec = ModelSpec {
+        num_q: 5,
+        ..ModelSpec::tiny(5, 3)
+    };
+    let a = spec.action_dim;
+    let batch = 6;
+    let mut r = rng("policy population");
+    let families: Vec<Vec<PolicyUpdateConfig>> = vec![
+        vec![
+            PolicyUpdateConfig::pompc(a, 0.1),
+            PolicyUpdateConfig::pompc(a, 9.0).convex(9.0),
+            PolicyUpdateConfig::pompc(a, 1.0),
+        ],
+        vec![PolicyUpdateConfig::tdmpc_square(a); 2],
+        vec![PolicyUpdateConfig::bmpc(a); 2],
+        vec![
+            PolicyUpdateConfig::tdmpc2(a),
+            PolicyUpdateConfig {
+                loss: pompc::kernels::policy_loss::PolicyLossConfig {
+                    alpha: 3e-4,
+                    ..PolicyUpdateConfig::tdmpc2(a).loss
+                },
+                ..PolicyUpdateConfig::tdmpc2(a)
+            },
+        ],
+    ];
+    let layout = ParamLayout::new(&spec);
+    let p = layout.len();
+    let l = spec.latent_dim;
+    // Each agent's latents [T + 1, B, L] with T = 3.
+    let z_len = 4 * batch * l;
+    for gpu in gpus() {
+        let tag = gpu.describe();
+        for family in &families {
+            let g = family.len();
+            let cfgs: Vec<PolicyUpdateConfig> = family
+                .iter()
+                .enumerate()
+                .map(|(i, c)| PolicyUpdateConfig {
+                    seed: 100 + i as u64,
+                    ..c.clone()
+                })
+                .collect();
+            let flats: Vec<Vec<f32>> = (0..g)
+                .map(|i| agent_model(&spec, i as u64, &mut r))
+                .collect();
+            let zs: Vec<Vec<f32>> = (0..g).map(|_| latents(&mut r, 4 * batch, l)).collect();
+            let mut pop = PolicyTrainer::population(gpu, &spec, &cfgs, batch).unwrap();
+            let rows = pop.rows();
+            let pop_params = GpuBuffer::from_slice(gpu, "params", &flats.concat()).unwrap();
+            let pop_zs = GpuBuffer::from_slice(gpu, "zs", &zs.concat()).unwrap();
+            assert_eq!(pop_zs.len(), g * z_len);
+            let mut alone: Vec<PolicyTrainer> = cfgs
+                .iter()
+                .map(|c| PolicyTrainer::new(gpu, &spec, c.clone(), batch).unwrap())
+                .collect();
+            let own: Vec<(GpuBuffer<f32>, GpuBuffer<f32>)> = (0..g)
+                .map(|i| {
+                    (
+                        GpuBuffer::from_slice(gpu, "params", &flats[i]).unwrap(),
+                        GpuBuffer::from_slice(gpu, "zs", &zs[i]).unwrap(),
+                    )
+                })
+                .collect();
+            let kind = format!("{:?} x {g}", cfgs[0].prior);
+            for u in 0..3 {
+                let planners: Vec<Vec<f32>> =
+                    (0..g).map(|_| random_planner(&mut r, rows, a)).collect();
+                pop.set_planner(&planners.concat()).unwrap();
+                let got = pop.update_agents(&pop_params, &pop_zs).unwrap();
+                for i in 0..g {
+                    alone[i].set_planner(&planners[i]).unwrap();
+                    let want = alone[i].update(&own[i].0, &own[i].1).unwrap();
+                    let x = got[i];
+                    for (what, v, w) in [
+                        ("q", x.q, want.q),
+                        ("entropy", x.entropy, want.entropy),
+                        ("kl", x.kl, want.kl),
+                        ("ll", x.ll, want.ll),
+                        ("total", x.total, want.total),
+                        ("prior fit", x.prior_fit, want.prior_fit),
+                        ("grad norm", x.grad_norm, want.grad_norm),
+                    ] {
+                        assert!(
+                            (v - w).abs() <= 1e-5 * w.abs().max(1e-3),
+                            "{kind} update {u} agent {i} {what}: {v} in the population, {w} \
+                             alone ({tag})"
+                        );
+                    }
+                }
+            }
+            let pp = pop_params.download(gpu).unwrap();
+            let prior_pop = pop.prior_params().map(|b| b.download(gpu).unwrap());
+            let scales_pop: Vec<Vec<f32>> = pop
+                .scales()
+                .iter()
+                .map(|s| s.read_values(gpu).unwrap())
+                .collect();
+            for (i, t) in alone.iter().enumerate() {
+                let want = own[i].0.download(gpu).unwrap();
+                let err = |got: &[f32], want: &[f32]| {
+                    got.iter()
+                        .zip(want)
+                        .map(|(x, y)| (x - y).abs() / y.abs().max(1e-2))
+                        .fold(0.0f32, f32::max)
+                };
+                let e = err(&pp[i * p..(i + 1) * p], &want);
+                assert!(
+                    e <= 1e-5,
+                    "{kind} agent {i} parameters: error {e:e} ({tag})"
+                );
+                if let (Some(pop_prior), Some(own_prior)) = (&prior_pop, t.prior_params()) {
+                    let want = own_prior.download(gpu).unwrap();
+                    let e = err(&pop_prior[i * p..(i + 1) * p], &want);
+                    assert!(e <= 1e-5, "{kind} agent {i} prior: error {e:e} ({tag})");
+                }
+                for (k, s) in t.scales().iter().enumerate() {
+                    let (x, y) = (scales_pop[k][i], s.read_value(gpu).unwrap());
+                    assert!(
+                        (x - y).abs() <= 1e-5 * y.abs(),
+                        "{kind} agent {i} scale {k}: {x} in the population, {y} alone ({tag})"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn policy_population_requests_that_cannot_share_are_errors() {
+    use pompc::Error;
+    let spec = ModelSpec {
+        num_q: 5,
+        ..ModelSpec::tiny(5, 3)
+    };
+    let a = spec.action_dim;
+    let gpu = &gpus()[0];
+    let pompc = |l: f32, seed: u64| PolicyUpdateConfig {
+        seed,
+        ..PolicyUpdateConfig::pompc(a, l)
+    };
+    // Different families, other learning rates, other horizons: separate populations.
+    for cfgs in [
+        vec![pompc(1.0, 0), PolicyUpdateConfig::tdmpc2(a)],
+        vec![
+            pompc(1.0, 0),
+            PolicyUpdateConfig {
+                lr: 1e-3,
+                ..pompc(1.0, 1)
+            },
+        ],
+        vec![pompc(1.0, 0), pompc(1.0, 1).with_forward_prior_fit()],
+        vec![],
+    ] {
+        let e = PolicyTrainer::population(gpu, &spec, &cfgs, 4)
+            .err()
+            .expect("an error");
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+    }
+    let mut pop =
+        PolicyTrainer::population(gpu, &spec, &[pompc(1.0, 0), pompc(9.0, 1)], 4).unwrap();
+    let p = ParamLayout::new(&spec).len();
+    let l = spec.latent_dim;
+    let params = GpuBuffer::<f32>::new(gpu, "params", 2 * p).unwrap();
+    let zs = GpuBuffer::<f32>::new(gpu, "zs", 2 * 4 * 4 * l).unwrap();
+    // One agent's parameters, latents that do not split in two, the one-agent calls.
+    let one = GpuBuffer::<f32>::new(gpu, "params", p).unwrap();
+    let e = pop.update_agents(&one, &zs).unwrap_err();
+    assert!(matches!(e, Error::Shape(_)), "{e}");
+    let odd = GpuBuffer::<f32>::new(gpu, "zs", 2 * 4 * 4 * l + 1).unwrap();
+    let e = pop.update_agents(&params, &odd).unwrap_err();
+    assert!(matches!(e, Error::Shape(_)), "{e}");
+    let e = pop.update(&params, &zs).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+    // Planner Gaussians for one agent.
+    let rows = pop.rows();
+    let e = pop
+        .set_planner(&random_planner(&mut rng("x"), rows, a))
+        .unwrap_err();
+    assert!(matches!(e, Error::Shape(_)), "{e}");
+    // The population still updates.
+    pop.set_planner(&random_planner(&mut rng("y"), 2 * rows, a))
+        .unwrap();
+    let z = latents(&mut rng("z"), 2 * 4 * 4, l);
+    zs.upload(gpu, &z).unwrap();
+    let flat = ParamLayout::new(&spec)
+        .flatten(&Weights::init(&spec, 1).unwrap())
+        .unwrap();
+    params.upload(gpu, &[flat.clone(), flat].concat()).unwrap();
+    let losses = pop.update_agents(&params, &zs).unwrap();
+    assert_eq!(losses.len(), 2);
+    assert!(losses.iter().all(|l| l.total.is_finite()));
+}

@@ -26,13 +26,13 @@ use super::params::ParamLayout;
 use crate::gpu::{Gpu, GpuBuffer, Recorder};
 use crate::kernels::gemm::{self, Gemm, Mat, Operands};
 use crate::kernels::loss::{GradOut, LossOut, RowWeights};
-use crate::kernels::optim::{Adam, AdamConfig, AdamState, ParamGroup, RunningScale};
+use crate::kernels::optim::{Adam, AdamConfig, AdamState, ParamGroup, RunningScale, STATE_WORDS};
 use crate::kernels::policy_loss::{
     self as pl, KlForm, Pass, PolicyHead, PolicyInputs, PolicyLossConfig, PriorFitConfig,
     PriorFitInputs, QInput, Rows, Scalar,
 };
-use crate::kernels::rng_fill::{Distribution, record_fill};
-use crate::kernels::td::record_decode_grad;
+use crate::kernels::rng_fill::{Distribution, record_fill, record_fill_agents};
+use crate::kernels::td::{record_decode_grad, record_decode_grad_weighted};
 use crate::kernels::two_hot::{self, RowLayout, TwoHotConfig};
 use crate::model::{ModelSpec, Net, Weights};
 use crate::{Error, Result};
@@ -150,6 +150,33 @@ impl PolicyUpdateConfig {
         self
     }
 
+    /// The per-agent coefficients a population may vary: `(c_q, alpha, c_kl, c_ll)`.
+    fn coefs(&self) -> [f32; 4] {
+        let l = &self.loss;
+        [
+            l.c_q,
+            l.alpha,
+            l.kl.map_or(0.0, |k| k.coef),
+            l.ll.map_or(0.0, |t| t.coef),
+        ]
+    }
+
+    /// This config with `other`'s seed and coefficients: equal to `other` exactly when the two
+    /// can share a population's dispatches.
+    fn shared_with(&self, other: &Self) -> Self {
+        let mut c = self.clone();
+        c.seed = other.seed;
+        c.loss.c_q = other.loss.c_q;
+        c.loss.alpha = other.loss.alpha;
+        if let (Some(k), Some(o)) = (&mut c.loss.kl, &other.loss.kl) {
+            k.coef = o.coef;
+        }
+        if let (Some(t), Some(o)) = (&mut c.loss.ll, &other.loss.ll) {
+            t.coef = o.coef;
+        }
+        c
+    }
+
     fn check(&self, action_dim: usize) -> Result<()> {
         self.loss.check()?;
         self.prior_fit.check()?;
@@ -232,9 +259,11 @@ pub struct PolicyLosses {
     pub grad_norm: f32,
 }
 
-// Slots of the losses buffer.
+// Slots of the losses buffer (per agent).
 const SLOT_POLICY: usize = 0; // 5 slots from here (pl::POLICY_TERMS)
 const SLOT_PRIOR: usize = 5;
+/// Loss slots per agent.
+const LOSS_SLOTS: usize = 8;
 
 /// The PO-MPC family's policy update for batches of `batch` sub-trajectories.
 pub struct PolicyTrainer<'g> {
@@ -270,7 +299,20 @@ pub struct PolicyTrainer<'g> {
     losses: GpuBuffer<f32>,
     scratch: GpuBuffer<f32>,
     updates: u64,
-    rng: rand::rngs::StdRng,
+    /// Agents trained side by side (1 without a population), and each one's configuration
+    /// (row weights filled in), Q-head draws and noise seed words `[agents, 2]`.
+    agents: usize,
+    cfgs: Vec<PolicyUpdateConfig>,
+    rngs: Vec<rand::rngs::StdRng>,
+    seeds: GpuBuffer<u32>,
+    /// With several agents: each one's `(c_q, alpha, c_kl, c_ll)` `[agents, 4]`, and its Q-head
+    /// choice `[agents, heads]`: 0.5 on the drawn heads (the average), and 1 on them (the
+    /// value gradients' weights).
+    coefs: GpuBuffer<f32>,
+    head_half: GpuBuffer<f32>,
+    head_mask: GpuBuffer<f32>,
+    /// Whether the loss has a Q term for any agent.
+    with_q: bool,
 }
 
 impl<'g> PolicyTrainer<'g> {
@@ -280,11 +322,42 @@ impl<'g> PolicyTrainer<'g> {
     pub fn new(
         gpu: &'g Gpu,
         spec: &ModelSpec,
-        mut cfg: PolicyUpdateConfig,
+        cfg: PolicyUpdateConfig,
         batch: usize,
     ) -> Result<Self> {
+        Self::population(gpu, spec, &[cfg], batch)
+    }
+
+    /// The policy updates of several agents recorded together: every network of every agent
+    /// in the same dispatches (parameters, gradients and Adam states back to back, as the
+    /// world-model trainer's population keeps them), each agent's losses, scales, prior,
+    /// draws and noise its own, so that each agent's update is the one it would make alone.
+    /// The agents share the model, the batch size and the config but for the seed and the
+    /// loss coefficients `c_q`, `alpha`, the KL's and the LL term's (PO-MPC's lambda, its
+    /// convex form): TD-MPC2, BMPC, TD-M(PC)² and PO-MPC agents are separate populations.
+    pub fn population(
+        gpu: &'g Gpu,
+        spec: &ModelSpec,
+        cfgs: &[PolicyUpdateConfig],
+        batch: usize,
+    ) -> Result<Self> {
+        let g = cfgs.len();
+        if g == 0 {
+            return Err(Error::InvalidArgument(
+                "policy population of 0 agents".into(),
+            ));
+        }
         spec.validate()?;
-        cfg.check(spec.action_dim)?;
+        let mut cfgs = cfgs.to_vec();
+        for (i, c) in cfgs.iter().enumerate() {
+            c.check(spec.action_dim)?;
+            if c.shared_with(&cfgs[0]) != cfgs[0] {
+                return Err(Error::InvalidArgument(format!(
+                    "policy population: agent {i}'s update differs from agent 0's in more than \
+                     the seed and the loss coefficients"
+                )));
+            }
+        }
         super::check_batch(batch)?;
         if spec.num_q < 2 {
             return Err(Error::InvalidArgument(format!(
@@ -293,11 +366,14 @@ impl<'g> PolicyTrainer<'g> {
             )));
         }
         let layout = ParamLayout::new(spec);
-        let (a, bins) = (spec.action_dim, spec.num_bins);
-        let rows = cfg.states * batch;
-        let weights = RowWeights::new(1.0 / rows as f32, cfg.rho, batch);
-        cfg.loss.weights = weights;
-        cfg.prior_fit.weights = weights;
+        let (a, bins, e) = (spec.action_dim, spec.num_bins, spec.num_q);
+        let rows = cfgs[0].states * batch;
+        let weights = RowWeights::new(1.0 / rows as f32, cfgs[0].rho, batch);
+        for c in &mut cfgs {
+            c.loss.weights = weights;
+            c.prior_fit.weights = weights;
+        }
+        let cfg = cfgs[0].clone();
         let pi = TrainNet::new(spec, &layout, Net::Policy)?;
         let q = TrainNet::new(spec, &layout, Net::Q)?;
         let f = |label: &str, n: usize| GpuBuffer::<f32>::new(gpu, label, n.max(1));
@@ -308,62 +384,73 @@ impl<'g> PolicyTrainer<'g> {
             clip: Some(cfg.grad_clip_norm),
             ..AdamConfig::default()
         };
-        let adam = Adam::new(
-            gpu,
-            layout.len(),
-            &[ParamGroup::new(pi_range.clone(), 1.0)],
-            adam_cfg,
-        )?;
+        let groups = [ParamGroup::new(pi_range.clone(), 1.0)];
+        let adam = Adam::population(gpu, layout.len(), &groups, adam_cfg, g)?;
         let adaptive = cfg.prior == PriorKind::Adaptive;
         let (prior_params, prior_grads, prior_adam, prior_tape) = if adaptive {
-            // The prior's own initialization: a different seed than the policy's.
-            let w = Weights::init(spec, cfg.seed ^ 0x0050_5249_4f52)?;
-            let flat = layout.flatten(&w)?;
+            // Each prior's own initialization: a different seed than the policy's.
+            let mut flat = Vec::with_capacity(g * layout.len());
+            for c in &cfgs {
+                let w = Weights::init(spec, c.seed ^ 0x0050_5249_4f52)?;
+                flat.extend(layout.flatten(&w)?);
+            }
             (
                 Some(GpuBuffer::from_slice(gpu, "prior parameters", &flat)?),
-                Some(f("prior gradients", layout.len())?),
-                Some(Adam::new(
-                    gpu,
-                    layout.len(),
-                    &[ParamGroup::new(pi_range, 1.0)],
-                    adam_cfg,
-                )?),
-                Some(Tape::new(gpu, &pi, rows, 1, 1)?),
+                Some(f("prior gradients", g * layout.len())?),
+                Some(Adam::population(gpu, layout.len(), &groups, adam_cfg, g)?),
+                Some(Tape::new(gpu, &pi, rows, g, 1)?),
             )
         } else {
             (None, None, None, None)
         };
-        let s_q = RunningScale::new(gpu, cfg.scale_tau)?;
+        let s_q = RunningScale::population(gpu, cfg.scale_tau, g)?;
         s_q.set_value(gpu, cfg.q_scale_init)?;
         let scratch = pl::policy_loss_scratch_len(&cfg.loss, rows)
             .max(pl::prior_fit_scratch_len(&cfg.prior_fit, rows));
+        let seed_words: Vec<u32> = cfgs
+            .iter()
+            .flat_map(|c| crate::rng::seed_words(c.seed))
+            .collect();
+        let coefs: Vec<f32> = cfgs.iter().flat_map(|c| c.coefs()).collect();
+        // One agent runs its two Q heads one after the other; several run every head.
+        let (q_slots, q_steps) = if g == 1 { (1, 2) } else { (g * e, 1) };
         Ok(PolicyTrainer {
-            pi_tape: Tape::new(gpu, &pi, rows, 1, 1)?,
-            q_tape: Tape::new(gpu, &q, rows, 1, 2)?,
+            pi_tape: Tape::new(gpu, &pi, rows, g, 1)?,
+            q_tape: Tape::new(gpu, &q, rows, q_slots, q_steps)?,
             prior_tape,
-            grads: f("policy gradients", layout.len())?,
+            grads: f("policy gradients", g * layout.len())?,
             adam,
             prior_params,
             prior_grads,
             prior_adam,
             s_q,
-            s_kl: RunningScale::new(gpu, cfg.scale_tau)?,
-            s_d: RunningScale::new(gpu, cfg.scale_tau)?,
-            eps: f("policy noise", rows * a)?,
-            action: f("policy actions", rows * a)?,
-            q_vals: f("Q values of 2 heads", 2 * rows)?,
-            q_avg: f("Q average", rows)?,
+            s_kl: RunningScale::population(gpu, cfg.scale_tau, g)?,
+            s_d: RunningScale::population(gpu, cfg.scale_tau, g)?,
+            eps: f("policy noise", g * rows * a)?,
+            action: f("policy actions", g * rows * a)?,
+            q_vals: f("Q values of the heads", q_slots * q_steps * rows)?,
+            q_avg: f("Q average", g * rows)?,
             half: GpuBuffer::from_slice(gpu, "average of 2", &[0.5f32, 0.5])?,
-            dq_logits: f("dQ/dlogits", 2 * rows * bins)?,
-            dq_da: f("dQ/da", rows * a)?,
-            dh: f("policy output gradient", rows * 2 * a)?,
-            dprior: f("prior output gradient", rows * 2 * a)?,
-            div: f("divergence rows", rows)?,
-            planner: f("planner Gaussians", rows * 2 * a)?,
-            losses: f("policy losses", 8)?,
-            scratch: f("policy loss partials", scratch)?,
+            dq_logits: f("dQ/dlogits", q_slots * q_steps * rows * bins)?,
+            dq_da: f("dQ/da", g * rows * a)?,
+            dh: f("policy output gradient", g * rows * 2 * a)?,
+            dprior: f("prior output gradient", g * rows * 2 * a)?,
+            div: f("divergence rows", g * rows)?,
+            planner: f("planner Gaussians", g * rows * 2 * a)?,
+            losses: f("policy losses", g * LOSS_SLOTS)?,
+            scratch: f("policy loss partials", g * scratch)?,
             updates: 0,
-            rng: rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x0070_6f6d_7063),
+            agents: g,
+            rngs: cfgs
+                .iter()
+                .map(|c| rand::rngs::StdRng::seed_from_u64(c.seed ^ 0x0070_6f6d_7063))
+                .collect(),
+            seeds: GpuBuffer::from_slice(gpu, "policy noise seeds", &seed_words)?,
+            coefs: GpuBuffer::from_slice(gpu, "policy loss coefficients", &coefs)?,
+            head_half: f("Q head average", if g > 1 { g * e } else { 1 })?,
+            head_mask: f("Q head choice", if g > 1 { g * e } else { 1 })?,
+            with_q: cfgs.iter().any(|c| c.loss.c_q != 0.0) || cfg.loss.ll.is_some(),
+            cfgs,
             pi,
             q,
             gpu,
@@ -374,7 +461,17 @@ impl<'g> PolicyTrainer<'g> {
         })
     }
 
-    /// The configuration (row weights filled in).
+    /// Agents trained side by side.
+    pub fn agents(&self) -> usize {
+        self.agents
+    }
+
+    /// Agent `i`'s configuration (row weights filled in).
+    pub fn agent_config(&self, i: usize) -> Option<&PolicyUpdateConfig> {
+        self.cfgs.get(i)
+    }
+
+    /// The configuration (row weights filled in; agent 0's in a population).
     pub fn config(&self) -> &PolicyUpdateConfig {
         &self.cfg
     }
@@ -432,13 +529,16 @@ impl<'g> PolicyTrainer<'g> {
     }
 
     /// Upload the planner's first-step Gaussians of the batch, `[T', B, 2A]` with each row
-    /// `[mean (A) | std (A)]` (BMPC's layout; std > 0).
+    /// `[mean (A) | std (A)]` (BMPC's layout; std > 0); in a population every agent's,
+    /// `[agents, T', B, 2A]`.
     pub fn set_planner(&mut self, gaussians: &[f32]) -> Result<()> {
-        let n = self.rows() * 2 * self.spec.action_dim;
+        let n = self.agents * self.rows() * 2 * self.spec.action_dim;
         if gaussians.len() != n {
             return Err(Error::Shape(format!(
-                "planner Gaussians: {} values, {} states x {} sub-trajectories x 2A need {n}",
+                "planner Gaussians: {} values, {} agents x {} states x {} sub-trajectories x 2A \
+                 need {n}",
                 gaussians.len(),
+                self.agents,
                 self.cfg.states,
                 self.batch
             )));
@@ -459,8 +559,9 @@ impl<'g> PolicyTrainer<'g> {
         self.planner.upload(self.gpu, gaussians)
     }
 
-    /// Upload the policy noise `[T', B, A]` of the next update instead of drawing it on the
-    /// GPU (for tests against other implementations).
+    /// Upload the policy noise `[T', B, A]` (`[agents, T', B, A]` in a population) of the
+    /// next update instead of drawing it on the GPU (for tests against other
+    /// implementations).
     pub fn set_noise(&mut self, eps: &[f32]) -> Result<()> {
         if eps.len() != self.eps.len() {
             return Err(Error::Shape(format!(
@@ -472,11 +573,20 @@ impl<'g> PolicyTrainer<'g> {
         self.eps.upload(self.gpu, eps)
     }
 
-    /// Two different Q heads, drawn at random.
+    /// Two different Q heads, drawn at random (agent 0's draw in a population).
     pub fn draw_heads(&mut self) -> [usize; 2] {
+        Self::draw(&mut self.rngs[0], self.spec.num_q)
+    }
+
+    /// Each agent's two different Q heads, from its own draws.
+    pub fn draw_agent_heads(&mut self) -> Vec<[usize; 2]> {
         let n = self.spec.num_q;
-        let first = self.rng.random_range(0..n);
-        let second = (first + self.rng.random_range(1..n.max(2))) % n;
+        self.rngs.iter_mut().map(|r| Self::draw(r, n)).collect()
+    }
+
+    fn draw(rng: &mut rand::rngs::StdRng, n: usize) -> [usize; 2] {
+        let first = rng.random_range(0..n);
+        let second = (first + rng.random_range(1..n.max(2))) % n;
         [first, second]
     }
 
@@ -485,8 +595,47 @@ impl<'g> PolicyTrainer<'g> {
     /// (`[T + 1, B, latent]`, the first `T' B` rows used): noise drawn on the GPU, Q heads
     /// at random.
     pub fn update(&mut self, params: &GpuBuffer<f32>, zs: &GpuBuffer<f32>) -> Result<PolicyLosses> {
+        self.one_agent("update")?;
         let heads = self.draw_heads();
         self.update_with(params, zs, heads, true)
+    }
+
+    /// Every agent's update in one submit on `params` (the agents' flat parameters back to
+    /// back, as [`WorldModelTrainer::params`](super::WorldModelTrainer::params) holds a
+    /// population's) from the rollout latents `zs` (each agent's `[T + 1, B, latent]`, an
+    /// equal share of the buffer, back to back): noise drawn on the GPU, each agent's Q heads
+    /// from its own draws. Returns each agent's losses.
+    pub fn update_agents(
+        &mut self,
+        params: &GpuBuffer<f32>,
+        zs: &GpuBuffer<f32>,
+    ) -> Result<Vec<PolicyLosses>> {
+        let heads = self.draw_agent_heads();
+        let mut rec = Recorder::new(self.gpu);
+        self.record_agents(&mut rec, params, zs, &heads, true, true)?;
+        let hl = rec.read(&self.losses);
+        let hs = rec.read(self.adam.state_buffer());
+        let out = rec.finish()?;
+        let l = out.get(&hl)?;
+        let words = out.get(&hs)?;
+        (0..self.agents)
+            .map(|i| {
+                let state = AdamState::from_words(&words[i * STATE_WORDS..])?;
+                let norm = state.grad_norm.unwrap_or(f32::NAN);
+                Ok(Self::losses_from(&l[i * LOSS_SLOTS..], norm))
+            })
+            .collect()
+    }
+
+    fn one_agent(&self, what: &str) -> Result<()> {
+        if self.agents != 1 {
+            return Err(Error::InvalidArgument(format!(
+                "policy {what}: a population of {} agents updates through update_agents or \
+                 record_agents",
+                self.agents
+            )));
+        }
+        Ok(())
     }
 
     /// [`PolicyTrainer::update`] with the Q heads given and, unless `draw_noise`, the noise
@@ -498,6 +647,7 @@ impl<'g> PolicyTrainer<'g> {
         heads: [usize; 2],
         draw_noise: bool,
     ) -> Result<PolicyLosses> {
+        self.one_agent("update")?;
         let mut rec = Recorder::new(self.gpu);
         self.record(&mut rec, params, zs, heads, draw_noise, true)?;
         let hl = rec.read(&self.losses);
@@ -517,6 +667,7 @@ impl<'g> PolicyTrainer<'g> {
         zs: &GpuBuffer<f32>,
         heads: [usize; 2],
     ) -> Result<PolicyLosses> {
+        self.one_agent("update")?;
         let mut rec = Recorder::new(self.gpu);
         self.record(&mut rec, params, zs, heads, false, false)?;
         let hl = rec.read(&self.losses);
@@ -536,14 +687,27 @@ impl<'g> PolicyTrainer<'g> {
         }
     }
 
-    /// Set the adaptive prior's network from `weights` (its `_pi.*` tensors).
+    /// Set the adaptive prior's network from `weights` (its `_pi.*` tensors; agent 0's in a
+    /// population).
     pub fn set_prior(&mut self, weights: &Weights) -> Result<()> {
+        self.set_agent_prior(0, weights)
+    }
+
+    /// Set agent `i`'s adaptive prior network from `weights` (its `_pi.*` tensors).
+    pub fn set_agent_prior(&mut self, i: usize, weights: &Weights) -> Result<()> {
         let pp = self.prior_params.as_ref().ok_or_else(|| {
             Error::InvalidArgument("this policy update has no adaptive prior".into())
         })?;
+        if i >= self.agents {
+            return Err(Error::InvalidArgument(format!(
+                "prior of agent {i} in a population of {}",
+                self.agents
+            )));
+        }
         let flat = self.layout.flatten(weights)?;
         let r = self.layout.net(Net::Policy);
-        pp.upload_at(self.gpu, r.start, &flat[r])
+        let at = i * self.layout.len() + r.start;
+        pp.upload_at(self.gpu, at, &flat[r])
     }
 
     /// Record one update (with the optimizer steps when `step`; without them the gradients
@@ -557,116 +721,99 @@ impl<'g> PolicyTrainer<'g> {
         draw_noise: bool,
         step: bool,
     ) -> Result<()> {
-        let (a, l, bins) = (
-            self.spec.action_dim,
-            self.spec.latent_dim,
-            self.spec.num_bins,
-        );
-        let (b, rows) = (self.batch, self.rows());
-        if params.len() != self.layout.len() {
-            return Err(Error::Shape(format!(
-                "policy update: {} parameters, the model has {}",
-                params.len(),
-                self.layout.len()
+        self.record_agents(rec, params, zs, &[heads], draw_noise, step)
+    }
+
+    /// [`PolicyTrainer::record`] for every agent: agent `i` with Q heads `heads[i]`, its
+    /// parameters at `i * ParamLayout::len()` of `params` and its latents in the `i`-th of
+    /// `agents` equal shares of `zs`.
+    pub fn record_agents(
+        &mut self,
+        rec: &mut Recorder,
+        params: &GpuBuffer<f32>,
+        zs: &GpuBuffer<f32>,
+        heads: &[[usize; 2]],
+        draw_noise: bool,
+        step: bool,
+    ) -> Result<()> {
+        let (a, l, e) = (self.spec.action_dim, self.spec.latent_dim, self.spec.num_q);
+        let (b, rows, g) = (self.batch, self.rows(), self.agents);
+        if heads.len() != g {
+            return Err(Error::InvalidArgument(format!(
+                "{} agents' Q heads for a policy population of {g}",
+                heads.len()
             )));
         }
-        if zs.len() < rows * l {
+        if params.len() != g * self.layout.len() {
             return Err(Error::Shape(format!(
-                "policy update: latents hold {} values, {} states x {b} x {l} needed",
+                "policy update: {} parameters, {g} agents of a model of {} need {}",
+                params.len(),
+                self.layout.len(),
+                g * self.layout.len()
+            )));
+        }
+        // Each agent's latents: an equal share of the buffer.
+        let z_stride = zs.len() / g;
+        if z_stride < rows * l || (g > 1 && zs.len() % g != 0) {
+            return Err(Error::Shape(format!(
+                "policy update: latents hold {} values, {g} agents x {} states x {b} x {l} \
+                 needed (in equal shares)",
                 zs.len(),
                 self.cfg.states
             )));
         }
-        if heads[0] == heads[1] || heads.iter().any(|&h| h >= self.spec.num_q) {
-            return Err(Error::InvalidArgument(format!(
-                "Q heads {heads:?}: two different heads of {}",
-                self.spec.num_q
-            )));
+        for h in heads {
+            if h[0] == h[1] || h.iter().any(|&x| x >= e) {
+                return Err(Error::InvalidArgument(format!(
+                    "Q heads {h:?}: two different heads of {e}"
+                )));
+            }
         }
         let cfg = self.cfg.clone();
+        let one = g == 1;
         rec.clear(&self.grads);
         rec.clear(&self.losses);
-        let z_in = NetInput {
-            z: (zs, 0),
-            a: None,
-            agent_strides: (0, 0),
-        };
+        let agents = Members::one(0).of_agents(g);
+        let z_in = NetInput::z(zs, 0).per_agent(z_stride, 0);
+        // The losses' view of the population: slots 8 apart, each agent's coefficients.
+        let mut pop = pl::Agents::new(g, LOSS_SLOTS);
+        if !one {
+            pop = pop.with_coefs(&self.coefs);
+        }
         // The policy's raw output and its sample.
         self.pi
-            .forward(rec, params, rows, Members::one(0), z_in, &self.pi_tape, 0)?;
+            .forward(rec, params, rows, agents, z_in, &self.pi_tape, 0)?;
         let (h_buf, h_off) = self.pi_tape.output(&self.pi, 0);
         if draw_noise {
             let stream = (self.updates as u32).wrapping_mul(2).wrapping_add(1);
-            record_fill(rec, &self.eps, Distribution::Normal, cfg.seed, stream)?;
+            if one {
+                record_fill(rec, &self.eps, Distribution::Normal, cfg.seed, stream)?;
+            } else {
+                let dist = Distribution::Normal;
+                record_fill_agents(rec, &self.eps, dist, &self.seeds, rows * a, stream)?;
+            }
         }
         let h_rows = Rows::at(h_buf, RowLayout::at(h_off, 2 * a));
         let eps_rows = Rows::new(&self.eps, a);
         pl::record_sample(
             rec,
             &cfg.loss.head,
-            rows,
+            g * rows,
             h_rows,
             eps_rows,
             Rows::new(&self.action, a),
         )?;
         // The frozen Q heads' average at the sample and its action gradient.
-        let with_q = cfg.loss.c_q != 0.0 || cfg.loss.ll.is_some();
+        let with_q = self.with_q;
         if with_q {
-            let tcfg = TwoHotConfig::new(bins, self.spec.vmin, self.spec.vmax)?;
-            for (s, &hd) in heads.iter().enumerate() {
-                let inp = NetInput {
-                    z: (zs, 0),
-                    a: Some((&self.action, 0)),
-                    agent_strides: (0, 0),
-                };
-                self.q
-                    .forward(rec, params, rows, Members::one(hd), inp, &self.q_tape, s)?;
-                let (qo, qoff) = self.q_tape.output(&self.q, s);
-                two_hot::record_decode_strided(
-                    rec,
-                    &tcfg,
-                    rows,
-                    qo,
-                    RowLayout::at(qoff, bins),
-                    &self.q_vals,
-                    RowLayout::at(s * rows, 1),
-                )?;
-                record_decode_grad(
-                    rec,
-                    &tcfg,
-                    rows,
-                    (qo, qoff),
-                    0.5,
-                    (&self.dq_logits, s * rows * bins),
-                )?;
-                self.q.backward(
-                    rec,
-                    params,
-                    rows,
-                    Members::one(hd),
-                    inp,
-                    &self.q_tape,
-                    s,
-                    (&self.dq_logits, s * rows * bins),
-                    Grads {
-                        params: None,
-                        dz: None,
-                        da: Some((&self.dq_da, 0, s > 0)),
-                    },
-                )?;
+            if one {
+                self.record_q_alone(rec, params, zs, heads[0])?;
+            } else {
+                self.record_q_population(rec, params, zs, z_stride, heads)?;
             }
-            // q_avg = [0.5 0.5] x q_vals [2, rows].
-            gemm::record(
-                rec,
-                &Gemm::new(1, rows, 2),
-                Operands::new(
-                    Mat::rows(&self.half, 2),
-                    Mat::rows(&self.q_vals, rows),
-                    Mat::rows(&self.q_avg, rows),
-                ),
-            )?;
             // TD-MPC2 updates the Q scale with the t = 0 values, then divides by it.
-            self.s_q.record_update(rec, &self.q_avg, 0, b)?;
+            self.s_q
+                .record_update_agents(rec, &self.q_avg, 0, b, rows)?;
         }
         // The adaptive prior: forward, its fit to the planner Gaussians, backward, Adam. The
         // policy's KL reads this forward's output (the prior before its step).
@@ -678,18 +825,20 @@ impl<'g> PolicyTrainer<'g> {
             self.prior_tape.as_ref(),
         ) {
             rec.clear(pg);
-            self.pi
-                .forward(rec, pp, rows, Members::one(0), z_in, tape, 0)?;
+            self.pi.forward(rec, pp, rows, agents, z_in, tape, 0)?;
             let (po, poff) = tape.output(&self.pi, 0);
             let out_rows = Rows::at(po, RowLayout::at(poff, 2 * a));
-            let inputs = PriorFitInputs::new(
-                out_rows,
-                planner_rows,
-                Some(Scalar::new(self.s_d.value_buffer())),
-            );
+            let inputs = PriorFitInputs {
+                agents: pl::Agents::new(g, LOSS_SLOTS),
+                ..PriorFitInputs::new(
+                    out_rows,
+                    planner_rows,
+                    Some(Scalar::new(self.s_d.value_buffer())),
+                )
+            };
             let div = Pass::Divergence(Rows::new(&self.div, 1));
             pl::record_prior_fit(rec, &cfg.prior_fit, rows, &inputs, div)?;
-            self.s_d.record_update(rec, &self.div, 0, b)?;
+            self.s_d.record_update_agents(rec, &self.div, 0, b, rows)?;
             pl::record_prior_fit(
                 rec,
                 &cfg.prior_fit,
@@ -714,7 +863,7 @@ impl<'g> PolicyTrainer<'g> {
                 rec,
                 pp,
                 rows,
-                Members::one(0),
+                agents,
                 z_in,
                 tape,
                 0,
@@ -728,6 +877,7 @@ impl<'g> PolicyTrainer<'g> {
             prior_rows = Some(out_rows);
         }
         let mut inputs = PolicyInputs::new(h_rows, eps_rows);
+        inputs.agents = pop;
         if with_q {
             inputs.q = Some(QInput {
                 values: Rows::new(&self.q_avg, 1),
@@ -749,7 +899,7 @@ impl<'g> PolicyTrainer<'g> {
             // BMPC's order: the KL scale moves with this batch's t = 0 rows first.
             let div = Pass::Divergence(Rows::new(&self.div, 1));
             pl::record_policy_loss(rec, &cfg.loss, rows, &inputs, div)?;
-            self.s_kl.record_update(rec, &self.div, 0, b)?;
+            self.s_kl.record_update_agents(rec, &self.div, 0, b, rows)?;
         }
         pl::record_policy_loss(
             rec,
@@ -775,7 +925,7 @@ impl<'g> PolicyTrainer<'g> {
             rec,
             params,
             rows,
-            Members::one(0),
+            agents,
             z_in,
             &self.pi_tape,
             0,
@@ -798,5 +948,141 @@ impl<'g> PolicyTrainer<'g> {
         }
         self.updates += 1;
         Ok(())
+    }
+
+    /// One agent's Q term inputs: its two heads one after the other, each decoded at the
+    /// sample and backpropagated (halved) into the action gradient; their average.
+    fn record_q_alone(
+        &self,
+        rec: &mut Recorder,
+        params: &GpuBuffer<f32>,
+        zs: &GpuBuffer<f32>,
+        heads: [usize; 2],
+    ) -> Result<()> {
+        let (bins, rows) = (self.spec.num_bins, self.rows());
+        let tcfg = TwoHotConfig::new(bins, self.spec.vmin, self.spec.vmax)?;
+        let inp = NetInput::za((zs, 0), (&self.action, 0));
+        for (s, &hd) in heads.iter().enumerate() {
+            self.q
+                .forward(rec, params, rows, Members::one(hd), inp, &self.q_tape, s)?;
+            let (qo, qoff) = self.q_tape.output(&self.q, s);
+            two_hot::record_decode_strided(
+                rec,
+                &tcfg,
+                rows,
+                qo,
+                RowLayout::at(qoff, bins),
+                &self.q_vals,
+                RowLayout::at(s * rows, 1),
+            )?;
+            record_decode_grad(
+                rec,
+                &tcfg,
+                rows,
+                (qo, qoff),
+                0.5,
+                (&self.dq_logits, s * rows * bins),
+            )?;
+            self.q.backward(
+                rec,
+                params,
+                rows,
+                Members::one(hd),
+                inp,
+                &self.q_tape,
+                s,
+                (&self.dq_logits, s * rows * bins),
+                Grads {
+                    params: None,
+                    dz: None,
+                    da: Some((&self.dq_da, 0, s > 0)),
+                },
+            )?;
+        }
+        // q_avg = [0.5 0.5] x q_vals [2, rows].
+        gemm::record(
+            rec,
+            &Gemm::new(1, rows, 2),
+            Operands::new(
+                Mat::rows(&self.half, 2),
+                Mat::rows(&self.q_vals, rows),
+                Mat::rows(&self.q_avg, rows),
+            ),
+        )
+    }
+
+    /// A population's Q term inputs: every head of every agent in one pass, each agent's
+    /// choice of two applied by weights (0.5 on its heads for the average; 1 or 0 on the
+    /// heads' halved value gradients, so that the backward pass through all heads gives each
+    /// agent the action gradient of its own two).
+    fn record_q_population(
+        &self,
+        rec: &mut Recorder,
+        params: &GpuBuffer<f32>,
+        zs: &GpuBuffer<f32>,
+        z_stride: usize,
+        heads: &[[usize; 2]],
+    ) -> Result<()> {
+        let (a, bins, e) = (self.spec.action_dim, self.spec.num_bins, self.spec.num_q);
+        let (rows, g) = (self.rows(), self.agents);
+        let mut half = vec![0.0f32; g * e];
+        let mut mask = vec![0.0f32; g * e];
+        for (i, h) in heads.iter().enumerate() {
+            for &hd in h {
+                half[i * e + hd] = 0.5;
+                mask[i * e + hd] = 1.0;
+            }
+        }
+        // Queue writes land before this submit: one update per submit reads its own draw.
+        self.head_half.upload(self.gpu, &half)?;
+        self.head_mask.upload(self.gpu, &mask)?;
+        let tcfg = TwoHotConfig::new(bins, self.spec.vmin, self.spec.vmax)?;
+        let all = Members::range(0, e).of_agents(g);
+        let inp = NetInput::za((zs, 0), (&self.action, 0)).per_agent(z_stride, rows * a);
+        self.q
+            .forward(rec, params, rows, all, inp, &self.q_tape, 0)?;
+        let (qo, qoff) = self.q_tape.output(&self.q, 0);
+        let n = g * e * rows;
+        two_hot::record_decode_strided(
+            rec,
+            &tcfg,
+            n,
+            qo,
+            RowLayout::at(qoff, bins),
+            &self.q_vals,
+            RowLayout::contiguous(1),
+        )?;
+        // A block of rows per (agent, head), weighted 1 or 0.
+        let mask = Some((&self.head_mask, rows));
+        record_decode_grad_weighted(rec, &tcfg, n, (qo, qoff), 0.5, mask, (&self.dq_logits, 0))?;
+        self.q.backward(
+            rec,
+            params,
+            rows,
+            all,
+            inp,
+            &self.q_tape,
+            0,
+            (&self.dq_logits, 0),
+            Grads {
+                params: None,
+                dz: None,
+                da: Some((&self.dq_da, 0, false)),
+            },
+        )?;
+        // q_avg[agent] = choice[agent] (1 x heads) x q_vals[agent] (heads x rows).
+        let op = Gemm {
+            batch: g,
+            ..Gemm::new(1, rows, e)
+        };
+        gemm::record(
+            rec,
+            &op,
+            Operands::new(
+                Mat::rows(&self.head_half, e).batched(e),
+                Mat::rows(&self.q_vals, rows).batched(e * rows),
+                Mat::rows(&self.q_avg, rows).batched(rows),
+            ),
+        )
     }
 }
