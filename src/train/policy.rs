@@ -754,7 +754,7 @@ impl<'g> PolicyTrainer<'g> {
         }
         // Each agent's latents: an equal share of the buffer.
         let z_stride = zs.len() / g;
-        if z_stride < rows * l || (g > 1 && zs.len() % g != 0) {
+        if z_stride < rows * l || (g > 1 && !zs.len().is_multiple_of(g)) {
             return Err(Error::Shape(format!(
                 "policy update: latents hold {} values, {g} agents x {} states x {b} x {l} \
                  needed (in equal shares)",
