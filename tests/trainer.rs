@@ -307,8 +307,10 @@ fn an_agent_in_a_population_trains_as_it_does_alone() {
             .collect::<Vec<_>>()
     };
     let mut population = Population::create(gpu, setups()).unwrap();
-    // The two agents plan in shared plan steps (a population model of both).
+    // The two agents plan in shared plan steps (a population model of both) and update in
+    // shared dispatches.
     assert_eq!(population.shares_plan_steps(), Ok(()));
+    assert_eq!(population.shares_updates(), Ok(()));
     let events = Mutex::new(vec![Vec::new(); settings.len()]);
     population
         .run(steps, &|i, e| {

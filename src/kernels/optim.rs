@@ -861,6 +861,39 @@ impl Adam {
         Ok(self.read_state(gpu)?.grad_norm)
     }
 
+    /// Record copies of agent `i`'s moments and state from the one-agent optimizer `alone`
+    /// (`into_population`) or back into it (same length and groups): how a population takes
+    /// over optimizers that stepped alone and hands them back.
+    pub fn record_exchange_agent(
+        &self,
+        rec: &mut Recorder,
+        i: usize,
+        alone: &Adam,
+        into_population: bool,
+    ) -> Result<()> {
+        if i >= self.agents || alone.agents != 1 || alone.len != self.len {
+            return Err(Error::InvalidArgument(format!(
+                "Adam exchange: agent {i} of {} with an optimizer of {} agents over {} values \
+                 ({} here)",
+                self.agents, alone.agents, alone.len, self.len
+            )));
+        }
+        let n = self.len;
+        for (pop, one) in [(&self.m, &alone.m), (&self.v, &alone.v)] {
+            if into_population {
+                rec.copy_range(one, 0, pop, i * n, n)?;
+            } else {
+                rec.copy_range(pop, i * n, one, 0, n)?;
+            }
+        }
+        let w = STATE_WORDS;
+        if into_population {
+            rec.copy_range(&alone.state, 0, &self.state, i * w, w)
+        } else {
+            rec.copy_range(&self.state, i * w, &alone.state, 0, w)
+        }
+    }
+
     /// Zero the moments and the step counter (queue writes, ordered before the next submit).
     pub fn reset(&self, gpu: &Gpu) -> Result<()> {
         self.m.fill_u32(gpu, 0)?;
@@ -1144,6 +1177,29 @@ impl RunningScale {
     /// The one-element buffer holding the scale, for kernels that divide by it.
     pub fn value_buffer(&self) -> &GpuBuffer<f32> {
         &self.value
+    }
+
+    /// Record a copy of agent `i`'s scale from the one-agent scale `alone`
+    /// (`into_population`) or back into it.
+    pub fn record_exchange_agent(
+        &self,
+        rec: &mut Recorder,
+        i: usize,
+        alone: &RunningScale,
+        into_population: bool,
+    ) -> Result<()> {
+        if i >= self.agents() || alone.agents() != 1 {
+            return Err(Error::InvalidArgument(format!(
+                "RunningScale exchange: agent {i} of {} with a scale of {} agents",
+                self.agents(),
+                alone.agents()
+            )));
+        }
+        if into_population {
+            rec.copy_range(&alone.value, 0, &self.value, i, 1)
+        } else {
+            rec.copy_range(&self.value, i, &alone.value, 0, 1)
+        }
     }
 
     /// Download the scale (agent 0's in a population; one submit and one map).

@@ -985,6 +985,11 @@ impl<'a, 'g> AgentRun<'a, 'g> {
         Ok(Some(p.step >= cfg.seed_steps))
     }
 
+    /// Whether the next [`AgentRun::begin_step`] evaluates.
+    fn eval_due(&self) -> bool {
+        self.p.step < self.until && self.p.step >= self.p.next_eval && !self.p.in_episode
+    }
+
     fn evaluate(&mut self, on: &mut dyn FnMut(&Event) -> Result<()>) -> Result<()> {
         self.refresh_model()?;
         record_eval(
@@ -1069,6 +1074,35 @@ impl<'a, 'g> AgentRun<'a, 'g> {
         target: CopyTarget,
         on: &mut dyn FnMut(&Event) -> Result<()>,
     ) -> Result<()> {
+        let done = self.act(action, gaussian, losses, on)?;
+        let pretrained = if self.pretrain_due() {
+            let t0 = std::time::Instant::now();
+            for _ in 0..self.cfg.seed_steps {
+                let update = self.prepare(self.cfg.pretrain_policy, false, target)?;
+                self.learner.complete(update)?;
+                self.p.updates += 1;
+            }
+            Some(t0.elapsed().as_secs_f64())
+        } else {
+            None
+        };
+        self.report(done, pretrained, on)
+    }
+
+    /// Whether the step just taken ends the seed phase: the pre-training updates are due.
+    fn pretrain_due(&self) -> bool {
+        self.p.step == self.cfg.seed_steps
+    }
+
+    /// The first half of a step's end: act, store the transition, count, end the episode when
+    /// done (returned), report the step's losses.
+    fn act(
+        &mut self,
+        action: Vec<f32>,
+        gaussian: Option<Vec<f32>>,
+        losses: Option<(UpdateLosses, PolicyLosses)>,
+        on: &mut dyn FnMut(&Event) -> Result<()>,
+    ) -> Result<bool> {
         let s = self.env.step(&action)?;
         self.learner
             .buffer
@@ -1096,20 +1130,25 @@ impl<'a, 'g> AgentRun<'a, 'g> {
                 policy: Some(policy),
             })?;
         }
-        if self.p.step == self.cfg.seed_steps {
-            let t0 = std::time::Instant::now();
-            for _ in 0..self.cfg.seed_steps {
-                let update = self.prepare(self.cfg.pretrain_policy, false, target)?;
-                self.learner.complete(update)?;
-                self.p.updates += 1;
-            }
+        Ok(s.done)
+    }
+
+    /// The second half: report the pre-training (that took `pretrained` seconds, if it ran)
+    /// and the episode's end.
+    fn report(
+        &mut self,
+        done: bool,
+        pretrained: Option<f64>,
+        on: &mut dyn FnMut(&Event) -> Result<()>,
+    ) -> Result<()> {
+        if let Some(seconds) = pretrained {
             on(&Event::Pretrained {
                 updates: self.cfg.seed_steps,
-                seconds: t0.elapsed().as_secs_f64(),
+                seconds,
             })?;
         }
         // Reported after the step's update, so that a caller stopping here loses nothing.
-        if s.done {
+        if done {
             on(&Event::Episode {
                 step: self.p.step,
                 episode: self.p.episodes,
@@ -1163,10 +1202,196 @@ pub(crate) fn cannot_share(trainers: &[Trainer]) -> Option<String> {
     None
 }
 
+/// Why agents that share their plan steps cannot also share their updates
+/// ([`SharedUpdates`]), or `None` if they can: the same batch, update and policy update but for
+/// the seeds and the policy loss's coefficients (PO-MPC's lambda), the same pre-training and
+/// loss reads, and no KL-regularized critic target.
+pub(crate) fn cannot_share_updates(trainers: &[Trainer]) -> Option<String> {
+    let first = trainers.first()?;
+    let c0 = &first.cfg;
+    for (i, t) in trainers.iter().enumerate() {
+        let c = &t.cfg;
+        let why = if c.batch != c0.batch {
+            "another batch size"
+        } else if (UpdateConfig {
+            seed: c0.update.seed,
+            ..c.update.clone()
+        }) != c0.update
+        {
+            "another world-model update"
+        } else if trainers.len() > 1 && c.update.lambda_q != 0.0 {
+            "the KL-regularized critic target"
+        } else if c.policy.shared_with(&c0.policy) != c0.policy {
+            "another policy update (method)"
+        } else if c.pretrain_policy != c0.pretrain_policy || c.log_every != c0.log_every {
+            "another pre-training or loss logging"
+        } else if t.learner.world.updates_made() != first.learner.world.updates_made() {
+            "another update count"
+        } else {
+            continue;
+        };
+        return Some(format!("agent {i} has {why}"));
+    }
+    None
+}
+
+/// The updates of a population that shares them: one world-model and one policy trainer over
+/// every agent, each agent's state taken over from its own trainers at the start of a run
+/// and handed back at its end ([`WorldModelTrainer::record_exchange_agent`]). Each step
+/// samples every agent's batch from its own replay buffer and records all updates, and the
+/// copies of the new parameters into the shared planner model, in one submit.
+struct SharedUpdates<'g> {
+    gpu: &'g Gpu,
+    world: WorldModelTrainer<'g>,
+    policy: PolicyTrainer<'g>,
+    layout: ParamLayout,
+    binds: BindCache,
+}
+
+/// Where a shared update's losses and optimizer states land in its read-back.
+struct SharedReads {
+    world: ReadbackHandle<f32>,
+    world_adam: ReadbackHandle<u32>,
+    policy: ReadbackHandle<f32>,
+    policy_adam: ReadbackHandle<u32>,
+}
+
+impl<'g> SharedUpdates<'g> {
+    /// Take over every agent's training state (`weights` are theirs, for the shapes).
+    fn new(gpu: &'g Gpu, trainers: &mut [Trainer<'g>], weights: &[Weights]) -> Result<Self> {
+        let c0 = &trainers[0].cfg;
+        let updates: Vec<UpdateConfig> = trainers.iter().map(|t| t.cfg.update.clone()).collect();
+        let policies: Vec<PolicyUpdateConfig> =
+            trainers.iter().map(|t| t.cfg.policy.clone()).collect();
+        let mut world = WorldModelTrainer::population(gpu, weights, &updates, c0.batch)?;
+        let mut policy = PolicyTrainer::population(gpu, &weights[0].spec, &policies, c0.batch)?;
+        let mut rec = Recorder::new(gpu);
+        for (i, t) in trainers.iter_mut().enumerate() {
+            world.record_exchange_agent(&mut rec, i, &mut t.learner.world, true)?;
+            policy.record_exchange_agent(&mut rec, i, &mut t.learner.policy, true)?;
+        }
+        rec.submit()?;
+        Ok(SharedUpdates {
+            gpu,
+            world,
+            policy,
+            layout: ParamLayout::new(&weights[0].spec),
+            binds: BindCache::new(),
+        })
+    }
+
+    /// Hand every agent's state back to its own trainers (whose models are then stale).
+    fn hand_back(&mut self, runs: &mut [AgentRun<'_, 'g>]) -> Result<()> {
+        let mut rec = Recorder::new(self.gpu);
+        for (i, run) in runs.iter_mut().enumerate() {
+            self.world
+                .record_exchange_agent(&mut rec, i, &mut run.learner.world, false)?;
+            self.policy
+                .record_exchange_agent(&mut rec, i, &mut run.learner.policy, false)?;
+            run.stale = true;
+        }
+        rec.submit()
+    }
+
+    /// Copy agent `i`'s parameters into its own trainer (for an evaluation with its own
+    /// model, which is then stale).
+    fn params_to(&self, i: usize, run: &mut AgentRun<'_, 'g>) -> Result<()> {
+        let n = self.layout.len();
+        let mut rec = Recorder::new(self.gpu);
+        rec.copy_range(self.world.params(), i * n, run.learner.world.params(), 0, n)?;
+        rec.submit()?;
+        run.stale = true;
+        Ok(())
+    }
+
+    /// Sample every agent's batch from its own buffer and encode all their updates (the
+    /// policy's when `with_policy`) and the copies of the new parameters into `model`'s
+    /// agents, reading the losses back when `read`.
+    fn prepare(
+        &mut self,
+        runs: &mut [AgentRun<'_, 'g>],
+        model: &WorldModel,
+        with_policy: bool,
+        read: bool,
+    ) -> Result<(Encoded<'g>, Option<SharedReads>)> {
+        let cfg = runs[0].cfg.clone();
+        let (t, b) = (cfg.update.horizon, cfg.batch);
+        let a = model.spec.action_dim;
+        let with_prior = with_policy && cfg.policy.prior != PriorKind::None;
+        let mut batches = Vec::with_capacity(runs.len());
+        let mut planners = Vec::new();
+        for run in runs.iter_mut() {
+            let l = &mut *run.learner;
+            let sample = l.buffer.sample(&mut l.rng, b, t)?;
+            if with_prior {
+                planners.extend_from_slice(&sample.planner[..cfg.policy.states * b * 2 * a]);
+            }
+            batches.push(sample.batch);
+        }
+        let heads = self.world.upload_agents(&batches)?;
+        if with_prior {
+            self.policy.set_planner(&planners)?;
+        }
+        let mut rec = Recorder::new(self.gpu).with_cache(&self.binds);
+        self.world.record_agents(&mut rec, &heads, true, None)?;
+        self.world.record_optimizer(&mut rec)?;
+        if with_policy {
+            let h = self.policy.draw_agent_heads();
+            let (params, zs) = (self.world.params(), self.world.latents());
+            self.policy
+                .record_agents(&mut rec, params, zs, &h, true, true)?;
+        }
+        let (layout, n) = (&self.layout, self.layout.len());
+        for i in 0..runs.len() {
+            let offset = |name: &str| layout.offset(name).map(|o| o + i * n);
+            model.record_agent_copy_from(&mut rec, i, self.world.params(), offset)?;
+        }
+        let reads = read.then(|| SharedReads {
+            world: rec.read(self.world.losses_buffer()),
+            world_adam: rec.read(self.world.adam().state_buffer()),
+            policy: rec.read(self.policy.losses_buffer()),
+            policy_adam: rec.read(self.policy.adam().state_buffer()),
+        });
+        Ok((rec.encode()?, reads))
+    }
+
+    /// Each agent's losses from a submitted update that reads them.
+    fn finish(
+        &self,
+        pending: PendingReadback<'g>,
+        reads: Option<SharedReads>,
+        agents: usize,
+    ) -> Result<Vec<Option<(UpdateLosses, PolicyLosses)>>> {
+        let Some(r) = reads else {
+            return Ok(vec![None; agents]);
+        };
+        let out = pending.wait()?;
+        let (wl, wa) = (out.get(&r.world)?, out.get(&r.world_adam)?);
+        let (pl, pa) = (out.get(&r.policy)?, out.get(&r.policy_adam)?);
+        let (wn, pn) = (wl.len() / agents, pl.len() / agents);
+        (0..agents)
+            .map(|i| {
+                let norm = |words: &[u32]| -> Result<f32> {
+                    let s = AdamState::from_words(&words[i * STATE_WORDS..])?;
+                    Ok(s.grad_norm.unwrap_or(f32::NAN))
+                };
+                let world = self
+                    .world
+                    .decode_losses(&wl[i * wn..(i + 1) * wn], norm(&wa)?);
+                let mut policy = PolicyTrainer::decode_losses(&pl[i * pn..(i + 1) * pn]);
+                policy.grad_norm = norm(&pa)?;
+                Ok(Some((world, policy)))
+            })
+            .collect()
+    }
+}
+
 /// Run every trainer until `until` steps in lock step, each step's plans for all of them in
-/// one plan step over a population model ([`WorldModel::population`]) that every agent's
-/// update refreshes with its own parameters; each agent's results are those it gets alone.
-/// `trainers` must pass [`cannot_share`].
+/// one plan step over a population model ([`WorldModel::population`]); each agent's results
+/// are those it gets alone. Where the agents can also share their updates
+/// ([`cannot_share_updates`]), every agent's update of a step runs in the same dispatches
+/// ([`SharedUpdates`]); otherwise each agent's update is its own submit, refreshing its share
+/// of the population model. `trainers` must pass [`cannot_share`].
 pub(crate) fn run_shared(
     trainers: &mut [Trainer],
     until: usize,
@@ -1186,17 +1411,56 @@ pub(crate) fn run_shared(
     let shared = WorldModel::population(gpu, &weights, cfg0.planner_precision)?;
     let seeds: Vec<u64> = trainers.iter().map(|t| t.cfg.planner.seed).collect();
     let mut planner = Planner::new(gpu, &shared, cfg0.planner.clone())?.with_seeds(&seeds)?;
+    let mut updates = match cannot_share_updates(trainers) {
+        None => Some(SharedUpdates::new(gpu, trainers, &weights)?),
+        Some(_) => None,
+    };
     let mut runs = trainers
         .iter_mut()
         .map(|t| AgentRun::new(t, until))
         .collect::<Result<Vec<_>>>()?;
     let mut handlers: Vec<_> = (0..runs.len()).map(|i| move |e: &Event| on(i, e)).collect();
+    let result = lock_step(
+        &mut runs,
+        &mut handlers,
+        &mut planner,
+        &shared,
+        updates.as_mut(),
+    );
+    // The agents' own trainers get their state back whatever happened.
+    let handed = match updates.as_mut() {
+        Some(u) => u.hand_back(&mut runs),
+        None => Ok(()),
+    };
+    result?;
+    handed?;
+    for (run, h) in runs.iter_mut().zip(&mut handlers) {
+        run.end(h)?;
+    }
+    Ok(())
+}
+
+/// The lock-step loop of [`run_shared`].
+fn lock_step<'g>(
+    runs: &mut [AgentRun<'_, 'g>],
+    handlers: &mut [impl FnMut(&Event) -> Result<()>],
+    planner: &mut Planner,
+    shared: &WorldModel,
+    mut updates: Option<&mut SharedUpdates<'g>>,
+) -> Result<()> {
     let a = shared.spec.action_dim;
+    let g = runs.len();
     let mut obs = Vec::new();
-    let mut first = Vec::with_capacity(runs.len());
+    let mut first = Vec::with_capacity(g);
     loop {
         let mut plans = None;
-        for (run, h) in runs.iter_mut().zip(&mut handlers) {
+        for (i, (run, h)) in runs.iter_mut().zip(handlers.iter_mut()).enumerate() {
+            // An evaluation plans with the agent's own model: it gets its parameters first.
+            if let Some(u) = updates.as_deref()
+                && run.eval_due()
+            {
+                u.params_to(i, run)?;
+            }
             // Lock step: every agent is at the same step, so all plan or none.
             let step = run.begin_step(h)?;
             plans = plans.or(Some(step)).filter(|p| *p == step);
@@ -1204,41 +1468,102 @@ pub(crate) fn run_shared(
         let Some(Some(plans)) = plans else {
             break;
         };
-        if !plans {
-            for (i, (run, h)) in runs.iter_mut().zip(&mut handlers).enumerate() {
-                let action = run.random_action();
-                run.finish_step_to(action, None, None, Some((&shared, i)), h)?;
+        let mut steps: Vec<(Vec<f32>, Option<Vec<f32>>)> = Vec::with_capacity(g);
+        let mut losses = vec![None; g];
+        if plans {
+            obs.clear();
+            first.clear();
+            for run in runs.iter() {
+                obs.extend_from_slice(&run.p.obs);
+                first.push(run.p.first);
+            }
+            let pending = planner.plan_submit(&obs, &first)?;
+            if let Some(u) = updates.as_deref_mut() {
+                let log = runs[0].cfg.log_every > 0
+                    && runs[0].p.updates.is_multiple_of(runs[0].cfg.log_every);
+                let (encoded, reads) = u.prepare(runs, shared, true, log)?;
+                let submitted = encoded.submit()?;
+                let plan = pending.wait()?;
+                losses = u.finish(submitted, reads, g)?;
+                collect_actions(&plan, a, g, &mut steps);
+            } else {
+                let mut submitted = Vec::with_capacity(g);
+                for (i, run) in runs.iter_mut().enumerate() {
+                    let update = run.prepare_update(Some((shared, i)))?;
+                    submitted.push(run.learner.submit(update)?);
+                }
+                let plan = pending.wait()?;
+                for (i, (run, update)) in runs.iter_mut().zip(submitted).enumerate() {
+                    losses[i] = run.learner.finish(update)?;
+                }
+                collect_actions(&plan, a, g, &mut steps);
+            }
+            for run in runs.iter_mut() {
+                run.p.updates += 1;
+                run.stale |= updates.is_some();
+            }
+        } else {
+            for run in runs.iter_mut() {
+                steps.push((run.random_action(), None));
+            }
+        }
+        let Some(u) = updates.as_deref_mut() else {
+            // Each agent pre-trains on its own (in finish_step_to).
+            let all = runs
+                .iter_mut()
+                .zip(handlers.iter_mut())
+                .zip(steps)
+                .zip(losses);
+            for (i, (((run, h), (action, gaussian)), l)) in all.enumerate() {
+                run.finish_step_to(action, gaussian, l, Some((shared, i)), h)?;
             }
             continue;
+        };
+        let mut done = Vec::with_capacity(g);
+        let all = runs
+            .iter_mut()
+            .zip(handlers.iter_mut())
+            .zip(steps)
+            .zip(losses);
+        for (((run, h), (action, gaussian)), l) in all {
+            done.push(run.act(action, gaussian, l, h)?);
         }
-        obs.clear();
-        first.clear();
-        for run in &runs {
-            obs.extend_from_slice(&run.p.obs);
-            first.push(run.p.first);
+        // Pre-training: every agent's updates together, once all have stored the step.
+        let pretrained = if runs[0].pretrain_due() {
+            let t0 = std::time::Instant::now();
+            let with_policy = runs[0].cfg.pretrain_policy;
+            for _ in 0..runs[0].cfg.seed_steps {
+                let (encoded, reads) = u.prepare(runs, shared, with_policy, false)?;
+                u.finish(encoded.submit()?, reads, g)?;
+                for run in runs.iter_mut() {
+                    run.p.updates += 1;
+                    run.stale = true;
+                }
+            }
+            Some(t0.elapsed().as_secs_f64())
+        } else {
+            None
+        };
+        for ((run, h), d) in runs.iter_mut().zip(handlers.iter_mut()).zip(done) {
+            run.report(d, pretrained, h)?;
         }
-        let pending = planner.plan_submit(&obs, &first)?;
-        let mut updates = Vec::with_capacity(runs.len());
-        for (i, run) in runs.iter_mut().enumerate() {
-            let update = run.prepare_update(Some((&shared, i)))?;
-            updates.push(run.learner.submit(update)?);
-        }
-        let plan = pending.wait()?;
-        let all = runs.iter_mut().zip(&mut handlers).zip(updates);
-        for (i, ((run, h), update)) in all.enumerate() {
-            let losses = run.learner.finish(update)?;
-            run.p.updates += 1;
-            let rows = i * a..(i + 1) * a;
-            let mut g = plan.mean[rows.clone()].to_vec();
-            g.extend_from_slice(&plan.std[rows.clone()]);
-            let action = plan.action[rows].to_vec();
-            run.finish_step_to(action, Some(g), losses, Some((&shared, i)), h)?;
-        }
-    }
-    for (run, h) in runs.iter_mut().zip(&mut handlers) {
-        run.end(h)?;
     }
     Ok(())
+}
+
+/// Each agent's action and first-step Gaussian from a population's plan.
+fn collect_actions(
+    plan: &crate::planner::Plan,
+    a: usize,
+    g: usize,
+    steps: &mut Vec<(Vec<f32>, Option<Vec<f32>>)>,
+) {
+    for i in 0..g {
+        let rows = i * a..(i + 1) * a;
+        let mut gaussian = plan.mean[rows.clone()].to_vec();
+        gaussian.extend_from_slice(&plan.std[rows.clone()]);
+        steps.push((plan.action[rows].to_vec(), Some(gaussian)));
+    }
 }
 
 /// Evaluate at `step`, append the mean to `history` and report it.

@@ -163,7 +163,7 @@ impl PolicyUpdateConfig {
 
     /// This config with `other`'s seed and coefficients: equal to `other` exactly when the two
     /// can share a population's dispatches.
-    fn shared_with(&self, other: &Self) -> Self {
+    pub(crate) fn shared_with(&self, other: &Self) -> Self {
         let mut c = self.clone();
         c.seed = other.seed;
         c.loss.c_q = other.loss.c_q;
@@ -685,6 +685,69 @@ impl<'g> PolicyTrainer<'g> {
             prior_fit: l[SLOT_PRIOR],
             grad_norm,
         }
+    }
+
+    /// Record copies of agent `i`'s training state (the policy's and the prior's Adam moments
+    /// and state, the prior's parameters, the running scales) from the one-agent trainer
+    /// `alone` of the same model (`into_population`) or back into it, and take over (or hand
+    /// back) its head draws and update count (as
+    /// [`WorldModelTrainer::record_exchange_agent`](super::WorldModelTrainer::record_exchange_agent)).
+    pub fn record_exchange_agent(
+        &mut self,
+        rec: &mut Recorder,
+        i: usize,
+        alone: &mut PolicyTrainer,
+        into_population: bool,
+    ) -> Result<()> {
+        if i >= self.agents || alone.agents != 1 || alone.spec != self.spec {
+            return Err(Error::InvalidArgument(format!(
+                "policy exchange: agent {i} of {} with a trainer of {} agents or another model",
+                self.agents, alone.agents
+            )));
+        }
+        self.adam
+            .record_exchange_agent(rec, i, &alone.adam, into_population)?;
+        match (
+            (&self.prior_params, &self.prior_adam),
+            (&alone.prior_params, &alone.prior_adam),
+        ) {
+            ((Some(pp), Some(pa)), (Some(op), Some(oa))) => {
+                let n = self.layout.len();
+                if into_population {
+                    rec.copy_range(op, 0, pp, i * n, n)?;
+                } else {
+                    rec.copy_range(pp, i * n, op, 0, n)?;
+                }
+                pa.record_exchange_agent(rec, i, oa, into_population)?;
+            }
+            ((None, None), (None, None)) => {}
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "policy exchange: one trainer has an adaptive prior, the other not".into(),
+                ));
+            }
+        }
+        for (pop, one) in [
+            (&self.s_q, &alone.s_q),
+            (&self.s_kl, &alone.s_kl),
+            (&self.s_d, &alone.s_d),
+        ] {
+            pop.record_exchange_agent(rec, i, one, into_population)?;
+        }
+        if into_population {
+            if i > 0 && alone.updates != self.updates {
+                return Err(Error::InvalidArgument(format!(
+                    "policy exchange: agent {i} made {} updates, the population {}",
+                    alone.updates, self.updates
+                )));
+            }
+            self.updates = alone.updates;
+            self.rngs[i] = alone.rngs[0].clone();
+        } else {
+            alone.updates = self.updates;
+            alone.rngs[0] = self.rngs[i].clone();
+        }
+        Ok(())
     }
 
     /// Set the adaptive prior's network from `weights` (its `_pi.*` tensors; agent 0's in a

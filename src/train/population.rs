@@ -4,12 +4,14 @@
 //! Agents that can share their plan steps (see below) train in lock step on one thread: each
 //! environment step plans for every agent in one plan step over a population model
 //! ([`crate::model::WorldModel::population`]: the agents' weights as one more batch dimension
-//! of every layer, so each layer is one launch for all), and each agent's update then copies
-//! its new parameters into its share of that model. The updates themselves are still each
-//! agent's own dispatches (one submit per agent and step). Other populations run each agent
-//! on a thread of its own, recording and submitting its own dispatches. Either way an agent's
-//! results are the ones it gets alone (exactly where the GEMMs split their sums alike; to f32
-//! round-off otherwise).
+//! of every layer, so each layer is one launch for all). Where they can also share their
+//! updates ([`Population::shares_updates`]), every agent's world-model and policy update of a
+//! step runs in the same dispatches too (the agents' parameters, optimizer states and batches
+//! as one more batch dimension), which copy the new parameters into that model; otherwise
+//! each agent's update is its own submit. Other populations run each agent on a thread of its
+//! own, recording and submitting its own dispatches. Either way an agent's results are the
+//! ones it gets alone (exactly where the GEMMs split their sums alike; to f32 round-off
+//! otherwise).
 //!
 //! Which agents share their plan steps ([`Population::shares_plan_steps`]): the same model
 //! (size and task dimensions), the same planner but for its seed (samples, horizon,
@@ -107,6 +109,20 @@ impl<'g> Population<'g> {
             return Err("a single agent plans alone".into());
         }
         match super::agent::cannot_share(&self.agents) {
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether agents that share their plan steps also share their updates: every agent's
+    /// world-model and policy updates of a step in the same dispatches. `Ok`, or why not (each
+    /// agent's update is then its own submit). They need the same batch, world-model update
+    /// and policy update but for the seeds and the policy loss's coefficients (PO-MPC's lambda:
+    /// agents of one method with different lambdas share, TD-MPC2 and PO-MPC agents do not),
+    /// the same pre-training and loss reads, and no KL-regularized critic target.
+    pub fn shares_updates(&self) -> std::result::Result<(), String> {
+        self.shares_plan_steps()?;
+        match super::agent::cannot_share_updates(&self.agents) {
             Some(why) => Err(why),
             None => Ok(()),
         }

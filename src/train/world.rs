@@ -457,6 +457,11 @@ impl<'g> WorldModelTrainer<'g> {
             .per_agent((t + 1) * b * l, t * b * a)
     }
 
+    /// Updates recorded so far (they number the noise streams).
+    pub fn updates_made(&self) -> u64 {
+        self.updates
+    }
+
     /// Agents trained side by side.
     pub fn agents(&self) -> usize {
         self.agents
@@ -516,6 +521,56 @@ impl<'g> WorldModelTrainer<'g> {
             self.enc.flops((t + 1) * b, 1) + self.pi.flops(tb, 1) + self.q.flops(tb, 2) + trained;
         // Backward: dX and dW, twice the forward, for the trained passes and step 0's encoder.
         forward + 2.0 * (trained + self.enc.flops(b, 1))
+    }
+
+    /// Record copies of agent `i`'s training state (parameters, target Q heads, Adam moments
+    /// and state) from the one-agent trainer `alone` of the same model (`into_population`) or
+    /// back into it, and take over (or hand back) its head draws and update count: how a
+    /// population takes over agents trained alone and returns them as it leaves them. The
+    /// population's agents share one update count, so all that come in must have the same.
+    pub fn record_exchange_agent(
+        &mut self,
+        rec: &mut Recorder,
+        i: usize,
+        alone: &mut WorldModelTrainer,
+        into_population: bool,
+    ) -> Result<()> {
+        if i >= self.agents || alone.agents != 1 || alone.spec != self.spec {
+            return Err(Error::InvalidArgument(format!(
+                "world-model exchange: agent {i} of {} with a trainer of {} agents{}",
+                self.agents,
+                alone.agents,
+                if alone.spec != self.spec {
+                    " and another model"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let n = self.layout.len();
+        for (pop, one) in [(&self.params, &alone.params), (&self.target, &alone.target)] {
+            if into_population {
+                rec.copy_range(one, 0, pop, i * n, n)?;
+            } else {
+                rec.copy_range(pop, i * n, one, 0, n)?;
+            }
+        }
+        self.adam
+            .record_exchange_agent(rec, i, &alone.adam, into_population)?;
+        if into_population {
+            if i > 0 && alone.updates != self.updates {
+                return Err(Error::InvalidArgument(format!(
+                    "world-model exchange: agent {i} made {} updates, the population {}",
+                    alone.updates, self.updates
+                )));
+            }
+            self.updates = alone.updates;
+            self.rngs[i] = alone.rngs[0].clone();
+        } else {
+            alone.updates = self.updates;
+            alone.rngs[0] = self.rngs[i].clone();
+        }
+        Ok(())
     }
 
     /// Download the parameters into `weights` (and the target Q heads into `weights.extra`);
