@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs ON THE DEVICE: aggregate env-steps/s of `pompc train` populations against the number of
 # agents (issue 21's scaling table), pendulum-swingup, PO-MPC lambda 1, on one device: the
-# agents share their plan steps (one for all; each agent's update is its own submit). Each runs
+# agents share their plan steps and their updates (one of each for all). Each runs
 # one seed episode (500 steps), as many pre-training updates, then LOOP steps of the loop;
 # the figure is the sum over agents of each one's loop rate (all agents' loops overlap, as they
 # start together), and the population's wall time.
