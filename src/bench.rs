@@ -843,24 +843,27 @@ pub fn profile_update(gpu: &Gpu, w: Workload) -> Result<Vec<PlanProfileRow>> {
 }
 
 // A PO-MPC-family policy update of `spec` on random latents and planner Gaussians, ready to
-// run: the trainer, the flattened parameters and the latents.
+// run: the trainer (a population of `agents` with seeds 0.., the same weights each), the
+// flattened parameters and the latents.
 fn policy_fixture<'g>(
     gpu: &'g Gpu,
     spec: &crate::model::ModelSpec,
     cfg: crate::train::PolicyUpdateConfig,
     batch: usize,
+    agents: usize,
 ) -> Result<(
     crate::train::PolicyTrainer<'g>,
     GpuBuffer<f32>,
     GpuBuffer<f32>,
 )> {
-    use crate::train::{ParamLayout, PolicyTrainer};
+    use crate::train::{ParamLayout, PolicyTrainer, PolicyUpdateConfig};
     let heads = ["_Qs.params.2.weight", "_pi.2.weight"];
     let (weights, mut r) = randomized_weights(spec, 7, &heads)?;
     let layout = ParamLayout::new(spec);
-    let params = GpuBuffer::from_slice(gpu, "parameters", &layout.flatten(&weights)?)?;
+    let params =
+        GpuBuffer::from_slice(gpu, "parameters", &layout.flatten(&weights)?.repeat(agents))?;
     let (l, a) = (spec.latent_dim, spec.action_dim);
-    let zs: Vec<f32> = (0..4 * batch * l / 8)
+    let zs: Vec<f32> = (0..agents * 4 * batch * l / 8)
         .flat_map(|_| {
             let e: Vec<f32> = (0..8).map(|_| r.random_range(-2.0f32..2.0).exp()).collect();
             let s: f32 = e.iter().sum();
@@ -868,8 +871,14 @@ fn policy_fixture<'g>(
         })
         .collect();
     let zs = GpuBuffer::from_slice(gpu, "latents", &zs)?;
-    let mut t = PolicyTrainer::new(gpu, spec, cfg, batch)?;
-    let planner: Vec<f32> = (0..t.rows())
+    let cfgs: Vec<PolicyUpdateConfig> = (0..agents as u64)
+        .map(|seed| PolicyUpdateConfig {
+            seed,
+            ..cfg.clone()
+        })
+        .collect();
+    let mut t = PolicyTrainer::population(gpu, spec, &cfgs, batch)?;
+    let planner: Vec<f32> = (0..agents * t.rows())
         .flat_map(|_| {
             let mut row: Vec<f32> = (0..a).map(|_| r.random_range(-0.8..0.8)).collect();
             row.extend((0..a).map(|_| r.random_range(0.05..1.0)));
@@ -886,9 +895,9 @@ fn run_policy(
     (t, params, zs): &mut (crate::train::PolicyTrainer, GpuBuffer<f32>, GpuBuffer<f32>),
     mode: RunMode,
 ) -> Result<Run> {
-    let heads = t.draw_heads();
+    let heads = t.draw_agent_heads();
     let mut rec = mode.recorder(gpu);
-    t.record(&mut rec, params, zs, heads, true, true)?;
+    t.record_agents(&mut rec, params, zs, &heads, true, true)?;
     let dispatches = rec.dispatches();
     let out = rec.finish()?;
     Ok(Run {
@@ -905,8 +914,20 @@ pub fn bench_policy(
     w: Workload,
     cfg: crate::train::PolicyUpdateConfig,
 ) -> Result<UpdateBench> {
+    bench_population_policy(gpu, w, cfg, 1)
+}
+
+/// [`bench_policy`] for a population of `agents` (seeds 0..), all their policy updates in
+/// one submit; the flops count all agents (a population runs every Q head, but counts the
+/// two each agent uses).
+pub fn bench_population_policy(
+    gpu: &Gpu,
+    w: Workload,
+    cfg: crate::train::PolicyUpdateConfig,
+    agents: usize,
+) -> Result<UpdateBench> {
     let (spec, batch) = (w.spec, w.batch);
-    let mut fx = policy_fixture(gpu, spec, cfg, batch)?;
+    let mut fx = policy_fixture(gpu, spec, cfg, batch, agents)?;
     let (wall, gpu_t, dispatches) =
         time_runs(gpu, w.runs, w.warmup, |m| run_policy(gpu, &mut fx, m))?;
     let t = &fx.0;
@@ -927,7 +948,7 @@ pub fn bench_policy(
         batch,
         wall,
         gpu: gpu_t,
-        flops: 2.0 * per_row * rows as f64,
+        flops: 2.0 * per_row * rows as f64 * agents as f64,
         dispatches,
     })
 }
@@ -939,7 +960,7 @@ pub fn profile_policy(
     w: Workload,
     cfg: crate::train::PolicyUpdateConfig,
 ) -> Result<Vec<PlanProfileRow>> {
-    let mut fx = policy_fixture(gpu, w.spec, cfg, w.batch)?;
+    let mut fx = policy_fixture(gpu, w.spec, cfg, w.batch, 1)?;
     profile_runs(gpu, w.runs, w.warmup, |m| run_policy(gpu, &mut fx, m))
 }
 

@@ -375,6 +375,11 @@ struct PolicyArgs {
     /// Sub-trajectories per update
     #[arg(long, default_value_t = 256)]
     batch: usize,
+    /// A population of this many agents (each with --batch sub-trajectories), all their
+    /// policy updates in one submit; updates/s then counts submits
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096),
+          conflicts_with = "profile")]
+    agents: u32,
     #[command(flatten)]
     run: UpdateRun,
 }
@@ -1184,8 +1189,14 @@ fn policy(gpu: &Gpu, a: &PolicyArgs) -> Result {
     } else {
         out.header(&[
             format!(
-                "TD-MPC2 {}M preset, action {act}, batch {}; one policy update per submit",
-                dims.size, a.batch
+                "TD-MPC2 {}M preset, action {act}, batch {}; one policy update per submit{}",
+                dims.size,
+                a.batch,
+                if a.agents > 1 {
+                    format!(" for all of {} agents", a.agents)
+                } else {
+                    String::new()
+                }
             ),
             update_header(format!("{:<14}", "preset")),
         ]);
@@ -1220,7 +1231,7 @@ fn policy(gpu: &Gpu, a: &PolicyArgs) -> Result {
             continue;
         }
         let r = step(a.run.common.quiet, &name, || {
-            bench::bench_policy(
+            bench::bench_population_policy(
                 gpu,
                 Workload {
                     spec: &spec,
@@ -1229,9 +1240,13 @@ fn policy(gpu: &Gpu, a: &PolicyArgs) -> Result {
                     warmup,
                 },
                 cfg,
+                a.agents as usize,
             )
         })?;
-        let row = UpdateRow::new(Some(&name), a.batch, dims, &r);
+        let row = UpdateRow {
+            agents: (a.agents > 1).then_some(a.agents as usize),
+            ..UpdateRow::new(Some(&name), a.batch, dims, &r)
+        };
         out.row(&row, || update_line(format!("{name:<14}"), &r));
     }
     Ok(())

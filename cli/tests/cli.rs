@@ -224,6 +224,11 @@ fn bad_values_get_clap_errors_naming_the_option() {
             "--agents",
         ),
         (&["bench", "policy", "--preset", "sac"], "sac"),
+        (&["bench", "policy", "--agents", "0"], "--agents"),
+        (
+            &["bench", "policy", "--agents", "2", "--profile"],
+            "--agents",
+        ),
         (&["bench", "mppi", "--horizon", "-1"], "-1"),
         (&["bench", "frobnicate"], "frobnicate"),
         (&["frobnicate"], "frobnicate"),
