@@ -4,7 +4,8 @@
 #   coop   the tensor-core tests, checked and trusted (issue 24; scripts/device/coop_tests.sh)
 #   loop   aggregate env-steps/s of PO-MPC populations, plan steps and updates shared, against
 #          the number of agents (issue 21; scripts/device/population_scaling.sh)
-#   parts  the population plan step and world-model update alone against the number of agents
+#   parts  the population plan step, world-model and policy update alone against the number of
+#          agents
 #   capi   classic MPPI through the C ABI beside Rust (issue 23; scripts/device/capi_bench.sh)
 # Prepare: `OLD_BIN=... scripts/device/prepare_next.sh measure` (binaries gzipped in .gpu/bin).
 # PARTS (default "coop loop parts capi"), AGENTS and MODELS (for loop) pick what runs.
@@ -38,6 +39,13 @@ if has parts; then
         --size "$s" --agents "$n" --batch 256 --runs 20 --warmup 5 2>&1 | tail -1)"
     done
   done | tee "$out/population_update.log"
+  echo "== population policy update (PO-MPC lambda 1, B 256)"
+  for s in 1 5; do
+    for n in 1 4 16 32; do
+      echo "size $s agents $n: $(timeout 40 bash .gpu/run.sh .gpu/bin/pompc bench policy \
+        --preset pompc --size "$s" --agents "$n" --batch 256 --runs 20 --warmup 5 2>&1 | tail -1)"
+    done
+  done | tee "$out/population_policy.log"
 fi
 if has capi; then
   RUNS=200 timeout 90 bash scripts/device/capi_bench.sh 2>&1 | tail -24
