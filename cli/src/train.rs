@@ -6,7 +6,7 @@ use crate::bench::AutoPrec;
 use crate::output::say;
 use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use pompc::train::{Event, Method, ModelPreset, PolicyLosses, TrainConfig, Trainer};
+use pompc::train::{Event, Method, ModelPreset, PolicyLosses, Population, TrainConfig, Trainer};
 use pompc::{Gpu, GpuOptions};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -57,7 +57,7 @@ pub struct TrainArgs {
     /// Environment steps
     #[arg(long, value_name = "N", default_value_t = 100_000, allow_negative_numbers = true, value_parser = steps)]
     steps: usize,
-    /// Seeds; several runs go in parallel threads on one device, each with its own files
+    /// Seeds; several runs train as one population on one device, each with its own files
     #[arg(
         long = "seeds",
         visible_alias = "seed",
@@ -256,7 +256,7 @@ fn methods(a: &TrainArgs) -> Result<Vec<Method>> {
     Ok(out)
 }
 
-/// Train as asked: one run, or one thread per run (the methods' and seeds' combinations) on
+/// Train as asked: one run, or a population of runs (the methods' and seeds' combinations) on
 /// one device, with one progress line for them all.
 pub fn run(a: TrainArgs) -> Result {
     let methods = methods(&a)?;
@@ -282,28 +282,82 @@ pub fn run(a: TrainArgs) -> Result {
         pb.set_prefix(format!("seed {seed}"));
         return one(&a, &gpu, method, seed, &Progress::One(pb));
     }
-    let population = PopulationLine::new(&runs, a.steps, a.quiet);
+    population(&a, &gpu, &runs)
+}
+
+/// Several runs as one `pompc::train::Population`: they plan together (and update together)
+/// where they can, else on threads; checkpoints and logs per run as for one.
+fn population(a: &TrainArgs, gpu: &Gpu, runs: &[(Method, u64)]) -> Result {
+    let line = PopulationLine::new(runs, a.steps, a.quiet);
+    let mut trainers = Vec::with_capacity(runs.len());
+    let mut logs = Vec::with_capacity(runs.len());
+    for (i, &(method, seed)) in runs.iter().enumerate() {
+        let (t, l) = open(a, gpu, method, seed, &Progress::Member(&line, i))?;
+        trainers.push(t);
+        logs.push(l);
+    }
+    let mut population = Population::new(trainers)?;
+    let how = match (population.shares_plan_steps(), population.shares_updates()) {
+        (Ok(()), Ok(())) => "plan steps and updates shared".to_string(),
+        (Ok(()), Err(why)) => format!("plan steps shared, updates apart ({why})"),
+        (Err(why), _) => format!("on threads ({why})"),
+    };
     say(
-        &population.bar,
-        &format!("{} runs in parallel on {}", runs.len(), gpu.describe()),
+        &line.bar,
+        &format!(
+            "{} runs as one population on {}: {how}",
+            runs.len(),
+            gpu.describe()
+        ),
     );
-    std::thread::scope(|sc| {
-        let handles: Vec<_> = runs
-            .iter()
-            .enumerate()
-            .map(|(i, &(method, seed))| {
-                let (a, gpu, population) = (&a, &gpu, &population);
-                sc.spawn(move || one(a, gpu, method, seed, &Progress::Member(population, i)))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("a run panicked".into())))
-            .collect::<Result<Vec<()>>>()
-    })?;
-    population.bar.finish_and_clear();
-    eprintln!("{}", population.line());
+    let logs = Mutex::new(logs);
+    let t0 = std::time::Instant::now();
+    let (mut stop, mut saved) = (false, false);
+    let at = |p: &Population| p.agents().iter().map(Trainer::step).min().unwrap_or(0);
+    while at(&population) < a.steps && !stop {
+        let chunk = chunk_end(at(&population), a.checkpoint_every, a.steps);
+        let res = population.run(chunk, &|i, e| {
+            let mut logs = logs.lock().unwrap_or_else(|p| p.into_inner());
+            logs[i].event(
+                e,
+                t0.elapsed().as_secs_f64(),
+                a,
+                &Progress::Member(&line, i),
+            )
+        });
+        stop = stopped(res)?;
+        let mut logs = logs.lock().unwrap_or_else(|p| p.into_inner());
+        for (l, t) in logs.iter_mut().zip(population.agents()) {
+            l.save(t)?;
+        }
+        saved = true;
+    }
+    line.bar.finish_and_clear();
+    eprintln!("{}", line.line());
+    let secs = t0.elapsed().as_secs_f64();
+    let logs = logs.into_inner().unwrap_or_else(|p| p.into_inner());
+    for (l, t) in logs.iter().zip(population.agents()) {
+        l.finish(t, secs, saved, stop)?;
+    }
     Ok(())
+}
+
+/// Where the next chunk of a run ends: at the next multiple of `every` (0: the end).
+fn chunk_end(step: usize, every: usize, steps: usize) -> usize {
+    match step.checked_div(every) {
+        Some(k) => ((k + 1) * every).min(steps),
+        None => steps,
+    }
+}
+
+/// Whether a chunk stopped at the time limit (`Ok(true)`), ran through, or failed.
+fn stopped(res: pompc::Result<()>) -> Result<bool> {
+    match res {
+        Ok(()) => Ok(false),
+        // A population names the agent before the message.
+        Err(pompc::Error::InvalidArgument(m)) if m.ends_with(TIME_LIMIT) => Ok(true),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A progress bar of `steps` steps: position, ETA and a message; hidden with `--quiet` (and
@@ -435,15 +489,38 @@ impl Progress<'_> {
     }
 }
 
-/// One run: train, log, checkpoint, chart.
-fn one(a: &TrainArgs, gpu: &Gpu, method: Method, seed: u64, progress: &Progress) -> Result {
-    let env_name = a.env_name.as_str();
-    let env = pompc::env::make(env_name)?;
-    let steps = a.steps;
+/// A run's files and what its log and progress keep between events.
+struct RunLog {
+    /// Names the run in its messages (several may print between the same lines).
+    label: String,
+    title: String,
+    ckpt: String,
+    csv_path: String,
+    svg: String,
+    /// The log is kept in memory and written whole (atomically) with each checkpoint, so it
+    /// always matches the checkpoint that a resumed run continues from.
+    log: csv::Writer<Vec<u8>>,
+    start: usize,
+    steps: usize,
+    seed_steps: usize,
+    last_ret: f32,
+    last_eval: f32,
+    /// When and at which step the loop of one update per step began (after pre-training).
+    loop_start: Option<(f64, usize)>,
+}
+
+/// The configuration of one run from the options.
+fn config(
+    a: &TrainArgs,
+    gpu: &Gpu,
+    env: &dyn pompc::env::Env,
+    method: Method,
+    seed: u64,
+) -> Result<TrainConfig> {
     let mut cfg = if a.quick {
-        TrainConfig::quick(env.as_ref(), method, steps, seed)
+        TrainConfig::quick(env, method, a.steps, seed)
     } else {
-        TrainConfig::new(env.as_ref(), method, steps, seed)
+        TrainConfig::new(env, method, a.steps, seed)
     }?;
     if let Some(m) = a.model {
         cfg.model = m;
@@ -460,25 +537,36 @@ fn one(a: &TrainArgs, gpu: &Gpu, method: Method, seed: u64, progress: &Progress)
     if let Some(p) = a.precision {
         cfg.planner_precision = p.on(gpu);
     }
-    // Names the run in its messages (several may print between the same lines).
-    let run = format!("{}, seed {seed}", method.label());
+    Ok(cfg)
+}
+
+/// A run's trainer (fresh, or resumed from its checkpoint) and its log.
+fn open<'g>(
+    a: &TrainArgs,
+    gpu: &'g Gpu,
+    method: Method,
+    seed: u64,
+    progress: &Progress,
+) -> Result<(Trainer<'g>, RunLog)> {
+    let env_name = a.env_name.as_str();
+    let env = pompc::env::make(env_name)?;
+    let cfg = config(a, gpu, env.as_ref(), method, seed)?;
     let stem = a.out.join(format!("{env_name}-{}-s{seed}", method.slug()));
     let path = |ext: &str| format!("{}.{ext}", stem.display());
     let ckpt = path("ckpt.safetensors");
     let eval_env = pompc::env::make(env_name)?;
-    let mut trainer = if a.resume {
+    let trainer = if a.resume {
         Trainer::resume(gpu, env, eval_env, cfg, &ckpt)
     } else {
         Trainer::new(gpu, env, eval_env, cfg)
     }?;
     progress.say(&format!(
-        "{} on {env_name}, {steps} steps, seed {seed}, from step {} | {}",
+        "{} on {env_name}, {} steps, seed {seed}, from step {} | {}",
         method.label(),
+        a.steps,
         trainer.step(),
         gpu.describe()
     ));
-    // The log is kept in memory and written whole (atomically) with each checkpoint, so it
-    // always matches the checkpoint that a resumed run continues from.
     let csv_path = path("csv");
     let old = match std::fs::read(&csv_path) {
         Ok(old) if a.resume => Some(old),
@@ -487,103 +575,143 @@ fn one(a: &TrainArgs, gpu: &Gpu, method: Method, seed: u64, progress: &Progress)
         }
         _ => None,
     };
-    let mut log = log_writer(old).map_err(|e| format!("{csv_path}: {e}"))?;
-    let mut saved = false;
-    let t0 = std::time::Instant::now();
+    let log = log_writer(old).map_err(|e| format!("{csv_path}: {e}"))?;
     let start = trainer.step();
     progress.at(start, start, 0.0, f32::NAN, f32::NAN);
+    let seed_steps = trainer.config().seed_steps;
+    Ok((
+        trainer,
+        RunLog {
+            label: format!("{}, seed {seed}", method.label()),
+            title: format!("{env_name}, {}, seed {seed}", method.label()),
+            ckpt,
+            csv_path,
+            svg: path("svg"),
+            log,
+            start,
+            steps: a.steps,
+            seed_steps,
+            last_ret: f32::NAN,
+            last_eval: f32::NAN,
+            loop_start: None,
+        },
+    ))
+}
+
+impl RunLog {
+    /// Log event `e` of the run at `w` seconds and move its progress; the time limit's error
+    /// at the first episode end after `--time-limit`.
+    fn event(
+        &mut self,
+        e: &Event,
+        w: f64,
+        a: &TrainArgs,
+        progress: &Progress,
+    ) -> pompc::Result<()> {
+        match e {
+            Event::Episode { ret, .. } => self.last_ret = *ret,
+            Event::Eval { mean, .. } => self.last_eval = *mean,
+            Event::Pretrained { updates, seconds } => {
+                self.loop_start = Some((w, self.seed_steps));
+                if !a.quiet {
+                    progress.say(&format!(
+                        "{}: {updates} pre-training updates in {seconds:.1} s",
+                        self.label
+                    ));
+                }
+            }
+            Event::Losses { .. } => {}
+        }
+        if let Some(row) = LogRow::of(e, w) {
+            let csv = &self.csv_path;
+            self.log
+                .serialize(row)
+                .map_err(|err| pompc::Error::InvalidArgument(format!("{csv}: {err}")))?;
+        }
+        // The bar moves at episode ends and at each loss read-back (every `log_every`
+        // updates), so long episodes still show progress.
+        if let Event::Episode { step, .. } | Event::Losses { step, .. } = e {
+            let rate = (*step - self.start) as f64 / w.max(1e-9);
+            progress.at(self.start, *step, rate, self.last_ret, self.last_eval);
+        }
+        if matches!(e, Event::Episode { .. }) && a.time_limit.is_some_and(|l| w > l) {
+            return Err(pompc::Error::InvalidArgument(TIME_LIMIT.into()));
+        }
+        Ok(())
+    }
+
+    /// The checkpoint and the log that matches it.
+    fn save(&mut self, trainer: &Trainer) -> Result {
+        trainer.save(&self.ckpt)?;
+        let csv = &self.csv_path;
+        self.log.flush().map_err(|e| format!("{csv}: {e}"))?;
+        pompc::fs::write_atomic(csv, self.log.get_ref())?;
+        Ok(())
+    }
+
+    /// The run's summary lines and its chart, after `secs` seconds.
+    fn finish(&self, trainer: &Trainer, secs: f64, saved: bool, stop: bool) -> Result {
+        let run = &self.label;
+        let done = trainer.step() - self.start;
+        eprintln!(
+            "{run}: {done} steps in {secs:.1} s ({:.1} steps/s); {}{}",
+            done as f64 / secs.max(1e-9),
+            if saved {
+                format!("checkpoint {}", self.ckpt)
+            } else {
+                format!(
+                    "no checkpoint written: the run was already at step {} of {}",
+                    trainer.step(),
+                    self.steps
+                )
+            },
+            if stop {
+                " (time limit: --resume continues)"
+            } else {
+                ""
+            }
+        );
+        if let Some((t, s0)) = self.loop_start
+            && trainer.step() > s0
+        {
+            eprintln!(
+                "{run}: loop after pre-training: {} steps in {:.1} s ({:.1} steps/s, plan + \
+                 update + simulation + evaluations)",
+                trainer.step() - s0,
+                secs - t,
+                (trainer.step() - s0) as f64 / (secs - t)
+            );
+        }
+        let chart = trainer.curve(&self.title);
+        crate::plot::warn_non_finite(&chart, &self.svg);
+        chart.save(&self.svg)?;
+        println!("log {}, curve {}", self.csv_path, self.svg);
+        Ok(())
+    }
+}
+
+/// One run: train, log, checkpoint, chart.
+fn one(a: &TrainArgs, gpu: &Gpu, method: Method, seed: u64, progress: &Progress) -> Result {
+    let (mut trainer, mut log) = open(a, gpu, method, seed, progress)?;
     if let Progress::One(pb) = progress {
         pb.reset_eta();
     }
-    let (mut last_ret, mut last_eval) = (f32::NAN, f32::NAN);
-    // When and at which step the loop of one update per step began (after pre-training).
-    let mut loop_start: Option<(f64, usize)> = None;
-    let seed_steps = trainer.config().seed_steps;
-    let mut stop = false;
-    while trainer.step() < steps && !stop {
-        let chunk = match trainer.step().checked_div(a.checkpoint_every) {
-            Some(k) => ((k + 1) * a.checkpoint_every).min(steps),
-            None => steps,
-        };
+    let t0 = std::time::Instant::now();
+    let (mut stop, mut saved) = (false, false);
+    while trainer.step() < a.steps && !stop {
+        let chunk = chunk_end(trainer.step(), a.checkpoint_every, a.steps);
         let res = trainer.run(chunk, &mut |e: &Event| {
-            let w = t0.elapsed().as_secs_f64();
-            match e {
-                Event::Episode { ret, .. } => last_ret = *ret,
-                Event::Eval { mean, .. } => last_eval = *mean,
-                Event::Pretrained { updates, seconds } => {
-                    loop_start = Some((w, seed_steps));
-                    if !a.quiet {
-                        progress.say(&format!(
-                            "{run}: {updates} pre-training updates in {seconds:.1} s"
-                        ));
-                    }
-                }
-                Event::Losses { .. } => {}
-            }
-            if let Some(row) = LogRow::of(e, w) {
-                log.serialize(row)
-                    .map_err(|err| pompc::Error::InvalidArgument(format!("{csv_path}: {err}")))?;
-            }
-            // The bar moves at episode ends and at each loss read-back (every `log_every`
-            // updates), so long episodes still show progress.
-            if let Event::Episode { step, .. } | Event::Losses { step, .. } = e {
-                let rate = (*step - start) as f64 / w.max(1e-9);
-                progress.at(start, *step, rate, last_ret, last_eval);
-            }
-            if matches!(e, Event::Episode { .. }) && a.time_limit.is_some_and(|l| w > l) {
-                return Err(pompc::Error::InvalidArgument(TIME_LIMIT.into()));
-            }
-            Ok(())
+            log.event(e, t0.elapsed().as_secs_f64(), a, progress)
         });
-        match res {
-            Ok(()) => {}
-            Err(pompc::Error::InvalidArgument(m)) if m == TIME_LIMIT => stop = true,
-            Err(e) => return Err(e.into()),
-        }
-        trainer.save(&ckpt)?;
-        log.flush().map_err(|e| format!("{csv_path}: {e}"))?;
-        pompc::fs::write_atomic(&csv_path, log.get_ref())?;
+        stop = stopped(res)?;
+        log.save(&trainer)?;
         saved = true;
     }
     let secs = t0.elapsed().as_secs_f64();
-    let rate = (trainer.step() - start) as f64 / secs.max(1e-9);
-    progress.at(start, trainer.step(), rate, last_ret, last_eval);
+    let rate = (trainer.step() - log.start) as f64 / secs.max(1e-9);
+    progress.at(log.start, trainer.step(), rate, log.last_ret, log.last_eval);
     progress.finish();
-    let done = trainer.step() - start;
-    eprintln!(
-        "{run}: {done} steps in {secs:.1} s ({:.1} steps/s); {}{}",
-        done as f64 / secs.max(1e-9),
-        if saved {
-            format!("checkpoint {ckpt}")
-        } else {
-            format!(
-                "no checkpoint written: the run was already at step {} of {steps}",
-                trainer.step()
-            )
-        },
-        if stop {
-            " (time limit: --resume continues)"
-        } else {
-            ""
-        }
-    );
-    if let Some((t, s0)) = loop_start
-        && trainer.step() > s0
-    {
-        eprintln!(
-            "{run}: loop after pre-training: {} steps in {:.1} s ({:.1} steps/s, plan + \
-             update + simulation + evaluations)",
-            trainer.step() - s0,
-            secs - t,
-            (trainer.step() - s0) as f64 / (secs - t)
-        );
-    }
-    let svg = path("svg");
-    let chart = trainer.curve(&format!("{env_name}, {}, seed {seed}", method.label()));
-    crate::plot::warn_non_finite(&chart, &svg);
-    chart.save(&svg)?;
-    println!("log {csv_path}, curve {svg}");
-    Ok(())
+    log.finish(&trainer, secs, saved, stop)
 }
 
 #[cfg(test)]

@@ -468,7 +468,13 @@ fn train_runs_every_combination_of_methods_lambdas_and_seeds() {
         600,
     );
     assert!(o.ok, "{}", o.stderr);
-    assert!(o.stderr.contains("6 runs in parallel"), "{}", o.stderr);
+    // Two methods: they plan together but update apart.
+    assert!(
+        o.stderr.contains("6 runs as one population")
+            && o.stderr.contains("plan steps shared, updates apart"),
+        "{}",
+        o.stderr
+    );
     assert!(o.stderr.contains("6/6 done"), "{}", o.stderr);
     for setting in ["tdmpc2", "po-mpc-l0.5", "po-mpc-l2"] {
         for seed in [0, 1] {
@@ -479,6 +485,67 @@ fn train_runs_every_combination_of_methods_lambdas_and_seeds() {
         }
     }
     assert_eq!(files_in(&d).len(), 18, "{:?}", files_in(&d));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn a_population_of_lambdas_plans_and_updates_together_and_resumes() {
+    let d = scratch("shared-population");
+    let out = d.to_str().unwrap();
+    // PO-MPC at two lambdas: one plan step and one update submit per step for both, through
+    // the seed phase, the shared pre-training and two steps of the loop, then resumed.
+    let args = |steps: &'static str| {
+        vec![
+            "train",
+            "--quick",
+            "--method",
+            "po-mpc",
+            "--lambda",
+            "0.5,2",
+            "--model",
+            "tiny",
+            "--steps",
+            steps,
+            "--seed-steps",
+            "500",
+            "--eval-every",
+            "0",
+            "--out",
+            out,
+        ]
+    };
+    let o = pompc(&args("502"), 900);
+    assert!(o.ok, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("2 runs as one population")
+            && o.stderr.contains("plan steps and updates shared"),
+        "{}",
+        o.stderr
+    );
+    assert_eq!(
+        o.stderr.matches("loop after pre-training: 2 steps").count(),
+        2,
+        "{}",
+        o.stderr
+    );
+    let mut resumed = args("504");
+    resumed.push("--resume");
+    let o = pompc(&resumed, 900);
+    assert!(o.ok, "{}", o.stderr);
+    assert_eq!(o.stderr.matches("from step 502").count(), 2, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("plan steps and updates shared"),
+        "{}",
+        o.stderr
+    );
+    for l in ["0.5", "2"] {
+        let csv = d.join(format!("pendulum-swingup-po-mpc-l{l}-s0.csv"));
+        let text = std::fs::read_to_string(&csv).unwrap();
+        assert!(
+            text.lines().filter(|r| r.starts_with("train,")).count() >= 1,
+            "{text}"
+        );
+    }
     std::fs::remove_dir_all(&d).unwrap();
 }
 

@@ -1074,7 +1074,8 @@ impl<'a, 'g> AgentRun<'a, 'g> {
         target: CopyTarget,
         on: &mut dyn FnMut(&Event) -> Result<()>,
     ) -> Result<()> {
-        let done = self.act(action, gaussian, losses, on)?;
+        let (done, reported) = self.act(action, gaussian, losses, on)?;
+        reported?;
         let pretrained = if self.pretrain_due() {
             let t0 = std::time::Instant::now();
             for _ in 0..self.cfg.seed_steps {
@@ -1095,14 +1096,15 @@ impl<'a, 'g> AgentRun<'a, 'g> {
     }
 
     /// The first half of a step's end: act, store the transition, count, end the episode when
-    /// done (returned), report the step's losses.
+    /// done, report the step's losses. Returns whether the episode ended and what the handler
+    /// said of the losses.
     fn act(
         &mut self,
         action: Vec<f32>,
         gaussian: Option<Vec<f32>>,
         losses: Option<(UpdateLosses, PolicyLosses)>,
         on: &mut dyn FnMut(&Event) -> Result<()>,
-    ) -> Result<bool> {
+    ) -> Result<(bool, Result<()>)> {
         let s = self.env.step(&action)?;
         self.learner
             .buffer
@@ -1122,15 +1124,16 @@ impl<'a, 'g> AgentRun<'a, 'g> {
                 ret: p.ret,
             });
         }
-        if let Some((world, policy)) = losses {
-            on(&Event::Losses {
+        let reported = match losses {
+            Some((world, policy)) => on(&Event::Losses {
                 step: p.step,
                 updates: p.updates,
                 world,
                 policy: Some(policy),
-            })?;
-        }
-        Ok(s.done)
+            }),
+            None => Ok(()),
+        };
+        Ok((s.done, reported))
     }
 
     /// The second half: report the pre-training (that took `pretrained` seconds, if it ran)
@@ -1507,26 +1510,35 @@ fn lock_step<'g>(
                 steps.push((run.random_action(), None));
             }
         }
-        let Some(u) = updates.as_deref_mut() else {
-            // Each agent pre-trains on its own (in finish_step_to).
-            let all = runs
-                .iter_mut()
-                .zip(handlers.iter_mut())
-                .zip(steps)
-                .zip(losses);
-            for (i, (((run, h), (action, gaussian)), l)) in all.enumerate() {
-                run.finish_step_to(action, gaussian, l, Some((shared, i)), h)?;
+        // A handler's error stops the run at the end of the step: every agent takes the step
+        // and reports it first, so that all stay in lock step.
+        let mut first_error = None;
+        let mut keep = |r: Result<()>| {
+            if let Err(e) = r {
+                first_error.get_or_insert(e);
             }
-            continue;
         };
-        let mut done = Vec::with_capacity(g);
         let all = runs
             .iter_mut()
             .zip(handlers.iter_mut())
             .zip(steps)
             .zip(losses);
+        let Some(u) = updates.as_deref_mut() else {
+            // Each agent pre-trains on its own (in finish_step_to).
+            for (i, (((run, h), (action, gaussian)), l)) in all.enumerate() {
+                keep(run.finish_step_to(action, gaussian, l, Some((shared, i)), h));
+            }
+            match first_error {
+                Some(e) => return Err(e),
+                None => continue,
+            }
+        };
+        let mut done = Vec::with_capacity(g);
         for (((run, h), (action, gaussian)), l) in all {
-            done.push(run.act(action, gaussian, l, h)?);
+            // An environment that fails stops the run at once.
+            let (d, reported) = run.act(action, gaussian, l, h)?;
+            keep(reported);
+            done.push(d);
         }
         // Pre-training: every agent's updates together, once all have stored the step.
         let pretrained = if runs[0].pretrain_due() {
@@ -1545,7 +1557,10 @@ fn lock_step<'g>(
             None
         };
         for ((run, h), d) in runs.iter_mut().zip(handlers.iter_mut()).zip(done) {
-            run.report(d, pretrained, h)?;
+            keep(run.report(d, pretrained, h));
+        }
+        if let Some(e) = first_error {
+            return Err(e);
         }
     }
     Ok(())
