@@ -8,6 +8,8 @@ latent world models, from numpy.
 - ``Trainer``: the PO-MPC family (TD-MPC2, BMPC, TD-M(PC)^2, PO-MPC) training a world model
   on a built-in task (``make_env``) or any Gymnasium-style environment;
   ``pompc.dmc.DMCEnv`` adapts dm_control's suite.
+- ``Population``: several such runs (methods, lambdas, seeds of one task) trained together
+  on one Gpu, planning and updating in shared dispatches where they can.
 
 Arrays are numpy float32 in and out. Errors: ``ValueError`` for shapes and bad arguments
 (negative or too large integers included), ``DTypeError`` (a ``ValueError`` and a
@@ -22,6 +24,7 @@ from ._pompc import (
     Mppi,
     Plan,
     Planner,
+    Population,
     DTypeError,
     ShaderError,
     Trainer,
@@ -39,6 +42,7 @@ __all__ = [
     "Mppi",
     "Plan",
     "Planner",
+    "Population",
     "DTypeError",
     "ShaderError",
     "Trainer",

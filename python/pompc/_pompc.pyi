@@ -231,3 +231,57 @@ class Trainer:
     def config(self) -> dict[str, Any]: ...
     @property
     def gpu(self) -> Gpu: ...
+
+class Population:
+    """Several PO-MPC-family runs of one task trained together on one Gpu."""
+
+    def __new__(
+        cls,
+        env: Any,
+        methods: list[str] = ...,
+        lams: Optional[list[float]] = None,
+        seeds: list[int] = ...,
+        model: Union[str, int, None] = None,
+        *,
+        steps: int = 1_000_000,
+        quick: bool = False,
+        gpu: Optional[Gpu] = None,
+        episode_len: Optional[int] = None,
+        name: Optional[str] = None,
+        planner: Optional[dict[str, Any]] = None,
+        **config: Any,
+    ) -> Population: ...
+    @staticmethod
+    def resume(
+        dir: _Path,
+        env: Any,
+        methods: list[str] = ...,
+        lams: Optional[list[float]] = None,
+        seeds: list[int] = ...,
+        model: Union[str, int, None] = None,
+        *,
+        steps: int = 1_000_000,
+        quick: bool = False,
+        gpu: Optional[Gpu] = None,
+        episode_len: Optional[int] = None,
+        name: Optional[str] = None,
+        planner: Optional[dict[str, Any]] = None,
+        **config: Any,
+    ) -> Population: ...
+    def run(
+        self, steps: int, callback: Optional[Callable[[int, dict[str, Any]], Any]] = None
+    ) -> list[int]: ...
+    def save(self, dir: _Path) -> None: ...
+    def history(self, agent: int) -> dict[str, list[Any]]: ...
+    def world_model(self, agent: int) -> WorldModel: ...
+    def __len__(self) -> int: ...
+    @property
+    def agents(self) -> list[dict[str, Any]]: ...
+    @property
+    def steps(self) -> list[int]: ...
+    @property
+    def shares_plan_steps(self) -> Optional[str]: ...
+    @property
+    def shares_updates(self) -> Optional[str]: ...
+    @property
+    def gpu(self) -> Gpu: ...

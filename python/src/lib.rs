@@ -13,6 +13,7 @@ mod errors;
 mod gpu;
 mod mppi;
 mod planner;
+mod population;
 mod trainer;
 
 use pyo3::prelude::*;
@@ -57,5 +58,6 @@ fn _pompc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<mppi::Mppi>()?;
     m.add_class::<env::Env>()?;
     m.add_class::<trainer::Trainer>()?;
+    m.add_class::<population::Population>()?;
     Ok(())
 }

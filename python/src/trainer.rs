@@ -36,7 +36,10 @@ const TRAIN_KEYS: [&str; 8] = [
     "planner_precision",
 ];
 
-fn apply_train_kwargs(cfg: &mut TrainConfig, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
+pub(crate) fn apply_train_kwargs(
+    cfg: &mut TrainConfig,
+    kwargs: Option<&Bound<'_, PyDict>>,
+) -> PyResult<()> {
     let Some(kwargs) = kwargs else {
         return Ok(());
     };
@@ -70,7 +73,7 @@ fn apply_train_kwargs(cfg: &mut TrainConfig, kwargs: Option<&Bound<'_, PyDict>>)
 
 /// The training and evaluation environments for `env` (a task name, a `pompc.Env`, or a
 /// Python object with Gymnasium's API) and the optional separate `eval_env`.
-fn make_envs(
+pub(crate) fn make_envs(
     py: Python<'_>,
     env: &Bound<'_, PyAny>,
     eval_env: Option<&Bound<'_, PyAny>>,
@@ -125,7 +128,7 @@ fn make_envs(
     Ok((Box::new(train), Box::new(eval)))
 }
 
-fn event_dict<'py>(py: Python<'py>, e: &Event) -> PyResult<Bound<'py, PyDict>> {
+pub(crate) fn event_dict<'py>(py: Python<'py>, e: &Event) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     match e {
         Event::Episode { step, episode, ret } => {

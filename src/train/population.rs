@@ -135,9 +135,11 @@ impl<'g> Population<'g> {
 
     /// Run every agent until `until` environment steps (each at most its own
     /// [`crate::train::TrainConfig::steps`]), reporting to `on` with the agent's index. Agents
-    /// that share their plan steps ([`Population::shares_plan_steps`]) run in lock step and
-    /// an error stops them all; others run on threads of their own, and when one fails the
-    /// others still finish and the first error (by agent index) is returned, naming its agent.
+    /// that share their plan steps ([`Population::shares_plan_steps`]) run in lock step, and
+    /// an error (from `on` too) stops them all at the end of the step, once every agent has
+    /// taken and reported it (an environment's error at once); others run on threads of their
+    /// own, and when one fails the others still finish and the first error (by agent index) is
+    /// returned, naming its agent.
     pub fn run(&mut self, until: usize, on: &PopulationHandler) -> Result<()> {
         if self.shares_plan_steps().is_ok() {
             return super::agent::run_shared(&mut self.agents, until, on);
