@@ -332,10 +332,15 @@ fn population(a: &TrainArgs, gpu: &Gpu, runs: &[(Method, u64)]) -> Result {
         }
         saved = true;
     }
-    line.bar.finish_and_clear();
-    eprintln!("{}", line.line());
     let secs = t0.elapsed().as_secs_f64();
     let logs = logs.into_inner().unwrap_or_else(|p| p.into_inner());
+    // Where each run ended (events move the line only at episode ends and loss reads).
+    for (i, (l, t)) in logs.iter().zip(population.agents()).enumerate() {
+        let rate = (t.step() - l.start) as f64 / secs.max(1e-9);
+        Progress::Member(&line, i).at(l.start, t.step(), rate, l.last_ret, l.last_eval);
+    }
+    line.bar.finish_and_clear();
+    eprintln!("{}", line.line());
     for (l, t) in logs.iter().zip(population.agents()) {
         l.finish(t, secs, saved, stop)?;
     }
