@@ -287,6 +287,7 @@ fn an_agent_in_a_population_trains_as_it_does_alone() {
     let settings = [
         (Method::Pompc { lambda: 0.5 }, 3),
         (Method::Pompc { lambda: 4.0 }, 8),
+        (Method::Tdmpc2, 5),
     ];
     let setups = || {
         settings
@@ -307,10 +308,12 @@ fn an_agent_in_a_population_trains_as_it_does_alone() {
             .collect::<Vec<_>>()
     };
     let mut population = Population::create(gpu, setups()).unwrap();
-    // The two agents plan in shared plan steps (a population model of both) and update in
-    // shared dispatches.
+    // The agents plan in shared plan steps (a population model of all three); the two PO-MPC
+    // agents update in shared dispatches, the TD-MPC2 agent in a group of its own.
     assert_eq!(population.shares_plan_steps(), Ok(()));
-    assert_eq!(population.shares_updates(), Ok(()));
+    let why = population.shares_updates().unwrap_err();
+    assert!(why.contains("agent 2") && why.contains("method"), "{why}");
+    assert_eq!(population.update_groups(), vec![vec![0, 1], vec![2]]);
     let events = Mutex::new(vec![Vec::new(); settings.len()]);
     population
         .run(steps, &|i, e| {
@@ -319,7 +322,7 @@ fn an_agent_in_a_population_trains_as_it_does_alone() {
         })
         .unwrap();
     let events = events.into_inner().unwrap();
-    assert_eq!(population.steps(), 2 * steps);
+    assert_eq!(population.steps(), 3 * steps);
     for (i, setup) in setups().into_iter().enumerate() {
         let mut alone = Trainer::new(gpu, setup.env, setup.eval_env, setup.cfg).unwrap();
         let mut own = Vec::new();
@@ -339,8 +342,9 @@ fn an_agent_in_a_population_trains_as_it_does_alone() {
         let (a, b) = (alone.weights().unwrap(), agent.weights().unwrap());
         assert_eq!(a.tensors, b.tensors, "agent {i}'s weights");
     }
-    // The two settings really differ.
+    // The settings really differ.
     assert_ne!(events[0], events[1]);
+    assert_ne!(events[0], events[2]);
     // Agents with other planners cannot share plan steps: they run on threads, each still as
     // alone.
     let mut other = setups();
@@ -349,7 +353,7 @@ fn an_agent_in_a_population_trains_as_it_does_alone() {
     let why = apart.shares_plan_steps().unwrap_err();
     assert!(why.contains("agent 1") && why.contains("planner"), "{why}");
     apart.run(LEN + 3, &|_, _| Ok(())).unwrap();
-    assert_eq!(apart.steps(), 2 * (LEN + 3));
+    assert_eq!(apart.steps(), 3 * (LEN + 3));
     let dir = std::env::temp_dir().join(format!("pompc-population-{}", std::process::id()));
     population.save(&dir).unwrap();
     let mut back = Population::resume(gpu, &dir, setups()).unwrap();
@@ -358,7 +362,7 @@ fn an_agent_in_a_population_trains_as_it_does_alone() {
         assert_eq!(x.history(), y.history());
     }
     back.run(steps + 5, &|_, _| Ok(())).unwrap();
-    assert_eq!(back.steps(), 2 * (steps + 5));
+    assert_eq!(back.steps(), 3 * (steps + 5));
     // A population of other settings refuses the checkpoints, naming the agent.
     let mut wrong = setups();
     wrong[1].cfg = config(Method::Tdmpc2, 6 * LEN, 8);

@@ -299,7 +299,10 @@ fn population(a: &TrainArgs, gpu: &Gpu, runs: &[(Method, u64)]) -> Result {
     let mut population = Population::new(trainers)?;
     let how = match (population.shares_plan_steps(), population.shares_updates()) {
         (Ok(()), Ok(())) => "plan steps and updates shared".to_string(),
-        (Ok(()), Err(why)) => format!("plan steps shared, updates apart ({why})"),
+        (Ok(()), Err(why)) => format!(
+            "plan steps shared, updates in {} groups ({why})",
+            population.update_groups().len()
+        ),
         (Err(why), _) => format!("on threads ({why})"),
     };
     say(

@@ -468,10 +468,11 @@ fn train_runs_every_combination_of_methods_lambdas_and_seeds() {
         600,
     );
     assert!(o.ok, "{}", o.stderr);
-    // Two methods: they plan together but update apart.
+    // Two methods: they plan together and update in two groups (TD-MPC2's seeds, PO-MPC's
+    // lambdas and seeds).
     assert!(
         o.stderr.contains("6 runs as one population")
-            && o.stderr.contains("plan steps shared, updates apart"),
+            && o.stderr.contains("plan steps shared, updates in 2 groups"),
         "{}",
         o.stderr
     );

@@ -1205,50 +1205,75 @@ pub(crate) fn cannot_share(trainers: &[Trainer]) -> Option<String> {
     None
 }
 
-/// Why agents that share their plan steps cannot also share their updates
-/// ([`SharedUpdates`]), or `None` if they can: the same batch, update and policy update but for
-/// the seeds and the policy loss's coefficients (PO-MPC's lambda), the same pre-training and
-/// loss reads, and no KL-regularized critic target.
-pub(crate) fn cannot_share_updates(trainers: &[Trainer]) -> Option<String> {
-    let first = trainers.first()?;
-    let c0 = &first.cfg;
-    for (i, t) in trainers.iter().enumerate() {
-        let c = &t.cfg;
-        let why = if c.batch != c0.batch {
-            "another batch size"
-        } else if (UpdateConfig {
-            seed: c0.update.seed,
-            ..c.update.clone()
-        }) != c0.update
-        {
-            "another world-model update"
-        } else if trainers.len() > 1 && c.update.lambda_q != 0.0 {
-            "the KL-regularized critic target"
-        } else if c.policy.shared_with(&c0.policy) != c0.policy {
-            "another policy update (method)"
-        } else if c.pretrain_policy != c0.pretrain_policy || c.log_every != c0.log_every {
-            "another pre-training or loss logging"
-        } else if t.learner.world.updates_made() != first.learner.world.updates_made() {
-            "another update count"
-        } else {
-            continue;
-        };
-        return Some(format!("agent {i} has {why}"));
+/// Why agent `t` cannot run its updates in the same dispatches as agent `first` (another
+/// agent), or `None` if it can: the same batch, update and policy update but for the seeds and
+/// the policy loss's coefficients (PO-MPC's lambda), the same pre-training, loss reads and
+/// update count, and no KL-regularized critic target.
+fn update_mismatch(first: &Trainer, t: &Trainer) -> Option<&'static str> {
+    let (c0, c) = (&first.cfg, &t.cfg);
+    if c.batch != c0.batch {
+        Some("another batch size")
+    } else if (UpdateConfig {
+        seed: c0.update.seed,
+        ..c.update.clone()
+    }) != c0.update
+    {
+        Some("another world-model update")
+    } else if c.update.lambda_q != 0.0 || c0.update.lambda_q != 0.0 {
+        Some("the KL-regularized critic target")
+    } else if c.policy.shared_with(&c0.policy) != c0.policy {
+        Some("another policy update (method)")
+    } else if c.pretrain_policy != c0.pretrain_policy || c.log_every != c0.log_every {
+        Some("another pre-training or loss logging")
+    } else if t.learner.world.updates_made() != first.learner.world.updates_made() {
+        Some("another update count")
+    } else {
+        None
     }
-    None
 }
 
-/// The updates of a population that shares them: one world-model and one policy trainer over
-/// every agent, each agent's state taken over from its own trainers at the start of a run
-/// and handed back at its end ([`WorldModelTrainer::record_exchange_agent`]). Each step
-/// samples every agent's batch from its own replay buffer and records all updates, and the
-/// copies of the new parameters into the shared planner model, in one submit.
+/// Why agents that share their plan steps cannot also run all their updates in the same
+/// dispatches ([`update_mismatch`] against agent 0), or `None` if they can.
+pub(crate) fn cannot_share_updates(trainers: &[Trainer]) -> Option<String> {
+    let first = trainers.first()?;
+    trainers
+        .iter()
+        .enumerate()
+        .skip(1)
+        .find_map(|(i, t)| update_mismatch(first, t).map(|why| format!("agent {i} has {why}")))
+}
+
+/// The agents grouped by the updates they can share: each group's updates run in the same
+/// dispatches (one submit a group and step). Agents join the first group whose first agent
+/// they match ([`update_mismatch`]), in order.
+pub(crate) fn update_groups(trainers: &[Trainer]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, t) in trainers.iter().enumerate() {
+        match groups
+            .iter_mut()
+            .find(|g| update_mismatch(&trainers[g[0]], t).is_none())
+        {
+            Some(g) => g.push(i),
+            None => groups.push(vec![i]),
+        }
+    }
+    groups
+}
+
+/// The updates of a group of a population's agents ([`update_groups`]): one world-model and
+/// one policy trainer over the group, each agent's state taken over from its own trainers at
+/// the start of a run and handed back at its end
+/// ([`WorldModelTrainer::record_exchange_agent`]). Each step samples every member's batch from
+/// its own replay buffer and records all their updates, and the copies of the new parameters
+/// into the shared planner model, in one submit.
 struct SharedUpdates<'g> {
     gpu: &'g Gpu,
     world: WorldModelTrainer<'g>,
     policy: PolicyTrainer<'g>,
     layout: ParamLayout,
     binds: BindCache,
+    /// The population's indices of the group's agents, in the group's order.
+    members: Vec<usize>,
 }
 
 /// Where a shared update's losses and optimizer states land in its read-back.
@@ -1259,17 +1284,34 @@ struct SharedReads {
     policy_adam: ReadbackHandle<u32>,
 }
 
+/// Each member's losses, by the population's index, when the update read them.
+type GroupLosses = Vec<(usize, Option<(UpdateLosses, PolicyLosses)>)>;
+
 impl<'g> SharedUpdates<'g> {
-    /// Take over every agent's training state (`weights` are theirs, for the shapes).
-    fn new(gpu: &'g Gpu, trainers: &mut [Trainer<'g>], weights: &[Weights]) -> Result<Self> {
-        let c0 = &trainers[0].cfg;
-        let updates: Vec<UpdateConfig> = trainers.iter().map(|t| t.cfg.update.clone()).collect();
-        let policies: Vec<PolicyUpdateConfig> =
-            trainers.iter().map(|t| t.cfg.policy.clone()).collect();
-        let mut world = WorldModelTrainer::population(gpu, weights, &updates, c0.batch)?;
-        let mut policy = PolicyTrainer::population(gpu, &weights[0].spec, &policies, c0.batch)?;
+    /// Take over the training state of the agents `members` of `trainers` (`weights` are
+    /// every agent's, for the shapes).
+    fn new(
+        gpu: &'g Gpu,
+        trainers: &mut [Trainer<'g>],
+        weights: &[Weights],
+        members: Vec<usize>,
+    ) -> Result<Self> {
+        let c0 = &trainers[members[0]].cfg;
+        let batch = c0.batch;
+        let updates: Vec<UpdateConfig> = members
+            .iter()
+            .map(|&m| trainers[m].cfg.update.clone())
+            .collect();
+        let policies: Vec<PolicyUpdateConfig> = members
+            .iter()
+            .map(|&m| trainers[m].cfg.policy.clone())
+            .collect();
+        let own: Vec<Weights> = members.iter().map(|&m| weights[m].clone()).collect();
+        let mut world = WorldModelTrainer::population(gpu, &own, &updates, batch)?;
+        let mut policy = PolicyTrainer::population(gpu, &own[0].spec, &policies, batch)?;
         let mut rec = Recorder::new(gpu);
-        for (i, t) in trainers.iter_mut().enumerate() {
+        for (i, &m) in members.iter().enumerate() {
+            let t = &mut trainers[m];
             world.record_exchange_agent(&mut rec, i, &mut t.learner.world, true)?;
             policy.record_exchange_agent(&mut rec, i, &mut t.learner.policy, true)?;
         }
@@ -1278,15 +1320,17 @@ impl<'g> SharedUpdates<'g> {
             gpu,
             world,
             policy,
-            layout: ParamLayout::new(&weights[0].spec),
+            layout: ParamLayout::new(&own[0].spec),
             binds: BindCache::new(),
+            members,
         })
     }
 
-    /// Hand every agent's state back to its own trainers (whose models are then stale).
+    /// Hand every member's state back to its own trainers (whose models are then stale).
     fn hand_back(&mut self, runs: &mut [AgentRun<'_, 'g>]) -> Result<()> {
         let mut rec = Recorder::new(self.gpu);
-        for (i, run) in runs.iter_mut().enumerate() {
+        for (i, &m) in self.members.iter().enumerate() {
+            let run = &mut runs[m];
             self.world
                 .record_exchange_agent(&mut rec, i, &mut run.learner.world, false)?;
             self.policy
@@ -1296,9 +1340,12 @@ impl<'g> SharedUpdates<'g> {
         rec.submit()
     }
 
-    /// Copy agent `i`'s parameters into its own trainer (for an evaluation with its own
-    /// model, which is then stale).
-    fn params_to(&self, i: usize, run: &mut AgentRun<'_, 'g>) -> Result<()> {
+    /// Copy the parameters of the population's agent `m` (a member) into its own trainer (for
+    /// an evaluation with its own model, which is then stale).
+    fn params_to(&self, m: usize, run: &mut AgentRun<'_, 'g>) -> Result<()> {
+        let Some(i) = self.members.iter().position(|&x| x == m) else {
+            return Ok(());
+        };
         let n = self.layout.len();
         let mut rec = Recorder::new(self.gpu);
         rec.copy_range(self.world.params(), i * n, run.learner.world.params(), 0, n)?;
@@ -1307,24 +1354,27 @@ impl<'g> SharedUpdates<'g> {
         Ok(())
     }
 
-    /// Sample every agent's batch from its own buffer and encode all their updates (the
+    /// Sample every member's batch from its own buffer and encode all their updates (the
     /// policy's when `with_policy`) and the copies of the new parameters into `model`'s
-    /// agents, reading the losses back when `read`.
+    /// agents, reading the losses back when the members' `log_every` says so (never with
+    /// `quiet`).
     fn prepare(
         &mut self,
         runs: &mut [AgentRun<'_, 'g>],
         model: &WorldModel,
         with_policy: bool,
-        read: bool,
+        quiet: bool,
     ) -> Result<(Encoded<'g>, Option<SharedReads>)> {
-        let cfg = runs[0].cfg.clone();
+        let lead = &runs[self.members[0]];
+        let cfg = lead.cfg.clone();
+        let read = !quiet && cfg.log_every > 0 && lead.p.updates.is_multiple_of(cfg.log_every);
         let (t, b) = (cfg.update.horizon, cfg.batch);
         let a = model.spec.action_dim;
         let with_prior = with_policy && cfg.policy.prior != PriorKind::None;
-        let mut batches = Vec::with_capacity(runs.len());
+        let mut batches = Vec::with_capacity(self.members.len());
         let mut planners = Vec::new();
-        for run in runs.iter_mut() {
-            let l = &mut *run.learner;
+        for &m in &self.members {
+            let l = &mut *runs[m].learner;
             let sample = l.buffer.sample(&mut l.rng, b, t)?;
             if with_prior {
                 planners.extend_from_slice(&sample.planner[..cfg.policy.states * b * 2 * a]);
@@ -1345,9 +1395,9 @@ impl<'g> SharedUpdates<'g> {
                 .record_agents(&mut rec, params, zs, &h, true, true)?;
         }
         let (layout, n) = (&self.layout, self.layout.len());
-        for i in 0..runs.len() {
+        for (i, &m) in self.members.iter().enumerate() {
             let offset = |name: &str| layout.offset(name).map(|o| o + i * n);
-            model.record_agent_copy_from(&mut rec, i, self.world.params(), offset)?;
+            model.record_agent_copy_from(&mut rec, m, self.world.params(), offset)?;
         }
         let reads = read.then(|| SharedReads {
             world: rec.read(self.world.losses_buffer()),
@@ -1358,22 +1408,24 @@ impl<'g> SharedUpdates<'g> {
         Ok((rec.encode()?, reads))
     }
 
-    /// Each agent's losses from a submitted update that reads them.
+    /// Each member's losses from a submitted update (waiting for it when it reads them).
     fn finish(
         &self,
         pending: PendingReadback<'g>,
         reads: Option<SharedReads>,
-        agents: usize,
-    ) -> Result<Vec<Option<(UpdateLosses, PolicyLosses)>>> {
+    ) -> Result<GroupLosses> {
+        let g = self.members.len();
         let Some(r) = reads else {
-            return Ok(vec![None; agents]);
+            return Ok(self.members.iter().map(|&m| (m, None)).collect());
         };
         let out = pending.wait()?;
         let (wl, wa) = (out.get(&r.world)?, out.get(&r.world_adam)?);
         let (pl, pa) = (out.get(&r.policy)?, out.get(&r.policy_adam)?);
-        let (wn, pn) = (wl.len() / agents, pl.len() / agents);
-        (0..agents)
-            .map(|i| {
+        let (wn, pn) = (wl.len() / g, pl.len() / g);
+        self.members
+            .iter()
+            .enumerate()
+            .map(|(i, &m)| {
                 let norm = |words: &[u32]| -> Result<f32> {
                     let s = AdamState::from_words(&words[i * STATE_WORDS..])?;
                     Ok(s.grad_norm.unwrap_or(f32::NAN))
@@ -1383,18 +1435,16 @@ impl<'g> SharedUpdates<'g> {
                     .decode_losses(&wl[i * wn..(i + 1) * wn], norm(&wa)?);
                 let mut policy = PolicyTrainer::decode_losses(&pl[i * pn..(i + 1) * pn]);
                 policy.grad_norm = norm(&pa)?;
-                Ok(Some((world, policy)))
+                Ok((m, Some((world, policy))))
             })
             .collect()
     }
 }
 
 /// Run every trainer until `until` steps in lock step, each step's plans for all of them in
-/// one plan step over a population model ([`WorldModel::population`]); each agent's results
-/// are those it gets alone. Where the agents can also share their updates
-/// ([`cannot_share_updates`]), every agent's update of a step runs in the same dispatches
-/// ([`SharedUpdates`]); otherwise each agent's update is its own submit, refreshing its share
-/// of the population model. `trainers` must pass [`cannot_share`].
+/// one plan step over a population model ([`WorldModel::population`]), and each group of
+/// [`update_groups`] running its agents' updates in the same dispatches ([`SharedUpdates`]);
+/// each agent's results are those it gets alone. `trainers` must pass [`cannot_share`].
 pub(crate) fn run_shared(
     trainers: &mut [Trainer],
     until: usize,
@@ -1414,27 +1464,24 @@ pub(crate) fn run_shared(
     let shared = WorldModel::population(gpu, &weights, cfg0.planner_precision)?;
     let seeds: Vec<u64> = trainers.iter().map(|t| t.cfg.planner.seed).collect();
     let mut planner = Planner::new(gpu, &shared, cfg0.planner.clone())?.with_seeds(&seeds)?;
-    let mut updates = match cannot_share_updates(trainers) {
-        None => Some(SharedUpdates::new(gpu, trainers, &weights)?),
-        Some(_) => None,
-    };
+    let mut groups = Vec::new();
+    for members in update_groups(trainers) {
+        groups.push(SharedUpdates::new(gpu, trainers, &weights, members)?);
+    }
     let mut runs = trainers
         .iter_mut()
         .map(|t| AgentRun::new(t, until))
         .collect::<Result<Vec<_>>>()?;
     let mut handlers: Vec<_> = (0..runs.len()).map(|i| move |e: &Event| on(i, e)).collect();
-    let result = lock_step(
-        &mut runs,
-        &mut handlers,
-        &mut planner,
-        &shared,
-        updates.as_mut(),
-    );
+    let result = lock_step(&mut runs, &mut handlers, &mut planner, &shared, &mut groups);
     // The agents' own trainers get their state back whatever happened.
-    let handed = match updates.as_mut() {
-        Some(u) => u.hand_back(&mut runs),
-        None => Ok(()),
-    };
+    let mut handed = Ok(());
+    for u in &mut groups {
+        let r = u.hand_back(&mut runs);
+        if handed.is_ok() {
+            handed = r;
+        }
+    }
     result?;
     handed?;
     for (run, h) in runs.iter_mut().zip(&mut handlers) {
@@ -1449,7 +1496,7 @@ fn lock_step<'g>(
     handlers: &mut [impl FnMut(&Event) -> Result<()>],
     planner: &mut Planner,
     shared: &WorldModel,
-    mut updates: Option<&mut SharedUpdates<'g>>,
+    groups: &mut [SharedUpdates<'g>],
 ) -> Result<()> {
     let a = shared.spec.action_dim;
     let g = runs.len();
@@ -1459,10 +1506,10 @@ fn lock_step<'g>(
         let mut plans = None;
         for (i, (run, h)) in runs.iter_mut().zip(handlers.iter_mut()).enumerate() {
             // An evaluation plans with the agent's own model: it gets its parameters first.
-            if let Some(u) = updates.as_deref()
-                && run.eval_due()
-            {
-                u.params_to(i, run)?;
+            if run.eval_due() {
+                for u in groups.iter() {
+                    u.params_to(i, run)?;
+                }
             }
             // Lock step: every agent is at the same step, so all plan or none.
             let step = run.begin_step(h)?;
@@ -1481,29 +1528,27 @@ fn lock_step<'g>(
                 first.push(run.p.first);
             }
             let pending = planner.plan_submit(&obs, &first)?;
-            if let Some(u) = updates.as_deref_mut() {
-                let log = runs[0].cfg.log_every > 0
-                    && runs[0].p.updates.is_multiple_of(runs[0].cfg.log_every);
-                let (encoded, reads) = u.prepare(runs, shared, true, log)?;
-                let submitted = encoded.submit()?;
-                let plan = pending.wait()?;
-                losses = u.finish(submitted, reads, g)?;
-                collect_actions(&plan, a, g, &mut steps);
-            } else {
-                let mut submitted = Vec::with_capacity(g);
-                for (i, run) in runs.iter_mut().enumerate() {
-                    let update = run.prepare_update(Some((shared, i)))?;
-                    submitted.push(run.learner.submit(update)?);
+            // Every group's update is submitted behind the plan step before it is read.
+            let mut submitted = Vec::with_capacity(groups.len());
+            for u in groups.iter_mut() {
+                let (encoded, reads) = u.prepare(runs, shared, true, false)?;
+                submitted.push((encoded.submit()?, reads));
+            }
+            let plan = pending.wait()?;
+            for (u, (pending, reads)) in groups.iter().zip(submitted) {
+                for (m, l) in u.finish(pending, reads)? {
+                    losses[m] = l;
                 }
-                let plan = pending.wait()?;
-                for (i, (run, update)) in runs.iter_mut().zip(submitted).enumerate() {
-                    losses[i] = run.learner.finish(update)?;
-                }
-                collect_actions(&plan, a, g, &mut steps);
+            }
+            for i in 0..g {
+                let rows = i * a..(i + 1) * a;
+                let mut gaussian = plan.mean[rows.clone()].to_vec();
+                gaussian.extend_from_slice(&plan.std[rows.clone()]);
+                steps.push((plan.action[rows].to_vec(), Some(gaussian)));
             }
             for run in runs.iter_mut() {
                 run.p.updates += 1;
-                run.stale |= updates.is_some();
+                run.stale = true;
             }
         } else {
             for run in runs.iter_mut() {
@@ -1518,35 +1563,31 @@ fn lock_step<'g>(
                 first_error.get_or_insert(e);
             }
         };
+        let mut done = Vec::with_capacity(g);
         let all = runs
             .iter_mut()
             .zip(handlers.iter_mut())
             .zip(steps)
             .zip(losses);
-        let Some(u) = updates.as_deref_mut() else {
-            // Each agent pre-trains on its own (in finish_step_to).
-            for (i, (((run, h), (action, gaussian)), l)) in all.enumerate() {
-                keep(run.finish_step_to(action, gaussian, l, Some((shared, i)), h));
-            }
-            match first_error {
-                Some(e) => return Err(e),
-                None => continue,
-            }
-        };
-        let mut done = Vec::with_capacity(g);
         for (((run, h), (action, gaussian)), l) in all {
             // An environment that fails stops the run at once.
             let (d, reported) = run.act(action, gaussian, l, h)?;
             keep(reported);
             done.push(d);
         }
-        // Pre-training: every agent's updates together, once all have stored the step.
+        // Pre-training: every group's updates together, once all agents have stored the step.
         let pretrained = if runs[0].pretrain_due() {
             let t0 = std::time::Instant::now();
-            let with_policy = runs[0].cfg.pretrain_policy;
             for _ in 0..runs[0].cfg.seed_steps {
-                let (encoded, reads) = u.prepare(runs, shared, with_policy, false)?;
-                u.finish(encoded.submit()?, reads, g)?;
+                let mut submitted = Vec::with_capacity(groups.len());
+                for u in groups.iter_mut() {
+                    let with_policy = runs[u.members[0]].cfg.pretrain_policy;
+                    let (encoded, reads) = u.prepare(runs, shared, with_policy, true)?;
+                    submitted.push((encoded.submit()?, reads));
+                }
+                for (u, (pending, reads)) in groups.iter().zip(submitted) {
+                    u.finish(pending, reads)?;
+                }
                 for run in runs.iter_mut() {
                     run.p.updates += 1;
                     run.stale = true;
@@ -1564,21 +1605,6 @@ fn lock_step<'g>(
         }
     }
     Ok(())
-}
-
-/// Each agent's action and first-step Gaussian from a population's plan.
-fn collect_actions(
-    plan: &crate::planner::Plan,
-    a: usize,
-    g: usize,
-    steps: &mut Vec<(Vec<f32>, Option<Vec<f32>>)>,
-) {
-    for i in 0..g {
-        let rows = i * a..(i + 1) * a;
-        let mut gaussian = plan.mean[rows.clone()].to_vec();
-        gaussian.extend_from_slice(&plan.std[rows.clone()]);
-        steps.push((plan.action[rows].to_vec(), Some(gaussian)));
-    }
 }
 
 /// Evaluate at `step`, append the mean to `history` and report it.

@@ -114,9 +114,9 @@ impl<'g> Population<'g> {
         }
     }
 
-    /// Whether agents that share their plan steps also share their updates: every agent's
-    /// world-model and policy updates of a step in the same dispatches. `Ok`, or why not (each
-    /// agent's update is then its own submit). They need the same batch, world-model update
+    /// Whether agents that share their plan steps also share all their updates: every agent's
+    /// world-model and policy updates of a step in the same dispatches. `Ok`, or why not (the
+    /// agents then update in several groups, [`Population::update_groups`]). They need the same batch, world-model update
     /// and policy update but for the seeds and the policy loss's coefficients (PO-MPC's lambda:
     /// agents of one method with different lambdas share, TD-MPC2 and PO-MPC agents do not),
     /// the same pre-training and loss reads, and no KL-regularized critic target.
@@ -126,6 +126,13 @@ impl<'g> Population<'g> {
             Some(why) => Err(why),
             None => Ok(()),
         }
+    }
+
+    /// The groups of agents whose updates run in the same dispatches when they share their
+    /// plan steps (indices into [`Population::agents`]): agents of one method that differ only
+    /// in seed and lambda share a group; each group is one submit per step.
+    pub fn update_groups(&self) -> Vec<Vec<usize>> {
+        super::agent::update_groups(&self.agents)
     }
 
     /// Environment steps of all agents together.
