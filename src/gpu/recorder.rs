@@ -519,6 +519,23 @@ impl<'g> Recorder<'g> {
         Ok(())
     }
 
+    /// Record a copy of `len` elements between `alone[..len]` and a population's share
+    /// `pop[at..at + len]`: into the population (`into_population`) or back out of it.
+    pub fn copy_share<T: Pod>(
+        &mut self,
+        pop: &GpuBuffer<T>,
+        at: usize,
+        alone: &GpuBuffer<T>,
+        len: usize,
+        into_population: bool,
+    ) -> Result<()> {
+        if into_population {
+            self.copy_range(alone, 0, pop, at, len)
+        } else {
+            self.copy_range(pop, at, alone, 0, len)
+        }
+    }
+
     /// Record a copy of `len` elements from `src[src_at..]` to `dst[dst_at..]` (offsets and
     /// lengths in elements; byte ranges must be multiples of 4).
     pub fn copy_range<T: Pod>(

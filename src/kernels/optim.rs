@@ -669,8 +669,18 @@ pub struct AdamState {
 }
 
 impl AdamState {
+    /// Every agent's gradient norm before clipping (NaN without one) from a read-back of a
+    /// population's [`Adam::state_buffer`].
+    pub fn grad_norms(words: &[u32]) -> Result<Vec<f32>> {
+        words
+            .chunks(STATE_WORDS)
+            .map(|w| Ok(AdamState::from_words(w)?.grad_norm.unwrap_or(f32::NAN)))
+            .collect()
+    }
+
     /// Decode the words of [`Adam::state_buffer`]: step, norm, clip coefficient, the two bias
-    /// corrections (floats as bits), and whether the norm was computed.
+    /// corrections (floats as bits), and whether the norm was computed (one agent's: the
+    /// first [`STATE_WORDS`]).
     pub fn from_words(words: &[u32]) -> Result<AdamState> {
         if words.len() < 6 {
             return Err(Error::Shape(format!(
@@ -880,18 +890,10 @@ impl Adam {
         }
         let n = self.len;
         for (pop, one) in [(&self.m, &alone.m), (&self.v, &alone.v)] {
-            if into_population {
-                rec.copy_range(one, 0, pop, i * n, n)?;
-            } else {
-                rec.copy_range(pop, i * n, one, 0, n)?;
-            }
+            rec.copy_share(pop, i * n, one, n, into_population)?;
         }
         let w = STATE_WORDS;
-        if into_population {
-            rec.copy_range(&alone.state, 0, &self.state, i * w, w)
-        } else {
-            rec.copy_range(&self.state, i * w, &alone.state, 0, w)
-        }
+        rec.copy_share(&self.state, i * w, &alone.state, w, into_population)
     }
 
     /// Zero the moments and the step counter (queue writes, ordered before the next submit).
@@ -1195,11 +1197,7 @@ impl RunningScale {
                 alone.agents()
             )));
         }
-        if into_population {
-            rec.copy_range(&alone.value, 0, &self.value, i, 1)
-        } else {
-            rec.copy_range(&self.value, i, &alone.value, 0, 1)
-        }
+        rec.copy_share(&self.value, i, &alone.value, 1, into_population)
     }
 
     /// Download the scale (agent 0's in a population; one submit and one map).

@@ -1419,25 +1419,18 @@ impl<'g> SharedUpdates<'g> {
             return Ok(self.members.iter().map(|&m| (m, None)).collect());
         };
         let out = pending.wait()?;
-        let (wl, wa) = (out.get(&r.world)?, out.get(&r.world_adam)?);
-        let (pl, pa) = (out.get(&r.policy)?, out.get(&r.policy_adam)?);
+        let (wl, pl) = (out.get(&r.world)?, out.get(&r.policy)?);
+        let wa = AdamState::grad_norms(&out.get(&r.world_adam)?)?;
+        let pa = AdamState::grad_norms(&out.get(&r.policy_adam)?)?;
         let (wn, pn) = (wl.len() / g, pl.len() / g);
-        self.members
-            .iter()
-            .enumerate()
-            .map(|(i, &m)| {
-                let norm = |words: &[u32]| -> Result<f32> {
-                    let s = AdamState::from_words(&words[i * STATE_WORDS..])?;
-                    Ok(s.grad_norm.unwrap_or(f32::NAN))
-                };
-                let world = self
-                    .world
-                    .decode_losses(&wl[i * wn..(i + 1) * wn], norm(&wa)?);
-                let mut policy = PolicyTrainer::decode_losses(&pl[i * pn..(i + 1) * pn]);
-                policy.grad_norm = norm(&pa)?;
-                Ok((m, Some((world, policy))))
-            })
-            .collect()
+        let mut each = Vec::with_capacity(g);
+        for (i, &m) in self.members.iter().enumerate() {
+            let world = self.world.decode_losses(&wl[i * wn..(i + 1) * wn], wa[i]);
+            let mut policy = PolicyTrainer::decode_losses(&pl[i * pn..(i + 1) * pn]);
+            policy.grad_norm = pa[i];
+            each.push((m, Some((world, policy))));
+        }
+        Ok(each)
     }
 }
 

@@ -26,7 +26,7 @@ use super::params::ParamLayout;
 use crate::gpu::{Gpu, GpuBuffer, Recorder};
 use crate::kernels::gemm::{self, Gemm, Mat, Operands};
 use crate::kernels::loss::{GradOut, LossOut, RowWeights};
-use crate::kernels::optim::{Adam, AdamConfig, AdamState, ParamGroup, RunningScale, STATE_WORDS};
+use crate::kernels::optim::{Adam, AdamConfig, AdamState, ParamGroup, RunningScale};
 use crate::kernels::policy_loss::{
     self as pl, KlForm, Pass, PolicyHead, PolicyInputs, PolicyLossConfig, PriorFitConfig,
     PriorFitInputs, QInput, Rows, Scalar,
@@ -617,14 +617,9 @@ impl<'g> PolicyTrainer<'g> {
         let hs = rec.read(self.adam.state_buffer());
         let out = rec.finish()?;
         let l = out.get(&hl)?;
-        let words = out.get(&hs)?;
-        (0..self.agents)
-            .map(|i| {
-                let state = AdamState::from_words(&words[i * STATE_WORDS..])?;
-                let norm = state.grad_norm.unwrap_or(f32::NAN);
-                Ok(Self::losses_from(&l[i * LOSS_SLOTS..], norm))
-            })
-            .collect()
+        let norms = AdamState::grad_norms(&out.get(&hs)?)?;
+        let each = l.chunks(LOSS_SLOTS).zip(norms);
+        Ok(each.map(|(l, n)| Self::losses_from(l, n)).collect())
     }
 
     fn one_agent(&self, what: &str) -> Result<()> {
@@ -699,12 +694,8 @@ impl<'g> PolicyTrainer<'g> {
         alone: &mut PolicyTrainer,
         into_population: bool,
     ) -> Result<()> {
-        if i >= self.agents || alone.agents != 1 || alone.spec != self.spec {
-            return Err(Error::InvalidArgument(format!(
-                "policy exchange: agent {i} of {} with a trainer of {} agents or another model",
-                self.agents, alone.agents
-            )));
-        }
+        let same = alone.spec == self.spec;
+        super::check_exchange("policy", i, self.agents, alone.agents, same)?;
         self.adam
             .record_exchange_agent(rec, i, &alone.adam, into_population)?;
         match (
@@ -713,11 +704,7 @@ impl<'g> PolicyTrainer<'g> {
         ) {
             ((Some(pp), Some(pa)), (Some(op), Some(oa))) => {
                 let n = self.layout.len();
-                if into_population {
-                    rec.copy_range(op, 0, pp, i * n, n)?;
-                } else {
-                    rec.copy_range(pp, i * n, op, 0, n)?;
-                }
+                rec.copy_share(pp, i * n, op, n, into_population)?;
                 pa.record_exchange_agent(rec, i, oa, into_population)?;
             }
             ((None, None), (None, None)) => {}
@@ -734,20 +721,13 @@ impl<'g> PolicyTrainer<'g> {
         ] {
             pop.record_exchange_agent(rec, i, one, into_population)?;
         }
-        if into_population {
-            if i > 0 && alone.updates != self.updates {
-                return Err(Error::InvalidArgument(format!(
-                    "policy exchange: agent {i} made {} updates, the population {}",
-                    alone.updates, self.updates
-                )));
-            }
-            self.updates = alone.updates;
-            self.rngs[i] = alone.rngs[0].clone();
-        } else {
-            alone.updates = self.updates;
-            alone.rngs[0] = self.rngs[i].clone();
-        }
-        Ok(())
+        super::exchange_draws(
+            "policy",
+            i,
+            (&mut self.updates, &mut self.rngs),
+            (&mut alone.updates, &mut alone.rngs),
+            into_population,
+        )
     }
 
     /// Set the adaptive prior's network from `weights` (its `_pi.*` tensors; agent 0's in a

@@ -33,7 +33,7 @@ use crate::gpu::{Gpu, GpuBuffer, Recorder};
 use crate::kernels::gemm::{self, Gemm, Mat, Operands};
 use crate::kernels::loss::{self, Agents, GradOut, LossOut, MseConfig, RowWeights, SoftCeConfig};
 use crate::kernels::optim::{
-    Adam, AdamConfig, AdamState, ParamGroup, PolyakSpan, STATE_WORDS, record_polyak_agents,
+    Adam, AdamConfig, AdamState, ParamGroup, PolyakSpan, record_polyak_agents,
 };
 use crate::kernels::policy::{self, PolicyBuffers, PolicyConfig, PolicyOffsets};
 use crate::kernels::policy_loss as pl;
@@ -535,42 +535,21 @@ impl<'g> WorldModelTrainer<'g> {
         alone: &mut WorldModelTrainer,
         into_population: bool,
     ) -> Result<()> {
-        if i >= self.agents || alone.agents != 1 || alone.spec != self.spec {
-            return Err(Error::InvalidArgument(format!(
-                "world-model exchange: agent {i} of {} with a trainer of {} agents{}",
-                self.agents,
-                alone.agents,
-                if alone.spec != self.spec {
-                    " and another model"
-                } else {
-                    ""
-                }
-            )));
-        }
+        let same = alone.spec == self.spec;
+        super::check_exchange("world-model", i, self.agents, alone.agents, same)?;
         let n = self.layout.len();
         for (pop, one) in [(&self.params, &alone.params), (&self.target, &alone.target)] {
-            if into_population {
-                rec.copy_range(one, 0, pop, i * n, n)?;
-            } else {
-                rec.copy_range(pop, i * n, one, 0, n)?;
-            }
+            rec.copy_share(pop, i * n, one, n, into_population)?;
         }
         self.adam
             .record_exchange_agent(rec, i, &alone.adam, into_population)?;
-        if into_population {
-            if i > 0 && alone.updates != self.updates {
-                return Err(Error::InvalidArgument(format!(
-                    "world-model exchange: agent {i} made {} updates, the population {}",
-                    alone.updates, self.updates
-                )));
-            }
-            self.updates = alone.updates;
-            self.rngs[i] = alone.rngs[0].clone();
-        } else {
-            alone.updates = self.updates;
-            alone.rngs[0] = self.rngs[i].clone();
-        }
-        Ok(())
+        super::exchange_draws(
+            "world-model",
+            i,
+            (&mut self.updates, &mut self.rngs),
+            (&mut alone.updates, &mut alone.rngs),
+            into_population,
+        )
     }
 
     /// Download the parameters into `weights` (and the target Q heads into `weights.extra`);
@@ -794,14 +773,9 @@ impl<'g> WorldModelTrainer<'g> {
         let hs = rec.read(self.adam.state_buffer());
         let out = rec.finish()?;
         let l = out.get(&hl)?;
-        let words = out.get(&hs)?;
-        (0..self.agents)
-            .map(|i| {
-                let state = AdamState::from_words(&words[i * STATE_WORDS..])?;
-                let grad_norm = state.grad_norm.unwrap_or(f32::NAN);
-                Ok(self.losses_from(&l[i * LOSS_SLOTS..], grad_norm))
-            })
-            .collect()
+        let norms = AdamState::grad_norms(&out.get(&hs)?)?;
+        let each = l.chunks(LOSS_SLOTS).zip(norms);
+        Ok(each.map(|(l, n)| self.losses_from(l, n)).collect())
     }
 
     /// Decode a read-back of [`WorldModelTrainer::losses_buffer`] with the gradient norm
