@@ -13,6 +13,7 @@ __all__ = [
     "Mppi",
     "Plan",
     "Planner",
+    "Population",
     "ShaderError",
     "Trainer",
     "WorldModel",
@@ -232,6 +233,7 @@ class Trainer:
     @property
     def gpu(self) -> Gpu: ...
 
+@final
 class Population:
     """Several PO-MPC-family runs of one task trained together on one Gpu."""
 
