@@ -276,8 +276,10 @@ fn replayable(e: &Event) -> Option<Event> {
 }
 
 /// An agent trained inside a population gives what it gives alone with the same seed: the
-/// same events (losses, returns), history and weights, bit for bit. And the population's
-/// checkpoints resume every agent where it stood.
+/// same events (losses, returns, evaluations: the population's evaluate together, each agent
+/// its own number of episodes), history and weights, bit for bit, also when the lone agent's
+/// run is split into two calls. And the population's checkpoints resume every agent where it
+/// stood.
 #[test]
 fn an_agent_in_a_population_trains_as_it_does_alone() {
     use pompc::train::{AgentSetup, Population};
@@ -292,7 +294,8 @@ fn an_agent_in_a_population_trains_as_it_does_alone() {
     let setups = || {
         settings
             .iter()
-            .map(|&(m, seed)| AgentSetup {
+            .enumerate()
+            .map(|(i, &(m, seed))| AgentSetup {
                 env: reach(),
                 eval_env: reach(),
                 cfg: {
@@ -301,7 +304,8 @@ fn an_agent_in_a_population_trains_as_it_does_alone() {
                     // whose model a shared population refreshes before them.
                     c.log_every = 10;
                     c.eval_every = 2 * LEN;
-                    c.eval_episodes = 1;
+                    // Agents done with their episodes wait for the others.
+                    c.eval_episodes = [1, 3, 2][i];
                     c
                 },
             })
@@ -326,16 +330,21 @@ fn an_agent_in_a_population_trains_as_it_does_alone() {
     for (i, setup) in setups().into_iter().enumerate() {
         let mut alone = Trainer::new(gpu, setup.env, setup.eval_env, setup.cfg).unwrap();
         let mut own = Vec::new();
-        alone
-            .run(steps, &mut |e| {
-                own.extend(replayable(e));
-                Ok(())
-            })
-            .unwrap();
+        // In two calls, the second's first step an evaluation's.
+        for until in [2 * LEN, steps] {
+            alone
+                .run(until, &mut |e| {
+                    own.extend(replayable(e));
+                    Ok(())
+                })
+                .unwrap();
+        }
         assert!(
             own.iter().any(|e| matches!(e, Event::Losses { .. })),
             "no update ran"
         );
+        let evals = own.iter().filter(|e| matches!(e, Event::Eval { .. }));
+        assert_eq!(evals.count(), 2, "agent {i}'s evaluations");
         assert_eq!(own, events[i], "agent {i}'s events");
         let agent = population.agent(i).unwrap();
         assert_eq!(alone.history(), agent.history(), "agent {i}'s history");

@@ -5,7 +5,7 @@ use crate::env::ErrorSlot;
 use crate::errors::{Exclusive, guard, py_result, to_py, type_error, value_error};
 use crate::gpu::{Gpu, WorldModel, parse_size};
 use crate::planner::apply_planner_kwargs;
-use crate::trainer::{apply_train_kwargs, event_dict, make_envs};
+use crate::trainer::{apply_train_kwargs, event_dict, locked_call, make_envs};
 use pompc::train::{AgentSetup, Event, Method, TrainConfig};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -176,17 +176,8 @@ impl Population {
         py: Python<'_>,
         f: impl for<'a> FnOnce(&mut RsPopulation<'a>) -> PyResult<T> + Send,
     ) -> PyResult<T> {
-        self.cell.check()?;
-        py.detach(|| {
-            guard(|| {
-                let mut cell = self.cell.lock()?;
-                drop(self.errors.take());
-                let r = cell.with_dependent_mut(|_, p| f(p));
-                match self.errors.take() {
-                    Some(e) => Err(e),
-                    None => r,
-                }
-            })
+        locked_call(py, &self.cell, &self.errors, |cell| {
+            cell.with_dependent_mut(|_, p| f(p))
         })
     }
 

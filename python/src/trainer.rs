@@ -284,20 +284,33 @@ impl Trainer {
         py: Python<'_>,
         f: impl for<'a> FnOnce(&mut RsTrainer<'a>) -> PyResult<T> + Send,
     ) -> PyResult<T> {
-        self.cell.check()?;
-        py.detach(|| {
-            guard(|| {
-                let mut cell = self.cell.lock()?;
-                // Left over from an earlier call that failed before reading it.
-                drop(self.errors.take());
-                let r = cell.with_dependent_mut(|_, t| f(t));
-                match self.errors.take() {
-                    Some(e) => Err(e),
-                    None => r,
-                }
-            })
+        locked_call(py, &self.cell, &self.errors, |cell| {
+            cell.with_dependent_mut(|_, t| f(t))
         })
     }
+}
+
+/// Run `f` on the locked `cell` with the GIL released and panics caught; a Python exception
+/// kept in `errors` during the call (a callback's, an environment's) is the call's error.
+pub(crate) fn locked_call<C: Send, T: Send>(
+    py: Python<'_>,
+    cell: &Exclusive<C>,
+    errors: &ErrorSlot,
+    f: impl FnOnce(&mut C) -> PyResult<T> + Send,
+) -> PyResult<T> {
+    cell.check()?;
+    py.detach(|| {
+        guard(|| {
+            let mut c = cell.lock()?;
+            // Left over from an earlier call that failed before reading it.
+            drop(errors.take());
+            let r = f(&mut c);
+            match errors.take() {
+                Some(e) => Err(e),
+                None => r,
+            }
+        })
+    })
 }
 
 #[pymethods]

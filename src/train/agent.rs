@@ -476,6 +476,7 @@ const SEED_EVAL: u64 = 2;
 const SEED_ACT: u64 = 3;
 const SEED_SAMPLE: u64 = 4;
 const SEED_STREAMS: u64 = 5;
+const SEED_EVAL_PLAN: u64 = 6;
 
 impl<'g> Trainer<'g> {
     /// A fresh run on `env` with a freshly initialized model; evaluation episodes run on
@@ -634,7 +635,7 @@ impl<'g> Trainer<'g> {
             // its batch comes from the finished episodes, which this step's transition does
             // not change.
             let pending = planner.plan_submit(&run.p.obs, &[run.p.first])?;
-            let update = run.prepare_update(None)?;
+            let update = run.prepare_update()?;
             let update = run.learner.submit(update)?;
             let plan = pending.wait()?;
             let losses = run.learner.finish(update)?;
@@ -662,7 +663,13 @@ impl<'g> Trainer<'g> {
                 ..self.cfg.planner.clone()
             },
         )?;
-        evaluate(self.eval_env.as_mut(), &mut planner, episodes, seed)
+        let mut r = evaluate(
+            &mut [self.eval_env.as_mut()],
+            &mut planner,
+            &[episodes],
+            &[seed],
+        )?;
+        Ok(r.pop().expect("one agent"))
     }
 
     /// Write a checkpoint (safetensors): the model and its target Q heads under TD-MPC2's
@@ -900,10 +907,6 @@ impl<'g> Trainer<'g> {
     }
 }
 
-/// Where an update's new parameters go: the agent's own model, or its share of a
-/// population's ([`WorldModel::population`], agent index) that plans for every agent.
-type CopyTarget<'a> = Option<(&'a WorldModel, usize)>;
-
 /// One [`Trainer::run`] in progress: the trainer's parts borrowed apart (the planners borrow
 /// its model while the learner, environment and counters change) and what the run keeps
 /// between steps. A population that shares its plan steps drives several of these in lock
@@ -919,7 +922,6 @@ struct AgentRun<'a, 'g> {
     history: &'a mut Vec<HistoryRow>,
     act_rng: rand::rngs::StdRng,
     eval_env: &'a mut dyn Env,
-    eval_planner: Planner<'a>,
     re_planner: Option<Planner<'a>>,
     // The updates went to a population's model since the own model was last refreshed: it
     // gets the parameters before it evaluates or reanalyses.
@@ -931,14 +933,6 @@ impl<'a, 'g> AgentRun<'a, 'g> {
         let gpu = t.gpu;
         let cfg = t.cfg.clone();
         let model = &t.model;
-        let eval_planner = Planner::new(
-            gpu,
-            model,
-            PlannerConfig {
-                plan_mode: PlanMode::Eval,
-                ..cfg.planner.clone()
-            },
-        )?;
         let re_planner = match cfg.reanalyze {
             Some(_) => Some(Planner::new(gpu, model, cfg.planner.clone())?),
             None => None,
@@ -956,7 +950,6 @@ impl<'a, 'g> AgentRun<'a, 'g> {
             history: &mut t.history,
             act_rng,
             eval_env: t.eval_env.as_mut(),
-            eval_planner,
             re_planner,
             stale: false,
         })
@@ -970,8 +963,7 @@ impl<'a, 'g> AgentRun<'a, 'g> {
         }
         if self.p.step >= self.p.next_eval && !self.p.in_episode {
             self.evaluate(on)?;
-            let every = self.cfg.eval_every;
-            self.p.next_eval = (self.p.step / every + 1) * every;
+            self.evaluated();
         }
         let cfg = &self.cfg;
         let p = &mut *self.p;
@@ -990,16 +982,45 @@ impl<'a, 'g> AgentRun<'a, 'g> {
         self.p.step < self.until && self.p.step >= self.p.next_eval && !self.p.in_episode
     }
 
+    /// The evaluation due at this step, with the own model.
     fn evaluate(&mut self, on: &mut dyn FnMut(&Event) -> Result<()>) -> Result<()> {
         self.refresh_model()?;
-        record_eval(
-            self.eval_env,
-            &mut self.eval_planner,
-            &self.cfg,
-            self.p.step,
-            self.history,
-            on,
-        )
+        let mut planner = eval_planner(self.gpu, self.model, &[&self.cfg], self.p.step)?;
+        let (seed, n) = (self.eval_seed(), self.cfg.eval_episodes);
+        let returns = evaluate(&mut [&mut *self.eval_env], &mut planner, &[n], &[seed])?;
+        let r = returns.into_iter().next().expect("one agent");
+        self.report_eval(r, on)
+    }
+
+    /// The next evaluation is due at the next multiple of `eval_every`.
+    fn evaluated(&mut self) {
+        let every = self.cfg.eval_every;
+        self.p.next_eval = (self.p.step / every + 1) * every;
+    }
+
+    /// What the episode resets of the evaluation at this step draw from.
+    fn eval_seed(&self) -> u64 {
+        mix(self.cfg.seed, SEED_EVAL, self.p.step as u64)
+    }
+
+    /// Append an evaluation's mean return to the history and report it.
+    fn report_eval(
+        &mut self,
+        returns: Vec<f32>,
+        on: &mut dyn FnMut(&Event) -> Result<()>,
+    ) -> Result<()> {
+        let step = self.p.step;
+        let mean = returns.iter().sum::<f32>() / returns.len() as f32;
+        self.history.push(HistoryRow {
+            step,
+            eval: true,
+            ret: mean,
+        });
+        on(&Event::Eval {
+            step,
+            mean,
+            returns,
+        })
     }
 
     /// The own model gets the current parameters, if updates went elsewhere since.
@@ -1025,26 +1046,20 @@ impl<'a, 'g> AgentRun<'a, 'g> {
     }
 
     /// The step's update, recorded (reading its losses every `log_every` updates), its new
-    /// parameters copied to `target` (the own model when `None`).
-    fn prepare_update(&mut self, target: CopyTarget) -> Result<PreparedUpdate<'g>> {
+    /// parameters copied to the own model.
+    fn prepare_update(&mut self) -> Result<PreparedUpdate<'g>> {
         let log = self.cfg.log_every > 0 && self.p.updates.is_multiple_of(self.cfg.log_every);
-        self.prepare(true, log, target)
+        self.prepare(true, log)
     }
 
-    fn prepare(
-        &mut self,
-        with_policy: bool,
-        read: bool,
-        target: CopyTarget,
-    ) -> Result<PreparedUpdate<'g>> {
+    fn prepare(&mut self, with_policy: bool, read: bool) -> Result<PreparedUpdate<'g>> {
         let reanalyses =
             (self.cfg.reanalyze).is_some_and(|re| self.p.updates.is_multiple_of(re.interval));
         if reanalyses {
             self.refresh_model()?;
         }
-        self.stale |= target.is_some();
         self.learner.prepare(
-            target.unwrap_or((self.model, 0)),
+            (self.model, 0),
             &self.cfg,
             self.p.updates,
             with_policy,
@@ -1062,24 +1077,12 @@ impl<'a, 'g> AgentRun<'a, 'g> {
         losses: Option<(UpdateLosses, PolicyLosses)>,
         on: &mut dyn FnMut(&Event) -> Result<()>,
     ) -> Result<()> {
-        self.finish_step_to(action, gaussian, losses, None, on)
-    }
-
-    /// [`AgentRun::finish_step`], the pre-training updates' parameters copied to `target`.
-    fn finish_step_to(
-        &mut self,
-        action: Vec<f32>,
-        gaussian: Option<Vec<f32>>,
-        losses: Option<(UpdateLosses, PolicyLosses)>,
-        target: CopyTarget,
-        on: &mut dyn FnMut(&Event) -> Result<()>,
-    ) -> Result<()> {
         let (done, reported) = self.act(action, gaussian, losses, on)?;
         reported?;
         let pretrained = if self.pretrain_due() {
             let t0 = std::time::Instant::now();
             for _ in 0..self.cfg.seed_steps {
-                let update = self.prepare(self.cfg.pretrain_policy, false, target)?;
+                let update = self.prepare(self.cfg.pretrain_policy, false)?;
                 self.learner.complete(update)?;
                 self.p.updates += 1;
             }
@@ -1164,12 +1167,17 @@ impl<'a, 'g> AgentRun<'a, 'g> {
     /// A final evaluation when the run reaches its end on an evaluation boundary; the own
     /// model left current.
     fn end(&mut self, on: &mut dyn FnMut(&Event) -> Result<()>) -> Result<()> {
-        let p = &*self.p;
-        if p.step >= p.next_eval && !p.in_episode && p.step == self.cfg.steps {
+        if self.final_eval_due() {
             self.evaluate(on)?;
             self.p.next_eval = usize::MAX;
         }
         self.refresh_model()
+    }
+
+    /// Whether [`AgentRun::end`] evaluates: the run reached its end on an evaluation boundary.
+    fn final_eval_due(&self) -> bool {
+        let p = &*self.p;
+        p.step >= p.next_eval && !p.in_episode && p.step == self.cfg.steps
     }
 }
 
@@ -1477,10 +1485,45 @@ pub(crate) fn run_shared(
     }
     result?;
     handed?;
+    if runs.iter().all(|r| r.final_eval_due()) {
+        evaluate_together(&mut runs, &mut handlers, &shared)?;
+        for run in &mut runs {
+            run.p.next_eval = usize::MAX;
+        }
+    }
     for (run, h) in runs.iter_mut().zip(&mut handlers) {
         run.end(h)?;
     }
     Ok(())
+}
+
+/// Every agent's evaluation due at this step, planned together on the population's model
+/// (which holds every agent's current parameters): one plan step per environment step for
+/// all agents instead of one per agent. Every agent's evaluation is reported, then the first
+/// handler's error returned.
+fn evaluate_together(
+    runs: &mut [AgentRun<'_, '_>],
+    handlers: &mut [impl FnMut(&Event) -> Result<()>],
+    shared: &WorldModel,
+) -> Result<()> {
+    let gpu = runs[0].gpu;
+    let cfgs: Vec<&TrainConfig> = runs.iter().map(|r| &r.cfg).collect();
+    let mut planner = eval_planner(gpu, shared, &cfgs, runs[0].p.step)?;
+    let seeds: Vec<u64> = runs.iter().map(|r| r.eval_seed()).collect();
+    let episodes: Vec<usize> = runs.iter().map(|r| r.cfg.eval_episodes).collect();
+    let mut envs: Vec<&mut dyn Env> = Vec::with_capacity(runs.len());
+    for r in runs.iter_mut() {
+        // A coercion site, so the environments' borrows last only for this evaluation.
+        envs.push(&mut *r.eval_env);
+    }
+    let returns = evaluate(&mut envs, &mut planner, &episodes, &seeds)?;
+    let mut first_error = None;
+    for ((run, h), r) in runs.iter_mut().zip(handlers.iter_mut()).zip(returns) {
+        if let Err(e) = run.report_eval(r, h) {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// The lock-step loop of [`run_shared`].
@@ -1496,6 +1539,13 @@ fn lock_step<'g>(
     let mut obs = Vec::new();
     let mut first = Vec::with_capacity(g);
     loop {
+        // Agents evaluating at this step (all of them, in lock step) evaluate together.
+        if runs.iter().all(|r| r.eval_due()) {
+            evaluate_together(runs, handlers, shared)?;
+            for run in runs.iter_mut() {
+                run.evaluated();
+            }
+        }
         let mut plans = None;
         for (i, (run, h)) in runs.iter_mut().zip(handlers.iter_mut()).enumerate() {
             // An evaluation plans with the agent's own model: it gets its parameters first.
@@ -1600,52 +1650,73 @@ fn lock_step<'g>(
     Ok(())
 }
 
-/// Evaluate at `step`, append the mean to `history` and report it.
-fn record_eval(
-    env: &mut dyn Env,
-    planner: &mut Planner,
-    cfg: &TrainConfig,
+/// The planner of the evaluation at `step` of the agents of `model` (one config each): eval
+/// mode, each agent's stream drawn afresh from its planner seed and the step, so that an
+/// evaluation's plans do not depend on what was planned before it (how a run was split into
+/// calls, or whether its agents evaluated together).
+fn eval_planner<'m>(
+    gpu: &'m Gpu,
+    model: &'m WorldModel,
+    cfgs: &[&TrainConfig],
     step: usize,
-    history: &mut Vec<HistoryRow>,
-    on: &mut dyn FnMut(&Event) -> Result<()>,
-) -> Result<()> {
-    let seed = mix(cfg.seed, SEED_EVAL, step as u64);
-    let returns = evaluate(env, planner, cfg.eval_episodes, seed)?;
-    let mean = returns.iter().sum::<f32>() / returns.len() as f32;
-    history.push(HistoryRow {
-        step,
-        eval: true,
-        ret: mean,
-    });
-    on(&Event::Eval {
-        step,
-        mean,
-        returns,
-    })
+) -> Result<Planner<'m>> {
+    let seeds: Vec<u64> = cfgs
+        .iter()
+        .map(|c| mix(c.planner.seed, SEED_EVAL_PLAN, step as u64))
+        .collect();
+    let cfg = PlannerConfig {
+        plan_mode: PlanMode::Eval,
+        ..cfgs[0].planner.clone()
+    };
+    Planner::new(gpu, model, cfg)?.with_seeds(&seeds)
 }
 
+/// `episodes[i]` evaluation episodes of agent i on `envs[i]`, reset from `seeds[i]`, planned
+/// together by `planner` (one environment per agent of its model).
+/// Each agent runs its episodes back to back; one that is done waits (its rows plan on but
+/// act nowhere), so every agent gets what it would get evaluated alone.
 fn evaluate(
-    env: &mut dyn Env,
+    envs: &mut [&mut dyn Env],
     planner: &mut Planner,
-    episodes: usize,
-    seed: u64,
-) -> Result<Vec<f32>> {
-    let mut returns = Vec::with_capacity(episodes);
-    for e in 0..episodes {
-        let mut obs = env.reset(mix(seed, 0, e as u64));
-        let mut ret = 0.0;
-        let mut first = true;
-        loop {
-            let plan = planner.plan(&obs, &[first])?;
-            first = false;
-            let s = env.step(&plan.action)?;
-            ret += s.reward;
-            obs = s.obs;
+    episodes: &[usize],
+    seeds: &[u64],
+) -> Result<Vec<Vec<f32>>> {
+    let n = envs.len();
+    let mut returns: Vec<Vec<f32>> = episodes.iter().map(|&e| Vec::with_capacity(e)).collect();
+    let left = |r: &[Vec<f32>]| (0..n).filter(|&i| r[i].len() < episodes[i]).count();
+    if left(&returns) == 0 {
+        return Ok(returns);
+    }
+    let mut obs: Vec<Vec<f32>> = (envs.iter_mut().zip(seeds))
+        .map(|(e, &s)| e.reset(mix(s, 0, 0)))
+        .collect();
+    let mut first = vec![true; n];
+    let mut ret = vec![0.0f32; n];
+    let mut rows = Vec::new();
+    while left(&returns) > 0 {
+        rows.clear();
+        for o in &obs {
+            rows.extend_from_slice(o);
+        }
+        let plan = planner.plan(&rows, &first)?;
+        let a = plan.action.len() / n;
+        for i in 0..n {
+            if returns[i].len() == episodes[i] {
+                continue;
+            }
+            first[i] = false;
+            let s = envs[i].step(&plan.action[i * a..(i + 1) * a])?;
+            ret[i] += s.reward;
+            obs[i] = s.obs;
             if s.done {
-                break;
+                returns[i].push(std::mem::take(&mut ret[i]));
+                let e = returns[i].len();
+                if e < episodes[i] {
+                    obs[i] = envs[i].reset(mix(seeds[i], 0, e as u64));
+                    first[i] = true;
+                }
             }
         }
-        returns.push(ret);
     }
     Ok(returns)
 }
