@@ -9,8 +9,9 @@
 # MODEL (default small; 5 is TD-MPC2's), PRECISION (planner: f32, f16, coop; default f32),
 # EVALS (episodes per evaluation, default 10, every 10k steps). The venv,
 # checkpoints and logs live in target/pydmc (ignored, so kept while the machine stays warm;
-# a fresh machine starts over unless the checkpoints come back in carry: KEEP=1 returns them
-# as $OUT/ckpt.part.*, to unpack into target/pydmc/runs/ckpt). CSVs (episode and eval returns, env-steps/s) and logs come back as
+# a fresh machine starts over: three small-model agents' checkpoint, about 17 MB each plus
+# their replay buffers, does not fit beside .gpu in the 64 MiB a call carries; KEEP=1
+# still returns it as $OUT/ckpt.part.* for inspection). CSVs (episode and eval returns, env-steps/s) and logs come back as
 # $OUT/pydmc.tgz; a summary is printed.
 set -euo pipefail
 SEEDS=${1:-0,1,2}

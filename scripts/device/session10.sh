@@ -4,11 +4,14 @@
 #   plan  the 5M plan step at B = 1, 16 and 256 (coop) after the GEMM's agent split and the
 #         shared evaluations (issue 19's regression check), about 40 s;
 #   dmc   PO-MPC (lambda 1) on dm_control's cartpole-swingup through the Python bindings, three
-#         seeds as one population, until TOTAL seconds (default 575) after the start, the
-#         population's checkpoint back as $OUT/ckpt.part.* (scripts/device/py_dmc_train.sh).
+#         seeds as one population, until TOTAL seconds (default 575) after the start
+#         (scripts/device/py_dmc_train.sh); the next call resumes from target/pydmc while the
+#         machine is still warm (call again within its idle time, PARTS=dmc).
 # Prepare here: ../shared/gpu/prepare.sh, scripts/device/py_wheels.sh (cp312 kept), the
-# stripped pompc gzipped into .gpu/bin. To resume on a fresh machine, unpack the returned
-# ckpt parts into target/pydmc/runs (with the CSVs) and add that path to carry.
+# stripped pompc gzipped into .gpu/bin. A fresh machine cannot resume: the population's
+# checkpoint (about 17 MB per small-model agent, Adam moments and targets included, plus
+# 3.6 MB of replay buffer per 100k steps) and .gpu (26 MB) are more than a call carries
+# (64 MiB), so the 100k-step run must fit the calls of one warm machine (about 1100 s).
 set -uo pipefail
 T0=$(date +%s)
 PARTS=${PARTS:-plan dmc}
@@ -24,5 +27,5 @@ fi
 has dmc || exit 0
 left=$(( ${TOTAL:-575} - ($(date +%s) - T0) ))
 echo "== dm_control training for ${left} s"
-LIMIT=$(( left - 40 )) KEEP=1 PRECISION=coop EVALS=${EVALS:-10} \
+LIMIT=$(( left - 40 )) PRECISION=coop EVALS=${EVALS:-10} \
   bash scripts/device/py_dmc_train.sh 0,1,2 100000
