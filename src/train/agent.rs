@@ -655,13 +655,11 @@ impl<'g> Trainer<'g> {
                 "{episodes} evaluation episodes, at most {MAX_EVAL_EPISODES}"
             )));
         }
-        let mut planner = Planner::new(
+        let mut planner = eval_planner(
             self.gpu,
             &self.model,
-            PlannerConfig {
-                plan_mode: PlanMode::Eval,
-                ..self.cfg.planner.clone()
-            },
+            &self.cfg.planner,
+            &[self.cfg.planner.seed],
         )?;
         let mut r = evaluate(
             &mut [self.eval_env.as_mut()],
@@ -985,7 +983,8 @@ impl<'a, 'g> AgentRun<'a, 'g> {
     /// The evaluation due at this step, with the own model.
     fn evaluate(&mut self, on: &mut dyn FnMut(&Event) -> Result<()>) -> Result<()> {
         self.refresh_model()?;
-        let mut planner = eval_planner(self.gpu, self.model, &[&self.cfg], self.p.step)?;
+        let seeds = [eval_plan_seed(&self.cfg, self.p.step)];
+        let mut planner = eval_planner(self.gpu, self.model, &self.cfg.planner, &seeds)?;
         let (seed, n) = (self.eval_seed(), self.cfg.eval_episodes);
         let returns = evaluate(&mut [&mut *self.eval_env], &mut planner, &[n], &[seed])?;
         let r = returns.into_iter().next().expect("one agent");
@@ -1506,9 +1505,9 @@ fn evaluate_together(
     handlers: &mut [impl FnMut(&Event) -> Result<()>],
     shared: &WorldModel,
 ) -> Result<()> {
-    let gpu = runs[0].gpu;
-    let cfgs: Vec<&TrainConfig> = runs.iter().map(|r| &r.cfg).collect();
-    let mut planner = eval_planner(gpu, shared, &cfgs, runs[0].p.step)?;
+    let step = runs[0].p.step;
+    let plan_seeds: Vec<u64> = runs.iter().map(|r| eval_plan_seed(&r.cfg, step)).collect();
+    let mut planner = eval_planner(runs[0].gpu, shared, &runs[0].cfg.planner, &plan_seeds)?;
     let seeds: Vec<u64> = runs.iter().map(|r| r.eval_seed()).collect();
     let episodes: Vec<usize> = runs.iter().map(|r| r.cfg.eval_episodes).collect();
     let mut envs: Vec<&mut dyn Env> = Vec::with_capacity(runs.len());
@@ -1650,25 +1649,26 @@ fn lock_step<'g>(
     Ok(())
 }
 
-/// The planner of the evaluation at `step` of the agents of `model` (one config each): eval
-/// mode, each agent's stream drawn afresh from its planner seed and the step, so that an
-/// evaluation's plans do not depend on what was planned before it (how a run was split into
-/// calls, or whether its agents evaluated together).
+/// Agent `cfg`'s planner seed for its evaluation at `step`: each evaluation draws its stream
+/// afresh, so that its plans do not depend on what was planned before it (how a run was split
+/// into calls, or whether its agents evaluated together).
+fn eval_plan_seed(cfg: &TrainConfig, step: usize) -> u64 {
+    mix(cfg.planner.seed, SEED_EVAL_PLAN, step as u64)
+}
+
+/// An eval-mode planner of `cfg`'s settings over the agents of `model`, agent i drawing from
+/// `seeds[i]`.
 fn eval_planner<'m>(
     gpu: &'m Gpu,
     model: &'m WorldModel,
-    cfgs: &[&TrainConfig],
-    step: usize,
+    cfg: &PlannerConfig,
+    seeds: &[u64],
 ) -> Result<Planner<'m>> {
-    let seeds: Vec<u64> = cfgs
-        .iter()
-        .map(|c| mix(c.planner.seed, SEED_EVAL_PLAN, step as u64))
-        .collect();
     let cfg = PlannerConfig {
         plan_mode: PlanMode::Eval,
-        ..cfgs[0].planner.clone()
+        ..cfg.clone()
     };
-    Planner::new(gpu, model, cfg)?.with_seeds(&seeds)
+    Planner::new(gpu, model, cfg)?.with_seeds(seeds)
 }
 
 /// `episodes[i]` evaluation episodes of agent i on `envs[i]`, reset from `seeds[i]`, planned
@@ -1683,8 +1683,8 @@ fn evaluate(
 ) -> Result<Vec<Vec<f32>>> {
     let n = envs.len();
     let mut returns: Vec<Vec<f32>> = episodes.iter().map(|&e| Vec::with_capacity(e)).collect();
-    let left = |r: &[Vec<f32>]| (0..n).filter(|&i| r[i].len() < episodes[i]).count();
-    if left(&returns) == 0 {
+    let pending = |r: &[Vec<f32>]| (0..n).any(|i| r[i].len() < episodes[i]);
+    if !pending(&returns) {
         return Ok(returns);
     }
     let mut obs: Vec<Vec<f32>> = (envs.iter_mut().zip(seeds))
@@ -1693,7 +1693,7 @@ fn evaluate(
     let mut first = vec![true; n];
     let mut ret = vec![0.0f32; n];
     let mut rows = Vec::new();
-    while left(&returns) > 0 {
+    while pending(&returns) {
         rows.clear();
         for o in &obs {
             rows.extend_from_slice(o);
