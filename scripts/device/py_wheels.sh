@@ -42,11 +42,14 @@ maturin build --release -m python/Cargo.toml -o "$out" 2>&1 | tail -2
 # What py_dmc_train.sh installs (pip picks each one's wheel for the Python at hand).
 echo "dm-control mujoco dm-tree lxml wrapt absl-py dm-env etils glfw pyopengl protobuf \
 typing-extensions attrs pompc ${FULL_NUMPY:+numpy}" > "$out/packages.txt"
-# The same offline install as on the device, with this machine's Python.
+# The same offline install as on the device: the device's python3 is a venv that holds numpy
+# (PyTorch's), and py_dmc_train.sh installs into a --target folder on PYTHONPATH; here a
+# scratch venv with numpy stands in for it, with this machine's Python.
 venv=$(mktemp -d)
-python3 -m venv --system-site-packages "$venv"
-"$venv/bin/pip" install -q --ignore-installed --no-index --find-links "$out" --no-deps \
-  $(cat "$out/packages.txt")
+python3 -m venv "$venv"
+"$venv/bin/pip" install -q numpy
+"$venv/bin/python" -m pip install -q --no-index --find-links "$out" --no-deps --no-compile \
+  --target "$venv/site" $(cat "$out/packages.txt")
 cat > "$venv/smoke.py" <<'PY'
 import numpy as np, pompc
 from pompc.dmc import DMCEnv
@@ -55,7 +58,8 @@ o, _ = e.reset(seed=0)
 o, r, te, tr, _ = e.step(np.zeros(1, np.float32))
 print("offline install works: cartpole-swingup obs", o.shape, "reward", round(r, 4), "pompc", pompc.__version__)
 PY
-MUJOCO_GL=disable "$venv/bin/python" scripts/device/py_dmc_run.py "$venv/smoke.py"
+PYTHONPATH="$venv/site" MUJOCO_GL=disable "$venv/bin/python" scripts/device/py_dmc_run.py \
+  "$venv/smoke.py"
 rm -rf "$venv"
 ls -l "$out" | awk 'NR > 1 { printf "%8.1f MiB  %s\n", $5 / 1048576, $9 }'
 du -sh "$out" .gpu
