@@ -13,8 +13,8 @@
 # its files. Training stops RESERVE seconds (default 60) before END: an evaluation under way
 # (ten episodes) finishes and the checkpoint is written in that time.
 # MODEL (default small; 5 is TD-MPC2's), PRECISION (planner: f32, f16, coop; default f32),
-# EVALS (episodes per evaluation, default 10, every 10k steps), QUICK=1 (the trainer's quick
-# setting, for CPU adapters), WHEELS (default .gpu/wheels).
+# EVALS (episodes per evaluation, default 10) every EVAL_EVERY steps (default 10000),
+# QUICK=1 (the trainer's quick setting, for CPU adapters), WHEELS (default .gpu/wheels).
 #
 # The host's python3 is itself a virtual environment (PyTorch's, which brings numpy), so the
 # wheels go into a --target folder on PYTHONPATH, not into a venv of its own (a venv's
@@ -56,7 +56,7 @@ else
   "$py" scripts/device/py_dmc_run.py python/examples/train_dmc.py \
     --domain cartpole --task swingup --seeds "$SEEDS" --steps "$STEPS" --method po-mpc --lam 1 \
     --model "${MODEL:-small}" ${PRECISION:+--precision $PRECISION} --time-limit "$train" \
-    --ckpt-every 5000 --eval-every 10000 --eval-episodes "${EVALS:-10}" --out "$D/runs" \
+    --ckpt-every 5000 --eval-every "${EVAL_EVERY:-10000}" --eval-episodes "${EVALS:-10}" --out "$D/runs" \
     ${QUICK:+--quick} 2>&1 | tee -a "$D/train.log" || status=1
 fi
 for f in "$D"/runs/seed*.csv; do

@@ -4,7 +4,9 @@
 #   dmc   PO-MPC (lambda 1) on dm_control's cartpole-swingup through the Python bindings, three
 #         seeds as one population (scripts/device/py_dmc_train.sh), until the call's end; the
 #         next call resumes from the state the script keeps in /tmp while the machine stays
-#         warm (call again at once: a machine goes back after 30 s idle);
+#         warm (call again at once: a machine goes back after 30 s idle); 10 evaluation
+#         episodes (TD-MPC2's count) every 20k steps, since the planner's evaluation steps
+#         (5000 per evaluation, without updates) would be a quarter of the run every 10k;
 #   plan  the 5M plan step at B = 1, 16 and 256 (coop; issue 19's regression check after the
 #         GEMM's agent split), about 40 s, if the call still has the time.
 # TOTAL (default 570) is the whole call's length in seconds, the install included: give the
@@ -27,7 +29,7 @@ if has dmc; then
   dmc_end=$END
   has plan && dmc_end=$(( END - 45 ))
   echo "== dm_control training until $(( dmc_end - T0 )) s into the call"
-  END=$dmc_end PRECISION=${PRECISION:-coop} EVALS=${EVALS:-10} \
+  END=$dmc_end PRECISION=${PRECISION:-coop} EVALS=${EVALS:-10} EVAL_EVERY=${EVAL_EVERY:-20000} \
     bash scripts/device/py_dmc_train.sh 0,1,2 100000
 fi
 if has plan && [ $(( END - $(date +%s) )) -ge 40 ]; then
