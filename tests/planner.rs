@@ -458,13 +458,15 @@ fn prepared_steps_plan_as_fresh_ones() {
     }
 }
 
-/// The B = 1 plan step of the 5M preset (TD-MPC2's defaults) records at most 380 dispatches
-/// (counted, not timed): 391 at the start of issue 19 on the H100, 11 fewer since each refit
-/// draws the next iteration's samples and computes its values. Issue 19's budget of 120 is not
-/// met by this design (BENCHMARKS.md: fused networks that met it, 45 dispatches, ran slower),
-/// so this pins the count where it is, so that it cannot creep back.
+/// The B = 1 plan step of the 5M preset (TD-MPC2's defaults) records at most 308 dispatches
+/// (counted, not timed): 391 at the start of issue 19 on the H100, 380 once each refit drew
+/// the next iteration's samples and computed its values, 308 with the rollout's dynamics and
+/// reward layers paired (the default since 4ce9717; `POMPC_GROUPED_ROLLOUT=0` turns it off
+/// and fails this test). Issue 19's budget of 120 is not met by this design (BENCHMARKS.md:
+/// fused networks that met it, 45 dispatches, ran slower), so this pins the count where it
+/// is, so that it cannot creep back.
 #[test]
-fn a_5m_plan_step_for_one_environment_records_at_most_380_dispatches() {
+fn a_5m_plan_step_for_one_environment_records_at_most_308_dispatches() {
     let gpu = &gpus()[1];
     let spec = pompc::model::ModelSpec::tdmpc2(5, 24, 6).unwrap();
     let model = WorldModel::new(gpu, &Weights::init(&spec, 0).unwrap()).unwrap();
@@ -473,9 +475,9 @@ fn a_5m_plan_step_for_one_environment_records_at_most_380_dispatches() {
     eprintln!("B = 1 plan step: {n} dispatches on {}", gpu.describe());
     // CPU adapters take one tile without split K (fewer epilogues).
     let max = if gpu.info().device_type == wgpu::DeviceType::Cpu {
-        347
+        275
     } else {
-        380
+        308
     };
     assert!(
         n <= max,
