@@ -93,7 +93,8 @@ pub struct TrainArgs {
     /// Continue from DIR's checkpoint of this run
     #[arg(long)]
     resume: bool,
-    /// Stop (with a checkpoint) at the first episode end after S seconds
+    /// Stop (with a checkpoint) at the first episode end after S seconds (an evaluation or
+    /// the pre-training under way finishes first)
     #[arg(long, value_name = "S", allow_negative_numbers = true, value_parser = seconds)]
     time_limit: Option<f64>,
     /// No progress bar (it is drawn only on a terminal anyway)
