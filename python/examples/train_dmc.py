@@ -8,10 +8,12 @@ Needs dm_control (``pip install dm-control``). The seeds train as one ``pompc.Po
 their plan steps and updates run in the same dispatches, and each seed's results are those
 its own ``Trainer`` would give. Each call continues the population saved in ``OUT/ckpt``
 (if any), trains until ``--steps`` or until ``--time-limit`` seconds have passed, saves a
-checkpoint every ``--ckpt-every`` steps and at the end, and appends to ``OUT/seed{S}.csv``
-one row per training episode and evaluation: kind, step, return, wall seconds of this call,
-environment steps per second of this call (all seeds together). A run whose budget is spent
-prints ``done``.
+checkpoint every ``--ckpt-every`` steps and at the end, and appends to
+``OUT/dmc-DOMAIN-TASK-METHOD-sSEED.csv`` (METHOD as ``pompc train`` names it, ``po-mpc-l1``)
+one row per training episode and evaluation: kind (``train`` or ``eval``), step, return, wall
+seconds of this call, environment steps per second of this call (all seeds together). These
+are the names and columns ``pompc plot`` reads, so ``pompc plot --summary --out curve.svg
+OUT/*.csv`` pools the seeds. A run whose budget is spent prints ``done``.
 """
 
 import argparse
@@ -72,7 +74,8 @@ def main() -> None:
 
     files, logs = [], []
     for s in seeds:
-        path = os.path.join(args.out, f"seed{s}.csv")
+        method = f"{args.method}-l{args.lam:g}" if args.method == "po-mpc" else args.method
+        path = os.path.join(args.out, f"dmc-{args.domain}-{args.task}-{method}-s{s}.csv")
         new_file = not os.path.exists(path)
         f = open(path, "a", newline="")
         files.append(f)
@@ -85,7 +88,8 @@ def main() -> None:
         if event["kind"] in ("episode", "eval"):
             # The agents step in lock-step: all of them are at this step.
             rate = (len(seeds) * event["step"] - step0) / max(now - t0, 1e-9)
-            logs[agent].writerow([event["kind"], event["step"], f"{event['return']:.2f}",
+            kind = "train" if event["kind"] == "episode" else "eval"
+            logs[agent].writerow([kind, event["step"], f"{event['return']:.2f}",
                                   f"{now - t0:.1f}", f"{rate:.2f}"])
             files[agent].flush()
             if event["kind"] == "eval" or agent == 0:

@@ -59,7 +59,7 @@ else
     --ckpt-every 5000 --eval-every "${EVAL_EVERY:-10000}" --eval-episodes "${EVALS:-10}" --out "$D/runs" \
     ${QUICK:+--quick} 2>&1 | tee -a "$D/train.log" || status=1
 fi
-for f in "$D"/runs/seed*.csv; do
+for f in "$D"/runs/*-s*.csv; do
   [ -e "$f" ] || continue
   echo "$f: evals $(grep ^eval "$f" | cut -d, -f2,3 | tr '\n' ' ')"
   echo "  last env-steps/s: $(tail -n 1 "$f" | cut -d, -f5)"
