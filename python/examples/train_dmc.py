@@ -73,8 +73,8 @@ def main() -> None:
         return
 
     files, logs = [], []
+    method = f"{args.method}-l{args.lam:g}" if args.method == "po-mpc" else args.method
     for s in seeds:
-        method = f"{args.method}-l{args.lam:g}" if args.method == "po-mpc" else args.method
         path = os.path.join(args.out, f"dmc-{args.domain}-{args.task}-{method}-s{s}.csv")
         new_file = not os.path.exists(path)
         f = open(path, "a", newline="")

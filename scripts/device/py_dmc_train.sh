@@ -56,8 +56,8 @@ else
   "$py" scripts/device/py_dmc_run.py python/examples/train_dmc.py \
     --domain cartpole --task swingup --seeds "$SEEDS" --steps "$STEPS" --method po-mpc --lam 1 \
     --model "${MODEL:-small}" ${PRECISION:+--precision $PRECISION} --time-limit "$train" \
-    --ckpt-every 5000 --eval-every "${EVAL_EVERY:-10000}" --eval-episodes "${EVALS:-10}" --out "$D/runs" \
-    ${QUICK:+--quick} 2>&1 | tee -a "$D/train.log" || status=1
+    --ckpt-every 5000 --eval-every "${EVAL_EVERY:-10000}" --eval-episodes "${EVALS:-10}" \
+    --out "$D/runs" ${QUICK:+--quick} 2>&1 | tee -a "$D/train.log" || status=1
 fi
 for f in "$D"/runs/*-s*.csv; do
   [ -e "$f" ] || continue
