@@ -44,6 +44,7 @@ if [ ! -e "$D/site/.complete" ]; then
   echo "wheels installed in $(( $(date +%s) - T0 )) s"
 fi
 export PYTHONPATH="$D/site${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1 # progress reaches the call's output as it happens
 export MUJOCO_GL=disable # no rendering: no OpenGL context needed
 "$py" -c "import numpy, pompc; print('numpy', numpy.__version__, 'pompc', pompc.__version__, pompc.adapters())"
 train=$(( END - $(date +%s) - ${RESERVE:-60} ))
@@ -53,7 +54,8 @@ if [ "$train" -lt 30 ]; then
   status=1
 else
   echo "training for at most $train s"
-  "$py" scripts/device/py_dmc_run.py python/examples/train_dmc.py \
+  # A hard stop 10 s before END as well: a call killed at its limit returns nothing.
+  timeout -k 5 $(( END - $(date +%s) - 10 )) "$py" scripts/device/py_dmc_run.py python/examples/train_dmc.py \
     --domain cartpole --task swingup --seeds "$SEEDS" --steps "$STEPS" --method po-mpc --lam 1 \
     --model "${MODEL:-small}" ${PRECISION:+--precision $PRECISION} --time-limit "$train" \
     --ckpt-every 5000 --eval-every "${EVAL_EVERY:-10000}" --eval-episodes "${EVALS:-10}" \
