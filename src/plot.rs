@@ -24,6 +24,9 @@ pub struct Series {
     pub band: Vec<(f64, f64, f64)>,
     /// Drawn thin and faint (e.g. per-episode training returns behind the evaluation).
     pub faint: bool,
+    /// Drawn as dots with the band as whiskers, not joined: sparse points such as a paper's
+    /// published results every 100k steps, where a line would invent the curve between them.
+    pub markers: bool,
 }
 
 impl Series {
@@ -34,6 +37,7 @@ impl Series {
             points,
             band: Vec::new(),
             faint: false,
+            markers: false,
         }
     }
 
@@ -46,6 +50,12 @@ impl Series {
     /// The same line drawn faint.
     pub fn faint(mut self) -> Self {
         self.faint = true;
+        self
+    }
+
+    /// The same points drawn as dots, the band as whiskers ([`Series::markers`]).
+    pub fn as_markers(mut self) -> Self {
+        self.markers = true;
         self
     }
 }
@@ -186,7 +196,27 @@ impl Chart {
             let c = PALETTE[i % PALETTE.len()];
             let band: Vec<(f64, f64, f64)> =
                 s.band.iter().copied().filter(|b| finite3(*b)).collect();
-            if band.len() > 1 {
+            if s.markers {
+                for b in &band {
+                    let (x, lo, hi) = (sx(b.0), sy(b.1), sy(b.2));
+                    let _ = writeln!(
+                        o,
+                        r#"<path d="M{x:.1},{lo:.1} L{x:.1},{hi:.1} M{:.1},{lo:.1} L{:.1},{lo:.1} M{:.1},{hi:.1} L{:.1},{hi:.1}" stroke="{c}" stroke-width="1.5" fill="none"/>"#,
+                        x - 4.0,
+                        x + 4.0,
+                        x - 4.0,
+                        x + 4.0
+                    );
+                }
+                for p in s.points.iter().filter(|p| finite2(**p)) {
+                    let _ = writeln!(
+                        o,
+                        r#"<circle cx="{:.1}" cy="{:.1}" r="4" fill="{c}"/>"#,
+                        sx(p.0),
+                        sy(p.1)
+                    );
+                }
+            } else if band.len() > 1 {
                 let mut d = String::new();
                 for (j, b) in band.iter().enumerate() {
                     let _ = write!(
@@ -211,7 +241,7 @@ impl Chart {
                 .filter(|p| finite2(**p))
                 .map(|p| format!("{:.1},{:.1}", sx(p.0), sy(p.1)))
                 .collect();
-            if !pts.is_empty() {
+            if !pts.is_empty() && !s.markers {
                 let (width, opacity) = if s.faint { (1.0, 0.35) } else { (2.0, 1.0) };
                 let _ = writeln!(
                     o,
@@ -221,11 +251,23 @@ impl Chart {
             }
             let ly = top + 10.0 + 18.0 * i as f64;
             let lx = left + pw + 12.0;
+            if s.markers {
+                let _ = write!(
+                    o,
+                    r#"<circle cx="{}" cy="{ly}" r="4" fill="{c}"/>"#,
+                    lx + 10.0
+                );
+            } else {
+                let _ = write!(
+                    o,
+                    r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{c}" stroke-width="2" stroke-opacity="{}"/>"#,
+                    lx + 20.0,
+                    if s.faint { 0.35 } else { 1.0 }
+                );
+            }
             let _ = writeln!(
                 o,
-                r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{c}" stroke-width="2" stroke-opacity="{}"/><text x="{}" y="{}">{}</text>"#,
-                lx + 20.0,
-                if s.faint { 0.35 } else { 1.0 },
+                r#"<text x="{}" y="{}">{}</text>"#,
                 lx + 26.0,
                 ly + 4.0,
                 esc(&s.name)
@@ -417,6 +459,23 @@ mod tests {
         assert_eq!(s.matches("<polyline").count(), 2);
         assert_eq!(s.matches("fill-opacity").count(), 1);
         assert!(s.contains("t &lt;1&gt;"));
+    }
+
+    #[test]
+    fn marker_series_are_dots_and_whiskers_not_lines() {
+        let mut c = Chart::new("t", "x", "y");
+        c.add(Series::line("run", vec![(0.0, 1.0), (1.0, 2.0)]));
+        c.add(
+            Series::line("paper", vec![(0.0, 1.5), (1.0, f64::NAN), (2.0, 3.0)])
+                .with_band(vec![(0.0, 1.0, 2.0), (2.0, 2.5, 3.5)])
+                .as_markers(),
+        );
+        let s = c.to_svg();
+        // One line (the run's); two dots and the legend's dot; two whiskers; no band polygon.
+        assert_eq!(s.matches("<polyline").count(), 1, "{s}");
+        assert_eq!(s.matches("<circle").count(), 3, "{s}");
+        assert_eq!(s.matches("<path").count(), 2, "{s}");
+        assert!(!s.contains("fill-opacity") && !s.contains("NaN"), "{s}");
     }
 
     /// The interval of a bootstrap whose resamples are all known: two values, many resamples.

@@ -37,6 +37,13 @@ pub struct PlotArgs {
         default_value = "25000,50000,100000"
     )]
     at: Vec<usize>,
+    /// Published results to draw beside the runs, as dots with the band's whiskers (not
+    /// joined: such files hold a point every 100k steps or so): a CSV with columns `step`,
+    /// `reward` (or `return`) and optionally `seed`, the layout of TD-MPC2's
+    /// `results/TASK.csv`; `LABEL=FILE` names it in the legend (default: the file's name).
+    /// Points past the runs' last step are left out. Repeat for several
+    #[arg(long, value_name = "[LABEL=]CSV")]
+    reference: Vec<String>,
     /// Logs of `pompc train`, named ENV-METHOD-sSEED.csv: seeds of one setting are pooled
     #[arg(value_name = "CSV", required = true)]
     files: Vec<PathBuf>,
@@ -98,6 +105,77 @@ fn read_log(file: &Path, train: bool) -> Result<Vec<(usize, f64)>> {
     Ok(points)
 }
 
+/// A reference given as `[LABEL=]FILE`: its label and its points, one run per seed (steps
+/// in order).
+struct Reference {
+    label: String,
+    runs: Vec<Vec<(usize, f64)>>,
+}
+
+/// Read a published-results CSV (`step`, `reward` or `return`, optionally `seed`; other
+/// columns ignored), named by `arg` as `[LABEL=]FILE`.
+fn read_reference(arg: &str) -> Result<Reference> {
+    let (label, file) = match arg.split_once('=') {
+        Some((l, f)) if !l.is_empty() && !f.is_empty() => (l.to_string(), Path::new(f)),
+        _ => {
+            let f = Path::new(arg);
+            let stem = f.file_stem().and_then(|s| s.to_str()).unwrap_or(arg);
+            (stem.to_string(), f)
+        }
+    };
+    let at = |e: &dyn std::fmt::Display| format!("--reference {}: {e}", file.display());
+    let mut rd = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(file)
+        .map_err(|e| at(&e))?;
+    let headers = rd.headers().map_err(|e| at(&e))?.clone();
+    let column = |names: &[&str]| headers.iter().position(|h| names.contains(&h.trim()));
+    let step = column(&["step"]).ok_or_else(|| at(&"no `step` column"))?;
+    let value =
+        column(&["reward", "return"]).ok_or_else(|| at(&"no `reward` or `return` column"))?;
+    let seed = column(&["seed"]);
+    let mut by_seed: BTreeMap<String, Vec<(usize, f64)>> = BTreeMap::new();
+    for (i, row) in rd.records().enumerate() {
+        let row = row.map_err(|e| at(&e))?;
+        let line = i + 2;
+        let field = |c: usize| row.get(c).map(str::trim).unwrap_or_default();
+        let s: usize = field(step).parse().map_err(|_| {
+            at(&format!(
+                "line {line}: step {:?} is not a step count",
+                field(step)
+            ))
+        })?;
+        let v: f64 = field(value)
+            .parse()
+            .map_err(|_| at(&format!("line {line}: {:?} is not a number", field(value))))?;
+        let key = seed.map(|c| field(c).to_string()).unwrap_or_default();
+        by_seed.entry(key).or_default().push((s, v));
+    }
+    let mut runs: Vec<Vec<(usize, f64)>> = by_seed.into_values().collect();
+    for r in &mut runs {
+        r.sort_by_key(|p| p.0);
+    }
+    if runs.is_empty() {
+        return Err(at(&"no rows").into());
+    }
+    Ok(Reference { label, runs })
+}
+
+/// The summary's row of a reference: its seeds' values at exactly each step of `at` (published
+/// points are not interpolated), no area under a curve drawn from so few points.
+fn reference_row(r: &Reference, at: &[usize]) -> String {
+    let mut t = format!("| {} (reference) | {} |", r.label, r.runs.len());
+    for &s in at {
+        let values: Vec<f64> = r
+            .runs
+            .iter()
+            .filter_map(|run| run.iter().find(|p| p.0 == s).map(|p| p.1))
+            .collect();
+        t += &format!(" {} |", cell(&values));
+    }
+    t + " - |\n"
+}
+
 /// The run's method: the file name without `-sSEED.csv`.
 fn group_of(file: &Path) -> String {
     let name = file
@@ -107,6 +185,25 @@ fn group_of(file: &Path) -> String {
     match name.rfind("-s") {
         Some(i) if name[i + 2..].chars().all(|c| c.is_ascii_digit()) => name[..i].to_string(),
         _ => name.to_string(),
+    }
+}
+
+/// A setting's legend entry: its name without the task, for the built-in tasks
+/// (`pendulum-swingup-po-mpc-l1`) and for dm_control's (`dmc-DOMAIN-TASK-po-mpc-l1`, as
+/// `python/examples/train_dmc.py` names them).
+fn legend_name(name: &str) -> &str {
+    if let Some(m) = pompc::env::NAMES
+        .iter()
+        .find_map(|e| name.strip_prefix(&format!("{e}-")))
+    {
+        return m;
+    }
+    match name
+        .strip_prefix("dmc-")
+        .map(|r| r.splitn(3, '-').collect::<Vec<_>>())
+    {
+        Some(parts) if parts.len() == 3 && !parts[2].is_empty() => parts[2],
+        _ => name,
     }
 }
 
@@ -206,15 +303,37 @@ pub fn run(a: &PlotArgs) -> Result {
     );
     for (name, runs) in &groups {
         // The task is in the title; the legend names the method.
-        let method = pompc::env::NAMES
-            .iter()
-            .find_map(|e| name.strip_prefix(&format!("{e}-")))
-            .unwrap_or(name);
+        let method = legend_name(name);
         let label = match runs.len() {
             1 => method.to_string(),
             n => format!("{method} ({n} seeds)"),
         };
         chart.add(pool(&label, runs, a.band));
+    }
+    // References: clipped to the runs' steps (a paper's CSV may run to millions).
+    let last = groups.values().flatten().flatten().map(|p| p.0).max();
+    let mut references = Vec::with_capacity(a.reference.len());
+    for arg in &a.reference {
+        let mut r = read_reference(arg)?;
+        if let Some(last) = last {
+            for run in &mut r.runs {
+                run.retain(|p| p.0 <= last);
+            }
+            r.runs.retain(|run| !run.is_empty());
+        }
+        if r.runs.is_empty() {
+            eprintln!(
+                "warning: --reference {arg}: no point at or before the runs' last step {}",
+                last.unwrap_or(0)
+            );
+            continue;
+        }
+        let label = match r.runs.len() {
+            1 => r.label.clone(),
+            n => format!("{} ({n} seeds)", r.label),
+        };
+        chart.add(pool(&label, &r.runs, a.band).as_markers());
+        references.push(r);
     }
     // Returns of the built-in tasks lie in [0, 1000]: a fixed axis makes plots comparable.
     if chart
@@ -233,8 +352,14 @@ pub fn run(a: &PlotArgs) -> Result {
         groups.len(),
         a.files.len()
     );
+    if !references.is_empty() {
+        println!("{out}: {} references", references.len());
+    }
     if a.summary {
         print!("{}", summary(&groups, &a.at));
+        for r in &references {
+            print!("{}", reference_row(r, &a.at));
+        }
     }
     Ok(())
 }
@@ -263,6 +388,16 @@ mod tests {
         );
         // Not a seed suffix: the whole name.
         assert_eq!(g("x-sx.csv"), "x-sx");
+    }
+
+    #[test]
+    fn legends_name_the_method_without_the_task() {
+        assert_eq!(legend_name("pendulum-swingup-po-mpc-l1"), "po-mpc-l1");
+        assert_eq!(legend_name("dmc-cartpole-swingup-po-mpc-l1"), "po-mpc-l1");
+        assert_eq!(legend_name("dmc-walker-walk-tdmpc2"), "tdmpc2");
+        // Anything else stays whole.
+        assert_eq!(legend_name("dmc-cartpole"), "dmc-cartpole");
+        assert_eq!(legend_name("my-run"), "my-run");
     }
 
     #[test]
@@ -313,6 +448,61 @@ mod tests {
         // and 10 * 150 / 10 = 150.
         assert!(cells[7].starts_with("166.7 ["), "{t}");
         assert!(cells[7].ends_with("(n=3)"), "{t}");
+    }
+
+    #[test]
+    fn references_read_tdmpc2_results_and_summarize_exact_steps() {
+        let d = std::env::temp_dir().join(format!("pompc-cli-ref-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let f = d.join("cartpole-swingup.csv");
+        // TD-MPC2's layout: seeds one after another, a step column per row.
+        std::fs::write(
+            &f,
+            "step,reward,seed\n0,2.0,2\n100000,789.8,2\n200000,877.6,2\n0,1.5,1\n100000,860.5,1\n",
+        )
+        .unwrap();
+        let path = f.to_str().unwrap();
+        let r = read_reference(path).unwrap();
+        assert_eq!(r.label, "cartpole-swingup");
+        assert_eq!(
+            r.runs,
+            vec![
+                vec![(0, 1.5), (100000, 860.5)],
+                vec![(0, 2.0), (100000, 789.8), (200000, 877.6)]
+            ]
+        );
+        let r = read_reference(&format!("TD-MPC2 (published)={path}")).unwrap();
+        assert_eq!(r.label, "TD-MPC2 (published)");
+        // Exact steps only: none at 50k, both seeds at 100k, one at 200k.
+        let row = reference_row(&r, &[50000, 100000, 200000]);
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!(cells[1], "TD-MPC2 (published) (reference)");
+        assert_eq!(cells[2], "2");
+        assert_eq!(cells[3], "-");
+        assert!(cells[4].starts_with("825.1 [789.8, 860.5] (n=2)"), "{row}");
+        assert_eq!(cells[5], "877.6 (n=1)");
+        assert_eq!(cells[6], "-");
+        // `return` instead of `reward`, no seed column: one run.
+        std::fs::write(&f, "return,step\n5,0\n7,10\n").unwrap();
+        assert_eq!(
+            read_reference(path).unwrap().runs,
+            vec![vec![(0, 5.0), (10, 7.0)]]
+        );
+        // Errors name the file and what is wrong.
+        for (text, want) in [
+            ("step,seed\n0,1\n", "no `reward` or `return`"),
+            ("step,reward\n", "no rows"),
+            ("step,reward\nx,1\n", "line 2"),
+            ("step,reward\n0,high\n", "\"high\""),
+        ] {
+            std::fs::write(&f, text).unwrap();
+            let e = read_reference(path).err().expect(text).to_string();
+            assert!(
+                e.contains("cartpole-swingup.csv") && e.contains(want),
+                "{e}"
+            );
+        }
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

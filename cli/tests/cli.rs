@@ -373,6 +373,44 @@ fn plot_pools_seeds_with_an_interval_and_summarizes_them() {
     assert!(row.contains("| 200.0 ["), "{row}");
     let chart = std::fs::read_to_string(&svg).unwrap();
     assert!(chart.contains("(3 seeds)"), "no pooled legend");
+    assert!(!chart.contains("<circle"), "dots without a reference");
+
+    // A published curve beside them (TD-MPC2's results layout): dots, clipped to the runs'
+    // last step, its own summary row at exact steps.
+    let paper = d.join("cartpole-swingup.csv");
+    std::fs::write(
+        &paper,
+        "step,reward,seed\n0,2,1\n100,380,1\n200,900,1\n0,4,2\n100,420,2\n",
+    )
+    .unwrap();
+    let reference = format!("paper={}", paper.to_str().unwrap());
+    let with_ref: Vec<&str> = args[..args.len() - 3]
+        .iter()
+        .copied()
+        .chain(["--reference", reference.as_str()])
+        .chain(files.iter().map(String::as_str))
+        .collect();
+    let o = pompc(&with_ref, 60);
+    assert!(o.ok, "{}", o.stderr);
+    assert!(o.stdout.contains("1 references"), "{}", o.stdout);
+    assert!(
+        o.stdout
+            .contains("| paper (reference) | 2 | 400.0 [380.0, 420.0] (n=2) | - |"),
+        "{}",
+        o.stdout
+    );
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert!(chart.contains("paper (2 seeds)"), "no reference legend");
+    // Two dots at steps 0 and 100 (200 is past the runs) and the legend's.
+    assert_eq!(chart.matches("<circle").count(), 3, "{chart}");
+    let missing = format!("paper={}", d.join("none.csv").to_str().unwrap());
+    let bad: Vec<&str> = args[..args.len() - 3]
+        .iter()
+        .copied()
+        .chain(["--reference", missing.as_str()])
+        .chain(files.iter().map(String::as_str))
+        .collect();
+    fails(&bad, &["none.csv"]);
     std::fs::remove_dir_all(&d).unwrap();
 }
 

@@ -13,7 +13,9 @@ checkpoint every ``--ckpt-every`` steps and at the end, and appends to
 one row per training episode and evaluation: kind (``train`` or ``eval``), step, return, wall
 seconds of this call, environment steps per second of this call (all seeds together). These
 are the names and columns ``pompc plot`` reads, so ``pompc plot --summary --out curve.svg
-OUT/*.csv`` pools the seeds. A run whose budget is spent prints ``done``.
+OUT/*.csv`` pools the seeds, and ``--reference TD-MPC2=cartpole-swingup.csv`` draws TD-MPC2's
+published results for the task (its repository's ``results/cartpole-swingup.csv``) beside
+them. A run whose budget is spent prints ``done``.
 """
 
 import argparse
