@@ -115,7 +115,9 @@ struct Reference {
 /// Read a published-results CSV (`step`, `reward` or `return`, optionally `seed`; other
 /// columns ignored), named by `arg` as `[LABEL=]FILE`.
 fn read_reference(arg: &str) -> Result<Reference> {
-    let (label, file) = match arg.split_once('=') {
+    // A file whose own name holds `=` is taken whole.
+    let split = arg.split_once('=').filter(|_| !Path::new(arg).is_file());
+    let (label, file) = match split {
         Some((l, f)) if !l.is_empty() && !f.is_empty() => (l.to_string(), Path::new(f)),
         _ => {
             let f = Path::new(arg);
@@ -139,12 +141,20 @@ fn read_reference(arg: &str) -> Result<Reference> {
         let row = row.map_err(|e| at(&e))?;
         let line = i + 2;
         let field = |c: usize| row.get(c).map(str::trim).unwrap_or_default();
-        let s: usize = field(step).parse().map_err(|_| {
-            at(&format!(
-                "line {line}: step {:?} is not a step count",
-                field(step)
-            ))
-        })?;
+        // Whole numbers written as floats (`100000.0`, `1e5`) are steps too.
+        let s = field(step)
+            .parse::<usize>()
+            .ok()
+            .or_else(|| {
+                let f: f64 = field(step).parse().ok()?;
+                (f >= 0.0 && f.fract() == 0.0 && f < 1e15).then_some(f as usize)
+            })
+            .ok_or_else(|| {
+                at(&format!(
+                    "line {line}: step {:?} is not a step count",
+                    field(step)
+                ))
+            })?;
         let v: f64 = field(value)
             .parse()
             .map_err(|_| at(&format!("line {line}: {:?} is not a number", field(value))))?;
@@ -482,17 +492,23 @@ mod tests {
         assert!(cells[4].starts_with("825.1 [789.8, 860.5] (n=2)"), "{row}");
         assert_eq!(cells[5], "877.6 (n=1)");
         assert_eq!(cells[6], "-");
-        // `return` instead of `reward`, no seed column: one run.
-        std::fs::write(&f, "return,step\n5,0\n7,10\n").unwrap();
+        // `return` instead of `reward`, no seed column, steps written as floats: one run.
+        std::fs::write(&f, "return,step\n5,0\n7,1e1\n8,20.0\n").unwrap();
         assert_eq!(
             read_reference(path).unwrap().runs,
-            vec![vec![(0, 5.0), (10, 7.0)]]
+            vec![vec![(0, 5.0), (10, 7.0), (20, 8.0)]]
         );
+        // A file whose name holds `=` is not split into a label.
+        let eq = d.join("lr=3.csv");
+        std::fs::write(&eq, "step,reward\n0,1\n").unwrap();
+        assert_eq!(read_reference(eq.to_str().unwrap()).unwrap().label, "lr=3");
         // Errors name the file and what is wrong.
         for (text, want) in [
             ("step,seed\n0,1\n", "no `reward` or `return`"),
             ("step,reward\n", "no rows"),
             ("step,reward\nx,1\n", "line 2"),
+            ("step,reward\n0,1\n2.5,1\n", "line 3: step \"2.5\""),
+            ("step,reward\n-1,1\n", "\"-1\""),
             ("step,reward\n0,high\n", "\"high\""),
         ] {
             std::fs::write(&f, text).unwrap();
