@@ -54,7 +54,8 @@ run_group() { # METHODS TAG
   local lam=()
   [[ ",$1," == *,po-mpc,* ]] && lam=(--lambda "${LAMBDAS:-0.1,1,9}")
   echo "$2: ${resume[*]:-fresh}"
-  "$P" train --env "$ENV" --method "$1" "${lam[@]}" --seeds "${SEEDS:-0}" \
+  # A hard stop 10 s before END as well: a call killed at its limit returns nothing.
+  timeout -k 5 $(( END - $(date +%s) - 10 )) "$P" train --env "$ENV" --method "$1" "${lam[@]}" --seeds "${SEEDS:-0}" \
     --steps "${STEPS:-100000}" --model "${MODEL:-small}" --precision "${PRECISION:-coop}" \
     --eval-every "${EVAL_EVERY:-12500}" --eval-episodes "${EVAL_EPISODES:-5}" \
     --checkpoint-every 5000 --time-limit "$limit" --out "$D" --quiet "${resume[@]}" \
