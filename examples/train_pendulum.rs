@@ -28,6 +28,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 *step as f64 / t
             ),
             Event::Eval { step, mean, .. } => println!("{t:7.1} s  step {step:6}  eval {mean:6.1}"),
+            Event::Pretraining { updates, total, .. } => {
+                println!("{t:7.1} s  pre-training: {updates} of {total} updates")
+            }
             Event::Pretrained { updates, seconds } => {
                 println!("{t:7.1} s  {updates} pre-training updates in {seconds:.1} s")
             }

@@ -383,3 +383,112 @@ fn an_agent_in_a_population_trains_as_it_does_alone() {
     assert!(Population::new(Vec::new()).is_err());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Pre-training reports its progress and a handler can stop it between two updates: the
+/// run then goes on where it stopped (the same updates as a run never stopped, bit for bit,
+/// alone and in a population), and a checkpoint taken at the stop resumes the rest of it.
+#[test]
+fn pretraining_stops_between_updates_and_goes_on() {
+    use pompc::train::{AgentSetup, PRETRAIN_REPORT_EVERY, Population};
+    use std::sync::Mutex;
+    let gpu = &common::gpus()[1];
+    let seed_steps = 2 * LEN; // 80: one progress report, at 50 updates
+    let at = PRETRAIN_REPORT_EVERY;
+    assert!(seed_steps > at && seed_steps < 2 * at);
+    let steps = seed_steps + 3;
+    let cfg = |lambda: f32, seed: u64| {
+        let mut c = config(Method::Pompc { lambda }, steps, seed);
+        c.seed_steps = seed_steps;
+        c.log_every = 10;
+        c
+    };
+    let stop = || Error::InvalidArgument("stop here".into());
+    let is_progress = |e: &Event| matches!(e, Event::Pretraining { .. });
+    let record = |events: &mut Vec<Event>, e: &Event| events.extend(replayable(e));
+
+    let mut a = Trainer::new(gpu, reach(), reach(), cfg(1.0, 5)).unwrap();
+    let mut events_a = Vec::new();
+    a.run(steps, &mut |e| {
+        record(&mut events_a, e);
+        Ok(())
+    })
+    .unwrap();
+    let progress = Event::Pretraining {
+        step: seed_steps,
+        updates: at,
+        total: seed_steps,
+    };
+    assert_eq!(events_a.iter().filter(|e| is_progress(e)).count(), 1);
+    assert!(events_a.contains(&progress), "{events_a:?}");
+    assert_eq!(a.updates(), seed_steps + 3);
+
+    // Alone, stopped at the report and saved; resumed, the rest of the pre-training comes
+    // first, then the steps.
+    let dir = std::env::temp_dir().join(format!("pompc-pretrain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("stopped.safetensors");
+    let mut b = Trainer::new(gpu, reach(), reach(), cfg(1.0, 5)).unwrap();
+    let r = b.run(steps, &mut |e| {
+        if is_progress(e) { Err(stop()) } else { Ok(()) }
+    });
+    assert!(matches!(r, Err(Error::InvalidArgument(m)) if m == "stop here"));
+    assert_eq!((b.step(), b.updates()), (seed_steps, at));
+    b.save(&path).unwrap();
+    let mut c = Trainer::resume(gpu, reach(), reach(), cfg(1.0, 5), &path).unwrap();
+    assert_eq!((c.step(), c.updates()), (seed_steps, at));
+    let mut events_c = Vec::new();
+    c.run(steps, &mut |e| {
+        record(&mut events_c, e);
+        Ok(())
+    })
+    .unwrap();
+    let done = Event::Pretrained {
+        updates: seed_steps,
+        seconds: 0.0,
+    };
+    assert_eq!(events_c.first(), Some(&done));
+    assert_eq!((c.step(), c.updates()), (steps, seed_steps + 3));
+
+    // A population stopped at the report: every agent hears it and stops at the same update;
+    // called again, agent 0 goes on exactly as alone; saved at the stop, it resumes.
+    let setups = || {
+        [(1.0, 5), (4.0, 8)]
+            .into_iter()
+            .map(|(l, s)| AgentSetup {
+                env: reach(),
+                eval_env: reach(),
+                cfg: cfg(l, s),
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut population = Population::create(gpu, setups()).unwrap();
+    assert_eq!(population.shares_updates(), Ok(()));
+    let events = Mutex::new(vec![Vec::new(); 2]);
+    let r = population.run(steps, &|i, e| {
+        record(&mut events.lock().unwrap()[i], e);
+        if is_progress(e) { Err(stop()) } else { Ok(()) }
+    });
+    assert!(r.is_err());
+    for t in population.agents() {
+        assert_eq!((t.step(), t.updates()), (seed_steps, at));
+    }
+    let saved = dir.join("population");
+    population.save(&saved).unwrap();
+    population
+        .run(steps, &|i, e| {
+            record(&mut events.lock().unwrap()[i], e);
+            Ok(())
+        })
+        .unwrap();
+    let events = events.into_inner().unwrap();
+    assert_eq!(events[0], events_a);
+    assert!(events[1].contains(&progress) && events[1].contains(&done));
+    let w = |t: &Trainer| t.weights().unwrap().tensors;
+    assert_eq!(w(&population.agents()[0]), w(&a));
+    let mut back = Population::resume(gpu, &saved, setups()).unwrap();
+    back.run(steps, &|_, _| Ok(())).unwrap();
+    for t in back.agents() {
+        assert_eq!((t.step(), t.updates()), (steps, seed_steps + 3));
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -93,8 +93,9 @@ pub struct TrainArgs {
     /// Continue from DIR's checkpoint of this run
     #[arg(long)]
     resume: bool,
-    /// Stop (with a checkpoint) at the first episode end after S seconds (an evaluation or
-    /// the pre-training under way finishes first)
+    /// Stop (with a checkpoint) at the first episode end after S seconds, or within the
+    /// pre-training after the seed phase's last episode (every 50 updates; --resume finishes
+    /// it); an evaluation under way finishes first
     #[arg(long, value_name = "S", allow_negative_numbers = true, value_parser = seconds)]
     time_limit: Option<f64>,
     /// No progress bar (it is drawn only on a terminal anyway)
@@ -203,7 +204,7 @@ impl LogRow {
                     ..LogRow::default()
                 }
             }
-            Event::Pretrained { .. } => return None,
+            Event::Pretraining { .. } | Event::Pretrained { .. } => return None,
         })
     }
 }
@@ -514,6 +515,9 @@ struct RunLog {
     seed_steps: usize,
     last_ret: f32,
     last_eval: f32,
+    /// The step of the last episode end: a stop there (or in a pre-training right after it)
+    /// loses no partial episode.
+    last_episode_end: Option<usize>,
     /// When and at which step the loop of one update per step began (after pre-training).
     loop_start: Option<(f64, usize)>,
 }
@@ -602,6 +606,8 @@ fn open<'g>(
             seed_steps,
             last_ret: f32::NAN,
             last_eval: f32::NAN,
+            // A resumed run starts a fresh episode.
+            last_episode_end: Some(start),
             loop_start: None,
         },
     ))
@@ -609,7 +615,8 @@ fn open<'g>(
 
 impl RunLog {
     /// Log event `e` of the run at `w` seconds and move its progress; the time limit's error
-    /// at the first episode end after `--time-limit`.
+    /// at the first episode end after `--time-limit`, or at the first report of a
+    /// pre-training that follows an episode end (the checkpoint keeps its progress).
     fn event(
         &mut self,
         e: &Event,
@@ -618,7 +625,11 @@ impl RunLog {
         progress: &Progress,
     ) -> pompc::Result<()> {
         match e {
-            Event::Episode { ret, .. } => self.last_ret = *ret,
+            Event::Episode { ret, step, .. } => {
+                self.last_ret = *ret;
+                self.last_episode_end = Some(*step);
+            }
+            Event::Pretraining { .. } => {}
             Event::Eval { mean, .. } => self.last_eval = *mean,
             Event::Pretrained { updates, seconds } => {
                 self.loop_start = Some((w, self.seed_steps));
@@ -643,7 +654,12 @@ impl RunLog {
             let rate = (*step - self.start) as f64 / w.max(1e-9);
             progress.at(self.start, *step, rate, self.last_ret, self.last_eval);
         }
-        if matches!(e, Event::Episode { .. }) && a.time_limit.is_some_and(|l| w > l) {
+        let at_episode_end = match e {
+            Event::Episode { .. } => true,
+            Event::Pretraining { step, .. } => self.last_episode_end == Some(*step),
+            _ => false,
+        };
+        if at_episode_end && a.time_limit.is_some_and(|l| w > l) {
             return Err(pompc::Error::InvalidArgument(TIME_LIMIT.into()));
         }
         Ok(())

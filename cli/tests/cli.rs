@@ -592,28 +592,59 @@ fn a_population_of_lambdas_plans_and_updates_together_and_resumes() {
 fn train_writes_a_csv_log_a_chart_and_a_checkpoint_and_plot_reads_it() {
     let d = scratch("train");
     let out = d.to_str().unwrap();
-    let o = pompc(
-        &[
-            "train",
-            "--quick",
-            "--method",
-            "tdmpc2",
-            "--model",
-            "tiny",
-            "--steps",
-            "502",
-            "--seed-steps",
-            "500",
-            "--eval-every",
-            "0",
-            "--seed",
-            "4",
-            "--out",
-            out,
-        ],
-        300,
+    let args = [
+        "train",
+        "--quick",
+        "--method",
+        "tdmpc2",
+        "--model",
+        "tiny",
+        "--steps",
+        "502",
+        "--seed-steps",
+        "500",
+        "--eval-every",
+        "0",
+        "--seed",
+        "4",
+        "--out",
+        out,
+    ];
+    let ckpt = d.join("pendulum-swingup-tdmpc2-s4.ckpt.safetensors");
+    // The run's counters, from the checkpoint's metadata.
+    let counters = || {
+        let bytes = std::fs::read(&ckpt).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        let get =
+            |k: &str| -> usize { header["__metadata__"][k].as_str().unwrap().parse().unwrap() };
+        (get("pompc.step"), get("pompc.updates"))
+    };
+    // A time limit already passed stops at the first episode end, the seed phase's last step,
+    // before the pre-training; resumed with it again, at the pre-training's first progress
+    // report (50 updates), the checkpoint keeping them; resumed without it, the run ends.
+    let limited: Vec<&str> = args.iter().copied().chain(["--time-limit", "0"]).collect();
+    let first = pompc(&limited, 300);
+    assert!(first.ok, "{}", first.stderr);
+    assert!(
+        first.stderr.contains("time limit: --resume continues"),
+        "{}",
+        first.stderr
     );
+    assert_eq!(counters(), (500, 0));
+    let resumed: Vec<&str> = limited.iter().copied().chain(["--resume"]).collect();
+    let second = pompc(&resumed, 300);
+    assert!(second.ok, "{}", second.stderr);
+    assert!(
+        second.stderr.contains("time limit: --resume continues"),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(counters(), (500, 50));
+    let last: Vec<&str> = args.iter().copied().chain(["--resume"]).collect();
+    let o = pompc(&last, 300);
     assert!(o.ok, "{}", o.stderr);
+    assert_eq!(counters(), (502, 502));
     assert!(!o.stderr.contains('\r'), "a progress bar off a terminal");
     assert_eq!(
         files_in(&d),

@@ -173,6 +173,16 @@ pub(crate) fn event_dict<'py>(py: Python<'py>, e: &Event) -> PyResult<Bound<'py,
                 d.set_item("policy", pd)?;
             }
         }
+        Event::Pretraining {
+            step,
+            updates,
+            total,
+        } => {
+            d.set_item("kind", "pretraining")?;
+            d.set_item("step", step)?;
+            d.set_item("updates", updates)?;
+            d.set_item("total", total)?;
+        }
         Event::Pretrained { updates, seconds } => {
             d.set_item("kind", "pretrained")?;
             d.set_item("updates", updates)?;
@@ -400,9 +410,11 @@ impl Trainer {
     /// Train for ``steps`` more environment steps (within the budget ``steps`` given at
     /// construction) and return the steps taken in all. ``callback(event)`` receives a dict
     /// per event: ``kind`` "episode" (step, episode, return), "eval" (step, return, returns),
-    /// "losses" (step, updates, consistency, reward, value, total, grad_norm, policy) or
-    /// "pretrained" (updates, seconds); returning ``False`` stops the run after that event,
-    /// an exception stops it and is re-raised.
+    /// "losses" (step, updates, consistency, reward, value, total, grad_norm, policy),
+    /// "pretraining" (step, updates, total: every 50 pre-training updates) or "pretrained"
+    /// (updates, seconds); returning ``False`` stops the run after that event (a stop during
+    /// pre-training keeps its progress: a saved and resumed run finishes it first), an
+    /// exception stops it and is re-raised.
     #[pyo3(signature = (steps, callback=None))]
     fn run(
         &self,

@@ -87,6 +87,29 @@ def test_trainer_drives_a_python_environment(gpu, tmp_path):
     assert model.obs_dim == 6 and model.action_dim == 1
 
 
+def test_a_callback_stops_the_pretraining_and_a_resumed_run_finishes_it(gpu, tmp_path):
+    # 60 seed steps: 60 pre-training updates, one progress report (at 50).
+    kw = dict(seed=2, steps=70, gpu=gpu, **small(seed_steps=60))
+    tr = pompc.Trainer(DMCEnv("point", "reach", loader=loader), "po-mpc", **kw)
+    seen = []
+
+    def stop_in_pretraining(e):
+        seen.append(e)
+        return e["kind"] != "pretraining"
+
+    assert tr.run(70, callback=stop_in_pretraining) == 60
+    assert seen[-1] == {"kind": "pretraining", "step": 60, "updates": 50, "total": 60}
+    assert (tr.step, tr.updates) == (60, 50)
+    path = tmp_path / "stopped.safetensors"
+    tr.save(path)
+    back = pompc.Trainer.resume(path, DMCEnv("point", "reach", loader=loader), "po-mpc", **kw)
+    assert (back.step, back.updates) == (60, 50)
+    rest = []
+    assert back.run(5, callback=rest.append) == 65
+    assert rest[0]["kind"] == "pretrained" and rest[0]["updates"] == 60
+    assert back.updates == 65
+
+
 class Boom(Exception):
     pass
 

@@ -18,8 +18,8 @@
 # Time: END (epoch seconds) is when this script must have returned; without END, LIMIT
 # seconds (default 560) from its start. Give the device call's timeout some slack past END
 # (a command killed at its limit returns none of its files). Training stops RESERVE seconds
-# (default 90) before END: `--time-limit` stops at the first episode end after it, and the
-# first call's pre-training (2500 updates of every agent, not interruptible) must fit too.
+# (default 90) before END: `--time-limit` stops at the first episode end after it (or within
+# the pre-training, every 50 updates), and an evaluation under way finishes first.
 # The state (checkpoints, CSVs, logs) lives in MATRIX_DIR (default /tmp/pompc-matrix/ENV),
 # outside the copied tree; the CSVs and the log come back as $OUT/matrix-ENV.tgz.
 set -uo pipefail

@@ -402,6 +402,17 @@ pub enum Event {
         /// The policy update's (`None` when it did not run).
         policy: Option<PolicyLosses>,
     },
+    /// Pre-training under way: `updates` of its `total` done (every
+    /// [`PRETRAIN_REPORT_EVERY`] updates). A handler's error stops the run here: its
+    /// checkpoint holds the pre-training's progress, and a resumed run finishes it first.
+    Pretraining {
+        /// Environment steps so far (the end of the seed phase).
+        step: usize,
+        /// Pre-training updates done.
+        updates: usize,
+        /// Pre-training updates in all.
+        total: usize,
+    },
     /// The pre-training updates at the end of the seed phase are done.
     Pretrained {
         /// Updates run.
@@ -470,6 +481,9 @@ fn mix(seed: u64, purpose: u64, step: u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
+
+/// Pre-training reports its progress ([`Event::Pretraining`]) every this many updates.
+pub const PRETRAIN_REPORT_EVERY: usize = 50;
 
 const SEED_ENV: u64 = 1;
 const SEED_EVAL: u64 = 2;
@@ -956,6 +970,11 @@ impl<'a, 'g> AgentRun<'a, 'g> {
     /// Start a step: evaluate when due, start an episode when none runs. `None` when the run
     /// is done; else whether this step plans (after the seed phase) or acts at random.
     fn begin_step(&mut self, on: &mut dyn FnMut(&Event) -> Result<()>) -> Result<Option<bool>> {
+        // Before the budget's check: a run whose last step ends the seed phase pre-trains
+        // before its final evaluation.
+        if self.pretrain_pending() {
+            self.pretrain(on)?;
+        }
         if self.p.step >= self.until {
             return Ok(None);
         }
@@ -1067,8 +1086,7 @@ impl<'a, 'g> AgentRun<'a, 'g> {
         )
     }
 
-    /// Finish a step: act, store the transition, end the episode when done, pre-train at the
-    /// end of the seed phase, report.
+    /// Finish a step: act, store the transition, end the episode when done, report.
     fn finish_step(
         &mut self,
         action: Vec<f32>,
@@ -1078,23 +1096,37 @@ impl<'a, 'g> AgentRun<'a, 'g> {
     ) -> Result<()> {
         let (done, reported) = self.act(action, gaussian, losses, on)?;
         reported?;
-        let pretrained = if self.pretrain_due() {
-            let t0 = std::time::Instant::now();
-            for _ in 0..self.cfg.seed_steps {
-                let update = self.prepare(self.cfg.pretrain_policy, false)?;
-                self.learner.complete(update)?;
-                self.p.updates += 1;
-            }
-            Some(t0.elapsed().as_secs_f64())
-        } else {
-            None
-        };
-        self.report(done, pretrained, on)
+        self.report(done, on)
     }
 
-    /// Whether the step just taken ends the seed phase: the pre-training updates are due.
-    fn pretrain_due(&self) -> bool {
-        self.p.step == self.cfg.seed_steps
+    /// Whether pre-training updates are due: the seed phase is over and its pre-training
+    /// (one update per seed step) not yet done, or stopped part-way by a handler.
+    fn pretrain_pending(&self) -> bool {
+        self.p.step == self.cfg.seed_steps && self.p.updates < self.cfg.seed_steps
+    }
+
+    /// Run the pre-training updates still due, reporting progress every
+    /// [`PRETRAIN_REPORT_EVERY`]; a handler's error stops it between two updates.
+    fn pretrain(&mut self, on: &mut dyn FnMut(&Event) -> Result<()>) -> Result<()> {
+        let t0 = std::time::Instant::now();
+        let total = self.cfg.seed_steps;
+        while self.p.updates < total {
+            let update = self.prepare(self.cfg.pretrain_policy, false)?;
+            self.learner.complete(update)?;
+            self.p.updates += 1;
+            let updates = self.p.updates;
+            if updates.is_multiple_of(PRETRAIN_REPORT_EVERY) && updates < total {
+                on(&Event::Pretraining {
+                    step: self.p.step,
+                    updates,
+                    total,
+                })?;
+            }
+        }
+        on(&Event::Pretrained {
+            updates: total,
+            seconds: t0.elapsed().as_secs_f64(),
+        })
     }
 
     /// The first half of a step's end: act, store the transition, count, end the episode when
@@ -1138,21 +1170,11 @@ impl<'a, 'g> AgentRun<'a, 'g> {
         Ok((s.done, reported))
     }
 
-    /// The second half: report the pre-training (that took `pretrained` seconds, if it ran)
-    /// and the episode's end.
-    fn report(
-        &mut self,
-        done: bool,
-        pretrained: Option<f64>,
-        on: &mut dyn FnMut(&Event) -> Result<()>,
-    ) -> Result<()> {
-        if let Some(seconds) = pretrained {
-            on(&Event::Pretrained {
-                updates: self.cfg.seed_steps,
-                seconds,
-            })?;
-        }
-        // Reported after the step's update, so that a caller stopping here loses nothing.
+    /// The second half: report the episode's end.
+    fn report(&mut self, done: bool, on: &mut dyn FnMut(&Event) -> Result<()>) -> Result<()> {
+        // Reported after the step's update, so that a caller stopping here loses nothing (the
+        // pre-training at the end of the seed phase comes after it, at the next step's
+        // start, and a resumed run does it first).
         if done {
             on(&Event::Episode {
                 step: self.p.step,
@@ -1525,6 +1547,57 @@ fn evaluate_together(
     first_error.map_or(Ok(()), Err)
 }
 
+/// The pre-training updates still due of every agent (in lock step, all at the same count),
+/// every group's updates together, progress reported to every agent's handler; the first
+/// handler's error stops it once every agent has heard of the same update.
+fn pretrain_together<'g>(
+    runs: &mut [AgentRun<'_, 'g>],
+    handlers: &mut [impl FnMut(&Event) -> Result<()>],
+    shared: &WorldModel,
+    groups: &mut [SharedUpdates<'g>],
+) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let total = runs[0].cfg.seed_steps;
+    let tell = |runs: &[AgentRun<'_, 'g>], handlers: &mut [_], e: &dyn Fn(&AgentRun) -> Event| {
+        let mut first_error = None;
+        for (run, h) in runs.iter().zip(handlers.iter_mut()) {
+            let h: &mut dyn FnMut(&Event) -> Result<()> = h;
+            if let Err(err) = h(&e(run)) {
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    };
+    while runs[0].p.updates < total {
+        let mut submitted = Vec::with_capacity(groups.len());
+        for u in groups.iter_mut() {
+            let with_policy = runs[u.members[0]].cfg.pretrain_policy;
+            let (encoded, reads) = u.prepare(runs, shared, with_policy, true)?;
+            submitted.push((encoded.submit()?, reads));
+        }
+        for (u, (pending, reads)) in groups.iter().zip(submitted) {
+            u.finish(pending, reads)?;
+        }
+        for run in runs.iter_mut() {
+            run.p.updates += 1;
+            run.stale = true;
+        }
+        let updates = runs[0].p.updates;
+        if updates.is_multiple_of(PRETRAIN_REPORT_EVERY) && updates < total {
+            tell(runs, handlers, &|r| Event::Pretraining {
+                step: r.p.step,
+                updates,
+                total,
+            })?;
+        }
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    tell(runs, handlers, &|_| Event::Pretrained {
+        updates: total,
+        seconds,
+    })
+}
+
 /// The lock-step loop of [`run_shared`].
 fn lock_step<'g>(
     runs: &mut [AgentRun<'_, 'g>],
@@ -1538,6 +1611,11 @@ fn lock_step<'g>(
     let mut obs = Vec::new();
     let mut first = Vec::with_capacity(g);
     loop {
+        // Pre-training at the end of the seed phase (or what a resumed run has left of it):
+        // every group's updates together.
+        if runs[0].pretrain_pending() {
+            pretrain_together(runs, handlers, shared, groups)?;
+        }
         // Agents evaluating at this step (all of them, in lock step) evaluate together.
         if runs.iter().all(|r| r.eval_due()) {
             evaluate_together(runs, handlers, shared)?;
@@ -1617,30 +1695,8 @@ fn lock_step<'g>(
             keep(reported);
             done.push(d);
         }
-        // Pre-training: every group's updates together, once all agents have stored the step.
-        let pretrained = if runs[0].pretrain_due() {
-            let t0 = std::time::Instant::now();
-            for _ in 0..runs[0].cfg.seed_steps {
-                let mut submitted = Vec::with_capacity(groups.len());
-                for u in groups.iter_mut() {
-                    let with_policy = runs[u.members[0]].cfg.pretrain_policy;
-                    let (encoded, reads) = u.prepare(runs, shared, with_policy, true)?;
-                    submitted.push((encoded.submit()?, reads));
-                }
-                for (u, (pending, reads)) in groups.iter().zip(submitted) {
-                    u.finish(pending, reads)?;
-                }
-                for run in runs.iter_mut() {
-                    run.p.updates += 1;
-                    run.stale = true;
-                }
-            }
-            Some(t0.elapsed().as_secs_f64())
-        } else {
-            None
-        };
         for ((run, h), d) in runs.iter_mut().zip(handlers.iter_mut()).zip(done) {
-            keep(run.report(d, pretrained, h));
+            keep(run.report(d, h));
         }
         if let Some(e) = first_error {
             return Err(e);

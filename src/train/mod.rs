@@ -13,8 +13,8 @@ pub mod population;
 pub mod world;
 
 pub use agent::{
-    Event, HistoryRow, MAX_EVAL_EPISODES, MAX_STEPS, Method, ModelPreset, Reanalyze, TrainConfig,
-    Trainer,
+    Event, HistoryRow, MAX_EVAL_EPISODES, MAX_STEPS, Method, ModelPreset, PRETRAIN_REPORT_EVERY,
+    Reanalyze, TrainConfig, Trainer,
 };
 pub use buffer::{BufferData, ReplayBuffer, Sample};
 pub use mlp::{Grads, Members, NetInput as TrainInput, Tape, TrainNet};
