@@ -666,28 +666,7 @@ fn train_writes_a_csv_log_a_chart_and_a_checkpoint_and_plot_reads_it() {
     assert!((0.0..=500.0).contains(&ret), "return {ret}");
     assert!(rows.iter().all(|r| r.len() == 12));
     // A second run resumes the checkpoint: already at its last step, it says so.
-    let again = pompc(
-        &[
-            "train",
-            "--quick",
-            "--method",
-            "tdmpc2",
-            "--model",
-            "tiny",
-            "--steps",
-            "502",
-            "--seed-steps",
-            "500",
-            "--eval-every",
-            "0",
-            "--seed",
-            "4",
-            "--out",
-            out,
-            "--resume",
-        ],
-        300,
-    );
+    let again = pompc(&last, 300);
     assert!(again.ok, "{}", again.stderr);
     assert!(
         again.stderr.contains("already at step 502"),
