@@ -217,6 +217,14 @@ fn legend_name(name: &str) -> &str {
     }
 }
 
+/// A legend entry that says how many seeds its curve pools.
+fn with_seeds(label: &str, seeds: usize) -> String {
+    match seeds {
+        1 => label.to_string(),
+        n => format!("{label} ({n} seeds)"),
+    }
+}
+
 /// Mean line and band over the runs of one group, step by step.
 fn pool(label: &str, runs: &[Vec<(usize, f64)>], band: Band) -> Series {
     let mut by_step: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
@@ -313,12 +321,11 @@ pub fn run(a: &PlotArgs) -> Result {
     );
     for (name, runs) in &groups {
         // The task is in the title; the legend names the method.
-        let method = legend_name(name);
-        let label = match runs.len() {
-            1 => method.to_string(),
-            n => format!("{method} ({n} seeds)"),
-        };
-        chart.add(pool(&label, runs, a.band));
+        chart.add(pool(
+            &with_seeds(legend_name(name), runs.len()),
+            runs,
+            a.band,
+        ));
     }
     // References: clipped to the runs' steps (a paper's CSV may run to millions).
     let last = groups.values().flatten().flatten().map(|p| p.0).max();
@@ -338,10 +345,7 @@ pub fn run(a: &PlotArgs) -> Result {
             );
             continue;
         }
-        let label = match r.runs.len() {
-            1 => r.label.clone(),
-            n => format!("{} ({n} seeds)", r.label),
-        };
+        let label = with_seeds(&r.label, r.runs.len());
         chart.add(pool(&label, &r.runs, a.band).as_markers());
         references.push(r);
     }

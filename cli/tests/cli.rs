@@ -624,23 +624,21 @@ fn train_writes_a_csv_log_a_chart_and_a_checkpoint_and_plot_reads_it() {
     // before the pre-training; resumed with it again, at the pre-training's first progress
     // report (50 updates), the checkpoint keeping them; resumed without it, the run ends.
     let limited: Vec<&str> = args.iter().copied().chain(["--time-limit", "0"]).collect();
-    let first = pompc(&limited, 300);
-    assert!(first.ok, "{}", first.stderr);
-    assert!(
-        first.stderr.contains("time limit: --resume continues"),
-        "{}",
-        first.stderr
-    );
-    assert_eq!(counters(), (500, 0));
-    let resumed: Vec<&str> = limited.iter().copied().chain(["--resume"]).collect();
-    let second = pompc(&resumed, 300);
-    assert!(second.ok, "{}", second.stderr);
-    assert!(
-        second.stderr.contains("time limit: --resume continues"),
-        "{}",
-        second.stderr
-    );
-    assert_eq!(counters(), (500, 50));
+    for (resume, updates) in [(false, 0), (true, 50)] {
+        let call: Vec<&str> = limited
+            .iter()
+            .copied()
+            .chain(resume.then_some("--resume"))
+            .collect();
+        let o = pompc(&call, 300);
+        assert!(o.ok, "{}", o.stderr);
+        assert!(
+            o.stderr.contains("time limit: --resume continues"),
+            "{}",
+            o.stderr
+        );
+        assert_eq!(counters(), (500, updates));
+    }
     let last: Vec<&str> = args.iter().copied().chain(["--resume"]).collect();
     let o = pompc(&last, 300);
     assert!(o.ok, "{}", o.stderr);
