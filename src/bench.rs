@@ -764,6 +764,7 @@ fn update_fixture<'g>(
     spec: &crate::model::ModelSpec,
     batch: usize,
     agents: usize,
+    cfg: &crate::train::UpdateConfig,
 ) -> Result<crate::train::WorldModelTrainer<'g>> {
     use crate::train::{UpdateBatch, UpdateConfig, WorldModelTrainer};
     // Non-zero reward and Q heads (TD-MPC2 starts them at zero), so every gradient is non-zero.
@@ -772,7 +773,7 @@ fn update_fixture<'g>(
     let cfgs: Vec<UpdateConfig> = (0..agents)
         .map(|i| UpdateConfig {
             seed: i as u64,
-            ..UpdateConfig::tdmpc2()
+            ..cfg.clone()
         })
         .collect();
     let t = cfgs[0].horizon;
@@ -823,8 +824,20 @@ pub fn bench_update(gpu: &Gpu, w: Workload) -> Result<UpdateBench> {
 /// [`bench_update`] of `agents` agents' updates recorded together
 /// ([`crate::train::WorldModelTrainer::population`]); the flops are all agents'.
 pub fn bench_population_update(gpu: &Gpu, w: Workload, agents: usize) -> Result<UpdateBench> {
+    bench_update_with(gpu, w, &crate::train::UpdateConfig::tdmpc2(), agents)
+}
+
+/// [`bench_population_update`] with another configuration than TD-MPC2's (each agent's seed
+/// its index), e.g. the products on tensor cores
+/// ([`crate::train::UpdateConfig::tensor_cores`]).
+pub fn bench_update_with(
+    gpu: &Gpu,
+    w: Workload,
+    cfg: &crate::train::UpdateConfig,
+    agents: usize,
+) -> Result<UpdateBench> {
     let (batch, runs, warmup) = (w.batch, w.runs, w.warmup);
-    let mut tr = update_fixture(gpu, w.spec, batch, agents)?;
+    let mut tr = update_fixture(gpu, w.spec, batch, agents, cfg)?;
     let (wall, gpu_t, dispatches) = time_runs(gpu, runs, warmup, |m| run_update(gpu, &mut tr, m))?;
     Ok(UpdateBench {
         batch,
@@ -838,7 +851,16 @@ pub fn bench_population_update(gpu: &Gpu, w: Workload, agents: usize) -> Result<
 /// Where the world-model update's GPU time goes ([`bench_update`]'s update, each dispatch
 /// timed on its own; see [`profile_plan`]).
 pub fn profile_update(gpu: &Gpu, w: Workload) -> Result<Vec<PlanProfileRow>> {
-    let mut tr = update_fixture(gpu, w.spec, w.batch, 1)?;
+    profile_update_with(gpu, w, &crate::train::UpdateConfig::tdmpc2())
+}
+
+/// [`profile_update`] with another configuration (see [`bench_update_with`]).
+pub fn profile_update_with(
+    gpu: &Gpu,
+    w: Workload,
+    cfg: &crate::train::UpdateConfig,
+) -> Result<Vec<PlanProfileRow>> {
+    let mut tr = update_fixture(gpu, w.spec, w.batch, 1, cfg)?;
     profile_runs(gpu, w.runs, w.warmup, |m| run_update(gpu, &mut tr, m))
 }
 

@@ -1,7 +1,9 @@
 //! The tensor-core GEMM against its mirror (operands rounded to f16, sums in f64) on fresh
 //! random inputs with poisoned outputs: every transposition and tile, ragged sizes (1, 17, 33,
-//! 150, 260: partial tiles and several K-steps), batches with a shared operand, offsets and
-//! padded leading dimensions, accumulation, bias and alpha.
+//! 150, 260: partial tiles and several K-steps), aligned sizes of every transposition (the
+//! vector loads of both stagings), batches with a shared operand, a population's agents (each
+//! its own operands, a member-shared one included, as the training passes' weights), offsets
+//! and padded leading dimensions, accumulation, bias and alpha.
 //!
 //! Where the adapter has no cooperative matrices (lavapipe, GL, most non-NVIDIA drivers) the
 //! test checks the other half of the contract instead: `gemm_coop::record` is
@@ -18,7 +20,7 @@ mod common;
 
 use common::{POISON, gpus, rel_error, rng, uniform};
 use pompc::kernels::gemm::{Bias, Gemm, Mat, Operands};
-use pompc::kernels::gemm_coop::{self, CoopTile, GemmPath};
+use pompc::kernels::gemm_coop::{self, CoopScale, CoopTile, GemmPath};
 use pompc::reference::gemm::{self as f32_mirror, Layout};
 use pompc::reference::gemm_coop as mirror;
 use pompc::{Error, Gpu, GpuBuffer, Recorder};
@@ -39,6 +41,12 @@ struct Case {
     alpha: f32,
     pad: usize,
     shared_b: bool,
+    /// Agents: `batch` members each.
+    agents: usize,
+    /// Operand scaling.
+    scale: CoopScale,
+    /// Magnitudes of A's and B's values.
+    mag: (f32, f32),
 }
 
 impl Case {
@@ -55,6 +63,9 @@ impl Case {
             alpha: 1.0,
             pad: 0,
             shared_b: false,
+            agents: 1,
+            scale: CoopScale::NONE,
+            mag: (1.0, 1.0),
         }
     }
 }
@@ -79,21 +90,31 @@ fn run(gpu: &Gpu, case: Case, kernel: Kernel, r: &mut impl Rng) -> (f64, f64, Ge
         alpha,
         pad,
         shared_b,
+        agents,
+        scale,
+        mag,
     } = case;
+    // `batch` members per agent; every agent's block after the previous one's.
+    let total = batch * agents;
     let (ar, ac) = if ta { (k, m) } else { (m, k) };
     let (br, bc) = if tb { (n, k) } else { (k, n) };
-    let lay = |rows: usize, cols: usize, shared: bool| Layout {
-        offset: pad * 3,
-        ld: cols + pad,
-        batch_stride: if shared { 0 } else { rows * (cols + pad) + pad },
-        agent_stride: 0,
+    let lay = |rows: usize, cols: usize, shared: bool| {
+        let batch_stride = if shared { 0 } else { rows * (cols + pad) + pad };
+        Layout {
+            offset: pad * 3,
+            ld: cols + pad,
+            batch_stride,
+            agent_stride: (batch - 1) * batch_stride + rows * (cols + pad) + pad,
+        }
     };
     let (la, lb, lc) = (lay(ar, ac, false), lay(br, bc, shared_b), lay(m, n, false));
-    let len = |l: &Layout, rows: usize| l.offset + (batch - 1) * l.batch_stride + rows * l.ld;
-    let a = uniform(r, len(&la, ar), 1.0);
-    let b = uniform(r, len(&lb, br), 1.0);
+    let len = |l: &Layout, rows: usize| {
+        l.offset + (agents - 1) * l.agent_stride + (batch - 1) * l.batch_stride + rows * l.ld
+    };
+    let a = uniform(r, len(&la, ar), mag.0);
+    let b = uniform(r, len(&lb, br), mag.1);
     let c0 = uniform(r, len(&lc, m), 1.0);
-    let bias_v = uniform(r, pad + batch * n, 1.0);
+    let bias_v = uniform(r, pad + total * n, 1.0);
     let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
     let bias64 = f(&bias_v);
     let (a64, b64) = (f(&a), f(&b));
@@ -101,15 +122,15 @@ fn run(gpu: &Gpu, case: Case, kernel: Kernel, r: &mut impl Rng) -> (f64, f64, Ge
         offset: pad,
         ld: n,
         batch_stride: n,
-        agent_stride: 0,
+        agent_stride: batch * n,
     };
     let bias_arg64 = bias.then_some((&bias64[..], bias_lay));
     let mut want16 = f(&c0);
-    mirror::gemm_coop(
+    mirror::gemm_coop_scaled(
         m,
         n,
         k,
-        batch,
+        (total, agents),
         (ta, tb),
         alpha as f64,
         acc,
@@ -117,13 +138,14 @@ fn run(gpu: &Gpu, case: Case, kernel: Kernel, r: &mut impl Rng) -> (f64, f64, Ge
         (&b64, lb),
         (&mut want16, lc),
         bias_arg64,
+        (scale.a, scale.b),
     );
     let mut want = f(&c0);
     f32_mirror::gemm(
         m,
         n,
         k,
-        (batch, 1),
+        (total, agents),
         (ta, tb),
         alpha as f64,
         acc,
@@ -137,10 +159,11 @@ fn run(gpu: &Gpu, case: Case, kernel: Kernel, r: &mut impl Rng) -> (f64, f64, Ge
     let biasb = GpuBuffer::from_slice(gpu, "bias", &bias_v).unwrap();
     let mut init = c0.clone();
     if !acc {
-        for bt in 0..batch {
+        for bt in 0..total {
+            let base = lc.offset + (bt / batch) * lc.agent_stride + (bt % batch) * lc.batch_stride;
             for i in 0..m {
                 for j in 0..n {
-                    init[lc.offset + bt * lc.batch_stride + i * lc.ld + j] = f32::from_bits(POISON);
+                    init[base + i * lc.ld + j] = f32::from_bits(POISON);
                 }
             }
         }
@@ -151,7 +174,7 @@ fn run(gpu: &Gpu, case: Case, kernel: Kernel, r: &mut impl Rng) -> (f64, f64, Ge
         offset: l.offset,
         ld: l.ld,
         batch_stride: l.batch_stride,
-        agent_stride: 0,
+        agent_stride: l.agent_stride,
     };
     let op = Gemm {
         m,
@@ -161,14 +184,14 @@ fn run(gpu: &Gpu, case: Case, kernel: Kernel, r: &mut impl Rng) -> (f64, f64, Ge
         trans_b: tb,
         alpha,
         accumulate: acc,
-        batch,
-        agents: 1,
+        batch: total,
+        agents,
     };
     let bias_arg = bias.then_some(Bias {
         buf: &biasb,
         offset: pad,
         batch_stride: n,
-        agent_stride: 0,
+        agent_stride: batch * n,
     });
     let mut rec = Recorder::new(gpu);
     let x = Operands {
@@ -179,11 +202,15 @@ fn run(gpu: &Gpu, case: Case, kernel: Kernel, r: &mut impl Rng) -> (f64, f64, Ge
     };
     let path = match kernel {
         Kernel::Coop(Some(t)) => {
-            gemm_coop::record_with_tile(&mut rec, &op, x, t).unwrap();
+            gemm_coop::record_scaled_with_tile(&mut rec, &op, x, t, scale).unwrap();
+            GemmPath::TensorCore
+        }
+        Kernel::Coop(None) if scale == CoopScale::NONE => {
+            gemm_coop::record(&mut rec, &op, x).unwrap();
             GemmPath::TensorCore
         }
         Kernel::Coop(None) => {
-            gemm_coop::record(&mut rec, &op, x).unwrap();
+            gemm_coop::record_scaled(&mut rec, &op, x, scale).unwrap();
             GemmPath::TensorCore
         }
         Kernel::OrF32 => gemm_coop::record_or_f32(&mut rec, &op, x).unwrap(),
@@ -206,6 +233,9 @@ fn random_case(r: &mut impl Rng, i: usize) -> Case {
         alpha: [1.0, -0.5, 2.0][i % 3],
         pad: [0, 3, 5][i % 3],
         shared_b: i % 5 == 4,
+        agents: 1 + i % 4 / 2,
+        scale: [CoopScale::NONE, CoopScale::BOTH][i % 2],
+        mag: (1.0, 1.0),
     }
 }
 
@@ -232,11 +262,44 @@ fn tensor_core_gemm_matches_the_f16_mirror_or_falls_back_to_f32() {
                         );
                         cases.push(Case::plain(m, n, k, ta, tb));
                     }
-                    // K-contiguous operands with 16-byte aligned rows take the vector loads
-                    // (x W^T, the linear layer's layout); a ragged K ends in the scalar path.
+                    // 16-byte aligned rows take the unchecked vector loads, K-contiguous (x W^T,
+                    // the linear layer's layout) or not (sizes multiples of 8: dY^T X and
+                    // dY W of the backward passes); a ragged K ends in the checked path.
                     for (m, n, k) in [(256, 128, 512), (100, 70, 264), (64, 48, 100)] {
                         cases.push(Case::plain(m, n, k, false, true));
                     }
+                    for (ta, tb) in [(false, false), (true, false), (true, true)] {
+                        cases.push(Case::plain(128, 96, 200, ta, tb));
+                        cases.push(Case::plain(104, 64, 72, ta, tb));
+                    }
+                    // Two agents, the B operand shared by each agent's members (weights).
+                    for (ta, tb) in [(false, true), (false, false), (true, false)] {
+                        cases.push(Case {
+                            batch: 3,
+                            agents: 2,
+                            shared_b: true,
+                            bias: true,
+                            ..Case::plain(72, 40, 64, ta, tb)
+                        });
+                    }
+                    // Scaled operands far outside f16's range (gradients of 1e-7 times
+                    // observations of 1e5), each training layout, aligned and ragged:
+                    // within f16's relative precision of the exact product.
+                    for (ta, tb) in [(false, true), (false, false), (true, false)] {
+                        for (m, n, k) in [(64, 96, 136), (37, 21, 50)] {
+                            cases.push(Case {
+                                scale: CoopScale::BOTH,
+                                mag: (1e-7, 1e5),
+                                agents: 2,
+                                ..Case::plain(m, n, k, ta, tb)
+                            });
+                        }
+                    }
+                    cases.push(Case {
+                        scale: CoopScale { a: true, b: false },
+                        mag: (3e-6, 1.0),
+                        ..Case::plain(48, 64, 96, true, false)
+                    });
                     for case in cases {
                         let (e16, e32, _) = run(gpu, case, Kernel::Coop(Some(*tile)), &mut r);
                         assert!(
@@ -331,6 +394,90 @@ fn tiles_are_checked_against_the_device() {
         assert!(
             t.check(gpu, sg).is_ok(),
             "{t} chosen on a device that cannot run it"
+        );
+    }
+}
+
+/// The scaled mirror (what `CoopScale` promises, CPU only): each row of op(A) and column of
+/// op(B) lands in [2^14, 2^15) before the f16 rounding, so operands of 1e-7 (below f16's
+/// normal range) and 1e5 (beyond its largest value) keep f16's relative precision, where the
+/// plain rounding flushes the first to zero and the second to infinity.
+#[test]
+fn scaled_operands_keep_f16_precision_outside_its_range() {
+    use pompc::reference::gemm_coop::scale_for;
+    assert_eq!(scale_for(1.0), 16384.0);
+    assert_eq!(scale_for(1.5), 16384.0);
+    assert_eq!(scale_for(3e-6), 2f64.powi(33));
+    assert_eq!(scale_for(65536.0), 0.25);
+    assert_eq!(scale_for(1e-30), 2f64.powi(60));
+    for v in [0.0, f64::INFINITY, f64::NAN] {
+        assert_eq!(scale_for(v), 1.0);
+    }
+    let mut r = rng("gemm_coop_scaled_mirror");
+    let (m, n, k) = (9, 7, 40);
+    for (ta, tb) in [(false, true), (true, false), (false, false)] {
+        let lay = |cols: usize| Layout {
+            offset: 0,
+            ld: cols,
+            batch_stride: 0,
+            agent_stride: 0,
+        };
+        let (la, lb) = (lay(if ta { m } else { k }), lay(if tb { k } else { n }));
+        let f = |v: Vec<f32>| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+        let a = f(uniform(&mut r, m * k, 1e-7));
+        let b = f(uniform(&mut r, k * n, 1e5));
+        let mut exact = vec![0.0; m * n];
+        let mut scaled = exact.clone();
+        let mut plain = exact.clone();
+        f32_mirror::gemm(
+            m,
+            n,
+            k,
+            (1, 1),
+            (ta, tb),
+            1.0,
+            false,
+            (&a, la),
+            (&b, lb),
+            (&mut exact, lay(n)),
+            None,
+        );
+        mirror::gemm_coop_scaled(
+            m,
+            n,
+            k,
+            (1, 1),
+            (ta, tb),
+            1.0,
+            false,
+            (&a, la),
+            (&b, lb),
+            (&mut scaled, lay(n)),
+            None,
+            (true, true),
+        );
+        mirror::gemm_coop(
+            m,
+            n,
+            k,
+            (1, 1),
+            (ta, tb),
+            1.0,
+            false,
+            (&a, la),
+            (&b, lb),
+            (&mut plain, lay(n)),
+            None,
+        );
+        let err = |got: &[f64]| {
+            let g: Vec<f32> = got.iter().map(|&v| v as f32).collect();
+            rel_error(&g, &exact)
+        };
+        let (es, ep) = (err(&scaled), err(&plain));
+        assert!(es < 3e-3, "{ta} {tb}: scaled error {es:e}");
+        assert!(
+            ep > 0.5,
+            "{ta} {tb}: plain f16 rounding kept these operands ({ep:e})"
         );
     }
 }

@@ -282,7 +282,7 @@ fn policy_loss_every_variant() {
 
 #[test]
 fn gemm_coop_every_tile_and_flag() {
-    use pompc::kernels::gemm_coop::{self, CoopTile};
+    use pompc::kernels::gemm_coop::{self, CoopScale, CoopTile};
     for tile in CoopTile::ALL {
         for sg in [32, 64] {
             for bits in 0..16u32 {
@@ -290,6 +290,28 @@ fn gemm_coop_every_tile_and_flag() {
                 let (spec, header, ov) =
                     gemm_coop::pipeline_constants(tile, sg, f(0), f(1), f(2), f(3));
                 common::compile_spirv(spec.shader, spec.entry, &header, &ov);
+                // Operand scaling: both operands for every layout, each alone for some.
+                let scales = if bits % 5 == 0 {
+                    &[
+                        CoopScale::BOTH,
+                        CoopScale { a: true, b: false },
+                        CoopScale { a: false, b: true },
+                    ][..]
+                } else {
+                    &[CoopScale::BOTH][..]
+                };
+                for &scale in scales {
+                    let (spec, header, ov) = gemm_coop::pipeline_constants_scaled(
+                        tile,
+                        sg,
+                        f(0),
+                        f(1),
+                        f(2),
+                        f(3),
+                        scale,
+                    );
+                    common::compile_spirv(spec.shader, spec.entry, &header, &ov);
+                }
             }
         }
     }

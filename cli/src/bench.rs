@@ -320,6 +320,10 @@ struct UpdateRun {
     /// over min(runs, 10) updates (timestamp queries)
     #[arg(long)]
     profile: bool,
+    /// The updates' matrix products on tensor cores (f16 operands, gradients scaled into
+    /// f16's range, f32 sums); default f32. Needs cooperative matrices
+    #[arg(long)]
+    tensor_cores: bool,
     #[command(flatten)]
     dims: UpdateDims,
     #[command(flatten)]
@@ -1122,6 +1126,23 @@ fn update_header(first: String) -> String {
     )
 }
 
+/// Where the updates' products run, for the table's header.
+fn products(run: &UpdateRun) -> &'static str {
+    if run.tensor_cores {
+        "on tensor cores (f16, scaled gradients)"
+    } else {
+        "f32"
+    }
+}
+
+/// TD-MPC2's world-model update, its products where `--tensor-cores` puts them.
+fn update_config(run: &UpdateRun) -> pompc::train::UpdateConfig {
+    pompc::train::UpdateConfig {
+        tensor_cores: run.tensor_cores,
+        ..pompc::train::UpdateConfig::tdmpc2()
+    }
+}
+
 fn update(gpu: &Gpu, a: &UpdateArgs) -> Result {
     let (spec, runs, warmup) = a.run.spec_runs_warmup()?;
     let dims = a.run.dims.dims();
@@ -1129,7 +1150,7 @@ fn update(gpu: &Gpu, a: &UpdateArgs) -> Result {
         println!("adapter: {}", gpu.describe());
         for &b in &a.batch {
             let rows = step(a.run.common.quiet, &format!("profile update B {b}"), || {
-                bench::profile_update(
+                bench::profile_update_with(
                     gpu,
                     Workload {
                         spec: &spec,
@@ -1137,6 +1158,7 @@ fn update(gpu: &Gpu, a: &UpdateArgs) -> Result {
                         runs: runs.min(10),
                         warmup,
                     },
+                    &update_config(&a.run),
                 )
             })?;
             let what = format!("world-model update, {}M, batch {b}", dims.size);
@@ -1148,7 +1170,7 @@ fn update(gpu: &Gpu, a: &UpdateArgs) -> Result {
     out.header(&[
         format!(
             "TD-MPC2 {}M preset, obs {}, action {}; world-model update, horizon 3 (TD targets, \
-             rollout, losses, backward, clip 20, Adam, Polyak), one submit{}",
+             rollout, losses, backward, clip 20, Adam, Polyak), one submit{}; products {}",
             dims.size,
             dims.obs,
             dims.act,
@@ -1156,7 +1178,8 @@ fn update(gpu: &Gpu, a: &UpdateArgs) -> Result {
                 format!(" for all of {} agents", a.agents)
             } else {
                 String::new()
-            }
+            },
+            products(&a.run)
         ),
         update_header(format!("{:>5}", "B")),
     ]);
@@ -1168,7 +1191,7 @@ fn update(gpu: &Gpu, a: &UpdateArgs) -> Result {
                 runs,
                 warmup,
             };
-            bench::bench_population_update(gpu, w, a.agents as usize)
+            bench::bench_update_with(gpu, w, &update_config(&a.run), a.agents as usize)
         })?;
         let row = UpdateRow {
             agents: (a.agents > 1).then_some(a.agents as usize),
@@ -1189,14 +1212,16 @@ fn policy(gpu: &Gpu, a: &PolicyArgs) -> Result {
     } else {
         out.header(&[
             format!(
-                "TD-MPC2 {}M preset, action {act}, batch {}; one policy update per submit{}",
+                "TD-MPC2 {}M preset, action {act}, batch {}; one policy update per submit{}; \
+                 products {}",
                 dims.size,
                 a.batch,
                 if a.agents > 1 {
                     format!(" for all of {} agents", a.agents)
                 } else {
                     String::new()
-                }
+                },
+                products(&a.run)
             ),
             update_header(format!("{:<14}", "preset")),
         ]);
@@ -1207,6 +1232,10 @@ fn policy(gpu: &Gpu, a: &PolicyArgs) -> Result {
             Preset::Bmpc => PolicyUpdateConfig::bmpc(act),
             Preset::TdmpcSquare => PolicyUpdateConfig::tdmpc_square(act),
             Preset::Pompc => PolicyUpdateConfig::pompc(act, a.lambda),
+        };
+        let cfg = PolicyUpdateConfig {
+            tensor_cores: a.run.tensor_cores,
+            ..cfg
         };
         let name = p
             .to_possible_value()

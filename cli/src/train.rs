@@ -105,6 +105,11 @@ pub struct TrainArgs {
     /// each update); default f32, auto: the device's
     #[arg(long, value_enum)]
     precision: Option<AutoPrec>,
+    /// The updates' matrix products on tensor cores: f16 operands with each gradient row
+    /// scaled into f16's range, f32 sums (about TF32's precision); default f32. Needs
+    /// cooperative matrices
+    #[arg(long)]
+    tensor_core_updates: bool,
 }
 
 fn model_preset(s: &str) -> std::result::Result<ModelPreset, String> {
@@ -277,6 +282,10 @@ pub fn run(a: TrainArgs) -> Result {
         .flat_map(|&m| a.seeds.iter().map(move |&s| (m, s)))
         .collect();
     let gpu = Gpu::new(GpuOptions::default())?;
+    if a.tensor_core_updates {
+        // Before anything is written.
+        gpu.tensor_cores()?;
+    }
     std::fs::create_dir_all(&a.out).map_err(|e| format!("--out {}: {e}", a.out.display()))?;
     if let [(method, seed)] = runs[..] {
         let bars = MultiProgress::new();
@@ -549,6 +558,10 @@ fn config(
     }
     if let Some(p) = a.precision {
         cfg.planner_precision = p.on(gpu);
+    }
+    if a.tensor_core_updates {
+        cfg.update.tensor_cores = true;
+        cfg.policy.tensor_cores = true;
     }
     Ok(cfg)
 }

@@ -276,6 +276,11 @@ fn train_refuses_bad_runs_before_writing() {
             "lambda",
         ),
         (&["train", "--method", "tdmpc2,tdmpc2"], "twice"),
+        // CI's adapter (lavapipe) has no cooperative matrices.
+        (
+            &["train", "--quick", "--tensor-core-updates"],
+            "cooperative matrices",
+        ),
     ] {
         let d = scratch("refuse");
         let out = d.join("runs");

@@ -3,20 +3,26 @@
 // 16x16 cooperative-matrix accumulators (f32). K advances BK at a time: every thread fetches
 // its chunks of the next A and B slices (8 consecutive K elements each, as f16) into registers
 // while the subgroups multiply the current slices out of workgroup memory.
-// Both slices are staged K-contiguous ([row][k] and [col][k]), so the importer's fetches of
-// K-contiguous operands are 16- or 32-byte vector loads and neighbouring threads read
-// neighbouring chunks. Measured on the H200 (BENCHMARKS.md): 128x128 tiles of four 64x64
+// A slice is staged K-contiguous ([row][k], [col][k]) for an operand stored K-contiguous, or
+// row-contiguous ([k][row], [k][col]: header constants ATR, BTR) for one stored the other
+// way, so the importer's fetches are 16- or 32-byte vector loads along the stored rows either
+// way and neighbouring threads read neighbouring chunks; the fragment loads read either
+// staging (coopLoad and coopLoadT). (Gathering a transposed operand element by element into
+// the K-contiguous staging, the first version, ran the backward passes' products slowly.) Measured on the H200 (BENCHMARKS.md): 128x128 tiles of four 64x64
 // subgroup blocks ran a 4096^3 GEMM 3x faster than the first version of this loop, which
 // staged one scalar per load, indexed its accumulators in loops and stored through workgroup
 // memory with a barrier pair per fragment.
 //
 // The importer provides the header constants BM, BN, BK, WM, WN (multiples of 16, BK of 32
 // and the chunk counts BM * BK / 8 and BN * BK / 8 multiples of the workgroup size), SG (the
-// subgroup size) and FM, FN, KS, A_CH, B_CH (CoopTile::header), and these functions:
+// subgroup size), FM, FN, KS, A_CH, B_CH, ATR, BTR (CoopTile::header), and these functions:
 //   coop_a8(bt, row, k, k_end) -> H8   elements k..k+8 of row `row` of op(A) for batch bt,
-//                                       0 past k_end and for rows >= m
+//                                       0 past k_end and for rows >= m; with ATR instead
+//                                       rows row..row+8 of op(A) at k, 0 where k >= k_end
+//                                       and for rows >= m
 //   coop_b8(bt, col, k, k_end) -> H8   elements k..k+8 of column `col` of op(B) (along K),
-//                                       0 past k_end and for columns >= n
+//                                       0 past k_end and for columns >= n; with BTR columns
+//                                       col..col+8 at k
 //   coop_fast_end(bt, k_begin, k_end)  k_begin plus a multiple of BK, at most k_end: up to
 //                                       there the two below may be used (k_begin: never)
 //   coop_a8_fast(bt, row, k) -> H8     coop_a8 without checks: any value for rows >= m
@@ -45,8 +51,20 @@ const LD: u32 = BK + 8u;
 // per thread of each slice), the bounds of the #for blocks below.
 const CPR: u32 = BK / 8u;
 
+// Leading dimensions of the row-contiguous stagings ([k][row], [k][col]), in f16.
+const LDA_T: u32 = BM + 8u;
+const LDB_T: u32 = BN + 8u;
+
+#if ATR
+var<workgroup> coop_as: array<f16, BK * LDA_T>;
+#else
 var<workgroup> coop_as: array<f16, BM * LD>;
+#endif
+#if BTR
+var<workgroup> coop_bs: array<f16, BK * LDB_T>;
+#else
 var<workgroup> coop_bs: array<f16, BN * LD>;
+#endif
 // Two 16x16 f32 blocks per subgroup, used in turn to hand accumulators to the epilogue.
 var<workgroup> coop_cs: array<f32, NSG * 512u>;
 
@@ -83,9 +101,56 @@ fn coop_put_b(at: u32, v: H8) {
     coop_bs[at + 7u] = v.hi.w;
 }
 
-// Staged position of this thread's chunk c (row or column c / CPR, K offset (c % CPR) * 8).
-fn chunk_at(c: u32) -> u32 {
+// Chunk c of an A slice: its first row (offset in the tile), its K offset and its staged
+// position. K-contiguous: row c / CPR, K (c % CPR) * 8. Row-contiguous (ATR): K c / (BM / 8),
+// rows from (c % (BM / 8)) * 8.
+fn a_row(c: u32) -> u32 {
+#if ATR
+    return (c % (BM / 8u)) * 8u;
+#else
+    return c / CPR;
+#endif
+}
+
+fn a_k(c: u32) -> u32 {
+#if ATR
+    return c / (BM / 8u);
+#else
+    return (c % CPR) * 8u;
+#endif
+}
+
+fn a_at(c: u32) -> u32 {
+#if ATR
+    return a_k(c) * LDA_T + a_row(c);
+#else
     return (c / CPR) * LD + (c % CPR) * 8u;
+#endif
+}
+
+// The same for B (BTR: row-contiguous, columns from (c % (BN / 8)) * 8).
+fn b_col(c: u32) -> u32 {
+#if BTR
+    return (c % (BN / 8u)) * 8u;
+#else
+    return c / CPR;
+#endif
+}
+
+fn b_k(c: u32) -> u32 {
+#if BTR
+    return c / (BN / 8u);
+#else
+    return (c % CPR) * 8u;
+#endif
+}
+
+fn b_at(c: u32) -> u32 {
+#if BTR
+    return b_k(c) * LDB_T + b_col(c);
+#else
+    return (c / CPR) * LD + (c % CPR) * 8u;
+#endif
 }
 
 // Hand out the 16x16 block at coop_cs[at..] (this subgroup's) to rows r0.., columns c0...
@@ -131,10 +196,10 @@ fn coop_tile(
 #endfor
     if (kf > k_begin) {
 #for R in 0..A_CH
-        ra_{R} = coop_a8_fast(bt, row0 + (tid + {R}u * WG) / CPR, k_begin + ((tid + {R}u * WG) % CPR) * 8u);
+        ra_{R} = coop_a8_fast(bt, row0 + a_row(tid + {R}u * WG), k_begin + a_k(tid + {R}u * WG));
 #endfor
 #for R in 0..B_CH
-        rb_{R} = coop_b8_fast(bt, col0 + (tid + {R}u * WG) / CPR, k_begin + ((tid + {R}u * WG) % CPR) * 8u);
+        rb_{R} = coop_b8_fast(bt, col0 + b_col(tid + {R}u * WG), k_begin + b_k(tid + {R}u * WG));
 #endfor
     }
     // One loop for both phases: the branches only fetch, so every cooperative operation sits
@@ -143,36 +208,44 @@ fn coop_tile(
     for (var k0 = k_begin; k0 < k_end; k0 += BK) {
         if (k0 >= kf) {
 #for R in 0..A_CH
-            ra_{R} = coop_a8(bt, row0 + (tid + {R}u * WG) / CPR, k0 + ((tid + {R}u * WG) % CPR) * 8u, k_end);
+            ra_{R} = coop_a8(bt, row0 + a_row(tid + {R}u * WG), k0 + a_k(tid + {R}u * WG), k_end);
 #endfor
 #for R in 0..B_CH
-            rb_{R} = coop_b8(bt, col0 + (tid + {R}u * WG) / CPR, k0 + ((tid + {R}u * WG) % CPR) * 8u, k_end);
+            rb_{R} = coop_b8(bt, col0 + b_col(tid + {R}u * WG), k0 + b_k(tid + {R}u * WG), k_end);
 #endfor
         }
         workgroupBarrier();
 #for R in 0..A_CH
-        coop_put_a(chunk_at(tid + {R}u * WG), ra_{R});
+        coop_put_a(a_at(tid + {R}u * WG), ra_{R});
 #endfor
 #for R in 0..B_CH
-        coop_put_b(chunk_at(tid + {R}u * WG), rb_{R});
+        coop_put_b(b_at(tid + {R}u * WG), rb_{R});
 #endfor
         workgroupBarrier();
         // The next fast slice's loads are in flight while this one is multiplied.
         let kn = k0 + BK;
         if (kn < kf) {
 #for R in 0..A_CH
-            ra_{R} = coop_a8_fast(bt, row0 + (tid + {R}u * WG) / CPR, kn + ((tid + {R}u * WG) % CPR) * 8u);
+            ra_{R} = coop_a8_fast(bt, row0 + a_row(tid + {R}u * WG), kn + a_k(tid + {R}u * WG));
 #endfor
 #for R in 0..B_CH
-            rb_{R} = coop_b8_fast(bt, col0 + (tid + {R}u * WG) / CPR, kn + ((tid + {R}u * WG) % CPR) * 8u);
+            rb_{R} = coop_b8_fast(bt, col0 + b_col(tid + {R}u * WG), kn + b_k(tid + {R}u * WG));
 #endfor
         }
 #for S in 0..KS
 #for J in 0..FN
+#if BTR
+        let b_{S}_{J} = coopLoadT<coop_mat16x16<f16, B>>(&coop_bs[{S}u * 16u * LDB_T + wn + {J}u * 16u], LDB_T);
+#else
         let b_{S}_{J} = coopLoad<coop_mat16x16<f16, B>>(&coop_bs[(wn + {J}u * 16u) * LD + {S}u * 16u], LD);
+#endif
 #endfor
 #for I in 0..FM
+#if ATR
+        let a_{S}_{I} = coopLoad<coop_mat16x16<f16, A>>(&coop_as[{S}u * 16u * LDA_T + wm + {I}u * 16u], LDA_T);
+#else
         let a_{S}_{I} = coopLoadT<coop_mat16x16<f16, A>>(&coop_as[(wm + {I}u * 16u) * LD + {S}u * 16u], LD);
+#endif
 #for J in 0..FN
         acc_{I}_{J} = coopMultiplyAdd(a_{S}_{I}, b_{S}_{J}, acc_{I}_{J});
 #endfor

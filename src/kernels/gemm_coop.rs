@@ -11,9 +11,11 @@
 //!
 //! Each workgroup computes a [`CoopTile`] of C: every subgroup a `wm x wn` block of 16x16
 //! accumulators, all subgroups multiplying out of the same staged slices of A and B, which
-//! the whole workgroup loads once, 8 K-contiguous elements per vector load (a naive kernel
-//! has each subgroup read its own operands from memory). Transposed layouts (A stored
-//! `[k, m]`, B stored `[k, n]`) are gathered element by element: correct, not fast. Any M, N, K: loads outside the matrices give zero, stores outside are
+//! the whole workgroup loads once, 8 elements along the stored rows per vector load (a naive
+//! kernel has each subgroup read its own operands from memory): K-contiguous operands are
+//! staged `[row][k]`, the transposed layouts of the backward passes (A stored `[k, m]`, B
+//! stored `[k, n]`) `[k][row]`. A population's agents step by their agent strides, as in
+//! [`super::gemm`]. Any M, N, K: loads outside the matrices give zero, stores outside are
 //! dropped.
 //!
 //! Errors: without cooperative matrices (see [`crate::Gpu::tensor_cores`]) [`record`] returns
@@ -144,12 +146,15 @@ impl CoopTile {
     }
 
     /// Bytes of workgroup memory: the two staged f16 slices and two 16x16 f32 blocks per
-    /// subgroup.
+    /// subgroup. (A slice staged row-contiguous, `bk x (bm + 8)`, is no larger than one
+    /// staged K-contiguous, `bm x (bk + 8)`, since [`CoopTile::check`] asks `bm, bn >= bk`.)
     pub fn workgroup_bytes(&self) -> u32 {
         2 * (self.bm + self.bn) * (self.bk + 8) + 4 * 512 * self.subgroups()
     }
 
-    /// The header constants of `common/coop_gemm.wgsl` for subgroups of `sg` invocations.
+    /// The header constants of `common/coop_gemm.wgsl` for subgroups of `sg` invocations,
+    /// both operands staged K-contiguous (`ATR` and `BTR` 0; [`pipeline_constants`] sets them
+    /// for the GEMM's stored layouts).
     pub fn header(&self, sg: u32) -> Vec<(&'static str, u32)> {
         let wg = (self.subgroups() * sg).max(1);
         vec![
@@ -164,11 +169,24 @@ impl CoopTile {
             ("KS", self.bk / 16),
             ("A_CH", self.bm * self.bk / 8 / wg),
             ("B_CH", self.bn * self.bk / 8 / wg),
+            ("ATR", 0),
+            ("BTR", 0),
         ]
+    }
+
+    /// Bytes of workgroup memory with operand scaling: [`CoopTile::workgroup_bytes`] and a
+    /// word per scaled row or column.
+    pub fn workgroup_bytes_scaled(&self, scale: CoopScale) -> u32 {
+        self.workgroup_bytes() + 4 * (scale.a as u32 * self.bm + scale.b as u32 * self.bn)
     }
 
     /// Check that the kernel can run this tile with subgroups of `sg` on `gpu`.
     pub fn check(&self, gpu: &Gpu, sg: u32) -> Result<()> {
+        self.check_scaled(gpu, sg, CoopScale::NONE)
+    }
+
+    /// [`CoopTile::check`] with operand scaling (more workgroup memory).
+    pub fn check_scaled(&self, gpu: &Gpu, sg: u32, scale: CoopScale) -> Result<()> {
         let m16 = |v: u32| v > 0 && v.is_multiple_of(16);
         let wg = self.subgroups() * sg;
         let l = gpu.limits();
@@ -178,20 +196,22 @@ impl CoopTile {
             && m16(self.wm)
             && m16(self.wn)
             && self.bk.is_multiple_of(32)
+            && self.bm >= self.bk
+            && self.bn >= self.bk
             && self.bm.is_multiple_of(self.wm)
             && self.bn.is_multiple_of(self.wn)
             && (self.bm * self.bk / 8).is_multiple_of(wg)
             && (self.bn * self.bk / 8).is_multiple_of(wg)
             && wg <= l.max_compute_invocations_per_workgroup
-            && self.workgroup_bytes() <= l.max_compute_workgroup_storage_size;
+            && self.workgroup_bytes_scaled(scale) <= l.max_compute_workgroup_storage_size;
         if ok {
             Ok(())
         } else {
             Err(Error::InvalidArgument(format!(
                 "tensor-core tile {self} with subgroups of {sg}: sizes must be multiples of 16 \
-                 (bk of 32), the tile a multiple of the subgroup block, bm*bk/8 and bn*bk/8 \
+                 (bk of 32, at most bm and bn), the tile a multiple of the subgroup block, bm*bk/8 and bn*bk/8 \
                  multiples of the {wg} threads, {} bytes of workgroup memory within the device's {}",
-                self.workgroup_bytes(),
+                self.workgroup_bytes_scaled(scale),
                 l.max_compute_workgroup_storage_size
             )))
         }
@@ -254,8 +274,29 @@ const SPEC: KernelSpec = kernel(
     &extend_bindings::<5, 7>(&gemm::BINDINGS, &[(5, Read), (6, Read)]),
 );
 
+/// Which operands [`record_scaled`] scales: each row of op(A) (`a`), each column of op(B)
+/// (`b`) by the power of two that brings its largest |value| over K near 2^14 before the
+/// f16 rounding, the result divided by the same factors. Exact where no scaling is needed;
+/// where it is, an operand keeps f16's 11 significant bits however small or large it is
+/// (the training passes' gradients are often below f16's normal range, 6.1e-5; raw
+/// observations may exceed its 65504). Costs a first pass over the tile's operand rows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CoopScale {
+    /// Scale the rows of op(A).
+    pub a: bool,
+    /// Scale the columns of op(B).
+    pub b: bool,
+}
+
+impl CoopScale {
+    /// No scaling: operands rounded to f16 as they are.
+    pub const NONE: CoopScale = CoopScale { a: false, b: false };
+    /// Both operands scaled.
+    pub const BOTH: CoopScale = CoopScale { a: true, b: true };
+}
+
 /// The header and override constants of one pipeline (also used by the shader test), for
-/// subgroups of `sg` invocations.
+/// subgroups of `sg` invocations, without scaling.
 pub fn pipeline_constants(
     tile: CoopTile,
     sg: u32,
@@ -264,15 +305,42 @@ pub fn pipeline_constants(
     accumulate: bool,
     bias: bool,
 ) -> (KernelSpec, Header, Vec<(&'static str, f64)>) {
-    let header = Header(tile.header(sg));
+    pipeline_constants_scaled(
+        tile,
+        sg,
+        trans_a,
+        trans_b,
+        accumulate,
+        bias,
+        CoopScale::NONE,
+    )
+}
+
+/// [`pipeline_constants`] with operand scaling. The stored layouts (`ATR`: A stored
+/// `[k, m]`; `BTR`: B stored `[k, n]`) and the scaling (`SCA`, `SCB`) are header constants,
+/// since they size workgroup memory.
+pub fn pipeline_constants_scaled(
+    tile: CoopTile,
+    sg: u32,
+    trans_a: bool,
+    trans_b: bool,
+    accumulate: bool,
+    bias: bool,
+    scale: CoopScale,
+) -> (KernelSpec, Header, Vec<(&'static str, f64)>) {
+    let mut h = tile.header(sg);
+    for (name, v) in h.iter_mut() {
+        match *name {
+            "ATR" => *v = trans_a as u32,
+            "BTR" => *v = !trans_b as u32,
+            _ => {}
+        }
+    }
+    h.push(("SCA", scale.a as u32));
+    h.push(("SCB", scale.b as u32));
     let b = |v: bool| if v { 1.0 } else { 0.0 };
-    let ov = vec![
-        ("A_KMAJOR", b(!trans_a)),
-        ("B_KMAJOR", b(trans_b)),
-        ("ACC", b(accumulate)),
-        ("BIAS", b(bias)),
-    ];
-    (SPEC, header, ov)
+    let ov = vec![("ACC", b(accumulate)), ("BIAS", b(bias))];
+    (SPEC, Header(h), ov)
 }
 
 /// Record `C = alpha op(A) op(B) (+ bias) (+ C)` on tensor cores, with the tile of
@@ -285,23 +353,39 @@ pub fn record(rec: &mut Recorder, op: &Gemm, x: Operands) -> Result<()> {
 
 /// [`record`] with a chosen tile.
 pub fn record_with_tile(rec: &mut Recorder, op: &Gemm, x: Operands, tile: CoopTile) -> Result<()> {
-    if op.agents != 1 {
-        // The tensor-core kernel has no agent strides (populations train at f32).
-        return Err(Error::Unsupported(format!(
-            "gemm_coop: {} agents in one call; the tensor-core GEMM takes one (use gemm::record)",
-            op.agents
-        )));
-    }
+    record_scaled_with_tile(rec, op, x, tile, CoopScale::NONE)
+}
+
+/// [`record`] with the operands scaled as `scale` says (see [`CoopScale`]).
+pub fn record_scaled(rec: &mut Recorder, op: &Gemm, x: Operands, scale: CoopScale) -> Result<()> {
     let gpu = rec.gpu();
     let sg = gpu.tensor_cores()?;
-    tile.check(gpu, sg)?;
-    let constants = pipeline_constants(
+    let mut tile = CoopTile::choose(op.m, op.n, op.batch);
+    if tile.check_scaled(gpu, sg, scale).is_err() {
+        tile = CoopTile::LARGE;
+    }
+    record_scaled_with_tile(rec, op, x, tile, scale)
+}
+
+/// [`record_scaled`] with a chosen tile.
+pub fn record_scaled_with_tile(
+    rec: &mut Recorder,
+    op: &Gemm,
+    x: Operands,
+    tile: CoopTile,
+    scale: CoopScale,
+) -> Result<()> {
+    let gpu = rec.gpu();
+    let sg = gpu.tensor_cores()?;
+    tile.check_scaled(gpu, sg, scale)?;
+    let constants = pipeline_constants_scaled(
         tile,
         sg,
         op.trans_a,
         op.trans_b,
         op.accumulate,
         x.bias.is_some(),
+        scale,
     );
     gemm::record_tiled(rec, op, x, [tile.bm, tile.bn], constants)
 }

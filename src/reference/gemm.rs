@@ -17,7 +17,7 @@ pub struct Layout {
 
 impl Layout {
     /// Offset of batch `bt`'s `(0, 0)` when the batch is split into agents of `per` members.
-    fn base(&self, bt: usize, per: usize) -> usize {
+    pub(crate) fn base(&self, bt: usize, per: usize) -> usize {
         self.offset + (bt / per) * self.agent_stride + (bt % per) * self.batch_stride
     }
 }

@@ -11,6 +11,7 @@
 use super::params::ParamLayout;
 use crate::gpu::{Gpu, GpuBuffer, Recorder};
 use crate::kernels::gemm::{self, Bias, Gemm, Mat, Operands};
+use crate::kernels::gemm_coop::{self, CoopScale};
 use crate::kernels::norm_act::{self, Affine, ColumnSumConfig, NormActBuffers, NormActConfig};
 use crate::model::{LayerSpec, ModelSpec, Net};
 use crate::{Error, Result};
@@ -242,6 +243,8 @@ pub struct TrainNet {
     /// Elements of one agent's flat parameters (the layout's length): the agent stride of a
     /// population's parameters and gradients.
     pub param_len: usize,
+    /// Whether the products run on tensor cores ([`TrainNet::with_tensor_cores`]).
+    pub tensor_cores: bool,
 }
 
 impl TrainNet {
@@ -271,7 +274,29 @@ impl TrainNet {
             members: spec.members(net),
             layers,
             param_len: layout.len(),
+            tensor_cores: false,
         })
+    }
+
+    /// The same network with its products (forward, dW and dX) on tensor cores
+    /// ([`gemm_coop`]: f16 operands, f32 sums) where `on`: the gradients of every product
+    /// scaled row by row into f16's range (they are often below its smallest normal value,
+    /// 6.1e-5), as are the first layer's inputs (raw observations may exceed its largest,
+    /// 65504); the f16 rounding of the rest costs about TF32's precision (11 significant
+    /// bits). Recording fails with [`Error::Unsupported`] on a device without cooperative
+    /// matrices.
+    pub fn with_tensor_cores(mut self, on: bool) -> TrainNet {
+        self.tensor_cores = on;
+        self
+    }
+
+    /// Record one product: the f32 kernel, or the tensor-core kernel with `scale`.
+    fn product(&self, rec: &mut Recorder, op: &Gemm, x: Operands, scale: CoopScale) -> Result<()> {
+        if self.tensor_cores {
+            gemm_coop::record_scaled(rec, op, x, scale)
+        } else {
+            gemm::record(rec, op, x)
+        }
     }
 
     /// Output features.
@@ -451,7 +476,12 @@ impl TrainNet {
                     batch_stride: out,
                     agent_stride: self.param_len,
                 });
-                gemm::record(
+                // The first layer's input may be raw observations: scaled on tensor cores.
+                let scale = CoopScale {
+                    a: i == 0,
+                    b: false,
+                };
+                self.product(
                     rec,
                     &op,
                     Operands {
@@ -460,6 +490,7 @@ impl TrainNet {
                         c: h,
                         bias,
                     },
+                    scale,
                 )?;
             }
             if l.spec.normed {
@@ -550,7 +581,8 @@ impl TrainNet {
                         agents: sel.agents,
                         ..Gemm::new(out, width, rows)
                     };
-                    gemm::record(rec, &op, Operands::new(dh_mat, x, dw.at(dw.offset + col)))?;
+                    let x = Operands::new(dh_mat, x, dw.at(dw.offset + col));
+                    self.product(rec, &op, x, CoopScale { a: true, b: i == 0 })?;
                 }
             }
             // dx = dh W[:, :in1], into the scratch the layer below reads, or the caller's dz.
@@ -563,7 +595,8 @@ impl TrainNet {
                     ..Gemm::new(rows, in1, out)
                 };
                 let dx = tape_rows(dst, 0, in1, rows, sel);
-                gemm::record(rec, &op, Operands::new(dh_mat, w, dx))?;
+                let x = Operands::new(dh_mat, w, dx);
+                self.product(rec, &op, x, CoopScale { a: true, b: false })?;
                 g_out = (dst, 0);
             } else {
                 // The input is shared by an agent's weight sets: their gradients add up. dz
@@ -582,7 +615,7 @@ impl TrainNet {
                             agents: sel.agents,
                             ..Gemm::new(rows, width, out)
                         };
-                        gemm::record(
+                        self.product(
                             rec,
                             &op,
                             Operands::new(
@@ -590,6 +623,7 @@ impl TrainNet {
                                 w.at(l.w + (sel.first + m) * out * k + col),
                                 Mat::rows(buf, width).at(off).per_agent(stride),
                             ),
+                            CoopScale { a: true, b: false },
                         )?;
                     }
                 }

@@ -78,6 +78,8 @@ pub struct PolicyUpdateConfig {
     pub q_scale_init: f32,
     /// Seed of the policy noise and the Q-head choice.
     pub seed: u64,
+    /// The networks' products on tensor cores, as [`super::UpdateConfig::tensor_cores`].
+    pub tensor_cores: bool,
 }
 
 impl PolicyUpdateConfig {
@@ -94,6 +96,7 @@ impl PolicyUpdateConfig {
             scale_tau: 0.01,
             q_scale_init: 1.0,
             seed: 0,
+            tensor_cores: false,
         }
     }
 
@@ -374,8 +377,11 @@ impl<'g> PolicyTrainer<'g> {
             c.prior_fit.weights = weights;
         }
         let cfg = cfgs[0].clone();
-        let pi = TrainNet::new(spec, &layout, Net::Policy)?;
-        let q = TrainNet::new(spec, &layout, Net::Q)?;
+        if cfg.tensor_cores {
+            gpu.tensor_cores()?;
+        }
+        let pi = TrainNet::new(spec, &layout, Net::Policy)?.with_tensor_cores(cfg.tensor_cores);
+        let q = TrainNet::new(spec, &layout, Net::Q)?.with_tensor_cores(cfg.tensor_cores);
         let f = |label: &str, n: usize| GpuBuffer::<f32>::new(gpu, label, n.max(1));
         let pi_range = layout.net(Net::Policy);
         let adam_cfg = AdamConfig {

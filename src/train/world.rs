@@ -75,6 +75,10 @@ pub struct UpdateConfig {
     pub lambda_q: f32,
     /// The prior pi_p of that target.
     pub kl_target: KlTarget,
+    /// The networks' products on tensor cores (see [`super::TrainNet::with_tensor_cores`]:
+    /// f16 operands with the gradients scaled into f16's range, f32 sums); false (the
+    /// default): f32. Needs a device with cooperative matrices ([`crate::Gpu::tensor_cores`]).
+    pub tensor_cores: bool,
 }
 
 /// The prior of the KL-regularized critic target.
@@ -104,6 +108,7 @@ impl UpdateConfig {
             seed: 0,
             lambda_q: 0.0,
             kl_target: KlTarget::Planner,
+            tensor_cores: false,
         }
     }
 
@@ -326,11 +331,17 @@ impl<'g> WorldModelTrainer<'g> {
             spec.num_bins,
             spec.num_q,
         );
-        let enc = TrainNet::new(&spec, &layout, Net::Encoder)?;
-        let dynamics = TrainNet::new(&spec, &layout, Net::Dynamics)?;
-        let reward = TrainNet::new(&spec, &layout, Net::Reward)?;
-        let pi = TrainNet::new(&spec, &layout, Net::Policy)?;
-        let q = TrainNet::new(&spec, &layout, Net::Q)?;
+        if cfg.tensor_cores {
+            gpu.tensor_cores()?;
+        }
+        let net = |n: Net| -> Result<TrainNet> {
+            Ok(TrainNet::new(&spec, &layout, n)?.with_tensor_cores(cfg.tensor_cores))
+        };
+        let enc = net(Net::Encoder)?;
+        let dynamics = net(Net::Dynamics)?;
+        let reward = net(Net::Reward)?;
+        let pi = net(Net::Policy)?;
+        let q = net(Net::Q)?;
         let f = |label: &str, n: usize| GpuBuffer::<f32>::new(gpu, label, n.max(1));
         // TD-MPC2's groups: the encoder at a reduced learning rate, then dynamics, reward
         // and the Q heads (the policy has its own optimizer).
