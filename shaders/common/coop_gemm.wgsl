@@ -8,7 +8,8 @@
 // way, so the importer's fetches are 16- or 32-byte vector loads along the stored rows either
 // way and neighbouring threads read neighbouring chunks; the fragment loads read either
 // staging (coopLoad and coopLoadT). (Gathering a transposed operand element by element into
-// the K-contiguous staging, the first version, ran the backward passes' products slowly.) Measured on the H200 (BENCHMARKS.md): 128x128 tiles of four 64x64
+// the K-contiguous staging, the first version, ran the backward passes' products slowly.)
+// Measured on the H200 (BENCHMARKS.md): 128x128 tiles of four 64x64
 // subgroup blocks ran a 4096^3 GEMM 3x faster than the first version of this loop, which
 // staged one scalar per load, indexed its accumulators in loops and stored through workgroup
 // memory with a barrier pair per fragment.
