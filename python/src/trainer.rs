@@ -25,7 +25,7 @@ self_cell::self_cell!(
 );
 
 /// The `**config` names `Trainer` accepts (`TrainConfig`'s scalar fields).
-const TRAIN_KEYS: [&str; 8] = [
+const TRAIN_KEYS: [&str; 9] = [
     "seed_steps",
     "batch",
     "buffer_capacity",
@@ -34,6 +34,7 @@ const TRAIN_KEYS: [&str; 8] = [
     "log_every",
     "pretrain_policy",
     "planner_precision",
+    "tensor_core_updates",
 ];
 
 pub(crate) fn apply_train_kwargs(
@@ -54,6 +55,11 @@ pub(crate) fn apply_train_kwargs(
             "eval_episodes" => cfg.eval_episodes = uint(&v).map_err(bad)?,
             "log_every" => cfg.log_every = uint(&v).map_err(bad)?,
             "pretrain_policy" => cfg.pretrain_policy = v.extract().map_err(bad)?,
+            "tensor_core_updates" => {
+                let on: bool = v.extract().map_err(bad)?;
+                cfg.update.tensor_cores = on;
+                cfg.policy.tensor_cores = on;
+            }
             "planner_precision" => {
                 let p: String = v.extract().map_err(bad)?;
                 cfg.planner_precision = py_result(pompc::Precision::parse(&p))?
@@ -211,7 +217,8 @@ pub(crate) fn event_dict<'py>(py: Python<'py>, e: &Event) -> PyResult<Bound<'py,
 /// from the setting sized for CPU adapters (tiny model, 64 samples, batch 32, one episode of
 /// seed steps). ``planner``: a dict of ``Planner`` keywords. ``config``: ``seed_steps``,
 /// ``batch``, ``buffer_capacity``, ``eval_every``, ``eval_episodes``, ``log_every``,
-/// ``pretrain_policy``, ``planner_precision``.
+/// ``pretrain_policy``, ``planner_precision``, ``tensor_core_updates`` (the updates' matrix
+/// products on tensor cores, f16 with scaled gradients; needs cooperative matrices).
 ///
 /// ``run`` releases the GIL; a Python environment takes it back for each ``reset`` and
 /// ``step``, and its exceptions (and Ctrl-C) stop the run and are re-raised.
@@ -538,6 +545,7 @@ impl Trainer {
         d.set_item("log_every", c.log_every)?;
         d.set_item("pretrain_policy", c.pretrain_policy)?;
         d.set_item("planner_precision", c.planner_precision.name())?;
+        d.set_item("tensor_core_updates", c.update.tensor_cores)?;
         d.set_item("planner", planner_config_dict(py, &c.planner)?)?;
         Ok(d)
     }

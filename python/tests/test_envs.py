@@ -166,6 +166,16 @@ def test_trainer_arguments_are_checked(gpu):
     for task in ["pendulum-swingup", pompc.make_env("pendulum-swingup")]:
         tr = pompc.Trainer(task, gpu=gpu, steps=10, **small())
         assert tr.config["env"] == "pendulum-swingup"
+        assert tr.config["tensor_core_updates"] is False
+    # The updates on tensor cores: refused where the adapter has none (CI's lavapipe).
+    if gpu.info["cooperative_matrix"]:
+        tr = pompc.Trainer("pendulum-swingup", gpu=gpu, steps=10, tensor_core_updates=True,
+                           **small())
+        assert tr.config["tensor_core_updates"] is True
+    else:
+        with pytest.raises(RuntimeError, match="cooperative matrices"):
+            pompc.Trainer("pendulum-swingup", gpu=gpu, steps=10, tensor_core_updates=True,
+                          **small())
 
 
 class NoLength:
