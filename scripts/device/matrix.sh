@@ -10,15 +10,16 @@
 #
 # Why in parts: a fresh machine cannot resume a population (its checkpoint is about 17 MB per
 # small-model agent, more than a call carries beside .gpu), and a machine is held for at most
-# 30 minutes, so each part must reach STEPS within the calls of one warm machine: about 1100 s
-# of training. At the scaling table's rates (RESULTS.md: 392 agent-steps/s for 4 small-model
-# agents, about 750 for 16) that is 6 to 8 agents to 100k per session: one task's six
-# settings for one seed (SEEDS=0), then the next seed or task in later sessions.
-#
+# 30 minutes, so each part must reach STEPS within the calls of one warm machine: at most about
+# 1400 s of training in a session's 1800 s of device time. Measured (RESULTS.md, the matrix's
+# first part): five agents in one population train at 69 steps/s each, 1450 s to 100k, and
+# reached 97 500 of it; so at most four agents per part (METHODS and LAMBDAS choose them, e.g.
+# METHODS=tdmpc2,po-mpc), BMPC's agent beside them as its own population only if fewer.
+
 # Time: END (epoch seconds) is when this script must have returned; without END, LIMIT
 # seconds (default 560) from its start. Give the device call's timeout some slack past END
 # (a command killed at its limit returns none of its files). Training stops RESERVE seconds
-# (default 90) before END: `--time-limit` stops at the first episode end after it (or within
+# (default 45; enough for the first part's calls) before END: `--time-limit` stops at the first episode end after it (or within
 # the pre-training, every 50 updates), and an evaluation under way finishes first.
 # The state (checkpoints, CSVs, logs) lives in MATRIX_DIR (default /tmp/pompc-matrix/ENV),
 # outside the copied tree; the CSVs and the log come back as $OUT/matrix-ENV.tgz.
@@ -32,7 +33,7 @@ P=${POMPC:-.gpu/bin/pompc}
 chmod +x "$P" 2>/dev/null
 mkdir -p "$D"
 methods=${METHODS:-tdmpc2,bmpc,tdmpc-square,po-mpc}
-limit=$(( END - $(date +%s) - ${RESERVE:-90} ))
+limit=$(( END - $(date +%s) - ${RESERVE:-45} ))
 echo "matrix part: $ENV, methods $methods, seeds ${SEEDS:-0}; state in $D; training for at most $limit s"
 # One `pompc train` population per group: BMPC's reanalysis keeps its agents off the shared
 # dispatches (a population holding one runs every agent on its own thread), so BMPC trains
