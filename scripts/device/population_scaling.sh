@@ -9,7 +9,8 @@
 # timed loop (the planner's are first used there): run each once untimed (WARM=1, the
 # default) or compare only runs of a warm cache.
 # Needs .gpu/bin/pompc (or pompc.gz). Usage: bash scripts/device/population_scaling.sh
-# AGENTS ("1 4 16 32"), MODELS ("small 5"), LOOP (600), PRECISION (coop), WARM (1).
+# AGENTS ("1 4 16 32"), MODELS ("small 5"), LOOP (600), PRECISION (coop), WARM (1), EXTRA
+# (more `pompc train` options, e.g. --tensor-core-updates).
 set -uo pipefail
 [ -f .gpu/bin/pompc.gz ] && gunzip -f .gpu/bin/pompc.gz
 chmod +x .gpu/bin/pompc
@@ -26,18 +27,18 @@ for model in $MODELS; do
       # few plan steps.
       timeout 120 bash .gpu/run.sh .gpu/bin/pompc train --env pendulum-swingup --method po-mpc \
         --model "$model" --precision "${PRECISION:-coop}" --seeds "$seeds" --steps 503 \
-        --seed-steps 500 --eval-every 0 --quiet --out "$out-warm" >/dev/null 2>&1
+        --seed-steps 500 --eval-every 0 --quiet --out "$out-warm" ${EXTRA:-} >/dev/null 2>&1
     fi
     t0=$(date +%s.%N)
     timeout 300 bash .gpu/run.sh .gpu/bin/pompc train --env pendulum-swingup --method po-mpc \
       --model "$model" --precision "${PRECISION:-coop}" --seeds "$seeds" \
-      --steps $((500 + LOOP)) --seed-steps 500 --eval-every 0 --out "$out" \
+      --steps $((500 + LOOP)) --seed-steps 500 --eval-every 0 --out "$out" ${EXTRA:-} \
       >"$out.log" 2>&1
     rc=$?
     t1=$(date +%s.%N)
     sum=$(sed -n 's/.*loop after pre-training: .* (\([0-9.]*\) steps\/s.*/\1/p' "$out.log" |
       awk '{s += $1; n++} END {printf "%.1f over %d agents", s, n}')
-    echo "model $model agents $n rc $rc: loop rates summed $sum; wall $(python3 -c "print(round($t1 - $t0, 1))") s"
+    echo "model $model agents $n ${EXTRA:-} rc $rc: loop rates summed $sum; wall $(python3 -c "print(round($t1 - $t0, 1))") s"
     [ $rc -eq 0 ] || tail -5 "$out.log"
   done
 done
