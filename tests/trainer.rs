@@ -305,7 +305,7 @@ fn an_agent_in_a_population_trains_as_it_does_alone() {
                     c.log_every = 10;
                     c.eval_every = 2 * LEN;
                     // Agents done with their episodes wait for the others.
-                    c.eval_episodes = [1, 3, 2][i];
+                    c.eval_episodes = [1, 2, 1][i];
                     c
                 },
             })
@@ -358,6 +358,10 @@ fn an_agent_in_a_population_trains_as_it_does_alone() {
     // alone.
     let mut other = setups();
     other[1].cfg.planner.num_samples += 8;
+    // Their step-0 evaluations add nothing to what this checks (CI time).
+    for s in &mut other {
+        s.cfg.eval_every = 0;
+    }
     let mut apart = Population::create(gpu, other).unwrap();
     let why = apart.shares_plan_steps().unwrap_err();
     assert!(why.contains("agent 1") && why.contains("planner"), "{why}");
