@@ -237,7 +237,7 @@ fn tile_scales(bt: u32, row0: u32, col0: u32, tid: u32) {
     line_max(true, a_base(bt), p.lda, row0, BM, p.m, ATR == 0u, tid);
 #endif
 #if SCB
-    line_max(false, b_base(bt), p.ldb, col0, BN, p.n, BTR != 0u, tid);
+    line_max(false, b_base(bt), p.ldb, col0, BN, p.n, BTR == 0u, tid);
 #endif
     workgroupBarrier();
 #if SCA
