@@ -47,6 +47,9 @@ struct Case {
     scale: CoopScale,
     /// Magnitudes of A's and B's values.
     mag: (f32, f32),
+    /// Each row of op(A) and column of op(B) times its own power of two (2^-15 to 2^12), so
+    /// that a scale found for the wrong line shows (one batch, no padding).
+    graded: bool,
 }
 
 impl Case {
@@ -66,6 +69,7 @@ impl Case {
             agents: 1,
             scale: CoopScale::NONE,
             mag: (1.0, 1.0),
+            graded: false,
         }
     }
 }
@@ -93,6 +97,7 @@ fn run(gpu: &Gpu, case: Case, kernel: Kernel, r: &mut impl Rng) -> (f64, f64, Ge
         agents,
         scale,
         mag,
+        graded,
     } = case;
     // `batch` members per agent; every agent's block after the previous one's.
     let total = batch * agents;
@@ -111,8 +116,23 @@ fn run(gpu: &Gpu, case: Case, kernel: Kernel, r: &mut impl Rng) -> (f64, f64, Ge
     let len = |l: &Layout, rows: usize| {
         l.offset + (agents - 1) * l.agent_stride + (batch - 1) * l.batch_stride + rows * l.ld
     };
-    let a = uniform(r, len(&la, ar), mag.0);
-    let b = uniform(r, len(&lb, br), mag.1);
+    let mut a = uniform(r, len(&la, ar), mag.0);
+    let mut b = uniform(r, len(&lb, br), mag.1);
+    if graded {
+        assert!(
+            pad == 0 && total == 1,
+            "graded cases: one batch, no padding"
+        );
+        let grade = |line: usize| 2f32.powi(3 * (line % 10) as i32 - 15);
+        // op(A)'s row is A's stored row, or its stored column when transposed; op(B)'s
+        // column is B's stored column, or its stored row when transposed.
+        for (i, v) in a.iter_mut().enumerate() {
+            *v *= grade(if ta { i % la.ld } else { i / la.ld });
+        }
+        for (i, v) in b.iter_mut().enumerate() {
+            *v *= grade(if tb { i / lb.ld } else { i % lb.ld });
+        }
+    }
     let c0 = uniform(r, len(&lc, m), 1.0);
     let bias_v = uniform(r, pad + total * n, 1.0);
     let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
@@ -236,6 +256,7 @@ fn random_case(r: &mut impl Rng, i: usize) -> Case {
         agents: 1 + i % 4 / 2,
         scale: [CoopScale::NONE, CoopScale::BOTH][i % 2],
         mag: (1.0, 1.0),
+        graded: false,
     }
 }
 
@@ -300,6 +321,16 @@ fn tensor_core_gemm_matches_the_f16_mirror_or_falls_back_to_f32() {
                         mag: (3e-6, 1.0),
                         ..Case::plain(48, 64, 96, true, false)
                     });
+                    // Lines of very different magnitudes: each needs its own scale.
+                    for (ta, tb) in [(false, true), (false, false), (true, false), (true, true)] {
+                        for (m, n, k) in [(40, 56, 72), (23, 37, 45)] {
+                            cases.push(Case {
+                                scale: CoopScale::BOTH,
+                                graded: true,
+                                ..Case::plain(m, n, k, ta, tb)
+                            });
+                        }
+                    }
                     for case in cases {
                         let (e16, e32, _) = run(gpu, case, Kernel::Coop(Some(*tile)), &mut r);
                         assert!(

@@ -100,7 +100,16 @@ pub fn gemm_coop_scaled(
             }
             for bt in 0..batch {
                 for l in 0..lines {
-                    let max = (0..k).map(|p| v[at(bt, l, p)].abs()).fold(0.0, f64::max);
+                    // NaN above everything, as the kernel's integer maximum of the bits ranks it.
+                    let max = (0..k)
+                        .map(|p| v[at(bt, l, p)].abs())
+                        .fold(0.0, |m: f64, x| {
+                            if m.is_nan() || x.is_nan() {
+                                f64::NAN
+                            } else {
+                                m.max(x)
+                            }
+                        });
                     let s = scale_for(max);
                     for p in 0..k {
                         let i = at(bt, l, p);
