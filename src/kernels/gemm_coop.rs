@@ -209,8 +209,8 @@ impl CoopTile {
         } else {
             Err(Error::InvalidArgument(format!(
                 "tensor-core tile {self} with subgroups of {sg}: sizes must be multiples of 16 \
-                 (bk of 32, at most bm and bn), the tile a multiple of the subgroup block, bm*bk/8 and bn*bk/8 \
-                 multiples of the {wg} threads, {} bytes of workgroup memory within the device's {}",
+                 (bk of 32, at most bm and bn), the tile a multiple of the subgroup block, \
+                 bm*bk/8 and bn*bk/8 multiples of the {wg} threads, {} bytes of workgroup memory within the device's {}",
                 self.workgroup_bytes_scaled(scale),
                 l.max_compute_workgroup_storage_size
             )))
@@ -239,8 +239,21 @@ impl CoopTile {
     /// [`CoopTile::choose`], then LARGE where `gpu` cannot run the choice with subgroups of
     /// `sg` (XLARGE needs 46 KB of workgroup memory and 256 invocations).
     pub fn choose_on(gpu: &Gpu, sg: u32, m: usize, n: usize, slots: usize) -> CoopTile {
+        CoopTile::choose_scaled_on(gpu, sg, m, n, slots, CoopScale::NONE)
+    }
+
+    /// [`CoopTile::choose_on`] for a GEMM with operand `scale` (a little more workgroup
+    /// memory).
+    pub fn choose_scaled_on(
+        gpu: &Gpu,
+        sg: u32,
+        m: usize,
+        n: usize,
+        slots: usize,
+        scale: CoopScale,
+    ) -> CoopTile {
         let t = CoopTile::choose(m, n, slots);
-        if t.check(gpu, sg).is_ok() {
+        if t.check_scaled(gpu, sg, scale).is_ok() {
             t
         } else {
             CoopTile::LARGE
@@ -346,9 +359,7 @@ pub fn pipeline_constants_scaled(
 /// Record `C = alpha op(A) op(B) (+ bias) (+ C)` on tensor cores, with the tile of
 /// [`CoopTile::choose_on`]. [`Error::Unsupported`] without cooperative matrices.
 pub fn record(rec: &mut Recorder, op: &Gemm, x: Operands) -> Result<()> {
-    let sg = rec.gpu().tensor_cores()?;
-    let tile = CoopTile::choose_on(rec.gpu(), sg, op.m, op.n, op.batch);
-    record_with_tile(rec, op, x, tile)
+    record_scaled(rec, op, x, CoopScale::NONE)
 }
 
 /// [`record`] with a chosen tile.
@@ -360,10 +371,7 @@ pub fn record_with_tile(rec: &mut Recorder, op: &Gemm, x: Operands, tile: CoopTi
 pub fn record_scaled(rec: &mut Recorder, op: &Gemm, x: Operands, scale: CoopScale) -> Result<()> {
     let gpu = rec.gpu();
     let sg = gpu.tensor_cores()?;
-    let mut tile = CoopTile::choose(op.m, op.n, op.batch);
-    if tile.check_scaled(gpu, sg, scale).is_err() {
-        tile = CoopTile::LARGE;
-    }
+    let tile = CoopTile::choose_scaled_on(gpu, sg, op.m, op.n, op.batch, scale);
     record_scaled_with_tile(rec, op, x, tile, scale)
 }
 

@@ -281,13 +281,17 @@ impl TrainNet {
     /// The same network with its products (forward, dW and dX) on tensor cores
     /// ([`gemm_coop`]: f16 operands, f32 sums) where `on`: the gradients of every product
     /// scaled row by row into f16's range (they are often below its smallest normal value,
-    /// 6.1e-5), as are the first layer's inputs (raw observations may exceed its largest,
-    /// 65504); the f16 rounding of the rest costs about TF32's precision (11 significant
+    /// 6.1e-5), as are the encoder's inputs (raw observations may exceed its largest, 65504); the f16 rounding of the rest costs about TF32's precision (11 significant
     /// bits). Recording fails with [`Error::Unsupported`] on a device without cooperative
     /// matrices.
     pub fn with_tensor_cores(mut self, on: bool) -> TrainNet {
         self.tensor_cores = on;
         self
+    }
+
+    /// Whether layer `i` reads raw observations (the encoder's first layer).
+    fn raw_input(&self, i: usize) -> bool {
+        i == 0 && self.net == Net::Encoder
     }
 
     /// Record one product: the f32 kernel, or the tensor-core kernel with `scale`.
@@ -476,9 +480,10 @@ impl TrainNet {
                     batch_stride: out,
                     agent_stride: self.param_len,
                 });
-                // The first layer's input may be raw observations: scaled on tensor cores.
+                // The encoder's first layer reads raw observations (any magnitude): scaled on
+                // tensor cores; other inputs are latents, actions or normalized activations.
                 let scale = CoopScale {
-                    a: i == 0,
+                    a: self.raw_input(i),
                     b: false,
                 };
                 self.product(
@@ -582,7 +587,11 @@ impl TrainNet {
                         ..Gemm::new(out, width, rows)
                     };
                     let x = Operands::new(dh_mat, x, dw.at(dw.offset + col));
-                    self.product(rec, &op, x, CoopScale { a: true, b: i == 0 })?;
+                    let scale = CoopScale {
+                        a: true,
+                        b: self.raw_input(i),
+                    };
+                    self.product(rec, &op, x, scale)?;
                 }
             }
             // dx = dh W[:, :in1], into the scratch the layer below reads, or the caller's dz.
