@@ -250,8 +250,9 @@ fn fixture() -> (Weights, std::collections::HashMap<String, Vec<f32>>) {
 /// Loss terms within 1e-4 relative (floored at 1e-3 absolute: the entropy term is ~1e-4) and
 /// gradients per tensor within 1e-3 of the tensor's rms (f32 forward and backward through the
 /// policy, two Q heads and the decode). Where the device has tensor cores, again with the
-/// products on them (about TF32's precision: 1e-2 and 5e-2); without, asking for them is an
-/// `Unsupported` error.
+/// products on them (f16 operands with scaled gradients, 11 significant bits as TF32's: losses
+/// within 1e-2, gradients within 2e-2 of the tensor's rms, where an H100 measured 6.7e-3 at
+/// worst on 2026-12-07); without, asking for them is an `Unsupported` error.
 #[test]
 fn every_preset_matches_pytorch() {
     let (weights, f) = fixture();
@@ -294,7 +295,7 @@ fn every_preset_matches_pytorch() {
                 ..cfg
             };
             let (loss_tol, grad_tol) = if tensor_cores {
-                (1e-2, 5e-2)
+                (1e-2, 2e-2)
             } else {
                 (1e-4, 1e-3)
             };

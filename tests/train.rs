@@ -55,9 +55,10 @@ fn close(what: &str, got: f32, want: f32, tol: f32) {
 }
 
 /// The update's products at f32, and on tensor cores where the device has them (f16
-/// operands, the gradients scaled into f16's range: about TF32's 11 significant bits, so
-/// losses within 1e-2 and gradients within 5e-2 of the tensor's scale; the worst errors are
-/// printed). Without tensor cores, asking for them is an `Unsupported` error.
+/// operands, the gradients scaled into f16's range: f16's 11 significant bits, as TF32's, so
+/// losses within 1e-2 and gradients within 3e-2 of the tensor's scale, where an H100 measured
+/// 1.32e-2 at worst (2026-12-07); the worst errors are printed). Without tensor cores, asking
+/// for them is an `Unsupported` error.
 #[test]
 fn losses_and_gradients_match_pytorch() {
     let f = fixture();
@@ -68,7 +69,7 @@ fn losses_and_gradients_match_pytorch() {
         };
         let mut runs = vec![(UpdateConfig::tdmpc2(), 1e-4, 1e-3)];
         match gpu.tensor_cores() {
-            Ok(_) => runs.push((tc, 1e-2, 5e-2)),
+            Ok(_) => runs.push((tc, 1e-2, 3e-2)),
             Err(_) => {
                 let e = WorldModelTrainer::new(gpu, &f.weights, tc, 6)
                     .err()
