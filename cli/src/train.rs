@@ -107,7 +107,7 @@ pub struct TrainArgs {
     precision: Option<AutoPrec>,
     /// The updates' matrix products on tensor cores: f16 operands with each gradient row
     /// scaled into f16's range, f32 sums (about TF32's precision); default f32. Needs
-    /// cooperative matrices
+    /// cooperative matrices. Experimental: slower than f32 on an H100 for the 5M model
     #[arg(long)]
     tensor_core_updates: bool,
 }
