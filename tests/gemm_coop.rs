@@ -123,14 +123,7 @@ fn run(gpu: &Gpu, case: Case, kernel: Kernel, r: &mut impl Rng) -> (f64, f64, Ge
             pad == 0 && total == 1 && !acc && !bias && alpha == 1.0,
             "graded cases: one batch, no padding, C = A B alone"
         );
-        // op(A)'s row is A's stored row, or its stored column when transposed; op(B)'s
-        // column is B's stored column, or its stored row when transposed.
-        for (i, v) in a.iter_mut().enumerate() {
-            *v *= grade(if ta { i % la.ld } else { i / la.ld });
-        }
-        for (i, v) in b.iter_mut().enumerate() {
-            *v *= grade(if tb { i / lb.ld } else { i % lb.ld });
-        }
+        grade_lines(&mut a, &mut b, (la.ld, lb.ld), (ta, tb));
     }
     let c0 = uniform(r, len(&lc, m), 1.0);
     let bias_v = uniform(r, pad + total * n, 1.0);
@@ -251,10 +244,64 @@ fn run(gpu: &Gpu, case: Case, kernel: Kernel, r: &mut impl Rng) -> (f64, f64, Ge
     (rel_error(&got, &want16), exact, path)
 }
 
-/// The magnitude of line `line` (of op(A)'s rows or op(B)'s columns) in a graded case:
-/// 2^-15 to 2^12, so that every line needs its own scale.
-fn grade(line: usize) -> f32 {
-    2f32.powi(3 * (line % 10) as i32 - 15)
+/// Graded lines: op(A)'s rows and op(B)'s columns multiplied by 2^-15 to 2^12 (line i by
+/// 2^(3 (i mod 10) - 15)), so that every line needs its own scale. `a` and `b` are stored
+/// row-major with leading dimensions `lda`, `ldb`; op(A)'s row is A's stored row, or its
+/// stored column when transposed, op(B)'s column B's stored column, or its stored row.
+fn grade_lines(a: &mut [f32], b: &mut [f32], (lda, ldb): (usize, usize), (ta, tb): (bool, bool)) {
+    let grade = |line: usize| 2f32.powi(3 * (line % 10) as i32 - 15);
+    for (i, v) in a.iter_mut().enumerate() {
+        *v *= grade(if ta { i % lda } else { i / lda });
+    }
+    for (i, v) in b.iter_mut().enumerate() {
+        *v *= grade(if tb { i / ldb } else { i % ldb });
+    }
+}
+
+/// C = op(A) op(B) of one unpadded batch, row-major with leading dimensions `lda`, `ldb`:
+/// exactly (f64) and through the f16 mirror with both operands scaled.
+fn exact_and_scaled(
+    (m, n, k): (usize, usize, usize),
+    (ta, tb): (bool, bool),
+    (a, lda): (&[f64], usize),
+    (b, ldb): (&[f64], usize),
+) -> (Vec<f64>, Vec<f64>) {
+    let lay = |ld: usize| Layout {
+        offset: 0,
+        ld,
+        batch_stride: 0,
+        agent_stride: 0,
+    };
+    let mut exact = vec![0.0; m * n];
+    let mut scaled = exact.clone();
+    f32_mirror::gemm(
+        m,
+        n,
+        k,
+        (1, 1),
+        (ta, tb),
+        1.0,
+        false,
+        (a, lay(lda)),
+        (b, lay(ldb)),
+        (&mut exact, lay(n)),
+        None,
+    );
+    mirror::gemm_coop_scaled(
+        m,
+        n,
+        k,
+        (1, 1),
+        (ta, tb),
+        1.0,
+        false,
+        (a, lay(lda)),
+        (b, lay(ldb)),
+        (&mut scaled, lay(n)),
+        None,
+        (true, true),
+    );
+    (exact, scaled)
 }
 
 /// max |got - want| / (|op(A) row i| |op(B) column j|) over C: the error of each dot product
@@ -506,36 +553,8 @@ fn scaled_operands_keep_f16_precision_outside_its_range() {
         let f = |v: Vec<f32>| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
         let a = f(uniform(&mut r, m * k, 1e-7));
         let b = f(uniform(&mut r, k * n, 1e5));
-        let mut exact = vec![0.0; m * n];
-        let mut scaled = exact.clone();
-        let mut plain = exact.clone();
-        f32_mirror::gemm(
-            m,
-            n,
-            k,
-            (1, 1),
-            (ta, tb),
-            1.0,
-            false,
-            (&a, la),
-            (&b, lb),
-            (&mut exact, lay(n)),
-            None,
-        );
-        mirror::gemm_coop_scaled(
-            m,
-            n,
-            k,
-            (1, 1),
-            (ta, tb),
-            1.0,
-            false,
-            (&a, la),
-            (&b, lb),
-            (&mut scaled, lay(n)),
-            None,
-            (true, true),
-        );
+        let (exact, scaled) = exact_and_scaled((m, n, k), (ta, tb), (&a, la.ld), (&b, lb.ld));
+        let mut plain = vec![0.0; m * n];
         mirror::gemm_coop(
             m,
             n,
@@ -572,51 +591,12 @@ fn graded_lines_keep_f16_precision_each_at_its_own_scale() {
     for (ta, tb) in [(false, true), (false, false), (true, false), (true, true)] {
         let (ar, ac) = if ta { (k, m) } else { (m, k) };
         let (br, bc) = if tb { (n, k) } else { (k, n) };
-        let lay = |cols: usize| Layout {
-            offset: 0,
-            ld: cols,
-            batch_stride: 0,
-            agent_stride: 0,
-        };
         let mut a = uniform(&mut r, ar * ac, 1.0);
         let mut b = uniform(&mut r, br * bc, 1.0);
-        for (i, v) in a.iter_mut().enumerate() {
-            *v *= grade(if ta { i % ac } else { i / ac });
-        }
-        for (i, v) in b.iter_mut().enumerate() {
-            *v *= grade(if tb { i / bc } else { i % bc });
-        }
+        grade_lines(&mut a, &mut b, (ac, bc), (ta, tb));
         let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
         let (a, b) = (f(&a), f(&b));
-        let mut exact = vec![0.0; m * n];
-        let mut scaled = exact.clone();
-        f32_mirror::gemm(
-            m,
-            n,
-            k,
-            (1, 1),
-            (ta, tb),
-            1.0,
-            false,
-            (&a, lay(ac)),
-            (&b, lay(bc)),
-            (&mut exact, lay(n)),
-            None,
-        );
-        mirror::gemm_coop_scaled(
-            m,
-            n,
-            k,
-            (1, 1),
-            (ta, tb),
-            1.0,
-            false,
-            (&a, lay(ac)),
-            (&b, lay(bc)),
-            (&mut scaled, lay(n)),
-            None,
-            (true, true),
-        );
+        let (exact, scaled) = exact_and_scaled((m, n, k), (ta, tb), (&a, ac), (&b, bc));
         let got: Vec<f32> = scaled.iter().map(|&v| v as f32).collect();
         let e = normwise_error(&got, &exact, (&a, ac), (&b, bc), (m, n, k), (ta, tb));
         // Each input rounded to f16 (unit roundoff 2^-11 / 2) and the f32 result: at most
