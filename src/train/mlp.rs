@@ -281,7 +281,8 @@ impl TrainNet {
     /// The same network with its products (forward, dW and dX) on tensor cores
     /// ([`gemm_coop`]: f16 operands, f32 sums) where `on`: the gradients of every product
     /// scaled row by row into f16's range (they are often below its smallest normal value,
-    /// 6.1e-5), as are the encoder's inputs (raw observations may exceed its largest, 65504); the f16 rounding of the rest costs about TF32's precision (11 significant
+    /// 6.1e-5), as are the encoder's inputs (raw observations may exceed its largest,
+    /// 65504); the f16 rounding of the rest costs about TF32's precision (11 significant
     /// bits). Recording fails with [`Error::Unsupported`] on a device without cooperative
     /// matrices.
     pub fn with_tensor_cores(mut self, on: bool) -> TrainNet {
