@@ -23,8 +23,9 @@
 // forward's stored stats (so both agree exactly), or recomputed the forward's way
 // (RECOMPUTE) and then stored for `ln_grads` (STATS).
 //
-// Column sums (`ln_grads`: dgamma = sum_rows du xhat, dbeta = sum_rows du; `colsum`: sum_rows a
-// or a * b) have no float atomics to lean on: a workgroup sums CT columns over one chunk of
+// Column sums (`ln_grads`: dgamma = sum_rows du xhat, dbeta = sum_rows du, and with BIAS the
+// bias gradient db = sum_rows dh from the dh the backward wrote, so a layer's three parameter
+// gradients take one pass; `colsum`: sum_rows a or a * b) have no float atomics to lean on: a workgroup sums CT columns over one chunk of
 // rows (CL row lanes per column, coalesced reads along the row), merges the lanes in
 // workgroup memory, and writes either the final column (one chunk: added into grads or
 // written) or a partial row of a scratch buffer [quantity, member, chunk, N] that `finish`
@@ -50,8 +51,10 @@ override ADD: bool = false;
 override LANES: u32 = 64u;
 // colsum: the column sum of a * b instead of a.
 override PRODUCT: bool = false;
-// finish: quantities summed (1: a column sum; 2: dgamma and dbeta).
+// finish: quantities summed (1: a column sum; 2: dgamma and dbeta; 3: and db).
 override Q: u32 = 1u;
+// ln_grads: also the column sum of dh (read from `aux`) into the third output.
+override BIAS: bool = false;
 
 struct Params {
     // Rows per member, and members.
@@ -65,9 +68,11 @@ struct Params {
     beta_off: u32,
     // (mean, rstd) of global row i at stats_off + 2 i.
     stats_off: u32,
-    // y, dh, or the first column-sum output (dgamma); out_off2: the second (dbeta).
+    // y, dh, or the first column-sum output (dgamma); out_off2: the second (dbeta), out_off3
+    // the third (db).
     out_off: u32,
     out_off2: u32,
+    out_off3: u32,
     // Column-sum outputs: elements between members and between row chunks.
     out_member: u32,
     out_chunk: u32,
@@ -81,9 +86,9 @@ struct Params {
     param_as: u32,
     out_per: u32,
     out_as: u32,
+    // ln_grads with BIAS: dh in `aux`.
+    aux_off: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
@@ -91,7 +96,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> prm: array<f32>;
 @group(0) @binding(3) var<storage, read> stats_in: array<f32>;
 @group(0) @binding(4) var<storage, read_write> dst: array<f32>;
-@group(0) @binding(5) var<storage, read_write> stats_out: array<f32>;
+// forward, backward: the row statistics stored (STATS); ln_grads: dh (BIAS).
+@group(0) @binding(5) var<storage, read_write> aux: array<f32>;
 @group(0) @binding(6) var<uniform> p: Params;
 
 const WG: u32 = 64u;
@@ -100,7 +106,7 @@ const CT: u32 = 64u;
 const CL: u32 = 4u;
 
 var<workgroup> red: array<vec2<f32>, WG>;
-var<workgroup> cred: array<vec2<f32>, 256>;
+var<workgroup> cred: array<vec4<f32>, 256>;
 
 // Features per unit: a SimNorm group stays in one thread.
 fn unit_len() -> u32 {
@@ -242,8 +248,8 @@ fn ln_stats(tid: u32, lane: u32, row: u32, valid: bool) -> vec2<f32> {
     }
     let rstd = inverseSqrt(row_sum(tid, lane, vec2<f32>(q, 0.0)).x / f32(N) + 1e-5);
     if (STATS && valid && lane == 0u) {
-        stats_out[p.stats_off + 2u * row] = mean;
-        stats_out[p.stats_off + 2u * row + 1u] = rstd;
+        aux[p.stats_off + 2u * row] = mean;
+        aux[p.stats_off + 2u * row + 1u] = rstd;
     }
     return vec2<f32>(mean, rstd);
 }
@@ -337,7 +343,7 @@ fn backward(
 }
 
 // Merge the CL row lanes of each column of a column tile; lane 0 gets the total.
-fn merge_lanes(lid: vec3<u32>, v: vec2<f32>) -> vec2<f32> {
+fn merge_lanes(lid: vec3<u32>, v: vec4<f32>) -> vec4<f32> {
     let t = lid.y * CT + lid.x;
     cred[t] = v;
     for (var h = CL / 2u; h > 0u; h >>= 1u) {
@@ -358,7 +364,7 @@ fn ln_grads(
     let chunk = wid.y;
     let e = wid.z;
     let U = unit_len();
-    var acc = vec2<f32>(0.0);
+    var acc = vec4<f32>(0.0);
     if (j < N) {
         let k = j / U;
         let i = j % U;
@@ -373,13 +379,21 @@ fn ln_grads(
             load_unit(row, e, k, mean, rstd, &xh, &u);
             load_dy(row, k, &g);
             act_grad_unit(&u, &g);
-            acc += vec2<f32>(g[i] * xh[i], g[i]);
+            var d = 0.0;
+            if (BIAS) {
+                d = aux[p.aux_off + row * N + j];
+            }
+            acc += vec4<f32>(g[i] * xh[i], g[i], d, 0.0);
         }
     }
     let total = merge_lanes(lid, acc);
     if (lid.y == 0u && j < N) {
-        store(p.out_off + out_at(e) + chunk * p.out_chunk + j, total.x);
-        store(p.out_off2 + out_at(e) + chunk * p.out_chunk + j, total.y);
+        let at = out_at(e) + chunk * p.out_chunk + j;
+        store(p.out_off + at, total.x);
+        store(p.out_off2 + at, total.y);
+        if (BIAS) {
+            store(p.out_off3 + at, total.z);
+        }
     }
 }
 
@@ -403,7 +417,7 @@ fn colsum(
             acc += v;
         }
     }
-    let total = merge_lanes(lid, vec2<f32>(acc, 0.0));
+    let total = merge_lanes(lid, vec4<f32>(acc, 0.0, 0.0, 0.0));
     if (lid.y == 0u && j < N) {
         store(p.out_off + out_at(e) + chunk * p.out_chunk + j, total.x);
     }
@@ -429,5 +443,6 @@ fn finish(
     for (var c = 0u; c < p.chunks; c++) {
         s += x[base + c * N];
     }
-    store(select(p.out_off, p.out_off2, q == 1u) + out_at(e) + j, s);
+    var off = array<u32, 3>(p.out_off, p.out_off2, p.out_off3);
+    store(off[q] + out_at(e) + j, s);
 }

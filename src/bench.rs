@@ -814,6 +814,38 @@ fn run_update(gpu: &Gpu, tr: &mut crate::train::WorldModelTrainer, mode: RunMode
     })
 }
 
+/// The dispatches that one world-model update (TD-MPC2's, with clipped Adam and Polyak) and
+/// one PO-MPC policy update (lambda 1) of `spec` over `batch` sub-trajectories record, counted
+/// without running them: the updates' share of a training step's launches (tests pin it, as
+/// `tests/planner.rs` pins the plan step's).
+///
+/// ```no_run
+/// # fn main() -> pompc::Result<()> {
+/// let gpu = pompc::Gpu::new(Default::default())?;
+/// let spec = pompc::model::ModelSpec::tdmpc2(5, 24, 6)?;
+/// let [world, policy] = pompc::bench::update_dispatches(&gpu, &spec, 256)?;
+/// println!("{world} + {policy} dispatches");
+/// # Ok(()) }
+/// ```
+pub fn update_dispatches(
+    gpu: &Gpu,
+    spec: &crate::model::ModelSpec,
+    batch: usize,
+) -> Result<[usize; 2]> {
+    let mut tr = update_fixture(gpu, spec, batch, 1, &crate::train::UpdateConfig::tdmpc2())?;
+    let heads = tr.draw_agent_heads()?;
+    let mut rec = Recorder::new(gpu);
+    tr.record_agents(&mut rec, &heads, true, None)?;
+    tr.record_optimizer(&mut rec)?;
+    let world = rec.dispatches();
+    let cfg = crate::train::PolicyUpdateConfig::pompc(spec.action_dim, 1.0);
+    let (mut t, params, zs) = policy_fixture(gpu, spec, cfg, batch, 1)?;
+    let heads = t.draw_agent_heads();
+    let mut rec = Recorder::new(gpu);
+    t.record_agents(&mut rec, &params, &zs, &heads, true, true)?;
+    Ok([world, rec.dispatches()])
+}
+
 /// Time TD-MPC2's world-model update (forward, backward, clip, Adam, Polyak) of `spec` on a
 /// random batch of `batch` sub-trajectories of horizon 3: each run is one submit with the
 /// losses read back.

@@ -187,6 +187,7 @@ impl ParamBuf {
             gamma: self.gamma,
             beta: self.beta,
             agent_stride: self.stride,
+            bias: None,
         }
     }
 }
@@ -254,7 +255,10 @@ fn random_h(r: &mut impl Rng, rows: usize, n: usize) -> Vec<f32> {
 }
 
 /// Forward (stats stored), backward with the stored stats and with recomputed ones, the
-/// LayerNorm parameter gradients and the bias gradient, against the mirror.
+/// LayerNorm parameter gradients and the bias gradient, against the mirror. The bias gradient
+/// comes from `record_column_sum` of dh after the first backward, and from the LayerNorm
+/// gradients' own column pass (`Affine::bias`) in the second where it can (LayerNorm, dh
+/// written).
 fn run_layer(gpu: &Gpu, r: &mut impl Rng, c: Case) {
     let cfg = NormActConfig::new(c.n, c.act, c.ln)
         .with_members(c.members)
@@ -311,7 +315,8 @@ fn run_layer(gpu: &Gpu, r: &mut impl Rng, c: Case) {
     .unwrap();
     let bias_at = (&grads.buf, grads.bias);
     norm_act::record_column_sum(&mut rec, &bias, c.rows, dh.at(), None, bias_at, None).unwrap();
-    // The same backward with the statistics recomputed from h.
+    // The same backward with the statistics recomputed from h, and the bias gradient fused.
+    let fused_bias = c.ln && !c.accumulate;
     let io2 = NormActBuffers { stats: None, ..io };
     norm_act::record_backward(
         &mut rec,
@@ -321,7 +326,14 @@ fn run_layer(gpu: &Gpu, r: &mut impl Rng, c: Case) {
         dyp.at(),
         dh2.at(),
         c.accumulate,
-        c.ln.then(|| grads2.affine()),
+        c.ln.then(|| {
+            let a = grads2.affine();
+            if fused_bias {
+                a.with_bias(grads2.bias)
+            } else {
+                a
+            }
+        }),
         None,
     )
     .unwrap();
@@ -438,7 +450,7 @@ fn run_layer(gpu: &Gpu, r: &mut impl Rng, c: Case) {
             for (i, (g, w)) in gr_all.iter().zip(&gp.init).enumerate() {
                 let in_ln = c.ln && (gp.holds(gp.gamma, len, i) || gp.holds(gp.beta, len, i));
                 let in_bias = gp.holds(gp.bias, len, i);
-                let bias_written = in_bias && what == "stored stats";
+                let bias_written = in_bias && (what == "stored stats" || fused_bias);
                 if !(in_ln || bias_written) {
                     assert_eq!(
                         g.to_bits(),
@@ -450,7 +462,7 @@ fn run_layer(gpu: &Gpu, r: &mut impl Rng, c: Case) {
             got.to_vec()
         };
     let dh_got = check_backward(&dh_all, &dh, &gr_all, &grads, &st64, "stored stats");
-    check_backward(
+    let dh2_got = check_backward(
         &dh2_all,
         &dh2,
         &gr2_all,
@@ -460,21 +472,27 @@ fn run_layer(gpu: &Gpu, r: &mut impl Rng, c: Case) {
     );
 
     // Bias gradient: the column sum of dh as the GPU wrote it, added to the initial values.
-    let d64 = f64s(&dh_got);
-    let sums = mirror::column_sum(n, c.members, c.rows, &d64, None);
-    let abs: Vec<f64> = d64.iter().map(|v| v.abs()).collect();
-    let mut mag = mirror::column_sum(n, c.members, c.rows, &abs, None);
-    let init_bias = &grads.gather(&grads.init, grads.bias, len);
-    let want: Vec<f64> = sums
-        .iter()
-        .zip(init_bias)
-        .map(|(s, i)| s + *i as f64)
-        .collect();
-    mag.iter_mut()
-        .zip(init_bias)
-        .for_each(|(m, i)| *m += i.abs() as f64);
-    let err = sum_error(&grads.gather(&gr_all, grads.bias, len), &want, &mag);
-    assert!(err <= SUM_TOL, "bias gradient {tag}: error {err:e}");
+    let check_bias = |dh_got: &[f32], gp: &ParamBuf, gr_all: &[f32], what: &str| {
+        let d64 = f64s(dh_got);
+        let sums = mirror::column_sum(n, c.members, c.rows, &d64, None);
+        let abs: Vec<f64> = d64.iter().map(|v| v.abs()).collect();
+        let mut mag = mirror::column_sum(n, c.members, c.rows, &abs, None);
+        let init_bias = &gp.gather(&gp.init, gp.bias, len);
+        let want: Vec<f64> = sums
+            .iter()
+            .zip(init_bias)
+            .map(|(s, i)| s + *i as f64)
+            .collect();
+        mag.iter_mut()
+            .zip(init_bias)
+            .for_each(|(m, i)| *m += i.abs() as f64);
+        let err = sum_error(&gp.gather(gr_all, gp.bias, len), &want, &mag);
+        assert!(err <= SUM_TOL, "{what} bias gradient {tag}: error {err:e}");
+    };
+    check_bias(&dh_got, &grads, &gr_all, "column-sum");
+    if fused_bias {
+        check_bias(&dh2_got, &grads2, &gr2_all, "fused");
+    }
 }
 
 #[test]
@@ -869,6 +887,7 @@ fn bad_requests_are_errors() {
     let short = buf("short", rows * n - 1);
     let params = buf("params", 2 * n);
     let grads = buf("grads", 2 * n);
+    let grads3 = buf("grads with bias", 3 * n);
     let stats = buf("stats", 2 * rows);
     let aff = |b| Affine::new(b, 0, n);
     let ln = NormActConfig::new(n, Mish, true);
@@ -1080,6 +1099,61 @@ fn bad_requests_are_errors() {
     )
     .unwrap_err();
     assert_eq!(kind(e), "shape");
+    // With the bias gradient, a scratch for two quantities is short.
+    let small3 = buf("scratch for two", need2);
+    let e = norm_act::record_backward(
+        &mut rec,
+        &ln,
+        many,
+        &io_many,
+        (&dym, 0),
+        (&dhm, 0),
+        false,
+        Some(Affine::new(&grads3, 0, n).with_bias(2 * n)),
+        Some(&small3),
+    )
+    .unwrap_err();
+    assert_eq!(kind(e), "shape");
+    // The bias gradient: not with accumulated dh, not on the parameters, inside the gradient
+    // buffer, not over dgamma or dbeta.
+    for (accumulate, io_b, g, want) in [
+        (true, io, Affine::new(&grads3, 0, n).with_bias(2 * n), "arg"),
+        (
+            false,
+            NormActBuffers {
+                affine: Some(aff(&params).with_bias(0)),
+                ..io
+            },
+            aff(&grads3).with_bias(2 * n),
+            "arg",
+        ),
+        (
+            false,
+            io,
+            Affine::new(&grads3, 0, n).with_bias(2 * n + 1),
+            "shape",
+        ),
+        (
+            false,
+            io,
+            Affine::new(&grads3, 0, n).with_bias(n / 2),
+            "arg",
+        ),
+    ] {
+        let e = norm_act::record_backward(
+            &mut rec,
+            &ln,
+            rows,
+            &io_b,
+            (&dy, 0),
+            (&dh, 0),
+            accumulate,
+            Some(g),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(kind(e), want, "bias case accumulate={accumulate}");
+    }
     let shared = buf("shared", need + n);
     let e = norm_act::record_column_sum(
         &mut rec,
@@ -1115,15 +1189,16 @@ fn every_pipeline_compiles_with_naga() {
                 let mut ops = vec![];
                 for b in [false, true] {
                     ops.push(NormActOp::Forward { stats: b && ln });
-                    ops.push(NormActOp::ParamGrads { direct: b });
+                    for bias in [false, true] {
+                        ops.push(NormActOp::ParamGrads { direct: b, bias });
+                    }
                     ops.push(NormActOp::ColumnSum {
                         product: b,
                         add: ln,
                     });
-                    ops.push(NormActOp::Finish {
-                        quantities: 1 + b as u32,
-                        add: ln,
-                    });
+                    for quantities in 1..=3 {
+                        ops.push(NormActOp::Finish { quantities, add: b });
+                    }
                     for rc in [false, true] {
                         ops.push(NormActOp::Backward {
                             accumulate: b,

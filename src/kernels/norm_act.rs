@@ -10,8 +10,7 @@
 //!
 //! ```no_run
 //! # fn main() -> pompc::Result<()> {
-//! use pompc::kernels::norm_act::{self, Activation, Affine, ColumnSumConfig, NormActBuffers,
-//!     NormActConfig};
+//! use pompc::kernels::norm_act::{self, Activation, Affine, NormActBuffers, NormActConfig};
 //! use pompc::{GpuBuffer, Recorder};
 //! let gpu = pompc::Gpu::new(Default::default())?;
 //! let (rows, n) = (768, 512);
@@ -32,12 +31,11 @@
 //! let mut rec = Recorder::new(&gpu);
 //! norm_act::record_forward(&mut rec, &cfg, rows, &io, (&y, 0))?;
 //! // ... the loss and the next layer's backward write dy ...
-//! let dparams = Affine::new(&grads, n, 2 * n);
+//! // dgamma, dbeta and the bias gradient db += sum_rows dh, in one column pass.
+//! let dparams = Affine::new(&grads, n, 2 * n).with_bias(0);
 //! norm_act::record_backward(&mut rec, &cfg, rows, &io, (&dy, 0), (&dh, 0), false,
 //!     Some(dparams), None)?;
-//! // The bias gradient: db += sum_rows dh.
-//! let bias = ColumnSumConfig::new(n, 1, true);
-//! norm_act::record_column_sum(&mut rec, &bias, rows, (&dh, 0), None, (&grads, 0), None)?;
+//! // (Without LayerNorm, db is `record_column_sum` of dh.)
 //! rec.submit()?;
 //! # Ok(()) }
 //! ```
@@ -69,16 +67,29 @@ pub struct Affine<'a> {
     pub beta: usize,
     /// Elements from one agent's gamma (beta) to the next agent's; unused with one agent.
     pub agent_stride: usize,
+    /// Gradients only: element offset of member 0's bias gradient, laid out as gamma's. With
+    /// it, [`record_backward`] also adds `db = sum_rows dh` there, in the same column pass as
+    /// dgamma and dbeta (one pass where [`record_column_sum`] of dh would add another).
+    pub bias: Option<usize>,
 }
 
 impl<'a> Affine<'a> {
-    /// Gamma at `gamma`, beta at `beta`, one agent.
+    /// Gamma at `gamma`, beta at `beta`, one agent, no bias.
     pub fn new(buf: &'a GpuBuffer<f32>, gamma: usize, beta: usize) -> Self {
         Affine {
             buf,
             gamma,
             beta,
             agent_stride: 0,
+            bias: None,
+        }
+    }
+
+    /// The same, with the bias gradient at `bias` (see [`Affine::bias`]).
+    pub fn with_bias(self, bias: usize) -> Self {
+        Affine {
+            bias: Some(bias),
+            ..self
         }
     }
 }
@@ -219,11 +230,13 @@ pub enum NormActOp {
         /// Store the recomputed statistics (for the parameter gradients).
         store: bool,
     },
-    /// dgamma and dbeta over one chunk of rows: added into the gradients (`direct`, one chunk)
-    /// or written as partials.
+    /// dgamma and dbeta (and db) over one chunk of rows: added into the gradients (`direct`,
+    /// one chunk) or written as partials.
     ParamGrads {
         /// One chunk, added straight into the gradients.
         direct: bool,
+        /// Also the bias gradient, the column sum of dh.
+        bias: bool,
     },
     /// A column sum over one chunk of rows (`add`: added into the output).
     ColumnSum {
@@ -234,7 +247,7 @@ pub enum NormActOp {
     },
     /// Partials summed over chunks, into `quantities` outputs.
     Finish {
-        /// 1 (a column sum) or 2 (dgamma, dbeta).
+        /// 1 (a column sum), 2 (dgamma, dbeta) or 3 (dgamma, dbeta, db).
         quantities: u32,
         /// Add into the output.
         add: bool,
@@ -253,6 +266,7 @@ struct Params {
     stats_off: u32,
     out_off: u32,
     out_off2: u32,
+    out_off3: u32,
     out_member: u32,
     out_chunk: u32,
     chunk_rows: u32,
@@ -261,7 +275,8 @@ struct Params {
     param_as: u32,
     out_per: u32,
     out_as: u32,
-    _pad: [u32; 3],
+    aux_off: u32,
+    _pad: u32,
 }
 
 impl Default for Params {
@@ -278,6 +293,7 @@ impl Default for Params {
             stats_off: 0,
             out_off: 0,
             out_off2: 0,
+            out_off3: 0,
             out_member: 0,
             out_chunk: 0,
             chunk_rows: 0,
@@ -286,7 +302,8 @@ impl Default for Params {
             param_as: 0,
             out_per: u32::MAX,
             out_as: 0,
-            _pad: [0; 3],
+            aux_off: 0,
+            _pad: 0,
         }
     }
 }
@@ -324,7 +341,10 @@ const BACKWARD: KernelSpec = kernel(
 const LN_GRADS: KernelSpec = kernel(
     "norm_act",
     "ln_grads",
-    &extend_bindings::<4, 6>(&BACKWARD_READS, &[(4, ReadWrite), (6, Uniform)]),
+    &extend_bindings::<4, 7>(
+        &BACKWARD_READS,
+        &[(4, ReadWrite), (5, ReadWrite), (6, Uniform)],
+    ),
 );
 const COLSUM: KernelSpec = kernel(
     "norm_act",
@@ -364,8 +384,8 @@ pub fn column_chunks(rows: usize) -> (usize, usize) {
 }
 
 /// Elements of scratch a column sum over `rows` rows needs for `quantities` outputs of
-/// `members * n` (1 for [`record_column_sum`], 2 for the parameter gradients of [`record_backward`]); 0 when one pass
-/// does (`rows <= 256`).
+/// `members * n` (1 for [`record_column_sum`]; 2 for the parameter gradients of
+/// [`record_backward`], 3 with the bias gradient); 0 when one pass does (`rows <= 256`).
 pub fn scratch_len(n: usize, members: usize, rows: usize, quantities: usize) -> usize {
     let (chunks, _) = column_chunks(rows);
     if chunks == 1 {
@@ -411,10 +431,11 @@ pub fn pipeline_constants(
             ov.push(("LANES", lanes(cfg.n) as f64));
             BACKWARD
         }
-        NormActOp::ParamGrads { direct } => {
+        NormActOp::ParamGrads { direct, bias } => {
             ov.push(("ACT", act));
             ov.push(("LN", 1.0));
             ov.push(("ADD", direct as u8 as f64));
+            ov.push(("BIAS", bias as u8 as f64));
             LN_GRADS
         }
         NormActOp::ColumnSum { product, add } => {
@@ -558,6 +579,23 @@ struct CheckedAffine<'a> {
     beta: u32,
     /// Per agent, the element ranges of its gamma and its beta.
     ranges: Vec<[(usize, usize); 2]>,
+    /// The bias gradient's shader offset and, per agent, its element range.
+    bias: Option<(u32, Vec<(usize, usize)>)>,
+}
+
+impl<'a> CheckedAffine<'a> {
+    /// What the parameter gradients write, for the aliasing checks.
+    fn writes(&self) -> Vec<Use<'a>> {
+        let mut uses = Vec::new();
+        for [gr, br] in &self.ranges {
+            uses.push(Use::write("dgamma", self.aff.buf, *gr));
+            uses.push(Use::write("dbeta", self.aff.buf, *br));
+        }
+        for r in self.bias.iter().flat_map(|b| &b.1) {
+            uses.push(Use::write("dbias", self.aff.buf, *r));
+        }
+        uses
+    }
 }
 
 /// The element ranges of `agents` agents' blocks of `len` values from `offset`, `stride`
@@ -595,11 +633,25 @@ fn affine_params<'a>(
             let per = cfg.per_agent() * cfg.n;
             let gr = agent_ranges(a.gamma, per, cfg.agents, a.agent_stride);
             let br = agent_ranges(a.beta, per, cfg.agents, a.agent_stride);
+            let bias = match a.bias {
+                None => None,
+                Some(_) if name == "LayerNorm" => {
+                    return Err(Error::InvalidArgument(format!(
+                        "{what}: a bias offset belongs to the gradients, not to the LayerNorm \
+                         parameters"
+                    )));
+                }
+                Some(off) => {
+                    let (o, _) = fit(what, &format!("{name} bias"), a.buf, off, len)?;
+                    Some((o, agent_ranges(off, per, cfg.agents, a.agent_stride)))
+                }
+            };
             Ok(Some(CheckedAffine {
                 aff: a,
                 gamma: g,
                 beta: b,
                 ranges: gr.into_iter().zip(br).map(|(g, b)| [g, b]).collect(),
+                bias,
             }))
         }
         (true, None) => Err(Error::InvalidArgument(format!(
@@ -682,9 +734,11 @@ pub fn record_forward(
 /// With `grads` (LayerNorm only), the LayerNorm parameter gradients are added into it as
 /// well: `dgamma[e, j] += sum_r du[e, r, j] xhat[e, r, j]` and `dbeta[e, j] += sum_r du[e, r,
 /// j]`, where `du` is the gradient at the LayerNorm's output and `xhat = (h - mean) rstd`, in a
-/// second, column-wise kernel. Over 256 rows that sum runs in two passes through `scratch`
-/// ([`scratch_len`] with 2 quantities; `None` allocates one per call). Without `grads` only
-/// `dh` is computed (frozen or detached parameters).
+/// second, column-wise kernel; with [`Affine::bias`] that kernel also adds the bias gradient
+/// `db[e, j] += sum_r dh[e, r, j]` (then `dh` must be written, not `accumulate`d). Over 256
+/// rows those sums run in two passes through `scratch` ([`scratch_len`] with 2 quantities, 3
+/// with the bias; `None` allocates one per call). Without `grads` only `dh` is computed
+/// (frozen or detached parameters).
 ///
 /// Written buffers (`dh`, `grads`, `scratch`) must be other buffers than the read ones (`h`,
 /// `dy`, the parameters, the statistics).
@@ -705,6 +759,12 @@ pub fn record_backward(
     let aff = affine_params(what, cfg, io.affine, "LayerNorm")?;
     let dparams = match (cfg.layer_norm, grads) {
         (_, None) => None,
+        (true, Some(g)) if g.bias.is_some() && accumulate => {
+            return Err(Error::InvalidArgument(format!(
+                "{what}: the bias gradient sums dh as written, so dh cannot be accumulated into \
+                 (bias: None, and record_column_sum of the total)"
+            )));
+        }
         (true, g) => affine_params(what, cfg, g, "gradient")?,
         (false, Some(_)) => {
             return Err(Error::InvalidArgument(format!(
@@ -727,20 +787,14 @@ pub fn record_backward(
     }
     uses.push(Use::write("dh", dh.0, dhr));
     if let Some(g) = &dparams {
-        for [gr, br] in &g.ranges {
-            uses.push(Use::write("dgamma", g.aff.buf, *gr));
-            uses.push(Use::write("dbeta", g.aff.buf, *br));
-        }
+        uses.extend(g.writes());
     }
     if let Some(s) = scratch {
         uses.push(Use::write("scratch", s, (0, s.len())));
         if let Some(g) = &dparams {
             // The second pass reads the scratch while it writes the gradients.
             let mut second = vec![Use::read("scratch", s, (0, s.len()))];
-            for [gr, br] in &g.ranges {
-                second.push(Use::write("dgamma", g.aff.buf, *gr));
-                second.push(Use::write("dbeta", g.aff.buf, *br));
-            }
+            second.extend(g.writes());
             check_aliasing(what, &second)?;
         }
     }
@@ -748,11 +802,12 @@ pub fn record_backward(
     if rows == 0 {
         return Ok(());
     }
+    let quantities = 2 + dparams.as_ref().is_some_and(|g| g.bias.is_some()) as usize;
     if dparams.is_some() {
         // Fail before anything is recorded.
         let (chunks, _) = column_chunks(rows);
         column_grid(rec, what, cfg.n, chunks, cfg.members)?;
-        let need = scratch_len(cfg.n, cfg.members, rows, 2);
+        let need = scratch_len(cfg.n, cfg.members, rows, quantities);
         if let Some(s) = scratch {
             check_scratch(what, s, need, SCRATCH_NEEDED)?;
         }
@@ -799,14 +854,18 @@ pub fn record_backward(
         if temp_stats.is_some() {
             p.stats_off = 0;
         }
+        // The bias sums dh where the backward above wrote it.
+        p.aux_off = dh_off;
+        p.out_off3 = g.bias.as_ref().map_or(0, |b| b.0);
         record_ln_grads(
             rec,
             what,
             cfg,
             rows,
             p,
-            [io.h.0, dy.0, prm, stats],
+            [io.h.0, dy.0, prm, stats, dh.0],
             (g.aff.buf, g.gamma, g.beta, g.aff.agent_stride as u32),
+            g.bias.is_some(),
             scratch,
         )?;
     }
@@ -855,7 +914,7 @@ fn column_grid(
 }
 
 /// The second pass of a column sum: partials `[quantities, members, chunks, n]` summed over
-/// chunks into `out` at `off` (and `off2` for the second quantity).
+/// chunks into `out` at `off` (`off2` for the second quantity, `off3` for the third).
 #[allow(clippy::too_many_arguments)]
 fn record_finish(
     rec: &mut Recorder,
@@ -866,12 +925,14 @@ fn record_finish(
     add: bool,
     scratch: &GpuBuffer<f32>,
     out: Out,
+    off3: u32,
 ) -> Result<()> {
     let (n, members) = (cfg.n, cfg.members);
     let p = Params {
         members: members as u32,
         out_off: out.1,
         out_off2: out.2,
+        out_off3: off3,
         out_member: n as u32,
         chunks: chunks as u32,
         out_per: cfg.per_agent() as u32,
@@ -895,11 +956,13 @@ fn record_finish(
 }
 
 /// Where a column pass's sums go: the buffer, the offsets of the first and the second
-/// quantity, and the elements between agents.
+/// quantity (the third's, for the bias gradient, is in the uniforms), and the elements between
+/// agents.
 type Out<'a> = (&'a GpuBuffer<f32>, u32, u32, u32);
 
-/// dgamma and dbeta added into the gradients `out`: one column pass, or two through the
-/// scratch. `p` carries the offsets of `inputs` (h, dy, gamma and beta, the statistics).
+/// dgamma and dbeta (and db with `bias`) added into the gradients `out`: one column pass, or
+/// two through the scratch. `p` carries the offsets of `inputs` (h, dy, gamma and beta, the
+/// statistics, dh) and of the bias gradient.
 #[allow(clippy::too_many_arguments)]
 fn record_ln_grads(
     rec: &mut Recorder,
@@ -907,29 +970,46 @@ fn record_ln_grads(
     cfg: &NormActConfig,
     rows: usize,
     p: Params,
-    [h, dy, prm, stats]: [&GpuBuffer<f32>; 4],
+    [h, dy, prm, stats, dh]: [&GpuBuffer<f32>; 5],
     out: Out,
+    bias: bool,
     scratch: Option<&GpuBuffer<f32>>,
 ) -> Result<()> {
+    let quantities = 2 + bias as u32;
     let chunks = column_chunks(rows);
     let part = if chunks.0 > 1 {
-        let need = scratch_len(cfg.n, cfg.members, rows, 2);
+        let need = scratch_len(cfg.n, cfg.members, rows, quantities as usize);
         Some(scratch_buffer(rec, what, scratch, need)?)
     } else {
         None
     };
     let op = NormActOp::ParamGrads {
         direct: part.is_none(),
+        bias,
     };
     let inputs = [&h.buffer, &dy.buffer, &prm.buffer, &stats.buffer];
-    record_columns(rec, what, cfg, op, p, chunks, 2, true, &inputs, part, out)
+    // Binding 5 (dh) sits after the output in the layout.
+    record_columns(
+        rec,
+        what,
+        cfg,
+        op,
+        p,
+        chunks,
+        quantities,
+        true,
+        &inputs,
+        Some(&dh.buffer),
+        part,
+        out,
+    )
 }
 
 /// The column pass of `op` with `p` (the inputs' offsets set) over `(chunks, chunk_rows)`
 /// from [`column_chunks`], for `quantities` sums: straight into `out` (the buffer, then the
-/// offsets of the first and the second quantity) with one chunk; else into the partials
-/// `part` (given exactly then), and a second pass that sums them into `out` (adding when
-/// `add`).
+/// offsets of the first and the second quantity; the third's in `p`) with one chunk; else into
+/// the partials `part` (given exactly then), and a second pass that sums them into `out`
+/// (adding when `add`). `inputs` are bound before the output, `after` (if any) after it.
 #[allow(clippy::too_many_arguments)]
 fn record_columns(
     rec: &mut Recorder,
@@ -941,16 +1021,18 @@ fn record_columns(
     quantities: u32,
     add: bool,
     inputs: &[&wgpu::Buffer],
+    after: Option<&wgpu::Buffer>,
     part: Option<GpuBuffer<f32>>,
     out: Out,
 ) -> Result<()> {
     let n = cfg.n;
     p.chunk_rows = chunk_rows as u32;
     p.chunks = chunks as u32;
+    let out3 = p.out_off3;
     if part.is_some() {
         // Partials [quantities, members, chunks, n], all members in a row.
-        p.out_off = 0;
-        p.out_off2 = ((quantities as usize - 1) * cfg.members * chunks * n) as u32;
+        let per = (cfg.members * chunks * n) as u32;
+        (p.out_off, p.out_off2, p.out_off3) = (0, per, 2 * per);
         p.out_member = (chunks * n) as u32;
         p.out_chunk = n as u32;
         (p.out_per, p.out_as) = (u32::MAX, 0);
@@ -963,9 +1045,10 @@ fn record_columns(
     let dst = part.as_ref().unwrap_or(out.0);
     let mut bufs = inputs.to_vec();
     bufs.push(&dst.buffer);
+    bufs.extend(after);
     record_pipeline(rec, pipeline_constants(cfg, op), &bufs, &p, groups)?;
     if let Some(sb) = &part {
-        record_finish(rec, what, cfg, chunks, quantities, add, sb, out)?;
+        record_finish(rec, what, cfg, chunks, quantities, add, sb, out, out3)?;
     }
     Ok(())
 }
@@ -1060,6 +1143,7 @@ pub fn record_column_sum(
         1,
         cfg.accumulate,
         &inputs,
+        None,
         part,
         out,
     )

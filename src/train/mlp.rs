@@ -186,7 +186,8 @@ impl Tape {
                 normed(steps * slots * rows * 2),
             )?);
             width = width.max(l.spec.out).max(l.spec.in1 + l.spec.in2);
-            scratch = scratch.max(norm_act::scratch_len(l.spec.out, slots, rows, 2));
+            // dgamma, dbeta and db in one column pass.
+            scratch = scratch.max(norm_act::scratch_len(l.spec.out, slots, rows, 3));
         }
         let d = slots * rows * width;
         Ok(Tape {
@@ -554,7 +555,11 @@ impl TrainNet {
                     g_out,
                     (dst, 0),
                     false,
-                    to.params.map(|grads| l.layer_norm(grads, sel, pl)),
+                    // The bias gradient in the LayerNorm gradients' column pass.
+                    to.params.map(|grads| {
+                        l.layer_norm(grads, sel, pl)
+                            .with_bias(l.b + sel.first * out)
+                    }),
                     Some(&tape.scratch),
                 )?;
                 (dst, 0)
@@ -563,20 +568,22 @@ impl TrainNet {
             };
             let dh_mat = tape_rows(dh.0, dh.1, out, rows, sel);
             if let Some(grads) = to.params {
-                let cs = ColumnSumConfig {
-                    agents: sel.agents,
-                    agent_stride: pl,
-                    ..ColumnSumConfig::new(out, sel.slots(), true)
-                };
-                norm_act::record_column_sum(
-                    rec,
-                    &cs,
-                    rows,
-                    dh,
-                    None,
-                    (grads, l.b + sel.first * out),
-                    Some(&tape.scratch),
-                )?;
+                if !l.spec.normed {
+                    let cs = ColumnSumConfig {
+                        agents: sel.agents,
+                        agent_stride: pl,
+                        ..ColumnSumConfig::new(out, sel.slots(), true)
+                    };
+                    norm_act::record_column_sum(
+                        rec,
+                        &cs,
+                        rows,
+                        dh,
+                        None,
+                        (grads, l.b + sel.first * out),
+                        Some(&tape.scratch),
+                    )?;
+                }
                 // dW += dh^T x, per column block of the input.
                 let dw = l.weights(grads, sel, pl);
                 for (x, width, col) in self.input_blocks(i, input, tape, (rows, sel), step)? {
