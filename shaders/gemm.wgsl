@@ -11,6 +11,12 @@
 // banks. Each thread loads whole vec4s of the next K-slice into registers while the current
 // one is multiplied. The load mapping follows the operand's contiguous dimension: along K
 // for A (B^T), along M (N) for A^T (B), so neighbouring threads read neighbouring words.
+//
+// KS > 1 splits K inside the workgroup: KS groups of threads each run the tile over every
+// KS-th K-slice into their own tiles, then merge their sums in workgroup memory (halving:
+// the upper half of the groups writes, the lower half adds) and group 0 writes C. Small
+// outputs (a 256-row layer: 128 tiles of 32 x 32) then get KS times the threads per tile and
+// a K loop KS times shorter, in the same single dispatch (no partials, no second pass).
 // Tile constants come from a header the Rust side writes.
 // CPU mirror: src/reference/gemm.rs.
 
@@ -56,18 +62,23 @@ struct Params {
 
 const WX: u32 = BN / TN;
 const WY: u32 = BM / TM;
-const WG: u32 = WX * WY;
+// Threads of one K group, and of the workgroup.
+const WXY: u32 = WX * WY;
+const WG: u32 = WXY * KS;
 const RM: u32 = TM / 4u;
 const RN: u32 = TN / 4u;
 // vec4s per K-row of a tile, one of padding included.
 const SA: u32 = BM / 4u + 1u;
 const SB: u32 = BN / 4u + 1u;
 // vec4 loads per thread per K-slice.
-const A_V4: u32 = BM * BK / (4u * WG);
-const B_V4: u32 = BN * BK / (4u * WG);
+const A_V4: u32 = BM * BK / (4u * WXY);
+const B_V4: u32 = BN * BK / (4u * WXY);
+// Each K group's A tile, then its B tile; after the K loop, the sums being merged.
+const GROUP_V4: u32 = BK * (SA + SB);
+const ACC_V4: u32 = TM * RN;
+const SH_V4: u32 = max(KS * GROUP_V4, (KS / 2u) * WXY * ACC_V4);
 
-var<workgroup> As: array<vec4<f32>, BK * SA>;
-var<workgroup> Bs: array<vec4<f32>, BK * SB>;
+var<workgroup> sh: array<vec4<f32>, SH_V4>;
 
 // Element offset of batch bt's matrix, for batch stride bs and agent stride as.
 fn batch_off(bt: u32, bs: u32, as_: u32) -> u32 {
@@ -122,7 +133,7 @@ fn load_tiles(
     rb: ptr<function, array<vec4<f32>, B_V4>>,
 ) {
     for (var r = 0u; r < A_V4; r++) {
-        let s = a_slot(tid + r * WG);
+        let s = a_slot(tid + r * WXY);
         let row = row0 + s.y * 4u;
         let k = k0 + s.x;
         (*ra)[r] = vec4<f32>(
@@ -133,7 +144,7 @@ fn load_tiles(
         );
     }
     for (var r = 0u; r < B_V4; r++) {
-        let s = b_slot(tid + r * WG);
+        let s = b_slot(tid + r * WXY);
         let col = col0 + s.y * 4u;
         let k = k0 + s.x;
         (*rb)[r] = vec4<f32>(
@@ -146,13 +157,18 @@ fn load_tiles(
 }
 
 @compute @workgroup_size(WG)
-fn gemm(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+fn gemm(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let bt = wid.z;
     let row0 = wid.y * BM;
     let col0 = wid.x * BN;
+    // K group kg, thread tid within it.
+    let kg = lid / WXY;
+    let tid = lid % WXY;
     let tx = tid % WX;
     let ty = tid / WX;
-    var acc: array<vec4<f32>, TM * RN>;
+    let a0 = kg * GROUP_V4;
+    let b0 = a0 + BK * SA;
+    var acc: array<vec4<f32>, ACC_V4>;
     var ra: array<vec4<f32>, A_V4>;
     var rb: array<vec4<f32>, B_V4>;
     // Where this batch's A and B start (computed once: the agent split divides).
@@ -162,29 +178,31 @@ fn gemm(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: v
     );
     let c_base = p.c_off + batch_off(bt, p.c_bs, p.c_as);
     let bias_base = p.bias_off + batch_off(bt, p.bias_bs, p.bias_as);
-    load_tiles(ab, row0, col0, 0u, tid, &ra, &rb);
-    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+    // Group kg takes K-slices kg, kg + KS, ...: every group runs the same trip count (slices
+    // past K load zeros), so the barriers stay uniform.
+    load_tiles(ab, row0, col0, kg * BK, tid, &ra, &rb);
+    for (var k0 = 0u; k0 < p.k; k0 += KS * BK) {
         workgroupBarrier();
         for (var r = 0u; r < A_V4; r++) {
-            let s = a_slot(tid + r * WG);
-            As[s.x * SA + s.y] = ra[r];
+            let s = a_slot(tid + r * WXY);
+            sh[a0 + s.x * SA + s.y] = ra[r];
         }
         for (var r = 0u; r < B_V4; r++) {
-            let s = b_slot(tid + r * WG);
-            Bs[s.x * SB + s.y] = rb[r];
+            let s = b_slot(tid + r * WXY);
+            sh[b0 + s.x * SB + s.y] = rb[r];
         }
         workgroupBarrier();
-        if (k0 + BK < p.k) {
-            load_tiles(ab, row0, col0, k0 + BK, tid, &ra, &rb);
+        if (k0 + KS * BK < p.k) {
+            load_tiles(ab, row0, col0, k0 + (KS + kg) * BK, tid, &ra, &rb);
         }
         for (var kk = 0u; kk < BK; kk++) {
             var av: array<vec4<f32>, RM>;
             var bv: array<vec4<f32>, RN>;
             for (var i = 0u; i < RM; i++) {
-                av[i] = As[kk * SA + i * WY + ty];
+                av[i] = sh[a0 + kk * SA + i * WY + ty];
             }
             for (var j = 0u; j < RN; j++) {
-                bv[j] = Bs[kk * SB + j * WX + tx];
+                bv[j] = sh[b0 + kk * SB + j * WX + tx];
             }
             for (var i = 0u; i < RM; i++) {
                 for (var r = 0u; r < 4u; r++) {
@@ -196,6 +214,24 @@ fn gemm(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: v
                 }
             }
         }
+    }
+    // Merge the K groups' sums into group 0 (KS is a power of two), a fixed order.
+    for (var h = KS / 2u; h > 0u; h >>= 1u) {
+        workgroupBarrier();
+        if (kg >= h && kg < 2u * h) {
+            for (var o = 0u; o < ACC_V4; o++) {
+                sh[(o * h + kg - h) * WXY + tid] = acc[o];
+            }
+        }
+        workgroupBarrier();
+        if (kg < h) {
+            for (var o = 0u; o < ACC_V4; o++) {
+                acc[o] += sh[(o * h + kg) * WXY + tid];
+            }
+        }
+    }
+    if (kg != 0u) {
+        return;
     }
     for (var i = 0u; i < RM; i++) {
         for (var r = 0u; r < 4u; r++) {

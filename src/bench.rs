@@ -612,7 +612,7 @@ pub fn bench_gemm(
     runs: usize,
 ) -> Result<GemmBench> {
     use crate::kernels::gemm::{self, GemmTile, Operands};
-    let tile = tile.unwrap_or_else(|| GemmTile::choose_on(gpu, op.m, op.n, op.batch));
+    let tile = tile.unwrap_or_else(|| GemmTile::for_op(gpu, &op));
     let [a, b, c] = gemm_operands(gpu, &op)?;
     let time = time_submits(gpu, runs, target_seconds(), 0.2, |rec| {
         gemm::record_with_tile(rec, &op, Operands::new(a.mat(), b.mat(), c.mat()), tile)

@@ -230,7 +230,11 @@ fn batches_offsets_accumulation_bias_and_alpha() {
             shared_b: i == 3,
             agents: 1,
         };
-        run(case, None, &mut r);
+        // The K-split tiles too: K of 1 (groups without a slice), 16 and 33 (groups past K
+        // in the last round), 70.
+        for tile in [None, Some(GemmTile::SMALL_K2), Some(GemmTile::SMALL_K4)] {
+            run(case, tile, &mut r);
+        }
     }
 }
 
@@ -254,7 +258,7 @@ fn batches_split_into_agents() {
             shared_b: i >= 2,
             agents,
         };
-        for tile in [None, Some(GemmTile::SMALL)] {
+        for tile in [None, Some(GemmTile::SMALL), Some(GemmTile::SMALL_K4)] {
             run(case, tile, &mut r);
         }
     }
@@ -313,4 +317,23 @@ fn bad_requests_are_errors() {
         Mat::rows(&c_big, 2).batched(2),
     );
     assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+}
+
+/// The K-split choice (`POMPC_GEMM_KSPLIT=1`): split where 32 x 32 tiles leave a large GPU
+/// under two workgroups per SM and K is long, else `choose`'s tile.
+#[test]
+fn the_k_split_goes_to_small_outputs_with_long_k() {
+    let split = GemmTile::choose_split;
+    // The dynamics' 256-row layers (128 tiles) and their 512 x 512 weight gradients (256).
+    assert_eq!(split(256, 512, 512, 1), GemmTile::SMALL_K4);
+    assert_eq!(split(512, 512, 256, 1), GemmTile::SMALL_K4);
+    // 768 rows of one network (384 tiles).
+    assert_eq!(split(768, 512, 512, 1), GemmTile::SMALL_K2);
+    // Short K, and outputs that fill the GPU, keep the plain choice.
+    assert_eq!(split(256, 512, 64, 1), GemmTile::choose(256, 512, 1));
+    assert_eq!(split(768, 512, 512, 5), GemmTile::choose(768, 512, 5));
+    assert_eq!(split(4096, 4096, 4096, 1), GemmTile::HUGE);
+    for t in [GemmTile::SMALL_K2, GemmTile::SMALL_K4] {
+        assert!(t.threads() <= 256, "{t:?}");
+    }
 }

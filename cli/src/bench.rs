@@ -973,6 +973,7 @@ fn gemm(gpu: &Gpu, a: &GemmArgs) -> Result {
             },
         ),
         ("Q dW layer 1 (dY^T X)", tn(512, 512, 768, 5)),
+        ("reward fwd layer 1", nt(768, 512, 512, 1)),
         ("dynamics fwd layer 1", nt(256, 512, 512, 1)),
         ("dynamics dW layer 1", tn(512, 512, 256, 1)),
         ("4096^3 x W^T", nt(4096, 4096, 4096, 1)),
@@ -982,10 +983,10 @@ fn gemm(gpu: &Gpu, a: &GemmArgs) -> Result {
     ];
     let out = Report::new(gpu, a.common.json);
     out.header(&[format!(
-        "{:<24} {:>18} {:>6} {:>10} {:>10} {:>9} {:>8}",
+        "{:<24} {:>18} {:>20} {:>10} {:>10} {:>9} {:>8}",
         "case", "m x n x k x batch", "tile", "median us", "p90 us", "TFLOP/s", "of peak"
     )]);
-    let print = |name: &str, op: &Gemm, tile: String, bm: u32, t: &Stats, tensor: bool| {
+    let print = |name: &str, op: &Gemm, tile: String, t: &Stats, tensor: bool| {
         let tf = op.flops() / t.median * 1e-12;
         let c = if tensor { tensor_ceiling } else { ceiling };
         let row = GemmRow {
@@ -1003,15 +1004,15 @@ fn gemm(gpu: &Gpu, a: &GemmArgs) -> Result {
         };
         out.row(&row, || {
             let label = if tensor {
-                format!("{name} [tc {}]", row.tile)
+                format!("{name} [tc]")
             } else {
                 name.to_string()
             };
             format!(
-                "{:<24} {:>18} {:>6} {:>10.1} {:>10.1} {:>9.2} {:>8}",
+                "{:<24} {:>18} {:>20} {:>10.1} {:>10.1} {:>9.2} {:>8}",
                 label,
                 format!("{}x{}x{}x{}", op.m, op.n, op.k, op.batch),
-                bm,
+                row.tile,
                 t.median * 1e6,
                 t.p90 * 1e6,
                 tf,
@@ -1030,8 +1031,9 @@ fn gemm(gpu: &Gpu, a: &GemmArgs) -> Result {
                 bench::bench_gemm(gpu, op, tile, runs)
             })?;
             let t = r.tile;
-            let tile = format!("{}x{}x{}/{}x{}", t.bm, t.bn, t.bk, t.tm, t.tn);
-            print(name, &op, tile, t.bm, &r.time, false);
+            // bm x bn x bk / tm x tn / K groups.
+            let tile = format!("{}x{}x{}/{}x{}/k{}", t.bm, t.bn, t.bk, t.tm, t.tn, t.ks);
+            print(name, &op, tile, &r.time, false);
         }
         if !a.coop {
             continue;
@@ -1049,7 +1051,7 @@ fn gemm(gpu: &Gpu, a: &GemmArgs) -> Result {
             match step(a.common.quiet, name, || {
                 bench::bench_gemm_coop(gpu, op, tile, runs)
             }) {
-                Ok((t, time)) => print(name, &op, t.to_string(), t.bm, &time, true),
+                Ok((t, time)) => print(name, &op, t.to_string(), &time, true),
                 // A tile the device cannot run is a line of the table, not the end of it.
                 Err(e) if !a.common.json => println!("{name:<24} tensor cores {tile:?}: {e}"),
                 Err(e) => eprintln!("{name}: tensor cores {tile:?}: {e}"),

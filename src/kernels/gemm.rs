@@ -182,7 +182,7 @@ impl<'a> Operands<'a> {
 }
 
 /// A tile shape: `bm x bn` outputs per workgroup, `tm x tn` per thread (multiples of 4),
-/// `bk` deep.
+/// `bk` deep, K split over `ks` groups of threads inside the workgroup (1, 2 or 4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct GemmTile {
     /// Tile rows.
@@ -195,6 +195,10 @@ pub struct GemmTile {
     pub tm: u32,
     /// Columns per thread.
     pub tn: u32,
+    /// Groups of `(bm / tm) * (bn / tn)` threads that each take every `ks`-th K-slice and
+    /// merge their sums at the end (1: no split): more threads and a shorter K loop for
+    /// outputs too small to fill a GPU, in one dispatch.
+    pub ks: u32,
 }
 
 impl GemmTile {
@@ -205,6 +209,7 @@ impl GemmTile {
         bk: 8,
         tm: 8,
         tn: 8,
+        ks: 1,
     };
     /// 64 x 64 tiles, 4 x 4 per thread (256 threads).
     pub const LARGE: GemmTile = GemmTile {
@@ -213,6 +218,7 @@ impl GemmTile {
         bk: 16,
         tm: 4,
         tn: 4,
+        ks: 1,
     };
     /// 32 x 32 tiles, 4 x 4 per thread (64 threads): more workgroups for small outputs.
     pub const SMALL: GemmTile = GemmTile {
@@ -221,6 +227,7 @@ impl GemmTile {
         bk: 16,
         tm: 4,
         tn: 4,
+        ks: 1,
     };
     /// 64 x 64 tiles, 8 x 8 per thread (64 threads): software adapters, where each
     /// invocation is a SIMD lane of a CPU core and more work per lane amortizes the loads (as
@@ -231,14 +238,34 @@ impl GemmTile {
         bk: 16,
         tm: 8,
         tn: 8,
+        ks: 1,
+    };
+    /// [`GemmTile::SMALL`] with K split over two groups (128 threads).
+    pub const SMALL_K2: GemmTile = GemmTile {
+        ks: 2,
+        ..GemmTile::SMALL
+    };
+    /// [`GemmTile::SMALL`] with K split over four groups (256 threads), 8-deep slices so the
+    /// four groups' tiles stay within 16 KB of workgroup memory.
+    pub const SMALL_K4: GemmTile = GemmTile {
+        bk: 8,
+        ks: 4,
+        ..GemmTile::SMALL
     };
     /// Every tile (for tests and sweeps).
-    pub const ALL: [GemmTile; 4] = [
+    pub const ALL: [GemmTile; 6] = [
         GemmTile::HUGE,
         GemmTile::LARGE,
         GemmTile::SMALL,
         GemmTile::CPU,
+        GemmTile::SMALL_K2,
+        GemmTile::SMALL_K4,
     ];
+
+    /// Threads per workgroup.
+    pub fn threads(&self) -> u32 {
+        (self.bm / self.tm) * (self.bn / self.tn) * self.ks
+    }
 
     /// The tile for an output of `m x n`, `batch` times: the largest that still gives a
     /// big GPU (~130 SMs) about two workgroups per SM.
@@ -250,6 +277,38 @@ impl GemmTile {
             GemmTile::LARGE
         } else {
             GemmTile::SMALL
+        }
+    }
+
+    /// [`GemmTile::choose`] with K split inside the workgroup where that leaves a large GPU
+    /// (~130 SMs) under two workgroups per SM and K is long: [`GemmTile::SMALL_K4`] under 264
+    /// tiles of 32 x 32 (a 256-row layer of 512: 128), [`GemmTile::SMALL_K2`] under 528 (768
+    /// rows: 384), when K is at least 128.
+    pub fn choose_split(m: usize, n: usize, k: usize, batch: usize) -> GemmTile {
+        let tile = GemmTile::choose(m, n, batch);
+        let tiles = m.div_ceil(32) * n.div_ceil(32) * batch;
+        if tile != GemmTile::SMALL || k < 128 {
+            tile
+        } else if tiles < 264 {
+            GemmTile::SMALL_K4
+        } else if tiles < 528 {
+            GemmTile::SMALL_K2
+        } else {
+            tile
+        }
+    }
+
+    /// The tile [`record`] takes for `op` on `gpu`: [`GemmTile::choose_on`], or
+    /// [`GemmTile::choose_split`] on GPUs when `POMPC_GEMM_KSPLIT=1` (an experiment, off
+    /// until measured on a card: the K-split tiles are tested everywhere, timed nowhere yet).
+    pub fn for_op(gpu: &Gpu, op: &Gemm) -> GemmTile {
+        static SPLIT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let split =
+            *SPLIT.get_or_init(|| std::env::var("POMPC_GEMM_KSPLIT").is_ok_and(|v| v == "1"));
+        if split && gpu.info().device_type != wgpu::DeviceType::Cpu {
+            GemmTile::choose_split(op.m, op.n, op.k, op.batch)
+        } else {
+            GemmTile::choose_on(gpu, op.m, op.n, op.batch)
         }
     }
 
@@ -326,6 +385,7 @@ pub fn pipeline_constants(
         ("BK", tile.bk),
         ("TM", tile.tm),
         ("TN", tile.tn),
+        ("KS", tile.ks),
     ]);
     let b = |v: bool| if v { 1.0 } else { 0.0 };
     let ov = vec![
@@ -410,7 +470,7 @@ fn fit(name: &str, m: &Mat, rows: usize, cols: usize, op: &Gemm, written: bool) 
 /// Record `C = alpha op(A) op(B) (+ bias) (+ C)`. `C` must not share a buffer with `A`, `B`
 /// or the bias (a dispatch cannot read and write one buffer through two bindings).
 pub fn record(rec: &mut Recorder, op: &Gemm, x: Operands) -> Result<()> {
-    let tile = GemmTile::choose_on(rec.gpu(), op.m, op.n, op.batch);
+    let tile = GemmTile::for_op(rec.gpu(), op);
     record_with_tile(rec, op, x, tile)
 }
 
