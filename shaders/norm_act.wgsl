@@ -101,9 +101,11 @@ struct Params {
 @group(0) @binding(6) var<uniform> p: Params;
 
 const WG: u32 = 64u;
-// Column kernels: CT columns by CL row lanes.
-const CT: u32 = 64u;
-const CL: u32 = 4u;
+// Column kernels: CT columns by CL row lanes (CT * CL <= 256): wide tiles read 256-byte row
+// segments; narrow ones (16 x 16) give four times the workgroups and a quarter of the rows per
+// lane, for sums over few rows.
+override CT: u32 = 64u;
+override CL: u32 = 4u;
 
 var<workgroup> red: array<vec2<f32>, WG>;
 var<workgroup> cred: array<vec4<f32>, 256>;

@@ -37,7 +37,7 @@ mod common;
 
 use common::{POISON, gpus, rel_error, rng, small_grid_gpus, uniform};
 use pompc::kernels::norm_act::{
-    self, Activation, Affine, ColumnSumConfig, NormActBuffers, NormActConfig, NormActOp,
+    self, Activation, Affine, ColumnSumConfig, ColumnTile, NormActBuffers, NormActConfig, NormActOp,
 };
 use pompc::reference::act as act_mirror;
 use pompc::reference::norm_act as mirror;
@@ -215,11 +215,18 @@ struct Case {
     accumulate: bool,
     /// Agents the members split into.
     agents: usize,
+    /// The column passes' tile (`None`: the default choice).
+    tile: Option<ColumnTile>,
 }
 
 impl Case {
     fn agents(mut self, agents: usize) -> Self {
         self.agents = agents;
+        self
+    }
+
+    fn narrow(mut self) -> Self {
+        self.tile = Some(ColumnTile::NARROW);
         self
     }
 }
@@ -240,6 +247,7 @@ fn case(
         rows,
         accumulate,
         agents: 1,
+        tile: None,
     }
 }
 
@@ -260,9 +268,10 @@ fn random_h(r: &mut impl Rng, rows: usize, n: usize) -> Vec<f32> {
 /// gradients' own column pass (`Affine::bias`) in the second where it can (LayerNorm, dh
 /// written).
 fn run_layer(gpu: &Gpu, r: &mut impl Rng, c: Case) {
-    let cfg = NormActConfig::new(c.n, c.act, c.ln)
+    let mut cfg = NormActConfig::new(c.n, c.act, c.ln)
         .with_members(c.members)
         .with_agents(c.agents);
+    cfg.column_tile = c.tile;
     let (n, total) = (c.n, c.members * c.rows);
     let len = c.members * n;
     let h = random_h(r, total, n);
@@ -297,6 +306,7 @@ fn run_layer(gpu: &Gpu, r: &mut impl Rng, c: Case) {
     let bias = ColumnSumConfig {
         agents: c.agents,
         agent_stride: grads.stride,
+        tile: c.tile,
         ..ColumnSumConfig::new(n, c.members, true)
     };
     let mut rec = Recorder::new(gpu);
@@ -517,6 +527,13 @@ fn layers_against_the_mirror() {
         case(40, SimNorm, true, 4, 300, true).agents(2),
         case(33, Identity, false, 10, 9, false).agents(2),
         case(24, Mish, true, 6, 260, false).agents(6),
+        // The narrow column tile: one chunk and two passes, columns not a multiple of 16,
+        // agents.
+        case(512, Mish, true, 1, 45, false).narrow(),
+        case(37, Mish, true, 3, 19, true).narrow(),
+        case(24, Identity, true, 1, 300, false).narrow(),
+        case(40, SimNorm, true, 4, 300, true).agents(2).narrow(),
+        case(24, Mish, true, 6, 260, false).agents(6).narrow(),
     ];
     for gpu in gpus() {
         for c in cases {
@@ -547,7 +564,11 @@ fn column_sums_against_the_mirror() {
                 let ap = Placed::new(gpu, &mut r, "a", &a, false);
                 let bp = Placed::new(gpu, &mut r, "b", &b, false);
                 let out = Placed::output(gpu, &mut r, "out", members * n, Some(&init));
-                let cfg = ColumnSumConfig::new(n, members, accumulate);
+                // Half the runs on the narrow tile.
+                let cfg = ColumnSumConfig {
+                    tile: r.random::<bool>().then_some(ColumnTile::NARROW),
+                    ..ColumnSumConfig::new(n, members, accumulate)
+                };
                 // Half the two-pass runs bring their own scratch.
                 let need = norm_act::scratch_len(n, members, rows, 1);
                 let scratch = (need > 0 && r.random::<bool>())
@@ -1189,13 +1210,20 @@ fn every_pipeline_compiles_with_naga() {
                 let mut ops = vec![];
                 for b in [false, true] {
                     ops.push(NormActOp::Forward { stats: b && ln });
-                    for bias in [false, true] {
-                        ops.push(NormActOp::ParamGrads { direct: b, bias });
+                    for tile in [ColumnTile::WIDE, ColumnTile::NARROW] {
+                        for bias in [false, true] {
+                            ops.push(NormActOp::ParamGrads {
+                                direct: b,
+                                bias,
+                                tile,
+                            });
+                        }
+                        ops.push(NormActOp::ColumnSum {
+                            product: b,
+                            add: ln,
+                            tile,
+                        });
                     }
-                    ops.push(NormActOp::ColumnSum {
-                        product: b,
-                        add: ln,
-                    });
                     for quantities in 1..=3 {
                         ops.push(NormActOp::Finish { quantities, add: b });
                     }

@@ -108,6 +108,9 @@ pub struct NormActConfig {
     pub layer_norm: bool,
     /// The activation after the (optional) LayerNorm.
     pub act: Activation,
+    /// The column pass's workgroup shape (the LayerNorm gradients'); `None`:
+    /// [`ColumnTile::choose`].
+    pub column_tile: Option<ColumnTile>,
 }
 
 impl NormActConfig {
@@ -119,7 +122,20 @@ impl NormActConfig {
             agents: 1,
             layer_norm,
             act,
+            column_tile: None,
         }
+    }
+
+    /// The column pass in `tile`s.
+    pub fn with_column_tile(mut self, tile: ColumnTile) -> Self {
+        self.column_tile = Some(tile);
+        self
+    }
+
+    /// The column pass's tile over `chunks` chunks.
+    fn column_tile(&self, chunks: usize) -> ColumnTile {
+        self.column_tile
+            .unwrap_or_else(|| ColumnTile::choose(chunks))
     }
 
     /// Split the members into `agents` agents.
@@ -198,6 +214,8 @@ pub struct ColumnSumConfig {
     /// Elements of `out` from one agent's sums to the next agent's (member `m` of agent `g`
     /// at `g * agent_stride + m * n`); unused with one agent.
     pub agent_stride: usize,
+    /// The workgroup shape; `None`: [`ColumnTile::choose`].
+    pub tile: Option<ColumnTile>,
 }
 
 impl ColumnSumConfig {
@@ -209,6 +227,7 @@ impl ColumnSumConfig {
             accumulate,
             agents: 1,
             agent_stride: 0,
+            tile: None,
         }
     }
 }
@@ -237,6 +256,8 @@ pub enum NormActOp {
         direct: bool,
         /// Also the bias gradient, the column sum of dh.
         bias: bool,
+        /// The workgroup's shape.
+        tile: ColumnTile,
     },
     /// A column sum over one chunk of rows (`add`: added into the output).
     ColumnSum {
@@ -244,6 +265,8 @@ pub enum NormActOp {
         product: bool,
         /// Add into the output (only when the output is final, not partials).
         add: bool,
+        /// The workgroup's shape.
+        tile: ColumnTile,
     },
     /// Partials summed over chunks, into `quantities` outputs.
     Finish {
@@ -363,10 +386,45 @@ pub fn lanes(n: usize) -> u32 {
     n.div_ceil(8).next_power_of_two().min(64) as u32
 }
 
-/// Columns per workgroup of the column kernels (`CT` in the shader).
-const COL_TILE: usize = 64;
-/// Row lanes per column of the column kernels (`CL` in the shader).
-const COL_LANES: usize = 4;
+/// The workgroup of a column kernel: `cols` columns (`CT` in the shader) by `lanes` row lanes
+/// (`CL`), each lane summing every `lanes`-th row of the chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ColumnTile {
+    /// Columns per workgroup.
+    pub cols: u32,
+    /// Row lanes per column.
+    pub lanes: u32,
+}
+
+impl ColumnTile {
+    /// 64 columns by 4 lanes: 256-byte row segments per read.
+    pub const WIDE: ColumnTile = ColumnTile { cols: 64, lanes: 4 };
+    /// 16 columns by 16 lanes: four times the workgroups and a quarter of the rows per lane
+    /// (64-byte segments), for one-chunk sums over up to 256 rows, which leave a large GPU
+    /// mostly idle with wide tiles (8 workgroups for 512 columns).
+    pub const NARROW: ColumnTile = ColumnTile {
+        cols: 16,
+        lanes: 16,
+    };
+
+    /// The tile for a sum in `chunks` chunks: [`ColumnTile::NARROW`] for one chunk when
+    /// `POMPC_COLUMN_TILE=narrow` (an experiment, off until a card has timed it), else
+    /// [`ColumnTile::WIDE`]. Chunking itself ([`column_chunks`]) does not depend on it: either
+    /// tile runs any chunking.
+    pub fn choose(chunks: usize) -> ColumnTile {
+        static NARROW: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let narrow =
+            *NARROW.get_or_init(|| std::env::var("POMPC_COLUMN_TILE").is_ok_and(|v| v == "narrow"));
+        if narrow && chunks == 1 {
+            ColumnTile::NARROW
+        } else {
+            ColumnTile::WIDE
+        }
+    }
+}
+
+/// Row lanes that chunks are rounded to (the wide tile's; a narrow tile takes one chunk).
+const COL_LANES: usize = ColumnTile::WIDE.lanes as usize;
 /// Rows one workgroup of a column kernel sums, aimed at: enough work per thread to hide the
 /// reduction, enough chunks to fill a large GPU.
 const CHUNK_ROWS: usize = 256;
@@ -431,16 +489,20 @@ pub fn pipeline_constants(
             ov.push(("LANES", lanes(cfg.n) as f64));
             BACKWARD
         }
-        NormActOp::ParamGrads { direct, bias } => {
+        NormActOp::ParamGrads { direct, bias, tile } => {
             ov.push(("ACT", act));
             ov.push(("LN", 1.0));
             ov.push(("ADD", direct as u8 as f64));
             ov.push(("BIAS", bias as u8 as f64));
+            ov.push(("CT", tile.cols as f64));
+            ov.push(("CL", tile.lanes as f64));
             LN_GRADS
         }
-        NormActOp::ColumnSum { product, add } => {
+        NormActOp::ColumnSum { product, add, tile } => {
             ov.push(("PRODUCT", product as u8 as f64));
             ov.push(("ADD", add as u8 as f64));
+            ov.push(("CT", tile.cols as f64));
+            ov.push(("CL", tile.lanes as f64));
             COLSUM
         }
         NormActOp::Finish { quantities, add } => {
@@ -806,7 +868,14 @@ pub fn record_backward(
     if dparams.is_some() {
         // Fail before anything is recorded.
         let (chunks, _) = column_chunks(rows);
-        column_grid(rec, what, cfg.n, chunks, cfg.members)?;
+        column_grid(
+            rec,
+            what,
+            cfg.n,
+            chunks,
+            cfg.members,
+            cfg.column_tile(chunks),
+        )?;
         let need = scratch_len(cfg.n, cfg.members, rows, quantities);
         if let Some(s) = scratch {
             check_scratch(what, s, need, SCRATCH_NEEDED)?;
@@ -894,16 +963,17 @@ fn row_grid(rec: &Recorder, what: &str, cfg: &NormActConfig, total: u32) -> Resu
     grid(rec.gpu(), (total as usize).div_ceil(per_group), what)
 }
 
-/// Column grid of a column kernel: (column tiles, chunks, members).
+/// Column grid of a column kernel in `tile`s: (column tiles, chunks, members).
 fn column_grid(
     rec: &Recorder,
     what: &str,
     n: usize,
     chunks: usize,
     members: usize,
+    tile: ColumnTile,
 ) -> Result<[u32; 3]> {
     let max = rec.gpu().limits().max_compute_workgroups_per_dimension as usize;
-    let tiles = n.div_ceil(COL_TILE);
+    let tiles = n.div_ceil(tile.cols as usize);
     if tiles > max || chunks > max || members > max {
         return Err(Error::Limit(format!(
             "{what}: {tiles} column tiles, {chunks} chunks or {members} members exceed {max} \
@@ -986,6 +1056,7 @@ fn record_ln_grads(
     let op = NormActOp::ParamGrads {
         direct: part.is_none(),
         bias,
+        tile: cfg.column_tile(chunks.0),
     };
     let inputs = [&h.buffer, &dy.buffer, &prm.buffer, &stats.buffer];
     // Binding 5 (dh) sits after the output in the layout.
@@ -1041,7 +1112,11 @@ fn record_columns(
         p.out_member = n as u32;
         p.out_per = cfg.per_agent() as u32;
     }
-    let groups = column_grid(rec, what, n, chunks, cfg.members)?;
+    let tile = match op {
+        NormActOp::ParamGrads { tile, .. } | NormActOp::ColumnSum { tile, .. } => tile,
+        _ => ColumnTile::WIDE,
+    };
+    let groups = column_grid(rec, what, n, chunks, cfg.members, tile)?;
     let dst = part.as_ref().unwrap_or(out.0);
     let mut bufs = inputs.to_vec();
     bufs.push(&dst.buffer);
@@ -1130,6 +1205,7 @@ pub fn record_column_sum(
     let op = NormActOp::ColumnSum {
         product: b.is_some(),
         add: part.is_none() && cfg.accumulate,
+        tile: cfg.tile.unwrap_or_else(|| ColumnTile::choose(chunks.0)),
     };
     let inputs = [&a.0.buffer, &b_buf.buffer];
     let out = (out.0, out_off, 0, cfg.agent_stride as u32);
