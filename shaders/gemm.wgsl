@@ -25,40 +25,7 @@ override TB: bool = false;
 override ACC: bool = false;
 override BIAS: bool = false;
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    alpha: f32,
-    lda: u32,
-    ldb: u32,
-    ldc: u32,
-    a_off: u32,
-    b_off: u32,
-    c_off: u32,
-    bias_off: u32,
-    a_bs: u32,
-    b_bs: u32,
-    c_bs: u32,
-    bias_bs: u32,
-    _pad: u32,
-    // Populations: batch bt is member bt % per_agent of agent bt / per_agent; each operand
-    // steps by its batch stride per member and its agent stride per agent.
-    per_agent: u32,
-    a_as: u32,
-    b_as: u32,
-    c_as: u32,
-    bias_as: u32,
-    _pad1: u32,
-    _pad2: u32,
-    _pad3: u32,
-}
-
-@group(0) @binding(0) var<storage, read> ga: array<f32>;
-@group(0) @binding(1) var<storage, read> gb: array<f32>;
-@group(0) @binding(2) var<storage, read_write> gc: array<f32>;
-@group(0) @binding(3) var<storage, read> gbias: array<f32>;
-@group(0) @binding(4) var<uniform> p: Params;
+#import common/gemm_params
 
 const WX: u32 = BN / TN;
 const WY: u32 = BM / TM;
@@ -79,11 +46,6 @@ const ACC_V4: u32 = TM * RN;
 const SH_V4: u32 = max(KS * GROUP_V4, (KS / 2u) * WXY * ACC_V4);
 
 var<workgroup> sh: array<vec4<f32>, SH_V4>;
-
-// Element offset of batch bt's matrix, for batch stride bs and agent stride as.
-fn batch_off(bt: u32, bs: u32, as_: u32) -> u32 {
-    return (bt % p.per_agent) * bs + (bt / p.per_agent) * as_;
-}
 
 // op(A)[i, kk] of the batch whose A starts at `base`, 0 outside the matrix.
 fn load_a(base: u32, i: u32, kk: u32) -> f32 {

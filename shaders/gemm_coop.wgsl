@@ -21,47 +21,11 @@
 override ACC: bool = false;
 override BIAS: bool = false;
 
-// gemm.wgsl's parameters, field for field (the Rust side packs one struct for both).
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    alpha: f32,
-    lda: u32,
-    ldb: u32,
-    ldc: u32,
-    a_off: u32,
-    b_off: u32,
-    c_off: u32,
-    bias_off: u32,
-    a_bs: u32,
-    b_bs: u32,
-    c_bs: u32,
-    bias_bs: u32,
-    _pad: u32,
-    per_agent: u32,
-    a_as: u32,
-    b_as: u32,
-    c_as: u32,
-    bias_as: u32,
-    _pad1: u32,
-    _pad2: u32,
-    _pad3: u32,
-}
+#import common/gemm_params
 
-@group(0) @binding(0) var<storage, read> ga: array<f32>;
-@group(0) @binding(1) var<storage, read> gb: array<f32>;
-@group(0) @binding(2) var<storage, read_write> gc: array<f32>;
-@group(0) @binding(3) var<storage, read> gbias: array<f32>;
-@group(0) @binding(4) var<uniform> p: Params;
 // Views of bindings 0 and 1 as vec4 for the 16-byte loads of 8-element chunks.
 @group(0) @binding(5) var<storage, read> ga4: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> gb4: array<vec4<f32>>;
-
-// Element offset of batch bt's matrix: member bt % per_agent of agent bt / per_agent.
-fn batch_off(bt: u32, bs: u32, as_: u32) -> u32 {
-    return (bt % p.per_agent) * bs + (bt / p.per_agent) * as_;
-}
 
 fn a_base(bt: u32) -> u32 {
     return p.a_off + batch_off(bt, p.a_bs, p.a_as);

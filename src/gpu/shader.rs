@@ -53,6 +53,7 @@ shader_files!(
     "linear_coop",
     "cast",
     "common/bins",
+    "common/gemm_params",
 );
 
 /// Look up an embedded file by name.

@@ -351,8 +351,7 @@ pub(crate) struct Params {
     c_bs: u32,
     bias_bs: u32,
     _pad: u32,
-    // Appended, so that the tensor-core kernel's shorter uniform block (one agent) reads the
-    // same words.
+    // Populations (shaders/common/gemm_params.wgsl, which both GEMM shaders import).
     per_agent: u32,
     a_as: u32,
     b_as: u32,
