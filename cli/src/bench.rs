@@ -36,7 +36,7 @@ enum Bench {
     Model(ModelArgs),
     /// TD-MPC2's plan step (5M preset, 512 samples, horizon 3).
     Plan(PlanArgs),
-    /// The training GEMM at the world-model update's shapes.
+    /// The training GEMM at the world-model update's shapes and a 16-agent population's.
     Gemm(GemmArgs),
     /// TD-MPC2's world-model update (forward, backward, clip, Adam, Polyak).
     Update(UpdateArgs),
@@ -976,6 +976,11 @@ fn gemm(gpu: &Gpu, a: &GemmArgs) -> Result {
         ("reward fwd layer 1", nt(768, 512, 512, 1)),
         ("dynamics fwd layer 1", nt(256, 512, 512, 1)),
         ("dynamics dW layer 1", tn(512, 512, 256, 1)),
+        // A 16-agent population of the 1M preset (issue 21): its hidden layers, its Q heads
+        // (2 per agent) and a weight gradient.
+        ("16 agents 1M fwd", nt(256, 384, 384, 16)),
+        ("16 agents 1M Q fwd", nt(768, 384, 384, 32)),
+        ("16 agents 1M dW", tn(384, 384, 256, 16)),
         ("4096^3 x W^T", nt(4096, 4096, 4096, 1)),
         ("4096^3 A B", Gemm::new(4096, 4096, 4096)),
         ("512^3 A B", Gemm::new(512, 512, 512)),
