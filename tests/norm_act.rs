@@ -1105,36 +1105,28 @@ fn bad_requests_are_errors() {
         affine: Some(aff(&params)),
         stats: Some((&stm, 0)),
     };
+    // One element short for dgamma and dbeta; with the bias gradient, a scratch for those two
+    // is short.
     let need2 = norm_act::scratch_len(n, 1, many, 2);
-    let small2 = buf("small scratch 2", need2 - 1);
-    let e = norm_act::record_backward(
-        &mut rec,
-        &ln,
-        many,
-        &io_many,
-        (&dym, 0),
-        (&dhm, 0),
-        false,
-        Some(aff(&grads)),
-        Some(&small2),
-    )
-    .unwrap_err();
-    assert_eq!(kind(e), "shape");
-    // With the bias gradient, a scratch for two quantities is short.
-    let small3 = buf("scratch for two", need2);
-    let e = norm_act::record_backward(
-        &mut rec,
-        &ln,
-        many,
-        &io_many,
-        (&dym, 0),
-        (&dhm, 0),
-        false,
-        Some(Affine::new(&grads3, 0, n).with_bias(2 * n)),
-        Some(&small3),
-    )
-    .unwrap_err();
-    assert_eq!(kind(e), "shape");
+    for (g, len) in [
+        (aff(&grads), need2 - 1),
+        (Affine::new(&grads3, 0, n).with_bias(2 * n), need2),
+    ] {
+        let small = buf("small scratch", len);
+        let e = norm_act::record_backward(
+            &mut rec,
+            &ln,
+            many,
+            &io_many,
+            (&dym, 0),
+            (&dhm, 0),
+            false,
+            Some(g),
+            Some(&small),
+        )
+        .unwrap_err();
+        assert_eq!(kind(e), "shape");
+    }
     // The bias gradient: not with accumulated dh, not on the parameters, inside the gradient
     // buffer, not over dgamma or dbeta.
     for (accumulate, io_b, g, want) in [
