@@ -24,6 +24,9 @@ override TA: bool = false;
 override TB: bool = false;
 override ACC: bool = false;
 override BIAS: bool = false;
+// K segments: the multiply sums p.segs products over K, segment s of A and B p.a_ss * s and
+// p.b_ss * s further (an ensemble's input gradient summed over its members in one launch).
+override SEG: bool = false;
 
 #import common/gemm_params
 
@@ -47,26 +50,44 @@ const SH_V4: u32 = max(KS * GROUP_V4, (KS / 2u) * WXY * ACC_V4);
 
 var<workgroup> sh: array<vec4<f32>, SH_V4>;
 
+// K over all segments.
+fn k_total() -> u32 {
+    return select(p.k, p.k * p.segs, SEG);
+}
+
+// (segment, K within it) of a K index over all segments.
+fn k_split(kk: u32) -> vec2<u32> {
+    if (!SEG) {
+        return vec2<u32>(0u, kk);
+    }
+    let s = kk / p.k;
+    return vec2<u32>(s, kk - s * p.k);
+}
+
 // op(A)[i, kk] of the batch whose A starts at `base`, 0 outside the matrix.
 fn load_a(base: u32, i: u32, kk: u32) -> f32 {
-    if (i >= p.m || kk >= p.k) {
+    if (i >= p.m || kk >= k_total()) {
         return 0.0;
     }
+    let sk = k_split(kk);
+    let at = base + sk.x * p.a_ss;
     if (TA) {
-        return ga[base + kk * p.lda + i];
+        return ga[at + sk.y * p.lda + i];
     }
-    return ga[base + i * p.lda + kk];
+    return ga[at + i * p.lda + sk.y];
 }
 
 // op(B)[kk, j] of the batch whose B starts at `base`, 0 outside the matrix.
 fn load_b(base: u32, kk: u32, j: u32) -> f32 {
-    if (kk >= p.k || j >= p.n) {
+    if (kk >= k_total() || j >= p.n) {
         return 0.0;
     }
+    let sk = k_split(kk);
+    let at = base + sk.x * p.b_ss;
     if (TB) {
-        return gb[base + j * p.ldb + kk];
+        return gb[at + j * p.ldb + sk.y];
     }
-    return gb[base + kk * p.ldb + j];
+    return gb[at + sk.y * p.ldb + j];
 }
 
 // (k, 4-row block) of load i of the A tile: consecutive loads walk A's contiguous dimension.
@@ -143,7 +164,8 @@ fn gemm(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     // Group kg takes K-slices kg, kg + KS, ...: every group runs the same trip count (slices
     // past K load zeros), so the barriers stay uniform.
     load_tiles(ab, row0, col0, kg * BK, tid, &ra, &rb);
-    for (var k0 = 0u; k0 < p.k; k0 += KS * BK) {
+    let kt = k_total();
+    for (var k0 = 0u; k0 < kt; k0 += KS * BK) {
         workgroupBarrier();
         for (var r = 0u; r < A_V4; r++) {
             let s = a_slot(tid + r * WXY);
@@ -154,7 +176,7 @@ fn gemm(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             sh[b0 + s.x * SB + s.y] = rb[r];
         }
         workgroupBarrier();
-        if (k0 + KS * BK < p.k) {
+        if (k0 + KS * BK < kt) {
             load_tiles(ab, row0, col0, k0 + (KS + kg) * BK, tid, &ra, &rb);
         }
         for (var kk = 0u; kk < BK; kk++) {

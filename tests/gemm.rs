@@ -33,6 +33,8 @@ struct Case {
     shared_b: bool,
     /// Agents the batch splits into (a divisor of `batch`).
     agents: usize,
+    /// K segments, each A and B block after the whole of the one before.
+    segments: usize,
 }
 
 fn run(case: Case, tile: Option<GemmTile>, r: &mut impl Rng) {
@@ -49,6 +51,7 @@ fn run(case: Case, tile: Option<GemmTile>, r: &mut impl Rng) {
         pad,
         shared_b,
         agents,
+        segments,
     } = case;
     let per = batch / agents;
     let (ar, ac) = if ta { (k, m) } else { (m, k) };
@@ -83,8 +86,10 @@ fn run(case: Case, tile: Option<GemmTile>, r: &mut impl Rng) {
     let len = |l: &Layout, rows: usize| {
         l.offset + (agents - 1) * l.agent_stride + (per - 1) * l.batch_stride + rows * l.ld
     };
-    let a = uniform(r, len(&la, ar), 1.0);
-    let b = uniform(r, len(&lb, br), 1.0);
+    // Segment s of A (B) starts sa * s (sb * s) after segment 0.
+    let (sa, sb) = (len(&la, ar) + pad, len(&lb, br) + pad);
+    let a = uniform(r, sa * segments, 1.0);
+    let b = uniform(r, sb * segments, 1.0);
     let c0 = uniform(r, len(&lc, m), 1.0);
     let lbias = Layout {
         offset: pad,
@@ -96,19 +101,27 @@ fn run(case: Case, tile: Option<GemmTile>, r: &mut impl Rng) {
     let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
     let mut want = f(&c0);
     let bias64 = f(&bias_v);
-    mirror::gemm(
-        m,
-        n,
-        k,
-        (batch, agents),
-        (ta, tb),
-        alpha as f64,
-        acc,
-        (&f(&a), la),
-        (&f(&b), lb),
-        (&mut want, lc),
-        bias.then_some((&bias64[..], lbias)),
-    );
+    // A segmented multiply is the mirror's multiplies of each segment, adding after the first.
+    let (a64, b64) = (f(&a), f(&b));
+    for seg in 0..segments {
+        let at = |l: Layout, stride: usize| Layout {
+            offset: l.offset + seg * stride,
+            ..l
+        };
+        mirror::gemm(
+            m,
+            n,
+            k,
+            (batch, agents),
+            (ta, tb),
+            alpha as f64,
+            acc || seg > 0,
+            (&a64, at(la, sa)),
+            (&b64, at(lb, sb)),
+            (&mut want, lc),
+            bias.then_some((&bias64[..], lbias)).filter(|_| seg == 0),
+        );
+    }
     for gpu in gpus() {
         let ab = GpuBuffer::from_slice(gpu, "a", &a).unwrap();
         let bb = GpuBuffer::from_slice(gpu, "b", &b).unwrap();
@@ -127,12 +140,13 @@ fn run(case: Case, tile: Option<GemmTile>, r: &mut impl Rng) {
             }
             cb.upload(gpu, &init).unwrap();
         }
-        let mat = |buf, l: Layout| Mat {
+        let mat = |buf, l: Layout, segment_stride| Mat {
             buf,
             offset: l.offset,
             ld: l.ld,
             batch_stride: l.batch_stride,
             agent_stride: l.agent_stride,
+            segment_stride,
         };
         let op = Gemm {
             m,
@@ -144,6 +158,7 @@ fn run(case: Case, tile: Option<GemmTile>, r: &mut impl Rng) {
             accumulate: acc,
             batch,
             agents,
+            segments,
         };
         let bias_arg = bias.then_some(Bias {
             buf: &biasb,
@@ -153,9 +168,9 @@ fn run(case: Case, tile: Option<GemmTile>, r: &mut impl Rng) {
         });
         let mut rec = Recorder::new(gpu);
         let x = Operands {
-            a: mat(&ab, la),
-            b: mat(&bb, lb),
-            c: mat(&cb, lc),
+            a: mat(&ab, la, sa),
+            b: mat(&bb, lb, sb),
+            c: mat(&cb, lc, 0),
             bias: bias_arg,
         };
         match tile {
@@ -197,6 +212,7 @@ fn every_transposition_and_tile_matches_the_mirror() {
                 pad: 0,
                 shared_b: false,
                 agents: 1,
+                segments: 1,
             };
             run(case, Some(tile), &mut r);
         }
@@ -229,6 +245,7 @@ fn batches_offsets_accumulation_bias_and_alpha() {
             pad: [0, 3, 5][i % 3],
             shared_b: i == 3,
             agents: 1,
+            segments: 1,
         };
         // The K-split tiles too: K of 1 (groups without a slice), 16 and 33 (groups past K
         // in the last round), 70.
@@ -257,6 +274,7 @@ fn batches_split_into_agents() {
             pad: [0, 3][i % 2],
             shared_b: i >= 2,
             agents,
+            segments: 1,
         };
         for tile in [None, Some(GemmTile::SMALL), Some(GemmTile::SMALL_K4)] {
             run(case, tile, &mut r);
@@ -317,6 +335,41 @@ fn bad_requests_are_errors() {
         Mat::rows(&c_big, 2).batched(2),
     );
     assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+}
+
+#[test]
+fn k_segments_sum_their_products() {
+    // An ensemble's input gradient: segments of A and B summed over K, with every option,
+    // on the default tile, the plain tiles and the K-split ones.
+    let mut r = rng("gemm segments");
+    for (i, &(segments, batch, agents)) in [(2, 1, 1), (5, 1, 1), (3, 2, 2), (4, 3, 1), (2, 6, 3)]
+        .iter()
+        .enumerate()
+    {
+        let case = Case {
+            m: r.random_range(1..50),
+            n: r.random_range(1..50),
+            k: [1, 16, 33, 70, 9][i],
+            batch,
+            ta: i % 2 == 1,
+            tb: i % 3 != 1,
+            acc: i % 2 == 0,
+            bias: i % 3 != 2,
+            alpha: [1.0, -0.5, 2.0][i % 3],
+            pad: [0, 3][i % 2],
+            shared_b: i == 4,
+            agents,
+            segments,
+        };
+        for tile in [
+            None,
+            Some(GemmTile::SMALL),
+            Some(GemmTile::HUGE),
+            Some(GemmTile::SMALL_K4),
+        ] {
+            run(case, tile, &mut r);
+        }
+    }
 }
 
 /// The K-split choice (`POMPC_GEMM_KSPLIT=1`): split where 32 x 32 tiles leave a large GPU

@@ -187,6 +187,7 @@ fn run(gpu: &Gpu, case: Case, kernel: Kernel, r: &mut impl Rng) -> (f64, f64, Ge
         ld: l.ld,
         batch_stride: l.batch_stride,
         agent_stride: l.agent_stride,
+        segment_stride: 0,
     };
     let op = Gemm {
         m,
@@ -198,6 +199,7 @@ fn run(gpu: &Gpu, case: Case, kernel: Kernel, r: &mut impl Rng) -> (f64, f64, Ge
         accumulate: acc,
         batch: total,
         agents,
+        segments: 1,
     };
     let bias_arg = bias.then_some(Bias {
         buf: &biasb,

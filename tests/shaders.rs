@@ -244,9 +244,13 @@ fn planner_every_mode() {
 fn gemm_every_tile_and_flag() {
     use pompc::kernels::gemm::{self, GemmTile};
     for tile in GemmTile::ALL {
-        for bits in 0..16u32 {
+        for bits in 0..32u32 {
             let f = |i: u32| bits & (1 << i) != 0;
-            let (spec, header, ov) = gemm::pipeline_constants(tile, f(0), f(1), f(2), f(3));
+            let (spec, header, mut ov) = gemm::pipeline_constants(tile, f(0), f(1), f(2), f(3));
+            // K segments, as record_with_tile adds them.
+            if f(4) {
+                ov.push(("SEG", 1.0));
+            }
             common::compile_spirv(spec.shader, spec.entry, &header, &ov);
         }
     }

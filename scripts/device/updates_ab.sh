@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs ON THE DEVICE (carry [".gpu"]): the fifteenth session's two changes to the updates, for
 # issues 19 and 21, before and after in one call:
-#   - each normed layer's bias gradient in its LayerNorm gradients' column pass (a7a6c2d:
-#     168 + 88 -> 149 + 80 dispatches), always on: pompc_old (55eb9f6) against pompc;
+#   - each normed layer's bias gradient in its LayerNorm gradients' column pass (a7a6c2d)
+#     and the Q heads' latent gradient as one multiply of K segments: 168 + 88 -> 145 + 80
+#     dispatches, always on: pompc_old (55eb9f6) against pompc;
 #   - the K-split GEMM tiles (3938760), off unless POMPC_GEMM_KSPLIT=1;
 #   - the narrow column tile for one-chunk column sums, off unless POMPC_COLUMN_TILE=narrow.
 # PART=ab (default): old, new, new + split, new + narrow, new + both, alternated twice so

@@ -18,7 +18,9 @@ struct Params {
     b_bs: u32,
     c_bs: u32,
     bias_bs: u32,
-    _pad: u32,
+    // K segments (gemm.wgsl with SEG; 1 otherwise): K runs segs * k, segment s of A and B
+    // a_ss * s and b_ss * s past segment 0.
+    segs: u32,
     // Populations: batch bt is member bt % per_agent of agent bt / per_agent; each operand
     // steps by its batch stride per member and its agent stride per agent.
     per_agent: u32,
@@ -26,9 +28,9 @@ struct Params {
     b_as: u32,
     c_as: u32,
     bias_as: u32,
-    _pad1: u32,
-    _pad2: u32,
-    _pad3: u32,
+    a_ss: u32,
+    b_ss: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<storage, read> ga: array<f32>;

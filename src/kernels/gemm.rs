@@ -51,6 +51,11 @@ pub struct Gemm {
     pub accumulate: bool,
     /// Independent multiplies (ensemble members), along the operands' batch strides.
     pub batch: usize,
+    /// Segments of K (at least 1): `C = alpha sum_s op(A_s) op(B_s) (+ bias) (+ C)`, each
+    /// `op(A_s)` `[m, k]` and `op(B_s)` `[k, n]`, segment `s` of A and B
+    /// [`Mat::segment_stride`] `* s` past segment 0. An ensemble's input gradient (each
+    /// member's `dY_e W_e` summed over the members) is one multiply instead of one per member.
+    pub segments: usize,
     /// Agents the batch is split into (1, or a divisor of `batch`): multiply `i` is member
     /// `i % (batch / agents)` of agent `i / (batch / agents)`, and each operand steps by its
     /// batch stride per member and by its agent stride per agent. A population's weights
@@ -72,6 +77,7 @@ impl Gemm {
             accumulate: false,
             batch: 1,
             agents: 1,
+            segments: 1,
         }
     }
 
@@ -82,7 +88,26 @@ impl Gemm {
 
     /// Multiply-adds of the whole call.
     pub fn flops(&self) -> f64 {
-        2.0 * (self.m * self.n * self.k * self.batch) as f64
+        2.0 * (self.m * self.n * self.k * self.batch * self.segments) as f64
+    }
+
+    /// Segment `s` of a segmented multiply as a multiply of its own (accumulating after the
+    /// first), on the operands' segment `s` (the bias with the first): how a kernel without
+    /// segments runs one.
+    pub fn segment<'a>(&self, x: Operands<'a>, s: usize) -> (Gemm, Operands<'a>) {
+        let op = Gemm {
+            segments: 1,
+            accumulate: self.accumulate || s > 0,
+            ..*self
+        };
+        let at = |m: Mat<'a>| m.at(m.offset + s * m.segment_stride).segmented(0);
+        let x = Operands {
+            a: at(x.a),
+            b: at(x.b),
+            c: x.c,
+            bias: x.bias.filter(|_| s == 0),
+        };
+        (op, x)
     }
 }
 
@@ -102,6 +127,8 @@ pub struct Mat<'a> {
     pub batch_stride: usize,
     /// Elements from one agent's first batch to the next agent's (see [`Gemm::agents`]).
     pub agent_stride: usize,
+    /// Elements from one K segment to the next (see [`Gemm::segments`]; A and B only).
+    pub segment_stride: usize,
 }
 
 impl<'a> Mat<'a> {
@@ -113,6 +140,7 @@ impl<'a> Mat<'a> {
             ld,
             batch_stride: 0,
             agent_stride: 0,
+            segment_stride: 0,
         }
     }
 
@@ -134,10 +162,22 @@ impl<'a> Mat<'a> {
         self
     }
 
-    /// Element offset of `(0, 0)` of the last of `op`'s multiplies.
-    fn last(&self, op: &Gemm) -> usize {
+    /// With a K-segment stride (see [`Gemm::segments`]).
+    pub fn segmented(mut self, segment_stride: usize) -> Self {
+        self.segment_stride = segment_stride;
+        self
+    }
+
+    /// Element offset of `(0, 0)` of the last of `op`'s multiplies (and of its last K
+    /// segment when `segmented`).
+    fn last(&self, op: &Gemm, segmented: bool) -> usize {
         let per = op.per_agent();
-        self.offset + (op.agents - 1) * self.agent_stride + (per - 1) * self.batch_stride
+        let seg = if segmented {
+            (op.segments - 1) * self.segment_stride
+        } else {
+            0
+        };
+        self.offset + (op.agents - 1) * self.agent_stride + (per - 1) * self.batch_stride + seg
     }
 }
 
@@ -350,14 +390,16 @@ pub(crate) struct Params {
     b_bs: u32,
     c_bs: u32,
     bias_bs: u32,
-    _pad: u32,
+    segs: u32,
     // Populations (shaders/common/gemm_params.wgsl, which both GEMM shaders import).
     per_agent: u32,
     a_as: u32,
     b_as: u32,
     c_as: u32,
     bias_as: u32,
-    _pad1: [u32; 3],
+    a_ss: u32,
+    b_ss: u32,
+    _pad: u32,
 }
 
 /// A, B, C, the bias and the uniforms; the tensor-core GEMM binds more after them.
@@ -449,7 +491,7 @@ fn fit(name: &str, m: &Mat, rows: usize, cols: usize, op: &Gemm, written: bool) 
             )));
         }
     }
-    let need = m.last(op) + (rows - 1) * m.ld + cols;
+    let need = m.last(op, !written) + (rows - 1) * m.ld + cols;
     if need > m.buf.len() {
         return Err(Error::Shape(format!(
             "gemm: {name} ({:?}) holds {} elements; {} x [{rows}, {cols}] at offset {} \
@@ -476,7 +518,10 @@ pub fn record(rec: &mut Recorder, op: &Gemm, x: Operands) -> Result<()> {
 /// [`record`] with a chosen tile.
 pub fn record_with_tile(rec: &mut Recorder, op: &Gemm, x: Operands, tile: GemmTile) -> Result<()> {
     let bias = x.bias.is_some();
-    let constants = pipeline_constants(tile, op.trans_a, op.trans_b, op.accumulate, bias);
+    let mut constants = pipeline_constants(tile, op.trans_a, op.trans_b, op.accumulate, bias);
+    if op.segments > 1 {
+        constants.2.push(("SEG", 1.0));
+    }
     record_tiled(rec, op, x, [tile.bm, tile.bn], constants)
 }
 
@@ -491,11 +536,21 @@ pub(crate) fn record_tiled(
     [bm, bn]: [u32; 2],
     constants: (KernelSpec, Header, Vec<(&'static str, f64)>),
 ) -> Result<()> {
+    let spec = &constants.0;
+    let segmented = constants
+        .2
+        .iter()
+        .any(|&(name, v)| name == "SEG" && v != 0.0);
+    if op.segments > 1 && !segmented {
+        return Err(Error::InvalidArgument(format!(
+            "{}: a pipeline without K segments for {} segments",
+            spec.shader, op.segments
+        )));
+    }
     let Some(p) = checked_params(op, &x)? else {
         return Ok(());
     };
     let Operands { a, b, c, bias } = x;
-    let spec = &constants.0;
     let groups = tile_grid(rec.gpu(), spec.shader, op, bm, bn)?;
     // The bias binding needs some buffer even when unused.
     let bias_buf = bias.map_or(&a.buf.buffer, |b| &b.buf.buffer);
@@ -531,6 +586,11 @@ pub(crate) fn checked_params(op: &Gemm, x: &Operands) -> Result<Option<Params>> 
             "gemm: {} multiplies do not split into {} agents",
             op.batch, op.agents
         )));
+    }
+    if op.segments == 0 {
+        return Err(Error::InvalidArgument(
+            "gemm: 0 K segments (1 is a plain multiply)".into(),
+        ));
     }
     if op.m == 0 || op.n == 0 || op.batch == 0 {
         return Ok(None);
@@ -581,6 +641,8 @@ pub(crate) fn checked_params(op: &Gemm, x: &Operands) -> Result<Option<Params>> 
             op.alpha
         )));
     }
+    // The shader's K loop runs over every segment.
+    u32_of("k x segments", op.k.saturating_mul(op.segments))?;
     Ok(Some(Params {
         m: u32_of("m", op.m)?,
         n: u32_of("n", op.n)?,
@@ -597,12 +659,14 @@ pub(crate) fn checked_params(op: &Gemm, x: &Operands) -> Result<Option<Params>> 
         b_bs: u32_of("B batch stride", b.batch_stride)?,
         c_bs: u32_of("C batch stride", c.batch_stride)?,
         bias_bs: u32_of("bias batch stride", bias.map_or(0, |b| b.batch_stride))?,
-        _pad: 0,
+        segs: u32_of("K segments", op.segments)?,
         per_agent: u32_of("multiplies per agent", op.per_agent())?,
         a_as: u32_of("A agent stride", a.agent_stride)?,
         b_as: u32_of("B agent stride", b.agent_stride)?,
         c_as: u32_of("C agent stride", c.agent_stride)?,
         bias_as: u32_of("bias agent stride", bias.map_or(0, |b| b.agent_stride))?,
-        _pad1: [0; 3],
+        a_ss: u32_of("A segment stride", a.segment_stride)?,
+        b_ss: u32_of("B segment stride", b.segment_stride)?,
+        _pad: 0,
     }))
 }

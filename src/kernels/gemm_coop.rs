@@ -386,6 +386,14 @@ pub fn record_scaled_with_tile(
     let gpu = rec.gpu();
     let sg = gpu.tensor_cores()?;
     tile.check_scaled(gpu, sg, scale)?;
+    if op.segments > 1 {
+        // No K segments in this kernel: one multiply per segment, adding after the first.
+        for s in 0..op.segments {
+            let (op_s, x_s) = op.segment(x, s);
+            record_scaled_with_tile(rec, &op_s, x_s, tile, scale)?;
+        }
+        return Ok(());
+    }
     let constants = pipeline_constants_scaled(
         tile,
         sg,

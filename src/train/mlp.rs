@@ -618,26 +618,32 @@ impl TrainNet {
             } else {
                 // The input is shared by an agent's weight sets: their gradients add up. dz
                 // takes W's first in1 columns, da the last in2; each lands in the agent's own
-                // rows, laid out as the input.
+                // rows, laid out as the input. dz is one multiply with a K segment per set
+                // (sum_e dh_e W_e). da adds one product per set, each rounded on its own: a
+                // population's policy update takes every head with the unused ones weighted
+                // 0, and only this order gives each agent the sum its two heads' passes give
+                // it alone.
                 let (zs, as_) = input.agent_strides;
-                let blocks = [(to.dz, 0, in1, zs), (to.da, in1, in2, as_)];
-                for (target, col, width, stride) in blocks {
+                let blocks = [(to.dz, 0, in1, zs, e), (to.da, in1, in2, as_, 1)];
+                for (target, col, width, stride, segments) in blocks {
                     let Some((buf, off, acc)) = target else {
                         continue;
                     };
-                    for m in 0..e {
+                    for m in (0..e).step_by(segments) {
                         let op = Gemm {
                             accumulate: acc || m > 0,
                             batch: sel.agents,
                             agents: sel.agents,
+                            segments,
                             ..Gemm::new(rows, width, out)
                         };
                         self.product(
                             rec,
                             &op,
                             Operands::new(
-                                dh_mat.at(dh.1 + m * rows * out),
-                                w.at(l.w + (sel.first + m) * out * k + col),
+                                dh_mat.at(dh.1 + m * rows * out).segmented(rows * out),
+                                w.at(l.w + (sel.first + m) * out * k + col)
+                                    .segmented(out * k),
                                 Mat::rows(buf, width).at(off).per_agent(stride),
                             ),
                             CoopScale { a: true, b: false },
