@@ -390,3 +390,53 @@ fn the_k_split_goes_to_small_outputs_with_long_k() {
         assert!(t.threads() <= 256, "{t:?}");
     }
 }
+
+/// `Gemm::segment` (how the tensor-core GEMM, which has no segments, runs a segmented multiply:
+/// one multiply per segment, adding after the first, the bias with the first) gives the
+/// segmented multiply's result.
+#[test]
+fn a_segmented_multiply_is_its_segments_one_by_one() {
+    let mut r = rng("gemm segment split");
+    let gpu = &gpus()[0];
+    let (m, n, k, segs, pad) = (13, 21, 17, 3, 5);
+    let (sa, sb) = (m * k + pad, k * n + pad);
+    let a = GpuBuffer::from_slice(gpu, "a", &uniform(&mut r, pad + segs * sa, 1.0)).unwrap();
+    let b = GpuBuffer::from_slice(gpu, "b", &uniform(&mut r, pad + segs * sb, 1.0)).unwrap();
+    let bias = GpuBuffer::from_slice(gpu, "bias", &uniform(&mut r, n, 1.0)).unwrap();
+    let c0 = uniform(&mut r, m * n, 1.0);
+    for accumulate in [false, true] {
+        let op = Gemm {
+            alpha: -0.75,
+            accumulate,
+            segments: segs,
+            ..Gemm::new(m, n, k)
+        };
+        let cs: Vec<GpuBuffer<f32>> = (0..2)
+            .map(|_| GpuBuffer::from_slice(gpu, "c", &c0).unwrap())
+            .collect();
+        let x = |c| Operands {
+            a: Mat::rows(&a, k).at(pad).segmented(sa),
+            b: Mat::rows(&b, n).at(pad).segmented(sb),
+            c: Mat::rows(c, n),
+            bias: Some(Bias {
+                buf: &bias,
+                offset: 0,
+                batch_stride: 0,
+                agent_stride: 0,
+            }),
+        };
+        let mut rec = Recorder::new(gpu);
+        gemm::record(&mut rec, &op, x(&cs[0])).unwrap();
+        for s in 0..segs {
+            let (op_s, x_s) = op.segment(x(&cs[1]), s);
+            assert_eq!(op_s.segments, 1);
+            gemm::record(&mut rec, &op_s, x_s).unwrap();
+        }
+        let h = [rec.read(&cs[0]), rec.read(&cs[1])];
+        let out = rec.finish().unwrap();
+        let (whole, split) = (out.get(&h[0]).unwrap(), out.get(&h[1]).unwrap());
+        let want: Vec<f64> = whole.iter().map(|&v| v as f64).collect();
+        let e = rel_error(&split, &want);
+        assert!(e < 1e-5, "accumulate={accumulate}: error {e:e}");
+    }
+}
