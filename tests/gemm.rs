@@ -288,6 +288,40 @@ fn bad_requests_are_errors() {
     let a = GpuBuffer::<f32>::new(gpu, "a", 12).unwrap();
     let c = GpuBuffer::<f32>::new(gpu, "c", 16).unwrap();
     let mut rec = Recorder::new(gpu);
+    // Tiles the shader cannot run: K groups not a power of two (or more than 4), 2 outputs
+    // per thread, loads that do not split into whole vec4s per thread, more threads or
+    // workgroup memory than the device has. Every built-in tile passes.
+    for t in GemmTile::ALL {
+        t.check(gpu).unwrap();
+    }
+    let s = GemmTile::SMALL;
+    for bad in [
+        GemmTile { ks: 3, ..s },
+        GemmTile { ks: 8, ..s },
+        GemmTile { ks: 0, ..s },
+        GemmTile { tm: 2, ..s },
+        GemmTile { bk: 2, ..s },
+        GemmTile { bk: 0, ..s },
+        GemmTile {
+            ks: 4,
+            ..GemmTile::HUGE
+        },
+        GemmTile {
+            bk: 256,
+            ..GemmTile::HUGE
+        },
+    ] {
+        let big = GpuBuffer::<f32>::new(gpu, "big", 64).unwrap();
+        let e = gemm::record_with_tile(
+            &mut rec,
+            &Gemm::new(4, 4, 4),
+            Operands::new(Mat::rows(&big, 4), Mat::rows(&big, 4), Mat::rows(&c, 4)),
+            bad,
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{bad:?}: {e}");
+    }
+    assert_eq!(rec.dispatches(), 0);
     // A is [4, 4]: 16 elements needed, 12 held.
     let e = gemm::record(
         &mut rec,

@@ -304,7 +304,46 @@ impl GemmTile {
 
     /// Threads per workgroup.
     pub fn threads(&self) -> u32 {
-        (self.bm / self.tm) * (self.bn / self.tn) * self.ks
+        (self.bm / self.tm)
+            .saturating_mul(self.bn / self.tn)
+            .saturating_mul(self.ks)
+    }
+
+    /// `Err` unless `gpu` runs this tile as `shaders/gemm.wgsl` needs it: tm, tn in {4, 8}
+    /// dividing bm, bn; each group's A and B slices whole vec4 loads per thread; ks 1, 2 or
+    /// 4; the threads and the workgroup memory (the groups' tiles, or their sums being merged)
+    /// within the device's limits.
+    pub fn check(&self, gpu: &Gpu) -> Result<()> {
+        let l = gpu.limits();
+        let shape = matches!(self.tm, 4 | 8)
+            && matches!(self.tn, 4 | 8)
+            && self.bk > 0
+            && self.bm.is_multiple_of(self.tm)
+            && self.bn.is_multiple_of(self.tn)
+            && matches!(self.ks, 1 | 2 | 4);
+        let group = (self.bm / self.tm.max(1)) as u64 * (self.bn / self.tn.max(1)) as u64;
+        let (bm, bn, bk) = (self.bm as u64, self.bn as u64, self.bk as u64);
+        let loads =
+            group > 0 && (bm * bk).is_multiple_of(4 * group) && (bn * bk).is_multiple_of(4 * group);
+        // vec4s: each group's A and B tiles (one padding vec4 per K-row), or the sums merged.
+        let tiles = self.ks as u64 * bk * (bm / 4 + 1 + bn / 4 + 1);
+        let merge = (self.ks as u64 / 2) * group * (self.tm as u64 * self.tn as u64 / 4);
+        let bytes = 16 * tiles.max(merge);
+        let threads = group * self.ks as u64;
+        let fits = threads <= l.max_compute_invocations_per_workgroup as u64
+            && threads <= l.max_compute_workgroup_size_x as u64
+            && bytes <= l.max_compute_workgroup_storage_size as u64;
+        if shape && loads && fits {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "gemm: tile {self:?} is not supported here: tm, tn in {{4, 8}} dividing bm, bn; \
+                 bm*bk and bn*bk multiples of 4 times the {group} threads of a K group; ks 1, 2 \
+                 or 4; {threads} threads and {bytes} bytes of workgroup memory within the \
+                 device's {} and {}",
+                l.max_compute_invocations_per_workgroup, l.max_compute_workgroup_storage_size
+            )))
+        }
     }
 
     /// The tile for an output of `m x n`, `batch` times: the largest that still gives a
@@ -515,8 +554,9 @@ pub fn record(rec: &mut Recorder, op: &Gemm, x: Operands) -> Result<()> {
     record_with_tile(rec, op, x, tile)
 }
 
-/// [`record`] with a chosen tile.
+/// [`record`] with a chosen tile ([`GemmTile::check`]ed).
 pub fn record_with_tile(rec: &mut Recorder, op: &Gemm, x: Operands, tile: GemmTile) -> Result<()> {
+    tile.check(rec.gpu())?;
     let bias = x.bias.is_some();
     let mut constants = pipeline_constants(tile, op.trans_a, op.trans_b, op.accumulate, bias);
     if op.segments > 1 {
