@@ -1179,6 +1179,34 @@ fn bad_requests_are_errors() {
     )
     .unwrap_err();
     assert_eq!(kind(e), "arg");
+    // Column tiles the shader cannot run: more than 256 threads, lanes not a power of two,
+    // no columns; for the column sum and, before its row kernel, the LayerNorm gradients.
+    for tile in [
+        ColumnTile { cols: 64, lanes: 8 },
+        ColumnTile { cols: 16, lanes: 3 },
+        ColumnTile { cols: 0, lanes: 4 },
+    ] {
+        let cfg = ColumnSumConfig {
+            tile: Some(tile),
+            ..col
+        };
+        let e = norm_act::record_column_sum(&mut rec, &cfg, many, (&a, 0), None, (&grads, 0), None)
+            .unwrap_err();
+        assert_eq!(kind(e), "arg", "{tile:?}");
+        let e = norm_act::record_backward(
+            &mut rec,
+            &ln.with_column_tile(tile),
+            rows,
+            &io,
+            (&dy, 0),
+            (&dh, 0),
+            false,
+            Some(aff(&grads)),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(kind(e), "arg", "{tile:?}");
+    }
     assert_eq!(rec.dispatches(), 0);
     // Zero rows record nothing (adding nothing) and the good requests record.
     norm_act::record_forward(&mut rec, &ln, 0, &io, (&short, 0)).unwrap();

@@ -387,7 +387,8 @@ pub fn lanes(n: usize) -> u32 {
 }
 
 /// The workgroup of a column kernel: `cols` columns (`CT` in the shader) by `lanes` row lanes
-/// (`CL`), each lane summing every `lanes`-th row of the chunk.
+/// (`CL`, a power of two), each lane summing every `lanes`-th row of the chunk; at most 256
+/// threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ColumnTile {
     /// Columns per workgroup.
@@ -963,7 +964,8 @@ fn row_grid(rec: &Recorder, what: &str, cfg: &NormActConfig, total: u32) -> Resu
     grid(rec.gpu(), (total as usize).div_ceil(per_group), what)
 }
 
-/// Column grid of a column kernel in `tile`s: (column tiles, chunks, members).
+/// Column grid of a column kernel in `tile`s: (column tiles, chunks, members); `Err` for a
+/// tile the shader cannot run (see [`ColumnTile`]).
 fn column_grid(
     rec: &Recorder,
     what: &str,
@@ -972,7 +974,21 @@ fn column_grid(
     members: usize,
     tile: ColumnTile,
 ) -> Result<[u32; 3]> {
-    let max = rec.gpu().limits().max_compute_workgroups_per_dimension as usize;
+    let l = rec.gpu().limits();
+    let (cols, lanes) = (tile.cols, tile.lanes);
+    if cols == 0
+        || !lanes.is_power_of_two()
+        || cols.saturating_mul(lanes) > 256
+        || cols.saturating_mul(lanes) > l.max_compute_invocations_per_workgroup
+        || cols > l.max_compute_workgroup_size_x
+        || lanes > l.max_compute_workgroup_size_y
+    {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: column tile {tile:?}: at least one column, a power of two of lanes, at \
+             most 256 threads (and within the device's workgroup limits)"
+        )));
+    }
+    let max = l.max_compute_workgroups_per_dimension as usize;
     let tiles = n.div_ceil(tile.cols as usize);
     if tiles > max || chunks > max || members > max {
         return Err(Error::Limit(format!(
