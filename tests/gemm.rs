@@ -406,7 +406,7 @@ fn k_segments_sum_their_products() {
     }
 }
 
-/// The K-split choice (`POMPC_GEMM_KSPLIT=1`): split where 32 x 32 tiles leave a large GPU
+/// The K-split choice (the default on GPUs): split where 32 x 32 tiles leave a large GPU
 /// under two workgroups per SM and K is long, else `choose`'s tile.
 #[test]
 fn the_k_split_goes_to_small_outputs_with_long_k() {

@@ -377,13 +377,14 @@ impl GemmTile {
         }
     }
 
-    /// The tile [`record`] takes for `op` on `gpu`: [`GemmTile::choose_on`], or
-    /// [`GemmTile::choose_split`] on GPUs when `POMPC_GEMM_KSPLIT=1` (an experiment, off
-    /// until measured on a card: the K-split tiles are tested everywhere, timed nowhere yet).
+    /// The tile [`record`] takes for `op` on `gpu`: [`GemmTile::choose_split`] on GPUs (the
+    /// H100's 5M world-model update: 3.22 -> 2.62 ms of GPU time, the policy update 1.23 ->
+    /// 1.01; BENCHMARKS.md), [`GemmTile::choose_on`] on software adapters or with
+    /// `POMPC_GEMM_KSPLIT=0`.
     pub fn for_op(gpu: &Gpu, op: &Gemm) -> GemmTile {
         static SPLIT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         let split =
-            *SPLIT.get_or_init(|| std::env::var("POMPC_GEMM_KSPLIT").is_ok_and(|v| v == "1"));
+            *SPLIT.get_or_init(|| !std::env::var("POMPC_GEMM_KSPLIT").is_ok_and(|v| v == "0"));
         if split && gpu.info().device_type != wgpu::DeviceType::Cpu {
             GemmTile::choose_split(op.m, op.n, op.k, op.batch)
         } else {

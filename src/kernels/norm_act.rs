@@ -132,10 +132,10 @@ impl NormActConfig {
         self
     }
 
-    /// The column pass's tile over `chunks` chunks.
-    fn column_tile(&self, chunks: usize) -> ColumnTile {
+    /// The column pass's tile over `chunks` chunks on `gpu`.
+    fn column_tile(&self, gpu: &crate::Gpu, chunks: usize) -> ColumnTile {
         self.column_tile
-            .unwrap_or_else(|| ColumnTile::choose(chunks))
+            .unwrap_or_else(|| ColumnTile::choose(gpu, chunks))
     }
 
     /// Split the members into `agents` agents.
@@ -408,15 +408,17 @@ impl ColumnTile {
         lanes: 16,
     };
 
-    /// The tile for a sum in `chunks` chunks: [`ColumnTile::NARROW`] for one chunk when
-    /// `POMPC_COLUMN_TILE=narrow` (an experiment, off until a card has timed it), else
-    /// [`ColumnTile::WIDE`]. Chunking itself ([`column_chunks`]) does not depend on it: either
-    /// tile runs any chunking.
-    pub fn choose(chunks: usize) -> ColumnTile {
-        static NARROW: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let narrow =
-            *NARROW.get_or_init(|| std::env::var("POMPC_COLUMN_TILE").is_ok_and(|v| v == "narrow"));
-        if narrow && chunks == 1 {
+    /// The tile for a sum in `chunks` chunks on `gpu`: [`ColumnTile::NARROW`] for one chunk
+    /// on a GPU (the H100's 5M world-model update: 3.22 -> 3.04 ms of GPU time;
+    /// BENCHMARKS.md), else [`ColumnTile::WIDE`] (software adapters, where a workgroup is a
+    /// core's SIMD lanes, were not timed); `POMPC_COLUMN_TILE=wide` keeps wide tiles
+    /// everywhere. Chunking itself ([`column_chunks`]) does not depend on it: either tile runs
+    /// any chunking.
+    pub fn choose(gpu: &crate::Gpu, chunks: usize) -> ColumnTile {
+        static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let wide =
+            *WIDE.get_or_init(|| std::env::var("POMPC_COLUMN_TILE").is_ok_and(|v| v == "wide"));
+        if !wide && chunks == 1 && gpu.info().device_type != wgpu::DeviceType::Cpu {
             ColumnTile::NARROW
         } else {
             ColumnTile::WIDE
@@ -875,7 +877,7 @@ pub fn record_backward(
             cfg.n,
             chunks,
             cfg.members,
-            cfg.column_tile(chunks),
+            cfg.column_tile(rec.gpu(), chunks),
         )?;
         let need = scratch_len(cfg.n, cfg.members, rows, quantities);
         if let Some(s) = scratch {
@@ -1072,7 +1074,7 @@ fn record_ln_grads(
     let op = NormActOp::ParamGrads {
         direct: part.is_none(),
         bias,
-        tile: cfg.column_tile(chunks.0),
+        tile: cfg.column_tile(rec.gpu(), chunks.0),
     };
     let inputs = [&h.buffer, &dy.buffer, &prm.buffer, &stats.buffer];
     // Binding 5 (dh) sits after the output in the layout.
@@ -1221,7 +1223,9 @@ pub fn record_column_sum(
     let op = NormActOp::ColumnSum {
         product: b.is_some(),
         add: part.is_none() && cfg.accumulate,
-        tile: cfg.tile.unwrap_or_else(|| ColumnTile::choose(chunks.0)),
+        tile: cfg
+            .tile
+            .unwrap_or_else(|| ColumnTile::choose(rec.gpu(), chunks.0)),
     };
     let inputs = [&a.0.buffer, &b_buf.buffer];
     let out = (out.0, out_off, 0, cfg.agent_stride as u32);
