@@ -4,8 +4,10 @@
 #   - each normed layer's bias gradient in its LayerNorm gradients' column pass (a7a6c2d)
 #     and the Q heads' latent gradient as one multiply of K segments: 168 + 88 -> 145 + 80
 #     dispatches, always on: pompc_old (55eb9f6) against pompc;
-#   - the K-split GEMM tiles (3938760), off unless POMPC_GEMM_KSPLIT=1;
-#   - the narrow column tile for one-chunk column sums, off unless POMPC_COLUMN_TILE=narrow.
+#   - the K-split GEMM tiles (3938760) and the narrow column tile for one-chunk column sums
+#     (8ef2449), opt-in when timed first (POMPC_GEMM_KSPLIT=1, POMPC_COLUMN_TILE=narrow) and
+#     the default on GPUs since 549a513 (POMPC_GEMM_KSPLIT=0, POMPC_COLUMN_TILE=wide turn them
+#     off): each variant below sets both variables, so it means the same with either build.
 # PART=ab (default): old, new, new + split, new + narrow, new + both, alternated twice so
 # drift shows: the 5M updates and a 16-agent 1M population's (issue 21). PART=detail: the GEMM
 # sweep (every tile of the updates' shapes), both updates' profiles each way, and the
