@@ -16,6 +16,12 @@
 # reached 97 500 of it; so at most four agents per part (METHODS and LAMBDAS choose them, e.g.
 # METHODS=tdmpc2,po-mpc), BMPC's agent beside them as its own population only if fewer.
 
+# Across sessions (PACK=1): the state comes back as $OUT/state.tgz.part-N (at most 15 MiB each);
+# put them in .matrix/ENV/ here (ignored by git) and carry [".gpu", ".matrix"]: a machine
+# without state of its own unpacks them and resumes. A call carries at most 64 MiB in all (the
+# tree, .gpu, the parts) and brings back at most 8 files, 64 MiB together: two small-model
+# agents (about 20 MB each with 100k steps of replay) fit, three do not reliably.
+
 # Time: END (epoch seconds) is when this script must have returned; without END, LIMIT
 # seconds (default 560) from its start. Give the device call's timeout some slack past END
 # (a command killed at its limit returns none of its files). Training stops RESERVE seconds
@@ -32,6 +38,12 @@ P=${POMPC:-.gpu/bin/pompc}
 [ -e "$P.gz" ] && gunzip -f "$P.gz"
 chmod +x "$P" 2>/dev/null
 mkdir -p "$D"
+# A part carried in from an earlier session (PACK below): unpacked where this machine has none.
+C=${CARRIED:-.matrix/$ENV}
+if ! ls "$D"/*.ckpt.safetensors >/dev/null 2>&1 && ls "$C"/state.tgz.part-* >/dev/null 2>&1; then
+  cat "$C"/state.tgz.part-* | tar xzf - -C "$D" &&
+    echo "state unpacked from $C: $(ls "$D"/*.ckpt.safetensors | wc -l) checkpoints"
+fi
 methods=${METHODS:-tdmpc2,bmpc,tdmpc-square,po-mpc}
 limit=$(( END - $(date +%s) - ${RESERVE:-45} ))
 echo "matrix part: $ENV, methods $methods, seeds ${SEEDS:-0}; state in $D; training for at most $limit s"
@@ -83,6 +95,12 @@ done
 if [ -n "${OUT:-}" ]; then
   mkdir -p "$OUT/matrix-$ENV" && cp "$D"/*.csv "$D"/*.log "$OUT/matrix-$ENV/" 2>/dev/null
   (cd "$OUT" && tar czf "matrix-$ENV.tgz" "matrix-$ENV" && rm -rf "matrix-$ENV")
+fi
+if [ "${PACK:-0}" = 1 ] && [ -n "${OUT:-}" ]; then
+  # The whole state (checkpoints with their replay, CSVs, logs) back in parts of at most 15
+  # MiB, since a file that comes back is at most 16 MiB and all of them together 64.
+  tar czf - -C "$D" . | split -b 15m -d -a 1 - "$OUT/state.tgz.part-"
+  echo "state packed: $(ls "$OUT"/state.tgz.part-* | wc -l) parts, $(du -cb "$OUT"/state.tgz.part-* | tail -1 | cut -f1) bytes"
 fi
 echo "matrix.sh: status $status after $(( $(date +%s) - T0 )) s"
 exit $status
