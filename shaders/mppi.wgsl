@@ -44,9 +44,42 @@ struct MppiParams {
 @group(0) @binding(9) var<storage, read_write> mppi_vis: array<f32>;
 @group(0) @binding(10) var<storage, read_write> mppi_status: array<u32>;
 
+// What every sample reads at every step of its rollout, staged in workgroup memory once per
+// workgroup where it fits (header constants MPPI_STAGE_U: the control sequence (MPPI_U_LEN = H x
+// C) and the bounds; MPPI_STAGE_P: the user's parameters; MPPI_STAGE: either): from storage,
+// each step's control is a dependent load on the rollout's serial chain.
+#if MPPI_STAGE_U
+var<workgroup> mppi_wu: array<f32, MPPI_U_LEN>;
+var<workgroup> mppi_wb: array<f32, 3u * CONTROL_DIM>;
+#endif
+#if MPPI_STAGE_P
+var<workgroup> mppi_wp: array<f32, PARAM_LEN>;
+#endif
+
 // The user's parameter i (clamped into the buffer).
 fn param(i: u32) -> f32 {
+#if MPPI_STAGE_P
+    return mppi_wp[min(i, PARAM_LEN - 1u)];
+#else
     return user_params[min(i, PARAM_LEN - 1u)];
+#endif
+}
+
+// Element i of the control sequence and of the bounds, as the rollout reads them.
+fn mppi_u_at(i: u32) -> f32 {
+#if MPPI_STAGE_U
+    return mppi_wu[i];
+#else
+    return mppi_u[i];
+#endif
+}
+
+fn mppi_bound(i: u32) -> f32 {
+#if MPPI_STAGE_U
+    return mppi_wb[i];
+#else
+    return mppi_bounds[i];
+#endif
 }
 
 #import common/rng
@@ -74,7 +107,28 @@ fn mppi_noise(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
 // Reads the normals mppi_noise left in mppi_eps and overwrites each with the effective
 // perturbation (clamped v - u).
 @compute @workgroup_size(64)
-fn mppi_rollout(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn mppi_rollout(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    // Staging first: the barrier must be reached by every thread, samples past K included.
+#if MPPI_STAGE_U
+    for (var i = lid; i < H * CONTROL_DIM; i += 64u) {
+        mppi_wu[i] = mppi_u[i];
+    }
+    for (var i = lid; i < 3u * CONTROL_DIM; i += 64u) {
+        mppi_wb[i] = mppi_bounds[i];
+    }
+#endif
+#if MPPI_STAGE_P
+    for (var i = lid; i < PARAM_LEN; i += 64u) {
+        mppi_wp[i] = user_params[i];
+    }
+#endif
+#if MPPI_STAGE
+    workgroupBarrier();
+#endif
     let k = gid.x + gid.y * nwg.x * 64u;
     if (k >= K) {
         return;
@@ -107,9 +161,9 @@ fn mppi_rollout(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         var v: Control;
         for (var j = 0u; j < CONTROL_DIM; j++) {
             let e_idx = (t * K + k) * CONTROL_DIM + j;
-            let sigma = mppi_bounds[j];
-            let uj = mppi_u[t * CONTROL_DIM + j];
-            let vj = clamp(uj + sigma * n[j], mppi_bounds[CONTROL_DIM + j], mppi_bounds[2u * CONTROL_DIM + j]);
+            let sigma = mppi_bound(j);
+            let uj = mppi_u_at(t * CONTROL_DIM + j);
+            let vj = clamp(uj + sigma * n[j], mppi_bound(CONTROL_DIM + j), mppi_bound(2u * CONTROL_DIM + j));
             let e = vj - uj;
             mppi_eps[e_idx] = e;
             s += GAMMA * uj * e / (sigma * sigma);

@@ -5,7 +5,7 @@
 mod common;
 
 use common::gpus;
-use pompc::planner::custom::{Mppi, MppiConfig, Problem};
+use pompc::planner::custom::{MAX_STAGED_CONTROLS, MAX_STAGED_PARAMS, Mppi, MppiConfig, Problem};
 use pompc::reference::mppi::{self as mirror, RustProblem};
 use pompc::{Error, Gpu};
 use rand::Rng;
@@ -57,11 +57,16 @@ impl RustProblem for Pendulum {
 }
 
 fn pendulum() -> Problem {
+    pendulum_with_params(1)
+}
+
+/// The pendulum with a parameter buffer of `len` (only parameter 0 is read).
+fn pendulum_with_params(len: usize) -> Problem {
     Problem {
         name: "pendulum".into(),
         state_dim: 2,
         control_dim: 1,
-        param_len: 1,
+        param_len: len,
         wgsl: PENDULUM.into(),
     }
 }
@@ -81,8 +86,13 @@ fn close(what: &str, gpu: &[f32], cpu: &[f64], tol: f64, floor: f64) {
 }
 
 fn parity(gpu: &Gpu, cfg: MppiConfig, steps: usize) {
-    let mut mppi = Mppi::new(gpu, pendulum(), cfg.clone()).unwrap();
-    let params = [1.2f32];
+    parity_with_params(gpu, cfg, steps, 1);
+}
+
+fn parity_with_params(gpu: &Gpu, cfg: MppiConfig, steps: usize, param_len: usize) {
+    let mut mppi = Mppi::new(gpu, pendulum_with_params(param_len), cfg.clone()).unwrap();
+    let mut params = vec![-7.0f32; param_len];
+    params[0] = 1.2;
     mppi.set_params(&params).unwrap();
     let mut u = vec![0.0f64; cfg.horizon];
     let mut x = [0.3f32, -0.2];
@@ -143,10 +153,25 @@ fn gpu_matches_the_rust_mirror_over_warm_started_steps() {
             MppiConfig {
                 horizon: 301,
                 samples: 37,
-                ..cfg
+                ..cfg.clone()
             },
             3,
         );
+        // The rollout reads from storage what does not fit its workgroup memory: a control
+        // sequence over MAX_STAGED_CONTROLS, a parameter buffer over MAX_STAGED_PARAMS (the
+        // cases above stage both); and 70 samples leave the second workgroup's last threads
+        // past K, which must still reach the staging's barrier.
+        parity_with_params(
+            gpu,
+            MppiConfig {
+                horizon: MAX_STAGED_CONTROLS + 1,
+                samples: 70,
+                ..cfg.clone()
+            },
+            2,
+            MAX_STAGED_PARAMS + 1,
+        );
+        parity_with_params(gpu, MppiConfig { samples: 70, ..cfg }, 2, MAX_STAGED_PARAMS);
     }
 }
 

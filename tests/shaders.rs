@@ -169,11 +169,16 @@ fn mppi_with_a_sample_user_problem() {
     let user = "fn dynamics(x: State, u: Control, t: u32) -> State { var y = x; y[0] += DT * u[0]; return y; }\n\
                 fn running_cost(x: State, u: Control, t: u32) -> f32 { return x[0] * x[0] + param(0u); }\n\
                 fn terminal_cost(x: State) -> f32 { return 0.0; }\n";
-    for (s, c) in [(1u32, 1u32), (4, 2), (3, 2)] {
+    // The rollout's staging on (H = 100) and off.
+    for (s, c, stage) in [(1u32, 1u32, 1u32), (4, 2, 1), (3, 2, 0), (4, 2, 0)] {
         let header = Header(vec![
             ("STATE_DIM", s),
             ("CONTROL_DIM", c),
             ("PARAM_LEN", 26),
+            ("MPPI_STAGE", stage),
+            ("MPPI_STAGE_U", stage),
+            ("MPPI_STAGE_P", stage),
+            ("MPPI_U_LEN", if stage == 1 { 100 * c } else { 1 }),
         ]);
         let pre = shader::preprocess_with("mppi", shader::source("mppi").unwrap(), &header, &|n| {
             if n == "user" {

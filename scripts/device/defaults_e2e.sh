@@ -8,7 +8,8 @@
 # default 4000, steps/s after step 2600), PyTorch's TF32 graphs of the plan step and the
 # world-model update (TORCH=0 leaves them out), and the population scaling of the small model
 # (AGENTS, default "1 16"; AGENTS= leaves it out).
-# PROFILE=1 (default; part loop): profiles of the B = 1 plan step and both updates first.
+# PROFILE=1 (default; part loop): profiles of the B = 1 plan step and both updates first;
+# MPPI_AB=1 (default; part loop): classic MPPI with POMPC_MPPI_STAGE=0 and the default, twice.
 # COOP=1 (either part) runs the tensor-core tests first (coop_tests.sh, if prepared).
 # Prepare here: a stripped, gzipped target/release/pompc as .gpu/bin/pompc.gz (beside the
 # coop_tests.sh bundle, if wanted), then `pwd > .gpu/manifest_dir`. Logs go to $OUT.
@@ -52,6 +53,15 @@ if [ "${PROFILE:-1}" = 1 ]; then
   run $P bench plan --profile --precision coop --batch 1 --act 6 --runs 10 --warmup 3
   run $P bench update --size 5 --batch 256 --profile --runs 10
   run $P bench policy --size 5 --preset pompc --profile --runs 10
+fi
+if [ "${MPPI_AB:-1}" = 1 ]; then
+  # Classic MPPI with the rollout's staging in workgroup memory off and on, twice.
+  for pass in 1 2; do
+    for st in 0 1; do
+      echo "## POMPC_MPPI_STAGE=$st" | tee -a "$log"
+      POMPC_MPPI_STAGE=$st run $P bench mppi --samples 128,1024,16384 --runs 100
+    done
+  done
 fi
 rate() { # CSV: steps/s between the first training row after step $2 and the last row
   awk -F, -v from="$2" '$1=="train" && $2>=from && !t0 {t0=$4; s0=$2} END {if (t0) printf "%s: %d steps in %.1f s = %.1f steps/s\n", FILENAME, $2-s0, $4-t0, ($2-s0)/($4-t0)}' "$1"

@@ -8,7 +8,9 @@
 //! `const PARAM_LEN: u32`, the overrides `K` (samples), `H` (horizon), `DT` (seconds per
 //! step), `LAMBDA`, `GAMMA`, the types `State = array<f32, STATE_DIM>` and `Control =
 //! array<f32, CONTROL_DIM>`, and `fn param(i: u32) -> f32` reading the parameter buffer
-//! ([`Mppi::set_params`]: goals, obstacles). You write:
+//! ([`Mppi::set_params`]: goals, obstacles; from a copy in workgroup memory when the buffer
+//! holds at most [`MAX_STAGED_PARAMS`] values, since every sample reads them at every step).
+//! You write:
 //!
 //! ```wgsl
 //! fn dynamics(x: State, u: Control, t: u32) -> State { ... }   // x' after DT seconds
@@ -304,9 +306,41 @@ fn header(p: &Problem) -> Header {
     ])
 }
 
-fn preprocess(p: &Problem, main: &str, main_text: &str) -> Result<Preprocessed> {
+/// Most control-sequence elements (H x C, 2 KB) the rollout keeps in workgroup memory: every
+/// sample reads the sequence and the bounds at every step, and from storage each step's
+/// control is a dependent load on the rollout's serial chain. Longer sequences are read from
+/// storage.
+pub const MAX_STAGED_CONTROLS: usize = 512;
+/// Most user parameters (4 KB) the rollout keeps in workgroup memory; longer parameter
+/// buffers (cost maps) are read from storage.
+pub const MAX_STAGED_PARAMS: usize = 1024;
+
+/// The header constants of the rollout's staging (shaders/mppi.wgsl): what fits
+/// [`MAX_STAGED_CONTROLS`] and [`MAX_STAGED_PARAMS`] is staged, unless `on` is false.
+pub(crate) fn staging(p: &Problem, horizon: usize, on: bool) -> [(&'static str, u32); 4] {
+    let u_len = horizon * p.control_dim;
+    let u = on && u_len <= MAX_STAGED_CONTROLS;
+    let params = on && p.param_len.max(1) <= MAX_STAGED_PARAMS;
+    [
+        ("MPPI_STAGE", (u || params) as u32),
+        ("MPPI_STAGE_U", u as u32),
+        ("MPPI_STAGE_P", params as u32),
+        ("MPPI_U_LEN", if u { u_len as u32 } else { 1 }),
+    ]
+}
+
+fn preprocess(
+    p: &Problem,
+    main: &str,
+    main_text: &str,
+    extra: &[(&'static str, u32)],
+) -> Result<Preprocessed> {
     let user = p.wgsl.clone();
-    shader::preprocess_with(main, main_text, &header(p), &move |n| {
+    let mut h = header(p);
+    for &(k, v) in extra {
+        h.set(k, v);
+    }
+    shader::preprocess_with(main, main_text, &h, &move |n| {
         if n == "user" {
             Some(user.clone())
         } else {
@@ -396,7 +430,7 @@ impl<'g> Mppi<'g> {
         let (s, c) = (problem.state_dim, problem.control_dim);
         cfg.validate(c)?;
         // The user's code alone first: its errors then point at its own lines.
-        let check = preprocess(&problem, "mppi-contract", &prelude())?;
+        let check = preprocess(&problem, "mppi-contract", &prelude(), &[])?;
         shader::validate(&problem.name, &check).map_err(|e| match e {
             Error::Shader { message, .. } => Error::Shader {
                 name: problem.name.clone(),
@@ -425,7 +459,16 @@ impl<'g> Mppi<'g> {
         }
         // library_source: POMPC_SHADER_DIR reaches this shader too.
         let main = shader::library_source("mppi").expect("embedded");
-        let pre = preprocess(&problem, "mppi", &main)?;
+        // `POMPC_MPPI_STAGE=0` reads everything from storage (for timing the difference).
+        static STAGE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let stage =
+            *STAGE.get_or_init(|| !std::env::var("POMPC_MPPI_STAGE").is_ok_and(|v| v == "0"));
+        let pre = preprocess(
+            &problem,
+            "mppi",
+            &main,
+            &staging(&problem, cfg.horizon, stage),
+        )?;
         let ov: Vec<(&str, f64)> = vec![
             ("K", k as f64),
             ("H", h as f64),

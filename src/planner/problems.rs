@@ -689,12 +689,19 @@ mod tests {
     #[test]
     fn wgsl_of_both_problems_validates_inside_the_mppi_shader() {
         use crate::gpu::shader::{self, Header};
-        for p in [cartpole(), diff_drive()] {
-            let header = Header(vec![
+        // Staged in workgroup memory and read from storage (a horizon too long to stage).
+        for (p, horizon) in [cartpole(), diff_drive()]
+            .into_iter()
+            .flat_map(|p| [(p.clone(), 100), (p, 1000)])
+        {
+            let mut header = Header(vec![
                 ("STATE_DIM", p.state_dim as u32),
                 ("CONTROL_DIM", p.control_dim as u32),
                 ("PARAM_LEN", p.param_len as u32),
             ]);
+            for (k, v) in crate::planner::custom::staging(&p, horizon, true) {
+                header.set(k, v);
+            }
             let user = p.wgsl.clone();
             let pre = shader::preprocess_with(
                 "mppi",
