@@ -13,7 +13,9 @@
 // (action, mean of step 0, std of step 0, value, chosen sample index). Every draw of agent g
 // comes from its own seed (seeds[2g], seeds[2g + 1]) at the index it has for that agent
 // alone, so an agent plans in a population exactly as it would alone.
-// Header constants: SORT_N (N rounded up to a power of two) and KEPT.
+// Header constants: SORT_N (N rounded up to a power of two), KEPT, and STAGE_TA (T * A where
+// refit keeps the kept samples' actions, KEPT x T x A, in workgroup memory; 0 where they do not
+// fit).
 
 #import common/rng
 
@@ -176,6 +178,14 @@ var<workgroup> si: array<u32, SORT_N>;
 var<workgroup> sw: array<f32, KEPT>;
 var<workgroup> red: array<f32, RW>;
 var<workgroup> red_i: array<u32, RW>;
+#if STAGE_TA
+// The kept samples' actions [KEPT, T, A], loaded by all threads at once (from storage each
+// thread of the refit walked KEPT dependent loads twice), and the refitted mean and std [T, A]
+// that the next iteration's samples read.
+var<workgroup> sa: array<f32, KEPT * STAGE_TA>;
+var<workgroup> sm: array<f32, STAGE_TA>;
+var<workgroup> ss: array<f32, STAGE_TA>;
+#endif
 
 // x comes before y: higher value, then lower sample index.
 fn before(x: u32, y: u32) -> bool {
@@ -284,35 +294,70 @@ fn refit(
         weights[env * KEPT + e] = s;
     }
     let denom = reduce_sum(tid, norm_sum) + 1e-9;
+#if STAGE_TA
+    for (var i = tid; i < KEPT * T * A; i += RW) {
+        let e = i / (T * A);
+        let t = (i / A) % T;
+        sa[i] = actions[t * stride_t + ag_base + b * A + i % A + si[e] * p.b * A];
+    }
+    workgroupBarrier();
+#endif
     for (var j = tid; j < T * A; j += RW) {
         let t = j / A;
         let a = j % A;
         let base = t * stride_t + ag_base + b * A + a;
         var m = 0.0;
         for (var e = 0u; e < KEPT; e++) {
+#if STAGE_TA
+            m += sw[e] * sa[e * T * A + j];
+#else
             m += sw[e] * actions[base + si[e] * p.b * A];
+#endif
         }
         m /= denom;
         var v = 0.0;
         for (var e = 0u; e < KEPT; e++) {
+#if STAGE_TA
+            let d = sa[e * T * A + j] - m;
+#else
             let d = actions[base + si[e] * p.b * A] - m;
+#endif
             v += sw[e] * d * d;
         }
         let o = (env * T + t) * A + a;
+        let sd = clamp(sqrt(v / denom), MIN_STD, MAX_STD);
         mean[o] = m;
-        stdv[o] = clamp(sqrt(v / denom), MIN_STD, MAX_STD);
+        stdv[o] = sd;
+#if STAGE_TA
+        sm[j] = m;
+        ss[j] = sd;
+#endif
     }
     if (p.count == 0u) {
         return;
     }
+    let per_t = (N - P) * A;
+#if STAGE_TA
+    // The mean and std this workgroup just refitted, from workgroup memory; sample_at's draw.
+    workgroupBarrier();
+    let per_g = N * p.b * A;
+    for (var i = tid; i < T * per_t; i += RW) {
+        let t = i / per_t;
+        let n = P + (i % per_t) / A;
+        let a = i % A;
+        let r = (n * p.b + b) * A + a;
+        let e = clamp(sm[t * A + a] + ss[t * A + a] * normal_at(ag, t * per_g + r), -1.0, 1.0);
+        actions[t * stride_t + ag_base + r] = e;
+    }
+#else
     // Every mean and std of this environment is written and every kept action read.
     storageBarrier();
-    let per_t = (N - P) * A;
     for (var i = tid; i < T * per_t; i += RW) {
         let t = i / per_t;
         let n = P + (i % per_t) / A;
         sample_at(t * stride_t + ag_base + (n * p.b + b) * A + i % A);
     }
+#endif
 }
 
 // One workgroup per environment: Gumbel-max choice among the kept samples, the action to

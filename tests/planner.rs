@@ -85,6 +85,13 @@ fn gpu_and_mirror_agree_elite_mppi() {
             let cfg = small_cfg(seed, PlannerMode::EliteMppi, PlanMode::Train);
             parity(gpu, &w, cfg, batch, seed + 100);
         }
+        // Refit keeps the kept actions in workgroup memory where they fit (above); 300 kept
+        // samples of plain MPPI do not, and are read from storage.
+        let cfg = PlannerConfig {
+            num_samples: 300,
+            ..small_cfg(5, PlannerMode::Mppi { lambda: 0.5 }, PlanMode::Train)
+        };
+        parity(gpu, &w, cfg, 2, 105);
     }
 }
 

@@ -136,6 +136,28 @@ const FINALIZE: KernelSpec = KernelSpec {
 /// Every kernel of `planner.wgsl`.
 pub const KERNELS: [KernelSpec; 5] = [INIT, REPLICATE, SAMPLE, REFIT, FINALIZE];
 
+/// Whether `refit` keeps the kept samples' actions and the refitted mean and std in workgroup
+/// memory: where its whole workgroup memory stays within WebGPU's guaranteed 16 KB (TD-MPC2's
+/// 512 samples, 64 elites, horizon 3: 6 actions fit, 38 do not), unless
+/// `POMPC_REFIT_STAGE=0` (for timing the difference).
+fn refit_stages(cfg: &PlannerConfig, action_dim: usize) -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| !std::env::var("POMPC_REFIT_STAGE").is_ok_and(|v| v == "0"));
+    let ta = cfg.horizon * action_dim;
+    // sk, si; sw; red, red_i (256 each); sa; sm, ss.
+    let words =
+        2 * cfg.num_samples.next_power_of_two() + cfg.kept() + 512 + cfg.kept() * ta + 2 * ta;
+    on && words * 4 <= 16384
+}
+
+/// Whether each refit also draws the next iteration's samples (one launch per iteration, the
+/// default), or a `sample` launch after it does (`POMPC_REFIT_SAMPLE=0`: one more launch per
+/// iteration, the same plans; for timing the two parts apart).
+fn refit_samples() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| !std::env::var("POMPC_REFIT_SAMPLE").is_ok_and(|v| v == "0"))
+}
+
 /// Header and override constants of the planner's pipelines for a config and model sizes
 /// (all entry points share them).
 pub fn pipeline_constants(
@@ -143,9 +165,19 @@ pub fn pipeline_constants(
     action_dim: usize,
     episodic: bool,
 ) -> (Header, Vec<(&'static str, f64)>) {
+    let sort_n = cfg.num_samples.next_power_of_two();
+    let ta = cfg.horizon * action_dim;
     let header = Header(vec![
-        ("SORT_N", cfg.num_samples.next_power_of_two() as u32),
+        ("SORT_N", sort_n as u32),
         ("KEPT", cfg.kept() as u32),
+        (
+            "STAGE_TA",
+            if refit_stages(cfg, action_dim) {
+                ta as u32
+            } else {
+                0
+            },
+        ),
     ]);
     let (mode, lambda) = match cfg.mode {
         PlannerMode::EliteMppi => (0, 1.0),
@@ -788,6 +820,7 @@ impl<'m> Planner<'m> {
             } else {
                 0
             };
+            let fold = next && refit_samples();
             rec.dispatch(
                 &pipe(&REFIT)?,
                 &[
@@ -802,9 +835,22 @@ impl<'m> Planner<'m> {
                     &st.term.buffer,
                     &st.seeds.buffer,
                 ],
-                Some(&params(stream, next as usize, 0)),
+                Some(&params(stream, fold as usize, 0)),
                 [ba as u32, agents as u32, 1],
             )?;
+            if next && !fold {
+                rec.dispatch(
+                    &pipe(&SAMPLE)?,
+                    &[
+                        &st.mean.buffer,
+                        &st.std.buffer,
+                        &st.actions.buffer,
+                        &st.seeds.buffer,
+                    ],
+                    Some(&params(stream, 0, 0)),
+                    groups(t * (n - p) * b * a),
+                )?;
+            }
         }
         rec.dispatch(
             &pipe(&FINALIZE)?,
