@@ -277,8 +277,9 @@ fn tensor_cores_match_the_mirror_or_are_refused() {
                 // Tiles the device cannot hold (XLARGE's workgroup memory) are never chosen.
                 let tiles = CoopTile::ALL.iter().filter(|t| t.check(gpu, sg).is_ok());
                 for (i, tile) in tiles.enumerate() {
-                    for split in [1, 2] {
-                        let (cfg, heads) = random_cfg(&mut r, i * 2 + split as usize);
+                    // 32 parts: POMPC_LINEAR_KPART's most, most of them empty at this K.
+                    for split in [1, 2, 32] {
+                        let (cfg, heads) = random_cfg(&mut r, i * 3 + split.min(3) as usize);
                         let m = r.random_range(1..300);
                         let layer = Linear::new(gpu, cfg)
                             .unwrap()

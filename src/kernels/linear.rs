@@ -601,6 +601,23 @@ fn needs_epilogue(cfg: &LinearConfig, split: u32) -> bool {
     cfg.layer_norm || cfg.act == Activation::SimNorm || split > 1
 }
 
+/// The shortest part of K a split may leave and the most parts: 128 and 8, tuned on the H100
+/// for the wide layers. `POMPC_LINEAR_KPART=n` (a power of two from 16) lets narrow layers
+/// with few workgroups (the policy's 12-wide head over 512 inputs) split further, up to 32
+/// parts: for timing, not yet a default.
+fn k_split_limits() -> (usize, usize) {
+    static LIMITS: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+    *LIMITS.get_or_init(|| {
+        match std::env::var("POMPC_LINEAR_KPART")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            Some(n) if n.is_power_of_two() && (16..128).contains(&n) => (n, 32),
+            _ => (128, 8),
+        }
+    })
+}
+
 /// A linear layer ready to record: validated shape, cached pipelines, split-K scratch.
 ///
 /// ```no_run
@@ -716,8 +733,9 @@ impl Linear {
             Tile::SMALL
         };
         let t = tiles(tile);
+        let (k_part, max_split) = k_split_limits();
         let mut split = 1;
-        while t * split * 2 <= 320 && cfg.k / (split * 2) >= 128 && split < 8 {
+        while t * split * 2 <= 320 && cfg.k / (split * 2) >= k_part && split < max_split {
             split *= 2;
         }
         LinearPlan {
@@ -741,8 +759,9 @@ impl Linear {
             let sg = gpu.tensor_cores().unwrap_or(32);
             let tile = CoopTile::choose_on(gpu, sg, m, cfg.n, slots);
             let t = m.div_ceil(tile.bm as usize) * cfg.n.div_ceil(tile.bn as usize) * slots;
+            let (k_part, max_split) = k_split_limits();
             let mut split = 1;
-            while t * split * 2 <= 264 && cfg.k / (split * 2) >= 128 && split < 8 {
+            while t * split * 2 <= 264 && cfg.k / (split * 2) >= k_part && split < max_split {
                 split *= 2;
             }
             return LinearKernel::TensorCore(CoopPlan {
