@@ -753,18 +753,22 @@ impl<'m> Planner<'m> {
                 }
             }
         }
+        // Every environment's sampled action sequences from its mean and std (stream `stream`).
+        let sample = |rec: &mut Recorder, stream: u32| {
+            rec.dispatch(
+                &pipe(&SAMPLE)?,
+                &[
+                    &st.mean.buffer,
+                    &st.std.buffer,
+                    &st.actions.buffer,
+                    &st.seeds.buffer,
+                ],
+                Some(&params(stream, 0, 0)),
+                groups(t * (n - p) * b * a),
+            )
+        };
         // The first iteration's samples; each refit draws the next iteration's.
-        rec.dispatch(
-            &pipe(&SAMPLE)?,
-            &[
-                &st.mean.buffer,
-                &st.std.buffer,
-                &st.actions.buffer,
-                &st.seeds.buffer,
-            ],
-            Some(&params(streams::sampling(call, 0), 0, 0)),
-            groups(t * (n - p) * b * a),
-        )?;
+        sample(&mut rec, streams::sampling(call, 0))?;
         for i in 0..c.iterations {
             // Step 0 starts every sample of an environment from its latent: with enough
             // environments the first layers multiply the B latents once; with few, the extra
@@ -839,17 +843,7 @@ impl<'m> Planner<'m> {
                 [ba as u32, agents as u32, 1],
             )?;
             if next && !fold {
-                rec.dispatch(
-                    &pipe(&SAMPLE)?,
-                    &[
-                        &st.mean.buffer,
-                        &st.std.buffer,
-                        &st.actions.buffer,
-                        &st.seeds.buffer,
-                    ],
-                    Some(&params(stream, 0, 0)),
-                    groups(t * (n - p) * b * a),
-                )?;
+                sample(&mut rec, stream)?;
             }
         }
         rec.dispatch(
