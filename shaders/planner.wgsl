@@ -169,7 +169,12 @@ fn sample_at(j: u32) {
     let g = (j / per_g) % p.agents;
     let t = j / (per_g * p.agents);
     let mi = ((g * p.b + b) * T + t) * A + a;
-    actions[j] = clamp(mean[mi] + stdv[mi] * normal_at(g, t * per_g + j % per_g), -1.0, 1.0);
+    actions[j] = draw(mean[mi], stdv[mi], g, t * per_g + j % per_g);
+}
+
+// A sampled action: mean m and std sd, the normal of agent g's stream at index `at`.
+fn draw(m: f32, sd: f32, g: u32, at: u32) -> f32 {
+    return clamp(m + sd * normal_at(g, at), -1.0, 1.0);
 }
 
 const RW: u32 = 256u;
@@ -338,7 +343,7 @@ fn refit(
     }
     let per_t = (N - P) * A;
 #if STAGE_TA
-    // The mean and std this workgroup just refitted, from workgroup memory; sample_at's draw.
+    // sample_at's draws from the mean and std this workgroup just refitted, held here.
     workgroupBarrier();
     let per_g = N * p.b * A;
     for (var i = tid; i < T * per_t; i += RW) {
@@ -346,8 +351,7 @@ fn refit(
         let n = P + (i % per_t) / A;
         let a = i % A;
         let r = (n * p.b + b) * A + a;
-        let e = clamp(sm[t * A + a] + ss[t * A + a] * normal_at(ag, t * per_g + r), -1.0, 1.0);
-        actions[t * stride_t + ag_base + r] = e;
+        actions[t * stride_t + ag_base + r] = draw(sm[t * A + a], ss[t * A + a], ag, t * per_g + r);
     }
 #else
     // Every mean and std of this environment is written and every kept action read.

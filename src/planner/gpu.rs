@@ -136,18 +136,22 @@ const FINALIZE: KernelSpec = KernelSpec {
 /// Every kernel of `planner.wgsl`.
 pub const KERNELS: [KernelSpec; 5] = [INIT, REPLICATE, SAMPLE, REFIT, FINALIZE];
 
-/// Whether `refit` keeps the kept samples' actions and the refitted mean and std in workgroup
-/// memory: where its whole workgroup memory stays within WebGPU's guaranteed 16 KB (TD-MPC2's
-/// 512 samples, 64 elites, horizon 3: 6 actions fit, 38 do not), unless
-/// `POMPC_REFIT_STAGE=0` (for timing the difference).
-fn refit_stages(cfg: &PlannerConfig, action_dim: usize) -> bool {
+/// The header constant STAGE_TA: T * A where `refit` keeps the kept samples' actions and the
+/// refitted mean and std in workgroup memory, that is where its whole workgroup memory stays
+/// within WebGPU's guaranteed 16 KB (TD-MPC2's 512 samples, 64 elites, horizon 3: 6 actions
+/// fit, 38 do not); 0 elsewhere or with `POMPC_REFIT_STAGE=0` (for timing the difference).
+fn refit_stage_ta(cfg: &PlannerConfig, action_dim: usize) -> u32 {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let on = *ON.get_or_init(|| !std::env::var("POMPC_REFIT_STAGE").is_ok_and(|v| v == "0"));
     let ta = cfg.horizon * action_dim;
     // sk, si; sw; red, red_i (256 each); sa; sm, ss.
     let words =
         2 * cfg.num_samples.next_power_of_two() + cfg.kept() + 512 + cfg.kept() * ta + 2 * ta;
-    on && words * 4 <= 16384
+    if on && words * 4 <= 16384 {
+        ta as u32
+    } else {
+        0
+    }
 }
 
 /// Whether each refit also draws the next iteration's samples (one launch per iteration, the
@@ -165,19 +169,10 @@ pub fn pipeline_constants(
     action_dim: usize,
     episodic: bool,
 ) -> (Header, Vec<(&'static str, f64)>) {
-    let sort_n = cfg.num_samples.next_power_of_two();
-    let ta = cfg.horizon * action_dim;
     let header = Header(vec![
-        ("SORT_N", sort_n as u32),
+        ("SORT_N", cfg.num_samples.next_power_of_two() as u32),
         ("KEPT", cfg.kept() as u32),
-        (
-            "STAGE_TA",
-            if refit_stages(cfg, action_dim) {
-                ta as u32
-            } else {
-                0
-            },
-        ),
+        ("STAGE_TA", refit_stage_ta(cfg, action_dim)),
     ]);
     let (mode, lambda) = match cfg.mode {
         PlannerMode::EliteMppi => (0, 1.0),
